@@ -1,0 +1,108 @@
+using System.Runtime.InteropServices;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Core.Checkpoints;
+
+/// <summary>
+/// Writes a loaded checkpoint back out as a Hugging Face directory or a GGUF file, converting the element type and
+/// permuting q/k rows when the target's RoPE layout differs from the source's.
+/// </summary>
+public static class CheckpointExporter
+{
+    /// <summary>Writes <c>config.json</c> and <c>model.safetensors</c> (rotate-half RoPE layout) into <paramref name="directory"/>.</summary>
+    public static void WriteHuggingFace(Checkpoint checkpoint, string directory, DType type)
+    {
+        Directory.CreateDirectory(directory);
+        var config = checkpoint.Config with { RopeStyle = RopeStyle.RotateHalf };
+        HuggingFaceConfig.Write(config, Path.Combine(directory, "config.json"));
+        SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), Tensors(checkpoint, TensorNames.HuggingFace, RopeStyle.RotateHalf, type));
+    }
+
+    /// <summary>Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout) to <paramref name="path"/>.</summary>
+    public static void WriteGguf(Checkpoint checkpoint, string path, DType type)
+    {
+        var c = checkpoint.Config;
+        var metadata = new List<KeyValuePair<string, object>>
+        {
+            new("general.architecture", "llama"),
+            new("general.name", Path.GetFileNameWithoutExtension(checkpoint.Source)),
+            new("llama.context_length", (uint)c.MaxContextLength),
+            new("llama.embedding_length", (uint)c.HiddenSize),
+            new("llama.block_count", (uint)c.LayerCount),
+            new("llama.feed_forward_length", (uint)c.IntermediateSize),
+            new("llama.attention.head_count", (uint)c.HeadCount),
+            new("llama.attention.head_count_kv", (uint)c.KvHeadCount),
+            new("llama.attention.key_length", (uint)c.HeadDim),
+            new("llama.rope.dimension_count", (uint)c.HeadDim),
+            new("llama.attention.layer_norm_rms_epsilon", (float)c.NormEpsilon),
+            new("llama.rope.freq_base", (float)c.RopeTheta),
+            new("llama.vocab_size", (uint)c.VocabSize),
+        };
+        if (c.BosTokenId is { } bos) metadata.Add(new("tokenizer.ggml.bos_token_id", (uint)bos));
+        if (c.EosTokenIds.Count > 0) metadata.Add(new("tokenizer.ggml.eos_token_id", (uint)c.EosTokenIds[0]));
+        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, RopeStyle.Interleaved, type));
+    }
+
+    private static List<TensorToWrite> Tensors(Checkpoint checkpoint, TensorNames names, RopeStyle targetStyle, DType matrixType)
+    {
+        var c = checkpoint.Config;
+        bool permute = c.RopeStyle != targetStyle;
+        Func<int, int>? qkRows = permute ? row => RopeRowPermutation.SourceRow(row, c.HeadDim, targetStyle) : null;
+        var list = new List<TensorToWrite> { Rows(names.Embedding, checkpoint.TokenEmbedding, matrixType) };
+        for (int i = 0; i < c.LayerCount; i++)
+        {
+            var l = checkpoint.Layers[i];
+            string N(LayerTensor role) => names.Layer(i, role);
+            list.Add(Rows(N(LayerTensor.AttentionNorm), l.AttentionNorm, DType.F32));
+            list.Add(Rows(N(LayerTensor.Query), l.Query, matrixType, qkRows));
+            list.Add(Rows(N(LayerTensor.Key), l.Key, matrixType, qkRows));
+            list.Add(Rows(N(LayerTensor.Value), l.Value, matrixType));
+            list.Add(Rows(N(LayerTensor.Output), l.Output, matrixType));
+            if (c.AttentionBias)
+            {
+                list.Add(Columns(N(LayerTensor.QueryBias), l.QueryBias, permute, c.HeadDim, targetStyle));
+                list.Add(Columns(N(LayerTensor.KeyBias), l.KeyBias, permute, c.HeadDim, targetStyle));
+                list.Add(Rows(N(LayerTensor.ValueBias), l.ValueBias, DType.F32));
+            }
+            list.Add(Rows(N(LayerTensor.FfnNorm), l.FfnNorm, DType.F32));
+            list.Add(Rows(N(LayerTensor.Gate), l.Gate, matrixType));
+            list.Add(Rows(N(LayerTensor.Up), l.Up, matrixType));
+            list.Add(Rows(N(LayerTensor.Down), l.Down, matrixType));
+        }
+        list.Add(Rows(names.FinalNorm, checkpoint.FinalNorm, DType.F32));
+        if (!c.TiedEmbeddings) list.Add(Rows(names.Classifier, checkpoint.Classifier, matrixType));
+        return list;
+    }
+
+    /// <summary>A matrix (or vector) streamed row by row in <paramref name="type"/>, rows optionally reordered.</summary>
+    private static TensorToWrite Rows(string name, WeightTensor source, DType type, Func<int, int>? sourceRow = null)
+    {
+        long[] shape = IsVector(name) ? [source.Columns] : [source.Rows, source.Columns];
+        return new TensorToWrite(name, type, shape, stream =>
+        {
+            var row = new float[source.Columns];
+            var bytes = new byte[type.BytesFor(source.Columns)];
+            for (int r = 0; r < source.Rows; r++)
+            {
+                source.ReadRow(sourceRow?.Invoke(r) ?? r, row);
+                TensorEncoding.Encode(row, type, bytes);
+                stream.Write(bytes);
+            }
+        });
+    }
+
+    /// <summary>A bias vector whose elements follow the q/k row permutation.</summary>
+    private static TensorToWrite Columns(string name, WeightTensor source, bool permute, int headDim, RopeStyle targetStyle) =>
+        new(name, DType.F32, [source.Columns], stream =>
+        {
+            var values = new float[source.Columns];
+            source.ReadRow(0, values);
+            var output = new float[values.Length];
+            for (int i = 0; i < output.Length; i++)
+                output[i] = values[permute ? RopeRowPermutation.SourceRow(i, headDim, targetStyle) : i];
+            stream.Write(MemoryMarshal.AsBytes(output.AsSpan()));
+        });
+
+    private static bool IsVector(string name) => name.Contains("norm") || name.EndsWith(".bias");
+}

@@ -1,0 +1,180 @@
+using System.Buffers.Binary;
+using System.Text;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Core.Checkpoints;
+
+/// <summary>
+/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16 or q8_0 tensors.
+/// f32/f16/bf16 tensors stay memory-mapped; q8_0 tensors are dequantised to f32 at load.
+/// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation).
+/// </summary>
+public static class GgufReader
+{
+    /// <summary>Loads the checkpoint at <paramref name="path"/>.</summary>
+    public static unsafe Checkpoint Read(string path)
+    {
+        var file = new MappedFile(path);
+        var owners = new List<IDisposable> { file };
+        try
+        {
+            var cursor = new Cursor(path, file);
+            if (cursor.UInt32("magic") != GgufFormat.Magic) throw new CheckpointFormatException(path, "magic", "is not 'GGUF'");
+            uint version = cursor.UInt32("version");
+            if (version != GgufFormat.Version) throw new CheckpointFormatException(path, "version", $"{version} is not supported (3)");
+            long tensorCount = cursor.Count("tensor_count");
+            long metadataCount = cursor.Count("metadata_kv_count");
+
+            var metadata = new Dictionary<string, object>();
+            for (long i = 0; i < metadataCount; i++)
+            {
+                string key = cursor.String("metadata key");
+                metadata[key] = cursor.Value(key, (GgufFormat.ValueType)cursor.UInt32(key));
+            }
+
+            var infos = new List<(string Name, long[] Dims, GgufFormat.TensorType Type, long Offset)>();
+            for (long i = 0; i < tensorCount; i++)
+            {
+                string name = cursor.String("tensor name");
+                uint dimCount = cursor.UInt32(name);
+                if (dimCount is 0 or > 4) throw new CheckpointFormatException(path, name, $"has {dimCount} dimensions");
+                var dims = new long[dimCount];
+                for (int d = 0; d < dims.Length; d++) dims[d] = (long)cursor.UInt64(name);
+                infos.Add((name, dims, (GgufFormat.TensorType)cursor.UInt32(name), (long)cursor.UInt64(name)));
+            }
+
+            long alignment = metadata.TryGetValue("general.alignment", out var a) ? Convert.ToInt64(a) : GgufFormat.DefaultAlignment;
+            long dataStart = (cursor.Position + alignment - 1) / alignment * alignment;
+
+            var tensors = new Dictionary<string, WeightTensor>();
+            foreach (var (name, dims, ggmlType, offset) in infos)
+            {
+                // ne[0] is the contiguous dimension: a [out, in] matrix is stored with dims [in, out].
+                if (dims.Length > 2 && dims.Skip(2).Any(d => d != 1)) throw new CheckpointFormatException(path, name, "only vectors and matrices are weights");
+                int columns = checked((int)dims[0]);
+                int rows = dims.Length > 1 ? checked((int)dims[1]) : 1;
+                DType type = ggmlType switch
+                {
+                    GgufFormat.TensorType.F32 => DType.F32,
+                    GgufFormat.TensorType.F16 => DType.F16,
+                    GgufFormat.TensorType.BF16 => DType.BF16,
+                    GgufFormat.TensorType.Q8_0 => DType.Q8_0,
+                    _ => throw new CheckpointFormatException(path, name, $"ggml type {(uint)ggmlType} is not supported (f32, f16, bf16, q8_0)"),
+                };
+                long bytes = type.BytesFor((long)rows * columns);
+                if (dataStart + offset + bytes > file.Length)
+                    throw new CheckpointFormatException(path, name, $"data [{dataStart + offset}, {dataStart + offset + bytes}) runs past the end of the file ({file.Length} bytes): truncated?");
+                byte* data = file.Pointer + dataStart + offset;
+                if (type == DType.Q8_0)
+                {
+                    var dequantised = new NativeBuffer<float>((long)rows * columns);
+                    owners.Add(dequantised);
+                    Q8_0.Dequantise(new ReadOnlySpan<byte>(data, checked((int)bytes)), dequantised.Span);
+                    tensors[name] = new WeightTensor(name, DType.F32, rows, columns, dequantised.Pointer);
+                }
+                else
+                {
+                    tensors[name] = new WeightTensor(name, type, rows, columns, data);
+                }
+            }
+
+            var config = ReadConfig(path, metadata, tensors);
+            return CheckpointAssembler.Assemble(path, config, tensors, TensorNames.Gguf, owners);
+        }
+        catch (Exception e)
+        {
+            foreach (var owner in owners) owner.Dispose();
+            if (e is CheckpointFormatException) throw;
+            throw new CheckpointFormatException(path, "file", e.Message, e);
+        }
+    }
+
+    private static ModelConfig ReadConfig(string path, Dictionary<string, object> metadata, Dictionary<string, WeightTensor> tensors)
+    {
+        string arch = metadata.TryGetValue("general.architecture", out var archValue) ? archValue as string ?? "" : "";
+        if (arch != "llama") throw new CheckpointFormatException(path, "general.architecture", $"'{arch}' is not supported (llama)");
+        long Required(string key) => metadata.TryGetValue(key, out var v) && v is not string and not object[]
+            ? Convert.ToInt64(v)
+            : throw new CheckpointFormatException(path, key, "is missing");
+        double Real(string key, double fallback) => metadata.TryGetValue(key, out var v) ? Convert.ToDouble(v) : fallback;
+
+        int hidden = (int)Required("llama.embedding_length");
+        int heads = (int)Required("llama.attention.head_count");
+        int vocab = metadata.TryGetValue("llama.vocab_size", out var vs) ? Convert.ToInt32(vs)
+            : tensors.TryGetValue(TensorNames.Gguf.Embedding, out var embedding) ? embedding.Rows
+            : throw new CheckpointFormatException(path, TensorNames.Gguf.Embedding, "tensor is missing");
+        return new ModelConfig
+        {
+            Architecture = "llama",
+            HiddenSize = hidden,
+            IntermediateSize = (int)Required("llama.feed_forward_length"),
+            LayerCount = (int)Required("llama.block_count"),
+            HeadCount = heads,
+            KvHeadCount = metadata.TryGetValue("llama.attention.head_count_kv", out var kv) ? Convert.ToInt32(kv) : heads,
+            HeadDim = metadata.TryGetValue("llama.attention.key_length", out var kl) ? Convert.ToInt32(kl) : hidden / heads,
+            VocabSize = vocab,
+            MaxContextLength = (int)Required("llama.context_length"),
+            NormEpsilon = Real("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            RopeTheta = Real("llama.rope.freq_base", 10000),
+            RopeStyle = RopeStyle.Interleaved,
+            TiedEmbeddings = !tensors.ContainsKey(TensorNames.Gguf.Classifier),
+            AttentionBias = tensors.ContainsKey(TensorNames.Gguf.Layer(0, LayerTensor.QueryBias)),
+            BosTokenId = metadata.TryGetValue("tokenizer.ggml.bos_token_id", out var bos) ? Convert.ToInt32(bos) : null,
+            EosTokenIds = metadata.TryGetValue("tokenizer.ggml.eos_token_id", out var eos) ? [Convert.ToInt32(eos)] : [],
+        };
+    }
+
+    /// <summary>Bounds-checked little-endian reads over the mapped file; running off the end names the field.</summary>
+    private sealed class Cursor(string path, MappedFile file)
+    {
+        public long Position { get; private set; }
+
+        private ReadOnlySpan<byte> Take(string field, long count)
+        {
+            if (count < 0 || Position + count > file.Length)
+                throw new CheckpointFormatException(path, field, $"file is truncated at byte {Position} (needs {count} more of {file.Length})");
+            var span = file.Bytes(Position, checked((int)count));
+            Position += count;
+            return span;
+        }
+
+        public uint UInt32(string field) => BinaryPrimitives.ReadUInt32LittleEndian(Take(field, 4));
+        public ulong UInt64(string field) => BinaryPrimitives.ReadUInt64LittleEndian(Take(field, 8));
+
+        public long Count(string field)
+        {
+            ulong value = UInt64(field);
+            return value <= int.MaxValue ? (long)value : throw new CheckpointFormatException(path, field, $"implausible count {value}");
+        }
+
+        public string String(string field) => Encoding.UTF8.GetString(Take(field, Count(field)));
+
+        public object Value(string key, GgufFormat.ValueType type) => type switch
+        {
+            GgufFormat.ValueType.UInt8 => Take(key, 1)[0],
+            GgufFormat.ValueType.Int8 => (sbyte)Take(key, 1)[0],
+            GgufFormat.ValueType.UInt16 => BinaryPrimitives.ReadUInt16LittleEndian(Take(key, 2)),
+            GgufFormat.ValueType.Int16 => BinaryPrimitives.ReadInt16LittleEndian(Take(key, 2)),
+            GgufFormat.ValueType.UInt32 => UInt32(key),
+            GgufFormat.ValueType.Int32 => BinaryPrimitives.ReadInt32LittleEndian(Take(key, 4)),
+            GgufFormat.ValueType.Float32 => BinaryPrimitives.ReadSingleLittleEndian(Take(key, 4)),
+            GgufFormat.ValueType.Bool => Take(key, 1)[0] != 0,
+            GgufFormat.ValueType.String => String(key),
+            GgufFormat.ValueType.UInt64 => UInt64(key),
+            GgufFormat.ValueType.Int64 => BinaryPrimitives.ReadInt64LittleEndian(Take(key, 8)),
+            GgufFormat.ValueType.Float64 => BinaryPrimitives.ReadDoubleLittleEndian(Take(key, 8)),
+            GgufFormat.ValueType.Array => Array(key),
+            _ => throw new CheckpointFormatException(path, key, $"unknown metadata value type {(uint)type}"),
+        };
+
+        private object[] Array(string key)
+        {
+            var elementType = (GgufFormat.ValueType)UInt32(key);
+            long count = Count(key);
+            var items = new object[count];
+            for (long i = 0; i < count; i++) items[i] = Value(key, elementType);
+            return items;
+        }
+    }
+}

@@ -1,0 +1,74 @@
+using System.Text;
+using KvPacket.Core.Memory;
+
+namespace KvPacket.Core.Checkpoints;
+
+/// <summary>Writes GGUF v3 files: metadata (strings, integers, floats) and f32/f16/bf16/q8_0 tensors.</summary>
+public static class GgufWriter
+{
+    /// <summary>Writes <paramref name="metadata"/> and <paramref name="tensors"/> to <paramref name="path"/>.</summary>
+    /// <remarks>Metadata values may be string, uint, int, float, ulong, double or bool.</remarks>
+    public static void Write(string path, IReadOnlyList<KeyValuePair<string, object>> metadata, IReadOnlyList<TensorToWrite> tensors)
+    {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
+        void WriteString(string s)
+        {
+            var bytes = Encoding.UTF8.GetBytes(s);
+            writer.Write((ulong)bytes.Length);
+            writer.Write(bytes);
+        }
+
+        writer.Write(GgufFormat.Magic);
+        writer.Write(GgufFormat.Version);
+        writer.Write((ulong)tensors.Count);
+        writer.Write((ulong)metadata.Count);
+        foreach (var (key, value) in metadata)
+        {
+            WriteString(key);
+            switch (value)
+            {
+                case string s: writer.Write((uint)GgufFormat.ValueType.String); WriteString(s); break;
+                case uint u: writer.Write((uint)GgufFormat.ValueType.UInt32); writer.Write(u); break;
+                case int i: writer.Write((uint)GgufFormat.ValueType.Int32); writer.Write(i); break;
+                case float f: writer.Write((uint)GgufFormat.ValueType.Float32); writer.Write(f); break;
+                case ulong ul: writer.Write((uint)GgufFormat.ValueType.UInt64); writer.Write(ul); break;
+                case double d: writer.Write((uint)GgufFormat.ValueType.Float64); writer.Write(d); break;
+                case bool b: writer.Write((uint)GgufFormat.ValueType.Bool); writer.Write(b); break;
+                default: throw new NotSupportedException($"GGUF metadata '{key}' has unsupported type {value.GetType().Name}.");
+            }
+        }
+
+        long offset = 0;
+        foreach (var tensor in tensors)
+        {
+            WriteString(tensor.Name);
+            writer.Write((uint)tensor.Shape.Length);
+            for (int d = tensor.Shape.Length - 1; d >= 0; d--) writer.Write((ulong)tensor.Shape[d]); // ne[0] is innermost
+            writer.Write((uint)(tensor.Type switch
+            {
+                DType.F32 => GgufFormat.TensorType.F32,
+                DType.F16 => GgufFormat.TensorType.F16,
+                DType.BF16 => GgufFormat.TensorType.BF16,
+                DType.Q8_0 => GgufFormat.TensorType.Q8_0,
+                _ => throw new NotSupportedException(tensor.Type.ToString()),
+            }));
+            writer.Write((ulong)offset);
+            offset = Align(offset + tensor.ByteCount);
+        }
+        writer.Flush();
+        Pad(stream);
+        foreach (var tensor in tensors)
+        {
+            tensor.WriteTo(stream);
+            Pad(stream);
+        }
+    }
+
+    private static long Align(long offset) => (offset + GgufFormat.DefaultAlignment - 1) / GgufFormat.DefaultAlignment * GgufFormat.DefaultAlignment;
+
+    private static void Pad(Stream stream)
+    {
+        while (stream.Position % GgufFormat.DefaultAlignment != 0) stream.WriteByte(0);
+    }
+}

@@ -1,0 +1,112 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Core.Checkpoints;
+
+/// <summary>
+/// One memory-mapped <c>.safetensors</c> file: an 8-byte little-endian header length, a JSON header
+/// (name → dtype, shape, data_offsets relative to the data section), then the tensor bytes.
+/// </summary>
+public sealed unsafe class SafetensorsFile : IDisposable
+{
+    private readonly MappedFile _file;
+
+    private SafetensorsFile(MappedFile file, Dictionary<string, WeightTensor> tensors, Dictionary<string, string> metadata)
+    {
+        _file = file;
+        Tensors = tensors;
+        Metadata = metadata;
+    }
+
+    /// <summary>The file's tensors; 1-D tensors have one row.</summary>
+    public IReadOnlyDictionary<string, WeightTensor> Tensors { get; }
+
+    /// <summary>The header's <c>__metadata__</c> strings.</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Maps and validates <paramref name="path"/>.</summary>
+    public static SafetensorsFile Open(string path)
+    {
+        var file = new MappedFile(path);
+        try
+        {
+            if (file.Length < 8) throw new CheckpointFormatException(path, "header length", $"file has only {file.Length} bytes");
+            long headerLength = BinaryPrimitives.ReadInt64LittleEndian(file.Bytes(0, 8));
+            if (headerLength <= 0 || headerLength > 100_000_000 || 8 + headerLength > file.Length)
+                throw new CheckpointFormatException(path, "header length", $"{headerLength} does not fit in a file of {file.Length} bytes");
+            long dataStart = 8 + headerLength;
+            long dataLength = file.Length - dataStart;
+
+            using var json = ParseHeader(path, file.Bytes(8, (int)headerLength));
+            if (json.RootElement.ValueKind != JsonValueKind.Object)
+                throw new CheckpointFormatException(path, "header", "is not a JSON object");
+            var tensors = new Dictionary<string, WeightTensor>();
+            var metadata = new Dictionary<string, string>();
+            foreach (var entry in json.RootElement.EnumerateObject())
+            {
+                if (entry.Name == "__metadata__")
+                {
+                    foreach (var m in entry.Value.EnumerateObject()) metadata[m.Name] = m.Value.ToString();
+                    continue;
+                }
+                tensors[entry.Name] = ReadEntry(path, entry, file.Pointer + dataStart, dataLength);
+            }
+            return new SafetensorsFile(file, tensors, metadata);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static JsonDocument ParseHeader(string path, ReadOnlySpan<byte> header)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(header.TrimEnd((byte)' '));
+            return JsonDocument.ParseValue(ref reader);
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointFormatException(path, "header", $"is not valid JSON ({e.Message})", e);
+        }
+    }
+
+    private static WeightTensor ReadEntry(string path, JsonProperty entry, byte* data, long dataLength)
+    {
+        string name = entry.Name;
+        if (entry.Value.ValueKind != JsonValueKind.Object
+            || !entry.Value.TryGetProperty("dtype", out var dtypeElement)
+            || !entry.Value.TryGetProperty("shape", out var shapeElement)
+            || !entry.Value.TryGetProperty("data_offsets", out var offsetsElement))
+            throw new CheckpointFormatException(path, name, "entry needs dtype, shape and data_offsets");
+
+        DType type = dtypeElement.GetString() switch
+        {
+            "F32" => DType.F32,
+            "F16" => DType.F16,
+            "BF16" => DType.BF16,
+            var other => throw new CheckpointFormatException(path, name, $"dtype {other} is not supported (F32, F16, BF16)"),
+        };
+        var shape = shapeElement.EnumerateArray().Select(e => e.GetInt64()).ToArray();
+        (int rows, int columns) = shape.Length switch
+        {
+            1 => (1, checked((int)shape[0])),
+            2 => (checked((int)shape[0]), checked((int)shape[1])),
+            _ => throw new CheckpointFormatException(path, name, $"has {shape.Length} dimensions; only vectors and matrices are weights"),
+        };
+        var offsets = offsetsElement.EnumerateArray().Select(e => e.GetInt64()).ToArray();
+        if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength)
+            throw new CheckpointFormatException(path, name, $"data_offsets [{string.Join(", ", offsets)}] fall outside the {dataLength}-byte data section (truncated file?)");
+        long expected = type.BytesFor((long)rows * columns);
+        if (offsets[1] - offsets[0] != expected)
+            throw new CheckpointFormatException(path, name, $"holds {offsets[1] - offsets[0]} bytes, but {type}[{rows}, {columns}] needs {expected}");
+        return new WeightTensor(name, type, rows, columns, data + offsets[0]);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _file.Dispose();
+}

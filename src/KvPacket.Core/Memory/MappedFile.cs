@@ -1,0 +1,52 @@
+using System.IO.MemoryMappedFiles;
+
+namespace KvPacket.Core.Memory;
+
+/// <summary>A whole file mapped read-only into memory, so weights are used in place rather than copied.</summary>
+public sealed unsafe class MappedFile : IDisposable
+{
+    private readonly MemoryMappedFile? _file;
+    private readonly MemoryMappedViewAccessor? _view;
+    private byte* _pointer;
+
+    /// <summary>Maps <paramref name="path"/>.</summary>
+    public MappedFile(string path)
+    {
+        Path = path;
+        Length = new FileInfo(path).Length;
+        if (Length == 0) return;
+        _file = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, 0, MemoryMappedFileAccess.Read);
+        _view = _file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref _pointer);
+        _pointer += _view.PointerOffset;
+    }
+
+    /// <summary>The mapped file.</summary>
+    public string Path { get; }
+
+    /// <summary>File length in bytes.</summary>
+    public long Length { get; }
+
+    /// <summary>Address of the first byte.</summary>
+    public byte* Pointer => _pointer;
+
+    /// <summary>The bytes [<paramref name="offset"/>, offset + <paramref name="length"/>).</summary>
+    public ReadOnlySpan<byte> Bytes(long offset, int length)
+    {
+        if (offset < 0 || length < 0 || offset + length > Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is outside {Path} ({Length} bytes).");
+        return new ReadOnlySpan<byte>(_pointer + offset, length);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_view is not null && _pointer != null)
+        {
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _pointer = null;
+        }
+        _view?.Dispose();
+        _file?.Dispose();
+    }
+}

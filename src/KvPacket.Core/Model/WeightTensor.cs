@@ -1,0 +1,69 @@
+using KvPacket.Core.Memory;
+
+namespace KvPacket.Core.Model;
+
+/// <summary>
+/// A read-only view of one weight tensor in native memory (a memory-mapped file or a <see cref="NativeBuffer{T}"/>).
+/// Matrices are row-major <c>[Rows, Columns]</c> = <c>[out_features, in_features]</c>; vectors have one row.
+/// The view does not own its memory: the checkpoint that produced it does.
+/// </summary>
+public readonly unsafe struct WeightTensor
+{
+    /// <summary>Creates a view over <paramref name="data"/>.</summary>
+    public WeightTensor(string name, DType type, int rows, int columns, void* data)
+    {
+        Name = name;
+        Type = type;
+        Rows = rows;
+        Columns = columns;
+        Data = data;
+    }
+
+    /// <summary>Tensor name in the checkpoint it came from.</summary>
+    public string Name { get; }
+
+    /// <summary>Element type.</summary>
+    public DType Type { get; }
+
+    /// <summary>Number of rows (output features); 1 for a vector.</summary>
+    public int Rows { get; }
+
+    /// <summary>Number of columns (input features), or the length of a vector.</summary>
+    public int Columns { get; }
+
+    /// <summary>Address of element [0, 0].</summary>
+    public void* Data { get; }
+
+    /// <summary>Whether this view points anywhere.</summary>
+    public bool IsPresent => Data != null;
+
+    /// <summary>Total elements.</summary>
+    public long ElementCount => (long)Rows * Columns;
+
+    /// <summary>Bytes of the tensor's data.</summary>
+    public long ByteCount => Type.BytesFor(ElementCount);
+
+    /// <summary>The f32 elements of a tensor whose <see cref="Type"/> is <see cref="DType.F32"/>.</summary>
+    public ReadOnlySpan<float> AsSingles()
+    {
+        if (Type != DType.F32) throw new InvalidOperationException($"Tensor '{Name}' is {Type}, not F32.");
+        return new ReadOnlySpan<float>(Data, checked((int)ElementCount));
+    }
+
+    /// <summary>Row <paramref name="row"/> widened to f32 into <paramref name="destination"/>.</summary>
+    public void ReadRow(int row, Span<float> destination)
+    {
+        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row), $"Row {row} of '{Name}' with {Rows} rows.");
+        long offset = (long)row * Columns;
+        switch (Type)
+        {
+            case DType.F32: new ReadOnlySpan<float>((float*)Data + offset, Columns).CopyTo(destination); break;
+            case DType.F16: ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)Data + offset, Columns), destination); break;
+            case DType.BF16: ElementConversion.BF16ToSingle(new ReadOnlySpan<ushort>((ushort*)Data + offset, Columns), destination); break;
+            default: throw new NotSupportedException($"Tensor '{Name}' has type {Type}, which is dequantised at load.");
+        }
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Name} {Type}[{Rows}, {Columns}]";
+}
