@@ -78,6 +78,8 @@ public static class CheckpointExporter
     /// <summary>A matrix (or vector) streamed row by row in <paramref name="type"/>, rows optionally reordered.</summary>
     private static TensorToWrite Rows(string name, WeightTensor source, DType type, Func<int, int>? sourceRow = null)
     {
+        // q8_0 blocks run along rows; a row that is not a whole number of blocks falls back to f16, as llama.cpp does.
+        if (type == DType.Q8_0 && source.Columns % Q8_0.BlockSize != 0) type = DType.F16;
         long[] shape = IsVector(name) ? [source.Columns] : [source.Rows, source.Columns];
         return new TensorToWrite(name, type, shape, stream =>
         {

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Globalization;
 using System.Text;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -97,7 +98,10 @@ public static class GgufReader
         long Required(string key) => metadata.TryGetValue(key, out var v) && v is not string and not object[]
             ? Convert.ToInt64(v)
             : throw new CheckpointFormatException(path, key, "is missing");
-        double Real(string key, double fallback) => metadata.TryGetValue(key, out var v) ? Convert.ToDouble(v) : fallback;
+        // A float32 field is widened through its shortest decimal form, so 1e-5 stays 1e-5 rather than 9.99999975e-6.
+        double Real(string key, double fallback) => metadata.TryGetValue(key, out var v)
+            ? v is float f ? double.Parse(f.ToString("R", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture) : Convert.ToDouble(v, CultureInfo.InvariantCulture)
+            : fallback;
 
         int hidden = (int)Required("llama.embedding_length");
         int heads = (int)Required("llama.attention.head_count");

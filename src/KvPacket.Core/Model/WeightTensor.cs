@@ -51,15 +51,20 @@ public readonly unsafe struct WeightTensor
     }
 
     /// <summary>Row <paramref name="row"/> widened to f32 into <paramref name="destination"/>.</summary>
-    public void ReadRow(int row, Span<float> destination)
+    public void ReadRow(int row, Span<float> destination) => ReadRows(row, 1, destination);
+
+    /// <summary>Rows [<paramref name="row"/>, row + <paramref name="count"/>) widened to f32 into <paramref name="destination"/>.</summary>
+    public void ReadRows(int row, int count, Span<float> destination)
     {
-        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row), $"Row {row} of '{Name}' with {Rows} rows.");
+        if (row < 0 || count < 0 || row + count > Rows)
+            throw new ArgumentOutOfRangeException(nameof(row), $"Rows [{row}, {row + count}) of '{Name}' with {Rows} rows.");
         long offset = (long)row * Columns;
+        int length = checked(count * Columns);
         switch (Type)
         {
-            case DType.F32: new ReadOnlySpan<float>((float*)Data + offset, Columns).CopyTo(destination); break;
-            case DType.F16: ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)Data + offset, Columns), destination); break;
-            case DType.BF16: ElementConversion.BF16ToSingle(new ReadOnlySpan<ushort>((ushort*)Data + offset, Columns), destination); break;
+            case DType.F32: new ReadOnlySpan<float>((float*)Data + offset, length).CopyTo(destination); break;
+            case DType.F16: ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)Data + offset, length), destination); break;
+            case DType.BF16: ElementConversion.BF16ToSingle(new ReadOnlySpan<ushort>((ushort*)Data + offset, length), destination); break;
             default: throw new NotSupportedException($"Tensor '{Name}' has type {Type}, which is dequantised at load.");
         }
     }

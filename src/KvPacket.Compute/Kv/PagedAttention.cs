@@ -1,0 +1,133 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using KvPacket.Compute.Cpu;
+using KvPacket.Compute.Threading;
+using KvPacket.Core.Memory;
+
+namespace KvPacket.Compute.Kv;
+
+/// <summary>
+/// Causal grouped-query attention over a paged KV cache. <see cref="Append"/> stores each token's rotated key and
+/// value in its block slot; <see cref="Attend"/> then computes, per token and KV head, the attention of every
+/// query head in that group (each key is loaded once per group). Work is split over (token, KV head) pairs.
+/// </summary>
+[SkipLocalsInit]
+public sealed unsafe class PagedAttention : IParallelWork, IDisposable
+{
+    private readonly KvBlockPool _pool;
+    private readonly WorkerPool _workers;
+    private readonly int _headCount, _group, _headDim, _maxContext;
+    private readonly NativeBuffer<float>[] _scores;
+    private readonly float _scale;
+
+    private AttentionBatch? _batch;
+    private int _layer;
+    private float* _q, _out;
+
+    /// <summary>Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>.</summary>
+    public PagedAttention(KvBlockPool pool, WorkerPool workers, int headCount, int maxContext)
+    {
+        _pool = pool;
+        _workers = workers;
+        _headCount = headCount;
+        _headDim = pool.Layout.HeadDim;
+        _group = headCount / pool.Layout.KvHeadCount;
+        _maxContext = maxContext;
+        _scale = 1f / MathF.Sqrt(_headDim);
+        _scores = new NativeBuffer<float>[workers.ThreadCount];
+        for (int i = 0; i < _scores.Length; i++) _scores[i] = new NativeBuffer<float>((long)_group * maxContext + 2L * _headDim);
+    }
+
+    /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its slot for <paramref name="layer"/>.</summary>
+    public void Append(int layer, AttentionBatch batch, float* k, float* v)
+    {
+        var layout = _pool.Layout;
+        int kvDim = layout.KvDim;
+        for (int t = 0; t < batch.TokenCount; t++)
+        {
+            int position = batch.Positions[t];
+            int[] table = batch.BlockTables[batch.Sequences[t]];
+            int block = table[position / layout.BlockSize];
+            long slot = (long)(position % layout.BlockSize) * kvDim;
+            Store(k + (long)t * kvDim, _pool.Key(block, layer), slot, kvDim);
+            Store(v + (long)t * kvDim, _pool.Value(block, layer), slot, kvDim);
+        }
+    }
+
+    private void Store(float* source, byte* plane, long slot, int count)
+    {
+        var from = new ReadOnlySpan<float>(source, count);
+        if (_pool.Layout.Type == DType.F16) ElementConversion.SingleToHalf(from, new Span<Half>((Half*)plane + slot, count));
+        else from.CopyTo(new Span<float>((float*)plane + slot, count));
+    }
+
+    /// <summary>
+    /// out[t, h·d..] = softmax(q[t,h]·Kᵀ/√d) · V over positions [0, Positions[t]] of token t's sequence, for layer <paramref name="layer"/>.
+    /// </summary>
+    public void Attend(int layer, AttentionBatch batch, float* q, float* output)
+    {
+        for (int t = 0; t < batch.TokenCount; t++)
+            if (batch.Positions[t] >= _maxContext) throw new ArgumentOutOfRangeException(nameof(batch), $"Position {batch.Positions[t]} is beyond the context of {_maxContext}.");
+        _batch = batch;
+        _layer = layer;
+        _q = q;
+        _out = output;
+        int items = batch.TokenCount * _pool.Layout.KvHeadCount;
+        long work = 0;
+        for (int t = 0; t < batch.TokenCount; t++) work += batch.Positions[t] + 1;
+        if (work * _headCount * _headDim < 1 << 15) Execute(0, items, 0);
+        else _workers.Run(this, items);
+    }
+
+    /// <inheritdoc />
+    public void Execute(int start, int end, int worker)
+    {
+        var layout = _pool.Layout;
+        int kvHeads = layout.KvHeadCount, kvDim = layout.KvDim, blockSize = layout.BlockSize, d = _headDim;
+        bool half = layout.Type == DType.F16;
+        float* scores = _scores[worker].Pointer;
+        float* row = scores + (long)_group * _maxContext;   // one key or value row widened to f32
+        var batch = _batch!;
+
+        for (int item = start; item < end; item++)
+        {
+            int t = item / kvHeads, g = item % kvHeads;
+            int length = batch.Positions[t] + 1;
+            int[] table = batch.BlockTables[batch.Sequences[t]];
+            float* q = _q + (long)t * _headCount * d + (long)g * _group * d;
+
+            for (int j = 0; j < length; j++)
+            {
+                float* key = Row(_pool.Key(table[j / blockSize], _layer), (long)(j % blockSize) * kvDim + (long)g * d, half, row);
+                for (int h = 0; h < _group; h++) scores[(long)h * _maxContext + j] = Dot.F32(q + h * d, key, d) * _scale;
+            }
+            for (int h = 0; h < _group; h++) Softmax.Apply(new Span<float>(scores + (long)h * _maxContext, length));
+
+            float* output = _out + (long)t * _headCount * d + (long)g * _group * d;
+            new Span<float>(output, _group * d).Clear();
+            for (int j = 0; j < length; j++)
+            {
+                float* value = Row(_pool.Value(table[j / blockSize], _layer), (long)(j % blockSize) * kvDim + (long)g * d, half, row);
+                for (int h = 0; h < _group; h++)
+                {
+                    var o = new Span<float>(output + h * d, d);
+                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(value, d), scores[(long)h * _maxContext + j], o, o);
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private float* Row(byte* plane, long offset, bool half, float* widened)
+    {
+        if (!half) return (float*)plane + offset;
+        ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)plane + offset, _headDim), new Span<float>(widened, _headDim));
+        return widened;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var buffer in _scores) buffer.Dispose();
+    }
+}

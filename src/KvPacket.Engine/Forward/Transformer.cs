@@ -1,0 +1,196 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using KvPacket.Compute.Cpu;
+using KvPacket.Compute.Kv;
+using KvPacket.Compute.Threading;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Engine.Forward;
+
+/// <summary>
+/// The Llama/Qwen2 forward pass on the CPU over a paged KV cache, for a ragged batch of sequences.
+/// All activations live in native buffers sized for <see cref="TransformerOptions.MaxBatchTokens"/>, so a step
+/// allocates nothing. One step at a time per instance.
+/// </summary>
+[SkipLocalsInit]
+public sealed unsafe class Transformer : IDisposable
+{
+    private readonly Checkpoint _model;
+    private readonly ModelConfig _config;
+    private readonly WorkerPool _workers;
+    private readonly bool _ownsWorkers;
+    private readonly MatMul _matMul;
+    private readonly PagedAttention _attention;
+    private readonly RotaryEmbedding _rope;
+    private readonly AttentionBatch _attentionBatch;
+    private readonly LayerVectors[] _layerVectors;
+    private readonly float[] _finalNorm;
+    private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
+
+    /// <summary>Prepares <paramref name="model"/> for inference. The checkpoint must outlive this instance.</summary>
+    public Transformer(Checkpoint model, TransformerOptions? options = null)
+    {
+        options ??= new TransformerOptions();
+        _model = model;
+        _config = model.Config;
+        Options = options;
+        var c = _config;
+        _ownsWorkers = options.Threads > 0 && options.Threads != WorkerPool.Shared.ThreadCount;
+        _workers = _ownsWorkers ? new WorkerPool(options.Threads) : WorkerPool.Shared;
+
+        var layout = KvCacheLayout.For(c, options.KvType, options.KvBlockSize);
+        KvPool = new KvBlockPool(layout, (options.KvCacheTokens + layout.BlockSize - 1) / layout.BlockSize);
+        _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
+        _attention = new PagedAttention(KvPool, _workers, c.HeadCount, c.MaxContextLength);
+        _rope = new RotaryEmbedding(c);
+        _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
+
+        _layerVectors = model.Layers.Select(l => new LayerVectors(
+            ReadVector(l.AttentionNorm), ReadVector(l.FfnNorm), ReadVector(l.QueryBias), ReadVector(l.KeyBias), ReadVector(l.ValueBias))).ToArray();
+        _finalNorm = ReadVector(model.FinalNorm);
+
+        int t = options.MaxBatchTokens;
+        _x = new NativeBuffer<float>((long)t * c.HiddenSize);
+        _xb = new NativeBuffer<float>((long)t * Math.Max(c.HiddenSize, c.QueryDim));
+        _q = new NativeBuffer<float>((long)t * c.QueryDim);
+        _k = new NativeBuffer<float>((long)t * c.KvDim);
+        _v = new NativeBuffer<float>((long)t * c.KvDim);
+        _att = new NativeBuffer<float>((long)t * c.QueryDim);
+        _gate = new NativeBuffer<float>((long)t * c.IntermediateSize);
+        _up = new NativeBuffer<float>((long)t * c.IntermediateSize);
+        _ropeCos = new NativeBuffer<float>((long)t * _rope.PairCount);
+        _ropeSin = new NativeBuffer<float>((long)t * _rope.PairCount);
+    }
+
+    /// <summary>The model's config.</summary>
+    public ModelConfig Config => _config;
+
+    /// <summary>The options this instance was built with.</summary>
+    public TransformerOptions Options { get; }
+
+    /// <summary>The KV cache's blocks.</summary>
+    public KvBlockPool KvPool { get; }
+
+    /// <summary>Threads the kernels run on.</summary>
+    public int ThreadCount => _workers.ThreadCount;
+
+    /// <summary>Starts an empty sequence in this model's KV cache.</summary>
+    public Sequence CreateSequence() => new(KvPool, _config.MaxContextLength);
+
+    /// <summary>
+    /// Runs one step: appends every chunk's tokens to its sequence and writes logits ([rows, vocab], in chunk
+    /// order, per <see cref="ForwardBatch.LogitsOf"/>) into <paramref name="logits"/>.
+    /// </summary>
+    public void Forward(ForwardBatch batch, Span<float> logits)
+    {
+        var c = _config;
+        int tokens = batch.TokenCount, hidden = c.HiddenSize;
+        if (tokens == 0) return;
+        if (tokens > Options.MaxBatchTokens) throw new ArgumentException($"The batch has {tokens} tokens; this model was prepared for {Options.MaxBatchTokens}.", nameof(batch));
+        if (batch.ChunkCount > Options.MaxBatchSequences) throw new ArgumentException($"The batch has {batch.ChunkCount} sequences; this model was prepared for {Options.MaxBatchSequences}.", nameof(batch));
+        if (logits.Length < (long)batch.LogitRowCount * c.VocabSize) throw new ArgumentException($"Logits need {batch.LogitRowCount} × {c.VocabSize} floats.", nameof(logits));
+        foreach (int token in batch.Tokens)
+            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
+
+        PlaceTokens(batch);
+
+        // Embedding: x[t] = E[token_t].
+        for (int t = 0; t < tokens; t++) _model.TokenEmbedding.ReadRow(batch.Tokens[t], Row(_x, t, hidden));
+
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            var layer = _model.Layers[l];
+            var vectors = _layerVectors[l];
+
+            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)).
+            for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
+            Project(_xb, tokens, layer.Query, vectors.QueryBias, _q);
+            Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
+            Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
+            for (int t = 0; t < tokens; t++)
+            {
+                var cos = Row(_ropeCos, t, _rope.PairCount);
+                var sin = Row(_ropeSin, t, _rope.PairCount);
+                _rope.Rotate(Row(_q, t, c.QueryDim), c.HeadCount, cos, sin);
+                _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, cos, sin);
+            }
+            _attention.Append(l, _attentionBatch, _k.Pointer, _v.Pointer);
+            _attention.Attend(l, _attentionBatch, _q.Pointer, _att.Pointer);
+            _matMul.Multiply(_att.Pointer, tokens, layer.Output, _xb.Pointer);
+            TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
+
+            // Feed-forward block: x += W2 · (silu(W1·norm(x)) ⊙ W3·norm(x)).
+            for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.FfnNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
+            _matMul.Multiply(_xb.Pointer, tokens, layer.Gate, _gate.Pointer);
+            _matMul.Multiply(_xb.Pointer, tokens, layer.Up, _up.Pointer);
+            SwiGlu.Apply(_gate.Slice(0, tokens * c.IntermediateSize), _up.Slice(0, tokens * c.IntermediateSize));
+            _matMul.Multiply(_gate.Pointer, tokens, layer.Down, _xb.Pointer);
+            TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
+        }
+
+        // Final norm of the rows that want logits, packed together, then the classifier.
+        int rows = 0;
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
+        {
+            int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
+            int first = batch.LogitsOf(chunk) == LogitsFor.AllTokens ? start : start + length - 1;
+            for (int t = first; t < start + length; t++)
+                RmsNorm.Apply(Row(_x, t, hidden), _finalNorm, (float)c.NormEpsilon, Row(_xb, rows++, hidden));
+        }
+        fixed (float* output = logits) _matMul.Multiply(_xb.Pointer, rows, _model.Classifier, output);
+
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
+    }
+
+    /// <summary>Reserves KV blocks, fills the attention batch and each token's RoPE angles.</summary>
+    private void PlaceTokens(ForwardBatch batch)
+    {
+        var placement = _attentionBatch;
+        placement.TokenCount = batch.TokenCount;
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
+        {
+            var sequence = batch.SequenceOf(chunk);
+            int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
+            sequence.Reserve(sequence.Length + length);
+            placement.BlockTables[chunk] = sequence.Blocks;
+            for (int i = 0; i < length; i++)
+            {
+                int t = start + i;
+                placement.Positions[t] = sequence.Length + i;
+                placement.Sequences[t] = chunk;
+                _rope.Angles(sequence.Length + i, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
+            }
+        }
+    }
+
+    private void Project(NativeBuffer<float> input, int tokens, in WeightTensor weight, float[] bias, NativeBuffer<float> output)
+    {
+        _matMul.Multiply(input.Pointer, tokens, weight, output.Pointer);
+        if (bias.Length == 0) return;
+        for (int t = 0; t < tokens; t++) TensorPrimitives.Add(Row(output, t, bias.Length), bias, Row(output, t, bias.Length));
+    }
+
+    private static Span<float> Row(NativeBuffer<float> buffer, int row, int width) => buffer.Slice((long)row * width, width);
+
+    /// <summary>A layer's norm weights and (possibly empty) q/k/v biases, widened to f32 once.</summary>
+    private sealed record LayerVectors(float[] AttentionNorm, float[] FfnNorm, float[] QueryBias, float[] KeyBias, float[] ValueBias);
+
+    private static float[] ReadVector(in WeightTensor tensor)
+    {
+        if (!tensor.IsPresent) return [];
+        var values = new float[tensor.Columns];
+        tensor.ReadRow(0, values);
+        return values;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var buffer in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin }) buffer.Dispose();
+        _matMul.Dispose();
+        _attention.Dispose();
+        KvPool.Dispose();
+        if (_ownsWorkers) _workers.Dispose();
+    }
+}

@@ -1,0 +1,101 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+public class RoundTripTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    [Fact]
+    public void Stories260K_written_as_safetensors_in_rotate_half_layout_gives_the_same_logits()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(original, temp.Path, DType.F32);
+
+        using var reloaded = CheckpointLoader.Load(temp.Path);
+
+        Assert.Equal(RopeStyle.RotateHalf, reloaded.Config.RopeStyle);
+        // Same weights, but the q·k sums run over the pairs in another order: f32 rounding, nothing more.
+        AssertSameLogits(original, reloaded, 1e-4);
+    }
+
+    [Fact]
+    public void Stories260K_written_as_f32_GGUF_gives_the_same_logits()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(Stories);
+        using var reloaded = WriteGguf(original, temp.Path, DType.F32);
+
+        Assert.Equal(RopeStyle.Interleaved, reloaded.Config.RopeStyle);
+        Assert.Equal(original.Config with { EosTokenIds = [] }, reloaded.Config with { EosTokenIds = [] });
+        Assert.Equal(original.Config.EosTokenIds, reloaded.Config.EosTokenIds);
+        AssertSameLogits(original, reloaded, 1e-5);
+    }
+
+    /// <summary>Rounded weights change the logits, so the reference is the same rounding read through safetensors.</summary>
+    [Theory]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void Half_precision_GGUF_matches_the_same_weights_read_from_safetensors(DType type)
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(original, Path.Combine(temp.Path, "hf"), type);
+        using var safetensors = CheckpointLoader.Load(Path.Combine(temp.Path, "hf"));
+        using var gguf = WriteGguf(original, temp.Path, type);
+
+        Assert.Equal(type, gguf.Layers[0].Query.Type);
+        Assert.Equal(type, safetensors.Layers[0].Query.Type);
+        AssertSameLogits(safetensors, gguf, 1e-4);
+    }
+
+    [Fact]
+    public void Q8_0_GGUF_is_dequantised_at_load_and_runs_as_its_dequantised_weights()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(Stories);
+        using var gguf = WriteGguf(original, temp.Path, DType.Q8_0);
+        CheckpointExporter.WriteHuggingFace(gguf, Path.Combine(temp.Path, "dequantised"), DType.F32);
+        using var dequantised = CheckpointLoader.Load(Path.Combine(temp.Path, "dequantised"));
+
+        Assert.Equal(DType.F32, gguf.Layers[0].Query.Type);   // dequantised
+        Assert.Equal(DType.F16, gguf.Layers[0].Down.Type);    // 172 columns: not whole q8_0 blocks, written as f16
+        AssertSameLogits(dequantised, gguf, 1e-4);
+        AssertSameLogits(original, gguf, 4.0);                // 8-bit weights on a 260K model: lossy, not broken
+    }
+
+    private static Checkpoint WriteGguf(Checkpoint checkpoint, string directory, DType type)
+    {
+        string path = Path.Combine(directory, $"model-{type}.gguf");
+        CheckpointExporter.WriteGguf(checkpoint, path, type);
+        return CheckpointLoader.Load(path);
+    }
+
+    [Fact]
+    public void Qwen2_with_biases_survives_a_GGUF_round_trip_through_the_interleaved_layout()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(SharedModels.PathOf("tiny-qwen2"));
+        string path = Path.Combine(temp.Path, "qwen.gguf");
+        CheckpointExporter.WriteGguf(original, path, DType.F32);
+
+        using var reloaded = CheckpointLoader.Load(path);
+
+        Assert.True(reloaded.Config.AttentionBias);
+        AssertSameLogits(original, reloaded, 1e-4);
+    }
+
+    private static void AssertSameLogits(Checkpoint expected, Checkpoint actual, double tolerance)
+    {
+        var (tokens, _) = ReferenceModels.GoldenLogits(expected.Config.Architecture == "qwen2" ? "tiny-qwen2" : "stories260K");
+        var a = ReferenceModels.AllLogits(expected, tokens);
+        var b = ReferenceModels.AllLogits(actual, tokens);
+        double max = 0;
+        for (int i = 0; i < a.Length; i++) max = Math.Max(max, Math.Abs(a[i] - b[i]));
+        Assert.InRange(max, 0, tolerance);
+    }
+}

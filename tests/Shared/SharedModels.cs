@@ -1,0 +1,41 @@
+using System.Text.Json;
+
+namespace KvPacket.Tests;
+
+/// <summary>Finds the reference models in ../shared beside the repository (never copied into it).</summary>
+internal static class SharedModels
+{
+    private static readonly Lazy<string> Root = new(() =>
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "KvPacket.Native.sln")))
+                return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "models"));
+        throw new DirectoryNotFoundException("Could not find KvPacket.Native.sln above the test binaries.");
+    });
+
+    /// <summary>The path of <paramref name="relative"/> under ../shared/models.</summary>
+    public static string PathOf(string relative) => Path.Combine(Root.Value, relative);
+
+    /// <summary>Parses a golden.json.</summary>
+    public static JsonDocument Golden(string model) => JsonDocument.Parse(File.ReadAllBytes(PathOf(Path.Combine(model, "golden.json"))));
+
+    /// <summary>A fresh temporary directory, deleted when disposed.</summary>
+    public static TempDirectory TempDirectory() => new();
+}
+
+/// <summary>A temporary directory removed on dispose.</summary>
+internal sealed class TempDirectory : IDisposable
+{
+    public TempDirectory()
+    {
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "kvpacket-test-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path);
+    }
+
+    public string Path { get; }
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
+    }
+}
