@@ -1,0 +1,169 @@
+using KvPacket.Compute.Cpu;
+using KvPacket.Compute.Threading;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Numerics;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+/// <summary>Each CPU kernel against a float64 reference.</summary>
+public unsafe class KernelTests
+{
+    [Theory]
+    [InlineData(DType.F32, 1, 37, 64)]
+    [InlineData(DType.F32, 7, 70, 96)]
+    [InlineData(DType.BF16, 1, 45, 128)]
+    [InlineData(DType.BF16, 5, 33, 100)]
+    [InlineData(DType.F16, 1, 19, 80)]
+    [InlineData(DType.F16, 9, 64, 64)]
+    [InlineData(DType.F32, 64, 300, 896)]
+    [InlineData(DType.BF16, 64, 300, 896)]
+    public void MatMul_matches_a_float64_reference_of_the_same_weights(DType type, int tokens, int rows, int columns)
+    {
+        var random = new SeededRandom(7);
+        var weights = new float[rows * columns];
+        for (int i = 0; i < weights.Length; i++) weights[i] = 2 * random.NextSingle() - 1;
+        var bytes = new byte[type.BytesFor(weights.Length)];
+        TensorEncoding.Encode(weights, type, bytes);
+        var x = new float[tokens * columns];
+        for (int i = 0; i < x.Length; i++) x[i] = 2 * random.NextSingle() - 1;
+
+        var y = new float[tokens * rows];
+        using var pool = new WorkerPool(2);
+        using var matMul = new MatMul(pool, columns);
+        fixed (byte* w = bytes)
+        fixed (float* px = x, py = y)
+        {
+            var tensor = new WeightTensor("w", type, rows, columns, w);
+            matMul.Multiply(px, tokens, tensor, py);
+            var widened = new float[weights.Length];
+            tensor.ReadRows(0, rows, widened);
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < rows; r++)
+                {
+                    double expected = 0;
+                    for (int k = 0; k < columns; k++) expected += (double)x[t * columns + k] * widened[r * columns + k];
+                    Assert.True(Math.Abs(expected - y[t * rows + r]) < 1e-4, $"y[{t}, {r}] = {y[t * rows + r]}, expected {expected}");
+                }
+        }
+    }
+
+    [Fact]
+    public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch()
+    {
+        const int Rows = 50, Columns = 256, Tokens = 11;
+        var random = new SeededRandom(3);
+        var w = new float[Rows * Columns];
+        var x = new float[Tokens * Columns];
+        for (int i = 0; i < w.Length; i++) w[i] = random.NextSingle() - 0.5f;
+        for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
+        var batched = new float[Tokens * Rows];
+        var alone = new float[Rows];
+        using var pool = new WorkerPool(2);
+        using var matMul = new MatMul(pool, Columns);
+        fixed (float* pw = w, px = x, pb = batched, pa = alone)
+        {
+            var tensor = new WeightTensor("w", DType.F32, Rows, Columns, pw);
+            matMul.Multiply(px, Tokens, tensor, pb);
+            for (int t = 0; t < Tokens; t++)
+            {
+                matMul.Multiply(px + t * Columns, 1, tensor, pa);
+                Assert.Equal(alone, batched.AsSpan(t * Rows, Rows).ToArray());
+            }
+        }
+    }
+
+    [Fact]
+    public void RmsNorm_softmax_and_SwiGLU_match_their_definitions()
+    {
+        float[] x = [1, -2, 3, 0.5f, -0.25f];
+        float[] weight = [1, 2, 0.5f, 1, 3];
+        var normed = new float[5];
+        RmsNorm.Apply(x, weight, 1e-5f, normed);
+        double rms = Math.Sqrt(x.Sum(v => (double)v * v) / 5 + 1e-5);
+        for (int i = 0; i < 5; i++) Assert.Equal(x[i] / rms * weight[i], normed[i], 1e-6);
+
+        var p = (float[])x.Clone();
+        Softmax.Apply(p);
+        double z = x.Sum(v => Math.Exp(v));
+        for (int i = 0; i < 5; i++) Assert.Equal(Math.Exp(x[i]) / z, p[i], 1e-6);
+
+        var gate = (float[])x.Clone();
+        SwiGlu.Apply(gate, weight);
+        for (int i = 0; i < 5; i++) Assert.Equal(x[i] / (1 + Math.Exp(-x[i])) * weight[i], gate[i], 1e-6);
+    }
+
+    [Theory]
+    [InlineData(RopeStyle.Interleaved)]
+    [InlineData(RopeStyle.RotateHalf)]
+    public void RoPE_rotates_the_right_pairs_by_position_times_frequency(RopeStyle style)
+    {
+        var config = new ModelConfig
+        {
+            HiddenSize = 8, IntermediateSize = 8, LayerCount = 1, HeadCount = 1, KvHeadCount = 1, HeadDim = 8, VocabSize = 1,
+            MaxContextLength = 100, RopeTheta = 10000, RopeStyle = style,
+        };
+        var rope = new RotaryEmbedding(config);
+        float[] v = [1, 2, 3, 4, 5, 6, 7, 8];
+        var rotated = (float[])v.Clone();
+        var cos = new float[4];
+        var sin = new float[4];
+        rope.Angles(13, cos, sin);
+        rope.Rotate(rotated, 1, cos, sin);
+        for (int i = 0; i < 4; i++)
+        {
+            double angle = 13 * Math.Pow(10000, -2.0 * i / 8);
+            var (a, b) = style == RopeStyle.Interleaved ? (2 * i, 2 * i + 1) : (i, i + 4);
+            Assert.Equal(v[a] * Math.Cos(angle) - v[b] * Math.Sin(angle), rotated[a], 1e-5);
+            Assert.Equal(v[a] * Math.Sin(angle) + v[b] * Math.Cos(angle), rotated[b], 1e-5);
+        }
+    }
+
+    [Fact]
+    public void Llama3_rope_scaling_keeps_high_frequencies_and_divides_low_ones()
+    {
+        var scaling = new RopeScaling(8, 1, 4, 8192);
+        Assert.Equal(1.0, scaling.Apply(1.0));                       // wavelength 2π: far below 8192/4
+        Assert.Equal(1e-5 / 8, scaling.Apply(1e-5), 12);             // wavelength 628k: far above 8192
+        double mid = 2 * Math.PI / 4096;                             // wavelength 4096: between the bands
+        Assert.InRange(scaling.Apply(mid), mid / 8, mid);
+    }
+
+    [Fact]
+    public void Element_conversions_round_to_nearest_even_and_widen_exactly()
+    {
+        float[] values = [1f, -2.5f, 3.14159265f, 1e-3f, 65504f, float.NaN];
+        var bf16 = new ushort[values.Length];
+        ElementConversion.SingleToBF16(values, bf16);
+        var back = new float[values.Length];
+        ElementConversion.BF16ToSingle(bf16, back);
+        for (int i = 0; i < values.Length - 1; i++) Assert.True(Math.Abs(values[i] - back[i]) <= Math.Abs(values[i]) / 256, $"{values[i]} → {back[i]}");
+        Assert.True(float.IsNaN(back[^1]));
+        Assert.Equal(0x3F81, ElementConversion.SingleToBF16(BitConverter.Int32BitsToSingle(0x3F80_8001)));   // above half: rounds up
+        Assert.Equal(0x3F80, ElementConversion.SingleToBF16(BitConverter.Int32BitsToSingle(0x3F80_8000)));   // tie to even
+
+        var many = Enumerable.Range(0, 100).Select(i => (ushort)(i * 611)).ToArray();
+        var widened = new float[100];
+        ElementConversion.BF16ToSingle(many, widened);
+        for (int i = 0; i < 100; i++) Assert.Equal(ElementConversion.BF16ToSingle(many[i]), widened[i]);
+    }
+
+    [Fact]
+    public void Q8_0_round_trips_within_half_a_step_of_each_block_scale()
+    {
+        var random = new SeededRandom(1);
+        var values = new float[96];
+        for (int i = 0; i < values.Length; i++) values[i] = (random.NextSingle() - 0.5f) * 10;
+        var blocks = new byte[3 * Q8_0.BlockBytes];
+        Q8_0.Quantise(values, blocks);
+        var back = new float[96];
+        Q8_0.Dequantise(blocks, back);
+        for (int b = 0; b < 3; b++)
+        {
+            float max = values.Skip(b * 32).Take(32).Max(MathF.Abs);
+            for (int i = b * 32; i < b * 32 + 32; i++) Assert.InRange(Math.Abs(values[i] - back[i]), 0, max / 127 * 0.51 + 1e-3);
+        }
+    }
+}

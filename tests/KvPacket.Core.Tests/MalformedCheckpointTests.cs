@@ -1,0 +1,179 @@
+using System.Text.Json.Nodes;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+public class MalformedCheckpointTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    [Fact]
+    public void A_truncated_llama2c_file_names_the_file_and_the_tensor_it_ran_out_in()
+    {
+        using var temp = SharedModels.TempDirectory();
+        string path = Path.Combine(temp.Path, "cut.bin");
+        File.WriteAllBytes(path, File.ReadAllBytes(Stories)[..300_000]);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal(path, error.File);
+        Assert.Contains("truncated", error.Message);
+        Assert.Equal("wo", error.Field);   // 300 kB ends inside the wo stack of stories260K (it spans 296,220..378,140)
+    }
+
+    [Fact]
+    public void A_llama2c_header_with_nonsense_values_is_rejected_by_field()
+    {
+        using var temp = SharedModels.TempDirectory();
+        string path = Path.Combine(temp.Path, "bad.bin");
+        var bytes = File.ReadAllBytes(Stories);
+        BitConverter.GetBytes(-7).CopyTo(bytes, 2 * 4);   // n_layers
+        File.WriteAllBytes(path, bytes);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal("n_layers", error.Field);
+    }
+
+    [Fact]
+    public void A_GGUF_with_the_wrong_magic_is_not_mistaken_for_GGUF_and_a_bad_version_is_named()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        string path = Path.Combine(temp.Path, "m.gguf");
+        CheckpointExporter.WriteGguf(model, path, DType.F32);
+        var bytes = File.ReadAllBytes(path);
+        bytes[4] = 9;   // version 9
+        File.WriteAllBytes(path, bytes);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => GgufReader.Read(path));
+        Assert.Equal("version", error.Field);
+
+        bytes[0] = (byte)'X';
+        File.WriteAllBytes(path, bytes);
+        Assert.Equal("magic", Assert.Throws<CheckpointFormatException>(() => GgufReader.Read(path)).Field);
+    }
+
+    [Fact]
+    public void A_truncated_GGUF_names_the_tensor_whose_data_is_missing()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        string path = Path.Combine(temp.Path, "m.gguf");
+        CheckpointExporter.WriteGguf(model, path, DType.F32);
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..(bytes.Length - 1000)]);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal("blk.4.ffn_down.weight", error.Field);  // the last 1000 bytes hold the end of ffn_down and all of output_norm
+    }
+
+    [Fact]
+    public void A_Hugging_Face_directory_missing_a_tensor_names_it()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
+        RewriteSafetensors(temp.Path, tensors => tensors.Where(t => t.Name != "model.layers.3.mlp.up_proj.weight").ToList());
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+
+        Assert.Equal("model.layers.3.mlp.up_proj.weight", error.Field);
+        Assert.Contains("missing", error.Message);
+    }
+
+    [Fact]
+    public void A_tensor_of_the_wrong_shape_is_named_with_both_shapes()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
+        RewriteSafetensors(temp.Path, tensors => tensors.Select(t => t.Name == "model.layers.1.self_attn.k_proj.weight"
+            ? t with { Shape = [t.Shape[1], t.Shape[0]] }
+            : t).ToList());
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+
+        Assert.Equal("model.layers.1.self_attn.k_proj.weight", error.Field);
+        Assert.Contains("expected shape [32, 64], found [64, 32]", error.Message);
+    }
+
+    [Fact]
+    public void A_safetensors_file_cut_short_is_reported_as_truncated()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
+        string file = Path.Combine(temp.Path, "model.safetensors");
+        var bytes = File.ReadAllBytes(file);
+        File.WriteAllBytes(file, bytes[..(bytes.Length / 2)]);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+
+        Assert.Equal(file, error.File);
+        Assert.Contains("truncated", error.Message);
+    }
+
+    [Theory]
+    [InlineData("hidden_size")]
+    [InlineData("num_attention_heads")]
+    [InlineData("vocab_size")]
+    public void A_config_missing_a_field_names_the_field(string field)
+    {
+        using var temp = SharedModels.TempDirectory();
+        foreach (var f in Directory.GetFiles(SharedModels.PathOf("tiny-qwen2"))) File.Copy(f, Path.Combine(temp.Path, Path.GetFileName(f)));
+        string configPath = Path.Combine(temp.Path, "config.json");
+        var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+        config.Remove(field);
+        File.WriteAllText(configPath, config.ToJsonString());
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+
+        Assert.Equal(configPath, error.File);
+        Assert.Equal(field, error.Field);
+    }
+
+    [Fact]
+    public void Both_rope_spellings_give_the_same_config()
+    {
+        using var temp = SharedModels.TempDirectory();
+        string v5 = SharedModels.PathOf("tiny-llama3/config.json");
+        var config = JsonNode.Parse(File.ReadAllText(v5))!.AsObject();
+        var rope = config["rope_parameters"]!.AsObject();
+        config.Remove("rope_parameters");
+        config["rope_theta"] = rope["rope_theta"]!.GetValue<double>();
+        rope.Remove("rope_theta");
+        config["rope_scaling"] = rope;
+        string v4 = Path.Combine(temp.Path, "config.json");
+        File.WriteAllText(v4, config.ToJsonString());
+
+        var a = HuggingFaceConfig.Read(v5);
+        var b = HuggingFaceConfig.Read(v4);
+
+        Assert.Equal(new RopeScaling(8, 1, 4, 256), a.RopeScaling);
+        Assert.Equal(500000, a.RopeTheta);
+        Assert.Equal(a with { EosTokenIds = [] }, b with { EosTokenIds = [] });
+    }
+
+    private static void RewriteSafetensors(string directory, Func<List<TensorToWrite>, List<TensorToWrite>> edit)
+    {
+        string path = Path.Combine(directory, "model.safetensors");
+        List<TensorToWrite> tensors;
+        byte[] bytes = File.ReadAllBytes(path);
+        using (var file = SafetensorsFile.Open(path))
+        {
+            tensors = file.Tensors.Values.Select(t =>
+            {
+                var data = new float[t.ElementCount];
+                t.ReadRows(0, t.Rows, data);
+                long[] shape = t.Rows == 1 && t.Name.Contains("norm") ? [t.Columns] : [t.Rows, t.Columns];
+                return new TensorToWrite(t.Name, DType.F32, shape, s => s.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan())));
+            }).ToList();
+        }
+        SafetensorsWriter.Write(path, edit(tensors));
+    }
+}
