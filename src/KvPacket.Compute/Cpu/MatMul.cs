@@ -55,6 +55,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     }
 
     /// <inheritdoc />
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end, int worker)
     {
         int rowStart = start * _panelRows, rowEnd = Math.Min(_w.Rows, end * _panelRows);
@@ -66,6 +67,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Gemv(int rowStart, int rowEnd, float* scratch)
     {
         int k = _w.Columns, r = rowStart;
@@ -90,6 +92,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void GemmPanel(int rowStart, int rowEnd, float* panel)
     {
         int k = _w.Columns, rows = rowEnd - rowStart;

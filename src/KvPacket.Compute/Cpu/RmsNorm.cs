@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 
 namespace KvPacket.Compute.Cpu;
@@ -6,6 +7,7 @@ namespace KvPacket.Compute.Cpu;
 public static class RmsNorm
 {
     /// <summary>Normalises one row; <paramref name="output"/> may alias <paramref name="input"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Apply(ReadOnlySpan<float> input, ReadOnlySpan<float> weight, float epsilon, Span<float> output)
     {
         float sumOfSquares = TensorPrimitives.SumOfSquares(input);

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using KvPacket.Core.Model;
 
 namespace KvPacket.Compute.Cpu;
@@ -29,6 +30,7 @@ public sealed class RotaryEmbedding
     public int PairCount => _inverseFrequencies.Length;
 
     /// <summary>Fills cos/sin (each <see cref="PairCount"/> long) for <paramref name="position"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Angles(int position, Span<float> cos, Span<float> sin)
     {
         for (int i = 0; i < _inverseFrequencies.Length; i++)
@@ -40,6 +42,7 @@ public sealed class RotaryEmbedding
     }
 
     /// <summary>Rotates each of the <paramref name="heads"/> heads in <paramref name="vector"/> by the given angles.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Rotate(Span<float> vector, int heads, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         int half = _headDim / 2;

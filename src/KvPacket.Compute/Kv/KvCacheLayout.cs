@@ -4,8 +4,9 @@ using KvPacket.Core.Model;
 namespace KvPacket.Compute.Kv;
 
 /// <summary>
-/// How one KV block is laid out: for each layer, K then V, each [BlockSize tokens, kv_heads · head_dim] in
-/// <see cref="Type"/>. A block is one contiguous run of bytes across all layers, so a packet's block can be
+/// How one KV block is laid out: for each layer, K then V, each [kv_heads, BlockSize tokens, head_dim] in
+/// <see cref="Type"/>. Head-major planes keep one head's keys for a block contiguous, so attention reads (and
+/// widens) them in one run. A block is one contiguous run of bytes across all layers, so a packet's block can be
 /// stored, loaded and shared as a unit.
 /// </summary>
 public sealed record KvCacheLayout(int LayerCount, int KvHeadCount, int HeadDim, int BlockSize, DType Type)
@@ -23,6 +24,9 @@ public sealed record KvCacheLayout(int LayerCount, int KvHeadCount, int HeadDim,
 
     /// <summary>Elements in one token's K (or V) row.</summary>
     public int KvDim => KvHeadCount * HeadDim;
+
+    /// <summary>Element offset of (kv head <paramref name="head"/>, slot <paramref name="slot"/>) within a K or V plane.</summary>
+    public long Offset(int head, int slot) => ((long)head * BlockSize + slot) * HeadDim;
 
     /// <summary>Bytes per element.</summary>
     public int ElementBytes => Type == DType.F16 ? 2 : 4;

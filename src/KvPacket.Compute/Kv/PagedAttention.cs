@@ -35,10 +35,11 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         _maxContext = maxContext;
         _scale = 1f / MathF.Sqrt(_headDim);
         _scores = new NativeBuffer<float>[workers.ThreadCount];
-        for (int i = 0; i < _scores.Length; i++) _scores[i] = new NativeBuffer<float>((long)_group * maxContext + 2L * _headDim);
+        for (int i = 0; i < _scores.Length; i++) _scores[i] = new NativeBuffer<float>((long)_group * maxContext + (long)pool.Layout.BlockSize * _headDim);
     }
 
     /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its slot for <paramref name="layer"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Append(int layer, AttentionBatch batch, float* k, float* v)
     {
         var layout = _pool.Layout;
@@ -48,17 +49,21 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             int position = batch.Positions[t];
             int[] table = batch.BlockTables[batch.Sequences[t]];
             int block = table[position / layout.BlockSize];
-            long slot = (long)(position % layout.BlockSize) * kvDim;
-            Store(k + (long)t * kvDim, _pool.Key(block, layer), slot, kvDim);
-            Store(v + (long)t * kvDim, _pool.Value(block, layer), slot, kvDim);
+            int slot = position % layout.BlockSize;
+            for (int g = 0; g < layout.KvHeadCount; g++)
+            {
+                long offset = layout.Offset(g, slot);
+                Store(k + (long)t * kvDim + g * _headDim, _pool.Key(block, layer), offset);
+                Store(v + (long)t * kvDim + g * _headDim, _pool.Value(block, layer), offset);
+            }
         }
     }
 
-    private void Store(float* source, byte* plane, long slot, int count)
+    private void Store(float* source, byte* plane, long offset)
     {
-        var from = new ReadOnlySpan<float>(source, count);
-        if (_pool.Layout.Type == DType.F16) ElementConversion.SingleToHalf(from, new Span<Half>((Half*)plane + slot, count));
-        else from.CopyTo(new Span<float>((float*)plane + slot, count));
+        var from = new ReadOnlySpan<float>(source, _headDim);
+        if (_pool.Layout.Type == DType.F16) ElementConversion.SingleToHalf(from, new Span<Half>((Half*)plane + offset, _headDim));
+        else from.CopyTo(new Span<float>((float*)plane + offset, _headDim));
     }
 
     /// <summary>
@@ -80,13 +85,13 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     }
 
     /// <inheritdoc />
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end, int worker)
     {
         var layout = _pool.Layout;
-        int kvHeads = layout.KvHeadCount, kvDim = layout.KvDim, blockSize = layout.BlockSize, d = _headDim;
-        bool half = layout.Type == DType.F16;
+        int kvHeads = layout.KvHeadCount, blockSize = layout.BlockSize, d = _headDim;
         float* scores = _scores[worker].Pointer;
-        float* row = scores + (long)_group * _maxContext;   // one key or value row widened to f32
+        float* rows = scores + (long)_group * _maxContext;   // one block's K or V rows for one head, widened to f32
         var batch = _batch!;
 
         for (int item = start; item < end; item++)
@@ -96,32 +101,37 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             int[] table = batch.BlockTables[batch.Sequences[t]];
             float* q = _q + (long)t * _headCount * d + (long)g * _group * d;
 
-            for (int j = 0; j < length; j++)
+            for (int j0 = 0; j0 < length; j0 += blockSize)
             {
-                float* key = Row(_pool.Key(table[j / blockSize], _layer), (long)(j % blockSize) * kvDim + (long)g * d, half, row);
-                for (int h = 0; h < _group; h++) scores[(long)h * _maxContext + j] = Dot.F32(q + h * d, key, d) * _scale;
+                int n = Math.Min(blockSize, length - j0);
+                float* keys = Rows(_pool.Key(table[j0 / blockSize], _layer), layout.Offset(g, 0), n, rows);
+                for (int j = 0; j < n; j++)
+                    for (int h = 0; h < _group; h++) scores[(long)h * _maxContext + j0 + j] = Dot.F32(q + h * d, keys + j * d, d) * _scale;
             }
             for (int h = 0; h < _group; h++) Softmax.Apply(new Span<float>(scores + (long)h * _maxContext, length));
 
             float* output = _out + (long)t * _headCount * d + (long)g * _group * d;
             new Span<float>(output, _group * d).Clear();
-            for (int j = 0; j < length; j++)
+            for (int j0 = 0; j0 < length; j0 += blockSize)
             {
-                float* value = Row(_pool.Value(table[j / blockSize], _layer), (long)(j % blockSize) * kvDim + (long)g * d, half, row);
+                int n = Math.Min(blockSize, length - j0);
+                float* values = Rows(_pool.Value(table[j0 / blockSize], _layer), layout.Offset(g, 0), n, rows);
                 for (int h = 0; h < _group; h++)
                 {
                     var o = new Span<float>(output + h * d, d);
-                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(value, d), scores[(long)h * _maxContext + j], o, o);
+                    for (int j = 0; j < n; j++)
+                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + j * d, d), scores[(long)h * _maxContext + j0 + j], o, o);
                 }
             }
         }
     }
 
+    /// <summary>The first <paramref name="count"/> rows of one head in a block plane, as f32 (widened into <paramref name="widened"/> for f16).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private float* Row(byte* plane, long offset, bool half, float* widened)
+    private float* Rows(byte* plane, long offset, int count, float* widened)
     {
-        if (!half) return (float*)plane + offset;
-        ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)plane + offset, _headDim), new Span<float>(widened, _headDim));
+        if (_pool.Layout.Type != DType.F16) return (float*)plane + offset;
+        ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)plane + offset, count * _headDim), new Span<float>(widened, count * _headDim));
         return widened;
     }
 

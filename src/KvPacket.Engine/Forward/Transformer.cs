@@ -63,6 +63,9 @@ public sealed unsafe class Transformer : IDisposable
         _ropeSin = new NativeBuffer<float>((long)t * _rope.PairCount);
     }
 
+    /// <summary>The checkpoint this runs.</summary>
+    public Checkpoint Model => _model;
+
     /// <summary>The model's config.</summary>
     public ModelConfig Config => _config;
 
@@ -82,6 +85,7 @@ public sealed unsafe class Transformer : IDisposable
     /// Runs one step: appends every chunk's tokens to its sequence and writes logits ([rows, vocab], in chunk
     /// order, per <see cref="ForwardBatch.LogitsOf"/>) into <paramref name="logits"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Forward(ForwardBatch batch, Span<float> logits)
     {
         var c = _config;
@@ -144,6 +148,7 @@ public sealed unsafe class Transformer : IDisposable
     }
 
     /// <summary>Reserves KV blocks, fills the attention batch and each token's RoPE angles.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void PlaceTokens(ForwardBatch batch)
     {
         var placement = _attentionBatch;

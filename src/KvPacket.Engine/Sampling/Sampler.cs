@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using KvPacket.Core.Numerics;
 
@@ -27,6 +28,7 @@ public sealed class Sampler
     }
 
     /// <summary>Chooses a token from one row of <paramref name="logits"/> (not modified).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public int Sample(ReadOnlySpan<float> logits)
     {
         if (_options.Temperature == 0) return TensorPrimitives.IndexOfMax(logits);

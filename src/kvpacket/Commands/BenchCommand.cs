@@ -1,0 +1,149 @@
+using System.CommandLine;
+using KvPacket.Cli.Bench;
+using KvPacket.Compute.Threading;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Numerics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Generation;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket bench decode|prefill</c>: end-to-end speed with the machine's own rooflines measured in the same run.
+/// Decode is compared with read bandwidth ÷ bytes of weights read per token; prefill with the measured FMA rate.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("bench", "Measure decode and prefill speed against this machine's rooflines");
+        command.Subcommands.Add(Create("decode", "Decode tokens/s and allocations per token", Decode));
+        command.Subcommands.Add(Create("prefill", "Prefill GFLOP/s", Prefill));
+        return command;
+    }
+
+    private delegate BenchResult Run(Transformer model, string name, string weightType, Settings settings, WorkerPool pool);
+
+    private sealed record Settings(int Tokens, int PromptTokens, int Repeats);
+
+    private static Command Create(string name, string description, Run run)
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var dtype = new Option<DType>("--dtype") { Description = "Weight type when synthesising", DefaultValueFactory = _ => DType.BF16 };
+        var tokens = new Option<int>("-n", "--tokens") { Description = "Decode steps", DefaultValueFactory = _ => 128 };
+        var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => name == "prefill" ? 512 : 16 };
+        var repeats = new Option<int>("--repeats") { Description = "Runs; the median is reported", DefaultValueFactory = _ => 3 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var kvType = CommonOptions.KvType();
+        var threads = CommonOptions.Threads();
+        var command = new Command(name, description) { model, shape, dtype, tokens, prompt, repeats, output, kvType, threads };
+        command.SetAction(parse =>
+        {
+            var (checkpoint, modelName) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(dtype));
+            using (checkpoint)
+            {
+                var settings = new Settings(parse.GetValue(tokens), parse.GetValue(prompt), parse.GetValue(repeats));
+                int maxTokens = Math.Min(checkpoint.Config.MaxContextLength, settings.PromptTokens + settings.Tokens + 16);
+                using var transformer = new Transformer(checkpoint, new TransformerOptions
+                {
+                    KvType = parse.GetValue(kvType),
+                    Threads = parse.GetValue(threads),
+                    KvCacheTokens = maxTokens,
+                    MaxBatchTokens = Math.Max(16, Math.Min(settings.PromptTokens, 512)),
+                });
+                using var pool = new WorkerPool(transformer.ThreadCount);
+                var result = run(transformer, modelName, checkpoint.Layers[0].Query.Type.ToString(), settings, pool);
+                result.Print();
+                result.Save(parse.GetValue(output)!);
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    private static BenchResult Decode(Transformer model, string name, string weightType, Settings settings, WorkerPool pool)
+    {
+        const int WarmUp = 8;
+        if (settings.Tokens <= WarmUp) throw new ArgumentException($"Decode needs more than {WarmUp} tokens.");
+        var generator = new Generator(model);
+        int[] prompt = RandomPrompt(settings.PromptTokens, model.Config.VocabSize);
+        var options = new GenerationOptions { MaxNewTokens = settings.Tokens, StopTokens = [] };
+        var rates = new List<double>();
+        long allocated = 0;
+        generator.Generate(prompt, options); // warm-up run: JIT tier-up and one-time initialisation happen here, not in the figures
+        for (int r = 0; r < settings.Repeats; r++)
+        {
+            int seen = 0;
+            long startBytes = 0, startTime = 0;
+            generator.Generate(prompt, options, _ =>
+            {
+                if (++seen == WarmUp) { startBytes = GC.GetTotalAllocatedBytes(precise: true); startTime = System.Diagnostics.Stopwatch.GetTimestamp(); }
+                else if (seen == settings.Tokens)
+                {
+                    double seconds = System.Diagnostics.Stopwatch.GetElapsedTime(startTime).TotalSeconds;
+                    allocated = Math.Max(allocated, GC.GetTotalAllocatedBytes(precise: true) - startBytes);
+                    rates.Add((seen - WarmUp) / seconds);
+                }
+            });
+        }
+        double tokensPerSecond = Median(rates);
+        double bandwidth = MachinePeaks.ReadBandwidth(pool);
+        double bytesPerToken = model.Model.BytesReadPerToken;
+        double roofline = bandwidth / bytesPerToken;
+        return new BenchResult("decode", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>
+        {
+            ["decode_tokens_per_s_median"] = tokensPerSecond,
+            ["decode_tokens_measured"] = settings.Tokens - WarmUp,
+            ["weight_bytes_per_token"] = bytesPerToken,
+            ["measured_read_bandwidth_GB_per_s"] = bandwidth / 1e9,
+            ["roofline_tokens_per_s"] = roofline,
+            ["fraction_of_roofline"] = tokensPerSecond / roofline,
+            ["managed_bytes_allocated_per_token"] = (double)allocated / (settings.Tokens - WarmUp),
+        }, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+    }
+
+    private static BenchResult Prefill(Transformer model, string name, string weightType, Settings settings, WorkerPool pool)
+    {
+        var c = model.Config;
+        var generator = new Generator(model);
+        int[] prompt = RandomPrompt(settings.PromptTokens, c.VocabSize);
+        var options = new GenerationOptions { MaxNewTokens = 1, StopTokens = [] };
+        generator.Generate(prompt[..Math.Min(32, prompt.Length)], options); // warm-up: JIT and page faults
+        var seconds = new List<double>();
+        for (int r = 0; r < settings.Repeats; r++) seconds.Add(generator.Generate(prompt, options).PrefillSeconds);
+
+        var checkpoint = model.Model;
+        long p = prompt.Length;
+        double matrixFlops = 2.0 * p * checkpoint.Layers.Sum(l => l.Matrices.Sum(m => m.ElementCount));
+        double attentionFlops = 4.0 * c.LayerCount * c.QueryDim * (p * (p + 1) / 2);
+        double classifierFlops = 2.0 * c.VocabSize * c.HiddenSize * Math.Ceiling(p / (double)model.Options.MaxBatchTokens);
+        double flops = matrixFlops + attentionFlops + classifierFlops;
+        double time = Median(seconds);
+        double peak = MachinePeaks.FmaThroughput(pool);
+        return new BenchResult("prefill", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>
+        {
+            ["prompt_tokens"] = p,
+            ["prefill_seconds_median"] = time,
+            ["prefill_tokens_per_s"] = p / time,
+            ["prefill_GFLOP"] = flops / 1e9,
+            ["prefill_GFLOP_per_s"] = flops / time / 1e9,
+            ["measured_fma_peak_GFLOP_per_s"] = peak / 1e9,
+            ["fraction_of_fma_peak"] = flops / time / peak,
+        }, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+    }
+
+    private static int[] RandomPrompt(int length, int vocab)
+    {
+        var random = new SeededRandom(11);
+        var prompt = new int[length];
+        for (int i = 0; i < length; i++) prompt[i] = (int)(random.NextUInt64() % (ulong)vocab);
+        return prompt;
+    }
+
+    private static double Median(List<double> values)
+    {
+        values.Sort();
+        return values[values.Count / 2];
+    }
+}
