@@ -18,6 +18,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private const int PanelRowAlign = 4;
     private const int PanelBytesTarget = 192 * 1024;
     private const long ParallelThreshold = 1 << 15;
+    private const int TokenBlockBytes = 160 * 1024;
 
     private readonly WorkerPool _pool;
     private readonly NativeBuffer<float>[] _scratch;
@@ -104,19 +105,28 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             w = panel;
         }
 
-        int r = 0;
-        if (Vector512.IsHardwareAccelerated && k % 16 == 0)
+        if (!Vector512.IsHardwareAccelerated || k % 16 != 0)
         {
-            for (; r <= rows - 4; r += 4)
-            {
-                int t = 0;
-                for (; t <= _tokens - 3; t += 3) Tile4x3(w + (long)r * k, k, t, rowStart + r);
-                for (; t < _tokens; t++)
-                    for (int i = 0; i < 4; i++) _y[(long)t * _w.Rows + rowStart + r + i] = Dot.F32(_x + (long)t * k, w + (long)(r + i) * k, k);
-            }
+            for (int r = 0; r < rows; r++)
+                for (int t = 0; t < _tokens; t++) _y[(long)t * _w.Rows + rowStart + r] = Dot.F32(_x + (long)t * k, w + (long)r * k, k);
+            return;
         }
-        for (; r < rows; r++)
-            for (int t = 0; t < _tokens; t++) _y[(long)t * _w.Rows + rowStart + r] = Dot.F32(_x + (long)t * k, w + (long)r * k, k);
+
+        // Tokens in blocks small enough to stay in L2 while every 4-row group of the panel (in L1) passes over them.
+        int tokenBlock = Math.Max(3, TokenBlockBytes / 4 / k / 3 * 3);
+        int fullRows = rows / 4 * 4;
+        for (int t0 = 0; t0 < _tokens; t0 += tokenBlock)
+        {
+            int t1 = Math.Min(_tokens, t0 + tokenBlock);
+            for (int r = 0; r < fullRows; r += 4)
+            {
+                int t = t0;
+                for (; t <= t1 - 3; t += 3) Tile4x3(w + (long)r * k, k, t, rowStart + r);
+                for (; t < t1; t++) Dot.F32x4(_x + (long)t * k, w + (long)r * k, k, _y + (long)t * _w.Rows + rowStart + r);
+            }
+            for (int r = fullRows; r < rows; r++)
+                for (int t = t0; t < t1; t++) _y[(long)t * _w.Rows + rowStart + r] = Dot.F32(_x + (long)t * k, w + (long)r * k, k);
+        }
     }
 
     /// <summary>Four weight rows against three tokens: 12 accumulators, 7 loads per 12 FMAs.</summary>

@@ -1,4 +1,4 @@
-using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using System.Runtime.CompilerServices;
 using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Threading;
@@ -117,13 +117,27 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
                 int n = Math.Min(blockSize, length - j0);
                 float* values = Rows(_pool.Value(table[j0 / blockSize], _layer), layout.Offset(g, 0), n, rows);
                 for (int h = 0; h < _group; h++)
-                {
-                    var o = new Span<float>(output + h * d, d);
-                    for (int j = 0; j < n; j++)
-                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + j * d, d), scores[(long)h * _maxContext + j0 + j], o, o);
-                }
+                    for (int j = 0; j < n; j++) Axpy(scores[(long)h * _maxContext + j0 + j], values + j * d, output + h * d, d);
             }
         }
+    }
+
+    /// <summary>y += a·x over <paramref name="n"/> floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Axpy(float a, float* x, float* y, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var va = Vector512.Create(a);
+            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(va, Vector512.Load(x + i), Vector512.Load(y + i)).Store(y + i);
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var va = Vector256.Create(a);
+            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(va, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
+        }
+        for (; i < n; i++) y[i] += a * x[i];
     }
 
     /// <summary>The first <paramref name="count"/> rows of one head in a block plane, as f32 (widened into <paramref name="widened"/> for f16).</summary>
