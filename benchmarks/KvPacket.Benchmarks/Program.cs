@@ -1,0 +1,4 @@
+using BenchmarkDotNet.Running;
+
+// dotnet run -c Release --project benchmarks/KvPacket.Benchmarks -- --filter '*'
+BenchmarkSwitcher.FromAssembly(typeof(KvPacket.Benchmarks.MatMulBenchmarks).Assembly).Run(args);
