@@ -6,7 +6,7 @@ namespace KvPacket.Tests;
 
 public class SentencePieceTokenizerTests
 {
-    private static readonly Lazy<SentencePieceTokenizer> Llama2 = new(() => SentencePieceTokenizer.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model")));
+    private static readonly Lazy<SentencePieceTokenizer> Llama2 = new(() => SentencePieceTokenizerFixture.Llama2);
 
     public static TheoryData<int> Cases => new(Enumerable.Range(0, 30));
 

@@ -1,0 +1,49 @@
+using System.Text.RegularExpressions;
+
+namespace KvPacket.Core.Tokenization;
+
+/// <summary>
+/// Splits text into words before BPE with one regular expression, keeping everything (matches and the gaps between
+/// them) as in Hugging Face's "Isolated" split behaviour. Matching is allocation-free (<see cref="Regex.EnumerateMatches(ReadOnlySpan{char})"/>).
+/// </summary>
+public sealed class PreTokenizer
+{
+    /// <summary>GPT-2's pattern (ByteLevel pre-tokenizer with use_regex).</summary>
+    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    /// <summary>The Llama-3 / Qwen2 pattern.</summary>
+    public const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    private readonly Regex? _regex;
+
+    /// <summary>A pre-tokenizer for <paramref name="pattern"/>; null keeps the text whole.</summary>
+    public PreTokenizer(string? pattern)
+    {
+        Pattern = pattern;
+        _regex = pattern is null ? null : new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+    }
+
+    /// <summary>The pattern, or null for none.</summary>
+    public string? Pattern { get; }
+
+    /// <summary>Calls <paramref name="onWord"/> with each word of <paramref name="text"/> in order.</summary>
+    public void Split<TState>(ReadOnlySpan<char> text, ref TState state, WordAction<TState> onWord) where TState : allows ref struct
+    {
+        if (_regex is null)
+        {
+            if (!text.IsEmpty) onWord(text, ref state);
+            return;
+        }
+        int last = 0;
+        foreach (var match in _regex.EnumerateMatches(text))
+        {
+            if (match.Index > last) onWord(text[last..match.Index], ref state);
+            if (match.Length > 0) onWord(text.Slice(match.Index, match.Length), ref state);
+            last = match.Index + match.Length;
+        }
+        if (last < text.Length) onWord(text[last..], ref state);
+    }
+
+    /// <summary>Receives one pre-tokenized word.</summary>
+    public delegate void WordAction<TState>(ReadOnlySpan<char> word, ref TState state) where TState : allows ref struct;
+}
