@@ -8,5 +8,6 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     SynthCommand.Create(),
     BenchCommand.Create(),
     InspectCommand.Create(),
+    TokenizeCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -164,3 +164,23 @@ internal static class SentencePieceTokenizerFixture
     private static readonly Lazy<SentencePieceTokenizer> Model = new(() => SentencePieceTokenizer.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model")));
     public static SentencePieceTokenizer Llama2 => Model.Value;
 }
+
+public class TokenizerLoaderTests
+{
+    [Fact]
+    public void The_loader_tells_the_three_formats_apart_and_finds_the_tokenizer_next_to_weights()
+    {
+        using var temp = SharedModels.TempDirectory();
+        var reference = ByteLevelBpeTokenizer.LoadHuggingFace(SharedModels.PathOf("bpe-gpt2/tokenizer.json"));
+        string tiktoken = Path.Combine(temp.Path, "tokenizer.model");
+        File.WriteAllLines(tiktoken, Enumerable.Range(1, reference.VocabSize - 1).Select(id => $"{Convert.ToBase64String(reference.TokenBytes(id))} {id}"));
+        File.WriteAllBytes(Path.Combine(temp.Path, "model.safetensors"), []);
+
+        Assert.IsType<SentencePieceTokenizer>(TokenizerLoader.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model")));
+        Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(SharedModels.PathOf("bpe-gpt2")));
+        var fromTiktoken = TokenizerLoader.TryLoadNextTo(Path.Combine(temp.Path, "model.safetensors"));
+        Assert.NotNull(fromTiktoken);
+        Assert.Equal(reference.VocabSize + 256, fromTiktoken.VocabSize);   // Llama-3 special tokens follow the ranks
+        Assert.Null(TokenizerLoader.TryLoadNextTo(SharedModels.PathOf("tiny-qwen2")));
+    }
+}

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.Text;
 
 namespace KvPacket.Core.Tokenization;
@@ -19,6 +20,11 @@ public sealed class SentencePieceTokenizer : ITokenizer
     private readonly MergeTable _merges = new();
     private readonly bool _addDummyPrefix, _removeExtraWhitespaces, _escapeWhitespaces;
     private readonly int _unkId;
+    private readonly bool _splitsAtWhitespace;
+    private const int CacheLimit = 200_000;
+    private readonly ConcurrentDictionary<string, int[]> _cache = new();
+    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
+    private int _cacheCount;
 
     private SentencePieceTokenizer(string file, List<(string Piece, float Score, int Type)> pieces, bool addDummyPrefix,
         bool removeExtraWhitespaces, bool escapeWhitespaces, Dictionary<string, int> special)
@@ -57,6 +63,8 @@ public sealed class SentencePieceTokenizer : ITokenizer
             }
         }
         _lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
+        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+        _splitsAtWhitespace = byText.Keys.All(piece => piece.TrimStart(Whitespace).IndexOf(Whitespace) < 0);
 
         // Merges: every split of a piece into two pieces; rank by score, highest first.
         var ranks = pieces.Select(p => p.Score).Distinct().OrderDescending().Select((score, rank) => (score, rank)).ToDictionary(x => x.score, x => x.rank);
@@ -180,44 +188,86 @@ public sealed class SentencePieceTokenizer : ITokenizer
         if (options.AddBos) Put(destination, ref count, BosId ?? throw new InvalidOperationException("This vocabulary has no BOS token."));
 
         char[] normalised = ArrayPool<char>.Shared.Rent(text.Length + 1);
-        int[] symbols = ArrayPool<int>.Shared.Rent(text.Length + 1);
-        int[] starts = ArrayPool<int>.Shared.Rent(text.Length + 2);
         try
         {
-            int length = Normalise(text, normalised);
-            int n = 0;
-            for (int i = 0; i < length;)
+            var all = normalised.AsSpan(0, Normalise(text, normalised));
+            if (!_splitsAtWhitespace) EncodeWord(all, destination, ref count, cache: false);
+            else
             {
-                int width = i + 1 < length && char.IsSurrogatePair(normalised[i], normalised[i + 1]) ? 2 : 1;
-                symbols[n] = _lookup.TryGetValue(normalised.AsSpan(i, width), out int id) ? id : -1;
-                starts[n++] = i;
-                i += width;
-            }
-            n = _merges.Apply(symbols.AsSpan(0, n), starts.AsSpan(0, n));
-            Span<byte> utf8 = stackalloc byte[8];
-            for (int s = 0; s < n; s++)
-            {
-                if (symbols[s] >= 0)
+                // No piece has ▁ after another character, so no piece crosses the start of a ▁-run: words are independent.
+                int start = 0;
+                for (int i = 1; i < all.Length; i++)
                 {
-                    Put(destination, ref count, symbols[s]);
-                    continue;
+                    if (all[i] != Whitespace || all[i - 1] == Whitespace) continue;
+                    EncodeWord(all[start..i], destination, ref count, cache: true);
+                    start = i;
                 }
-                // No piece for this character: its UTF-8 bytes, or <unk> when the model has no byte pieces.
-                int end = s + 1 < n ? starts[s + 1] : length;
-                int byteCount = Encoding.UTF8.GetBytes(normalised.AsSpan(starts[s], end - starts[s]), utf8);
-                for (int b = 0; b < byteCount; b++)
-                    Put(destination, ref count, _byteIds[utf8[b]] >= 0 ? _byteIds[utf8[b]] : _unkId >= 0 ? _unkId : throw new InvalidOperationException("No byte or unknown piece for a character."));
+                if (start < all.Length) EncodeWord(all[start..], destination, ref count, cache: true);
             }
         }
         finally
         {
             ArrayPool<char>.Shared.Return(normalised);
-            ArrayPool<int>.Shared.Return(symbols);
-            ArrayPool<int>.Shared.Return(starts);
         }
 
         if (options.AddEos) Put(destination, ref count, EosId ?? throw new InvalidOperationException("This vocabulary has no EOS token."));
         return count;
+    }
+
+    private void EncodeWord(ReadOnlySpan<char> word, Span<int> destination, ref int count, bool cache)
+    {
+        if (cache && _cacheLookup.TryGetValue(word, out int[]? cached))
+        {
+            foreach (int id in cached) Put(destination, ref count, id);
+            return;
+        }
+        int[] symbols = ArrayPool<int>.Shared.Rent(4 * word.Length + 4);
+        int[] starts = ArrayPool<int>.Shared.Rent(word.Length + 1);
+        try
+        {
+            int n = 0;
+            for (int i = 0; i < word.Length;)
+            {
+                int width = i + 1 < word.Length && char.IsSurrogatePair(word[i], word[i + 1]) ? 2 : 1;
+                symbols[n] = _lookup.TryGetValue(word.Slice(i, width), out int id) ? id : -1;
+                starts[n++] = i;
+                i += width;
+            }
+            n = _merges.Apply(symbols.AsSpan(0, n), starts.AsSpan(0, n));
+
+            // Expand characters with no piece into their UTF-8 byte pieces (or <unk>), in place from the back.
+            int total = 0;
+            Span<byte> utf8 = stackalloc byte[8];
+            for (int s = 0; s < n; s++) total += symbols[s] >= 0 ? 1 : Encoding.UTF8.GetByteCount(word[starts[s]..(s + 1 < n ? starts[s + 1] : word.Length)]);
+            for (int s = n - 1, w = total; s >= 0; s--)
+            {
+                if (symbols[s] >= 0)
+                {
+                    symbols[--w] = symbols[s];
+                    continue;
+                }
+                int byteCount = Encoding.UTF8.GetBytes(word[starts[s]..(s + 1 < n ? starts[s + 1] : word.Length)], utf8);
+                for (int b = byteCount - 1; b >= 0; b--)
+                    symbols[--w] = _byteIds[utf8[b]] >= 0 ? _byteIds[utf8[b]] : _unkId >= 0 ? _unkId : throw new InvalidOperationException("No byte or unknown piece for a character.");
+            }
+            var ids = symbols.AsSpan(0, total);
+            foreach (int id in ids) Put(destination, ref count, id);
+            if (cache)
+            {
+                if (_cacheCount >= CacheLimit)
+                {
+                    _cache.Clear();
+                    _cacheCount = 0;
+                }
+                if (_cache.TryAdd(word.ToString(), ids.ToArray())) Interlocked.Increment(ref _cacheCount);
+            }
+
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(symbols);
+            ArrayPool<int>.Shared.Return(starts);
+        }
     }
 
     /// <summary>Applies the normaliser settings and returns the normalised length (at most text + 1).</summary>

@@ -3,6 +3,7 @@ using KvPacket.Cli.Bench;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Numerics;
+using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Generation;
 
@@ -19,6 +20,24 @@ internal static class BenchCommand
         var command = new Command("bench", "Measure decode and prefill speed against this machine's rooflines");
         command.Subcommands.Add(Create("decode", "Decode tokens/s and allocations per token", Decode));
         command.Subcommands.Add(Create("prefill", "Prefill GFLOP/s", Prefill));
+        command.Subcommands.Add(CreateTokenize());
+        return command;
+    }
+
+    private static Command CreateTokenize()
+    {
+        var tokenizer = new Option<string>("--tokenizer") { Description = "tokenizer.json, tokenizer.model or a model directory", Required = true };
+        var repeats = new Option<int>("--repeats") { Description = "Runs; the median is reported", DefaultValueFactory = _ => 5 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("tokenize", "Encode MB/s on 1 MB English-like and mixed-script text, and allocations per call") { tokenizer, repeats, output };
+        command.SetAction(parse =>
+        {
+            string path = parse.GetValue(tokenizer)!;
+            var result = TokenizerBenchmark.Run(TokenizerLoader.Load(path), Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetDirectoryName(Path.GetFullPath(path)) ?? path)), parse.GetValue(repeats));
+            result.Print();
+            result.Save(parse.GetValue(output)!);
+            return 0;
+        });
         return command;
     }
 

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Generation;
 using KvPacket.Engine.Sampling;
@@ -27,8 +28,10 @@ internal static class GenerateCommand
         };
         command.SetAction(parse =>
         {
-            using var checkpoint = CheckpointLoader.Load(parse.GetValue(model)!);
-            int[] promptTokens = PromptTokens(parse.GetValue(prompt), parse.GetValue(tokens), checkpoint.Config.BosTokenId);
+            string path = parse.GetValue(model)!;
+            using var checkpoint = CheckpointLoader.Load(path);
+            var tokenizer = TokenizerLoader.TryLoadNextTo(path);
+            int[] promptTokens = PromptTokens(parse.GetValue(prompt), parse.GetValue(tokens), checkpoint.Config.BosTokenId, tokenizer);
             int n = parse.GetValue(count);
             using var transformer = new Transformer(checkpoint, new TransformerOptions
             {
@@ -47,8 +50,23 @@ internal static class GenerateCommand
                     Seed = parse.GetValue(seed),
                 },
             };
-            Console.Write(string.Join(' ', promptTokens));
-            var stats = new Generator(transformer).Generate(promptTokens, options, token => Console.Write($" {token}"));
+            GenerationStats stats;
+            if (tokenizer is null)
+            {
+                Console.Write(string.Join(' ', promptTokens));
+                stats = new Generator(transformer).Generate(promptTokens, options, token => Console.Write($" {token}"));
+            }
+            else
+            {
+                var stream = new TokenStreamDecoder(tokenizer);
+                var text = new char[1024];
+                Console.Write(tokenizer.Decode(promptTokens));
+                stats = new Generator(transformer).Generate(promptTokens, options, token =>
+                {
+                    if (token < tokenizer.VocabSize) Console.Out.Write(text, 0, stream.Append(token, text));
+                });
+                Console.Out.Write(text, 0, stream.Flush(text));
+            }
             Console.WriteLine();
             Console.Error.WriteLine($"prefill: {stats.PromptTokens} tokens, {stats.PrefillTokensPerSecond:F1} tokens/s; " +
                                     $"decode: {stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:F1} tokens/s ({transformer.ThreadCount} threads)");
@@ -57,7 +75,7 @@ internal static class GenerateCommand
         return command;
     }
 
-    private static int[] PromptTokens(string? text, string? ids, int? bos)
+    private static int[] PromptTokens(string? text, string? ids, int? bos, ITokenizer? tokenizer)
     {
         if (ids is not null)
         {
@@ -71,7 +89,11 @@ internal static class GenerateCommand
             }
         }
         if (text is not null)
-            throw new NotSupportedException("This checkpoint has no tokenizer loaded yet: give the prompt as --tokens ids.");
+        {
+            if (tokenizer is null) throw new ArgumentException("No tokenizer.json or tokenizer.model sits next to these weights: give the prompt as --tokens ids.");
+            var encoded = tokenizer.Encode(text);
+            return bos is { } first ? [first, .. encoded] : encoded;
+        }
         return bos is { } b ? [b] : throw new ArgumentException("Give --tokens (the model has no BOS token to start from).");
     }
 }
