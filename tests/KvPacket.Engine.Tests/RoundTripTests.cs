@@ -24,6 +24,43 @@ public class RoundTripTests
     }
 
     [Fact]
+    public void A_sharded_safetensors_checkpoint_with_an_index_loads_like_the_single_file()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var original = CheckpointLoader.Load(SharedModels.PathOf("tiny-llama3"));
+        string single = Path.Combine(temp.Path, "single"), sharded = Path.Combine(temp.Path, "sharded");
+        CheckpointExporter.WriteHuggingFace(original, single, DType.F32);
+        Directory.CreateDirectory(sharded);
+        File.Copy(Path.Combine(single, "config.json"), Path.Combine(sharded, "config.json"));
+        using (var file = SafetensorsFile.Open(Path.Combine(single, "model.safetensors")))
+        {
+            var tensors = file.Tensors.Values.OrderBy(t => t.Name).ToList();
+            var shards = new[] { tensors[..(tensors.Count / 2)], tensors[(tensors.Count / 2)..] };
+            var map = new System.Text.Json.Nodes.JsonObject();
+            for (int s = 0; s < 2; s++)
+            {
+                string name = $"model-0000{s + 1}-of-00002.safetensors";
+                SafetensorsWriter.Write(Path.Combine(sharded, name), shards[s].Select(Copy).ToList());
+                foreach (var t in shards[s]) map[t.Name] = name;
+            }
+            File.WriteAllText(Path.Combine(sharded, "model.safetensors.index.json"), new System.Text.Json.Nodes.JsonObject { ["weight_map"] = map }.ToJsonString());
+        }
+
+        using var reloaded = CheckpointLoader.Load(sharded);
+
+        var (tokens, golden) = ReferenceModels.GoldenLogits("tiny-llama3");
+        Assert.InRange(ReferenceModels.MaxAbsDifference(ReferenceModels.AllLogits(reloaded, tokens), golden), 0, 1e-4);
+    }
+
+    private static TensorToWrite Copy(WeightTensor t)
+    {
+        var data = new float[t.ElementCount];
+        t.ReadRows(0, t.Rows, data);
+        long[] shape = t.Name.Contains("norm") ? [t.Columns] : [t.Rows, t.Columns];
+        return new TensorToWrite(t.Name, DType.F32, shape, s => s.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan())));
+    }
+
+    [Fact]
     public void Stories260K_written_as_f32_GGUF_gives_the_same_logits()
     {
         using var temp = SharedModels.TempDirectory();

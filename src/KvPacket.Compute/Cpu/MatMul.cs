@@ -49,7 +49,10 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         _y = y;
         _w = w;
         _tokens = tokens;
-        _panelRows = tokens == 1 ? 16 : Math.Max(PanelRowAlign, PanelBytesTarget / 4 / w.Columns / PanelRowAlign * PanelRowAlign);
+        // Panels small enough for L2, and at least four per thread so small matrices (k/v projections) still spread evenly.
+        int byCache = Math.Max(PanelRowAlign, PanelBytesTarget / 4 / w.Columns / PanelRowAlign * PanelRowAlign);
+        int byBalance = Math.Max(PanelRowAlign, (w.Rows / (4 * _pool.ThreadCount) + PanelRowAlign - 1) / PanelRowAlign * PanelRowAlign);
+        _panelRows = tokens == 1 ? 16 : Math.Min(byCache, byBalance);
         int panels = (w.Rows + _panelRows - 1) / _panelRows;
         if ((long)tokens * w.Rows * w.Columns < ParallelThreshold) Execute(0, panels, 0);
         else _pool.Run(this, panels);
