@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Json;
 
@@ -13,7 +12,6 @@ namespace KvPacket.Core.Tokenization;
 /// </summary>
 public sealed class ByteLevelBpeTokenizer : ITokenizer
 {
-    private const int CacheLimit = 200_000;
     private readonly string[] _pieces;
     private readonly byte[][] _bytes;
     private readonly int[] _byteIds;
@@ -22,9 +20,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
     private readonly bool _addPrefixSpace;
     private readonly (string Text, int Id)[] _added;     // longest first
     private readonly bool[] _addedFirstChars = new bool[char.MaxValue + 1];
-    private readonly ConcurrentDictionary<string, int[]> _cache = new();
-    private int _cacheCount;
-    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
+    private readonly WordCache _cache = new();
 
     private ByteLevelBpeTokenizer(string[] pieces, byte[][] bytes, int[] byteIds, MergeTable merges, PreTokenizer preTokenizer,
         bool addPrefixSpace, IEnumerable<(string Text, int Id, bool Special)> added)
@@ -39,7 +35,6 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         _added = addedList.Where(a => a.Text.Length > 0).OrderByDescending(a => a.Text.Length).Select(a => (a.Text, a.Id)).ToArray();
         foreach (var (text, _) in _added) _addedFirstChars[text[0]] = true;
         SpecialTokens = addedList.Where(a => a.Special).ToDictionary(a => a.Text, a => a.Id);
-        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
     }
 
     /// <inheritdoc />
@@ -325,7 +320,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
 
     private void EncodeWord(ReadOnlySpan<char> word, ref Output output)
     {
-        if (_cacheLookup.TryGetValue(word, out int[]? cached))
+        if (_cache.TryGet(word, out int[] cached))
         {
             foreach (int id in cached) output.Put(id);
             return;
@@ -340,12 +335,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             n = _merges.Apply(symbols.AsSpan(0, n), default);
             var ids = symbols.AsSpan(0, n);
             foreach (int id in ids) output.Put(id);
-            if (_cacheCount >= CacheLimit)
-            {
-                _cache.Clear();
-                _cacheCount = 0;
-            }
-            if (_cache.TryAdd(word.ToString(), ids.ToArray())) Interlocked.Increment(ref _cacheCount);
+            _cache.Add(word, ids);
         }
         finally
         {

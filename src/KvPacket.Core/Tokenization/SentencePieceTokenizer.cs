@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Collections.Concurrent;
 using System.Text;
 
 namespace KvPacket.Core.Tokenization;
@@ -21,10 +20,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
     private readonly bool _addDummyPrefix, _removeExtraWhitespaces, _escapeWhitespaces;
     private readonly int _unkId;
     private readonly bool _splitsAtWhitespace;
-    private const int CacheLimit = 200_000;
-    private readonly ConcurrentDictionary<string, int[]> _cache = new();
-    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
-    private int _cacheCount;
+    private readonly WordCache _cache = new();
 
     private SentencePieceTokenizer(string file, List<(string Piece, float Score, int Type)> pieces, bool addDummyPrefix,
         bool removeExtraWhitespaces, bool escapeWhitespaces, Dictionary<string, int> special)
@@ -63,7 +59,6 @@ public sealed class SentencePieceTokenizer : ITokenizer
             }
         }
         _lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
-        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
         _splitsAtWhitespace = byText.Keys.All(piece => piece.TrimStart(Whitespace).IndexOf(Whitespace) < 0);
 
         // Merges: every split of a piece into two pieces; rank by score, highest first.
@@ -216,7 +211,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
 
     private void EncodeWord(ReadOnlySpan<char> word, Span<int> destination, ref int count, bool cache)
     {
-        if (cache && _cacheLookup.TryGetValue(word, out int[]? cached))
+        if (cache && _cache.TryGet(word, out int[] cached))
         {
             foreach (int id in cached) Put(destination, ref count, id);
             return;
@@ -252,15 +247,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
             }
             var ids = symbols.AsSpan(0, total);
             foreach (int id in ids) Put(destination, ref count, id);
-            if (cache)
-            {
-                if (_cacheCount >= CacheLimit)
-                {
-                    _cache.Clear();
-                    _cacheCount = 0;
-                }
-                if (_cache.TryAdd(word.ToString(), ids.ToArray())) Interlocked.Increment(ref _cacheCount);
-            }
+            if (cache) _cache.Add(word, ids);
 
         }
         finally
