@@ -38,7 +38,7 @@ public unsafe class AttentionBenchmarks
             var bytes = _pool.BlockBytes(block);
             for (int i = 0; i < bytes.Length; i += 2) bytes[i + 1] = (byte)(0x30 + random.NextUInt64() % 8); // small finite values either way
         }
-        _attention = new PagedAttention(_pool, WorkerPool.Shared, Heads, Context + 1);
+        _attention = new PagedAttention(_pool, WorkerPool.Shared, Heads, Context + 1, maxTokens: 1);
         _batch = new AttentionBatch(1, 1) { TokenCount = 1 };
         _batch.Positions[0] = Context;
         _batch.BlockTables[0] = table;

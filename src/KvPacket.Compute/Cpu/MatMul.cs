@@ -116,7 +116,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
 
         // Tokens in blocks small enough to stay in L2 while every 4-row group of the panel (in L1) passes over them.
-        int tokenBlock = Math.Max(3, TokenBlockBytes / 4 / k / 3 * 3);
+        int tokenBlock = Math.Max(4, TokenBlockBytes / 4 / k / 4 * 4);
         int fullRows = rows / 4 * 4;
         for (int t0 = 0; t0 < _tokens; t0 += tokenBlock)
         {
@@ -124,7 +124,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             for (int r = 0; r < fullRows; r += 4)
             {
                 int t = t0;
-                for (; t <= t1 - 3; t += 3) Tile4x3(w + (long)r * k, k, t, rowStart + r);
+                for (; t <= t1 - 4; t += 4) Tile4x4(w + (long)r * k, k, t, rowStart + r);
                 for (; t < t1; t++) Dot.F32x4(_x + (long)t * k, w + (long)r * k, k, _y + (long)t * _w.Rows + rowStart + r);
             }
             for (int r = fullRows; r < rows; r++)
@@ -132,34 +132,39 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>Four weight rows against three tokens: 12 accumulators, 7 loads per 12 FMAs.</summary>
+    /// <summary>Four weight rows against four tokens: 16 accumulators, 8 loads per 16 FMAs.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Tile4x3(float* w, int k, int t, int row)
+    private void Tile4x4(float* w, int k, int t, int row)
     {
-        float* x0 = _x + (long)t * k, x1 = x0 + k, x2 = x1 + k;
+        float* x0 = _x + (long)t * k, x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
         float* w0 = w, w1 = w + k, w2 = w1 + k, w3 = w2 + k;
-        Vector512<float> a00 = default, a01 = default, a02 = default, a10 = default, a11 = default, a12 = default;
-        Vector512<float> a20 = default, a21 = default, a22 = default, a30 = default, a31 = default, a32 = default;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
         for (int i = 0; i < k; i += 16)
         {
             var v0 = Vector512.Load(x0 + i);
             var v1 = Vector512.Load(x1 + i);
             var v2 = Vector512.Load(x2 + i);
+            var v3 = Vector512.Load(x3 + i);
             var b = Vector512.Load(w0 + i);
-            a00 = Vector512.FusedMultiplyAdd(v0, b, a00); a01 = Vector512.FusedMultiplyAdd(v1, b, a01); a02 = Vector512.FusedMultiplyAdd(v2, b, a02);
+            a00 = Vector512.FusedMultiplyAdd(v0, b, a00); a01 = Vector512.FusedMultiplyAdd(v1, b, a01);
+            a02 = Vector512.FusedMultiplyAdd(v2, b, a02); a03 = Vector512.FusedMultiplyAdd(v3, b, a03);
             b = Vector512.Load(w1 + i);
-            a10 = Vector512.FusedMultiplyAdd(v0, b, a10); a11 = Vector512.FusedMultiplyAdd(v1, b, a11); a12 = Vector512.FusedMultiplyAdd(v2, b, a12);
+            a10 = Vector512.FusedMultiplyAdd(v0, b, a10); a11 = Vector512.FusedMultiplyAdd(v1, b, a11);
+            a12 = Vector512.FusedMultiplyAdd(v2, b, a12); a13 = Vector512.FusedMultiplyAdd(v3, b, a13);
             b = Vector512.Load(w2 + i);
-            a20 = Vector512.FusedMultiplyAdd(v0, b, a20); a21 = Vector512.FusedMultiplyAdd(v1, b, a21); a22 = Vector512.FusedMultiplyAdd(v2, b, a22);
+            a20 = Vector512.FusedMultiplyAdd(v0, b, a20); a21 = Vector512.FusedMultiplyAdd(v1, b, a21);
+            a22 = Vector512.FusedMultiplyAdd(v2, b, a22); a23 = Vector512.FusedMultiplyAdd(v3, b, a23);
             b = Vector512.Load(w3 + i);
-            a30 = Vector512.FusedMultiplyAdd(v0, b, a30); a31 = Vector512.FusedMultiplyAdd(v1, b, a31); a32 = Vector512.FusedMultiplyAdd(v2, b, a32);
+            a30 = Vector512.FusedMultiplyAdd(v0, b, a30); a31 = Vector512.FusedMultiplyAdd(v1, b, a31);
+            a32 = Vector512.FusedMultiplyAdd(v2, b, a32); a33 = Vector512.FusedMultiplyAdd(v3, b, a33);
         }
         int n = _w.Rows;
-        float* y0 = _y + (long)t * n + row, y1 = y0 + n, y2 = y1 + n;
-        y0[0] = Vector512.Sum(a00); y1[0] = Vector512.Sum(a01); y2[0] = Vector512.Sum(a02);
-        y0[1] = Vector512.Sum(a10); y1[1] = Vector512.Sum(a11); y2[1] = Vector512.Sum(a12);
-        y0[2] = Vector512.Sum(a20); y1[2] = Vector512.Sum(a21); y2[2] = Vector512.Sum(a22);
-        y0[3] = Vector512.Sum(a30); y1[3] = Vector512.Sum(a31); y2[3] = Vector512.Sum(a32);
+        float* y0 = _y + (long)t * n + row, y1 = y0 + n, y2 = y1 + n, y3 = y2 + n;
+        y0[0] = Vector512.Sum(a00); y1[0] = Vector512.Sum(a01); y2[0] = Vector512.Sum(a02); y3[0] = Vector512.Sum(a03);
+        y0[1] = Vector512.Sum(a10); y1[1] = Vector512.Sum(a11); y2[1] = Vector512.Sum(a12); y3[1] = Vector512.Sum(a13);
+        y0[2] = Vector512.Sum(a20); y1[2] = Vector512.Sum(a21); y2[2] = Vector512.Sum(a22); y3[2] = Vector512.Sum(a23);
+        y0[3] = Vector512.Sum(a30); y1[3] = Vector512.Sum(a31); y2[3] = Vector512.Sum(a32); y3[3] = Vector512.Sum(a33);
     }
 
     /// <inheritdoc />

@@ -1,5 +1,5 @@
-using System.Runtime.Intrinsics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
@@ -8,34 +8,43 @@ namespace KvPacket.Compute.Kv;
 
 /// <summary>
 /// Causal grouped-query attention over a paged KV cache. <see cref="Append"/> stores each token's rotated key and
-/// value in its block slot; <see cref="Attend"/> then computes, per token and KV head, the attention of every
-/// query head in that group (each key is loaded once per group). Work is split over (token, KV head) pairs.
+/// value in its block slot; <see cref="Attend"/> then computes the attention of every query head. Work is split over
+/// (query block, KV head) pairs: a query block is up to <see cref="QueryBlock"/> consecutive tokens of one sequence,
+/// so each K/V block is read and widened once for all of them and for every query head of the group. Each (token,
+/// head) is computed in the same order whatever its block, so results do not depend on how tokens are batched.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class PagedAttention : IParallelWork, IDisposable
 {
+    /// <summary>Most consecutive tokens of one sequence attended together.</summary>
+    public const int QueryBlock = 8;
+
     private readonly KvBlockPool _pool;
     private readonly WorkerPool _workers;
     private readonly int _headCount, _group, _headDim, _maxContext;
     private readonly NativeBuffer<float>[] _scores;
     private readonly float _scale;
+    private readonly (int First, int Count)[] _queryBlocks;
 
     private AttentionBatch? _batch;
-    private int _layer;
+    private int _layer, _queryBlockCount;
     private float* _q, _out;
 
-    /// <summary>Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>.</summary>
-    public PagedAttention(KvBlockPool pool, WorkerPool workers, int headCount, int maxContext)
+    /// <summary>Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>, for steps of at most <paramref name="maxTokens"/> tokens.</summary>
+    public PagedAttention(KvBlockPool pool, WorkerPool workers, int headCount, int maxContext, int maxTokens)
     {
         _pool = pool;
         _workers = workers;
         _headCount = headCount;
         _headDim = pool.Layout.HeadDim;
         _group = headCount / pool.Layout.KvHeadCount;
-        _maxContext = maxContext;
+        // No sequence can outgrow the pool, so score rows need not be longer than its capacity.
+        _maxContext = Math.Min(maxContext, pool.BlockCount * pool.Layout.BlockSize);
         _scale = 1f / MathF.Sqrt(_headDim);
+        _queryBlocks = new (int, int)[maxTokens];
         _scores = new NativeBuffer<float>[workers.ThreadCount];
-        for (int i = 0; i < _scores.Length; i++) _scores[i] = new NativeBuffer<float>((long)_group * maxContext + (long)pool.Layout.BlockSize * _headDim);
+        for (int i = 0; i < _scores.Length; i++)
+            _scores[i] = new NativeBuffer<float>((long)QueryBlock * _group * _maxContext + (long)pool.Layout.BlockSize * _headDim);
     }
 
     /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its slot for <paramref name="layer"/>.</summary>
@@ -77,7 +86,19 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         _layer = layer;
         _q = q;
         _out = output;
-        int items = batch.TokenCount * _pool.Layout.KvHeadCount;
+
+        // Runs of consecutive positions of one sequence (a prefill chunk), cut into query blocks.
+        _queryBlockCount = 0;
+        for (int t = 0; t < batch.TokenCount;)
+        {
+            int count = 1;
+            while (count < QueryBlock && t + count < batch.TokenCount && batch.Sequences[t + count] == batch.Sequences[t]
+                   && batch.Positions[t + count] == batch.Positions[t] + count) count++;
+            _queryBlocks[_queryBlockCount++] = (t, count);
+            t += count;
+        }
+
+        int items = _queryBlockCount * _pool.Layout.KvHeadCount;
         long work = 0;
         for (int t = 0; t < batch.TokenCount; t++) work += batch.Positions[t] + 1;
         if (work * _headCount * _headDim < 1 << 15) Execute(0, items, 0);
@@ -89,35 +110,49 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     public void Execute(int start, int end, int worker)
     {
         var layout = _pool.Layout;
-        int kvHeads = layout.KvHeadCount, blockSize = layout.BlockSize, d = _headDim;
-        float* scores = _scores[worker].Pointer;
-        float* rows = scores + (long)_group * _maxContext;   // one block's K or V rows for one head, widened to f32
+        int kvHeads = layout.KvHeadCount, blockSize = layout.BlockSize, d = _headDim, group = _group;
+        long stride = _maxContext;
+        float* scores = _scores[worker].Pointer;                         // [query in block, head in group, position]
+        float* rows = scores + (long)QueryBlock * group * stride;        // one block's K or V rows of one head, as f32
         var batch = _batch!;
 
         for (int item = start; item < end; item++)
         {
-            int t = item / kvHeads, g = item % kvHeads;
-            int length = batch.Positions[t] + 1;
-            int[] table = batch.BlockTables[batch.Sequences[t]];
-            float* q = _q + (long)t * _headCount * d + (long)g * _group * d;
+            var (first, count) = _queryBlocks[item / kvHeads];
+            int g = item % kvHeads;
+            int[] table = batch.BlockTables[batch.Sequences[first]];
+            int firstPosition = batch.Positions[first];
+            int longest = firstPosition + count;   // keys the block's last query sees
 
-            for (int j0 = 0; j0 < length; j0 += blockSize)
+            for (int j0 = 0; j0 < longest; j0 += blockSize)
             {
-                int n = Math.Min(blockSize, length - j0);
-                float* keys = Rows(_pool.Key(table[j0 / blockSize], _layer), layout.Offset(g, 0), n, rows);
-                for (int j = 0; j < n; j++)
-                    for (int h = 0; h < _group; h++) scores[(long)h * _maxContext + j0 + j] = Dot.F32(q + h * d, keys + j * d, d) * _scale;
+                float* keys = Rows(_pool.Key(table[j0 / blockSize], _layer), layout.Offset(g, 0), Math.Min(blockSize, longest - j0), rows);
+                for (int i = 0; i < count; i++)
+                {
+                    int visible = Math.Min(blockSize, firstPosition + i + 1 - j0);
+                    float* q = _q + (long)(first + i) * _headCount * d + (long)g * group * d;
+                    float* s = scores + (long)i * group * stride + j0;
+                    for (int j = 0; j < visible; j++)
+                        for (int h = 0; h < group; h++) s[h * stride + j] = Dot.F32(q + h * d, keys + j * d, d) * _scale;
+                }
             }
-            for (int h = 0; h < _group; h++) Softmax.Apply(new Span<float>(scores + (long)h * _maxContext, length));
+            for (int i = 0; i < count; i++)
+                for (int h = 0; h < group; h++) Softmax.Apply(new Span<float>(scores + ((long)i * group + h) * stride, firstPosition + i + 1));
 
-            float* output = _out + (long)t * _headCount * d + (long)g * _group * d;
-            new Span<float>(output, _group * d).Clear();
-            for (int j0 = 0; j0 < length; j0 += blockSize)
+            for (int i = 0; i < count; i++) new Span<float>(_out + (long)(first + i) * _headCount * d + (long)g * group * d, group * d).Clear();
+            for (int j0 = 0; j0 < longest; j0 += blockSize)
             {
-                int n = Math.Min(blockSize, length - j0);
-                float* values = Rows(_pool.Value(table[j0 / blockSize], _layer), layout.Offset(g, 0), n, rows);
-                for (int h = 0; h < _group; h++)
-                    for (int j = 0; j < n; j++) Axpy(scores[(long)h * _maxContext + j0 + j], values + j * d, output + h * d, d);
+                float* values = Rows(_pool.Value(table[j0 / blockSize], _layer), layout.Offset(g, 0), Math.Min(blockSize, longest - j0), rows);
+                for (int i = 0; i < count; i++)
+                {
+                    int visible = Math.Min(blockSize, firstPosition + i + 1 - j0);
+                    float* output = _out + (long)(first + i) * _headCount * d + (long)g * group * d;
+                    for (int h = 0; h < group; h++)
+                    {
+                        float* s = scores + ((long)i * group + h) * stride + j0;
+                        for (int j = 0; j < visible; j++) Axpy(s[j], values + j * d, output + h * d, d);
+                    }
+                }
             }
         }
     }

@@ -42,7 +42,7 @@ public sealed unsafe class Transformer : IDisposable
         var layout = KvCacheLayout.For(c, options.KvType, options.KvBlockSize);
         KvPool = new KvBlockPool(layout, (options.KvCacheTokens + layout.BlockSize - 1) / layout.BlockSize);
         _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
-        _attention = new PagedAttention(KvPool, _workers, c.HeadCount, c.MaxContextLength);
+        _attention = new PagedAttention(KvPool, _workers, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens);
         _rope = new RotaryEmbedding(c);
         _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
 
