@@ -1,4 +1,5 @@
 using BenchmarkDotNet.Attributes;
+using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Kv;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
@@ -38,10 +39,16 @@ public unsafe class AttentionBenchmarks
             var bytes = _pool.BlockBytes(block);
             for (int i = 0; i < bytes.Length; i += 2) bytes[i + 1] = (byte)(0x30 + random.NextUInt64() % 8); // small finite values either way
         }
-        _attention = new PagedAttention(_pool, WorkerPool.Shared, Heads, Context + 1, maxTokens: 1);
+        var config = new KvPacket.Core.Model.ModelConfig
+        {
+            HiddenSize = Heads * HeadDim, IntermediateSize = 1, LayerCount = 1, HeadCount = Heads, KvHeadCount = KvHeads, HeadDim = HeadDim,
+            VocabSize = 1, MaxContextLength = Context + 1, RopeTheta = 1e6,
+        };
+        _attention = new PagedAttention(_pool, WorkerPool.Shared, new RotaryEmbedding(config), Heads, Context + 1, maxTokens: 1);
         _batch = new AttentionBatch(1, 1) { TokenCount = 1 };
         _batch.Positions[0] = Context;
-        _batch.BlockTables[0] = table;
+        _batch.Tables[0] = table.Select((block, i) => new KvBlockEntry(block, i * layout.BlockSize, layout.BlockSize, 0, ReadOnly: false)).ToArray();
+        _batch.TableLengths[0] = blocks;
         _q = new NativeBuffer<float>(Heads * HeadDim);
         _out = new NativeBuffer<float>(Heads * HeadDim);
         for (int i = 0; i < _q.Length; i++) _q.Pointer[i] = random.NextSingle() - 0.5f;

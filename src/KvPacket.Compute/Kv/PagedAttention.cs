@@ -20,6 +20,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     public const int QueryBlock = 8;
 
     private readonly KvBlockPool _pool;
+    private readonly RotaryEmbedding _rope;
     private readonly WorkerPool _workers;
     private readonly int _headCount, _group, _headDim, _maxContext;
     private readonly NativeBuffer<float>[] _scores;
@@ -30,9 +31,13 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     private int _layer, _queryBlockCount;
     private float* _q, _out;
 
-    /// <summary>Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>, for steps of at most <paramref name="maxTokens"/> tokens.</summary>
-    public PagedAttention(KvBlockPool pool, WorkerPool workers, int headCount, int maxContext, int maxTokens)
+    /// <summary>
+    /// Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>, for steps of at most
+    /// <paramref name="maxTokens"/> tokens; <paramref name="rope"/> realigns queries against packet blocks.
+    /// </summary>
+    public PagedAttention(KvBlockPool pool, WorkerPool workers, RotaryEmbedding rope, int headCount, int maxContext, int maxTokens)
     {
+        _rope = rope;
         _pool = pool;
         _workers = workers;
         _headCount = headCount;
@@ -44,10 +49,11 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         _queryBlocks = new (int, int)[maxTokens];
         _scores = new NativeBuffer<float>[workers.ThreadCount];
         for (int i = 0; i < _scores.Length; i++)
-            _scores[i] = new NativeBuffer<float>((long)QueryBlock * _group * _maxContext + (long)pool.Layout.BlockSize * _headDim);
+            _scores[i] = new NativeBuffer<float>((long)QueryBlock * _group * _maxContext + (long)pool.Layout.BlockSize * _headDim
+                                                 + (long)QueryBlock * _group * _headDim + _headDim);
     }
 
-    /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its slot for <paramref name="layer"/>.</summary>
+    /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its block slot for <paramref name="layer"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Append(int layer, AttentionBatch batch, float* k, float* v)
     {
@@ -55,10 +61,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         int kvDim = layout.KvDim;
         for (int t = 0; t < batch.TokenCount; t++)
         {
-            int position = batch.Positions[t];
-            int[] table = batch.BlockTables[batch.Sequences[t]];
-            int block = table[position / layout.BlockSize];
-            int slot = position % layout.BlockSize;
+            int block = batch.Blocks[t], slot = batch.Slots[t];
             for (int g = 0; g < layout.KvHeadCount; g++)
             {
                 long offset = layout.Offset(g, slot);
@@ -110,28 +113,44 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     public void Execute(int start, int end, int worker)
     {
         var layout = _pool.Layout;
-        int kvHeads = layout.KvHeadCount, blockSize = layout.BlockSize, d = _headDim, group = _group;
+        int kvHeads = layout.KvHeadCount, d = _headDim, group = _group;
         long stride = _maxContext;
-        float* scores = _scores[worker].Pointer;                         // [query in block, head in group, position]
-        float* rows = scores + (long)QueryBlock * group * stride;        // one block's K or V rows of one head, as f32
+        float* scores = _scores[worker].Pointer;                           // [query in block, head in group, position]
+        float* rows = scores + (long)QueryBlock * group * stride;          // one block's K or V rows of one head, as f32
+        float* shifted = rows + (long)layout.BlockSize * d;                // the block's queries rotated by −offset
+        float* cos = shifted + (long)QueryBlock * group * d, sin = cos + d / 2;
         var batch = _batch!;
 
         for (int item = start; item < end; item++)
         {
             var (first, count) = _queryBlocks[item / kvHeads];
             int g = item % kvHeads;
-            int[] table = batch.BlockTables[batch.Sequences[first]];
+            int sequence = batch.Sequences[first];
+            var table = batch.Tables[sequence].AsSpan(0, batch.TableLengths[sequence]);
             int firstPosition = batch.Positions[first];
             int longest = firstPosition + count;   // keys the block's last query sees
+            int rotation = int.MinValue;           // offset the queries in `shifted` are rotated by
 
-            for (int j0 = 0; j0 < longest; j0 += blockSize)
+            foreach (var entry in table)
             {
-                float* keys = Rows(_pool.Key(table[j0 / blockSize], _layer), layout.Offset(g, 0), Math.Min(blockSize, longest - j0), rows);
+                if (entry.FirstPosition >= longest) break;
+                float* keys = Rows(_pool.Key(entry.Block, _layer), layout.Offset(g, 0), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
+                float* queries = _q + (long)first * _headCount * d;
+                long queryStride = (long)_headCount * d;
+                if (entry.RotationOffset != 0)
+                {
+                    // Keys sit rotated at (position − offset): rotate the queries the same way, once per run of entries sharing an offset.
+                    if (rotation != entry.RotationOffset) RotateQueries(first, count, g, rotation = entry.RotationOffset, shifted, cos, sin);
+                    queries = shifted;
+                    queryStride = (long)group * d;
+                }
+                else queries += (long)g * group * d;
+
                 for (int i = 0; i < count; i++)
                 {
-                    int visible = Math.Min(blockSize, firstPosition + i + 1 - j0);
-                    float* q = _q + (long)(first + i) * _headCount * d + (long)g * group * d;
-                    float* s = scores + (long)i * group * stride + j0;
+                    int visible = Math.Min(entry.Count, firstPosition + i + 1 - entry.FirstPosition);
+                    float* q = queries + i * queryStride;
+                    float* s = scores + (long)i * group * stride + entry.FirstPosition;
                     for (int j = 0; j < visible; j++)
                         for (int h = 0; h < group; h++) s[h * stride + j] = Dot.F32(q + h * d, keys + j * d, d) * _scale;
                 }
@@ -140,20 +159,36 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
                 for (int h = 0; h < group; h++) Softmax.Apply(new Span<float>(scores + ((long)i * group + h) * stride, firstPosition + i + 1));
 
             for (int i = 0; i < count; i++) new Span<float>(_out + (long)(first + i) * _headCount * d + (long)g * group * d, group * d).Clear();
-            for (int j0 = 0; j0 < longest; j0 += blockSize)
+            foreach (var entry in table)
             {
-                float* values = Rows(_pool.Value(table[j0 / blockSize], _layer), layout.Offset(g, 0), Math.Min(blockSize, longest - j0), rows);
+                if (entry.FirstPosition >= longest) break;
+                float* values = Rows(_pool.Value(entry.Block, _layer), layout.Offset(g, 0), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
                 for (int i = 0; i < count; i++)
                 {
-                    int visible = Math.Min(blockSize, firstPosition + i + 1 - j0);
+                    int visible = Math.Min(entry.Count, firstPosition + i + 1 - entry.FirstPosition);
                     float* output = _out + (long)(first + i) * _headCount * d + (long)g * group * d;
                     for (int h = 0; h < group; h++)
                     {
-                        float* s = scores + ((long)i * group + h) * stride + j0;
+                        float* s = scores + ((long)i * group + h) * stride + entry.FirstPosition;
                         for (int j = 0; j < visible; j++) Axpy(s[j], values + j * d, output + h * d, d);
                     }
                 }
             }
+        }
+    }
+
+    /// <summary>Copies the group's query heads of <paramref name="count"/> tokens into <paramref name="shifted"/>, rotated by −<paramref name="offset"/>.</summary>
+    private void RotateQueries(int first, int count, int g, int offset, float* shifted, float* cos, float* sin)
+    {
+        int d = _headDim, pairs = d / 2;
+        var c = new Span<float>(cos, pairs);
+        var s = new Span<float>(sin, pairs);
+        _rope.Angles(-offset, c, s);
+        for (int i = 0; i < count; i++)
+        {
+            var target = new Span<float>(shifted + (long)i * _group * d, _group * d);
+            new ReadOnlySpan<float>(_q + (long)(first + i) * _headCount * d + (long)g * _group * d, _group * d).CopyTo(target);
+            _rope.Rotate(target, _group, c, s);
         }
     }
 

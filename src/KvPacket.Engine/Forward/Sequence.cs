@@ -3,20 +3,21 @@ using KvPacket.Compute.Kv;
 namespace KvPacket.Engine.Forward;
 
 /// <summary>
-/// One sequence's state in the KV cache: its block table (position p lives in block p / BlockSize) and how many
-/// tokens it holds. The table array is sized for the model's whole context up front, so growing never allocates.
-/// Disposing returns the blocks to the pool.
+/// One sequence's state in the KV cache: its block table (entries covering positions 0..Length−1 in order) and how
+/// many tokens it holds. Tokens computed for this sequence go into blocks it owns; packets appended with
+/// <see cref="AppendPacket"/> contribute shared, read-only blocks placed at the sequence's current length.
+/// The table is sized for the whole context up front, so growing it does not allocate. Disposing releases every block.
 /// </summary>
 public sealed class Sequence : IDisposable
 {
     private readonly KvBlockPool _pool;
-    private int _blockCount;
+    private KvBlockEntry[] _entries;
 
     internal Sequence(KvBlockPool pool, int maxContext)
     {
         _pool = pool;
         MaxLength = maxContext;
-        Blocks = new int[(maxContext + pool.Layout.BlockSize - 1) / pool.Layout.BlockSize];
+        _entries = new KvBlockEntry[(maxContext + pool.Layout.BlockSize - 1) / pool.Layout.BlockSize + 8];
     }
 
     /// <summary>Tokens whose K and V are in the cache.</summary>
@@ -25,26 +26,80 @@ public sealed class Sequence : IDisposable
     /// <summary>The longest this sequence may grow (the model's context).</summary>
     public int MaxLength { get; }
 
-    /// <summary>Block ids in position order; only the first <see cref="BlockCount"/> are valid.</summary>
-    public int[] Blocks { get; }
+    /// <summary>The block table; only the first <see cref="EntryCount"/> entries are valid.</summary>
+    public KvBlockEntry[] Entries => _entries;
 
-    /// <summary>Blocks held.</summary>
-    public int BlockCount => _blockCount;
+    /// <summary>Valid entries of <see cref="Entries"/>.</summary>
+    public int EntryCount { get; private set; }
 
-    /// <summary>Makes sure blocks exist for positions [0, <paramref name="length"/>).</summary>
-    internal void Reserve(int length)
+    /// <summary>
+    /// Places <paramref name="packet"/>'s blocks at positions [Length, Length + packet.Length): shared, never written, with
+    /// queries realigned by the packet's offset at attention time.
+    /// </summary>
+    public void AppendPacket(Packet packet)
     {
-        if (length > MaxLength)
-            throw new ArgumentOutOfRangeException(nameof(length), $"A sequence of {length} tokens exceeds the model's context of {MaxLength}.");
-        int needed = (length + _pool.Layout.BlockSize - 1) / _pool.Layout.BlockSize;
-        while (_blockCount < needed) Blocks[_blockCount++] = _pool.Allocate();
+        if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
+        if (Length + packet.Length > MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {packet.Length}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
+        int blockSize = _pool.Layout.BlockSize;
+        for (int b = 0; b < packet.Blocks.Count; b++)
+        {
+            int count = Math.Min(blockSize, packet.Length - b * blockSize);
+            _pool.Retain(packet.Blocks[b]);
+            Add(new KvBlockEntry(packet.Blocks[b], Length + b * blockSize, count, Length, ReadOnly: true));
+        }
+        Length += packet.Length;
+    }
+
+    /// <summary>The block and slot that will hold position <paramref name="position"/> (≥ Length), taking fresh blocks as needed.</summary>
+    internal (int Block, int Slot) SlotFor(int position)
+    {
+        if (position >= MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} exceeds the model's context of {MaxLength}.");
+        int blockSize = _pool.Layout.BlockSize;
+        if (EntryCount > 0)
+        {
+            var last = _entries[EntryCount - 1];
+            int slot = position - last.FirstPosition;
+            if (!last.ReadOnly && last.RotationOffset == 0 && slot < blockSize)
+            {
+                if (slot >= last.Count) _entries[EntryCount - 1] = last with { Count = slot + 1 };
+                return (last.Block, slot);
+            }
+        }
+        int block = _pool.Allocate();
+        Add(new KvBlockEntry(block, position, 1, 0, ReadOnly: false));
+        return (block, 0);
+    }
+
+    /// <summary>
+    /// Hands this sequence's blocks to a packet and empties the sequence. Only a sequence computed alone from
+    /// position 0 (no packets of its own) can become a packet.
+    /// </summary>
+    internal int[] DetachBlocks()
+    {
+        var blocks = new int[EntryCount];
+        for (int i = 0; i < EntryCount; i++)
+        {
+            if (_entries[i].ReadOnly) throw new InvalidOperationException("A sequence that contains packets cannot itself become a packet.");
+            blocks[i] = _entries[i].Block;
+        }
+        EntryCount = 0;
+        Length = 0;
+        return blocks;
+    }
+
+    private void Add(KvBlockEntry entry)
+    {
+        if (EntryCount == _entries.Length) Array.Resize(ref _entries, _entries.Length * 2); // only when many short packets are placed
+        _entries[EntryCount++] = entry;
     }
 
     /// <summary>Releases every block and empties the sequence.</summary>
     public void Dispose()
     {
-        for (int i = 0; i < _blockCount; i++) _pool.Release(Blocks[i]);
-        _blockCount = 0;
+        for (int i = 0; i < EntryCount; i++) _pool.Release(_entries[i].Block);
+        EntryCount = 0;
         Length = 0;
     }
 }

@@ -41,9 +41,9 @@ public sealed unsafe class Transformer : IDisposable
 
         var layout = KvCacheLayout.For(c, options.KvType, options.KvBlockSize);
         KvPool = new KvBlockPool(layout, (options.KvCacheTokens + layout.BlockSize - 1) / layout.BlockSize);
-        _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
-        _attention = new PagedAttention(KvPool, _workers, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens);
         _rope = new RotaryEmbedding(c);
+        _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
+        _attention = new PagedAttention(KvPool, _workers, _rope, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens);
         _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
 
         _layerVectors = model.Layers.Select(l => new LayerVectors(
@@ -147,8 +147,7 @@ public sealed unsafe class Transformer : IDisposable
         for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
     }
 
-    /// <summary>Reserves KV blocks, fills the attention batch and each token's RoPE angles.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    /// <summary>Finds each new token's block slot (taking fresh blocks), fills the attention batch and the RoPE angles.</summary>
     private void PlaceTokens(ForwardBatch batch)
     {
         var placement = _attentionBatch;
@@ -157,16 +156,38 @@ public sealed unsafe class Transformer : IDisposable
         {
             var sequence = batch.SequenceOf(chunk);
             int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
-            sequence.Reserve(sequence.Length + length);
-            placement.BlockTables[chunk] = sequence.Blocks;
+            if (sequence.Length + length > sequence.MaxLength)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"A sequence of {sequence.Length + length} tokens exceeds the model's context of {sequence.MaxLength}.");
             for (int i = 0; i < length; i++)
             {
-                int t = start + i;
-                placement.Positions[t] = sequence.Length + i;
+                int t = start + i, position = sequence.Length + i;
+                (placement.Blocks[t], placement.Slots[t]) = sequence.SlotFor(position);
+                placement.Positions[t] = position;
                 placement.Sequences[t] = chunk;
-                _rope.Angles(sequence.Length + i, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
+                _rope.Angles(position, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
             }
+            placement.Tables[chunk] = sequence.Entries;
+            placement.TableLengths[chunk] = sequence.EntryCount;
         }
+    }
+
+    /// <summary>
+    /// Computes <paramref name="tokens"/> alone from position 0 (in chunks of the batch size) and freezes the result
+    /// as a packet: shared, immutable KV blocks any sequence can place with <see cref="Sequence.AppendPacket"/>.
+    /// </summary>
+    public Packet BuildPacket(ReadOnlySpan<int> tokens)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
+        using var sequence = CreateSequence();
+        var batch = new ForwardBatch(Options.MaxBatchTokens, 1);
+        var logits = new float[Config.VocabSize];
+        for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
+        {
+            batch.Clear();
+            batch.Add(sequence, tokens.Slice(offset, Math.Min(Options.MaxBatchTokens, tokens.Length - offset)));
+            Forward(batch, logits);
+        }
+        return new Packet(KvPool, sequence.DetachBlocks(), tokens.Length);
     }
 
     private void Project(NativeBuffer<float> input, int tokens, in WeightTensor weight, float[] bias, NativeBuffer<float> output)

@@ -1,0 +1,37 @@
+using KvPacket.Compute.Kv;
+
+namespace KvPacket.Engine.Forward;
+
+/// <summary>
+/// The immutable KV cache of one document computed alone from position 0: a list of blocks in the model's KV pool,
+/// shared read-only by every sequence that places it (each holds a reference). Disposing drops the packet's own
+/// reference; blocks return to the pool when the last sequence using them lets go.
+/// </summary>
+public sealed class Packet : IDisposable
+{
+    private bool _disposed;
+
+    internal Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length)
+    {
+        Pool = pool;
+        Blocks = blocks;
+        Length = length;
+    }
+
+    /// <summary>The KV pool the blocks live in (one model's cache).</summary>
+    public KvBlockPool Pool { get; }
+
+    /// <summary>Block ids in position order; every block but the last is full.</summary>
+    public IReadOnlyList<int> Blocks { get; }
+
+    /// <summary>Tokens in the packet.</summary>
+    public int Length { get; }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (int block in Blocks) Pool.Release(block);
+    }
+}
