@@ -15,7 +15,7 @@ public unsafe class AttentionBenchmarks
     private KvBlockPool _pool = null!;
     private PagedAttention _attention = null!;
     private AttentionBatch _batch = null!;
-    private NativeBuffer<float> _q = null!, _out = null!;
+    private NativeBuffer<float> _q = null!, _out = null!, _angles = null!;
 
     /// <summary>Tokens already in the cache.</summary>
     [Params(512, 4096)]
@@ -51,11 +51,13 @@ public unsafe class AttentionBenchmarks
         _batch.TableLengths[0] = blocks;
         _q = new NativeBuffer<float>(Heads * HeadDim);
         _out = new NativeBuffer<float>(Heads * HeadDim);
+        _angles = new NativeBuffer<float>(HeadDim);
+        new RotaryEmbedding(config).Angles(Context, _angles.Slice(0, HeadDim / 2), _angles.Slice(HeadDim / 2, HeadDim / 2));
         for (int i = 0; i < _q.Length; i++) _q.Pointer[i] = random.NextSingle() - 0.5f;
     }
 
     [Benchmark]
-    public void Attend() => _attention.Attend(0, _batch, _q.Pointer, _out.Pointer);
+    public void Attend() => _attention.Attend(0, _batch, _q.Pointer, _out.Pointer, _angles.Pointer, _angles.Pointer + HeadDim / 2);
 
     [GlobalCleanup]
     public void Cleanup()
@@ -64,5 +66,6 @@ public unsafe class AttentionBenchmarks
         _pool.Dispose();
         _q.Dispose();
         _out.Dispose();
+        _angles.Dispose();
     }
 }

@@ -29,7 +29,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
 
     private AttentionBatch? _batch;
     private int _layer, _queryBlockCount;
-    private float* _q, _out;
+    private float* _q, _out, _cos, _sin;
 
     /// <summary>
     /// Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>, for steps of at most
@@ -79,9 +79,12 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     }
 
     /// <summary>
-    /// out[t, h·d..] = softmax(q[t,h]·Kᵀ/√d) · V over positions [0, Positions[t]] of token t's sequence, for layer <paramref name="layer"/>.
+    /// out[t, h·d..] = softmax(R(p_t − o)·q[t,h] · Kᵀ/√d) · V over positions [0, Positions[t]] of token t's sequence, for
+    /// layer <paramref name="layer"/>, where o is each block's rotation offset. <paramref name="q"/> is not yet rotated:
+    /// rotating it here, once per offset, by the exact angle p − o keeps packet blocks as precise as blocks computed in place.
+    /// <paramref name="cos"/> and <paramref name="sin"/> hold each token's angles at its own position ([tokens, d/2]).
     /// </summary>
-    public void Attend(int layer, AttentionBatch batch, float* q, float* output)
+    public void Attend(int layer, AttentionBatch batch, float* q, float* output, float* cos, float* sin)
     {
         for (int t = 0; t < batch.TokenCount; t++)
             if (batch.Positions[t] >= _maxContext) throw new ArgumentOutOfRangeException(nameof(batch), $"Position {batch.Positions[t]} is beyond the context of {_maxContext}.");
@@ -89,6 +92,8 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         _layer = layer;
         _q = q;
         _out = output;
+        _cos = cos;
+        _sin = sin;
 
         // Runs of consecutive positions of one sequence (a prefill chunk), cut into query blocks.
         _queryBlockCount = 0;
@@ -117,8 +122,8 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         long stride = _maxContext;
         float* scores = _scores[worker].Pointer;                           // [query in block, head in group, position]
         float* rows = scores + (long)QueryBlock * group * stride;          // one block's K or V rows of one head, as f32
-        float* shifted = rows + (long)layout.BlockSize * d;                // the block's queries rotated by −offset
-        float* cos = shifted + (long)QueryBlock * group * d, sin = cos + d / 2;
+        float* shifted = rows + (long)layout.BlockSize * d;                // the block's query heads, rotated for one offset
+        float* angles = shifted + (long)QueryBlock * group * d;            // cos then sin for one position
         var batch = _batch!;
 
         for (int item = start; item < end; item++)
@@ -129,22 +134,15 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             var table = batch.Tables[sequence].AsSpan(0, batch.TableLengths[sequence]);
             int firstPosition = batch.Positions[first];
             int longest = firstPosition + count;   // keys the block's last query sees
-            int rotation = int.MinValue;           // offset the queries in `shifted` are rotated by
+            int rotation = int.MinValue;           // offset the queries in `shifted` are rotated for
 
             foreach (var entry in table)
             {
                 if (entry.FirstPosition >= longest) break;
                 float* keys = Rows(_pool.Key(entry.Block, _layer), layout.Offset(g, 0), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
-                float* queries = _q + (long)first * _headCount * d;
-                long queryStride = (long)_headCount * d;
-                if (entry.RotationOffset != 0)
-                {
-                    // Keys sit rotated at (position − offset): rotate the queries the same way, once per run of entries sharing an offset.
-                    if (rotation != entry.RotationOffset) RotateQueries(first, count, g, rotation = entry.RotationOffset, shifted, cos, sin);
-                    queries = shifted;
-                    queryStride = (long)group * d;
-                }
-                else queries += (long)g * group * d;
+                if (rotation != entry.RotationOffset) RotateQueries(first, count, g, rotation = entry.RotationOffset, shifted, angles);
+                long queryStride = (long)group * d;
+                float* queries = shifted;
 
                 for (int i = 0; i < count; i++)
                 {
@@ -177,18 +175,27 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>Copies the group's query heads of <paramref name="count"/> tokens into <paramref name="shifted"/>, rotated by −<paramref name="offset"/>.</summary>
-    private void RotateQueries(int first, int count, int g, int offset, float* shifted, float* cos, float* sin)
+    /// <summary>
+    /// Copies the group's query heads of <paramref name="count"/> tokens into <paramref name="shifted"/>, rotated to
+    /// (position − <paramref name="offset"/>): with the step's own angles for offset 0, else with angles computed for it.
+    /// </summary>
+    private void RotateQueries(int first, int count, int g, int offset, float* shifted, float* angles)
     {
         int d = _headDim, pairs = d / 2;
-        var c = new Span<float>(cos, pairs);
-        var s = new Span<float>(sin, pairs);
-        _rope.Angles(-offset, c, s);
         for (int i = 0; i < count; i++)
         {
+            int t = first + i;
+            var cos = new Span<float>(_cos + (long)t * pairs, pairs);
+            var sin = new Span<float>(_sin + (long)t * pairs, pairs);
+            if (offset != 0)
+            {
+                cos = new Span<float>(angles, pairs);
+                sin = new Span<float>(angles + pairs, pairs);
+                _rope.Angles(_batch!.Positions[t] - offset, cos, sin);
+            }
             var target = new Span<float>(shifted + (long)i * _group * d, _group * d);
-            new ReadOnlySpan<float>(_q + (long)(first + i) * _headCount * d + (long)g * _group * d, _group * d).CopyTo(target);
-            _rope.Rotate(target, _group, c, s);
+            new ReadOnlySpan<float>(_q + (long)t * _headCount * d + (long)g * _group * d, _group * d).CopyTo(target);
+            _rope.Rotate(target, _group, cos, sin);
         }
     }
 

@@ -51,6 +51,18 @@ public sealed class Sequence : IDisposable
         Length += packet.Length;
     }
 
+    /// <summary>
+    /// Appends blocks this sequence will own, already holding positions [Length, Length + <paramref name="length"/>) with
+    /// keys rotated at their global positions. For tests that check realignment against re-rotated key copies.
+    /// </summary>
+    internal void AppendOwnedBlocks(IReadOnlyList<int> blocks, int length)
+    {
+        int blockSize = _pool.Layout.BlockSize;
+        for (int b = 0; b < blocks.Count; b++)
+            Add(new KvBlockEntry(blocks[b], Length + b * blockSize, Math.Min(blockSize, length - b * blockSize), 0, ReadOnly: true));
+        Length += length;
+    }
+
     /// <summary>The block and slot that will hold position <paramref name="position"/> (≥ Length), taking fresh blocks as needed.</summary>
     internal (int Block, int Slot) SlotFor(int position)
     {

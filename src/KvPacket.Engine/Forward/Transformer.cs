@@ -107,20 +107,14 @@ public sealed unsafe class Transformer : IDisposable
             var layer = _model.Layers[l];
             var vectors = _layerVectors[l];
 
-            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)).
+            // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)); the query's rope is applied inside attention.
             for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
             Project(_xb, tokens, layer.Query, vectors.QueryBias, _q);
             Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
             Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
-            for (int t = 0; t < tokens; t++)
-            {
-                var cos = Row(_ropeCos, t, _rope.PairCount);
-                var sin = Row(_ropeSin, t, _rope.PairCount);
-                _rope.Rotate(Row(_q, t, c.QueryDim), c.HeadCount, cos, sin);
-                _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, cos, sin);
-            }
+            for (int t = 0; t < tokens; t++) _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
             _attention.Append(l, _attentionBatch, _k.Pointer, _v.Pointer);
-            _attention.Attend(l, _attentionBatch, _q.Pointer, _att.Pointer);
+            _attention.Attend(l, _attentionBatch, _q.Pointer, _att.Pointer, _ropeCos.Pointer, _ropeSin.Pointer); // rotates q per block offset
             _matMul.Multiply(_att.Pointer, tokens, layer.Output, _xb.Pointer);
             TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
 
