@@ -176,6 +176,30 @@ public unsafe class PacketTests
         return copy;
     }
 
+    /// <summary>Soft tokens equal to real tokens' embeddings must give exactly the packet of those tokens.</summary>
+    [Fact]
+    public void A_packet_with_header_and_trailer_soft_tokens_equals_one_built_from_the_same_embeddings_as_tokens()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        int[] header = Tokens(3, 20), document = Tokens(25, 21), trailer = Tokens(2, 22), query = Tokens(4, 23);
+        float[] Embed(int[] ids)
+        {
+            var rows = new float[ids.Length * 64];
+            for (int i = 0; i < ids.Length; i++) checkpoint.TokenEmbedding.ReadRow(ids[i], rows.AsSpan(i * 64, 64));
+            return rows;
+        }
+        using var soft = model.BuildPacket(document, Embed(header), Embed(trailer));
+        using var hard = model.BuildPacket([.. header, .. document, .. trailer]);
+        Assert.Equal(30, soft.Length);
+
+        using var a = model.CreateSequence();
+        using var b = model.CreateSequence();
+        a.AppendPacket(soft);
+        b.AppendPacket(hard);
+        Assert.Equal(Prefill(model, b, query), Prefill(model, a, query));
+    }
+
     [Fact]
     public void Realignment_matters_naive_concatenation_differs_from_full_context()
     {

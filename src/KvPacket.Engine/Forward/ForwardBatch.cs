@@ -11,20 +11,32 @@ public enum LogitsFor
 
 /// <summary>
 /// The input of one forward step: a ragged list of chunks, each some new tokens appended to one sequence.
-/// A decode step is a one-token chunk; prefill is a longer one; both mix freely. Reused across steps.
+/// A decode step is a one-token chunk; prefill is a longer one; both mix freely. A chunk may also be soft tokens:
+/// input embeddings given directly (trained adapters such as KV Packet's header/trailer or KVLink's link tokens),
+/// which stand at token id <see cref="SoftToken"/>. Reused across steps.
 /// </summary>
 public sealed class ForwardBatch
 {
+    /// <summary>The token id recorded for a soft token (its embedding comes from <see cref="Embeddings"/>).</summary>
+    public const int SoftToken = -1;
+
     private readonly int[] _tokens;
+    private readonly float[] _embeddings;
+    private readonly int _hiddenSize;
     private readonly Sequence[] _sequences;
     private readonly int[] _starts;
     private readonly int[] _lengths;
     private readonly LogitsFor[] _logits;
 
-    /// <summary>Creates a batch holding up to <paramref name="maxTokens"/> tokens in <paramref name="maxChunks"/> chunks.</summary>
-    public ForwardBatch(int maxTokens, int maxChunks)
+    /// <summary>
+    /// Creates a batch holding up to <paramref name="maxTokens"/> tokens in <paramref name="maxChunks"/> chunks; soft-token
+    /// chunks need the model's <paramref name="hiddenSize"/>.
+    /// </summary>
+    public ForwardBatch(int maxTokens, int maxChunks, int hiddenSize = 0)
     {
         _tokens = new int[maxTokens];
+        _hiddenSize = hiddenSize;
+        _embeddings = new float[hiddenSize > 0 ? (long)maxTokens * hiddenSize : 0];
         _sequences = new Sequence[maxChunks];
         _starts = new int[maxChunks];
         _lengths = new int[maxChunks];
@@ -47,22 +59,45 @@ public sealed class ForwardBatch
     public void Add(Sequence sequence, ReadOnlySpan<int> tokens, LogitsFor logits = LogitsFor.LastToken)
     {
         if (tokens.IsEmpty) throw new ArgumentException("A chunk needs at least one token.", nameof(tokens));
-        if (ChunkCount == _sequences.Length) throw new InvalidOperationException($"The batch holds at most {_sequences.Length} chunks.");
-        if (TokenCount + tokens.Length > _tokens.Length)
-            throw new InvalidOperationException($"The batch holds at most {_tokens.Length} tokens; {TokenCount + tokens.Length} were given.");
-        for (int c = 0; c < ChunkCount; c++)
-            if (ReferenceEquals(_sequences[c], sequence)) throw new InvalidOperationException("A sequence may appear in a batch only once.");
-        tokens.CopyTo(_tokens.AsSpan(TokenCount));
-        _sequences[ChunkCount] = sequence;
-        _starts[ChunkCount] = TokenCount;
-        _lengths[ChunkCount] = tokens.Length;
-        _logits[ChunkCount] = logits;
-        ChunkCount++;
-        TokenCount += tokens.Length;
-        LogitRowCount += logits == LogitsFor.AllTokens ? tokens.Length : 1;
+        foreach (int token in tokens)
+            if (token < 0) throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is negative; soft tokens go through AddSoftTokens.");
+        tokens.CopyTo(AddChunk(sequence, tokens.Length, logits));
     }
 
-    /// <summary>Every token of the batch, chunk after chunk.</summary>
+    /// <summary>Appends soft tokens to <paramref name="sequence"/>: <paramref name="embeddings"/> is [n, hidden], used in place of token embeddings.</summary>
+    public void AddSoftTokens(Sequence sequence, ReadOnlySpan<float> embeddings, LogitsFor logits = LogitsFor.LastToken)
+    {
+        if (_hiddenSize == 0) throw new InvalidOperationException("This batch was created without a hidden size, so it cannot hold soft tokens.");
+        if (embeddings.IsEmpty || embeddings.Length % _hiddenSize != 0)
+            throw new ArgumentException($"Soft tokens need a whole number of {_hiddenSize}-wide embeddings; got {embeddings.Length} floats.", nameof(embeddings));
+        int count = embeddings.Length / _hiddenSize;
+        AddChunk(sequence, count, logits).Fill(SoftToken);
+        embeddings.CopyTo(_embeddings.AsSpan((TokenCount - count) * _hiddenSize));
+    }
+
+    /// <summary>Records a chunk of <paramref name="count"/> tokens and returns where its token ids go.</summary>
+    private Span<int> AddChunk(Sequence sequence, int count, LogitsFor logits)
+    {
+        if (ChunkCount == _sequences.Length) throw new InvalidOperationException($"The batch holds at most {_sequences.Length} chunks.");
+        if (TokenCount + count > _tokens.Length)
+            throw new InvalidOperationException($"The batch holds at most {_tokens.Length} tokens; {TokenCount + count} were given.");
+        for (int c = 0; c < ChunkCount; c++)
+            if (ReferenceEquals(_sequences[c], sequence)) throw new InvalidOperationException("A sequence may appear in a batch only once.");
+        var ids = _tokens.AsSpan(TokenCount, count);
+        _sequences[ChunkCount] = sequence;
+        _starts[ChunkCount] = TokenCount;
+        _lengths[ChunkCount] = count;
+        _logits[ChunkCount] = logits;
+        ChunkCount++;
+        TokenCount += count;
+        LogitRowCount += logits == LogitsFor.AllTokens ? count : 1;
+        return ids;
+    }
+
+    /// <summary>The embedding of soft token <paramref name="index"/> of <see cref="Tokens"/>.</summary>
+    public ReadOnlySpan<float> Embeddings(int index) => _embeddings.AsSpan(index * _hiddenSize, _hiddenSize);
+
+    /// <summary>Every token of the batch, chunk after chunk (<see cref="SoftToken"/> for soft tokens).</summary>
     public ReadOnlySpan<int> Tokens => _tokens.AsSpan(0, TokenCount);
 
     /// <summary>The sequence of chunk <paramref name="chunk"/>.</summary>

@@ -95,12 +95,16 @@ public sealed unsafe class Transformer : IDisposable
         if (batch.ChunkCount > Options.MaxBatchSequences) throw new ArgumentException($"The batch has {batch.ChunkCount} sequences; this model was prepared for {Options.MaxBatchSequences}.", nameof(batch));
         if (logits.Length < (long)batch.LogitRowCount * c.VocabSize) throw new ArgumentException($"Logits need {batch.LogitRowCount} × {c.VocabSize} floats.", nameof(logits));
         foreach (int token in batch.Tokens)
-            if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
+            if (token >= c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
 
         PlaceTokens(batch);
 
-        // Embedding: x[t] = E[token_t].
-        for (int t = 0; t < tokens; t++) _model.TokenEmbedding.ReadRow(batch.Tokens[t], Row(_x, t, hidden));
+        // Embedding: x[t] = E[token_t], or the given vector for a soft token.
+        for (int t = 0; t < tokens; t++)
+        {
+            if (batch.Tokens[t] == ForwardBatch.SoftToken) batch.Embeddings(t).CopyTo(Row(_x, t, hidden));
+            else _model.TokenEmbedding.ReadRow(batch.Tokens[t], Row(_x, t, hidden));
+        }
 
         for (int l = 0; l < c.LayerCount; l++)
         {
@@ -166,22 +170,34 @@ public sealed unsafe class Transformer : IDisposable
     }
 
     /// <summary>
-    /// Computes <paramref name="tokens"/> alone from position 0 (in chunks of the batch size) and freezes the result
-    /// as a packet: shared, immutable KV blocks any sequence can place with <see cref="Sequence.AppendPacket"/>.
+    /// Computes <paramref name="tokens"/> alone from position 0 (in chunks of the batch size), between optional header
+    /// and trailer soft tokens ([n, hidden] embeddings, KV Packet's adapters), and freezes the result as a packet:
+    /// shared, immutable KV blocks any sequence can place with <see cref="Sequence.AppendPacket"/>.
     /// </summary>
-    public Packet BuildPacket(ReadOnlySpan<int> tokens)
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default)
     {
         if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
         using var sequence = CreateSequence();
-        var batch = new ForwardBatch(Options.MaxBatchTokens, 1);
+        var batch = new ForwardBatch(Options.MaxBatchTokens, 1, Config.HiddenSize);
         var logits = new float[Config.VocabSize];
+        void Step(ForwardBatch b) { Forward(b, logits); b.Clear(); }
+        for (int offset = 0; offset < header.Length; offset += Options.MaxBatchTokens * Config.HiddenSize)
+        {
+            batch.AddSoftTokens(sequence, header.Slice(offset, Math.Min(Options.MaxBatchTokens * Config.HiddenSize, header.Length - offset)));
+            Step(batch);
+        }
         for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
         {
-            batch.Clear();
             batch.Add(sequence, tokens.Slice(offset, Math.Min(Options.MaxBatchTokens, tokens.Length - offset)));
-            Forward(batch, logits);
+            Step(batch);
         }
-        return new Packet(KvPool, sequence.DetachBlocks(), tokens.Length);
+        for (int offset = 0; offset < trailer.Length; offset += Options.MaxBatchTokens * Config.HiddenSize)
+        {
+            batch.AddSoftTokens(sequence, trailer.Slice(offset, Math.Min(Options.MaxBatchTokens * Config.HiddenSize, trailer.Length - offset)));
+            Step(batch);
+        }
+        int length = sequence.Length;
+        return new Packet(KvPool, sequence.DetachBlocks(), length);
     }
 
     private void Project(NativeBuffer<float> input, int tokens, in WeightTensor weight, float[] bias, NativeBuffer<float> output)
