@@ -139,7 +139,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             foreach (var entry in table)
             {
                 if (entry.FirstPosition >= longest) break;
-                float* keys = Rows(_pool.Key(entry.Block, _layer), layout.Offset(g, 0), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
+                float* keys = Rows(_pool.Key(entry.Block, _layer), layout.Offset(g, entry.FirstSlot), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
                 if (rotation != entry.RotationOffset) RotateQueries(first, count, g, rotation = entry.RotationOffset, shifted, angles);
                 long queryStride = (long)group * d;
                 float* queries = shifted;
@@ -160,7 +160,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             foreach (var entry in table)
             {
                 if (entry.FirstPosition >= longest) break;
-                float* values = Rows(_pool.Value(entry.Block, _layer), layout.Offset(g, 0), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
+                float* values = Rows(_pool.Value(entry.Block, _layer), layout.Offset(g, entry.FirstSlot), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
                 for (int i = 0; i < count; i++)
                 {
                     int visible = Math.Min(entry.Count, firstPosition + i + 1 - entry.FirstPosition);

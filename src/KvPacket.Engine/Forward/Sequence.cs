@@ -33,22 +33,28 @@ public sealed class Sequence : IDisposable
     public int EntryCount { get; private set; }
 
     /// <summary>
-    /// Places <paramref name="packet"/>'s blocks at positions [Length, Length + packet.Length): shared, never written, with
-    /// queries realigned by the packet's offset at attention time.
+    /// Places <paramref name="packet"/>'s tokens [<paramref name="skip"/>, packet.Length) at positions [Length, …): shared
+    /// blocks, never written, with queries realigned by the placement's offset at attention time. Skipping lets the caller
+    /// recompute the packet's first tokens in context (EPIC) and place only the rest.
     /// </summary>
-    public void AppendPacket(Packet packet)
+    public void AppendPacket(Packet packet, int skip = 0)
     {
         if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
-        if (Length + packet.Length > MaxLength)
-            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {packet.Length}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
+        if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
+        int placed = packet.Length - skip;
+        if (Length + placed > MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
         int blockSize = _pool.Layout.BlockSize;
-        for (int b = 0; b < packet.Blocks.Count; b++)
+        int rotationOffset = Length - skip;   // global position − the local position the packet's keys were rotated at
+        for (int local = skip; local < packet.Length;)
         {
-            int count = Math.Min(blockSize, packet.Length - b * blockSize);
+            int b = local / blockSize, slot = local % blockSize;
+            int count = Math.Min(blockSize - slot, packet.Length - local);
             _pool.Retain(packet.Blocks[b]);
-            Add(new KvBlockEntry(packet.Blocks[b], Length + b * blockSize, count, Length, ReadOnly: true));
+            Add(new KvBlockEntry(packet.Blocks[b], local + rotationOffset, count, rotationOffset, ReadOnly: true, FirstSlot: slot));
+            local += count;
         }
-        Length += packet.Length;
+        Length += placed;
     }
 
     /// <summary>
@@ -73,7 +79,7 @@ public sealed class Sequence : IDisposable
         {
             var last = _entries[EntryCount - 1];
             int slot = position - last.FirstPosition;
-            if (!last.ReadOnly && last.RotationOffset == 0 && slot < blockSize)
+            if (!last.ReadOnly && last.FirstSlot == 0 && slot < blockSize)
             {
                 if (slot >= last.Count) _entries[EntryCount - 1] = last with { Count = slot + 1 };
                 return (last.Block, slot);

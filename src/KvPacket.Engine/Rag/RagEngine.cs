@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using KvPacket.Engine.Forward;
+
+namespace KvPacket.Engine.Rag;
+
+/// <summary>
+/// Runs a RAG request in any <see cref="RagMode"/> on one model: builds (and keeps) each document's packets — plain, and
+/// per adapter — then assembles the prompt's block table from shared packet blocks plus whatever the mode computes at
+/// query time. Every mode goes through the same batched forward pass, so their TTFT, FLOPs and outputs compare directly.
+/// Not thread-safe: one request at a time per instance.
+/// </summary>
+public sealed class RagEngine : IDisposable
+{
+    private readonly Transformer _model;
+    private readonly ForwardBatch _batch;
+    private readonly Dictionary<(string Adapter, int Version, string Document), Packet> _packets = new();
+
+    /// <summary>Creates an engine over <paramref name="model"/>.</summary>
+    public RagEngine(Transformer model)
+    {
+        _model = model;
+        _batch = new ForwardBatch(model.Options.MaxBatchTokens, 1, model.Config.HiddenSize);
+    }
+
+    /// <summary>Tokens of each document recomputed in context by <see cref="RagMode.Epic"/>.</summary>
+    public int EpicRecomputeTokens { get; init; } = 16;
+
+    /// <summary>The adapter for <see cref="RagMode.KvPacket"/> (header/trailer) and <see cref="RagMode.KvLink"/> (links).</summary>
+    public Adapter? Adapter { get; init; }
+
+    /// <summary>The packet of <paramref name="document"/> built alone (with the KV Packet adapter when <paramref name="withAdapter"/>), built once and kept.</summary>
+    public Packet PacketFor(int[] document, bool withAdapter)
+    {
+        var adapter = withAdapter ? Adapter ?? throw new InvalidOperationException("KV Packet mode needs an adapter.") : null;
+        var key = (adapter?.Id ?? "", adapter?.Version ?? 0, Convert.ToBase64String(System.Runtime.InteropServices.MemoryMarshal.AsBytes(document.AsSpan())));
+        if (!_packets.TryGetValue(key, out var packet))
+            _packets[key] = packet = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default);
+        return packet;
+    }
+
+    /// <summary>Prefills <paramref name="request"/> in <paramref name="mode"/>; packets it needs are built first, outside the timing.</summary>
+    public RagResult Prefill(RagRequest request, RagMode mode)
+    {
+        if (request.Query.Length == 0) throw new ArgumentException("The query needs at least one token.", nameof(request));
+        bool adapted = mode == RagMode.KvPacket;
+        var packets = mode == RagMode.Full ? [] : request.Documents.Select(d => PacketFor(d, adapted)).ToArray();
+        var links = mode == RagMode.KvLink ? Adapter?.Links ?? throw new InvalidOperationException("KVLink mode needs an adapter with link tokens.") : null;
+
+        var config = _model.Config;
+        var sequence = _model.CreateSequence();
+        try
+        {
+            long start = Stopwatch.GetTimestamp();
+            int prefilled = 0;
+            double documentFlops = 0;
+            Compute(sequence, request.Prefix, ref prefilled);
+            for (int d = 0; d < request.Documents.Count; d++)
+            {
+                int[] document = request.Documents[d];
+                int position = sequence.Length;
+                switch (mode)
+                {
+                    case RagMode.Full:
+                        Compute(sequence, document, ref prefilled);
+                        documentFlops += FlopCount.Tokens(config, position, document.Length);
+                        break;
+                    case RagMode.Naive or RagMode.KvPacket:
+                        sequence.AppendPacket(packets[d]);
+                        break;
+                    case RagMode.KvLink:
+                        sequence.AppendPacket(packets[d]);
+                        int linkCount = links!.Length / config.HiddenSize;
+                        if (linkCount > 0)
+                        {
+                            ComputeSoft(sequence, links, ref prefilled);
+                            documentFlops += FlopCount.Tokens(config, position + document.Length, linkCount);
+                        }
+                        break;
+                    case RagMode.Epic:
+                        int k = Math.Min(EpicRecomputeTokens, document.Length);
+                        Compute(sequence, document.AsSpan(0, k), ref prefilled);
+                        sequence.AppendPacket(packets[d], skip: k);
+                        documentFlops += FlopCount.Tokens(config, position, k);
+                        break;
+                    default:
+                        throw new ArgumentOutOfRangeException(nameof(mode), mode, null);
+                }
+            }
+            var logits = new float[request.Query.Length * config.VocabSize];
+            for (int offset = 0; offset < request.Query.Length; offset += _model.Options.MaxBatchTokens)
+            {
+                int n = Math.Min(_model.Options.MaxBatchTokens, request.Query.Length - offset);
+                _batch.Clear();
+                _batch.Add(sequence, request.Query.AsSpan(offset, n), LogitsFor.AllTokens);
+                _model.Forward(_batch, logits.AsSpan(offset * config.VocabSize));
+                prefilled += n;
+            }
+            double ttft = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            long packetBytes = packets.Sum(p => (long)p.Blocks.Count) * _model.KvPool.Layout.BlockBytes;
+            return new RagResult(sequence, logits, ttft, prefilled, documentFlops, packetBytes);
+        }
+        catch
+        {
+            sequence.Dispose();
+            throw;
+        }
+    }
+
+    private void Compute(Sequence sequence, ReadOnlySpan<int> tokens, ref int prefilled)
+    {
+        var scratch = new float[_model.Config.VocabSize];
+        for (int offset = 0; offset < tokens.Length; offset += _model.Options.MaxBatchTokens)
+        {
+            int n = Math.Min(_model.Options.MaxBatchTokens, tokens.Length - offset);
+            _batch.Clear();
+            _batch.Add(sequence, tokens.Slice(offset, n));
+            _model.Forward(_batch, scratch);
+            prefilled += n;
+        }
+    }
+
+    private void ComputeSoft(Sequence sequence, ReadOnlySpan<float> embeddings, ref int prefilled)
+    {
+        var scratch = new float[_model.Config.VocabSize];
+        int hidden = _model.Config.HiddenSize, chunk = _model.Options.MaxBatchTokens * hidden;
+        for (int offset = 0; offset < embeddings.Length; offset += chunk)
+        {
+            _batch.Clear();
+            _batch.AddSoftTokens(sequence, embeddings.Slice(offset, Math.Min(chunk, embeddings.Length - offset)));
+            _model.Forward(_batch, scratch);
+            prefilled += Math.Min(chunk, embeddings.Length - offset) / hidden;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var packet in _packets.Values) packet.Dispose();
+        _packets.Clear();
+    }
+}

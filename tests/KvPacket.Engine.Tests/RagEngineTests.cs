@@ -1,0 +1,102 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Numerics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+public class RagEngineTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    private static int[] Tokens(int count, ulong seed)
+    {
+        var random = new SeededRandom(seed);
+        return Enumerable.Range(0, count).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
+    }
+
+    private static RagRequest Request(int documents) =>
+        new([1], Enumerable.Range(0, documents).Select(d => Tokens(23 + 7 * d, 100 + (ulong)d)).ToArray(), Tokens(6, 99));
+
+    private static float[] Logits(RagEngine engine, RagRequest request, RagMode mode)
+    {
+        var result = engine.Prefill(request, mode);
+        result.Sequence.Dispose();
+        return result.QueryLogits;
+    }
+
+    private static double MaxAbs(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+
+    private static Transformer Model(Checkpoint checkpoint) =>
+        new(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 4096, MaxBatchTokens = 64 });
+
+    [Fact]
+    public void Epic_recomputing_every_document_token_equals_full()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request(3);
+        using var everything = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue };
+        using var partial = new RagEngine(model) { EpicRecomputeTokens = 5 };
+
+        var full = Logits(everything, request, RagMode.Full);
+
+        Assert.Equal(full, Logits(everything, request, RagMode.Epic));
+        Assert.InRange(MaxAbs(full, Logits(partial, request, RagMode.Epic)), 1e-4, double.MaxValue);
+    }
+
+    [Fact]
+    public void With_one_document_and_no_prefix_naive_equals_full_and_KVLink_without_links_equals_naive()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var one = Request(1) with { Prefix = [] };   // a prefix would be context the packet never saw
+        var three = Request(3);
+        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("none", 64, 0, 0, 0) };
+
+        Assert.InRange(MaxAbs(Logits(engine, one, RagMode.Full), Logits(engine, one, RagMode.Naive)), 0, 1e-4);
+        Assert.Equal(Logits(engine, three, RagMode.Naive), Logits(engine, three, RagMode.KvLink));
+    }
+
+    [Fact]
+    public void Each_mode_reports_what_it_computed_at_query_time()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request(3);
+        int documentTokens = request.Documents.Sum(d => d.Length);
+        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("a", 64, 2, 2, 3), EpicRecomputeTokens = 4 };
+
+        var results = Enum.GetValues<RagMode>().ToDictionary(m => m, m => engine.Prefill(request, m));
+        foreach (var r in results.Values) r.Sequence.Dispose();
+
+        Assert.Equal(1 + documentTokens + 6, results[RagMode.Full].PrefilledTokens);
+        Assert.Equal(1 + 6, results[RagMode.Naive].PrefilledTokens);
+        Assert.Equal(1 + 6, results[RagMode.KvPacket].PrefilledTokens);
+        Assert.Equal(1 + 3 * 3 + 6, results[RagMode.KvLink].PrefilledTokens);
+        Assert.Equal(1 + 3 * 4 + 6, results[RagMode.Epic].PrefilledTokens);
+        Assert.Equal(0, results[RagMode.Naive].DocumentFlops);
+        Assert.Equal(0, results[RagMode.KvPacket].DocumentFlops);
+        Assert.True(results[RagMode.Full].DocumentFlops > results[RagMode.Epic].DocumentFlops);
+        Assert.True(results[RagMode.Epic].DocumentFlops > results[RagMode.KvLink].DocumentFlops);
+        Assert.True(results[RagMode.KvLink].DocumentFlops > 0);
+        Assert.Equal(0, results[RagMode.Full].PacketKvBytes);
+        Assert.True(results[RagMode.KvPacket].PacketKvBytes > 0);
+    }
+
+    [Fact]
+    public void Adapter_modes_without_an_adapter_are_clear_errors()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        using var engine = new RagEngine(model);
+        Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvPacket)).Message);
+        Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvLink)).Message);
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount + CountPacketBlocks(engine, Request(1)));
+    }
+
+    private static int CountPacketBlocks(RagEngine engine, RagRequest request) => request.Documents.Sum(d => engine.PacketFor(d, false).Blocks.Count);
+}
