@@ -21,6 +21,7 @@ internal static class BenchCommand
         command.Subcommands.Add(Create("decode", "Decode tokens/s and allocations per token", Decode));
         command.Subcommands.Add(Create("prefill", "Prefill GFLOP/s", Prefill));
         command.Subcommands.Add(CreateTokenize());
+        command.Subcommands.Add(Create("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode", Rag));
         return command;
     }
 
@@ -43,7 +44,7 @@ internal static class BenchCommand
 
     private delegate BenchResult Run(Transformer model, string name, string weightType, Settings settings, WorkerPool pool);
 
-    private sealed record Settings(int Tokens, int PromptTokens, int Repeats);
+    private sealed record Settings(int Tokens, int PromptTokens, int Repeats, int Documents, int DocumentTokens);
 
     private static Command Create(string name, string description, Run run)
     {
@@ -51,19 +52,24 @@ internal static class BenchCommand
         var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
         var dtype = new Option<DType>("--dtype") { Description = "Weight type when synthesising", DefaultValueFactory = _ => DType.BF16 };
         var tokens = new Option<int>("-n", "--tokens") { Description = "Decode steps", DefaultValueFactory = _ => 128 };
-        var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => name == "prefill" ? 512 : 16 };
+        var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => name switch { "prefill" => 512, "rag" => 32, _ => 16 } };
         var repeats = new Option<int>("--repeats") { Description = "Runs; the median is reported", DefaultValueFactory = _ => 3 };
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var documents = new Option<int>("--documents") { Description = "rag: documents per request", DefaultValueFactory = _ => 8 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "rag: tokens per document", DefaultValueFactory = _ => 512 };
         var kvType = CommonOptions.KvType();
         var threads = CommonOptions.Threads();
         var command = new Command(name, description) { model, shape, dtype, tokens, prompt, repeats, output, kvType, threads };
+        if (name == "rag") { command.Options.Add(documents); command.Options.Add(documentTokens); }
         command.SetAction(parse =>
         {
             var (checkpoint, modelName) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(dtype));
             using (checkpoint)
             {
-                var settings = new Settings(parse.GetValue(tokens), parse.GetValue(prompt), parse.GetValue(repeats));
-                int maxTokens = Math.Min(checkpoint.Config.MaxContextLength, settings.PromptTokens + settings.Tokens + 16);
+                var settings = new Settings(parse.GetValue(tokens), parse.GetValue(prompt), parse.GetValue(repeats), parse.GetValue(documents), parse.GetValue(documentTokens));
+                int maxTokens = name == "rag"
+                    ? 3 * settings.Documents * (settings.DocumentTokens + 64) + 4 * settings.PromptTokens
+                    : Math.Min(checkpoint.Config.MaxContextLength, settings.PromptTokens + settings.Tokens + 16);
                 using var transformer = new Transformer(checkpoint, new TransformerOptions
                 {
                     KvType = parse.GetValue(kvType),
@@ -151,6 +157,9 @@ internal static class BenchCommand
             ["fraction_of_fma_peak"] = flops / time / peak,
         }, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
     }
+
+    private static BenchResult Rag(Transformer model, string name, string weightType, Settings settings, WorkerPool pool) =>
+        RagBenchmark.Run(model, name, settings.Documents, settings.DocumentTokens, settings.PromptTokens, settings.Repeats, epicTokens: 16, adapterTokens: 5);
 
     private static int[] RandomPrompt(int length, int vocab)
     {
