@@ -148,14 +148,20 @@ public sealed unsafe class Transformer : IDisposable
     /// <summary>Finds each new token's block slot (taking fresh blocks), fills the attention batch and the RoPE angles.</summary>
     private void PlaceTokens(ForwardBatch batch)
     {
+        // Check every chunk before touching any sequence, so a rejected step leaves them all as they were.
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
+        {
+            var sequence = batch.SequenceOf(chunk);
+            if (sequence.Length + batch.LengthOf(chunk) > sequence.MaxLength)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"A sequence of {sequence.Length + batch.LengthOf(chunk)} tokens exceeds the model's context of {sequence.MaxLength}.");
+        }
+
         var placement = _attentionBatch;
         placement.TokenCount = batch.TokenCount;
         for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
         {
             var sequence = batch.SequenceOf(chunk);
             int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
-            if (sequence.Length + length > sequence.MaxLength)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"A sequence of {sequence.Length + length} tokens exceeds the model's context of {sequence.MaxLength}.");
             for (int i = 0; i < length; i++)
             {
                 int t = start + i, position = sequence.Length + i;
