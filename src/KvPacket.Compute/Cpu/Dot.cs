@@ -33,16 +33,19 @@ public static unsafe class Dot
         return sum;
     }
 
-    /// <summary>Four f32 rows against one activation: y[r] = Σ x[i]·w_r[i], each row summed as <see cref="F32"/> would.</summary>
+    /// <summary>
+    /// Four f32 rows (<paramref name="stride"/> apart) against one activation: y[r] = Σ x[i]·w_r[i] over n, each row
+    /// summed as <see cref="F32"/> would.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void F32x4(float* x, float* w, int n, float* y)
+    public static void F32x4(float* x, float* w, int n, long stride, float* y)
     {
         if (!Vector512.IsHardwareAccelerated || n % 16 != 0)
         {
-            for (int r = 0; r < 4; r++) y[r] = F32(x, w + (long)r * n, n);
+            for (int r = 0; r < 4; r++) y[r] = F32(x, w + r * stride, n);
             return;
         }
-        float* w1 = w + n, w2 = w1 + n, w3 = w2 + n;
+        float* w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (int i = 0; i < n; i += 16)
         {
@@ -92,16 +95,16 @@ public static unsafe class Dot
         return sum;
     }
 
-    /// <summary>Four bf16 rows against one activation, each row summed as <see cref="BF16"/> would.</summary>
+    /// <summary>Four bf16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="BF16"/> would.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void BF16x4(float* x, ushort* w, int n, float* y)
+    public static void BF16x4(float* x, ushort* w, int n, long stride, float* y)
     {
         if (!Vector512.IsHardwareAccelerated || n % 32 != 0)
         {
-            for (int r = 0; r < 4; r++) y[r] = BF16(x, w + (long)r * n, n);
+            for (int r = 0; r < 4; r++) y[r] = BF16(x, w + r * stride, n);
             return;
         }
-        ushort* w1 = w + n, w2 = w1 + n, w3 = w2 + n;
+        ushort* w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (int i = 0; i < n; i += 32)
         {

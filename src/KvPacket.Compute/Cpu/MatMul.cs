@@ -9,16 +9,20 @@ namespace KvPacket.Compute.Cpu;
 /// <summary>
 /// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16 weights, on all cores.
 /// One token is a GEMV that streams W once (memory-bound). Several tokens are a GEMM: each thread widens a panel
-/// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 3-token micro-kernel over all tokens.
+/// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 4-token micro-kernel over blocks of
+/// tokens. K is cut into chunks of <see cref="KChunk"/> so a tile's rows stay in L1 whatever the width; every path
+/// (GEMV, GEMM, remainders) sums chunk by chunk in the same order, so a token's result does not depend on its batch.
 /// An instance owns per-thread scratch, so calls allocate nothing; one call at a time per instance.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class MatMul : IParallelWork, IDisposable
 {
+    /// <summary>Columns summed per chunk.</summary>
+    public const int KChunk = 1024;
     private const int PanelRowAlign = 4;
-    private const int PanelBytesTarget = 192 * 1024;
-    private const long ParallelThreshold = 1 << 15;
+    private const int PanelBytesTarget = 512 * 1024;
     private const int TokenBlockBytes = 160 * 1024;
+    private const long ParallelThreshold = 1 << 15;
 
     private readonly WorkerPool _pool;
     private readonly NativeBuffer<float>[] _scratch;
@@ -32,7 +36,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     public MatMul(WorkerPool pool, int maxColumns)
     {
         _pool = pool;
-        _scratchFloats = Math.Max(PanelRowAlign * maxColumns, PanelBytesTarget / 4 + maxColumns);
+        _scratchFloats = Math.Max(16 * maxColumns, PanelBytesTarget / 4 + maxColumns);
         _scratch = new NativeBuffer<float>[pool.ThreadCount];
         for (int i = 0; i < _scratch.Length; i++) _scratch[i] = new NativeBuffer<float>(_scratchFloats);
     }
@@ -44,13 +48,13 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     public void Multiply(float* x, int tokens, in WeightTensor w, float* y)
     {
         if (w.Type is not (DType.F32 or DType.F16 or DType.BF16)) throw new NotSupportedException($"MatMul over {w.Type} ('{w.Name}').");
-        if (PanelRowAlign * w.Columns > _scratchFloats) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, more than this kernel was sized for.");
+        if (16L * w.Columns > _scratchFloats) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, more than this kernel was sized for.");
         _x = x;
         _y = y;
         _w = w;
         _tokens = tokens;
-        // Panels small enough for L2, and at least four per thread so small matrices (k/v projections) still spread evenly.
-        int byCache = Math.Max(PanelRowAlign, PanelBytesTarget / 4 / w.Columns / PanelRowAlign * PanelRowAlign);
+        // Panels that fit the scratch (about L2), at least 16 rows, and at least four per thread so small matrices spread evenly.
+        int byCache = Math.Max(16, _scratchFloats / w.Columns / PanelRowAlign * PanelRowAlign);
         int byBalance = Math.Max(PanelRowAlign, (w.Rows / (4 * _pool.ThreadCount) + PanelRowAlign - 1) / PanelRowAlign * PanelRowAlign);
         _panelRows = tokens == 1 ? 16 : Math.Min(byCache, byBalance);
         int panels = (w.Rows + _panelRows - 1) / _panelRows;
@@ -76,30 +80,71 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     {
         int k = _w.Columns, r = rowStart;
         float* x = _x;
+        float* partial = stackalloc float[4];
         switch (_w.Type)
         {
-            case DType.F32:
-                for (; r <= rowEnd - 4; r += 4) Dot.F32x4(x, (float*)_w.Data + (long)r * k, k, _y + r);
-                for (; r < rowEnd; r++) _y[r] = Dot.F32(x, (float*)_w.Data + (long)r * k, k);
-                break;
             case DType.BF16:
-                for (; r <= rowEnd - 4; r += 4) Dot.BF16x4(x, (ushort*)_w.Data + (long)r * k, k, _y + r);
-                for (; r < rowEnd; r++) _y[r] = Dot.BF16(x, (ushort*)_w.Data + (long)r * k, k);
-                break;
-            default:
+                ushort* w = (ushort*)_w.Data;
+                for (; r <= rowEnd - 4; r += 4)
+                {
+                    for (int c0 = 0; c0 < k; c0 += KChunk)
+                    {
+                        Dot.BF16x4(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0), k, partial);
+                        Accumulate(_y + r, partial, c0 == 0);
+                    }
+                }
                 for (; r < rowEnd; r++)
                 {
-                    _w.ReadRow(r, new Span<float>(scratch, k));
-                    _y[r] = Dot.F32(x, scratch, k);
+                    float sum = 0;
+                    for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.BF16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0));
+                    _y[r] = sum;
+                }
+                break;
+            default:
+                // f32 rows are read in place; f16 rows are widened four at a time into scratch first.
+                for (; r < rowEnd; r += 4)
+                {
+                    int rows = Math.Min(4, rowEnd - r);
+                    float* f = _w.Type == DType.F32 ? (float*)_w.Data + (long)r * k : scratch;
+                    if (_w.Type != DType.F32) _w.ReadRows(r, rows, new Span<float>(scratch, rows * k));
+                    RowsTimesToken(f, rows, x, _y + r);
                 }
                 break;
         }
     }
 
+    /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path.</summary>
+    private void RowsTimesToken(float* w, int rows, float* x, float* y)
+    {
+        int k = _w.Columns;
+        float* partial = stackalloc float[4];
+        if (rows == 4)
+        {
+            for (int c0 = 0; c0 < k; c0 += KChunk)
+            {
+                Dot.F32x4(x + c0, w + c0, Math.Min(KChunk, k - c0), k, partial);
+                Accumulate(y, partial, c0 == 0);
+            }
+            return;
+        }
+        for (int i = 0; i < rows; i++)
+        {
+            float sum = 0;
+            for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.F32(x + c0, w + (long)i * k + c0, Math.Min(KChunk, k - c0));
+            y[i] = sum;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Accumulate(float* y, float* partial, bool first)
+    {
+        for (int i = 0; i < 4; i++) y[i] = first ? 0 + partial[i] : y[i] + partial[i];
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void GemmPanel(int rowStart, int rowEnd, float* panel)
     {
-        int k = _w.Columns, rows = rowEnd - rowStart;
+        int k = _w.Columns, rows = rowEnd - rowStart, n = _w.Rows;
         float* w;
         if (_w.Type == DType.F32) w = (float*)_w.Data + (long)rowStart * k;
         else
@@ -108,39 +153,45 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             w = panel;
         }
 
-        if (!Vector512.IsHardwareAccelerated || k % 16 != 0)
-        {
-            for (int r = 0; r < rows; r++)
-                for (int t = 0; t < _tokens; t++) _y[(long)t * _w.Rows + rowStart + r] = Dot.F32(_x + (long)t * k, w + (long)r * k, k);
-            return;
-        }
-
-        // Tokens in blocks small enough to stay in L2 while every 4-row group of the panel (in L1) passes over them.
-        int tokenBlock = Math.Max(4, TokenBlockBytes / 4 / k / 4 * 4);
+        float* partial = stackalloc float[4];
         int fullRows = rows / 4 * 4;
+        int tokenBlock = Math.Max(4, TokenBlockBytes / 4 / Math.Min(k, KChunk) / 4 * 4);
+        bool tiled = Vector512.IsHardwareAccelerated;
         for (int t0 = 0; t0 < _tokens; t0 += tokenBlock)
         {
             int t1 = Math.Min(_tokens, t0 + tokenBlock);
             for (int r = 0; r < fullRows; r += 4)
             {
-                int t = t0;
-                for (; t <= t1 - 4; t += 4) Tile4x4(w + (long)r * k, k, t, rowStart + r);
-                for (; t < t1; t++) Dot.F32x4(_x + (long)t * k, w + (long)r * k, k, _y + (long)t * _w.Rows + rowStart + r);
+                for (int c0 = 0; c0 < k; c0 += KChunk)
+                {
+                    int len = Math.Min(KChunk, k - c0);
+                    int t = t0;
+                    if (tiled && len % 16 == 0)
+                        for (; t <= t1 - 4; t += 4) Tile4x4(w + (long)r * k + c0, k, len, t, c0, rowStart + r, c0 == 0);
+                    for (; t < t1; t++)
+                    {
+                        Dot.F32x4(_x + (long)t * k + c0, w + (long)r * k + c0, len, k, partial);
+                        Accumulate(_y + (long)t * n + rowStart + r, partial, c0 == 0);
+                    }
+                }
             }
             for (int r = fullRows; r < rows; r++)
-                for (int t = t0; t < t1; t++) _y[(long)t * _w.Rows + rowStart + r] = Dot.F32(_x + (long)t * k, w + (long)r * k, k);
+                for (int t = t0; t < t1; t++) RowsTimesToken(w + (long)r * k, 1, _x + (long)t * k, _y + (long)t * n + rowStart + r);
         }
     }
 
-    /// <summary>Four weight rows against four tokens: 16 accumulators, 8 loads per 16 FMAs.</summary>
+    /// <summary>
+    /// Four weight rows against four tokens over one K chunk: 16 accumulators, 8 loads per 16 FMAs; the chunk's sums
+    /// are stored (first chunk) or added to y.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Tile4x4(float* w, int k, int t, int row)
+    private void Tile4x4(float* w, int stride, int length, int t, int column, int row, bool first)
     {
-        float* x0 = _x + (long)t * k, x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
-        float* w0 = w, w1 = w + k, w2 = w1 + k, w3 = w2 + k;
+        float* x0 = _x + (long)t * stride + column, x1 = x0 + stride, x2 = x1 + stride, x3 = x2 + stride;
+        float* w0 = w, w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
-        for (int i = 0; i < k; i += 16)
+        for (int i = 0; i < length; i += 16)
         {
             var v0 = Vector512.Load(x0 + i);
             var v1 = Vector512.Load(x1 + i);
@@ -161,10 +212,17 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
         int n = _w.Rows;
         float* y0 = _y + (long)t * n + row, y1 = y0 + n, y2 = y1 + n, y3 = y2 + n;
-        y0[0] = Vector512.Sum(a00); y1[0] = Vector512.Sum(a01); y2[0] = Vector512.Sum(a02); y3[0] = Vector512.Sum(a03);
-        y0[1] = Vector512.Sum(a10); y1[1] = Vector512.Sum(a11); y2[1] = Vector512.Sum(a12); y3[1] = Vector512.Sum(a13);
-        y0[2] = Vector512.Sum(a20); y1[2] = Vector512.Sum(a21); y2[2] = Vector512.Sum(a22); y3[2] = Vector512.Sum(a23);
-        y0[3] = Vector512.Sum(a30); y1[3] = Vector512.Sum(a31); y2[3] = Vector512.Sum(a32); y3[3] = Vector512.Sum(a33);
+        Store(y0, first, Vector512.Sum(a00), Vector512.Sum(a10), Vector512.Sum(a20), Vector512.Sum(a30));
+        Store(y1, first, Vector512.Sum(a01), Vector512.Sum(a11), Vector512.Sum(a21), Vector512.Sum(a31));
+        Store(y2, first, Vector512.Sum(a02), Vector512.Sum(a12), Vector512.Sum(a22), Vector512.Sum(a32));
+        Store(y3, first, Vector512.Sum(a03), Vector512.Sum(a13), Vector512.Sum(a23), Vector512.Sum(a33));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(float* y, bool first, float s0, float s1, float s2, float s3)
+    {
+        if (first) { y[0] = 0 + s0; y[1] = 0 + s1; y[2] = 0 + s2; y[3] = 0 + s3; }
+        else { y[0] += s0; y[1] += s1; y[2] += s2; y[3] += s3; }
     }
 
     /// <inheritdoc />
