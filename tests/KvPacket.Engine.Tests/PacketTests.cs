@@ -14,11 +14,7 @@ public unsafe class PacketTests
 {
     private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
 
-    private static int[] Tokens(int count, ulong seed)
-    {
-        var random = new SeededRandom(seed);
-        return Enumerable.Range(0, count).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
-    }
+    private static int[] Tokens(int count, ulong seed) => ReferenceModels.RandomTokens(count, seed);
 
     private static Transformer Model(Checkpoint checkpoint) =>
         new(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 128, MaxBatchSequences = 4 });
@@ -32,7 +28,7 @@ public unsafe class PacketTests
         return logits;
     }
 
-    private static double MaxAbs(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+    private static double MaxAbs(float[] a, float[] b) => ReferenceModels.MaxAbs(a, b);
 
     [Fact]
     public void With_one_document_and_no_adapter_naive_equals_full()

@@ -12,11 +12,7 @@ public class RagEngineTests
 {
     private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
 
-    private static int[] Tokens(int count, ulong seed)
-    {
-        var random = new SeededRandom(seed);
-        return Enumerable.Range(0, count).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
-    }
+    private static int[] Tokens(int count, ulong seed) => ReferenceModels.RandomTokens(count, seed);
 
     private static RagRequest Request(int documents) =>
         new([1], Enumerable.Range(0, documents).Select(d => Tokens(23 + 7 * d, 100 + (ulong)d)).ToArray(), Tokens(6, 99));
@@ -28,7 +24,7 @@ public class RagEngineTests
         return result.QueryLogits;
     }
 
-    private static double MaxAbs(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+    private static double MaxAbs(float[] a, float[] b) => ReferenceModels.MaxAbs(a, b);
 
     private static Transformer Model(Checkpoint checkpoint) =>
         new(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 4096, MaxBatchTokens = 64 });

@@ -32,6 +32,16 @@ internal static class ReferenceModels
         return (tokens, logits);
     }
 
+    /// <summary>Seeded random token ids of stories260K's vocabulary, past the BOS/EOS/byte-control range.</summary>
+    public static int[] RandomTokens(int count, ulong seed)
+    {
+        var random = new KvPacket.Core.Numerics.SeededRandom(seed);
+        return Enumerable.Range(0, count).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
+    }
+
+    /// <summary>Largest |a − b|.</summary>
+    public static double MaxAbs(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+
     /// <summary>Largest |actual − expected| over all positions.</summary>
     public static double MaxAbsDifference(float[] actual, double[][] expected)
     {
