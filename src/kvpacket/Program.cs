@@ -9,5 +9,6 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     BenchCommand.Create(),
     InspectCommand.Create(),
     TokenizeCommand.Create(),
+    EvalCommand.Create(),
 };
 return root.Parse(args).Invoke();

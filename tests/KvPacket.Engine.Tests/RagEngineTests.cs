@@ -84,6 +84,24 @@ public class RagEngineTests
     }
 
     [Fact]
+    public void Evaluation_scores_full_and_complete_EPIC_as_identical_to_full_and_naive_as_different()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        using var engine = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue };
+        var requests = new[] { Request(2), Request(3) };
+
+        var scores = ModeEvaluation.Run(model, engine, requests, [RagMode.Full, RagMode.Epic, RagMode.Naive], continuation: 6);
+
+        Assert.Equal(0, scores[0].MeanKl);
+        Assert.Equal(1, scores[0].TopOneAgreement);
+        Assert.Equal(0, scores[1].MeanKl);
+        Assert.True(scores[2].MeanKl > 1e-3);
+        Assert.Equal(0, scores[2].MeanDocumentFlops);
+        Assert.True(scores[0].MeanDocumentFlops > 0);
+    }
+
+    [Fact]
     public void Adapter_modes_without_an_adapter_are_clear_errors()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);

@@ -46,30 +46,10 @@ internal static class RagBenchmark
             figures[$"{key}_prefilled_tokens"] = last.PrefilledTokens;
             figures[$"{key}_document_GFLOP"] = last.DocumentFlops / 1e9;
             figures[$"{key}_packet_KV_MB"] = last.PacketKvBytes / 1e6;
-            figures[$"{key}_last_token_KL_to_full"] = LastTokenKl(fullLogits!, last.QueryLogits, model.Config.VocabSize);
+            int vocab = model.Config.VocabSize;
+            figures[$"{key}_last_token_KL_to_full"] = ModeEvaluation.Kl(fullLogits!.AsSpan(fullLogits!.Length - vocab), last.QueryLogits.AsSpan(last.QueryLogits.Length - vocab));
         }
         return new BenchResult("rag", name, model.Model.Layers[0].Query.Type.ToString(), model.Options.KvType.ToString(), model.ThreadCount, figures,
             BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
-    }
-
-    /// <summary>KL(full ‖ mode) of the next-token distributions after the last query token.</summary>
-    private static double LastTokenKl(float[] full, float[] mode, int vocab)
-    {
-        var p = Softmax(full.AsSpan(full.Length - vocab));
-        var q = Softmax(mode.AsSpan(mode.Length - vocab));
-        double kl = 0;
-        for (int i = 0; i < vocab; i++) if (p[i] > 0) kl += p[i] * Math.Log(p[i] / Math.Max(q[i], 1e-300));
-        return kl;
-    }
-
-    private static double[] Softmax(ReadOnlySpan<float> logits)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float l in logits) max = Math.Max(max, l);
-        var p = new double[logits.Length];
-        double sum = 0;
-        for (int i = 0; i < p.Length; i++) sum += p[i] = Math.Exp(logits[i] - max);
-        for (int i = 0; i < p.Length; i++) p[i] /= sum;
-        return p;
     }
 }

@@ -1,0 +1,72 @@
+using System.CommandLine;
+using System.Text.Json;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Generation;
+using KvPacket.Engine.Rag;
+using KvPacket.Engine.Sampling;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket eval</c>: every mode against full recompute on the same held-out requests. With no text corpus here,
+/// documents are stories the model itself samples from fixed seeds, the query is the start of a further story, and the
+/// continuation is what full context predicts greedily.
+/// </summary>
+internal static class EvalCommand
+{
+    public static Command Create()
+    {
+        var model = CommonOptions.Model();
+        var requests = new Option<int>("--requests") { Description = "Held-out requests", DefaultValueFactory = _ => 8 };
+        var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 3 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 64 };
+        var continuation = new Option<int>("--continuation") { Description = "Continuation tokens scored per request", DefaultValueFactory = _ => 16 };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the generated documents (keep it apart from training seeds)", DefaultValueFactory = _ => 9000UL };
+        var output = new Option<string>("--out") { Description = "JSON result path", DefaultValueFactory = _ => Path.Combine("benchmarks", "results", "eval.json") };
+        var command = new Command("eval", "Compare every RAG mode with full recompute: KL, top-1 agreement, TTFT, document FLOPs, KV bytes")
+        {
+            model, requests, documents, documentTokens, continuation, seed, output,
+        };
+        command.SetAction(parse =>
+        {
+            using var checkpoint = CheckpointLoader.Load(parse.GetValue(model)!);
+            int docs = parse.GetValue(documents), docTokens = parse.GetValue(documentTokens), count = parse.GetValue(requests);
+            using var transformer = new Transformer(checkpoint, new TransformerOptions
+            {
+                KvType = DType.F32,
+                KvCacheTokens = 4 * (docs + 2) * (docTokens + 64) * count,
+                MaxBatchTokens = 256,
+            });
+            var generator = new Generator(transformer);
+            ulong next = parse.GetValue(seed);
+            int[] Story(int length)
+            {
+                var story = new List<int>();
+                generator.Generate([checkpoint.Config.BosTokenId ?? 1],
+                    new GenerationOptions { MaxNewTokens = length, StopTokens = [], Sampling = new SamplingOptions { Temperature = 1f, Seed = next++ } }, story.Add);
+                return [.. story];
+            }
+            var set = Enumerable.Range(0, count).Select(_ => new RagRequest([checkpoint.Config.BosTokenId ?? 1],
+                Enumerable.Range(0, docs).Select(_ => Story(docTokens)).ToArray(), Story(8))).ToArray();
+
+            int hidden = checkpoint.Config.HiddenSize;
+            using var engine = new RagEngine(transformer) { Adapter = Adapter.Untrained("untrained", hidden, 4, 4, 4), EpicRecomputeTokens = 8 };
+            var scores = ModeEvaluation.Run(transformer, engine, set, Enum.GetValues<RagMode>(), parse.GetValue(continuation));
+
+            Console.WriteLine($"{count} requests × {docs} documents × {docTokens} tokens, {parse.GetValue(continuation)} continuation tokens; adapters UNTRAINED (zeros)");
+            Console.WriteLine($"{"mode",-10} {"KL(full‖mode)",14} {"top-1 agree",12} {"TTFT ms",9} {"doc MFLOP",10} {"packet KV kB",13}");
+            foreach (var s in scores)
+                Console.WriteLine($"{s.Mode,-10} {s.MeanKl,14:F4} {s.TopOneAgreement,12:P1} {s.MeanTtftSeconds * 1e3,9:F2} {s.MeanDocumentFlops / 1e6,10:F1} {s.MeanPacketKvBytes / 1e3,13:F1}");
+            string path = parse.GetValue(output)!;
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            File.WriteAllText(path, JsonSerializer.Serialize(new { model = Path.GetFileName(parse.GetValue(model)), adapters = "untrained", scores = scores.Select(s => new
+            {
+                mode = s.Mode.ToString(), kl = s.MeanKl, top1 = s.TopOneAgreement, ttft_s = s.MeanTtftSeconds, document_flops = s.MeanDocumentFlops, packet_kv_bytes = s.MeanPacketKvBytes,
+            }) }, new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        });
+        return command;
+    }
+}
