@@ -106,7 +106,29 @@ public sealed unsafe class Transformer : IDisposable
             else _model.TokenEmbedding.ReadRow(batch.Tokens[t], Row(_x, t, hidden));
         }
 
-        for (int l = 0; l < c.LayerCount; l++)
+        RunLayers(tokens, 0, c.LayerCount);
+
+        // Final norm of the rows that want logits, packed together, then the classifier.
+        int rows = 0;
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
+        {
+            int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
+            int first = batch.LogitsOf(chunk) == LogitsFor.AllTokens ? start : start + length - 1;
+            for (int t = first; t < start + length; t++)
+                RmsNorm.Apply(Row(_x, t, hidden), _finalNorm, (float)c.NormEpsilon, Row(_xb, rows++, hidden));
+        }
+        fixed (float* output = logits) _matMul.Multiply(_xb.Pointer, rows, _model.Classifier, output);
+
+        for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
+    }
+
+    /// <summary>Runs layers [<paramref name="fromLayer"/>, <paramref name="toLayer"/>) on the first <paramref name="tokens"/> rows of the residual stream, as placed in the attention batch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void RunLayers(int tokens, int fromLayer, int toLayer)
+    {
+        var c = _config;
+        int hidden = c.HiddenSize;
+        for (int l = fromLayer; l < toLayer; l++)
         {
             var layer = _model.Layers[l];
             var vectors = _layerVectors[l];
@@ -131,18 +153,6 @@ public sealed unsafe class Transformer : IDisposable
             TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
         }
 
-        // Final norm of the rows that want logits, packed together, then the classifier.
-        int rows = 0;
-        for (int chunk = 0; chunk < batch.ChunkCount; chunk++)
-        {
-            int start = batch.StartOf(chunk), length = batch.LengthOf(chunk);
-            int first = batch.LogitsOf(chunk) == LogitsFor.AllTokens ? start : start + length - 1;
-            for (int t = first; t < start + length; t++)
-                RmsNorm.Apply(Row(_x, t, hidden), _finalNorm, (float)c.NormEpsilon, Row(_xb, rows++, hidden));
-        }
-        fixed (float* output = logits) _matMul.Multiply(_xb.Pointer, rows, _model.Classifier, output);
-
-        for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
     }
 
     /// <summary>Finds each new token's block slot (taking fresh blocks), fills the attention batch and the RoPE angles.</summary>
