@@ -45,6 +45,29 @@ public class RagEngineTests
     }
 
     [Fact]
+    public void CacheBlend_recomputing_every_token_equals_full_and_recomputing_none_equals_naive()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request(3);
+        using var all = new RagEngine(model) { CacheBlendFraction = 1.0 };
+        using var none = new RagEngine(model) { CacheBlendFraction = 0.0 };
+        using var some = new RagEngine(model) { CacheBlendFraction = 0.3 };
+        var packet = all.PacketFor(request.Documents[0], false);
+        var before = model.KvPool.BlockBytes(packet.Blocks[0]).ToArray();
+
+        var full = Logits(all, request, RagMode.Full);
+        var naive = Logits(none, request, RagMode.Naive);
+
+        Assert.InRange(MaxAbs(full, Logits(all, request, RagMode.CacheBlend)), 0, 1e-4);
+        Assert.InRange(MaxAbs(naive, Logits(none, request, RagMode.CacheBlend)), 0, 1e-4);
+        var partial = Logits(some, request, RagMode.CacheBlend);
+        Assert.InRange(MaxAbs(full, partial), 1e-4, double.MaxValue);
+        Assert.InRange(MaxAbs(naive, partial), 1e-4, double.MaxValue);
+        Assert.Equal(before, model.KvPool.BlockBytes(packet.Blocks[0]).ToArray());   // the shared packet is never written
+    }
+
+    [Fact]
     public void With_one_document_and_no_prefix_naive_equals_full_and_KVLink_without_links_equals_naive()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
@@ -74,6 +97,8 @@ public class RagEngineTests
         Assert.Equal(1 + 6, results[RagMode.KvPacket].PrefilledTokens);
         Assert.Equal(1 + 3 * 3 + 6, results[RagMode.KvLink].PrefilledTokens);
         Assert.Equal(1 + 3 * 4 + 6, results[RagMode.Epic].PrefilledTokens);
+        Assert.True(results[RagMode.CacheBlend].DocumentFlops < results[RagMode.Full].DocumentFlops);
+        Assert.True(results[RagMode.CacheBlend].DocumentFlops > results[RagMode.Epic].DocumentFlops);
         Assert.Equal(0, results[RagMode.Naive].DocumentFlops);
         Assert.Equal(0, results[RagMode.KvPacket].DocumentFlops);
         Assert.True(results[RagMode.Full].DocumentFlops > results[RagMode.Epic].DocumentFlops);

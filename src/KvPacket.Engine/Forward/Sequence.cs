@@ -1,3 +1,4 @@
+using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Kv;
 
 namespace KvPacket.Engine.Forward;
@@ -8,7 +9,7 @@ namespace KvPacket.Engine.Forward;
 /// <see cref="AppendPacket"/> contribute shared, read-only blocks placed at the sequence's current length.
 /// The table is sized for the whole context up front, so growing it does not allocate. Disposing releases every block.
 /// </summary>
-public sealed class Sequence : IDisposable
+public sealed unsafe class Sequence : IDisposable
 {
     private readonly KvBlockPool _pool;
     private KvBlockEntry[] _entries;
@@ -55,6 +56,62 @@ public sealed class Sequence : IDisposable
             local += count;
         }
         Length += placed;
+    }
+
+    /// <summary>
+    /// Places a private copy of <paramref name="packet"/> at positions [Length, …) with its keys re-rotated to their global
+    /// positions, so the copy can be partly recomputed in place (CacheBlend) without touching the shared packet.
+    /// </summary>
+    internal void AppendPacketCopy(Packet packet, RotaryEmbedding rope)
+    {
+        if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
+        if (Length + packet.Length > MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {packet.Length}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
+        var layout = _pool.Layout;
+        var cos = new float[rope.PairCount];
+        var sin = new float[rope.PairCount];
+        rope.Angles(Length, cos, sin);
+        var key = new float[layout.HeadDim];
+        var copies = new int[packet.Blocks.Count];
+        for (int b = 0; b < copies.Length; b++)
+        {
+            copies[b] = _pool.Allocate();
+            _pool.BlockBytes(packet.Blocks[b]).CopyTo(_pool.BlockBytes(copies[b]));
+            for (int layer = 0; layer < layout.LayerCount; layer++)
+                for (int g = 0; g < layout.KvHeadCount; g++)
+                    for (int slot = 0; slot < layout.BlockSize; slot++)
+                        RotateKey(_pool.Key(copies[b], layer), layout.Offset(g, slot), key, rope, cos, sin);
+        }
+        int blockSize = layout.BlockSize;
+        for (int b = 0; b < copies.Length; b++)
+            Add(new KvBlockEntry(copies[b], Length + b * blockSize, Math.Min(blockSize, packet.Length - b * blockSize), 0, ReadOnly: false));
+        Length += packet.Length;
+    }
+
+    private void RotateKey(byte* plane, long offset, float[] key, RotaryEmbedding rope, float[] cos, float[] sin)
+    {
+        int d = key.Length;
+        if (_pool.Layout.Type == Core.Memory.DType.F16)
+        {
+            var stored = new Span<Half>((Half*)plane + offset, d);
+            Core.Memory.ElementConversion.HalfToSingle(stored, key);
+            rope.Rotate(key, 1, cos, sin);
+            Core.Memory.ElementConversion.SingleToHalf(key, stored);
+        }
+        else rope.Rotate(new Span<float>((float*)plane + offset, d), 1, cos, sin);
+    }
+
+    /// <summary>The block and slot already holding <paramref name="position"/>, which must be in a block this sequence owns.</summary>
+    internal (int Block, int Slot) Locate(int position)
+    {
+        for (int i = EntryCount - 1; i >= 0; i--)
+        {
+            var e = _entries[i];
+            if (position < e.FirstPosition || position >= e.FirstPosition + e.Count) continue;
+            if (e.ReadOnly || e.RotationOffset != 0) throw new InvalidOperationException($"Position {position} lies in a shared packet block and cannot be recomputed in place.");
+            return (e.Block, e.FirstSlot + position - e.FirstPosition);
+        }
+        throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is not in this sequence (length {Length}).");
     }
 
     /// <summary>

@@ -122,6 +122,95 @@ public sealed unsafe class Transformer : IDisposable
         for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
     }
 
+    /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> in <paramref name="sequence"/>, ready for <see cref="BlendRecompute"/>.</summary>
+    public void PlacePacketCopy(Sequence sequence, Packet packet) => sequence.AppendPacketCopy(packet, _rope);
+
+    /// <summary>
+    /// CacheBlend-style selective recompute of the document tokens at positions [<paramref name="firstPosition"/>, …) of
+    /// <paramref name="sequence"/> (placed with <see cref="PlacePacketCopy"/>): layer 0 is recomputed for all of them in
+    /// context; their layer-1 K and V are compared with the stored ones, and only the <paramref name="fraction"/> that
+    /// deviate most go on through the remaining layers, overwriting their K and V. Returns how many went on.
+    /// </summary>
+    public int BlendRecompute(Sequence sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction)
+    {
+        if (!(fraction is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The recompute fraction must be in [0, 1].");
+        var c = _config;
+        int recomputed = 0;
+        for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
+        {
+            int n = Math.Min(Options.MaxBatchTokens, tokens.Length - offset);
+            var placement = _attentionBatch;
+            placement.TokenCount = n;
+            placement.Tables[0] = sequence.Entries;
+            placement.TableLengths[0] = sequence.EntryCount;
+            for (int i = 0; i < n; i++)
+            {
+                int position = firstPosition + offset + i, token = tokens[offset + i];
+                if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
+                (placement.Blocks[i], placement.Slots[i]) = sequence.Locate(position);
+                placement.Positions[i] = position;
+                placement.Sequences[i] = 0;
+                _rope.Angles(position, Row(_ropeCos, i, _rope.PairCount), Row(_ropeSin, i, _rope.PairCount));
+                _model.TokenEmbedding.ReadRow(token, Row(_x, i, c.HiddenSize));
+            }
+            RunLayers(n, 0, 1);
+            if (c.LayerCount == 1) continue;
+
+            int keep = (int)Math.Ceiling(fraction * n);
+            var selected = SelectDeviating(n, keep);
+            for (int j = 0; j < selected.Length; j++)
+            {
+                int i = selected[j];
+                if (i == j) continue;
+                Row(_x, i, c.HiddenSize).CopyTo(Row(_x, j, c.HiddenSize));
+                Row(_ropeCos, i, _rope.PairCount).CopyTo(Row(_ropeCos, j, _rope.PairCount));
+                Row(_ropeSin, i, _rope.PairCount).CopyTo(Row(_ropeSin, j, _rope.PairCount));
+                placement.Positions[j] = placement.Positions[i];
+                placement.Blocks[j] = placement.Blocks[i];
+                placement.Slots[j] = placement.Slots[i];
+            }
+            placement.TokenCount = selected.Length;
+            RunLayers(selected.Length, 1, c.LayerCount);
+            recomputed += selected.Length;
+        }
+        return recomputed;
+    }
+
+    /// <summary>The <paramref name="keep"/> tokens (indices, ascending) whose recomputed layer-1 K and V differ most from the stored ones.</summary>
+    private int[] SelectDeviating(int tokens, int keep)
+    {
+        var c = _config;
+        var layer = _model.Layers[1];
+        var vectors = _layerVectors[1];
+        for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, c.HiddenSize), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, c.HiddenSize));
+        Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
+        Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
+        var layout = KvPool.Layout;
+        var stored = new float[c.HeadDim];
+        var deviation = new double[tokens];
+        for (int t = 0; t < tokens; t++)
+        {
+            _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
+            int block = _attentionBatch.Blocks[t], slot = _attentionBatch.Slots[t];
+            for (int g = 0; g < c.KvHeadCount; g++)
+            {
+                long offset = layout.Offset(g, slot);
+                deviation[t] += Distance(KvPool.Key(block, 1), offset, Row(_k, t, c.KvDim).Slice(g * c.HeadDim, c.HeadDim), stored)
+                              + Distance(KvPool.Value(block, 1), offset, Row(_v, t, c.KvDim).Slice(g * c.HeadDim, c.HeadDim), stored);
+            }
+        }
+        return Enumerable.Range(0, tokens).OrderByDescending(t => deviation[t]).ThenBy(t => t).Take(keep).Order().ToArray();
+    }
+
+    private double Distance(byte* plane, long offset, ReadOnlySpan<float> recomputed, float[] stored)
+    {
+        if (KvPool.Layout.Type == DType.F16) ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)plane + offset, stored.Length), stored);
+        else new ReadOnlySpan<float>((float*)plane + offset, stored.Length).CopyTo(stored);
+        double sum = 0;
+        for (int i = 0; i < stored.Length; i++) sum += (recomputed[i] - stored[i]) * (double)(recomputed[i] - stored[i]);
+        return sum;
+    }
+
     /// <summary>Runs layers [<paramref name="fromLayer"/>, <paramref name="toLayer"/>) on the first <paramref name="tokens"/> rows of the residual stream, as placed in the attention batch.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void RunLayers(int tokens, int fromLayer, int toLayer)

@@ -25,6 +25,9 @@ public sealed class RagEngine : IDisposable
     /// <summary>Tokens of each document recomputed in context by <see cref="RagMode.Epic"/>.</summary>
     public int EpicRecomputeTokens { get; init; } = 16;
 
+    /// <summary>Fraction of each document's tokens <see cref="RagMode.CacheBlend"/> recomputes through every layer.</summary>
+    public double CacheBlendFraction { get; init; } = 0.15;
+
     /// <summary>The adapter for <see cref="RagMode.KvPacket"/> (header/trailer) and <see cref="RagMode.KvLink"/> (links).</summary>
     public Adapter? Adapter { get; init; }
 
@@ -82,8 +85,26 @@ public sealed class RagEngine : IDisposable
                         sequence.AppendPacket(packets[d], skip: k);
                         documentFlops += FlopCount.Tokens(config, position, k);
                         break;
+                    case RagMode.CacheBlend:
+                        _model.PlacePacketCopy(sequence, packets[d]);
+                        break;
                     default:
                         throw new ArgumentOutOfRangeException(nameof(mode), mode, null);
+                }
+            }
+            if (mode == RagMode.CacheBlend)
+            {
+                // Documents are placed first, then blended in order: each sees the documents before it as already blended.
+                int position = request.Prefix.Length;
+                foreach (var document in request.Documents)
+                {
+                    int selected = _model.BlendRecompute(sequence, document, position, CacheBlendFraction);
+                    // Layer 0 for every token, the other layers for the selected ones (counted at the document's middle position).
+                    double layer = 1.0 / config.LayerCount;
+                    documentFlops += layer * FlopCount.Tokens(config, position, document.Length)
+                                     + (1 - layer) * selected * FlopCount.Token(config, position + document.Length / 2);
+                    prefilled += document.Length;
+                    position += document.Length;
                 }
             }
             var logits = new float[request.Query.Length * config.VocabSize];

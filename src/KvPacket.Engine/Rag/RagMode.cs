@@ -13,4 +13,6 @@ public enum RagMode
     KvLink,
     /// <summary>EPIC-style: the first k tokens of each document are recomputed in context, the rest comes from its packet.</summary>
     Epic,
+    /// <summary>CacheBlend-style: each document's tokens whose layer-1 K/V deviate most from full context (a fraction r) are recomputed.</summary>
+    CacheBlend,
 }
