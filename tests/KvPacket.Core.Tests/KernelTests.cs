@@ -167,3 +167,34 @@ public unsafe class KernelTests
         }
     }
 }
+
+public class WorkerPoolTests
+{
+    private sealed class Sum(int[] data) : KvPacket.Compute.Threading.IParallelWork
+    {
+        public long Total;
+        public void Execute(int start, int end, int worker)
+        {
+            long local = 0;
+            for (int i = start; i < end; i++) local += data[i];
+            Interlocked.Add(ref Total, local);
+        }
+    }
+
+    [Fact]
+    public void Concurrent_callers_share_one_pool_and_every_item_runs_exactly_once()
+    {
+        using var pool = new KvPacket.Compute.Threading.WorkerPool(2);
+        var data = Enumerable.Range(1, 10_000).ToArray();
+        long expected = data.Sum(x => (long)x);
+        Parallel.For(0, 8, _ =>
+        {
+            for (int r = 0; r < 200; r++)
+            {
+                var work = new Sum(data);
+                pool.Run(work, data.Length);
+                Assert.Equal(expected, work.Total);
+            }
+        });
+    }
+}

@@ -5,7 +5,8 @@ namespace KvPacket.Compute.Threading;
 /// <summary>
 /// A fixed set of worker threads for data-parallel kernels. <see cref="Run"/> splits [0, count) into one contiguous
 /// range per thread (the caller is worker 0), waits for all of them, and allocates nothing: workers park on
-/// spinning events so that back-to-back kernels in a decode step do not pay a kernel wake-up each time.
+/// spinning events so that back-to-back kernels in a decode step do not pay a kernel wake-up each time. A caller that
+/// finds the workers busy runs its kernel alone on its own thread.
 /// </summary>
 public sealed class WorkerPool : IDisposable
 {
@@ -49,7 +50,12 @@ public sealed class WorkerPool : IDisposable
             return;
         }
         if (Interlocked.CompareExchange(ref _work, work, null) is not null)
-            throw new InvalidOperationException("WorkerPool.Run is not re-entrant: one kernel at a time per pool.");
+        {
+            // The workers are busy with another caller's kernel (two models stepping at once): run this one on the
+            // calling thread rather than wait, as worker 0 of its own kernel instance.
+            work.Execute(0, count, 0);
+            return;
+        }
         _count = count;
         _failure = null;
         Volatile.Write(ref _pending, _threads.Length);
