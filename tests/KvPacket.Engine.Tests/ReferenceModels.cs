@@ -33,11 +33,7 @@ internal static class ReferenceModels
     }
 
     /// <summary>Seeded random token ids of stories260K's vocabulary, past the BOS/EOS/byte-control range.</summary>
-    public static int[] RandomTokens(int count, ulong seed)
-    {
-        var random = new KvPacket.Core.Numerics.SeededRandom(seed);
-        return Enumerable.Range(0, count).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
-    }
+    public static int[] RandomTokens(int count, ulong seed) => new KvPacket.Core.Numerics.SeededRandom(seed).NextTokens(count, 3, 512);
 
     /// <summary>Largest |a − b|.</summary>
     public static double MaxAbs(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();

@@ -43,13 +43,6 @@ public readonly unsafe struct WeightTensor
     /// <summary>Bytes of the tensor's data.</summary>
     public long ByteCount => Type.BytesFor(ElementCount);
 
-    /// <summary>The f32 elements of a tensor whose <see cref="Type"/> is <see cref="DType.F32"/>.</summary>
-    public ReadOnlySpan<float> AsSingles()
-    {
-        if (Type != DType.F32) throw new InvalidOperationException($"Tensor '{Name}' is {Type}, not F32.");
-        return new ReadOnlySpan<float>(Data, checked((int)ElementCount));
-    }
-
     /// <summary>Row <paramref name="row"/> widened to f32 into <paramref name="destination"/>.</summary>
     public void ReadRow(int row, Span<float> destination) => ReadRows(row, 1, destination);
 

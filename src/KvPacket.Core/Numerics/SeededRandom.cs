@@ -46,6 +46,14 @@ public struct SeededRandom
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float NextSingle() => (NextUInt64() >> 40) * (1f / (1 << 24));
 
+    /// <summary><paramref name="count"/> token ids uniform in [<paramref name="low"/>, <paramref name="high"/>), for synthetic prompts and documents.</summary>
+    public int[] NextTokens(int count, int low, int high)
+    {
+        var tokens = new int[count];
+        for (int i = 0; i < count; i++) tokens[i] = low + (int)(NextUInt64() % (ulong)(high - low));
+        return tokens;
+    }
+
     /// <summary>Uniform in [0, 1) with 53 bits of precision.</summary>
     public double NextDouble() => (NextUInt64() >> 11) * (1.0 / (1UL << 53));
 }

@@ -24,6 +24,7 @@ public sealed unsafe class Transformer : IDisposable
     private readonly PagedAttention _attention;
     private readonly RotaryEmbedding _rope;
     private readonly AttentionBatch _attentionBatch;
+    private readonly ForwardBatch _prefillBatch;
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -45,6 +46,7 @@ public sealed unsafe class Transformer : IDisposable
         _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
         _attention = new PagedAttention(KvPool, _workers, _rope, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens);
         _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
+        _prefillBatch = new ForwardBatch(options.MaxBatchTokens, 1, c.HiddenSize);
 
         _layerVectors = model.Layers.Select(l => new LayerVectors(
             ReadVector(l.AttentionNorm), ReadVector(l.FfnNorm), ReadVector(l.QueryBias), ReadVector(l.KeyBias), ReadVector(l.ValueBias))).ToArray();
@@ -283,26 +285,41 @@ public sealed unsafe class Transformer : IDisposable
     {
         if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
         using var sequence = CreateSequence();
-        var batch = new ForwardBatch(Options.MaxBatchTokens, 1, Config.HiddenSize);
         var logits = new float[Config.VocabSize];
-        void Step(ForwardBatch b) { Forward(b, logits); b.Clear(); }
-        for (int offset = 0; offset < header.Length; offset += Options.MaxBatchTokens * Config.HiddenSize)
-        {
-            batch.AddSoftTokens(sequence, header.Slice(offset, Math.Min(Options.MaxBatchTokens * Config.HiddenSize, header.Length - offset)));
-            Step(batch);
-        }
-        for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
-        {
-            batch.Add(sequence, tokens.Slice(offset, Math.Min(Options.MaxBatchTokens, tokens.Length - offset)));
-            Step(batch);
-        }
-        for (int offset = 0; offset < trailer.Length; offset += Options.MaxBatchTokens * Config.HiddenSize)
-        {
-            batch.AddSoftTokens(sequence, trailer.Slice(offset, Math.Min(Options.MaxBatchTokens * Config.HiddenSize, trailer.Length - offset)));
-            Step(batch);
-        }
+        if (!header.IsEmpty) PrefillSoft(sequence, header, logits);
+        Prefill(sequence, tokens, logits);
+        if (!trailer.IsEmpty) PrefillSoft(sequence, trailer, logits);
         int length = sequence.Length;
         return new Packet(KvPool, sequence.DetachBlocks(), length);
+    }
+
+    /// <summary>
+    /// Appends <paramref name="tokens"/> to <paramref name="sequence"/> in steps of at most MaxBatchTokens. With
+    /// <see cref="LogitsFor.LastToken"/> <paramref name="logits"/> receives the last token's row; with
+    /// <see cref="LogitsFor.AllTokens"/> one row per token.
+    /// </summary>
+    public void Prefill(Sequence sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken)
+    {
+        int vocab = Config.VocabSize;
+        for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
+        {
+            int n = Math.Min(Options.MaxBatchTokens, tokens.Length - offset);
+            _prefillBatch.Clear();
+            _prefillBatch.Add(sequence, tokens.Slice(offset, n), which);
+            Forward(_prefillBatch, which == LogitsFor.AllTokens ? logits[(offset * vocab)..] : logits);
+        }
+    }
+
+    /// <summary>Appends soft tokens ([n, hidden] input embeddings) to <paramref name="sequence"/>; <paramref name="logits"/> receives the last one's row.</summary>
+    public void PrefillSoft(Sequence sequence, ReadOnlySpan<float> embeddings, Span<float> logits)
+    {
+        int chunk = Options.MaxBatchTokens * Config.HiddenSize;
+        for (int offset = 0; offset < embeddings.Length; offset += chunk)
+        {
+            _prefillBatch.Clear();
+            _prefillBatch.AddSoftTokens(sequence, embeddings.Slice(offset, Math.Min(chunk, embeddings.Length - offset)));
+            Forward(_prefillBatch, logits);
+        }
     }
 
     private void Project(NativeBuffer<float> input, int tokens, in WeightTensor weight, float[] bias, NativeBuffer<float> output)

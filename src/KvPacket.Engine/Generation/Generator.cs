@@ -5,7 +5,7 @@ using KvPacket.Engine.Sampling;
 namespace KvPacket.Engine.Generation;
 
 /// <summary>
-/// Single-sequence generation: prefill the prompt in chunks of the batch size, then decode one token per step until
+/// Single-sequence generation: prefill the prompt (<see cref="Transformer.Prefill"/>), then decode one token per step until
 /// a stop token or the token limit. The decode loop reuses one batch and one logits row, so it allocates nothing.
 /// </summary>
 public sealed class Generator
@@ -19,7 +19,7 @@ public sealed class Generator
     public Generator(Transformer model)
     {
         _model = model;
-        _batch = new ForwardBatch(model.Options.MaxBatchTokens, 1);
+        _batch = new ForwardBatch(1, 1);
         _logits = new float[model.Config.VocabSize];
     }
 
@@ -36,13 +36,7 @@ public sealed class Generator
         using var sequence = _model.CreateSequence();
 
         long start = Stopwatch.GetTimestamp();
-        int chunk = _model.Options.MaxBatchTokens;
-        for (int offset = 0; offset < prompt.Length; offset += chunk)
-        {
-            _batch.Clear();
-            _batch.Add(sequence, prompt.Slice(offset, Math.Min(chunk, prompt.Length - offset)));
-            _model.Forward(_batch, _logits);
-        }
+        _model.Prefill(sequence, prompt, _logits);
         double prefill = Stopwatch.GetElapsedTime(start).TotalSeconds;
 
         start = Stopwatch.GetTimestamp();

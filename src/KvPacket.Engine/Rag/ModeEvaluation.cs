@@ -55,19 +55,14 @@ public static class ModeEvaluation
         int vocab = model.Config.VocabSize;
         var result = engine.Prefill(request, RagMode.Full);
         using var sequence = result.Sequence;
+        count = Math.Min(count, sequence.MaxLength - sequence.Length + 1);
         var tokens = new int[count];
         var logits = new float[count * vocab];
-        var step = new float[vocab];
-        result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).CopyTo(step);
-        var batch = new ForwardBatch(1, 1);
+        result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).CopyTo(logits);
         for (int i = 0; i < count; i++)
         {
-            step.CopyTo(logits.AsSpan(i * vocab));
-            tokens[i] = ArgMax(step);
-            if (i == count - 1 || sequence.Length + 1 >= sequence.MaxLength) { Array.Resize(ref tokens, i + 1); Array.Resize(ref logits, (i + 1) * vocab); break; }
-            batch.Clear();
-            batch.Add(sequence, [tokens[i]]);
-            model.Forward(batch, step);
+            tokens[i] = ArgMax(logits.AsSpan(i * vocab, vocab));
+            if (i + 1 < count) model.Prefill(sequence, tokens.AsSpan(i, 1), logits.AsSpan((i + 1) * vocab, vocab));
         }
         return (tokens, logits);
     }
@@ -80,13 +75,8 @@ public static class ModeEvaluation
         using var sequence = result.Sequence;
         var logits = new float[forced.Length * vocab];
         result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).CopyTo(logits);
-        if (forced.Length > 1)
-        {
-            // The rest of the continuation in one teacher-forced chunk: logits after each forced token.
-            var batch = new ForwardBatch(Math.Max(forced.Length, 1), 1);
-            batch.Add(sequence, forced.AsSpan(0, forced.Length - 1), LogitsFor.AllTokens);
-            model.Forward(batch, logits.AsSpan(vocab));
-        }
+        // The rest of the continuation teacher-forced: the logits after each forced token.
+        model.Prefill(sequence, forced.AsSpan(0, forced.Length - 1), logits.AsSpan(vocab), LogitsFor.AllTokens);
         return (logits, result);
     }
 

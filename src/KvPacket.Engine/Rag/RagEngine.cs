@@ -12,14 +12,14 @@ namespace KvPacket.Engine.Rag;
 public sealed class RagEngine : IDisposable
 {
     private readonly Transformer _model;
-    private readonly ForwardBatch _batch;
+    private readonly float[] _scratch;
     private readonly Dictionary<(string Adapter, int Version, string Document), Packet> _packets = new();
 
     /// <summary>Creates an engine over <paramref name="model"/>.</summary>
     public RagEngine(Transformer model)
     {
         _model = model;
-        _batch = new ForwardBatch(model.Options.MaxBatchTokens, 1, model.Config.HiddenSize);
+        _scratch = new float[model.Config.VocabSize];
     }
 
     /// <summary>Tokens of each document recomputed in context by <see cref="RagMode.Epic"/>.</summary>
@@ -56,7 +56,8 @@ public sealed class RagEngine : IDisposable
             long start = Stopwatch.GetTimestamp();
             int prefilled = 0;
             double documentFlops = 0;
-            Compute(sequence, request.Prefix, ref prefilled);
+            _model.Prefill(sequence, request.Prefix, _scratch);
+            prefilled += request.Prefix.Length;
             for (int d = 0; d < request.Documents.Count; d++)
             {
                 int[] document = request.Documents[d];
@@ -64,7 +65,8 @@ public sealed class RagEngine : IDisposable
                 switch (mode)
                 {
                     case RagMode.Full:
-                        Compute(sequence, document, ref prefilled);
+                        _model.Prefill(sequence, document, _scratch);
+                        prefilled += document.Length;
                         documentFlops += FlopCount.Tokens(config, position, document.Length);
                         break;
                     case RagMode.Naive or RagMode.KvPacket:
@@ -75,13 +77,15 @@ public sealed class RagEngine : IDisposable
                         int linkCount = links!.Length / config.HiddenSize;
                         if (linkCount > 0)
                         {
-                            ComputeSoft(sequence, links, ref prefilled);
+                            _model.PrefillSoft(sequence, links, _scratch);
+                            prefilled += linkCount;
                             documentFlops += FlopCount.Tokens(config, position + document.Length, linkCount);
                         }
                         break;
                     case RagMode.Epic:
                         int k = Math.Min(EpicRecomputeTokens, document.Length);
-                        Compute(sequence, document.AsSpan(0, k), ref prefilled);
+                        _model.Prefill(sequence, document.AsSpan(0, k), _scratch);
+                        prefilled += k;
                         sequence.AppendPacket(packets[d], skip: k);
                         documentFlops += FlopCount.Tokens(config, position, k);
                         break;
@@ -108,14 +112,8 @@ public sealed class RagEngine : IDisposable
                 }
             }
             var logits = new float[request.Query.Length * config.VocabSize];
-            for (int offset = 0; offset < request.Query.Length; offset += _model.Options.MaxBatchTokens)
-            {
-                int n = Math.Min(_model.Options.MaxBatchTokens, request.Query.Length - offset);
-                _batch.Clear();
-                _batch.Add(sequence, request.Query.AsSpan(offset, n), LogitsFor.AllTokens);
-                _model.Forward(_batch, logits.AsSpan(offset * config.VocabSize));
-                prefilled += n;
-            }
+            _model.Prefill(sequence, request.Query, logits, LogitsFor.AllTokens);
+            prefilled += request.Query.Length;
             double ttft = Stopwatch.GetElapsedTime(start).TotalSeconds;
             long packetBytes = packets.Sum(p => (long)p.Blocks.Count) * _model.KvPool.Layout.BlockBytes;
             return new RagResult(sequence, logits, ttft, prefilled, documentFlops, packetBytes);
@@ -124,32 +122,6 @@ public sealed class RagEngine : IDisposable
         {
             sequence.Dispose();
             throw;
-        }
-    }
-
-    private void Compute(Sequence sequence, ReadOnlySpan<int> tokens, ref int prefilled)
-    {
-        var scratch = new float[_model.Config.VocabSize];
-        for (int offset = 0; offset < tokens.Length; offset += _model.Options.MaxBatchTokens)
-        {
-            int n = Math.Min(_model.Options.MaxBatchTokens, tokens.Length - offset);
-            _batch.Clear();
-            _batch.Add(sequence, tokens.Slice(offset, n));
-            _model.Forward(_batch, scratch);
-            prefilled += n;
-        }
-    }
-
-    private void ComputeSoft(Sequence sequence, ReadOnlySpan<float> embeddings, ref int prefilled)
-    {
-        var scratch = new float[_model.Config.VocabSize];
-        int hidden = _model.Config.HiddenSize, chunk = _model.Options.MaxBatchTokens * hidden;
-        for (int offset = 0; offset < embeddings.Length; offset += chunk)
-        {
-            _batch.Clear();
-            _batch.AddSoftTokens(sequence, embeddings.Slice(offset, Math.Min(chunk, embeddings.Length - offset)));
-            _model.Forward(_batch, scratch);
-            prefilled += Math.Min(chunk, embeddings.Length - offset) / hidden;
         }
     }
 

@@ -14,7 +14,7 @@ internal static class RagBenchmark
     public static BenchResult Run(Transformer model, string name, int documents, int documentTokens, int queryTokens, int repeats, int epicTokens, int adapterTokens)
     {
         var random = new SeededRandom(21);
-        int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => 3 + (int)(random.NextUInt64() % (ulong)(model.Config.VocabSize - 3))).ToArray();
+        int[] Tokens(int n) => random.NextTokens(n, 3, model.Config.VocabSize);
         var request = new RagRequest([model.Config.BosTokenId ?? 1], Enumerable.Range(0, documents).Select(_ => Tokens(documentTokens)).ToArray(), Tokens(queryTokens));
         int hidden = model.Config.HiddenSize;
         using var engine = new RagEngine(model)

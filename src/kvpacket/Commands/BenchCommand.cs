@@ -161,13 +161,7 @@ internal static class BenchCommand
     private static BenchResult Rag(Transformer model, string name, string weightType, Settings settings, WorkerPool pool) =>
         RagBenchmark.Run(model, name, settings.Documents, settings.DocumentTokens, settings.PromptTokens, settings.Repeats, epicTokens: 16, adapterTokens: 5);
 
-    private static int[] RandomPrompt(int length, int vocab)
-    {
-        var random = new SeededRandom(11);
-        var prompt = new int[length];
-        for (int i = 0; i < length; i++) prompt[i] = (int)(random.NextUInt64() % (ulong)vocab);
-        return prompt;
-    }
+    private static int[] RandomPrompt(int length, int vocab) => new SeededRandom(11).NextTokens(length, 0, vocab);
 
     private static double Median(List<double> values)
     {

@@ -22,7 +22,7 @@ internal static class DemoCommand
     private static void ShowPackets(Transformer model, int hidden)
     {
         var random = new SeededRandom(3);
-        int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => 3 + (int)(random.NextUInt64() % 509)).ToArray();
+        int[] Tokens(int n) => random.NextTokens(n, 3, 512);
         var request = new RagRequest([1], Enumerable.Range(0, 4).Select(_ => Tokens(96)).ToArray(), Tokens(12));
         using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("untrained", hidden, 4, 4, 4), EpicRecomputeTokens = 8 };
         Console.WriteLine("RAG request: 4 documents × 96 tokens as packets + a 12-token query (adapters untrained):");
