@@ -11,7 +11,8 @@ public sealed class Packet : IDisposable
 {
     private bool _disposed;
 
-    internal Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length)
+    /// <summary>A packet of <paramref name="length"/> tokens in <paramref name="blocks"/> of <paramref name="pool"/>; it takes over one reference on each block.</summary>
+    public Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length)
     {
         Pool = pool;
         Blocks = blocks;

@@ -1,0 +1,588 @@
+using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using FASTER.core;
+using KvPacket.Compute.Kv;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+using Microsoft.Extensions.Logging;
+
+namespace KvPacket.Store;
+
+/// <summary>
+/// A durable store of packets (documents' KV caches) and adapters on a FASTER log. A packet is written as pages of
+/// whole KV blocks followed by a manifest; it exists once its manifest is committed, so a crash at any point leaves
+/// either the whole packet or none of it. Packets are immutable: deletion appends a tombstone and
+/// <see cref="CompactAsync"/> reclaims space. One writer per directory (a file lock); readers may open it read-only.
+/// Loads read pages with positional reads straight into the engine's KV blocks, check every checksum, and allocate
+/// nothing. Thread-safe: writes are serialised, reads run concurrently with each other and with writes.
+/// </summary>
+[SkipLocalsInit]
+public sealed class PacketStore : IDisposable
+{
+    private const int MaxBlocksPerPage = 256;
+
+    private readonly StoreDirectory _directory;
+    private readonly PacketStoreOptions _options;
+    private readonly IDevice _device;
+    private readonly FasterLog _log;
+    private readonly SegmentReader _reader;
+    private readonly ReaderWriterLockSlim _indexLock = new(LockRecursionPolicy.NoRecursion);
+    private readonly SemaphoreSlim _writeGate = new(1, 1);
+    private PacketIndex _index;
+    private bool _disposed;
+
+    private PacketStore(StoreDirectory directory, PacketStoreOptions options)
+    {
+        _directory = directory;
+        _options = options;
+        Directory.CreateDirectory(directory.CommitDirectory);
+        _device = Devices.CreateLogDevice(directory.LogBase, preallocateFile: false, deleteOnClose: false, recoverDevice: true);
+        var settings = new FasterLogSettings
+        {
+            LogDevice = _device,
+            PageSizeBits = options.LogPageSizeBits,
+            MemorySizeBits = options.LogPageSizeBits + 2,
+            SegmentSizeBits = options.SegmentSizeBits,
+            LogCommitDir = directory.CommitDirectory,
+            ReadOnlyMode = options.ReadOnly,
+            TryRecoverLatest = true,
+        };
+        _log = new FasterLog(settings);
+        if (options.ReadOnly) _log.RecoverReadOnly();
+        _reader = new SegmentReader(directory.LogBase, options.SegmentSizeBits, _log.HeaderSize);
+        _index = LoadIndex();
+    }
+
+    /// <summary>Opens the store in <paramref name="directory"/>, creating it when writable and absent, and recovers its index.</summary>
+    /// <exception cref="StoreLockedException">Another process is the writer.</exception>
+    /// <exception cref="StoreFormatException">The directory holds a newer format, or is not a store.</exception>
+    public static PacketStore Open(string directory, PacketStoreOptions? options = null)
+    {
+        options ??= new PacketStoreOptions();
+        var files = StoreDirectory.Open(directory, options.ReadOnly);
+        try { return new PacketStore(files, options); }
+        catch { files.Dispose(); throw; }
+    }
+
+    /// <summary>The store's directory.</summary>
+    public string DirectoryPath => _directory.Path;
+
+    /// <summary>Whether this handle may write.</summary>
+    public bool IsReadOnly => _options.ReadOnly;
+
+    /// <summary>
+    /// Stores <paramref name="packet"/>, the KV of <paramref name="document"/> built by <paramref name="model"/> with
+    /// <paramref name="adapter"/>, and returns once it is durably committed. Storing a packet the store already holds
+    /// in the same form writes nothing.
+    /// </summary>
+    /// <exception cref="StoreFullException">The packet would take the store past its capacity; nothing was written.</exception>
+    public async ValueTask<PacketInfo> PutAsync(Packet packet, ModelFingerprint model, ReadOnlyMemory<int> document, AdapterRef adapter,
+        KvStorage storage = KvStorage.F16, CancellationToken cancellation = default)
+    {
+        ThrowIfNotWritable();
+        var id = PacketId.For(model, adapter, document.Span);
+        await _writeGate.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            if (TryGetEntry(id, out var existing) && existing.Info.Storage == storage) return existing.Info;
+            var entry = AppendPacket(packet, id, model, document.Span, adapter, storage);
+            // Not cancellable: once records are in the log they will be committed, and the index must say so.
+            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            WithIndexWrite(index => index.Packets[id] = entry);
+            return entry.Info;
+        }
+        finally { _writeGate.Release(); }
+    }
+
+    private StoredPacket AppendPacket(Packet packet, PacketId id, ModelFingerprint model, ReadOnlySpan<int> document, AdapterRef adapter, KvStorage storage)
+    {
+        var layout = packet.Pool.Layout;
+        int blockBytes = KvBlockCodec.StoredBytes(layout, storage);
+        int blocksPerPage = Math.Clamp(_options.TargetPageBytes / blockBytes, 1, MaxBlocksPerPage);
+        int blockCount = packet.Blocks.Count;
+        int pageCount = (blockCount + blocksPerPage - 1) / blocksPerPage;
+        int manifestPayload = ManifestCodec.Size(adapter.Name, document.Length, pageCount);
+        int largest = Math.Max(RecordHeader.Size + blocksPerPage * blockBytes, RecordHeader.Size + manifestPayload);
+        if (largest > (1 << _options.LogPageSizeBits) / 2)
+            throw new PacketStoreException($"a record of {largest} bytes does not fit the log's {1 << _options.LogPageSizeBits}-byte pages; raise LogPageSizeBits.");
+        long needed = (long)blockCount * blockBytes + (pageCount + 1) * (RecordHeader.Size + 8L) + manifestPayload;
+        if (_options.CapacityBytes is long capacity && _log.TailAddress - _log.BeginAddress + needed > capacity)
+            throw new StoreFullException($"the packet store at {DirectoryPath} is full: {_log.TailAddress - _log.BeginAddress} of {capacity} bytes used, packet {id} needs {needed} more. Delete packets and compact, or raise the capacity.");
+
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(largest);
+        try
+        {
+            var pages = new RecordRef[pageCount];
+            long storedBytes = 0;
+            for (int page = 0; page < pageCount; page++)
+            {
+                int first = page * blocksPerPage, count = Math.Min(blocksPerPage, blockCount - first);
+                var checksum = new PayloadChecksum();
+                for (int b = 0; b < count; b++)
+                {
+                    var chunk = buffer.AsSpan(RecordHeader.Size + b * blockBytes, blockBytes);
+                    KvBlockCodec.Encode(layout, packet.Pool.BlockBytes(packet.Blocks[first + b]), storage, chunk);
+                    checksum.Append(chunk);
+                }
+                int firstToken = first * layout.BlockSize;
+                int tokens = Math.Min(count * layout.BlockSize, packet.Length - firstToken);
+                int length = RecordHeader.Size + count * blockBytes;
+                new RecordHeader(RecordKind.Page, storage, model, adapter.Hash, adapter.Version, page, id, tokens, count * blockBytes,
+                    checksum.Value, layout.BlockSize, firstToken).Write(buffer);
+                pages[page] = new RecordRef(_log.Enqueue(buffer.AsSpan(0, length)), length);
+                storedBytes += length;
+            }
+            var payload = buffer.AsSpan(RecordHeader.Size, manifestPayload);
+            ManifestCodec.Write(payload, adapter.Name, document, pages);
+            int manifestLength = RecordHeader.Size + manifestPayload;
+            new RecordHeader(RecordKind.Manifest, storage, model, adapter.Hash, adapter.Version, pageCount, id, packet.Length, manifestPayload,
+                PayloadChecksum.Of(payload, int.MaxValue), layout.BlockSize, 0).Write(buffer);
+            var manifest = new RecordRef(_log.Enqueue(buffer.AsSpan(0, manifestLength)), manifestLength);
+            var info = new PacketInfo(id, model, adapter, storage, document.Length, packet.Length, layout.BlockSize, storedBytes + manifestLength);
+            return new StoredPacket(info, manifest, pages);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buffer); }
+    }
+
+    /// <summary>Whether the store holds packet <paramref name="id"/>.</summary>
+    public bool Contains(PacketId id) => TryGetEntry(id, out _);
+
+    /// <summary>What the store knows about packet <paramref name="id"/>, if it holds it.</summary>
+    public bool TryGetInfo(PacketId id, out PacketInfo info)
+    {
+        bool found = TryGetEntry(id, out var entry);
+        info = found ? entry!.Info : default;
+        return found;
+    }
+
+    /// <summary>
+    /// Loads packet <paramref name="id"/> into newly allocated blocks of <paramref name="pool"/>, or returns false when the
+    /// store does not hold it. The packet owns its blocks; dispose it to return them.
+    /// </summary>
+    /// <exception cref="ModelMismatchException">The packet was built by another model.</exception>
+    /// <exception cref="CorruptRecordException">A page failed its checks; no blocks are kept.</exception>
+    public bool TryLoad(PacketId id, ModelFingerprint model, KvBlockPool pool, [NotNullWhen(true)] out Packet? packet)
+    {
+        packet = null;
+        if (!TryGetEntry(id, out var entry)) return false;
+        int[] blocks = new int[BlockCount(entry.Info)];
+        int allocated = 0;
+        try
+        {
+            for (; allocated < blocks.Length; allocated++) blocks[allocated] = pool.Allocate();
+            LoadInto(id, model, pool, blocks);
+            packet = new Packet(pool, blocks, entry.Info.KvTokens);
+            return true;
+        }
+        catch
+        {
+            for (int i = 0; i < allocated; i++) pool.Release(blocks[i]);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Loads packet <paramref name="id"/> into the caller's <paramref name="blocks"/> of <paramref name="pool"/>
+    /// (<see cref="BlockCount"/> of them, in position order). Checks the model, the layout and every page's header and
+    /// checksum; allocates nothing.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">The store does not hold the packet.</exception>
+    /// <exception cref="ModelMismatchException">The packet was built by another model.</exception>
+    /// <exception cref="CorruptRecordException">A page failed its checks: the blocks' contents are undefined.</exception>
+    public void LoadInto(PacketId id, ModelFingerprint model, KvBlockPool pool, ReadOnlySpan<int> blocks)
+    {
+        _indexLock.EnterReadLock();
+        try
+        {
+            if (!_index.Packets.TryGetValue(id, out var entry)) throw new KeyNotFoundException($"the packet store at {DirectoryPath} has no packet {id}.");
+            var info = entry.Info;
+            if (info.Model != model)
+                throw new ModelMismatchException($"packet {id} was built by model {info.Model}, not by the loaded model {model}.");
+            var layout = pool.Layout;
+            if (layout.BlockSize != info.BlockSize)
+                throw new PacketStoreException($"packet {id} is stored in blocks of {info.BlockSize} tokens; the KV pool uses {layout.BlockSize}.");
+            if (blocks.Length != BlockCount(info))
+                throw new ArgumentException($"packet {id} needs {BlockCount(info)} blocks, {blocks.Length} given.", nameof(blocks));
+            int blockBytes = KvBlockCodec.StoredBytes(layout, info.Storage);
+            int next = 0;
+            for (int page = 0; page < entry.Pages.Length; page++)
+            {
+                var record = entry.Pages[page];
+                int count = (record.Length - RecordHeader.Size) / blockBytes;
+                if (count < 1 || next + count > blocks.Length || RecordHeader.Size + count * blockBytes != record.Length)
+                    throw new CorruptRecordException($"packet {id} page {page}: a {record.Length}-byte record does not hold whole {blockBytes}-byte blocks of this model's KV layout.");
+                LoadPage(entry, page, layout, blocks.Slice(next, count), pool, blockBytes);
+                next += count;
+            }
+            if (next != blocks.Length) throw new CorruptRecordException($"packet {id}: its pages hold {next} blocks, its manifest promises {blocks.Length}.");
+        }
+        finally { _indexLock.ExitReadLock(); }
+    }
+
+    private unsafe void LoadPage(StoredPacket entry, int page, KvCacheLayout layout, ReadOnlySpan<int> blocks, KvBlockPool pool, int blockBytes)
+    {
+        var record = entry.Pages[page];
+        var info = entry.Info;
+        byte* header = stackalloc byte[RecordHeader.Size];
+        bool direct = (layout.Type, info.Storage) is (Core.Memory.DType.F16, KvStorage.F16) or (Core.Memory.DType.F32, KvStorage.F32);
+        byte[]? staging = direct ? null : ArrayPool<byte>.Shared.Rent(blocks.Length * blockBytes);
+        try
+        {
+            var vectors = stackalloc SegmentReader.IoVector[direct ? blocks.Length + 1 : 2];
+            vectors[0] = new SegmentReader.IoVector { Base = header, Length = RecordHeader.Size };
+            fixed (byte* stage = staging)
+            {
+                if (direct)
+                    for (int b = 0; b < blocks.Length; b++)
+                        vectors[b + 1] = new SegmentReader.IoVector { Base = pool.Key(blocks[b], 0), Length = (nuint)blockBytes };
+                else
+                    vectors[1] = new SegmentReader.IoVector { Base = stage, Length = (nuint)(blocks.Length * blockBytes) };
+                _reader.ReadVectors(record.Address, vectors, direct ? blocks.Length + 1 : 2);
+            }
+            if (!RecordHeader.TryRead(new ReadOnlySpan<byte>(header, RecordHeader.Size), out var h, out string? error))
+                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: {error}.");
+            if (h.Kind != RecordKind.Page || h.Packet != info.Id || h.PageIndex != page || h.PayloadLength != blocks.Length * blockBytes || h.Storage != info.Storage)
+                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: the record there is {h.Kind} {h.PageIndex} of packet {h.Packet}.");
+            var checksum = new PayloadChecksum();
+            for (int b = 0; b < blocks.Length; b++)
+                checksum.Append(direct ? pool.BlockBytes(blocks[b]) : staging.AsSpan(b * blockBytes, blockBytes));
+            if (checksum.Value != h.PayloadChecksum)
+                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: payload checksum mismatch (damaged data).");
+            if (!direct)
+                for (int b = 0; b < blocks.Length; b++)
+                    KvBlockCodec.Decode(layout, staging.AsSpan(b * blockBytes, blockBytes), info.Storage, pool.BlockBytes(blocks[b]));
+        }
+        finally { if (staging is not null) ArrayPool<byte>.Shared.Return(staging); }
+    }
+
+    /// <summary>KV blocks packet <paramref name="info"/> fills.</summary>
+    public static int BlockCount(PacketInfo info) => (info.KvTokens + info.BlockSize - 1) / info.BlockSize;
+
+    /// <summary>The document token ids packet <paramref name="id"/> was built from.</summary>
+    /// <exception cref="KeyNotFoundException">The store does not hold the packet.</exception>
+    public int[] ReadDocument(PacketId id)
+    {
+        if (!TryGetEntry(id, out var entry)) throw new KeyNotFoundException($"the packet store at {DirectoryPath} has no packet {id}.");
+        return ReadManifest(entry.Manifest).Tokens;
+    }
+
+    /// <summary>Live packets in the order they were stored, <paramref name="take"/> at most after skipping <paramref name="skip"/>.</summary>
+    public IReadOnlyList<PacketInfo> List(int skip = 0, int take = 100)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(skip);
+        ArgumentOutOfRangeException.ThrowIfNegative(take);
+        return WithIndexRead(index => index.Packets.Values.OrderBy(p => p.Manifest.Address).Skip(skip).Take(take).Select(p => p.Info).ToArray());
+    }
+
+    /// <summary>Deletes packet <paramref name="id"/> (a durable tombstone); false when the store does not hold it.</summary>
+    public async ValueTask<bool> DeleteAsync(PacketId id, CancellationToken cancellation = default)
+    {
+        ThrowIfNotWritable();
+        await _writeGate.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            if (!TryGetEntry(id, out var entry)) return false;
+            var info = entry.Info;
+            byte[] record = new byte[RecordHeader.Size];
+            new RecordHeader(RecordKind.Tombstone, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, 0, id, 0, 0, 0, info.BlockSize, 0).Write(record);
+            _log.Enqueue(record);
+            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            WithIndexWrite(index => index.Packets.Remove(id));
+            return true;
+        }
+        finally { _writeGate.Release(); }
+    }
+
+    /// <summary>
+    /// Stores a version of <paramref name="adapter"/> (trained for <paramref name="model"/>, rows of <paramref name="hiddenSize"/>)
+    /// durably. Versions are immutable: storing the same name and version again with different values is an error.
+    /// </summary>
+    public async ValueTask PutAdapterAsync(Adapter adapter, ModelFingerprint model, int hiddenSize, CancellationToken cancellation = default)
+    {
+        ThrowIfNotWritable();
+        if (string.IsNullOrEmpty(adapter.Id)) throw new ArgumentException("An adapter needs a name.", nameof(adapter));
+        byte[] payload = AdapterCodec.Write(adapter, hiddenSize);
+        var key = (adapter.Id, adapter.Version);
+        await _writeGate.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            var existing = WithIndexRead(index => index.Adapters.GetValueOrDefault(key));
+            if (existing is not null)
+            {
+                if (existing.Model == model && ReadPayload(existing.Record, RecordKind.Adapter).AsSpan().SequenceEqual(payload)) return;
+                throw new PacketStoreException($"adapter {adapter.Id} version {adapter.Version} is already stored with different values; versions are immutable, store a new version.");
+            }
+            byte[] record = new byte[RecordHeader.Size + payload.Length];
+            var reference = AdapterRef.Of(adapter);
+            new RecordHeader(RecordKind.Adapter, KvStorage.F32, model, reference.Hash, adapter.Version, 0, default, 0, payload.Length,
+                PayloadChecksum.Of(payload, int.MaxValue), 0, 0).Write(record);
+            payload.CopyTo(record, RecordHeader.Size);
+            long address = _log.Enqueue(record);
+            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            WithIndexWrite(index => index.Adapters[key] = new StoredAdapter(reference, model, new RecordRef(address, record.Length)));
+        }
+        finally { _writeGate.Release(); }
+    }
+
+    /// <summary>Adapter <paramref name="name"/> at <paramref name="version"/> (the newest when null), or null when not stored.</summary>
+    /// <exception cref="ModelMismatchException">The adapter was trained for another model.</exception>
+    public Adapter? GetAdapter(string name, ModelFingerprint model, int? version = null)
+    {
+        var stored = WithIndexRead(index => index.Adapters.Values.Where(a => a.Adapter.Name == name && (version is null || a.Adapter.Version == version))
+            .MaxBy(a => a.Adapter.Version));
+        if (stored is null) return null;
+        if (stored.Model != model) throw new ModelMismatchException($"adapter {stored.Adapter} was trained for model {stored.Model}, not for the loaded model {model}.");
+        return AdapterCodec.Read(ReadPayload(stored.Record, RecordKind.Adapter), stored.Record.Address);
+    }
+
+    /// <summary>Stored versions of adapter <paramref name="name"/>, oldest first.</summary>
+    public IReadOnlyList<int> AdapterVersions(string name) =>
+        WithIndexRead(index => index.Adapters.Keys.Where(k => k.Name == name).Select(k => k.Version).Order().ToArray());
+
+    /// <summary>Counts of packets, adapters and live versus dead bytes.</summary>
+    public StoreStats Stats() =>
+        WithIndexRead(index => new StoreStats(index.Packets.Count, index.Adapters.Count, index.LiveBytes, _log.TailAddress - _log.BeginAddress));
+
+    /// <summary>
+    /// Rewrites every live record to the log's tail and truncates everything before: deleted, superseded and torn
+    /// records are reclaimed (whole segment files are deleted). Readers keep working throughout; writers wait.
+    /// A live packet whose pages fail their checks is dropped, with an error logged.
+    /// </summary>
+    public async ValueTask<StoreStats> CompactAsync(CancellationToken cancellation = default)
+    {
+        ThrowIfNotWritable();
+        await _writeGate.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            long until = _log.TailAddress;
+            var (packets, adapters) = WithIndexRead(index => (index.Packets.Values.ToArray(), index.Adapters.Values.ToArray()));
+            var movedPackets = new List<StoredPacket>(packets.Length);
+            var dropped = new List<PacketId>();
+            foreach (var packet in packets.OrderBy(p => p.Manifest.Address))
+            {
+                try { movedPackets.Add(CopyPacket(packet)); }
+                catch (CorruptRecordException e)
+                {
+                    _options.Logger.LogError("compaction drops packet {Packet}: {Reason}", packet.Info.Id, e.Message);
+                    dropped.Add(packet.Info.Id);
+                }
+            }
+            var movedAdapters = adapters.Select(a => a with { Record = CopyRecord(a.Record, RecordKind.Adapter) }).ToArray();
+            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            WithIndexWrite(index =>
+            {
+                foreach (var packet in movedPackets) index.Packets[packet.Info.Id] = packet;
+                foreach (var id in dropped) index.Packets.Remove(id);
+                foreach (var adapter in movedAdapters) index.Adapters[(adapter.Adapter.Name, adapter.Adapter.Version)] = adapter;
+                _log.TruncateUntil(until);
+                _reader.DropBelow(until);
+                return 0;
+            });
+            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            SaveSnapshot();
+            await WaitForSegmentsDeletedAsync(until).ConfigureAwait(false);
+            return Stats();
+        }
+        finally { _writeGate.Release(); }
+    }
+
+    /// <summary>FasterLog deletes truncated segment files in the background after the commit; wait for it so a finished compaction has freed the space.</summary>
+    private async Task WaitForSegmentsDeletedAsync(long until)
+    {
+        string path = $"{_directory.LogBase}.{(until >> _options.SegmentSizeBits) - 1}";
+        for (int wait = 0; wait < 1000 && File.Exists(path); wait++) await Task.Delay(10).ConfigureAwait(false);
+        if (File.Exists(path)) _options.Logger.LogWarning("segment file {Path} was truncated but not yet deleted", path);
+    }
+
+    private StoredPacket CopyPacket(StoredPacket packet)
+    {
+        var manifest = ReadManifest(packet.Manifest);
+        var pages = new RecordRef[packet.Pages.Length];
+        for (int i = 0; i < pages.Length; i++) pages[i] = CopyRecord(packet.Pages[i], RecordKind.Page);
+        var info = packet.Info;
+        int payloadLength = ManifestCodec.Size(info.Adapter.Name, manifest.Tokens.Length, pages.Length);
+        byte[] record = new byte[RecordHeader.Size + payloadLength];
+        var payload = record.AsSpan(RecordHeader.Size);
+        ManifestCodec.Write(payload, info.Adapter.Name, manifest.Tokens, pages);
+        new RecordHeader(RecordKind.Manifest, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, pages.Length, info.Id, info.KvTokens,
+            payloadLength, PayloadChecksum.Of(payload, int.MaxValue), info.BlockSize, 0).Write(record);
+        var reference = new RecordRef(_log.Enqueue(record), record.Length);
+        long bytes = reference.Length + pages.Sum(p => (long)p.Length);
+        return new StoredPacket(info with { StoredBytes = bytes }, reference, pages);
+    }
+
+    private RecordRef CopyRecord(RecordRef record, RecordKind kind)
+    {
+        byte[] bytes = new byte[record.Length];
+        _reader.Read(record.Address, bytes);
+        string? error = LogRecord.Check(bytes, record.Address, out var header);
+        if (error is null && header.Kind != kind) error = $"expected a {kind} record, found {header.Kind}";
+        if (error is not null) throw new CorruptRecordException($"record at log address {record.Address}: {error}.");
+        return new RecordRef(_log.Enqueue(bytes), record.Length);
+    }
+
+    /// <summary>
+    /// Reads every record in the log and checks its header and payload checksum, every live packet's pages against
+    /// its manifest, and the persisted index snapshot against the index the log implies.
+    /// </summary>
+    public StoreVerification Verify()
+    {
+        var problems = new List<string>();
+        var snapshot = PacketIndex.TryLoad(_directory.SnapshotPath, out string? snapshotError);
+        if (snapshotError is not null) problems.Add(snapshotError);
+        var full = new PacketIndex { BeginAddress = _log.BeginAddress, CoveredUntil = _log.BeginAddress };
+        PacketIndex? prefix = snapshot is null ? null : new PacketIndex { BeginAddress = _log.BeginAddress };
+        var pages = new Dictionary<long, RecordHeader>();
+        int records = 0;
+        Scan(_log.BeginAddress, _log.CommittedUntilAddress, (address, entry) =>
+        {
+            records++;
+            if (LogRecord.Check(entry, address, out var header) is string error) { problems.Add($"record at log address {address}: {error}"); return; }
+            if (header.Kind == RecordKind.Page) pages[address] = header;
+            else LogRecord.Replay(full, header, entry, address, _options.Logger, problems);
+            if (prefix is not null && address < snapshot!.CoveredUntil && header.Kind != RecordKind.Page)
+                LogRecord.Replay(prefix, header, entry, address, _options.Logger, null);
+        });
+        foreach (var packet in full.Packets.Values)
+            for (int p = 0; p < packet.Pages.Length; p++)
+                if (!pages.TryGetValue(packet.Pages[p].Address, out var page) || page.Packet != packet.Info.Id || page.PageIndex != p)
+                    problems.Add($"packet {packet.Info.Id}: page {p} at log address {packet.Pages[p].Address} is missing or damaged");
+        if (snapshot is not null)
+        {
+            if (snapshot.BeginAddress != _log.BeginAddress || snapshot.CoveredUntil > _log.CommittedUntilAddress)
+                problems.Add($"index snapshot covers log [{snapshot.BeginAddress}, {snapshot.CoveredUntil}) but the log spans [{_log.BeginAddress}, {_log.CommittedUntilAddress})");
+            else if (!snapshot.SameContentAs(prefix!))
+                problems.Add("index snapshot disagrees with the log it covers");
+        }
+        return new StoreVerification(records, full.Packets.Count, full.Adapters.Count, problems);
+    }
+
+    private PacketIndex LoadIndex()
+    {
+        var index = PacketIndex.TryLoad(_directory.SnapshotPath, out string? error);
+        if (error is not null) _options.Logger.LogError("{Error}; rebuilding the index from the log", error);
+        if (index is not null && (index.BeginAddress != _log.BeginAddress || index.CoveredUntil > _log.CommittedUntilAddress || index.CoveredUntil < _log.BeginAddress))
+        {
+            _options.Logger.LogError("index snapshot covers log [{Begin}, {Until}) but the log spans [{LogBegin}, {Committed}); rebuilding the index from the log",
+                index.BeginAddress, index.CoveredUntil, _log.BeginAddress, _log.CommittedUntilAddress);
+            index = null;
+        }
+        index ??= new PacketIndex { BeginAddress = _log.BeginAddress, CoveredUntil = _log.BeginAddress };
+        CatchUp(index);
+        return index;
+    }
+
+    /// <summary>Replays committed records the index has not seen.</summary>
+    private void CatchUp(PacketIndex index)
+    {
+        long until = _log.CommittedUntilAddress;
+        if (index.CoveredUntil >= until) return;
+        Scan(index.CoveredUntil, until, (address, entry) =>
+        {
+            if (LogRecord.Check(entry, address, out var header, checkPayload: false) is string error)
+                _options.Logger.LogError("record at log address {Address} skipped: {Error}", address, error);
+            else if (header.Kind != RecordKind.Page)
+                LogRecord.Replay(index, header, entry, address, _options.Logger, null);
+        });
+        index.CoveredUntil = until;
+    }
+
+    /// <summary>Read-only handles: picks up what the writer has committed since opening (or the last refresh).</summary>
+    public void Refresh()
+    {
+        if (!IsReadOnly) return;
+        _log.RecoverReadOnly();
+        WithIndexWrite(index =>
+        {
+            if (index.BeginAddress != _log.BeginAddress) _index = index = new PacketIndex { BeginAddress = _log.BeginAddress, CoveredUntil = _log.BeginAddress };
+            CatchUp(index);
+            return 0;
+        });
+    }
+
+    private void Scan(long from, long until, LogRecord.Visitor visit)
+    {
+        if (from >= until) return;
+        using var iterator = _log.Scan(from, until, name: null, recover: false);
+        try
+        {
+            while (iterator.GetNext(MemoryPool<byte>.Shared, out var owner, out int length, out long address))
+                using (owner) visit(address, owner.Memory.Span[..length]);
+        }
+        catch (Exception e) when (e is FasterException or InvalidOperationException or ArgumentException or IOException)
+        {
+            _options.Logger.LogError("the log cannot be read past address {Address}: {Error}", iterator.NextAddress, e.Message);
+        }
+    }
+
+    private (string AdapterName, int[] Tokens, RecordRef[] Pages) ReadManifest(RecordRef record) =>
+        ManifestCodec.Read(ReadPayload(record, RecordKind.Manifest), record.Address);
+
+    private byte[] ReadPayload(RecordRef record, RecordKind kind)
+    {
+        byte[] bytes = new byte[record.Length];
+        _reader.Read(record.Address, bytes);
+        string? error = LogRecord.Check(bytes, record.Address, out var header);
+        if (error is null && header.Kind != kind) error = $"expected a {kind} record, found {header.Kind}";
+        if (error is not null) throw new CorruptRecordException($"record at log address {record.Address}: {error}.");
+        return bytes[RecordHeader.Size..];
+    }
+
+    private bool TryGetEntry(PacketId id, [NotNullWhen(true)] out StoredPacket? entry)
+    {
+        _indexLock.EnterReadLock();
+        try { return _index.Packets.TryGetValue(id, out entry); }
+        finally { _indexLock.ExitReadLock(); }
+    }
+
+    private T WithIndexRead<T>(Func<PacketIndex, T> read)
+    {
+        _indexLock.EnterReadLock();
+        try { return read(_index); }
+        finally { _indexLock.ExitReadLock(); }
+    }
+
+    private void WithIndexWrite<T>(Func<PacketIndex, T> write)
+    {
+        _indexLock.EnterWriteLock();
+        try { write(_index); }
+        finally { _indexLock.ExitWriteLock(); }
+    }
+
+    private void SaveSnapshot()
+    {
+        WithIndexWrite(index =>
+        {
+            index.BeginAddress = _log.BeginAddress;
+            index.CoveredUntil = _log.CommittedUntilAddress;
+            index.Save(_directory.SnapshotPath);
+            return 0;
+        });
+    }
+
+    private void ThrowIfNotWritable()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (IsReadOnly) throw new InvalidOperationException($"the packet store at {DirectoryPath} is open read-only.");
+    }
+
+    /// <summary>Commits, saves the index snapshot (writers), and releases the log and the writer lock.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (!IsReadOnly)
+        {
+            _log.Commit(spinWait: true);
+            SaveSnapshot();
+        }
+        _reader.Dispose();
+        _log.Dispose();
+        _device.Dispose();
+        _directory.Dispose();
+        _indexLock.Dispose();
+        _writeGate.Dispose();
+    }
+}
