@@ -42,16 +42,16 @@ public sealed class PacketStore : IDisposable
         var settings = new FasterLogSettings
         {
             LogDevice = _device,
-            PageSizeBits = options.LogPageSizeBits,
-            MemorySizeBits = options.LogPageSizeBits + 2,
-            SegmentSizeBits = options.SegmentSizeBits,
+            PageSizeBits = directory.LogPageSizeBits,
+            MemorySizeBits = directory.LogPageSizeBits + 2,
+            SegmentSizeBits = directory.SegmentSizeBits,
             LogCommitDir = directory.CommitDirectory,
             ReadOnlyMode = options.ReadOnly,
             TryRecoverLatest = true,
         };
         _log = new FasterLog(settings);
         if (options.ReadOnly) _log.RecoverReadOnly();
-        _reader = new SegmentReader(directory.LogBase, options.SegmentSizeBits, _log.HeaderSize);
+        _reader = new SegmentReader(directory.LogBase, directory.SegmentSizeBits, _log.HeaderSize);
         _index = LoadIndex();
     }
 
@@ -61,7 +61,7 @@ public sealed class PacketStore : IDisposable
     public static PacketStore Open(string directory, PacketStoreOptions? options = null)
     {
         options ??= new PacketStoreOptions();
-        var files = StoreDirectory.Open(directory, options.ReadOnly);
+        var files = StoreDirectory.Open(directory, options);
         try { return new PacketStore(files, options); }
         catch { files.Dispose(); throw; }
     }
@@ -88,8 +88,7 @@ public sealed class PacketStore : IDisposable
         {
             if (TryGetEntry(id, out var existing) && existing.Info.Storage == storage) return existing.Info;
             var entry = AppendPacket(packet, id, model, document.Span, adapter, storage);
-            // Not cancellable: once records are in the log they will be committed, and the index must say so.
-            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            await CommitAsync().ConfigureAwait(false);
             WithIndexWrite(index => index.Packets[id] = entry);
             return entry.Info;
         }
@@ -105,8 +104,8 @@ public sealed class PacketStore : IDisposable
         int pageCount = (blockCount + blocksPerPage - 1) / blocksPerPage;
         int manifestPayload = ManifestCodec.Size(adapter.Name, document.Length, pageCount);
         int largest = Math.Max(RecordHeader.Size + blocksPerPage * blockBytes, RecordHeader.Size + manifestPayload);
-        if (largest > (1 << _options.LogPageSizeBits) / 2)
-            throw new PacketStoreException($"a record of {largest} bytes does not fit the log's {1 << _options.LogPageSizeBits}-byte pages; raise LogPageSizeBits.");
+        if (largest > (1 << _directory.LogPageSizeBits) / 2)
+            throw new PacketStoreException($"a record of {largest} bytes does not fit the log's {1 << _directory.LogPageSizeBits}-byte pages; raise LogPageSizeBits.");
         long needed = (long)blockCount * blockBytes + (pageCount + 1) * (RecordHeader.Size + 8L) + manifestPayload;
         if (_options.CapacityBytes is long capacity && _log.TailAddress - _log.BeginAddress + needed > capacity)
             throw new StoreFullException($"the packet store at {DirectoryPath} is full: {_log.TailAddress - _log.BeginAddress} of {capacity} bytes used, packet {id} needs {needed} more. Delete packets and compact, or raise the capacity.");
@@ -257,6 +256,14 @@ public sealed class PacketStore : IDisposable
         finally { if (staging is not null) ArrayPool<byte>.Shared.Return(staging); }
     }
 
+    /// <summary>Where packet <paramref name="id"/>'s records are (for tests that damage them on purpose).</summary>
+    internal (RecordRef Manifest, RecordRef[] Pages) RecordsOf(PacketId id) =>
+        TryGetEntry(id, out var entry) ? (entry.Manifest, entry.Pages) : throw new KeyNotFoundException(id.ToString());
+
+    /// <summary>The segment file and offset that hold byte <paramref name="offset"/> of the record at <paramref name="address"/>.</summary>
+    internal (string File, long Offset) FileOffsetOf(long address, int offset) =>
+        ($"{_directory.LogBase}.{address >> _directory.SegmentSizeBits}", (address & ((1L << _directory.SegmentSizeBits) - 1)) + _log.HeaderSize + offset);
+
     /// <summary>KV blocks packet <paramref name="info"/> fills.</summary>
     public static int BlockCount(PacketInfo info) => (info.KvTokens + info.BlockSize - 1) / info.BlockSize;
 
@@ -288,7 +295,7 @@ public sealed class PacketStore : IDisposable
             byte[] record = new byte[RecordHeader.Size];
             new RecordHeader(RecordKind.Tombstone, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, 0, id, 0, 0, 0, info.BlockSize, 0).Write(record);
             _log.Enqueue(record);
-            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            await CommitAsync().ConfigureAwait(false);
             WithIndexWrite(index => index.Packets.Remove(id));
             return true;
         }
@@ -320,7 +327,7 @@ public sealed class PacketStore : IDisposable
                 PayloadChecksum.Of(payload, int.MaxValue), 0, 0).Write(record);
             payload.CopyTo(record, RecordHeader.Size);
             long address = _log.Enqueue(record);
-            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            await CommitAsync().ConfigureAwait(false);
             WithIndexWrite(index => index.Adapters[key] = new StoredAdapter(reference, model, new RecordRef(address, record.Length)));
         }
         finally { _writeGate.Release(); }
@@ -341,9 +348,12 @@ public sealed class PacketStore : IDisposable
     public IReadOnlyList<int> AdapterVersions(string name) =>
         WithIndexRead(index => index.Adapters.Keys.Where(k => k.Name == name).Select(k => k.Version).Order().ToArray());
 
+    /// <summary>The end of the log this handle sees: the tail for the writer, the last commit for readers.</summary>
+    private long LogEnd => IsReadOnly ? _log.CommittedUntilAddress : _log.TailAddress;
+
     /// <summary>Counts of packets, adapters and live versus dead bytes.</summary>
     public StoreStats Stats() =>
-        WithIndexRead(index => new StoreStats(index.Packets.Count, index.Adapters.Count, index.LiveBytes, _log.TailAddress - _log.BeginAddress));
+        WithIndexRead(index => new StoreStats(index.Packets.Count, index.Adapters.Count, index.LiveBytes, LogEnd - _log.BeginAddress));
 
     /// <summary>
     /// Rewrites every live record to the log's tail and truncates everything before: deleted, superseded and torn
@@ -370,7 +380,7 @@ public sealed class PacketStore : IDisposable
                 }
             }
             var movedAdapters = adapters.Select(a => a with { Record = CopyRecord(a.Record, RecordKind.Adapter) }).ToArray();
-            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            await CommitAsync().ConfigureAwait(false);
             WithIndexWrite(index =>
             {
                 foreach (var packet in movedPackets) index.Packets[packet.Info.Id] = packet;
@@ -380,7 +390,7 @@ public sealed class PacketStore : IDisposable
                 _reader.DropBelow(until);
                 return 0;
             });
-            await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            await CommitAsync().ConfigureAwait(false);
             SaveSnapshot();
             await WaitForSegmentsDeletedAsync(until).ConfigureAwait(false);
             return Stats();
@@ -391,7 +401,7 @@ public sealed class PacketStore : IDisposable
     /// <summary>FasterLog deletes truncated segment files in the background after the commit; wait for it so a finished compaction has freed the space.</summary>
     private async Task WaitForSegmentsDeletedAsync(long until)
     {
-        string path = $"{_directory.LogBase}.{(until >> _options.SegmentSizeBits) - 1}";
+        string path = $"{_directory.LogBase}.{(until >> _directory.SegmentSizeBits) - 1}";
         for (int wait = 0; wait < 1000 && File.Exists(path); wait++) await Task.Delay(10).ConfigureAwait(false);
         if (File.Exists(path)) _options.Logger.LogWarning("segment file {Path} was truncated but not yet deleted", path);
     }
@@ -560,6 +570,15 @@ public sealed class PacketStore : IDisposable
             index.Save(_directory.SnapshotPath);
             return 0;
         });
+    }
+
+    /// <summary>Commits the log up to its tail and waits until that is durable. FasterLog's own CommitAsync waits for
+    /// the next commit when there is nothing new, so that case returns at once.</summary>
+    private async ValueTask CommitAsync()
+    {
+        if (_log.TailAddress == _log.CommittedUntilAddress && _log.BeginAddress == _log.CommittedBeginAddress) return;
+        // Not cancellable: once records are in the log they will be committed, and the index must say so.
+        await _log.CommitAsync(CancellationToken.None).ConfigureAwait(false);
     }
 
     private void ThrowIfNotWritable()

@@ -12,10 +12,10 @@ public sealed record PacketStoreOptions
     /// <summary>Aim for packet pages (log records) of about this many bytes; a page holds whole KV blocks, at least one.</summary>
     public int TargetPageBytes { get; init; } = 1 << 20;
 
-    /// <summary>log2 of FasterLog's page size: the largest record must fit in half a page.</summary>
+    /// <summary>log2 of FasterLog's page size for a new store (the largest record must fit in half a page); an existing store keeps its own.</summary>
     public int LogPageSizeBits { get; init; } = 23;
 
-    /// <summary>log2 of the size of one log segment file; compaction frees whole segments.</summary>
+    /// <summary>log2 of the size of one log segment file for a new store (compaction frees whole segments); an existing store keeps its own.</summary>
     public int SegmentSizeBits { get; init; } = 30;
 
     /// <summary>Refuse writes that would grow the log (live and dead records) beyond this many bytes; null for no limit.</summary>

@@ -18,6 +18,10 @@ internal sealed class StoreDirectory : IDisposable
     private StoreDirectory(string path) => Path = path;
 
     public string Path { get; }
+    /// <summary>log2 of FasterLog's page size, as the store was created with.</summary>
+    public int LogPageSizeBits { get; private set; }
+    /// <summary>log2 of the segment file size, as the store was created with.</summary>
+    public int SegmentSizeBits { get; private set; }
     public string LogBase => System.IO.Path.Combine(Path, "log", "data");
     public string CommitDirectory => System.IO.Path.Combine(Path, "log", "commits");
     public string SnapshotPath => System.IO.Path.Combine(Path, "index.snapshot");
@@ -26,8 +30,11 @@ internal sealed class StoreDirectory : IDisposable
     private string PidFile => System.IO.Path.Combine(Path, "writer.pid");
 
     /// <summary>Opens (creating it when writable and absent) the store at <paramref name="path"/>, checking its format and taking the writer lock unless read-only.</summary>
-    public static StoreDirectory Open(string path, bool readOnly)
+    /// <remarks>The log geometry is fixed when the store is created (from <paramref name="options"/>) and read back from
+    /// <c>store.json</c> afterwards: addresses map to segment files by it.</remarks>
+    public static StoreDirectory Open(string path, PacketStoreOptions options)
     {
+        bool readOnly = options.ReadOnly;
         path = System.IO.Path.GetFullPath(path);
         var directory = new StoreDirectory(path);
         if (!File.Exists(directory.FormatFile))
@@ -37,7 +44,15 @@ internal sealed class StoreDirectory : IDisposable
                 throw new StoreFormatException($"{path} is not empty and has no store.json: refusing to turn it into a packet store.");
             Directory.CreateDirectory(path);
             directory.TakeLock();
-            File.WriteAllText(directory.FormatFile, new JsonObject { ["format"] = FormatName, ["version"] = FormatVersion }.ToJsonString());
+            directory.LogPageSizeBits = options.LogPageSizeBits;
+            directory.SegmentSizeBits = options.SegmentSizeBits;
+            File.WriteAllText(directory.FormatFile, new JsonObject
+            {
+                ["format"] = FormatName,
+                ["version"] = FormatVersion,
+                ["logPageSizeBits"] = directory.LogPageSizeBits,
+                ["segmentSizeBits"] = directory.SegmentSizeBits,
+            }.ToJsonString());
             return directory;
         }
         directory.CheckFormat();
@@ -56,6 +71,10 @@ internal sealed class StoreDirectory : IDisposable
         if (version > FormatVersion)
             throw new StoreFormatException($"the store at {Path} has format version {version}; this build reads versions up to {FormatVersion}. Upgrade kvpacket to open it.");
         if (version < 1) throw new StoreFormatException($"{FormatFile} has no valid format version.");
+        LogPageSizeBits = node["logPageSizeBits"]?.GetValue<int>() ?? 0;
+        SegmentSizeBits = node["segmentSizeBits"]?.GetValue<int>() ?? 0;
+        if (LogPageSizeBits is < 12 or > 30 || SegmentSizeBits < LogPageSizeBits || SegmentSizeBits > 40)
+            throw new StoreFormatException($"{FormatFile} has an invalid log geometry (logPageSizeBits {LogPageSizeBits}, segmentSizeBits {SegmentSizeBits}).");
     }
 
     private void TakeLock()
