@@ -10,5 +10,6 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     InspectCommand.Create(),
     TokenizeCommand.Create(),
     EvalCommand.Create(),
+    StoreCommand.Create(),
 };
 return root.Parse(args).Invoke();

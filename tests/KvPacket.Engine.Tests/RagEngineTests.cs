@@ -53,7 +53,7 @@ public class RagEngineTests
         using var all = new RagEngine(model) { CacheBlendFraction = 1.0 };
         using var none = new RagEngine(model) { CacheBlendFraction = 0.0 };
         using var some = new RagEngine(model) { CacheBlendFraction = 0.3 };
-        var packet = all.PacketFor(request.Documents[0], false);
+        using var packet = all.Packets.Acquire(request.Documents[0], null);
         var before = model.KvPool.BlockBytes(packet.Blocks[0]).ToArray();
 
         var full = Logits(all, request, RagMode.Full);
@@ -134,8 +134,13 @@ public class RagEngineTests
         using var engine = new RagEngine(model);
         Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvPacket)).Message);
         Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvLink)).Message);
-        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount + CountPacketBlocks(engine, Request(1)));
+        int packetBlocks = CountPacketBlocks(engine, Request(1));
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount + packetBlocks);
     }
 
-    private static int CountPacketBlocks(RagEngine engine, RagRequest request) => request.Documents.Sum(d => engine.PacketFor(d, false).Blocks.Count);
+    private static int CountPacketBlocks(RagEngine engine, RagRequest request) => request.Documents.Sum(d =>
+    {
+        using var packet = engine.Packets.Acquire(d, null);
+        return packet.Blocks.Count;
+    });
 }

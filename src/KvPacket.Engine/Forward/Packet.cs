@@ -28,6 +28,14 @@ public sealed class Packet : IDisposable
     /// <summary>Tokens in the packet.</summary>
     public int Length { get; }
 
+    /// <summary>Another reference to the same blocks (each retained once more), to be disposed on its own.</summary>
+    public Packet Share()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        foreach (int block in Blocks) Pool.Retain(block);
+        return new Packet(Pool, Blocks, Length);
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

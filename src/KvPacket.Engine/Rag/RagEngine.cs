@@ -4,8 +4,8 @@ using KvPacket.Engine.Forward;
 namespace KvPacket.Engine.Rag;
 
 /// <summary>
-/// Runs a RAG request in any <see cref="RagMode"/> on one model: builds (and keeps) each document's packets — plain, and
-/// per adapter — then assembles the prompt's block table from shared packet blocks plus whatever the mode computes at
+/// Runs a RAG request in any <see cref="RagMode"/> on one model: takes each document's packet — plain, or built with
+/// the adapter — from its <see cref="IPacketSource"/>, then assembles the prompt's block table from shared packet blocks plus whatever the mode computes at
 /// query time. Every mode goes through the same batched forward pass, so their TTFT, FLOPs and outputs compare directly.
 /// Not thread-safe: one request at a time per instance.
 /// </summary>
@@ -13,14 +13,20 @@ public sealed class RagEngine : IDisposable
 {
     private readonly Transformer _model;
     private readonly float[] _scratch;
-    private readonly Dictionary<(string Adapter, int Version, string Document), Packet> _packets = new();
+    private readonly bool _ownsPackets;
 
-    /// <summary>Creates an engine over <paramref name="model"/>.</summary>
-    public RagEngine(Transformer model)
+    /// <summary>Creates an engine over <paramref name="model"/> that takes packets from <paramref name="packets"/>
+    /// (by default, and then owned by the engine, packets built in memory).</summary>
+    public RagEngine(Transformer model, IPacketSource? packets = null)
     {
         _model = model;
         _scratch = new float[model.Config.VocabSize];
+        _ownsPackets = packets is null;
+        Packets = packets ?? new BuiltPackets(model);
     }
+
+    /// <summary>Where the engine's packets come from.</summary>
+    public IPacketSource Packets { get; }
 
     /// <summary>Tokens of each document recomputed in context by <see cref="RagMode.Epic"/>.</summary>
     public int EpicRecomputeTokens { get; init; } = 16;
@@ -31,28 +37,19 @@ public sealed class RagEngine : IDisposable
     /// <summary>The adapter for <see cref="RagMode.KvPacket"/> (header/trailer) and <see cref="RagMode.KvLink"/> (links).</summary>
     public Adapter? Adapter { get; init; }
 
-    /// <summary>The packet of <paramref name="document"/> built alone (with the KV Packet adapter when <paramref name="withAdapter"/>), built once and kept.</summary>
-    public Packet PacketFor(int[] document, bool withAdapter)
-    {
-        var adapter = withAdapter ? Adapter ?? throw new InvalidOperationException("KV Packet mode needs an adapter.") : null;
-        var key = (adapter?.Id ?? "", adapter?.Version ?? 0, Convert.ToBase64String(System.Runtime.InteropServices.MemoryMarshal.AsBytes(document.AsSpan())));
-        if (!_packets.TryGetValue(key, out var packet))
-            _packets[key] = packet = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default);
-        return packet;
-    }
-
     /// <summary>Prefills <paramref name="request"/> in <paramref name="mode"/>; packets it needs are built first, outside the timing.</summary>
     public RagResult Prefill(RagRequest request, RagMode mode)
     {
         if (request.Query.Length == 0) throw new ArgumentException("The query needs at least one token.", nameof(request));
-        bool adapted = mode == RagMode.KvPacket;
-        var packets = mode == RagMode.Full ? [] : request.Documents.Select(d => PacketFor(d, adapted)).ToArray();
+        var adapter = mode == RagMode.KvPacket ? Adapter ?? throw new InvalidOperationException("KV Packet mode needs an adapter.") : null;
         var links = mode == RagMode.KvLink ? Adapter?.Links ?? throw new InvalidOperationException("KVLink mode needs an adapter with link tokens.") : null;
 
+        var packets = mode == RagMode.Full ? [] : new Packet[request.Documents.Count];
         var config = _model.Config;
         var sequence = _model.CreateSequence();
         try
         {
+            for (int d = 0; d < packets.Length; d++) packets[d] = Packets.Acquire(request.Documents[d], adapter);
             long start = Stopwatch.GetTimestamp();
             int prefilled = 0;
             double documentFlops = 0;
@@ -123,12 +120,16 @@ public sealed class RagEngine : IDisposable
             sequence.Dispose();
             throw;
         }
+        finally
+        {
+            // The sequence holds its own references to the blocks it placed.
+            foreach (var packet in packets) packet?.Dispose();
+        }
     }
 
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var packet in _packets.Values) packet.Dispose();
-        _packets.Clear();
+        if (_ownsPackets) Packets.Dispose();
     }
 }

@@ -10,5 +10,7 @@ internal static class CommonOptions
 
     public static Option<DType> KvType() => new("--kv-type") { Description = "KV cache element type (F16 or F32)", DefaultValueFactory = _ => DType.F16 };
 
+    public static Option<string> Store() => new("--store") { Description = "Packet store directory", Required = true };
+
     public static Option<int> Threads() => new("--threads") { Description = "Kernel threads (0: one per processor)", DefaultValueFactory = _ => 0 };
 }

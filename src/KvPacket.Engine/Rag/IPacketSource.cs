@@ -1,0 +1,13 @@
+using KvPacket.Engine.Forward;
+
+namespace KvPacket.Engine.Rag;
+
+/// <summary>Where a <see cref="RagEngine"/> gets documents' packets: built on the spot, kept in memory, or loaded from a store.</summary>
+public interface IPacketSource : IDisposable
+{
+    /// <summary>
+    /// The packet of <paramref name="document"/> encoded alone, between <paramref name="adapter"/>'s header and trailer
+    /// soft tokens (the plain document when null). The caller owns the returned reference and disposes it.
+    /// </summary>
+    Packet Acquire(ReadOnlySpan<int> document, Adapter? adapter);
+}

@@ -1,0 +1,117 @@
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+
+namespace KvPacket.Store;
+
+/// <summary>
+/// Packets from a <see cref="PacketStore"/> with a resident tier in front: recently used packets stay in the model's KV
+/// pool (least recently used evicted past <see cref="ResidentBlockBudget"/>), so a packet reused by the next request
+/// costs no I/O; a miss loads from the store; a packet the store lacks is built once, stored durably, and kept.
+/// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
+/// not depend on whether the packet was just built. Thread-safe.
+/// </summary>
+public sealed class StoredPackets : IPacketSource
+{
+    private readonly Transformer _model;
+    private readonly PacketStore _store;
+    private readonly Dictionary<PacketId, LinkedListNode<(PacketId Id, Packet Packet)>> _resident = new();
+    private readonly LinkedList<(PacketId Id, Packet Packet)> _recency = new();
+    private readonly Lock _gate = new();
+    private int _residentBlocks;
+
+    /// <summary>Serves <paramref name="model"/>'s packets from <paramref name="store"/>, storing new ones as <paramref name="storage"/>.</summary>
+    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null)
+    {
+        _model = model;
+        _store = store;
+        Storage = storage;
+        Fingerprint = ModelFingerprint.Of(model.Model);
+        ResidentBlockBudget = residentBlockBudget ?? model.KvPool.BlockCount / 4;
+    }
+
+    /// <summary>The model's fingerprint, which every packet id includes.</summary>
+    public ModelFingerprint Fingerprint { get; }
+
+    /// <summary>How new packets are stored.</summary>
+    public KvStorage Storage { get; }
+
+    /// <summary>Most KV blocks kept resident (0: every acquire reads the store).</summary>
+    public int ResidentBlockBudget { get; }
+
+    /// <summary>Acquires served from the resident tier.</summary>
+    public long ResidentHits { get; private set; }
+
+    /// <summary>Acquires that read the packet from the store.</summary>
+    public long StoreLoads { get; private set; }
+
+    /// <summary>Acquires that had to build the packet (and then stored it).</summary>
+    public long Builds { get; private set; }
+
+    /// <summary>Stored bytes read by <see cref="StoreLoads"/>.</summary>
+    public long BytesLoaded { get; private set; }
+
+    /// <summary>The id <paramref name="document"/> has with <paramref name="adapter"/> under this model.</summary>
+    public PacketId IdOf(ReadOnlySpan<int> document, Adapter? adapter) => PacketId.For(Fingerprint, AdapterRef.Of(adapter), document);
+
+    /// <inheritdoc />
+    public Packet Acquire(ReadOnlySpan<int> document, Adapter? adapter)
+    {
+        var id = IdOf(document, adapter);
+        lock (_gate)
+        {
+            if (_resident.TryGetValue(id, out var node))
+            {
+                _recency.Remove(node);
+                _recency.AddFirst(node);
+                ResidentHits++;
+                return node.Value.Packet.Share();
+            }
+            if (!TryLoad(id, out var packet))
+            {
+                using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default))
+                    _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage).AsTask().GetAwaiter().GetResult();
+                Builds++;
+                if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
+                StoreLoads--; // the read-back belongs to the build
+            }
+            var shared = packet.Share();
+            Keep(id, packet);
+            return shared;
+        }
+    }
+
+    private bool TryLoad(PacketId id, out Packet packet)
+    {
+        if (!_store.TryLoad(id, Fingerprint, _model.KvPool, out var loaded)) { packet = null!; return false; }
+        StoreLoads++;
+        if (_store.TryGetInfo(id, out var info)) BytesLoaded += info.StoredBytes;
+        packet = loaded;
+        return true;
+    }
+
+    private void Keep(PacketId id, Packet packet)
+    {
+        _resident[id] = _recency.AddFirst((id, packet));
+        _residentBlocks += packet.Blocks.Count;
+        while (_residentBlocks > ResidentBlockBudget && _recency.Last is { } oldest)
+        {
+            _recency.RemoveLast();
+            _resident.Remove(oldest.Value.Id);
+            _residentBlocks -= oldest.Value.Packet.Blocks.Count;
+            oldest.Value.Packet.Dispose();
+        }
+    }
+
+    /// <summary>Drops every resident packet (blocks in use by sequences stay until those let go).</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            foreach (var (_, packet) in _recency) packet.Dispose();
+            _recency.Clear();
+            _resident.Clear();
+            _residentBlocks = 0;
+        }
+    }
+}

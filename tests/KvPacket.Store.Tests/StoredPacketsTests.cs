@@ -1,0 +1,110 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Numerics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+using KvPacket.Tests;
+using Xunit;
+
+namespace KvPacket.Store.Tests;
+
+/// <summary>The store behind a real model: packets served from it give the same answers as packets built in memory.</summary>
+public class StoredPacketsTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    private static RagRequest Request()
+    {
+        var random = new SeededRandom(5);
+        return new RagRequest([1], [random.NextTokens(40, 3, 512), random.NextTokens(23, 3, 512), random.NextTokens(17, 3, 512)], random.NextTokens(6, 3, 512));
+    }
+
+    private static float[] Logits(RagEngine engine, RagRequest request, RagMode mode)
+    {
+        var result = engine.Prefill(request, mode);
+        result.Sequence.Dispose();
+        return result.QueryLogits;
+    }
+
+    private static Transformer Model(Checkpoint checkpoint, DType kv = DType.F16) =>
+        new(checkpoint, new TransformerOptions { KvType = kv, KvCacheTokens = 4096, MaxBatchTokens = 64 });
+
+    [Fact]
+    public void Packets_built_stored_and_loaded_answer_exactly_like_packets_built_in_memory()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request();
+        var adapter = new Adapter("kvp", 1, new SeededRandom(1).NextTokens(2 * 64, -3, 3).Select(v => v * 0.1f).ToArray(),
+            new SeededRandom(2).NextTokens(64, -3, 3).Select(v => v * 0.1f).ToArray(), []);
+        float[] naive, kvpacket;
+        using (var memory = new RagEngine(model) { Adapter = adapter })
+        {
+            naive = Logits(memory, request, RagMode.Naive);
+            kvpacket = Logits(memory, request, RagMode.KvPacket);
+        }
+        int free = model.KvPool.FreeBlockCount;
+
+        using (var store = PacketStore.Open(temp.Path))
+        using (var packets = new StoredPackets(model, store))
+        using (var engine = new RagEngine(model, packets) { Adapter = adapter })
+        {
+            Assert.Equal(naive, Logits(engine, request, RagMode.Naive));
+            Assert.Equal(kvpacket, Logits(engine, request, RagMode.KvPacket));
+            Assert.Equal((6, 0L), (packets.Builds, packets.StoreLoads));
+            Assert.Equal(naive, Logits(engine, request, RagMode.Naive));
+            Assert.Equal(3, packets.ResidentHits);
+        }
+        Assert.Equal(free, model.KvPool.FreeBlockCount);
+
+        // A fresh process's view: nothing resident, everything read from the store, nothing rebuilt.
+        using (var store = PacketStore.Open(temp.Path, new PacketStoreOptions { ReadOnly = true }))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
+        using (var engine = new RagEngine(model, packets) { Adapter = adapter })
+        {
+            Assert.Equal(kvpacket, Logits(engine, request, RagMode.KvPacket));
+            Assert.Equal(naive, Logits(engine, request, RagMode.Naive));
+            Assert.Equal((0L, 6L, 0L), (packets.Builds, packets.StoreLoads, packets.ResidentHits));
+            Assert.True(packets.BytesLoaded > 0);
+            Assert.Equal(6, store.Stats().Packets);
+        }
+        Assert.Equal(free, model.KvPool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void Int8_pages_cost_little_quality_and_another_model_never_sees_these_packets()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint, DType.F32);
+        var request = Request();
+        float[] exact;
+        using (var memory = new RagEngine(model)) exact = Logits(memory, request, RagMode.Naive);
+        using var store = PacketStore.Open(temp.Path);
+        using var packets = new StoredPackets(model, store, KvStorage.Int8);
+        using var engine = new RagEngine(model, packets);
+        float[] int8 = Logits(engine, request, RagMode.Naive);
+        // Quality cost: mean KL between the next-token distributions at each query position.
+        double kl = MeanKl(exact, int8, checkpoint.Config.VocabSize);
+        Assert.InRange(kl, 1e-9, 0.01);
+        Assert.All(store.List(), p => Assert.Equal(KvStorage.Int8, p.Storage));
+
+        using var other = CheckpointLoader.Load(SharedModels.PathOf("tiny-llama3"));
+        var otherModel = ModelFingerprint.Of(other);
+        Assert.NotEqual(packets.Fingerprint, otherModel);
+        Assert.Equal(packets.Fingerprint, ModelFingerprint.Of(checkpoint));
+        var id = store.List()[0].Id;
+        var wrong = Assert.Throws<ModelMismatchException>(() => store.TryLoad(id, otherModel, model.KvPool, out _));
+        Assert.Contains(id.ToString(), wrong.Message);
+    }
+
+    private static double MeanKl(float[] p, float[] q, int vocab)
+    {
+        double total = 0;
+        int rows = p.Length / vocab;
+        for (int r = 0; r < rows; r++) total += ModeEvaluation.Kl(p.AsSpan(r * vocab, vocab), q.AsSpan(r * vocab, vocab));
+        return total / rows;
+    }
+}
