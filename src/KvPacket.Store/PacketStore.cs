@@ -3,6 +3,7 @@ using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using FASTER.core;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Threading;
 using KvPacket.Core.Model;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
@@ -28,6 +29,7 @@ public sealed class PacketStore : IDisposable
     private readonly IDevice _device;
     private readonly FasterLog _log;
     private readonly SegmentReader _reader;
+    private readonly WorkerPool _workers;
     private readonly ReaderWriterLockSlim _indexLock = new(LockRecursionPolicy.NoRecursion);
     private readonly SemaphoreSlim _writeGate = new(1, 1);
     private PacketIndex _index;
@@ -51,6 +53,7 @@ public sealed class PacketStore : IDisposable
         };
         _log = new FasterLog(settings);
         if (options.ReadOnly) _log.RecoverReadOnly();
+        _workers = options.Workers ?? WorkerPool.Shared;
         _reader = new SegmentReader(directory.LogBase, directory.SegmentSizeBits, _log.HeaderSize);
         _index = LoadIndex();
     }
@@ -79,18 +82,50 @@ public sealed class PacketStore : IDisposable
     /// </summary>
     /// <exception cref="StoreFullException">The packet would take the store past its capacity; nothing was written.</exception>
     public async ValueTask<PacketInfo> PutAsync(Packet packet, ModelFingerprint model, ReadOnlyMemory<int> document, AdapterRef adapter,
-        KvStorage storage = KvStorage.F16, CancellationToken cancellation = default)
+        KvStorage storage = KvStorage.F16, CancellationToken cancellation = default) =>
+        (await PutManyAsync([new PacketWrite(packet, model, document, adapter, storage)], cancellation).ConfigureAwait(false))[0];
+
+    /// <summary>
+    /// Stores several packets with one durable commit (group commit: far fewer synchronous writes than one
+    /// <see cref="PutAsync"/> each). Returns once all are committed. If the store fills part-way, the packets before
+    /// the one that did not fit are committed and the <see cref="StoreFullException"/> names the first that was not.
+    /// </summary>
+    public async ValueTask<PacketInfo[]> PutManyAsync(IReadOnlyList<PacketWrite> packets, CancellationToken cancellation = default)
     {
         ThrowIfNotWritable();
-        var id = PacketId.For(model, adapter, document.Span);
+        var results = new PacketInfo[packets.Count];
+        var appended = new List<StoredPacket>(packets.Count);
         await _writeGate.WaitAsync(cancellation).ConfigureAwait(false);
         try
         {
-            if (TryGetEntry(id, out var existing) && existing.Info.Storage == storage) return existing.Info;
-            var entry = AppendPacket(packet, id, model, document.Span, adapter, storage);
-            await CommitAsync().ConfigureAwait(false);
-            WithIndexWrite(index => index.Packets[id] = entry);
-            return entry.Info;
+            try
+            {
+                for (int i = 0; i < packets.Count; i++)
+                {
+                    var write = packets[i];
+                    var id = PacketId.For(write.Model, write.Adapter, write.Document.Span);
+                    var earlier = appended.FindLast(p => p.Info.Id == id);
+                    if (earlier is not null && earlier.Info.Storage == write.Storage) { results[i] = earlier.Info; continue; }
+                    if (earlier is null && TryGetEntry(id, out var existing) && existing.Info.Storage == write.Storage) { results[i] = existing.Info; continue; }
+                    var entry = AppendPacket(write.Packet, id, write.Model, write.Document.Span, write.Adapter, write.Storage);
+                    appended.Add(entry);
+                    results[i] = entry.Info;
+                }
+            }
+            finally
+            {
+                // Whatever reached the log is committed and indexed, even when a later packet did not fit.
+                if (appended.Count > 0)
+                {
+                    await CommitAsync().ConfigureAwait(false);
+                    WithIndexWrite(index =>
+                    {
+                        foreach (var entry in appended) index.Packets[entry.Info.Id] = entry;
+                        return 0;
+                    });
+                }
+            }
+            return results;
         }
         finally { _writeGate.Release(); }
     }
@@ -205,6 +240,11 @@ public sealed class PacketStore : IDisposable
             if (blocks.Length != BlockCount(info))
                 throw new ArgumentException($"packet {id} needs {BlockCount(info)} blocks, {blocks.Length} given.", nameof(blocks));
             int blockBytes = KvBlockCodec.StoredBytes(layout, info.Storage);
+            bool direct = (layout.Type, info.Storage) is (Core.Memory.DType.F16, KvStorage.F16) or (Core.Memory.DType.F32, KvStorage.F32);
+            var load = PacketLoad.ForThisThread();
+            load.Begin(_reader, pool, info.Storage, direct, blockBytes, blocks.Length, _workers.ThreadCount);
+            Span<ulong> checksums = entry.Pages.Length <= 256 ? stackalloc ulong[entry.Pages.Length] : new ulong[entry.Pages.Length];
+            Span<byte> header = stackalloc byte[RecordHeader.Size];
             int next = 0;
             for (int page = 0; page < entry.Pages.Length; page++)
             {
@@ -212,48 +252,36 @@ public sealed class PacketStore : IDisposable
                 int count = (record.Length - RecordHeader.Size) / blockBytes;
                 if (count < 1 || next + count > blocks.Length || RecordHeader.Size + count * blockBytes != record.Length)
                     throw new CorruptRecordException($"packet {id} page {page}: a {record.Length}-byte record does not hold whole {blockBytes}-byte blocks of this model's KV layout.");
-                LoadPage(entry, page, layout, blocks.Slice(next, count), pool, blockBytes);
+                _reader.Read(record.Address, header);
+                checksums[page] = CheckPageHeader(info, page, record, header, count * blockBytes);
+                for (int b = 0; b < count; b++) load.Set(next + b, record.Address, RecordHeader.Size + b * blockBytes, blocks[next + b]);
                 next += count;
             }
             if (next != blocks.Length) throw new CorruptRecordException($"packet {id}: its pages hold {next} blocks, its manifest promises {blocks.Length}.");
+            try { _workers.Run(load, blocks.Length); }
+            finally { load.End(); }
+            next = 0;
+            for (int page = 0; page < entry.Pages.Length; page++)
+            {
+                int count = (entry.Pages[page].Length - RecordHeader.Size) / blockBytes;
+                var checksum = new PayloadChecksum();
+                for (int b = 0; b < count; b++) checksum.AppendHash(load.Hashes[next + b]);
+                next += count;
+                if (checksum.Value != checksums[page])
+                    throw new CorruptRecordException($"packet {id} page {page} at log address {entry.Pages[page].Address}: payload checksum mismatch (damaged data).");
+            }
         }
         finally { _indexLock.ExitReadLock(); }
     }
 
-    private unsafe void LoadPage(StoredPacket entry, int page, KvCacheLayout layout, ReadOnlySpan<int> blocks, KvBlockPool pool, int blockBytes)
+    /// <summary>Checks a page's header against what the manifest says; returns its payload checksum.</summary>
+    private static ulong CheckPageHeader(PacketInfo info, int page, RecordRef record, ReadOnlySpan<byte> bytes, int payloadLength)
     {
-        var record = entry.Pages[page];
-        var info = entry.Info;
-        byte* header = stackalloc byte[RecordHeader.Size];
-        bool direct = (layout.Type, info.Storage) is (Core.Memory.DType.F16, KvStorage.F16) or (Core.Memory.DType.F32, KvStorage.F32);
-        byte[]? staging = direct ? null : ArrayPool<byte>.Shared.Rent(blocks.Length * blockBytes);
-        try
-        {
-            var vectors = stackalloc SegmentReader.IoVector[direct ? blocks.Length + 1 : 2];
-            vectors[0] = new SegmentReader.IoVector { Base = header, Length = RecordHeader.Size };
-            fixed (byte* stage = staging)
-            {
-                if (direct)
-                    for (int b = 0; b < blocks.Length; b++)
-                        vectors[b + 1] = new SegmentReader.IoVector { Base = pool.Key(blocks[b], 0), Length = (nuint)blockBytes };
-                else
-                    vectors[1] = new SegmentReader.IoVector { Base = stage, Length = (nuint)(blocks.Length * blockBytes) };
-                _reader.ReadVectors(record.Address, vectors, direct ? blocks.Length + 1 : 2);
-            }
-            if (!RecordHeader.TryRead(new ReadOnlySpan<byte>(header, RecordHeader.Size), out var h, out string? error))
-                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: {error}.");
-            if (h.Kind != RecordKind.Page || h.Packet != info.Id || h.PageIndex != page || h.PayloadLength != blocks.Length * blockBytes || h.Storage != info.Storage)
-                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: the record there is {h.Kind} {h.PageIndex} of packet {h.Packet}.");
-            var checksum = new PayloadChecksum();
-            for (int b = 0; b < blocks.Length; b++)
-                checksum.Append(direct ? pool.BlockBytes(blocks[b]) : staging.AsSpan(b * blockBytes, blockBytes));
-            if (checksum.Value != h.PayloadChecksum)
-                throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: payload checksum mismatch (damaged data).");
-            if (!direct)
-                for (int b = 0; b < blocks.Length; b++)
-                    KvBlockCodec.Decode(layout, staging.AsSpan(b * blockBytes, blockBytes), info.Storage, pool.BlockBytes(blocks[b]));
-        }
-        finally { if (staging is not null) ArrayPool<byte>.Shared.Return(staging); }
+        if (!RecordHeader.TryRead(bytes, out var h, out string? error))
+            throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: {error}.");
+        if (h.Kind != RecordKind.Page || h.Packet != info.Id || h.PageIndex != page || h.PayloadLength != payloadLength || h.Storage != info.Storage)
+            throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: the record there is {h.Kind} {h.PageIndex} of packet {h.Packet}.");
+        return h.PayloadChecksum;
     }
 
     /// <summary>Where packet <paramref name="id"/>'s records are (for tests that damage them on purpose).</summary>

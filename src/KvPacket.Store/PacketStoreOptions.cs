@@ -21,6 +21,9 @@ public sealed record PacketStoreOptions
     /// <summary>Refuse writes that would grow the log (live and dead records) beyond this many bytes; null for no limit.</summary>
     public long? CapacityBytes { get; init; }
 
+    /// <summary>Threads that read and check a packet's blocks in parallel (the process-wide pool when null; a busy pool loads on the caller's thread alone).</summary>
+    public KvPacket.Compute.Threading.WorkerPool? Workers { get; init; }
+
     /// <summary>Where damaged records and recovery events are reported.</summary>
     public ILogger Logger { get; init; } = NullLogger.Instance;
 }

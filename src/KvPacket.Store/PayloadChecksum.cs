@@ -12,9 +12,12 @@ internal struct PayloadChecksum
     private ulong _state;
 
     /// <summary>Folds the next chunk in.</summary>
-    public void Append(ReadOnlySpan<byte> chunk)
+    public void Append(ReadOnlySpan<byte> chunk) => AppendHash(XxHash3.HashToUInt64(chunk));
+
+    /// <summary>Folds in the next chunk by its xxHash3 (computed elsewhere, in parallel say).</summary>
+    public void AppendHash(ulong chunkHash)
     {
-        Span<ulong> pair = [_state, XxHash3.HashToUInt64(chunk)];
+        Span<ulong> pair = [_state, chunkHash];
         _state = XxHash3.HashToUInt64(System.Runtime.InteropServices.MemoryMarshal.AsBytes(pair));
     }
 

@@ -31,15 +31,18 @@ internal sealed unsafe partial class SegmentReader : IDisposable
         fixed (byte* pointer = destination)
         {
             var vector = new IoVector { Base = pointer, Length = (nuint)destination.Length };
-            ReadVectors(address, &vector, 1);
+            ReadVectors(address, 0, &vector, 1);
         }
     }
 
-    /// <summary>Reads the record at <paramref name="address"/> into the buffers <paramref name="vectors"/> describes, in order (one <c>preadv</c> when the kernel completes it).</summary>
-    public void ReadVectors(long address, IoVector* vectors, int count)
+    /// <summary>
+    /// Reads the record at <paramref name="address"/>, from byte <paramref name="skip"/> of it on, into the buffers
+    /// <paramref name="vectors"/> describes, in order (one <c>preadv</c> when the kernel completes it).
+    /// </summary>
+    public void ReadVectors(long address, long skip, IoVector* vectors, int count)
     {
         var handle = HandleFor(address);
-        long offset = (address & ((1L << _segmentBits) - 1)) + _prefixBytes;
+        long offset = (address & ((1L << _segmentBits) - 1)) + _prefixBytes + skip;
         int fd = (int)handle.DangerousGetHandle();
         while (count > 0)
         {

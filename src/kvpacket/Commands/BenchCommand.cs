@@ -21,6 +21,7 @@ internal static class BenchCommand
         command.Subcommands.Add(Create("decode", "Decode tokens/s and allocations per token", Decode));
         command.Subcommands.Add(Create("prefill", "Prefill GFLOP/s", Prefill));
         command.Subcommands.Add(CreateTokenize());
+        command.Subcommands.Add(CreateStore());
         command.Subcommands.Add(Create("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode", Rag));
         return command;
     }
@@ -37,6 +38,36 @@ internal static class BenchCommand
             var result = TokenizerBenchmark.Run(TokenizerLoader.Load(path), Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetDirectoryName(Path.GetFullPath(path)) ?? path)), parse.GetValue(repeats));
             result.Print();
             result.Save(parse.GetValue(output)!);
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command CreateStore()
+    {
+        var shape = new Option<string>("--shape") { Description = "Model card whose KV shape the packets have", DefaultValueFactory = _ => "qwen2.5-0.5b" };
+        var tokens = new Option<int>("--packet-tokens") { Description = "Tokens per packet", DefaultValueFactory = _ => 512 };
+        var packets = new Option<int>("--packets") { Description = "Packets loaded per pass", DefaultValueFactory = _ => 64 };
+        var passes = new Option<int>("--passes") { Description = "Load passes (alternating with plain reads); medians reported", DefaultValueFactory = _ => 7 };
+        var recovery = new Option<double>("--recovery-gb") { Description = "Store size for the recovery measurement", DefaultValueFactory = _ => 2.0 };
+        var lookups = new Option<int>("--lookup-packets") { Description = "Packets in the store for the lookup latency", DefaultValueFactory = _ => 100_000 };
+        var directory = new Option<string>("--dir") { Description = "Scratch directory (removed afterwards)", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), $"kvpacket-bench-store-{Environment.ProcessId}") };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("store", "Packet store: ingest, load vs plain reads, recovery, index lookup") { shape, tokens, packets, passes, recovery, lookups, directory, output };
+        command.SetAction(parse =>
+        {
+            string scratch = parse.GetValue(directory)!;
+            try
+            {
+                var result = StoreBenchmark.Run(Core.Model.ModelCard.Find(parse.GetValue(shape)!), scratch, parse.GetValue(tokens), parse.GetValue(packets),
+                    parse.GetValue(passes), (long)(parse.GetValue(recovery) * 1e9), parse.GetValue(lookups));
+                result.Print();
+                result.Save(parse.GetValue(output)!);
+            }
+            finally
+            {
+                if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
+            }
             return 0;
         });
         return command;
