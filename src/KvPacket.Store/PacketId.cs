@@ -12,8 +12,9 @@ namespace KvPacket.Store;
 /// </summary>
 public readonly record struct PacketId(UInt128 Value)
 {
-    /// <summary>The id of <paramref name="tokens"/> encoded by <paramref name="model"/> with <paramref name="adapter"/>.</summary>
-    public static PacketId For(ModelFingerprint model, AdapterRef adapter, ReadOnlySpan<int> tokens)
+    /// <summary>The id of <paramref name="tokens"/> encoded by <paramref name="model"/> with <paramref name="adapter"/>,
+    /// token-pruned to the fraction <paramref name="keep"/> when below 1.</summary>
+    public static PacketId For(ModelFingerprint model, AdapterRef adapter, ReadOnlySpan<int> tokens, double keep = 1.0)
     {
         var hash = new XxHash128();
         Span<byte> prefix = stackalloc byte[28];
@@ -22,6 +23,12 @@ public readonly record struct PacketId(UInt128 Value)
         BinaryPrimitives.WriteInt32LittleEndian(prefix[24..], adapter.Version);
         hash.Append(prefix);
         hash.Append(MemoryMarshal.AsBytes(tokens));
+        if (keep < 1)
+        {
+            Span<byte> fraction = stackalloc byte[8];
+            BinaryPrimitives.WriteDoubleLittleEndian(fraction, keep);
+            hash.Append(fraction);
+        }
         return new PacketId(hash.GetCurrentHashAsUInt128());
     }
 

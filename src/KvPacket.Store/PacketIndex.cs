@@ -12,7 +12,7 @@ namespace KvPacket.Store;
 internal sealed class PacketIndex
 {
     private const uint SnapshotMagic = 0x4950564B; // "KVPI"
-    private const int SnapshotVersion = 1;
+    private const int SnapshotVersion = 2;
 
     public Dictionary<PacketId, StoredPacket> Packets { get; } = new();
     public Dictionary<(string Name, int Version), StoredAdapter> Adapters { get; } = new();
@@ -53,6 +53,7 @@ internal sealed class PacketIndex
                 writer.Write((byte)info.Storage);
                 writer.Write(info.DocumentTokens);
                 writer.Write(info.KvTokens);
+                writer.Write(info.PositionSpan);
                 writer.Write(info.BlockSize);
                 writer.Write(info.StoredBytes);
                 Write(writer, packet.Manifest);
@@ -102,7 +103,7 @@ internal sealed class PacketIndex
             {
                 var info = new PacketInfo(new PacketId(ReadU128(reader)), new ModelFingerprint(ReadU128(reader)),
                     new AdapterRef(reader.ReadString(), reader.ReadInt32()), (KvStorage)reader.ReadByte(),
-                    reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt64());
+                    reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt32(), reader.ReadInt64());
                 var manifest = ReadRef(reader);
                 var pages = new RecordRef[reader.ReadInt32()];
                 for (int p = 0; p < pages.Length; p++) pages[p] = ReadRef(reader);

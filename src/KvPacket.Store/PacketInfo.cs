@@ -8,11 +8,12 @@ namespace KvPacket.Store;
 /// <param name="Adapter">The adapter it was built with.</param>
 /// <param name="Storage">How its KV is stored.</param>
 /// <param name="DocumentTokens">The document's token count.</param>
-/// <param name="KvTokens">KV rows in the packet (the document plus any header/trailer soft tokens).</param>
+/// <param name="KvTokens">KV rows in the packet (the document plus any header/trailer soft tokens, less pruned tokens).</param>
+/// <param name="PositionSpan">Positions the packet spans when placed (more than <paramref name="KvTokens"/> when token-pruned).</param>
 /// <param name="BlockSize">Tokens per KV block it was stored with.</param>
 /// <param name="StoredBytes">Bytes its records take in the log, headers included.</param>
 public readonly record struct PacketInfo(
-    PacketId Id, ModelFingerprint Model, AdapterRef Adapter, KvStorage Storage, int DocumentTokens, int KvTokens, int BlockSize, long StoredBytes);
+    PacketId Id, ModelFingerprint Model, AdapterRef Adapter, KvStorage Storage, int DocumentTokens, int KvTokens, int PositionSpan, int BlockSize, long StoredBytes);
 
 /// <summary>Counts over the whole store.</summary>
 /// <param name="Packets">Live packets.</param>

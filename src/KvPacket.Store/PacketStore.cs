@@ -82,8 +82,8 @@ public sealed class PacketStore : IDisposable
     /// </summary>
     /// <exception cref="StoreFullException">The packet would take the store past its capacity; nothing was written.</exception>
     public async ValueTask<PacketInfo> PutAsync(Packet packet, ModelFingerprint model, ReadOnlyMemory<int> document, AdapterRef adapter,
-        KvStorage storage = KvStorage.F16, CancellationToken cancellation = default) =>
-        (await PutManyAsync([new PacketWrite(packet, model, document, adapter, storage)], cancellation).ConfigureAwait(false))[0];
+        KvStorage storage = KvStorage.F16, double keep = 1.0, CancellationToken cancellation = default) =>
+        (await PutManyAsync([new PacketWrite(packet, model, document, adapter, storage, keep)], cancellation).ConfigureAwait(false))[0];
 
     /// <summary>
     /// Stores several packets with one durable commit (group commit: far fewer synchronous writes than one
@@ -103,7 +103,9 @@ public sealed class PacketStore : IDisposable
                 for (int i = 0; i < packets.Count; i++)
                 {
                     var write = packets[i];
-                    var id = PacketId.For(write.Model, write.Adapter, write.Document.Span);
+                    if (write.Packet.IsPruned != write.Keep < 1)
+                        throw new ArgumentException($"a {(write.Packet.IsPruned ? "token-pruned" : "whole")} packet stored with keep = {write.Keep}.", nameof(packets));
+                    var id = PacketId.For(write.Model, write.Adapter, write.Document.Span, write.Keep);
                     var earlier = appended.FindLast(p => p.Info.Id == id);
                     if (earlier is not null && earlier.Info.Storage == write.Storage) { results[i] = earlier.Info; continue; }
                     if (earlier is null && TryGetEntry(id, out var existing) && existing.Info.Storage == write.Storage) { results[i] = existing.Info; continue; }
@@ -172,9 +174,9 @@ public sealed class PacketStore : IDisposable
             ManifestCodec.Write(payload, adapter.Name, document, pages);
             int manifestLength = RecordHeader.Size + manifestPayload;
             new RecordHeader(RecordKind.Manifest, storage, model, adapter.Hash, adapter.Version, pageCount, id, packet.Length, manifestPayload,
-                PayloadChecksum.Of(payload, int.MaxValue), layout.BlockSize, 0).Write(buffer);
+                PayloadChecksum.Of(payload, int.MaxValue), layout.BlockSize, 0, packet.PositionSpan).Write(buffer);
             var manifest = new RecordRef(_log.Enqueue(buffer.AsSpan(0, manifestLength)), manifestLength);
-            var info = new PacketInfo(id, model, adapter, storage, document.Length, packet.Length, layout.BlockSize, storedBytes + manifestLength);
+            var info = new PacketInfo(id, model, adapter, storage, document.Length, packet.Length, packet.PositionSpan, layout.BlockSize, storedBytes + manifestLength);
             return new StoredPacket(info, manifest, pages);
         }
         finally { ArrayPool<byte>.Shared.Return(buffer); }
@@ -207,7 +209,7 @@ public sealed class PacketStore : IDisposable
         {
             for (; allocated < blocks.Length; allocated++) blocks[allocated] = pool.Allocate();
             LoadInto(id, model, pool, blocks);
-            packet = new Packet(pool, blocks, entry.Info.KvTokens);
+            packet = new Packet(pool, blocks, entry.Info.KvTokens, entry.Info.PositionSpan);
             return true;
         }
         catch
@@ -445,7 +447,7 @@ public sealed class PacketStore : IDisposable
         var payload = record.AsSpan(RecordHeader.Size);
         ManifestCodec.Write(payload, info.Adapter.Name, manifest.Tokens, pages);
         new RecordHeader(RecordKind.Manifest, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, pages.Length, info.Id, info.KvTokens,
-            payloadLength, PayloadChecksum.Of(payload, int.MaxValue), info.BlockSize, 0).Write(record);
+            payloadLength, PayloadChecksum.Of(payload, int.MaxValue), info.BlockSize, 0, info.PositionSpan).Write(record);
         var reference = new RecordRef(_log.Enqueue(record), record.Length);
         long bytes = reference.Length + pages.Sum(p => (long)p.Length);
         return new StoredPacket(info with { StoredBytes = bytes }, reference, pages);

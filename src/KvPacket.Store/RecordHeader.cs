@@ -12,7 +12,7 @@ namespace KvPacket.Store;
 /// 32 i32 adapter version  36 i32 page index (or page count in a manifest)
 /// 40 u128 packet id (adapter records: hash of name and version)
 /// 56 i32 token count      60 i32 payload length    64 u64 payload checksum
-/// 72 i32 block size       76 i32 first token of the page    80 u64 reserved
+/// 72 i32 block size       76 i32 first token of the page    80 i32 position span (manifests)   84 u32 reserved
 /// 88 u64 xxHash3 of bytes 0..88
 /// </code>
 /// The header checksum tells a torn or overwritten header from a valid one before any field is trusted; the payload
@@ -30,7 +30,8 @@ internal readonly record struct RecordHeader(
     int PayloadLength,
     ulong PayloadChecksum,
     int BlockSize,
-    int FirstToken)
+    int FirstToken,
+    int PositionSpan = 0)
 {
     /// <summary>Bytes of a header.</summary>
     public const int Size = 96;
@@ -59,7 +60,8 @@ internal readonly record struct RecordHeader(
         BinaryPrimitives.WriteUInt64LittleEndian(destination[64..], PayloadChecksum);
         BinaryPrimitives.WriteInt32LittleEndian(destination[72..], BlockSize);
         BinaryPrimitives.WriteInt32LittleEndian(destination[76..], FirstToken);
-        BinaryPrimitives.WriteUInt64LittleEndian(destination[80..], 0);
+        BinaryPrimitives.WriteInt32LittleEndian(destination[80..], PositionSpan);
+        BinaryPrimitives.WriteUInt32LittleEndian(destination[84..], 0);
         BinaryPrimitives.WriteUInt64LittleEndian(destination[88..], XxHash3.HashToUInt64(destination[..88]));
     }
 
@@ -84,7 +86,8 @@ internal readonly record struct RecordHeader(
             BinaryPrimitives.ReadInt32LittleEndian(source[60..]),
             BinaryPrimitives.ReadUInt64LittleEndian(source[64..]),
             BinaryPrimitives.ReadInt32LittleEndian(source[72..]),
-            BinaryPrimitives.ReadInt32LittleEndian(source[76..]));
+            BinaryPrimitives.ReadInt32LittleEndian(source[76..]),
+            BinaryPrimitives.ReadInt32LittleEndian(source[80..]));
         if (!Enum.IsDefined(header.Kind)) { error = $"unknown record kind {(byte)header.Kind}"; return false; }
         if (header.PayloadLength < 0) { error = $"negative payload length {header.PayloadLength}"; return false; }
         error = null;

@@ -20,12 +20,16 @@ public sealed class StoredPackets : IPacketSource
     private readonly Lock _gate = new();
     private int _residentBlocks;
 
-    /// <summary>Serves <paramref name="model"/>'s packets from <paramref name="store"/>, storing new ones as <paramref name="storage"/>.</summary>
-    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null)
+    /// <summary>
+    /// Serves <paramref name="model"/>'s packets from <paramref name="store"/>, storing new ones as <paramref name="storage"/>,
+    /// token-pruned to the fraction <paramref name="keep"/> of each document when below 1.
+    /// </summary>
+    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null, double keep = 1.0)
     {
         _model = model;
         _store = store;
         Storage = storage;
+        Keep = keep;
         Fingerprint = ModelFingerprint.Of(model.Model);
         ResidentBlockBudget = residentBlockBudget ?? model.KvPool.BlockCount / 4;
     }
@@ -35,6 +39,9 @@ public sealed class StoredPackets : IPacketSource
 
     /// <summary>How new packets are stored.</summary>
     public KvStorage Storage { get; }
+
+    /// <summary>Fraction of each document's tokens the packets keep (1: no pruning).</summary>
+    public double Keep { get; }
 
     /// <summary>Most KV blocks kept resident (0: every acquire reads the store).</summary>
     public int ResidentBlockBudget { get; }
@@ -52,7 +59,7 @@ public sealed class StoredPackets : IPacketSource
     public long BytesLoaded { get; private set; }
 
     /// <summary>The id <paramref name="document"/> has with <paramref name="adapter"/> under this model.</summary>
-    public PacketId IdOf(ReadOnlySpan<int> document, Adapter? adapter) => PacketId.For(Fingerprint, AdapterRef.Of(adapter), document);
+    public PacketId IdOf(ReadOnlySpan<int> document, Adapter? adapter) => PacketId.For(Fingerprint, AdapterRef.Of(adapter), document, Keep);
 
     /// <inheritdoc />
     public Packet Acquire(ReadOnlySpan<int> document, Adapter? adapter)
@@ -69,14 +76,14 @@ public sealed class StoredPackets : IPacketSource
             }
             if (!TryLoad(id, out var packet))
             {
-                using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default))
-                    _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage).AsTask().GetAwaiter().GetResult();
+                using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
+                    _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
                 Builds++;
                 if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
                 StoreLoads--; // the read-back belongs to the build
             }
             var shared = packet.Share();
-            Keep(id, packet);
+            MakeResident(id, packet);
             return shared;
         }
     }
@@ -90,7 +97,7 @@ public sealed class StoredPackets : IPacketSource
         return true;
     }
 
-    private void Keep(PacketId id, Packet packet)
+    private void MakeResident(PacketId id, Packet packet)
     {
         _resident[id] = _recency.AddFirst((id, packet));
         _residentBlocks += packet.Blocks.Count;

@@ -100,6 +100,34 @@ public class StoredPacketsTests
         Assert.Contains(id.ToString(), wrong.Message);
     }
 
+    [Fact]
+    public void Token_pruned_packets_round_trip_with_their_span_and_a_distinct_id()
+    {
+        using var temp = SharedModels.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request();
+        float[] expected;
+        using (var memory = new BuiltPackets(model, keep: 0.5))
+        using (var engine = new RagEngine(model, memory)) expected = Logits(engine, request, RagMode.Naive);
+        using (var store = PacketStore.Open(temp.Path))
+        using (var packets = new StoredPackets(model, store, keep: 0.5))
+        using (var engine = new RagEngine(model, packets))
+        {
+            Assert.Equal(expected, Logits(engine, request, RagMode.Naive));
+            Assert.NotEqual(packets.IdOf(request.Documents[0], null), PacketId.For(packets.Fingerprint, AdapterRef.None, request.Documents[0]));
+        }
+        using (var store = PacketStore.Open(temp.Path, new PacketStoreOptions { ReadOnly = true }))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0, keep: 0.5))
+        using (var engine = new RagEngine(model, packets))
+        {
+            Assert.All(store.List(), p => Assert.Equal((p.DocumentTokens + 1) / 2, p.KvTokens));
+            Assert.All(store.List(), p => Assert.Equal(p.DocumentTokens, p.PositionSpan));
+            Assert.Equal(expected, Logits(engine, request, RagMode.Naive));
+            Assert.Equal(0, packets.Builds);
+        }
+    }
+
     private static double MeanKl(float[] p, float[] q, int vocab)
     {
         double total = 0;

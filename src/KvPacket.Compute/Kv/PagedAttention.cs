@@ -27,6 +27,8 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     private readonly float _scale;
     private readonly (int First, int Count)[] _queryBlocks;
 
+    private NativeBuffer<float>[]? _mass;  // per worker: attention received by each key position, while accumulating
+    private bool _accumulating;
     private AttentionBatch? _batch;
     private int _layer, _queryBlockCount;
     private float* _q, _out, _cos, _sin;
@@ -51,6 +53,25 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
         for (int i = 0; i < _scores.Length; i++)
             _scores[i] = new NativeBuffer<float>((long)QueryBlock * _group * _maxContext + (long)pool.Layout.BlockSize * _headDim
                                                  + (long)QueryBlock * _group * _headDim + _headDim);
+    }
+
+    /// <summary>
+    /// Starts summing, for every key position, the attention probability it receives (over query heads, queries and
+    /// layers): how much a packet's tokens are used while it is built, which decides what token pruning keeps.
+    /// </summary>
+    public void BeginAttentionMass()
+    {
+        _mass ??= _scores.Select(_ => new NativeBuffer<float>(_maxContext)).ToArray();
+        foreach (var buffer in _mass) buffer.Span.Clear();
+        _accumulating = true;
+    }
+
+    /// <summary>Stops summing and writes the mass of positions [0, destination.Length) into <paramref name="destination"/>.</summary>
+    public void EndAttentionMass(Span<float> destination)
+    {
+        _accumulating = false;
+        destination.Clear();
+        foreach (var buffer in _mass!) System.Numerics.Tensors.TensorPrimitives.Add(destination, buffer.Slice(0, destination.Length), destination);
     }
 
     /// <summary>Writes token t's K and V rows (<c>kv_dim</c> floats each, at k + t·kv_dim) into its block slot for <paramref name="layer"/>.</summary>
@@ -135,10 +156,14 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             int firstPosition = batch.Positions[first];
             int longest = firstPosition + count;   // keys the block's last query sees
             int rotation = int.MinValue;           // offset the queries in `shifted` are rotated for
+            int covered = 0;                       // positions below this have a score or are masked
 
             foreach (var entry in table)
             {
                 if (entry.FirstPosition >= longest) break;
+                // A pruned packet leaves positions no block holds: they get no attention.
+                if (entry.FirstPosition > covered) MaskGap(scores, stride, count, group, covered, entry.FirstPosition);
+                covered = entry.FirstPosition + entry.Count;
                 float* keys = Rows(_pool.Key(entry.Block, _layer), layout.Offset(g, entry.FirstSlot), Math.Min(entry.Count, longest - entry.FirstPosition), rows);
                 if (rotation != entry.RotationOffset) RotateQueries(first, count, g, rotation = entry.RotationOffset, shifted, angles);
                 long queryStride = (long)group * d;
@@ -155,6 +180,17 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             }
             for (int i = 0; i < count; i++)
                 for (int h = 0; h < group; h++) Softmax.Apply(new Span<float>(scores + ((long)i * group + h) * stride, firstPosition + i + 1));
+            if (_accumulating)
+            {
+                var mass = _mass![worker].Pointer;
+                for (int i = 0; i < count; i++)
+                    for (int h = 0; h < group; h++)
+                    {
+                        int length = firstPosition + i + 1;
+                        System.Numerics.Tensors.TensorPrimitives.Add(new ReadOnlySpan<float>(scores + ((long)i * group + h) * stride, length),
+                            new ReadOnlySpan<float>(mass, length), new Span<float>(mass, length));
+                    }
+            }
 
             for (int i = 0; i < count; i++) new Span<float>(_out + (long)(first + i) * _headCount * d + (long)g * group * d, group * d).Clear();
             foreach (var entry in table)
@@ -173,6 +209,13 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
                 }
             }
         }
+    }
+
+    private static void MaskGap(float* scores, long stride, int count, int group, int from, int to)
+    {
+        for (int i = 0; i < count; i++)
+            for (int h = 0; h < group; h++)
+                new Span<float>(scores + ((long)i * group + h) * stride + from, to - from).Fill(float.NegativeInfinity);
     }
 
     /// <summary>
@@ -230,5 +273,6 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     public void Dispose()
     {
         foreach (var buffer in _scores) buffer.Dispose();
+        foreach (var buffer in _mass ?? []) buffer.Dispose();
     }
 }

@@ -11,12 +11,18 @@ public sealed class Packet : IDisposable
 {
     private bool _disposed;
 
-    /// <summary>A packet of <paramref name="length"/> tokens in <paramref name="blocks"/> of <paramref name="pool"/>; it takes over one reference on each block.</summary>
-    public Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length)
+    /// <summary>
+    /// A packet of <paramref name="length"/> tokens in <paramref name="blocks"/> of <paramref name="pool"/>; it takes over
+    /// one reference on each block. A pruned packet keeps fewer tokens than the <paramref name="positionSpan"/> positions
+    /// its document covered (their keys keep their original rotations).
+    /// </summary>
+    public Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length, int? positionSpan = null)
     {
+        if (positionSpan < length) throw new ArgumentOutOfRangeException(nameof(positionSpan), $"A packet of {length} tokens cannot span {positionSpan} positions.");
         Pool = pool;
         Blocks = blocks;
         Length = length;
+        PositionSpan = positionSpan ?? length;
     }
 
     /// <summary>The KV pool the blocks live in (one model's cache).</summary>
@@ -25,15 +31,21 @@ public sealed class Packet : IDisposable
     /// <summary>Block ids in position order; every block but the last is full.</summary>
     public IReadOnlyList<int> Blocks { get; }
 
-    /// <summary>Tokens in the packet.</summary>
+    /// <summary>Tokens (KV rows) in the packet.</summary>
     public int Length { get; }
+
+    /// <summary>Positions the packet occupies when placed: its length, or more for a token-pruned packet.</summary>
+    public int PositionSpan { get; }
+
+    /// <summary>Whether token pruning dropped some of the document's tokens.</summary>
+    public bool IsPruned => PositionSpan != Length;
 
     /// <summary>Another reference to the same blocks (each retained once more), to be disposed on its own.</summary>
     public Packet Share()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         foreach (int block in Blocks) Pool.Retain(block);
-        return new Packet(Pool, Blocks, Length);
+        return new Packet(Pool, Blocks, Length, PositionSpan);
     }
 
     /// <inheritdoc />

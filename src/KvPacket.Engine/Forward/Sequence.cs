@@ -36,13 +36,15 @@ public sealed unsafe class Sequence : IDisposable
     /// <summary>
     /// Places <paramref name="packet"/>'s tokens [<paramref name="skip"/>, packet.Length) at positions [Length, …): shared
     /// blocks, never written, with queries realigned by the placement's offset at attention time. Skipping lets the caller
-    /// recompute the packet's first tokens in context (EPIC) and place only the rest.
+    /// recompute the packet's first tokens in context (EPIC) and place only the rest. A pruned packet still advances the
+    /// sequence by its whole position span; the positions of dropped tokens hold nothing and receive no attention.
     /// </summary>
     public void AppendPacket(Packet packet, int skip = 0)
     {
         if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
         if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
-        int placed = packet.Length - skip;
+        if (skip > 0 && packet.IsPruned) throw new ArgumentException("A token-pruned packet cannot be placed in part (EPIC recomputes a prefix of the whole document).", nameof(skip));
+        int placed = packet.PositionSpan - skip;
         if (Length + placed > MaxLength)
             throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
         int blockSize = _pool.Layout.BlockSize;
@@ -65,6 +67,7 @@ public sealed unsafe class Sequence : IDisposable
     internal void AppendPacketCopy(Packet packet, RotaryEmbedding rope)
     {
         if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
+        if (packet.IsPruned) throw new ArgumentException("CacheBlend recomputes a document's tokens in place and needs every one of them: this packet is token-pruned.", nameof(packet));
         if (Length + packet.Length > MaxLength)
             throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {packet.Length}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
         var layout = _pool.Layout;

@@ -279,18 +279,32 @@ public sealed unsafe class Transformer : IDisposable
     /// <summary>
     /// Computes <paramref name="tokens"/> alone from position 0 (in chunks of the batch size), between optional header
     /// and trailer soft tokens ([n, hidden] embeddings, KV Packet's adapters), and freezes the result as a packet:
-    /// shared, immutable KV blocks any sequence can place with <see cref="Sequence.AppendPacket"/>.
+    /// shared, immutable KV blocks any sequence can place with <see cref="Sequence.AppendPacket"/>. With
+    /// <paramref name="keep"/> below 1 the packet is token-pruned: only that fraction of the document's tokens, those that
+    /// received the most attention (summed over layers, heads and later tokens) while it was built, keep their KV; header
+    /// and trailer tokens are always kept.
     /// </summary>
-    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default)
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0)
     {
         if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
+        if (keep is <= 0 or > 1) throw new ArgumentOutOfRangeException(nameof(keep), $"Keep a fraction in (0, 1] of the tokens, not {keep}.");
         using var sequence = CreateSequence();
         var logits = new float[Config.VocabSize];
+        bool prune = keep < 1;
+        if (prune) _attention.BeginAttentionMass();
         if (!header.IsEmpty) PrefillSoft(sequence, header, logits);
         Prefill(sequence, tokens, logits);
         if (!trailer.IsEmpty) PrefillSoft(sequence, trailer, logits);
         int length = sequence.Length;
-        return new Packet(KvPool, sequence.DetachBlocks(), length);
+        if (!prune) return new Packet(KvPool, sequence.DetachBlocks(), length);
+
+        var mass = new float[length];
+        _attention.EndAttentionMass(mass);
+        int headerCount = header.Length / Config.HiddenSize;
+        var kept = TokenPruning.Select(mass, headerCount, tokens.Length, keep);
+        int[] built = sequence.DetachBlocks();
+        try { return new Packet(KvPool, TokenPruning.Gather(KvPool, built, kept), kept.Length, length); }
+        finally { foreach (int block in built) KvPool.Release(block); }
     }
 
     /// <summary>

@@ -3,8 +3,11 @@ using KvPacket.Engine.Forward;
 
 namespace KvPacket.Engine.Rag;
 
-/// <summary>Builds each (document, adapter) packet once with the model and keeps it in memory for the source's lifetime.</summary>
-public sealed class BuiltPackets(Transformer model) : IPacketSource
+/// <summary>
+/// Builds each (document, adapter) packet once with the model and keeps it in memory for the source's lifetime;
+/// token-pruned to the fraction <paramref name="keep"/> of each document's tokens when below 1.
+/// </summary>
+public sealed class BuiltPackets(Transformer model, double keep = 1.0) : IPacketSource
 {
     private readonly Dictionary<(string Adapter, int Version, string Document), Packet> _packets = new();
 
@@ -13,7 +16,7 @@ public sealed class BuiltPackets(Transformer model) : IPacketSource
     {
         var key = (adapter?.Id ?? "", adapter?.Version ?? 0, Convert.ToBase64String(MemoryMarshal.AsBytes(document)));
         if (!_packets.TryGetValue(key, out var packet))
-            _packets[key] = packet = model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default);
+            _packets[key] = packet = model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, keep);
         return packet.Share();
     }
 
