@@ -9,7 +9,13 @@ namespace KvPacket.Engine.Rag;
 /// <param name="MeanTtftSeconds">Mean time to the first token.</param>
 /// <param name="MeanDocumentFlops">Mean FLOPs spent on documents at query time.</param>
 /// <param name="MeanPacketKvBytes">Mean packet KV bytes used.</param>
-public sealed record ModeScore(RagMode Mode, double MeanKl, double TopOneAgreement, double MeanTtftSeconds, double MeanDocumentFlops, double MeanPacketKvBytes);
+/// <param name="Variant">How the packets were prepared, when not plain (e.g. "int8 pages", "pruned 50%").</param>
+public sealed record ModeScore(RagMode Mode, double MeanKl, double TopOneAgreement, double MeanTtftSeconds, double MeanDocumentFlops, double MeanPacketKvBytes,
+    string Variant = "")
+{
+    /// <summary>The mode, with the variant when there is one.</summary>
+    public string Label => Variant.Length == 0 ? Mode.ToString().ToLowerInvariant() : $"{Mode.ToString().ToLowerInvariant()} ({Variant})";
+}
 
 /// <summary>
 /// Compares every mode with full recompute on the same requests: after each mode's prefill, the same continuation
@@ -18,8 +24,10 @@ public sealed record ModeScore(RagMode Mode, double MeanKl, double TopOneAgreeme
 /// </summary>
 public static class ModeEvaluation
 {
-    /// <summary>Scores <paramref name="modes"/> on <paramref name="requests"/> with <paramref name="continuation"/> tokens each.</summary>
-    public static IReadOnlyList<ModeScore> Run(Transformer model, RagEngine engine, IReadOnlyList<RagRequest> requests, IReadOnlyList<RagMode> modes, int continuation)
+    /// <summary>Scores <paramref name="modes"/> on <paramref name="requests"/> with <paramref name="continuation"/> tokens each,
+    /// labelling them with <paramref name="variant"/> (how the engine's packets were prepared).</summary>
+    public static IReadOnlyList<ModeScore> Run(Transformer model, RagEngine engine, IReadOnlyList<RagRequest> requests, IReadOnlyList<RagMode> modes, int continuation,
+        string variant = "")
     {
         int vocab = model.Config.VocabSize;
         var sums = modes.ToDictionary(m => m, _ => new double[5]); // kl, agree, ttft, flops, bytes
@@ -46,7 +54,7 @@ public static class ModeEvaluation
             }
         }
         return modes.Select(m => new ModeScore(m, sums[m][0] / positions, sums[m][1] / positions, sums[m][2] / requests.Count,
-            sums[m][3] / requests.Count, sums[m][4] / requests.Count)).ToArray();
+            sums[m][3] / requests.Count, sums[m][4] / requests.Count, variant)).ToArray();
     }
 
     /// <summary>Full context's greedy continuation and the logits before each of its tokens (decoded one token per step).</summary>

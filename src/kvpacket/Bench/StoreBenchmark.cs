@@ -148,7 +148,7 @@ internal static class StoreBenchmark
         figures["lookup_store_open_with_snapshot_s"] = TimeOpen(many, lookupPackets);
         Directory.Delete(many, recursive: true);
         Directory.Delete(path, recursive: true);
-        return new BenchResult("store", card.Name, "-", "F16", 1, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+        return new BenchResult("store", card.Name, "kv-f16", "F16", 1, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
     }
 
     private static Packet RandomPacket(KvBlockPool pool, int blocks, int tokens)

@@ -6,6 +6,7 @@ using KvPacket.Engine.Forward;
 using KvPacket.Engine.Generation;
 using KvPacket.Engine.Rag;
 using KvPacket.Engine.Sampling;
+using KvPacket.Store;
 
 namespace KvPacket.Cli.Commands;
 
@@ -52,19 +53,33 @@ internal static class EvalCommand
                 Enumerable.Range(0, docs).Select(_ => Story(docTokens)).ToArray(), Story(8))).ToArray();
 
             int hidden = checkpoint.Config.HiddenSize;
-            using var engine = new RagEngine(transformer) { Adapter = Adapter.Untrained("untrained", hidden, 4, 4, 4), EpicRecomputeTokens = 8 };
-            var scores = ModeEvaluation.Run(transformer, engine, set, Enum.GetValues<RagMode>(), parse.GetValue(continuation));
+            var adapter = Adapter.Untrained("untrained", hidden, 4, 4, 4);
+            int tokens = parse.GetValue(continuation);
+            var scores = new List<ModeScore>();
+            using (var engine = new RagEngine(transformer) { Adapter = adapter, EpicRecomputeTokens = 8 })
+                scores.AddRange(ModeEvaluation.Run(transformer, engine, set, Enum.GetValues<RagMode>(), tokens));
 
-            Console.WriteLine($"{count} requests × {docs} documents × {docTokens} tokens, {parse.GetValue(continuation)} continuation tokens; adapters UNTRAINED (zeros)");
-            Console.WriteLine($"{"mode",-10} {"KL(full‖mode)",14} {"top-1 agree",12} {"TTFT ms",9} {"doc MFLOP",10} {"packet KV kB",13}");
-            foreach (var s in scores)
-                Console.WriteLine($"{s.Mode,-10} {s.MeanKl,14:F4} {s.TopOneAgreement,12:P1} {s.MeanTtftSeconds * 1e3,9:F2} {s.MeanDocumentFlops / 1e6,10:F1} {s.MeanPacketKvBytes / 1e3,13:F1}");
+            // KV compression: the packet modes again, with int8 pages read back from a store, and token-pruned to half.
+            RagMode[] packetModes = [RagMode.Naive, RagMode.KvPacket, RagMode.KvLink];
+            string storePath = Path.Combine(Path.GetTempPath(), $"kvpacket-eval-{Environment.ProcessId}");
+            try
+            {
+                using var store = PacketStore.Open(storePath);
+                using var int8 = new StoredPackets(transformer, store, KvStorage.Int8);
+                using (var engine = new RagEngine(transformer, int8) { Adapter = adapter })
+                    scores.AddRange(ModeEvaluation.Run(transformer, engine, set, packetModes, tokens, "int8 pages"));
+            }
+            finally { if (Directory.Exists(storePath)) Directory.Delete(storePath, recursive: true); }
+            using (var pruned = new BuiltPackets(transformer, keep: 0.5))
+            using (var engine = new RagEngine(transformer, pruned) { Adapter = adapter })
+                scores.AddRange(ModeEvaluation.Run(transformer, engine, set, packetModes, tokens, "pruned to 50%"));
+
+            Console.WriteLine($"{count} requests × {docs} documents × {docTokens} tokens, {tokens} continuation tokens; adapters UNTRAINED (zeros)");
+            ModeTable.Print(scores);
             string path = parse.GetValue(output)!;
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-            File.WriteAllText(path, JsonSerializer.Serialize(new { model = Path.GetFileName(parse.GetValue(model)), adapters = "untrained", scores = scores.Select(s => new
-            {
-                mode = s.Mode.ToString(), kl = s.MeanKl, top1 = s.TopOneAgreement, ttft_s = s.MeanTtftSeconds, document_flops = s.MeanDocumentFlops, packet_kv_bytes = s.MeanPacketKvBytes,
-            }) }, new JsonSerializerOptions { WriteIndented = true }));
+            File.WriteAllText(path, JsonSerializer.Serialize(new { model = Path.GetFileName(parse.GetValue(model)), adapters = "untrained", scores = scores.Select(ModeTable.ToJson) },
+                new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         });
         return command;
