@@ -13,18 +13,37 @@ public sealed class RotaryEmbedding
     private readonly RopeStyle _style;
     private readonly int _headDim;
 
-    /// <summary>Prepares the frequencies for <paramref name="config"/>.</summary>
-    public RotaryEmbedding(ModelConfig config)
+    /// <summary>
+    /// Prepares the frequencies for <paramref name="config"/>, or takes <paramref name="inverseFrequencies"/> (a model
+    /// spec's table, computed by the source generator with the same arithmetic) when given.
+    /// </summary>
+    public RotaryEmbedding(ModelConfig config, ReadOnlySpan<double> inverseFrequencies = default)
     {
         _headDim = config.HeadDim;
         _style = config.RopeStyle;
-        _inverseFrequencies = new double[_headDim / 2];
-        for (int i = 0; i < _inverseFrequencies.Length; i++)
+        if (!inverseFrequencies.IsEmpty)
         {
-            double frequency = Math.Pow(config.RopeTheta, -2.0 * i / _headDim);
-            _inverseFrequencies[i] = config.RopeScaling?.Apply(frequency) ?? frequency;
+            if (inverseFrequencies.Length != _headDim / 2) throw new ArgumentException($"{inverseFrequencies.Length} frequencies for head dim {_headDim}.", nameof(inverseFrequencies));
+            _inverseFrequencies = inverseFrequencies.ToArray();
+            return;
         }
+        _inverseFrequencies = Frequencies(config);
     }
+
+    /// <summary>The inverse frequencies of <paramref name="config"/>, Llama-3 scaling applied, in float64.</summary>
+    public static double[] Frequencies(ModelConfig config)
+    {
+        var result = new double[config.HeadDim / 2];
+        for (int i = 0; i < result.Length; i++)
+        {
+            double frequency = Math.Pow(config.RopeTheta, -2.0 * i / config.HeadDim);
+            result[i] = config.RopeScaling?.Apply(frequency) ?? frequency;
+        }
+        return result;
+    }
+
+    /// <summary>The inverse frequencies in use.</summary>
+    public ReadOnlySpan<double> InverseFrequencies => _inverseFrequencies;
 
     /// <summary>Pairs per head.</summary>
     public int PairCount => _inverseFrequencies.Length;

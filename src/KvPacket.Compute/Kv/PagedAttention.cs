@@ -20,6 +20,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
     public const int QueryBlock = 8;
 
     private readonly KvBlockPool _pool;
+    private readonly HeadKernels _kernels;
     private readonly RotaryEmbedding _rope;
     private readonly WorkerPool _workers;
     private readonly int _headCount, _group, _headDim, _maxContext;
@@ -35,10 +36,13 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
 
     /// <summary>
     /// Creates the kernel for <paramref name="headCount"/> query heads over <paramref name="pool"/>, for steps of at most
-    /// <paramref name="maxTokens"/> tokens; <paramref name="rope"/> realigns queries against packet blocks.
+    /// <paramref name="maxTokens"/> tokens; <paramref name="rope"/> realigns queries against packet blocks;
+    /// <paramref name="kernels"/> are the inner loops (generic for the pool's head dim when null).
     /// </summary>
-    public PagedAttention(KvBlockPool pool, WorkerPool workers, RotaryEmbedding rope, int headCount, int maxContext, int maxTokens)
+    public PagedAttention(KvBlockPool pool, WorkerPool workers, RotaryEmbedding rope, int headCount, int maxContext, int maxTokens, HeadKernels? kernels = null)
     {
+        _kernels = kernels ?? new GenericHeadKernels(pool.Layout.HeadDim);
+        if (_kernels.HeadDim != pool.Layout.HeadDim) throw new ArgumentException($"Head kernels for head dim {_kernels.HeadDim} cannot serve head dim {pool.Layout.HeadDim}.", nameof(kernels));
         _rope = rope;
         _pool = pool;
         _workers = workers;
@@ -174,8 +178,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
                     int visible = Math.Min(entry.Count, firstPosition + i + 1 - entry.FirstPosition);
                     float* q = queries + i * queryStride;
                     float* s = scores + (long)i * group * stride + entry.FirstPosition;
-                    for (int j = 0; j < visible; j++)
-                        for (int h = 0; h < group; h++) s[h * stride + j] = Dot.F32(q + h * d, keys + j * d, d) * _scale;
+                    for (int h = 0; h < group; h++) _kernels.Scores(q + h * d, keys, visible, s + h * stride, _scale);
                 }
             }
             for (int i = 0; i < count; i++)
@@ -202,10 +205,7 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
                     int visible = Math.Min(entry.Count, firstPosition + i + 1 - entry.FirstPosition);
                     float* output = _out + (long)(first + i) * _headCount * d + (long)g * group * d;
                     for (int h = 0; h < group; h++)
-                    {
-                        float* s = scores + ((long)i * group + h) * stride + entry.FirstPosition;
-                        for (int j = 0; j < visible; j++) Axpy(s[j], values + j * d, output + h * d, d);
-                    }
+                        _kernels.Accumulate(scores + ((long)i * group + h) * stride + entry.FirstPosition, values, visible, output + h * d);
                 }
             }
         }
@@ -240,24 +240,6 @@ public sealed unsafe class PagedAttention : IParallelWork, IDisposable
             new ReadOnlySpan<float>(_q + (long)t * _headCount * d + (long)g * _group * d, _group * d).CopyTo(target);
             _rope.Rotate(target, _group, cos, sin);
         }
-    }
-
-    /// <summary>y += a·x over <paramref name="n"/> floats.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, float* y, int n)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-        {
-            var va = Vector512.Create(a);
-            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(va, Vector512.Load(x + i), Vector512.Load(y + i)).Store(y + i);
-        }
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var va = Vector256.Create(a);
-            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(va, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
-        }
-        for (; i < n; i++) y[i] += a * x[i];
     }
 
     /// <summary>The first <paramref name="count"/> rows of one head in a block plane, as f32 (widened into <paramref name="widened"/> for f16).</summary>

@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Specialised;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -42,9 +43,10 @@ public sealed unsafe class Transformer : IDisposable
 
         var layout = KvCacheLayout.For(c, options.KvType, options.KvBlockSize);
         KvPool = new KvBlockPool(layout, (options.KvCacheTokens + layout.BlockSize - 1) / layout.BlockSize);
-        _rope = new RotaryEmbedding(c);
+        Spec = options.SpecialisedKernels ? ModelSpec.For(c) : null;
+        _rope = new RotaryEmbedding(c, Spec is null ? default : Spec.InverseFrequencies);
         _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
-        _attention = new PagedAttention(KvPool, _workers, _rope, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens);
+        _attention = new PagedAttention(KvPool, _workers, _rope, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens, Spec?.HeadKernels);
         _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
         _prefillBatch = new ForwardBatch(options.MaxBatchTokens, 1, c.HiddenSize);
 
@@ -70,6 +72,9 @@ public sealed unsafe class Transformer : IDisposable
 
     /// <summary>The model's config.</summary>
     public ModelConfig Config => _config;
+
+    /// <summary>The model card spec whose generated kernels this instance runs, or null for the generic kernels.</summary>
+    public ModelSpec? Spec { get; }
 
     /// <summary>The options this instance was built with.</summary>
     public TransformerOptions Options { get; }

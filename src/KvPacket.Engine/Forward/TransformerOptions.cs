@@ -18,4 +18,6 @@ public sealed record TransformerOptions
     public int MaxBatchSequences { get; init; } = 64;
     /// <summary>Threads for kernels; 0 means one per processor.</summary>
     public int Threads { get; init; }
+    /// <summary>Use the kernels generated for the model's card when its shape has one (the default), or always the generic ones.</summary>
+    public bool SpecialisedKernels { get; init; } = true;
 }

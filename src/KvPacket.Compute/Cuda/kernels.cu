@@ -1,0 +1,141 @@
+// Kernels shared by every model: the generator (or, for a shape without a card, the runtime) puts the shape's
+// constants in front as #defines: HIDDEN_SIZE INTERMEDIATE_SIZE HEADS KV_HEADS HEAD_DIM GROUP_SIZE ROPE_PAIRS LAYERS
+// BLOCK_TOKENS, and ROPE_INV_FREQ[ROPE_PAIRS] (float64 inverse frequencies, scaling applied).
+// KV pool layout, as on the CPU: a block is, per layer, K then V planes of [KV_HEADS][BLOCK_TOKENS][HEAD_DIM] halves.
+#include <cuda_fp16.h>
+
+#if !defined(HEAD_DIM) || !defined(GROUP_SIZE) || !defined(LAYERS) || !defined(BLOCK_TOKENS)
+#error "kernels.cu needs the model's constants defined first"
+#endif
+
+#define PLANE_ELEMENTS (KV_HEADS * BLOCK_TOKENS * HEAD_DIM)
+#define BLOCK_ELEMENTS (2L * LAYERS * PLANE_ELEMENTS)
+
+// cos/sin of position * inv_freq[i], the angle taken in float64 as on the CPU.
+__device__ __forceinline__ void rope_angle(int position, int i, float* c, float* s)
+{
+    double angle = (double)position * ROPE_INV_FREQ[i];
+    *c = (float)cos(angle);
+    *s = (float)sin(angle);
+}
+
+// Rotates x[token][head][HEAD_DIM] in place by each token's position. interleaved: pairs (2i, 2i+1); else (i, i+half).
+extern "C" __global__ void rope_apply(float* x, const int* positions, int heads, int interleaved)
+{
+    int token = blockIdx.x;
+    for (int p = threadIdx.x; p < heads * ROPE_PAIRS; p += blockDim.x)
+    {
+        int head = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+        float c, s;
+        rope_angle(positions[token], i, &c, &s);
+        float* v = x + ((long)token * heads + head) * HEAD_DIM;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+        float va = v[a], vb = v[b];
+        v[a] = va * c - vb * s;
+        v[b] = va * s + vb * c;
+    }
+}
+
+// One block table entry: block id, first position it holds, token count, rotation offset, first slot.
+struct KvEntry { int block; int first_position; int count; int rotation; int first_slot; };
+
+// Causal GQA attention of each token's GROUP_SIZE query heads of one KV head over its sequence's paged KV.
+// grid (tokens, KV_HEADS), blockDim.x threads; scores: [tokens][HEADS][max_context] scratch.
+// Queries are rotated here, by (position - rotation offset) per entry, so packet blocks need no key rewrite.
+extern "C" __global__ void attention(const float* q, const __half* pool, int layer, const KvEntry* entries,
+    const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
+    float* scores, int max_context, float scale, int interleaved, float* out)
+{
+    __shared__ float rotated[GROUP_SIZE * HEAD_DIM];
+    __shared__ float reduce[32];
+    int token = blockIdx.x, g = blockIdx.y;
+    int sequence = token_sequence[token], position = token_position[token];
+    const KvEntry* table = entries + table_start[sequence];
+    int entries_count = table_length[sequence];
+    const float* query = q + ((long)token * HEADS + g * GROUP_SIZE) * HEAD_DIM;
+    float* row = scores + ((long)token * HEADS + g * GROUP_SIZE) * max_context;
+
+    for (int e = 0; e < entries_count; e++)
+    {
+        KvEntry entry = table[e];
+        if (entry.first_position > position) break;
+        __syncthreads();
+        for (int p = threadIdx.x; p < GROUP_SIZE * ROPE_PAIRS; p += blockDim.x)
+        {
+            int h = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+            float c, s;
+            rope_angle(position - entry.rotation, i, &c, &s);
+            int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+            float va = query[h * HEAD_DIM + a], vb = query[h * HEAD_DIM + b];
+            rotated[h * HEAD_DIM + a] = va * c - vb * s;
+            rotated[h * HEAD_DIM + b] = va * s + vb * c;
+        }
+        __syncthreads();
+        const __half* keys = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
+        int visible = min(entry.count, position + 1 - entry.first_position);
+        for (int p = threadIdx.x; p < visible * GROUP_SIZE; p += blockDim.x)
+        {
+            int j = p / GROUP_SIZE, h = p % GROUP_SIZE;
+            const __half* k = keys + (long)(entry.first_slot + j) * HEAD_DIM;
+            float dot = 0;
+            for (int d = 0; d < HEAD_DIM; d++) dot += rotated[h * HEAD_DIM + d] * __half2float(k[d]);
+            row[(long)h * max_context + entry.first_position + j] = dot * scale;
+        }
+    }
+    __syncthreads();
+
+    // Softmax per head over positions [0, position]; positions no entry holds (pruned packets) are skipped.
+    for (int h = 0; h < GROUP_SIZE; h++)
+    {
+        float* s = row + (long)h * max_context;
+        float local = -INFINITY;
+        for (int e = 0; e < entries_count; e++)
+        {
+            KvEntry entry = table[e];
+            if (entry.first_position > position) break;
+            int visible = min(entry.count, position + 1 - entry.first_position);
+            for (int j = threadIdx.x; j < visible; j += blockDim.x) local = fmaxf(local, s[entry.first_position + j]);
+        }
+        for (int offset = 16; offset > 0; offset /= 2) local = fmaxf(local, __shfl_xor_sync(0xffffffff, local, offset));
+        if ((threadIdx.x & 31) == 0) reduce[threadIdx.x / 32] = local;
+        __syncthreads();
+        float max = -INFINITY;
+        for (int w = 0; w < (blockDim.x + 31) / 32; w++) max = fmaxf(max, reduce[w]);
+        __syncthreads();
+        float sum = 0;
+        for (int e = 0; e < entries_count; e++)
+        {
+            KvEntry entry = table[e];
+            if (entry.first_position > position) break;
+            int visible = min(entry.count, position + 1 - entry.first_position);
+            for (int j = threadIdx.x; j < visible; j += blockDim.x)
+            {
+                float v = expf(s[entry.first_position + j] - max);
+                s[entry.first_position + j] = v;
+                sum += v;
+            }
+        }
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+        if ((threadIdx.x & 31) == 0) reduce[threadIdx.x / 32] = sum;
+        __syncthreads();
+        float total = 0;
+        for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += reduce[w];
+        __syncthreads();
+
+        // out[h][d] = Σ_j p_j · V[j][d] / total
+        for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
+        {
+            float acc = 0;
+            for (int e = 0; e < entries_count; e++)
+            {
+                KvEntry entry = table[e];
+                if (entry.first_position > position) break;
+                const __half* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
+                int visible = min(entry.count, position + 1 - entry.first_position);
+                for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * __half2float(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
+            }
+            out[((long)token * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc / total;
+        }
+        __syncthreads();
+    }
+}
