@@ -25,6 +25,10 @@ public unsafe class AttentionBenchmarks
     [Params(DType.F16, DType.F32)]
     public DType KvType { get; set; }
 
+    /// <summary>Inner loops generated for the qwen2.5-0.5b card (head dim 64), or the generic ones.</summary>
+    [Params(false, true)]
+    public bool Specialised { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
@@ -44,7 +48,8 @@ public unsafe class AttentionBenchmarks
             HiddenSize = Heads * HeadDim, IntermediateSize = 1, LayerCount = 1, HeadCount = Heads, KvHeadCount = KvHeads, HeadDim = HeadDim,
             VocabSize = 1, MaxContextLength = Context + 1, RopeTheta = 1e6,
         };
-        _attention = new PagedAttention(_pool, WorkerPool.Shared, new RotaryEmbedding(config), Heads, Context + 1, maxTokens: 1);
+        var kernels = Specialised ? KvPacket.Compute.Specialised.ModelSpec.All.Single(s => s.Name == "qwen2.5-0.5b").HeadKernels : null;
+        _attention = new PagedAttention(_pool, WorkerPool.Shared, new RotaryEmbedding(config), Heads, Context + 1, maxTokens: 1, kernels);
         _batch = new AttentionBatch(1, 1) { TokenCount = 1 };
         _batch.Positions[0] = Context;
         _batch.Tables[0] = table.Select((block, i) => new KvBlockEntry(block, i * layout.BlockSize, layout.BlockSize, 0, ReadOnly: false)).ToArray();

@@ -11,5 +11,6 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     TokenizeCommand.Create(),
     EvalCommand.Create(),
     StoreCommand.Create(),
+    CudaCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -3,11 +3,25 @@
 // BLOCK_TOKENS, and ROPE_INV_FREQ[ROPE_PAIRS] (float64 inverse frequencies, scaling applied).
 // KV pool layout, as on the CPU: a block is, per layer, K then V planes of [KV_HEADS][BLOCK_TOKENS][HEAD_DIM] halves.
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+// KV elements: f16 unless KV_F32 is defined (the runtime adds it for an f32 cache).
+#ifdef KV_F32
+typedef float kv_t;
+__device__ __forceinline__ float kv_load(kv_t x) { return x; }
+__device__ __forceinline__ kv_t kv_store(float x) { return x; }
+#else
+typedef __half kv_t;
+__device__ __forceinline__ float kv_load(kv_t x) { return __half2float(x); }
+__device__ __forceinline__ kv_t kv_store(float x) { return __float2half_rn(x); }
+#endif
 
 #if !defined(HEAD_DIM) || !defined(GROUP_SIZE) || !defined(LAYERS) || !defined(BLOCK_TOKENS)
 #error "kernels.cu needs the model's constants defined first"
 #endif
 
+// NVRTC has no <math.h>: negative infinity by its bits.
+#define NEG_INF __int_as_float(0xff800000)
 #define PLANE_ELEMENTS (KV_HEADS * BLOCK_TOKENS * HEAD_DIM)
 #define BLOCK_ELEMENTS (2L * LAYERS * PLANE_ELEMENTS)
 
@@ -42,7 +56,7 @@ struct KvEntry { int block; int first_position; int count; int rotation; int fir
 // Causal GQA attention of each token's GROUP_SIZE query heads of one KV head over its sequence's paged KV.
 // grid (tokens, KV_HEADS), blockDim.x threads; scores: [tokens][HEADS][max_context] scratch.
 // Queries are rotated here, by (position - rotation offset) per entry, so packet blocks need no key rewrite.
-extern "C" __global__ void attention(const float* q, const __half* pool, int layer, const KvEntry* entries,
+extern "C" __global__ void attention(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
     const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
     float* scores, int max_context, float scale, int interleaved, float* out)
 {
@@ -71,14 +85,14 @@ extern "C" __global__ void attention(const float* q, const __half* pool, int lay
             rotated[h * HEAD_DIM + b] = va * s + vb * c;
         }
         __syncthreads();
-        const __half* keys = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
+        const kv_t* keys = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
         int visible = min(entry.count, position + 1 - entry.first_position);
         for (int p = threadIdx.x; p < visible * GROUP_SIZE; p += blockDim.x)
         {
             int j = p / GROUP_SIZE, h = p % GROUP_SIZE;
-            const __half* k = keys + (long)(entry.first_slot + j) * HEAD_DIM;
+            const kv_t* k = keys + (long)(entry.first_slot + j) * HEAD_DIM;
             float dot = 0;
-            for (int d = 0; d < HEAD_DIM; d++) dot += rotated[h * HEAD_DIM + d] * __half2float(k[d]);
+            for (int d = 0; d < HEAD_DIM; d++) dot += rotated[h * HEAD_DIM + d] * kv_load(k[d]);
             row[(long)h * max_context + entry.first_position + j] = dot * scale;
         }
     }
@@ -88,7 +102,7 @@ extern "C" __global__ void attention(const float* q, const __half* pool, int lay
     for (int h = 0; h < GROUP_SIZE; h++)
     {
         float* s = row + (long)h * max_context;
-        float local = -INFINITY;
+        float local = NEG_INF;
         for (int e = 0; e < entries_count; e++)
         {
             KvEntry entry = table[e];
@@ -99,7 +113,7 @@ extern "C" __global__ void attention(const float* q, const __half* pool, int lay
         for (int offset = 16; offset > 0; offset /= 2) local = fmaxf(local, __shfl_xor_sync(0xffffffff, local, offset));
         if ((threadIdx.x & 31) == 0) reduce[threadIdx.x / 32] = local;
         __syncthreads();
-        float max = -INFINITY;
+        float max = NEG_INF;
         for (int w = 0; w < (blockDim.x + 31) / 32; w++) max = fmaxf(max, reduce[w]);
         __syncthreads();
         float sum = 0;
@@ -130,12 +144,116 @@ extern "C" __global__ void attention(const float* q, const __half* pool, int lay
             {
                 KvEntry entry = table[e];
                 if (entry.first_position > position) break;
-                const __half* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
+                const kv_t* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
                 int visible = min(entry.count, position + 1 - entry.first_position);
-                for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * __half2float(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
+                for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * kv_load(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
             }
             out[((long)token * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc / total;
         }
         __syncthreads();
     }
+}
+
+// x[token] = table[ids[token]] for f32 tables [vocab][HIDDEN_SIZE].
+extern "C" __global__ void embed(const float* table, const int* ids, float* x)
+{
+    const float* row = table + (long)ids[blockIdx.x] * HIDDEN_SIZE;
+    for (int i = threadIdx.x; i < HIDDEN_SIZE; i += blockDim.x) x[(long)blockIdx.x * HIDDEN_SIZE + i] = row[i];
+}
+
+// out[token] = x[token] / rms(x[token]) * weight, rows of n floats; one block per token.
+extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int n, float epsilon)
+{
+    __shared__ float partial[32];
+    const float* row = x + (long)blockIdx.x * n;
+    float sum = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += row[i] * row[i];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = sum;
+    __syncthreads();
+    float total = 0;
+    for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += partial[w];
+    float scale = rsqrtf(total / n + epsilon);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i] * scale * weight[i];
+}
+
+// Rotates token t's key heads by its position and stores K and V as halves in its block slot of `layer`.
+// k, v: [tokens][KV_HEADS * HEAD_DIM]; blocks/slots: per token.
+extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool, int layer, const int* blocks, const int* slots,
+    const int* positions, int interleaved)
+{
+    int token = blockIdx.x;
+    long base = blocks[token] * BLOCK_ELEMENTS;
+    kv_t* kplane = pool + base + (2L * layer) * PLANE_ELEMENTS;
+    kv_t* vplane = kplane + PLANE_ELEMENTS;
+    for (int p = threadIdx.x; p < KV_HEADS * ROPE_PAIRS; p += blockDim.x)
+    {
+        int g = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+        float c, s;
+        rope_angle(positions[token], i, &c, &s);
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+        const float* src = k + ((long)token * KV_HEADS + g) * HEAD_DIM;
+        kv_t* dst = kplane + ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
+        dst[a] = kv_store(src[a] * c - src[b] * s);
+        dst[b] = kv_store(src[a] * s + src[b] * c);
+    }
+    for (int p = threadIdx.x; p < KV_HEADS * HEAD_DIM; p += blockDim.x)
+    {
+        int g = p / HEAD_DIM, d = p % HEAD_DIM;
+        vplane[((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM + d] = kv_store(v[(long)token * KV_HEADS * HEAD_DIM + p]);
+    }
+}
+
+// gate = silu(gate) * up, n floats.
+extern "C" __global__ void swiglu(float* gate, const float* up, long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// x += y, n floats.
+extern "C" __global__ void add(float* x, const float* y, long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+// x[token][i] += bias[i] for rows of n floats.
+extern "C" __global__ void add_bias(float* x, const float* bias, int n)
+{
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[(long)blockIdx.x * n + i] += bias[i];
+}
+
+// result[token] = argmax of logits[token][0..n) (lowest index on ties); one block per token.
+extern "C" __global__ void argmax(const float* logits, int n, int* result)
+{
+    __shared__ float best_value[32];
+    __shared__ int best_index[32];
+    const float* row = logits + (long)blockIdx.x * n;
+    float value = NEG_INF;
+    int index = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (row[i] > value) { value = row[i]; index = i; }
+    for (int offset = 16; offset > 0; offset /= 2)
+    {
+        float other = __shfl_xor_sync(0xffffffff, value, offset);
+        int other_index = __shfl_xor_sync(0xffffffff, index, offset);
+        if (other > value || (other == value && other_index < index)) { value = other; index = other_index; }
+    }
+    if ((threadIdx.x & 31) == 0) { best_value[threadIdx.x / 32] = value; best_index[threadIdx.x / 32] = index; }
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        for (int w = 1; w < (blockDim.x + 31) / 32; w++)
+            if (best_value[w] > value || (best_value[w] == value && best_index[w] < index)) { value = best_value[w]; index = best_index[w]; }
+        result[blockIdx.x] = index;
+    }
+}
+
+// y = x rounded to bf16, n floats (the activations of a bf16 matrix product).
+extern "C" __global__ void to_bf16(const float* x, __nv_bfloat16* y, long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = __float2bfloat16(x[i]);
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
+#   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
+#   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]
+# .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+case "${1:-}" in
+publish)
+    rm -rf .gpu/publish
+    dotnet publish src/kvpacket -c Release -r linux-x64 --self-contained -o .gpu/publish -p:DebugType=none >/dev/null
+    tar czf .gpu/kvpacket.tar.gz -C .gpu/publish .
+    ls -la .gpu/kvpacket.tar.gz
+    ;;
+run)
+    out="${2:?output directory}"
+    mkdir -p "$out" /tmp/kvpacket-gpu
+    tar xzf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    k=/tmp/kvpacket-gpu/kvpacket
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    status=0
+    if [[ -n "${3:-}" ]]; then
+        "$k" cuda check -m "$3" --weights F32 --kv-type F32 -n 128 | tee -a "$out/check.txt" || status=1
+        "$k" cuda check -m "$3" --weights F32 --kv-type F16 -n 128 | tee -a "$out/check.txt" || status=1
+    fi
+    "$k" cuda check --shape qwen2.5-0.5b --weights F32 --kv-type F32 -n 16 | tee -a "$out/check.txt" || status=1
+    "$k" cuda check --shape qwen2.5-0.5b --weights BF16 --kv-type F16 -n 16 | tee -a "$out/check.txt" || status=1
+    "$k" cuda bench --shape llama-3.2-1b --weights BF16 --out "$out" | tee -a "$out/bench.txt" || status=1
+    python3 benchmarks/gpu/torch_baseline.py models/llama-3.2-1b.json | tee -a "$out/bench.txt" || status=1
+    exit $status
+    ;;
+*)
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,209 @@
+using System.IO.Hashing;
+using System.Text;
+
+namespace KvPacket.Compute.Cuda;
+
+/// <summary>
+/// One GPU: its primary context made current, a stream, a cuBLAS handle on that stream, and modules compiled by
+/// NVRTC for the device's own sm_XX (cached on disk by source hash, architecture and driver version). Every call's
+/// status is checked. Work on one device object must come from one thread at a time.
+/// </summary>
+public sealed unsafe class CudaDevice : IDisposable
+{
+    private readonly int _device;
+    private readonly List<nint> _modules = [];
+    private bool _disposed;
+
+    private CudaDevice(int ordinal)
+    {
+        CudaLibraries.Register();
+        CudaDriver.Check(CudaDriver.cuInit(0), "cuInit");
+        CudaDriver.Check(CudaDriver.cuDeviceGet(out _device, ordinal), "cuDeviceGet");
+        CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out nint context, _device), "cuDevicePrimaryCtxRetain");
+        CudaDriver.Check(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int major, CudaDriver.ComputeCapabilityMajor, _device), "cuDeviceGetAttribute");
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int minor, CudaDriver.ComputeCapabilityMinor, _device), "cuDeviceGetAttribute");
+        Architecture = major * 10 + minor;
+        CudaDriver.Check(CudaDriver.cuDriverGetVersion(out int driver), "cuDriverGetVersion");
+        DriverVersion = driver;
+        byte* name = stackalloc byte[256];
+        CudaDriver.Check(CudaDriver.cuDeviceGetName(name, 256, _device), "cuDeviceGetName");
+        Name = System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)name) ?? "CUDA device";
+        CudaDriver.Check(CudaDriver.cuStreamCreate(out nint stream, 0), "cuStreamCreate");
+        Stream = stream;
+        CuBlas.Check(CuBlas.cublasCreate(out nint blas), "cublasCreate");
+        Blas = blas;
+        CuBlas.Check(CuBlas.cublasSetStream(blas, stream), "cublasSetStream");
+    }
+
+    /// <summary>Opens GPU <paramref name="ordinal"/>.</summary>
+    public static CudaDevice Open(int ordinal = 0) => new(ordinal);
+
+    /// <summary>Whether this machine has a usable CUDA device; <paramref name="reason"/> says why not.</summary>
+    public static bool IsAvailable(out string reason) => CudaLibraries.DeviceAvailable(out reason);
+
+    /// <summary>NVRTC's version, "major.minor".</summary>
+    public static string NvrtcVersion
+    {
+        get
+        {
+            CudaLibraries.Register();
+            return Nvrtc.Version();
+        }
+    }
+
+    /// <summary>The device's name.</summary>
+    public string Name { get; }
+
+    /// <summary>Compute capability as major·10 + minor (90 for an H100).</summary>
+    public int Architecture { get; }
+
+    /// <summary>The driver's CUDA version (13000 for 13.0).</summary>
+    public int DriverVersion { get; }
+
+    /// <summary>The stream all work is queued on.</summary>
+    public nint Stream { get; }
+
+    /// <summary>The cuBLAS handle bound to <see cref="Stream"/>.</summary>
+    internal nint Blas { get; }
+
+    /// <summary>Seconds the last <see cref="LoadModule"/> spent in NVRTC (0 when the module came from the disk cache).</summary>
+    public double LastCompileSeconds { get; private set; }
+
+    /// <summary>
+    /// A module of <paramref name="source"/> compiled for this device: from the on-disk cache when the same source,
+    /// architecture and driver were compiled before, else by NVRTC (and then cached).
+    /// </summary>
+    public CudaModule LoadModule(string source, string name)
+    {
+        string key = Convert.ToHexString(XxHash128.Hash(Encoding.UTF8.GetBytes($"{source}\n//sm_{Architecture} driver {DriverVersion}"))).ToLowerInvariant();
+        string directory = Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "kvpacket", "cuda");
+        string path = Path.Combine(directory, $"{name}-sm{Architecture}-{key}.cubin");
+        byte[] cubin;
+        LastCompileSeconds = 0;
+        if (File.Exists(path)) cubin = File.ReadAllBytes(path);
+        else
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            cubin = Nvrtc.CompileToCubin(source, name + ".cu", Architecture, ["-I/usr/local/cuda/include"]);
+            LastCompileSeconds = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+            Directory.CreateDirectory(directory);
+            File.WriteAllBytes(path + ".tmp", cubin);
+            File.Move(path + ".tmp", path, overwrite: true);
+        }
+        nint module;
+        fixed (byte* image = cubin) CudaDriver.Check(CudaDriver.cuModuleLoadData(out module, image), "cuModuleLoadData");
+        _modules.Add(module);
+        return new CudaModule(this, module);
+    }
+
+    /// <summary>Allocates <paramref name="bytes"/> of device memory.</summary>
+    public DeviceBuffer Allocate(long bytes)
+    {
+        CudaDriver.Check(CudaDriver.cuMemAlloc(out ulong pointer, (nuint)Math.Max(bytes, 4)), "cuMemAlloc");
+        return new DeviceBuffer(pointer, bytes);
+    }
+
+    /// <summary>Copies host memory to the device (queued on the stream; the source must stay valid until it runs).</summary>
+    public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offsetBytes = 0) where T : unmanaged
+    {
+        fixed (T* pointer = source)
+            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(destination.Pointer + (ulong)offsetBytes, pointer, (nuint)(source.Length * sizeof(T)), Stream), "cuMemcpyHtoDAsync");
+        Synchronize(); // spans may be stack or pooled memory: finish before returning
+    }
+
+    /// <summary>Copies device memory to the host and waits for it.</summary>
+    public void Download<T>(DeviceBuffer source, Span<T> destination, long offsetBytes = 0) where T : unmanaged
+    {
+        fixed (T* pointer = destination)
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, source.Pointer + (ulong)offsetBytes, (nuint)(destination.Length * sizeof(T)), Stream), "cuMemcpyDtoHAsync");
+        Synchronize();
+    }
+
+    /// <summary>Fills <paramref name="buffer"/> with the 32-bit pattern <paramref name="value"/> (to poison outputs before a check).</summary>
+    public void Fill(DeviceBuffer buffer, uint value) =>
+        CudaDriver.Check(CudaDriver.cuMemsetD32Async(buffer.Pointer, value, (nuint)(buffer.Bytes / 4), Stream), "cuMemsetD32Async");
+
+    /// <summary>Waits for everything queued on the stream.</summary>
+    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+
+    /// <summary>Runs <paramref name="work"/> <paramref name="repeats"/> times between CUDA events and returns each run's milliseconds.</summary>
+    public double[] Time(Action work, int repeats)
+    {
+        CudaDriver.Check(CudaDriver.cuEventCreate(out nint start, 0), "cuEventCreate");
+        CudaDriver.Check(CudaDriver.cuEventCreate(out nint end, 0), "cuEventCreate");
+        try
+        {
+            var times = new double[repeats];
+            for (int r = 0; r < repeats; r++)
+            {
+                CudaDriver.Check(CudaDriver.cuEventRecord(start, Stream), "cuEventRecord");
+                work();
+                CudaDriver.Check(CudaDriver.cuEventRecord(end, Stream), "cuEventRecord");
+                CudaDriver.Check(CudaDriver.cuEventSynchronize(end), "cuEventSynchronize");
+                CudaDriver.Check(CudaDriver.cuEventElapsedTime(out float ms, start, end), "cuEventElapsedTime");
+                times[r] = ms;
+            }
+            return times;
+        }
+        finally
+        {
+            CudaDriver.cuEventDestroy(start);
+            CudaDriver.cuEventDestroy(end);
+        }
+    }
+
+    /// <summary>
+    /// output[t, rows] = input[t, columns] · weight[rows, columns]ᵀ (row-major), with weight and input both F32 or both
+    /// BF16, the output F32 and the accumulation F32 (cuBLAS GemmEx; no TF32).
+    /// </summary>
+    public void MatMul(DeviceBuffer weight, DeviceBuffer input, Core.Memory.DType type, int rows, int columns, int tokens, DeviceBuffer output)
+    {
+        int dataType = type switch
+        {
+            Core.Memory.DType.F32 => CuBlas.R32F,
+            Core.Memory.DType.BF16 => CuBlas.R16BF,
+            Core.Memory.DType.F16 => CuBlas.R16F,
+            _ => throw new ArgumentException($"cuBLAS operands must be F32, BF16 or F16, not {type}.", nameof(type)),
+        };
+        float alpha = 1, beta = 0;
+        // Column-major view: W is [columns × rows] (so op T), x is [columns × tokens], y is [rows × tokens].
+        CuBlas.Check(CuBlas.cublasGemmEx(Blas, CuBlas.OpT, CuBlas.OpN, rows, tokens, columns, &alpha, weight.Pointer, dataType, columns,
+            input.Pointer, dataType, columns, &beta, output.Pointer, CuBlas.R32F, rows, CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmEx");
+    }
+
+    /// <summary>Copies <paramref name="bytes"/> device to device (for the bandwidth roofline).</summary>
+    public void Copy(DeviceBuffer source, DeviceBuffer destination, long bytes) =>
+        CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(destination.Pointer, source.Pointer, (nuint)bytes, Stream), "cuMemcpyDtoDAsync");
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var module in _modules) CudaDriver.cuModuleUnload(module);
+        CuBlas.cublasDestroy(Blas);
+        CudaDriver.cuStreamDestroy(Stream);
+        CudaDriver.cuDevicePrimaryCtxRelease(_device);
+    }
+}
+
+/// <summary>A device allocation; dispose to free it.</summary>
+public sealed class DeviceBuffer(ulong pointer, long bytes) : IDisposable
+{
+    /// <summary>The device address.</summary>
+    public ulong Pointer { get; private set; } = pointer;
+
+    /// <summary>Its size in bytes.</summary>
+    public long Bytes { get; } = bytes;
+
+    /// <summary>The address <paramref name="offsetBytes"/> in.</summary>
+    public ulong At(long offsetBytes) => Pointer + (ulong)offsetBytes;
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (Pointer != 0) CudaDriver.cuMemFree(Pointer);
+        Pointer = 0;
+    }
+}

@@ -1,0 +1,66 @@
+using KvPacket.Compute.Cuda;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Numerics;
+using KvPacket.Engine.Forward;
+
+namespace KvPacket.Engine.Cuda;
+
+/// <summary>What <see cref="CudaParity.Run"/> measured: the worst logit differences and whether greedy tokens agreed.</summary>
+/// <param name="Steps">Decode steps compared.</param>
+/// <param name="MaxAbsDifference">Largest |GPU − CPU| logit over the prompt's last position and every step.</param>
+/// <param name="MaxRelativeDifference">Largest ‖GPU − CPU‖ / ‖CPU‖ over the same rows.</param>
+/// <param name="FirstDivergentStep">The first step whose greedy token differs (−1: none).</param>
+/// <param name="UnwrittenLogits">Logits still holding the poison value after a step (must be 0).</param>
+/// <param name="Kernels">"specialised (card)" or "generic".</param>
+public sealed record CudaParityResult(int Steps, double MaxAbsDifference, double MaxRelativeDifference, int FirstDivergentStep, int UnwrittenLogits, string Kernels);
+
+/// <summary>
+/// Runs the same prompt and greedy continuation on the CPU transformer and on the GPU, poisoning the GPU logits before
+/// every step, and compares every step's logits and token. Used by the CUDA tests and by <c>kvpacket cuda check</c>.
+/// </summary>
+public static class CudaParity
+{
+    /// <summary>Compares <paramref name="steps"/> greedy steps after a <paramref name="promptTokens"/>-token seeded prompt.</summary>
+    public static CudaParityResult Run(Checkpoint model, CudaDevice device, DType weights, DType kv, int promptTokens, int steps, bool specialised)
+    {
+        int vocab = model.Config.VocabSize;
+        var random = new SeededRandom(77);
+        int[] prompt = [model.Config.BosTokenId ?? 1, .. random.NextTokens(promptTokens - 1, 0, vocab)];
+        using var cpu = new Transformer(model, new TransformerOptions { KvType = kv, KvCacheTokens = promptTokens + steps + 16, MaxBatchTokens = 256, SpecialisedKernels = specialised });
+        using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 256, kvTokens: promptTokens + steps + 16, specialised);
+        using var sequence = cpu.CreateSequence();
+        var expected = new float[vocab];
+        var actual = new float[vocab];
+        cpu.Prefill(sequence, prompt, expected);
+        gpu.Prefill(prompt);
+        double maxAbs = 0, maxRelative = 0;
+        int divergent = -1, unwritten = 0;
+        Span<int> gpuToken = stackalloc int[1];
+        for (int step = 0; step <= steps; step++)
+        {
+            device.Download<float>(GpuLogits(gpu), actual);
+            unwritten += actual.Count(float.IsNaN);
+            double norm = 0, difference = 0;
+            for (int i = 0; i < vocab; i++)
+            {
+                double d = Math.Abs((double)actual[i] - expected[i]);
+                maxAbs = Math.Max(maxAbs, d);
+                difference += d * d;
+                norm += (double)expected[i] * expected[i];
+            }
+            maxRelative = Math.Max(maxRelative, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+            if (step == steps) break;
+            int cpuToken = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(expected);
+            gpu.NextToken(gpuToken);
+            if (gpuToken[0] != cpuToken && divergent < 0) divergent = step;
+            // Both continue with the CPU's token, so later steps still compare the same context.
+            device.Fill(GpuLogits(gpu), 0x7fc00000); // NaN: any logit the next step fails to write shows up
+            gpu.Step([cpuToken]);
+            cpu.Prefill(sequence, [cpuToken], expected);
+        }
+        return new CudaParityResult(steps, maxAbs, maxRelative, divergent, unwritten, gpu.Spec is null ? "generic" : $"specialised ({gpu.Spec.Name})");
+    }
+
+    private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;
+}

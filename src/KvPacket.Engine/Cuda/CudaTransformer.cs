@@ -1,0 +1,310 @@
+using System.Runtime.InteropServices;
+using KvPacket.Compute.Cuda;
+using KvPacket.Compute.Specialised;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Engine.Cuda;
+
+/// <summary>
+/// The transformer forward pass on one GPU: weights, activations and the paged KV cache all in device memory; the
+/// projections through cuBLAS (f32, or bf16 operands with f32 accumulation), everything else through the kernels of
+/// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A greedy step returns
+/// only the chosen token to the host. One sequence, grown by <see cref="Prefill"/> and <see cref="DecodeGreedy"/>.
+/// </summary>
+public sealed unsafe class CudaTransformer : IDisposable
+{
+    private const int Threads = 128;
+    private const int BlockTokens = 16;
+
+    private readonly CudaDevice _device;
+    private readonly CudaModule _module;
+    private readonly ModelConfig _config;
+    private readonly DType _weightType;
+    private readonly List<DeviceBuffer> _owned = [];
+    private readonly Weight _embedding, _classifier;
+    private readonly DeviceBuffer _finalNorm;
+    private readonly LayerOnDevice[] _layers;
+    private readonly DeviceBuffer _pool, _x, _xb, _q, _k, _v, _att, _gate, _up, _logits, _scores, _half;
+    private readonly DeviceBuffer _ids, _positions, _blocks, _slots, _sequence, _entries, _tableStart, _tableLength, _argmax;
+    private readonly int _maxTokens, _maxContext, _blockCount;
+    private readonly int _interleaved;
+    private readonly List<DeviceEntry> _table = [];
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attention, _swiglu, _add, _addBias, _argmaxKernel, _toBf16;
+    private int _length;
+
+    /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private record struct DeviceEntry(int Block, int FirstPosition, int Count, int Rotation, int FirstSlot);
+
+    private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
+
+    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight Query, Weight Key, Weight Value, Weight Output,
+        Weight Gate, Weight Up, Weight Down, DeviceBuffer? QueryBias, DeviceBuffer? KeyBias, DeviceBuffer? ValueBias);
+
+    /// <summary>
+    /// Uploads <paramref name="model"/> to <paramref name="device"/> with matrices as <paramref name="weightType"/> (F32 or BF16),
+    /// for steps of up to <paramref name="maxTokens"/> tokens and a KV cache of <paramref name="kvTokens"/> tokens
+    /// in <paramref name="kvType"/> (F16 or F32).
+    /// </summary>
+    public CudaTransformer(Checkpoint model, CudaDevice device, DType weightType = DType.F32, DType kvType = DType.F16, int maxTokens = 512, int kvTokens = 4096, bool specialised = true)
+    {
+        if (weightType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"GPU weights must be F32 or BF16, not {weightType}.", nameof(weightType));
+        if (kvType is not (DType.F32 or DType.F16)) throw new ArgumentException($"GPU KV must be F16 or F32, not {kvType}.", nameof(kvType));
+        _device = device;
+        _config = model.Config;
+        _weightType = weightType;
+        _maxTokens = maxTokens;
+        _maxContext = Math.Min(kvTokens, _config.MaxContextLength);
+        _interleaved = _config.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
+        var c = _config;
+
+        Spec = specialised ? ModelSpec.For(c) : null;
+        string source = Spec?.CudaSource ?? ModelSpec.GenericCudaSource(c, BlockTokens);
+        if (kvType == DType.F32) source = "#define KV_F32\n" + source;
+        _module = device.LoadModule(source, Spec is null ? "generic" : Spec.Name.Replace('.', '_'));
+        CompileSeconds = device.LastCompileSeconds;
+        _embed = _module.Function("embed");
+        _rmsNorm = _module.Function("rms_norm");
+        _kvAppend = _module.Function("kv_append");
+        _attention = _module.Function("attention");
+        _swiglu = _module.Function("swiglu");
+        _add = _module.Function("add");
+        _addBias = _module.Function("add_bias");
+        _argmaxKernel = _module.Function("argmax");
+        _toBf16 = _module.Function("to_bf16");
+
+        _embedding = Upload(model.TokenEmbedding, DType.F32);
+        _classifier = Upload(model.Classifier, weightType);
+        _finalNorm = UploadVector(model.FinalNorm)!;
+        _layers = model.Layers.Select(l => new LayerOnDevice(UploadVector(l.AttentionNorm)!, UploadVector(l.FfnNorm)!,
+            Upload(l.Query, weightType), Upload(l.Key, weightType), Upload(l.Value, weightType), Upload(l.Output, weightType),
+            Upload(l.Gate, weightType), Upload(l.Up, weightType), Upload(l.Down, weightType),
+            UploadVector(l.QueryBias), UploadVector(l.KeyBias), UploadVector(l.ValueBias))).ToArray();
+
+        _blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
+        long blockElements = 2L * c.LayerCount * c.KvHeadCount * BlockTokens * c.HeadDim;
+        _pool = Own(device.Allocate(_blockCount * blockElements * (kvType == DType.F32 ? 4 : 2)));
+        int t = maxTokens;
+        int wide = Math.Max(c.HiddenSize, c.QueryDim);
+        _x = Own(device.Allocate(4L * t * c.HiddenSize));
+        _xb = Own(device.Allocate(4L * t * wide));
+        _q = Own(device.Allocate(4L * t * c.QueryDim));
+        _k = Own(device.Allocate(4L * t * c.KvDim));
+        _v = Own(device.Allocate(4L * t * c.KvDim));
+        _att = Own(device.Allocate(4L * t * c.QueryDim));
+        _gate = Own(device.Allocate(4L * t * c.IntermediateSize));
+        _up = Own(device.Allocate(4L * t * c.IntermediateSize));
+        _logits = Own(device.Allocate(4L * c.VocabSize));
+        _scores = Own(device.Allocate(4L * t * c.HeadCount * _maxContext));
+        _half = Own(device.Allocate(2L * t * Math.Max(wide, c.IntermediateSize)));
+        _ids = Own(device.Allocate(4L * t));
+        _positions = Own(device.Allocate(4L * t));
+        _blocks = Own(device.Allocate(4L * t));
+        _slots = Own(device.Allocate(4L * t));
+        _sequence = Own(device.Allocate(4L * t));
+        _entries = Own(device.Allocate(20L * _blockCount));
+        _tableStart = Own(device.Allocate(4));
+        _tableLength = Own(device.Allocate(4));
+        _argmax = Own(device.Allocate(4));
+        device.Upload<int>(new int[t], _sequence);
+        device.Upload<int>([0], _tableStart);
+        device.Synchronize();
+    }
+
+    /// <summary>The model card spec whose CUDA source is running, or null for the generic source.</summary>
+    public ModelSpec? Spec { get; }
+
+    /// <summary>Seconds NVRTC took to compile the kernels (0 when they came from the on-disk cache).</summary>
+    public double CompileSeconds { get; }
+
+    /// <summary>Tokens in the sequence.</summary>
+    public int Length => _length;
+
+    /// <summary>The device buffer holding the last token's logits.</summary>
+    public DeviceBuffer LogitsBuffer => _logits;
+
+    /// <summary>Device memory held, in bytes.</summary>
+    public long DeviceBytes => _owned.Sum(b => b.Bytes);
+
+    /// <summary>Empties the sequence (its KV blocks are reused).</summary>
+    public void Reset()
+    {
+        _length = 0;
+        _table.Clear();
+    }
+
+    /// <summary>Appends <paramref name="tokens"/> and writes the last token's logits into <paramref name="logits"/> (vocab floats) when given.</summary>
+    public void Prefill(ReadOnlySpan<int> tokens, Span<float> logits = default)
+    {
+        for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
+            Step(tokens.Slice(offset, Math.Min(_maxTokens, tokens.Length - offset)));
+        if (!logits.IsEmpty) _device.Download(_logits, logits[.._config.VocabSize]);
+    }
+
+    /// <summary>Greedy decoding: appends the argmax of the last logits, <paramref name="count"/> times; returns the tokens.</summary>
+    public int[] DecodeGreedy(int count)
+    {
+        var tokens = new int[count];
+        Span<int> next = stackalloc int[1];
+        for (int i = 0; i < count; i++)
+        {
+            NextToken(next);
+            tokens[i] = next[0];
+            if (i + 1 < count) Step(next);
+        }
+        return tokens;
+    }
+
+    /// <summary>The argmax of the current last-token logits, computed on the device.</summary>
+    public void NextToken(Span<int> token)
+    {
+        var module = _module;
+        ulong logits = _logits.Pointer, result = _argmax.Pointer;
+        int vocab = _config.VocabSize;
+        module.Launch(_argmaxKernel, (1, 1), 1024, (nint)(&logits), (nint)(&vocab), (nint)(&result));
+        _device.Download(_argmax, token[..1]);
+    }
+
+    /// <summary>One forward step over <paramref name="tokens"/> (at most the step size) appended to the sequence; the last token's logits stay on the device.</summary>
+    public void Step(ReadOnlySpan<int> tokens)
+    {
+        var c = _config;
+        int n = tokens.Length;
+        if (n > _maxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens.");
+        if (_length + n > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"The sequence would exceed the GPU cache's {_maxContext} tokens.");
+        Span<int> positions = stackalloc int[n];
+        Span<int> blocks = stackalloc int[n];
+        Span<int> slots = stackalloc int[n];
+        for (int t = 0; t < n; t++)
+        {
+            int position = _length + t;
+            positions[t] = position;
+            int block = position / BlockTokens;
+            if (block == _table.Count) _table.Add(new DeviceEntry(block, block * BlockTokens, 0, 0, 0));
+            _table[block] = _table[block] with { Count = position % BlockTokens + 1 };
+            blocks[t] = block;
+            slots[t] = position % BlockTokens;
+        }
+        _device.Upload(tokens, _ids);
+        _device.Upload<int>(positions, _positions);
+        _device.Upload<int>(blocks, _blocks);
+        _device.Upload<int>(slots, _slots);
+        var table = CollectionsMarshal.AsSpan(_table);
+        _device.Upload<int>(MemoryMarshal.Cast<DeviceEntry, int>(table), _entries);
+        _device.Upload<int>([_table.Count], _tableLength);
+
+        var m = _module;
+        ulong x = _x.Pointer, xb = _xb.Pointer, ids = _ids.Pointer, embedding = _embedding.Buffer.Pointer;
+        m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
+        float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
+        int hidden = c.HiddenSize;
+        for (int layer = 0; layer < _layers.Length; layer++)
+        {
+            var w = _layers[layer];
+            ulong norm = w.AttentionNorm.Pointer;
+            m.Launch(_rmsNorm, ((uint)n, 1), 256, (nint)(&x), (nint)(&norm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
+            Project(_xb, n, w.Query, _q, w.QueryBias);
+            Project(_xb, n, w.Key, _k, w.KeyBias);
+            Project(_xb, n, w.Value, _v, w.ValueBias);
+            ulong k = _k.Pointer, v = _v.Pointer, pool = _pool.Pointer, blocksPointer = _blocks.Pointer, slotsPointer = _slots.Pointer, positionsPointer = _positions.Pointer;
+            int interleaved = _interleaved, layerIndex = layer;
+            m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
+            ulong q = _q.Pointer, entries = _entries.Pointer, start = _tableStart.Pointer, length = _tableLength.Pointer, sequence = _sequence.Pointer, scores = _scores.Pointer, att = _att.Pointer;
+            int maxContext = _maxContext;
+            m.Launch(_attention, ((uint)n, (uint)c.KvHeadCount), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&start), (nint)(&length),
+                (nint)(&sequence), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
+            Project(_att, n, w.Output, _xb, null);
+            Add(_x, _xb, (long)n * hidden);
+            norm = w.FfnNorm.Pointer;
+            m.Launch(_rmsNorm, ((uint)n, 1), 256, (nint)(&x), (nint)(&norm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
+            Project(_xb, n, w.Gate, _gate, null);
+            Project(_xb, n, w.Up, _up, null);
+            ulong gate = _gate.Pointer, up = _up.Pointer;
+            long count = (long)n * c.IntermediateSize;
+            m.Launch(_swiglu, (Blocks(count), 1), 256, (nint)(&gate), (nint)(&up), (nint)(&count));
+            Project(_gate, n, w.Down, _xb, null);
+            Add(_x, _xb, (long)n * hidden);
+        }
+        // Only the last token's logits are needed: normalise and classify that row alone.
+        ulong last = _x.At(4L * (n - 1) * hidden), finalNorm = _finalNorm.Pointer;
+        m.Launch(_rmsNorm, (1, 1), 256, (nint)(&last), (nint)(&finalNorm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
+        Project(_xb, 1, _classifier, _logits, null);
+        _length += n;
+    }
+
+    private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);
+
+    private void Add(DeviceBuffer x, DeviceBuffer y, long count)
+    {
+        ulong a = x.Pointer, b = y.Pointer;
+        _module.Launch(_add, (Blocks(count), 1), 256, (nint)(&a), (nint)(&b), (nint)(&count));
+    }
+
+    /// <summary>output[t, out] = input[t, in] · W[out, in]ᵀ (+ bias), f32 activations in and out.</summary>
+    private void Project(DeviceBuffer input, int tokens, Weight weight, DeviceBuffer output, DeviceBuffer? bias)
+    {
+        var operand = input;
+        if (weight.Type == DType.BF16)
+        {
+            long count = (long)tokens * weight.Columns;
+            ulong b = input.Pointer, half = _half.Pointer;
+            _module.Launch(_toBf16, (Blocks(count), 1), 256, (nint)(&b), (nint)(&half), (nint)(&count));
+            operand = _half;
+        }
+        _device.MatMul(weight.Buffer, operand, weight.Type, weight.Rows, weight.Columns, tokens, output);
+        if (bias is not null)
+        {
+            ulong y = output.Pointer, bp = bias.Pointer;
+            int width = weight.Rows;
+            _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
+        }
+    }
+
+    private DeviceBuffer Own(DeviceBuffer buffer)
+    {
+        _owned.Add(buffer);
+        return buffer;
+    }
+
+    private Weight Upload(in WeightTensor tensor, DType type)
+    {
+        int elementBytes = type == DType.F32 ? 4 : 2;
+        var buffer = Own(_device.Allocate(tensor.ElementCount * elementBytes));
+        // In chunks of about 16 MB of f32 rows: host memory stays small for large matrices.
+        int chunk = Math.Max(1, (1 << 22) / tensor.Columns);
+        var rows = new float[(long)chunk * tensor.Columns];
+        var converted = new ushort[rows.Length];
+        for (int r = 0; r < tensor.Rows; r += chunk)
+        {
+            int count = Math.Min(chunk, tensor.Rows - r);
+            var values = rows.AsSpan(0, count * tensor.Columns);
+            tensor.ReadRows(r, count, values);
+            long offset = (long)r * tensor.Columns * elementBytes;
+            if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
+            else
+            {
+                ElementConversion.SingleToBF16(values, converted.AsSpan(0, values.Length));
+                _device.Upload<ushort>(converted.AsSpan(0, values.Length), buffer, offset);
+            }
+        }
+        return new Weight(buffer, tensor.Rows, tensor.Columns, type);
+    }
+
+    private DeviceBuffer? UploadVector(in WeightTensor tensor)
+    {
+        if (!tensor.IsPresent) return null;
+        var values = new float[tensor.ElementCount];
+        tensor.ReadRows(0, tensor.Rows, values);
+        var buffer = Own(_device.Allocate(values.Length * 4L));
+        _device.Upload<float>(values, buffer);
+        return buffer;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var buffer in _owned) buffer.Dispose();
+        _owned.Clear();
+    }
+}

@@ -1,0 +1,137 @@
+using System.CommandLine;
+using System.Diagnostics;
+using KvPacket.Cli.Bench;
+using KvPacket.Compute.Cuda;
+using KvPacket.Core.Memory;
+using KvPacket.Engine.Cuda;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket cuda check|bench</c>: the CUDA backend on this machine's GPU. <c>check</c> compares it with the CPU
+/// (logits and greedy tokens, outputs poisoned before every step) with the model card's kernels and with the generic
+/// ones; <c>bench</c> times decode and prefill with CUDA events after warm-up against the measured copy bandwidth.
+/// </summary>
+internal static class CudaCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("cuda", "Check and benchmark the CUDA backend (needs an NVIDIA GPU and the CUDA libraries)");
+        command.Subcommands.Add(Check());
+        command.Subcommands.Add(BenchCommand());
+        return command;
+    }
+
+    private static Command Check()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.F32 };
+        var kv = CommonOptions.KvType();
+        var steps = new Option<int>("-n", "--steps") { Description = "Greedy steps compared", DefaultValueFactory = _ => 128 };
+        var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => 32 };
+        var tolerance = new Option<double>("--tolerance") { Description = "Largest max-abs (F32) or relative (BF16) logit difference accepted", DefaultValueFactory = _ => -1 };
+        var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels") { model, shape, weights, kv, steps, prompt, tolerance };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights) == DType.BF16 ? DType.BF16 : DType.F32);
+            using (checkpoint)
+            using (var device = CudaDevice.Open())
+            {
+                Console.WriteLine($"{device.Name} (sm_{device.Architecture}, driver {device.DriverVersion}), NVRTC {NvrtcVersion()}; model {name}");
+                var type = parse.GetValue(weights);
+                double limit = parse.GetValue(tolerance) is > 0 and var t ? t : type == DType.F32 ? 1e-3 : 2e-2;
+                bool ok = true;
+                foreach (bool specialised in new[] { true, false })
+                {
+                    var result = CudaParity.Run(checkpoint, device, type, parse.GetValue(kv), parse.GetValue(prompt), parse.GetValue(steps), specialised);
+                    double measured = type == DType.F32 ? result.MaxAbsDifference : result.MaxRelativeDifference;
+                    bool pass = measured <= limit && result.FirstDivergentStep < 0 && result.UnwrittenLogits == 0;
+                    ok &= pass;
+                    Console.WriteLine($"  {result.Kernels,-28} weights {type} KV {parse.GetValue(kv)}: max |Δlogit| {result.MaxAbsDifference:E2}, max relative {result.MaxRelativeDifference:E2}, " +
+                                      $"greedy {(result.FirstDivergentStep < 0 ? $"identical for {result.Steps} steps" : $"diverges at step {result.FirstDivergentStep}")}, unwritten {result.UnwrittenLogits} → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})");
+                }
+                return ok ? 0 : 1;
+            }
+        });
+        return command;
+    }
+
+    private static Command BenchCommand()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.BF16 };
+        var context = new Option<int>("--context") { Description = "Tokens in the cache when decode is timed", DefaultValueFactory = _ => 512 };
+        var prefill = new Option<int>("--prefill-tokens") { Description = "Prompt length for the prefill timing", DefaultValueFactory = _ => 4096 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed repetitions (after warm-up); medians reported", DefaultValueFactory = _ => 30 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("bench", "Decode step time vs the copy-bandwidth roofline, and prefill tokens/s, with CUDA events") { model, shape, weights, context, prefill, repeats, output };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var type = parse.GetValue(weights);
+            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), type);
+            using (checkpoint)
+            using (var device = CudaDevice.Open())
+            {
+                var figures = new Dictionary<string, double>();
+                int repeat = parse.GetValue(repeats), promptLength = parse.GetValue(prefill), decodeContext = parse.GetValue(context);
+                figures["copy_GB_per_s"] = CopyBandwidth(device, repeat);
+                foreach (bool specialised in new[] { true, false })
+                {
+                    string tag = specialised ? "card" : "generic";
+                    using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096), kvTokens: promptLength + 64, specialised);
+                    if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
+                    var random = new Core.Numerics.SeededRandom(5);
+                    int[] prompt = random.NextTokens(promptLength, 0, checkpoint.Config.VocabSize);
+                    // Prefill: warm up once, then time whole prefills of the prompt.
+                    gpu.Prefill(prompt);
+                    var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
+                    figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Median(prefillMs) / 1e3);
+                    // Decode: a context of decodeContext tokens, then one-token steps.
+                    gpu.Reset();
+                    gpu.Prefill(prompt.AsSpan(0, decodeContext));
+                    for (int w = 0; w < 5; w++) gpu.Step([7]);
+                    var stepMs = device.Time(() => gpu.Step([7]), repeat);
+                    double step = Median(stepMs) / 1e3;
+                    double bytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
+                                   + 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
+                    figures[$"decode_step_ms_{tag}"] = step * 1e3;
+                    figures[$"decode_tokens_per_s_{tag}"] = 1 / step;
+                    figures[$"decode_fraction_of_copy_roofline_{tag}"] = bytes / step / 1e9 / figures["copy_GB_per_s"];
+                    figures["decode_bytes_per_token"] = bytes;
+                }
+                var result = new BenchResult("cuda", name, type.ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
+                result.Print();
+                result.Save(parse.GetValue(output)!);
+                return 0;
+            }
+        });
+        return command;
+    }
+
+    private static double CopyBandwidth(CudaDevice device, int repeats)
+    {
+        const long bytes = 1L << 30;
+        using var source = device.Allocate(bytes);
+        using var destination = device.Allocate(bytes);
+        device.Fill(source, 0x3f800000);
+        device.Copy(source, destination, bytes);
+        var ms = device.Time(() => device.Copy(source, destination, bytes), repeats);
+        return 2.0 * bytes / (Median(ms) / 1e3) / 1e9; // bytes read plus bytes written
+    }
+
+    private static double Median(double[] values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
+    }
+
+    private static string NvrtcVersion()
+    {
+        try { return Compute.Cuda.CudaDevice.NvrtcVersion; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return "not found"; }
+    }
+}
