@@ -25,9 +25,12 @@ public sealed unsafe class CudaModule
     }
 
     /// <summary>Queues kernel <paramref name="function"/> on the device's stream; <paramref name="arguments"/> point at each argument's value.</summary>
-    public void Launch(nint function, (uint X, uint Y) grid, uint block, params ReadOnlySpan<nint> arguments)
+    public void Launch(nint function, (uint X, uint Y) grid, uint block, params ReadOnlySpan<nint> arguments) => Launch(function, (grid.X, grid.Y, 1), block, arguments);
+
+    /// <summary>Queues kernel <paramref name="function"/> over a three-dimensional grid.</summary>
+    public void Launch(nint function, (uint X, uint Y, uint Z) grid, uint block, params ReadOnlySpan<nint> arguments)
     {
         fixed (nint* pointers = arguments)
-            CudaDriver.Check(CudaDriver.cuLaunchKernel(function, grid.X, grid.Y, 1, block, 1, 1, 0, _device.Stream, (void**)pointers, null), "cuLaunchKernel");
+            CudaDriver.Check(CudaDriver.cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, 0, _device.Stream, (void**)pointers, null), "cuLaunchKernel");
     }
 }

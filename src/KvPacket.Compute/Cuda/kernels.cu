@@ -53,26 +53,30 @@ extern "C" __global__ void rope_apply(float* x, const int* positions, int heads,
 // One block table entry: block id, first position it holds, token count, rotation offset, first slot.
 struct KvEntry { int block; int first_position; int count; int rotation; int first_slot; };
 
-// Causal GQA attention of each token's GROUP_SIZE query heads of one KV head over its sequence's paged KV.
-// grid (tokens, KV_HEADS), blockDim.x threads; scores: [tokens][HEADS][max_context] scratch.
-// Queries are rotated here, by (position - rotation offset) per entry, so packet blocks need no key rewrite.
-extern "C" __global__ void attention(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
+// Causal GQA attention, flash-decoding style: the block table of each token's sequence is cut into splits of
+// `per_split` entries; attention_partial computes, for one (token, KV head, split), each of the GROUP_SIZE query
+// heads' local max m, sum l = Σ exp(s − m) and acc = Σ exp(s − m)·v over the split's positions; attention_combine
+// merges the splits. Queries are rotated here by (position − rotation offset) per entry, so packet blocks need no
+// key rewrite; positions no entry holds (pruned packets) get no attention.
+// grid (tokens, KV_HEADS, splits); scores: [tokens][HEADS][max_context]; partial_ml: [tokens][HEADS][splits] (m, l);
+// partial_acc: [tokens][HEADS][splits][HEAD_DIM].
+extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
     const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
-    float* scores, int max_context, float scale, int interleaved, float* out)
+    float* scores, int max_context, float scale, int interleaved, int per_split, int splits, float2* partial_ml, float* partial_acc)
 {
     __shared__ float rotated[GROUP_SIZE * HEAD_DIM];
     __shared__ float reduce[32];
-    int token = blockIdx.x, g = blockIdx.y;
+    int token = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
     int sequence = token_sequence[token], position = token_position[token];
     const KvEntry* table = entries + table_start[sequence];
-    int entries_count = table_length[sequence];
+    int first_entry = split * per_split, last_entry = min(first_entry + per_split, table_length[sequence]);
     const float* query = q + ((long)token * HEADS + g * GROUP_SIZE) * HEAD_DIM;
     float* row = scores + ((long)token * HEADS + g * GROUP_SIZE) * max_context;
 
-    for (int e = 0; e < entries_count; e++)
+    for (int e = first_entry; e < last_entry; e++)
     {
         KvEntry entry = table[e];
-        if (entry.first_position > position) break;
+        if (entry.first_position > position) { last_entry = e; break; }
         __syncthreads();
         for (int p = threadIdx.x; p < GROUP_SIZE * ROPE_PAIRS; p += blockDim.x)
         {
@@ -98,15 +102,13 @@ extern "C" __global__ void attention(const float* q, const kv_t* pool, int layer
     }
     __syncthreads();
 
-    // Softmax per head over positions [0, position]; positions no entry holds (pruned packets) are skipped.
     for (int h = 0; h < GROUP_SIZE; h++)
     {
         float* s = row + (long)h * max_context;
         float local = NEG_INF;
-        for (int e = 0; e < entries_count; e++)
+        for (int e = first_entry; e < last_entry; e++)
         {
             KvEntry entry = table[e];
-            if (entry.first_position > position) break;
             int visible = min(entry.count, position + 1 - entry.first_position);
             for (int j = threadIdx.x; j < visible; j += blockDim.x) local = fmaxf(local, s[entry.first_position + j]);
         }
@@ -117,14 +119,13 @@ extern "C" __global__ void attention(const float* q, const kv_t* pool, int layer
         for (int w = 0; w < (blockDim.x + 31) / 32; w++) max = fmaxf(max, reduce[w]);
         __syncthreads();
         float sum = 0;
-        for (int e = 0; e < entries_count; e++)
+        for (int e = first_entry; e < last_entry; e++)
         {
             KvEntry entry = table[e];
-            if (entry.first_position > position) break;
             int visible = min(entry.count, position + 1 - entry.first_position);
             for (int j = threadIdx.x; j < visible; j += blockDim.x)
             {
-                float v = expf(s[entry.first_position + j] - max);
+                float v = __expf(s[entry.first_position + j] - max);
                 s[entry.first_position + j] = v;
                 sum += v;
             }
@@ -136,21 +137,38 @@ extern "C" __global__ void attention(const float* q, const kv_t* pool, int layer
         for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += reduce[w];
         __syncthreads();
 
-        // out[h][d] = Σ_j p_j · V[j][d] / total
+        long slot = ((long)token * HEADS + g * GROUP_SIZE + h) * splits + split;
+        if (threadIdx.x == 0) partial_ml[slot] = make_float2(max, total);
         for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
         {
             float acc = 0;
-            for (int e = 0; e < entries_count; e++)
+            for (int e = first_entry; e < last_entry; e++)
             {
                 KvEntry entry = table[e];
-                if (entry.first_position > position) break;
                 const kv_t* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
                 int visible = min(entry.count, position + 1 - entry.first_position);
                 for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * kv_load(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
             }
-            out[((long)token * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc / total;
+            partial_acc[slot * HEAD_DIM + d] = acc;
         }
         __syncthreads();
+    }
+}
+
+// out[token][head] = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s over the splits; grid (tokens, HEADS).
+extern "C" __global__ void attention_combine(const float2* partial_ml, const float* partial_acc, int splits, float* out)
+{
+    long head = (long)blockIdx.x * HEADS + blockIdx.y;
+    const float2* ml = partial_ml + head * splits;
+    float max = NEG_INF;
+    for (int s = 0; s < splits; s++) max = fmaxf(max, ml[s].x);
+    float total = 0;
+    for (int s = 0; s < splits; s++) if (ml[s].y > 0) total += __expf(ml[s].x - max) * ml[s].y;
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
+    {
+        float acc = 0;
+        for (int s = 0; s < splits; s++) if (ml[s].y > 0) acc += __expf(ml[s].x - max) * partial_acc[(head * splits + s) * HEAD_DIM + d];
+        out[head * HEAD_DIM + d] = acc / total;
     }
 }
 

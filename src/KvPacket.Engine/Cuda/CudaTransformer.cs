@@ -26,11 +26,14 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
     private readonly DeviceBuffer _pool, _x, _xb, _q, _k, _v, _att, _gate, _up, _logits, _scores, _half;
-    private readonly DeviceBuffer _ids, _positions, _blocks, _slots, _sequence, _entries, _tableStart, _tableLength, _argmax;
+    private readonly DeviceBuffer _step, _sequence, _tableStart, _argmax, _partialMl, _partialAcc;
+    private readonly int[] _stepHost;
     private readonly int _maxTokens, _maxContext, _blockCount;
     private readonly int _interleaved;
     private readonly List<DeviceEntry> _table = [];
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attention, _swiglu, _add, _addBias, _argmaxKernel, _toBf16;
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _swiglu, _add, _addBias, _argmaxKernel, _toBf16;
+    private const int EntriesPerSplit = 4;  // 64 positions per flash-decoding split when there is room
+    private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private int _length;
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
@@ -67,7 +70,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _embed = _module.Function("embed");
         _rmsNorm = _module.Function("rms_norm");
         _kvAppend = _module.Function("kv_append");
-        _attention = _module.Function("attention");
+        _attentionPartial = _module.Function("attention_partial");
+        _attentionCombine = _module.Function("attention_combine");
         _swiglu = _module.Function("swiglu");
         _add = _module.Function("add");
         _addBias = _module.Function("add_bias");
@@ -98,15 +102,15 @@ public sealed unsafe class CudaTransformer : IDisposable
         _logits = Own(device.Allocate(4L * c.VocabSize));
         _scores = Own(device.Allocate(4L * t * c.HeadCount * _maxContext));
         _half = Own(device.Allocate(2L * t * Math.Max(wide, c.IntermediateSize)));
-        _ids = Own(device.Allocate(4L * t));
-        _positions = Own(device.Allocate(4L * t));
-        _blocks = Own(device.Allocate(4L * t));
-        _slots = Own(device.Allocate(4L * t));
+        // One upload per step: ids, positions, blocks, slots (t each), the table length, then the table's entries.
+        _stepHost = new int[4 * t + 1 + 5 * _blockCount];
+        _step = Own(device.Allocate(4L * _stepHost.Length));
         _sequence = Own(device.Allocate(4L * t));
-        _entries = Own(device.Allocate(20L * _blockCount));
         _tableStart = Own(device.Allocate(4));
-        _tableLength = Own(device.Allocate(4));
         _argmax = Own(device.Allocate(4));
+        long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
+        _partialMl = Own(device.Allocate(8L * partialRows));
+        _partialAcc = Own(device.Allocate(4L * partialRows * c.HeadDim));
         device.Upload<int>(new int[t], _sequence);
         device.Upload<int>([0], _tableStart);
         device.Synchronize();
@@ -173,9 +177,9 @@ public sealed unsafe class CudaTransformer : IDisposable
         int n = tokens.Length;
         if (n > _maxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens.");
         if (_length + n > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"The sequence would exceed the GPU cache's {_maxContext} tokens.");
-        Span<int> positions = stackalloc int[n];
-        Span<int> blocks = stackalloc int[n];
-        Span<int> slots = stackalloc int[n];
+        var host = _stepHost.AsSpan();
+        tokens.CopyTo(host);
+        Span<int> positions = host.Slice(n, n), blocks = host.Slice(2 * n, n), slots = host.Slice(3 * n, n);
         for (int t = 0; t < n; t++)
         {
             int position = _length + t;
@@ -186,16 +190,17 @@ public sealed unsafe class CudaTransformer : IDisposable
             blocks[t] = block;
             slots[t] = position % BlockTokens;
         }
-        _device.Upload(tokens, _ids);
-        _device.Upload<int>(positions, _positions);
-        _device.Upload<int>(blocks, _blocks);
-        _device.Upload<int>(slots, _slots);
-        var table = CollectionsMarshal.AsSpan(_table);
-        _device.Upload<int>(MemoryMarshal.Cast<DeviceEntry, int>(table), _entries);
-        _device.Upload<int>([_table.Count], _tableLength);
+        host[4 * n] = _table.Count;
+        var table = MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(_table));
+        table.CopyTo(host[(4 * n + 1)..]);
+        _device.Upload<int>(host[..(4 * n + 1 + table.Length)], _step);
+        ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
+            length = _step.At(16L * n), entries = _step.At(16L * n + 4);
+        int splits = Math.Max(1, Math.Min((_table.Count + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
+        int perSplit = (_table.Count + splits - 1) / splits;
 
         var m = _module;
-        ulong x = _x.Pointer, xb = _xb.Pointer, ids = _ids.Pointer, embedding = _embedding.Buffer.Pointer;
+        ulong x = _x.Pointer, xb = _xb.Pointer, embedding = _embedding.Buffer.Pointer;
         m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize;
@@ -207,13 +212,16 @@ public sealed unsafe class CudaTransformer : IDisposable
             Project(_xb, n, w.Query, _q, w.QueryBias);
             Project(_xb, n, w.Key, _k, w.KeyBias);
             Project(_xb, n, w.Value, _v, w.ValueBias);
-            ulong k = _k.Pointer, v = _v.Pointer, pool = _pool.Pointer, blocksPointer = _blocks.Pointer, slotsPointer = _slots.Pointer, positionsPointer = _positions.Pointer;
+            ulong k = _k.Pointer, v = _v.Pointer, pool = _pool.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
             m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
-            ulong q = _q.Pointer, entries = _entries.Pointer, start = _tableStart.Pointer, length = _tableLength.Pointer, sequence = _sequence.Pointer, scores = _scores.Pointer, att = _att.Pointer;
+            ulong q = _q.Pointer, start = _tableStart.Pointer, sequence = _sequence.Pointer, scores = _scores.Pointer, att = _att.Pointer;
+            ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
             int maxContext = _maxContext;
-            m.Launch(_attention, ((uint)n, (uint)c.KvHeadCount), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&start), (nint)(&length),
-                (nint)(&sequence), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
+            m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
+                (nint)(&start), (nint)(&length), (nint)(&sequence), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
+                (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
+            m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&att));
             Project(_att, n, w.Output, _xb, null);
             Add(_x, _xb, (long)n * hidden);
             norm = w.FfnNorm.Pointer;

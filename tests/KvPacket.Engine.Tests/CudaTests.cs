@@ -1,0 +1,49 @@
+using KvPacket.Compute.Cuda;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Engine.Cuda;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+/// <summary>A fact that runs only where a CUDA device is present, and says why it was skipped otherwise.</summary>
+public sealed class CudaFactAttribute : FactAttribute
+{
+    public CudaFactAttribute()
+    {
+        if (!CudaDevice.IsAvailable(out string reason)) Skip = $"no CUDA device: {reason}";
+    }
+}
+
+/// <summary>
+/// CUDA against the CPU on stories260K. CI has no GPU, so these skip there; <c>benchmarks/gpu/run.sh</c> runs the same
+/// <see cref="CudaParity"/> checks on a GPU machine through <c>kvpacket cuda check</c>.
+/// </summary>
+public class CudaTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    [CudaFact]
+    public void F32_logits_agree_within_1e3_and_128_greedy_tokens_are_identical_with_card_and_generic_kernels()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var device = CudaDevice.Open();
+        foreach (bool specialised in new[] { true, false })
+        {
+            var result = CudaParity.Run(checkpoint, device, DType.F32, DType.F32, promptTokens: 32, steps: 128, specialised);
+            Assert.True(result.MaxAbsDifference <= 1e-3, $"{result.Kernels}: {result.MaxAbsDifference}");
+            Assert.Equal(-1, result.FirstDivergentStep);
+            Assert.Equal(0, result.UnwrittenLogits);
+        }
+    }
+
+    [CudaFact]
+    public void Bf16_weights_with_an_f16_cache_agree_within_2e2_relative()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var device = CudaDevice.Open();
+        var result = CudaParity.Run(checkpoint, device, DType.BF16, DType.F16, promptTokens: 32, steps: 32, specialised: true);
+        Assert.True(result.MaxRelativeDifference <= 2e-2, $"{result.MaxRelativeDifference}");
+        Assert.Equal(0, result.UnwrittenLogits);
+    }
+}
