@@ -129,6 +129,19 @@ public sealed unsafe class Sequence : IDisposable
         Length += length;
     }
 
+    /// <summary>Fresh blocks that appending <paramref name="count"/> computed tokens would take (what <see cref="SlotFor"/> will allocate).</summary>
+    public int BlocksNeededFor(int count)
+    {
+        int blockSize = _pool.Layout.BlockSize, room = 0;
+        if (EntryCount > 0)
+        {
+            var last = _entries[EntryCount - 1];
+            int slot = Length - last.FirstPosition;
+            if (!last.ReadOnly && last.FirstSlot == 0 && slot < blockSize) room = blockSize - slot;
+        }
+        return count <= room ? 0 : (count - room + blockSize - 1) / blockSize;
+    }
+
     /// <summary>The block and slot that will hold position <paramref name="position"/> (≥ Length), taking fresh blocks as needed.</summary>
     internal (int Block, int Slot) SlotFor(int position)
     {

@@ -1,0 +1,228 @@
+using System.Collections.Concurrent;
+using System.IO.Hashing;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Threading.Channels;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+
+namespace KvPacket.Engine.Serving;
+
+/// <summary>
+/// The in-process API: one model served by a continuous-batching <see cref="Scheduler"/> on its own thread, documents
+/// added once as packets, and requests streamed token by token. Thread-safe for any number of concurrent callers.
+/// <code>
+/// await using var engine = await KvPacketEngine.LoadAsync("model-dir");
+/// var doc = await engine.AddPacketAsync(documentTokens);
+/// await foreach (var e in engine.GenerateAsync(new EngineRequest { Packets = [doc.Id], Prompt = query }))
+///     if (!e.IsFinal) Console.Write(e.Token);
+/// </code>
+/// </summary>
+public sealed class KvPacketEngine : IAsyncDisposable
+{
+    private readonly Checkpoint _checkpoint;
+    private readonly Transformer _model;
+    private readonly Scheduler _scheduler;
+    private readonly KvPacketEngineOptions _options;
+    private readonly ConcurrentDictionary<string, PacketHandle> _packets = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _loop;
+    private IPacketSource? _source;
+    private volatile bool _closing;
+
+    private KvPacketEngine(Checkpoint checkpoint, KvPacketEngineOptions options)
+    {
+        _checkpoint = checkpoint;
+        _options = options;
+        _model = new Transformer(checkpoint, options.Model);
+        _scheduler = new Scheduler(_model, options.Scheduler);
+        _scheduler.Post(model => _source = options.Packets?.Invoke(model) ?? new BuiltPackets(model));
+        _loop = Task.Factory.StartNew(() => _scheduler.RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+    }
+
+    /// <summary>Loads the checkpoint at <paramref name="modelPath"/> and starts serving it.</summary>
+    public static Task<KvPacketEngine> LoadAsync(string modelPath, KvPacketEngineOptions? options = null, CancellationToken cancellation = default) =>
+        Task.Run(() => Create(CheckpointLoader.Load(modelPath), options), cancellation);
+
+    /// <summary>Serves an already loaded checkpoint (the engine takes ownership of it).</summary>
+    public static KvPacketEngine Create(Checkpoint checkpoint, KvPacketEngineOptions? options = null) => new(checkpoint, options ?? new KvPacketEngineOptions());
+
+    /// <summary>The model's config.</summary>
+    public ModelConfig Config => _checkpoint.Config;
+
+    /// <summary>The scheduler (for its counters).</summary>
+    public Scheduler Scheduler => _scheduler;
+
+    /// <summary>KV blocks in use (requests' and resident packets').</summary>
+    public int KvBlocksInUse => _model.KvPool.BlockCount - _model.KvPool.FreeBlockCount;
+
+    /// <summary>Total KV blocks.</summary>
+    public int KvBlockCount => _model.KvPool.BlockCount;
+
+    /// <summary>Packets added so far.</summary>
+    public IReadOnlyCollection<PacketHandle> Packets => (IReadOnlyCollection<PacketHandle>)_packets.Values;
+
+    /// <summary>
+    /// Encodes <paramref name="document"/> as a packet (plain, and with the adapter when the engine has one), on the
+    /// scheduler's thread between steps, and returns its handle. Adding the same document again returns the same id.
+    /// </summary>
+    public Task<PacketHandle> AddPacketAsync(int[] document, CancellationToken cancellation = default)
+    {
+        ThrowIfClosing();
+        if (document.Length == 0) throw new ArgumentException("A packet needs at least one token.", nameof(document));
+        if (document.Length > Config.MaxContextLength) throw new ArgumentException($"A {document.Length}-token document exceeds the model's context of {Config.MaxContextLength}.", nameof(document));
+        string id = IdOf(document);
+        if (_packets.TryGetValue(id, out var known)) return Task.FromResult(known);
+        var done = new TaskCompletionSource<PacketHandle>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var registration = cancellation.Register(() => done.TrySetCanceled(cancellation));
+        _scheduler.Post(model =>
+        {
+            try
+            {
+                long bytes;
+                using (var plain = _source!.Acquire(document, null)) bytes = plain.Blocks.Count * model.KvPool.Layout.BlockBytes;
+                if (_options.Adapter is { } adapter)
+                    using (var adapted = _source.Acquire(document, adapter)) bytes += adapted.Blocks.Count * model.KvPool.Layout.BlockBytes;
+                done.TrySetResult(_packets.GetOrAdd(id, new PacketHandle(id, document, _options.Adapter is not null, bytes)));
+            }
+            catch (Exception e) { done.TrySetException(e); }
+        });
+        return done.Task;
+    }
+
+    /// <summary>The handle of packet <paramref name="id"/>, if added.</summary>
+    public bool TryGetPacket(string id, out PacketHandle handle) => _packets.TryGetValue(id, out handle!);
+
+    /// <summary>Forgets packet <paramref name="id"/> (requests already running keep their references).</summary>
+    public bool RemovePacket(string id) => _packets.TryRemove(id, out _);
+
+    /// <summary>
+    /// Runs <paramref name="request"/> and streams its tokens, then one final event with the summary. Cancelling
+    /// <paramref name="cancellation"/> (or abandoning the enumeration) ends the request and frees its KV.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">A named packet was never added.</exception>
+    /// <exception cref="OverloadedException">The waiting queue is full.</exception>
+    public async IAsyncEnumerable<GenerationEvent> GenerateAsync(EngineRequest request, [EnumeratorCancellation] CancellationToken cancellation = default)
+    {
+        ThrowIfClosing();
+        Validate(request);
+        using var abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        var sink = new ChannelSink();
+        var submitted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _scheduler.Post(model =>
+        {
+            try
+            {
+                var scheduled = new ScheduledRequest(Segments(request), request.Limits, sink, Config.EosTokenIds, abandon.Token);
+                if (!_scheduler.TrySubmit(scheduled))
+                {
+                    scheduled.ReleasePackets();
+                    throw new OverloadedException("the engine's waiting queue is full; try again later.");
+                }
+                submitted.TrySetResult();
+            }
+            catch (Exception e) { submitted.TrySetException(e); }
+        });
+        await submitted.Task.ConfigureAwait(false);
+        try
+        {
+            await foreach (var e in sink.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                yield return e;
+                if (e.IsFinal) yield break;
+            }
+        }
+        finally { abandon.Cancel(); } // an abandoned enumeration ends the request at the next step
+    }
+
+    private void Validate(EngineRequest request)
+    {
+        if (request.Prompt.Length == 0) throw new ArgumentException("The prompt needs at least one token.", nameof(request));
+        if (request.Mode is RagMode.Epic or RagMode.CacheBlend)
+            throw new NotSupportedException($"{request.Mode} mode recomputes document tokens outside the batch; the serving engine runs full, naive, kvpacket and kvlink.");
+        if (request.Mode is RagMode.KvPacket && _options.Adapter is null) throw new InvalidOperationException("kvpacket mode needs an engine adapter.");
+        if (request.Mode is RagMode.KvLink && (_options.Adapter?.Links.Length ?? 0) == 0) throw new InvalidOperationException("kvlink mode needs an adapter with link tokens.");
+        foreach (string id in request.Packets)
+            if (!_packets.ContainsKey(id)) throw new KeyNotFoundException($"no packet '{id}': add it first.");
+        int vocab = Config.VocabSize;
+        foreach (var tokens in request.Documents.Append(request.Prompt).Append(request.Prefix))
+            foreach (int token in tokens)
+                if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(request), $"token {token} is outside the vocabulary (0..{vocab - 1}).");
+    }
+
+    /// <summary>The request's prompt as scheduler segments; runs on the scheduler's thread (packets may be built here).</summary>
+    private List<PromptSegment> Segments(EngineRequest request)
+    {
+        var segments = new List<PromptSegment>();
+        if (request.Prefix.Length > 0) segments.Add(new PromptSegment.Tokens(request.Prefix));
+        var documents = request.Packets.Select(id => _packets[id].Document).Concat(request.Documents);
+        try
+        {
+            foreach (int[] document in documents)
+            {
+                switch (request.Mode)
+                {
+                    case RagMode.Full:
+                        segments.Add(new PromptSegment.Tokens(document));
+                        break;
+                    case RagMode.Naive:
+                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, null)));
+                        break;
+                    case RagMode.KvPacket:
+                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, _options.Adapter)));
+                        break;
+                    case RagMode.KvLink:
+                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, null)));
+                        segments.Add(new PromptSegment.Soft(_options.Adapter!.Links));
+                        break;
+                }
+            }
+        }
+        catch
+        {
+            foreach (var segment in segments) if (segment is PromptSegment.Placed placed) placed.Packet.Dispose();
+            throw;
+        }
+        segments.Add(new PromptSegment.Tokens(request.Prompt));
+        return segments;
+    }
+
+    private static string IdOf(ReadOnlySpan<int> document) =>
+        Convert.ToHexString(XxHash128.Hash(MemoryMarshal.AsBytes(document))).ToLowerInvariant();
+
+    private void ThrowIfClosing()
+    {
+        if (_closing) throw new ObjectDisposedException(nameof(KvPacketEngine), "the engine is shutting down.");
+    }
+
+    /// <summary>Stops taking requests, lets running and waiting ones finish, then releases the model.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_closing) return;
+        _closing = true;
+        _stop.Cancel();
+        await _loop.ConfigureAwait(false);
+        _source?.Dispose();
+        _model.Dispose();
+        _checkpoint.Dispose();
+        _stop.Dispose();
+    }
+
+    /// <summary>Forwards a request's tokens into a channel the caller's enumeration reads.</summary>
+    private sealed class ChannelSink : IGenerationSink
+    {
+        private readonly Channel<GenerationEvent> _channel = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+
+        public ChannelReader<GenerationEvent> Reader => _channel.Reader;
+
+        public void OnToken(int token) => _channel.Writer.TryWrite(new GenerationEvent(token, null));
+
+        public void OnFinished(GenerationSummary summary)
+        {
+            _channel.Writer.TryWrite(new GenerationEvent(-1, summary));
+            _channel.Writer.TryComplete();
+        }
+    }
+}

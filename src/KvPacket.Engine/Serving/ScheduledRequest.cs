@@ -1,0 +1,129 @@
+using System.Diagnostics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Sampling;
+
+namespace KvPacket.Engine.Serving;
+
+/// <summary>
+/// A request's state inside the <see cref="Scheduler"/>: its prompt segments and how far it got through them, its
+/// sequence in the KV cache while running, its sampler, and what it has generated. Owned by the scheduler's thread.
+/// </summary>
+public sealed class ScheduledRequest
+{
+    private readonly List<PromptSegment> _segments;
+    private readonly IReadOnlyList<int> _stopTokens;
+    private readonly int[] _generated;
+    private readonly int _promptSegments;
+    private int _segment, _offset;
+
+    /// <summary>A request for <paramref name="segments"/>, reporting to <paramref name="sink"/>.</summary>
+    public ScheduledRequest(IEnumerable<PromptSegment> segments, GenerationLimits limits, IGenerationSink sink, IReadOnlyList<int> defaultStops,
+        CancellationToken cancellation = default)
+    {
+        _segments = [.. segments];
+        if (_segments.Count == 0) throw new ArgumentException("A request needs a prompt.", nameof(segments));
+        _promptSegments = _segments.Count;
+        if (_segments.Any(segment => segment is PromptSegment.Tokens { Ids.Length: 0 } or PromptSegment.Soft { Embeddings.Length: 0 }))
+            throw new ArgumentException("A prompt segment of tokens or soft tokens is empty.", nameof(segments));
+        if (_segments[^1] is PromptSegment.Placed)
+            throw new ArgumentException("A prompt must end with computed tokens (the query): the first generated token needs their logits.", nameof(segments));
+        if (limits.MaxTokens < 1) throw new ArgumentOutOfRangeException(nameof(limits), $"max tokens must be at least 1, not {limits.MaxTokens}.");
+        Limits = limits;
+        Sink = sink;
+        Cancellation = cancellation;
+        _stopTokens = limits.StopTokens ?? defaultStops;
+        _generated = new int[limits.MaxTokens];
+        Submitted = Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Generation limits.</summary>
+    public GenerationLimits Limits { get; }
+
+    /// <summary>Where tokens go.</summary>
+    public IGenerationSink Sink { get; }
+
+    /// <summary>The caller's cancellation.</summary>
+    public CancellationToken Cancellation { get; }
+
+    internal long Submitted { get; }
+    internal long Admitted { get; set; }
+    internal long FirstToken { get; set; }
+    internal int Preemptions { get; set; }
+    internal Sequence? Sequence { get; set; }
+    internal Sampler? Sampler { get; set; }
+    internal int ComputedPromptTokens { get; set; }
+    internal int PacketTokens { get; set; }
+
+    /// <summary>Tokens generated so far.</summary>
+    public int GeneratedCount { get; private set; }
+
+    /// <summary>Tokens generated so far, oldest first.</summary>
+    public ReadOnlySpan<int> Generated => _generated.AsSpan(0, GeneratedCount);
+
+    /// <summary>Whether every prompt segment has been placed or computed (the request is decoding).</summary>
+    internal bool PromptDone => _segment == _segments.Count;
+
+    /// <summary>Positions the whole prompt and the generation can take: what the sequence may grow to.</summary>
+    internal int TotalPositions(int hidden) => _segments.Sum(s => s is PromptSegment.Placed p ? p.Packet.PositionSpan : s.ComputeLength(hidden)) + Limits.MaxTokens;
+
+    /// <summary>Places packet segments at the front of what remains (they cost no compute).</summary>
+    internal void PlacePackets()
+    {
+        while (_segment < _segments.Count && _segments[_segment] is PromptSegment.Placed placed)
+        {
+            Sequence!.AppendPacket(placed.Packet);
+            PacketTokens += placed.Packet.Length;
+            _segment++;
+        }
+    }
+
+    /// <summary>The next prompt segment to compute and where in it the next chunk starts.</summary>
+    internal (PromptSegment Segment, int Offset) NextChunk => (_segments[_segment], _offset);
+
+    /// <summary>Records that <paramref name="count"/> tokens of the current segment were computed.</summary>
+    internal void Advance(int count, int hidden)
+    {
+        _offset += count;
+        ComputedPromptTokens += count;
+        if (_offset == _segments[_segment].ComputeLength(hidden))
+        {
+            _segment++;
+            _offset = 0;
+        }
+    }
+
+    /// <summary>Records a generated token; true when it ends the request (stop token or sequence, or the limit).</summary>
+    internal bool Append(int token, out FinishReason reason)
+    {
+        _generated[GeneratedCount++] = token;
+        reason = FinishReason.Stop;
+        for (int i = 0; i < _stopTokens.Count; i++)
+            if (_stopTokens[i] == token) return true;
+        foreach (int[] stop in Limits.StopSequences)
+            if (stop.Length > 0 && GeneratedCount >= stop.Length && Generated[^stop.Length..].SequenceEqual(stop)) return true;
+        reason = FinishReason.Length;
+        return GeneratedCount == Limits.MaxTokens;
+    }
+
+    /// <summary>
+    /// After preemption: the KV is gone, so what was computed — prompt and generated tokens — is computed again.
+    /// Packets are placed again (they are still shared in the cache).
+    /// </summary>
+    internal void Restart()
+    {
+        _segments.RemoveRange(_promptSegments, _segments.Count - _promptSegments);
+        if (GeneratedCount > 0) _segments.Add(new PromptSegment.Tokens(_generated[..GeneratedCount]));
+        _segment = 0;
+        _offset = 0;
+        ComputedPromptTokens = 0;
+        PacketTokens = 0;
+        Preemptions++;
+    }
+
+    /// <summary>Releases the packet references the segments hold.</summary>
+    internal void ReleasePackets()
+    {
+        foreach (var segment in _segments)
+            if (segment is PromptSegment.Placed placed) placed.Packet.Dispose();
+    }
+}

@@ -1,0 +1,260 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Sampling;
+
+namespace KvPacket.Engine.Serving;
+
+/// <summary>
+/// Continuous batching over one model. Each <see cref="Step"/> batches one decode token of every running request with
+/// chunked prefill of requests still reading their prompt, under a token budget; new requests are admitted when a
+/// batch slot and KV blocks are free; finished, cancelled or expired requests free their blocks at once. When a step
+/// needs more blocks than are free, the most recently admitted request is preempted: its KV is dropped and its prompt
+/// and generated tokens are recomputed later (packets are placed again, at no cost). Steps run on one thread
+/// (<see cref="RunAsync"/>, or a caller of <see cref="Step"/>); <see cref="TrySubmit"/> may be called from any thread.
+/// Buffers are sized once, so a steady decode step allocates nothing.
+/// </summary>
+public sealed class Scheduler
+{
+    private readonly Transformer _model;
+    private readonly ConcurrentQueue<ScheduledRequest> _incoming = new();
+    private readonly ConcurrentQueue<Action<Transformer>> _work = new();
+    private readonly LinkedList<ScheduledRequest> _waiting = new();
+    private readonly List<ScheduledRequest> _running;
+    private readonly ScheduledRequest?[] _rowOwner;
+    private readonly ForwardBatch _batch;
+    private readonly float[] _logits;
+    private readonly int[] _decodeToken;
+    private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
+    private readonly SemaphoreSlim _wake = new(0);
+    private int _queued;
+
+    /// <summary>A scheduler for <paramref name="model"/>.</summary>
+    public Scheduler(Transformer model, SchedulerOptions? options = null)
+    {
+        options ??= new SchedulerOptions();
+        _model = model;
+        _budget = options.TokenBudget > 0 ? Math.Min(options.TokenBudget, model.Options.MaxBatchTokens) : model.Options.MaxBatchTokens;
+        _maxRunning = options.MaxRunning > 0 ? Math.Min(options.MaxRunning, model.Options.MaxBatchSequences) : model.Options.MaxBatchSequences;
+        _maxWaiting = options.MaxWaiting;
+        _hidden = model.Config.HiddenSize;
+        _running = new List<ScheduledRequest>(_maxRunning);
+        _rowOwner = new ScheduledRequest?[_maxRunning];
+        _batch = new ForwardBatch(_budget, _maxRunning, _hidden);
+        _logits = new float[(long)_maxRunning * model.Config.VocabSize];
+        _decodeToken = new int[_maxRunning];
+    }
+
+    /// <summary>Requests running (admitted, holding KV).</summary>
+    public int RunningCount => _running.Count;
+
+    /// <summary>Requests waiting for admission.</summary>
+    public int WaitingCount => Volatile.Read(ref _queued);
+
+    /// <summary>Steps run so far.</summary>
+    public long Steps { get; private set; }
+
+    /// <summary>Requests preempted so far.</summary>
+    public long Preemptions { get; private set; }
+
+    /// <summary>Requests in the last step's batch.</summary>
+    public int LastBatchSize { get; private set; }
+
+    /// <summary>Queues <paramref name="request"/>; false when the waiting queue is full.</summary>
+    /// <exception cref="ArgumentException">The request can never fit the model's context.</exception>
+    public bool TrySubmit(ScheduledRequest request)
+    {
+        int positions = request.TotalPositions(_hidden);
+        if (positions > _model.Config.MaxContextLength)
+            throw new ArgumentException($"The prompt and {request.Limits.MaxTokens} new tokens take {positions} positions; the model's context is {_model.Config.MaxContextLength}.", nameof(request));
+        if (Interlocked.Increment(ref _queued) > _maxWaiting)
+        {
+            Interlocked.Decrement(ref _queued);
+            return false;
+        }
+        _incoming.Enqueue(request);
+        _wake.Release();
+        return true;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> on the scheduler's thread before the next step: the only safe place to use the model
+    /// for anything else (building a packet, say) while the scheduler runs.
+    /// </summary>
+    public void Post(Action<Transformer> work)
+    {
+        _work.Enqueue(work);
+        _wake.Release();
+    }
+
+    /// <summary>Runs steps until <paramref name="stop"/> is cancelled and nothing is left, sleeping while idle.</summary>
+    public async Task RunAsync(CancellationToken stop)
+    {
+        while (true)
+        {
+            int computed;
+            try { computed = Step(); }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // A failed step leaves its requests' KV in an unknown state: end them with the error, keep serving the rest.
+                foreach (var request in _running.ToArray()) Finish(request, FinishReason.Error, e.Message);
+                computed = 0;
+            }
+            if (computed == 0)
+            {
+                if (stop.IsCancellationRequested && _running.Count == 0 && WaitingCount == 0) return;
+                try { await _wake.WaitAsync(stop.IsCancellationRequested ? TimeSpan.FromMilliseconds(10) : Timeout.InfiniteTimeSpan, stop).ConfigureAwait(false); }
+                catch (OperationCanceledException) { }
+            }
+        }
+    }
+
+    /// <summary>Runs posted work, takes in new requests, ends those whose caller gave up, then runs one batch. Returns the tokens computed.</summary>
+    public int Step()
+    {
+        while (_work.TryDequeue(out var work)) work(_model);
+        while (_incoming.TryDequeue(out var incoming)) _waiting.AddLast(incoming);
+        EndAbandoned();
+        Admit();
+        if (_running.Count == 0) return 0;
+
+        _batch.Clear();
+        int rows = 0, tokens = 0;
+        // Decode tokens first: one each, so running requests keep their pace; then prompt chunks in admission order.
+        for (int i = 0; i < _running.Count; i++)
+        {
+            var request = _running[i];
+            if (!request.PromptDone) continue;
+            _decodeToken[i] = request.Generated[^1];
+            _batch.Add(request.Sequence!, _decodeToken.AsSpan(i, 1));
+            _rowOwner[rows++] = request;
+            tokens++;
+        }
+        for (int i = 0; i < _running.Count && tokens < _budget; i++)
+        {
+            var request = _running[i];
+            if (request.PromptDone) continue;
+            var (segment, offset) = request.NextChunk; // packets were placed in Admit: this is computed tokens
+            int count = Math.Min(segment.ComputeLength(_hidden) - offset, _budget - tokens);
+            if (segment is PromptSegment.Tokens t) _batch.Add(request.Sequence!, t.Ids.AsSpan(offset, count));
+            else _batch.AddSoftTokens(request.Sequence!, ((PromptSegment.Soft)segment).Embeddings.AsSpan(offset * _hidden, count * _hidden));
+            request.Advance(count, _hidden);
+            // Only the chunk that finishes the prompt needs its logits; the others' rows are computed and ignored.
+            _rowOwner[rows++] = request.PromptDone ? request : null;
+            tokens += count;
+        }
+        if (_batch.ChunkCount == 0) return 0;
+        _model.Forward(_batch, _logits);
+        Steps++;
+        LastBatchSize = _batch.ChunkCount;
+
+        int vocab = _model.Config.VocabSize;
+        for (int row = 0; row < rows; row++)
+        {
+            var request = _rowOwner[row];
+            if (request is null) continue;
+            int token = request.Sampler!.Sample(_logits.AsSpan(row * vocab, vocab));
+            if (request.FirstToken == 0) request.FirstToken = Stopwatch.GetTimestamp();
+            bool done = request.Append(token, out var reason);
+            request.Sink.OnToken(token);
+            if (done) Finish(request, reason);
+        }
+        return tokens;
+    }
+
+    /// <summary>
+    /// Admits waiting requests while a batch slot and the blocks for their first chunk are free, places the packets at
+    /// the front of every prompt (no blocks needed), then preempts the newest requests until this step's blocks fit.
+    /// </summary>
+    private void Admit()
+    {
+        while (_waiting.First is { } node && _running.Count < _maxRunning)
+        {
+            var request = node.Value;
+            if (_model.KvPool.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
+            _waiting.RemoveFirst();
+            Interlocked.Decrement(ref _queued);
+            request.Sequence ??= _model.CreateSequence();
+            request.Sampler ??= new Sampler(request.Limits.Sampling, _model.Config.VocabSize);
+            if (request.Admitted == 0) request.Admitted = Stopwatch.GetTimestamp();
+            _running.Add(request);
+        }
+        foreach (var request in _running)
+            if (!request.PromptDone) request.PlacePackets();
+        while (_running.Count > 0 && _model.KvPool.FreeBlockCount < StepDemand())
+        {
+            if (_running.Count > 1) Preempt(_running[^1]);
+            else Finish(_running[0], FinishReason.Error, $"the KV cache ({_model.KvPool.BlockCount} blocks) cannot hold this request's next step");
+        }
+    }
+
+    private int BlocksFor(int tokens) => (tokens + _model.KvPool.Layout.BlockSize - 1) / _model.KvPool.Layout.BlockSize;
+
+    /// <summary>Blocks the next step will take: a decode token for each decoding request, then prompt chunks in order within the budget.</summary>
+    private int StepDemand()
+    {
+        int demand = 0, budget = _budget;
+        foreach (var request in _running)
+            if (request.PromptDone)
+            {
+                demand += request.Sequence!.BlocksNeededFor(1);
+                budget--;
+            }
+        foreach (var request in _running)
+        {
+            if (request.PromptDone || budget <= 0) continue;
+            var (segment, offset) = request.NextChunk;
+            int chunk = Math.Min(segment.ComputeLength(_hidden) - offset, budget);
+            demand += request.Sequence!.BlocksNeededFor(chunk);
+            budget -= chunk;
+        }
+        return demand;
+    }
+
+    private void Preempt(ScheduledRequest request)
+    {
+        _running.Remove(request);
+        request.Sequence!.Dispose();
+        request.Restart();
+        _waiting.AddFirst(request);
+        Interlocked.Increment(ref _queued);
+        Preemptions++;
+    }
+
+    private void EndAbandoned()
+    {
+        var now = DateTimeOffset.UtcNow;
+        for (int i = _running.Count - 1; i >= 0; i--)
+        {
+            var request = _running[i];
+            if (request.Cancellation.IsCancellationRequested) Finish(request, FinishReason.Cancelled);
+            else if (request.Limits.Deadline < now) Finish(request, FinishReason.Deadline);
+        }
+        for (var node = _waiting.First; node is not null;)
+        {
+            var next = node.Next;
+            var request = node.Value;
+            var reason = request.Cancellation.IsCancellationRequested ? FinishReason.Cancelled : request.Limits.Deadline < now ? FinishReason.Deadline : (FinishReason?)null;
+            if (reason is FinishReason r)
+            {
+                _waiting.Remove(node);
+                Interlocked.Decrement(ref _queued);
+                Finish(request, r);
+            }
+            node = next;
+        }
+    }
+
+    private void Finish(ScheduledRequest request, FinishReason reason, string? error = null)
+    {
+        _running.Remove(request);
+        request.Sequence?.Dispose();
+        request.Sequence = null;
+        request.ReleasePackets();
+        long now = Stopwatch.GetTimestamp();
+        double Seconds(long from, long to) => from == 0 || to == 0 ? 0 : (to - from) / (double)Stopwatch.Frequency;
+        request.Sink.OnFinished(new GenerationSummary(request.ComputedPromptTokens, request.PacketTokens, request.GeneratedCount,
+            Seconds(request.Submitted, request.Admitted == 0 ? now : request.Admitted), Seconds(request.Submitted, request.FirstToken),
+            Seconds(request.Submitted, now), request.Preemptions, reason, error));
+    }
+}

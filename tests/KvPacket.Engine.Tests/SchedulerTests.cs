@@ -1,0 +1,198 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Generation;
+using KvPacket.Engine.Rag;
+using KvPacket.Engine.Sampling;
+using KvPacket.Engine.Serving;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+public class SchedulerTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    private sealed class Collector : IGenerationSink
+    {
+        public readonly List<int> Tokens = [];
+        public GenerationSummary? Summary;
+        public void OnToken(int token) => Tokens.Add(token);
+        public void OnFinished(GenerationSummary summary) => Summary = summary;
+    }
+
+    private static int[] Solo(Checkpoint checkpoint, int[] prompt, int maxTokens)
+    {
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
+        var tokens = new List<int>();
+        new Generator(model).Generate(prompt, new GenerationOptions { MaxNewTokens = maxTokens, StopTokens = [], Sampling = SamplingOptions.Greedy }, tokens.Add);
+        return [.. tokens];
+    }
+
+    private static int[] Prompt(int length, ulong seed) => [1, .. ReferenceModels.RandomTokens(length - 1, seed)];
+
+    private static (List<Collector> Sinks, Scheduler Scheduler) RunAll(Transformer model, SchedulerOptions options, IEnumerable<(int[] Prompt, int Max)> requests)
+    {
+        var scheduler = new Scheduler(model, options);
+        var sinks = new List<Collector>();
+        foreach (var (prompt, max) in requests)
+        {
+            var sink = new Collector();
+            sinks.Add(sink);
+            Assert.True(scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)], new GenerationLimits { MaxTokens = max, StopTokens = [] }, sink, [])));
+        }
+        for (int guard = 0; sinks.Any(s => s.Summary is null); guard++)
+        {
+            Assert.True(guard < 10_000, "the scheduler stopped making progress");
+            scheduler.Step();
+        }
+        return (sinks, scheduler);
+    }
+
+    [Fact]
+    public void Batched_requests_with_chunked_prefill_generate_exactly_what_each_generates_alone()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 4096, MaxBatchTokens = 64, MaxBatchSequences = 8 });
+        var requests = Enumerable.Range(0, 8).Select(i => (Prompt(5 + 9 * i, (ulong)i + 20), 12 + i)).ToArray();
+        var (sinks, scheduler) = RunAll(model, new SchedulerOptions { TokenBudget = 24 }, requests);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(Solo(checkpoint, requests[i].Item1, requests[i].Item2), sinks[i].Tokens);
+            Assert.Equal(FinishReason.Length, sinks[i].Summary!.Reason);
+            Assert.Equal(requests[i].Item1.Length, sinks[i].Summary!.PromptTokens);
+        }
+        Assert.True(scheduler.Steps < requests.Sum(r => r.Item1.Length + r.Item2), "requests were not batched");
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void Running_out_of_blocks_preempts_and_recomputes_without_changing_any_output()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        // 20 blocks of 16 tokens for six requests that each grow to 60-80 tokens: they cannot all be resident.
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 320, MaxBatchTokens = 64, MaxBatchSequences = 6 });
+        var requests = Enumerable.Range(0, 6).Select(i => (Prompt(30 + 3 * i, (ulong)i + 40), 40)).ToArray();
+        var (sinks, scheduler) = RunAll(model, new SchedulerOptions(), requests);
+        Assert.True(scheduler.Preemptions > 0, "the test did not force a preemption");
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(Solo(checkpoint, requests[i].Item1, 40), sinks[i].Tokens);
+        Assert.Contains(sinks, s => s.Summary!.Preemptions > 0);
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void Stop_sequences_cancellation_deadlines_and_a_full_queue_end_requests_cleanly()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64, MaxBatchSequences = 4 });
+        int[] prompt = Prompt(10, 3);
+        int[] expected = Solo(checkpoint, prompt, 30);
+        var scheduler = new Scheduler(model, new SchedulerOptions { MaxWaiting = 3 });
+        var stop = new Collector();
+        var cancelled = new Collector();
+        var expired = new Collector();
+        using var cancel = new CancellationTokenSource();
+        scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)],
+            new GenerationLimits { MaxTokens = 30, StopTokens = [], StopSequences = [expected[4..6]] }, stop, []));
+        scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)], new GenerationLimits { MaxTokens = 30, StopTokens = [] }, cancelled, [], cancel.Token));
+        scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)],
+            new GenerationLimits { MaxTokens = 30, StopTokens = [], Deadline = DateTimeOffset.UtcNow.AddDays(-1) }, expired, []));
+        Assert.False(scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)], new GenerationLimits(), new Collector(), [])));
+        for (int i = 0; i < 4; i++) scheduler.Step();
+        cancel.Cancel();
+        for (int i = 0; i < 40 && (stop.Summary is null || cancelled.Summary is null); i++) scheduler.Step();
+
+        Assert.Equal(expected[..6], stop.Tokens);
+        Assert.Equal(FinishReason.Stop, stop.Summary!.Reason);
+        Assert.Equal(FinishReason.Cancelled, cancelled.Summary!.Reason);
+        Assert.InRange(cancelled.Tokens.Count, 1, 29);
+        Assert.Equal(FinishReason.Deadline, expired.Summary!.Reason);
+        Assert.Empty(expired.Tokens);
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+        Assert.Contains("context", Assert.Throws<ArgumentException>(() => scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(prompt)],
+            new GenerationLimits { MaxTokens = 600 }, new Collector(), []))).Message);
+    }
+
+    [Fact]
+    public void A_steady_decode_step_allocates_nothing()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64, MaxBatchSequences = 4 });
+        var scheduler = new Scheduler(model);
+        var sinks = Enumerable.Range(0, 4).Select(_ => new CountingSink()).ToArray();
+        foreach (var sink in sinks)
+            scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens(Prompt(8, 5))], new GenerationLimits { MaxTokens = 200, StopTokens = [] }, sink, []));
+        for (int i = 0; i < 10; i++) scheduler.Step(); // admission, prefill, warm-up
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 50; i++) scheduler.Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(4, scheduler.LastBatchSize);
+        Assert.Equal(0, allocated);
+    }
+
+    private sealed class CountingSink : IGenerationSink
+    {
+        public int Count;
+        public void OnToken(int token) => Count++;
+        public void OnFinished(GenerationSummary summary) { }
+    }
+
+    [Fact]
+    public async Task The_engine_serves_concurrent_streams_over_shared_packets_and_returns_every_block()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        var adapter = Adapter.Untrained("zero", checkpoint.Config.HiddenSize, 2, 2, 2);
+        var options = new KvPacketEngineOptions
+        {
+            Model = new TransformerOptions { KvType = DType.F32, KvCacheTokens = 8192, MaxBatchTokens = 128, MaxBatchSequences = 32 },
+            Adapter = adapter,
+        };
+        await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(Stories), options);
+        var first = await engine.AddPacketAsync(ReferenceModels.RandomTokens(40, 1));
+        var second = await engine.AddPacketAsync(ReferenceModels.RandomTokens(33, 2));
+        Assert.Equal(first.Id, (await engine.AddPacketAsync(first.Document)).Id);
+        int packetBlocks = engine.KvBlocksInUse;
+
+        async Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request)
+        {
+            var tokens = new List<int>();
+            GenerationSummary? summary = null;
+            await foreach (var e in engine.GenerateAsync(request))
+                if (e.IsFinal) summary = e.Summary; else tokens.Add(e.Token);
+            return (tokens, summary!);
+        }
+        EngineRequest Request(RagMode mode, int i) => new()
+        {
+            Prefix = [1], Packets = [first.Id, second.Id], Prompt = ReferenceModels.RandomTokens(6, 100 + (ulong)(i % 4)), Mode = mode,
+            Limits = new GenerationLimits { MaxTokens = 16, StopTokens = [] },
+        };
+
+        // Alone first, then 32 at once (four distinct prompts, three modes): every stream equals its solo run.
+        var modes = new[] { RagMode.Naive, RagMode.KvPacket, RagMode.KvLink, RagMode.Full };
+        var solo = new Dictionary<(RagMode, int), List<int>>();
+        foreach (var mode in modes)
+            for (int i = 0; i < 4; i++) solo[(mode, i)] = (await Run(Request(mode, i))).Tokens;
+        var concurrent = await Task.WhenAll(Enumerable.Range(0, 32).Select(i => Task.Run(() => Run(Request(modes[i % 4], i / 4)))));
+        for (int i = 0; i < 32; i++)
+        {
+            Assert.Equal(solo[(modes[i % 4], (i / 4) % 4)], concurrent[i].Tokens);
+            Assert.Equal(16, concurrent[i].Summary.GeneratedTokens);
+            Assert.Equal(modes[i % 4] == RagMode.Full ? 0 : 73 + (modes[i % 4] == RagMode.KvPacket ? 8 : 0), concurrent[i].Summary.PacketTokens);
+        }
+        Assert.True(engine.Scheduler.Steps > 0);
+        Assert.Equal(packetBlocks, engine.KvBlocksInUse); // only the packets' own blocks remain
+
+        // Bad input is refused before anything runs.
+        await Assert.ThrowsAsync<KeyNotFoundException>(async () => { await foreach (var _ in engine.GenerateAsync(Request(RagMode.Naive, 0) with { Packets = ["nope"] })) { } });
+        await Assert.ThrowsAsync<NotSupportedException>(async () => { await foreach (var _ in engine.GenerateAsync(Request(RagMode.Epic, 0))) { } });
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => { await foreach (var _ in engine.GenerateAsync(Request(RagMode.Naive, 0) with { Prompt = [9999] })) { } });
+
+        // A stream abandoned after two tokens ends its request and frees its blocks.
+        int seen = 0;
+        await foreach (var e in engine.GenerateAsync(Request(RagMode.Naive, 1) with { Limits = new GenerationLimits { MaxTokens = 200, StopTokens = [] } }))
+            if (++seen == 2) break;
+        for (int i = 0; i < 100 && engine.KvBlocksInUse != packetBlocks; i++) await Task.Delay(10);
+        Assert.Equal(packetBlocks, engine.KvBlocksInUse);
+    }
+}
