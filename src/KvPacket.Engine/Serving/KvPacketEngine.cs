@@ -92,6 +92,13 @@ public sealed class KvPacketEngine : IAsyncDisposable
         return done.Task;
     }
 
+    /// <summary>
+    /// Records <paramref name="document"/> as a known packet without encoding it now — for packets a durable packet
+    /// source already holds (after a restart, say); it is loaded when a request first uses it.
+    /// </summary>
+    public PacketHandle Register(int[] document, long kvBytes) =>
+        _packets.GetOrAdd(IdOf(document), id => new PacketHandle(id, document, _options.Adapter is not null, kvBytes));
+
     /// <summary>The handle of packet <paramref name="id"/>, if added.</summary>
     public bool TryGetPacket(string id, out PacketHandle handle) => _packets.TryGetValue(id, out handle!);
 

@@ -1,0 +1,82 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace KvPacket.Daemon;
+
+/// <summary>
+/// The daemon's settings, from flags (<c>--model PATH --store DIR --socket PATH --tcp PORT --config FILE
+/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --shutdown-seconds N</c>) over an optional JSON file
+/// with the same names in camelCase (<c>{"model": …, "maxTokens": …}</c>).
+/// </summary>
+public sealed record DaemonOptions
+{
+    /// <summary>Checkpoint to serve.</summary>
+    public string Model { get; init; } = "";
+    /// <summary>Packet store directory (created if absent).</summary>
+    public string Store { get; init; } = "";
+    /// <summary>Unix socket path; default: $XDG_RUNTIME_DIR/kvpacket/kvpacketd.sock, else STORE/run/kvpacketd.sock.</summary>
+    public string? Socket { get; init; }
+    /// <summary>Also listen on 127.0.0.1:PORT (loopback only) when set.</summary>
+    public int? Tcp { get; init; }
+    /// <summary>Largest request body accepted.</summary>
+    public long MaxBodyBytes { get; init; } = 1 << 20;
+    /// <summary>Largest max_tokens accepted.</summary>
+    public int MaxTokens { get; init; } = 4096;
+    /// <summary>Requests allowed to wait; beyond that the answer is 429.</summary>
+    public int MaxWaiting { get; init; } = 256;
+    /// <summary>KV cache size in tokens.</summary>
+    public int KvTokens { get; init; } = 65536;
+    /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
+    public int ShutdownSeconds { get; init; } = 30;
+
+    /// <summary>Where the socket goes when <see cref="Socket"/> is not given.</summary>
+    public string SocketPath => Socket ?? (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } runtime
+        ? Path.Combine(runtime, "kvpacket", "kvpacketd.sock")
+        : Path.Combine(Store, "run", "kvpacketd.sock"));
+
+    /// <summary>Parses <paramref name="args"/>; a bad flag throws <see cref="ArgumentException"/> naming it.</summary>
+    public static DaemonOptions Parse(string[] args)
+    {
+        var options = new DaemonOptions();
+        int config = Array.IndexOf(args, "--config");
+        if (config >= 0)
+        {
+            if (config + 1 >= args.Length) throw new ArgumentException("--config needs a file.");
+            options = JsonSerializer.Deserialize<DaemonOptions>(File.ReadAllText(args[config + 1]), new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase })
+                      ?? throw new ArgumentException($"{args[config + 1]} holds no settings.");
+        }
+        for (int i = 0; i < args.Length; i++)
+        {
+            string flag = args[i];
+            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{flag} needs a value.");
+            int Number()
+            {
+                string text = Value();
+                return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0 ? n : throw new ArgumentException($"{flag} needs a positive integer, not '{text}'.");
+            }
+            options = flag switch
+            {
+                "--model" or "-m" => options with { Model = Value() },
+                "--store" => options with { Store = Value() },
+                "--socket" => options with { Socket = Value() },
+                "--tcp" => options with { Tcp = Number() },
+                "--config" => Skip(options, ref i),
+                "--max-body-bytes" => options with { MaxBodyBytes = Number() },
+                "--max-tokens" => options with { MaxTokens = Number() },
+                "--max-waiting" => options with { MaxWaiting = Number() },
+                "--kv-tokens" => options with { KvTokens = Number() },
+                "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
+                _ => throw new ArgumentException($"unknown flag '{flag}'."),
+            };
+        }
+        if (options.Model.Length == 0) throw new ArgumentException("--model is required.");
+        if (options.Store.Length == 0) throw new ArgumentException("--store is required.");
+        return options;
+    }
+
+    private static DaemonOptions Skip(DaemonOptions options, ref int i)
+    {
+        i++;
+        return options;
+    }
+}
