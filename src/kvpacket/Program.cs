@@ -1,6 +1,9 @@
 using System.CommandLine;
 using KvPacket.Cli.Commands;
 
+// The daemon and its clients use Unix sockets and file modes: this is a Linux program.
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
+
 var root = new RootCommand("kvpacket: serve Llama-family models with reusable, precomputed KV packets.")
 {
     GenerateCommand.Create(),
@@ -13,4 +16,5 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     StoreCommand.Create(),
     CudaCommand.Create(),
 };
+foreach (var command in ServeCommands.Create()) root.Subcommands.Add(command);
 return root.Parse(args).Invoke();

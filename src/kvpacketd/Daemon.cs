@@ -1,4 +1,3 @@
-using System.Text.Json;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Model;
 using KvPacket.Core.Tokenization;
@@ -8,8 +7,6 @@ using KvPacket.Engine.Serving;
 using KvPacket.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -23,8 +20,8 @@ namespace KvPacket.Daemon;
 /// </summary>
 public static class Daemon
 {
-    /// <summary>Runs the daemon until SIGTERM/SIGINT; returns the process exit code.</summary>
-    public static async Task<int> RunAsync(string[] args)
+    /// <summary>Runs the daemon until SIGTERM/SIGINT (or <paramref name="stop"/>); returns the process exit code.</summary>
+    public static async Task<int> RunAsync(string[] args, CancellationToken stop = default)
     {
         DaemonOptions options;
         try { options = DaemonOptions.Parse(args); }
@@ -69,11 +66,26 @@ public static class Daemon
             return 3;
         }
         var tokenizer = TokenizerLoader.TryLoadNextTo(options.Model);
+        Adapter? adapter = null;
+        if (options.Adapter is { Length: > 0 } name)
+        {
+            string[] parts = name.Split('@');
+            int? version = parts.Length > 1 && int.TryParse(parts[1], System.Globalization.CultureInfo.InvariantCulture, out int v) ? v : null;
+            adapter = store.GetAdapter(parts[0], ModelFingerprint.Of(checkpoint), version);
+            if (adapter is null)
+            {
+                log.LogError("the store has no adapter {Adapter}", name);
+                checkpoint.Dispose();
+                store.Dispose();
+                return 3;
+            }
+        }
         StoredPackets? packets = null;
         var engine = KvPacketEngine.Create(checkpoint, new KvPacketEngineOptions
         {
             Model = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = 256, MaxBatchSequences = 64 },
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
+            Adapter = adapter,
             Packets = model => packets = new StoredPackets(model, store),
         });
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
@@ -87,7 +99,7 @@ public static class Daemon
             await app.StartAsync();
             File.SetUnixFileMode(socket, UnixFileMode.UserRead | UnixFileMode.UserWrite);
             log.LogInformation("serving {Model} on {Socket} ({Packets} packets in {Store})", options.Model, socket, engine.Packets.Count, store.DirectoryPath);
-            await app.WaitForShutdownAsync();
+            await app.WaitForShutdownAsync(stop);
         }
         finally
         {

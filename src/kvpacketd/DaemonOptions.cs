@@ -5,7 +5,7 @@ namespace KvPacket.Daemon;
 
 /// <summary>
 /// The daemon's settings, from flags (<c>--model PATH --store DIR --socket PATH --tcp PORT --config FILE
-/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --shutdown-seconds N</c>) over an optional JSON file
+/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --shutdown-seconds N</c>) over an optional JSON file
 /// with the same names in camelCase (<c>{"model": …, "maxTokens": …}</c>).
 /// </summary>
 public sealed record DaemonOptions
@@ -26,6 +26,8 @@ public sealed record DaemonOptions
     public int MaxWaiting { get; init; } = 256;
     /// <summary>KV cache size in tokens.</summary>
     public int KvTokens { get; init; } = 65536;
+    /// <summary>The stored adapter (NAME or NAME@VERSION) that kvpacket and kvlink requests use.</summary>
+    public string? Adapter { get; init; }
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -66,6 +68,7 @@ public sealed record DaemonOptions
                 "--max-waiting" => options with { MaxWaiting = Number() },
                 "--kv-tokens" => options with { KvTokens = Number() },
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
+                "--adapter" => options with { Adapter = Value() },
                 _ => throw new ArgumentException($"unknown flag '{flag}'."),
             };
         }
