@@ -120,7 +120,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
 
     private static async Task<JsonElement> ReadBody(HttpContext context)
     {
-        if (context.Request.ContentLength > options_MaxBody(context)) throw new ApiError(413, "the request body is too large.", "request_too_large");
+        if (context.Request.ContentLength > MaxBodySize(context)) throw new ApiError(413, "the request body is too large.", "request_too_large");
         try
         {
             using var document = await JsonDocument.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted);
@@ -130,7 +130,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         catch (BadHttpRequestException e) when (e.StatusCode == 413) { throw new ApiError(413, "the request body is too large.", "request_too_large"); }
     }
 
-    private static long options_MaxBody(HttpContext context) =>
+    private static long MaxBodySize(HttpContext context) =>
         context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize ?? long.MaxValue;
 
     /// <summary>Runs an endpoint: a request after shutdown began gets 503; <see cref="ApiError"/>s become JSON errors; every answer is counted.</summary>

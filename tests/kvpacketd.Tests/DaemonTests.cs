@@ -148,15 +148,40 @@ public class DaemonTests
             Assert.Contains($"locked by pid {daemon.Pid}", second.Log);
         }
 
-        // A long stream in flight when SIGTERM arrives still completes; then the daemon exits 0 and removes its socket.
+        // A long stream in flight when SIGTERM arrives still completes; a new request after that is refused (503, or no
+        // connection at all once the listener is closed); then the daemon exits 0 and removes its socket.
         var inFlight = StreamAsync(daemon.Client, new { prompt = new[] { 1, 5 }, max_tokens = 300, temperature = 0, stream = true });
         await Task.Delay(100);
+        using var late = DaemonProcess.ClientFor(daemon.Socket);
+        Assert.True((await late.GetAsync("/health")).IsSuccessStatusCode); // a keep-alive connection opened before the signal
         daemon.Signal("TERM");
+        await Task.Delay(200);
+        try
+        {
+            var refused = await late.PostAsync("/v1/completions", JsonContent.Create(new { prompt = new[] { 1, 5 }, max_tokens = 2 }));
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        }
+        catch (HttpRequestException) { } // the listener and idle connections are already closed
         var (tokens, final) = await inFlight;
         Assert.Equal(300, tokens.Count);
         Assert.Equal("length", final.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
         Assert.Equal(0, await daemon.WaitForExitAsync(TimeSpan.FromSeconds(30)));
         Assert.False(File.Exists(daemon.Socket));
+    }
+
+    [Fact]
+    public async Task A_full_queue_answers_429_and_the_admitted_requests_still_complete()
+    {
+        using var temp = SharedModels.TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"), "--max-waiting", "1");
+        var responses = await Task.WhenAll(Enumerable.Range(0, 120).Select(i => Task.Run(() =>
+            daemon.Client.PostAsync("/v1/completions", JsonContent.Create(new { prompt = Tokens(5, i), max_tokens = 40, temperature = 0 })))));
+        var statuses = responses.Select(r => r.StatusCode).ToArray();
+        Assert.Contains(HttpStatusCode.TooManyRequests, statuses);
+        Assert.All(statuses, s => Assert.True(s is HttpStatusCode.OK or HttpStatusCode.TooManyRequests, $"unexpected {s}"));
+        var overloaded = responses.First(r => r.StatusCode == HttpStatusCode.TooManyRequests);
+        Assert.Contains("queue is full", await overloaded.Content.ReadAsStringAsync());
+        Assert.True((await daemon.Client.GetAsync("/health")).IsSuccessStatusCode);
     }
 
     [Fact]

@@ -33,23 +33,6 @@ __device__ __forceinline__ void rope_angle(int position, int i, float* c, float*
     *s = (float)sin(angle);
 }
 
-// Rotates x[token][head][HEAD_DIM] in place by each token's position. interleaved: pairs (2i, 2i+1); else (i, i+half).
-extern "C" __global__ void rope_apply(float* x, const int* positions, int heads, int interleaved)
-{
-    int token = blockIdx.x;
-    for (int p = threadIdx.x; p < heads * ROPE_PAIRS; p += blockDim.x)
-    {
-        int head = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
-        float c, s;
-        rope_angle(positions[token], i, &c, &s);
-        float* v = x + ((long)token * heads + head) * HEAD_DIM;
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-        float va = v[a], vb = v[b];
-        v[a] = va * c - vb * s;
-        v[b] = va * s + vb * c;
-    }
-}
-
 // One block table entry: block id, first position it holds, token count, rotation offset, first slot.
 struct KvEntry { int block; int first_position; int count; int rotation; int first_slot; };
 

@@ -11,7 +11,7 @@ public sealed record EngineRequest
     /// <summary>Tokens before the documents (BOS, a system prompt).</summary>
     public int[] Prefix { get; init; } = [];
 
-    /// <summary>Packets added with <see cref="KvPacketEngine.AddPacketAsync"/>, by id, in prompt order.</summary>
+    /// <summary>Packets added with <see cref="KvPacketEngine.AddPacketAsync(int[], CancellationToken)"/>, by id, in prompt order.</summary>
     public IReadOnlyList<string> Packets { get; init; } = [];
 
     /// <summary>Documents given as tokens, after the named packets.</summary>

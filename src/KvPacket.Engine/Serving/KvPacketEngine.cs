@@ -5,6 +5,7 @@ using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Model;
+using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 
@@ -42,12 +43,20 @@ public sealed class KvPacketEngine : IAsyncDisposable
         _loop = Task.Factory.StartNew(() => _scheduler.RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
-    /// <summary>Loads the checkpoint at <paramref name="modelPath"/> and starts serving it.</summary>
+    /// <summary>Loads the checkpoint at <paramref name="modelPath"/> (and the tokenizer beside it, if any) and starts serving it.</summary>
     public static Task<KvPacketEngine> LoadAsync(string modelPath, KvPacketEngineOptions? options = null, CancellationToken cancellation = default) =>
-        Task.Run(() => Create(CheckpointLoader.Load(modelPath), options), cancellation);
+        Task.Run(() =>
+        {
+            var engine = Create(CheckpointLoader.Load(modelPath), options);
+            engine.Tokenizer = TokenizerLoader.TryLoadNextTo(modelPath);
+            return engine;
+        }, cancellation);
 
     /// <summary>Serves an already loaded checkpoint (the engine takes ownership of it).</summary>
     public static KvPacketEngine Create(Checkpoint checkpoint, KvPacketEngineOptions? options = null) => new(checkpoint, options ?? new KvPacketEngineOptions());
+
+    /// <summary>The model's tokenizer, when one was found beside it (or set by the host).</summary>
+    public ITokenizer? Tokenizer { get; set; }
 
     /// <summary>The model's config.</summary>
     public ModelConfig Config => _checkpoint.Config;
@@ -91,6 +100,11 @@ public sealed class KvPacketEngine : IAsyncDisposable
         });
         return done.Task;
     }
+
+    /// <summary>Tokenizes <paramref name="text"/> with the model's tokenizer and adds it as a packet (see <see cref="AddPacketAsync(int[], CancellationToken)"/>).</summary>
+    /// <exception cref="InvalidOperationException">The engine has no tokenizer.</exception>
+    public Task<PacketHandle> AddPacketAsync(string text, CancellationToken cancellation = default) =>
+        AddPacketAsync((Tokenizer ?? throw new InvalidOperationException("this model has no tokenizer: add the document as token ids.")).Encode(text), cancellation);
 
     /// <summary>
     /// Records <paramref name="document"/> as a known packet without encoding it now — for packets a durable packet

@@ -22,6 +22,7 @@ internal static class BenchCommand
         command.Subcommands.Add(Create("prefill", "Prefill GFLOP/s", Prefill));
         command.Subcommands.Add(CreateTokenize());
         command.Subcommands.Add(CreateStore());
+        command.Subcommands.Add(CreateServe());
         command.Subcommands.Add(Create("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode", Rag));
         return command;
     }
@@ -68,6 +69,41 @@ internal static class BenchCommand
             {
                 if (Directory.Exists(scratch)) Directory.Delete(scratch, recursive: true);
             }
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command CreateServe()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var concurrency = new Option<string>("--concurrency") { Description = "Concurrency levels", DefaultValueFactory = _ => "1,4,16,64" };
+        var documents = new Option<int>("--documents") { Description = "Packets per request", DefaultValueFactory = _ => 4 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 256 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per request", DefaultValueFactory = _ => 32 };
+        var requests = new Option<int>("--requests") { Description = "Requests per level (at least the concurrency)", DefaultValueFactory = _ => 16 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("serve", "Load generator against kvpacketd: output tokens/s and TTFT p50/p99, kvpacket vs full, per concurrency")
+        {
+            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output,
+        };
+        command.SetAction(parse =>
+        {
+            string? path = parse.GetValue(model);
+            string name;
+            if (path is null)
+            {
+                var (checkpoint, cardName) = BenchModel.Open(null, parse.GetValue(shape) ?? throw new ArgumentException("Give --model PATH or --shape NAME."), DType.BF16);
+                path = checkpoint.Source;
+                name = cardName;
+                checkpoint.Dispose();
+            }
+            else name = Path.GetFileNameWithoutExtension(path);
+            var result = ServeBenchmark.Run(path, name, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
+                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(maxTokens), parse.GetValue(requests));
+            result.Print();
+            result.Save(parse.GetValue(output)!);
             return 0;
         });
         return command;
