@@ -258,3 +258,10 @@ extern "C" __global__ void to_bf16(const float* x, __nv_bfloat16* y, long n)
 {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = __float2bfloat16(x[i]);
 }
+
+// out[i] = x[rows[i]] for rows of n floats; one block per gathered row.
+extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int n)
+{
+    const float* row = x + (long)rows[blockIdx.x] * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i];
+}

@@ -62,5 +62,48 @@ public static class CudaParity
         return new CudaParityResult(steps, maxAbs, maxRelative, divergent, unwritten, gpu.Spec is null ? "generic" : $"specialised ({gpu.Spec.Name})");
     }
 
+    /// <summary>
+    /// Three sequences with different prompts decoded together in one batch for <paramref name="steps"/> steps against the
+    /// same sequences decoded alone: the largest logit difference (cuBLAS may pick other kernels for other batch sizes).
+    /// </summary>
+    public static double BatchConsistency(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps)
+    {
+        int vocab = model.Config.VocabSize;
+        using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 64, kvTokens: 4 * (64 + steps + 16), maxSequences: 4);
+        var random = new SeededRandom(91);
+        int[][] prompts = [.. Enumerable.Range(0, 3).Select(i => (int[])[1, .. random.NextTokens(9 + 7 * i, 0, vocab)])];
+        var alone = new float[3][];
+        var tokens = new int[3][];
+        Span<int> next = stackalloc int[1];
+        for (int s = 0; s < 3; s++)
+        {
+            int id = gpu.CreateSequence();
+            gpu.Step([id], [prompts[s].Length], prompts[s]);
+            tokens[s] = new int[steps];
+            var rows = new float[steps * vocab];
+            for (int i = 0; i < steps; i++)
+            {
+                device.Download<float>(gpu.LogitsBuffer, rows.AsSpan(i * vocab, vocab));
+                gpu.NextToken(next);
+                tokens[s][i] = next[0];
+                gpu.Step([id], [1], next);
+            }
+            alone[s] = rows;
+            gpu.ReleaseSequence(id);
+        }
+        int[] ids = [gpu.CreateSequence(), gpu.CreateSequence(), gpu.CreateSequence()];
+        gpu.Step(ids, [prompts[0].Length, prompts[1].Length, prompts[2].Length], [.. prompts[0], .. prompts[1], .. prompts[2]]);
+        var batch = new float[3 * vocab];
+        double worst = 0;
+        for (int i = 0; i < steps; i++)
+        {
+            device.Download<float>(gpu.LogitsBuffer, batch);
+            for (int s = 0; s < 3; s++)
+                for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(batch[s * vocab + v] - alone[s][i * vocab + v]));
+            gpu.Step(ids, [1, 1, 1], [tokens[0][i], tokens[1][i], tokens[2][i]]);
+        }
+        return worst;
+    }
+
     private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;
 }

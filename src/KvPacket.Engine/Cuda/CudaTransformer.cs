@@ -26,15 +26,23 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
     private readonly DeviceBuffer _pool, _x, _xb, _q, _k, _v, _att, _gate, _up, _logits, _scores, _half;
-    private readonly DeviceBuffer _step, _sequence, _tableStart, _argmax, _partialMl, _partialAcc;
+    private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc;
     private readonly int[] _stepHost;
+    private readonly int _maxChunks;
+    private readonly List<GpuSequence?> _sequences = [];
+    private readonly Stack<int> _freeBlocks = new();
+    private int _default;
     private readonly int _maxTokens, _maxContext, _blockCount;
     private readonly int _interleaved;
-    private readonly List<DeviceEntry> _table = [];
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _swiglu, _add, _addBias, _argmaxKernel, _toBf16;
+    /// <summary>One sequence's block table (physical blocks of the device pool) and length.</summary>
+    private sealed class GpuSequence
+    {
+        public int Length;
+        public readonly List<DeviceEntry> Table = [];
+    }
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _swiglu, _add, _addBias, _argmaxKernel, _toBf16, _gatherRows;
     private const int EntriesPerSplit = 4;  // 64 positions per flash-decoding split when there is room
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
-    private int _length;
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -47,18 +55,21 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="device"/> with matrices as <paramref name="weightType"/> (F32 or BF16),
-    /// for steps of up to <paramref name="maxTokens"/> tokens and a KV cache of <paramref name="kvTokens"/> tokens
-    /// in <paramref name="kvType"/> (F16 or F32).
+    /// for steps of up to <paramref name="maxTokens"/> tokens in up to <paramref name="maxSequences"/> sequences, and a
+    /// KV cache of <paramref name="kvTokens"/> tokens in <paramref name="kvType"/> (F16 or F32), no sequence longer than
+    /// <paramref name="maxContext"/> (the cache size, or the model's context, when 0).
     /// </summary>
-    public CudaTransformer(Checkpoint model, CudaDevice device, DType weightType = DType.F32, DType kvType = DType.F16, int maxTokens = 512, int kvTokens = 4096, bool specialised = true)
+    public CudaTransformer(Checkpoint model, CudaDevice device, DType weightType = DType.F32, DType kvType = DType.F16, int maxTokens = 512, int kvTokens = 4096,
+        bool specialised = true, int maxSequences = 64, int maxContext = 0)
     {
+        _maxChunks = Math.Min(maxSequences, maxTokens);
         if (weightType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"GPU weights must be F32 or BF16, not {weightType}.", nameof(weightType));
         if (kvType is not (DType.F32 or DType.F16)) throw new ArgumentException($"GPU KV must be F16 or F32, not {kvType}.", nameof(kvType));
         _device = device;
         _config = model.Config;
         _weightType = weightType;
         _maxTokens = maxTokens;
-        _maxContext = Math.Min(kvTokens, _config.MaxContextLength);
+        _maxContext = Math.Min(maxContext > 0 ? maxContext : kvTokens, _config.MaxContextLength);
         _interleaved = _config.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var c = _config;
 
@@ -77,6 +88,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _addBias = _module.Function("add_bias");
         _argmaxKernel = _module.Function("argmax");
         _toBf16 = _module.Function("to_bf16");
+        _gatherRows = _module.Function("gather_rows");
 
         _embedding = Upload(model.TokenEmbedding, DType.F32);
         _classifier = Upload(model.Classifier, weightType);
@@ -99,20 +111,19 @@ public sealed unsafe class CudaTransformer : IDisposable
         _att = Own(device.Allocate(4L * t * c.QueryDim));
         _gate = Own(device.Allocate(4L * t * c.IntermediateSize));
         _up = Own(device.Allocate(4L * t * c.IntermediateSize));
-        _logits = Own(device.Allocate(4L * c.VocabSize));
+        _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
         _scores = Own(device.Allocate(4L * t * c.HeadCount * _maxContext));
         _half = Own(device.Allocate(2L * t * Math.Max(wide, c.IntermediateSize)));
-        // One upload per step: ids, positions, blocks, slots (t each), the table length, then the table's entries.
-        _stepHost = new int[4 * t + 1 + 5 * _blockCount];
+        // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
+        // table length and last row; then every chunk's table entries.
+        _stepHost = new int[5 * t + 3 * _maxChunks + 5 * (_blockCount + _maxChunks)];
         _step = Own(device.Allocate(4L * _stepHost.Length));
-        _sequence = Own(device.Allocate(4L * t));
-        _tableStart = Own(device.Allocate(4));
-        _argmax = Own(device.Allocate(4));
+        _argmax = Own(device.Allocate(4L * _maxChunks));
+        for (int b = _blockCount - 1; b >= 0; b--) _freeBlocks.Push(b);
+        _default = CreateSequence();
         long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
         _partialMl = Own(device.Allocate(8L * partialRows));
         _partialAcc = Own(device.Allocate(4L * partialRows * c.HeadDim));
-        device.Upload<int>(new int[t], _sequence);
-        device.Upload<int>([0], _tableStart);
         device.Synchronize();
     }
 
@@ -122,8 +133,24 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Seconds NVRTC took to compile the kernels (0 when they came from the on-disk cache).</summary>
     public double CompileSeconds { get; }
 
-    /// <summary>Tokens in the sequence.</summary>
-    public int Length => _length;
+    /// <summary>Tokens in the default sequence (the one <see cref="Prefill"/> and <see cref="DecodeGreedy"/> grow).</summary>
+    public int Length => _sequences[_default]!.Length;
+
+    /// <summary>Starts an empty sequence; returns its id.</summary>
+    public int CreateSequence()
+    {
+        int id = _sequences.IndexOf(null);
+        if (id < 0) { id = _sequences.Count; _sequences.Add(null); }
+        _sequences[id] = new GpuSequence();
+        return id;
+    }
+
+    /// <summary>Frees sequence <paramref name="id"/>'s blocks.</summary>
+    public void ReleaseSequence(int id)
+    {
+        foreach (var entry in _sequences[id]!.Table) _freeBlocks.Push(entry.Block);
+        _sequences[id] = null;
+    }
 
     /// <summary>The device buffer holding the last token's logits.</summary>
     public DeviceBuffer LogitsBuffer => _logits;
@@ -131,11 +158,11 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Device memory held, in bytes.</summary>
     public long DeviceBytes => _owned.Sum(b => b.Bytes);
 
-    /// <summary>Empties the sequence (its KV blocks are reused).</summary>
+    /// <summary>Empties the default sequence (its KV blocks are reused).</summary>
     public void Reset()
     {
-        _length = 0;
-        _table.Clear();
+        ReleaseSequence(_default);
+        _default = CreateSequence();
     }
 
     /// <summary>Appends <paramref name="tokens"/> and writes the last token's logits into <paramref name="logits"/> (vocab floats) when given.</summary>
@@ -160,44 +187,74 @@ public sealed unsafe class CudaTransformer : IDisposable
         return tokens;
     }
 
-    /// <summary>The argmax of the current last-token logits, computed on the device.</summary>
-    public void NextToken(Span<int> token)
+    /// <summary>The argmax of the last step's logits, one per chunk, computed on the device.</summary>
+    public void NextToken(Span<int> tokens)
     {
-        var module = _module;
         ulong logits = _logits.Pointer, result = _argmax.Pointer;
         int vocab = _config.VocabSize;
-        module.Launch(_argmaxKernel, (1, 1), 1024, (nint)(&logits), (nint)(&vocab), (nint)(&result));
-        _device.Download(_argmax, token[..1]);
+        _module.Launch(_argmaxKernel, ((uint)tokens.Length, 1), 1024, (nint)(&logits), (nint)(&vocab), (nint)(&result));
+        _device.Download(_argmax, tokens);
     }
 
-    /// <summary>One forward step over <paramref name="tokens"/> (at most the step size) appended to the sequence; the last token's logits stay on the device.</summary>
+    /// <summary>One step of the default sequence: appends <paramref name="tokens"/>.</summary>
     public void Step(ReadOnlySpan<int> tokens)
     {
+        Span<int> sequence = [_default];
+        Span<int> length = [tokens.Length];
+        Step(sequence, length, tokens);
+    }
+
+    /// <summary>
+    /// One forward step over a ragged batch: chunk i appends <paramref name="lengths"/>[i] tokens (taken in order from
+    /// <paramref name="tokens"/>) to sequence <paramref name="sequences"/>[i]. Each chunk's last-token logits stay on the
+    /// device, row i of <see cref="LogitsBuffer"/>.
+    /// </summary>
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens)
+    {
         var c = _config;
-        int n = tokens.Length;
-        if (n > _maxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens.");
-        if (_length + n > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"The sequence would exceed the GPU cache's {_maxContext} tokens.");
+        int n = tokens.Length, chunks = sequences.Length;
+        if (n > _maxTokens || chunks > _maxChunks) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens in {_maxChunks} sequences.");
         var host = _stepHost.AsSpan();
         tokens.CopyTo(host);
-        Span<int> positions = host.Slice(n, n), blocks = host.Slice(2 * n, n), slots = host.Slice(3 * n, n);
-        for (int t = 0; t < n; t++)
+        Span<int> positions = host.Slice(n, n), blocks = host.Slice(2 * n, n), slots = host.Slice(3 * n, n), tokenChunk = host.Slice(4 * n, n);
+        Span<int> tableStart = host.Slice(5 * n, chunks), tableLength = host.Slice(5 * n + chunks, chunks), lastRow = host.Slice(5 * n + 2 * chunks, chunks);
+        var entryInts = host[(5 * n + 3 * chunks)..];
+        int offset = 0, entryCount = 0, longest = 0;
+        for (int chunk = 0; chunk < chunks; chunk++)
         {
-            int position = _length + t;
-            positions[t] = position;
-            int block = position / BlockTokens;
-            if (block == _table.Count) _table.Add(new DeviceEntry(block, block * BlockTokens, 0, 0, 0));
-            _table[block] = _table[block] with { Count = position % BlockTokens + 1 };
-            blocks[t] = block;
-            slots[t] = position % BlockTokens;
+            var sequence = _sequences[sequences[chunk]] ?? throw new ArgumentException($"No GPU sequence {sequences[chunk]}.", nameof(sequences));
+            int length = lengths[chunk];
+            if (sequence.Length + length > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"Sequence {sequences[chunk]} would exceed {_maxContext} tokens.");
+            for (int t = 0; t < length; t++)
+            {
+                int position = sequence.Length + t, logical = position / BlockTokens;
+                if (logical == sequence.Table.Count)
+                {
+                    if (!_freeBlocks.TryPop(out int fresh)) throw new InvalidOperationException($"The GPU KV cache ({_blockCount} blocks) is full.");
+                    sequence.Table.Add(new DeviceEntry(fresh, logical * BlockTokens, 0, 0, 0));
+                }
+                sequence.Table[logical] = sequence.Table[logical] with { Count = position % BlockTokens + 1 };
+                positions[offset + t] = position;
+                blocks[offset + t] = sequence.Table[logical].Block;
+                slots[offset + t] = position % BlockTokens;
+                tokenChunk[offset + t] = chunk;
+            }
+            var table = MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(sequence.Table));
+            table.CopyTo(entryInts[(5 * entryCount)..]);
+            tableStart[chunk] = entryCount;
+            tableLength[chunk] = sequence.Table.Count;
+            lastRow[chunk] = offset + length - 1;
+            entryCount += sequence.Table.Count;
+            longest = Math.Max(longest, sequence.Table.Count);
+            offset += length;
         }
-        host[4 * n] = _table.Count;
-        var table = MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(_table));
-        table.CopyTo(host[(4 * n + 1)..]);
-        _device.Upload<int>(host[..(4 * n + 1 + table.Length)], _step);
+        if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
+        _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
         ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
-            length = _step.At(16L * n), entries = _step.At(16L * n + 4);
-        int splits = Math.Max(1, Math.Min((_table.Count + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
-        int perSplit = (_table.Count + splits - 1) / splits;
+            sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
+            lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
+        int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
+        int perSplit = (longest + splits - 1) / splits;
 
         var m = _module;
         ulong x = _x.Pointer, xb = _xb.Pointer, embedding = _embedding.Buffer.Pointer;
@@ -215,11 +272,11 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong k = _k.Pointer, v = _v.Pointer, pool = _pool.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
             m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
-            ulong q = _q.Pointer, start = _tableStart.Pointer, sequence = _sequence.Pointer, scores = _scores.Pointer, att = _att.Pointer;
+            ulong q = _q.Pointer, scores = _scores.Pointer, att = _att.Pointer;
             ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
             int maxContext = _maxContext;
             m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
-                (nint)(&start), (nint)(&length), (nint)(&sequence), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
+                (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
                 (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
             m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&att));
             Project(_att, n, w.Output, _xb, null);
@@ -234,11 +291,12 @@ public sealed unsafe class CudaTransformer : IDisposable
             Project(_gate, n, w.Down, _xb, null);
             Add(_x, _xb, (long)n * hidden);
         }
-        // Only the last token's logits are needed: normalise and classify that row alone.
-        ulong last = _x.At(4L * (n - 1) * hidden), finalNorm = _finalNorm.Pointer;
-        m.Launch(_rmsNorm, (1, 1), 256, (nint)(&last), (nint)(&finalNorm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
-        Project(_xb, 1, _classifier, _logits, null);
-        _length += n;
+        // Only each chunk's last token needs logits: gather those rows, normalise and classify them alone.
+        ulong gathered = _gate.Pointer, finalNorm = _finalNorm.Pointer;
+        m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
+        m.Launch(_rmsNorm, ((uint)chunks, 1), 256, (nint)(&gathered), (nint)(&finalNorm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
+        Project(_xb, chunks, _classifier, _logits, null);
+        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
     }
 
     private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);

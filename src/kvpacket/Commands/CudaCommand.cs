@@ -54,6 +54,10 @@ internal static class CudaCommand
                     Console.WriteLine($"  {result.Kernels,-28} weights {type} KV {parse.GetValue(kv)}: max |Δlogit| {result.MaxAbsDifference:E2}, max relative {result.MaxRelativeDifference:E2}, " +
                                       $"greedy {(result.FirstDivergentStep < 0 ? $"identical for {result.Steps} steps" : $"diverges at step {result.FirstDivergentStep}")}, unwritten {result.UnwrittenLogits} → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})");
                 }
+                double batch = CudaParity.BatchConsistency(checkpoint, device, type, parse.GetValue(kv), Math.Min(16, parse.GetValue(steps)));
+                bool batchOk = batch <= (exact ? 1e-3 : 1e-2);
+                ok &= batchOk;
+                Console.WriteLine($"  batched (3 sequences, ragged prefill + decode) vs alone: max |Δlogit| {batch:E2} → {(batchOk ? "PASS" : "FAIL")}");
                 return ok ? 0 : 1;
             }
         });
@@ -68,8 +72,12 @@ internal static class CudaCommand
         var context = new Option<int>("--context") { Description = "Tokens in the cache when decode is timed", DefaultValueFactory = _ => 512 };
         var prefill = new Option<int>("--prefill-tokens") { Description = "Prompt length for the prefill timing", DefaultValueFactory = _ => 4096 };
         var repeats = new Option<int>("--repeats") { Description = "Timed repetitions (after warm-up); medians reported", DefaultValueFactory = _ => 30 };
+        var batchSize = new Option<int>("--batch") { Description = "Sequences decoded together for the batch figure", DefaultValueFactory = _ => 32 };
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
-        var command = new Command("bench", "Decode step time vs the copy-bandwidth roofline, and prefill tokens/s, with CUDA events") { model, shape, weights, context, prefill, repeats, output };
+        var command = new Command("bench", "Decode step time (batch 1 and batch N) vs the copy-bandwidth roofline, and prefill tokens/s, with CUDA events")
+        {
+            model, shape, weights, context, prefill, repeats, batchSize, output,
+        };
         command.SetAction(parse =>
         {
             if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
@@ -84,7 +92,9 @@ internal static class CudaCommand
                 foreach (bool specialised in new[] { true, false })
                 {
                     string tag = specialised ? "card" : "generic";
-                    using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096), kvTokens: promptLength + 64, specialised);
+                    int batch = parse.GetValue(batchSize);
+                    using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
+                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 48)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
                     int[] prompt = random.NextTokens(promptLength, 0, checkpoint.Config.VocabSize);
@@ -104,6 +114,30 @@ internal static class CudaCommand
                     figures[$"decode_tokens_per_s_{tag}"] = 1 / step;
                     figures[$"decode_fraction_of_copy_roofline_{tag}"] = bytes / step / 1e9 / figures["copy_GB_per_s"];
                     figures["decode_bytes_per_token"] = bytes;
+                    if (!specialised || batch <= 1) continue;
+
+                    // Batch decode: `batch` sequences of decodeContext tokens, one token each per step.
+                    var sequences = new int[batch];
+                    var ones = Enumerable.Repeat(1, batch).ToArray();
+                    var next = Enumerable.Repeat(7, batch).ToArray();
+                    for (int s = 0; s < batch; s++)
+                    {
+                        sequences[s] = gpu.CreateSequence();
+                        for (int offset = 0; offset < decodeContext; offset += 4096)
+                        {
+                            int length = Math.Min(4096, decodeContext - offset);
+                            gpu.Step([sequences[s]], [length], prompt.AsSpan(offset, length));
+                        }
+                    }
+                    for (int w = 0; w < 5; w++) gpu.Step(sequences, ones, next);
+                    var batchMs = device.Time(() => gpu.Step(sequences, ones, next), repeat);
+                    double batchStep = Median(batchMs) / 1e3;
+                    double batchBytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
+                                        + batch * 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
+                    figures[$"decode_batch{batch}_step_ms"] = batchStep * 1e3;
+                    figures[$"decode_batch{batch}_tokens_per_s"] = batch / batchStep;
+                    figures[$"decode_batch{batch}_fraction_of_copy_roofline"] = batchBytes / batchStep / 1e9 / figures["copy_GB_per_s"];
+                    foreach (int s in sequences) gpu.ReleaseSequence(s);
                 }
                 var result = new BenchResult("cuda", name, type.ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
                 result.Print();
