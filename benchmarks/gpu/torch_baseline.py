@@ -27,36 +27,37 @@ def main(card_path):
     config = transformers.AutoConfig.for_model(card.pop("model_type"), **card)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16).cuda().eval()
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()
     vocab = config.vocab_size
     with torch.inference_mode():
         prompt = torch.randint(0, vocab, (1, 4096), device="cuda")
         model(prompt)  # warm-up
         prefill_ms = timed(lambda: model(prompt), 5)
 
-        context = torch.randint(0, vocab, (1, 512), device="cuda")
-        token = torch.tensor([[7]], device="cuda")
+        def decode(batch):
+            ctx = torch.randint(0, vocab, (batch, 512), device="cuda")
+            tok = torch.full((batch, 1), 7, device="cuda")
+            cache = model(ctx, use_cache=True).past_key_values
+            for _ in range(5):
+                cache = model(tok, past_key_values=cache, use_cache=True).past_key_values
+            steps = []
+            for _ in range(30):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                cache = model(tok, past_key_values=cache, use_cache=True).past_key_values
+                end.record()
+                torch.cuda.synchronize()
+                steps.append(start.elapsed_time(end))
+            return statistics.median(steps)
 
-        def decode_steps(n):
-            cache = model(context, use_cache=True).past_key_values
-            return cache
-
-        cache = decode_steps(0)
-        for _ in range(5):
-            cache = model(token, past_key_values=cache, use_cache=True).past_key_values
-        steps = []
-        for _ in range(30):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            cache = model(token, past_key_values=cache, use_cache=True).past_key_values
-            end.record()
-            torch.cuda.synchronize()
-            steps.append(start.elapsed_time(end))
-        step_ms = statistics.median(steps)
+        step_ms = decode(1)
+        batch_ms = decode(32)
     print(f"torch {torch.__version__} transformers {transformers.__version__} {name} bf16 sdpa on {torch.cuda.get_device_name()}")
     print(f"  torch_prefill_4096_tokens_per_s   {4096 / (prefill_ms / 1e3):.1f}")
     print(f"  torch_decode_step_ms              {step_ms:.3f}")
     print(f"  torch_decode_tokens_per_s         {1e3 / step_ms:.1f}")
+    print(f"  torch_decode_batch32_step_ms      {batch_ms:.3f}")
+    print(f"  torch_decode_batch32_tokens_per_s {32e3 / batch_ms:.1f}")
 
 
 if __name__ == "__main__":
