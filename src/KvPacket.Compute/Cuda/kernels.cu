@@ -265,3 +265,102 @@ extern "C" __global__ void gather_rows(const float* x, const int* rows, float* o
     const float* row = x + (long)rows[blockIdx.x] * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i];
 }
+
+// Prefill attention for one chunk of consecutive positions of one sequence (flash-attention style): a block takes a
+// tile of QTILE tokens × the GROUP_SIZE query heads of one KV head, streams the sequence's KV blocks through shared
+// memory once for all of them, and keeps an online softmax (running max, sum and output row) per query row.
+// grid (ceil(tokens / QTILE), KV_HEADS); the chunk's tokens are 0..tokens-1 with positions first_position + t.
+#define QTILE_RAW (2048 / (GROUP_SIZE * HEAD_DIM))
+#define QTILE (QTILE_RAW < 1 ? 1 : (QTILE_RAW > 16 ? 16 : QTILE_RAW))
+#define QROWS (QTILE * GROUP_SIZE)
+extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, int layer, const KvEntry* table, int entries_count,
+    int tokens, int first_position, float scale, int interleaved, float* out)
+{
+    __shared__ float query[QROWS * HEAD_DIM];
+    __shared__ float acc[QROWS * HEAD_DIM];
+    __shared__ float keys[BLOCK_TOKENS * HEAD_DIM];
+    __shared__ float values[BLOCK_TOKENS * HEAD_DIM];
+    __shared__ float p[QROWS * BLOCK_TOKENS];
+    __shared__ float row_max[QROWS], row_sum[QROWS], row_scale[QROWS];
+    int tile = blockIdx.x, g = blockIdx.y;
+    int first_token = tile * QTILE, tile_tokens = min(QTILE, tokens - first_token);
+    int last_position = first_position + first_token + tile_tokens - 1;
+    for (int i = threadIdx.x; i < QROWS * HEAD_DIM; i += blockDim.x) acc[i] = 0;
+    for (int r = threadIdx.x; r < QROWS; r += blockDim.x) { row_max[r] = NEG_INF; row_sum[r] = 0; }
+    int rotation = -2147483647;
+
+    for (int e = 0; e < entries_count; e++)
+    {
+        KvEntry entry = table[e];
+        if (entry.first_position > last_position) break;
+        __syncthreads();
+        if (entry.rotation != rotation)
+        {
+            rotation = entry.rotation;
+            for (int idx = threadIdx.x; idx < QROWS * ROPE_PAIRS; idx += blockDim.x)
+            {
+                int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
+                if (t >= tile_tokens) continue;
+                float c, s;
+                rope_angle(first_position + first_token + t - rotation, i, &c, &s);
+                const float* src = q + ((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM;
+                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+                query[r * HEAD_DIM + a] = src[a] * c - src[b] * s;
+                query[r * HEAD_DIM + b] = src[a] * s + src[b] * c;
+            }
+        }
+        const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
+        const kv_t* vplane = kplane + PLANE_ELEMENTS;
+        for (int i = threadIdx.x; i < entry.count * HEAD_DIM; i += blockDim.x)
+        {
+            keys[i] = kv_load(kplane[i]);
+            values[i] = kv_load(vplane[i]);
+        }
+        __syncthreads();
+        // Scores, masked causally (a key after the token's position gets no weight).
+        for (int idx = threadIdx.x; idx < QROWS * BLOCK_TOKENS; idx += blockDim.x)
+        {
+            int r = idx / BLOCK_TOKENS, j = idx % BLOCK_TOKENS, t = r / GROUP_SIZE;
+            float score = NEG_INF;
+            if (j < entry.count && t < tile_tokens && entry.first_position + j <= first_position + first_token + t)
+            {
+                float dot = 0;
+                for (int d = 0; d < HEAD_DIM; d++) dot += query[r * HEAD_DIM + d] * keys[j * HEAD_DIM + d];
+                score = dot * scale;
+            }
+            p[idx] = score;
+        }
+        __syncthreads();
+        // Online softmax: new running max, rescale of what was summed so far, this block's probabilities.
+        for (int r = threadIdx.x; r < QROWS; r += blockDim.x)
+        {
+            float m = row_max[r];
+            for (int j = 0; j < BLOCK_TOKENS; j++) m = fmaxf(m, p[r * BLOCK_TOKENS + j]);
+            float old_scale = m == NEG_INF ? 1.0f : __expf(row_max[r] - m);
+            float sum = row_sum[r] * old_scale;
+            for (int j = 0; j < BLOCK_TOKENS; j++)
+            {
+                float v = p[r * BLOCK_TOKENS + j] == NEG_INF ? 0.0f : __expf(p[r * BLOCK_TOKENS + j] - m);
+                p[r * BLOCK_TOKENS + j] = v;
+                sum += v;
+            }
+            row_max[r] = m;
+            row_sum[r] = sum;
+            row_scale[r] = old_scale;
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < QROWS * HEAD_DIM; idx += blockDim.x)
+        {
+            int r = idx / HEAD_DIM, d = idx % HEAD_DIM;
+            float a = acc[idx] * row_scale[r];
+            for (int j = 0; j < entry.count; j++) a += p[r * BLOCK_TOKENS + j] * values[j * HEAD_DIM + d];
+            acc[idx] = a;
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < QROWS * HEAD_DIM; idx += blockDim.x)
+    {
+        int r = idx / HEAD_DIM, d = idx % HEAD_DIM, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
+        if (t < tile_tokens) out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc[idx] / row_sum[r];
+    }
+}

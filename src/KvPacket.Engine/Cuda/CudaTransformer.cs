@@ -40,9 +40,10 @@ public sealed unsafe class CudaTransformer : IDisposable
         public int Length;
         public readonly List<DeviceEntry> Table = [];
     }
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _swiglu, _add, _addBias, _argmaxKernel, _toBf16, _gatherRows;
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _attentionPrefill, _swiglu, _add, _addBias, _argmaxKernel, _toBf16, _gatherRows;
     private const int EntriesPerSplit = 4;  // 64 positions per flash-decoding split when there is room
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
+    private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -83,6 +84,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _kvAppend = _module.Function("kv_append");
         _attentionPartial = _module.Function("attention_partial");
         _attentionCombine = _module.Function("attention_combine");
+        _attentionPrefill = _module.Function("attention_prefill");
         _swiglu = _module.Function("swiglu");
         _add = _module.Function("add");
         _addBias = _module.Function("add_bias");
@@ -255,6 +257,10 @@ public sealed unsafe class CudaTransformer : IDisposable
             lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
         int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
         int perSplit = (longest + splits - 1) / splits;
+        // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
+        bool tiled = chunks == 1 && n >= PrefillTileThreshold;
+        int firstPosition = positions[0], tableCount = tableLength[0];
+        uint queryTile = (uint)Math.Clamp(2048 / (c.GroupSize * c.HeadDim), 1, 16);
 
         var m = _module;
         ulong x = _x.Pointer, xb = _xb.Pointer, embedding = _embedding.Buffer.Pointer;
@@ -275,10 +281,19 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong q = _q.Pointer, scores = _scores.Pointer, att = _att.Pointer;
             ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
             int maxContext = _maxContext;
-            m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
-                (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
-                (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
-            m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&att));
+            if (tiled)
+            {
+                int tokenCount = n;
+                m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
+                    (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
+            }
+            else
+            {
+                m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
+                    (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
+                    (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
+                m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&att));
+            }
             Project(_att, n, w.Output, _xb, null);
             Add(_x, _xb, (long)n * hidden);
             norm = w.FfnNorm.Pointer;
