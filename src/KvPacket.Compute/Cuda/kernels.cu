@@ -278,7 +278,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
 {
     __shared__ float query[QROWS * HEAD_DIM];
     __shared__ float acc[QROWS * HEAD_DIM];
-    __shared__ float keys[BLOCK_TOKENS * HEAD_DIM];
+    __shared__ float keys[BLOCK_TOKENS * (HEAD_DIM + 1)];   // rows padded by one: the score loop reads a column across rows
     __shared__ float values[BLOCK_TOKENS * HEAD_DIM];
     __shared__ float p[QROWS * BLOCK_TOKENS];
     __shared__ float row_max[QROWS], row_sum[QROWS], row_scale[QROWS];
@@ -313,7 +313,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
         const kv_t* vplane = kplane + PLANE_ELEMENTS;
         for (int i = threadIdx.x; i < entry.count * HEAD_DIM; i += blockDim.x)
         {
-            keys[i] = kv_load(kplane[i]);
+            keys[(i / HEAD_DIM) * (HEAD_DIM + 1) + i % HEAD_DIM] = kv_load(kplane[i]);
             values[i] = kv_load(vplane[i]);
         }
         __syncthreads();
@@ -325,7 +325,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
             if (j < entry.count && t < tile_tokens && entry.first_position + j <= first_position + first_token + t)
             {
                 float dot = 0;
-                for (int d = 0; d < HEAD_DIM; d++) dot += query[r * HEAD_DIM + d] * keys[j * HEAD_DIM + d];
+                for (int d = 0; d < HEAD_DIM; d++) dot += query[r * HEAD_DIM + d] * keys[j * (HEAD_DIM + 1) + d];
                 score = dot * scale;
             }
             p[idx] = score;

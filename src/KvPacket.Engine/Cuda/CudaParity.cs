@@ -64,9 +64,10 @@ public static class CudaParity
 
     /// <summary>
     /// Three sequences with different prompts decoded together in one batch for <paramref name="steps"/> steps against the
-    /// same sequences decoded alone: the largest logit difference (cuBLAS may pick other kernels for other batch sizes).
+    /// same sequences decoded alone: the largest logit difference, absolute and relative per row (cuBLAS may pick other
+    /// kernels for other batch sizes, and a long prompt takes the tiled prefill kernel where the batch takes the split one).
     /// </summary>
-    public static double BatchConsistency(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps)
+    public static (double MaxAbs, double MaxRelative) BatchConsistency(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps)
     {
         int vocab = model.Config.VocabSize;
         using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 64, kvTokens: 4 * (64 + steps + 16), maxSequences: 4);
@@ -94,15 +95,25 @@ public static class CudaParity
         int[] ids = [gpu.CreateSequence(), gpu.CreateSequence(), gpu.CreateSequence()];
         gpu.Step(ids, [prompts[0].Length, prompts[1].Length, prompts[2].Length], [.. prompts[0], .. prompts[1], .. prompts[2]]);
         var batch = new float[3 * vocab];
-        double worst = 0;
+        double worst = 0, worstRelative = 0;
         for (int i = 0; i < steps; i++)
         {
             device.Download<float>(gpu.LogitsBuffer, batch);
             for (int s = 0; s < 3; s++)
-                for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(batch[s * vocab + v] - alone[s][i * vocab + v]));
+            {
+                double difference = 0, norm = 0;
+                for (int v = 0; v < vocab; v++)
+                {
+                    double d = Math.Abs((double)batch[s * vocab + v] - alone[s][i * vocab + v]);
+                    worst = Math.Max(worst, d);
+                    difference += d * d;
+                    norm += (double)alone[s][i * vocab + v] * alone[s][i * vocab + v];
+                }
+                worstRelative = Math.Max(worstRelative, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+            }
             gpu.Step(ids, [1, 1, 1], [tokens[0][i], tokens[1][i], tokens[2][i]]);
         }
-        return worst;
+        return (worst, worstRelative);
     }
 
     private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;
