@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Net.Http.Json;
-using System.Net.Sockets;
 using System.Text.Json;
 using KvPacket.Tests;
 
 namespace KvPacket.Daemon.Tests;
 
 /// <summary>A real kvpacketd process on a temporary socket and store, with an HTTP client that talks over the socket.</summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class DaemonProcess : IAsyncDisposable
 {
     public static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
@@ -28,15 +28,7 @@ internal sealed class DaemonProcess : IAsyncDisposable
     public int Pid => _process.Id;
     public string Log { get { lock (_log) return _log.ToString(); } }
 
-    public static HttpClient ClientFor(string socket) => new(new SocketsHttpHandler
-    {
-        ConnectCallback = async (_, cancel) =>
-        {
-            var connection = new System.Net.Sockets.Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            await connection.ConnectAsync(new UnixDomainSocketEndPoint(socket), cancel);
-            return new NetworkStream(connection, ownsSocket: true);
-        },
-    }) { BaseAddress = new Uri("http://kvpacketd"), Timeout = TimeSpan.FromSeconds(60) };
+    public static HttpClient ClientFor(string socket) => UnixSocketClient.Create(socket, TimeSpan.FromSeconds(60));
 
     /// <summary>Starts a daemon on <paramref name="store"/> (and a socket beside it) and waits until /health answers.</summary>
     public static async Task<DaemonProcess> StartAsync(string store, params string[] extra)

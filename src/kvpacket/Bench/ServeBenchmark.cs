@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Net.Http.Json;
-using System.Net.Sockets;
 using System.Text.Json;
 using KvPacket.Core.Model;
 using KvPacket.Core.Numerics;
@@ -37,7 +36,7 @@ internal static class ServeBenchmark
             }
             using var stop = new CancellationTokenSource();
             var daemon = Task.Run(() => Daemon.Daemon.RunAsync(["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"], stop.Token));
-            using var client = Client(socket);
+            using var client = Daemon.UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
             WaitForHealth(client, daemon);
 
             var random = new SeededRandom(17);
@@ -120,15 +119,4 @@ internal static class ServeBenchmark
         if (!response.IsSuccessStatusCode) throw new InvalidOperationException($"{path}: {(int)response.StatusCode} {text}");
         return JsonDocument.Parse(text).RootElement.Clone();
     }
-
-    private static HttpClient Client(string socket) => new(new SocketsHttpHandler
-    {
-        MaxConnectionsPerServer = 256,
-        ConnectCallback = async (_, cancel) =>
-        {
-            var connection = new System.Net.Sockets.Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            await connection.ConnectAsync(new UnixDomainSocketEndPoint(socket), cancel);
-            return new NetworkStream(connection, ownsSocket: true);
-        },
-    }) { BaseAddress = new Uri("http://kvpacketd"), Timeout = TimeSpan.FromMinutes(10) };
 }

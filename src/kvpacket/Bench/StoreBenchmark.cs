@@ -84,11 +84,11 @@ internal static class StoreBenchmark
                 long bytes = ReadAll(segments, buffer);
                 reads.Add(bytes / Stopwatch.GetElapsedTime(start).TotalSeconds / 1e9);
             }
-            figures["load_GB_per_s_median"] = Median(loads);
-            figures["sequential_read_GB_per_s_median"] = Median(reads);
-            figures["load_over_sequential_read"] = Median(loads) / Median(reads);
-            figures["load_1_thread_GB_per_s_median"] = Median(serialLoads);
-            figures["load_1_thread_over_sequential_read"] = Median(serialLoads) / Median(reads);
+            figures["load_GB_per_s_median"] = Statistics.Median(loads);
+            figures["sequential_read_GB_per_s_median"] = Statistics.Median(reads);
+            figures["load_over_sequential_read"] = Statistics.Median(loads) / Statistics.Median(reads);
+            figures["load_1_thread_GB_per_s_median"] = Statistics.Median(serialLoads);
+            figures["load_1_thread_over_sequential_read"] = Statistics.Median(serialLoads) / Statistics.Median(reads);
             figures["load_GB_per_s_min"] = loads.Min();
             figures["load_GB_per_s_max"] = loads.Max();
             figures["managed_bytes_per_load"] = (double)allocated / packets;
@@ -200,11 +200,5 @@ internal static class StoreBenchmark
         double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
         if (store.Stats().Packets != expectedPackets) throw new InvalidOperationException($"reopened store has {store.Stats().Packets} packets, expected {expectedPackets}");
         return seconds;
-    }
-
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted[sorted.Length / 2];
     }
 }

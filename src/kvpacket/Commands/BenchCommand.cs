@@ -179,7 +179,7 @@ internal static class BenchCommand
                 }
             });
         }
-        double tokensPerSecond = Median(rates);
+        double tokensPerSecond = Statistics.Median(rates);
         double bandwidth = MachinePeaks.ReadBandwidth(pool);
         double bytesPerToken = model.Model.BytesReadPerToken;
         double roofline = bandwidth / bytesPerToken;
@@ -211,7 +211,7 @@ internal static class BenchCommand
         double attentionFlops = 4.0 * c.LayerCount * c.QueryDim * (p * (p + 1) / 2);
         double classifierFlops = 2.0 * c.VocabSize * c.HiddenSize * Math.Ceiling(p / (double)model.Options.MaxBatchTokens);
         double flops = matrixFlops + attentionFlops + classifierFlops;
-        double time = Median(seconds);
+        double time = Statistics.Median(seconds);
         double peak = MachinePeaks.FmaThroughput(pool);
         return new BenchResult("prefill", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>
         {
@@ -229,10 +229,4 @@ internal static class BenchCommand
         RagBenchmark.Run(model, name, settings.Documents, settings.DocumentTokens, settings.PromptTokens, settings.Repeats, epicTokens: 16, adapterTokens: 5);
 
     private static int[] RandomPrompt(int length, int vocab) => new SeededRandom(11).NextTokens(length, 0, vocab);
-
-    private static double Median(List<double> values)
-    {
-        values.Sort();
-        return values[values.Count / 2];
-    }
 }

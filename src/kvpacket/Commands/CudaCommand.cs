@@ -101,13 +101,13 @@ internal static class CudaCommand
                     // Prefill: warm up once, then time whole prefills of the prompt.
                     gpu.Prefill(prompt);
                     var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
-                    figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Median(prefillMs) / 1e3);
+                    figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Statistics.Median(prefillMs) / 1e3);
                     // Decode: a context of decodeContext tokens, then one-token steps.
                     gpu.Reset();
                     gpu.Prefill(prompt.AsSpan(0, decodeContext));
                     for (int w = 0; w < 5; w++) gpu.Step([7]);
                     var stepMs = device.Time(() => gpu.Step([7]), repeat);
-                    double step = Median(stepMs) / 1e3;
+                    double step = Statistics.Median(stepMs) / 1e3;
                     double bytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
                                    + 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
                     figures[$"decode_step_ms_{tag}"] = step * 1e3;
@@ -131,7 +131,7 @@ internal static class CudaCommand
                     }
                     for (int w = 0; w < 5; w++) gpu.Step(sequences, ones, next);
                     var batchMs = device.Time(() => gpu.Step(sequences, ones, next), repeat);
-                    double batchStep = Median(batchMs) / 1e3;
+                    double batchStep = Statistics.Median(batchMs) / 1e3;
                     double batchBytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
                                         + batch * 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
                     figures[$"decode_batch{batch}_step_ms"] = batchStep * 1e3;
@@ -156,13 +156,7 @@ internal static class CudaCommand
         device.Fill(source, 0x3f800000);
         device.Copy(source, destination, bytes);
         var ms = device.Time(() => device.Copy(source, destination, bytes), repeats);
-        return 2.0 * bytes / (Median(ms) / 1e3) / 1e9; // bytes read plus bytes written
-    }
-
-    private static double Median(double[] values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted[sorted.Length / 2];
+        return 2.0 * bytes / (Statistics.Median(ms) / 1e3) / 1e9; // bytes read plus bytes written
     }
 
     private static string NvrtcVersion()

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Net.Http.Json;
-using System.Net.Sockets;
 using System.Text.Json;
 
 namespace KvPacket.Cli.Commands;
@@ -108,19 +107,9 @@ internal static class ServeCommands
     private static int[] ReadTokens(string text) =>
         text.TrimStart().StartsWith('[') ? JsonSerializer.Deserialize<int[]>(text)! : text.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
 
-    private static HttpClient Client(string socket)
-    {
-        if (socket.Length == 0) throw new ArgumentException("give --socket (XDG_RUNTIME_DIR is not set, so there is no default).");
-        return new HttpClient(new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, cancel) =>
-            {
-                var connection = new System.Net.Sockets.Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                await connection.ConnectAsync(new UnixDomainSocketEndPoint(socket), cancel);
-                return new NetworkStream(connection, ownsSocket: true);
-            },
-        }) { BaseAddress = new Uri("http://kvpacketd") };
-    }
+    private static HttpClient Client(string socket) => socket.Length == 0
+        ? throw new ArgumentException("give --socket (XDG_RUNTIME_DIR is not set, so there is no default).")
+        : Daemon.UnixSocketClient.Create(socket);
 
     private static JsonElement Send(HttpClient client, HttpMethod method, string path, object? body)
     {
