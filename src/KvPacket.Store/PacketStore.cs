@@ -476,7 +476,7 @@ public sealed class PacketStore : IDisposable
         PacketIndex? prefix = snapshot is null ? null : new PacketIndex { BeginAddress = _log.BeginAddress };
         var pages = new Dictionary<long, RecordHeader>();
         int records = 0;
-        Scan(_log.BeginAddress, _log.CommittedUntilAddress, (address, entry) =>
+        string? unreadable = Scan(_log.BeginAddress, _log.CommittedUntilAddress, (address, entry) =>
         {
             records++;
             if (LogRecord.Check(entry, address, out var header) is string error) { problems.Add($"record at log address {address}: {error}"); return; }
@@ -485,6 +485,7 @@ public sealed class PacketStore : IDisposable
             if (prefix is not null && address < snapshot!.CoveredUntil && header.Kind != RecordKind.Page)
                 LogRecord.Replay(prefix, header, entry, address, _options.Logger, null);
         });
+        if (unreadable is not null) problems.Add(unreadable);
         foreach (var packet in full.Packets.Values)
             for (int p = 0; p < packet.Pages.Length; p++)
                 if (!pages.TryGetValue(packet.Pages[p].Address, out var page) || page.Packet != packet.Info.Id || page.PageIndex != p)
@@ -542,18 +543,21 @@ public sealed class PacketStore : IDisposable
         });
     }
 
-    private void Scan(long from, long until, LogRecord.Visitor visit)
+    /// <summary>Visits the records in [from, until); null when all were read, else why the log could not be read further.</summary>
+    private string? Scan(long from, long until, LogRecord.Visitor visit)
     {
-        if (from >= until) return;
+        if (from >= until) return null;
         using var iterator = _log.Scan(from, until, name: null, recover: false);
         try
         {
             while (iterator.GetNext(MemoryPool<byte>.Shared, out var owner, out int length, out long address))
                 using (owner) visit(address, owner.Memory.Span[..length]);
+            return null;
         }
         catch (Exception e) when (e is FasterException or InvalidOperationException or ArgumentException or IOException)
         {
             _options.Logger.LogError("the log cannot be read past address {Address}: {Error}", iterator.NextAddress, e.Message);
+            return $"the log cannot be read past address {iterator.NextAddress}: {e.Message}";
         }
     }
 

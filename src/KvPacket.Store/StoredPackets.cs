@@ -74,13 +74,17 @@ public sealed class StoredPackets : IPacketSource
                 ResidentHits++;
                 return node.Value.Packet.Share();
             }
-            if (!TryLoad(id, out var packet))
+            if (TryLoad(id, out var packet))
+            {
+                StoreLoads++;
+                if (_store.TryGetInfo(id, out var info)) BytesLoaded += info.StoredBytes;
+            }
+            else
             {
                 using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
                     _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
                 Builds++;
                 if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
-                StoreLoads--; // the read-back belongs to the build
             }
             var shared = packet.Share();
             MakeResident(id, packet);
@@ -88,14 +92,8 @@ public sealed class StoredPackets : IPacketSource
         }
     }
 
-    private bool TryLoad(PacketId id, out Packet packet)
-    {
-        if (!_store.TryLoad(id, Fingerprint, _model.KvPool, out var loaded)) { packet = null!; return false; }
-        StoreLoads++;
-        if (_store.TryGetInfo(id, out var info)) BytesLoaded += info.StoredBytes;
-        packet = loaded;
-        return true;
-    }
+    private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet) =>
+        _store.TryLoad(id, Fingerprint, _model.KvPool, out packet);
 
     private void MakeResident(PacketId id, Packet packet)
     {

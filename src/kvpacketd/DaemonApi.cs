@@ -81,10 +81,10 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             catch (NotSupportedException e) { throw new ApiError(400, e.Message); }
             catch (InvalidOperationException e) { throw new ApiError(400, e.Message); }
             if (!more) break;
-            var e2 = events.Current;
-            if (e2.IsFinal) { summary = e2.Summary; break; }
-            tokens.Add(e2.Token);
-            string piece = decoder?.Append(e2.Token) ?? "";
+            var update = events.Current;
+            if (update.IsFinal) { summary = update.Summary; break; }
+            tokens.Add(update.Token);
+            string piece = decoder?.Append(update.Token) ?? "";
             text.Append(piece);
             if (!request.Stream) continue;
             if (!started)
@@ -93,7 +93,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
                 response.ContentType = "text/event-stream";
                 response.Headers.CacheControl = "no-cache";
             }
-            await Event(response, new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index = 0, text = piece, tokens = new[] { e2.Token }, finish_reason = (string?)null } } });
+            await Event(response, new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index = 0, text = piece, tokens = new[] { update.Token }, finish_reason = (string?)null } } });
         }
         summary ??= new GenerationSummary(0, 0, tokens.Count, 0, 0, 0, 0, FinishReason.Cancelled);
         metrics.Completion(summary.GeneratedTokens, summary.TimeToFirstTokenSeconds);
