@@ -13,6 +13,7 @@ internal static unsafe partial class CuBlas
     [LibraryImport(CudaLibraries.Cublas, EntryPoint = "cublasCreate_v2")] public static partial int cublasCreate(out nint handle);
     [LibraryImport(CudaLibraries.Cublas, EntryPoint = "cublasDestroy_v2")] public static partial int cublasDestroy(nint handle);
     [LibraryImport(CudaLibraries.Cublas, EntryPoint = "cublasSetStream_v2")] public static partial int cublasSetStream(nint handle, nint stream);
+    [LibraryImport(CudaLibraries.Cublas, EntryPoint = "cublasSetWorkspace_v2")] public static partial int cublasSetWorkspace(nint handle, ulong workspace, nuint bytes);
     [LibraryImport(CudaLibraries.Cublas)]
     public static partial int cublasGemmEx(nint handle, int transA, int transB, int m, int n, int k, float* alpha, ulong a, int aType, int lda,
         ulong b, int bType, int ldb, float* beta, ulong c, int cType, int ldc, int computeType, int algorithm);

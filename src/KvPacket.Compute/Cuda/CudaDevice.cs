@@ -34,7 +34,38 @@ public sealed unsafe class CudaDevice : IDisposable
         CuBlas.Check(CuBlas.cublasCreate(out nint blas), "cublasCreate");
         Blas = blas;
         CuBlas.Check(CuBlas.cublasSetStream(blas, stream), "cublasSetStream");
+        // A workspace of our own: cuBLAS then never allocates inside a captured graph.
+        _workspace = Allocate(32L << 20);
+        CuBlas.Check(CuBlas.cublasSetWorkspace(blas, _workspace.Pointer, (nuint)_workspace.Bytes), "cublasSetWorkspace");
     }
+
+    private readonly DeviceBuffer _workspace;
+
+    /// <summary>
+    /// Records what <paramref name="enqueue"/> queues on the stream as a CUDA graph, instantiated for replay with
+    /// <see cref="Replay"/>: one launch instead of hundreds. Kernel arguments are captured by value.
+    /// </summary>
+    public CudaGraph Capture(Action enqueue)
+    {
+        CudaDriver.Check(CudaDriver.cuStreamBeginCapture(Stream, 2 /* relaxed */), "cuStreamBeginCapture");
+        try { enqueue(); }
+        catch
+        {
+            CudaDriver.cuStreamEndCapture(Stream, out nint broken);
+            if (broken != 0) CudaDriver.cuGraphDestroy(broken);
+            throw;
+        }
+        CudaDriver.Check(CudaDriver.cuStreamEndCapture(Stream, out nint graph), "cuStreamEndCapture");
+        try
+        {
+            CudaDriver.Check(CudaDriver.cuGraphInstantiateWithFlags(out nint exec, graph, 0), "cuGraphInstantiateWithFlags");
+            return new CudaGraph(exec);
+        }
+        finally { CudaDriver.cuGraphDestroy(graph); }
+    }
+
+    /// <summary>Queues a captured graph on the stream.</summary>
+    public void Replay(CudaGraph graph) => CudaDriver.Check(CudaDriver.cuGraphLaunch(graph.Exec, Stream), "cuGraphLaunch");
 
     /// <summary>Opens GPU <paramref name="ordinal"/>.</summary>
     public static CudaDevice Open(int ordinal = 0) => new(ordinal);
@@ -182,9 +213,23 @@ public sealed unsafe class CudaDevice : IDisposable
         if (_disposed) return;
         _disposed = true;
         foreach (var module in _modules) CudaDriver.cuModuleUnload(module);
+        _workspace.Dispose();
         CuBlas.cublasDestroy(Blas);
         CudaDriver.cuStreamDestroy(Stream);
         CudaDriver.cuDevicePrimaryCtxRelease(_device);
+    }
+}
+
+/// <summary>An instantiated CUDA graph; dispose to free it.</summary>
+public sealed class CudaGraph(nint exec) : IDisposable
+{
+    internal nint Exec { get; private set; } = exec;
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (Exec != 0) CudaDriver.cuGraphExecDestroy(Exec);
+        Exec = 0;
     }
 }
 

@@ -37,6 +37,12 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventSynchronize(nint e);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventElapsedTime(out float milliseconds, nint start, nint end);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorName(int status, out byte* name);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamBeginCapture(nint stream, int mode);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, out nint graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(out nint exec, nint graph, ulong flags);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphLaunch(nint exec, nint stream);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphDestroy(nint graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphExecDestroy(nint exec);
 
     /// <summary>CUDA_ERROR_… name of a status.</summary>
     public static string ErrorName(int status) =>

@@ -44,6 +44,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private const int EntriesPerSplit = 4;  // 64 positions per flash-decoding split when there is room
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
+    private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -154,6 +155,9 @@ public sealed unsafe class CudaTransformer : IDisposable
         _sequences[id] = null;
     }
 
+    /// <summary>Replay decode steps from captured CUDA graphs (on by default).</summary>
+    public bool UseGraphs { get; set; } = true;
+
     /// <summary>The device buffer holding the last token's logits.</summary>
     public DeviceBuffer LogitsBuffer => _logits;
 
@@ -252,16 +256,34 @@ public sealed unsafe class CudaTransformer : IDisposable
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
-        ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
-            sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
-            lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
         int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
         int perSplit = (longest + splits - 1) / splits;
         // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
         bool tiled = chunks == 1 && n >= PrefillTileThreshold;
         int firstPosition = positions[0], tableCount = tableLength[0];
-        uint queryTile = (uint)Math.Clamp(2048 / (c.GroupSize * c.HeadDim), 1, 16);
 
+        bool decode = !tiled && n == chunks;
+        if (decode && UseGraphs)
+        {
+            // Decode steps of one shape replay one captured graph: ~200 launches become one. Metadata lives in device
+            // buffers at fixed addresses, so only the shape (tokens, splits) selects the graph.
+            var key = (n, splits, perSplit);
+            if (!_graphs.TryGetValue(key, out var graph))
+                _graphs[key] = graph = _device.Capture(() => Enqueue(n, chunks, splits, perSplit, tiled, firstPosition, tableCount));
+            _device.Replay(graph);
+        }
+        else Enqueue(n, chunks, splits, perSplit, tiled, firstPosition, tableCount);
+        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
+    }
+
+    /// <summary>Queues one step's kernels and products (its metadata already uploaded) on the stream.</summary>
+    private void Enqueue(int n, int chunks, int splits, int perSplit, bool tiled, int firstPosition, int tableCount)
+    {
+        var c = _config;
+        uint queryTile = (uint)Math.Clamp(2048 / (c.GroupSize * c.HeadDim), 1, 16);
+        ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
+            sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
+            lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
         var m = _module;
         ulong x = _x.Pointer, xb = _xb.Pointer, embedding = _embedding.Buffer.Pointer;
         m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
@@ -311,7 +333,6 @@ public sealed unsafe class CudaTransformer : IDisposable
         m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
         m.Launch(_rmsNorm, ((uint)chunks, 1), 256, (nint)(&gathered), (nint)(&finalNorm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
         Project(_xb, chunks, _classifier, _logits, null);
-        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
     }
 
     private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);
@@ -385,6 +406,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        foreach (var graph in _graphs.Values) graph.Dispose();
+        _graphs.Clear();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
     }

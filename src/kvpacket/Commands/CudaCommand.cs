@@ -114,6 +114,10 @@ internal static class CudaCommand
                     figures[$"decode_tokens_per_s_{tag}"] = 1 / step;
                     figures[$"decode_fraction_of_copy_roofline_{tag}"] = bytes / step / 1e9 / figures["copy_GB_per_s"];
                     figures["decode_bytes_per_token"] = bytes;
+                    gpu.UseGraphs = false;
+                    var eagerMs = device.Time(() => gpu.Step([7]), repeat);
+                    gpu.UseGraphs = true;
+                    figures[$"decode_step_ms_{tag}_without_graphs"] = Statistics.Median(eagerMs);
                     if (!specialised || batch <= 1) continue;
 
                     // Batch decode: `batch` sequences of decodeContext tokens, one token each per step.
