@@ -121,6 +121,7 @@ internal static class CudaCommand
                     if (!specialised || batch <= 1) continue;
 
                     // Batch decode: `batch` sequences of decodeContext tokens, one token each per step.
+                    gpu.Reset();
                     var sequences = new int[batch];
                     var ones = Enumerable.Repeat(1, batch).ToArray();
                     var next = Enumerable.Repeat(7, batch).ToArray();
