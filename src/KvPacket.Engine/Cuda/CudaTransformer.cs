@@ -3,6 +3,7 @@ using KvPacket.Compute.Cuda;
 using KvPacket.Compute.Specialised;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
 
 namespace KvPacket.Engine.Cuda;
 
@@ -12,7 +13,7 @@ namespace KvPacket.Engine.Cuda;
 /// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A greedy step returns
 /// only the chosen token to the host. One sequence, grown by <see cref="Prefill"/> and <see cref="DecodeGreedy"/>.
 /// </summary>
-public sealed unsafe class CudaTransformer : IDisposable
+public sealed unsafe class CudaTransformer : IForwardBackend
 {
     private const int Threads = 128;
     private const int BlockTokens = 16;
@@ -139,7 +140,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Tokens in the default sequence (the one <see cref="Prefill"/> and <see cref="DecodeGreedy"/> grow).</summary>
     public int Length => _sequences[_default]!.Length;
 
-    /// <summary>Starts an empty sequence; returns its id.</summary>
+    /// <inheritdoc />
     public int CreateSequence()
     {
         int id = _sequences.IndexOf(null);
@@ -148,7 +149,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         return id;
     }
 
-    /// <summary>Frees sequence <paramref name="id"/>'s blocks.</summary>
+    /// <inheritdoc />
     public void ReleaseSequence(int id)
     {
         foreach (var entry in _sequences[id]!.Table) _freeBlocks.Push(entry.Block);
@@ -163,6 +164,19 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Device memory held, in bytes.</summary>
     public long DeviceBytes => _owned.Sum(b => b.Bytes);
+
+    /// <inheritdoc />
+    public ModelConfig Config => _config;
+
+    /// <inheritdoc />
+    public int SequenceLength(int sequence) => _sequences[sequence]?.Length ?? throw new ArgumentException($"No GPU sequence {sequence}.", nameof(sequence));
+
+    /// <inheritdoc />
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        Step(sequences, lengths, tokens);
+        _device.Download(_logits, logits[..(sequences.Length * _config.VocabSize)]);
+    }
 
     /// <summary>Empties the default sequence (its KV blocks are reused).</summary>
     public void Reset()

@@ -57,6 +57,10 @@ internal static class CudaCommand
                 var (batchAbs, batchRelative) = CudaParity.BatchConsistency(checkpoint, device, type, parse.GetValue(kv), Math.Min(16, parse.GetValue(steps)));
                 bool batchOk = (exact ? batchAbs : batchRelative) <= limit;
                 ok &= batchOk;
+                int divergent = CudaParity.BackendAgreement(checkpoint, device, type, parse.GetValue(kv), Math.Min(32, parse.GetValue(steps)));
+                ok &= divergent < 0 || !exact;
+                Console.WriteLine($"  IForwardBackend, CPU vs CUDA, 3 sequences together: greedy {(divergent < 0 ? $"identical for {Math.Min(32, parse.GetValue(steps))} steps" : $"differs at step {divergent}")}" +
+                                  (exact ? "" : " (mixed precision: reported, not required)"));
                 Console.WriteLine($"  batched (3 sequences, ragged prefill + decode) vs alone: max |Δlogit| {batchAbs:E2}, max relative {batchRelative:E2} → {(batchOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 return ok ? 0 : 1;
             }

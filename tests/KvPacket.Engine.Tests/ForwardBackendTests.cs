@@ -1,0 +1,67 @@
+using KvPacket.Compute.Cuda;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Engine.Cuda;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Generation;
+using KvPacket.Engine.Sampling;
+using Xunit;
+
+namespace KvPacket.Tests;
+
+/// <summary>The same driver over <see cref="IForwardBackend"/> on each backend: CPU always, CUDA where there is a GPU.</summary>
+public class ForwardBackendTests
+{
+    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+
+    private static readonly int[][] Prompts = [[1, .. ReferenceModels.RandomTokens(6, 1)], [1, .. ReferenceModels.RandomTokens(19, 2)], [1, .. ReferenceModels.RandomTokens(11, 3)]];
+
+    /// <summary>Greedy continuation of every prompt, all sequences stepping together (ragged prefill, then decode).</summary>
+    private static int[][] Greedy(IForwardBackend backend, int steps)
+    {
+        int vocab = backend.Config.VocabSize;
+        int[] ids = Prompts.Select(_ => backend.CreateSequence()).ToArray();
+        var logits = new float[ids.Length * vocab];
+        backend.Step(ids, Prompts.Select(p => p.Length).ToArray(), Prompts.SelectMany(p => p).ToArray(), logits);
+        var output = ids.Select(_ => new int[steps]).ToArray();
+        var next = new int[ids.Length];
+        for (int step = 0; step < steps; step++)
+        {
+            for (int s = 0; s < ids.Length; s++) next[s] = output[s][step] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(s * vocab, vocab));
+            backend.Step(ids, Enumerable.Repeat(1, ids.Length).ToArray(), next, logits);
+        }
+        foreach (int id in ids)
+        {
+            Assert.Equal(Prompts[Array.IndexOf(ids, id)].Length + steps, backend.SequenceLength(id));
+            backend.ReleaseSequence(id);
+        }
+        return output;
+    }
+
+    [Fact]
+    public void The_cpu_backend_batched_through_the_interface_generates_what_each_prompt_generates_alone()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64 });
+        using var backend = new CpuBackend(model);
+        var batched = Greedy(backend, 24);
+        for (int s = 0; s < Prompts.Length; s++)
+        {
+            var alone = new List<int>();
+            new Generator(model).Generate(Prompts[s], new GenerationOptions { MaxNewTokens = 24, StopTokens = [], Sampling = SamplingOptions.Greedy }, alone.Add);
+            Assert.Equal(alone, batched[s]);
+        }
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+    }
+
+    [CudaFact]
+    public void The_cuda_backend_through_the_same_interface_generates_what_the_cpu_backend_generates()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64 });
+        using var cpu = new CpuBackend(model);
+        using var device = CudaDevice.Open();
+        using var gpu = new CudaTransformer(checkpoint, device, DType.F32, DType.F32, maxTokens: 64, kvTokens: 2048);
+        Assert.Equal(Greedy(cpu, 24), Greedy(gpu, 24));
+    }
+}
