@@ -29,7 +29,7 @@ internal static class EvalCommand
         var output = new Option<string>("--out") { Description = "JSON result path", DefaultValueFactory = _ => Path.Combine("benchmarks", "results", "eval.json") };
         var train = new Option<bool>("--train-adapters") { Description = "First train the KV Packet header/trailer (4+4) by distillation on stories from other seeds" };
         var trainSteps = new Option<int>("--train-steps") { Description = "Distillation steps (one example each)", DefaultValueFactory = _ => 200 };
-        var learningRate = new Option<double>("--learning-rate") { Description = "Peak learning rate", DefaultValueFactory = _ => 0.05 };
+        var learningRate = new Option<double>("--learning-rate") { Description = "Peak learning rate", DefaultValueFactory = _ => 0.003 };
         var header = new Option<int>("--header") { Description = "Header soft tokens of the trained adapter", DefaultValueFactory = _ => 4 };
         var trailer = new Option<int>("--trailer") { Description = "Trailer soft tokens of the trained adapter", DefaultValueFactory = _ => 4 };
         var command = new Command("eval", "Compare every RAG mode with full recompute: KL, top-1 agreement, TTFT, document FLOPs, KV bytes")
@@ -67,8 +67,28 @@ internal static class EvalCommand
             {
                 // Training stories come from seeds 100…, far from the held-out ones (9000…).
                 next = 100;
-                var examples = Enumerable.Range(0, 32).Select(_ => DistillationExample.Create(transformer, [checkpoint.Config.BosTokenId ?? 1],
-                    Enumerable.Range(0, docs).Select(_ => Story(docTokens)).ToArray(), Story(16))).ToArray();
+                // As at evaluation: independent stories as documents, the start of another story as the query, and the
+                // continuation the full context would produce after it (greedy), so the teacher's rows are the scored ones.
+                var examples = Enumerable.Range(0, 32).Select(_ =>
+                {
+                    int[][] documents = [.. Enumerable.Range(0, docs).Select(_ => Story(docTokens))];
+                    int[] query = Story(8);
+                    var greedy = new List<int>();
+                    using (var context = transformer.CreateSequence())
+                    {
+                        var logits = new float[checkpoint.Config.VocabSize];
+                        transformer.Prefill(context, [checkpoint.Config.BosTokenId ?? 1], logits);
+                        foreach (var document in documents) transformer.Prefill(context, document, logits);
+                        transformer.Prefill(context, query, logits);
+                        for (int i = 0; i < 8; i++)
+                        {
+                            int token = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+                            greedy.Add(token);
+                            transformer.Prefill(context, [token], logits);
+                        }
+                    }
+                    return DistillationExample.Create(transformer, [checkpoint.Config.BosTokenId ?? 1], documents, [.. query, .. greedy]);
+                }).ToArray();
                 int steps = parse.GetValue(trainSteps);
                 var distillation = new KvPacketDistillation(checkpoint, new DistillationOptions
                 {
