@@ -78,16 +78,8 @@ internal static class SpecEmitter
         s.AppendLine();
         s.AppendLine("    public override int HeadDim => D;");
         s.AppendLine();
-        s.AppendLine("    [MethodImpl(MethodImplOptions.AggressiveOptimization)]");
-        s.AppendLine("    public override void Scores(float* q, float* keys, int count, float* scores, float scale)");
-        s.AppendLine("    {");
-        foreach (int width in new[] { 16, 8 })
+        EmitKernel(s, d, "Scores(float* q, float* keys, int count, float* scores, float scale)", "Generic.Scores(q, keys, count, scores, scale)", (v, n, width) =>
         {
-            if (d % width != 0 || d / width > 16) continue;
-            string v = width == 16 ? "Vector512" : "Vector256";
-            int n = d / width;
-            s.AppendLine($"        if ({v}.IsHardwareAccelerated)");
-            s.AppendLine("        {");
             for (int i = 0; i < n; i++) s.AppendLine($"            var q{i} = {v}.Load(q + {i * width});");
             s.AppendLine("            for (int j = 0; j < count; j++, keys += D)");
             s.AppendLine("            {");
@@ -95,22 +87,9 @@ internal static class SpecEmitter
             for (int i = 1; i < n; i++) s.AppendLine($"                acc = {v}.FusedMultiplyAdd(q{i}, {v}.Load(keys + {i * width}), acc);");
             s.AppendLine($"                scores[j] = {v}.Sum(acc) * scale;");
             s.AppendLine("            }");
-            s.AppendLine("            return;");
-            s.AppendLine("        }");
-        }
-        s.AppendLine("        Generic.Scores(q, keys, count, scores, scale);");
-        s.AppendLine("    }");
-        s.AppendLine();
-        s.AppendLine("    [MethodImpl(MethodImplOptions.AggressiveOptimization)]");
-        s.AppendLine("    public override void Accumulate(float* weights, float* values, int count, float* output)");
-        s.AppendLine("    {");
-        foreach (int width in new[] { 16, 8 })
+        });
+        EmitKernel(s, d, "Accumulate(float* weights, float* values, int count, float* output)", "Generic.Accumulate(weights, values, count, output)", (v, n, width) =>
         {
-            if (d % width != 0 || d / width > 16) continue;
-            string v = width == 16 ? "Vector512" : "Vector256";
-            int n = d / width;
-            s.AppendLine($"        if ({v}.IsHardwareAccelerated)");
-            s.AppendLine("        {");
             for (int i = 0; i < n; i++) s.AppendLine($"            var o{i} = {v}.Load(output + {i * width});");
             s.AppendLine("            for (int j = 0; j < count; j++, values += D)");
             s.AppendLine("            {");
@@ -118,14 +97,33 @@ internal static class SpecEmitter
             for (int i = 0; i < n; i++) s.AppendLine($"                o{i} = {v}.FusedMultiplyAdd(w, {v}.Load(values + {i * width}), o{i});");
             s.AppendLine("            }");
             for (int i = 0; i < n; i++) s.AppendLine($"            o{i}.Store(output + {i * width});");
+        });
+        s.AppendLine("    private static readonly GenericHeadKernels Generic = new(D);");
+        s.AppendLine("}");
+    }
+
+    /// <summary>
+    /// One kernel method: a fully unrolled body for 16-lane and then 8-lane vectors where the head dim fits them
+    /// (<paramref name="body"/> gets the vector type, the registers per row and the lanes), else the generic call.
+    /// </summary>
+    private static void EmitKernel(StringBuilder s, int d, string signature, string fallback, System.Action<string, int, int> body)
+    {
+        s.AppendLine("    [MethodImpl(MethodImplOptions.AggressiveOptimization)]");
+        s.AppendLine($"    public override void {signature}");
+        s.AppendLine("    {");
+        foreach (int width in new[] { 16, 8 })
+        {
+            if (d % width != 0 || d / width > 16) continue;
+            string v = width == 16 ? "Vector512" : "Vector256";
+            s.AppendLine($"        if ({v}.IsHardwareAccelerated)");
+            s.AppendLine("        {");
+            body(v, d / width, width);
             s.AppendLine("            return;");
             s.AppendLine("        }");
         }
-        s.AppendLine("        Generic.Accumulate(weights, values, count, output);");
+        s.AppendLine($"        {fallback};");
         s.AppendLine("    }");
         s.AppendLine();
-        s.AppendLine("    private static readonly GenericHeadKernels Generic = new(D);");
-        s.AppendLine("}");
     }
 
     /// <summary>Registers every valid card's spec.</summary>

@@ -453,15 +453,7 @@ public sealed class PacketStore : IDisposable
         return new StoredPacket(info with { StoredBytes = bytes }, reference, pages);
     }
 
-    private RecordRef CopyRecord(RecordRef record, RecordKind kind)
-    {
-        byte[] bytes = new byte[record.Length];
-        _reader.Read(record.Address, bytes);
-        string? error = LogRecord.Check(bytes, record.Address, out var header);
-        if (error is null && header.Kind != kind) error = $"expected a {kind} record, found {header.Kind}";
-        if (error is not null) throw new CorruptRecordException($"record at log address {record.Address}: {error}.");
-        return new RecordRef(_log.Enqueue(bytes), record.Length);
-    }
+    private RecordRef CopyRecord(RecordRef record, RecordKind kind) => new(_log.Enqueue(ReadRecord(record, kind)), record.Length);
 
     /// <summary>
     /// Reads every record in the log and checks its header and payload checksum, every live packet's pages against
@@ -564,14 +556,17 @@ public sealed class PacketStore : IDisposable
     private (string AdapterName, int[] Tokens, RecordRef[] Pages) ReadManifest(RecordRef record) =>
         ManifestCodec.Read(ReadPayload(record, RecordKind.Manifest), record.Address);
 
-    private byte[] ReadPayload(RecordRef record, RecordKind kind)
+    private byte[] ReadPayload(RecordRef record, RecordKind kind) => ReadRecord(record, kind)[RecordHeader.Size..];
+
+    /// <summary>The whole record (header and payload) at <paramref name="record"/>, checked to be an undamaged <paramref name="kind"/> record.</summary>
+    private byte[] ReadRecord(RecordRef record, RecordKind kind)
     {
         byte[] bytes = new byte[record.Length];
         _reader.Read(record.Address, bytes);
         string? error = LogRecord.Check(bytes, record.Address, out var header);
         if (error is null && header.Kind != kind) error = $"expected a {kind} record, found {header.Kind}";
         if (error is not null) throw new CorruptRecordException($"record at log address {record.Address}: {error}.");
-        return bytes[RecordHeader.Size..];
+        return bytes;
     }
 
     private bool TryGetEntry(PacketId id, [NotNullWhen(true)] out StoredPacket? entry)

@@ -16,24 +16,14 @@ public class ForwardBackendTests
 
     private static readonly int[][] Prompts = [[1, .. ReferenceModels.RandomTokens(6, 1)], [1, .. ReferenceModels.RandomTokens(19, 2)], [1, .. ReferenceModels.RandomTokens(11, 3)]];
 
-    /// <summary>Greedy continuation of every prompt, all sequences stepping together (ragged prefill, then decode).</summary>
+    /// <summary>Greedy continuation of every prompt, all sequences stepping together; checks and frees the sequences.</summary>
     private static int[][] Greedy(IForwardBackend backend, int steps)
     {
-        int vocab = backend.Config.VocabSize;
-        int[] ids = Prompts.Select(_ => backend.CreateSequence()).ToArray();
-        var logits = new float[ids.Length * vocab];
-        backend.Step(ids, Prompts.Select(p => p.Length).ToArray(), Prompts.SelectMany(p => p).ToArray(), logits);
-        var output = ids.Select(_ => new int[steps]).ToArray();
-        var next = new int[ids.Length];
-        for (int step = 0; step < steps; step++)
+        var output = GreedyDecoding.Run(backend, Prompts, steps, out int[] ids);
+        for (int s = 0; s < ids.Length; s++)
         {
-            for (int s = 0; s < ids.Length; s++) next[s] = output[s][step] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(s * vocab, vocab));
-            backend.Step(ids, Enumerable.Repeat(1, ids.Length).ToArray(), next, logits);
-        }
-        foreach (int id in ids)
-        {
-            Assert.Equal(Prompts[Array.IndexOf(ids, id)].Length + steps, backend.SequenceLength(id));
-            backend.ReleaseSequence(id);
+            Assert.Equal(Prompts[s].Length + steps, backend.SequenceLength(ids[s]));
+            backend.ReleaseSequence(ids[s]);
         }
         return output;
     }

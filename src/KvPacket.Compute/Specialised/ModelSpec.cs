@@ -58,22 +58,8 @@ public abstract partial class ModelSpec
     {
         using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream("cuda/kernels.cu")!;
         using var reader = new StreamReader(stream);
-        var frequencies = Cpu.RotaryEmbedding.Frequencies(config);
-        var g = System.Globalization.CultureInfo.InvariantCulture;
-        return string.Create(g, $$"""
-            // shape without a model card, constants filled in at run time
-            #define HIDDEN_SIZE {{config.HiddenSize}}
-            #define INTERMEDIATE_SIZE {{config.IntermediateSize}}
-            #define HEADS {{config.HeadCount}}
-            #define KV_HEADS {{config.KvHeadCount}}
-            #define HEAD_DIM {{config.HeadDim}}
-            #define GROUP_SIZE {{config.GroupSize}}
-            #define ROPE_PAIRS {{config.HeadDim / 2}}
-            #define LAYERS {{config.LayerCount}}
-            #define BLOCK_TOKENS {{blockTokens}}
-            __constant__ double ROPE_INV_FREQ[ROPE_PAIRS] = { {{string.Join(", ", frequencies.Select(f => f.ToString("R", g)))}} };
-
-            """) + reader.ReadToEnd();
+        return Cuda.CudaPreamble.Write("shape without a model card, constants filled in at run time", config.HiddenSize, config.IntermediateSize,
+            config.HeadCount, config.KvHeadCount, config.HeadDim, config.LayerCount, blockTokens, Cpu.RotaryEmbedding.Frequencies(config)) + reader.ReadToEnd();
     }
 
     private static partial ModelSpec[] Generated();

@@ -127,30 +127,12 @@ public static class CudaParity
         using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 64, kvTokens: 4 * (64 + steps), maxSequences: 4);
         var random = new SeededRandom(7);
         int[][] prompts = [.. Enumerable.Range(0, 3).Select(i => (int[])[1, .. random.NextTokens(5 + 8 * i, 0, model.Config.VocabSize)])];
-        var expected = GreedyThrough(cpu, prompts, steps);
-        var actual = GreedyThrough(gpu, prompts, steps);
+        var expected = GreedyDecoding.Run(cpu, prompts, steps, out _);
+        var actual = GreedyDecoding.Run(gpu, prompts, steps, out _);
         for (int step = 0; step < steps; step++)
             for (int s = 0; s < prompts.Length; s++)
                 if (expected[s][step] != actual[s][step]) return step;
         return -1;
-    }
-
-    private static int[][] GreedyThrough(IForwardBackend backend, int[][] prompts, int steps)
-    {
-        int vocab = backend.Config.VocabSize;
-        int[] ids = prompts.Select(_ => backend.CreateSequence()).ToArray();
-        var logits = new float[ids.Length * vocab];
-        backend.Step(ids, prompts.Select(p => p.Length).ToArray(), prompts.SelectMany(p => p).ToArray(), logits);
-        var output = ids.Select(_ => new int[steps]).ToArray();
-        var next = new int[ids.Length];
-        var ones = Enumerable.Repeat(1, ids.Length).ToArray();
-        for (int step = 0; step < steps; step++)
-        {
-            for (int s = 0; s < ids.Length; s++) next[s] = output[s][step] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(s * vocab, vocab));
-            backend.Step(ids, ones, next, logits);
-        }
-        foreach (int id in ids) backend.ReleaseSequence(id);
-        return output;
     }
 
     private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;

@@ -132,14 +132,18 @@ public sealed unsafe class Sequence : IDisposable
     /// <summary>Fresh blocks that appending <paramref name="count"/> computed tokens would take (what <see cref="SlotFor"/> will allocate).</summary>
     public int BlocksNeededFor(int count)
     {
-        int blockSize = _pool.Layout.BlockSize, room = 0;
-        if (EntryCount > 0)
-        {
-            var last = _entries[EntryCount - 1];
-            int slot = Length - last.FirstPosition;
-            if (!last.ReadOnly && last.FirstSlot == 0 && slot < blockSize) room = blockSize - slot;
-        }
+        int blockSize = _pool.Layout.BlockSize;
+        int room = SlotInLastBlock(Length) is int slot ? blockSize - slot : 0;
         return count <= room ? 0 : (count - room + blockSize - 1) / blockSize;
+    }
+
+    /// <summary>The slot of <paramref name="position"/> in the last block when that block is this sequence's own and has room for it; null otherwise.</summary>
+    private int? SlotInLastBlock(int position)
+    {
+        if (EntryCount == 0) return null;
+        var last = _entries[EntryCount - 1];
+        int slot = position - last.FirstPosition;
+        return !last.ReadOnly && last.FirstSlot == 0 && slot < _pool.Layout.BlockSize ? slot : null;
     }
 
     /// <summary>The block and slot that will hold position <paramref name="position"/> (≥ Length), taking fresh blocks as needed.</summary>
@@ -147,16 +151,11 @@ public sealed unsafe class Sequence : IDisposable
     {
         if (position >= MaxLength)
             throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} exceeds the model's context of {MaxLength}.");
-        int blockSize = _pool.Layout.BlockSize;
-        if (EntryCount > 0)
+        if (SlotInLastBlock(position) is int slot)
         {
             var last = _entries[EntryCount - 1];
-            int slot = position - last.FirstPosition;
-            if (!last.ReadOnly && last.FirstSlot == 0 && slot < blockSize)
-            {
-                if (slot >= last.Count) _entries[EntryCount - 1] = last with { Count = slot + 1 };
-                return (last.Block, slot);
-            }
+            if (slot >= last.Count) _entries[EntryCount - 1] = last with { Count = slot + 1 };
+            return (last.Block, slot);
         }
         int block = _pool.Allocate();
         Add(new KvBlockEntry(block, position, 1, 0, ReadOnly: false));

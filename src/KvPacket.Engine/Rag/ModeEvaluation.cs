@@ -57,8 +57,8 @@ public static class ModeEvaluation
             sums[m][3] / requests.Count, sums[m][4] / requests.Count, variant)).ToArray();
     }
 
-    /// <summary>Full context's greedy continuation and the logits before each of its tokens (decoded one token per step).</summary>
-    private static (int[] Tokens, float[] Logits) GreedyContinuation(Transformer model, RagEngine engine, RagRequest request, int count)
+    /// <summary>Full context's greedy continuation of <paramref name="request"/> (<paramref name="count"/> tokens) and the logits before each of its tokens.</summary>
+    public static (int[] Tokens, float[] Logits) GreedyContinuation(Transformer model, RagEngine engine, RagRequest request, int count)
     {
         int vocab = model.Config.VocabSize;
         var result = engine.Prefill(request, RagMode.Full);

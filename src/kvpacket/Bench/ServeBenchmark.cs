@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Net.Http.Json;
-using System.Text.Json;
+using KvPacket.Daemon;
 using KvPacket.Core.Model;
 using KvPacket.Core.Numerics;
 using KvPacket.Engine.Rag;
@@ -36,13 +36,13 @@ internal static class ServeBenchmark
             }
             using var stop = new CancellationTokenSource();
             var daemon = Task.Run(() => Daemon.Daemon.RunAsync(["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"], stop.Token));
-            using var client = Daemon.UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
+            using var client = UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
             WaitForHealth(client, daemon);
 
             var random = new SeededRandom(17);
             var ids = new List<string>();
             for (int d = 0; d < documents; d++)
-                ids.Add(Post(client, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) }).GetProperty("id").GetString()!);
+                ids.Add(client.SendJson(HttpMethod.Post, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) }).GetProperty("id").GetString()!);
             foreach (string mode in new[] { "kvpacket", "full" })
             {
                 Load(client, ids, mode, 1, 2, maxTokens, vocab); // warm-up: packets resident, JIT done
@@ -110,13 +110,5 @@ internal static class ServeBenchmark
             Thread.Sleep(50);
         }
         throw new TimeoutException("kvpacketd did not come up");
-    }
-
-    private static JsonElement Post(HttpClient client, string path, object body)
-    {
-        using var response = client.PostAsJsonAsync(path, body).GetAwaiter().GetResult();
-        string text = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-        if (!response.IsSuccessStatusCode) throw new InvalidOperationException($"{path}: {(int)response.StatusCode} {text}");
-        return JsonDocument.Parse(text).RootElement.Clone();
     }
 }

@@ -112,8 +112,10 @@ internal static class CudaCommand
                     for (int w = 0; w < 5; w++) gpu.Step([7]);
                     var stepMs = device.Time(() => gpu.Step([7]), repeat);
                     double step = Statistics.Median(stepMs) / 1e3;
-                    double bytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
-                                   + 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
+                    // Bytes a decode step must read: the weights as held on the GPU, and each sequence's f16 K and V so far.
+                    double weightBytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1);
+                    double kvBytesPerSequence = 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
+                    double bytes = weightBytes + kvBytesPerSequence;
                     figures[$"decode_step_ms_{tag}"] = step * 1e3;
                     figures[$"decode_tokens_per_s_{tag}"] = 1 / step;
                     figures[$"decode_fraction_of_copy_roofline_{tag}"] = bytes / step / 1e9 / figures["copy_GB_per_s"];
@@ -141,8 +143,7 @@ internal static class CudaCommand
                     for (int w = 0; w < 5; w++) gpu.Step(sequences, ones, next);
                     var batchMs = device.Time(() => gpu.Step(sequences, ones, next), repeat);
                     double batchStep = Statistics.Median(batchMs) / 1e3;
-                    double batchBytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1)
-                                        + batch * 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
+                    double batchBytes = weightBytes + batch * kvBytesPerSequence;
                     figures[$"decode_batch{batch}_step_ms"] = batchStep * 1e3;
                     figures[$"decode_batch{batch}_tokens_per_s"] = batch / batchStep;
                     figures[$"decode_batch{batch}_fraction_of_copy_roofline"] = batchBytes / batchStep / 1e9 / figures["copy_GB_per_s"];

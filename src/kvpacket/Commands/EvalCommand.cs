@@ -69,25 +69,14 @@ internal static class EvalCommand
                 next = 100;
                 // As at evaluation: independent stories as documents, the start of another story as the query, and the
                 // continuation the full context would produce after it (greedy), so the teacher's rows are the scored ones.
+                int[] prefix = [checkpoint.Config.BosTokenId ?? 1];
+                using var full = new RagEngine(transformer);
                 var examples = Enumerable.Range(0, 32).Select(_ =>
                 {
                     int[][] documents = [.. Enumerable.Range(0, docs).Select(_ => Story(docTokens))];
                     int[] query = Story(8);
-                    var greedy = new List<int>();
-                    using (var context = transformer.CreateSequence())
-                    {
-                        var logits = new float[checkpoint.Config.VocabSize];
-                        transformer.Prefill(context, [checkpoint.Config.BosTokenId ?? 1], logits);
-                        foreach (var document in documents) transformer.Prefill(context, document, logits);
-                        transformer.Prefill(context, query, logits);
-                        for (int i = 0; i < 8; i++)
-                        {
-                            int token = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
-                            greedy.Add(token);
-                            transformer.Prefill(context, [token], logits);
-                        }
-                    }
-                    return DistillationExample.Create(transformer, [checkpoint.Config.BosTokenId ?? 1], documents, [.. query, .. greedy]);
+                    var (greedy, _) = ModeEvaluation.GreedyContinuation(transformer, full, new RagRequest(prefix, documents, query), 8);
+                    return DistillationExample.Create(transformer, prefix, documents, [.. query, .. greedy]);
                 }).ToArray();
                 int steps = parse.GetValue(trainSteps);
                 var distillation = new KvPacketDistillation(checkpoint, new DistillationOptions

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Net.Http.Json;
 using System.Text.Json;
+using KvPacket.Daemon;
 
 namespace KvPacket.Cli.Commands;
 
@@ -40,7 +41,7 @@ internal static class ServeCommands
                 object body = file.EndsWith(".txt", StringComparison.OrdinalIgnoreCase)
                     ? new { text = File.ReadAllText(file) }
                     : new { tokens = ReadTokens(File.ReadAllText(file)) };
-                var result = Send(client, HttpMethod.Post, "/v1/packets", body);
+                var result = client.SendJson(HttpMethod.Post, "/v1/packets", body);
                 Console.WriteLine($"{result.GetProperty("id").GetString()}  {result.GetProperty("tokens").GetInt32(),6} tokens  {file}");
             }
             return 0;
@@ -95,7 +96,7 @@ internal static class ServeCommands
         command.SetAction(parse =>
         {
             using var client = Client(parse.GetValue(socket)!);
-            var health = Send(client, HttpMethod.Get, "/health", null);
+            var health = client.SendJson(HttpMethod.Get, "/health");
             Console.WriteLine($"{health.GetProperty("status").GetString()}: {health.GetProperty("model").GetString()}, {health.GetProperty("packets").GetInt32()} packets");
             foreach (string line in client.GetStringAsync("/metrics").GetAwaiter().GetResult().Split('\n'))
                 if (line.StartsWith("kvpacket_", StringComparison.Ordinal) && !line.Contains("_bucket", StringComparison.Ordinal)) Console.WriteLine("  " + line);
@@ -109,16 +110,7 @@ internal static class ServeCommands
 
     private static HttpClient Client(string socket) => socket.Length == 0
         ? throw new ArgumentException("give --socket (XDG_RUNTIME_DIR is not set, so there is no default).")
-        : Daemon.UnixSocketClient.Create(socket);
-
-    private static JsonElement Send(HttpClient client, HttpMethod method, string path, object? body)
-    {
-        using var request = new HttpRequestMessage(method, path) { Content = body is null ? null : JsonContent.Create(body) };
-        using var response = client.Send(request);
-        string text = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-        if (!response.IsSuccessStatusCode) throw new InvalidOperationException($"{path}: {(int)response.StatusCode} {text}");
-        return JsonDocument.Parse(text).RootElement.Clone();
-    }
+        : UnixSocketClient.Create(socket);
 
     private static int Fail(HttpResponseMessage response)
     {
