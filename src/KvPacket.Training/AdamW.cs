@@ -9,6 +9,22 @@ public sealed class AdamW(int size, double beta1 = 0.9, double beta2 = 0.999, do
     /// <summary>Updates of <see cref="Step"/> so far.</summary>
     public int Steps => _step;
 
+    /// <summary>The first-moment (mean) estimates, one per parameter.</summary>
+    public ReadOnlySpan<double> FirstMoments => _m;
+
+    /// <summary>The second-moment (uncentred variance) estimates, one per parameter.</summary>
+    public ReadOnlySpan<double> SecondMoments => _v;
+
+    /// <summary>Puts the optimiser back where a checkpoint left it: <paramref name="steps"/> updates done, with these moments.</summary>
+    public void Restore(int steps, ReadOnlySpan<double> firstMoments, ReadOnlySpan<double> secondMoments)
+    {
+        if (firstMoments.Length != _m.Length || secondMoments.Length != _v.Length)
+            throw new ArgumentException($"the optimiser has {_m.Length} parameters, the moments {firstMoments.Length} and {secondMoments.Length}.");
+        _step = steps;
+        firstMoments.CopyTo(_m);
+        secondMoments.CopyTo(_v);
+    }
+
     /// <summary>One update of <paramref name="parameters"/> by <paramref name="gradients"/> at <paramref name="learningRate"/>.</summary>
     public void Step(Span<float> parameters, ReadOnlySpan<float> gradients, double learningRate)
     {

@@ -31,6 +31,18 @@ public sealed record DistillationExample(int[] Prefix, int[][] Documents, int[] 
         return new DistillationExample(prefix, documents, continuation, logits);
     }
 
+    /// <summary>
+    /// An example from a RAG request as the evaluation scores it: the continuation is the query followed by the
+    /// <paramref name="greedyTokens"/> tokens full context produces after it greedily, so the teacher's rows include the
+    /// ones <see cref="ModeEvaluation"/> compares.
+    /// </summary>
+    public static DistillationExample FromRequest(Transformer model, RagRequest request, int greedyTokens)
+    {
+        using var full = new RagEngine(model);
+        var (greedy, _) = ModeEvaluation.GreedyContinuation(model, full, request, greedyTokens);
+        return Create(model, [.. request.Prefix], [.. request.Documents], [.. request.Query, .. greedy]);
+    }
+
     /// <summary>The same documents and continuation as a RAG request (the continuation is the query), for evaluation.</summary>
     public RagRequest AsRequest() => new(Prefix, Documents, Continuation);
 }

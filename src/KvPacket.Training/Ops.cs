@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Numerics.Tensors;
 
 namespace KvPacket.Training;
 
@@ -13,14 +14,11 @@ public static class Ops<T> where T : IFloatingPointIeee754<T>
     public static void Linear(ReadOnlySpan<T> x, ReadOnlySpan<T> w, ReadOnlySpan<T> b, Span<T> y, int tokens, int inputs, int outputs)
     {
         for (int t = 0; t < tokens; t++)
+        {
+            var input = x.Slice(t * inputs, inputs);
             for (int o = 0; o < outputs; o++)
-            {
-                T sum = b.IsEmpty ? T.Zero : b[o];
-                var row = w.Slice(o * inputs, inputs);
-                var input = x.Slice(t * inputs, inputs);
-                for (int i = 0; i < inputs; i++) sum += input[i] * row[i];
-                y[t * outputs + o] = sum;
-            }
+                y[t * outputs + o] = TensorPrimitives.Dot(input, w.Slice(o * inputs, inputs)) + (b.IsEmpty ? T.Zero : b[o]);
+        }
     }
 
     /// <summary>dx += dy·w, dw += dyᵀ·x, db += Σ_t dy (any of the gradients may be empty: not wanted).</summary>
@@ -30,11 +28,17 @@ public static class Ops<T> where T : IFloatingPointIeee754<T>
             for (int o = 0; o < outputs; o++)
             {
                 T g = dy[t * outputs + o];
+                if (g == T.Zero) continue; // rows outside the loss have no gradient: most of them, for the classifier
                 if (!db.IsEmpty) db[o] += g;
-                for (int i = 0; i < inputs; i++)
+                if (!dx.IsEmpty)
                 {
-                    if (!dx.IsEmpty) dx[t * inputs + i] += g * w[o * inputs + i];
-                    if (!dw.IsEmpty) dw[o * inputs + i] += g * x[t * inputs + i];
+                    var target = dx.Slice(t * inputs, inputs);
+                    TensorPrimitives.MultiplyAdd(w.Slice(o * inputs, inputs), g, target, target);
+                }
+                if (!dw.IsEmpty)
+                {
+                    var target = dw.Slice(o * inputs, inputs);
+                    TensorPrimitives.MultiplyAdd(x.Slice(t * inputs, inputs), g, target, target);
                 }
             }
     }

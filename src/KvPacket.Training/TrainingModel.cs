@@ -58,9 +58,12 @@ public sealed class TrainingWeights<T> where T : IFloatingPointIeee754<T>
 /// <summary>
 /// A transformer forward and backward pass for training, over one sequence whose rows are token ids or soft
 /// embeddings (trainable adapters), at given positions, under a given visibility mask. That is enough for KV Packet
-/// distillation: packets computed alone and then attended by the continuation are one sequence with global positions
-/// and a mask that keeps each packet to itself (RoPE depends only on relative positions). Activations of every layer
-/// are kept for the backward pass. Readable rather than fast: the reference the optimised paths are checked against.
+/// and KVLink distillation: packets computed alone and then attended by the continuation are one sequence with global
+/// positions and a mask that keeps each packet to itself (RoPE depends only on relative positions). Every layer's
+/// activations are kept for the backward pass, or, with <see cref="RecomputeActivations"/>, only each layer's input,
+/// the rest recomputed layer by layer during the backward pass (memory bounded by one layer's activations). Readable
+/// rather than fast: the reference the optimised paths are checked against. One instance runs one sequence at a time;
+/// instances may share <see cref="TrainingWeights{T}"/> read-only across threads.
 /// </summary>
 public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeights<T> weights) where T : IFloatingPointIeee754<T>
 {
@@ -70,12 +73,22 @@ public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeig
     /// <summary>The weights (updated in place by an optimiser).</summary>
     public TrainingWeights<T> Weights => weights;
 
+    /// <summary>Keep only each layer's input and recompute the layer during <see cref="Backward"/> (activation checkpointing).</summary>
+    public bool RecomputeActivations { get; init; }
+
+    /// <summary>What one layer's forward pass keeps for its backward pass.</summary>
+    private sealed class LayerActivations
+    {
+        public required T[] AttentionNormed, Q, K, V, Probabilities, Attended, Mid, FfnNormed, Gate, Up, Hidden;
+    }
+
     /// <summary>What a forward pass keeps for the backward pass.</summary>
     private sealed class Pass
     {
         public required int[] Tokens, Positions;
         public required Func<int, int, bool> Visible;
-        public required T[][] LayerInputs, AttentionNormed, Q, K, V, Probabilities, Attended, Mid, FfnNormed, Gate, Up, Hidden;
+        public required T[][] LayerInputs;
+        public required LayerActivations?[] Layers;
         public required T[] FinalInput, FinalNormed;
     }
 
@@ -87,55 +100,25 @@ public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeig
     public T[] Forward(int[] tokens, ReadOnlySpan<T> soft, int[] positions, Func<int, int, bool> visible)
     {
         var c = config;
-        int n = tokens.Length, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, f = c.IntermediateSize, layers = c.LayerCount;
+        int n = tokens.Length, d = c.HiddenSize;
         T epsilon = T.CreateChecked(c.NormEpsilon);
-        bool interleaved = c.RopeStyle == Core.Model.RopeStyle.Interleaved;
         var x = new T[n * d];
         for (int i = 0, s = 0; i < n; i++)
         {
             var source = tokens[i] >= 0 ? weights.Embedding.AsSpan(tokens[i] * d, d) : soft.Slice(s++ * d, d);
             source.CopyTo(x.AsSpan(i * d, d));
         }
-        T[][] Layers() => new T[layers][];
         var pass = new Pass
         {
             Tokens = tokens, Positions = positions, Visible = visible,
-            LayerInputs = Layers(), AttentionNormed = Layers(), Q = Layers(), K = Layers(), V = Layers(), Probabilities = Layers(),
-            Attended = Layers(), Mid = Layers(), FfnNormed = Layers(), Gate = Layers(), Up = Layers(), Hidden = Layers(),
+            LayerInputs = new T[c.LayerCount][], Layers = new LayerActivations?[c.LayerCount],
             FinalInput = null!, FinalNormed = null!,
         };
-        for (int l = 0; l < layers; l++)
+        for (int l = 0; l < c.LayerCount; l++)
         {
-            var w = weights.Layers[l];
             pass.LayerInputs[l] = (T[])x.Clone();
-            var normed = pass.AttentionNormed[l] = new T[n * d];
-            Ops<T>.RmsNorm(x, w.AttentionNorm, normed, n, d, epsilon);
-            var qs = pass.Q[l] = new T[n * q];
-            var ks = pass.K[l] = new T[n * kv];
-            var vs = pass.V[l] = new T[n * kv];
-            Ops<T>.Linear(normed, w.Query, w.QueryBias, qs, n, d, q);
-            Ops<T>.Linear(normed, w.Key, w.KeyBias, ks, n, d, kv);
-            Ops<T>.Linear(normed, w.Value, w.ValueBias, vs, n, d, kv);
-            Ops<T>.Rope(qs, positions, _frequencies, c.HeadCount, c.HeadDim, interleaved);
-            Ops<T>.Rope(ks, positions, _frequencies, c.KvHeadCount, c.HeadDim, interleaved);
-            var attended = pass.Attended[l] = new T[n * q];
-            var probabilities = pass.Probabilities[l] = new T[n * c.HeadCount * n];
-            Ops<T>.Attention(qs, ks, vs, attended, probabilities, n, n, c.HeadCount, c.KvHeadCount, c.HeadDim, visible);
-            var projected = new T[n * d];
-            Ops<T>.Linear(attended, w.Output, [], projected, n, q, d);
-            for (int i = 0; i < x.Length; i++) x[i] += projected[i];
-            pass.Mid[l] = (T[])x.Clone();
-            var ffnNormed = pass.FfnNormed[l] = new T[n * d];
-            Ops<T>.RmsNorm(x, w.FfnNorm, ffnNormed, n, d, epsilon);
-            var gate = pass.Gate[l] = new T[n * f];
-            var up = pass.Up[l] = new T[n * f];
-            Ops<T>.Linear(ffnNormed, w.Gate, [], gate, n, d, f);
-            Ops<T>.Linear(ffnNormed, w.Up, [], up, n, d, f);
-            var hidden = pass.Hidden[l] = new T[n * f];
-            Ops<T>.SwiGlu(gate, up, hidden);
-            var down = new T[n * d];
-            Ops<T>.Linear(hidden, w.Down, [], down, n, f, d);
-            for (int i = 0; i < x.Length; i++) x[i] += down[i];
+            var activations = ForwardLayer(l, x, n, positions, visible);
+            if (!RecomputeActivations) pass.Layers[l] = activations;
         }
         pass.FinalInput = (T[])x.Clone();
         pass.FinalNormed = new T[n * d];
@@ -146,8 +129,41 @@ public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeig
         return logits;
     }
 
+    /// <summary>Layer <paramref name="l"/> over <paramref name="x"/> ([n, hidden], replaced by the layer's output), keeping what its backward pass needs.</summary>
+    private LayerActivations ForwardLayer(int l, T[] x, int n, int[] positions, Func<int, int, bool> visible)
+    {
+        var c = config;
+        int d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, f = c.IntermediateSize;
+        T epsilon = T.CreateChecked(c.NormEpsilon);
+        bool interleaved = c.RopeStyle == Core.Model.RopeStyle.Interleaved;
+        var w = weights.Layers[l];
+        var a = new LayerActivations
+        {
+            AttentionNormed = new T[n * d], Q = new T[n * q], K = new T[n * kv], V = new T[n * kv], Probabilities = new T[n * c.HeadCount * n],
+            Attended = new T[n * q], Mid = null!, FfnNormed = new T[n * d], Gate = new T[n * f], Up = new T[n * f], Hidden = new T[n * f],
+        };
+        Ops<T>.RmsNorm(x, w.AttentionNorm, a.AttentionNormed, n, d, epsilon);
+        Ops<T>.Linear(a.AttentionNormed, w.Query, w.QueryBias, a.Q, n, d, q);
+        Ops<T>.Linear(a.AttentionNormed, w.Key, w.KeyBias, a.K, n, d, kv);
+        Ops<T>.Linear(a.AttentionNormed, w.Value, w.ValueBias, a.V, n, d, kv);
+        Ops<T>.Rope(a.Q, positions, _frequencies, c.HeadCount, c.HeadDim, interleaved);
+        Ops<T>.Rope(a.K, positions, _frequencies, c.KvHeadCount, c.HeadDim, interleaved);
+        Ops<T>.Attention(a.Q, a.K, a.V, a.Attended, a.Probabilities, n, n, c.HeadCount, c.KvHeadCount, c.HeadDim, visible);
+        var projected = new T[n * d];
+        Ops<T>.Linear(a.Attended, w.Output, [], projected, n, q, d);
+        for (int i = 0; i < x.Length; i++) x[i] += projected[i];
+        a.Mid = (T[])x.Clone();
+        Ops<T>.RmsNorm(x, w.FfnNorm, a.FfnNormed, n, d, epsilon);
+        Ops<T>.Linear(a.FfnNormed, w.Gate, [], a.Gate, n, d, f);
+        Ops<T>.Linear(a.FfnNormed, w.Up, [], a.Up, n, d, f);
+        Ops<T>.SwiGlu(a.Gate, a.Up, a.Hidden);
+        Ops<T>.Linear(a.Hidden, w.Down, [], projected, n, f, d);
+        for (int i = 0; i < x.Length; i++) x[i] += projected[i];
+        return a;
+    }
+
     /// <summary>
-    /// Backward pass of the last <see cref="Forward"/> for <paramref name="dLogits"/> ([rows, vocab]): adds the gradient
+    /// Backward pass of the last <see cref="Forward"/> (once) for <paramref name="dLogits"/> ([rows, vocab]): adds the gradient
     /// with respect to each soft row into <paramref name="dSoft"/> ([soft rows, hidden]) and, when given, the weights'
     /// gradients into <paramref name="dWeights"/> (the classifier's into the embedding's when tied).
     /// </summary>
@@ -167,26 +183,27 @@ public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeig
         {
             var w = weights.Layers[l];
             var g = dWeights?.Layers[l];
+            var a = pass.Layers[l] ?? ForwardLayer(l, (T[])pass.LayerInputs[l].Clone(), n, pass.Positions, pass.Visible);
             // Feed-forward: x_out = mid + down(swiglu(gate(norm(mid)), up(norm(mid)))).
             var dHidden = new T[n * f];
-            Ops<T>.LinearBackward(pass.Hidden[l], w.Down, dx, dHidden, g?.Down ?? default, [], n, f, d);
+            Ops<T>.LinearBackward(a.Hidden, w.Down, dx, dHidden, g?.Down ?? default, [], n, f, d);
             T[] dGate = new T[n * f], dUp = new T[n * f];
-            Ops<T>.SwiGluBackward(pass.Gate[l], pass.Up[l], dHidden, dGate, dUp);
+            Ops<T>.SwiGluBackward(a.Gate, a.Up, dHidden, dGate, dUp);
             var dFfnNormed = new T[n * d];
-            Ops<T>.LinearBackward(pass.FfnNormed[l], w.Gate, dGate, dFfnNormed, g?.Gate ?? default, [], n, d, f);
-            Ops<T>.LinearBackward(pass.FfnNormed[l], w.Up, dUp, dFfnNormed, g?.Up ?? default, [], n, d, f);
-            Ops<T>.RmsNormBackward(pass.Mid[l], w.FfnNorm, dFfnNormed, dx, g?.FfnNorm ?? default, n, d, epsilon); // dx now d(mid)
+            Ops<T>.LinearBackward(a.FfnNormed, w.Gate, dGate, dFfnNormed, g?.Gate ?? default, [], n, d, f);
+            Ops<T>.LinearBackward(a.FfnNormed, w.Up, dUp, dFfnNormed, g?.Up ?? default, [], n, d, f);
+            Ops<T>.RmsNormBackward(a.Mid, w.FfnNorm, dFfnNormed, dx, g?.FfnNorm ?? default, n, d, epsilon); // dx now d(mid)
             // Attention: mid = x_in + o(attention(rope(q), rope(k), v)).
             var dAttended = new T[n * q];
-            Ops<T>.LinearBackward(pass.Attended[l], w.Output, dx, dAttended, g?.Output ?? default, [], n, q, d);
+            Ops<T>.LinearBackward(a.Attended, w.Output, dx, dAttended, g?.Output ?? default, [], n, q, d);
             T[] dq = new T[n * q], dk = new T[n * kv], dv = new T[n * kv];
-            Ops<T>.AttentionBackward(pass.Q[l], pass.K[l], pass.V[l], pass.Probabilities[l], dAttended, dq, dk, dv, n, n, c.HeadCount, c.KvHeadCount, c.HeadDim);
+            Ops<T>.AttentionBackward(a.Q, a.K, a.V, a.Probabilities, dAttended, dq, dk, dv, n, n, c.HeadCount, c.KvHeadCount, c.HeadDim);
             Ops<T>.Rope(dq, pass.Positions, _frequencies, c.HeadCount, c.HeadDim, interleaved, direction: -1);
             Ops<T>.Rope(dk, pass.Positions, _frequencies, c.KvHeadCount, c.HeadDim, interleaved, direction: -1);
             var dAttentionNormed = new T[n * d];
-            Ops<T>.LinearBackward(pass.AttentionNormed[l], w.Query, dq, dAttentionNormed, g?.Query ?? default, g?.QueryBias ?? default, n, d, q);
-            Ops<T>.LinearBackward(pass.AttentionNormed[l], w.Key, dk, dAttentionNormed, g?.Key ?? default, g?.KeyBias ?? default, n, d, kv);
-            Ops<T>.LinearBackward(pass.AttentionNormed[l], w.Value, dv, dAttentionNormed, g?.Value ?? default, g?.ValueBias ?? default, n, d, kv);
+            Ops<T>.LinearBackward(a.AttentionNormed, w.Query, dq, dAttentionNormed, g?.Query ?? default, g?.QueryBias ?? default, n, d, q);
+            Ops<T>.LinearBackward(a.AttentionNormed, w.Key, dk, dAttentionNormed, g?.Key ?? default, g?.KeyBias ?? default, n, d, kv);
+            Ops<T>.LinearBackward(a.AttentionNormed, w.Value, dv, dAttentionNormed, g?.Value ?? default, g?.ValueBias ?? default, n, d, kv);
             Ops<T>.RmsNormBackward(pass.LayerInputs[l], w.AttentionNorm, dAttentionNormed, dx, g?.AttentionNorm ?? default, n, d, epsilon); // dx now d(x_in)
         }
         for (int i = 0, s = 0; i < n; i++)
@@ -203,5 +220,6 @@ public sealed class TrainingModel<T>(Core.Model.ModelConfig config, TrainingWeig
                 for (int j = 0; j < d; j++) target[j] += row[j];
             }
         }
+        _pass = null; // the activations are not needed again; let them go before the next example
     }
 }

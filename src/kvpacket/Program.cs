@@ -13,6 +13,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     InspectCommand.Create(),
     TokenizeCommand.Create(),
     EvalCommand.Create(),
+    TrainCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
 };

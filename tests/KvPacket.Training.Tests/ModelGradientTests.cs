@@ -109,6 +109,28 @@ public class ModelGradientTests
     }
 
     [Fact]
+    public void Recomputed_activations_give_the_same_gradients_as_kept_ones()
+    {
+        var soft = Enumerable.Range(0, SoftRows * Config.HiddenSize).Select(i => Math.Sin(i * 0.7)).ToArray();
+        (double Loss, double[] Soft, TrainingWeights<double> Weights) Run(bool recompute)
+        {
+            var weights = Weights<double>(1);
+            var model = new TrainingModel<double>(Config, weights) { RecomputeActivations = recompute };
+            var dSoft = new double[soft.Length];
+            var dWeights = weights.ZerosLike();
+            return (Loss(model, soft, dSoft, dWeights), dSoft, dWeights);
+        }
+        var kept = Run(false);
+        var recomputed = Run(true);
+        Assert.Equal(kept.Loss, recomputed.Loss);
+        Assert.Equal(kept.Soft, recomputed.Soft);
+        Assert.Equal(kept.Weights.Layers[0].Query, recomputed.Weights.Layers[0].Query);
+        Assert.Equal(kept.Weights.Layers[1].Down, recomputed.Weights.Layers[1].Down);
+        Assert.Equal(kept.Weights.Embedding, recomputed.Weights.Embedding);
+        Assert.Contains(kept.Soft, v => v != 0);
+    }
+
+    [Fact]
     public void Float32_gradients_agree_with_float64_within_1e3()
     {
         var model64 = new TrainingModel<double>(Config, Weights<double>(1));

@@ -40,4 +40,33 @@ public class StudentEquivalenceTests
                 worst = Math.Max(worst, Math.Abs(logits[(firstQuery + r) * vocab + v] - result.QueryLogits[r * vocab + v]));
         Assert.True(worst <= 1e-4, $"max |Δlogit| {worst}");
     }
+
+    [Theory]
+    [InlineData(RagMode.KvPacket)]
+    [InlineData(RagMode.KvLink)]
+    public void The_distillation_loss_is_the_kl_of_the_engines_prefill_in_that_mode(RagMode mode)
+    {
+        using var checkpoint = CheckpointLoader.Load(SharedModels.PathOf("stories260K/stories260K.bin"));
+        using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
+        int[][] documents = [[5, 17, 99, 240, 3, 61, 7], [300, 12, 8, 45, 190]];
+        int[] query = [66, 21, 400, 9];
+        var example = DistillationExample.Create(transformer, [1], documents, query);
+        var distillation = new AdapterDistillation(checkpoint, new DistillationOptions { Mode = mode, Header = 2, Trailer = 1, Links = 3 });
+        // An adapter unlike the initial one in every row, so a row placed wrongly would show.
+        var start = distillation.Initial();
+        float[] Perturbed(float[] rows) => [.. rows.Select((v, i) => v + 0.3f * MathF.Sin(i * 1.7f))];
+        var adapter = start with { Header = Perturbed(start.Header), Trailer = Perturbed(start.Trailer), Links = Perturbed(start.Links) };
+
+        using var engine = new RagEngine(transformer) { Adapter = adapter };
+        var result = engine.Prefill(example.AsRequest(), mode);
+        result.Sequence.Dispose();
+        int vocab = checkpoint.Config.VocabSize;
+        double kl = 0;
+        for (int r = 0; r < query.Length; r++)
+            kl += Ops<double>.KlDivergence([.. example.Teacher.AsSpan(r * vocab, vocab).ToArray().Select(v => (double)v)],
+                [.. result.QueryLogits.AsSpan(r * vocab, vocab).ToArray().Select(v => (double)v)], default, 1.0);
+        double loss = distillation.Loss(example, adapter);
+        Assert.True(kl / query.Length > 0.01, "the adapter should change the distributions");
+        Assert.True(Math.Abs(loss - kl / query.Length) <= 1e-4, $"distillation loss {loss} vs engine KL {kl / query.Length}");
+    }
 }

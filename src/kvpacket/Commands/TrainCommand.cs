@@ -1,0 +1,114 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using KvPacket.Cli.Training;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+using KvPacket.Store;
+using KvPacket.Training;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket train</c>: distils a KV Packet header/trailer or KVLink links on a training split with early stopping on a
+/// held-out split, checkpointing (and resuming) the run, and stores the best adapter as the next version in a packet store.
+/// </summary>
+internal static class TrainCommand
+{
+    public static Command Create()
+    {
+        var mode = new Option<string>("--mode") { Description = "kvpacket (header/trailer) or kvlink (links)", DefaultValueFactory = _ => "kvpacket" };
+        mode.AcceptOnlyFromAmong("kvpacket", "kvlink");
+        var model = CommonOptions.Model();
+        var docs = new Option<string>("--docs") { Description = "Documents: 'generated' (the model's own stories), a .txt file or directory, or a .tokens file (ids per line)", DefaultValueFactory = _ => "generated" };
+        var header = new Option<int>("--header") { Description = "Header soft tokens (kvpacket)", DefaultValueFactory = _ => 4 };
+        var trailer = new Option<int>("--trailer") { Description = "Trailer soft tokens (kvpacket)", DefaultValueFactory = _ => 4 };
+        var links = new Option<int>("--links") { Description = "Link tokens per document (kvlink)", DefaultValueFactory = _ => 5 };
+        var steps = new Option<int>("--steps") { Description = "Optimiser steps", DefaultValueFactory = _ => 300 };
+        var batch = new Option<int>("--batch") { Description = "Examples per step", DefaultValueFactory = _ => 4 };
+        var learningRate = new Option<double>("--learning-rate") { Description = "Peak learning rate (AdamW, warm-up then cosine)", DefaultValueFactory = _ => 0.03 };
+        var warmup = new Option<int>("--warmup") { Description = "Warm-up steps", DefaultValueFactory = _ => 15 };
+        var clip = new Option<double>("--clip") { Description = "Gradient norm limit", DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the example order", DefaultValueFactory = _ => 1UL };
+        var evaluateEvery = new Option<int>("--eval-every") { Description = "Steps between held-out evaluations and checkpoints", DefaultValueFactory = _ => 25 };
+        var patience = new Option<int>("--patience") { Description = "Evaluations without improvement before stopping (0: never)", DefaultValueFactory = _ => 4 };
+        var trainExamples = new Option<int>("--train-examples") { Description = "Training requests", DefaultValueFactory = _ => 128 };
+        var heldOut = new Option<int>("--held-out") { Description = "Held-out requests", DefaultValueFactory = _ => 16 };
+        var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 3 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 64 };
+        var queryTokens = new Option<int>("--query-tokens") { Description = "Query tokens", DefaultValueFactory = _ => 8 };
+        var continuation = new Option<int>("--continuation") { Description = "Greedy continuation tokens scored after the query", DefaultValueFactory = _ => 8 };
+        var checkpointPath = new Option<string?>("--checkpoint") { Description = "Run state file: saved at every evaluation, resumed from when it exists" };
+        var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute activations in the backward pass (less memory)" };
+        var threads = CommonOptions.Threads();
+        var store = new Option<string?>("--store") { Description = "Packet store to save the trained adapter into (as the next version)" };
+        var name = new Option<string?>("--name") { Description = "Adapter name (default: the mode)" };
+        var output = new Option<string?>("--out") { Description = "JSON summary path" };
+        var command = new Command("train", "Distil KV Packet header/trailer or KVLink link tokens with the model frozen")
+        {
+            mode, model, docs, header, trailer, links, steps, batch, learningRate, warmup, clip, seed, evaluateEvery, patience, trainExamples, heldOut,
+            documents, documentTokens, queryTokens, continuation, checkpointPath, recompute, threads, store, name, output,
+        };
+        command.SetAction(async (parse, cancellation) =>
+        {
+            string modelPath = parse.GetValue(model)!;
+            using var checkpoint = CheckpointLoader.Load(modelPath);
+            var shape = new RequestShape(parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(queryTokens), parse.GetValue(continuation));
+            bool kvlink = parse.GetValue(mode) == "kvlink";
+            var options = new DistillationOptions
+            {
+                Mode = kvlink ? RagMode.KvLink : RagMode.KvPacket,
+                Header = kvlink ? 0 : parse.GetValue(header), Trailer = kvlink ? 0 : parse.GetValue(trailer), Links = kvlink ? parse.GetValue(links) : 0,
+                Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(learningRate), WarmupSteps = parse.GetValue(warmup),
+                ClipNorm = parse.GetValue(clip), Seed = parse.GetValue(seed), EvaluateEvery = parse.GetValue(evaluateEvery), Patience = parse.GetValue(patience),
+                RecomputeActivations = parse.GetValue(recompute), Threads = parse.GetValue(threads), CheckpointPath = parse.GetValue(checkpointPath),
+                Name = parse.GetValue(name) ?? parse.GetValue(mode)!,
+            };
+            options.Validate();
+
+            var clock = Stopwatch.StartNew();
+            using var transformer = new Transformer(checkpoint, new TransformerOptions
+            {
+                KvType = DType.F32, MaxBatchTokens = 256,
+                KvCacheTokens = 4 * (shape.Documents + 2) * (shape.DocumentTokens + shape.GreedyTokens + 64),
+            });
+            var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
+            var train = DistillationSets.Examples(transformer, trainRequests, shape);
+            var held = DistillationSets.Examples(transformer, heldOutRequests, shape);
+            Console.Error.WriteLine($"{train.Length} training and {held.Length} held-out examples ({shape.Documents} × {shape.DocumentTokens}-token documents, " +
+                                    $"{shape.QueryTokens} query + {shape.GreedyTokens} continuation tokens) with teacher distributions in {clock.Elapsed.TotalSeconds:F1} s");
+
+            string title = kvlink ? $"kvlink L={options.Links}" : $"kvpacket H/T={options.Header}/{options.Trailer}";
+            var run = TrainingDisplay.Run(title, new AdapterDistillation(checkpoint, options), train, held, options.Steps, cancellation);
+            long peak = Process.GetCurrentProcess().PeakWorkingSet64;
+            Console.WriteLine($"{title}: held-out KL(full ‖ {options.Mode.ToString().ToLowerInvariant()}) {run.InitialHeldOutKl:F4} at initialisation → {run.BestHeldOutKl:F4} trained " +
+                              $"(step {run.BestStep}); {run.ExamplesPerSecond:F2} examples/s, {run.RowsPerSecond:F0} rows/s; peak working set {peak / 1048576.0:F0} MiB");
+
+            var adapter = run.Adapter;
+            if (parse.GetValue(store) is { } storePath)
+            {
+                using var packets = PacketStore.Open(storePath);
+                adapter = adapter with { Version = packets.AdapterVersions(adapter.Id).DefaultIfEmpty(0).Max() + 1 };
+                await packets.PutAdapterAsync(adapter, ModelFingerprint.Of(checkpoint), checkpoint.Config.HiddenSize, cancellation);
+                Console.WriteLine($"stored adapter {adapter.Id} version {adapter.Version} in {storePath}");
+            }
+            if (parse.GetValue(output) is { } path)
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+                File.WriteAllText(path, JsonSerializer.Serialize(new
+                {
+                    model = Path.GetFileName(modelPath), mode = parse.GetValue(mode), options.Header, options.Trailer, options.Links, options.Steps, batch = options.BatchSize,
+                    learning_rate = options.LearningRate, train_examples = train.Length, held_out_examples = held.Length,
+                    initial_held_out_kl = run.InitialHeldOutKl, best_held_out_kl = run.BestHeldOutKl, best_step = run.BestStep, steps_run = run.StepsRun,
+                    stopped_early = run.StoppedEarly, examples_per_second = run.ExamplesPerSecond, rows_per_second = run.RowsPerSecond, peak_working_set_bytes = peak,
+                    adapter_version = adapter.Version,
+                }, new JsonSerializerOptions { WriteIndented = true }));
+            }
+            return 0;
+        });
+        return command;
+    }
+}
