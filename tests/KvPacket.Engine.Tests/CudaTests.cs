@@ -24,7 +24,7 @@ public class CudaTests
     private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
 
     [CudaFact]
-    public void F32_logits_agree_within_1e3_and_128_greedy_tokens_are_identical_with_card_and_generic_kernels()
+    public void F32_logits_agree_within_1e3_and_128_greedy_tokens_agree_up_to_ties_with_card_and_generic_kernels()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var device = CudaDevice.Open();
@@ -32,7 +32,7 @@ public class CudaTests
         {
             var result = CudaParity.Run(checkpoint, device, DType.F32, DType.F32, promptTokens: 32, steps: 128, specialised);
             Assert.True(result.MaxAbsDifference <= 1e-3, $"{result.Kernels}: {result.MaxAbsDifference}");
-            Assert.Equal(-1, result.FirstDivergentStep);
+            Assert.True(result.GreedyAgrees, $"{result.Kernels}: greedy differs at step {result.FirstDivergentStep}, CPU margin {result.DivergentMargin}");
             Assert.Equal(0, result.UnwrittenLogits);
         }
     }

@@ -186,9 +186,10 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>
     /// output[t, rows] = input[t, columns] · weight[rows, columns]ᵀ (row-major), with weight and input both F32 or both
-    /// BF16, the output F32 and the accumulation F32 (cuBLAS GemmEx; no TF32).
+    /// BF16, the output F32 and the accumulation F32 (cuBLAS GemmEx; no TF32). With <paramref name="accumulate"/> the
+    /// product is added to output (a residual connection in the same pass).
     /// </summary>
-    public void MatMul(DeviceBuffer weight, DeviceBuffer input, Core.Memory.DType type, int rows, int columns, int tokens, DeviceBuffer output)
+    public void MatMul(DeviceBuffer weight, DeviceBuffer input, Core.Memory.DType type, int rows, int columns, int tokens, DeviceBuffer output, bool accumulate = false)
     {
         int dataType = type switch
         {
@@ -197,7 +198,7 @@ public sealed unsafe class CudaDevice : IDisposable
             Core.Memory.DType.F16 => CuBlas.R16F,
             _ => throw new ArgumentException($"cuBLAS operands must be F32, BF16 or F16, not {type}.", nameof(type)),
         };
-        float alpha = 1, beta = 0;
+        float alpha = 1, beta = accumulate ? 1 : 0;
         // Column-major view: W is [columns × rows] (so op T), x is [columns × tokens], y is [rows × tokens].
         CuBlas.Check(CuBlas.cublasGemmEx(Blas, CuBlas.OpT, CuBlas.OpN, rows, tokens, columns, &alpha, weight.Pointer, dataType, columns,
             input.Pointer, dataType, columns, &beta, output.Pointer, CuBlas.R32F, rows, CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmEx");

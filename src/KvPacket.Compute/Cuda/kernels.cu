@@ -16,6 +16,16 @@ __device__ __forceinline__ float kv_load(kv_t x) { return __half2float(x); }
 __device__ __forceinline__ kv_t kv_store(float x) { return __float2half_rn(x); }
 #endif
 
+// Operands of the matrix products (what RMSNorm, SwiGLU and attention write for them): bf16 when the runtime defines
+// OPERAND_BF16 (bf16 weights), f32 otherwise. The products accumulate in f32 into f32 outputs.
+#ifdef OPERAND_BF16
+typedef __nv_bfloat16 operand_t;
+__device__ __forceinline__ operand_t operand_store(float x) { return __float2bfloat16(x); }
+#else
+typedef float operand_t;
+__device__ __forceinline__ operand_t operand_store(float x) { return x; }
+#endif
+
 #if !defined(HEAD_DIM) || !defined(GROUP_SIZE) || !defined(LAYERS) || !defined(BLOCK_TOKENS)
 #error "kernels.cu needs the model's constants defined first"
 #endif
@@ -24,13 +34,16 @@ __device__ __forceinline__ kv_t kv_store(float x) { return __float2half_rn(x); }
 #define NEG_INF __int_as_float(0xff800000)
 #define PLANE_ELEMENTS (KV_HEADS * BLOCK_TOKENS * HEAD_DIM)
 #define BLOCK_ELEMENTS (2L * LAYERS * PLANE_ELEMENTS)
+// q, k and v come from one fused projection: each token's row is [q (HEADS·d) | k (KV_HEADS·d) | v (KV_HEADS·d)].
+#define QKV_WIDTH ((HEADS + 2 * KV_HEADS) * HEAD_DIM)
 
-// cos/sin of position * inv_freq[i], the angle taken in float64 as on the CPU.
+// cos/sin of position * inv_freq[i]: the angle taken and reduced to [−π, π] in float64 (as exact as the CPU's float64
+// angle), then sincosf — float64 sin/cos cost more than the rest of a decode attention kernel.
 __device__ __forceinline__ void rope_angle(int position, int i, float* c, float* s)
 {
     double angle = (double)position * ROPE_INV_FREQ[i];
-    *c = (float)cos(angle);
-    *s = (float)sin(angle);
+    angle -= 6.283185307179586 * rint(angle * 0.15915494309189535);
+    sincosf((float)angle, s, c);
 }
 
 // One block table entry: block id, first position it holds, token count, rotation offset, first slot.
@@ -53,25 +66,31 @@ extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, i
     int sequence = token_sequence[token], position = token_position[token];
     const KvEntry* table = entries + table_start[sequence];
     int first_entry = split * per_split, last_entry = min(first_entry + per_split, table_length[sequence]);
-    const float* query = q + ((long)token * HEADS + g * GROUP_SIZE) * HEAD_DIM;
+    const float* query = q + (long)token * QKV_WIDTH + g * GROUP_SIZE * HEAD_DIM;
     float* row = scores + ((long)token * HEADS + g * GROUP_SIZE) * max_context;
 
+    int rotation = -2147483647;
     for (int e = first_entry; e < last_entry; e++)
     {
         KvEntry entry = table[e];
         if (entry.first_position > position) { last_entry = e; break; }
-        __syncthreads();
-        for (int p = threadIdx.x; p < GROUP_SIZE * ROPE_PAIRS; p += blockDim.x)
+        if (entry.rotation != rotation)
         {
-            int h = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
-            float c, s;
-            rope_angle(position - entry.rotation, i, &c, &s);
-            int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-            float va = query[h * HEAD_DIM + a], vb = query[h * HEAD_DIM + b];
-            rotated[h * HEAD_DIM + a] = va * c - vb * s;
-            rotated[h * HEAD_DIM + b] = va * s + vb * c;
+            // The query is rotated by (position − the entry's rotation offset): once per run of entries sharing one.
+            rotation = entry.rotation;
+            __syncthreads();
+            for (int p = threadIdx.x; p < GROUP_SIZE * ROPE_PAIRS; p += blockDim.x)
+            {
+                int h = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+                float c, s;
+                rope_angle(position - rotation, i, &c, &s);
+                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+                float va = query[h * HEAD_DIM + a], vb = query[h * HEAD_DIM + b];
+                rotated[h * HEAD_DIM + a] = va * c - vb * s;
+                rotated[h * HEAD_DIM + b] = va * s + vb * c;
+            }
+            __syncthreads();
         }
-        __syncthreads();
         const kv_t* keys = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
         int visible = min(entry.count, position + 1 - entry.first_position);
         for (int p = threadIdx.x; p < visible * GROUP_SIZE; p += blockDim.x)
@@ -85,28 +104,26 @@ extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, i
     }
     __syncthreads();
 
-    for (int h = 0; h < GROUP_SIZE; h++)
+    // Softmax statistics: one warp per query head, no block-wide barriers.
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    long first_slot_of_token = ((long)token * HEADS + g * GROUP_SIZE) * splits + split;
+    for (int h = warp; h < GROUP_SIZE; h += blockDim.x >> 5)
     {
         float* s = row + (long)h * max_context;
-        float local = NEG_INF;
+        float max = NEG_INF;
         for (int e = first_entry; e < last_entry; e++)
         {
             KvEntry entry = table[e];
             int visible = min(entry.count, position + 1 - entry.first_position);
-            for (int j = threadIdx.x; j < visible; j += blockDim.x) local = fmaxf(local, s[entry.first_position + j]);
+            for (int j = lane; j < visible; j += 32) max = fmaxf(max, s[entry.first_position + j]);
         }
-        for (int offset = 16; offset > 0; offset /= 2) local = fmaxf(local, __shfl_xor_sync(0xffffffff, local, offset));
-        if ((threadIdx.x & 31) == 0) reduce[threadIdx.x / 32] = local;
-        __syncthreads();
-        float max = NEG_INF;
-        for (int w = 0; w < (blockDim.x + 31) / 32; w++) max = fmaxf(max, reduce[w]);
-        __syncthreads();
+        for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
         float sum = 0;
         for (int e = first_entry; e < last_entry; e++)
         {
             KvEntry entry = table[e];
             int visible = min(entry.count, position + 1 - entry.first_position);
-            for (int j = threadIdx.x; j < visible; j += blockDim.x)
+            for (int j = lane; j < visible; j += 32)
             {
                 float v = __expf(s[entry.first_position + j] - max);
                 s[entry.first_position + j] = v;
@@ -114,32 +131,30 @@ extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, i
             }
         }
         for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-        if ((threadIdx.x & 31) == 0) reduce[threadIdx.x / 32] = sum;
-        __syncthreads();
-        float total = 0;
-        for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += reduce[w];
-        __syncthreads();
+        if (lane == 0) partial_ml[first_slot_of_token + (long)h * splits] = make_float2(max, sum);
+    }
+    __syncthreads();
 
-        long slot = ((long)token * HEADS + g * GROUP_SIZE + h) * splits + split;
-        if (threadIdx.x == 0) partial_ml[slot] = make_float2(max, total);
-        for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
+    // Weighted values: every (head, dimension) pair of the group at once.
+    for (int idx = threadIdx.x; idx < GROUP_SIZE * HEAD_DIM; idx += blockDim.x)
+    {
+        int h = idx / HEAD_DIM, d = idx % HEAD_DIM;
+        const float* s = row + (long)h * max_context;
+        float acc = 0;
+        for (int e = first_entry; e < last_entry; e++)
         {
-            float acc = 0;
-            for (int e = first_entry; e < last_entry; e++)
-            {
-                KvEntry entry = table[e];
-                const kv_t* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
-                int visible = min(entry.count, position + 1 - entry.first_position);
-                for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * kv_load(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
-            }
-            partial_acc[slot * HEAD_DIM + d] = acc;
+            KvEntry entry = table[e];
+            const kv_t* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
+            int visible = min(entry.count, position + 1 - entry.first_position);
+            for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * kv_load(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
         }
-        __syncthreads();
+        partial_acc[(first_slot_of_token + (long)h * splits) * HEAD_DIM + d] = acc;
     }
 }
 
+
 // out[token][head] = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s over the splits; grid (tokens, HEADS).
-extern "C" __global__ void attention_combine(const float2* partial_ml, const float* partial_acc, int splits, float* out)
+extern "C" __global__ void attention_combine(const float2* partial_ml, const float* partial_acc, int splits, operand_t* out)
 {
     long head = (long)blockIdx.x * HEADS + blockIdx.y;
     const float2* ml = partial_ml + head * splits;
@@ -151,7 +166,7 @@ extern "C" __global__ void attention_combine(const float2* partial_ml, const flo
     {
         float acc = 0;
         for (int s = 0; s < splits; s++) if (ml[s].y > 0) acc += __expf(ml[s].x - max) * partial_acc[(head * splits + s) * HEAD_DIM + d];
-        out[head * HEAD_DIM + d] = acc / total;
+        out[head * HEAD_DIM + d] = operand_store(acc / total);
     }
 }
 
@@ -163,7 +178,7 @@ extern "C" __global__ void embed(const float* table, const int* ids, float* x)
 }
 
 // out[token] = x[token] / rms(x[token]) * weight, rows of n floats; one block per token.
-extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int n, float epsilon)
+extern "C" __global__ void rms_norm(const float* x, const float* weight, operand_t* out, int n, float epsilon)
 {
     __shared__ float partial[32];
     const float* row = x + (long)blockIdx.x * n;
@@ -175,7 +190,7 @@ extern "C" __global__ void rms_norm(const float* x, const float* weight, float* 
     float total = 0;
     for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += partial[w];
     float scale = rsqrtf(total / n + epsilon);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i] * scale * weight[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = operand_store(row[i] * scale * weight[i]);
 }
 
 // Rotates token t's key heads by its position and stores K and V as halves in its block slot of `layer`.
@@ -193,7 +208,7 @@ extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool,
         float c, s;
         rope_angle(positions[token], i, &c, &s);
         int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-        const float* src = k + ((long)token * KV_HEADS + g) * HEAD_DIM;
+        const float* src = k + (long)token * QKV_WIDTH + g * HEAD_DIM;
         kv_t* dst = kplane + ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
         dst[a] = kv_store(src[a] * c - src[b] * s);
         dst[b] = kv_store(src[a] * s + src[b] * c);
@@ -201,24 +216,76 @@ extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool,
     for (int p = threadIdx.x; p < KV_HEADS * HEAD_DIM; p += blockDim.x)
     {
         int g = p / HEAD_DIM, d = p % HEAD_DIM;
-        vplane[((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM + d] = kv_store(v[(long)token * KV_HEADS * HEAD_DIM + p]);
+        vplane[((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM + d] = kv_store(v[(long)token * QKV_WIDTH + p]);
     }
 }
 
-// gate = silu(gate) * up, n floats.
-extern "C" __global__ void swiglu(float* gate, const float* up, long n)
+// Matrix × a few vectors, for decode: y[t][row] (=, or += with accumulate) Σ_c W[row][c]·x[t][c] for t < tokens
+// (≤ GEMV_TOKENS), W [rows][cols] and x [tokens][cols] of operand_t, y f32. One warp per row streams the row once with
+// 16-byte loads and applies it to every token, so the whole grid reads W once at full width; a GEMM's tiles leave most
+// SMs idle when there is one token. Needs cols·sizeof(operand_t) to be a multiple of 16 (the runtime checks).
+#define GEMV_TOKENS 8
+#define GEMV_LANE_ELEMENTS (16 / (int)sizeof(operand_t))
+__device__ __forceinline__ void unpack(uint4 bits, float* out)
 {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+#ifdef OPERAND_BF16
+    const __nv_bfloat162* pairs = (const __nv_bfloat162*)&bits;
+    for (int i = 0; i < 4; i++) { float2 f = __bfloat1622float2(pairs[i]); out[2 * i] = f.x; out[2 * i + 1] = f.y; }
+#else
+    out[0] = __uint_as_float(bits.x); out[1] = __uint_as_float(bits.y); out[2] = __uint_as_float(bits.z); out[3] = __uint_as_float(bits.w);
+#endif
+}
+// A block is 8 warps; warps_per_row (1, 2, 4 or 8) of them share a row, interleaving its 16-byte chunks, so a matrix
+// with few rows still puts enough loads in flight on every SM.
+extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y, int rows, int cols, int tokens, int accumulate, int warps_per_row)
+{
+    __shared__ float partial[8][GEMV_TOKENS];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * (8 / warps_per_row) + warp / warps_per_row, part = warp % warps_per_row;
+    float acc[GEMV_TOKENS];
+    for (int t = 0; t < GEMV_TOKENS; t++) acc[t] = 0;
+    if (row < rows)
     {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        const operand_t* weights = w + (long)row * cols;
+        #pragma unroll 4
+        for (int c = (part * 32 + lane) * GEMV_LANE_ELEMENTS; c < cols; c += warps_per_row * 32 * GEMV_LANE_ELEMENTS)
+        {
+            float wf[GEMV_LANE_ELEMENTS], xf[GEMV_LANE_ELEMENTS];
+            unpack(__ldg((const uint4*)(weights + c)), wf);
+            for (int t = 0; t < GEMV_TOKENS; t++)
+            {
+                if (t >= tokens) break;
+                unpack(__ldg((const uint4*)(x + (long)t * cols + c)), xf);
+                for (int i = 0; i < GEMV_LANE_ELEMENTS; i++) acc[t] += wf[i] * xf[i];
+            }
+        }
+    }
+    for (int t = 0; t < GEMV_TOKENS; t++)
+    {
+        float sum = acc[t];
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+        if (lane == 0) partial[warp][t] = sum;
+    }
+    __syncthreads();
+    if (part == 0 && row < rows && lane < tokens)
+    {
+        float sum = 0;
+        for (int p = 0; p < warps_per_row; p++) sum += partial[warp + p][lane];
+        long at = (long)lane * rows + row;
+        y[at] = accumulate ? y[at] + sum : sum;
     }
 }
 
-// x += y, n floats.
-extern "C" __global__ void add(float* x, const float* y, long n)
+// out[token] = silu(gate) * up from the fused projection's row [gate (width) | up (width)]; count = tokens · width.
+extern "C" __global__ void swiglu(const float* gate_up, operand_t* out, int width, long count)
 {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count; i += (long)gridDim.x * blockDim.x)
+    {
+        long token = i / width;
+        int c = (int)(i - token * width);
+        float g = gate_up[2 * token * width + c];
+        out[i] = operand_store(g / (1.0f + expf(-g)) * gate_up[(2 * token + 1) * width + c]);
+    }
 }
 
 // x[token][i] += bias[i] for rows of n floats.
@@ -253,10 +320,10 @@ extern "C" __global__ void argmax(const float* logits, int n, int* result)
     }
 }
 
-// y = x rounded to bf16, n floats (the activations of a bf16 matrix product).
-extern "C" __global__ void to_bf16(const float* x, __nv_bfloat16* y, long n)
+// y = x as operands of a matrix product (rounded to bf16 when those are bf16), n floats.
+extern "C" __global__ void to_operand(const float* x, operand_t* y, long n)
 {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = __float2bfloat16(x[i]);
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = operand_store(x[i]);
 }
 
 // out[i] = x[rows[i]] for rows of n floats; one block per gathered row.
@@ -303,7 +370,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
                 if (t >= tile_tokens) continue;
                 float c, s;
                 rope_angle(first_position + first_token + t - rotation, i, &c, &s);
-                const float* src = q + ((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM;
+                const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
                 int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
                 query[r * HEAD_DIM + a] = src[a] * c - src[b] * s;
                 query[r * HEAD_DIM + b] = src[a] * s + src[b] * c;

@@ -13,7 +13,17 @@ namespace KvPacket.Engine.Cuda;
 /// <param name="FirstDivergentStep">The first step whose greedy token differs (−1: none).</param>
 /// <param name="UnwrittenLogits">Logits still holding the poison value after a step (must be 0).</param>
 /// <param name="Kernels">"specialised (card)" or "generic".</param>
-public sealed record CudaParityResult(int Steps, double MaxAbsDifference, double MaxRelativeDifference, int FirstDivergentStep, int UnwrittenLogits, string Kernels);
+/// <param name="DivergentMargin">At the first divergent step, how far apart the CPU's logits for its token and the GPU's token are (NaN: none).</param>
+public sealed record CudaParityResult(int Steps, double MaxAbsDifference, double MaxRelativeDifference, int FirstDivergentStep, int UnwrittenLogits, string Kernels,
+    double DivergentMargin)
+{
+    /// <summary>
+    /// True when every greedy token agreed, or the first that did not was a tie: the CPU's two candidates are no further
+    /// apart than the measured logit difference can move them (2 × <see cref="MaxAbsDifference"/>), so either is the
+    /// greedy token of the same function within its rounding.
+    /// </summary>
+    public bool GreedyAgrees => FirstDivergentStep < 0 || DivergentMargin <= 2 * MaxAbsDifference;
+}
 
 /// <summary>
 /// Runs the same prompt and greedy continuation on the CPU transformer and on the GPU, poisoning the GPU logits before
@@ -36,6 +46,7 @@ public static class CudaParity
         gpu.Prefill(prompt);
         double maxAbs = 0, maxRelative = 0;
         int divergent = -1, unwritten = 0;
+        double margin = double.NaN;
         Span<int> gpuToken = stackalloc int[1];
         for (int step = 0; step <= steps; step++)
         {
@@ -53,13 +64,13 @@ public static class CudaParity
             if (step == steps) break;
             int cpuToken = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(expected);
             gpu.NextToken(gpuToken);
-            if (gpuToken[0] != cpuToken && divergent < 0) divergent = step;
+            if (gpuToken[0] != cpuToken && divergent < 0) (divergent, margin) = (step, expected[cpuToken] - expected[gpuToken[0]]);
             // Both continue with the CPU's token, so later steps still compare the same context.
             device.Fill(GpuLogits(gpu), 0x7fc00000); // NaN: any logit the next step fails to write shows up
             gpu.Step([cpuToken]);
             cpu.Prefill(sequence, [cpuToken], expected);
         }
-        return new CudaParityResult(steps, maxAbs, maxRelative, divergent, unwritten, gpu.Spec is null ? "generic" : $"specialised ({gpu.Spec.Name})");
+        return new CudaParityResult(steps, maxAbs, maxRelative, divergent, unwritten, gpu.Spec is null ? "generic" : $"specialised ({gpu.Spec.Name})", margin);
     }
 
     /// <summary>

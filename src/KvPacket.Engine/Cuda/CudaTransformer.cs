@@ -26,7 +26,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _pool, _x, _xb, _q, _k, _v, _att, _gate, _up, _logits, _scores, _half;
+    private readonly DeviceBuffer _pool, _x, _qkv, _att, _gateUp, _operand, _logits, _scores;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
@@ -41,8 +41,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public int Length;
         public readonly List<DeviceEntry> Table = [];
     }
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _attentionPrefill, _swiglu, _add, _addBias, _argmaxKernel, _toBf16, _gatherRows;
-    private const int EntriesPerSplit = 4;  // 64 positions per flash-decoding split when there is room
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _toOperand, _gatherRows, _gemv;
+    private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
+    private const int NormThreads = 1024;   // one block per row: the widest block finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
@@ -53,8 +54,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
 
-    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight Query, Weight Key, Weight Value, Weight Output,
-        Weight Gate, Weight Up, Weight Down, DeviceBuffer? QueryBias, DeviceBuffer? KeyBias, DeviceBuffer? ValueBias);
+    /// <summary>One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden]: one product each.</summary>
+    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight QueryKeyValue, Weight Output, Weight GateUp, Weight Down,
+        DeviceBuffer? QueryKeyValueBias);
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="device"/> with matrices as <paramref name="weightType"/> (F32 or BF16),
@@ -79,6 +81,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         Spec = specialised ? ModelSpec.For(c) : null;
         string source = Spec?.CudaSource ?? ModelSpec.GenericCudaSource(c, BlockTokens);
         if (kvType == DType.F32) source = "#define KV_F32\n" + source;
+        if (weightType == DType.BF16) source = "#define OPERAND_BF16\n" + source;
         _module = device.LoadModule(source, Spec is null ? "generic" : Spec.Name.Replace('.', '_'));
         CompileSeconds = device.LastCompileSeconds;
         _embed = _module.Function("embed");
@@ -88,36 +91,30 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _attentionCombine = _module.Function("attention_combine");
         _attentionPrefill = _module.Function("attention_prefill");
         _swiglu = _module.Function("swiglu");
-        _add = _module.Function("add");
         _addBias = _module.Function("add_bias");
         _argmaxKernel = _module.Function("argmax");
-        _toBf16 = _module.Function("to_bf16");
+        _toOperand = _module.Function("to_operand");
         _gatherRows = _module.Function("gather_rows");
+        _gemv = _module.Function("gemv");
 
-        _embedding = Upload(model.TokenEmbedding, DType.F32);
-        _classifier = Upload(model.Classifier, weightType);
+        _embedding = Upload([model.TokenEmbedding], DType.F32);
+        _classifier = Upload([model.Classifier], weightType);
         _finalNorm = UploadVector(model.FinalNorm)!;
         _layers = model.Layers.Select(l => new LayerOnDevice(UploadVector(l.AttentionNorm)!, UploadVector(l.FfnNorm)!,
-            Upload(l.Query, weightType), Upload(l.Key, weightType), Upload(l.Value, weightType), Upload(l.Output, weightType),
-            Upload(l.Gate, weightType), Upload(l.Up, weightType), Upload(l.Down, weightType),
-            UploadVector(l.QueryBias), UploadVector(l.KeyBias), UploadVector(l.ValueBias))).ToArray();
+            Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType), Upload([l.Down], weightType),
+            l.QueryBias.IsPresent || l.KeyBias.IsPresent || l.ValueBias.IsPresent ? UploadBiases(l.QueryBias, l.KeyBias, l.ValueBias) : null)).ToArray();
 
         _blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
         long blockElements = 2L * c.LayerCount * c.KvHeadCount * BlockTokens * c.HeadDim;
         _pool = Own(device.Allocate(_blockCount * blockElements * (kvType == DType.F32 ? 4 : 2)));
         int t = maxTokens;
-        int wide = Math.Max(c.HiddenSize, c.QueryDim);
         _x = Own(device.Allocate(4L * t * c.HiddenSize));
-        _xb = Own(device.Allocate(4L * t * wide));
-        _q = Own(device.Allocate(4L * t * c.QueryDim));
-        _k = Own(device.Allocate(4L * t * c.KvDim));
-        _v = Own(device.Allocate(4L * t * c.KvDim));
+        _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
         _att = Own(device.Allocate(4L * t * c.QueryDim));
-        _gate = Own(device.Allocate(4L * t * c.IntermediateSize));
-        _up = Own(device.Allocate(4L * t * c.IntermediateSize));
+        _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
+        _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
         _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
         _scores = Own(device.Allocate(4L * t * c.HeadCount * _maxContext));
-        _half = Own(device.Allocate(2L * t * Math.Max(wide, c.IntermediateSize)));
         // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
         // table length and last row; then every chunk's table entries.
         _stepHost = new int[5 * t + 3 * _maxChunks + 5 * (_blockCount + _maxChunks)];
@@ -299,76 +296,81 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
             lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
         var m = _module;
-        ulong x = _x.Pointer, xb = _xb.Pointer, embedding = _embedding.Buffer.Pointer;
+        ulong x = _x.Pointer, operand = _operand.Pointer, embedding = _embedding.Buffer.Pointer;
         m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
-        int hidden = c.HiddenSize;
+        int hidden = c.HiddenSize, ffn = c.IntermediateSize;
         for (int layer = 0; layer < _layers.Length; layer++)
         {
+            // Per layer: norm → one q/k/v product → K (rotated) and V into the cache → attention → output product added
+            // to the residual → norm → one gate/up product → SwiGLU → down product added to the residual. The norms,
+            // SwiGLU and attention write the products' operands directly (bf16 for bf16 weights).
             var w = _layers[layer];
             ulong norm = w.AttentionNorm.Pointer;
-            m.Launch(_rmsNorm, ((uint)n, 1), 256, (nint)(&x), (nint)(&norm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
-            Project(_xb, n, w.Query, _q, w.QueryBias);
-            Project(_xb, n, w.Key, _k, w.KeyBias);
-            Project(_xb, n, w.Value, _v, w.ValueBias);
-            ulong k = _k.Pointer, v = _v.Pointer, pool = _pool.Pointer;
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+            Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
+            ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _pool.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
             m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
-            ulong q = _q.Pointer, scores = _scores.Pointer, att = _att.Pointer;
-            ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
+            ulong scores = _scores.Pointer, ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
             int maxContext = _maxContext;
             if (tiled)
             {
+                // The tiled kernel writes f32: straight into the operand buffer for f32 weights, else converted after.
                 int tokenCount = n;
+                bool convert = _weightType != DType.F32;
+                ulong att = convert ? _att.Pointer : operand;
                 m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
                     (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
+                if (convert)
+                {
+                    long count = (long)n * c.QueryDim;
+                    m.Launch(_toOperand, (Blocks(count), 1), 256, (nint)(&att), (nint)(&operand), (nint)(&count));
+                }
             }
             else
             {
                 m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
                     (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
                     (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
-                m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&att));
+                m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&operand));
             }
-            Project(_att, n, w.Output, _xb, null);
-            Add(_x, _xb, (long)n * hidden);
+            Project(n, w.Output, _x, null, accumulate: true);
             norm = w.FfnNorm.Pointer;
-            m.Launch(_rmsNorm, ((uint)n, 1), 256, (nint)(&x), (nint)(&norm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
-            Project(_xb, n, w.Gate, _gate, null);
-            Project(_xb, n, w.Up, _up, null);
-            ulong gate = _gate.Pointer, up = _up.Pointer;
-            long count = (long)n * c.IntermediateSize;
-            m.Launch(_swiglu, (Blocks(count), 1), 256, (nint)(&gate), (nint)(&up), (nint)(&count));
-            Project(_gate, n, w.Down, _xb, null);
-            Add(_x, _xb, (long)n * hidden);
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+            Project(n, w.GateUp, _gateUp, null);
+            ulong gateUp = _gateUp.Pointer;
+            long elements = (long)n * ffn;
+            m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
+            Project(n, w.Down, _x, null, accumulate: true);
         }
         // Only each chunk's last token needs logits: gather those rows, normalise and classify them alone.
-        ulong gathered = _gate.Pointer, finalNorm = _finalNorm.Pointer;
+        ulong gathered = _gateUp.Pointer, finalNorm = _finalNorm.Pointer;
         m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
-        m.Launch(_rmsNorm, ((uint)chunks, 1), 256, (nint)(&gathered), (nint)(&finalNorm), (nint)(&xb), (nint)(&hidden), (nint)(&epsilon));
-        Project(_xb, chunks, _classifier, _logits, null);
+        m.Launch(_rmsNorm, ((uint)chunks, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+        Project(chunks, _classifier, _logits, null);
     }
 
     private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);
 
-    private void Add(DeviceBuffer x, DeviceBuffer y, long count)
-    {
-        ulong a = x.Pointer, b = y.Pointer;
-        _module.Launch(_add, (Blocks(count), 1), 256, (nint)(&a), (nint)(&b), (nint)(&count));
-    }
+    /// <summary>Steps of at most this many tokens multiply through the <c>gemv</c> kernel (its GEMV_TOKENS), longer ones through cuBLAS.</summary>
+    private const int GemvTokens = 8;
 
-    /// <summary>output[t, out] = input[t, in] · W[out, in]ᵀ (+ bias), f32 activations in and out.</summary>
-    private void Project(DeviceBuffer input, int tokens, Weight weight, DeviceBuffer output, DeviceBuffer? bias)
+    /// <summary>output[t, out] (=, or += with <paramref name="accumulate"/>) operand[t, in] · W[out, in]ᵀ (+ bias); the operand buffer holds the input.</summary>
+    private void Project(int tokens, Weight weight, DeviceBuffer output, DeviceBuffer? bias, bool accumulate = false)
     {
-        var operand = input;
-        if (weight.Type == DType.BF16)
+        int elementBytes = weight.Type == DType.F32 ? 4 : 2;
+        if (tokens <= GemvTokens && weight.Columns * elementBytes % 16 == 0)
         {
-            long count = (long)tokens * weight.Columns;
-            ulong b = input.Pointer, half = _half.Pointer;
-            _module.Launch(_toBf16, (Blocks(count), 1), 256, (nint)(&b), (nint)(&half), (nint)(&count));
-            operand = _half;
+            ulong w = weight.Buffer.Pointer, x = _operand.Pointer, y = output.Pointer;
+            int rows = weight.Rows, columns = weight.Columns, add = accumulate ? 1 : 0;
+            // About 8192 warps in flight: a matrix with few rows gets several warps per row.
+            int warpsPerRow = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, 8192 / rows + 1)) / 2, 1, 8);
+            int rowsPerBlock = 8 / warpsPerRow;
+            _module.Launch(_gemv, ((uint)((rows + rowsPerBlock - 1) / rowsPerBlock), 1), 256, (nint)(&w), (nint)(&x), (nint)(&y), (nint)(&rows), (nint)(&columns),
+                (nint)(&tokens), (nint)(&add), (nint)(&warpsPerRow));
         }
-        _device.MatMul(weight.Buffer, operand, weight.Type, weight.Rows, weight.Columns, tokens, output);
+        else _device.MatMul(weight.Buffer, _operand, weight.Type, weight.Rows, weight.Columns, tokens, output, accumulate);
         if (bias is not null)
         {
             ulong y = output.Pointer, bp = bias.Pointer;
@@ -383,28 +385,44 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         return buffer;
     }
 
-    private Weight Upload(in WeightTensor tensor, DType type)
+    /// <summary>Uploads <paramref name="parts"/> (same column count) stacked by rows as one matrix of <paramref name="type"/>.</summary>
+    private Weight Upload(WeightTensor[] parts, DType type)
     {
-        int elementBytes = type == DType.F32 ? 4 : 2;
-        var buffer = Own(_device.Allocate(tensor.ElementCount * elementBytes));
+        int elementBytes = type == DType.F32 ? 4 : 2, columns = parts[0].Columns;
+        if (parts.Any(p => p.Columns != columns)) throw new ArgumentException("Fused matrices need one column count.", nameof(parts));
+        var buffer = Own(_device.Allocate(parts.Sum(p => p.ElementCount) * elementBytes));
         // In chunks of about 16 MB of f32 rows: host memory stays small for large matrices.
-        int chunk = Math.Max(1, (1 << 22) / tensor.Columns);
-        var rows = new float[(long)chunk * tensor.Columns];
+        int chunk = Math.Max(1, (1 << 22) / columns);
+        var rows = new float[(long)chunk * columns];
         var converted = new ushort[rows.Length];
-        for (int r = 0; r < tensor.Rows; r += chunk)
-        {
-            int count = Math.Min(chunk, tensor.Rows - r);
-            var values = rows.AsSpan(0, count * tensor.Columns);
-            tensor.ReadRows(r, count, values);
-            long offset = (long)r * tensor.Columns * elementBytes;
-            if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
-            else
+        long offset = 0;
+        foreach (var tensor in parts)
+            for (int r = 0; r < tensor.Rows; r += chunk)
             {
-                ElementConversion.SingleToBF16(values, converted.AsSpan(0, values.Length));
-                _device.Upload<ushort>(converted.AsSpan(0, values.Length), buffer, offset);
+                int count = Math.Min(chunk, tensor.Rows - r);
+                var values = rows.AsSpan(0, count * columns);
+                tensor.ReadRows(r, count, values);
+                if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
+                else
+                {
+                    ElementConversion.SingleToBF16(values, converted.AsSpan(0, values.Length));
+                    _device.Upload<ushort>(converted.AsSpan(0, values.Length), buffer, offset);
+                }
+                offset += (long)values.Length * elementBytes;
             }
-        }
-        return new Weight(buffer, tensor.Rows, tensor.Columns, type);
+        return new Weight(buffer, parts.Sum(p => p.Rows), columns, type);
+    }
+
+    /// <summary>The q, k and v biases as one vector for the fused product (zeros for any that is absent).</summary>
+    private DeviceBuffer UploadBiases(in WeightTensor query, in WeightTensor key, in WeightTensor value)
+    {
+        var values = new float[_config.QueryDim + 2 * _config.KvDim];
+        if (query.IsPresent) query.ReadRows(0, query.Rows, values.AsSpan(0, _config.QueryDim));
+        if (key.IsPresent) key.ReadRows(0, key.Rows, values.AsSpan(_config.QueryDim, _config.KvDim));
+        if (value.IsPresent) value.ReadRows(0, value.Rows, values.AsSpan(_config.QueryDim + _config.KvDim, _config.KvDim));
+        var buffer = Own(_device.Allocate(values.Length * 4L));
+        _device.Upload<float>(values, buffer);
+        return buffer;
     }
 
     private DeviceBuffer? UploadVector(in WeightTensor tensor)
