@@ -152,20 +152,33 @@ extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, i
     }
 }
 
-
 // out[token][head] = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s over the splits; grid (tokens, HEADS).
 extern "C" __global__ void attention_combine(const float2* partial_ml, const float* partial_acc, int splits, operand_t* out)
 {
+    // blockDim 64 (two warps): each computes the splits' max and weighted sum with its lanes over the splits, then
+    // thread d merges dimension d; the weights exp(m_s − M) go through shared memory so each is computed once.
+    __shared__ float weight[1024];
     long head = (long)blockIdx.x * HEADS + blockIdx.y;
     const float2* ml = partial_ml + head * splits;
+    int lane = threadIdx.x & 31;
     float max = NEG_INF;
-    for (int s = 0; s < splits; s++) max = fmaxf(max, ml[s].x);
+    for (int s = lane; s < splits; s += 32) max = fmaxf(max, ml[s].x);
+    for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
     float total = 0;
-    for (int s = 0; s < splits; s++) if (ml[s].y > 0) total += __expf(ml[s].x - max) * ml[s].y;
+    for (int s = lane; s < splits; s += 32)
+    {
+        float2 v = ml[s];
+        float wgt = v.y > 0 ? __expf(v.x - max) : 0;
+        if (threadIdx.x < 32) weight[s] = wgt;
+        total += wgt * v.y;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
+    __syncthreads();
     for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
     {
         float acc = 0;
-        for (int s = 0; s < splits; s++) if (ml[s].y > 0) acc += __expf(ml[s].x - max) * partial_acc[(head * splits + s) * HEAD_DIM + d];
+        #pragma unroll 8
+        for (int s = 0; s < splits; s++) acc += weight[s] * partial_acc[(head * splits + s) * HEAD_DIM + d];
         out[head * HEAD_DIM + d] = operand_store(acc / total);
     }
 }

@@ -45,6 +45,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
     private const int NormThreads = 1024;   // one block per row: the widest block finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
+    private const int MaxSplits = 1024;     // attention_combine's shared weights
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
 
@@ -267,7 +268,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
-        int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
+        int splits = Math.Max(1, Math.Min(Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n), MaxSplits));
         int perSplit = (longest + splits - 1) / splits;
         // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
         bool tiled = chunks == 1 && n >= PrefillTileThreshold;
