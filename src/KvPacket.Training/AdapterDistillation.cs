@@ -134,7 +134,7 @@ public sealed class AdapterDistillation
         return new DistillationRun(ToAdapter(best, 1), initialKl, bestKl, bestStep, step, stoppedEarly, examples, rows, clock.Elapsed);
     }
 
-    /// <summary>Mean KL(teacher ‖ student) per continuation row of <paramref name="example"/> with <paramref name="adapter"/>, in nats.</summary>
+    /// <summary>Mean KL(teacher ‖ student) per scored continuation row of <paramref name="example"/> with <paramref name="adapter"/>, in nats.</summary>
     public double Loss(DistillationExample example, Adapter adapter) =>
         new Worker(this, _options.AdapterRows * _hidden).Run(example, [.. adapter.Header, .. adapter.Trailer, .. adapter.Links], withGradient: false);
 
@@ -192,9 +192,9 @@ public sealed class AdapterDistillation
             var logits = _model.Forward(tokens, soft, [.. Enumerable.Range(0, tokens.Length)], Visible);
             var dLogits = withGradient ? new float[logits.Length] : null;
             double loss = 0;
-            for (int r = 0; r < continuation; r++)
+            for (int r = example.FirstScoredRow; r < continuation; r++)
                 loss += Ops<float>.KlDivergence(example.Teacher.AsSpan(r * vocab, vocab), logits.AsSpan((start + r) * vocab, vocab),
-                    dLogits is null ? default : dLogits.AsSpan((start + r) * vocab, vocab), 1f / continuation);
+                    dLogits is null ? default : dLogits.AsSpan((start + r) * vocab, vocab), 1f / example.ScoredRows);
             Rows = tokens.Length;
             if (dLogits is not null)
             {
@@ -204,7 +204,7 @@ public sealed class AdapterDistillation
                 Array.Clear(Gradients);
                 for (int s = 0; s < dSoft.Length; s++) Gradients[s % size] += dSoft[s];
             }
-            return loss / continuation;
+            return loss / example.ScoredRows;
         }
     }
 

@@ -444,3 +444,146 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
         if (t < tile_tokens) out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc[idx] / row_sum[r];
     }
 }
+
+#if !defined(KV_F32) && (HEAD_DIM % 16 == 0)
+#include <mma.h>
+// attention_prefill on the tensor cores (f16 KV; head dim a multiple of 16): the same tiles, entries and online
+// softmax, with S = Q·Kᵀ and P·V as 16×16×16 f16 products accumulated in f32. A block is TC_WARPS warps of 16 query
+// rows each — the GROUP_SIZE heads of TC_TOKENS consecutive tokens, all reading one KV head — and streams the
+// sequence's KV blocks (16 keys) through shared memory once for all of them. The running output stays in shared
+// memory in f32 (each row rescaled by its own factor, which a matrix fragment cannot express).
+// grid (ceil(tokens / TC_TOKENS), KV_HEADS), block TC_WARPS · 32 threads.
+#define TC_WARPS (HEAD_DIM <= 64 ? 4 : 2)
+#define TC_ROWS (TC_WARPS * 16)
+#define TC_TOKENS (TC_ROWS / GROUP_SIZE < 1 ? 1 : TC_ROWS / GROUP_SIZE)
+extern "C" __global__ void attention_prefill_tc(const float* q, const kv_t* pool, int layer, const KvEntry* table, int entries_count,
+    int tokens, int first_position, float scale, int interleaved, float* out)
+{
+    using namespace nvcuda;
+    __shared__ __align__(32) __half query[TC_ROWS * HEAD_DIM];
+    __shared__ __align__(32) __half keys[BLOCK_TOKENS * HEAD_DIM];
+    __shared__ __align__(32) __half values[BLOCK_TOKENS * HEAD_DIM];
+    __shared__ __align__(32) float scores[TC_WARPS][16 * 16];
+    __shared__ __align__(32) __half probs[TC_WARPS][16 * 16];
+    __shared__ float acc[TC_ROWS * HEAD_DIM];
+    __shared__ float row_max[TC_ROWS], row_sum[TC_ROWS], row_scale[TC_ROWS];
+    int tile = blockIdx.x, g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int first_token = tile * TC_TOKENS, tile_tokens = min(TC_TOKENS, tokens - first_token);
+    int last_position = first_position + first_token + tile_tokens - 1;
+    for (int i = threadIdx.x; i < TC_ROWS * HEAD_DIM; i += blockDim.x) acc[i] = 0;
+    for (int r = threadIdx.x; r < TC_ROWS; r += blockDim.x) { row_max[r] = NEG_INF; row_sum[r] = 0; }
+    // This lane's softmax row (two lanes per row, eight keys each) and whether it is a real query row.
+    int my_row = warp * 16 + lane / 2, my_token = my_row / GROUP_SIZE, half_keys = (lane & 1) * 8;
+    bool my_row_valid = my_token < tile_tokens && my_row < TC_TOKENS * GROUP_SIZE;
+    int my_position = first_position + first_token + my_token;
+    int rotation = -2147483647;
+
+    for (int e = 0; e < entries_count; e++)
+    {
+        KvEntry entry = table[e];
+        if (entry.first_position > last_position) break;
+        __syncthreads();
+        if (entry.rotation != rotation)
+        {
+            rotation = entry.rotation;
+            for (int idx = threadIdx.x; idx < TC_ROWS * ROPE_PAIRS; idx += blockDim.x)
+            {
+                int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
+                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+                float va = 0, vb = 0;
+                if (t < tile_tokens && r < TC_TOKENS * GROUP_SIZE)
+                {
+                    float c, s;
+                    rope_angle(first_position + first_token + t - rotation, i, &c, &s);
+                    const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
+                    va = src[a] * c - src[b] * s;
+                    vb = src[a] * s + src[b] * c;
+                }
+                query[r * HEAD_DIM + a] = __float2half(va);
+                query[r * HEAD_DIM + b] = __float2half(vb);
+            }
+        }
+        const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
+        const kv_t* vplane = kplane + PLANE_ELEMENTS;
+        for (int i = threadIdx.x; i < BLOCK_TOKENS * HEAD_DIM; i += blockDim.x)
+        {
+            bool present = i / HEAD_DIM < entry.count;
+            keys[i] = present ? kplane[i] : __float2half(0.0f);
+            values[i] = present ? vplane[i] : __float2half(0.0f);
+        }
+        __syncthreads();
+
+        // S = Q_w · Kᵀ for this warp's 16 rows and the entry's 16 keys.
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+        wmma::fill_fragment(s, 0.0f);
+        for (int k = 0; k < HEAD_DIM; k += 16)
+        {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
+            wmma::load_matrix_sync(qa, query + warp * 16 * HEAD_DIM + k, HEAD_DIM);
+            wmma::load_matrix_sync(kb, keys + k, HEAD_DIM);
+            wmma::mma_sync(s, qa, kb, s);
+        }
+        wmma::store_matrix_sync(scores[warp], s, 16, wmma::mem_row_major);
+        __syncwarp();
+
+        // Online softmax over the row's visible keys (causal: a key after the row's position gets no weight).
+        const float* row_scores = scores[warp] + (lane / 2) * 16;
+        float v[8], local = NEG_INF;
+        for (int c = 0; c < 8; c++)
+        {
+            int j = half_keys + c;
+            bool visible = my_row_valid && j < entry.count && entry.first_position + j <= my_position;
+            v[c] = visible ? row_scores[j] * scale : NEG_INF;
+            local = fmaxf(local, v[c]);
+        }
+        local = fmaxf(local, __shfl_xor_sync(0xffffffff, local, 1));
+        float previous = row_max[my_row];
+        float m = fmaxf(previous, local);
+        float old_scale = m == NEG_INF ? 1.0f : __expf(previous - m);
+        float sum = 0;
+        for (int c = 0; c < 8; c++)
+        {
+            float p = v[c] == NEG_INF ? 0.0f : __expf(v[c] - m);
+            probs[warp][(lane / 2) * 16 + half_keys + c] = __float2half(p);
+            sum += p;
+        }
+        sum += __shfl_xor_sync(0xffffffff, sum, 1);
+        __syncwarp();
+        if ((lane & 1) == 0)
+        {
+            row_sum[my_row] = row_sum[my_row] * old_scale + sum;
+            row_max[my_row] = m;
+            row_scale[my_row] = old_scale;
+        }
+        __syncwarp();
+
+        // O_w = O_w · scale + P_w · V, sixteen output columns at a time through the (now free) score tile.
+        for (int n = 0; n < HEAD_DIM; n += 16)
+        {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> pv;
+            wmma::fill_fragment(pv, 0.0f);
+            wmma::load_matrix_sync(pa, probs[warp], 16);
+            wmma::load_matrix_sync(vb, values + n, HEAD_DIM);
+            wmma::mma_sync(pv, pa, vb, pv);
+            wmma::store_matrix_sync(scores[warp], pv, 16, wmma::mem_row_major);
+            __syncwarp();
+            for (int idx = lane; idx < 256; idx += 32)
+            {
+                int row = warp * 16 + idx / 16, column = n + idx % 16;
+                acc[row * HEAD_DIM + column] = acc[row * HEAD_DIM + column] * row_scale[row] + scores[warp][idx];
+            }
+            __syncwarp();
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < TC_ROWS * HEAD_DIM; idx += blockDim.x)
+    {
+        int r = idx / HEAD_DIM, d = idx % HEAD_DIM, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
+        if (t < tile_tokens && r < TC_TOKENS * GROUP_SIZE)
+            out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc[idx] / row_sum[r];
+    }
+}
+#endif

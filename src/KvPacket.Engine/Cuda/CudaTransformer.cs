@@ -42,6 +42,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public readonly List<DeviceEntry> Table = [];
     }
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _toOperand, _gatherRows, _gemv;
+    /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16), or 0 where kernels.cu leaves it out.</summary>
+    private readonly nint _attentionPrefillTensor;
+    private readonly int _tensorTileTokens;
     private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
     private const int NormThreads = 1024;   // one block per row: the widest block finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
@@ -97,6 +100,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _toOperand = _module.Function("to_operand");
         _gatherRows = _module.Function("gather_rows");
         _gemv = _module.Function("gemv");
+        if (kvType == DType.F16 && c.HeadDim % 16 == 0)
+        {
+            // Mirrors kernels.cu's TC_WARPS / TC_TOKENS.
+            _attentionPrefillTensor = _module.Function("attention_prefill_tc");
+            _tensorTileTokens = Math.Max(1, (c.HeadDim <= 64 ? 64 : 32) / c.GroupSize);
+        }
 
         _embedding = Upload([model.TokenEmbedding], DType.F32);
         _classifier = Upload([model.Classifier], weightType);
@@ -153,6 +162,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         foreach (var entry in _sequences[id]!.Table) _freeBlocks.Push(entry.Block);
         _sequences[id] = null;
     }
+
+    /// <summary>Prefill attention on the tensor cores where the kernel exists (f16 KV, head dim a multiple of 16); on by default.</summary>
+    public bool UseTensorCores { get; set; } = true;
 
     /// <summary>Replay decode steps from captured CUDA graphs (on by default).</summary>
     public bool UseGraphs { get; set; } = true;
@@ -321,8 +333,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 int tokenCount = n;
                 bool convert = _weightType != DType.F32;
                 ulong att = convert ? _att.Pointer : operand;
-                m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
-                    (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
+                if (_attentionPrefillTensor != 0 && UseTensorCores)
+                    m.Launch(_attentionPrefillTensor, (((uint)n + (uint)_tensorTileTokens - 1) / (uint)_tensorTileTokens, (uint)c.KvHeadCount), c.HeadDim <= 64 ? 128u : 64u,
+                        (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale),
+                        (nint)(&interleaved), (nint)(&att));
+                else
+                    m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
+                        (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
                 if (convert)
                 {
                     long count = (long)n * c.QueryDim;

@@ -106,6 +106,13 @@ internal static class CudaCommand
                     gpu.Prefill(prompt);
                     var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
                     figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Statistics.Median(prefillMs) / 1e3);
+                    if (specialised)
+                    {
+                        gpu.UseTensorCores = false;
+                        var scalarMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
+                        gpu.UseTensorCores = true;
+                        figures[$"prefill_{promptLength}_tokens_per_s_{tag}_without_tensor_cores"] = promptLength / (Statistics.Median(scalarMs) / 1e3);
+                    }
                     // Decode: a context of decodeContext tokens, then one-token steps.
                     gpu.Reset();
                     gpu.Prefill(prompt.AsSpan(0, decodeContext));

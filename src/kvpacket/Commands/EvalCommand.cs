@@ -57,7 +57,7 @@ internal static class EvalCommand
 
             // Each variant's adapter: distilled on the training split (early stopping on a split of it, never on the
             // evaluation requests), or its untrained initial value.
-            var trainedOn = trainAdapters ? DistillationSets.Examples(transformer, trainRequests, shape with { GreedyTokens = Math.Min(8, tokens) }) : [];
+            var trainedOn = trainAdapters ? DistillationSets.Examples(transformer, trainRequests, shape) : [];
             int stopping = Math.Max(1, trainedOn.Length / 8);
             var adapters = new List<(RagMode Mode, Adapter Adapter, string Label, DistillationRun? Run)>();
             foreach (var (mode, header, trailer, links) in Variants)
