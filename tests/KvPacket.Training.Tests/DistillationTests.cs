@@ -151,4 +151,14 @@ public class DistillationTests(StoriesDistillationFixture stories, ITestOutputHe
         Assert.Equal(distillation.Initial().Header, run.Adapter.Header);
         Assert.Equal(run.InitialHeldOutKl, run.BestHeldOutKl);
     }
+
+    [Fact]
+    public void The_layout_probe_reproduces_the_teacher_with_full_attention_and_loses_without_documents()
+    {
+        var probes = LayoutProbe.Run(stories.Checkpoint, stories.HeldOut);
+        foreach (var p in probes) output.WriteLine($"{p.Layout}: {p.MeanKl:F4}");
+        double Kl(string layout) => probes.Single(p => p.Layout.StartsWith(layout, StringComparison.Ordinal)).MeanKl;
+        Assert.True(Kl("full attention") < 1e-3, $"full attention should be the teacher: KL {Kl("full attention")}");
+        Assert.True(Kl("no documents") > Kl("naive (independent"), "the documents should matter");
+    }
 }

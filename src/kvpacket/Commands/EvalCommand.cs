@@ -37,9 +37,10 @@ internal static class EvalCommand
         var trainExamples = new Option<int>("--train-examples") { Description = "Training requests", DefaultValueFactory = _ => 128 };
         var trainSteps = new Option<int>("--train-steps") { Description = "Most distillation steps per adapter (early stopping may end sooner)", DefaultValueFactory = _ => 200 };
         var learningRate = new Option<double>("--learning-rate") { Description = "Peak learning rate", DefaultValueFactory = _ => 0.03 };
+        var probes = new Option<bool>("--probes") { Description = "Also print KL of fixed layouts (no documents, one, separators, a position gap): what adapters can and cannot win back" };
         var command = new Command("eval", "Compare every RAG mode with full recompute: KL, top-1 agreement, TTFT, document FLOPs, KV bytes")
         {
-            model, docs, requests, documents, documentTokens, queryTokens, continuation, output, train, trainExamples, trainSteps, learningRate,
+            model, docs, requests, documents, documentTokens, queryTokens, continuation, output, train, trainExamples, trainSteps, learningRate, probes,
         };
         command.SetAction(parse =>
         {
@@ -101,6 +102,12 @@ internal static class EvalCommand
             Console.WriteLine($"{set.Length} held-out requests × {shape.Documents} documents × {shape.DocumentTokens} tokens, {shape.QueryTokens}-token query, " +
                               $"{tokens} continuation tokens scored; adapters {(trainAdapters ? $"trained on {trainedOn.Length} requests" : "untrained")}");
             ModeTable.Print(scores);
+            var probed = parse.GetValue(probes) ? LayoutProbe.Run(checkpoint, DistillationSets.Examples(transformer, set, shape)) : [];
+            if (probed.Count > 0)
+            {
+                Console.WriteLine($"{Environment.NewLine}{"layout (no adapters), same held-out requests",-50} {"KL(full‖layout)",16}");
+                foreach (var probe in probed) Console.WriteLine($"{probe.Layout,-50} {probe.MeanKl,16:F4}");
+            }
             string path = parse.GetValue(output)!;
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
             File.WriteAllText(path, JsonSerializer.Serialize(new
@@ -114,6 +121,7 @@ internal static class EvalCommand
                 }),
                 peak_working_set_bytes = Process.GetCurrentProcess().PeakWorkingSet64,
                 scores = scores.Select(ModeTable.ToJson),
+                layout_probes = probed.Select(p => new { layout = p.Layout, kl = p.MeanKl }),
             }, new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         });
