@@ -1,6 +1,5 @@
-using System.Buffers.Binary;
-using System.IO.Hashing;
 using KvPacket.Core.Model;
+using KvPacket.Core.Storage;
 
 namespace KvPacket.Store;
 
@@ -69,17 +68,7 @@ internal sealed class PacketIndex
                 Write(writer, adapter.Record);
             }
         }
-        Span<byte> checksum = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(checksum, XxHash3.HashToUInt64(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)));
-        buffer.Write(checksum);
-        string temp = path + ".tmp";
-        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            buffer.Position = 0;
-            buffer.CopyTo(file);
-            file.Flush(flushToDisk: true);
-        }
-        File.Move(temp, path, overwrite: true);
+        ChecksummedFile.Write(path, buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
     }
 
     /// <summary>Loads the snapshot at <paramref name="path"/>, or says in <paramref name="error"/> why it cannot be used (null error and null index when there is none).</summary>
@@ -87,15 +76,14 @@ internal sealed class PacketIndex
     {
         error = null;
         if (!File.Exists(path)) return null;
-        byte[] bytes = File.ReadAllBytes(path);
-        if (bytes.Length < 8 || BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(bytes.Length - 8)) != XxHash3.HashToUInt64(bytes.AsSpan(0, bytes.Length - 8)))
+        if (ChecksummedFile.TryRead(path) is not { } bytes)
         {
             error = $"index snapshot {path} is damaged (checksum mismatch)";
             return null;
         }
         try
         {
-            using var reader = new BinaryReader(new MemoryStream(bytes, 0, bytes.Length - 8));
+            using var reader = new BinaryReader(new MemoryStream(bytes));
             if (reader.ReadUInt32() != SnapshotMagic || reader.ReadInt32() != SnapshotVersion) { error = $"index snapshot {path} has an unknown format"; return null; }
             var index = new PacketIndex { BeginAddress = reader.ReadInt64(), CoveredUntil = reader.ReadInt64() };
             int packets = reader.ReadInt32();

@@ -1,4 +1,4 @@
-using System.IO.Hashing;
+using KvPacket.Core.Storage;
 using System.Text;
 
 namespace KvPacket.Training;
@@ -7,8 +7,8 @@ namespace KvPacket.Training;
 /// The whole state of a distillation run at a step — adapter, optimiser moments, the best adapter so far and the
 /// early-stopping count — so a resumed run continues exactly as if it had never stopped (the example order is a
 /// function of the seed and the step). Saved as one file: magic, format version, a signature of the settings and the
-/// model (a resume with other settings or another model is refused), the arrays, and an xxHash64 of everything
-/// before it; written to a temporary file, flushed to disk and renamed, so a crash leaves the old or the new state.
+/// model (a resume with other settings or another model is refused) and the arrays, as a <see cref="ChecksummedFile"/>
+/// (a crash leaves the old or the new state; damage is detected).
 /// </summary>
 internal sealed record TrainingCheckpoint(string Signature, int Step, float[] Parameters, int OptimiserSteps, double[] FirstMoments, double[] SecondMoments,
     float[] BestParameters, double InitialHeldOutKl, double BestHeldOutKl, int BestStep, int EvaluationsSinceBest)
@@ -36,28 +36,17 @@ internal sealed record TrainingCheckpoint(string Signature, int Step, float[] Pa
             writer.Write(BestStep);
             writer.Write(EvaluationsSinceBest);
         }
-        buffer.Write(BitConverter.GetBytes(XxHash64.HashToUInt64(buffer.GetBuffer().AsSpan(0, (int)buffer.Length))));
-        string temporary = path + ".tmp";
-        using (var file = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            buffer.Position = 0;
-            buffer.CopyTo(file);
-            file.Flush(flushToDisk: true);
-        }
-        File.Move(temporary, path, overwrite: true);
+        ChecksummedFile.Write(path, buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
     }
 
     /// <summary>Reads a state written by <see cref="Save"/>.</summary>
     /// <exception cref="InvalidDataException">The file is not a training checkpoint, is of another format version, or is damaged.</exception>
     public static TrainingCheckpoint Load(string path)
     {
-        byte[] bytes = File.ReadAllBytes(path);
-        if (bytes.Length < Magic.Length + 12 || !bytes.AsSpan(0, Magic.Length).SequenceEqual(Magic))
+        byte[] bytes = ChecksummedFile.TryRead(path) ?? throw new InvalidDataException($"{path}: training checkpoint checksum mismatch (the file is damaged).");
+        if (bytes.Length < Magic.Length + 4 || !bytes.AsSpan(0, Magic.Length).SequenceEqual(Magic))
             throw new InvalidDataException($"{path}: not a training checkpoint (bad magic).");
-        int body = bytes.Length - sizeof(ulong);
-        if (XxHash64.HashToUInt64(bytes.AsSpan(0, body)) != BitConverter.ToUInt64(bytes, body))
-            throw new InvalidDataException($"{path}: training checkpoint checksum mismatch (the file is damaged).");
-        using var reader = new BinaryReader(new MemoryStream(bytes, 0, body), Encoding.UTF8);
+        using var reader = new BinaryReader(new MemoryStream(bytes), Encoding.UTF8);
         reader.ReadBytes(Magic.Length);
         int version = reader.ReadInt32();
         if (version != FormatVersion) throw new InvalidDataException($"{path}: training checkpoint format version {version}, this build reads {FormatVersion}.");

@@ -346,6 +346,33 @@ extern "C" __global__ void gather_rows(const float* x, const int* rows, float* o
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i];
 }
 
+// A prefill tile's query rows rotated by (position − rotation) into shared memory (float or half): row r is head
+// r % GROUP_SIZE of KV head g's group for token r / GROUP_SIZE of the tile; rows past the tile's tokens (or past
+// real_rows) become zeros.
+__device__ __forceinline__ void store_shared(float* at, float v) { *at = v; }
+__device__ __forceinline__ void store_shared(__half* at, float v) { *at = __float2half(v); }
+template <typename T>
+__device__ void rotate_tile_queries(const float* q, T* query, int rows, int real_rows, int tile_tokens, int first_token, int first_position,
+    int rotation, int g, int interleaved)
+{
+    for (int idx = threadIdx.x; idx < rows * ROPE_PAIRS; idx += blockDim.x)
+    {
+        int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+        float va = 0, vb = 0;
+        if (t < tile_tokens && r < real_rows)
+        {
+            float c, s;
+            rope_angle(first_position + first_token + t - rotation, i, &c, &s);
+            const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
+            va = src[a] * c - src[b] * s;
+            vb = src[a] * s + src[b] * c;
+        }
+        store_shared(query + r * HEAD_DIM + a, va);
+        store_shared(query + r * HEAD_DIM + b, vb);
+    }
+}
+
 // Prefill attention for one chunk of consecutive positions of one sequence (flash-attention style): a block takes a
 // tile of QTILE tokens × the GROUP_SIZE query heads of one KV head, streams the sequence's KV blocks through shared
 // memory once for all of them, and keeps an online softmax (running max, sum and output row) per query row.
@@ -377,17 +404,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
         if (entry.rotation != rotation)
         {
             rotation = entry.rotation;
-            for (int idx = threadIdx.x; idx < QROWS * ROPE_PAIRS; idx += blockDim.x)
-            {
-                int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
-                if (t >= tile_tokens) continue;
-                float c, s;
-                rope_angle(first_position + first_token + t - rotation, i, &c, &s);
-                const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
-                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-                query[r * HEAD_DIM + a] = src[a] * c - src[b] * s;
-                query[r * HEAD_DIM + b] = src[a] * s + src[b] * c;
-            }
+            rotate_tile_queries(q, query, QROWS, QROWS, tile_tokens, first_token, first_position, rotation, g, interleaved);
         }
         const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
         const kv_t* vplane = kplane + PLANE_ELEMENTS;
@@ -486,22 +503,7 @@ extern "C" __global__ void attention_prefill_tc(const float* q, const kv_t* pool
         if (entry.rotation != rotation)
         {
             rotation = entry.rotation;
-            for (int idx = threadIdx.x; idx < TC_ROWS * ROPE_PAIRS; idx += blockDim.x)
-            {
-                int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
-                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-                float va = 0, vb = 0;
-                if (t < tile_tokens && r < TC_TOKENS * GROUP_SIZE)
-                {
-                    float c, s;
-                    rope_angle(first_position + first_token + t - rotation, i, &c, &s);
-                    const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
-                    va = src[a] * c - src[b] * s;
-                    vb = src[a] * s + src[b] * c;
-                }
-                query[r * HEAD_DIM + a] = __float2half(va);
-                query[r * HEAD_DIM + b] = __float2half(vb);
-            }
+            rotate_tile_queries(q, query, TC_ROWS, TC_TOKENS * GROUP_SIZE, tile_tokens, first_token, first_position, rotation, g, interleaved);
         }
         const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
         const kv_t* vplane = kplane + PLANE_ELEMENTS;
