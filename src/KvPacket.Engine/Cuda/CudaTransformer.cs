@@ -166,6 +166,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>Prefill attention on the tensor cores where the kernel exists (f16 KV, head dim a multiple of 16); on by default.</summary>
     public bool UseTensorCores { get; set; } = true;
 
+    /// <summary>When set, steps run eagerly and mark each stage (norm, products, attention, …) on this timeline for profiling.</summary>
+    public CudaTimeline? Timeline { get; set; }
+
     /// <summary>Replay decode steps from captured CUDA graphs (on by default).</summary>
     public bool UseGraphs { get; set; } = true;
 
@@ -287,7 +290,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int firstPosition = positions[0], tableCount = tableLength[0];
 
         bool decode = !tiled && n == chunks;
-        if (decode && UseGraphs)
+        if (decode && UseGraphs && Timeline is null)
         {
             // Decode steps of one shape replay one captured graph: ~200 launches become one. Metadata lives in device
             // buffers at fixed addresses, so only the shape (tokens, splits) selects the graph.
@@ -310,6 +313,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
         var m = _module;
         ulong x = _x.Pointer, operand = _operand.Pointer, embedding = _embedding.Buffer.Pointer;
+        var timeline = Timeline;
+        timeline?.Mark("embed");
         m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize, ffn = c.IntermediateSize;
@@ -320,13 +325,17 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             // SwiGLU and attention write the products' operands directly (bf16 for bf16 weights).
             var w = _layers[layer];
             ulong norm = w.AttentionNorm.Pointer;
+            timeline?.Mark("rms_norm");
             m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+            timeline?.Mark("qkv product");
             Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
             ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _pool.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
+            timeline?.Mark("kv_append");
             m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
             ulong scores = _scores.Pointer, ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
             int maxContext = _maxContext;
+            timeline?.Mark("attention");
             if (tiled)
             {
                 // The tiled kernel writes f32: straight into the operand buffer for f32 weights, else converted after.
@@ -351,22 +360,30 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
                     (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
                     (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
+                timeline?.Mark("attention_combine");
                 m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&operand));
             }
+            timeline?.Mark("output product");
             Project(n, w.Output, _x, null, accumulate: true);
             norm = w.FfnNorm.Pointer;
+            timeline?.Mark("rms_norm");
             m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+            timeline?.Mark("gate/up product");
             Project(n, w.GateUp, _gateUp, null);
             ulong gateUp = _gateUp.Pointer;
             long elements = (long)n * ffn;
+            timeline?.Mark("swiglu");
             m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
+            timeline?.Mark("down product");
             Project(n, w.Down, _x, null, accumulate: true);
         }
         // Only each chunk's last token needs logits: gather those rows, normalise and classify them alone.
         ulong gathered = _gateUp.Pointer, finalNorm = _finalNorm.Pointer;
+        timeline?.Mark("final norm + classifier");
         m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
         m.Launch(_rmsNorm, ((uint)chunks, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
         Project(chunks, _classifier, _logits, null);
+        timeline?.Close();
     }
 
     private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);

@@ -106,6 +106,7 @@ internal static class CudaCommand
                     gpu.Prefill(prompt);
                     var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
                     figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Statistics.Median(prefillMs) / 1e3);
+                    if (specialised) PrintStages(gpu, device, $"prefill of {promptLength} tokens", () => { gpu.Reset(); gpu.Prefill(prompt); }, 3);
                     if (specialised)
                     {
                         gpu.UseTensorCores = false;
@@ -131,6 +132,7 @@ internal static class CudaCommand
                     var eagerMs = device.Time(() => gpu.Step([7]), repeat);
                     gpu.UseGraphs = true;
                     figures[$"decode_step_ms_{tag}_without_graphs"] = Statistics.Median(eagerMs);
+                    if (specialised) PrintStages(gpu, device, "decode step (eager, 512-token context)", () => gpu.Step([7]), repeat);
                     if (!specialised || batch <= 1) continue;
 
                     // Batch decode: `batch` sequences of decodeContext tokens, one token each per step.
@@ -165,7 +167,26 @@ internal static class CudaCommand
         return command;
     }
 
-    private static double CopyBandwidth(CudaDevice device, int repeats)
+    /// <summary>GPU time per stage of <paramref name="work"/> (eager, events between stages), averaged over <paramref name="repeats"/> runs.</summary>
+    private static void PrintStages(CudaTransformer gpu, CudaDevice device, string what, Action work, int repeats)
+    {
+        using var timeline = new CudaTimeline(device);
+        gpu.Timeline = timeline;
+        try
+        {
+            work(); // warm-up
+            timeline.Totals();
+            for (int r = 0; r < repeats; r++) work();
+            var totals = timeline.Totals();
+            double sum = totals.Values.Sum();
+            Console.WriteLine($"  stages of one {what}, µs (share):");
+            foreach (var (label, ms) in totals.OrderByDescending(t => t.Value))
+                Console.WriteLine($"    {label,-28} {ms * 1e3 / repeats,10:F1} ({ms / sum,6:P1})");
+        }
+        finally { gpu.Timeline = null; }
+    }
+
+        private static double CopyBandwidth(CudaDevice device, int repeats)
     {
         const long bytes = 1L << 30;
         using var source = device.Allocate(bytes);
