@@ -97,13 +97,12 @@ public sealed class AdapterDistillation
 
         bool stoppedEarly = false;
         var gradients = new float[size];
+        var order = new ExampleOrder(_options.Seed, train.Count);
+        var batch = new int[_options.BatchSize];
         while (step < _options.Steps && !cancellation.IsCancellationRequested)
         {
-            Parallel.For(0, workers.Length, Parallelism(), b =>
-            {
-                var example = train[ExampleIndex(step, b, train.Count)];
-                workers[b].Loss = workers[b].Run(example, parameters, withGradient: true);
-            });
+            for (int b = 0; b < batch.Length; b++) batch[b] = order.At((long)step * batch.Length + b);
+            Parallel.For(0, workers.Length, Parallelism(), b => workers[b].Loss = workers[b].Run(train[batch[b]], parameters, withGradient: true));
             Array.Clear(gradients);
             double loss = 0;
             foreach (var worker in workers)
@@ -151,22 +150,31 @@ public sealed class AdapterDistillation
     }
 
     /// <summary>
-    /// The training example of batch slot <paramref name="slot"/> at <paramref name="step"/>: epochs of seeded
-    /// permutations, so every example is seen once per epoch and the order depends only on (seed, step, slot).
+    /// The order training examples are drawn in: epochs of seeded permutations, so every example is seen once per epoch
+    /// and the example at a position (step · batch + slot) depends only on the seed and the position. One epoch's
+    /// permutation is kept.
     /// </summary>
-    private int ExampleIndex(int step, int slot, int count)
+    private sealed class ExampleOrder(ulong seed, int count)
     {
-        long position = (long)step * _options.BatchSize + slot;
-        long epoch = position / count;
-        var random = new Core.Numerics.SeededRandom(_options.Seed * 0x9E3779B97F4A7C15UL + (ulong)epoch);
-        Span<int> order = count <= 1024 ? stackalloc int[count] : new int[count];
-        for (int i = 0; i < count; i++) order[i] = i;
-        for (int i = count - 1; i > 0; i--)
+        private readonly int[] _order = new int[count];
+        private long _epoch = -1;
+
+        public int At(long position)
         {
-            int j = (int)(random.NextUInt64() % (ulong)(i + 1));
-            (order[i], order[j]) = (order[j], order[i]);
+            long epoch = position / count;
+            if (epoch != _epoch)
+            {
+                var random = new Core.Numerics.SeededRandom(seed * 0x9E3779B97F4A7C15UL + (ulong)epoch);
+                for (int i = 0; i < count; i++) _order[i] = i;
+                for (int i = count - 1; i > 0; i--)
+                {
+                    int j = (int)(random.NextUInt64() % (ulong)(i + 1));
+                    (_order[i], _order[j]) = (_order[j], _order[i]);
+                }
+                _epoch = epoch;
+            }
+            return _order[(int)(position % count)];
         }
-        return order[(int)(position % count)];
     }
 
     private Adapter ToAdapter(float[] parameters, int version)

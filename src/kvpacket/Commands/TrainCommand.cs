@@ -84,8 +84,7 @@ internal static class TrainCommand
             string title = kvlink ? $"kvlink L={options.Links}" : $"kvpacket H/T={options.Header}/{options.Trailer}";
             var run = TrainingDisplay.Run(title, new AdapterDistillation(checkpoint, options), train, held, options.Steps, cancellation);
             long peak = Process.GetCurrentProcess().PeakWorkingSet64;
-            Console.WriteLine($"{title}: held-out KL(full ‖ {options.Mode.ToString().ToLowerInvariant()}) {run.InitialHeldOutKl:F4} at initialisation → {run.BestHeldOutKl:F4} trained " +
-                              $"(step {run.BestStep}); {run.ExamplesPerSecond:F2} examples/s, {run.RowsPerSecond:F0} rows/s; peak working set {peak / 1048576.0:F0} MiB");
+            Console.WriteLine($"peak working set {peak / 1048576.0:F0} MiB"); // the run's own summary is TrainingDisplay's
 
             var adapter = run.Adapter;
             if (parse.GetValue(store) is { } storePath)

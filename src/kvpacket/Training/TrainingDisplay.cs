@@ -3,7 +3,7 @@ using Spectre.Console;
 
 namespace KvPacket.Cli.Training;
 
-/// <summary>Runs a distillation under a Spectre.Console progress bar showing the step, loss, held-out KL and ETA; then its summary.</summary>
+/// <summary>Runs a distillation under a Spectre.Console progress bar (on standard error) showing the step, loss, held-out KL and ETA; then prints its summary.</summary>
 internal static class TrainingDisplay
 {
     public static DistillationRun Run(string title, AdapterDistillation distillation, IReadOnlyList<DistillationExample> train, IReadOnlyList<DistillationExample> heldOut,
@@ -26,7 +26,7 @@ internal static class TrainingDisplay
                 task.Value = steps;
             });
         var r = run!;
-        console.WriteLine(
+        Console.WriteLine( // the summary goes with the results on standard output; the bar stays on standard error
             $"{title}: held-out KL {r.InitialHeldOutKl:F4} → {r.BestHeldOutKl:F4} (best at step {r.BestStep} of {r.StepsRun}{(r.StoppedEarly ? ", stopped early" : "")}); " +
             $"{r.ExamplesPerSecond:F2} examples/s, {r.RowsPerSecond:F0} rows/s, {r.Elapsed.TotalSeconds:F1} s");
         return r;
