@@ -26,11 +26,8 @@ internal static class EvalCommand
     public static Command Create()
     {
         var model = CommonOptions.Model();
-        var docs = new Option<string>("--docs") { Description = "Documents: 'generated' (the model's own stories), a .txt file or directory, or a .tokens file", DefaultValueFactory = _ => "generated" };
+        var shapeOptions = new RequestShapeOptions();
         var requests = new Option<int>("--requests") { Description = "Held-out requests", DefaultValueFactory = _ => 16 };
-        var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 3 };
-        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 64 };
-        var queryTokens = new Option<int>("--query-tokens") { Description = "Query tokens (the start of a further document)", DefaultValueFactory = _ => 8 };
         var continuation = new Option<int>("--continuation") { Description = "Continuation tokens scored per request", DefaultValueFactory = _ => 16 };
         var output = new Option<string>("--out") { Description = "JSON result path", DefaultValueFactory = _ => Path.Combine("benchmarks", "results", "eval.json") };
         var train = new Option<bool>("--train-adapters") { Description = "First distil the adapters (KV Packet H/T 1/1, 4/4, 16/16, 1/0, 4/0; KVLink L 1, 5) on a training split" };
@@ -40,13 +37,14 @@ internal static class EvalCommand
         var probes = new Option<bool>("--probes") { Description = "Also print KL of fixed layouts (no documents, one, separators, a position gap): what adapters can and cannot win back" };
         var command = new Command("eval", "Compare every RAG mode with full recompute: KL, top-1 agreement, TTFT, document FLOPs, KV bytes")
         {
-            model, docs, requests, documents, documentTokens, queryTokens, continuation, output, train, trainExamples, trainSteps, learningRate, probes,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes,
         };
+        shapeOptions.AddTo(command);
         command.SetAction(parse =>
         {
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
-            var shape = new RequestShape(parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(queryTokens), parse.GetValue(continuation));
+            var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
             int count = parse.GetValue(requests), tokens = shape.GreedyTokens;
             bool trainAdapters = parse.GetValue(train);
             using var transformer = new Transformer(checkpoint, new TransformerOptions
@@ -54,7 +52,7 @@ internal static class EvalCommand
                 KvType = DType.F32, MaxBatchTokens = 256,
                 KvCacheTokens = 4 * (shape.Documents + 2) * (shape.DocumentTokens + 64) * count,
             });
-            var (trainRequests, set) = DistillationSets.Requests(parse.GetValue(docs)!, modelPath, transformer, shape, trainAdapters ? parse.GetValue(trainExamples) : 0, count);
+            var (trainRequests, set) = DistillationSets.Requests(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, trainAdapters ? parse.GetValue(trainExamples) : 0, count);
 
             // Each variant's adapter: distilled on the training split (early stopping on a split of it, never on the
             // evaluation requests), or its untrained initial value.

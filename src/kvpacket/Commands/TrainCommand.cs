@@ -23,7 +23,7 @@ internal static class TrainCommand
         var mode = new Option<string>("--mode") { Description = "kvpacket (header/trailer) or kvlink (links)", DefaultValueFactory = _ => "kvpacket" };
         mode.AcceptOnlyFromAmong("kvpacket", "kvlink");
         var model = CommonOptions.Model();
-        var docs = new Option<string>("--docs") { Description = "Documents: 'generated' (the model's own stories), a .txt file or directory, or a .tokens file (ids per line)", DefaultValueFactory = _ => "generated" };
+        var shapeOptions = new RequestShapeOptions();
         var header = new Option<int>("--header") { Description = "Header soft tokens (kvpacket)", DefaultValueFactory = _ => 4 };
         var trailer = new Option<int>("--trailer") { Description = "Trailer soft tokens (kvpacket)", DefaultValueFactory = _ => 4 };
         var links = new Option<int>("--links") { Description = "Link tokens per document (kvlink)", DefaultValueFactory = _ => 5 };
@@ -37,9 +37,6 @@ internal static class TrainCommand
         var patience = new Option<int>("--patience") { Description = "Evaluations without improvement before stopping (0: never)", DefaultValueFactory = _ => 4 };
         var trainExamples = new Option<int>("--train-examples") { Description = "Training requests", DefaultValueFactory = _ => 128 };
         var heldOut = new Option<int>("--held-out") { Description = "Held-out requests", DefaultValueFactory = _ => 16 };
-        var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 3 };
-        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 64 };
-        var queryTokens = new Option<int>("--query-tokens") { Description = "Query tokens", DefaultValueFactory = _ => 8 };
         var continuation = new Option<int>("--continuation") { Description = "Greedy continuation tokens scored after the query", DefaultValueFactory = _ => 8 };
         var checkpointPath = new Option<string?>("--checkpoint") { Description = "Run state file: saved at every evaluation, resumed from when it exists" };
         var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute activations in the backward pass (less memory)" };
@@ -49,14 +46,15 @@ internal static class TrainCommand
         var output = new Option<string?>("--out") { Description = "JSON summary path" };
         var command = new Command("train", "Distil KV Packet header/trailer or KVLink link tokens with the model frozen")
         {
-            mode, model, docs, header, trailer, links, steps, batch, learningRate, warmup, clip, seed, evaluateEvery, patience, trainExamples, heldOut,
-            documents, documentTokens, queryTokens, continuation, checkpointPath, recompute, threads, store, name, output,
+            mode, model, header, trailer, links, steps, batch, learningRate, warmup, clip, seed, evaluateEvery, patience, trainExamples, heldOut,
+            continuation, checkpointPath, recompute, threads, store, name, output,
         };
+        shapeOptions.AddTo(command);
         command.SetAction(async (parse, cancellation) =>
         {
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
-            var shape = new RequestShape(parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(queryTokens), parse.GetValue(continuation));
+            var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
             bool kvlink = parse.GetValue(mode) == "kvlink";
             var options = new DistillationOptions
             {
@@ -75,7 +73,7 @@ internal static class TrainCommand
                 KvType = DType.F32, MaxBatchTokens = 256,
                 KvCacheTokens = 4 * (shape.Documents + 2) * (shape.DocumentTokens + shape.GreedyTokens + 64),
             });
-            var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
+            var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
             var train = DistillationSets.Examples(transformer, trainRequests, shape);
             var held = DistillationSets.Examples(transformer, heldOutRequests, shape);
             Console.Error.WriteLine($"{train.Length} training and {held.Length} held-out examples ({shape.Documents} × {shape.DocumentTokens}-token documents, " +
