@@ -56,7 +56,7 @@ public unsafe class SpecialisedKernelTests
         var card = ModelCard.Find(name);
         Assert.Equal(RotaryEmbedding.Frequencies(card.Config), spec.InverseFrequencies.ToArray());
         Assert.Contains($"#define HEAD_DIM {card.Config.HeadDim}\n", spec.CudaSource.Replace("\r\n", "\n"));
-        Assert.Contains("extern \"C\" __global__ void attention_partial(", spec.CudaSource);
+        Assert.Contains("extern \"C\" __global__ void attention_decode(", spec.CudaSource);
         Assert.Contains($"#define HEAD_DIM {card.Config.HeadDim}", ModelSpec.GenericCudaSource(card.Config, 16));
     }
 

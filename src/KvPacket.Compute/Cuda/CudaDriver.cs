@@ -26,8 +26,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemcpyDtoHAsync_v2")] public static partial int cuMemcpyDtoHAsync(void* destination, ulong source, nuint bytes, nint stream);
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemcpyDtoDAsync_v2")] public static partial int cuMemcpyDtoDAsync(ulong destination, ulong source, nuint bytes, nint stream);
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemsetD32Async")] public static partial int cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
-    [LibraryImport(CudaLibraries.Driver)] public static partial int cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
-        uint sharedBytes, nint stream, void** parameters, void** extra);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuLaunchKernelEx(LaunchConfig* config, nint function, void** parameters, void** extra);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamCreate(out nint stream, uint flags);
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamSynchronize(nint stream);
@@ -43,6 +42,27 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphLaunch(nint exec, nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphDestroy(nint graph);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphExecDestroy(nint exec);
+
+    /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the kernel may start before the previous one ends (it waits in code).</summary>
+    public const int ProgrammaticStreamSerialization = 6;
+
+    /// <summary>CUlaunchConfig.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public nint Stream;
+        public LaunchAttribute* Attributes;
+        public uint AttributeCount;
+    }
+
+    /// <summary>CUlaunchAttribute: an id, then a 64-byte value union (only its first int is used here).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    public struct LaunchAttribute
+    {
+        [FieldOffset(0)] public int Id;
+        [FieldOffset(8)] public int Value;
+    }
 
     /// <summary>CUDA_ERROR_… name of a status.</summary>
     public static string ErrorName(int status) =>

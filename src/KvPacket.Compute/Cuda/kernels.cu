@@ -37,6 +37,18 @@ __device__ __forceinline__ operand_t operand_store(float x) { return x; }
 // q, k and v come from one fused projection: each token's row is [q (HEADS·d) | k (KV_HEADS·d) | v (KV_HEADS·d)].
 #define QKV_WIDTH ((HEADS + 2 * KV_HEADS) * HEAD_DIM)
 
+// Programmatic dependent launch (sm_90+; no-ops when a kernel is launched without it): every kernel lets the next one
+// launch at once (it can only start once all of this kernel's blocks have started, so nothing starves), and waits for
+// the previous kernel's results before reading or writing anything it shares with it. What a kernel does before the
+// wait — a product's prefetch of its own weights — overlaps the previous kernel.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define WAIT_FOR_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define LAUNCH_DEPENDENTS()
+#define WAIT_FOR_PREVIOUS()
+#endif
+
 // cos/sin of position * inv_freq[i]: the angle taken and reduced to [−π, π] in float64 (as exact as the CPU's float64
 // angle), then sincosf — float64 sin/cos cost more than the rest of a decode attention kernel.
 __device__ __forceinline__ void rope_angle(int position, int i, float* c, float* s)
@@ -49,143 +61,132 @@ __device__ __forceinline__ void rope_angle(int position, int i, float* c, float*
 // One block table entry: block id, first position it holds, token count, rotation offset, first slot.
 struct KvEntry { int block; int first_position; int count; int rotation; int first_slot; };
 
-// Causal GQA attention, flash-decoding style: the block table of each token's sequence is cut into splits of
-// `per_split` entries; attention_partial computes, for one (token, KV head, split), each of the GROUP_SIZE query
-// heads' local max m, sum l = Σ exp(s − m) and acc = Σ exp(s − m)·v over the split's positions; attention_combine
-// merges the splits. Queries are rotated here by (position − rotation offset) per entry, so packet blocks need no
-// key rewrite; positions no entry holds (pruned packets) get no attention.
-// grid (tokens, KV_HEADS, splits); scores: [tokens][HEADS][max_context]; partial_ml: [tokens][HEADS][splits] (m, l);
-// partial_acc: [tokens][HEADS][splits][HEAD_DIM].
-extern "C" __global__ void attention_partial(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
+// Causal GQA attention for decode and mixed steps, flash-decoding style: each token's block table is cut into splits
+// of `per_split` entries; a block takes one (token, KV head, split), one warp per query head of the group, and keeps
+// an online softmax over the split's keys in registers (16 keys at a time: lane = key, the two half-warps take half
+// the dimensions each). With several splits each block writes its (max, sum, output) and the last block to finish for
+// a (token, KV head) merges them — no second launch, no score rows in global memory. Queries are rotated here by
+// (position − the entry's rotation offset), so packet blocks need no key rewrite; positions no entry holds (pruned
+// packets) get no attention.
+// grid (tokens, KV_HEADS, splits), block GROUP_SIZE · 32 threads; partial_ml: [tokens][HEADS][splits] (m, l);
+// partial_acc: [tokens][HEADS][splits][HEAD_DIM]; counters: [tokens][KV_HEADS] zeros (left zero again).
+#define KV_ROW (HEAD_DIM + 4 / (int)sizeof(kv_t))   // shared rows one word longer: lanes reading one column across keys hit distinct banks
+#define DIMS_PER_LANE ((HEAD_DIM + 31) / 32)
+extern "C" __global__ void attention_decode(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
     const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
-    float* scores, int max_context, float scale, int interleaved, int per_split, int splits, float2* partial_ml, float* partial_acc)
+    float scale, int interleaved, int per_split, int splits, float2* partial_ml, float* partial_acc, int* counters, operand_t* out)
 {
-    __shared__ float rotated[GROUP_SIZE * HEAD_DIM];
-    __shared__ float reduce[32];
-    int token = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
+    __shared__ kv_t keys[BLOCK_TOKENS * KV_ROW], values[BLOCK_TOKENS * KV_ROW];
+    __shared__ float rotated[GROUP_SIZE][HEAD_DIM];
+    __shared__ bool last_block;
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    int token = blockIdx.x, g = blockIdx.y, split = blockIdx.z, h = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int key = lane & 15, part = lane >> 4;
     int sequence = token_sequence[token], position = token_position[token];
     const KvEntry* table = entries + table_start[sequence];
     int first_entry = split * per_split, last_entry = min(first_entry + per_split, table_length[sequence]);
-    const float* query = q + (long)token * QKV_WIDTH + g * GROUP_SIZE * HEAD_DIM;
-    float* row = scores + ((long)token * HEADS + g * GROUP_SIZE) * max_context;
+    const float* query = q + (long)token * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
 
+    float m = NEG_INF, l = 0, acc[DIMS_PER_LANE];
+    for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] = 0;
     int rotation = -2147483647;
     for (int e = first_entry; e < last_entry; e++)
     {
         KvEntry entry = table[e];
-        if (entry.first_position > position) { last_entry = e; break; }
+        if (entry.first_position > position) break;
+        int visible = min(entry.count, position + 1 - entry.first_position);
+        __syncthreads();
+        const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
+        for (int i = threadIdx.x; i < visible * HEAD_DIM; i += blockDim.x)
+        {
+            int j = i / HEAD_DIM, d = i % HEAD_DIM;
+            keys[j * KV_ROW + d] = kplane[i];
+            values[j * KV_ROW + d] = kplane[PLANE_ELEMENTS + i];
+        }
         if (entry.rotation != rotation)
         {
-            // The query is rotated by (position − the entry's rotation offset): once per run of entries sharing one.
+            // The warp's query rotated by (position − the entry's rotation offset): once per run of entries sharing one.
             rotation = entry.rotation;
-            __syncthreads();
-            for (int p = threadIdx.x; p < GROUP_SIZE * ROPE_PAIRS; p += blockDim.x)
+            for (int i = lane; i < ROPE_PAIRS; i += 32)
             {
-                int h = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
                 float c, s;
                 rope_angle(position - rotation, i, &c, &s);
                 int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-                float va = query[h * HEAD_DIM + a], vb = query[h * HEAD_DIM + b];
-                rotated[h * HEAD_DIM + a] = va * c - vb * s;
-                rotated[h * HEAD_DIM + b] = va * s + vb * c;
+                rotated[h][a] = query[a] * c - query[b] * s;
+                rotated[h][b] = query[a] * s + query[b] * c;
             }
-            __syncthreads();
         }
-        const kv_t* keys = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
-        int visible = min(entry.count, position + 1 - entry.first_position);
-        for (int p = threadIdx.x; p < visible * GROUP_SIZE; p += blockDim.x)
+        __syncthreads();
+
+        float score = NEG_INF;
         {
-            int j = p / GROUP_SIZE, h = p % GROUP_SIZE;
-            const kv_t* k = keys + (long)(entry.first_slot + j) * HEAD_DIM;
             float dot = 0;
-            for (int d = 0; d < HEAD_DIM; d++) dot += rotated[h * HEAD_DIM + d] * kv_load(k[d]);
-            row[(long)h * max_context + entry.first_position + j] = dot * scale;
+            const float* r = rotated[h] + part * (HEAD_DIM / 2);
+            const kv_t* k = keys + key * KV_ROW + part * (HEAD_DIM / 2);
+            #pragma unroll
+            for (int d = 0; d < HEAD_DIM / 2; d++) dot += r[d] * kv_load(k[d]);
+            dot += __shfl_xor_sync(0xffffffff, dot, 16);
+            if (key < visible) score = dot * scale;
+        }
+        float block_max = score;
+        for (int offset = 8; offset > 0; offset /= 2) block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffff, block_max, offset));
+        float m_new = fmaxf(m, block_max);   // finite: the entry has at least one visible key
+        float alpha = __expf(m - m_new), p = key < visible ? __expf(score - m_new) : 0.0f, p_sum = p;
+        for (int offset = 8; offset > 0; offset /= 2) p_sum += __shfl_xor_sync(0xffffffff, p_sum, offset);
+        m = m_new;
+        l = l * alpha + p_sum;
+        for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] *= alpha;
+        for (int j = 0; j < visible; j++)
+        {
+            float pj = __shfl_sync(0xffffffff, p, j);
+            for (int i = 0; i < DIMS_PER_LANE; i++)
+                if (lane + 32 * i < HEAD_DIM) acc[i] += pj * kv_load(values[j * KV_ROW + lane + 32 * i]);
         }
     }
-    __syncthreads();
 
-    // Softmax statistics: one warp per query head, no block-wide barriers.
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    long first_slot_of_token = ((long)token * HEADS + g * GROUP_SIZE) * splits + split;
-    for (int h = warp; h < GROUP_SIZE; h += blockDim.x >> 5)
+    long head = (long)token * HEADS + g * GROUP_SIZE + h;
+    if (splits == 1)
     {
-        float* s = row + (long)h * max_context;
-        float max = NEG_INF;
-        for (int e = first_entry; e < last_entry; e++)
-        {
-            KvEntry entry = table[e];
-            int visible = min(entry.count, position + 1 - entry.first_position);
-            for (int j = lane; j < visible; j += 32) max = fmaxf(max, s[entry.first_position + j]);
-        }
-        for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
-        float sum = 0;
-        for (int e = first_entry; e < last_entry; e++)
-        {
-            KvEntry entry = table[e];
-            int visible = min(entry.count, position + 1 - entry.first_position);
-            for (int j = lane; j < visible; j += 32)
-            {
-                float v = __expf(s[entry.first_position + j] - max);
-                s[entry.first_position + j] = v;
-                sum += v;
-            }
-        }
-        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-        if (lane == 0) partial_ml[first_slot_of_token + (long)h * splits] = make_float2(max, sum);
+        for (int i = 0; i < DIMS_PER_LANE; i++)
+            if (lane + 32 * i < HEAD_DIM) out[head * HEAD_DIM + lane + 32 * i] = operand_store(l > 0 ? acc[i] / l : 0.0f);
+        return;
     }
+    if (lane == 0) partial_ml[head * splits + split] = make_float2(m, l);
+    for (int i = 0; i < DIMS_PER_LANE; i++)
+        if (lane + 32 * i < HEAD_DIM) partial_acc[(head * splits + split) * HEAD_DIM + lane + 32 * i] = acc[i];
+    // The last of the splits to finish merges them: out = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s.
+    __threadfence();
     __syncthreads();
-
-    // Weighted values: every (head, dimension) pair of the group at once.
-    for (int idx = threadIdx.x; idx < GROUP_SIZE * HEAD_DIM; idx += blockDim.x)
-    {
-        int h = idx / HEAD_DIM, d = idx % HEAD_DIM;
-        const float* s = row + (long)h * max_context;
-        float acc = 0;
-        for (int e = first_entry; e < last_entry; e++)
-        {
-            KvEntry entry = table[e];
-            const kv_t* values = pool + entry.block * BLOCK_ELEMENTS + (2L * layer + 1) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS) * HEAD_DIM;
-            int visible = min(entry.count, position + 1 - entry.first_position);
-            for (int j = 0; j < visible; j++) acc += s[entry.first_position + j] * kv_load(values[(long)(entry.first_slot + j) * HEAD_DIM + d]);
-        }
-        partial_acc[(first_slot_of_token + (long)h * splits) * HEAD_DIM + d] = acc;
-    }
-}
-
-// out[token][head] = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s over the splits; grid (tokens, HEADS).
-extern "C" __global__ void attention_combine(const float2* partial_ml, const float* partial_acc, int splits, operand_t* out)
-{
-    // blockDim 64 (two warps): each computes the splits' max and weighted sum with its lanes over the splits, then
-    // thread d merges dimension d; the weights exp(m_s − M) go through shared memory so each is computed once.
-    __shared__ float weight[1024];
-    long head = (long)blockIdx.x * HEADS + blockIdx.y;
+    int* counter = counters + (long)token * KV_HEADS + g;
+    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1) == splits - 1;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
     const float2* ml = partial_ml + head * splits;
-    int lane = threadIdx.x & 31;
     float max = NEG_INF;
-    for (int s = lane; s < splits; s += 32) max = fmaxf(max, ml[s].x);
+    for (int s = lane; s < splits; s += 32) max = fmaxf(max, __ldcg(&ml[s]).x);
     for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
     float total = 0;
-    for (int s = lane; s < splits; s += 32)
+    for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] = 0;
+    for (int s = 0; s < splits; s++)
     {
-        float2 v = ml[s];
-        float wgt = v.y > 0 ? __expf(v.x - max) : 0;
-        if (threadIdx.x < 32) weight[s] = wgt;
-        total += wgt * v.y;
+        float2 v = __ldcg(&ml[s]);
+        float weight = v.y > 0 ? __expf(v.x - max) : 0.0f;
+        total += weight * v.y;
+        for (int i = 0; i < DIMS_PER_LANE; i++)
+            if (lane + 32 * i < HEAD_DIM) acc[i] += weight * __ldcg(&partial_acc[(head * splits + s) * HEAD_DIM + lane + 32 * i]);
     }
-    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
-    __syncthreads();
-    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
-    {
-        float acc = 0;
-        #pragma unroll 8
-        for (int s = 0; s < splits; s++) acc += weight[s] * partial_acc[(head * splits + s) * HEAD_DIM + d];
-        out[head * HEAD_DIM + d] = operand_store(acc / total);
-    }
+    for (int i = 0; i < DIMS_PER_LANE; i++)
+        if (lane + 32 * i < HEAD_DIM) out[head * HEAD_DIM + lane + 32 * i] = operand_store(total > 0 ? acc[i] / total : 0.0f);
+    if (threadIdx.x == 0) *counter = 0;
 }
 
 // x[token] = table[ids[token]] for f32 tables [vocab][HIDDEN_SIZE].
 extern "C" __global__ void embed(const float* table, const int* ids, float* x)
 {
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     const float* row = table + (long)ids[blockIdx.x] * HIDDEN_SIZE;
     for (int i = threadIdx.x; i < HIDDEN_SIZE; i += blockDim.x) x[(long)blockIdx.x * HIDDEN_SIZE + i] = row[i];
 }
@@ -194,6 +195,8 @@ extern "C" __global__ void embed(const float* table, const int* ids, float* x)
 extern "C" __global__ void rms_norm(const float* x, const float* weight, operand_t* out, int n, float epsilon)
 {
     __shared__ float partial[32];
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     const float* row = x + (long)blockIdx.x * n;
     float sum = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) sum += row[i] * row[i];
@@ -211,6 +214,8 @@ extern "C" __global__ void rms_norm(const float* x, const float* weight, operand
 extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool, int layer, const int* blocks, const int* slots,
     const int* positions, int interleaved)
 {
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     int token = blockIdx.x;
     long base = blocks[token] * BLOCK_ELEMENTS;
     kv_t* kplane = pool + base + (2L * layer) * PLANE_ELEMENTS;
@@ -255,6 +260,15 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
     __shared__ float partial[8][GEMV_TOKENS];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * (8 / warps_per_row) + warp / warps_per_row, part = warp % warps_per_row;
+    LAUNCH_DEPENDENTS();
+    {
+        // The weights do not depend on the previous kernel: start pulling this block's rows into L2 while it finishes.
+        int first_row = blockIdx.x * (8 / warps_per_row), block_rows = min(8 / warps_per_row, rows - first_row);
+        const char* bytes = (const char*)(w + (long)first_row * cols);
+        long length = (long)block_rows * cols * sizeof(operand_t);
+        for (long at = threadIdx.x * 128L; at < length; at += blockDim.x * 128L) asm volatile("prefetch.global.L2 [%0];" :: "l"(bytes + at));
+    }
+    WAIT_FOR_PREVIOUS();
     float acc[GEMV_TOKENS];
     for (int t = 0; t < GEMV_TOKENS; t++) acc[t] = 0;
     if (row < rows)
@@ -292,6 +306,8 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
 // out[token] = silu(gate) * up from the fused projection's row [gate (width) | up (width)]; count = tokens · width.
 extern "C" __global__ void swiglu(const float* gate_up, operand_t* out, int width, long count)
 {
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count; i += (long)gridDim.x * blockDim.x)
     {
         long token = i / width;
@@ -304,6 +320,8 @@ extern "C" __global__ void swiglu(const float* gate_up, operand_t* out, int widt
 // x[token][i] += bias[i] for rows of n floats.
 extern "C" __global__ void add_bias(float* x, const float* bias, int n)
 {
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     for (int i = threadIdx.x; i < n; i += blockDim.x) x[(long)blockIdx.x * n + i] += bias[i];
 }
 
@@ -312,6 +330,8 @@ extern "C" __global__ void argmax(const float* logits, int n, int* result)
 {
     __shared__ float best_value[32];
     __shared__ int best_index[32];
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     const float* row = logits + (long)blockIdx.x * n;
     float value = NEG_INF;
     int index = 0;
@@ -333,26 +353,18 @@ extern "C" __global__ void argmax(const float* logits, int n, int* result)
     }
 }
 
-// y = x as operands of a matrix product (rounded to bf16 when those are bf16), n floats.
-extern "C" __global__ void to_operand(const float* x, operand_t* y, long n)
-{
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = operand_store(x[i]);
-}
-
 // out[i] = x[rows[i]] for rows of n floats; one block per gathered row.
 extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int n)
 {
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     const float* row = x + (long)rows[blockIdx.x] * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i];
 }
 
-// A prefill tile's query rows rotated by (position − rotation) into shared memory (float or half): row r is head
-// r % GROUP_SIZE of KV head g's group for token r / GROUP_SIZE of the tile; rows past the tile's tokens (or past
-// real_rows) become zeros.
-__device__ __forceinline__ void store_shared(float* at, float v) { *at = v; }
-__device__ __forceinline__ void store_shared(__half* at, float v) { *at = __float2half(v); }
-template <typename T>
-__device__ void rotate_tile_queries(const float* q, T* query, int rows, int real_rows, int tile_tokens, int first_token, int first_position,
+// A prefill tile's query rows rotated by (position − rotation) into shared memory: row r is head r % GROUP_SIZE of KV
+// head g's group for token r / GROUP_SIZE of the tile; rows past the tile's tokens become zeros.
+__device__ void rotate_tile_queries(const float* q, float* query, int rows, int tile_tokens, int first_token, int first_position,
     int rotation, int g, int interleaved)
 {
     for (int idx = threadIdx.x; idx < rows * ROPE_PAIRS; idx += blockDim.x)
@@ -360,7 +372,7 @@ __device__ void rotate_tile_queries(const float* q, T* query, int rows, int real
         int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
         int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
         float va = 0, vb = 0;
-        if (t < tile_tokens && r < real_rows)
+        if (t < tile_tokens)
         {
             float c, s;
             rope_angle(first_position + first_token + t - rotation, i, &c, &s);
@@ -368,8 +380,8 @@ __device__ void rotate_tile_queries(const float* q, T* query, int rows, int real
             va = src[a] * c - src[b] * s;
             vb = src[a] * s + src[b] * c;
         }
-        store_shared(query + r * HEAD_DIM + a, va);
-        store_shared(query + r * HEAD_DIM + b, vb);
+        query[r * HEAD_DIM + a] = va;
+        query[r * HEAD_DIM + b] = vb;
     }
 }
 
@@ -381,7 +393,7 @@ __device__ void rotate_tile_queries(const float* q, T* query, int rows, int real
 #define QTILE (QTILE_RAW < 1 ? 1 : (QTILE_RAW > 16 ? 16 : QTILE_RAW))
 #define QROWS (QTILE * GROUP_SIZE)
 extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, int layer, const KvEntry* table, int entries_count,
-    int tokens, int first_position, float scale, int interleaved, float* out)
+    int tokens, int first_position, float scale, int interleaved, operand_t* out)
 {
     __shared__ float query[QROWS * HEAD_DIM];
     __shared__ float acc[QROWS * HEAD_DIM];
@@ -389,6 +401,8 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
     __shared__ float values[BLOCK_TOKENS * HEAD_DIM];
     __shared__ float p[QROWS * BLOCK_TOKENS];
     __shared__ float row_max[QROWS], row_sum[QROWS], row_scale[QROWS];
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
     int tile = blockIdx.x, g = blockIdx.y;
     int first_token = tile * QTILE, tile_tokens = min(QTILE, tokens - first_token);
     int last_position = first_position + first_token + tile_tokens - 1;
@@ -404,7 +418,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
         if (entry.rotation != rotation)
         {
             rotation = entry.rotation;
-            rotate_tile_queries(q, query, QROWS, QROWS, tile_tokens, first_token, first_position, rotation, g, interleaved);
+            rotate_tile_queries(q, query, QROWS, tile_tokens, first_token, first_position, rotation, g, interleaved);
         }
         const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
         const kv_t* vplane = kplane + PLANE_ELEMENTS;
@@ -458,134 +472,237 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
     for (int idx = threadIdx.x; idx < QROWS * HEAD_DIM; idx += blockDim.x)
     {
         int r = idx / HEAD_DIM, d = idx % HEAD_DIM, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
-        if (t < tile_tokens) out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc[idx] / row_sum[r];
+        if (t < tile_tokens) out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = operand_store(acc[idx] / row_sum[r]);
     }
 }
 
-#if !defined(KV_F32) && (HEAD_DIM % 16 == 0)
-#include <mma.h>
-// attention_prefill on the tensor cores (f16 KV; head dim a multiple of 16): the same tiles, entries and online
-// softmax, with S = Q·Kᵀ and P·V as 16×16×16 f16 products accumulated in f32. A block is TC_WARPS warps of 16 query
-// rows each — the GROUP_SIZE heads of TC_TOKENS consecutive tokens, all reading one KV head — and streams the
-// sequence's KV blocks (16 keys) through shared memory once for all of them. The running output stays in shared
-// memory in f32 (each row rescaled by its own factor, which a matrix fragment cannot express).
-// grid (ceil(tokens / TC_TOKENS), KV_HEADS), block TC_WARPS · 32 threads.
-#define TC_WARPS (HEAD_DIM <= 64 ? 4 : 2)
-#define TC_ROWS (TC_WARPS * 16)
-#define TC_TOKENS (TC_ROWS / GROUP_SIZE < 1 ? 1 : TC_ROWS / GROUP_SIZE)
-extern "C" __global__ void attention_prefill_tc(const float* q, const kv_t* pool, int layer, const KvEntry* table, int entries_count,
-    int tokens, int first_position, float scale, int interleaved, float* out)
+#if !defined(KV_F32) && (HEAD_DIM % 16 == 0) && (BLOCK_TOKENS == 16)
+// attention_prefill on the tensor cores, FlashAttention-2 style (f16 KV, head dim a multiple of 16): a block is
+// FA_WARPS warps of 16 query rows — the GROUP_SIZE heads of FA_TOKENS consecutive tokens, all reading one KV head.
+// K/V steps of FA_STEP_KEYS keys (runs of entries sharing one rotation) are copied into shared memory with cp.async,
+// the next step while this one computes. S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (f16 in, f32 accumulate); the
+// scores, the online softmax and the output stay in registers. The layouts of the fragments are PTX's: in a warp, lane
+// = 4·group + quad holds rows group and group + 8, columns 2·quad, 2·quad + 1 (+ 8) of each 16×16 or 16×8 tile.
+// grid (ceil(tokens / FA_TOKENS), KV_HEADS), block FA_WARPS · 32 threads.
+#define FA_WARPS 4
+#define FA_ROWS (FA_WARPS * 16)
+#define FA_TOKENS (FA_ROWS / GROUP_SIZE < 1 ? 1 : FA_ROWS / GROUP_SIZE)
+#define FA_STEP_KEYS (HEAD_DIM <= 64 ? 64 : 32)
+#define FA_STEP_ENTRIES (FA_STEP_KEYS / BLOCK_TOKENS)
+#define FA_STRIDE (HEAD_DIM + 8)   // halves per shared row: 16 bytes of padding put ldmatrix's 8 row reads on distinct banks
+
+__device__ __forceinline__ unsigned shared_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// 16 bytes global → shared without passing through registers; zeros when !present.
+__device__ __forceinline__ void copy_async_16(void* destination, const void* source, bool present)
 {
-    using namespace nvcuda;
-    __shared__ __align__(32) __half query[TC_ROWS * HEAD_DIM];
-    __shared__ __align__(32) __half keys[BLOCK_TOKENS * HEAD_DIM];
-    __shared__ __align__(32) __half values[BLOCK_TOKENS * HEAD_DIM];
-    __shared__ __align__(32) float scores[TC_WARPS][16 * 16];
-    __shared__ __align__(32) __half probs[TC_WARPS][16 * 16];
-    __shared__ float acc[TC_ROWS * HEAD_DIM];
-    __shared__ float row_max[TC_ROWS], row_sum[TC_ROWS], row_scale[TC_ROWS];
-    int tile = blockIdx.x, g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int first_token = tile * TC_TOKENS, tile_tokens = min(TC_TOKENS, tokens - first_token);
-    int last_position = first_position + first_token + tile_tokens - 1;
-    for (int i = threadIdx.x; i < TC_ROWS * HEAD_DIM; i += blockDim.x) acc[i] = 0;
-    for (int r = threadIdx.x; r < TC_ROWS; r += blockDim.x) { row_max[r] = NEG_INF; row_sum[r] = 0; }
-    // This lane's softmax row (two lanes per row, eight keys each) and whether it is a real query row.
-    int my_row = warp * 16 + lane / 2, my_token = my_row / GROUP_SIZE, half_keys = (lane & 1) * 8;
-    bool my_row_valid = my_token < tile_tokens && my_row < TC_TOKENS * GROUP_SIZE;
-    int my_position = first_position + first_token + my_token;
-    int rotation = -2147483647;
-
-    for (int e = 0; e < entries_count; e++)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(shared_address(destination)), "l"(source), "r"(present ? 16 : 0));
+}
+__device__ __forceinline__ void load_matrix_x4(unsigned* r, const __half* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(p)));
+}
+__device__ __forceinline__ void load_matrix_x4_transposed(unsigned* r, const __half* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(p)));
+}
+// d (16×8, f32) += a (16×16 f16, row-major) · b (16×8 f16, column-major).
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned pack_half2(float low, float high)
+{
+    __half2 h = __floats2half2_rn(low, high);
+    return *(unsigned*)&h;
+}
+// Column `column` of a query row rotated by `position` (both members of each RoPE pair are read from the f32 row).
+__device__ __forceinline__ float rotated_column(const float* row, int column, int position, int interleaved)
+{
+    int i = interleaved ? column / 2 : column % ROPE_PAIRS;
+    bool first = interleaved ? (column & 1) == 0 : column < ROPE_PAIRS;
+    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+    float c, s;
+    rope_angle(position, i, &c, &s);
+    return first ? row[a] * c - row[b] * s : row[a] * s + row[b] * c;
+}
+// The next step: up to FA_STEP_ENTRIES entries from `e` sharing its rotation and starting no later than last_position.
+__device__ __forceinline__ int step_end(const KvEntry* table, int e, int entries_count, int last_position)
+{
+    int end = e + 1;
+    while (end < entries_count && end - e < FA_STEP_ENTRIES && table[end].rotation == table[e].rotation && table[end].first_position <= last_position) end++;
+    return end;
+}
+// Queues the copies of entries [begin, end) into one stage (absent keys become zeros at position INT_MAX).
+__device__ __forceinline__ void load_step(const kv_t* pool, int layer, int g, const KvEntry* table, int begin, int end, __half* keys, __half* values, int* key_position)
+{
+    for (int i = threadIdx.x; i < FA_STEP_KEYS * (HEAD_DIM / 8); i += blockDim.x)
     {
-        KvEntry entry = table[e];
-        if (entry.first_position > last_position) break;
-        __syncthreads();
-        if (entry.rotation != rotation)
+        int key = i / (HEAD_DIM / 8), chunk = i % (HEAD_DIM / 8), e = begin + key / BLOCK_TOKENS, j = key % BLOCK_TOKENS;
+        bool present = e < end && j < table[e].count;
+        const kv_t* k = pool;
+        if (present)
         {
-            rotation = entry.rotation;
-            rotate_tile_queries(q, query, TC_ROWS, TC_TOKENS * GROUP_SIZE, tile_tokens, first_token, first_position, rotation, g, interleaved);
+            KvEntry entry = table[e];
+            k = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot + j) * HEAD_DIM + chunk * 8;
         }
-        const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
-        const kv_t* vplane = kplane + PLANE_ELEMENTS;
-        for (int i = threadIdx.x; i < BLOCK_TOKENS * HEAD_DIM; i += blockDim.x)
-        {
-            bool present = i / HEAD_DIM < entry.count;
-            keys[i] = present ? kplane[i] : __float2half(0.0f);
-            values[i] = present ? vplane[i] : __float2half(0.0f);
-        }
-        __syncthreads();
-
-        // S = Q_w · Kᵀ for this warp's 16 rows and the entry's 16 keys.
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-        wmma::fill_fragment(s, 0.0f);
-        for (int k = 0; k < HEAD_DIM; k += 16)
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
-            wmma::load_matrix_sync(qa, query + warp * 16 * HEAD_DIM + k, HEAD_DIM);
-            wmma::load_matrix_sync(kb, keys + k, HEAD_DIM);
-            wmma::mma_sync(s, qa, kb, s);
-        }
-        wmma::store_matrix_sync(scores[warp], s, 16, wmma::mem_row_major);
-        __syncwarp();
-
-        // Online softmax over the row's visible keys (causal: a key after the row's position gets no weight).
-        const float* row_scores = scores[warp] + (lane / 2) * 16;
-        float v[8], local = NEG_INF;
-        for (int c = 0; c < 8; c++)
-        {
-            int j = half_keys + c;
-            bool visible = my_row_valid && j < entry.count && entry.first_position + j <= my_position;
-            v[c] = visible ? row_scores[j] * scale : NEG_INF;
-            local = fmaxf(local, v[c]);
-        }
-        local = fmaxf(local, __shfl_xor_sync(0xffffffff, local, 1));
-        float previous = row_max[my_row];
-        float m = fmaxf(previous, local);
-        float old_scale = m == NEG_INF ? 1.0f : __expf(previous - m);
-        float sum = 0;
-        for (int c = 0; c < 8; c++)
-        {
-            float p = v[c] == NEG_INF ? 0.0f : __expf(v[c] - m);
-            probs[warp][(lane / 2) * 16 + half_keys + c] = __float2half(p);
-            sum += p;
-        }
-        sum += __shfl_xor_sync(0xffffffff, sum, 1);
-        __syncwarp();
-        if ((lane & 1) == 0)
-        {
-            row_sum[my_row] = row_sum[my_row] * old_scale + sum;
-            row_max[my_row] = m;
-            row_scale[my_row] = old_scale;
-        }
-        __syncwarp();
-
-        // O_w = O_w · scale + P_w · V, sixteen output columns at a time through the (now free) score tile.
-        for (int n = 0; n < HEAD_DIM; n += 16)
-        {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> pv;
-            wmma::fill_fragment(pv, 0.0f);
-            wmma::load_matrix_sync(pa, probs[warp], 16);
-            wmma::load_matrix_sync(vb, values + n, HEAD_DIM);
-            wmma::mma_sync(pv, pa, vb, pv);
-            wmma::store_matrix_sync(scores[warp], pv, 16, wmma::mem_row_major);
-            __syncwarp();
-            for (int idx = lane; idx < 256; idx += 32)
-            {
-                int row = warp * 16 + idx / 16, column = n + idx % 16;
-                acc[row * HEAD_DIM + column] = acc[row * HEAD_DIM + column] * row_scale[row] + scores[warp][idx];
-            }
-            __syncwarp();
-        }
+        copy_async_16(keys + key * FA_STRIDE + chunk * 8, k, present);
+        copy_async_16(values + key * FA_STRIDE + chunk * 8, present ? k + PLANE_ELEMENTS : pool, present);
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < TC_ROWS * HEAD_DIM; idx += blockDim.x)
+    for (int key = threadIdx.x; key < FA_STEP_KEYS; key += blockDim.x)
     {
-        int r = idx / HEAD_DIM, d = idx % HEAD_DIM, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
-        if (t < tile_tokens && r < TC_TOKENS * GROUP_SIZE)
-            out[((long)(first_token + t) * HEADS + g * GROUP_SIZE + h) * HEAD_DIM + d] = acc[idx] / row_sum[r];
+        int e = begin + key / BLOCK_TOKENS, j = key % BLOCK_TOKENS;
+        key_position[key] = e < end && j < table[e].count ? table[e].first_position + j : 2147483647;
+    }
+    asm volatile("cp.async.commit_group;");
+}
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mma(const float* q, const kv_t* pool, int layer, const KvEntry* table,
+    int entries_count, int tokens, int first_position, float scale, int interleaved, operand_t* out)
+{
+    __shared__ __align__(16) __half keys[2][FA_STEP_KEYS * FA_STRIDE];
+    __shared__ __align__(16) __half values[2][FA_STEP_KEYS * FA_STRIDE];
+    __shared__ int key_position[2][FA_STEP_KEYS];
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    int tile = gridDim.x - 1 - blockIdx.x;   // the longest tiles (latest tokens) first
+    int g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, group = lane >> 2, quad = lane & 3;
+    int first_token = tile * FA_TOKENS, tile_tokens = min(FA_TOKENS, tokens - first_token);
+    int last_position = first_position + first_token + tile_tokens - 1;
+    // This thread's two rows (group and group + 8 of its warp's 16); rows past the tile's real ones compute as its last row and are not written.
+    int row_position[2], row_token[2], row_head[2];
+    bool row_real[2];
+    for (int i = 0; i < 2; i++)
+    {
+        int r = warp * 16 + group + 8 * i;
+        row_real[i] = r < tile_tokens * GROUP_SIZE;
+        int real = row_real[i] ? r : tile_tokens * GROUP_SIZE - 1;
+        row_token[i] = real / GROUP_SIZE;
+        row_head[i] = real % GROUP_SIZE;
+        row_position[i] = first_position + first_token + row_token[i];
+    }
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    unsigned query[HEAD_DIM / 16][4];
+    float o[HEAD_DIM / 8][4];
+    for (int n = 0; n < HEAD_DIM / 8; n++) for (int c = 0; c < 4; c++) o[n][c] = 0;
+    float row_max[2] = { NEG_INF, NEG_INF }, row_sum[2] = { 0, 0 };
+    int rotation = -2147483647, stage = 0;
+
+    int e = 0, end = entries_count > 0 && table[0].first_position <= last_position ? step_end(table, 0, entries_count, last_position) : 0;
+    if (end > 0) load_step(pool, layer, g, table, 0, end, keys[0], values[0], key_position[0]);
+    while (e < end)
+    {
+        bool more = end < entries_count && table[end].first_position <= last_position;
+        int next_end = more ? step_end(table, end, entries_count, last_position) : end;
+        if (more) load_step(pool, layer, g, table, end, next_end, keys[stage ^ 1], values[stage ^ 1], key_position[stage ^ 1]);
+        if (more) asm volatile("cp.async.wait_group 1;"); else asm volatile("cp.async.wait_group 0;");
+        __syncthreads();
+
+        if (table[e].rotation != rotation)
+        {
+            // The A fragments of this warp's 16 query rows, rotated by (position − rotation): every lane holds both
+            // members of each RoPE pair it needs, so this is registers only.
+            rotation = table[e].rotation;
+            for (int i = 0; i < 2; i++)
+            {
+                const float* row = q + (long)(first_token + row_token[i]) * QKV_WIDTH + (g * GROUP_SIZE + row_head[i]) * HEAD_DIM;
+                for (int kd = 0; kd < HEAD_DIM / 16; kd++)
+                    for (int half = 0; half < 2; half++)
+                    {
+                        int column = kd * 16 + half * 8 + 2 * quad;
+                        query[kd][i + 2 * half] = pack_half2(rotated_column(row, column, row_position[i] - rotation, interleaved),
+                            rotated_column(row, column + 1, row_position[i] - rotation, interleaved));
+                    }
+            }
+        }
+
+        // S = Q·Kᵀ: FA_STEP_KEYS / 8 tiles of 16 rows × 8 keys.
+        const __half* k_stage = keys[stage];
+        float s[FA_STEP_KEYS / 8][4];
+        #pragma unroll
+        for (int n = 0; n < FA_STEP_KEYS / 8; n++) for (int c = 0; c < 4; c++) s[n][c] = 0;
+        #pragma unroll
+        for (int kc = 0; kc < FA_STEP_KEYS / 16; kc++)
+        {
+            #pragma unroll
+            for (int kd = 0; kd < HEAD_DIM / 16; kd++)
+            {
+                unsigned b[4];
+                load_matrix_x4(b, k_stage + (kc * 16 + (lane & 7) + ((lane >> 4) << 3)) * FA_STRIDE + kd * 16 + ((lane >> 3) & 1) * 8);
+                mma_16816(s[2 * kc], query[kd], b[0], b[1]);
+                mma_16816(s[2 * kc + 1], query[kd], b[2], b[3]);
+            }
+        }
+
+        // Online softmax in the log2 domain; a key after a row's position (or absent) gets no weight.
+        #pragma unroll
+        for (int i = 0; i < 2; i++)
+        {
+            float m = row_max[i];
+            #pragma unroll
+            for (int n = 0; n < FA_STEP_KEYS / 8; n++)
+                #pragma unroll
+                for (int c = 0; c < 2; c++)
+                {
+                    float v = key_position[stage][n * 8 + 2 * quad + c] <= row_position[i] ? s[n][2 * i + c] * scale_log2 : NEG_INF;
+                    s[n][2 * i + c] = v;
+                    m = fmaxf(m, v);
+                }
+            m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+            m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+            float base = m == NEG_INF ? 0.0f : m;   // a row with nothing visible yet keeps zeros
+            float alpha = exp2f(row_max[i] - base), sum = 0;
+            #pragma unroll
+            for (int n = 0; n < FA_STEP_KEYS / 8; n++)
+                #pragma unroll
+                for (int c = 0; c < 2; c++)
+                {
+                    float p = exp2f(s[n][2 * i + c] - base);
+                    s[n][2 * i + c] = p;
+                    sum += p;
+                }
+            row_max[i] = m;
+            row_sum[i] = row_sum[i] * alpha + sum;
+            #pragma unroll
+            for (int n = 0; n < HEAD_DIM / 8; n++) { o[n][2 * i] *= alpha; o[n][2 * i + 1] *= alpha; }
+        }
+
+        // O += P·V: the score tiles of 16 keys are already P's A fragments; V's B fragments come transposed by ldmatrix.
+        const __half* v_stage = values[stage];
+        #pragma unroll
+        for (int kc = 0; kc < FA_STEP_KEYS / 16; kc++)
+        {
+            unsigned p[4] = { pack_half2(s[2 * kc][0], s[2 * kc][1]), pack_half2(s[2 * kc][2], s[2 * kc][3]),
+                              pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3]) };
+            #pragma unroll
+            for (int dp = 0; dp < HEAD_DIM / 16; dp++)
+            {
+                unsigned b[4];
+                load_matrix_x4_transposed(b, v_stage + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * FA_STRIDE + dp * 16 + ((lane >> 4) << 3));
+                mma_16816(o[2 * dp], p, b[0], b[1]);
+                mma_16816(o[2 * dp + 1], p, b[2], b[3]);
+            }
+        }
+        __syncthreads();   // this stage is refilled two steps on
+        stage ^= 1;
+        e = end;
+        end = next_end;
+    }
+
+    for (int i = 0; i < 2; i++)
+    {
+        float sum = row_sum[i];
+        sum += __shfl_xor_sync(0xffffffff, sum, 1);
+        sum += __shfl_xor_sync(0xffffffff, sum, 2);
+        if (!row_real[i]) continue;
+        float inverse = sum > 0 ? 1.0f / sum : 0.0f;
+        operand_t* row = out + ((long)(first_token + row_token[i]) * HEADS + g * GROUP_SIZE + row_head[i]) * HEAD_DIM;
+        for (int n = 0; n < HEAD_DIM / 8; n++)
+        {
+            row[n * 8 + 2 * quad] = operand_store(o[n][2 * i] * inverse);
+            row[n * 8 + 2 * quad + 1] = operand_store(o[n][2 * i + 1] * inverse);
+        }
     }
 }
 #endif

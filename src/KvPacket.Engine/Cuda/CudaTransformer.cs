@@ -26,8 +26,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _pool, _x, _qkv, _att, _gateUp, _operand, _logits, _scores;
-    private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc;
+    private readonly DeviceBuffer _pool, _x, _qkv, _gateUp, _operand, _logits;
+    private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly List<GpuSequence?> _sequences = [];
@@ -41,15 +41,15 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public int Length;
         public readonly List<DeviceEntry> Table = [];
     }
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionPartial, _attentionCombine, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _toOperand, _gatherRows, _gemv;
-    /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16), or 0 where kernels.cu leaves it out.</summary>
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv;
+    /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor;
     private readonly int _tensorTileTokens;
     private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
     private const int NormThreads = 1024;   // one block per row: the widest block finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
-    private const int MaxSplits = 1024;     // attention_combine's shared weights
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
+    private const int TensorTileRows = 64;       // kernels.cu's FA_ROWS: query rows (tokens × heads of a group) per tensor-core block
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
@@ -88,23 +88,21 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (weightType == DType.BF16) source = "#define OPERAND_BF16\n" + source;
         _module = device.LoadModule(source, Spec is null ? "generic" : Spec.Name.Replace('.', '_'));
         CompileSeconds = device.LastCompileSeconds;
+        _module.DependentLaunches = true;
         _embed = _module.Function("embed");
         _rmsNorm = _module.Function("rms_norm");
         _kvAppend = _module.Function("kv_append");
-        _attentionPartial = _module.Function("attention_partial");
-        _attentionCombine = _module.Function("attention_combine");
+        _attentionDecode = _module.Function("attention_decode");
         _attentionPrefill = _module.Function("attention_prefill");
         _swiglu = _module.Function("swiglu");
         _addBias = _module.Function("add_bias");
         _argmaxKernel = _module.Function("argmax");
-        _toOperand = _module.Function("to_operand");
         _gatherRows = _module.Function("gather_rows");
         _gemv = _module.Function("gemv");
-        if (kvType == DType.F16 && c.HeadDim % 16 == 0)
+        if (kvType == DType.F16 && c.HeadDim % 16 == 0 && c.GroupSize <= TensorTileRows)
         {
-            // Mirrors kernels.cu's TC_WARPS / TC_TOKENS.
-            _attentionPrefillTensor = _module.Function("attention_prefill_tc");
-            _tensorTileTokens = Math.Max(1, (c.HeadDim <= 64 ? 64 : 32) / c.GroupSize);
+            _attentionPrefillTensor = _module.Function("attention_prefill_mma");
+            _tensorTileTokens = TensorTileRows / c.GroupSize;
         }
 
         _embedding = Upload([model.TokenEmbedding], DType.F32);
@@ -120,11 +118,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int t = maxTokens;
         _x = Own(device.Allocate(4L * t * c.HiddenSize));
         _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
-        _att = Own(device.Allocate(4L * t * c.QueryDim));
         _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
         _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
         _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
-        _scores = Own(device.Allocate(4L * t * c.HeadCount * _maxContext));
         // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
         // table length and last row; then every chunk's table entries.
         _stepHost = new int[5 * t + 3 * _maxChunks + 5 * (_blockCount + _maxChunks)];
@@ -135,6 +131,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
         _partialMl = Own(device.Allocate(8L * partialRows));
         _partialAcc = Own(device.Allocate(4L * partialRows * c.HeadDim));
+        _splitCounters = Own(device.Allocate(4L * t * c.KvHeadCount));
+        device.Fill(_splitCounters, 0);
         device.Synchronize();
     }
 
@@ -171,6 +169,20 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>Replay decode steps from captured CUDA graphs (on by default).</summary>
     public bool UseGraphs { get; set; } = true;
+
+    /// <summary>
+    /// Launch each kernel as a programmatic dependent of the previous one (sm_90+, on by default): it starts while the
+    /// previous one drains, and the products prefetch their weights before waiting for their input.
+    /// </summary>
+    public bool UseDependentLaunches
+    {
+        get => _module.DependentLaunches;
+        set
+        {
+            if (value != _module.DependentLaunches) ClearGraphs();
+            _module.DependentLaunches = value;
+        }
+    }
 
     /// <summary>The device buffer holding the last token's logits.</summary>
     public DeviceBuffer LogitsBuffer => _logits;
@@ -283,7 +295,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
-        int splits = Math.Max(1, Math.Min(Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n), MaxSplits));
+        int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
         int perSplit = (longest + splits - 1) / splits;
         // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
         bool tiled = chunks == 1 && n >= PrefillTileThreshold;
@@ -333,35 +345,24 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             int interleaved = _interleaved, layerIndex = layer;
             timeline?.Mark("kv_append");
             m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
-            ulong scores = _scores.Pointer, ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
-            int maxContext = _maxContext;
             timeline?.Mark("attention");
             if (tiled)
             {
-                // The tiled kernel writes f32: straight into the operand buffer for f32 weights, else converted after.
                 int tokenCount = n;
-                bool convert = _weightType != DType.F32;
-                ulong att = convert ? _att.Pointer : operand;
                 if (_attentionPrefillTensor != 0 && UseTensorCores)
-                    m.Launch(_attentionPrefillTensor, (((uint)n + (uint)_tensorTileTokens - 1) / (uint)_tensorTileTokens, (uint)c.KvHeadCount), c.HeadDim <= 64 ? 128u : 64u,
+                    m.Launch(_attentionPrefillTensor, (((uint)n + (uint)_tensorTileTokens - 1) / (uint)_tensorTileTokens, (uint)c.KvHeadCount), 128,
                         (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale),
-                        (nint)(&interleaved), (nint)(&att));
+                        (nint)(&interleaved), (nint)(&operand));
                 else
                     m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
-                        (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&att));
-                if (convert)
-                {
-                    long count = (long)n * c.QueryDim;
-                    m.Launch(_toOperand, (Blocks(count), 1), 256, (nint)(&att), (nint)(&operand), (nint)(&count));
-                }
+                        (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&operand));
             }
             else
             {
-                m.Launch(_attentionPartial, ((uint)n, (uint)c.KvHeadCount, (uint)splits), Threads, (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries),
-                    (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scores), (nint)(&maxContext), (nint)(&scale),
-                    (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc));
-                timeline?.Mark("attention_combine");
-                m.Launch(_attentionCombine, ((uint)n, (uint)c.HeadCount), 64, (nint)(&ml), (nint)(&acc), (nint)(&splits), (nint)(&operand));
+                ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer, counters = _splitCounters.Pointer;
+                m.Launch(_attentionDecode, ((uint)n, (uint)c.KvHeadCount, (uint)splits), (uint)(32 * c.GroupSize), (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
+                    (nint)(&entries), (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scale),
+                    (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc), (nint)(&counters), (nint)(&operand));
             }
             timeline?.Mark("output product");
             Project(n, w.Output, _x, null, accumulate: true);
@@ -470,11 +471,16 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         return buffer;
     }
 
-    /// <inheritdoc />
-    public void Dispose()
+    private void ClearGraphs()
     {
         foreach (var graph in _graphs.Values) graph.Dispose();
         _graphs.Clear();
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        ClearGraphs();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
     }

@@ -132,6 +132,10 @@ internal static class CudaCommand
                     var eagerMs = device.Time(() => gpu.Step([7]), repeat);
                     gpu.UseGraphs = true;
                     figures[$"decode_step_ms_{tag}_without_graphs"] = Statistics.Median(eagerMs);
+                    gpu.UseDependentLaunches = false;
+                    var serialMs = device.Time(() => gpu.Step([7]), repeat);
+                    gpu.UseDependentLaunches = true;
+                    figures[$"decode_step_ms_{tag}_without_dependent_launches"] = Statistics.Median(serialMs);
                     if (specialised) PrintStages(gpu, device, "decode step (eager, 512-token context)", () => gpu.Step([7]), repeat);
                     if (!specialised || batch <= 1) continue;
 
@@ -186,7 +190,7 @@ internal static class CudaCommand
         finally { gpu.Timeline = null; }
     }
 
-        private static double CopyBandwidth(CudaDevice device, int repeats)
+    private static double CopyBandwidth(CudaDevice device, int repeats)
     {
         const long bytes = 1L << 30;
         using var source = device.Allocate(bytes);
