@@ -40,7 +40,7 @@ __device__ __forceinline__ operand_t operand_store(float x) { return x; }
 // Programmatic dependent launch (sm_90+; no-ops when a kernel is launched without it): every kernel lets the next one
 // launch at once (it can only start once all of this kernel's blocks have started, so nothing starves), and waits for
 // the previous kernel's results before reading or writing anything it shares with it. What a kernel does before the
-// wait — a product's prefetch of its own weights — overlaps the previous kernel.
+// wait (reading weights, or KV rows of earlier steps) overlaps the previous kernel.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define WAIT_FOR_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
@@ -68,19 +68,30 @@ struct KvEntry { int block; int first_position; int count; int rotation; int fir
 // a (token, KV head) merges them — no second launch, no score rows in global memory. Queries are rotated here by
 // (position − the entry's rotation offset), so packet blocks need no key rewrite; positions no entry holds (pruned
 // packets) get no attention.
+// With `append` (a pure decode step: one token per sequence) the kernel also does kv_append's work for its token:
+// the block whose entry holds the token's position rotates the token's K, stores K and V in the pool, and uses them.
 // grid (tokens, KV_HEADS, splits), block GROUP_SIZE · 32 threads; partial_ml: [tokens][HEADS][splits] (m, l);
 // partial_acc: [tokens][HEADS][splits][HEAD_DIM]; counters: [tokens][KV_HEADS] zeros (left zero again).
-#define KV_ROW (HEAD_DIM + 4 / (int)sizeof(kv_t))   // shared rows one word longer: lanes reading one column across keys hit distinct banks
+#define KV_WORDS (HEAD_DIM * (int)sizeof(kv_t) / 4)   // 4-byte words in one K or V row
+#define KV_ROW_WORDS (KV_WORDS + 1)                     // shared rows one word longer: lanes reading one column across keys hit distinct banks
+#define KV_ROW (KV_ROW_WORDS * 4 / (int)sizeof(kv_t))
+#define DECODE_THREADS (GROUP_SIZE * 32)
+#define DECODE_LOADS ((BLOCK_TOKENS * KV_WORDS + DECODE_THREADS - 1) / DECODE_THREADS)
 #define DIMS_PER_LANE ((HEAD_DIM + 31) / 32)
-extern "C" __global__ void attention_decode(const float* q, const kv_t* pool, int layer, const KvEntry* entries,
+extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int layer, const KvEntry* entries,
     const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
-    float scale, int interleaved, int per_split, int splits, float2* partial_ml, float* partial_acc, int* counters, operand_t* out)
+    float scale, int interleaved, int per_split, int splits, int append, float2* partial_ml, float* partial_acc, int* counters, operand_t* out)
 {
-    __shared__ kv_t keys[BLOCK_TOKENS * KV_ROW], values[BLOCK_TOKENS * KV_ROW];
+    __shared__ unsigned key_words[BLOCK_TOKENS * KV_ROW_WORDS], value_words[BLOCK_TOKENS * KV_ROW_WORDS];
+    kv_t* keys = (kv_t*)key_words;
+    kv_t* values = (kv_t*)value_words;
     __shared__ float rotated[GROUP_SIZE][HEAD_DIM];
     __shared__ bool last_block;
+    // The step's metadata was uploaded before the step's first kernel, and the pool rows of earlier tokens were written
+    // by earlier steps: with append (nothing of this step in the pool yet) the first entry's rows are read before
+    // waiting for the q/k/v product; without, kv_append (the previous kernel) has written this step's rows: wait first.
     LAUNCH_DEPENDENTS();
-    WAIT_FOR_PREVIOUS();
+    if (!append) WAIT_FOR_PREVIOUS();
     int token = blockIdx.x, g = blockIdx.y, split = blockIdx.z, h = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int key = lane & 15, part = lane >> 4;
     int sequence = token_sequence[token], position = token_position[token];
@@ -97,12 +108,51 @@ extern "C" __global__ void attention_decode(const float* q, const kv_t* pool, in
         if (entry.first_position > position) break;
         int visible = min(entry.count, position + 1 - entry.first_position);
         __syncthreads();
-        const kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
-        for (int i = threadIdx.x; i < visible * HEAD_DIM; i += blockDim.x)
+        kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
+        // The entry's rows into shared memory, all loads issued before any store; with append, the token's own row
+        // (the entry's last visible one) is computed instead.
+        int own_row = append && entry.first_position + visible - 1 == position ? visible - 1 : -1;
         {
-            int j = i / HEAD_DIM, d = i % HEAD_DIM;
-            keys[j * KV_ROW + d] = kplane[i];
-            values[j * KV_ROW + d] = kplane[PLANE_ELEMENTS + i];
+            const unsigned* k_words = (const unsigned*)kplane;
+            const unsigned* v_words = (const unsigned*)(kplane + PLANE_ELEMENTS);
+            unsigned k_loaded[DECODE_LOADS], v_loaded[DECODE_LOADS];
+            #pragma unroll
+            for (int r = 0; r < DECODE_LOADS; r++)
+            {
+                int i = threadIdx.x + r * DECODE_THREADS;
+                if (i < visible * KV_WORDS && i / KV_WORDS != own_row) { k_loaded[r] = k_words[i]; v_loaded[r] = v_words[i]; }
+            }
+            #pragma unroll
+            for (int r = 0; r < DECODE_LOADS; r++)
+            {
+                int i = threadIdx.x + r * DECODE_THREADS;
+                if (i < visible * KV_WORDS && i / KV_WORDS != own_row)
+                {
+                    key_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = k_loaded[r];
+                    value_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = v_loaded[r];
+                }
+            }
+        }
+        WAIT_FOR_PREVIOUS();   // q, k and v of this step from here on (a no-op once waited)
+        if (own_row >= 0)
+        {
+            const float* k_row = q + (long)token * QKV_WIDTH + (HEADS + g) * HEAD_DIM;
+            const float* v_row = k_row + KV_HEADS * HEAD_DIM;
+            for (int i = threadIdx.x; i < ROPE_PAIRS; i += blockDim.x)
+            {
+                float c, s;
+                rope_angle(position, i, &c, &s);
+                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+                kv_t ka = kv_store(k_row[a] * c - k_row[b] * s), kb = kv_store(k_row[a] * s + k_row[b] * c), va = kv_store(v_row[a]), vb = kv_store(v_row[b]);
+                keys[own_row * KV_ROW + a] = ka;
+                keys[own_row * KV_ROW + b] = kb;
+                values[own_row * KV_ROW + a] = va;
+                values[own_row * KV_ROW + b] = vb;
+                kplane[own_row * HEAD_DIM + a] = ka;
+                kplane[own_row * HEAD_DIM + b] = kb;
+                kplane[PLANE_ELEMENTS + own_row * HEAD_DIM + a] = va;
+                kplane[PLANE_ELEMENTS + own_row * HEAD_DIM + b] = vb;
+            }
         }
         if (entry.rotation != rotation)
         {
@@ -145,6 +195,7 @@ extern "C" __global__ void attention_decode(const float* q, const kv_t* pool, in
         }
     }
 
+    WAIT_FOR_PREVIOUS();   // a block with no entry still writes: the previous kernel reads the operand buffer
     long head = (long)token * HEADS + g * GROUP_SIZE + h;
     if (splits == 1)
     {
@@ -163,20 +214,34 @@ extern "C" __global__ void attention_decode(const float* q, const kv_t* pool, in
     __syncthreads();
     if (!last_block) return;
     __threadfence();
+    // 32 splits per round: lane s takes split s's weight, then every lane reads all 32 splits' outputs for its
+    // dimensions at once (a serial walk over the splits would wait one L2 round trip per split).
     const float2* ml = partial_ml + head * splits;
+    const float* partial = partial_acc + head * splits * HEAD_DIM;
     float max = NEG_INF;
     for (int s = lane; s < splits; s += 32) max = fmaxf(max, __ldcg(&ml[s]).x);
     for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
     float total = 0;
     for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] = 0;
-    for (int s = 0; s < splits; s++)
+    for (int first = 0; first < splits; first += 32)
     {
-        float2 v = __ldcg(&ml[s]);
-        float weight = v.y > 0 ? __expf(v.x - max) : 0.0f;
-        total += weight * v.y;
-        for (int i = 0; i < DIMS_PER_LANE; i++)
-            if (lane + 32 * i < HEAD_DIM) acc[i] += weight * __ldcg(&partial_acc[(head * splits + s) * HEAD_DIM + lane + 32 * i]);
+        float weight = 0;
+        if (first + lane < splits)
+        {
+            float2 v = __ldcg(&ml[first + lane]);
+            weight = v.y > 0 ? __expf(v.x - max) : 0.0f;
+            total += weight * v.y;
+        }
+        #pragma unroll
+        for (int j = 0; j < 32; j++)
+        {
+            float wj = __shfl_sync(0xffffffff, weight, j);
+            if (first + j < splits)
+                for (int i = 0; i < DIMS_PER_LANE; i++)
+                    if (lane + 32 * i < HEAD_DIM) acc[i] += wj * __ldcg(&partial[(long)(first + j) * HEAD_DIM + lane + 32 * i]);
+        }
     }
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
     for (int i = 0; i < DIMS_PER_LANE; i++)
         if (lane + 32 * i < HEAD_DIM) out[head * HEAD_DIM + lane + 32 * i] = operand_store(total > 0 ? acc[i] / total : 0.0f);
     if (threadIdx.x == 0) *counter = 0;
@@ -191,50 +256,69 @@ extern "C" __global__ void embed(const float* table, const int* ids, float* x)
     for (int i = threadIdx.x; i < HIDDEN_SIZE; i += blockDim.x) x[(long)blockIdx.x * HIDDEN_SIZE + i] = row[i];
 }
 
-// out[token] = x[token] / rms(x[token]) * weight, rows of n floats; one block per token.
-extern "C" __global__ void rms_norm(const float* x, const float* weight, operand_t* out, int n, float epsilon)
+// out[token] = x[token] / rms(x[token]) * weight, rows of HIDDEN_SIZE floats; one block of NORM_THREADS per token.
+// Each thread keeps its elements in registers; the weights are read before waiting for the previous kernel.
+#define NORM_THREADS 1024
+#define NORM_PER_THREAD ((HIDDEN_SIZE + NORM_THREADS - 1) / NORM_THREADS)
+extern "C" __global__ void __launch_bounds__(NORM_THREADS) rms_norm(const float* x, const float* weight, operand_t* out, float epsilon)
 {
-    __shared__ float partial[32];
+    __shared__ float partial[NORM_THREADS / 32];
     LAUNCH_DEPENDENTS();
+    float w[NORM_PER_THREAD], v[NORM_PER_THREAD];
+    #pragma unroll
+    for (int r = 0; r < NORM_PER_THREAD; r++)
+    {
+        int i = threadIdx.x + r * NORM_THREADS;
+        w[r] = i < HIDDEN_SIZE ? weight[i] : 0.0f;
+    }
     WAIT_FOR_PREVIOUS();
-    const float* row = x + (long)blockIdx.x * n;
+    const float* row = x + (long)blockIdx.x * HIDDEN_SIZE;
     float sum = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += row[i] * row[i];
+    #pragma unroll
+    for (int r = 0; r < NORM_PER_THREAD; r++)
+    {
+        int i = threadIdx.x + r * NORM_THREADS;
+        v[r] = i < HIDDEN_SIZE ? row[i] : 0.0f;
+        sum += v[r] * v[r];
+    }
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = sum;
     __syncthreads();
     float total = 0;
-    for (int w = 0; w < (blockDim.x + 31) / 32; w++) total += partial[w];
-    float scale = rsqrtf(total / n + epsilon);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = operand_store(row[i] * scale * weight[i]);
+    for (int w = 0; w < NORM_THREADS / 32; w++) total += partial[w];
+    float scale = rsqrtf(total / HIDDEN_SIZE + epsilon);
+    #pragma unroll
+    for (int r = 0; r < NORM_PER_THREAD; r++)
+    {
+        int i = threadIdx.x + r * NORM_THREADS;
+        if (i < HIDDEN_SIZE) out[(long)blockIdx.x * HIDDEN_SIZE + i] = operand_store(v[r] * scale * w[r]);
+    }
 }
 
-// Rotates token t's key heads by its position and stores K and V as halves in its block slot of `layer`.
-// k, v: [tokens][KV_HEADS * HEAD_DIM]; blocks/slots: per token.
+// Rotates token t's key heads by its position and stores K and V in its block slot of `layer`; one thread per
+// (KV head, RoPE pair), which moves that pair of K and of V. k, v: rows of the fused q/k/v product; blocks/slots: per token.
 extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool, int layer, const int* blocks, const int* slots,
     const int* positions, int interleaved)
 {
     LAUNCH_DEPENDENTS();
     WAIT_FOR_PREVIOUS();
     int token = blockIdx.x;
-    long base = blocks[token] * BLOCK_ELEMENTS;
-    kv_t* kplane = pool + base + (2L * layer) * PLANE_ELEMENTS;
+    kv_t* kplane = pool + blocks[token] * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS;
     kv_t* vplane = kplane + PLANE_ELEMENTS;
     for (int p = threadIdx.x; p < KV_HEADS * ROPE_PAIRS; p += blockDim.x)
     {
         int g = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+        const float* k_row = k + (long)token * QKV_WIDTH + g * HEAD_DIM;
+        const float* v_row = v + (long)token * QKV_WIDTH + g * HEAD_DIM;
+        float ka = k_row[a], kb = k_row[b], va = v_row[a], vb = v_row[b];
         float c, s;
         rope_angle(positions[token], i, &c, &s);
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-        const float* src = k + (long)token * QKV_WIDTH + g * HEAD_DIM;
-        kv_t* dst = kplane + ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
-        dst[a] = kv_store(src[a] * c - src[b] * s);
-        dst[b] = kv_store(src[a] * s + src[b] * c);
-    }
-    for (int p = threadIdx.x; p < KV_HEADS * HEAD_DIM; p += blockDim.x)
-    {
-        int g = p / HEAD_DIM, d = p % HEAD_DIM;
-        vplane[((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM + d] = kv_store(v[(long)token * QKV_WIDTH + p]);
+        long at = ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
+        kplane[at + a] = kv_store(ka * c - kb * s);
+        kplane[at + b] = kv_store(ka * s + kb * c);
+        vplane[at + a] = kv_store(va);
+        vplane[at + b] = kv_store(vb);
     }
 }
 
@@ -261,13 +345,6 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * (8 / warps_per_row) + warp / warps_per_row, part = warp % warps_per_row;
     LAUNCH_DEPENDENTS();
-    {
-        // The weights do not depend on the previous kernel: start pulling this block's rows into L2 while it finishes.
-        int first_row = blockIdx.x * (8 / warps_per_row), block_rows = min(8 / warps_per_row, rows - first_row);
-        const char* bytes = (const char*)(w + (long)first_row * cols);
-        long length = (long)block_rows * cols * sizeof(operand_t);
-        for (long at = threadIdx.x * 128L; at < length; at += blockDim.x * 128L) asm volatile("prefetch.global.L2 [%0];" :: "l"(bytes + at));
-    }
     WAIT_FOR_PREVIOUS();
     float acc[GEMV_TOKENS];
     for (int t = 0; t < GEMV_TOKENS; t++) acc[t] = 0;
@@ -303,17 +380,107 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
     }
 }
 
-// out[token] = silu(gate) * up from the fused projection's row [gate (width) | up (width)]; count = tokens · width.
-extern "C" __global__ void swiglu(const float* gate_up, operand_t* out, int width, long count)
+// The same product for one token (a batch-1 decode step), y[row] (=, or +=) Σ_c W[row][c]·x[c], for the model's three
+// column counts (gemv_one_hidden: HIDDEN_SIZE, gemv_one_query: HEADS·HEAD_DIM, gemv_one_ffn: INTERMEDIATE_SIZE), and
+// gemv_one_swiglu: the gate/up product with SwiGLU applied, out[i] = silu(gate_i · x) · (up_i · x), from the fused
+// matrix whose rows interleave gate and up (2i, 2i + 1). GEMV_SPLIT(COLS) warps share a row (each a contiguous slice
+// of 2–4 KB), the loop unrolled at compile time so up to GEMV_BATCH 16-byte weight loads per lane are in flight,
+// weights read around L1 (they are used once); the slices' sums meet in shared memory in a fixed order. Measured on
+// the H100 (benchmarks/gpu/gemv_bench.cu): 0.9–0.99 of the copy bandwidth for the gate/up and down matrices of
+// Llama-3.2-1B. (Asking L2 for the weights before waiting for the input was slower, in the step too: NOTES.md.) Block 128 threads, 4 / GEMV_SPLIT(COLS) rows per block; the slice
+// must be a whole number of 16-byte chunks (the runtime checks COLS · sizeof(operand_t) % 16).
+#define GEMV_BATCH 16   // 16-byte loads in flight per lane (fewer when the slice is shorter)
+#define GEMV_SPLIT(cols) ((cols) * (int)sizeof(operand_t) >= 16384 && (cols) % (4 * GEMV_LANE_ELEMENTS) == 0 ? 4 : \
+                          (cols) * (int)sizeof(operand_t) >= 4096 && (cols) % (2 * GEMV_LANE_ELEMENTS) == 0 ? 2 : 1)
+// This lane's part of Σ_c W[row][c]·x[c] for a row of COLS operands (16-byte chunks, lane-interleaved).
+template <int COLS>
+__device__ __forceinline__ float row_dot(const uint4* weights, const uint4* input, int lane)
+{
+    constexpr int CHUNKS = COLS / GEMV_LANE_ELEMENTS, PER_LANE = (CHUNKS + 31) / 32, BATCH = PER_LANE < GEMV_BATCH ? PER_LANE : GEMV_BATCH;
+    float acc = 0;
+    #pragma unroll
+    for (int first = 0; first < PER_LANE; first += BATCH)
+    {
+        uint4 wv[BATCH];
+        #pragma unroll
+        for (int i = 0; i < BATCH; i++)
+        {
+            int chunk = (first + i) * 32 + lane;
+            if (first + i < PER_LANE && chunk < CHUNKS)
+                asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                    : "=r"(wv[i].x), "=r"(wv[i].y), "=r"(wv[i].z), "=r"(wv[i].w) : "l"(weights + chunk));
+        }
+        #pragma unroll
+        for (int i = 0; i < BATCH; i++)
+        {
+            int chunk = (first + i) * 32 + lane;
+            if (first + i < PER_LANE && chunk < CHUNKS)
+            {
+                float wf[GEMV_LANE_ELEMENTS], xf[GEMV_LANE_ELEMENTS];
+                unpack(wv[i], wf);
+                unpack(__ldg(input + chunk), xf);
+                #pragma unroll
+                for (int k = 0; k < GEMV_LANE_ELEMENTS; k++) acc += wf[k] * xf[k];
+            }
+        }
+    }
+    return acc;
+}
+template <int COLS, int ROWS>   // ROWS 1: a plain product into y; 2: a gate/up pair into swiglu_out
+__device__ __forceinline__ void gemv_one_units(const operand_t* w, const operand_t* x, float* y, operand_t* swiglu_out, int units, int accumulate)
+{
+    constexpr int SPLIT = GEMV_SPLIT(COLS), SLICE = COLS / SPLIT;
+    __shared__ float partial[4][ROWS];
+    LAUNCH_DEPENDENTS();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int unit = blockIdx.x * (4 / SPLIT) + warp / SPLIT, part = warp % SPLIT;
+    const operand_t* slice = w + (long)unit * ROWS * COLS + part * SLICE;
+    WAIT_FOR_PREVIOUS();
+    float dot[ROWS];
+    for (int r = 0; r < ROWS; r++)
+    {
+        dot[r] = unit < units ? row_dot<SLICE>((const uint4*)(slice + (long)r * COLS), (const uint4*)(x + part * SLICE), lane) : 0.0f;
+        for (int offset = 16; offset > 0; offset /= 2) dot[r] += __shfl_xor_sync(0xffffffff, dot[r], offset);
+        if (lane == 0) partial[warp][r] = dot[r];
+    }
+    if (SPLIT > 1) __syncthreads();
+    if (part != 0 || lane != 0 || unit >= units) return;
+    float sum[ROWS];
+    for (int r = 0; r < ROWS; r++)
+    {
+        sum[r] = 0;
+        for (int p = 0; p < SPLIT; p++) sum[r] += partial[warp + p][r];
+    }
+    if (ROWS == 1) y[unit] = accumulate ? y[unit] + sum[0] : sum[0];
+    else swiglu_out[unit] = operand_store(sum[0] / (1.0f + expf(-sum[0])) * sum[ROWS - 1]);
+}
+extern "C" __global__ void gemv_one_hidden(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
+{
+    gemv_one_units<HIDDEN_SIZE, 1>(w, x, y, 0, rows, accumulate);
+}
+extern "C" __global__ void gemv_one_query(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
+{
+    gemv_one_units<HEADS * HEAD_DIM, 1>(w, x, y, 0, rows, accumulate);
+}
+extern "C" __global__ void gemv_one_ffn(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
+{
+    gemv_one_units<INTERMEDIATE_SIZE, 1>(w, x, y, 0, rows, accumulate);
+}
+extern "C" __global__ void gemv_one_swiglu(const operand_t* w, const operand_t* x, operand_t* out, int width)
+{
+    gemv_one_units<HIDDEN_SIZE, 2>(w, x, 0, out, width, 0);
+}
+
+// out[token][c] = silu(gate) · up from the fused product's row, whose columns interleave gate and up (2c, 2c + 1);
+// count = tokens · width.
+extern "C" __global__ void swiglu(const float* gate_up, operand_t* out, long count)
 {
     LAUNCH_DEPENDENTS();
     WAIT_FOR_PREVIOUS();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count; i += (long)gridDim.x * blockDim.x)
     {
-        long token = i / width;
-        int c = (int)(i - token * width);
-        float g = gate_up[2 * token * width + c];
-        out[i] = operand_store(g / (1.0f + expf(-g)) * gate_up[(2 * token + 1) * width + c]);
+        float2 gu = ((const float2*)gate_up)[i];
+        out[i] = operand_store(gu.x / (1.0f + expf(-gu.x)) * gu.y);
     }
 }
 

@@ -26,7 +26,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _pool, _x, _qkv, _gateUp, _operand, _logits;
+    private readonly DeviceBuffer _pool, _x, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
@@ -41,16 +41,18 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public int Length;
         public readonly List<DeviceEntry> Table = [];
     }
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv;
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor;
     private readonly int _tensorTileTokens;
     private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
-    private const int NormThreads = 1024;   // one block per row: the widest block finishes a decode row soonest
+    private const int NormThreads = 1024;   // kernels.cu's NORM_THREADS: one block per row, the widest finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
     private const int TensorTileRows = 64;       // kernels.cu's FA_ROWS: query rows (tokens × heads of a group) per tensor-core block
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
+    /// <summary>kernels.cu's one-token products by the column count they are compiled for.</summary>
+    private readonly Dictionary<int, nint> _gemvOne;
 
     /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -58,7 +60,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
 
-    /// <summary>One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden]: one product each.</summary>
+    /// <summary>One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden] (rows interleaved): one product each.</summary>
     private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight QueryKeyValue, Weight Output, Weight GateUp, Weight Down,
         DeviceBuffer? QueryKeyValueBias);
 
@@ -99,6 +101,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _argmaxKernel = _module.Function("argmax");
         _gatherRows = _module.Function("gather_rows");
         _gemv = _module.Function("gemv");
+        _gemvOne = new Dictionary<int, nint>
+        {
+            [c.HiddenSize] = _module.Function("gemv_one_hidden"),
+            [c.QueryDim] = _module.Function("gemv_one_query"),
+            [c.IntermediateSize] = _module.Function("gemv_one_ffn"),
+        };
+        if (c.HiddenSize * (weightType == DType.BF16 ? 2 : 4) % 16 == 0) _gemvOneSwiglu = _module.Function("gemv_one_swiglu");
         if (kvType == DType.F16 && c.HeadDim % 16 == 0 && c.GroupSize <= TensorTileRows)
         {
             _attentionPrefillTensor = _module.Function("attention_prefill_mma");
@@ -109,7 +118,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _classifier = Upload([model.Classifier], weightType);
         _finalNorm = UploadVector(model.FinalNorm)!;
         _layers = model.Layers.Select(l => new LayerOnDevice(UploadVector(l.AttentionNorm)!, UploadVector(l.FfnNorm)!,
-            Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType), Upload([l.Down], weightType),
+            Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType, interleaveRows: true), Upload([l.Down], weightType),
             l.QueryBias.IsPresent || l.KeyBias.IsPresent || l.ValueBias.IsPresent ? UploadBiases(l.QueryBias, l.KeyBias, l.ValueBias) : null)).ToArray();
 
         _blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
@@ -120,6 +129,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
         _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
         _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
+        _normed = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * c.HiddenSize));
         _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
         // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
         // table length and last row; then every chunk's table entries.
@@ -172,7 +182,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>
     /// Launch each kernel as a programmatic dependent of the previous one (sm_90+, on by default): it starts while the
-    /// previous one drains, and the products prefetch their weights before waiting for their input.
+    /// previous one drains, and reads what does not depend on it (norm weights, KV rows of earlier steps) before waiting.
     /// </summary>
     public bool UseDependentLaunches
     {
@@ -330,6 +340,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize, ffn = c.IntermediateSize;
+        // A pure decode step (one token per sequence) has attention append each token's K and V itself.
+        bool append = !tiled && n == chunks;
+        int appendFlag = append ? 1 : 0;
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             // Per layer: norm → one q/k/v product → K (rotated) and V into the cache → attention → output product added
@@ -338,13 +351,17 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             var w = _layers[layer];
             ulong norm = w.AttentionNorm.Pointer;
             timeline?.Mark("rms_norm");
-            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
             timeline?.Mark("qkv product");
             Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
             ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _pool.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
-            timeline?.Mark("kv_append");
-            m.Launch(_kvAppend, ((uint)n, 1), Threads, (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex), (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
+            if (!append)
+            {
+                timeline?.Mark("kv_append");
+                m.Launch(_kvAppend, ((uint)n, 1), (uint)Math.Min(1024, c.KvHeadCount * c.HeadDim / 2), (nint)(&k), (nint)(&v), (nint)(&pool), (nint)(&layerIndex),
+                    (nint)(&blocksPointer), (nint)(&slotsPointer), (nint)(&positionsPointer), (nint)(&interleaved));
+            }
             timeline?.Mark("attention");
             if (tiled)
             {
@@ -362,19 +379,32 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer, counters = _splitCounters.Pointer;
                 m.Launch(_attentionDecode, ((uint)n, (uint)c.KvHeadCount, (uint)splits), (uint)(32 * c.GroupSize), (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
                     (nint)(&entries), (nint)(&startPointer), (nint)(&lengthPointer), (nint)(&sequencePointer), (nint)(&positionsPointer), (nint)(&scale),
-                    (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&ml), (nint)(&acc), (nint)(&counters), (nint)(&operand));
+                    (nint)(&interleaved), (nint)(&perSplit), (nint)(&splits), (nint)(&appendFlag), (nint)(&ml), (nint)(&acc), (nint)(&counters), (nint)(&operand));
             }
             timeline?.Mark("output product");
             Project(n, w.Output, _x, null, accumulate: true);
             norm = w.FfnNorm.Pointer;
             timeline?.Mark("rms_norm");
-            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
-            timeline?.Mark("gate/up product");
-            Project(n, w.GateUp, _gateUp, null);
-            ulong gateUp = _gateUp.Pointer;
-            long elements = (long)n * ffn;
-            timeline?.Mark("swiglu");
-            m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
+            bool fusedSwiglu = n == 1 && _gemvOneSwiglu != 0;
+            // The fused gate/up + SwiGLU writes the operand buffer, so its input goes to the other one.
+            ulong normed = fusedSwiglu ? _normed.Pointer : operand;
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&normed), (nint)(&epsilon));
+            if (fusedSwiglu)
+            {
+                // One token: SwiGLU inside the product (the rows of gate and up interleaved).
+                timeline?.Mark("gate/up product + swiglu");
+                ulong gateUpWeights = w.GateUp.Buffer.Pointer;
+                m.Launch(_gemvOneSwiglu, (OneTokenBlocks(ffn, hidden), 1), 128, (nint)(&gateUpWeights), (nint)(&normed), (nint)(&operand), (nint)(&ffn));
+            }
+            else
+            {
+                timeline?.Mark("gate/up product");
+                Project(n, w.GateUp, _gateUp, null);
+                ulong gateUp = _gateUp.Pointer;
+                long elements = (long)n * ffn;
+                timeline?.Mark("swiglu");
+                m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&elements));
+            }
             timeline?.Mark("down product");
             Project(n, w.Down, _x, null, accumulate: true);
         }
@@ -382,7 +412,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         ulong gathered = _gateUp.Pointer, finalNorm = _finalNorm.Pointer;
         timeline?.Mark("final norm + classifier");
         m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
-        m.Launch(_rmsNorm, ((uint)chunks, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&hidden), (nint)(&epsilon));
+        m.Launch(_rmsNorm, ((uint)chunks, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&epsilon));
         Project(chunks, _classifier, _logits, null);
         timeline?.Close();
     }
@@ -396,7 +426,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private void Project(int tokens, Weight weight, DeviceBuffer output, DeviceBuffer? bias, bool accumulate = false)
     {
         int elementBytes = weight.Type == DType.F32 ? 4 : 2;
-        if (tokens <= GemvTokens && weight.Columns * elementBytes % 16 == 0)
+        if (tokens == 1 && weight.Columns * elementBytes % 16 == 0 && _gemvOne.TryGetValue(weight.Columns, out nint gemvOne))
+        {
+            ulong w = weight.Buffer.Pointer, x = _operand.Pointer, y = output.Pointer;
+            int rows = weight.Rows, add = accumulate ? 1 : 0;
+            _module.Launch(gemvOne, (OneTokenBlocks(rows, weight.Columns), 1), 128, (nint)(&w), (nint)(&x), (nint)(&y), (nint)(&rows), (nint)(&add));
+        }
+        else if (tokens <= GemvTokens && weight.Columns * elementBytes % 16 == 0)
         {
             ulong w = weight.Buffer.Pointer, x = _operand.Pointer, y = output.Pointer;
             int rows = weight.Rows, columns = weight.Columns, add = accumulate ? 1 : 0;
@@ -415,37 +451,66 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         }
     }
 
+    /// <summary>Blocks of the one-token products for <paramref name="units"/> rows (or gate/up pairs) of <paramref name="columns"/>: mirrors kernels.cu's GEMV_SPLIT.</summary>
+    private uint OneTokenBlocks(int units, int columns)
+    {
+        int bytes = columns * (_weightType == DType.BF16 ? 2 : 4), laneElements = _weightType == DType.BF16 ? 8 : 4;
+        int split = bytes >= 16384 && columns % (4 * laneElements) == 0 ? 4 : bytes >= 4096 && columns % (2 * laneElements) == 0 ? 2 : 1;
+        int perBlock = 4 / split;
+        return (uint)((units + perBlock - 1) / perBlock);
+    }
+
     private DeviceBuffer Own(DeviceBuffer buffer)
     {
         _owned.Add(buffer);
         return buffer;
     }
 
-    /// <summary>Uploads <paramref name="parts"/> (same column count) stacked by rows as one matrix of <paramref name="type"/>.</summary>
-    private Weight Upload(WeightTensor[] parts, DType type)
+    /// <summary>
+    /// Uploads <paramref name="parts"/> (same column count) as one matrix of <paramref name="type"/>: stacked by rows, or
+    /// with <paramref name="interleaveRows"/> (parts of one shape) row r of each part in turn — gate/up as rows 2i, 2i + 1.
+    /// </summary>
+    private Weight Upload(WeightTensor[] parts, DType type, bool interleaveRows = false)
     {
         int elementBytes = type == DType.F32 ? 4 : 2, columns = parts[0].Columns;
         if (parts.Any(p => p.Columns != columns)) throw new ArgumentException("Fused matrices need one column count.", nameof(parts));
+        if (interleaveRows && parts.Any(p => p.Rows != parts[0].Rows)) throw new ArgumentException("Interleaved matrices need one row count.", nameof(parts));
         var buffer = Own(_device.Allocate(parts.Sum(p => p.ElementCount) * elementBytes));
         // In chunks of about 16 MB of f32 rows: host memory stays small for large matrices.
         int chunk = Math.Max(1, (1 << 22) / columns);
-        var rows = new float[(long)chunk * columns];
+        var rows = new float[(long)chunk * columns * (interleaveRows ? parts.Length : 1)];
+        var staged = interleaveRows ? new float[(long)chunk * columns] : rows;
         var converted = new ushort[rows.Length];
         long offset = 0;
-        foreach (var tensor in parts)
-            for (int r = 0; r < tensor.Rows; r += chunk)
+        void Emit(Span<float> values)
+        {
+            if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
+            else
             {
-                int count = Math.Min(chunk, tensor.Rows - r);
-                var values = rows.AsSpan(0, count * columns);
-                tensor.ReadRows(r, count, values);
-                if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
-                else
-                {
-                    ElementConversion.SingleToBF16(values, converted.AsSpan(0, values.Length));
-                    _device.Upload<ushort>(converted.AsSpan(0, values.Length), buffer, offset);
-                }
-                offset += (long)values.Length * elementBytes;
+                ElementConversion.SingleToBF16(values, converted.AsSpan(0, values.Length));
+                _device.Upload<ushort>(converted.AsSpan(0, values.Length), buffer, offset);
             }
+            offset += (long)values.Length * elementBytes;
+        }
+        if (interleaveRows)
+            for (int r = 0; r < parts[0].Rows; r += chunk)
+            {
+                int count = Math.Min(chunk, parts[0].Rows - r);
+                for (int p = 0; p < parts.Length; p++)
+                {
+                    parts[p].ReadRows(r, count, staged.AsSpan(0, count * columns));
+                    for (int i = 0; i < count; i++) staged.AsSpan(i * columns, columns).CopyTo(rows.AsSpan((i * parts.Length + p) * columns, columns));
+                }
+                Emit(rows.AsSpan(0, count * parts.Length * columns));
+            }
+        else
+            foreach (var tensor in parts)
+                for (int r = 0; r < tensor.Rows; r += chunk)
+                {
+                    int count = Math.Min(chunk, tensor.Rows - r);
+                    tensor.ReadRows(r, count, rows.AsSpan(0, count * columns));
+                    Emit(rows.AsSpan(0, count * columns));
+                }
         return new Weight(buffer, parts.Sum(p => p.Rows), columns, type);
     }
 

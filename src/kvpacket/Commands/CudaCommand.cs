@@ -160,6 +160,7 @@ internal static class CudaCommand
                     figures[$"decode_batch{batch}_step_ms"] = batchStep * 1e3;
                     figures[$"decode_batch{batch}_tokens_per_s"] = batch / batchStep;
                     figures[$"decode_batch{batch}_fraction_of_copy_roofline"] = batchBytes / batchStep / 1e9 / figures["copy_GB_per_s"];
+                    PrintStages(gpu, device, $"decode step of {batch} sequences (eager)", () => gpu.Step(sequences, ones, next), repeat);
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
                 }
                 var result = new BenchResult("cuda", name, type.ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
