@@ -9,10 +9,12 @@
 #ifdef KV_F32
 typedef float kv_t;
 __device__ __forceinline__ float kv_load(kv_t x) { return x; }
+__device__ __forceinline__ float2 kv_load_pair(const kv_t* at) { return *(const float2*)at; }
 __device__ __forceinline__ kv_t kv_store(float x) { return x; }
 #else
 typedef __half kv_t;
 __device__ __forceinline__ float kv_load(kv_t x) { return __half2float(x); }
+__device__ __forceinline__ float2 kv_load_pair(const kv_t* at) { return __half22float2(*(const __half2*)at); }
 __device__ __forceinline__ kv_t kv_store(float x) { return __float2half_rn(x); }
 #endif
 
@@ -64,7 +66,8 @@ struct KvEntry { int block; int first_position; int count; int rotation; int fir
 // Causal GQA attention for decode and mixed steps, flash-decoding style: each token's block table is cut into splits
 // of `per_split` entries; a block takes one (token, KV head, split), one warp per query head of the group, and keeps
 // an online softmax over the split's keys in registers (16 keys at a time: lane = key, the two half-warps take half
-// the dimensions each). With several splits each block writes its (max, sum, output) and the last block to finish for
+// the dimensions each); each entry's K and V rows pass through registers into shared memory, the next entry's loads in
+// flight while this one computes. With several splits each block writes its (max, sum, output) and the last block to finish for
 // a (token, KV head) merges them — no second launch, no score rows in global memory. Queries are rotated here by
 // (position − the entry's rotation offset), so packet blocks need no key rewrite; positions no entry holds (pruned
 // packets) get no attention.
@@ -73,19 +76,43 @@ struct KvEntry { int block; int first_position; int count; int rotation; int fir
 // grid (tokens, KV_HEADS, splits), block GROUP_SIZE · 32 threads; partial_ml: [tokens][HEADS][splits] (m, l);
 // partial_acc: [tokens][HEADS][splits][HEAD_DIM]; counters: [tokens][KV_HEADS] zeros (left zero again).
 #define KV_WORDS (HEAD_DIM * (int)sizeof(kv_t) / 4)   // 4-byte words in one K or V row
-#define KV_ROW_WORDS (KV_WORDS + 1)                     // shared rows one word longer: lanes reading one column across keys hit distinct banks
+// Shared rows a word longer (f16; two for f32, to keep pairs 8-byte aligned): lanes reading one column across keys hit
+// distinct banks.
+#define KV_ROW_WORDS (KV_WORDS + (sizeof(kv_t) == 2 ? 1 : 2))
 #define KV_ROW (KV_ROW_WORDS * 4 / (int)sizeof(kv_t))
 #define DECODE_THREADS (GROUP_SIZE * 32)
 #define DECODE_LOADS ((BLOCK_TOKENS * KV_WORDS + DECODE_THREADS - 1) / DECODE_THREADS)
-#define DIMS_PER_LANE ((HEAD_DIM + 31) / 32)
+#define PAIRS_PER_LANE ((HEAD_DIM / 2 + 31) / 32)
+#if HEAD_DIM % 4 != 0
+#error "attention_decode reads dimensions in pairs, half a head per half-warp: the head dimension must be a multiple of 4"
+#endif
+// Entry `source`'s K and V rows of KV head g into registers, every load issued at once; under append the token's own
+// row is left out (attention_decode computes it). Also returns the entry's visible keys, that row (or −1) and the
+// entry's K plane.
+__device__ __forceinline__ void decode_entry_rows(kv_t* pool, int layer, int g, KvEntry entry, int position, int append,
+    unsigned* k_loaded, unsigned* v_loaded, int* visible, int* own_row, kv_t** kplane)
+{
+    *visible = min(entry.count, position + 1 - entry.first_position);
+    *own_row = append && entry.first_position + *visible - 1 == position ? *visible - 1 : -1;
+    *kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
+    const unsigned* k_words = (const unsigned*)*kplane;
+    const unsigned* v_words = (const unsigned*)(*kplane + PLANE_ELEMENTS);
+    #pragma unroll
+    for (int r = 0; r < DECODE_LOADS; r++)
+    {
+        int i = threadIdx.x + r * DECODE_THREADS;
+        if (i < *visible * KV_WORDS && i / KV_WORDS != *own_row) { k_loaded[r] = k_words[i]; v_loaded[r] = v_words[i]; }
+    }
+}
+
 extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int layer, const KvEntry* entries,
     const int* table_start, const int* table_length, const int* token_sequence, const int* token_position,
     float scale, int interleaved, int per_split, int splits, int append, float2* partial_ml, float* partial_acc, int* counters, operand_t* out)
 {
-    __shared__ unsigned key_words[BLOCK_TOKENS * KV_ROW_WORDS], value_words[BLOCK_TOKENS * KV_ROW_WORDS];
+    __shared__ __align__(16) unsigned key_words[BLOCK_TOKENS * KV_ROW_WORDS], value_words[BLOCK_TOKENS * KV_ROW_WORDS];
     kv_t* keys = (kv_t*)key_words;
     kv_t* values = (kv_t*)value_words;
-    __shared__ float rotated[GROUP_SIZE][HEAD_DIM];
+    __shared__ __align__(16) float rotated[GROUP_SIZE][HEAD_DIM];
     __shared__ bool last_block;
     // The step's metadata was uploaded before the step's first kernel, and the pool rows of earlier tokens were written
     // by earlier steps: with append (nothing of this step in the pool yet) the first entry's rows are read before
@@ -99,43 +126,35 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
     int first_entry = split * per_split, last_entry = min(first_entry + per_split, table_length[sequence]);
     const float* query = q + (long)token * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
 
-    float m = NEG_INF, l = 0, acc[DIMS_PER_LANE];
-    for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] = 0;
+    float m = NEG_INF, l = 0;
+    float2 acc[PAIRS_PER_LANE];   // dimensions 2·(lane + 32·i) and the next
+    for (int i = 0; i < PAIRS_PER_LANE; i++) acc[i] = make_float2(0, 0);
     int rotation = -2147483647;
-    for (int e = first_entry; e < last_entry; e++)
+    // Entry e's rows go through registers: the next entry's loads are in flight while this one computes.
+    unsigned k_loaded[DECODE_LOADS], v_loaded[DECODE_LOADS];
+    int e = first_entry;
+    bool have = e < last_entry && table[e].first_position <= position;
+    KvEntry entry;
+    int visible = 0, own_row = -1;
+    kv_t* kplane = pool;
+    if (have) decode_entry_rows(pool, layer, g, entry = table[e], position, append, k_loaded, v_loaded, &visible, &own_row, &kplane);
+    while (have)
     {
-        KvEntry entry = table[e];
-        if (entry.first_position > position) break;
-        int visible = min(entry.count, position + 1 - entry.first_position);
-        __syncthreads();
-        kv_t* kplane = pool + entry.block * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS + ((long)g * BLOCK_TOKENS + entry.first_slot) * HEAD_DIM;
-        // The entry's rows into shared memory, all loads issued before any store; with append, the token's own row
-        // (the entry's last visible one) is computed instead.
-        int own_row = append && entry.first_position + visible - 1 == position ? visible - 1 : -1;
+        __syncthreads();   // the previous entry is done with shared memory
+        #pragma unroll
+        for (int r = 0; r < DECODE_LOADS; r++)
         {
-            const unsigned* k_words = (const unsigned*)kplane;
-            const unsigned* v_words = (const unsigned*)(kplane + PLANE_ELEMENTS);
-            unsigned k_loaded[DECODE_LOADS], v_loaded[DECODE_LOADS];
-            #pragma unroll
-            for (int r = 0; r < DECODE_LOADS; r++)
+            int i = threadIdx.x + r * DECODE_THREADS;
+            if (i < visible * KV_WORDS && i / KV_WORDS != own_row)
             {
-                int i = threadIdx.x + r * DECODE_THREADS;
-                if (i < visible * KV_WORDS && i / KV_WORDS != own_row) { k_loaded[r] = k_words[i]; v_loaded[r] = v_words[i]; }
-            }
-            #pragma unroll
-            for (int r = 0; r < DECODE_LOADS; r++)
-            {
-                int i = threadIdx.x + r * DECODE_THREADS;
-                if (i < visible * KV_WORDS && i / KV_WORDS != own_row)
-                {
-                    key_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = k_loaded[r];
-                    value_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = v_loaded[r];
-                }
+                key_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = k_loaded[r];
+                value_words[(i / KV_WORDS) * KV_ROW_WORDS + i % KV_WORDS] = v_loaded[r];
             }
         }
         WAIT_FOR_PREVIOUS();   // q, k and v of this step from here on (a no-op once waited)
         if (own_row >= 0)
         {
+            // Under append, the token's own row: rotated K and V from the q/k/v product, into the pool and shared memory.
             const float* k_row = q + (long)token * QKV_WIDTH + (HEADS + g) * HEAD_DIM;
             const float* v_row = k_row + KV_HEADS * HEAD_DIM;
             for (int i = threadIdx.x; i < ROPE_PAIRS; i += blockDim.x)
@@ -168,30 +187,43 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
             }
         }
         __syncthreads();
+        int count = visible;   // this entry's keys; the registers now take the next entry's rows
+        have = ++e < last_entry && table[e].first_position <= position;
+        if (have) decode_entry_rows(pool, layer, g, entry = table[e], position, append, k_loaded, v_loaded, &visible, &own_row, &kplane);
 
         float score = NEG_INF;
         {
+            // Two dimensions per step: the rotated query as float2, the keys as pairs.
             float dot = 0;
-            const float* r = rotated[h] + part * (HEAD_DIM / 2);
+            const float2* r = (const float2*)(rotated[h] + part * (HEAD_DIM / 2));
             const kv_t* k = keys + key * KV_ROW + part * (HEAD_DIM / 2);
             #pragma unroll
-            for (int d = 0; d < HEAD_DIM / 2; d++) dot += r[d] * kv_load(k[d]);
+            for (int d = 0; d < HEAD_DIM / 4; d++)
+            {
+                float2 kf = kv_load_pair(k + 2 * d), rf = r[d];
+                dot += rf.x * kf.x + rf.y * kf.y;
+            }
             dot += __shfl_xor_sync(0xffffffff, dot, 16);
-            if (key < visible) score = dot * scale;
+            if (key < count) score = dot * scale;
         }
         float block_max = score;
         for (int offset = 8; offset > 0; offset /= 2) block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffff, block_max, offset));
         float m_new = fmaxf(m, block_max);   // finite: the entry has at least one visible key
-        float alpha = __expf(m - m_new), p = key < visible ? __expf(score - m_new) : 0.0f, p_sum = p;
+        float alpha = __expf(m - m_new), p = key < count ? __expf(score - m_new) : 0.0f, p_sum = p;
         for (int offset = 8; offset > 0; offset /= 2) p_sum += __shfl_xor_sync(0xffffffff, p_sum, offset);
         m = m_new;
         l = l * alpha + p_sum;
-        for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] *= alpha;
-        for (int j = 0; j < visible; j++)
+        for (int i = 0; i < PAIRS_PER_LANE; i++) { acc[i].x *= alpha; acc[i].y *= alpha; }
+        for (int j = 0; j < count; j++)
         {
             float pj = __shfl_sync(0xffffffff, p, j);
-            for (int i = 0; i < DIMS_PER_LANE; i++)
-                if (lane + 32 * i < HEAD_DIM) acc[i] += pj * kv_load(values[j * KV_ROW + lane + 32 * i]);
+            for (int i = 0; i < PAIRS_PER_LANE; i++)
+                if (lane + 32 * i < HEAD_DIM / 2)
+                {
+                    float2 vf = kv_load_pair(values + j * KV_ROW + 2 * (lane + 32 * i));
+                    acc[i].x += pj * vf.x;
+                    acc[i].y += pj * vf.y;
+                }
         }
     }
 
@@ -199,13 +231,19 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
     long head = (long)token * HEADS + g * GROUP_SIZE + h;
     if (splits == 1)
     {
-        for (int i = 0; i < DIMS_PER_LANE; i++)
-            if (lane + 32 * i < HEAD_DIM) out[head * HEAD_DIM + lane + 32 * i] = operand_store(l > 0 ? acc[i] / l : 0.0f);
+        for (int i = 0; i < PAIRS_PER_LANE; i++)
+            if (lane + 32 * i < HEAD_DIM / 2)
+            {
+                int d = 2 * (lane + 32 * i);
+                out[head * HEAD_DIM + d] = operand_store(l > 0 ? acc[i].x / l : 0.0f);
+                out[head * HEAD_DIM + d + 1] = operand_store(l > 0 ? acc[i].y / l : 0.0f);
+            }
         return;
     }
     if (lane == 0) partial_ml[head * splits + split] = make_float2(m, l);
-    for (int i = 0; i < DIMS_PER_LANE; i++)
-        if (lane + 32 * i < HEAD_DIM) partial_acc[(head * splits + split) * HEAD_DIM + lane + 32 * i] = acc[i];
+    float2* own_partial = (float2*)(partial_acc + (head * splits + split) * HEAD_DIM);
+    for (int i = 0; i < PAIRS_PER_LANE; i++)
+        if (lane + 32 * i < HEAD_DIM / 2) own_partial[lane + 32 * i] = acc[i];
     // The last of the splits to finish merges them: out = Σ_s exp(m_s − M)·acc_s / Σ_s exp(m_s − M)·l_s.
     __threadfence();
     __syncthreads();
@@ -217,12 +255,12 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
     // 32 splits per round: lane s takes split s's weight, then every lane reads all 32 splits' outputs for its
     // dimensions at once (a serial walk over the splits would wait one L2 round trip per split).
     const float2* ml = partial_ml + head * splits;
-    const float* partial = partial_acc + head * splits * HEAD_DIM;
+    const float2* partial = (const float2*)(partial_acc + head * splits * HEAD_DIM);
     float max = NEG_INF;
     for (int s = lane; s < splits; s += 32) max = fmaxf(max, __ldcg(&ml[s]).x);
     for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffff, max, offset));
     float total = 0;
-    for (int i = 0; i < DIMS_PER_LANE; i++) acc[i] = 0;
+    for (int i = 0; i < PAIRS_PER_LANE; i++) acc[i] = make_float2(0, 0);
     for (int first = 0; first < splits; first += 32)
     {
         float weight = 0;
@@ -237,13 +275,23 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
         {
             float wj = __shfl_sync(0xffffffff, weight, j);
             if (first + j < splits)
-                for (int i = 0; i < DIMS_PER_LANE; i++)
-                    if (lane + 32 * i < HEAD_DIM) acc[i] += wj * __ldcg(&partial[(long)(first + j) * HEAD_DIM + lane + 32 * i]);
+                for (int i = 0; i < PAIRS_PER_LANE; i++)
+                    if (lane + 32 * i < HEAD_DIM / 2)
+                    {
+                        float2 v = __ldcg(&partial[(long)(first + j) * (HEAD_DIM / 2) + lane + 32 * i]);
+                        acc[i].x += wj * v.x;
+                        acc[i].y += wj * v.y;
+                    }
         }
     }
     for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
-    for (int i = 0; i < DIMS_PER_LANE; i++)
-        if (lane + 32 * i < HEAD_DIM) out[head * HEAD_DIM + lane + 32 * i] = operand_store(total > 0 ? acc[i] / total : 0.0f);
+    for (int i = 0; i < PAIRS_PER_LANE; i++)
+        if (lane + 32 * i < HEAD_DIM / 2)
+        {
+            int d = 2 * (lane + 32 * i);
+            out[head * HEAD_DIM + d] = operand_store(total > 0 ? acc[i].x / total : 0.0f);
+            out[head * HEAD_DIM + d + 1] = operand_store(total > 0 ? acc[i].y / total : 0.0f);
+        }
     if (threadIdx.x == 0) *counter = 0;
 }
 

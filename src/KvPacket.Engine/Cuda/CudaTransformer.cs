@@ -45,7 +45,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor;
     private readonly int _tensorTileTokens;
-    private const int EntriesPerSplit = 1;  // 16 positions per flash-decoding split when there is room: blocks for every SM
+    private const int DecodeBlocks = 2048;  // decode attention blocks to aim for: every SM busy, yet several entries per block when many tokens share a step
     private const int NormThreads = 1024;   // kernels.cu's NORM_THREADS: one block per row, the widest finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
@@ -305,7 +305,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
-        int splits = Math.Max(1, Math.Min((longest + EntriesPerSplit - 1) / EntriesPerSplit, SplitBudget / n));
+        int heads = n * _config.KvHeadCount;
+        int splits = Math.Clamp((DecodeBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
         int perSplit = (longest + splits - 1) / splits;
         // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
         bool tiled = chunks == 1 && n >= PrefillTileThreshold;

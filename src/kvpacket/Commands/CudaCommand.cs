@@ -98,7 +98,7 @@ internal static class CudaCommand
                     string tag = specialised ? "card" : "generic";
                     int batch = parse.GetValue(batchSize);
                     using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
-                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 48)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
+                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 3 * repeat + 16)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
                     int[] prompt = random.NextTokens(promptLength, 0, checkpoint.Config.VocabSize);
