@@ -1,6 +1,7 @@
-// Decode-product microbenchmark (the runtime's own gemv kernels, from kernels.cu): the matrix-vector products of one Llama-3.2-1B decode step (16 layers of distinct
-// bf16 weights, so nothing stays in L2), captured in a CUDA graph with programmatic dependent launches, timed with
-// CUDA events; each variant against the bytes it must read and the measured copy bandwidth.
+// Decode-product microbenchmark of the runtime's own kernels (kernels.cu, compiled here with Llama-3.2-1B's constants):
+// the matrix-vector products of one decode step (16 layers of distinct bf16 weights, so nothing stays in L2), captured
+// in a CUDA graph with programmatic dependent launches, timed with CUDA events; each kernel against the bytes it must
+// read and the copy bandwidth measured in the same run.
 //   nvcc -O3 -arch=sm_90 -std=c++17 -I/usr/local/cuda/include benchmarks/gpu/gemv_bench.cu -o /tmp/gemv_bench && /tmp/gemv_bench
 #define HIDDEN_SIZE 2048
 #define INTERMEDIATE_SIZE 8192

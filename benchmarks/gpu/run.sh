@@ -25,9 +25,16 @@ run)
         "$k" cuda check -m "$3" --weights F32 --kv-type F16 -n 128 | tee -a "$out/check.txt" || status=1
     fi
     "$k" cuda check --shape qwen2.5-0.5b --weights F32 --kv-type F32 -n 16 | tee -a "$out/check.txt" || status=1
-    "$k" cuda check --shape qwen2.5-0.5b --weights BF16 --kv-type F16 -n 16 | tee -a "$out/check.txt" || status=1
+    # Prompts past 16 tokens take the tensor-core prefill attention (head dims 64 and 128, GQA groups 7, 6 and 4).
+    "$k" cuda check --shape qwen2.5-0.5b --weights BF16 --kv-type F16 -n 16 --prompt-tokens 200 | tee -a "$out/check.txt" || status=1
+    "$k" cuda check --shape qwen2.5-1.5b --weights F32 --kv-type F16 -n 16 --prompt-tokens 200 | tee -a "$out/check.txt" || status=1
+    "$k" cuda check --shape llama-3.2-1b --weights BF16 --kv-type F16 -n 16 --prompt-tokens 300 | tee -a "$out/check.txt" || status=1
     "$k" cuda bench --shape llama-3.2-1b --weights BF16 --out "$out" | tee -a "$out/bench.txt" || status=1
     python3 benchmarks/gpu/torch_baseline.py models/llama-3.2-1b.json | tee -a "$out/bench.txt" || status=1
+    if command -v nvcc >/dev/null; then
+        nvcc -O3 -arch=native -std=c++17 -I/usr/local/cuda/include benchmarks/gpu/gemv_bench.cu -o /tmp/kvpacket-gpu/gemv_bench &&
+            /tmp/kvpacket-gpu/gemv_bench | tee "$out/gemv-bench.txt" || status=1
+    fi
     exit $status
     ;;
 *)

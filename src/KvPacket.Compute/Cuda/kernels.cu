@@ -66,11 +66,11 @@ struct KvEntry { int block; int first_position; int count; int rotation; int fir
 // Causal GQA attention for decode and mixed steps, flash-decoding style: each token's block table is cut into splits
 // of `per_split` entries; a block takes one (token, KV head, split), one warp per query head of the group, and keeps
 // an online softmax over the split's keys in registers (16 keys at a time: lane = key, the two half-warps take half
-// the dimensions each); each entry's K and V rows pass through registers into shared memory, the next entry's loads in
-// flight while this one computes. With several splits each block writes its (max, sum, output) and the last block to finish for
-// a (token, KV head) merges them — no second launch, no score rows in global memory. Queries are rotated here by
-// (position − the entry's rotation offset), so packet blocks need no key rewrite; positions no entry holds (pruned
-// packets) get no attention.
+// the dimensions each); each entry's K and V rows pass through registers into shared memory, the next entry's loads
+// in flight while this one computes. With several splits each block writes its (max, sum, output) and the last block
+// to finish for a (token, KV head) merges them — no second launch, no score rows in global memory. Queries are rotated
+// here by (position − the entry's rotation offset), so packet blocks need no key rewrite; positions no entry holds
+// (pruned packets) get no attention.
 // With `append` (a pure decode step: one token per sequence) the kernel also does kv_append's work for its token:
 // the block whose entry holds the token's position rotates the token's K, stores K and V in the pool, and uses them.
 // grid (tokens, KV_HEADS, splits), block GROUP_SIZE · 32 threads; partial_ml: [tokens][HEADS][splits] (m, l);
@@ -333,7 +333,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS) rms_norm(const float*
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = sum;
     __syncthreads();
     float total = 0;
-    for (int w = 0; w < NORM_THREADS / 32; w++) total += partial[w];
+    for (int p = 0; p < NORM_THREADS / 32; p++) total += partial[p];
     float scale = rsqrtf(total / HIDDEN_SIZE + epsilon);
     #pragma unroll
     for (int r = 0; r < NORM_PER_THREAD; r++)
