@@ -45,7 +45,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor;
     private readonly int _tensorTileTokens;
-    private const int DecodeBlocks = 2048;  // decode attention blocks to aim for: every SM busy, yet several entries per block when many tokens share a step
     private const int NormThreads = 1024;   // kernels.cu's NORM_THREADS: one block per row, the widest finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
     private const int PrefillTileThreshold = 16; // chunks at least this long use the tiled prefill kernel
@@ -177,6 +176,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>When set, steps run eagerly and mark each stage (norm, products, attention, …) on this timeline for profiling.</summary>
     public CudaTimeline? Timeline { get; set; }
 
+    /// <summary>
+    /// Decode attention blocks to aim for per step (default 2048): each sequence's block table is cut into splits so
+    /// that tokens × KV heads × splits comes near this — every SM busy, and several entries per block when many tokens
+    /// share a step.
+    /// </summary>
+    public int DecodeAttentionBlocks { get; set; } = 2048;
+
     /// <summary>Replay decode steps from captured CUDA graphs (on by default).</summary>
     public bool UseGraphs { get; set; } = true;
 
@@ -306,7 +312,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
         int heads = n * _config.KvHeadCount;
-        int splits = Math.Clamp((DecodeBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
+        int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
         int perSplit = (longest + splits - 1) / splits;
         // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
         bool tiled = chunks == 1 && n >= PrefillTileThreshold;

@@ -98,7 +98,7 @@ internal static class CudaCommand
                     string tag = specialised ? "card" : "generic";
                     int batch = parse.GetValue(batchSize);
                     using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
-                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 3 * repeat + 16)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
+                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 8 * repeat + 16)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
                     int[] prompt = random.NextTokens(promptLength, 0, checkpoint.Config.VocabSize);
@@ -161,6 +161,15 @@ internal static class CudaCommand
                     figures[$"decode_batch{batch}_tokens_per_s"] = batch / batchStep;
                     figures[$"decode_batch{batch}_fraction_of_copy_roofline"] = batchBytes / batchStep / 1e9 / figures["copy_GB_per_s"];
                     PrintStages(gpu, device, $"decode step of {batch} sequences (eager)", () => gpu.Step(sequences, ones, next), repeat);
+                    // The split count's target, swept at both batch sizes (the default is what the figures above use).
+                    int defaultBlocks = gpu.DecodeAttentionBlocks;
+                    foreach (int blocks in new[] { 512, 1024, 4096, 8192 })
+                    {
+                        gpu.DecodeAttentionBlocks = blocks;
+                        figures[$"decode_batch{batch}_step_ms_attention_blocks_{blocks}"] = Statistics.Median(device.Time(() => gpu.Step(sequences, ones, next), repeat / 2));
+                        figures[$"decode_step_ms_attention_blocks_{blocks}"] = Statistics.Median(device.Time(() => gpu.Step([sequences[0]], [1], [7]), repeat / 2));
+                    }
+                    gpu.DecodeAttentionBlocks = defaultBlocks;
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
                 }
                 var result = new BenchResult("cuda", name, type.ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
