@@ -74,20 +74,23 @@ public static class CudaParity
     }
 
     /// <summary>
-    /// Three sequences with different prompts decoded together in one batch for <paramref name="steps"/> steps against the
-    /// same sequences decoded alone: the largest logit difference, absolute and relative per row (cuBLAS may pick other
-    /// kernels for other batch sizes, and a long prompt takes the tiled prefill kernel where the batch takes the split one).
+    /// <paramref name="count"/> sequences with different prompts decoded together in one batch for <paramref name="steps"/>
+    /// steps against the same sequences decoded alone: the largest logit difference, absolute and relative per row (cuBLAS
+    /// may pick other kernels for other batch sizes, and a long prompt takes the tiled prefill kernel where the batch takes
+    /// the split one).
     /// </summary>
-    public static (double MaxAbs, double MaxRelative) BatchConsistency(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps)
+    public static (double MaxAbs, double MaxRelative) BatchConsistency(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps, int count = 3)
     {
         int vocab = model.Config.VocabSize;
-        using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 64, kvTokens: 4 * (64 + steps + 16), maxSequences: 4);
         var random = new SeededRandom(91);
-        int[][] prompts = [.. Enumerable.Range(0, 3).Select(i => (int[])[1, .. random.NextTokens(9 + 7 * i, 0, vocab)])];
-        var alone = new float[3][];
-        var tokens = new int[3][];
+        int[][] prompts = [.. Enumerable.Range(0, count).Select(i => (int[])[1, .. random.NextTokens(9 + 7 * (i % 3), 0, vocab)])];
+        int promptTokens = prompts.Sum(p => p.Length);
+        using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: Math.Max(64, promptTokens), kvTokens: (count + 1) * (64 + steps + 16),
+            maxSequences: count + 1);
+        var alone = new float[count][];
+        var tokens = new int[count][];
         Span<int> next = stackalloc int[1];
-        for (int s = 0; s < 3; s++)
+        for (int s = 0; s < count; s++)
         {
             int id = gpu.CreateSequence();
             gpu.Step([id], [prompts[s].Length], prompts[s]);
@@ -103,14 +106,15 @@ public static class CudaParity
             alone[s] = rows;
             gpu.ReleaseSequence(id);
         }
-        int[] ids = [gpu.CreateSequence(), gpu.CreateSequence(), gpu.CreateSequence()];
-        gpu.Step(ids, [prompts[0].Length, prompts[1].Length, prompts[2].Length], [.. prompts[0], .. prompts[1], .. prompts[2]]);
-        var batch = new float[3 * vocab];
+        int[] ids = [.. Enumerable.Range(0, count).Select(_ => gpu.CreateSequence())];
+        gpu.Step(ids, [.. prompts.Select(p => p.Length)], [.. prompts.SelectMany(p => p)]);
+        var batch = new float[count * vocab];
+        var ones = Enumerable.Repeat(1, count).ToArray();
         double worst = 0, worstRelative = 0;
         for (int i = 0; i < steps; i++)
         {
             device.Download<float>(gpu.LogitsBuffer, batch);
-            for (int s = 0; s < 3; s++)
+            for (int s = 0; s < count; s++)
             {
                 double difference = 0, norm = 0;
                 for (int v = 0; v < vocab; v++)
@@ -122,7 +126,8 @@ public static class CudaParity
                 }
                 worstRelative = Math.Max(worstRelative, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
             }
-            gpu.Step(ids, [1, 1, 1], [tokens[0][i], tokens[1][i], tokens[2][i]]);
+            int step = i;
+            gpu.Step(ids, ones, [.. Enumerable.Range(0, count).Select(s => tokens[s][step])]);
         }
         return (worst, worstRelative);
     }

@@ -62,6 +62,11 @@ internal static class CudaCommand
                 Console.WriteLine($"  IForwardBackend, CPU vs CUDA, 3 sequences together: greedy {(divergent < 0 ? $"identical for {Math.Min(32, parse.GetValue(steps))} steps" : $"differs at step {divergent}")}" +
                                   (exact ? "" : " (mixed precision: reported, not required)"));
                 Console.WriteLine($"  batched (3 sequences, ragged prefill + decode) vs alone: max |Δlogit| {batchAbs:E2}, max relative {batchRelative:E2} → {(batchOk ? "PASS" : "FAIL")} (limit {limit:E0})");
+                // 20 sequences: the batched decode steps of serving (cuBLAS products, many splits in flight).
+                var (manyAbs, manyRelative) = CudaParity.BatchConsistency(checkpoint, device, type, parse.GetValue(kv), Math.Min(8, parse.GetValue(steps)), count: 20);
+                bool manyOk = (exact ? manyAbs : manyRelative) <= limit;
+                ok &= manyOk;
+                Console.WriteLine($"  batched (20 sequences) vs alone: max |Δlogit| {manyAbs:E2}, max relative {manyRelative:E2} → {(manyOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 return ok ? 0 : 1;
             }
         });
