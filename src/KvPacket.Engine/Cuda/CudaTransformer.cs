@@ -352,9 +352,10 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int appendFlag = append ? 1 : 0;
         for (int layer = 0; layer < _layers.Length; layer++)
         {
-            // Per layer: norm → one q/k/v product → K (rotated) and V into the cache → attention → output product added
-            // to the residual → norm → one gate/up product → SwiGLU → down product added to the residual. The norms,
-            // SwiGLU and attention write the products' operands directly (bf16 for bf16 weights).
+            // Per layer: norm → one q/k/v product → K (rotated) and V into the cache (inside attention in a pure decode
+            // step) → attention → output product added to the residual → norm → one gate/up product → SwiGLU (inside
+            // the product for one token) → down product added to the residual. The norms, SwiGLU and attention write
+            // the products' operands directly (bf16 for bf16 weights).
             var w = _layers[layer];
             ulong norm = w.AttentionNorm.Pointer;
             timeline?.Mark("rms_norm");
