@@ -60,6 +60,21 @@ __device__ __forceinline__ void rope_angle(int position, int i, float* c, float*
     sincosf((float)angle, s, c);
 }
 
+// RoPE pair i of a row: its two columns (2i, 2i + 1 when interleaved, else i, i + ROPE_PAIRS) and their values rotated
+// by `position`.
+struct RotatedPair { int a, b; float va, vb; };
+__device__ __forceinline__ RotatedPair rotate_pair(const float* row, int i, int position, int interleaved)
+{
+    RotatedPair p;
+    p.a = interleaved ? 2 * i : i;
+    p.b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+    float c, s;
+    rope_angle(position, i, &c, &s);
+    p.va = row[p.a] * c - row[p.b] * s;
+    p.vb = row[p.a] * s + row[p.b] * c;
+    return p;
+}
+
 // One block table entry: block id, first position it holds, token count, rotation offset, first slot.
 struct KvEntry { int block; int first_position; int count; int rotation; int first_slot; };
 
@@ -159,10 +174,9 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
             const float* v_row = k_row + KV_HEADS * HEAD_DIM;
             for (int i = threadIdx.x; i < ROPE_PAIRS; i += blockDim.x)
             {
-                float c, s;
-                rope_angle(position, i, &c, &s);
-                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-                kv_t ka = kv_store(k_row[a] * c - k_row[b] * s), kb = kv_store(k_row[a] * s + k_row[b] * c), va = kv_store(v_row[a]), vb = kv_store(v_row[b]);
+                RotatedPair r = rotate_pair(k_row, i, position, interleaved);
+                int a = r.a, b = r.b;
+                kv_t ka = kv_store(r.va), kb = kv_store(r.vb), va = kv_store(v_row[a]), vb = kv_store(v_row[b]);
                 keys[own_row * KV_ROW + a] = ka;
                 keys[own_row * KV_ROW + b] = kb;
                 values[own_row * KV_ROW + a] = va;
@@ -179,11 +193,9 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
             rotation = entry.rotation;
             for (int i = lane; i < ROPE_PAIRS; i += 32)
             {
-                float c, s;
-                rope_angle(position - rotation, i, &c, &s);
-                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-                rotated[h][a] = query[a] * c - query[b] * s;
-                rotated[h][b] = query[a] * s + query[b] * c;
+                RotatedPair r = rotate_pair(query, i, position - rotation, interleaved);
+                rotated[h][r.a] = r.va;
+                rotated[h][r.b] = r.vb;
             }
         }
         __syncthreads();
@@ -356,17 +368,13 @@ extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool,
     for (int p = threadIdx.x; p < KV_HEADS * ROPE_PAIRS; p += blockDim.x)
     {
         int g = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-        const float* k_row = k + (long)token * QKV_WIDTH + g * HEAD_DIM;
         const float* v_row = v + (long)token * QKV_WIDTH + g * HEAD_DIM;
-        float ka = k_row[a], kb = k_row[b], va = v_row[a], vb = v_row[b];
-        float c, s;
-        rope_angle(positions[token], i, &c, &s);
+        RotatedPair r = rotate_pair(k + (long)token * QKV_WIDTH + g * HEAD_DIM, i, positions[token], interleaved);
         long at = ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
-        kplane[at + a] = kv_store(ka * c - kb * s);
-        kplane[at + b] = kv_store(ka * s + kb * c);
-        vplane[at + a] = kv_store(va);
-        vplane[at + b] = kv_store(vb);
+        kplane[at + r.a] = kv_store(r.va);
+        kplane[at + r.b] = kv_store(r.vb);
+        vplane[at + r.a] = kv_store(v_row[r.a]);
+        vplane[at + r.b] = kv_store(v_row[r.b]);
     }
 }
 
@@ -435,8 +443,9 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
 // of 2–4 KB), the loop unrolled at compile time so up to GEMV_BATCH 16-byte weight loads per lane are in flight,
 // weights read around L1 (they are used once); the slices' sums meet in shared memory in a fixed order. Measured on
 // the H100 (benchmarks/gpu/gemv_bench.cu): 0.9–0.99 of the copy bandwidth for the gate/up and down matrices of
-// Llama-3.2-1B. (Asking L2 for the weights before waiting for the input was slower, in the step too: NOTES.md.) Block 128 threads, 4 / GEMV_SPLIT(COLS) rows per block; the slice
-// must be a whole number of 16-byte chunks (the runtime checks COLS · sizeof(operand_t) % 16).
+// Llama-3.2-1B. (Asking L2 for the weights before waiting for the input was slower, in the step too: NOTES.md.)
+// Block 128 threads, 4 / GEMV_SPLIT(COLS) rows per block; the slice must be a whole number of 16-byte chunks (the
+// runtime checks COLS · sizeof(operand_t) % 16).
 #define GEMV_BATCH 16   // 16-byte loads in flight per lane (fewer when the slice is shorter)
 #define GEMV_SPLIT(cols) ((cols) * (int)sizeof(operand_t) >= 16384 && (cols) % (4 * GEMV_LANE_ELEMENTS) == 0 ? 4 : \
                           (cols) * (int)sizeof(operand_t) >= 4096 && (cols) % (2 * GEMV_LANE_ELEMENTS) == 0 ? 2 : 1)
@@ -585,18 +594,12 @@ __device__ void rotate_tile_queries(const float* q, float* query, int rows, int 
     for (int idx = threadIdx.x; idx < rows * ROPE_PAIRS; idx += blockDim.x)
     {
         int r = idx / ROPE_PAIRS, i = idx % ROPE_PAIRS, t = r / GROUP_SIZE, h = r % GROUP_SIZE;
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-        float va = 0, vb = 0;
-        if (t < tile_tokens)
-        {
-            float c, s;
-            rope_angle(first_position + first_token + t - rotation, i, &c, &s);
-            const float* src = q + (long)(first_token + t) * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM;
-            va = src[a] * c - src[b] * s;
-            vb = src[a] * s + src[b] * c;
-        }
-        query[r * HEAD_DIM + a] = va;
-        query[r * HEAD_DIM + b] = vb;
+        // A row past the tile rotates its last token's query and stores zeros.
+        int token = first_token + min(t, tile_tokens - 1);
+        RotatedPair rotated = rotate_pair(q + (long)token * QKV_WIDTH + (g * GROUP_SIZE + h) * HEAD_DIM, i,
+            first_position + token - rotation, interleaved);
+        query[r * HEAD_DIM + rotated.a] = t < tile_tokens ? rotated.va : 0.0f;
+        query[r * HEAD_DIM + rotated.b] = t < tile_tokens ? rotated.vb : 0.0f;
     }
 }
 
@@ -734,12 +737,8 @@ __device__ __forceinline__ unsigned pack_half2(float low, float high)
 // Column `column` of a query row rotated by `position` (both members of each RoPE pair are read from the f32 row).
 __device__ __forceinline__ float rotated_column(const float* row, int column, int position, int interleaved)
 {
-    int i = interleaved ? column / 2 : column % ROPE_PAIRS;
-    bool first = interleaved ? (column & 1) == 0 : column < ROPE_PAIRS;
-    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
-    float c, s;
-    rope_angle(position, i, &c, &s);
-    return first ? row[a] * c - row[b] * s : row[a] * s + row[b] * c;
+    RotatedPair pair = rotate_pair(row, interleaved ? column / 2 : column % ROPE_PAIRS, position, interleaved);
+    return column == pair.a ? pair.va : pair.vb;
 }
 // The next step: up to FA_STEP_ENTRIES entries from `e` sharing its rotation and starting no later than last_position.
 __device__ __forceinline__ int step_end(const KvEntry* table, int e, int entries_count, int last_position)
