@@ -9,8 +9,8 @@ namespace KvPacket.Tests;
 
 public class ByteLevelBpeTokenizerTests
 {
-    private static readonly Lazy<ByteLevelBpeTokenizer> Gpt2 = new(() => ByteLevelBpeTokenizer.LoadHuggingFace(SharedModels.PathOf("bpe-gpt2/tokenizer.json")));
-    private static readonly Lazy<ByteLevelBpeTokenizer> Llama3 = new(() => ByteLevelBpeTokenizer.LoadHuggingFace(SharedModels.PathOf("bpe-llama3/tokenizer.json")));
+    private static readonly Lazy<ByteLevelBpeTokenizer> Gpt2 = new(() => ByteLevelBpeTokenizer.LoadHuggingFace(Fixtures.PathOf("bpe-gpt2/tokenizer.json")));
+    private static readonly Lazy<ByteLevelBpeTokenizer> Llama3 = new(() => ByteLevelBpeTokenizer.LoadHuggingFace(Fixtures.PathOf("bpe-llama3/tokenizer.json")));
 
     public static TheoryData<string, int> Cases()
     {
@@ -64,7 +64,7 @@ public class ByteLevelBpeTokenizerTests
     [InlineData(28)]
     public void A_tiktoken_file_of_the_same_vocabulary_gives_the_same_ids(int index)
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string path = Path.Combine(temp.Path, "tokenizer.model");
         var reference = Llama3.Value;
         File.WriteAllLines(path, Enumerable.Range(0, reference.VocabSize)
@@ -79,7 +79,7 @@ public class ByteLevelBpeTokenizerTests
     [Fact]
     public void Malformed_files_name_what_is_wrong()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string noModel = Path.Combine(temp.Path, "a.json");
         File.WriteAllText(noModel, """{"version": "1.0", "added_tokens": []}""");
         Assert.Equal("model", Assert.Throws<TokenizerFormatException>(() => ByteLevelBpeTokenizer.LoadHuggingFace(noModel)).Field);
@@ -152,7 +152,7 @@ public class ByteLevelBpeTokenizerTests
 
     private static (string Text, int[] Ids, string Decoded) Golden(string model, int index)
     {
-        using var golden = SharedModels.Golden(model);
+        using var golden = Fixtures.Golden(model);
         var entry = golden.RootElement.GetProperty("cases")[index];
         return (entry.GetProperty("text").GetString()!, entry.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
             entry.GetProperty("decoded").GetString()!);
@@ -161,7 +161,7 @@ public class ByteLevelBpeTokenizerTests
 
 internal static class SentencePieceTokenizerFixture
 {
-    private static readonly Lazy<SentencePieceTokenizer> Model = new(() => SentencePieceTokenizer.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model")));
+    private static readonly Lazy<SentencePieceTokenizer> Model = new(() => SentencePieceTokenizer.Load(Fixtures.PathOf("llama2-tokenizer/tokenizer.model")));
     public static SentencePieceTokenizer Llama2 => Model.Value;
 }
 
@@ -170,17 +170,17 @@ public class TokenizerLoaderTests
     [Fact]
     public void The_loader_tells_the_three_formats_apart_and_finds_the_tokenizer_next_to_weights()
     {
-        using var temp = SharedModels.TempDirectory();
-        var reference = ByteLevelBpeTokenizer.LoadHuggingFace(SharedModels.PathOf("bpe-gpt2/tokenizer.json"));
+        using var temp = Fixtures.TempDirectory();
+        var reference = ByteLevelBpeTokenizer.LoadHuggingFace(Fixtures.PathOf("bpe-gpt2/tokenizer.json"));
         string tiktoken = Path.Combine(temp.Path, "tokenizer.model");
         File.WriteAllLines(tiktoken, Enumerable.Range(1, reference.VocabSize - 1).Select(id => $"{Convert.ToBase64String(reference.TokenBytes(id))} {id}"));
         File.WriteAllBytes(Path.Combine(temp.Path, "model.safetensors"), []);
 
-        Assert.IsType<SentencePieceTokenizer>(TokenizerLoader.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model")));
-        Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(SharedModels.PathOf("bpe-gpt2")));
+        Assert.IsType<SentencePieceTokenizer>(TokenizerLoader.Load(Fixtures.PathOf("llama2-tokenizer/tokenizer.model")));
+        Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(Fixtures.PathOf("bpe-gpt2")));
         var fromTiktoken = TokenizerLoader.TryLoadNextTo(Path.Combine(temp.Path, "model.safetensors"));
         Assert.NotNull(fromTiktoken);
         Assert.Equal(reference.VocabSize + 256, fromTiktoken.VocabSize);   // Llama-3 special tokens follow the ranks
-        Assert.Null(TokenizerLoader.TryLoadNextTo(SharedModels.PathOf("tiny-qwen2")));
+        Assert.Null(TokenizerLoader.TryLoadNextTo(Fixtures.PathOf("tiny-qwen2")));
     }
 }

@@ -8,12 +8,12 @@ namespace KvPacket.Tests;
 
 public class MalformedCheckpointTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     [Fact]
     public void A_truncated_llama2c_file_names_the_file_and_the_tensor_it_ran_out_in()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string path = Path.Combine(temp.Path, "cut.bin");
         File.WriteAllBytes(path, File.ReadAllBytes(Stories)[..300_000]);
 
@@ -27,7 +27,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_llama2c_header_with_nonsense_values_is_rejected_by_field()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string path = Path.Combine(temp.Path, "bad.bin");
         var bytes = File.ReadAllBytes(Stories);
         BitConverter.GetBytes(-7).CopyTo(bytes, 2 * 4);   // n_layers
@@ -41,7 +41,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_GGUF_with_the_wrong_magic_is_not_mistaken_for_GGUF_and_a_bad_version_is_named()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var model = CheckpointLoader.Load(Stories);
         string path = Path.Combine(temp.Path, "m.gguf");
         CheckpointExporter.WriteGguf(model, path, DType.F32);
@@ -60,7 +60,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_truncated_GGUF_names_the_tensor_whose_data_is_missing()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var model = CheckpointLoader.Load(Stories);
         string path = Path.Combine(temp.Path, "m.gguf");
         CheckpointExporter.WriteGguf(model, path, DType.F32);
@@ -75,7 +75,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_Hugging_Face_directory_missing_a_tensor_names_it()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var model = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
         RewriteSafetensors(temp.Path, tensors => tensors.Where(t => t.Name != "model.layers.3.mlp.up_proj.weight").ToList());
@@ -89,7 +89,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_tensor_of_the_wrong_shape_is_named_with_both_shapes()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var model = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
         RewriteSafetensors(temp.Path, tensors => tensors.Select(t => t.Name == "model.layers.1.self_attn.k_proj.weight"
@@ -105,7 +105,7 @@ public class MalformedCheckpointTests
     [Fact]
     public void A_safetensors_file_cut_short_is_reported_as_truncated()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var model = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
         string file = Path.Combine(temp.Path, "model.safetensors");
@@ -124,8 +124,8 @@ public class MalformedCheckpointTests
     [InlineData("vocab_size")]
     public void A_config_missing_a_field_names_the_field(string field)
     {
-        using var temp = SharedModels.TempDirectory();
-        foreach (var f in Directory.GetFiles(SharedModels.PathOf("tiny-qwen2"))) File.Copy(f, Path.Combine(temp.Path, Path.GetFileName(f)));
+        using var temp = Fixtures.TempDirectory();
+        foreach (var f in Directory.GetFiles(Fixtures.PathOf("tiny-qwen2"))) File.Copy(f, Path.Combine(temp.Path, Path.GetFileName(f)));
         string configPath = Path.Combine(temp.Path, "config.json");
         var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
         config.Remove(field);
@@ -140,8 +140,8 @@ public class MalformedCheckpointTests
     [Fact]
     public void Both_rope_spellings_give_the_same_config()
     {
-        using var temp = SharedModels.TempDirectory();
-        string v5 = SharedModels.PathOf("tiny-llama3/config.json");
+        using var temp = Fixtures.TempDirectory();
+        string v5 = Fixtures.PathOf("tiny-llama3/config.json");
         var config = JsonNode.Parse(File.ReadAllText(v5))!.AsObject();
         var rope = config["rope_parameters"]!.AsObject();
         config.Remove("rope_parameters");

@@ -14,7 +14,7 @@ public class SentencePieceTokenizerTests
     [MemberData(nameof(Cases))]
     public void Every_golden_string_encodes_to_the_reference_ids_and_decodes_back(int index)
     {
-        using var golden = SharedModels.Golden("llama2-tokenizer");
+        using var golden = Fixtures.Golden("llama2-tokenizer");
         var entry = golden.RootElement.GetProperty("cases")[index];
         string text = entry.GetProperty("text").GetString()!;
         int[] expected = entry.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
@@ -41,9 +41,9 @@ public class SentencePieceTokenizerTests
     [Fact]
     public void A_truncated_model_file_is_a_clear_error()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string path = Path.Combine(temp.Path, "tokenizer.model");
-        File.WriteAllBytes(path, File.ReadAllBytes(SharedModels.PathOf("llama2-tokenizer/tokenizer.model"))[..1001]);
+        File.WriteAllBytes(path, File.ReadAllBytes(Fixtures.PathOf("llama2-tokenizer/tokenizer.model"))[..1001]);
 
         var error = Assert.Throws<TokenizerFormatException>(() => SentencePieceTokenizer.Load(path));
 

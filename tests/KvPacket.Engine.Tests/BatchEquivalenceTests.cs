@@ -17,7 +17,7 @@ public class BatchEquivalenceTests
     [InlineData("tiny-qwen2")]
     public void A_mixed_prefill_and_decode_batch_gives_the_same_logits_as_each_sequence_alone(string model)
     {
-        using var checkpoint = CheckpointLoader.Load(SharedModels.PathOf(model));
+        using var checkpoint = CheckpointLoader.Load(Fixtures.PathOf(model));
         int vocab = checkpoint.Config.VocabSize;
         int[][] prompts = [[1, 306, 462, 435, 264, 362, 327], [1, 441, 390], [1, 354, 360, 372, 454, 315, 283, 412, 334, 446, 330, 318, 462, 429, 293, 408, 477, 295, 295], [1]];
         int[] next = [341, 277, 356, 300];

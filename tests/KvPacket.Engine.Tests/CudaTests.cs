@@ -21,7 +21,7 @@ public sealed class CudaFactAttribute : FactAttribute
 /// </summary>
 public class CudaTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     [CudaFact]
     public void F32_logits_agree_within_1e3_and_128_greedy_tokens_agree_up_to_ties_with_card_and_generic_kernels()

@@ -12,7 +12,7 @@ namespace KvPacket.Tests;
 /// <summary>The same driver over <see cref="IForwardBackend"/> on each backend: CPU always, CUDA where there is a GPU.</summary>
 public class ForwardBackendTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private static readonly int[][] Prompts = [[1, .. ReferenceModels.RandomTokens(6, 1)], [1, .. ReferenceModels.RandomTokens(19, 2)], [1, .. ReferenceModels.RandomTokens(11, 3)]];
 

@@ -8,7 +8,7 @@ namespace KvPacket.Tests;
 
 public class GoldenParityTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     [Theory]
     [InlineData("stories260K")]
@@ -16,7 +16,7 @@ public class GoldenParityTests
     [InlineData("tiny-llama3")]
     public void Logits_at_every_position_match_the_reference(string model)
     {
-        string path = model == "stories260K" ? Stories : SharedModels.PathOf(model);
+        string path = model == "stories260K" ? Stories : Fixtures.PathOf(model);
         using var checkpoint = CheckpointLoader.Load(path);
         var (tokens, expected) = ReferenceModels.GoldenLogits(model);
 
@@ -53,7 +53,7 @@ public class GoldenParityTests
 
     private static int[] GreedyFromBos()
     {
-        using var golden = SharedModels.Golden("stories260K");
+        using var golden = Fixtures.Golden("stories260K");
         return golden.RootElement.GetProperty("greedy_from_bos").GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
     }
 

@@ -12,7 +12,7 @@ namespace KvPacket.Tests;
 
 public unsafe class PacketTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private static int[] Tokens(int count, ulong seed) => ReferenceModels.RandomTokens(count, seed);
 

@@ -10,7 +10,7 @@ namespace KvPacket.Tests;
 
 public class RagEngineTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private static int[] Tokens(int count, ulong seed) => ReferenceModels.RandomTokens(count, seed);
 

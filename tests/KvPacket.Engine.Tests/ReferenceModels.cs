@@ -24,7 +24,7 @@ internal static class ReferenceModels
     /// <summary>The golden tokens and per-position logits of a golden.json with a top-level or "logits" object.</summary>
     public static (int[] Tokens, double[][] Logits) GoldenLogits(string model)
     {
-        using var golden = SharedModels.Golden(model);
+        using var golden = Fixtures.Golden(model);
         var root = golden.RootElement.TryGetProperty("logits", out var nested) && nested.ValueKind == JsonValueKind.Object ? nested : golden.RootElement;
         int[] tokens = root.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
         double[][] logits = root.GetProperty("logits_per_position").EnumerateArray()

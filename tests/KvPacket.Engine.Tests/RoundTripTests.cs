@@ -7,12 +7,12 @@ namespace KvPacket.Tests;
 
 public class RoundTripTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     [Fact]
     public void Stories260K_written_as_safetensors_in_rotate_half_layout_gives_the_same_logits()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(original, temp.Path, DType.F32);
 
@@ -26,8 +26,8 @@ public class RoundTripTests
     [Fact]
     public void A_sharded_safetensors_checkpoint_with_an_index_loads_like_the_single_file()
     {
-        using var temp = SharedModels.TempDirectory();
-        using var original = CheckpointLoader.Load(SharedModels.PathOf("tiny-llama3"));
+        using var temp = Fixtures.TempDirectory();
+        using var original = CheckpointLoader.Load(Fixtures.PathOf("tiny-llama3"));
         string single = Path.Combine(temp.Path, "single"), sharded = Path.Combine(temp.Path, "sharded");
         CheckpointExporter.WriteHuggingFace(original, single, DType.F32);
         Directory.CreateDirectory(sharded);
@@ -55,7 +55,7 @@ public class RoundTripTests
     [Fact]
     public void Stories260K_written_as_f32_GGUF_gives_the_same_logits()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
         using var reloaded = WriteGguf(original, temp.Path, DType.F32);
 
@@ -71,7 +71,7 @@ public class RoundTripTests
     [InlineData(DType.BF16)]
     public void Half_precision_GGUF_matches_the_same_weights_read_from_safetensors(DType type)
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(original, Path.Combine(temp.Path, "hf"), type);
         using var safetensors = CheckpointLoader.Load(Path.Combine(temp.Path, "hf"));
@@ -85,7 +85,7 @@ public class RoundTripTests
     [Fact]
     public void Q8_0_GGUF_is_dequantised_at_load_and_runs_as_its_dequantised_weights()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
         using var gguf = WriteGguf(original, temp.Path, DType.Q8_0);
         CheckpointExporter.WriteHuggingFace(gguf, Path.Combine(temp.Path, "dequantised"), DType.F32);
@@ -107,8 +107,8 @@ public class RoundTripTests
     [Fact]
     public void Qwen2_with_biases_survives_a_GGUF_round_trip_through_the_interleaved_layout()
     {
-        using var temp = SharedModels.TempDirectory();
-        using var original = CheckpointLoader.Load(SharedModels.PathOf("tiny-qwen2"));
+        using var temp = Fixtures.TempDirectory();
+        using var original = CheckpointLoader.Load(Fixtures.PathOf("tiny-qwen2"));
         string path = Path.Combine(temp.Path, "qwen.gguf");
         CheckpointExporter.WriteGguf(original, path, DType.F32);
 

@@ -12,7 +12,7 @@ namespace KvPacket.Tests;
 
 public class SchedulerTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private sealed class Collector : IGenerationSink
     {

@@ -9,7 +9,7 @@ namespace KvPacket.Tests;
 
 public class TokenPruningTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private static Transformer Model(Checkpoint checkpoint) =>
         new(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 128 });

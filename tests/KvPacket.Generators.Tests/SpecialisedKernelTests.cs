@@ -63,7 +63,7 @@ public unsafe class SpecialisedKernelTests
     [Fact]
     public void Stories260K_runs_on_its_specialised_kernels_and_matches_golden_and_the_generic_path()
     {
-        using var checkpoint = CheckpointLoader.Load(SharedModels.PathOf("stories260K/stories260K.bin"));
+        using var checkpoint = CheckpointLoader.Load(Fixtures.PathOf("stories260K/stories260K.bin"));
         var options = new TransformerOptions { KvType = Core.Memory.DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 256 };
         using var specialised = new Transformer(checkpoint, options);
         using var generic = new Transformer(checkpoint, options with { SpecialisedKernels = false });

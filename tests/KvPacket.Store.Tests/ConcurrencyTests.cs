@@ -11,7 +11,7 @@ public class ConcurrencyTests
     [Fact]
     public async Task Writers_readers_deletes_and_compaction_together_lose_and_mix_up_nothing()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var store = PacketStore.Open(temp.Path, TestStores.Options());
         const int writers = 3, perWriter = 40, readers = 3;
         var stored = new ConcurrentDictionary<int, PacketId>();

@@ -43,7 +43,7 @@ public class CorruptionTests
     [Fact]
     public async Task A_flipped_payload_byte_fails_that_load_and_verify_but_nothing_else()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         string path = await StoreWithPacketsAsync(temp, pool);
         var (file, offset) = Locate(path, Seed(4), r => (r.Pages[^1], RecordHeader.Size + 100));
@@ -63,7 +63,7 @@ public class CorruptionTests
     [Fact]
     public async Task A_damaged_page_header_is_caught_before_its_fields_are_trusted()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         string path = await StoreWithPacketsAsync(temp, pool);
         var (file, offset) = Locate(path, Seed(2), r => (r.Pages[0], 60)); // the payload length field
@@ -78,7 +78,7 @@ public class CorruptionTests
     [Fact]
     public async Task A_damaged_manifest_drops_its_packet_when_the_index_is_rebuilt_and_is_logged()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         string path = await StoreWithPacketsAsync(temp, pool);
         var (file, offset) = Locate(path, Seed(5), r => (r.Manifest, RecordHeader.Size + 3));
@@ -95,7 +95,7 @@ public class CorruptionTests
     [Fact]
     public async Task A_log_truncated_mid_record_keeps_every_earlier_packet()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         string path = await StoreWithPacketsAsync(temp, pool);
         var (file, offset) = Locate(path, Seed(Packets), r => (r.Pages[0], RecordHeader.Size + 10));
@@ -114,7 +114,7 @@ public class CorruptionTests
     [Fact]
     public async Task A_damaged_index_snapshot_is_reported_and_rebuilt_from_the_log()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         string path = await StoreWithPacketsAsync(temp, pool);
         string snapshot = Path.Combine(path, "index.snapshot");

@@ -11,7 +11,7 @@ public class CrashTests
     [Fact]
     public async Task Every_packet_reported_committed_survives_SIGKILL_whole_and_nothing_torn_appears()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         var committed = new Dictionary<int, PacketId>();
         var random = new Random(2026);

@@ -12,7 +12,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Packets_survive_reopening_byte_for_byte_and_leave_the_pool_as_they_found_it()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         var ids = new List<PacketId>();
         using (var store = PacketStore.Open(temp.Path, TestStores.Options()))
@@ -38,7 +38,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Reopening_after_a_crash_without_a_snapshot_rebuilds_the_index_from_the_log()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         using (var store = PacketStore.Open(temp.Path, TestStores.Options()))
             for (int seed = 1; seed <= 5; seed++) await TestStores.PutSeedAsync(store, pool, seed);
@@ -54,7 +54,7 @@ public class PacketStoreTests
     [InlineData(DType.F32, KvStorage.Int8, 2.0 / 127 / 2 + 1e-6)]
     public async Task Stored_forms_decode_back_within_their_rounding(DType poolType, KvStorage storage, double tolerance)
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool(poolType);
         using var store = PacketStore.Open(temp.Path, TestStores.Options());
         var info = await TestStores.PutSeedAsync(store, pool, 7, storage);
@@ -85,7 +85,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Putting_the_same_packet_twice_writes_nothing_and_another_form_supersedes_it()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         using var store = PacketStore.Open(temp.Path, TestStores.Options());
         var first = await TestStores.PutSeedAsync(store, pool, 3);
@@ -102,7 +102,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Deletes_are_durable_and_compaction_reclaims_segments_while_live_packets_stay_readable()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         using (var store = PacketStore.Open(temp.Path, TestStores.Options()))
         {
@@ -135,7 +135,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Adapters_are_versioned_immutable_and_tied_to_their_model()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         const int hidden = 4;
         var v1 = new Adapter("kvp", 1, [1, 2, 3, 4], [5, 6, 7, 8], []);
         var v2 = new Adapter("kvp", 2, [9, 9, 9, 9, 8, 8, 8, 8], [7, 7, 7, 7], [1, 1, 1, 1]);
@@ -165,7 +165,7 @@ public class PacketStoreTests
     [Fact]
     public async Task Unknown_ids_and_other_models_are_clear_errors()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         using var store = PacketStore.Open(temp.Path, TestStores.Options());
         var info = await TestStores.PutSeedAsync(store, pool, 5);
@@ -184,7 +184,7 @@ public class PacketStoreTests
     [Fact]
     public void A_newer_format_or_a_foreign_directory_is_refused_without_touching_it()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using (PacketStore.Open(temp.Path, TestStores.Options())) { }
         string format = Path.Combine(temp.Path, "store.json");
         File.WriteAllText(format, """{"format":"kvpacket-store","version":2}""");
@@ -192,7 +192,7 @@ public class PacketStoreTests
         Assert.Contains("format version 2", newer.Message);
         Assert.Equal("""{"format":"kvpacket-store","version":2}""", File.ReadAllText(format));
 
-        using var foreign = SharedModels.TempDirectory();
+        using var foreign = Fixtures.TempDirectory();
         File.WriteAllText(Path.Combine(foreign.Path, "notes.txt"), "mine");
         Assert.Contains("not empty", Assert.Throws<StoreFormatException>(() => PacketStore.Open(foreign.Path, TestStores.Options())).Message);
         Assert.Single(Directory.GetFileSystemEntries(foreign.Path));
@@ -201,7 +201,7 @@ public class PacketStoreTests
     [Fact]
     public async Task A_second_writer_is_refused_and_read_only_handles_follow_the_writer()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         using var writer = PacketStore.Open(temp.Path, TestStores.Options());
         var locked = Assert.Throws<StoreLockedException>(() => PacketStore.Open(temp.Path, TestStores.Options()));
@@ -220,7 +220,7 @@ public class PacketStoreTests
     [Fact]
     public async Task A_full_store_refuses_the_write_and_loses_nothing()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var pool = TestStores.Pool();
         var options = TestStores.Options() with { CapacityBytes = 40_000 };
         var stored = new List<int>();

@@ -12,7 +12,7 @@ namespace KvPacket.Store.Tests;
 /// <summary>The store behind a real model: packets served from it give the same answers as packets built in memory.</summary>
 public class StoredPacketsTests
 {
-    private static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private static RagRequest Request()
     {
@@ -33,7 +33,7 @@ public class StoredPacketsTests
     [Fact]
     public void Packets_built_stored_and_loaded_answer_exactly_like_packets_built_in_memory()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
         var request = Request();
@@ -76,7 +76,7 @@ public class StoredPacketsTests
     [Fact]
     public void Int8_pages_cost_little_quality_and_another_model_never_sees_these_packets()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint, DType.F32);
         var request = Request();
@@ -91,7 +91,7 @@ public class StoredPacketsTests
         Assert.InRange(kl, 1e-9, 0.01);
         Assert.All(store.List(), p => Assert.Equal(KvStorage.Int8, p.Storage));
 
-        using var other = CheckpointLoader.Load(SharedModels.PathOf("tiny-llama3"));
+        using var other = CheckpointLoader.Load(Fixtures.PathOf("tiny-llama3"));
         var otherModel = ModelFingerprint.Of(other);
         Assert.NotEqual(packets.Fingerprint, otherModel);
         Assert.Equal(packets.Fingerprint, ModelFingerprint.Of(checkpoint));
@@ -103,7 +103,7 @@ public class StoredPacketsTests
     [Fact]
     public void Token_pruned_packets_round_trip_with_their_span_and_a_distinct_id()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
         var request = Request();

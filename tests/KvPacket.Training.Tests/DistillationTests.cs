@@ -13,7 +13,7 @@ namespace KvPacket.Training.Tests;
 /// <summary>stories260K, its engine, and small seeded training / held-out sets of its own stories (two 24-token documents per request).</summary>
 public sealed class StoriesDistillationFixture : IDisposable
 {
-    public Checkpoint Checkpoint { get; } = CheckpointLoader.Load(SharedModels.PathOf("stories260K/stories260K.bin"));
+    public Checkpoint Checkpoint { get; } = CheckpointLoader.Load(Fixtures.PathOf("stories260K/stories260K.bin"));
     public Transformer Model { get; }
     public IReadOnlyList<DistillationExample> Train { get; }
     public IReadOnlyList<DistillationExample> HeldOut { get; }
@@ -63,7 +63,7 @@ public class DistillationTests(StoriesDistillationFixture stories, ITestOutputHe
         Assert.True(after < before, $"training did not lower the engine's held-out KL: {before} → {after}");
 
         // Saved into a packet store and read back, the adapter gives the same held-out KL.
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         var fingerprint = ModelFingerprint.Of(stories.Checkpoint);
         using (var store = PacketStore.Open(temp.Path)) await store.PutAdapterAsync(run.Adapter, fingerprint, stories.Checkpoint.Config.HiddenSize);
         using (var store = PacketStore.Open(temp.Path, new PacketStoreOptions { ReadOnly = true }))
@@ -101,7 +101,7 @@ public class DistillationTests(StoriesDistillationFixture stories, ITestOutputHe
     [Fact]
     public void A_resumed_run_ends_exactly_where_an_uninterrupted_one_does()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         var options = new DistillationOptions { Header = 1, Trailer = 1, Steps = 12, BatchSize = 2, EvaluateEvery = 4, Patience = 0, Seed = 5 };
         var whole = Train(options);
 
@@ -122,7 +122,7 @@ public class DistillationTests(StoriesDistillationFixture stories, ITestOutputHe
     [Fact]
     public void A_checkpoint_of_other_settings_or_a_damaged_one_is_refused()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         var options = new DistillationOptions { Header = 1, Trailer = 1, Steps = 2, BatchSize = 1, EvaluateEvery = 2, CheckpointPath = Path.Combine(temp.Path, "run.ckpt") };
         Train(options);
 

@@ -9,7 +9,7 @@ public class DocumentCorpusTests
     [Fact]
     public void A_token_file_is_cut_into_documents_and_a_bad_id_names_its_line()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string path = Path.Combine(temp.Path, "docs.tokens");
         File.WriteAllLines(path, ["1 2 3 4 5 6 7", "", "8 9 10 11"]);
         var documents = DocumentCorpus.FromTokenFile(path, vocabSize: 32, length: 3);
@@ -26,8 +26,8 @@ public class DocumentCorpusTests
     [Fact]
     public void Text_files_are_encoded_with_the_tokenizer_and_cut_per_file()
     {
-        using var temp = SharedModels.TempDirectory();
-        var tokenizer = TokenizerLoader.Load(SharedModels.PathOf("llama2-tokenizer/tokenizer.model"));
+        using var temp = Fixtures.TempDirectory();
+        var tokenizer = TokenizerLoader.Load(Fixtures.PathOf("llama2-tokenizer/tokenizer.model"));
         string first = "Once upon a time there was a little robot who loved to read books about the sea.";
         string second = "The cat sat on the mat and looked out of the window at the falling snow all afternoon.";
         File.WriteAllText(Path.Combine(temp.Path, "a.txt"), first);

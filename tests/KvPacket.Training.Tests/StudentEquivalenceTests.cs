@@ -17,7 +17,7 @@ public class StudentEquivalenceTests
     [Fact]
     public void The_masked_single_sequence_student_equals_the_engines_packets()
     {
-        using var checkpoint = CheckpointLoader.Load(SharedModels.PathOf("stories260K/stories260K.bin"));
+        using var checkpoint = CheckpointLoader.Load(Fixtures.PathOf("stories260K/stories260K.bin"));
         int[] first = [5, 17, 99, 240, 3, 61, 7], second = [300, 12, 8, 45, 190], query = [66, 21, 400];
         var request = new RagRequest([1], [first, second], query);
         using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
@@ -46,7 +46,7 @@ public class StudentEquivalenceTests
     [InlineData(RagMode.KvLink)]
     public void The_distillation_loss_is_the_kl_of_the_engines_prefill_in_that_mode(RagMode mode)
     {
-        using var checkpoint = CheckpointLoader.Load(SharedModels.PathOf("stories260K/stories260K.bin"));
+        using var checkpoint = CheckpointLoader.Load(Fixtures.PathOf("stories260K/stories260K.bin"));
         using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
         int[][] documents = [[5, 17, 99, 240, 3, 61, 7], [300, 12, 8, 45, 190]];
         int[] query = [66, 21, 400, 9];

@@ -9,7 +9,7 @@ namespace KvPacket.Daemon.Tests;
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal sealed class DaemonProcess : IAsyncDisposable
 {
-    public static readonly string Stories = SharedModels.PathOf("stories260K/stories260K.bin");
+    public static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
 
     private readonly Process _process;
     private readonly System.Text.StringBuilder _log = new();

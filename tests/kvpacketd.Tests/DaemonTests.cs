@@ -43,7 +43,7 @@ public class DaemonTests
     [Fact]
     public async Task A_streamed_completion_over_the_socket_equals_the_in_process_result_for_the_same_seed()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"));
         int[] document = Tokens(40, 1), prompt = Tokens(7, 2);
         var packet = await daemon.PostAsync("/v1/packets", new { tokens = document }, 201);
@@ -72,7 +72,7 @@ public class DaemonTests
     [Fact]
     public async Task Thirty_two_concurrent_streams_sharing_packets_complete_and_every_block_comes_back()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"));
         var ids = new List<string>();
         for (int d = 0; d < 3; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(30 + d * 10, d) }, 201)).GetProperty("id").GetString()!);
@@ -94,7 +94,7 @@ public class DaemonTests
     [Fact]
     public async Task Bad_requests_get_the_right_status_and_message_and_the_daemon_keeps_serving()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"), "--max-body-bytes", "4096", "--max-tokens", "256");
         async Task Expect(HttpStatusCode status, string contains, HttpContent content, string path = "/v1/completions")
         {
@@ -136,7 +136,7 @@ public class DaemonTests
     [Fact]
     public async Task The_socket_is_owner_only_a_second_daemon_on_the_store_is_refused_and_SIGTERM_drains_in_flight_work()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
         await using var daemon = await DaemonProcess.StartAsync(store);
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(daemon.Socket));
@@ -172,7 +172,7 @@ public class DaemonTests
     [Fact]
     public async Task A_full_queue_answers_429_and_the_admitted_requests_still_complete()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"), "--max-waiting", "1");
         var responses = await Task.WhenAll(Enumerable.Range(0, 120).Select(i => Task.Run(() =>
             daemon.Client.PostAsync("/v1/completions", JsonContent.Create(new { prompt = Tokens(5, i), max_tokens = 40, temperature = 0 })))));
@@ -187,7 +187,7 @@ public class DaemonTests
     [Fact]
     public async Task SIGKILL_during_ingestion_loses_no_packet_whose_ingest_had_returned()
     {
-        using var temp = SharedModels.TempDirectory();
+        using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
         var returned = new List<string>();
         await using (var daemon = await DaemonProcess.StartAsync(store))

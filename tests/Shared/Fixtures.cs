@@ -2,18 +2,21 @@ using System.Text.Json;
 
 namespace KvPacket.Tests;
 
-/// <summary>Finds the reference models in ../shared beside the repository (never copied into it).</summary>
-internal static class SharedModels
+/// <summary>
+/// Finds the test fixtures (reference models, tokenizers and their goldens) in <c>tests/fixtures</c>, so a fresh clone
+/// tests itself with nothing beside it. Each fixture folder has a SOURCE.md saying where it came from and its licence.
+/// </summary>
+internal static class Fixtures
 {
     private static readonly Lazy<string> Root = new(() =>
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "KvPacket.Native.sln")))
-                return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "models"));
+                return Path.Combine(dir.FullName, "tests", "fixtures");
         throw new DirectoryNotFoundException("Could not find KvPacket.Native.sln above the test binaries.");
     });
 
-    /// <summary>The path of <paramref name="relative"/> under ../shared/models.</summary>
+    /// <summary>The path of <paramref name="relative"/> under tests/fixtures.</summary>
     public static string PathOf(string relative) => Path.Combine(Root.Value, relative);
 
     /// <summary>Parses a golden.json.</summary>
