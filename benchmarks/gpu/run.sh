@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
-#   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]
+#   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
+#                         benchmarks/gpu/run.sh train OUTDIR                      (training: gradients vs CPU, speed vs PyTorch)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,8 +38,26 @@ run)
     fi
     exit $status
     ;;
+train)
+    out="${2:?output directory}"
+    mkdir -p "$out" /tmp/kvpacket-gpu
+    tar xzf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    k=/tmp/kvpacket-gpu/kvpacket
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    status=0
+    "$k" cuda train-check -m tests/fixtures/stories260K/stories260K.bin | tee -a "$out/train-check.txt" || status=1
+    "$k" cuda train-check -m tests/fixtures/tiny-qwen2 | tee -a "$out/train-check.txt" || status=1
+    "$k" cuda train-check --shape llama-50m --layers 2 | tee -a "$out/train-check.txt" || status=1
+    for round in 1 2; do   # ours and PyTorch alternating, twice
+        "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --out "$out/train-bench-ours-$round.json" | tee -a "$out/train-bench.txt" || status=1
+        python3 benchmarks/gpu/torch_train.py models/llama-50m.json --batch 16 --length 1024 --out "$out/train-bench-torch-$round.json" | tee -a "$out/train-bench.txt" || status=1
+    done
+    "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+    exit $status
+    ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin]" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR" >&2
     exit 2
     ;;
 esac

@@ -194,13 +194,18 @@ public sealed class AdapterDistillation
 
         public double Run(DistillationExample example, float[] parameters, bool withGradient)
         {
-            var (tokens, soft, segments, global) = owner.Layout(example, parameters);
-            int vocab = owner._checkpoint.Config.VocabSize, continuation = example.Continuation.Length, start = tokens.Length - continuation;
-            bool Visible(int i, int j) => j <= i && (global[i] || segments[i] == segments[j]);
-            var logits = _model.Forward(tokens, soft, [.. Enumerable.Range(0, tokens.Length)], Visible);
+            var o = owner._options;
+            var layout = StudentLayout.Of(example, o.Mode, o.Header, o.Trailer, o.Links);
+            int hidden = owner._hidden, vocab = owner._checkpoint.Config.VocabSize, start = layout.ContinuationStart;
+            // The CPU model takes −1 for "the next soft row" and the soft rows in order.
+            var tokens = layout.Source.Select(s => Math.Max(s, -1)).ToArray();
+            var adapterRows = layout.Source.Where(s => s < 0).Select(s => -1 - s).ToArray();
+            var soft = new float[adapterRows.Length * hidden];
+            for (int s = 0; s < adapterRows.Length; s++) parameters.AsSpan(adapterRows[s] * hidden, hidden).CopyTo(soft.AsSpan(s * hidden));
+            var logits = _model.Forward(tokens, soft, [.. Enumerable.Range(0, tokens.Length)], layout.Visible);
             var dLogits = withGradient ? new float[logits.Length] : null;
             double loss = 0;
-            for (int r = example.FirstScoredRow; r < continuation; r++)
+            for (int r = example.FirstScoredRow; r < example.Continuation.Length; r++)
                 loss += Ops<float>.KlDivergence(example.Teacher.AsSpan(r * vocab, vocab), logits.AsSpan((start + r) * vocab, vocab),
                     dLogits is null ? default : dLogits.AsSpan((start + r) * vocab, vocab), 1f / example.ScoredRows);
             Rows = tokens.Length;
@@ -208,36 +213,15 @@ public sealed class AdapterDistillation
             {
                 var dSoft = new float[soft.Length];
                 _model.Backward(dLogits, dSoft);
-                // Every document's soft tokens are the same parameters: their gradients add.
+                // Every occurrence of an adapter row is the same parameter: their gradients add.
                 Array.Clear(Gradients);
-                for (int s = 0; s < dSoft.Length; s++) Gradients[s % size] += dSoft[s];
+                for (int s = 0; s < adapterRows.Length; s++)
+                {
+                    var target = Gradients.AsSpan(adapterRows[s] * hidden, hidden);
+                    System.Numerics.Tensors.TensorPrimitives.Add(target, dSoft.AsSpan(s * hidden, hidden), target);
+                }
             }
             return loss / example.ScoredRows;
         }
-    }
-
-    /// <summary>The student's rows: tokens (−1 for soft rows), the soft rows in order, segment ids, and which rows see every segment.</summary>
-    private (int[] Tokens, float[] Soft, int[] Segments, bool[] Global) Layout(DistillationExample example, float[] parameters)
-    {
-        var tokens = new List<int>(example.Prefix);
-        var segments = new List<int>(example.Prefix.Select(_ => 0));
-        var global = new List<bool>(example.Prefix.Select(_ => true));
-        var soft = new List<float>();
-        void Add(int token, int segment, bool seesAll) { tokens.Add(token); segments.Add(segment); global.Add(seesAll); }
-        void AddSoft(int first, int count, int segment, bool seesAll)
-        {
-            for (int r = 0; r < count; r++) Add(-1, segment, seesAll);
-            soft.AddRange(parameters.AsSpan(first * _hidden, count * _hidden));
-        }
-        for (int d = 0; d < example.Documents.Length; d++)
-        {
-            int segment = d + 1;
-            if (_options.Mode == RagMode.KvPacket) AddSoft(0, _options.Header, segment, false);
-            foreach (int token in example.Documents[d]) Add(token, segment, false);
-            if (_options.Mode == RagMode.KvPacket) AddSoft(_options.Header, _options.Trailer, segment, false);
-            else AddSoft(0, _options.Links, segment, true);
-        }
-        foreach (int token in example.Continuation) Add(token, example.Documents.Length + 1, true);
-        return ([.. tokens], [.. soft], [.. segments], [.. global]);
     }
 }

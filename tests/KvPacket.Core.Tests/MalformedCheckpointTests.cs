@@ -72,6 +72,30 @@ public class MalformedCheckpointTests
         Assert.Equal("blk.4.ffn_down.weight", error.Field);  // the last 1000 bytes hold the end of ffn_down and all of output_norm
     }
 
+    [Theory]
+    [InlineData(-(1L << 40))]   // once an AccessViolationException in WeightTensor.ReadRows
+    [InlineData(-1L)]
+    [InlineData(-(1L << 20))]
+    [InlineData(long.MaxValue - 31)]
+    public void A_GGUF_tensor_offset_outside_the_data_region_is_named_not_read(long offset)
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        string path = Path.Combine(temp.Path, "m.gguf");
+        CheckpointExporter.WriteGguf(model, path, DType.F32);
+        var bytes = File.ReadAllBytes(path);
+        // Tensor info: name, uint32 dimension count, uint64 dimensions, uint32 type, uint64 offset.
+        byte[] name = "output_norm.weight"u8.ToArray();
+        int at = bytes.AsSpan().IndexOf(name) + name.Length;
+        int dimensions = BitConverter.ToInt32(bytes, at);
+        BitConverter.GetBytes(offset).CopyTo(bytes, at + 4 + 8 * dimensions + 4);
+        File.WriteAllBytes(path, bytes);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal("output_norm.weight", error.Field);
+    }
+
     [Fact]
     public void A_Hugging_Face_directory_missing_a_tensor_names_it()
     {

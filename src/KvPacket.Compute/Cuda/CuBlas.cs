@@ -18,6 +18,20 @@ internal static unsafe partial class CuBlas
     public static partial int cublasGemmEx(nint handle, int transA, int transB, int m, int n, int k, float* alpha, ulong a, int aType, int lda,
         ulong b, int bType, int ldb, float* beta, ulong c, int cType, int ldc, int computeType, int algorithm);
 
+    [LibraryImport(CudaLibraries.Cublas)]
+    public static partial int cublasGemmStridedBatchedEx(nint handle, int transA, int transB, int m, int n, int k, float* alpha,
+        ulong a, int aType, int lda, long strideA, ulong b, int bType, int ldb, long strideB, float* beta,
+        ulong c, int cType, int ldc, long strideC, int batchCount, int computeType, int algorithm);
+
+    /// <summary>cudaDataType of an element type cuBLAS takes as an operand or output.</summary>
+    public static int DataType(Core.Memory.DType type) => type switch
+    {
+        Core.Memory.DType.F32 => R32F,
+        Core.Memory.DType.BF16 => R16BF,
+        Core.Memory.DType.F16 => R16F,
+        _ => throw new ArgumentException($"cuBLAS operands must be F32, BF16 or F16, not {type}.", nameof(type)),
+    };
+
     /// <summary>Throws <see cref="CudaException"/> naming <paramref name="call"/> unless <paramref name="status"/> is CUBLAS_STATUS_SUCCESS.</summary>
     public static void Check(int status, string call)
     {

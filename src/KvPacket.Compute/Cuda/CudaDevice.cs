@@ -191,22 +191,33 @@ public sealed unsafe class CudaDevice : IDisposable
     /// </summary>
     public void MatMul(DeviceBuffer weight, DeviceBuffer input, Core.Memory.DType type, int rows, int columns, int tokens, DeviceBuffer output, bool accumulate = false)
     {
-        int dataType = type switch
-        {
-            Core.Memory.DType.F32 => CuBlas.R32F,
-            Core.Memory.DType.BF16 => CuBlas.R16BF,
-            Core.Memory.DType.F16 => CuBlas.R16F,
-            _ => throw new ArgumentException($"cuBLAS operands must be F32, BF16 or F16, not {type}.", nameof(type)),
-        };
+        int dataType = CuBlas.DataType(type);
         float alpha = 1, beta = accumulate ? 1 : 0;
         // Column-major view: W is [columns × rows] (so op T), x is [columns × tokens], y is [rows × tokens].
         CuBlas.Check(CuBlas.cublasGemmEx(Blas, CuBlas.OpT, CuBlas.OpN, rows, tokens, columns, &alpha, weight.Pointer, dataType, columns,
             input.Pointer, dataType, columns, &beta, output.Pointer, CuBlas.R32F, rows, CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmEx");
     }
 
+    /// <summary>
+    /// Row-major, strided-batched C = α·op(A)·op(B) + β·C for each of <paramref name="batch"/> matrices: C [m, n],
+    /// op(A) [m, k], op(B) [k, n], with A stored [m, k] (or [k, m] when <paramref name="transposeA"/>) and B [k, n]
+    /// (or [n, k]). Leading dimensions and strides are in elements; accumulation is f32 (no TF32).
+    /// </summary>
+    public void Gemm(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+        in GemmOperand a, in GemmOperand b, float beta, in GemmOperand c, int batch = 1)
+    {
+        // Row-major C is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep each one's own transposition.
+        CuBlas.Check(CuBlas.cublasGemmStridedBatchedEx(Blas, transposeB ? CuBlas.OpT : CuBlas.OpN, transposeA ? CuBlas.OpT : CuBlas.OpN, n, m, k, &alpha,
+            b.Pointer, CuBlas.DataType(b.Type), b.LeadingDimension, b.Stride, a.Pointer, CuBlas.DataType(a.Type), a.LeadingDimension, a.Stride, &beta,
+            c.Pointer, CuBlas.DataType(c.Type), c.LeadingDimension, c.Stride, batch, CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmStridedBatchedEx");
+    }
+
     /// <summary>Copies <paramref name="bytes"/> device to device (for the bandwidth roofline).</summary>
-    public void Copy(DeviceBuffer source, DeviceBuffer destination, long bytes) =>
-        CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(destination.Pointer, source.Pointer, (nuint)bytes, Stream), "cuMemcpyDtoDAsync");
+    public void Copy(DeviceBuffer source, DeviceBuffer destination, long bytes) => Copy(source.Pointer, destination.Pointer, bytes);
+
+    /// <summary>Queues a copy of <paramref name="bytes"/> from device address <paramref name="source"/> to <paramref name="destination"/>.</summary>
+    public void Copy(ulong source, ulong destination, long bytes) =>
+        CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(destination, source, (nuint)bytes, Stream), "cuMemcpyDtoDAsync");
 
     /// <inheritdoc />
     public void Dispose()
@@ -220,6 +231,9 @@ public sealed unsafe class CudaDevice : IDisposable
         CudaDriver.cuDevicePrimaryCtxRelease(_device);
     }
 }
+
+/// <summary>A row-major matrix operand of <see cref="CudaDevice.Gemm"/>: its address, element type, leading dimension (elements between rows) and batch stride.</summary>
+public readonly record struct GemmOperand(ulong Pointer, Core.Memory.DType Type, int LeadingDimension, long Stride = 0);
 
 /// <summary>An instantiated CUDA graph; dispose to free it.</summary>
 public sealed class CudaGraph(nint exec) : IDisposable

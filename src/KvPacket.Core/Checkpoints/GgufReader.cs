@@ -34,18 +34,25 @@ public static class GgufReader
                 metadata[key] = cursor.Value(key, (GgufFormat.ValueType)cursor.UInt32(key));
             }
 
-            var infos = new List<(string Name, long[] Dims, GgufFormat.TensorType Type, long Offset)>();
+            var infos = new List<(string Name, long[] Dims, GgufFormat.TensorType Type, ulong Offset)>();
             for (long i = 0; i < tensorCount; i++)
             {
                 string name = cursor.String("tensor name");
                 uint dimCount = cursor.UInt32(name);
                 if (dimCount is 0 or > 4) throw new CheckpointFormatException(path, name, $"has {dimCount} dimensions");
                 var dims = new long[dimCount];
-                for (int d = 0; d < dims.Length; d++) dims[d] = (long)cursor.UInt64(name);
-                infos.Add((name, dims, (GgufFormat.TensorType)cursor.UInt32(name), (long)cursor.UInt64(name)));
+                for (int d = 0; d < dims.Length; d++)
+                {
+                    ulong dim = cursor.UInt64(name);
+                    if (dim is 0 or > int.MaxValue) throw new CheckpointFormatException(path, name, $"dimension {d} is {dim} (must be 1..{int.MaxValue})");
+                    dims[d] = (long)dim;
+                }
+                infos.Add((name, dims, (GgufFormat.TensorType)cursor.UInt32(name), cursor.UInt64(name)));
             }
 
             long alignment = metadata.TryGetValue("general.alignment", out var a) ? Convert.ToInt64(a) : GgufFormat.DefaultAlignment;
+            if (alignment is < 1 or > 1 << 20 || (alignment & (alignment - 1)) != 0)
+                throw new CheckpointFormatException(path, "general.alignment", $"{alignment} is not a power of two in [1, 2^20]");
             long dataStart = (cursor.Position + alignment - 1) / alignment * alignment;
 
             var tensors = new Dictionary<string, WeightTensor>();
@@ -64,9 +71,13 @@ public static class GgufReader
                     _ => throw new CheckpointFormatException(path, name, $"ggml type {(uint)ggmlType} is not supported (f32, f16, bf16, q8_0)"),
                 };
                 long bytes = type.BytesFor((long)rows * columns);
-                if (dataStart + offset + bytes > file.Length)
-                    throw new CheckpointFormatException(path, name, $"data [{dataStart + offset}, {dataStart + offset + bytes}) runs past the end of the file ({file.Length} bytes): truncated?");
-                byte* data = file.Pointer + dataStart + offset;
+                // Offsets are unsigned in the file: compare in unsigned arithmetic so no huge value wraps to a negative one.
+                ulong available = (ulong)(file.Length - Math.Min(dataStart, file.Length));
+                if (offset % (ulong)alignment != 0)
+                    throw new CheckpointFormatException(path, name, $"data offset {offset} is not a multiple of the alignment {alignment}");
+                if (offset > available || (ulong)bytes > available - offset)
+                    throw new CheckpointFormatException(path, name, $"data [{offset}, {offset} + {bytes}) past the data start {dataStart} runs past the end of the file ({file.Length} bytes): truncated?");
+                byte* data = file.Pointer + dataStart + (long)offset;
                 if (type == DType.Q8_0)
                 {
                     var dequantised = new NativeBuffer<float>((long)rows * columns);

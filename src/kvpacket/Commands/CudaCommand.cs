@@ -19,6 +19,7 @@ internal static class CudaCommand
         var command = new Command("cuda", "Check and benchmark the CUDA backend (needs an NVIDIA GPU and the CUDA libraries)");
         command.Subcommands.Add(Check());
         command.Subcommands.Add(BenchCommand());
+        foreach (var training in CudaTrainCommand.Create()) command.Subcommands.Add(training);
         return command;
     }
 

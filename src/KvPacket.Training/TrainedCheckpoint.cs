@@ -1,0 +1,60 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+
+namespace KvPacket.Training;
+
+/// <summary>Writes trained weights as a Hugging Face directory (config.json + model.safetensors) that our readers load.</summary>
+public static class TrainedCheckpoint
+{
+    /// <summary>
+    /// Writes <paramref name="weights"/> of <paramref name="config"/> (rotate-half RoPE, as Hugging Face stores it) into
+    /// <paramref name="directory"/> with matrices in <paramref name="type"/> and norms and biases in f32.
+    /// </summary>
+    public static void WriteHuggingFace(ModelConfig config, TrainingWeights<float> weights, string directory, DType type, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        if (config.RopeStyle != RopeStyle.RotateHalf) throw new ArgumentException("Hugging Face checkpoints use rotate-half RoPE; this model is interleaved", nameof(config));
+        Directory.CreateDirectory(directory);
+        HuggingFaceConfig.Write(config, Path.Combine(directory, "config.json"));
+        var names = TensorNames.HuggingFace;
+        int d = config.HiddenSize, q = config.QueryDim, kv = config.KvDim, f = config.IntermediateSize;
+        var tensors = new List<TensorToWrite> { Tensor(names.Embedding, type, weights.Embedding, config.VocabSize, d) };
+        for (int l = 0; l < config.LayerCount; l++)
+        {
+            var w = weights.Layers[l];
+            string N(LayerTensor role) => names.Layer(l, role);
+            tensors.Add(Tensor(N(LayerTensor.AttentionNorm), DType.F32, w.AttentionNorm, d));
+            tensors.Add(Tensor(N(LayerTensor.Query), type, w.Query, q, d));
+            tensors.Add(Tensor(N(LayerTensor.Key), type, w.Key, kv, d));
+            tensors.Add(Tensor(N(LayerTensor.Value), type, w.Value, kv, d));
+            tensors.Add(Tensor(N(LayerTensor.Output), type, w.Output, d, q));
+            if (config.AttentionBias)
+            {
+                tensors.Add(Tensor(N(LayerTensor.QueryBias), DType.F32, w.QueryBias, q));
+                tensors.Add(Tensor(N(LayerTensor.KeyBias), DType.F32, w.KeyBias, kv));
+                tensors.Add(Tensor(N(LayerTensor.ValueBias), DType.F32, w.ValueBias, kv));
+            }
+            tensors.Add(Tensor(N(LayerTensor.FfnNorm), DType.F32, w.FfnNorm, d));
+            tensors.Add(Tensor(N(LayerTensor.Gate), type, w.Gate, f, d));
+            tensors.Add(Tensor(N(LayerTensor.Up), type, w.Up, f, d));
+            tensors.Add(Tensor(N(LayerTensor.Down), type, w.Down, d, f));
+        }
+        tensors.Add(Tensor(names.FinalNorm, DType.F32, weights.FinalNorm, d));
+        if (!config.TiedEmbeddings) tensors.Add(Tensor(names.Classifier, type, weights.Classifier, config.VocabSize, d));
+        var meta = new Dictionary<string, string> { ["format"] = "pt" };
+        if (metadata is not null) foreach (var (key, value) in metadata) meta[key] = value;
+        SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, meta);
+    }
+
+    private static TensorToWrite Tensor(string name, DType type, float[] values, params long[] shape) =>
+        new(name, type, shape, stream =>
+        {
+            int columns = (int)shape[^1];
+            var bytes = new byte[type.BytesFor(columns)];
+            for (int r = 0; r < values.Length / columns; r++)
+            {
+                TensorEncoding.Encode(values.AsSpan(r * columns, columns), type, bytes);
+                stream.Write(bytes);
+            }
+        });
+}

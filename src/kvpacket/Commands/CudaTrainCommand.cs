@@ -1,0 +1,141 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using KvPacket.Cli.Bench;
+using KvPacket.Compute.Cuda;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Training.Cuda;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket cuda train-check|train-bench</c>: the GPU trainer against the CPU reference (gradients of every tensor
+/// and of adapter rows, f32 and bf16 operands, with and without recomputed activations), and its speed (tokens/s and
+/// model FLOPs utilisation, CUDA events after warm-up, medians).
+/// </summary>
+internal static class CudaTrainCommand
+{
+    /// <summary>The dense bf16 tensor-core peak of the H100/H200 SXM (NVIDIA's datasheet, without sparsity), for MFU.</summary>
+    private const double HopperDenseBf16TeraFlops = 989.4;
+
+    public static IEnumerable<Command> Create() => [Check(), Bench()];
+
+    private static (Checkpoint Checkpoint, string Name) Open(string? path, string? shape, int layers)
+    {
+        if (path is not null || layers <= 0) return BenchModel.Open(path, shape, DType.F32);
+        var card = ModelCard.Find(shape ?? throw new ArgumentException("Give --model PATH or --shape NAME."));
+        var config = card.Config with { LayerCount = layers };
+        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}-{layers}layers-f32-seed1");
+        if (!File.Exists(Path.Combine(directory, "model.safetensors"))) SyntheticCheckpoint.Write(config, DType.F32, directory, seed: 1);
+        return (CheckpointLoader.Load(directory), $"{card.Name} ({layers} layers)");
+    }
+
+    private static Command Check()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var layers = new Option<int>("--layers") { Description = "With --shape: keep only this many layers (0: all)", DefaultValueFactory = _ => 2 };
+        var sequences = new Option<int>("--sequences") { Description = "Sequences per batch", DefaultValueFactory = _ => 3 };
+        var length = new Option<int>("--length") { Description = "Tokens per causal sequence", DefaultValueFactory = _ => 40 };
+        var command = new Command("train-check", "GPU training gradients vs the CPU reference (float64): causal LM and KV Packet student batches, f32 and bf16")
+        {
+            model, shape, layers, sequences, length,
+        };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var (checkpoint, name) = Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(layers));
+            using (checkpoint)
+            using (var device = CudaDevice.Open())
+            {
+                var config = checkpoint.Config;
+                Console.WriteLine($"{device.Name} (sm_{device.Architecture}); model {name}: hidden {config.HiddenSize}, {config.LayerCount} layers, heads {config.HeadCount}/{config.KvHeadCount}, vocab {config.VocabSize}");
+                var causal = CudaGradientCheck.CausalBatch(config, parse.GetValue(sequences), parse.GetValue(length), seed: 7);
+                var student = CudaGradientCheck.StudentBatch(config, parse.GetValue(sequences), seed: 8);
+                var soft = CudaGradientCheck.SoftRows(KvPacket.Training.TrainingWeights<float>.From(checkpoint), config.HiddenSize,
+                    CudaGradientCheck.StudentHeader + CudaGradientCheck.StudentTrailer, seed: 9);
+                bool ok = true;
+                foreach (var (operand, recompute) in new[] { (DType.F32, false), (DType.F32, true), (DType.BF16, false) })
+                    foreach (var (batchName, batch, rows) in new[] { ("causal LM", causal, Array.Empty<float>()), ("KV Packet student", student, soft) })
+                    {
+                        var result = CudaGradientCheck.Run(device, checkpoint, batchName, batch, rows, operand, recompute);
+                        double limit = operand == DType.F32 ? 1e-3 : 3e-2;
+                        double lossError = Math.Abs(result.GpuLoss - result.CpuLoss) / Math.Abs(result.CpuLoss);
+                        bool pass = result.Worst.Relative <= limit && lossError <= limit;
+                        ok &= pass;
+                        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"  {batchName,-18} {operand,-4}{(recompute ? " recompute" : "          ")}: loss CPU {result.CpuLoss:F6} GPU {result.GpuLoss:F6} (rel {lossError:E1}); " +
+                            $"worst gradient {result.Worst.Name} {result.Worst.Relative:E2}, median {Median(result.Errors.Select(e => e.Relative)):E2} over {result.Errors.Count} tensors → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
+                        if (!pass)
+                            foreach (var e in result.Errors.Where(e => e.Relative > limit).Take(12))
+                                Console.WriteLine($"      {e.Name}: {e.Relative:E2} (|cpu| {e.CpuNorm:E2})");
+                    }
+                return ok ? 0 : 1;
+            }
+        });
+        return command;
+    }
+
+    private static double Median(IEnumerable<double> values) => Statistics.Median(values);
+
+    private static Command Bench()
+    {
+        var shape = new Option<string>("--shape") { Description = "Model card", DefaultValueFactory = _ => "llama-50m" };
+        var sequences = new Option<int>("--batch") { Description = "Sequences per step", DefaultValueFactory = _ => 16 };
+        var length = new Option<int>("--length") { Description = "Tokens per sequence", DefaultValueFactory = _ => 1024 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed steps after warm-up (median reported)", DefaultValueFactory = _ => 10 };
+        var operand = new Option<DType>("--operand") { Description = "BF16 or F32", DefaultValueFactory = _ => DType.BF16 };
+        var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute each layer in the backward pass" };
+        var output = new Option<string?>("--out") { Description = "JSON file for the figures" };
+        var command = new Command("train-bench", "Full training steps on the GPU: tokens/s and model FLOPs utilisation (CUDA events, medians)")
+        {
+            shape, sequences, length, repeats, operand, recompute, output,
+        };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var config = ModelCard.Find(parse.GetValue(shape)!).Config;
+            int b = parse.GetValue(sequences), n = parse.GetValue(length);
+            using var device = CudaDevice.Open();
+            var weights = KvPacket.Training.WeightInitialisation.Random(config, seed: 1);
+            using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(parse.GetValue(operand), true, parse.GetValue(recompute)), b, n);
+            var batch = CudaGradientCheck.CausalBatch(config, b, n, seed: 3);
+            double scale = 1 / batch.TotalWeight;
+            void Step()
+            {
+                model.ForwardBackward(batch, scale);
+                model.Step(1e-4, 1.0, 0.1);
+            }
+            double firstLoss = model.Loss(batch, scale);
+            for (int i = 0; i < 3; i++) Step();
+            var times = device.Time(Step, parse.GetValue(repeats));
+            double lastLoss = model.Loss(batch, scale);
+            double ms = Statistics.Median(times);
+            long tokens = (long)b * n;
+            // Model FLOPs (PaLM's accounting, causal attention at half the n×n): 6 per matrix parameter per token (the
+            // classifier included), plus 6·n·(H·d) per layer per token for the attention products.
+            long matrices = (long)config.LayerCount * (2L * config.QueryDim * config.HiddenSize + 2L * config.KvDim * config.HiddenSize + 3L * config.IntermediateSize * config.HiddenSize)
+                + (long)config.VocabSize * config.HiddenSize;
+            double flopsPerToken = 6.0 * matrices + 6.0 * config.LayerCount * n * config.QueryDim;
+            double teraFlops = flopsPerToken * tokens / (ms / 1e3) / 1e12;
+            long parameters = model.Layout.Count;
+            var figures = new Dictionary<string, object>
+            {
+                ["device"] = device.Name, ["shape"] = parse.GetValue(shape)!, ["parameters"] = parameters, ["batch"] = b, ["length"] = n,
+                ["operand"] = parse.GetValue(operand).ToString(), ["recompute_activations"] = parse.GetValue(recompute),
+                ["step_ms_median"] = ms, ["step_ms_all"] = times, ["tokens_per_s"] = tokens / (ms / 1e3), ["model_tflops"] = teraFlops,
+                ["mfu_vs_dense_bf16_peak"] = teraFlops / HopperDenseBf16TeraFlops, ["device_bytes"] = model.DeviceBytes,
+                ["loss_before"] = firstLoss, ["loss_after"] = lastLoss,
+            };
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"ours  {parse.GetValue(shape)} ({parameters / 1e6:F1}M params) {parse.GetValue(operand)}{(parse.GetValue(recompute) ? " recompute" : "")} batch {b}x{n}: " +
+                $"step {ms:F2} ms (median of {times.Length}), {tokens / (ms / 1e3):F0} tokens/s, {teraFlops:F1} TFLOP/s = MFU {teraFlops / HopperDenseBf16TeraFlops:P1} of {HopperDenseBf16TeraFlops} dense bf16; " +
+                $"device memory {model.DeviceBytes / 1e9:F2} GB; loss {firstLoss:F3} → {lastLoss:F3} over {3 + times.Length} steps on one batch"));
+            if (parse.GetValue(output) is { } file) File.WriteAllText(file, JsonSerializer.Serialize(figures, new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        });
+        return command;
+    }
+}
