@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
-#                         benchmarks/gpu/run.sh train OUTDIR                      (training: gradients vs CPU, speed vs PyTorch)
+#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,25 +39,66 @@ run)
     exit $status
     ;;
 train)
+    # Parts (default all): check adapter pretrain finetune distill speed
     out="${2:?output directory}"
+    shift 2
+    parts="${*:-check adapter pretrain finetune distill speed}"
     mkdir -p "$out" /tmp/kvpacket-gpu
     tar xzf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     k=/tmp/kvpacket-gpu/kvpacket
+    d=/tmp/kvpacket-dumps
+    stories=tests/fixtures/stories260K/stories260K.bin
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
     status=0
-    "$k" cuda train-check -m tests/fixtures/stories260K/stories260K.bin | tee -a "$out/train-check.txt" || status=1
-    "$k" cuda train-check -m tests/fixtures/tiny-qwen2 | tee -a "$out/train-check.txt" || status=1
-    "$k" cuda train-check --shape llama-50m --layers 2 | tee -a "$out/train-check.txt" || status=1
-    for round in 1 2; do   # ours and PyTorch alternating, twice
-        "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --out "$out/train-bench-ours-$round.json" | tee -a "$out/train-bench.txt" || status=1
-        python3 benchmarks/gpu/torch_train.py models/llama-50m.json --batch 16 --length 1024 --out "$out/train-bench-torch-$round.json" | tee -a "$out/train-bench.txt" || status=1
-    done
-    "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+    if [[ " $parts " == *" check "* ]]; then
+        # Gradients against the CPU (float64) and PyTorch autograd; distillation loss against the engine's KL.
+        "$k" cuda train-check -m $stories --dump $d/stories260K | tee -a "$out/train-check.txt" || status=1
+        "$k" cuda train-check -m tests/fixtures/tiny-qwen2 --dump $d/tiny-qwen2 | tee -a "$out/train-check.txt" || status=1
+        "$k" cuda train-check --shape llama-50m --layers 2 --dump $d/llama-50m-2 | tee -a "$out/train-check.txt" || status=1
+        python3 benchmarks/gpu/torch_grad.py $d/*/* 2>/dev/null | tee "$out/torch-grad.txt" || status=1
+    fi
+    if [[ " $parts " == *" adapter "* ]]; then
+        # 200-step adapter runs on the GPU, seeds 1-4 (compare with the same commands with --device cpu).
+        for seed in 1 2 3 4; do
+            "$k" train -m $stories --steps 200 --patience 0 --seed $seed --device cuda --out "$out/train-stories260k-cuda-seed$seed.json" 2>&1 | tail -2 | tee -a "$out/train-gpu.txt" || status=1
+        done
+    fi
+    if [[ " $parts " == *" pretrain "* ]]; then
+        # Pre-training: a run resumed from its checkpoint ends bit-for-bit where an uninterrupted one does.
+        python3 -c "
+import random; random.seed(1)
+with open('/tmp/corpus.tokens','w') as f:
+    for _ in range(3000):
+        a, s = random.randrange(509), random.randrange(1, 7)
+        f.write(' '.join(str(3 + (a + i * s) % 509) for i in range(random.randrange(40, 160))) + '\n')"
+        p="pretrain --model-shape stories260k --data /tmp/corpus.tokens --steps 40 --batch 8 --length 256 --warmup 5 --learning-rate 3e-3 --checkpoint-every 10 --log-every 10 --save-type F32"
+        "$k" $p --checkpoint /tmp/a.ckpt --out /tmp/run-a --loss-curve "$out/pretrain-curve.csv" | tee -a "$out/pretrain.txt" || status=1
+        "$k" $p --checkpoint /tmp/b.ckpt --out /tmp/run-b --stop-after 15 | tee -a "$out/pretrain.txt" || status=1
+        "$k" $p --checkpoint /tmp/b.ckpt --out /tmp/run-b | tee -a "$out/pretrain.txt" || status=1
+        sha256sum /tmp/run-a/model.safetensors /tmp/run-b/model.safetensors | tee -a "$out/pretrain.txt"
+        [[ "$(sha256sum < /tmp/run-a/model.safetensors)" == "$(sha256sum < /tmp/run-b/model.safetensors)" ]] && echo "resume: identical" | tee -a "$out/pretrain.txt" || { echo "resume: DIFFERENT" | tee -a "$out/pretrain.txt"; status=1; }
+        "$k" generate -m /tmp/run-a --tokens 1,100,103,106 -n 12 | tee -a "$out/pretrain.txt" || status=1
+    fi
+    if [[ " $parts " == *" finetune "* ]]; then
+        "$k" finetune -m $stories --links 5 --steps 150 --batch 16 --learning-rate 3e-4 --eval-every 50 --out /tmp/finetuned --store /tmp/finetune-store | tee -a "$out/finetune.txt" || status=1
+    fi
+    if [[ " $parts " == *" distill "* ]]; then
+        "$k" cuda distill-bench --shape llama-3.2-1b | tee -a "$out/train-bench.txt" || status=1
+        "$k" cuda distill-bench --shape llama-3.2-1b --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+    fi
+    if [[ " $parts " == *" speed "* ]]; then
+        # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.
+        for round in 1 2; do
+            "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --out "$out/train-bench-ours-$round.json" | tee -a "$out/train-bench.txt" || status=1
+            python3 benchmarks/gpu/torch_train.py models/llama-50m.json --batch 16 --length 1024 --out "$out/train-bench-torch-$round.json" 2>/dev/null | tee -a "$out/train-bench.txt" || status=1
+        done
+        "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+    fi
     exit $status
     ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed…]" >&2
     exit 2
     ;;
 esac

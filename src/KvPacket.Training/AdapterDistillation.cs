@@ -72,8 +72,7 @@ public sealed class AdapterDistillation
         int step, bestStep, sinceBest;
         double initialKl, bestKl, latestKl;
         var clock = Stopwatch.StartNew();
-        var workers = new Worker[_options.BatchSize];
-        for (int b = 0; b < workers.Length; b++) workers[b] = new Worker(this, size);
+        using var students = CreateStudents(size, [.. train, .. heldOut]);
         long examples = 0, rows = 0;
 
         if (_options.CheckpointPath is { } path && File.Exists(path))
@@ -91,27 +90,20 @@ public sealed class AdapterDistillation
             Adapter initial = Initial();
             parameters = [.. initial.Header, .. initial.Trailer, .. initial.Links];
             step = bestStep = sinceBest = 0;
-            initialKl = bestKl = latestKl = HeldOutKl(heldOut, parameters, workers);
+            initialKl = bestKl = latestKl = students.MeanLoss(heldOut, parameters);
             best = (float[])parameters.Clone();
         }
 
         bool stoppedEarly = false;
         var gradients = new float[size];
         var order = new ExampleOrder(_options.Seed, train.Count);
-        var batch = new int[_options.BatchSize];
+        var batch = new DistillationExample[_options.BatchSize];
         while (step < _options.Steps && !cancellation.IsCancellationRequested)
         {
-            for (int b = 0; b < batch.Length; b++) batch[b] = order.At((long)step * batch.Length + b);
-            Parallel.For(0, workers.Length, Parallelism(), b => workers[b].Loss = workers[b].Run(train[batch[b]], parameters, withGradient: true));
-            Array.Clear(gradients);
-            double loss = 0;
-            foreach (var worker in workers)
-            {
-                loss += worker.Loss / workers.Length;
-                for (int i = 0; i < size; i++) gradients[i] += worker.Gradients[i] / workers.Length;
-                rows += worker.Rows;
-            }
-            examples += workers.Length;
+            for (int b = 0; b < batch.Length; b++) batch[b] = train[order.At((long)step * batch.Length + b)];
+            double loss = students.Gradients(batch, parameters, gradients, out long batchRows);
+            rows += batchRows;
+            examples += batch.Length;
             AdamW.ClipByNorm(gradients, _options.ClipNorm);
             double rate = AdamW.Schedule(step, _options.Steps, _options.WarmupSteps, _options.LearningRate);
             optimiser.Step(parameters, gradients, rate);
@@ -119,7 +111,7 @@ public sealed class AdapterDistillation
 
             if (step % _options.EvaluateEvery == 0 || step == _options.Steps)
             {
-                latestKl = HeldOutKl(heldOut, parameters, workers);
+                latestKl = students.MeanLoss(heldOut, parameters);
                 if (latestKl < bestKl) (bestKl, bestStep, sinceBest, best) = (latestKl, step, 0, (float[])parameters.Clone());
                 else sinceBest++;
                 stoppedEarly = _options.Patience > 0 && sinceBest >= _options.Patience && step < _options.Steps;
@@ -133,20 +125,62 @@ public sealed class AdapterDistillation
         return new DistillationRun(ToAdapter(best, 1), initialKl, bestKl, bestStep, step, stoppedEarly, examples, rows, clock.Elapsed);
     }
 
-    /// <summary>Mean KL(teacher ‖ student) per scored continuation row of <paramref name="example"/> with <paramref name="adapter"/>, in nats.</summary>
-    public double Loss(DistillationExample example, Adapter adapter) =>
-        new Worker(this, _options.AdapterRows * _hidden).Run(example, [.. adapter.Header, .. adapter.Trailer, .. adapter.Links], withGradient: false);
+    /// <summary>Mean KL(teacher ‖ student) per scored continuation row of <paramref name="example"/> with <paramref name="adapter"/>, in nats, on the run's device.</summary>
+    public double Loss(DistillationExample example, Adapter adapter)
+    {
+        using var students = CreateStudents(_options.AdapterRows * _hidden, [example]);
+        return students.MeanLoss([example], [.. adapter.Header, .. adapter.Trailer, .. adapter.Links]);
+    }
 
     private ParallelOptions Parallelism() => new() { MaxDegreeOfParallelism = _options.Threads > 0 ? _options.Threads : Environment.ProcessorCount };
 
-    private double HeldOutKl(IReadOnlyList<DistillationExample> heldOut, float[] parameters, Worker[] workers)
+    private IStudentPass CreateStudents(int size, IReadOnlyList<DistillationExample> all) => _options.Device switch
     {
-        var losses = new double[heldOut.Count];
-        Parallel.For(0, workers.Length, Parallelism(), w =>
+        TrainingDevice.Cuda => new Cuda.CudaStudents(_checkpoint.Config, _weights, _options, all),
+        _ => new CpuStudents(this, size),
+    };
+
+    /// <summary>The student examples on the CPU: one worker (a model instance) per batch slot, run in parallel, summed in slot order.</summary>
+    private sealed class CpuStudents : IStudentPass
+    {
+        private readonly AdapterDistillation _owner;
+        private readonly Worker[] _workers;
+        private readonly int _size;
+
+        public CpuStudents(AdapterDistillation owner, int size)
         {
-            for (int e = w; e < heldOut.Count; e += workers.Length) losses[e] = workers[w].Run(heldOut[e], parameters, withGradient: false);
-        });
-        return losses.Average();
+            _owner = owner;
+            _size = size;
+            _workers = new Worker[owner._options.BatchSize];
+            for (int b = 0; b < _workers.Length; b++) _workers[b] = new Worker(owner, size);
+        }
+
+        public double Gradients(IReadOnlyList<DistillationExample> batch, float[] parameters, float[] gradients, out long rows)
+        {
+            Parallel.For(0, _workers.Length, _owner.Parallelism(), b => _workers[b].Loss = _workers[b].Run(batch[b], parameters, withGradient: true));
+            Array.Clear(gradients);
+            double loss = 0;
+            rows = 0;
+            foreach (var worker in _workers)
+            {
+                loss += worker.Loss / _workers.Length;
+                for (int i = 0; i < _size; i++) gradients[i] += worker.Gradients[i] / _workers.Length;
+                rows += worker.Rows;
+            }
+            return loss;
+        }
+
+        public double MeanLoss(IReadOnlyList<DistillationExample> examples, float[] parameters)
+        {
+            var losses = new double[examples.Count];
+            Parallel.For(0, _workers.Length, _owner.Parallelism(), w =>
+            {
+                for (int e = w; e < examples.Count; e += _workers.Length) losses[e] = _workers[w].Run(examples[e], parameters, withGradient: false);
+            });
+            return losses.Average();
+        }
+
+        public void Dispose() { }
     }
 
     /// <summary>

@@ -35,6 +35,10 @@ public sealed record DistillationOptions
     public bool RecomputeActivations { get; init; }
     /// <summary>Examples computed at once (0: one per processor).</summary>
     public int Threads { get; init; }
+    /// <summary>Where the students run: the CPU (the reference) or the GPU (<see cref="Cuda.CudaTrainingModel"/>; the optimiser stays on the host, so both give the same kind of run and checkpoint).</summary>
+    public TrainingDevice Device { get; init; } = TrainingDevice.Cpu;
+    /// <summary>On the GPU: the matrix operands, F32 (as the CPU) or BF16 (f32 accumulation).</summary>
+    public Core.Memory.DType Operand { get; init; } = Core.Memory.DType.F32;
     /// <summary>A file the run state is saved to at every evaluation and resumed from when it exists (null: none).</summary>
     public string? CheckpointPath { get; init; }
 
@@ -50,7 +54,17 @@ public sealed record DistillationOptions
         if (Steps < 1 || BatchSize < 1 || EvaluateEvery < 1) throw new ArgumentException("Steps, BatchSize and EvaluateEvery must be at least 1.");
         if (!(LearningRate > 0) || !(ClipNorm > 0)) throw new ArgumentException("LearningRate and ClipNorm must be positive.");
         if (WarmupSteps < 0 || Patience < 0 || Threads < 0) throw new ArgumentException("WarmupSteps, Patience and Threads must not be negative.");
+        if (Operand is not (Core.Memory.DType.F32 or Core.Memory.DType.BF16)) throw new ArgumentException($"Operand: F32 or BF16, not {Operand}.");
     }
+}
+
+/// <summary>Where training computes.</summary>
+public enum TrainingDevice
+{
+    /// <summary>The CPU engine (the reference).</summary>
+    Cpu,
+    /// <summary>An NVIDIA GPU through CUDA.</summary>
+    Cuda,
 }
 
 /// <summary>Where a run is, reported after every step.</summary>

@@ -8,12 +8,17 @@ namespace KvPacket.Training;
 public static class TrainedCheckpoint
 {
     /// <summary>
-    /// Writes <paramref name="weights"/> of <paramref name="config"/> (rotate-half RoPE, as Hugging Face stores it) into
+    /// Writes <paramref name="weights"/> of <paramref name="config"/> (q/k rows in rotate-half order, as Hugging Face stores them; an interleaved model's are reordered) into
     /// <paramref name="directory"/> with matrices in <paramref name="type"/> and norms and biases in f32.
     /// </summary>
     public static void WriteHuggingFace(ModelConfig config, TrainingWeights<float> weights, string directory, DType type, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        if (config.RopeStyle != RopeStyle.RotateHalf) throw new ArgumentException("Hugging Face checkpoints use rotate-half RoPE; this model is interleaved", nameof(config));
+        if (config.RopeStyle == RopeStyle.Interleaved)
+        {
+            // Hugging Face rotates halves: reorder each head's q/k rows (pair i's rows 2i, 2i+1 become i, i + d/2).
+            weights = RotateHalf(config, weights);
+            config = config with { RopeStyle = RopeStyle.RotateHalf };
+        }
         Directory.CreateDirectory(directory);
         HuggingFaceConfig.Write(config, Path.Combine(directory, "config.json"));
         var names = TensorNames.HuggingFace;
@@ -44,6 +49,34 @@ public static class TrainedCheckpoint
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
         if (metadata is not null) foreach (var (key, value) in metadata) meta[key] = value;
         SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, meta);
+    }
+
+    private static TrainingWeights<float> RotateHalf(ModelConfig config, TrainingWeights<float> weights)
+    {
+        int hd = config.HeadDim, d = config.HiddenSize;
+        float[] Permute(float[] rows, int heads, int width)
+        {
+            if (rows.Length == 0) return rows;
+            var result = new float[rows.Length];
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < hd / 2; i++)
+                {
+                    Array.Copy(rows, (h * hd + 2 * i) * width, result, (h * hd + i) * width, width);
+                    Array.Copy(rows, (h * hd + 2 * i + 1) * width, result, (h * hd + hd / 2 + i) * width, width);
+                }
+            return result;
+        }
+        return new TrainingWeights<float>
+        {
+            Embedding = weights.Embedding,
+            Layers = [.. weights.Layers.Select(l => l with
+            {
+                Query = Permute(l.Query, config.HeadCount, d), Key = Permute(l.Key, config.KvHeadCount, d),
+                QueryBias = Permute(l.QueryBias, config.HeadCount, 1), KeyBias = Permute(l.KeyBias, config.KvHeadCount, 1),
+            })],
+            FinalNorm = weights.FinalNorm,
+            Classifier = weights.Classifier,
+        };
     }
 
     private static TensorToWrite Tensor(string name, DType type, float[] values, params long[] shape) =>

@@ -74,6 +74,26 @@ public sealed class TrainingBatch
         return batch;
     }
 
+    /// <summary>Sequences of rows with next-token targets (positions 0..n−1 each), padded to the longest.</summary>
+    public static TrainingBatch Of(IReadOnlyList<TrainingSequence> sequences)
+    {
+        var batch = new TrainingBatch(sequences.Count, sequences.Max(s => s.Source.Length));
+        for (int b = 0; b < sequences.Count; b++)
+        {
+            var s = sequences[b];
+            for (int i = 0; i < s.Source.Length; i++)
+            {
+                int r = b * batch.Length + i;
+                batch.Source[r] = s.Source[i];
+                batch.Positions[r] = i;
+                batch.FirstVisible[r] = s.FirstVisible[i];
+                batch.Targets[r] = s.Targets[i];
+                batch.Weights[r] = s.Weights[i];
+            }
+        }
+        return batch;
+    }
+
     /// <summary>
     /// Distillation students (<see cref="StudentLayout"/>), one per example: the scored continuation rows carry KL to
     /// the example's teacher rows, each weighted 1 / (scored rows) so every example counts the same, as on the CPU.

@@ -39,6 +39,21 @@ public sealed class TrainingWeights<T> where T : IFloatingPointIeee754<T>
         };
     }
 
+    /// <summary>The same weights in <typeparamref name="TOut"/> (a tied classifier stays the embedding array).</summary>
+    public TrainingWeights<TOut> Convert<TOut>() where TOut : IFloatingPointIeee754<TOut>
+    {
+        static TOut[] C(T[] values) => [.. values.Select(TOut.CreateChecked)];
+        var embedding = C(Embedding);
+        return new TrainingWeights<TOut>
+        {
+            Embedding = embedding,
+            Layers = [.. Layers.Select(l => new TrainingWeights<TOut>.LayerParameters(C(l.AttentionNorm), C(l.Query), C(l.Key), C(l.Value), C(l.Output),
+                C(l.FfnNorm), C(l.Gate), C(l.Up), C(l.Down), C(l.QueryBias), C(l.KeyBias), C(l.ValueBias)))],
+            FinalNorm = C(FinalNorm),
+            Classifier = ReferenceEquals(Classifier, Embedding) ? embedding : C(Classifier),
+        };
+    }
+
     /// <summary>Zero arrays of the same shapes (for gradients); tied classifier and embedding share one array here too.</summary>
     public TrainingWeights<T> ZerosLike()
     {

@@ -14,6 +14,8 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     TokenizeCommand.Create(),
     EvalCommand.Create(),
     TrainCommand.Create(),
+    PretrainCommand.Create(),
+    FinetuneCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
 };

@@ -6,15 +6,6 @@ using Xunit;
 
 namespace KvPacket.Tests;
 
-/// <summary>A fact that runs only where a CUDA device is present, and says why it was skipped otherwise.</summary>
-public sealed class CudaFactAttribute : FactAttribute
-{
-    public CudaFactAttribute()
-    {
-        if (!CudaDevice.IsAvailable(out string reason)) Skip = $"no CUDA device: {reason}";
-    }
-}
-
 /// <summary>
 /// CUDA against the CPU on stories260K. CI has no GPU, so these skip there; <c>benchmarks/gpu/run.sh</c> runs the same
 /// <see cref="CudaParity"/> checks on a GPU machine through <c>kvpacket cuda check</c>.

@@ -64,8 +64,12 @@ public static class CudaGradientCheck
         return [.. Enumerable.Range(0, rows * hidden).Select(_ => (float)((2 * random.NextSingle() - 1) * rms * Math.Sqrt(3)))];
     }
 
-    /// <summary>Runs <paramref name="batch"/> on the CPU (float64) and on the GPU with full-weight gradients, and compares.</summary>
-    public static Result Run(CudaDevice device, Checkpoint checkpoint, string name, TrainingBatch batch, float[] soft, DType operand, bool recompute)
+    /// <summary>
+    /// Runs <paramref name="batch"/> on the CPU (float64) and on the GPU with full-weight gradients, and compares. With
+    /// <paramref name="dump"/>, writes the model, batch and both gradients there for <c>benchmarks/gpu/torch_grad.py</c>.
+    /// </summary>
+    public static Result Run(CudaDevice device, Checkpoint checkpoint, string name, TrainingBatch batch, float[] soft, DType operand, bool recompute,
+        TensorDump? dump = null)
     {
         var config = checkpoint.Config;
         int softRows = soft.Length / config.HiddenSize;
@@ -83,6 +87,13 @@ public static class CudaGradientCheck
         var gpuGradients = gpu.DownloadGradients();
         var gpuSoft = gpu.DownloadSoftGradients();
 
+        if (dump is not null)
+        {
+            var layout = new ParameterLayout(config, softRows);
+            if (!dump.Has("model")) dump.Add("model", Flatten(layout, weights, soft));
+            if (!dump.Has("cpu_f64")) dump.Add("cpu_f64", Flatten(layout, cpuGradients.Convert<float>(), [.. cpuSoft.Select(v => (float)v)]));
+            dump.Add($"gpu_{operand.ToString().ToLowerInvariant()}{(recompute ? "_recompute" : "")}", Flatten(layout, gpuGradients, gpuSoft));
+        }
         var errors = new List<TensorError> { Compare("embedding", gpuGradients.Embedding, cpuGradients.Embedding) };
         string[] names = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
         for (int l = 0; l < config.LayerCount; l++)
@@ -98,6 +109,49 @@ public static class CudaGradientCheck
         if (!config.TiedEmbeddings) errors.Add(Compare("classifier", gpuGradients.Classifier, cpuGradients.Classifier));
         if (softRows > 0) errors.Add(Compare("adapter_rows", gpuSoft, cpuSoft));
         return new Result(name, operand, recompute, cpuLoss, gpuLoss, errors);
+    }
+
+    /// <summary>A dump for <paramref name="batch"/> on <paramref name="checkpoint"/>'s model: the shape, the parameter layout and the batch as metadata.</summary>
+    public static TensorDump Dump(string directory, Checkpoint checkpoint, TrainingBatch batch, int softRows)
+    {
+        var c = checkpoint.Config;
+        var layout = new ParameterLayout(c, softRows);
+        var dump = new TensorDump(directory);
+        dump.Set("config", new
+        {
+            hidden = c.HiddenSize, heads = c.HeadCount, kv_heads = c.KvHeadCount, head_dim = c.HeadDim, layers = c.LayerCount, ffn = c.IntermediateSize,
+            vocab = c.VocabSize, eps = c.NormEpsilon, inv_freq = Compute.Cpu.RotaryEmbedding.Frequencies(c), interleaved = c.RopeStyle == RopeStyle.Interleaved,
+            tied = c.TiedEmbeddings, bias = c.AttentionBias,
+        });
+        var tensors = new Dictionary<string, long[]> { ["embedding"] = [layout.Embedding.Offset, c.VocabSize, c.HiddenSize] };
+        string[] names = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            var all = layout.Layers[l].All;
+            long[][] shapes = [[c.HiddenSize], [c.QueryDim, c.HiddenSize], [c.KvDim, c.HiddenSize], [c.KvDim, c.HiddenSize], [c.HiddenSize, c.QueryDim], [c.HiddenSize],
+                [c.IntermediateSize, c.HiddenSize], [c.IntermediateSize, c.HiddenSize], [c.HiddenSize, c.IntermediateSize], [c.QueryDim], [c.KvDim], [c.KvDim]];
+            for (int i = 0; i < names.Length; i++)
+                if (all[i].Count > 0) tensors[$"layers.{l}.{names[i]}"] = [all[i].Offset, .. shapes[i]];
+        }
+        tensors["final_norm"] = [layout.FinalNorm.Offset, c.HiddenSize];
+        if (!c.TiedEmbeddings) tensors["classifier"] = [layout.Classifier.Offset, c.VocabSize, c.HiddenSize];
+        if (softRows > 0) tensors["adapter_rows"] = [layout.Soft.Offset, softRows, c.HiddenSize];
+        dump.Set("tensors", tensors);
+        dump.Set("batch", new
+        {
+            sequences = batch.Sequences, length = batch.Length, source = batch.Source, positions = batch.Positions, first_visible = batch.FirstVisible,
+            targets = batch.Targets, teacher_rows = batch.TeacherRows, weights = batch.Weights, scale = 1 / batch.TotalWeight,
+        });
+        if (batch.Teacher.Length > 0) dump.Add("teacher", batch.Teacher);
+        return dump;
+    }
+
+    private static float[] Flatten(ParameterLayout layout, TrainingWeights<float> weights, float[] soft)
+    {
+        var flat = new float[layout.Count];
+        foreach (var (tensor, values) in layout.Pair(weights)) values.CopyTo(flat, tensor.Offset);
+        soft.CopyTo(flat, layout.Soft.Offset);
+        return flat;
     }
 
     private static TensorError Compare(string name, float[] gpu, double[] cpu)

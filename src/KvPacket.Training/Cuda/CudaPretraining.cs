@@ -42,6 +42,9 @@ public sealed record PretrainingOptions
         $"steps {Steps}, batch {Sequences}x{Length}x{Accumulate}, lr {LearningRate}, warm-up {WarmupSteps}, decay {WeightDecay}, clip {ClipNorm}, seed {Seed}, {Operand}");
 }
 
+/// <summary>Where a run stopped: the weights, the steps done, and whether that is all of them.</summary>
+public sealed record PretrainingResult(TrainingWeights<float> Weights, int Steps, bool Finished);
+
 /// <summary>One step's figures.</summary>
 public readonly record struct PretrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double GradientNorm, double TokensPerSecond, TimeSpan Elapsed);
 
@@ -52,8 +55,8 @@ public readonly record struct PretrainingProgress(int Step, int TotalSteps, doub
 /// </summary>
 public static class CudaPretraining
 {
-    /// <summary>Trains and returns the final weights.</summary>
-    public static TrainingWeights<float> Run(CudaDevice device, ModelConfig config, PretrainingData data, PretrainingOptions options,
+    /// <summary>Trains (or resumes) until the last step or cancellation, and returns the weights where it stopped.</summary>
+    public static PretrainingResult Run(CudaDevice device, ModelConfig config, PretrainingData data, PretrainingOptions options,
         Action<PretrainingProgress>? progress = null, CancellationToken cancellation = default)
     {
         string signature = options.Signature(config);
@@ -91,6 +94,12 @@ public static class CudaPretraining
             double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
             progress?.Invoke(new PretrainingProgress(step, options.Steps, loss, rate, norm, tokensPerStep / seconds, clock.Elapsed));
         }
-        return model.DownloadWeights();
+        if (step < options.Steps && options.CheckpointPath is { } stopPath && step % options.CheckpointEvery != 0)
+        {
+            // Stopped early (a time limit, or cancelled): keep the progress, so the same command resumes here.
+            var (p, m, v) = model.DownloadState();
+            new TrainingCheckpoint(signature, step, p, model.OptimiserSteps, [.. m.Select(x => (double)x)], [.. v.Select(x => (double)x)], [], 0, 0, step, 0).Save(stopPath);
+        }
+        return new PretrainingResult(model.DownloadWeights(), step, step == options.Steps);
     }
 }

@@ -40,6 +40,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     private readonly DeviceBuffer _dx, _dxOperand, _dNormed, _dAttended, _dHeadsOperand, _dProbabilities, _dScores, _dqh, _dkh, _dvh;
     private readonly DeviceBuffer _dq, _dk, _dv, _dqOperand, _dkOperand, _dvOperand, _dHidden, _dGateOperand, _dUpOperand, _rowsScratch, _columnPartials;
     private int _adamSteps;
+    private readonly long _trainableOffset, _trainableCount;
 
     /// <summary>What one layer's forward pass keeps for its backward pass.</summary>
     private sealed class Activations
@@ -71,11 +72,13 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         _module = device.LoadModule(KernelSource.Value, "training");
 
         long count = _layout.Count;
+        // A frozen model needs gradients and moments for its adapter rows only.
+        (_trainableOffset, _trainableCount) = TrainWeights ? (0L, count) : (_layout.Soft.Offset, (long)_layout.Soft.Count);
         _master = Allocate(count * 4);
         _operandWeights = _operand == DType.F32 ? _master : Allocate(count * _operandBytes);
-        _gradients = Allocate(count * 4);
-        _firstMoments = Allocate(count * 4);
-        _secondMoments = Allocate(count * 4);
+        _gradients = Allocate(_trainableCount * 4);
+        _firstMoments = Allocate(_trainableCount * 4);
+        _secondMoments = Allocate(_trainableCount * 4);
         device.Fill(_gradients, 0);
         device.Fill(_firstMoments, 0);
         device.Fill(_secondMoments, 0);
@@ -131,6 +134,16 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// <summary>Bytes of device memory this model holds.</summary>
     public long DeviceBytes => _owned.Sum(b => b.Bytes);
 
+    /// <summary>When set, every stage of a step is marked on it (for a breakdown of eager step time).</summary>
+    public CudaTimeline? Timeline { get; set; }
+
+    private bool _recomputing;
+
+    private void Stage(string label)
+    {
+        if (!_recomputing) Timeline?.Mark(label);   // a layer recomputed in the backward pass counts as "recomputation"
+    }
+
     /// <summary>AdamW updates applied so far.</summary>
     public int OptimiserSteps => _adamSteps;
 
@@ -153,7 +166,8 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     // ---- parameters ----
 
     private ulong Master(ParameterLayout.Tensor t) => _master.At(t.Offset * 4);
-    private ulong Grad(ParameterLayout.Tensor t) => _gradients.At(t.Offset * 4);
+    private ulong Grad(ParameterLayout.Tensor t) => _gradients.At((t.Offset - _trainableOffset) * 4);
+    private ulong Moment(DeviceBuffer moments, ParameterLayout.Tensor t) => moments.At((t.Offset - _trainableOffset) * 4);
     private ulong Op(ParameterLayout.Tensor t) => _operandWeights.At(t.Offset * _operandBytes);
 
     /// <summary>Replaces the weights (and adapter rows) on the device.</summary>
@@ -171,14 +185,27 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// <summary>The weights as they are on the device (after training steps).</summary>
     public TrainingWeights<float> DownloadWeights() => Download(_master);
 
-    /// <summary>The accumulated weight gradients (summed over micro-batches since the last <see cref="ZeroGradients"/>).</summary>
-    public TrainingWeights<float> DownloadGradients() => Download(_gradients);
+    /// <summary>The accumulated weight gradients (summed over micro-batches since the last <see cref="ZeroGradients"/>); full training only.</summary>
+    public TrainingWeights<float> DownloadGradients() =>
+        TrainWeights ? Download(_gradients) : throw new InvalidOperationException("a frozen model has no weight gradients");
+
+    /// <summary>Replaces the adapter rows ([soft rows, hidden]) on the device.</summary>
+    public void UploadSoft(ReadOnlySpan<float> soft)
+    {
+        if (soft.Length != _layout.Soft.Count) throw new ArgumentException($"{_layout.SoftRows} adapter rows need {_layout.Soft.Count} values, got {soft.Length}");
+        _device.Upload(soft, _master, _layout.Soft.Offset * 4);
+    }
 
     /// <summary>The adapter rows, [soft rows, hidden].</summary>
     public float[] DownloadSoft() => DownloadRange(_master, _layout.Soft);
 
     /// <summary>The adapter rows' accumulated gradients.</summary>
-    public float[] DownloadSoftGradients() => DownloadRange(_gradients, _layout.Soft);
+    public float[] DownloadSoftGradients()
+    {
+        var values = new float[_layout.Soft.Count];
+        _device.Download<float>(_gradients, values, (_layout.Soft.Offset - _trainableOffset) * 4);
+        return values;
+    }
 
     private float[] DownloadRange(DeviceBuffer buffer, ParameterLayout.Tensor tensor)
     {
@@ -194,10 +221,10 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         return _layout.Unpack(all);
     }
 
-    /// <summary>All parameters and AdamW state, flat (for checkpoints).</summary>
+    /// <summary>All parameters and the trainable ones' AdamW moments, flat (for checkpoints).</summary>
     public (float[] Parameters, float[] FirstMoments, float[] SecondMoments) DownloadState()
     {
-        float[] p = new float[_layout.Count], m = new float[_layout.Count], v = new float[_layout.Count];
+        float[] p = new float[_layout.Count], m = new float[_trainableCount], v = new float[_trainableCount];
         _device.Download<float>(_master, p);
         _device.Download<float>(_firstMoments, m);
         _device.Download<float>(_secondMoments, v);
@@ -207,8 +234,8 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// <summary>Restores what <see cref="DownloadState"/> returned, with <paramref name="steps"/> AdamW updates done.</summary>
     public void RestoreState(float[] parameters, float[] firstMoments, float[] secondMoments, int steps)
     {
-        if (parameters.Length != _layout.Count || firstMoments.Length != _layout.Count || secondMoments.Length != _layout.Count)
-            throw new ArgumentException($"the model has {_layout.Count} parameters; the state has {parameters.Length}, {firstMoments.Length}, {secondMoments.Length}");
+        if (parameters.Length != _layout.Count || firstMoments.Length != _trainableCount || secondMoments.Length != _trainableCount)
+            throw new ArgumentException($"the model has {_layout.Count} parameters, {_trainableCount} trainable; the state has {parameters.Length}, {firstMoments.Length}, {secondMoments.Length}");
         _device.Upload<float>(parameters, _master);
         _device.Upload<float>(firstMoments, _firstMoments);
         _device.Upload<float>(secondMoments, _secondMoments);
@@ -325,8 +352,10 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         Upload(batch);
         var c = _config;
         int rows = batch.Rows, d = c.HiddenSize, v = c.VocabSize;
+        Stage("forward: embedding");
         Launch("embed" + _suffix, ((uint)rows, 1), Threads, _source.Pointer, Op(_layout.Embedding), Master(_layout.Soft), _residual[0].Pointer, d);
         for (int l = 0; l < c.LayerCount; l++) ForwardLayer(l, batch, _activations[RecomputeActivations ? 0 : l]);
+        Stage("forward: classifier and loss");
         Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, _residual[c.LayerCount].Pointer, Master(_layout.FinalNorm), _finalNormed.Pointer, _finalRstd.Pointer, d, (float)c.NormEpsilon);
         Linear(_finalNormed.Pointer, Op(_layout.Classifier), _logits.Pointer, rows, d, v, accumulate: false);
         Launch("loss_rows" + _suffix, ((uint)rows, 1), 1024, _logits.Pointer, _targets.Pointer, _teacherRows.Pointer, _teacher.Pointer, _weights.Pointer,
@@ -342,10 +371,12 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         int heads = c.HeadCount, hd = c.HeadDim;
         ulong x = _residual[l].Pointer, output = _residual[l + 1].Pointer;
         float eps = (float)c.NormEpsilon;
+        Stage("forward: norms, q/k/v products");
         Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, x, Master(w.AttentionNorm), a.AttentionNormed.Pointer, a.AttentionRstd.Pointer, d, eps);
         Linear(a.AttentionNormed.Pointer, Op(w.Query), _q.Pointer, rows, d, q, false);
         Linear(a.AttentionNormed.Pointer, Op(w.Key), _k.Pointer, rows, d, kv, false);
         Linear(a.AttentionNormed.Pointer, Op(w.Value), _v.Pointer, rows, d, kv, false);
+        Stage("forward: attention");
         ulong? qb = w.QueryBias.Count > 0 ? Master(w.QueryBias) : null, kb = w.KeyBias.Count > 0 ? Master(w.KeyBias) : null, vb = w.ValueBias.Count > 0 ? Master(w.ValueBias) : null;
         Launch("rope_split" + _suffix, ((uint)rows, (uint)heads), 64, _q.Pointer, _k.Pointer, _v.Pointer, qb ?? 0UL, kb ?? 0UL, vb ?? 0UL,
             _positions.Pointer, _inverseFrequencies.Pointer, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, n, heads, c.KvHeadCount, hd, Interleaved);
@@ -359,6 +390,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             F32(_heads.Pointer, hd, headStride), batchCount);
         Launch("merge_heads" + _suffix, ((uint)rows, (uint)heads), 64, _heads.Pointer, a.Attended.Pointer, n, heads, hd);
         // mid = x + o(attended); out = mid + down(swiglu(gate(norm(mid)), up(norm(mid)))).
+        Stage("forward: o product, feed-forward");
         _device.Copy(x, a.Mid.Pointer, (long)rows * d * 4);
         Linear(a.Attended.Pointer, Op(w.Output), a.Mid.Pointer, rows, q, d, accumulate: true);
         Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, a.Mid.Pointer, Master(w.FfnNorm), a.FfnNormed.Pointer, a.FfnRstd.Pointer, d, eps);
@@ -378,6 +410,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         int rows = batch.Rows, n = batch.Length, b = batch.Sequences, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, f = c.IntermediateSize, v = c.VocabSize;
         int heads = c.HeadCount, hd = c.HeadDim;
         // Classifier and final norm.
+        Stage("backward: classifier");
         LinearBackward(_dLogits.Pointer, Op(_layout.Classifier), _finalNormed.Pointer, _dNormed.Pointer, Grad(_layout.Classifier), rows, d, v, accumulateDx: false);
         _device.Fill(_dx, 0);
         NormBackward(_residual[c.LayerCount].Pointer, _layout.FinalNorm, _finalRstd.Pointer, rows);
@@ -387,8 +420,15 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         {
             var w = _layout.Layers[l];
             var a = _activations[RecomputeActivations ? 0 : l];
-            if (RecomputeActivations) ForwardLayer(l, batch, a);
+            if (RecomputeActivations)
+            {
+                Stage("backward: recomputation");
+                _recomputing = true;
+                ForwardLayer(l, batch, a);
+                _recomputing = false;
+            }
             // Feed-forward.
+            Stage("backward: feed-forward, o product");
             ToOperand(_dx.Pointer, _dxOperand.Pointer, (long)rows * d);
             LinearBackward(_dxOperand.Pointer, Op(w.Down), a.Hidden.Pointer, _dHidden.Pointer, Grad(w.Down), rows, f, d, false);
             long hidden = (long)rows * f;
@@ -399,6 +439,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             // Attention.
             ToOperand(_dx.Pointer, _dxOperand.Pointer, (long)rows * d);
             LinearBackward(_dxOperand.Pointer, Op(w.Output), a.Attended.Pointer, _dAttended.Pointer, Grad(w.Output), rows, q, d, false);
+            Stage("backward: attention");
             Launch("split_heads" + _suffix, ((uint)rows, (uint)heads), 64, _dAttended.Pointer, _dHeadsOperand.Pointer, n, heads, hd);
             _device.Gemm(false, true, n, n, hd, 1f, Operand(_dHeadsOperand.Pointer, hd, headStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
                 F32(_dProbabilities.Pointer, n, scoreStride), batchCount);
@@ -413,6 +454,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             Launch("rope_merge_backward" + _suffix, ((uint)rows, (uint)c.KvHeadCount), 64, _dqh.Pointer, _dkh.Pointer, _dvh.Pointer, _positions.Pointer,
                 _inverseFrequencies.Pointer, _dq.Pointer, _dk.Pointer, _dv.Pointer, _dqOperand.Pointer, _dkOperand.Pointer, _dvOperand.Pointer,
                 n, heads, c.KvHeadCount, hd, Interleaved);
+            Stage("backward: q/k/v products, norms");
             if (TrainWeights && w.QueryBias.Count > 0)
             {
                 ColumnSum(_dq.Pointer, rows, q, Grad(w.QueryBias));
@@ -425,6 +467,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             NormBackward(_residual[l].Pointer, w.AttentionNorm, a.AttentionRstd.Pointer, rows);   // _dx is now d(layer input)
         }
         // Embedding rows and adapter rows: grouped by destination on the host, summed without atomics.
+        Stage("backward: embedding");
         var (order, starts, destinations) = GroupRows(batch.Source, TrainWeights);
         if (destinations.Length == 0) return;
         _device.Upload<int>(order, _embedRows);
@@ -477,16 +520,16 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// </summary>
     public double Step(double learningRate, double clipNorm, double weightDecay, double gradientScale = 1, double beta1 = 0.9, double beta2 = 0.95, double epsilon = 1e-8)
     {
-        var (first, count) = TrainWeights ? (0L, _layout.Count) : (_layout.Soft.Offset, (long)_layout.Soft.Count);
-        Launch("sum_squares_f32", (NormBlocks, 1), Threads, _gradients.At(first * 4), count, _normPartials.Pointer);
+        Stage("optimiser");
+        Launch("sum_squares_f32", (NormBlocks, 1), Threads, _gradients.Pointer, _trainableCount, _normPartials.Pointer);
         Launch("sum_all_f32", (1, 1), 1024, _normPartials.Pointer, (long)NormBlocks, _scalar.Pointer);
         _adamSteps++;
         float correction1 = (float)(1 - Math.Pow(beta1, _adamSteps)), correction2 = (float)(1 - Math.Pow(beta2, _adamSteps));
         foreach (var tensor in _layout.Trainable(TrainWeights))
-            Launch("adamw_f32", (Blocks(tensor.Count), 1), Threads, Master(tensor), Grad(tensor), _firstMoments.At(tensor.Offset * 4), _secondMoments.At(tensor.Offset * 4),
+            Launch("adamw_f32", (Blocks(tensor.Count), 1), Threads, Master(tensor), Grad(tensor), Moment(_firstMoments, tensor), Moment(_secondMoments, tensor),
                 (long)tensor.Count, (float)learningRate, (float)beta1, (float)beta2, (float)epsilon, tensor.Decays ? (float)weightDecay : 0f,
                 correction1, correction2, _scalar.Pointer, (float)clipNorm, (float)gradientScale);
-        RefreshOperands(first, count);
+        RefreshOperands(_trainableOffset, _trainableCount);
         var squared = new float[1];
         _device.Download<float>(_scalar, squared);
         ZeroGradients();

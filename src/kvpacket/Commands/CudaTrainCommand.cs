@@ -6,6 +6,7 @@ using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
+using KvPacket.Training;
 using KvPacket.Training.Cuda;
 
 namespace KvPacket.Cli.Commands;
@@ -20,7 +21,7 @@ internal static class CudaTrainCommand
     /// <summary>The dense bf16 tensor-core peak of the H100/H200 SXM (NVIDIA's datasheet, without sparsity), for MFU.</summary>
     private const double HopperDenseBf16TeraFlops = 989.4;
 
-    public static IEnumerable<Command> Create() => [Check(), Bench()];
+    public static IEnumerable<Command> Create() => [Check(), Bench(), DistillBench()];
 
     private static (Checkpoint Checkpoint, string Name) Open(string? path, string? shape, int layers)
     {
@@ -39,9 +40,10 @@ internal static class CudaTrainCommand
         var layers = new Option<int>("--layers") { Description = "With --shape: keep only this many layers (0: all)", DefaultValueFactory = _ => 2 };
         var sequences = new Option<int>("--sequences") { Description = "Sequences per batch", DefaultValueFactory = _ => 3 };
         var length = new Option<int>("--length") { Description = "Tokens per causal sequence", DefaultValueFactory = _ => 40 };
+        var dump = new Option<string?>("--dump") { Description = "Directory to write each batch's model, batch and gradients into, for benchmarks/gpu/torch_grad.py" };
         var command = new Command("train-check", "GPU training gradients vs the CPU reference (float64): causal LM and KV Packet student batches, f32 and bf16")
         {
-            model, shape, layers, sequences, length,
+            model, shape, layers, sequences, length, dump,
         };
         command.SetAction(parse =>
         {
@@ -57,10 +59,14 @@ internal static class CudaTrainCommand
                 var soft = CudaGradientCheck.SoftRows(KvPacket.Training.TrainingWeights<float>.From(checkpoint), config.HiddenSize,
                     CudaGradientCheck.StudentHeader + CudaGradientCheck.StudentTrailer, seed: 9);
                 bool ok = true;
+                var dumps = new Dictionary<string, TensorDump>();
                 foreach (var (operand, recompute) in new[] { (DType.F32, false), (DType.F32, true), (DType.BF16, false) })
                     foreach (var (batchName, batch, rows) in new[] { ("causal LM", causal, Array.Empty<float>()), ("KV Packet student", student, soft) })
                     {
-                        var result = CudaGradientCheck.Run(device, checkpoint, batchName, batch, rows, operand, recompute);
+                        TensorDump? tensors = null;
+                        if (parse.GetValue(dump) is { } root && !dumps.TryGetValue(batchName, out tensors))
+                            dumps[batchName] = tensors = CudaGradientCheck.Dump(Path.Combine(root, batchName.Replace(' ', '-')), checkpoint, batch, rows.Length / config.HiddenSize);
+                        var result = CudaGradientCheck.Run(device, checkpoint, batchName, batch, rows, operand, recompute, tensors);
                         double limit = operand == DType.F32 ? 1e-3 : 3e-2;
                         double lossError = Math.Abs(result.GpuLoss - result.CpuLoss) / Math.Abs(result.CpuLoss);
                         bool pass = result.Worst.Relative <= limit && lossError <= limit;
@@ -72,6 +78,16 @@ internal static class CudaTrainCommand
                             foreach (var e in result.Errors.Where(e => e.Relative > limit).Take(12))
                                 Console.WriteLine($"      {e.Name}: {e.Relative:E2} (|cpu| {e.CpuNorm:E2})");
                     }
+                foreach (var tensors in dumps.Values) tensors.Save();
+                foreach (var operand in new[] { DType.F32, DType.BF16 })
+                    foreach (var r in CudaDistillationCheck.Run(checkpoint, operand))
+                    {
+                        double limit = operand == DType.F32 ? 1e-3 : 3e-2, error = Math.Abs(r.GpuLoss - r.EngineKl) / r.EngineKl;
+                        bool pass = error <= limit;
+                        ok &= pass;
+                        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"  distillation {r.Mode,-8} {operand,-4}: engine KL {r.EngineKl:F6}, GPU student loss {r.GpuLoss:F6} (rel {error:E1}), CPU student {r.CpuLoss:F6} → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
+                    }
                 return ok ? 0 : 1;
             }
         });
@@ -79,6 +95,64 @@ internal static class CudaTrainCommand
     }
 
     private static double Median(IEnumerable<double> values) => Statistics.Median(values);
+
+    private static Command DistillBench()
+    {
+        var shape = new Option<string>("--shape") { Description = "Model card (random bf16 weights, frozen)", DefaultValueFactory = _ => "llama-3.2-1b" };
+        var documents = new Option<int>("--documents") { Description = "Documents per example", DefaultValueFactory = _ => 4 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 512 };
+        var continuation = new Option<int>("--continuation") { Description = "Continuation tokens per example (the last half scored)", DefaultValueFactory = _ => 32 };
+        var batchSize = new Option<int>("--batch") { Description = "Examples per step", DefaultValueFactory = _ => 4 };
+        var header = new Option<int>("--header") { Description = "KV Packet header rows", DefaultValueFactory = _ => 4 };
+        var trailer = new Option<int>("--trailer") { Description = "KV Packet trailer rows", DefaultValueFactory = _ => 4 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed steps after warm-up (median reported)", DefaultValueFactory = _ => 10 };
+        var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute each layer in the backward pass" };
+        var command = new Command("distill-bench", "KV Packet adapter distillation steps on the GPU (frozen bf16 model): examples/s and device memory")
+        {
+            shape, documents, documentTokens, continuation, batchSize, header, trailer, repeats, recompute,
+        };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var (checkpoint, name) = BenchModel.Open(null, parse.GetValue(shape), DType.BF16);
+            using (checkpoint)
+            using (var device = CudaDevice.Open())
+            {
+                var config = checkpoint.Config;
+                int b = parse.GetValue(batchSize), h = parse.GetValue(header), t = parse.GetValue(trailer), k = parse.GetValue(continuation);
+                var random = new Core.Numerics.SeededRandom(11);
+                var examples = new List<DistillationExample>();
+                for (int e = 0; e < b; e++)
+                {
+                    int[][] docs = [.. Enumerable.Range(0, parse.GetValue(documents)).Select(_ => random.NextTokens(parse.GetValue(documentTokens), 0, config.VocabSize))];
+                    var teacher = new float[k * config.VocabSize];
+                    Array.Fill(teacher, 1f / config.VocabSize);
+                    examples.Add(new DistillationExample([config.BosTokenId ?? 1], docs, random.NextTokens(k, 0, config.VocabSize), teacher, FirstScoredRow: k / 2));
+                }
+                var layouts = examples.Select(e => StudentLayout.Of(e, Engine.Rag.RagMode.KvPacket, h, t, 0)).ToList();
+                var batch = TrainingBatch.Students(examples, layouts, config.VocabSize);
+                var weights = KvPacket.Training.TrainingWeights<float>.From(checkpoint);
+                var soft = CudaGradientCheck.SoftRows(weights, config.HiddenSize, h + t, seed: 2);
+                using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(DType.BF16, TrainWeights: false, parse.GetValue(recompute)),
+                    b, batch.Length, h + t, soft, batch.Teacher.Length / config.VocabSize);
+                void Step()
+                {
+                    model.ForwardBackward(batch, 1.0 / b);
+                    model.DownloadSoftGradients();
+                    model.ZeroGradients();
+                }
+                for (int i = 0; i < 2; i++) Step();
+                var times = device.Time(Step, parse.GetValue(repeats));
+                double ms = Statistics.Median(times);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"distill {name} bf16 frozen, KV Packet H/T {h}/{t}, {b} examples x ({parse.GetValue(documents)} x {parse.GetValue(documentTokens)}-token documents + {k} continuation) = {batch.Length} rows each" +
+                    $"{(parse.GetValue(recompute) ? ", recompute" : "")}: step {ms:F1} ms (median of {times.Length}), {b / (ms / 1e3):F1} examples/s, {b * (long)batch.Length / (ms / 1e3):F0} rows/s; " +
+                    $"device memory {model.DeviceBytes / 1e9:F2} GB"));
+                return 0;
+            }
+        });
+        return command;
+    }
 
     private static Command Bench()
     {
@@ -112,6 +186,18 @@ internal static class CudaTrainCommand
             for (int i = 0; i < 3; i++) Step();
             var times = device.Time(Step, parse.GetValue(repeats));
             double lastLoss = model.Loss(batch, scale);
+            using (var timeline = new CudaTimeline(device))
+            {
+                model.Timeline = timeline;
+                Step();
+                timeline.Close();
+                model.Timeline = null;
+                var stages = timeline.Totals();
+                double total = stages.Values.Sum();
+                Console.WriteLine($"  one eager step by stage ({total:F2} ms):");
+                foreach (var (label, stageMs) in stages.OrderByDescending(s => s.Value))
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"    {label,-36} {stageMs,8:F2} ms {stageMs / total,6:P0}"));
+            }
             double ms = Statistics.Median(times);
             long tokens = (long)b * n;
             // Model FLOPs (PaLM's accounting, causal attention at half the n×n): 6 per matrix parameter per token (the

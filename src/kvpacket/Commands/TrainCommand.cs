@@ -41,13 +41,15 @@ internal static class TrainCommand
         var checkpointPath = new Option<string?>("--checkpoint") { Description = "Run state file: saved at every evaluation, resumed from when it exists" };
         var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute activations in the backward pass (less memory)" };
         var threads = CommonOptions.Threads();
+        var device = new Option<TrainingDevice>("--device") { Description = "Where the students run: cpu (the reference) or cuda", DefaultValueFactory = _ => TrainingDevice.Cpu };
+        var operand = new Option<DType>("--operand") { Description = "With --device cuda: F32 (as the CPU) or BF16 matrix operands", DefaultValueFactory = _ => DType.F32 };
         var store = new Option<string?>("--store") { Description = "Packet store to save the trained adapter into (as the next version)" };
         var name = new Option<string?>("--name") { Description = "Adapter name (default: the mode)" };
         var output = new Option<string?>("--out") { Description = "JSON summary path" };
         var command = new Command("train", "Distil KV Packet header/trailer or KVLink link tokens with the model frozen")
         {
             mode, model, header, trailer, links, steps, batch, learningRate, warmup, clip, seed, evaluateEvery, patience, trainExamples, heldOut,
-            continuation, checkpointPath, recompute, threads, store, name, output,
+            continuation, checkpointPath, recompute, threads, device, operand, store, name, output,
         };
         shapeOptions.AddTo(command);
         command.SetAction(async (parse, cancellation) =>
@@ -63,7 +65,7 @@ internal static class TrainCommand
                 Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(learningRate), WarmupSteps = parse.GetValue(warmup),
                 ClipNorm = parse.GetValue(clip), Seed = parse.GetValue(seed), EvaluateEvery = parse.GetValue(evaluateEvery), Patience = parse.GetValue(patience),
                 RecomputeActivations = parse.GetValue(recompute), Threads = parse.GetValue(threads), CheckpointPath = parse.GetValue(checkpointPath),
-                Name = parse.GetValue(name) ?? parse.GetValue(mode)!,
+                Name = parse.GetValue(name) ?? parse.GetValue(mode)!, Device = parse.GetValue(device), Operand = parse.GetValue(operand),
             };
             options.Validate();
 
@@ -98,7 +100,7 @@ internal static class TrainCommand
                 File.WriteAllText(path, JsonSerializer.Serialize(new
                 {
                     model = Path.GetFileName(modelPath), mode = parse.GetValue(mode), options.Header, options.Trailer, options.Links, options.Steps, batch = options.BatchSize,
-                    learning_rate = options.LearningRate, train_examples = train.Length, held_out_examples = held.Length,
+                    learning_rate = options.LearningRate, device = options.Device.ToString().ToLowerInvariant(), operand = options.Operand.ToString(), train_examples = train.Length, held_out_examples = held.Length,
                     initial_held_out_kl = run.InitialHeldOutKl, best_held_out_kl = run.BestHeldOutKl, best_step = run.BestStep, steps_run = run.StepsRun,
                     stopped_early = run.StoppedEarly, examples_per_second = run.ExamplesPerSecond, rows_per_second = run.RowsPerSecond, peak_working_set_bytes = peak,
                     adapter_version = adapter.Version,
