@@ -86,6 +86,7 @@ with open('/tmp/corpus.tokens','w') as f:
     if [[ " $parts " == *" distill "* ]]; then
         "$k" cuda distill-bench --shape llama-3.2-1b | tee -a "$out/train-bench.txt" || status=1
         "$k" cuda distill-bench --shape llama-3.2-1b --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+        "$k" cuda distill-bench --shape llama-3.2-1b --kept-attention | tee -a "$out/train-bench.txt" || status=1
     fi
     if [[ " $parts " == *" speed "* ]]; then
         # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.
@@ -94,6 +95,7 @@ with open('/tmp/corpus.tokens','w') as f:
             python3 benchmarks/gpu/torch_train.py models/llama-50m.json --batch 16 --length 1024 --out "$out/train-bench-torch-$round.json" 2>/dev/null | tee -a "$out/train-bench.txt" || status=1
         done
         "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --recompute-activations | tee -a "$out/train-bench.txt" || status=1
+        "$k" cuda train-bench --shape llama-50m --batch 16 --length 1024 --kept-attention | tee -a "$out/train-bench.txt" || status=1
     fi
     exit $status
     ;;

@@ -114,14 +114,13 @@ def main():
                 if g is not None:
                     grads[offset:offset + int(np.prod(shape))] = g.detach().double().cpu().numpy().ravel()
             runs[label] = (float(loss), grads)
-        for name in ["gpu_f32", "gpu_f32_recompute", "gpu_bf16"]:
-            if name in arrays:
-                runs["ours " + name[4:].replace("_", " ")] = (float("nan"), arrays[name])
+        for name in sorted(n for n in arrays if n.startswith("gpu_")):
+            runs["ours " + name[4:].replace("_", " ")] = (float("nan"), arrays[name])
         print(f"  {'gradients':24s} {'vs CPU float64: worst tensor':>34s} {'median':>9s}   vs torch same precision")
         for label, (loss, grads) in runs.items():
             errors = {n: relative(grads[o:o + int(np.prod(s))], reference[o:o + int(np.prod(s))]) for n, (o, *s) in tensors.items()}
             worst = max(errors, key=errors.get)
-            peer = {"ours f32": "torch f32", "ours f32 recompute": "torch f32", "ours bf16": "torch bf16 autocast"}.get(label)
+            peer = "torch f32" if label.startswith("ours f32") else "torch bf16 autocast" if label.startswith("ours bf16") else None
             versus = ""
             if peer:
                 pg = runs[peer][1]

@@ -17,7 +17,7 @@ public static class CudaGradientCheck
     public sealed record TensorError(string Name, double Relative, double CpuNorm);
 
     /// <summary>One batch's comparison.</summary>
-    public sealed record Result(string Batch, DType Operand, bool Recompute, double CpuLoss, double GpuLoss, IReadOnlyList<TensorError> Errors)
+    public sealed record Result(string Batch, DType Operand, bool Recompute, bool Flash, double CpuLoss, double GpuLoss, IReadOnlyList<TensorError> Errors)
     {
         /// <summary>The worst tensor.</summary>
         public TensorError Worst => Errors.MaxBy(e => e.Relative)!;
@@ -69,7 +69,7 @@ public static class CudaGradientCheck
     /// <paramref name="dump"/>, writes the model, batch and both gradients there for <c>benchmarks/gpu/torch_grad.py</c>.
     /// </summary>
     public static Result Run(CudaDevice device, Checkpoint checkpoint, string name, TrainingBatch batch, float[] soft, DType operand, bool recompute,
-        TensorDump? dump = null)
+        TensorDump? dump = null, bool flash = true)
     {
         var config = checkpoint.Config;
         int softRows = soft.Length / config.HiddenSize;
@@ -81,7 +81,7 @@ public static class CudaGradientCheck
         double cpuLoss = BatchReference<double>.Run(config, cpuWeights, batch, [.. soft.Select(v => (double)v)], scale, cpuGradients, cpuSoft);
 
         var weights = TrainingWeights<float>.From(checkpoint);
-        using var gpu = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(operand, TrainWeights: true, recompute),
+        using var gpu = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(operand, TrainWeights: true, recompute, flash),
             batch.Sequences, batch.Length, softRows, soft, Math.Max(1, batch.Teacher.Length / config.VocabSize));
         double gpuLoss = gpu.ForwardBackward(batch, scale);
         var gpuGradients = gpu.DownloadGradients();
@@ -92,7 +92,7 @@ public static class CudaGradientCheck
             var layout = new ParameterLayout(config, softRows);
             if (!dump.Has("model")) dump.Add("model", Flatten(layout, weights, soft));
             if (!dump.Has("cpu_f64")) dump.Add("cpu_f64", Flatten(layout, cpuGradients.Convert<float>(), [.. cpuSoft.Select(v => (float)v)]));
-            dump.Add($"gpu_{operand.ToString().ToLowerInvariant()}{(recompute ? "_recompute" : "")}", Flatten(layout, gpuGradients, gpuSoft));
+            dump.Add($"gpu_{operand.ToString().ToLowerInvariant()}{(recompute ? "_recompute" : "")}{(gpu.FlashAttention ? "_flash" : "")}", Flatten(layout, gpuGradients, gpuSoft));
         }
         var errors = new List<TensorError> { Compare("embedding", gpuGradients.Embedding, cpuGradients.Embedding) };
         string[] names = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
@@ -108,7 +108,7 @@ public static class CudaGradientCheck
         errors.Add(Compare("final_norm", gpuGradients.FinalNorm, cpuGradients.FinalNorm));
         if (!config.TiedEmbeddings) errors.Add(Compare("classifier", gpuGradients.Classifier, cpuGradients.Classifier));
         if (softRows > 0) errors.Add(Compare("adapter_rows", gpuSoft, cpuSoft));
-        return new Result(name, operand, recompute, cpuLoss, gpuLoss, errors);
+        return new Result(name, operand, recompute, gpu.FlashAttention, cpuLoss, gpuLoss, errors);
     }
 
     /// <summary>A dump for <paramref name="batch"/> on <paramref name="checkpoint"/>'s model: the shape, the parameter layout and the batch as metadata.</summary>

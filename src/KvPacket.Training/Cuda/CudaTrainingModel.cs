@@ -36,7 +36,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     private readonly DeviceBuffer _embedRows, _embedStarts, _embedDestinations;
     private readonly DeviceBuffer[] _residual;           // [layers + 1] × [rows, hidden] f32: each layer's input, then the final norm's
     private readonly Activations[] _activations;          // per layer, or one set reused when recomputing
-    private readonly DeviceBuffer _q, _k, _v, _scores, _heads, _finalNormed, _finalRstd, _logits, _dLogits, _rowLoss, _scalar, _normPartials;
+    private readonly DeviceBuffer _q, _k, _v, _scores, _delta, _heads, _finalNormed, _finalRstd, _logits, _dLogits, _rowLoss, _scalar, _normPartials;
     private readonly DeviceBuffer _dx, _dxOperand, _dNormed, _dAttended, _dHeadsOperand, _dProbabilities, _dScores, _dqh, _dkh, _dvh;
     private readonly DeviceBuffer _dq, _dk, _dv, _dqOperand, _dkOperand, _dvOperand, _dHidden, _dGateOperand, _dUpOperand, _rowsScratch, _columnPartials;
     private int _adamSteps;
@@ -45,7 +45,9 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// <summary>What one layer's forward pass keeps for its backward pass.</summary>
     private sealed class Activations
     {
-        public required DeviceBuffer AttentionNormed, AttentionRstd, Qh, Kh, Vh, Probabilities, Attended, Mid, FfnNormed, FfnRstd, Gate, Up, Hidden;
+        public required DeviceBuffer AttentionNormed, AttentionRstd, Qh, Kh, Vh, Attended, Mid, FfnNormed, FfnRstd, Gate, Up, Hidden;
+        /// <summary>The attention probabilities [B, H, n, n] (kept attention), or each row's log-sum-exp [B, H, n] (flash attention).</summary>
+        public required DeviceBuffer Probabilities, Lse;
     }
 
     /// <summary>
@@ -63,6 +65,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         _operandBytes = options.Operand == DType.F32 ? 4 : 2;
         _suffix = options.Operand == DType.F32 ? "_f32" : "_bf16";
         TrainWeights = options.TrainWeights;
+        FlashAttention = options.FlashAttention && options.Operand == DType.BF16 && config.HeadDim == FlashHeadDim;
         RecomputeActivations = options.RecomputeActivations;
         _maxSequences = maxSequences;
         _maxLength = maxLength;
@@ -99,20 +102,24 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         {
             AttentionNormed = AllocateOperand((long)rows * d), AttentionRstd = Allocate(rows * 4L),
             Qh = AllocateOperand(headElements), Kh = AllocateOperand(headElements), Vh = AllocateOperand(headElements),
-            Probabilities = AllocateOperand(scoreElements), Attended = AllocateOperand((long)rows * q), Mid = Allocate((long)rows * d * 4),
+            Probabilities = FlashAttention ? Allocate(4) : AllocateOperand(scoreElements), Lse = FlashAttention ? Allocate(headElements / config.HeadDim * 4) : Allocate(4),
+            Attended = AllocateOperand((long)rows * q), Mid = Allocate((long)rows * d * 4),
             FfnNormed = AllocateOperand((long)rows * d), FfnRstd = Allocate(rows * 4L),
             Gate = Allocate((long)rows * f * 4), Up = Allocate((long)rows * f * 4), Hidden = AllocateOperand((long)rows * f),
         })];
         _q = Allocate((long)rows * q * 4); _k = Allocate((long)rows * kv * 4); _v = Allocate((long)rows * kv * 4);
-        _scores = Allocate(scoreElements * 4);
-        _heads = Allocate(headElements * 4);
+        _scores = FlashAttention ? Allocate(4) : Allocate(scoreElements * 4);
+        _delta = FlashAttention ? Allocate(headElements / config.HeadDim * 4) : Allocate(4);
+        _heads = FlashAttention ? Allocate(4) : Allocate(headElements * 4);
         _finalNormed = AllocateOperand((long)rows * d); _finalRstd = Allocate(rows * 4L);
         _logits = Allocate((long)rows * v * 4); _dLogits = AllocateOperand((long)rows * v);
         _rowLoss = Allocate(rows * 4L); _scalar = Allocate(16); _normPartials = Allocate(NormBlocks * 4);
         _dx = Allocate((long)rows * d * 4);
         _dxOperand = _operand == DType.F32 ? _dx : AllocateOperand((long)rows * d);
         _dNormed = Allocate((long)rows * d * 4); _dAttended = Allocate((long)rows * q * 4);
-        _dHeadsOperand = AllocateOperand(headElements); _dProbabilities = Allocate(scoreElements * 4); _dScores = AllocateOperand(scoreElements);
+        _dHeadsOperand = AllocateOperand(headElements);
+        _dProbabilities = FlashAttention ? Allocate(4) : Allocate(scoreElements * 4);
+        _dScores = FlashAttention ? Allocate(4) : AllocateOperand(scoreElements);
         _dqh = Allocate(headElements * 4); _dkh = Allocate(headElements * 4); _dvh = Allocate(headElements * 4);
         _dq = Allocate((long)rows * q * 4); _dk = Allocate((long)rows * kv * 4); _dv = Allocate((long)rows * kv * 4);
         _dqOperand = AllocateOperand((long)rows * q); _dkOperand = AllocateOperand((long)rows * kv); _dvOperand = AllocateOperand((long)rows * kv);
@@ -124,6 +131,13 @@ public sealed unsafe class CudaTrainingModel : IDisposable
 
     /// <summary>Whether weight gradients are computed (full training) or only the adapter rows' (frozen model).</summary>
     public bool TrainWeights { get; }
+
+    /// <summary>Whether attention runs fused (FlashAttention-2 style) instead of keeping its probabilities.</summary>
+    public bool FlashAttention { get; }
+
+    /// <summary>The head dimension the fused attention kernels are compiled for (flash_attention.cu).</summary>
+    private const int FlashHeadDim = 64;
+    private const int FlashTile = 64, FlashThreads = 128;
 
     /// <summary>Whether only each layer's input is kept and the layer recomputed in the backward pass.</summary>
     public bool RecomputeActivations { get; }
@@ -151,7 +165,9 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     {
         using var stream = typeof(CudaTrainingModel).Assembly.GetManifestResourceStream("KvPacket.Training.Cuda.training.cu")
             ?? throw new InvalidOperationException("training.cu is not embedded in the assembly");
-        return new StreamReader(stream).ReadToEnd();
+        using var flash = typeof(CudaTrainingModel).Assembly.GetManifestResourceStream("KvPacket.Training.Cuda.flash_attention.cu")
+            ?? throw new InvalidOperationException("flash_attention.cu is not embedded in the assembly");
+        return new StreamReader(stream).ReadToEnd() + "\n" + new StreamReader(flash).ReadToEnd();
     });
 
     private DeviceBuffer Allocate(long bytes)
@@ -254,7 +270,9 @@ public sealed unsafe class CudaTrainingModel : IDisposable
 
     private static uint Blocks(long elements) => (uint)Math.Clamp((elements + Threads - 1) / Threads, 1, 8192);
 
-    private void Launch(string kernel, (uint X, uint Y) grid, uint block, params ReadOnlySpan<object> arguments)
+    private void Launch(string kernel, (uint X, uint Y) grid, uint block, params ReadOnlySpan<object> arguments) => Launch(kernel, grid, block, 0, arguments);
+
+    private void Launch(string kernel, (uint X, uint Y) grid, uint block, uint sharedBytes, params ReadOnlySpan<object> arguments)
     {
         // Arguments are boxed only to keep call sites short; a step makes a few hundred launches.
         var values = stackalloc ulong[arguments.Length];
@@ -272,7 +290,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             };
             pointers[i] = (nint)(values + i);
         }
-        _module.Launch(_module.Function(kernel), grid, block, new ReadOnlySpan<nint>(pointers, arguments.Length));
+        _module.Launch(_module.Function(kernel), (grid.X, grid.Y, 1), block, sharedBytes, new ReadOnlySpan<nint>(pointers, arguments.Length));
     }
 
     private GemmOperand Operand(ulong pointer, int leading, long stride = 0) => new(pointer, _operand, leading, stride);
@@ -378,17 +396,23 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         Linear(a.AttentionNormed.Pointer, Op(w.Value), _v.Pointer, rows, d, kv, false);
         Stage("forward: attention");
         ulong? qb = w.QueryBias.Count > 0 ? Master(w.QueryBias) : null, kb = w.KeyBias.Count > 0 ? Master(w.KeyBias) : null, vb = w.ValueBias.Count > 0 ? Master(w.ValueBias) : null;
-        Launch("rope_split" + _suffix, ((uint)rows, (uint)heads), 64, _q.Pointer, _k.Pointer, _v.Pointer, qb ?? 0UL, kb ?? 0UL, vb ?? 0UL,
+        Launch("rope_split" + _suffix, ((uint)rows, 1), Threads, _q.Pointer, _k.Pointer, _v.Pointer, qb ?? 0UL, kb ?? 0UL, vb ?? 0UL,
             _positions.Pointer, _inverseFrequencies.Pointer, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, n, heads, c.KvHeadCount, hd, Interleaved);
         // Scores, probabilities and the attended values per (sequence, head): [n, n] = scale·Q·Kᵀ, then P·V.
         long headStride = (long)n * hd, scoreStride = (long)n * n;
         int batchCount = b * heads;
-        _device.Gemm(false, true, n, n, hd, 1f / MathF.Sqrt(hd), Operand(a.Qh.Pointer, hd, headStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
-            F32(_scores.Pointer, n, scoreStride), batchCount);
-        Launch("masked_softmax" + _suffix, ((uint)(batchCount * n), 1), Threads, _scores.Pointer, a.Probabilities.Pointer, _firstVisible.Pointer, n, heads);
-        _device.Gemm(false, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
-            F32(_heads.Pointer, hd, headStride), batchCount);
-        Launch("merge_heads" + _suffix, ((uint)rows, (uint)heads), 64, _heads.Pointer, a.Attended.Pointer, n, heads, hd);
+        if (FlashAttention)
+            Launch($"flash_forward_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, _firstVisible.Pointer,
+                a.Attended.Pointer, a.Lse.Pointer, n, heads, ScaleLog2);
+        else
+        {
+            _device.Gemm(false, true, n, n, hd, 1f / MathF.Sqrt(hd), Operand(a.Qh.Pointer, hd, headStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
+                F32(_scores.Pointer, n, scoreStride), batchCount);
+            Launch("masked_softmax" + _suffix, ((uint)(batchCount * n), 1), Threads, _scores.Pointer, a.Probabilities.Pointer, _firstVisible.Pointer, n, heads);
+            _device.Gemm(false, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
+                F32(_heads.Pointer, hd, headStride), batchCount);
+            Launch("merge_heads" + _suffix, ((uint)rows, 1), Threads, _heads.Pointer, a.Attended.Pointer, n, heads, hd);
+        }
         // mid = x + o(attended); out = mid + down(swiglu(gate(norm(mid)), up(norm(mid)))).
         Stage("forward: o product, feed-forward");
         _device.Copy(x, a.Mid.Pointer, (long)rows * d * 4);
@@ -403,6 +427,10 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     }
 
     private int Interleaved => _config.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
+
+    private static uint FlashTiles(int n) => (uint)((n + FlashTile - 1) / FlashTile);
+    private float ScaleLog2 => (float)(1 / Math.Sqrt(_config.HeadDim) / Math.Log(2));
+
 
     private void Backward(TrainingBatch batch)
     {
@@ -440,18 +468,29 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             ToOperand(_dx.Pointer, _dxOperand.Pointer, (long)rows * d);
             LinearBackward(_dxOperand.Pointer, Op(w.Output), a.Attended.Pointer, _dAttended.Pointer, Grad(w.Output), rows, q, d, false);
             Stage("backward: attention");
-            Launch("split_heads" + _suffix, ((uint)rows, (uint)heads), 64, _dAttended.Pointer, _dHeadsOperand.Pointer, n, heads, hd);
-            _device.Gemm(false, true, n, n, hd, 1f, Operand(_dHeadsOperand.Pointer, hd, headStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
-                F32(_dProbabilities.Pointer, n, scoreStride), batchCount);
-            _device.Gemm(true, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(_dHeadsOperand.Pointer, hd, headStride), 0f,
-                F32(_dvh.Pointer, hd, headStride), batchCount);
-            Launch("softmax_backward" + _suffix, ((uint)(batchCount * n), 1), Threads, a.Probabilities.Pointer, _dProbabilities.Pointer, _dScores.Pointer, n,
-                1f / MathF.Sqrt(hd));
-            _device.Gemm(false, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
-                F32(_dqh.Pointer, hd, headStride), batchCount);
-            _device.Gemm(true, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Qh.Pointer, hd, headStride), 0f,
-                F32(_dkh.Pointer, hd, headStride), batchCount);
-            Launch("rope_merge_backward" + _suffix, ((uint)rows, (uint)c.KvHeadCount), 64, _dqh.Pointer, _dkh.Pointer, _dvh.Pointer, _positions.Pointer,
+            if (FlashAttention)
+            {
+                Launch("flash_prepare_bf16", ((uint)rows, 1), Threads, _dAttended.Pointer, a.Attended.Pointer, _dHeadsOperand.Pointer, _delta.Pointer, n, heads, hd);
+                Launch($"flash_backward_kv_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
+                    _dHeadsOperand.Pointer, a.Lse.Pointer, _delta.Pointer, _firstVisible.Pointer, _dkh.Pointer, _dvh.Pointer, n, heads, 1f / MathF.Sqrt(hd), ScaleLog2);
+                Launch($"flash_backward_q_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
+                    _dHeadsOperand.Pointer, a.Lse.Pointer, _delta.Pointer, _firstVisible.Pointer, _dqh.Pointer, n, heads, 1f / MathF.Sqrt(hd), ScaleLog2);
+            }
+            else
+            {
+                Launch("split_heads" + _suffix, ((uint)rows, 1), Threads, _dAttended.Pointer, _dHeadsOperand.Pointer, n, heads, hd);
+                _device.Gemm(false, true, n, n, hd, 1f, Operand(_dHeadsOperand.Pointer, hd, headStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
+                    F32(_dProbabilities.Pointer, n, scoreStride), batchCount);
+                _device.Gemm(true, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(_dHeadsOperand.Pointer, hd, headStride), 0f,
+                    F32(_dvh.Pointer, hd, headStride), batchCount);
+                Launch("softmax_backward" + _suffix, ((uint)(batchCount * n), 1), Threads, a.Probabilities.Pointer, _dProbabilities.Pointer, _dScores.Pointer, n,
+                    1f / MathF.Sqrt(hd));
+                _device.Gemm(false, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
+                    F32(_dqh.Pointer, hd, headStride), batchCount);
+                _device.Gemm(true, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Qh.Pointer, hd, headStride), 0f,
+                    F32(_dkh.Pointer, hd, headStride), batchCount);
+            }
+            Launch("rope_merge_backward" + _suffix, ((uint)rows, 1), Threads, _dqh.Pointer, _dkh.Pointer, _dvh.Pointer, _positions.Pointer,
                 _inverseFrequencies.Pointer, _dq.Pointer, _dk.Pointer, _dv.Pointer, _dqOperand.Pointer, _dkOperand.Pointer, _dvOperand.Pointer,
                 n, heads, c.KvHeadCount, hd, Interleaved);
             Stage("backward: q/k/v products, norms");
@@ -548,4 +587,5 @@ public sealed unsafe class CudaTrainingModel : IDisposable
 /// <param name="Operand">F32 (exact parity with the CPU) or BF16 (with f32 accumulation) matrix operands.</param>
 /// <param name="TrainWeights">Full training (weights and adapter rows), or a frozen model with only adapter rows trained.</param>
 /// <param name="RecomputeActivations">Keep only each layer's input; recompute the layer during the backward pass.</param>
-public sealed record CudaTrainingOptions(DType Operand = DType.BF16, bool TrainWeights = true, bool RecomputeActivations = false);
+/// <param name="FlashAttention">With bf16 operands and head dim 64: FlashAttention-2-style fused attention (no [n, n] matrices kept); else the probabilities are kept.</param>
+public sealed record CudaTrainingOptions(DType Operand = DType.BF16, bool TrainWeights = true, bool RecomputeActivations = false, bool FlashAttention = true);

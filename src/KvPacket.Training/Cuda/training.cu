@@ -86,36 +86,55 @@ __device__ void rms_norm(const float* x, const float* w, T* y, float* rstd, int 
     if (threadIdx.x == 0) rstd[blockIdx.x] = inverse;
 }
 
-// Adds the biases, rotates q and k by each row's position and writes them head-major for the batched attention
-// products: q [tokens, H·d] → qh [B, H, n, d]; k and v [tokens, KV·d] → kh, vh [B, H, n, d], each KV head repeated
-// for its group of query heads. One block per (token, query head), one thread per RoPE pair.
+// cos and sin of each RoPE pair's angle at `position`, into shared memory for the block (one token per block).
+__device__ void token_angles(int position, const double* inv_freq, int pairs, float* cosines, float* sines)
+{
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) rope_angle(position, inv_freq, i, &cosines[i], &sines[i]);
+    __syncthreads();
+}
+
+// Adds the biases, rotates q and k by the row's position and writes them head-major for the attention:
+// q [tokens, H·d] → qh [B, H, n, d]; k and v [tokens, KV·d] → kh, vh [B, H, n, d], each KV head repeated for its group
+// of query heads. One block per token; reads and writes run along the head dimension.
 template <typename T>
 __device__ void rope_split(const float* q, const float* k, const float* v, const float* q_bias, const float* k_bias, const float* v_bias,
                            const int* positions, const double* inv_freq, T* qh, T* kh, T* vh,
                            int n, int heads, int kv_heads, int head_dim, int interleaved)
 {
-    int token = blockIdx.x, h = blockIdx.y, g = h / (heads / kv_heads), b = token / n, t = token % n;
-    long out = (((long)b * heads + h) * n + t) * head_dim;
-    const float* qr = q + (long)token * heads * head_dim + h * head_dim;
-    const float* kr = k + (long)token * kv_heads * head_dim + g * head_dim;
-    const float* vr = v + (long)token * kv_heads * head_dim + g * head_dim;
-    const float* qb = q_bias ? q_bias + h * head_dim : nullptr;
-    const float* kb = k_bias ? k_bias + g * head_dim : nullptr;
-    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x)
+    __shared__ float cosines[256], sines[256];
+    int token = blockIdx.x, b = token / n, t = token % n, half = head_dim / 2, group = heads / kv_heads;
+    token_angles(positions[token], inv_freq, half, cosines, sines);
+    const float* qr = q + (long)token * heads * head_dim;
+    const float* kr = k + (long)token * kv_heads * head_dim;
+    const float* vr = v + (long)token * kv_heads * head_dim;
+    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
     {
-        int a, c2;
+        int h = idx / half, i = idx % half, a, c2;
         rope_columns(i, head_dim, interleaved, &a, &c2);
-        float c, s;
-        rope_angle(positions[token], inv_freq, i, &c, &s);
-        float qa = qr[a] + (qb ? qb[a] : 0.f), qc = qr[c2] + (qb ? qb[c2] : 0.f);
-        float ka = kr[a] + (kb ? kb[a] : 0.f), kc = kr[c2] + (kb ? kb[c2] : 0.f);
-        qh[out + a] = store<T>(qa * c - qc * s);
-        qh[out + c2] = store<T>(qa * s + qc * c);
-        kh[out + a] = store<T>(ka * c - kc * s);
-        kh[out + c2] = store<T>(ka * s + kc * c);
+        float x = qr[h * head_dim + a] + (q_bias ? q_bias[h * head_dim + a] : 0.f), y = qr[h * head_dim + c2] + (q_bias ? q_bias[h * head_dim + c2] : 0.f);
+        T* out = qh + (((long)b * heads + h) * n + t) * head_dim;
+        out[a] = store<T>(x * cosines[i] - y * sines[i]);
+        out[c2] = store<T>(x * sines[i] + y * cosines[i]);
     }
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
-        vh[out + i] = store<T>(vr[i] + (v_bias ? v_bias[g * head_dim + i] : 0.f));
+    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
+    {
+        int g = idx / half, i = idx % half, a, c2;
+        rope_columns(i, head_dim, interleaved, &a, &c2);
+        float x = kr[g * head_dim + a] + (k_bias ? k_bias[g * head_dim + a] : 0.f), y = kr[g * head_dim + c2] + (k_bias ? k_bias[g * head_dim + c2] : 0.f);
+        T ra = store<T>(x * cosines[i] - y * sines[i]), rb = store<T>(x * sines[i] + y * cosines[i]);
+        for (int h = g * group; h < (g + 1) * group; h++)
+        {
+            T* out = kh + (((long)b * heads + h) * n + t) * head_dim;
+            out[a] = ra;
+            out[c2] = rb;
+        }
+    }
+    for (int idx = threadIdx.x; idx < kv_heads * head_dim; idx += blockDim.x)
+    {
+        int g = idx / head_dim, d = idx % head_dim;
+        T value = store<T>(vr[idx] + (v_bias ? v_bias[idx] : 0.f));
+        for (int h = g * group; h < (g + 1) * group; h++) vh[(((long)b * heads + h) * n + t) * head_dim + d] = value;
+    }
 }
 
 // p = softmax over the keys row i may see, [first_visible[i], i], of the scaled scores s (already scaled by the
@@ -137,13 +156,16 @@ __device__ void masked_softmax(const float* s, T* p, const int* first_visible, i
         p[row * n + j] = store<T>(j >= first && j <= i ? __expf(sr[j] - m) * inverse : 0.f);
 }
 
-// [B, H, n, d] → [tokens, H·d] in the operand type (the output projection's input). One block per (token, head).
+// [B, H, n, d] → [tokens, H·d] in the operand type (the output product's input). One block per token.
 template <typename T>
 __device__ void merge_heads(const float* oh, T* o, int n, int heads, int head_dim)
 {
-    int token = blockIdx.x, h = blockIdx.y, b = token / n, t = token % n;
-    const float* source = oh + (((long)b * heads + h) * n + t) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) o[(long)token * heads * head_dim + h * head_dim + i] = store<T>(source[i]);
+    int token = blockIdx.x, b = token / n, t = token % n;
+    for (int idx = threadIdx.x; idx < heads * head_dim; idx += blockDim.x)
+    {
+        int h = idx / head_dim, d = idx % head_dim;
+        o[(long)token * heads * head_dim + idx] = store<T>(oh[(((long)b * heads + h) * n + t) * head_dim + d]);
+    }
 }
 
 // hidden = silu(gate)·up.
@@ -239,13 +261,16 @@ __device__ void column_sum(const float* in, long rows, int columns, float* out, 
     else out[(long)blockIdx.y * columns + c] = s;
 }
 
-// [tokens, H·d] f32 → [B, H, n, d] operand type (the attention output's gradient, for the batched products).
+// [tokens, H·d] f32 → [B, H, n, d] operand type (the attention output's gradient, for the batched products). One block per token.
 template <typename T>
 __device__ void split_heads(const float* o, T* oh, int n, int heads, int head_dim)
 {
-    int token = blockIdx.x, h = blockIdx.y, b = token / n, t = token % n;
-    T* target = oh + (((long)b * heads + h) * n + t) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) target[i] = store<T>(o[(long)token * heads * head_dim + h * head_dim + i]);
+    int token = blockIdx.x, b = token / n, t = token % n;
+    for (int idx = threadIdx.x; idx < heads * head_dim; idx += blockDim.x)
+    {
+        int h = idx / head_dim, d = idx % head_dim;
+        oh[(((long)b * heads + h) * n + t) * head_dim + d] = store<T>(o[(long)token * heads * head_dim + idx]);
+    }
 }
 
 // ds = scale·p⊙(dp − Σ_j p⊙dp) per row of [B, H, n, n]; one block per row.
@@ -263,44 +288,51 @@ __device__ void softmax_backward(const T* p, const float* dp, T* ds, int n, floa
     }
 }
 
-// The inverse of rope_split for gradients: dqh, dkh, dvh [B, H, n, d] (f32) → dq [tokens, H·d] rotated back by each
+// The inverse of rope_split for gradients: dqh, dkh, dvh [B, H, n, d] (f32) → dq [tokens, H·d] rotated back by the
 // row's position, and dk, dv [tokens, KV·d] summed over each KV head's group of query heads (k also rotated back).
-// Written in f32 (bias gradients) and the operand type (the products). One block per (token, KV head).
+// Written in f32 (bias gradients) and the operand type (the products). One block per token.
 template <typename T>
 __device__ void rope_merge_backward(const float* dqh, const float* dkh, const float* dvh, const int* positions, const double* inv_freq,
                                     float* dq, float* dk, float* dv, T* dq_op, T* dk_op, T* dv_op,
                                     int n, int heads, int kv_heads, int head_dim, int interleaved)
 {
-    int token = blockIdx.x, g = blockIdx.y, group = heads / kv_heads, b = token / n, t = token % n;
-    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x)
+    __shared__ float cosines[256], sines[256];
+    int token = blockIdx.x, b = token / n, t = token % n, half = head_dim / 2, group = heads / kv_heads;
+    token_angles(positions[token], inv_freq, half, cosines, sines);
+    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
     {
-        int a, c2;
+        int h = idx / half, i = idx % half, a, c2;
         rope_columns(i, head_dim, interleaved, &a, &c2);
-        float c, s;
-        rope_angle(positions[token], inv_freq, i, &c, &s);
-        float ka = 0, kc = 0;
+        const float* g = dqh + (((long)b * heads + h) * n + t) * head_dim;
+        float ra = g[a] * cosines[i] + g[c2] * sines[i], rc = -g[a] * sines[i] + g[c2] * cosines[i];   // rotation by −position
+        long at = (long)token * heads * head_dim + h * head_dim;
+        dq[at + a] = ra; dq[at + c2] = rc;
+        dq_op[at + a] = store<T>(ra); dq_op[at + c2] = store<T>(rc);
+    }
+    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
+    {
+        int g = idx / half, i = idx % half, a, c2;
+        rope_columns(i, head_dim, interleaved, &a, &c2);
+        float ka = 0.f, kc = 0.f;
         for (int h = g * group; h < (g + 1) * group; h++)
         {
-            long at = (((long)b * heads + h) * n + t) * head_dim;
-            float qa = dqh[at + a], qc = dqh[at + c2];
-            long qo = (long)token * heads * head_dim + h * head_dim;
-            float ra = qa * c + qc * s, rc = -qa * s + qc * c;   // rotation by −position
-            dq[qo + a] = ra; dq[qo + c2] = rc;
-            dq_op[qo + a] = store<T>(ra); dq_op[qo + c2] = store<T>(rc);
-            ka += dkh[at + a]; kc += dkh[at + c2];
+            const float* row = dkh + (((long)b * heads + h) * n + t) * head_dim;
+            ka += row[a];
+            kc += row[c2];
         }
-        long ko = (long)token * kv_heads * head_dim + g * head_dim;
-        float ra = ka * c + kc * s, rc = -ka * s + kc * c;
-        dk[ko + a] = ra; dk[ko + c2] = rc;
-        dk_op[ko + a] = store<T>(ra); dk_op[ko + c2] = store<T>(rc);
+        float ra = ka * cosines[i] + kc * sines[i], rc = -ka * sines[i] + kc * cosines[i];
+        long at = (long)token * kv_heads * head_dim + g * head_dim;
+        dk[at + a] = ra; dk[at + c2] = rc;
+        dk_op[at + a] = store<T>(ra); dk_op[at + c2] = store<T>(rc);
     }
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
+    for (int idx = threadIdx.x; idx < kv_heads * head_dim; idx += blockDim.x)
     {
-        float sum = 0;
-        for (int h = g * group; h < (g + 1) * group; h++) sum += dvh[(((long)b * heads + h) * n + t) * head_dim + i];
-        long vo = (long)token * kv_heads * head_dim + g * head_dim + i;
-        dv[vo] = sum;
-        dv_op[vo] = store<T>(sum);
+        int g = idx / head_dim, d = idx % head_dim;
+        float sum = 0.f;
+        for (int h = g * group; h < (g + 1) * group; h++) sum += dvh[(((long)b * heads + h) * n + t) * head_dim + d];
+        long at = (long)token * kv_heads * head_dim + idx;
+        dv[at] = sum;
+        dv_op[at] = store<T>(sum);
     }
 }
 

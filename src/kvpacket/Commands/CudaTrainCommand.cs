@@ -60,19 +60,21 @@ internal static class CudaTrainCommand
                     CudaGradientCheck.StudentHeader + CudaGradientCheck.StudentTrailer, seed: 9);
                 bool ok = true;
                 var dumps = new Dictionary<string, TensorDump>();
-                foreach (var (operand, recompute) in new[] { (DType.F32, false), (DType.F32, true), (DType.BF16, false) })
+                // bf16 runs with the fused attention where the head dim has it, and with kept probabilities.
+                foreach (var (operand, recompute, flash) in new[] { (DType.F32, false, false), (DType.F32, true, false), (DType.BF16, false, true), (DType.BF16, true, true), (DType.BF16, false, false) })
                     foreach (var (batchName, batch, rows) in new[] { ("causal LM", causal, Array.Empty<float>()), ("KV Packet student", student, soft) })
                     {
                         TensorDump? tensors = null;
                         if (parse.GetValue(dump) is { } root && !dumps.TryGetValue(batchName, out tensors))
                             dumps[batchName] = tensors = CudaGradientCheck.Dump(Path.Combine(root, batchName.Replace(' ', '-')), checkpoint, batch, rows.Length / config.HiddenSize);
-                        var result = CudaGradientCheck.Run(device, checkpoint, batchName, batch, rows, operand, recompute, tensors);
+                        var result = CudaGradientCheck.Run(device, checkpoint, batchName, batch, rows, operand, recompute, tensors, flash);
+                        if (flash && !result.Flash) continue;   // no fused kernel for this head dim: the kept-probabilities run covers it
                         double limit = operand == DType.F32 ? 1e-3 : 3e-2;
                         double lossError = Math.Abs(result.GpuLoss - result.CpuLoss) / Math.Abs(result.CpuLoss);
                         bool pass = result.Worst.Relative <= limit && lossError <= limit;
                         ok &= pass;
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"  {batchName,-18} {operand,-4}{(recompute ? " recompute" : "          ")}: loss CPU {result.CpuLoss:F6} GPU {result.GpuLoss:F6} (rel {lossError:E1}); " +
+                            $"  {batchName,-18} {operand,-4}{(recompute ? " recompute" : "          ")}{(result.Flash ? " flash" : "      ")}: loss CPU {result.CpuLoss:F6} GPU {result.GpuLoss:F6} (rel {lossError:E1}); " +
                             $"worst gradient {result.Worst.Name} {result.Worst.Relative:E2}, median {Median(result.Errors.Select(e => e.Relative)):E2} over {result.Errors.Count} tensors → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
                         if (!pass)
                             foreach (var e in result.Errors.Where(e => e.Relative > limit).Take(12))
@@ -96,6 +98,8 @@ internal static class CudaTrainCommand
 
     private static double Median(IEnumerable<double> values) => Statistics.Median(values);
 
+    private static Option<bool> KeptAttention() => new("--kept-attention") { Description = "Keep the attention probabilities (cuBLAS products) instead of the fused flash kernels" };
+
     private static Command DistillBench()
     {
         var shape = new Option<string>("--shape") { Description = "Model card (random bf16 weights, frozen)", DefaultValueFactory = _ => "llama-3.2-1b" };
@@ -107,9 +111,10 @@ internal static class CudaTrainCommand
         var trailer = new Option<int>("--trailer") { Description = "KV Packet trailer rows", DefaultValueFactory = _ => 4 };
         var repeats = new Option<int>("--repeats") { Description = "Timed steps after warm-up (median reported)", DefaultValueFactory = _ => 10 };
         var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute each layer in the backward pass" };
+        var kept = KeptAttention();
         var command = new Command("distill-bench", "KV Packet adapter distillation steps on the GPU (frozen bf16 model): examples/s and device memory")
         {
-            shape, documents, documentTokens, continuation, batchSize, header, trailer, repeats, recompute,
+            shape, documents, documentTokens, continuation, batchSize, header, trailer, repeats, recompute, kept,
         };
         command.SetAction(parse =>
         {
@@ -133,7 +138,7 @@ internal static class CudaTrainCommand
                 var batch = TrainingBatch.Students(examples, layouts, config.VocabSize);
                 var weights = KvPacket.Training.TrainingWeights<float>.From(checkpoint);
                 var soft = CudaGradientCheck.SoftRows(weights, config.HiddenSize, h + t, seed: 2);
-                using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(DType.BF16, TrainWeights: false, parse.GetValue(recompute)),
+                using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(DType.BF16, TrainWeights: false, parse.GetValue(recompute), !parse.GetValue(kept)),
                     b, batch.Length, h + t, soft, batch.Teacher.Length / config.VocabSize);
                 void Step()
                 {
@@ -146,7 +151,7 @@ internal static class CudaTrainCommand
                 double ms = Statistics.Median(times);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"distill {name} bf16 frozen, KV Packet H/T {h}/{t}, {b} examples x ({parse.GetValue(documents)} x {parse.GetValue(documentTokens)}-token documents + {k} continuation) = {batch.Length} rows each" +
-                    $"{(parse.GetValue(recompute) ? ", recompute" : "")}: step {ms:F1} ms (median of {times.Length}), {b / (ms / 1e3):F1} examples/s, {b * (long)batch.Length / (ms / 1e3):F0} rows/s; " +
+                    $"{(parse.GetValue(recompute) ? ", recompute" : "")}{(model.FlashAttention ? ", flash" : ", kept attention")}: step {ms:F1} ms (median of {times.Length}), {b / (ms / 1e3):F1} examples/s, {b * (long)batch.Length / (ms / 1e3):F0} rows/s; " +
                     $"device memory {model.DeviceBytes / 1e9:F2} GB"));
                 return 0;
             }
@@ -162,10 +167,11 @@ internal static class CudaTrainCommand
         var repeats = new Option<int>("--repeats") { Description = "Timed steps after warm-up (median reported)", DefaultValueFactory = _ => 10 };
         var operand = new Option<DType>("--operand") { Description = "BF16 or F32", DefaultValueFactory = _ => DType.BF16 };
         var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute each layer in the backward pass" };
+        var kept = KeptAttention();
         var output = new Option<string?>("--out") { Description = "JSON file for the figures" };
         var command = new Command("train-bench", "Full training steps on the GPU: tokens/s and model FLOPs utilisation (CUDA events, medians)")
         {
-            shape, sequences, length, repeats, operand, recompute, output,
+            shape, sequences, length, repeats, operand, recompute, kept, output,
         };
         command.SetAction(parse =>
         {
@@ -174,7 +180,7 @@ internal static class CudaTrainCommand
             int b = parse.GetValue(sequences), n = parse.GetValue(length);
             using var device = CudaDevice.Open();
             var weights = KvPacket.Training.WeightInitialisation.Random(config, seed: 1);
-            using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(parse.GetValue(operand), true, parse.GetValue(recompute)), b, n);
+            using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(parse.GetValue(operand), true, parse.GetValue(recompute), !parse.GetValue(kept)), b, n);
             var batch = CudaGradientCheck.CausalBatch(config, b, n, seed: 3);
             double scale = 1 / batch.TotalWeight;
             void Step()
@@ -210,13 +216,13 @@ internal static class CudaTrainCommand
             var figures = new Dictionary<string, object>
             {
                 ["device"] = device.Name, ["shape"] = parse.GetValue(shape)!, ["parameters"] = parameters, ["batch"] = b, ["length"] = n,
-                ["operand"] = parse.GetValue(operand).ToString(), ["recompute_activations"] = parse.GetValue(recompute),
+                ["operand"] = parse.GetValue(operand).ToString(), ["recompute_activations"] = parse.GetValue(recompute), ["flash_attention"] = model.FlashAttention,
                 ["step_ms_median"] = ms, ["step_ms_all"] = times, ["tokens_per_s"] = tokens / (ms / 1e3), ["model_tflops"] = teraFlops,
                 ["mfu_vs_dense_bf16_peak"] = teraFlops / HopperDenseBf16TeraFlops, ["device_bytes"] = model.DeviceBytes,
                 ["loss_before"] = firstLoss, ["loss_after"] = lastLoss,
             };
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"ours  {parse.GetValue(shape)} ({parameters / 1e6:F1}M params) {parse.GetValue(operand)}{(parse.GetValue(recompute) ? " recompute" : "")} batch {b}x{n}: " +
+                $"ours  {parse.GetValue(shape)} ({parameters / 1e6:F1}M params) {parse.GetValue(operand)}{(parse.GetValue(recompute) ? " recompute" : "")}{(model.FlashAttention ? " flash" : " kept-attention")} batch {b}x{n}: " +
                 $"step {ms:F2} ms (median of {times.Length}), {tokens / (ms / 1e3):F0} tokens/s, {teraFlops:F1} TFLOP/s = MFU {teraFlops / HopperDenseBf16TeraFlops:P1} of {HopperDenseBf16TeraFlops} dense bf16; " +
                 $"device memory {model.DeviceBytes / 1e9:F2} GB; loss {firstLoss:F3} → {lastLoss:F3} over {3 + times.Length} steps on one batch"));
             if (parse.GetValue(output) is { } file) File.WriteAllText(file, JsonSerializer.Serialize(figures, new JsonSerializerOptions { WriteIndented = true }));
