@@ -16,6 +16,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     TrainCommand.Create(),
     PretrainCommand.Create(),
     FinetuneCommand.Create(),
+    CorpusCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
 };

@@ -1,0 +1,230 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using KvPacket.Core.Numerics;
+
+namespace KvPacket.Training.Qa;
+
+/// <summary>One question over retrieved documents, the shape of the papers' datasets.</summary>
+/// <param name="Id">Split and index.</param>
+/// <param name="Type">single-hop (NQ-like), bridge or comparison (2WikiMultiHopQA / HotpotQA-like), three-hop (MuSiQue-like).</param>
+/// <param name="Relation">The relation chain asked about, e.g. person.employer.headquarters.</param>
+/// <param name="Question">The question.</param>
+/// <param name="Answers">Accepted short answers (the first is the gold one).</param>
+/// <param name="Documents">Gold documents and distractors, shuffled.</param>
+/// <param name="Gold">Indices into <paramref name="Documents"/> of the documents the answer needs.</param>
+public sealed record QaExample(string Id, string Type, string Relation, string Question, string[] Answers, QaDocument[] Documents, int[] Gold);
+
+/// <summary>
+/// A seeded multi-document QA benchmark over invented worlds: each example holds k documents (the gold ones and
+/// distractors about entities of the same kinds, shuffled) and a question with a short answer. Train, validation and
+/// test come from three worlds whose entity names are disjoint, so test answers cannot be memorised in training.
+/// </summary>
+public static class QaBenchmark
+{
+    /// <summary>Question types, in the order they are written.</summary>
+    public static readonly string[] Types = ["single-hop", "bridge", "comparison", "three-hop"];
+
+    /// <summary>The three splits' worlds of <paramref name="seed"/>, with disjoint names.</summary>
+    public static (QaWorld Train, QaWorld Validation, QaWorld Test) Worlds(ulong seed)
+    {
+        var names = new EntityNames(seed);
+        return (QaWorld.Create(names, seed * 3 + 1), QaWorld.Create(names, seed * 3 + 2), QaWorld.Create(names, seed * 3 + 3));
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> examples of <paramref name="world"/>, the types in turn, each with
+    /// <paramref name="minDocuments"/>..<paramref name="maxDocuments"/> documents (never fewer than its gold ones).
+    /// </summary>
+    public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10)
+    {
+        if (minDocuments < 3 || maxDocuments < minDocuments) throw new ArgumentException($"documents per example: need 3 ≤ min ≤ max, got {minDocuments}..{maxDocuments}");
+        for (int i = 0; i < count; i++)
+        {
+            var random = new SeededRandom(seed * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xBF58476D1CE4E5B9UL);
+            string type = Types[i % Types.Length];
+            var draws = new Draws(random);
+            var (relation, question, answer, gold) = Ask(world, type, draws);
+            random = draws.Random;
+            int k = Math.Max(gold.Count, minDocuments + (int)(random.NextUInt64() % (ulong)(maxDocuments - minDocuments + 1)));
+            var chosen = new List<(EntityKind Kind, int Index)>(gold);
+            while (chosen.Count < k)
+            {
+                var kind = gold[(int)(random.NextUInt64() % (ulong)gold.Count)].Kind;
+                var candidate = (kind, (int)(random.NextUInt64() % (ulong)Size(world, kind)));
+                if (!chosen.Contains(candidate)) chosen.Add(candidate);
+            }
+            int[] order = [.. Enumerable.Range(0, chosen.Count)];
+            for (int j = order.Length - 1; j > 0; j--) { int r = (int)(random.NextUInt64() % (ulong)(j + 1)); (order[j], order[r]) = (order[r], order[j]); }
+            var documents = order.Select(o => QaDocuments.Write(world, chosen[o].Kind, chosen[o].Index, ref random)).ToArray();
+            int[] goldIndices = [.. Enumerable.Range(0, order.Length).Where(p => order[p] < gold.Count).Order()];
+            yield return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, goldIndices);
+        }
+    }
+
+    private static int Size(QaWorld world, EntityKind kind) => kind switch
+    {
+        EntityKind.Person => world.People.Length,
+        EntityKind.City => world.Cities.Length,
+        EntityKind.Organisation => world.Organisations.Length,
+        _ => world.Works.Length,
+    };
+
+    /// <summary>A seeded stream of draws shared by the question builders.</summary>
+    private sealed class Draws(SeededRandom random)
+    {
+        public SeededRandom Random = random;
+        public int Any(int n) => (int)(Random.NextUInt64() % (ulong)n);
+        public string Pick(params string[] options) => options[Any(options.Length)];
+    }
+
+    /// <summary>A question of <paramref name="type"/>: draws until one is not degenerate (the same entity twice, or a chain that loops).</summary>
+    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold) Ask(QaWorld w, string type, Draws d)
+    {
+        while (true)
+            if (TryAsk(w, type, d) is { } asked) return asked;
+    }
+
+    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold)? TryAsk(QaWorld w, string type, Draws d)
+    {
+        int Any(int n) => d.Any(n);
+        string P(params string[] options) => d.Pick(options);
+        {
+            switch (type)
+            {
+                case "single-hop":
+                {
+                    int p = Any(w.People.Length), o = Any(w.Organisations.Length), c = Any(w.Cities.Length), k = Any(w.Works.Length);
+                    var person = w.People[p];
+                    var org = w.Organisations[o];
+                    var city = w.Cities[c];
+                    var work = w.Works[k];
+                    return Any(11) switch
+                    {
+                        0 => ("person.birthplace", P($"Where was {person.Name} born?", $"In which city was {person.Name} born?", $"What is the birthplace of {person.Name}?"), w.Cities[person.BirthplaceCity].Name, [(EntityKind.Person, p)]),
+                        1 => ("person.birth_year", P($"In which year was {person.Name} born?", $"When was {person.Name} born?"), $"{person.BirthYear}", [(EntityKind.Person, p)]),
+                        2 => ("person.employer", P($"Which organisation does {person.Name} work for?", $"Who employs {person.Name}?"), w.Organisations[person.Employer].Name, [(EntityKind.Person, p)]),
+                        3 => ("person.profession", P($"What is the profession of {person.Name}?", $"What does {person.Name} work as?"), person.Profession, [(EntityKind.Person, p)]),
+                        4 => ("organisation.headquarters", P($"Where is {org.Name} headquartered?", $"In which city is {org.Name} based?"), w.Cities[org.Headquarters].Name, [(EntityKind.Organisation, o)]),
+                        5 => ("organisation.founded", P($"When was {org.Name} founded?", $"In which year was {org.Name} established?"), $"{org.Founded}", [(EntityKind.Organisation, o)]),
+                        6 => ("organisation.founder", P($"Who founded {org.Name}?", $"Who is the founder of {org.Name}?"), w.People[org.Founder].Name, [(EntityKind.Organisation, o)]),
+                        7 => ("city.region", P($"In which region is {city.Name}?", $"Which region does {city.Name} lie in?"), w.Regions[city.Region], [(EntityKind.City, c)]),
+                        8 => ("city.population", P($"What is the population of {city.Name}?", $"How many people live in {city.Name}?"), $"{city.Population}", [(EntityKind.City, c)]),
+                        9 => ("work.author", P($"Who wrote {work.Title}?", $"Who is the author of {work.Title}?"), w.People[work.Author].Name, [(EntityKind.Work, k)]),
+                        _ => ("work.year", P($"When was {work.Title} published?", $"In which year did {work.Title} first appear?"), $"{work.Year}", [(EntityKind.Work, k)]),
+                    };
+                }
+                case "bridge":
+                {
+                    int p = Any(w.People.Length), o = Any(w.Organisations.Length), k = Any(w.Works.Length);
+                    var person = w.People[p];
+                    var org = w.Organisations[o];
+                    var work = w.Works[k];
+                    var employer = w.Organisations[person.Employer];
+                    return Any(6) switch
+                    {
+                        0 => ("person.employer.headquarters", P($"In which city is the employer of {person.Name} headquartered?", $"Where is the organisation that employs {person.Name} based?"),
+                            w.Cities[employer.Headquarters].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                        1 => ("person.employer.founded", P($"In which year was the organisation that {person.Name} works for founded?", $"When was the employer of {person.Name} established?"),
+                            $"{employer.Founded}", [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                        2 when employer.Founder != p => ("person.employer.founder", P($"Who founded the organisation that {person.Name} works for?", $"Who is the founder of the employer of {person.Name}?"),
+                            w.People[employer.Founder].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                        2 => null,
+                        3 => ("person.birthplace.region", P($"In which region was {person.Name} born?", $"Which region is the birthplace of {person.Name} in?"),
+                            w.Regions[w.Cities[person.BirthplaceCity].Region], [(EntityKind.Person, p), (EntityKind.City, person.BirthplaceCity)]),
+                        4 => ("work.author.birthplace", P($"Where was the author of {work.Title} born?", $"In which city was the writer of {work.Title} born?"),
+                            w.Cities[w.People[work.Author].BirthplaceCity].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author)]),
+                        _ => ("organisation.founder.birth_year", P($"In which year was the founder of {org.Name} born?", $"When was the founder of {org.Name} born?"),
+                            $"{w.People[org.Founder].BirthYear}", [(EntityKind.Organisation, o), (EntityKind.Person, org.Founder)]),
+                    };
+                }
+                case "comparison":
+                {
+                    int a = Any(4);
+                    switch (a)
+                    {
+                        case 0:
+                        {
+                            int p1 = Any(w.People.Length), p2 = Any(w.People.Length);
+                            if (p1 == p2) return null;
+                            var (x, y) = (w.People[p1], w.People[p2]);
+                            return ("person.birth_year.earlier", P($"Who was born earlier, {x.Name} or {y.Name}?", $"Which of {x.Name} and {y.Name} was born first?"),
+                                x.BirthYear < y.BirthYear ? x.Name : y.Name, [(EntityKind.Person, p1), (EntityKind.Person, p2)]);
+                        }
+                        case 1:
+                        {
+                            int o1 = Any(w.Organisations.Length), o2 = Any(w.Organisations.Length);
+                            if (o1 == o2) return null;
+                            var (x, y) = (w.Organisations[o1], w.Organisations[o2]);
+                            return ("organisation.founded.earlier", P($"Which was founded first, {x.Name} or {y.Name}?", $"Which is older, {x.Name} or {y.Name}?"),
+                                x.Founded < y.Founded ? x.Name : y.Name, [(EntityKind.Organisation, o1), (EntityKind.Organisation, o2)]);
+                        }
+                        case 2:
+                        {
+                            int c1 = Any(w.Cities.Length), c2 = Any(w.Cities.Length);
+                            if (c1 == c2 || w.Cities[c1].Population == w.Cities[c2].Population) return null;
+                            var (x, y) = (w.Cities[c1], w.Cities[c2]);
+                            return ("city.population.larger", P($"Which city has more inhabitants, {x.Name} or {y.Name}?", $"Which is larger by population, {x.Name} or {y.Name}?"),
+                                x.Population > y.Population ? x.Name : y.Name, [(EntityKind.City, c1), (EntityKind.City, c2)]);
+                        }
+                        default:
+                        {
+                            int k1 = Any(w.Works.Length), k2 = Any(w.Works.Length);
+                            if (k1 == k2) return null;
+                            var (x, y) = (w.Works[k1], w.Works[k2]);
+                            return ("work.year.earlier", P($"Which was published earlier, {x.Title} or {y.Title}?", $"Which appeared first, {x.Title} or {y.Title}?"),
+                                x.Year < y.Year ? x.Title : y.Title, [(EntityKind.Work, k1), (EntityKind.Work, k2)]);
+                        }
+                    }
+                }
+                default:
+                {
+                    int p = Any(w.People.Length), k = Any(w.Works.Length);
+                    var person = w.People[p];
+                    var employer = w.Organisations[person.Employer];
+                    var work = w.Works[k];
+                    var author = w.People[work.Author];
+                    switch (Any(3))
+                    {
+                        case 0:
+                            if (employer.Founder == p) return null;
+                            return ("person.employer.founder.birthplace", P($"Where was the founder of the organisation that employs {person.Name} born?", $"In which city was the founder of {person.Name}'s employer born?"),
+                                w.Cities[w.People[employer.Founder].BirthplaceCity].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.Person, employer.Founder)]);
+                        case 1:
+                            return ("person.employer.headquarters.region", P($"In which region is the headquarters of {person.Name}'s employer?", $"Which region is the organisation that employs {person.Name} based in?"),
+                                w.Regions[w.Cities[employer.Headquarters].Region], [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.City, employer.Headquarters)]);
+                        default:
+                            return ("work.author.employer.headquarters", P($"In which city is the employer of the author of {work.Title} based?", $"Where is the organisation that employs the writer of {work.Title} headquartered?"),
+                                w.Cities[w.Organisations[author.Employer].Headquarters].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author), (EntityKind.Organisation, author.Employer)]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Writes train.jsonl, validation.jsonl and test.jsonl (one <see cref="QaExample"/> per line) into <paramref name="directory"/>.</summary>
+    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10)
+    {
+        Directory.CreateDirectory(directory);
+        var (trainWorld, validationWorld, testWorld) = Worlds(seed);
+        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        foreach (var (name, world, count) in new[] { ("train", trainWorld, train), ("validation", validationWorld, validation), ("test", testWorld, test) })
+        {
+            using var writer = new StreamWriter(Path.Combine(directory, $"{name}.jsonl"));
+            foreach (var example in Generate(world, name, seed + (ulong)name.Length * 7919, count, minDocuments, maxDocuments))
+                writer.WriteLine(JsonSerializer.Serialize(example, options));
+        }
+    }
+
+    /// <summary>Reads a split written by <see cref="WriteSplits"/>.</summary>
+    public static IEnumerable<QaExample> Read(string path)
+    {
+        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+        int line = 0;
+        foreach (string text in File.ReadLines(path))
+        {
+            line++;
+            if (text.Length == 0) continue;
+            yield return JsonSerializer.Deserialize<QaExample>(text, options) ?? throw new InvalidDataException($"{path}:{line}: not an example");
+        }
+    }
+}

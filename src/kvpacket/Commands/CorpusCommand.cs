@@ -1,0 +1,39 @@
+using System.CommandLine;
+using KvPacket.Training.Qa;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket corpus</c>: writes the seeded multi-document QA benchmark (train / validation / test JSONL over invented
+/// worlds whose entities are disjoint between splits).
+/// </summary>
+internal static class CorpusCommand
+{
+    public static Command Create()
+    {
+        var output = new Option<string>("--out") { Description = "Directory for train.jsonl, validation.jsonl and test.jsonl", Required = true };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the worlds and the examples", DefaultValueFactory = _ => 1UL };
+        var train = new Option<int>("--train") { Description = "Training examples", DefaultValueFactory = _ => 20000 };
+        var validation = new Option<int>("--validation") { Description = "Validation examples", DefaultValueFactory = _ => 1000 };
+        var test = new Option<int>("--test") { Description = "Test examples", DefaultValueFactory = _ => 2000 };
+        var minDocuments = new Option<int>("--min-documents") { Description = "Fewest documents per example", DefaultValueFactory = _ => 4 };
+        var maxDocuments = new Option<int>("--max-documents") { Description = "Most documents per example", DefaultValueFactory = _ => 10 };
+        var command = new Command("corpus", "Write the multi-document QA benchmark (single-hop, bridge, comparison, three-hop) as JSONL splits")
+        {
+            output, seed, train, validation, test, minDocuments, maxDocuments,
+        };
+        command.SetAction(parse =>
+        {
+            string directory = parse.GetValue(output)!;
+            QaBenchmark.WriteSplits(directory, parse.GetValue(seed), parse.GetValue(train), parse.GetValue(validation), parse.GetValue(test),
+                parse.GetValue(minDocuments), parse.GetValue(maxDocuments));
+            foreach (string split in new[] { "train", "validation", "test" })
+            {
+                string path = Path.Combine(directory, split + ".jsonl");
+                Console.WriteLine($"{path}: {File.ReadLines(path).Count()} examples, {new FileInfo(path).Length / 1e6:F1} MB");
+            }
+            return 0;
+        });
+        return command;
+    }
+}
