@@ -17,6 +17,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     PretrainCommand.Create(),
     FinetuneCommand.Create(),
     CorpusCommand.Create(),
+    TokenizerCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
 };

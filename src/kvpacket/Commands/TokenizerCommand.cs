@@ -1,0 +1,68 @@
+using System.CommandLine;
+using System.Text.Json;
+using KvPacket.Core.Tokenization;
+using KvPacket.Training.Qa;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket tokenizer train</c>: a byte-level BPE vocabulary trained on a corpus (QA benchmark JSONL splits or text
+/// files), written as a Hugging Face tokenizer.json; <c>--check FILE</c> also writes sample strings with our encodings
+/// for <c>benchmarks/gpu/tokenizer_check.py</c> to compare with the Hugging Face library.
+/// </summary>
+internal static class TokenizerCommand
+{
+    /// <summary>BOS, EOS and padding, in this order (ids 0, 1, 2).</summary>
+    public static readonly string[] SpecialTokens = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"];
+
+    public static Command Create()
+    {
+        var corpus = new Argument<string[]>("corpus") { Description = "QA benchmark .jsonl splits or .txt files", Arity = ArgumentArity.OneOrMore };
+        var vocab = new Option<int>("--vocab") { Description = "Vocabulary size (special tokens + 256 bytes + merges)", DefaultValueFactory = _ => 8192 };
+        var output = new Option<string>("--out") { Description = "The tokenizer.json to write", Required = true };
+        var minFrequency = new Option<int>("--min-frequency") { Description = "Stop merging below this pair count", DefaultValueFactory = _ => 2 };
+        var check = new Option<string?>("--check") { Description = "Write 1,000 sample strings and their ids to this JSONL file" };
+        var train = new Command("train", "Train a byte-level BPE tokenizer and write tokenizer.json") { corpus, vocab, output, minFrequency, check };
+        train.SetAction(parse =>
+        {
+            var files = parse.GetValue(corpus)!;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            int merges = ByteLevelBpeTrainer.Train(Texts(files), parse.GetValue(vocab), SpecialTokens, parse.GetValue(output)!, parse.GetValue(minFrequency));
+            var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(parse.GetValue(output)!);
+            Console.WriteLine($"{parse.GetValue(output)}: {tokenizer.VocabSize} tokens ({merges} merges) from {files.Length} file(s) in {clock.Elapsed.TotalSeconds:F1} s");
+            if (parse.GetValue(check) is { } checkPath)
+            {
+                using var writer = new StreamWriter(checkPath);
+                foreach (string text in Samples(files).Take(1000))
+                    writer.WriteLine(JsonSerializer.Serialize(new { text, ids = tokenizer.Encode(text) }));
+                Console.WriteLine($"{checkPath}: 1000 sample strings with our encodings");
+            }
+            return 0;
+        });
+        return new Command("tokenizer", "Train tokenizers") { train };
+    }
+
+    /// <summary>The corpus's texts: every document, question and answer of a QA split, or each line of a text file.</summary>
+    private static IEnumerable<string> Texts(IEnumerable<string> files)
+    {
+        foreach (string file in files)
+        {
+            if (file.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
+                foreach (var example in QaBenchmark.Read(file))
+                {
+                    foreach (var document in example.Documents) yield return $"{document.Title}\n{document.Text}\n";
+                    yield return $"Question: {example.Question}\nAnswer: {example.Answers[0]}\n";
+                }
+            else
+                foreach (string line in File.ReadLines(file)) yield return line + "\n";
+        }
+    }
+
+    /// <summary>Strings to compare encodings on: texts of the corpus, unseen mixed-script text, whitespace and digits.</summary>
+    private static IEnumerable<string> Samples(IEnumerable<string> files)
+    {
+        string[] extra = ["", " ", "  two  spaces ", "tabs\tand\nnewlines\n\n", "naïve café — Ünïcödé ẞ", "Кириллица и 漢字 かな 한국어", "emoji 👩‍💻🎉", "numbers 1234567 3.14159 -42", "x" + new string('y', 300)];
+        foreach (string s in extra) yield return s;
+        foreach (string text in Texts(files)) yield return text;
+    }
+}
