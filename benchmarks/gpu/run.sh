@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
-#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed)
+#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -88,6 +88,19 @@ with open('/tmp/corpus.tokens','w') as f:
         "$k" cuda distill-bench --shape llama-3.2-1b --recompute-activations | tee -a "$out/train-bench.txt" || status=1
         "$k" cuda distill-bench --shape llama-3.2-1b --kept-attention | tee -a "$out/train-bench.txt" || status=1
     fi
+    if [[ " $parts " == *" qa "* ]]; then
+        # Our QA model from scratch: benchmark, tokenizer, token file, pre-training (the same commands as models/ card).
+        q=/tmp/kvqa
+        mkdir -p $q
+        "$k" corpus --out $q/data --train ${QA_EXAMPLES:-200000} --validation 1000 --test 2000 | tee -a "$out/qa.txt"
+        head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
+        "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 --out $q/tokenizer.json | tee -a "$out/qa.txt"
+        "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens | tee -a "$out/qa.txt"
+        "$k" pretrain --model-shape kvqa-20m --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
+            --steps ${QA_STEPS:-12000} --batch 32 --length 1024 --warmup 300 --learning-rate 1.5e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
+            --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out "$out/kvqa-20m" | tee -a "$out/qa.txt" || status=1
+        cp $q/tokenizer.json "$out/kvqa-20m/" 2>/dev/null
+    fi
     if [[ " $parts " == *" speed "* ]]; then
         # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.
         for round in 1 2; do
@@ -100,7 +113,7 @@ with open('/tmp/corpus.tokens','w') as f:
     exit $status
     ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed…]" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…]" >&2
     exit 2
     ;;
 esac

@@ -36,5 +36,9 @@ public sealed record FineTuningExample(int[] Prefix, int[][] Documents, int[] Co
     }
 }
 
-/// <summary>One training sequence: per row its source (token, or −1 − r for adapter row r), first visible row, target (−1: none) and loss weight; positions 0..n−1.</summary>
-public sealed record TrainingSequence(int[] Source, int[] FirstVisible, int[] Targets, float[] Weights);
+/// <summary>One training sequence: per row its source (token, or −1 − r for adapter row r), first visible row, target (−1: none) and loss weight.</summary>
+public sealed record TrainingSequence(int[] Source, int[] FirstVisible, int[] Targets, float[] Weights)
+{
+    /// <summary>Per row its RoPE position (null: 0..n−1).</summary>
+    public int[]? Positions { get; init; }
+}

@@ -11,7 +11,15 @@ public static class TrainedCheckpoint
     /// Writes <paramref name="weights"/> of <paramref name="config"/> (q/k rows in rotate-half order, as Hugging Face stores them; an interleaved model's are reordered) into
     /// <paramref name="directory"/> with matrices in <paramref name="type"/> and norms and biases in f32.
     /// </summary>
-    public static void WriteHuggingFace(ModelConfig config, TrainingWeights<float> weights, string directory, DType type, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <param name="config">The model's shape.</param>
+    /// <param name="weights">Its weights.</param>
+    /// <param name="directory">Where config.json and the safetensors go.</param>
+    /// <param name="type">The matrices' element type.</param>
+    /// <param name="metadata">Extra safetensors metadata.</param>
+    /// <param name="maxShardBytes">Above this many bytes of tensors, write shards of at most this size and a
+    /// <c>model.safetensors.index.json</c> (as Hugging Face does for large models); 0: one file.</param>
+    public static void WriteHuggingFace(ModelConfig config, TrainingWeights<float> weights, string directory, DType type, IReadOnlyDictionary<string, string>? metadata = null,
+        long maxShardBytes = 0)
     {
         if (config.RopeStyle == RopeStyle.Interleaved)
         {
@@ -48,7 +56,29 @@ public static class TrainedCheckpoint
         if (!config.TiedEmbeddings) tensors.Add(Tensor(names.Classifier, type, weights.Classifier, config.VocabSize, d));
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
         if (metadata is not null) foreach (var (key, value) in metadata) meta[key] = value;
-        SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, meta);
+        long total = tensors.Sum(t => t.ByteCount);
+        if (maxShardBytes <= 0 || total <= maxShardBytes)
+        {
+            SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, meta);
+            return;
+        }
+        var shards = new List<List<TensorToWrite>> { new() };
+        long size = 0;
+        foreach (var tensor in tensors)
+        {
+            if (size > 0 && size + tensor.ByteCount > maxShardBytes) { shards.Add([]); size = 0; }
+            shards[^1].Add(tensor);
+            size += tensor.ByteCount;
+        }
+        var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        for (int i = 0; i < shards.Count; i++)
+        {
+            string file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
+            SafetensorsWriter.Write(Path.Combine(directory, file), shards[i], meta);
+            foreach (var tensor in shards[i]) weightMap[tensor.Name] = file;
+        }
+        File.WriteAllText(Path.Combine(directory, "model.safetensors.index.json"),
+            System.Text.Json.JsonSerializer.Serialize(new { metadata = new { total_size = total }, weight_map = weightMap }, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
     }
 
     private static TrainingWeights<float> RotateHalf(ModelConfig config, TrainingWeights<float> weights)

@@ -74,7 +74,7 @@ public sealed class TrainingBatch
         return batch;
     }
 
-    /// <summary>Sequences of rows with next-token targets (positions 0..n−1 each), padded to the longest.</summary>
+    /// <summary>Sequences of rows with next-token targets (at their positions, 0..n−1 unless given), padded to the longest.</summary>
     public static TrainingBatch Of(IReadOnlyList<TrainingSequence> sequences)
     {
         var batch = new TrainingBatch(sequences.Count, sequences.Max(s => s.Source.Length));
@@ -85,7 +85,7 @@ public sealed class TrainingBatch
             {
                 int r = b * batch.Length + i;
                 batch.Source[r] = s.Source[i];
-                batch.Positions[r] = i;
+                batch.Positions[r] = s.Positions?[i] ?? i;
                 batch.FirstVisible[r] = s.FirstVisible[i];
                 batch.Targets[r] = s.Targets[i];
                 batch.Weights[r] = s.Weights[i];

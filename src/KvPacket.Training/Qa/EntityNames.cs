@@ -3,10 +3,10 @@ using KvPacket.Core.Numerics;
 namespace KvPacket.Training.Qa;
 
 /// <summary>
-/// Invented names built from syllables, so no fact about them can have been memorised from elsewhere. One instance
-/// hands out names for every split in a fixed order and never repeats one, so the splits' entities are disjoint.
+/// Invented names built from syllables, so no fact about them can have been memorised from elsewhere. An instance never
+/// hands out a name twice, nor one of <paramref name="reserved"/> (the held-out worlds' names, for training worlds).
 /// </summary>
-public sealed class EntityNames(ulong seed)
+public sealed class EntityNames(ulong seed, IReadOnlySet<string>? reserved = null)
 {
     private static readonly string[] Onsets = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "st", "sh", "th", "ch"];
     private static readonly string[] Vowels = ["a", "e", "i", "o", "u", "ai", "ei", "ou", "ia", "eo"];
@@ -25,12 +25,12 @@ public sealed class EntityNames(ulong seed)
                 name.Append(Pick(Onsets)).Append(Pick(Vowels)).Append(i == count - 1 ? Pick(Codas) : "");
             name[0] = char.ToUpperInvariant(name[0]);
             string result = name.ToString();
-            if (_used.Add(result)) return result;
+            if (reserved?.Contains(result) != true && _used.Add(result)) return result;
         }
     }
 
-    /// <summary>Whether <paramref name="name"/> was handed out.</summary>
-    public bool Used(string name) => _used.Contains(name);
+    /// <summary>Every name handed out.</summary>
+    public IReadOnlySet<string> Used => _used;
 
     private string Pick(string[] options) => options[(int)(_random.NextUInt64() % (ulong)options.Length)];
 }

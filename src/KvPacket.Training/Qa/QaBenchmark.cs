@@ -16,40 +16,59 @@ public sealed record QaExample(string Id, string Type, string Relation, string Q
 
 /// <summary>
 /// A seeded multi-document QA benchmark over invented worlds: each example holds k documents (the gold ones and
-/// distractors about entities of the same kinds, shuffled) and a question with a short answer. Train, validation and
-/// test come from three worlds whose entity names are disjoint, so test answers cannot be memorised in training.
+/// distractors about entities of the same kinds, shuffled) and a question with a short answer. Validation and test each
+/// ask about one fixed world; every training example gets a small world of its own whose names avoid the held-out
+/// worlds' — so no answer can be learned by heart: a model can only score by reading the documents.
 /// </summary>
 public static class QaBenchmark
 {
     /// <summary>Question types, in the order they are written.</summary>
     public static readonly string[] Types = ["single-hop", "bridge", "comparison", "three-hop"];
 
-    /// <summary>The three splits' worlds of <paramref name="seed"/>, with disjoint names.</summary>
-    public static (QaWorld Train, QaWorld Validation, QaWorld Test) Worlds(ulong seed)
+    /// <summary>The held-out worlds of <paramref name="seed"/> (disjoint names) and every name they use.</summary>
+    public static (QaWorld Validation, QaWorld Test, IReadOnlySet<string> Reserved) HeldOutWorlds(ulong seed)
     {
         var names = new EntityNames(seed);
-        return (QaWorld.Create(names, seed * 3 + 1), QaWorld.Create(names, seed * 3 + 2), QaWorld.Create(names, seed * 3 + 3));
+        var validation = QaWorld.Create(names, seed * 3 + 2);
+        var test = QaWorld.Create(names, seed * 3 + 3);
+        return (validation, test, names.Used);
+    }
+
+    /// <summary>Training example <paramref name="index"/>'s own world: a few entities of each kind, names outside <paramref name="reserved"/>.</summary>
+    public static QaWorld TrainingWorld(ulong seed, long index, IReadOnlySet<string> reserved)
+    {
+        ulong worldSeed = seed * 0xD1B54A32D192ED03UL ^ (ulong)index * 0x9E3779B97F4A7C15UL;
+        return QaWorld.Create(new EntityNames(worldSeed, reserved), worldSeed, people: 16, cities: 8, regions: 4, organisations: 8, works: 10);
     }
 
     /// <summary>
     /// <paramref name="count"/> examples of <paramref name="world"/>, the types in turn, each with
     /// <paramref name="minDocuments"/>..<paramref name="maxDocuments"/> documents (never fewer than its gold ones).
     /// </summary>
-    public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10)
+    public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10) =>
+        Generate(_ => world, split, seed, count, minDocuments, maxDocuments);
+
+    /// <summary>Training examples, each over its own <see cref="TrainingWorld"/>.</summary>
+    public static IEnumerable<QaExample> GenerateTraining(ulong seed, IReadOnlySet<string> reserved, int count, int minDocuments = 1, int maxDocuments = 10) =>
+        Generate(i => TrainingWorld(seed, i, reserved), "train", seed, count, minDocuments, maxDocuments);
+
+    private static IEnumerable<QaExample> Generate(Func<int, QaWorld> worldOf, string split, ulong seed, int count, int minDocuments, int maxDocuments)
     {
-        if (minDocuments < 3 || maxDocuments < minDocuments) throw new ArgumentException($"documents per example: need 3 ≤ min ≤ max, got {minDocuments}..{maxDocuments}");
+        if (minDocuments < 1 || maxDocuments < minDocuments) throw new ArgumentException($"documents per example: need 1 ≤ min ≤ max, got {minDocuments}..{maxDocuments} (an example holds at least its gold documents)");
         for (int i = 0; i < count; i++)
         {
             var random = new SeededRandom(seed * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xBF58476D1CE4E5B9UL);
             string type = Types[i % Types.Length];
+            var world = worldOf(i);
             var draws = new Draws(random);
             var (relation, question, answer, gold) = Ask(world, type, draws);
             random = draws.Random;
             int k = Math.Max(gold.Count, minDocuments + (int)(random.NextUInt64() % (ulong)(maxDocuments - minDocuments + 1)));
             var chosen = new List<(EntityKind Kind, int Index)>(gold);
-            while (chosen.Count < k)
+            for (int attempt = 0; chosen.Count < k; attempt++)
             {
-                var kind = gold[(int)(random.NextUInt64() % (ulong)gold.Count)].Kind;
+                // Distractors are entities of the gold documents' kinds; a small world may run out of those.
+                var kind = attempt < 64 ? gold[(int)(random.NextUInt64() % (ulong)gold.Count)].Kind : (EntityKind)(random.NextUInt64() % 4);
                 var candidate = (kind, (int)(random.NextUInt64() % (ulong)Size(world, kind)));
                 if (!chosen.Contains(candidate)) chosen.Add(candidate);
             }
@@ -201,18 +220,25 @@ public static class QaBenchmark
         }
     }
 
-    /// <summary>Writes train.jsonl, validation.jsonl and test.jsonl (one <see cref="QaExample"/> per line) into <paramref name="directory"/>.</summary>
-    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10)
+    /// <summary>
+    /// Writes train.jsonl, validation.jsonl and test.jsonl (one <see cref="QaExample"/> per line) into
+    /// <paramref name="directory"/>: held-out splits with <paramref name="minDocuments"/>..<paramref name="maxDocuments"/>
+    /// documents, training examples with <paramref name="minTrainDocuments"/>.. of them (fewer documents early in a
+    /// line's range help a model start learning to read; DESIGN.md §8).
+    /// </summary>
+    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10, int minTrainDocuments = 1)
     {
         Directory.CreateDirectory(directory);
-        var (trainWorld, validationWorld, testWorld) = Worlds(seed);
+        var (validationWorld, testWorld, reserved) = HeldOutWorlds(seed);
         var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        foreach (var (name, world, count) in new[] { ("train", trainWorld, train), ("validation", validationWorld, validation), ("test", testWorld, test) })
+        void Write(string name, IEnumerable<QaExample> examples)
         {
             using var writer = new StreamWriter(Path.Combine(directory, $"{name}.jsonl"));
-            foreach (var example in Generate(world, name, seed + (ulong)name.Length * 7919, count, minDocuments, maxDocuments))
-                writer.WriteLine(JsonSerializer.Serialize(example, options));
+            foreach (var example in examples) writer.WriteLine(JsonSerializer.Serialize(example, options));
         }
+        Write("train", GenerateTraining(seed, reserved, train, minTrainDocuments, maxDocuments));
+        Write("validation", Generate(validationWorld, "validation", seed + 1, validation, minDocuments, maxDocuments));
+        Write("test", Generate(testWorld, "test", seed + 2, test, minDocuments, maxDocuments));
     }
 
     /// <summary>Reads a split written by <see cref="WriteSplits"/>.</summary>

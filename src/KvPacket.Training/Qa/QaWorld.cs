@@ -38,7 +38,7 @@ public sealed class QaWorld
     /// <summary>Works.</summary>
     public required Work[] Works { get; init; }
 
-    /// <summary>A world of the given sizes; names come from <paramref name="names"/> (shared across splits so they stay disjoint).</summary>
+    /// <summary>A world of the given sizes; names come from <paramref name="names"/>.</summary>
     public static QaWorld Create(EntityNames names, ulong seed, int people = 400, int cities = 80, int regions = 16, int organisations = 100, int works = 160)
     {
         var random = new SeededRandom(seed);

@@ -5,7 +5,7 @@ namespace KvPacket.Cli.Commands;
 
 /// <summary>
 /// <c>kvpacket corpus</c>: writes the seeded multi-document QA benchmark (train / validation / test JSONL over invented
-/// worlds whose entities are disjoint between splits).
+/// worlds: one fixed world per held-out split, a fresh small world per training example, names disjoint).
 /// </summary>
 internal static class CorpusCommand
 {
@@ -18,15 +18,16 @@ internal static class CorpusCommand
         var test = new Option<int>("--test") { Description = "Test examples", DefaultValueFactory = _ => 2000 };
         var minDocuments = new Option<int>("--min-documents") { Description = "Fewest documents per example", DefaultValueFactory = _ => 4 };
         var maxDocuments = new Option<int>("--max-documents") { Description = "Most documents per example", DefaultValueFactory = _ => 10 };
+        var minTrainDocuments = new Option<int>("--min-train-documents") { Description = "Fewest documents per training example", DefaultValueFactory = _ => 1 };
         var command = new Command("corpus", "Write the multi-document QA benchmark (single-hop, bridge, comparison, three-hop) as JSONL splits")
         {
-            output, seed, train, validation, test, minDocuments, maxDocuments,
+            output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments,
         };
         command.SetAction(parse =>
         {
             string directory = parse.GetValue(output)!;
             QaBenchmark.WriteSplits(directory, parse.GetValue(seed), parse.GetValue(train), parse.GetValue(validation), parse.GetValue(test),
-                parse.GetValue(minDocuments), parse.GetValue(maxDocuments));
+                parse.GetValue(minDocuments), parse.GetValue(maxDocuments), parse.GetValue(minTrainDocuments));
             foreach (string split in new[] { "train", "validation", "test" })
             {
                 string path = Path.Combine(directory, split + ".jsonl");

@@ -35,13 +35,21 @@ internal static class EvalCommand
         var trainSteps = new Option<int>("--train-steps") { Description = "Most distillation steps per adapter (early stopping may end sooner)", DefaultValueFactory = _ => 200 };
         var learningRate = new Option<double>("--learning-rate") { Description = "Peak learning rate", DefaultValueFactory = _ => 0.03 };
         var probes = new Option<bool>("--probes") { Description = "Also print KL of fixed layouts (no documents, one, separators, a position gap): what adapters can and cannot win back" };
-        var command = new Command("eval", "Compare every RAG mode with full recompute: KL, top-1 agreement, TTFT, document FLOPs, KV bytes")
+        var task = new Option<string>("--task") { Description = "kl (every mode against full recompute) or qa (answer a QA benchmark split)", DefaultValueFactory = _ => "kl" };
+        task.AcceptOnlyFromAmong("kl", "qa");
+        var split = new Option<string?>("--split") { Description = "--task qa: the JSONL split to answer (kvpacket corpus)" };
+        var limit = new Option<int>("--limit") { Description = "--task qa: questions answered (0: all)", DefaultValueFactory = _ => 0 };
+        var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
+        var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
         {
+            if (parse.GetValue(task) == "qa")
+                return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
+                    parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!);
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -124,5 +132,30 @@ internal static class EvalCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
+    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output)
+    {
+        using var checkpoint = CheckpointLoader.Load(modelPath);
+        var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
+            ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
+        var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
+        using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
+        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer);
+        var clock = Stopwatch.StartNew();
+        var (scores, answers) = evaluation.Run(examples, modes, done =>
+        {
+            if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
+        });
+        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions");
+        Console.WriteLine($"{"mode",-12} {"type",-11} {"n",5} {"EM",7} {"F1",7} {"acc",7} {"TTFT ms",8} {"doc MFLOP",10}");
+        foreach (var s in scores)
+            Console.WriteLine($"{s.Mode,-12} {s.Type,-11} {s.Questions,5} {s.ExactMatch,7:F3} {s.F1,7:F3} {s.Accuracy,7:F3} {s.MeanTtftSeconds * 1e3,8:F2} {s.MeanDocumentFlops / 1e6,10:F1}");
+        foreach (var a in answers.Where(a => a.Mode == modes[0]).Take(6))
+            Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Prediction}'");
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
+        return 0;
     }
 }

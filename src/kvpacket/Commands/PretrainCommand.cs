@@ -39,11 +39,15 @@ internal static class PretrainCommand
         var curve = new Option<string?>("--loss-curve") { Description = "CSV file the loss of every step is appended to (step, loss, learning rate, gradient norm, tokens/s)" };
         var timeLimit = new Option<double>("--time-limit") { Description = "Stop cleanly after this many seconds, checkpointing (0: none); the same command resumes" };
         var stopAfter = new Option<int>("--stop-after") { Description = "Stop after this many steps in this invocation, checkpointing (0: none); the same command resumes" };
+        var tokenizerFile = new Option<string?>("--tokenizer") { Description = "tokenizer.json: sets the vocabulary size, BOS and EOS, and is copied next to the model" };
+        var examples = new Option<bool>("--examples") { Description = "Each line is one example: pack whole lines into sequences (each attends only to itself) instead of cutting a stream" };
+        var answerWeight = new Option<float>("--answer-weight") { Description = "Loss weight of the tokens after a line's '|' (answers)", DefaultValueFactory = _ => 1f };
+        var shard = new Option<int>("--max-shard-mb") { Description = "Write the safetensors in shards of at most this many MB (0: one file)", DefaultValueFactory = _ => 0 };
         var saveType = new Option<DType>("--save-type") { Description = "Matrix type of the written safetensors: BF16, F16 or F32", DefaultValueFactory = _ => DType.BF16 };
         var command = new Command("pretrain", "Train a whole model from scratch on a token file (GPU), writing a Hugging Face directory")
         {
             card, config, data, output, device, steps, batch, length, accumulate, learningRate, warmup, decay, clip, seed, operand, recompute,
-            checkpoint, checkpointEvery, logEvery, curve, timeLimit, stopAfter, saveType,
+            checkpoint, checkpointEvery, logEvery, curve, timeLimit, stopAfter, tokenizerFile, examples, answerWeight, shard, saveType,
         };
         command.SetAction((parse, cancellation) =>
         {
@@ -60,6 +64,11 @@ internal static class PretrainCommand
                 _ => throw new ArgumentException("give one of --model-shape CARD and --config FILE"),
             };
             shape = shape with { RopeStyle = RopeStyle.RotateHalf };
+            if (parse.GetValue(tokenizerFile) is { } tokenizerPath)
+            {
+                var tokenizer = Core.Tokenization.ByteLevelBpeTokenizer.LoadHuggingFace(tokenizerPath);
+                shape = shape with { VocabSize = tokenizer.VocabSize, BosTokenId = tokenizer.BosId, EosTokenIds = tokenizer.EosId is int eos ? [eos] : [] };
+            }
             var options = new PretrainingOptions
             {
                 Steps = parse.GetValue(steps), Sequences = parse.GetValue(batch), Length = parse.GetValue(length), Accumulate = parse.GetValue(accumulate),
@@ -68,9 +77,10 @@ internal static class PretrainCommand
                 CheckpointPath = parse.GetValue(checkpoint), CheckpointEvery = parse.GetValue(checkpointEvery),
             };
             if (options.Length > shape.MaxContextLength) throw new ArgumentException($"--length {options.Length} exceeds the model's context of {shape.MaxContextLength}");
-            var corpus = PretrainingData.Read(parse.GetValue(data)!, shape.VocabSize, shape.BosTokenId, shape.EosTokenIds.Count > 0 ? shape.EosTokenIds[0] : null, options.Seed);
+            var corpus = PretrainingData.Read(parse.GetValue(data)!, shape.VocabSize, shape.BosTokenId, shape.EosTokenIds.Count > 0 ? shape.EosTokenIds[0] : null, options.Seed,
+                parse.GetValue(examples), parse.GetValue(answerWeight));
             using var gpu = CudaDevice.Open();
-            Console.WriteLine($"{gpu.Name}: pretraining {shape.HiddenSize}x{shape.LayerCount} (vocab {shape.VocabSize}) on {corpus.Tokens:N0} tokens, " +
+            Console.WriteLine($"{gpu.Name}: pretraining {shape.HiddenSize}x{shape.LayerCount} (vocab {shape.VocabSize}) on {corpus.Tokens:N0} tokens in {corpus.Lines:N0} lines, " +
                               $"{options.Steps} steps of {options.Sequences}x{options.Length}x{options.Accumulate} tokens, {options.Operand}");
             int every = Math.Max(1, parse.GetValue(logEvery));
             string? curveFile = parse.GetValue(curve);
@@ -87,14 +97,14 @@ internal static class PretrainCommand
                     Console.WriteLine(string.Create(c, $"step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}, lr {p.LearningRate:E2}, |g| {p.GradientNorm:F3}, {p.TokensPerSecond:F0} tokens/s, {p.Elapsed.TotalSeconds:F0} s"));
             }, stop.Token);
             if (!result.Finished)
-            {
                 Console.WriteLine($"stopped at step {result.Steps} of {options.Steps}" +
-                                  (options.CheckpointPath is null ? " (no --checkpoint: progress not kept)" : $"; the same command resumes from {options.CheckpointPath}"));
-                return Task.FromResult(options.CheckpointPath is null ? 1 : 0);
-            }
-            TrainedCheckpoint.WriteHuggingFace(shape, result.Weights, parse.GetValue(output)!, parse.GetValue(saveType),
-                new Dictionary<string, string> { ["kvpacket.pretrain"] = options.Signature(shape) });
-            Console.WriteLine($"wrote {parse.GetValue(output)}");
+                                  (options.CheckpointPath is null ? " (no --checkpoint: the run cannot resume)" : $"; the same command resumes from {options.CheckpointPath}"));
+            string directory = parse.GetValue(output)!;
+            TrainedCheckpoint.WriteHuggingFace(shape, result.Weights, directory, parse.GetValue(saveType),
+                new Dictionary<string, string> { ["kvpacket.pretrain"] = options.Signature(shape), ["kvpacket.steps"] = $"{result.Steps} of {options.Steps}" },
+                parse.GetValue(shard) * 1_000_000L);
+            if (parse.GetValue(tokenizerFile) is { } copied) File.Copy(copied, Path.Combine(directory, "tokenizer.json"), overwrite: true);
+            Console.WriteLine($"wrote {directory} (after step {result.Steps} of {options.Steps})");
             return Task.FromResult(0);
         });
         return command;

@@ -39,10 +39,32 @@ internal static class TokenizerCommand
             }
             return 0;
         });
-        return new Command("tokenizer", "Train tokenizers") { train };
+        var splitArgument = new Argument<string>("split") { Description = "A QA benchmark .jsonl split" };
+        var tokenizerPath = new Option<string>("--tokenizer") { Description = "tokenizer.json", Required = true };
+        var tokensOut = new Option<string>("--out") { Description = "The token file to write: one example per line, 'prompt ids | answer ids'", Required = true };
+        var encode = new Command("encode", "Encode a QA split in the model's prompt format as a token file for kvpacket pretrain --examples") { splitArgument, tokenizerPath, tokensOut };
+        encode.SetAction(parse =>
+        {
+            var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(parse.GetValue(tokenizerPath)!);
+            long tokens = 0;
+            int lines = 0;
+            using (var writer = new StreamWriter(parse.GetValue(tokensOut)!))
+                foreach (var example in QaBenchmark.Read(parse.GetValue(splitArgument)!))
+                {
+                    var (prompt, answer) = QaPrompt.Example(tokenizer, example);
+                    writer.Write(string.Join(' ', prompt));
+                    writer.Write(" | ");
+                    writer.WriteLine(string.Join(' ', answer));
+                    tokens += prompt.Length + answer.Length;
+                    lines++;
+                }
+            Console.WriteLine($"{parse.GetValue(tokensOut)}: {lines} examples, {tokens} tokens ({(double)tokens / Math.Max(1, lines):F0} per example)");
+            return 0;
+        });
+        return new Command("tokenizer", "Train tokenizers and encode corpora") { train, encode };
     }
 
-    /// <summary>The corpus's texts: every document, question and answer of a QA split, or each line of a text file.</summary>
+    /// <summary>The corpus's texts: every document, question and answer of a QA split in the prompt format, or each line of a text file.</summary>
     private static IEnumerable<string> Texts(IEnumerable<string> files)
     {
         foreach (string file in files)
@@ -50,8 +72,8 @@ internal static class TokenizerCommand
             if (file.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
                 foreach (var example in QaBenchmark.Read(file))
                 {
-                    foreach (var document in example.Documents) yield return $"{document.Title}\n{document.Text}\n";
-                    yield return $"Question: {example.Question}\nAnswer: {example.Answers[0]}\n";
+                    foreach (var document in example.Documents) yield return QaPrompt.DocumentText(document);
+                    yield return QaPrompt.QuestionText(example.Question) + QaPrompt.AnswerText(example.Answers[0]);
                 }
             else
                 foreach (string line in File.ReadLines(file)) yield return line + "\n";

@@ -1,0 +1,70 @@
+using KvPacket.Core.Tokenization;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+
+namespace KvPacket.Training.Qa;
+
+/// <summary>One (mode, question type)'s scores.</summary>
+public sealed record QaScore(string Mode, string Type, int Questions, double ExactMatch, double F1, double Accuracy, double MeanTtftSeconds, double MeanDocumentFlops);
+
+/// <summary>One question's answer in one mode.</summary>
+public sealed record QaAnswer(string Id, string Mode, string Type, string Question, string Gold, string Prediction, double F1, double TtftSeconds, double DocumentFlops);
+
+/// <summary>
+/// Answers QA benchmark questions with the engine in each RAG mode — the prompt of <see cref="QaPrompt"/>, the documents
+/// as the request's documents (packets, in the packet modes) and greedy decoding to EOS — and scores them per question
+/// type. "closed-book" is full attention with no documents at all: what the model answers from memory.
+/// </summary>
+/// <remarks>Each question gets an engine of its own, so its packets are freed with it.</remarks>
+public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapter? adapter = null, int maxAnswerTokens = 24)
+{
+    /// <summary>The closed-book pseudo-mode's name.</summary>
+    public const string ClosedBook = "closed-book";
+
+    /// <summary>The prediction for <paramref name="example"/> in <paramref name="mode"/> (<see cref="ClosedBook"/> or a <see cref="RagMode"/>).</summary>
+    public QaAnswer Answer(QaExample example, string mode)
+    {
+        int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
+        int[][] documents = mode == ClosedBook ? [] : [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
+        var request = new RagRequest(prefix, documents, QaPrompt.Question(tokenizer, example.Question));
+        var ragMode = mode == ClosedBook ? RagMode.Full : Enum.Parse<RagMode>(mode, ignoreCase: true);
+        using var engine = new RagEngine(model) { Adapter = adapter };
+        var result = engine.Prefill(request, ragMode);
+        using var sequence = result.Sequence;
+        int vocab = model.Config.VocabSize;
+        var logits = result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).ToArray();
+        var answer = new List<int>();
+        for (int i = 0; i < maxAnswerTokens && sequence.Length < sequence.MaxLength; i++)
+        {
+            int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax<float>(logits);
+            if (next == tokenizer.EosId) break;
+            answer.Add(next);
+            model.Prefill(sequence, [next], logits);
+        }
+        string prediction = tokenizer.Decode(answer.ToArray()).Trim();
+        string gold = example.Answers[0];
+        return new QaAnswer(example.Id, mode, example.Type, example.Question, gold, prediction, AnswerScore.F1(prediction, gold), result.TimeToFirstTokenSeconds, result.DocumentFlops);
+    }
+
+    /// <summary>Scores every mode on <paramref name="examples"/>: per question type and over all ("all").</summary>
+    public (IReadOnlyList<QaScore> Scores, IReadOnlyList<QaAnswer> Answers) Run(IReadOnlyList<QaExample> examples, IReadOnlyList<string> modes, Action<int>? progress = null)
+    {
+        var answers = new List<QaAnswer>();
+        int done = 0;
+        foreach (var example in examples)
+        {
+            foreach (string mode in modes) answers.Add(Answer(example, mode));
+            progress?.Invoke(++done);
+        }
+        var scores = new List<QaScore>();
+        foreach (string mode in modes)
+            foreach (string type in QaBenchmark.Types.Append("all"))
+            {
+                var set = answers.Where(a => a.Mode == mode && (type == "all" || a.Type == type)).ToList();
+                if (set.Count == 0) continue;
+                scores.Add(new QaScore(mode, type, set.Count, set.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold)), set.Average(a => a.F1),
+                    set.Average(a => AnswerScore.Contains(a.Prediction, a.Gold)), set.Average(a => a.TtftSeconds), set.Average(a => a.DocumentFlops)));
+            }
+        return (scores, answers);
+    }
+}

@@ -1,0 +1,36 @@
+using KvPacket.Core.Tokenization;
+
+namespace KvPacket.Training.Qa;
+
+/// <summary>
+/// The one prompt format our QA model is trained and queried with, tokenized segment by segment so a document's tokens
+/// are the same whether it is read in context or encoded alone as a packet:
+/// <c>BOS</c>, then per document <c>"Document: {title}\n{text}\n\n"</c>, then <c>"Question: {question}\nAnswer:"</c>, and the
+/// answer <c>" {answer}"</c> followed by EOS.
+/// </summary>
+public static class QaPrompt
+{
+    /// <summary>A document's text segment.</summary>
+    public static string DocumentText(QaDocument document) => $"Document: {document.Title}\n{document.Text}\n\n";
+
+    /// <summary>The question's text segment (the query a RAG request ends with).</summary>
+    public static string QuestionText(string question) => $"Question: {question}\nAnswer:";
+
+    /// <summary>The answer's text segment (EOS follows it as a token).</summary>
+    public static string AnswerText(string answer) => " " + answer;
+
+    /// <summary>A document's segment.</summary>
+    public static int[] Document(ITokenizer tokenizer, QaDocument document) => tokenizer.Encode(DocumentText(document));
+
+    /// <summary>The question's segment.</summary>
+    public static int[] Question(ITokenizer tokenizer, string question) => tokenizer.Encode(QuestionText(question));
+
+    /// <summary>The answer's segment, with EOS.</summary>
+    public static int[] Answer(ITokenizer tokenizer, string answer) =>
+        [.. tokenizer.Encode(AnswerText(answer)), .. tokenizer.EosId is int eos ? [eos] : Array.Empty<int>()];
+
+    /// <summary>The whole training line: prompt tokens and answer tokens.</summary>
+    public static (int[] Prompt, int[] Answer) Example(ITokenizer tokenizer, QaExample example) =>
+        ([.. tokenizer.BosId is int bos ? [bos] : Array.Empty<int>(), .. example.Documents.SelectMany(d => Document(tokenizer, d)), .. Question(tokenizer, example.Question)],
+         Answer(tokenizer, example.Answers[0]));
+}
