@@ -21,7 +21,7 @@ public class PretrainingTests
         var a = PretrainingData.Read(path, 512, bos: 1, eos: 2, seed: 5);
         var b = PretrainingData.Read(path, 512, bos: 1, eos: 2, seed: 5);
 
-        Assert.Equal(50 * 22, a.Tokens);
+        Assert.Equal(50 * 20, a.Tokens);
         Assert.Equal(a.Batch(17, 4, 32).Source, b.Batch(17, 4, 32).Source);
         Assert.NotEqual(a.Batch(17, 4, 32).Source, a.Batch(18, 4, 32).Source);
         Assert.NotEqual(a.Batch(17, 4, 32).Source, PretrainingData.Read(path, 512, 1, 2, seed: 6).Batch(17, 4, 32).Source);
@@ -30,6 +30,35 @@ public class PretrainingTests
         var error = Assert.Throws<InvalidDataException>(() => PretrainingData.Read(path, 512, 1, 2, 5));
         Assert.Contains(":51:", error.Message);
         Assert.Contains("'600'", error.Message);
+    }
+
+    [Fact]
+    public void Examples_are_packed_whole_each_seeing_itself_from_position_zero_with_answers_weighted_up()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "qa.tokens");
+        File.WriteAllLines(path, ["0 10 11 12 13 | 20 21 1", "0 30 31 | 40 1", "0 50 51 52 53 54 55 | 60 1"]);
+        var data = PretrainingData.Read(path, 512, bos: 0, eos: 1, seed: 3, examples: true, answerWeight: 5);
+        var batch = data.Batch(step: 7, sequences: 2, length: 24);
+
+        Assert.Equal(3, data.Lines);
+        for (int b = 0; b < batch.Sequences; b++)
+        {
+            int row = b * batch.Length, placed = 0;
+            while (row < (b + 1) * batch.Length && batch.Targets[row] >= 0 && batch.FirstVisible[row] == row - b * batch.Length)
+            {
+                // One example: rows see its first row onwards, positions restart at 0, its last row predicts nothing.
+                int start = row, length = 1;
+                while (row + length < (b + 1) * batch.Length && batch.FirstVisible[row + length] == start - b * batch.Length && batch.Positions[row + length] == length) length++;
+                Assert.Equal(-1, batch.Targets[start + length - 1]);
+                Assert.Equal(5f, batch.Weights[start + length - 2]);   // predicting EOS, the answer's last token
+                Assert.Equal(1f, batch.Weights[start]);                // predicting the first document token
+                row += length;
+                placed++;
+            }
+            Assert.True(placed >= 2, $"sequence {b} holds {placed} examples");
+        }
+        Assert.Equal(batch.Source, PretrainingData.Read(path, 512, 0, 1, 3, examples: true, answerWeight: 5).Batch(7, 2, 24).Source);
     }
 
     [Fact]
