@@ -93,6 +93,12 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             foreach (var token in addedTokens.EnumerateArray())
                 added.Add((token.GetProperty("content").GetString()!, token.GetProperty("id").GetInt32(), token.TryGetProperty("special", out var s) && s.GetBoolean()));
 
+        // Ids are dense: every id below the vocabulary and added tokens' count names one token (checked below).
+        int tokens = vocab.Count + added.Count(a => !vocab.ContainsKey(a.Item1));
+        foreach (var (token, id) in vocab)
+            if (id < 0 || id >= tokens) throw new TokenizerFormatException(path, $"model.vocab[{token}]", $"id {id} is outside [0, {tokens})");
+        foreach (var (token, id, _) in added)
+            if (id < 0 || id >= tokens) throw new TokenizerFormatException(path, $"added_tokens[{token}]", $"id {id} is outside [0, {tokens})");
         int size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, added.Count == 0 ? 0 : added.Max(a => a.Item2) + 1);
         var pieces = new string[size];
         var bytes = new byte[size][];
@@ -133,8 +139,11 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         }
 
         var (pattern, addPrefixSpace) = ReadPreTokenizer(path, root.TryGetProperty("pre_tokenizer", out var pre) ? pre : default);
+        PreTokenizer preTokenizer;
+        try { preTokenizer = new PreTokenizer(pattern); }
+        catch (ArgumentException e) { throw new TokenizerFormatException(path, "pre_tokenizer.pattern", $"'{pattern}' is not a valid regular expression: {e.Message}", e); }
         int? Find(params string[] names) => names.Select(n => added.FirstOrDefault(a => a.Item1 == n)).Where(a => a.Item1 is not null).Select(a => (int?)a.Item2).FirstOrDefault();
-        return new ByteLevelBpeTokenizer(pieces, bytes, byteIds, merges, new PreTokenizer(pattern), addPrefixSpace, added)
+        return new ByteLevelBpeTokenizer(pieces, bytes, byteIds, merges, preTokenizer, addPrefixSpace, added)
         {
             BosId = Find("<|begin_of_text|>", "<s>", "<|startoftext|>"),
             EosId = Find("<|end_of_text|>", "<|endoftext|>", "</s>"),

@@ -16,11 +16,18 @@ public sealed class PreTokenizer
 
     private readonly Regex? _regex;
 
+    /// <summary>
+    /// How long one match may run: patterns come from files, and a pattern with nested quantifiers can backtrack
+    /// exponentially; ours are linear and take microseconds.
+    /// </summary>
+    public static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(1);
+
     /// <summary>A pre-tokenizer for <paramref name="pattern"/>; null keeps the text whole.</summary>
+    /// <exception cref="ArgumentException">The pattern is not a valid regular expression.</exception>
     public PreTokenizer(string? pattern)
     {
         Pattern = pattern;
-        _regex = pattern is null ? null : new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+        _regex = pattern is null ? null : new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant, MatchTimeout);
     }
 
     /// <summary>The pattern, or null for none.</summary>
@@ -35,11 +42,18 @@ public sealed class PreTokenizer
             return;
         }
         int last = 0;
-        foreach (var match in _regex.EnumerateMatches(text))
+        try
         {
-            if (match.Index > last) onWord(text[last..match.Index], ref state);
-            if (match.Length > 0) onWord(text.Slice(match.Index, match.Length), ref state);
-            last = match.Index + match.Length;
+            foreach (var match in _regex.EnumerateMatches(text))
+            {
+                if (match.Index > last) onWord(text[last..match.Index], ref state);
+                if (match.Length > 0) onWord(text.Slice(match.Index, match.Length), ref state);
+                last = match.Index + match.Length;
+            }
+        }
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new InvalidDataException($"the pre-tokenizer pattern '{Pattern}' ran past {MatchTimeout.TotalSeconds:F0} s on a {text.Length}-character text (a pattern that backtracks exponentially?)", e);
         }
         if (last < text.Length) onWord(text[last..], ref state);
     }
