@@ -15,6 +15,7 @@ public static class HuggingFaceCheckpointReader
         string configPath = Path.Combine(directory, "config.json");
         if (!File.Exists(configPath)) throw new CheckpointFormatException(directory, "config.json", "file is missing");
         var config = HuggingFaceConfig.Read(configPath);
+        config.Validate(configPath);   // before any size from it is used
 
         var owners = new List<IDisposable>();
         var tensors = new Dictionary<string, WeightTensor>();

@@ -43,20 +43,26 @@ public static class HuggingFaceConfig
         if (modelType is not ("llama" or "qwen2"))
             throw new CheckpointFormatException(path, "model_type", $"'{modelType}' is not supported (llama, qwen2)");
 
-        int Required(string field)
-        {
-            if (!root.TryGetProperty(field, out var value) || value.ValueKind != JsonValueKind.Number)
-                throw new CheckpointFormatException(path, field, "is missing or not a number");
-            return value.GetInt32();
-        }
+        int Integer(string field, JsonElement value) => value.ValueKind == JsonValueKind.Number && value.TryGetInt32(out int n)
+            ? n
+            : throw new CheckpointFormatException(path, field, $"{value.GetRawText()} is not a 32-bit integer");
+        int Required(string field) => root.TryGetProperty(field, out var value)
+            ? Integer(field, value)
+            : throw new CheckpointFormatException(path, field, "is missing");
         int? Optional(string field) =>
-            root.TryGetProperty(field, out var value) && value.ValueKind == JsonValueKind.Number ? value.GetInt32() : null;
+            root.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null ? Integer(field, value) : null;
+        bool Flag(string field) => !root.TryGetProperty(field, out var value) || value.ValueKind == JsonValueKind.Null ? false
+            : value.ValueKind is JsonValueKind.True or JsonValueKind.False ? value.GetBoolean()
+            : throw new CheckpointFormatException(path, field, $"{value.GetRawText()} is not true or false");
+        double Real(JsonElement value, string field) => value.ValueKind == JsonValueKind.Number && value.TryGetDouble(out double d) && double.IsFinite(d)
+            ? d
+            : throw new CheckpointFormatException(path, field, $"{value.GetRawText()} is not a finite number");
 
         int hidden = Required("hidden_size");
         int heads = Required("num_attention_heads");
         var rope = root.TryGetProperty("rope_parameters", out var parameters) && parameters.ValueKind == JsonValueKind.Object ? parameters : (JsonElement?)null;
-        double theta = rope is { } p && p.TryGetProperty("rope_theta", out var t5) ? t5.GetDouble()
-            : root.TryGetProperty("rope_theta", out var t4) ? t4.GetDouble()
+        double theta = rope is { } p && p.TryGetProperty("rope_theta", out var t5) ? Real(t5, "rope_parameters.rope_theta")
+            : root.TryGetProperty("rope_theta", out var t4) ? Real(t4, "rope_theta")
             : 10000;
         var scalingElement = rope ?? (root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs : null);
 
@@ -71,18 +77,19 @@ public static class HuggingFaceConfig
             HeadDim = Optional("head_dim") ?? (heads > 0 ? hidden / heads : 0),
             VocabSize = Required("vocab_size"),
             MaxContextLength = Required("max_position_embeddings"),
-            NormEpsilon = root.TryGetProperty("rms_norm_eps", out var eps) ? eps.GetDouble() : 1e-6,
+            NormEpsilon = root.TryGetProperty("rms_norm_eps", out var eps) ? Real(eps, "rms_norm_eps") : 1e-6,
             RopeTheta = theta,
             RopeScaling = scalingElement is { } s ? ReadScaling(path, s) : null,
             RopeStyle = RopeStyle.RotateHalf,
-            TiedEmbeddings = root.TryGetProperty("tie_word_embeddings", out var tie) && tie.ValueKind == JsonValueKind.True,
-            AttentionBias = modelType == "qwen2" || (root.TryGetProperty("attention_bias", out var bias) && bias.ValueKind == JsonValueKind.True),
+            TiedEmbeddings = Flag("tie_word_embeddings"),
+            AttentionBias = modelType == "qwen2" || Flag("attention_bias"),
             BosTokenId = Optional("bos_token_id"),
             EosTokenIds = root.TryGetProperty("eos_token_id", out var eos) ? eos.ValueKind switch
             {
-                JsonValueKind.Number => [eos.GetInt32()],
-                JsonValueKind.Array => eos.EnumerateArray().Select(e => e.GetInt32()).ToArray(),
-                _ => [],
+                JsonValueKind.Number => [Integer("eos_token_id", eos)],
+                JsonValueKind.Array => eos.EnumerateArray().Select(e => Integer("eos_token_id", e)).ToArray(),
+                JsonValueKind.Null => [],
+                _ => throw new CheckpointFormatException(path, "eos_token_id", $"{eos.GetRawText()} is not an id or a list of ids"),
             } : [],
         };
     }
@@ -131,9 +138,11 @@ public static class HuggingFaceConfig
             : scaling.TryGetProperty("type", out var t) ? t.GetString() ?? "" : "default";
         if (type == "default") return null;
         if (type != "llama3") throw new CheckpointFormatException(path, "rope_scaling.rope_type", $"'{type}' is not supported (default, llama3)");
-        double Field(string name) => scaling.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number
-            ? v.GetDouble()
-            : throw new CheckpointFormatException(path, $"rope_scaling.{name}", "is missing");
-        return new RopeScaling(Field("factor"), Field("low_freq_factor"), Field("high_freq_factor"), (int)Field("original_max_position_embeddings"));
+        double Field(string name) => scaling.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && double.IsFinite(d)
+            ? d > 0 && d < 1e9 ? d : throw new CheckpointFormatException(path, $"rope_scaling.{name}", $"{d} is not in (0, 1e9)")
+            : throw new CheckpointFormatException(path, $"rope_scaling.{name}", "is missing or not a finite number");
+        double low = Field("low_freq_factor"), high = Field("high_freq_factor");
+        if (high <= low) throw new CheckpointFormatException(path, "rope_scaling.high_freq_factor", $"{high} must exceed low_freq_factor {low}");
+        return new RopeScaling(Field("factor"), low, high, (int)Field("original_max_position_embeddings"));
     }
 }

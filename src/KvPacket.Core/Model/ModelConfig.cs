@@ -48,22 +48,26 @@ public sealed record ModelConfig
     /// <summary>Throws <see cref="ArgumentException"/> naming the first inconsistent field.</summary>
     public void Validate(string source)
     {
-        void Positive(int value, string field)
+        // Upper limits far above any real model, so an absurd count is an error and never an allocation.
+        void InRange(int value, string field, int most)
         {
-            if (value <= 0) throw new CheckpointFormatException(source, field, $"must be positive, got {value}");
+            if (value <= 0 || value > most) throw new CheckpointFormatException(source, field, $"must be in [1, {most}], got {value}");
         }
-        Positive(HiddenSize, "hidden_size");
-        Positive(IntermediateSize, "intermediate_size");
-        Positive(LayerCount, "num_hidden_layers");
-        Positive(HeadCount, "num_attention_heads");
-        Positive(KvHeadCount, "num_key_value_heads");
-        Positive(HeadDim, "head_dim");
-        Positive(VocabSize, "vocab_size");
-        Positive(MaxContextLength, "max_position_embeddings");
+        InRange(HiddenSize, "hidden_size", 1 << 16);
+        InRange(IntermediateSize, "intermediate_size", 1 << 20);
+        InRange(LayerCount, "num_hidden_layers", 1024);
+        InRange(HeadCount, "num_attention_heads", 1024);
+        InRange(KvHeadCount, "num_key_value_heads", 1024);
+        InRange(HeadDim, "head_dim", 1024);
+        InRange(VocabSize, "vocab_size", 1 << 24);
+        InRange(MaxContextLength, "max_position_embeddings", 1 << 24);
         if (HeadCount % KvHeadCount != 0)
             throw new CheckpointFormatException(source, "num_key_value_heads", $"{KvHeadCount} does not divide num_attention_heads {HeadCount}");
         if (HeadDim % 2 != 0) throw new CheckpointFormatException(source, "head_dim", $"must be even for RoPE, got {HeadDim}");
-        if (!(NormEpsilon > 0)) throw new CheckpointFormatException(source, "rms_norm_eps", $"must be positive, got {NormEpsilon}");
-        if (!(RopeTheta > 0)) throw new CheckpointFormatException(source, "rope_theta", $"must be positive, got {RopeTheta}");
+        if (!(NormEpsilon > 0 && NormEpsilon <= 0.1)) throw new CheckpointFormatException(source, "rms_norm_eps", $"must be in (0, 0.1], got {NormEpsilon}");
+        if (!(RopeTheta > 0 && RopeTheta < 1e12)) throw new CheckpointFormatException(source, "rope_theta", $"must be in (0, 1e12), got {RopeTheta}");
+        if (BosTokenId is int bos && (bos < 0 || bos >= VocabSize)) throw new CheckpointFormatException(source, "bos_token_id", $"{bos} is not below vocab_size {VocabSize}");
+        foreach (int eos in EosTokenIds)
+            if (eos < 0 || eos >= VocabSize) throw new CheckpointFormatException(source, "eos_token_id", $"{eos} is not below vocab_size {VocabSize}");
     }
 }
