@@ -183,6 +183,30 @@ public class MalformedCheckpointTests
         Assert.Equal(a with { EosTokenIds = [] }, b with { EosTokenIds = [] });
     }
 
+    [Theory]
+    [InlineData("shape", "[9223372036854775808, 64]")]
+    [InlineData("shape", "[-1, 64]")]
+    [InlineData("shape", "\"x\"")]
+    [InlineData("data_offsets", "[0, 9223372036854775808]")]
+    [InlineData("data_offsets", "[-8, 0]")]
+    public void A_safetensors_header_with_absurd_numbers_names_the_tensor(string key, string value)
+    {
+        using var temp = Fixtures.TempDirectory();
+        using (var model = CheckpointLoader.Load(Stories)) CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F32);
+        string path = Path.Combine(temp.Path, "model.safetensors");
+        var bytes = File.ReadAllBytes(path);
+        int length = (int)BitConverter.ToInt64(bytes, 0);
+        var header = JsonNode.Parse(bytes.AsSpan(8, length))!;
+        const string tensor = "model.layers.2.mlp.down_proj.weight";
+        header[tensor]![key] = JsonNode.Parse(value);
+        byte[] rewritten = System.Text.Encoding.UTF8.GetBytes(header.ToJsonString());
+        File.WriteAllBytes(path, [.. BitConverter.GetBytes((long)rewritten.Length), .. rewritten, .. bytes.AsSpan(8 + length)]);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+
+        Assert.Equal(tensor, error.Field);
+    }
+
     private static void RewriteSafetensors(string directory, Func<List<TensorToWrite>, List<TensorToWrite>> edit)
     {
         string path = Path.Combine(directory, "model.safetensors");

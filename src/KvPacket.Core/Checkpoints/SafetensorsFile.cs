@@ -91,14 +91,21 @@ public sealed unsafe class SafetensorsFile : IDisposable
             "BF16" => DType.BF16,
             var other => throw new CheckpointFormatException(path, name, $"dtype {other} is not supported (F32, F16, BF16)"),
         };
-        var shape = shapeElement.EnumerateArray().Select(e => e.GetInt64()).ToArray();
+        // Every number is checked for kind and range before it sizes or addresses anything.
+        long[] Numbers(JsonElement array, string what, long most) =>
+            array.ValueKind == JsonValueKind.Array
+                ? [.. array.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 && v <= most
+                    ? v
+                    : throw new CheckpointFormatException(path, name, $"{what} {e.GetRawText()} is not an integer in [0, {most}]"))]
+                : throw new CheckpointFormatException(path, name, $"{what} {array.GetRawText()} is not an array");
+        var shape = Numbers(shapeElement, "shape entry", int.MaxValue);
         (int rows, int columns) = shape.Length switch
         {
-            1 => (1, checked((int)shape[0])),
-            2 => (checked((int)shape[0]), checked((int)shape[1])),
+            1 => (1, (int)shape[0]),
+            2 => ((int)shape[0], (int)shape[1]),
             _ => throw new CheckpointFormatException(path, name, $"has {shape.Length} dimensions; only vectors and matrices are weights"),
         };
-        var offsets = offsetsElement.EnumerateArray().Select(e => e.GetInt64()).ToArray();
+        var offsets = Numbers(offsetsElement, "data offset", long.MaxValue);
         if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength)
             throw new CheckpointFormatException(path, name, $"data_offsets [{string.Join(", ", offsets)}] fall outside the {dataLength}-byte data section (truncated file?)");
         long expected = type.BytesFor((long)rows * columns);
