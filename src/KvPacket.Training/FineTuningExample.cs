@@ -16,6 +16,7 @@ public sealed record FineTuningExample(int[] Prefix, int[][] Documents, int[] Co
     /// <summary>The example's rows and targets in <paramref name="mode"/>: <see cref="RagMode.Full"/> (plain concatenation) or <see cref="RagMode.KvLink"/> with <paramref name="links"/> link rows per document.</summary>
     public TrainingSequence Sequence(RagMode mode, int links)
     {
+        // The same rows and masks as the KVLink student of distillation (the teacher plays no part here).
         var example = new DistillationExample(Prefix, Documents, Continuation, []);
         StudentLayout layout = mode switch
         {

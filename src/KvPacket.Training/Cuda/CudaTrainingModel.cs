@@ -46,7 +46,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     private sealed class Activations
     {
         public required DeviceBuffer AttentionNormed, AttentionRstd, Qh, Kh, Vh, Attended, Mid, FfnNormed, FfnRstd, Gate, Up, Hidden;
-        /// <summary>The attention probabilities [B, H, n, n] (kept attention), or each row's log-sum-exp [B, H, n] (flash attention).</summary>
+        /// <summary>Kept attention: the probabilities [B, H, n, n]; flash attention: each row's log2-sum-exp [B, H, n] (the other is unused).</summary>
         public required DeviceBuffer Probabilities, Lse;
     }
 
@@ -213,20 +213,18 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     }
 
     /// <summary>The adapter rows, [soft rows, hidden].</summary>
-    public float[] DownloadSoft() => DownloadRange(_master, _layout.Soft);
+    public float[] DownloadSoft()
+    {
+        var values = new float[_layout.Soft.Count];
+        _device.Download<float>(_master, values, _layout.Soft.Offset * 4);
+        return values;
+    }
 
     /// <summary>The adapter rows' accumulated gradients.</summary>
     public float[] DownloadSoftGradients()
     {
         var values = new float[_layout.Soft.Count];
         _device.Download<float>(_gradients, values, (_layout.Soft.Offset - _trainableOffset) * 4);
-        return values;
-    }
-
-    private float[] DownloadRange(DeviceBuffer buffer, ParameterLayout.Tensor tensor)
-    {
-        var values = new float[tensor.Count];
-        _device.Download<float>(buffer, values, tensor.Offset * 4);
         return values;
     }
 
@@ -331,20 +329,23 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     {
         Forward(batch, (float)lossScale);
         Backward(batch);
-        Launch("sum_all_f32", (1, 1), 1024, _rowLoss.Pointer, (long)batch.Rows, _scalar.Pointer);
-        var loss = new float[1];
-        _device.Download<float>(_scalar, loss);
-        return loss[0] * lossScale;
+        return SummedLoss(batch) * lossScale;
     }
 
     /// <summary>The loss of <paramref name="batch"/> (Σ weight·loss · <paramref name="lossScale"/>) without touching the gradients.</summary>
     public double Loss(TrainingBatch batch, double lossScale)
     {
         Forward(batch, (float)lossScale);
+        return SummedLoss(batch) * lossScale;
+    }
+
+    /// <summary>Σ of the rows' weighted losses of the last forward pass (waits for the GPU).</summary>
+    private double SummedLoss(TrainingBatch batch)
+    {
         Launch("sum_all_f32", (1, 1), 1024, _rowLoss.Pointer, (long)batch.Rows, _scalar.Pointer);
         var loss = new float[1];
         _device.Download<float>(_scalar, loss);
-        return loss[0] * lossScale;
+        return loss[0];
     }
 
     private void Upload(TrainingBatch batch)

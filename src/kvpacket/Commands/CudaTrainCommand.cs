@@ -75,7 +75,7 @@ internal static class CudaTrainCommand
                         ok &= pass;
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                             $"  {batchName,-18} {operand,-4}{(recompute ? " recompute" : "          ")}{(result.Flash ? " flash" : "      ")}: loss CPU {result.CpuLoss:F6} GPU {result.GpuLoss:F6} (rel {lossError:E1}); " +
-                            $"worst gradient {result.Worst.Name} {result.Worst.Relative:E2}, median {Median(result.Errors.Select(e => e.Relative)):E2} over {result.Errors.Count} tensors → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
+                            $"worst gradient {result.Worst.Name} {result.Worst.Relative:E2}, median {Statistics.Median(result.Errors.Select(e => e.Relative)):E2} over {result.Errors.Count} tensors → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
                         if (!pass)
                             foreach (var e in result.Errors.Where(e => e.Relative > limit).Take(12))
                                 Console.WriteLine($"      {e.Name}: {e.Relative:E2} (|cpu| {e.CpuNorm:E2})");
@@ -95,8 +95,6 @@ internal static class CudaTrainCommand
         });
         return command;
     }
-
-    private static double Median(IEnumerable<double> values) => Statistics.Median(values);
 
     private static Option<bool> KeptAttention() => new("--kept-attention") { Description = "Keep the attention probabilities (cuBLAS products) instead of the fused flash kernels" };
 
