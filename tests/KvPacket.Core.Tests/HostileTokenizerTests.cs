@@ -56,4 +56,18 @@ public class HostileTokenizerTests
         var error = Assert.Throws<TokenizerFormatException>(() => ByteLevelBpeTokenizer.LoadHuggingFace(path));
         Assert.StartsWith(addedToken ? "added_tokens" : "model.vocab", error.Field);
     }
+
+    [Theory]
+    [InlineData("99999999999")]
+    [InlineData("2147483646")]
+    [InlineData("-3")]
+    [InlineData("x")]
+    public void A_tiktoken_rank_that_is_not_a_line_id_is_a_format_error(string rank)
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "tokenizer.model");
+        File.WriteAllLines(path, ["YQ== 0", "Yg== 1", $"Yw== {rank}"]);
+        var error = Assert.Throws<TokenizerFormatException>(() => ByteLevelBpeTokenizer.LoadTiktoken(path, []));
+        Assert.Equal("line 3", error.Field);
+    }
 }

@@ -39,6 +39,20 @@ public class MalformedCheckpointTests
     }
 
     [Fact]
+    public void A_llama2c_header_whose_shapes_do_not_match_the_file_is_rejected()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "bad.bin");
+        var bytes = File.ReadAllBytes(Stories);
+        BitConverter.GetBytes(-100).CopyTo(bytes, 5 * 4);   // vocab_size −100: an unshared classifier of 100 rows
+        File.WriteAllBytes(path, bytes);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal("header", error.Field);
+    }
+
+    [Fact]
     public void A_GGUF_with_the_wrong_magic_is_not_mistaken_for_GGUF_and_a_bad_version_is_named()
     {
         using var temp = Fixtures.TempDirectory();

@@ -81,6 +81,9 @@ public static class Llama2CCheckpointReader
             Take("rms_final_weight", _ => names.FinalNorm, 1, 1, dim);
             Take("freq_cis", _ => "freq_cis (unused)", 1, 2 * seqLen, headDim / 2);
             if (!shared) Take("wcls", _ => names.Classifier, 1, vocab, dim);
+            // llama2.c files hold exactly these tensors: bytes left over mean the header's shapes are not the file's.
+            if (offset != file.Length)
+                throw new CheckpointFormatException(path, "header", $"its shapes account for {offset} bytes but the file has {file.Length} (a wrong vocab_size or dimension?)");
 
             return CheckpointAssembler.Assemble(path, config, tensors, names, [file]);
         }

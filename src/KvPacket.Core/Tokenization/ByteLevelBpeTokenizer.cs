@@ -207,13 +207,16 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             {
                 if (parts.Length != 2) throw new FormatException("expected 'base64 rank'");
                 bytes = Convert.FromBase64String(parts[0]);
-                rank = int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+                if (!int.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out rank))
+                    throw new FormatException($"rank '{parts[1]}' is not an integer in [0, {int.MaxValue}]");
             }
             catch (FormatException e)
             {
                 throw new TokenizerFormatException(path, $"line {i + 1}", e.Message, e);
             }
-            if (bytes.Length == 0 || rank < 0) throw new TokenizerFormatException(path, $"line {i + 1}", "empty token or negative rank");
+            // Ranks are the ids: gaps are allowed (ids no encoding produces), an absurd rank would ask for a huge table.
+            int most = lines.Length + (1 << 20);
+            if (bytes.Length == 0 || rank >= most) throw new TokenizerFormatException(path, $"line {i + 1}", $"empty token, or rank {rank} not below {most}");
             if (!byBytes.TryAdd(Encoding.Latin1.GetString(bytes), rank)) throw new TokenizerFormatException(path, $"line {i + 1}", "duplicate token");
             list.Add((bytes, rank));
         }
