@@ -124,10 +124,15 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         try
         {
             using var document = await JsonDocument.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+                throw new ApiError(400, $"the body must be a JSON object, not {document.RootElement.ValueKind.ToString().ToLowerInvariant()}.");
             return document.RootElement.Clone();
         }
         catch (JsonException e) { throw new ApiError(400, $"the body is not valid JSON: {e.Message}"); }
         catch (BadHttpRequestException e) when (e.StatusCode == 413) { throw new ApiError(413, "the request body is too large.", "request_too_large"); }
+        catch (BadHttpRequestException e) { throw new ApiError(e.StatusCode, $"the request body is malformed: {e.Message}"); }
+        // Kestrel reports some framing errors (a chunk size that overflows) as IOException.
+        catch (IOException e) when (!context.RequestAborted.IsCancellationRequested) { throw new ApiError(400, $"the request body could not be read: {e.Message}"); }
     }
 
     private static long MaxBodySize(HttpContext context) =>
@@ -154,6 +159,13 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
             metrics.Request(499); // the client went away; its request was cancelled
+        }
+        catch (Exception e) when (!context.Response.HasStarted)
+        {
+            // A bug, not the client's fault: a JSON 500 naming the request, and the whole story in the log under that id.
+            Console.Error.WriteLine($"kvpacketd: request {context.TraceIdentifier} {context.Request.Method} {context.Request.Path} failed: {e}");
+            await new ApiError(500, $"internal error (request {context.TraceIdentifier}); the daemon's log has the details.", "internal_error").WriteAsync(context);
+            metrics.Request(500);
         }
     }
 

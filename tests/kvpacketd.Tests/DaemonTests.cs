@@ -115,6 +115,19 @@ public class DaemonTests
         await Expect(HttpStatusCode.RequestEntityTooLarge, "too large", JsonContent.Create(new { prompt = Enumerable.Repeat(5, 3000).ToArray() }));
         await Expect(HttpStatusCode.BadRequest, "has no chat template", JsonContent.Create(new { messages = Array.Empty<object>() }), "/v1/chat/completions");
         Assert.Equal(HttpStatusCode.NotFound, (await daemon.Client.GetAsync("/v1/packets/0123")).StatusCode);
+        foreach (string notAnObject in new[] { "[]", "null", "5", "\"x\"", "true" })
+            foreach (string path in new[] { "/v1/packets", "/v1/completions" })
+                await Expect(HttpStatusCode.BadRequest, "must be a JSON object", new StringContent(notAnObject, Encoding.UTF8, "application/json"), path);
+        // A chunked body whose chunk size overflows: Kestrel's parse error is a 400 with our JSON error, not a 500.
+        using (var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+        {
+            await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(daemon.Socket));
+            await socket.SendAsync(Encoding.ASCII.GetBytes("POST /v1/packets HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\n{}\r\n0\r\n\r\n"));
+            var reply = new byte[4096];
+            int read = await socket.ReceiveAsync(reply);
+            string head = Encoding.ASCII.GetString(reply, 0, read);
+            Assert.True(head.StartsWith("HTTP/1.1 400", StringComparison.Ordinal), head);
+        }
 
         // A client that disconnects mid-stream: its request is cancelled and its blocks freed; the daemon goes on.
         double before = await daemon.MetricAsync("kvpacket_kv_blocks_in_use");
