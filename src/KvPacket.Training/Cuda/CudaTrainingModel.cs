@@ -10,9 +10,9 @@ namespace KvPacket.Training.Cuda;
 /// <see cref="TrainingModel{T}"/> (its reference), over a <see cref="TrainingBatch"/> of sequences. Matrix products go
 /// through cuBLAS (dX and dW as products too), everything else through <c>training.cu</c>. Operands are f32 (the parity
 /// path) or bf16 with f32 accumulation; master weights, gradients, the residual stream and AdamW's moments are f32.
-/// Attention keeps its probabilities [B, H, n, n] for the backward pass (see the README for why not FlashAttention-2's
-/// recomputation); <see cref="RecomputeActivations"/> keeps only each layer's input and recomputes the layer in the backward
-/// pass. Gradients accumulate over calls of <see cref="ForwardBackward"/> (micro-batches) until <see cref="Step"/>.
+/// Attention with bf16 operands and head dim 64 is fused (<c>flash_attention.cu</c>, FlashAttention-2 style: only each
+/// row's log-sum-exp is kept); otherwise it keeps its probabilities [B, H, n, n] for the backward pass.
+/// <see cref="RecomputeActivations"/> keeps only each layer's input and recomputes the layer in the backward pass. Gradients accumulate over calls of <see cref="ForwardBackward"/> (micro-batches) until <see cref="Step"/>.
 /// Every reduction has a fixed order (no atomics): the same batch gives the same bits, so a resumed run continues exactly.
 /// </summary>
 public sealed unsafe class CudaTrainingModel : IDisposable
