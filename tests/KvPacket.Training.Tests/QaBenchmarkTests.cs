@@ -94,3 +94,30 @@ public class QaBenchmarkTests
         Assert.Contains("\"answers\":", File.ReadLines(Path.Combine(temp.Path, "test.jsonl")).First());
     }
 }
+
+/// <summary>QA questions as adapter-distillation examples: packets, continuation and scored rows.</summary>
+public class QaDistillationTests
+{
+    [Fact]
+    public void A_question_becomes_packets_and_a_continuation_scored_from_the_row_that_predicts_the_answer()
+    {
+        using var temp = KvPacket.Tests.Fixtures.TempDirectory();
+        var tokenizer = Core.Tokenization.ByteLevelBpeTokenizer.LoadHuggingFace(KvPacket.Tests.Fixtures.PathOf("bpe-gpt2/tokenizer.json"));
+        var config = Core.Model.ModelCard.Find("stories260k").Config with { LayerCount = 1, VocabSize = tokenizer.VocabSize, MaxContextLength = 2048, BosTokenId = null, EosTokenIds = [] };
+        TrainedCheckpoint.WriteHuggingFace(config, WeightInitialisation.Random(config, seed: 2), temp.Path, Core.Memory.DType.F32);
+        using var checkpoint = Core.Checkpoints.CheckpointLoader.Load(temp.Path);
+        using var model = new Engine.Forward.Transformer(checkpoint, new Engine.Forward.TransformerOptions { KvType = Core.Memory.DType.F32, KvCacheTokens = 4096 });
+        var (_, test, _) = QaBenchmark.HeldOutWorlds(3);
+        var question = QaBenchmark.Generate(test, "test", 1, 1).Single();
+
+        var example = QaDistillation.Example(model, tokenizer, question);
+
+        int[] asked = QaPrompt.Question(tokenizer, question.Question), answer = QaPrompt.Answer(tokenizer, question.Answers[0]);
+        Assert.Equal(question.Documents.Length, example.Documents.Length);
+        Assert.Equal(QaPrompt.Document(tokenizer, question.Documents[0]), example.Documents[0]);
+        Assert.Equal([.. asked, .. answer], example.Continuation);
+        Assert.Equal(asked.Length - 1, example.FirstScoredRow);   // the row after "Answer:" predicts the answer's first token
+        Assert.Equal(example.Continuation.Length * config.VocabSize, example.Teacher.Length);
+        Assert.Equal(example.Continuation.Length, example.Teacher.Chunk(config.VocabSize).Count(row => Math.Abs(row.Sum() - 1) < 1e-3));
+    }
+}

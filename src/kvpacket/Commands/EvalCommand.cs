@@ -39,17 +39,20 @@ internal static class EvalCommand
         task.AcceptOnlyFromAmong("kl", "qa");
         var split = new Option<string?>("--split") { Description = "--task qa: the JSONL split to answer (kvpacket corpus)" };
         var limit = new Option<int>("--limit") { Description = "--task qa: questions answered (0: all)", DefaultValueFactory = _ => 0 };
+        var store = new Option<string?>("--store") { Description = "--task qa: packet store holding the adapter for kvpacket / kvlink modes" };
+        var adapterName = new Option<string?>("--adapter") { Description = "--task qa: the stored adapter, NAME or NAME@VERSION" };
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
         {
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
-                    parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!);
+                    parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
+                    parse.GetValue(store), parse.GetValue(adapterName));
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -135,14 +138,23 @@ internal static class EvalCommand
     }
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
-    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output)
+    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName)
     {
         using var checkpoint = CheckpointLoader.Load(modelPath);
+        Adapter? adapter = null;
+        if (adapterName is not null)
+        {
+            if (storePath is null) throw new ArgumentException("--adapter needs --store DIR");
+            using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
+            string[] parts = adapterName.Split('@');
+            adapter = packets.GetAdapter(parts[0], Core.Model.ModelFingerprint.Of(checkpoint), parts.Length > 1 ? int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : null)
+                ?? throw new ArgumentException($"--adapter: {storePath} has no adapter '{adapterName}' for this model");
+        }
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
         using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
-        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer);
+        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer, adapter);
         var clock = Stopwatch.StartNew();
         var (scores, answers) = evaluation.Run(examples, modes, done =>
         {

@@ -41,6 +41,7 @@ internal static class TrainCommand
         var checkpointPath = new Option<string?>("--checkpoint") { Description = "Run state file: saved at every evaluation, resumed from when it exists" };
         var recompute = new Option<bool>("--recompute-activations") { Description = "Recompute activations in the backward pass (less memory)" };
         var threads = CommonOptions.Threads();
+        var qa = new Option<string?>("--qa") { Description = "A QA benchmark split (JSONL): its first --train-examples questions train, the next --held-out evaluate (instead of --docs)" };
         var device = new Option<TrainingDevice>("--device") { Description = "Where the students run: cpu (the reference) or cuda", DefaultValueFactory = _ => TrainingDevice.Cpu };
         var operand = new Option<DType>("--operand") { Description = "With --device cuda: F32 (as the CPU) or BF16 matrix operands", DefaultValueFactory = _ => DType.F32 };
         var store = new Option<string?>("--store") { Description = "Packet store to save the trained adapter into (as the next version)" };
@@ -49,7 +50,7 @@ internal static class TrainCommand
         var command = new Command("train", "Distil KV Packet header/trailer or KVLink link tokens with the model frozen")
         {
             mode, model, header, trailer, links, steps, batch, learningRate, warmup, clip, seed, evaluateEvery, patience, trainExamples, heldOut,
-            continuation, checkpointPath, recompute, threads, device, operand, store, name, output,
+            continuation, checkpointPath, recompute, threads, qa, device, operand, store, name, output,
         };
         shapeOptions.AddTo(command);
         command.SetAction(async (parse, cancellation) =>
@@ -73,11 +74,24 @@ internal static class TrainCommand
             using var transformer = new Transformer(checkpoint, new TransformerOptions
             {
                 KvType = DType.F32, MaxBatchTokens = 256,
-                KvCacheTokens = 4 * (shape.Documents + 2) * (shape.DocumentTokens + shape.GreedyTokens + 64),
+                KvCacheTokens = Math.Max(8192, 4 * (shape.Documents + 2) * (shape.DocumentTokens + shape.GreedyTokens + 64)),
             });
-            var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
-            var train = DistillationSets.Examples(transformer, trainRequests, shape);
-            var held = DistillationSets.Examples(transformer, heldOutRequests, shape);
+            DistillationExample[] train, held;
+            if (parse.GetValue(qa) is { } split)
+            {
+                var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
+                    ?? throw new InvalidOperationException($"{modelPath}: --qa needs the model's tokenizer.json next to it");
+                var questions = KvPacket.Training.Qa.QaBenchmark.Read(split).Take(parse.GetValue(trainExamples) + parse.GetValue(heldOut))
+                    .Select(q => KvPacket.Training.Qa.QaDistillation.Example(transformer, tokenizer, q)).ToArray();
+                if (questions.Length <= parse.GetValue(heldOut)) throw new InvalidDataException($"--qa {split}: {questions.Length} questions; {parse.GetValue(heldOut)} held-out + at least 1 training question are needed");
+                (train, held) = (questions[..^parse.GetValue(heldOut)], questions[^parse.GetValue(heldOut)..]);
+            }
+            else
+            {
+                var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
+                train = DistillationSets.Examples(transformer, trainRequests, shape);
+                held = DistillationSets.Examples(transformer, heldOutRequests, shape);
+            }
             Console.Error.WriteLine($"{train.Length} training and {held.Length} held-out examples ({shape.Documents} × {shape.DocumentTokens}-token documents, " +
                                     $"{shape.QueryTokens} query + {shape.GreedyTokens} continuation tokens) with teacher distributions in {clock.Elapsed.TotalSeconds:F1} s");
 
