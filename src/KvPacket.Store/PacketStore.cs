@@ -374,6 +374,17 @@ public sealed class PacketStore : IDisposable
         return AdapterCodec.Read(ReadPayload(stored.Record, RecordKind.Adapter), stored.Record.Address);
     }
 
+    /// <summary>
+    /// The adapter a reference names: <c>NAME</c> (the newest version) or <c>NAME@VERSION</c>, or null when not stored.
+    /// </summary>
+    /// <exception cref="ModelMismatchException">The adapter was trained for another model.</exception>
+    public Adapter? FindAdapter(string reference, ModelFingerprint model)
+    {
+        string[] parts = reference.Split('@');
+        int? version = parts.Length > 1 && int.TryParse(parts[1], System.Globalization.CultureInfo.InvariantCulture, out int v) ? v : null;
+        return GetAdapter(parts[0], model, version);
+    }
+
     /// <summary>Stored versions of adapter <paramref name="name"/>, oldest first.</summary>
     public IReadOnlyList<int> AdapterVersions(string name) =>
         WithIndexRead(index => index.Adapters.Keys.Where(k => k.Name == name).Select(k => k.Version).Order().ToArray());

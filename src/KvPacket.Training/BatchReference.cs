@@ -19,6 +19,7 @@ public static class BatchReference<T> where T : IFloatingPointIeee754<T>
         int n = batch.Length, d = config.HiddenSize, vocab = config.VocabSize;
         var model = new TrainingModel<T>(config, weights);
         double total = 0;
+        var target = new T[vocab];
         for (int b = 0; b < batch.Sequences; b++)
         {
             var source = batch.Source.AsSpan(b * n, n);
@@ -40,7 +41,7 @@ public static class BatchReference<T> where T : IFloatingPointIeee754<T>
                 if (batch.Weights[r] == 0) continue;
                 T weight = T.CreateChecked(batch.Weights[r] * scale);
                 var row = logits.AsSpan(i * vocab, vocab);
-                var target = new T[vocab];
+                Array.Clear(target);
                 if (batch.TeacherRows[r] >= 0)
                     for (int v = 0; v < vocab; v++) target[v] = T.CreateChecked(batch.Teacher[(long)batch.TeacherRows[r] * vocab + v]);
                 else target[batch.Targets[r]] = T.One;

@@ -16,15 +16,8 @@ public sealed record FineTuningExample(int[] Prefix, int[][] Documents, int[] Co
     /// <summary>The example's rows and targets in <paramref name="mode"/>: <see cref="RagMode.Full"/> (plain concatenation) or <see cref="RagMode.KvLink"/> with <paramref name="links"/> link rows per document.</summary>
     public TrainingSequence Sequence(RagMode mode, int links)
     {
-        // The same rows and masks as the KVLink student of distillation (the teacher plays no part here).
-        var example = new DistillationExample(Prefix, Documents, Continuation, []);
-        StudentLayout layout = mode switch
-        {
-            RagMode.KvLink => StudentLayout.Of(example, RagMode.KvLink, 0, 0, links),
-            RagMode.Full => new StudentLayout([.. Prefix, .. Documents.SelectMany(d => d), .. Continuation],
-                new int[Prefix.Length + Documents.Sum(d => d.Length) + Continuation.Length], Prefix.Length + Documents.Sum(d => d.Length)),
-            _ => throw new ArgumentException($"fine-tuning examples run as full or kvlink, not {mode}", nameof(mode)),
-        };
+        if (mode is not (RagMode.Full or RagMode.KvLink)) throw new ArgumentException($"fine-tuning examples run as full or kvlink, not {mode}", nameof(mode));
+        var layout = StudentLayout.Of(Prefix, Documents, Continuation, mode, 0, 0, links);   // the KVLink student's rows and masks
         var targets = Enumerable.Repeat(-1, layout.Length).ToArray();
         var weights = new float[layout.Length];
         int scored = Continuation.Length - 1 - FirstScoredRow;

@@ -78,7 +78,7 @@ public sealed class PretrainingData
         var windows = new int[sequences][];
         for (int s = 0; s < sequences; s++)
         {
-            var random = new SeededRandom(_seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step * 1_000_003UL + (ulong)s));
+            var random = SeededRandom.ForSlot(_seed, step, s);
             long start = (long)(random.NextUInt64() % (ulong)(_stream.Length - length));
             windows[s] = _stream.AsSpan((int)start, length + 1).ToArray();
         }
@@ -91,7 +91,7 @@ public sealed class PretrainingData
         var rows = new List<TrainingSequence>(sequences);
         for (int s = 0; s < sequences; s++)
         {
-            var random = new SeededRandom(_seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step * 1_000_003UL + (ulong)s));
+            var random = SeededRandom.ForSlot(_seed, step, s);
             var source = new List<int>(length);
             var first = new List<int>(length);
             var positions = new List<int>(length);

@@ -28,23 +28,33 @@ public sealed record StudentLayout(int[] Source, int[] FirstVisible, int Continu
     public static StudentLayout Of(DistillationExample example, RagMode mode, int header, int trailer, int links)
     {
         if (mode is not (RagMode.KvPacket or RagMode.KvLink)) throw new ArgumentException($"a student is KV Packet or KVLink, not {mode}", nameof(mode));
+        return Of(example.Prefix, example.Documents, example.Continuation, mode, header, trailer, links);
+    }
+
+    /// <summary>
+    /// The rows of <c>[prefix] documents… [continuation]</c> in <paramref name="mode"/>: <see cref="RagMode.Full"/> (the plain
+    /// concatenation, every row seeing all before it), <see cref="RagMode.KvPacket"/> or <see cref="RagMode.KvLink"/>.
+    /// </summary>
+    public static StudentLayout Of(int[] prefix, IReadOnlyList<int[]> documents, int[] continuationTokens, RagMode mode, int header, int trailer, int links)
+    {
+        if (mode is not (RagMode.Full or RagMode.KvPacket or RagMode.KvLink)) throw new ArgumentException($"a layout is full, KV Packet or KVLink, not {mode}", nameof(mode));
         var source = new List<int>();
         var first = new List<int>();
         void Add(int value, int seesFrom) { first.Add(seesFrom); source.Add(value); }
-        foreach (int token in example.Prefix) Add(token, 0);
-        foreach (var document in example.Documents)
+        foreach (int token in prefix) Add(token, 0);
+        foreach (var document in documents)
         {
-            int start = source.Count;
+            int start = mode == RagMode.Full ? 0 : source.Count;
             if (mode == RagMode.KvPacket)
                 for (int r = 0; r < header; r++) Add(-1 - r, start);
             foreach (int token in document) Add(token, start);
             if (mode == RagMode.KvPacket)
                 for (int r = 0; r < trailer; r++) Add(-1 - (header + r), start);
-            else
+            else if (mode == RagMode.KvLink)
                 for (int r = 0; r < links; r++) Add(-1 - r, 0);
         }
         int continuation = source.Count;
-        foreach (int token in example.Continuation) Add(token, 0);
+        foreach (int token in continuationTokens) Add(token, 0);
         return new StudentLayout([.. source], [.. first], continuation);
     }
 }

@@ -69,9 +69,7 @@ public static class Daemon
         Adapter? adapter = null;
         if (options.Adapter is { Length: > 0 } name)
         {
-            string[] parts = name.Split('@');
-            int? version = parts.Length > 1 && int.TryParse(parts[1], System.Globalization.CultureInfo.InvariantCulture, out int v) ? v : null;
-            adapter = store.GetAdapter(parts[0], ModelFingerprint.Of(checkpoint), version);
+            adapter = store.FindAdapter(name, ModelFingerprint.Of(checkpoint));
             if (adapter is null)
             {
                 log.LogError("the store has no adapter {Adapter}", name);

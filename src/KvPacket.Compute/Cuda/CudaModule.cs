@@ -35,16 +35,12 @@ public sealed unsafe class CudaModule
     public bool DependentLaunches { get; set; }
 
     /// <summary>Queues kernel <paramref name="function"/> over a three-dimensional grid.</summary>
-    public void Launch(nint function, (uint X, uint Y, uint Z) grid, uint block, params ReadOnlySpan<nint> arguments) =>
-        Launch(function, grid, block, 0, arguments);
-
-    /// <summary>Queues kernel <paramref name="function"/> with <paramref name="sharedBytes"/> of dynamic shared memory.</summary>
-    public void Launch(nint function, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, params ReadOnlySpan<nint> arguments)
+    public void Launch(nint function, (uint X, uint Y, uint Z) grid, uint block, params ReadOnlySpan<nint> arguments)
     {
         var attribute = new CudaDriver.LaunchAttribute { Id = CudaDriver.ProgrammaticStreamSerialization, Value = 1 };
         var config = new CudaDriver.LaunchConfig
         {
-            GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes, Stream = _device.Stream,
+            GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1, Stream = _device.Stream,
             Attributes = &attribute, AttributeCount = DependentLaunches && _device.Architecture >= 90 ? 1u : 0u,
         };
         fixed (nint* pointers = arguments)

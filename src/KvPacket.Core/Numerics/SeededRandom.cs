@@ -19,6 +19,12 @@ public struct SeededRandom
         _s3 = SplitMix(ref seed);
     }
 
+    /// <summary>
+    /// The stream of draw <paramref name="slot"/> of step <paramref name="step"/> of a run seeded <paramref name="seed"/>:
+    /// what a training step draws depends on nothing else, so a resumed run draws what an uninterrupted one would.
+    /// </summary>
+    public static SeededRandom ForSlot(ulong seed, long step, int slot) => new(seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step * 1_000_003UL + (ulong)slot));
+
     private static ulong SplitMix(ref ulong state)
     {
         ulong z = state += 0x9E3779B97F4A7C15;

@@ -23,6 +23,9 @@ public static class CudaGradientCheck
         public TensorError Worst => Errors.MaxBy(e => e.Relative)!;
     }
 
+    /// <summary>A layer's tensors in <see cref="ParameterLayout.LayerTensors.All"/> order, as reports and dumps name them.</summary>
+    private static readonly string[] LayerTensorNames = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
+
     /// <summary>Adapter rows in the student batch: two header and two trailer rows.</summary>
     public const int StudentHeader = 2, StudentTrailer = 2;
 
@@ -95,15 +98,14 @@ public static class CudaGradientCheck
             dump.Add($"gpu_{operand.ToString().ToLowerInvariant()}{(recompute ? "_recompute" : "")}{(gpu.FlashAttention ? "_flash" : "")}", Flatten(layout, gpuGradients, gpuSoft));
         }
         var errors = new List<TensorError> { Compare("embedding", gpuGradients.Embedding, cpuGradients.Embedding) };
-        string[] names = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
         for (int l = 0; l < config.LayerCount; l++)
         {
             var g = gpuGradients.Layers[l];
             var c = cpuGradients.Layers[l];
             float[][] gs = [g.AttentionNorm, g.Query, g.Key, g.Value, g.Output, g.FfnNorm, g.Gate, g.Up, g.Down, g.QueryBias, g.KeyBias, g.ValueBias];
             double[][] cs = [c.AttentionNorm, c.Query, c.Key, c.Value, c.Output, c.FfnNorm, c.Gate, c.Up, c.Down, c.QueryBias, c.KeyBias, c.ValueBias];
-            for (int i = 0; i < names.Length; i++)
-                if (cs[i].Length > 0) errors.Add(Compare($"layers.{l}.{names[i]}", gs[i], cs[i]));
+            for (int i = 0; i < LayerTensorNames.Length; i++)
+                if (cs[i].Length > 0) errors.Add(Compare($"layers.{l}.{LayerTensorNames[i]}", gs[i], cs[i]));
         }
         errors.Add(Compare("final_norm", gpuGradients.FinalNorm, cpuGradients.FinalNorm));
         if (!config.TiedEmbeddings) errors.Add(Compare("classifier", gpuGradients.Classifier, cpuGradients.Classifier));
@@ -124,14 +126,13 @@ public static class CudaGradientCheck
             tied = c.TiedEmbeddings, bias = c.AttentionBias,
         });
         var tensors = new Dictionary<string, long[]> { ["embedding"] = [layout.Embedding.Offset, c.VocabSize, c.HiddenSize] };
-        string[] names = ["attention_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down", "q_bias", "k_bias", "v_bias"];
         for (int l = 0; l < c.LayerCount; l++)
         {
             var all = layout.Layers[l].All;
             long[][] shapes = [[c.HiddenSize], [c.QueryDim, c.HiddenSize], [c.KvDim, c.HiddenSize], [c.KvDim, c.HiddenSize], [c.HiddenSize, c.QueryDim], [c.HiddenSize],
                 [c.IntermediateSize, c.HiddenSize], [c.IntermediateSize, c.HiddenSize], [c.HiddenSize, c.IntermediateSize], [c.QueryDim], [c.KvDim], [c.KvDim]];
-            for (int i = 0; i < names.Length; i++)
-                if (all[i].Count > 0) tensors[$"layers.{l}.{names[i]}"] = [all[i].Offset, .. shapes[i]];
+            for (int i = 0; i < LayerTensorNames.Length; i++)
+                if (all[i].Count > 0) tensors[$"layers.{l}.{LayerTensorNames[i]}"] = [all[i].Offset, .. shapes[i]];
         }
         tensors["final_norm"] = [layout.FinalNorm.Offset, c.HiddenSize];
         if (!c.TiedEmbeddings) tensors["classifier"] = [layout.Classifier.Offset, c.VocabSize, c.HiddenSize];

@@ -74,13 +74,8 @@ public static class CudaKvLinkFineTuning
         string signature = options.Signature(model);
         int step = 0;
         double initialKvLink, initialFull;
-        if (options.CheckpointPath is { } path && File.Exists(path))
-        {
-            var saved = TrainingCheckpoint.Load(path);
-            if (saved.Signature != signature) throw new InvalidDataException($"{path}: written by a run with other settings ({saved.Signature}); this run is {signature}.");
-            gpu.RestoreState(saved.Parameters, [.. saved.FirstMoments.Select(x => (float)x)], [.. saved.SecondMoments.Select(x => (float)x)], saved.OptimiserSteps);
+        if (options.CheckpointPath is { } path && gpu.Resume(path, signature) is { } saved)
             (step, initialKvLink, initialFull) = (saved.Step, saved.InitialHeldOutKl, saved.BestHeldOutKl);
-        }
         else (initialKvLink, initialFull) = (HeldOut(gpu, heldOut, RagMode.KvLink, options), HeldOut(gpu, heldOut, RagMode.Full, options));
         double kvLink = initialKvLink, full = initialFull;
         var clock = Stopwatch.StartNew();
@@ -89,7 +84,7 @@ public static class CudaKvLinkFineTuning
             var sequences = new TrainingSequence[options.BatchSize];
             for (int b = 0; b < sequences.Length; b++)
             {
-                var random = new SeededRandom(options.Seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step * 1_000_003UL + (ulong)b));
+                var random = SeededRandom.ForSlot(options.Seed, step, b);
                 var example = train[(int)(random.NextUInt64() % (ulong)train.Count)];
                 var mode = random.NextDouble() < options.FullFraction ? RagMode.Full : RagMode.KvLink;
                 sequences[b] = example.Sequence(mode, options.Links);
@@ -102,12 +97,7 @@ public static class CudaKvLinkFineTuning
             if (step % options.EvaluateEvery == 0 || step == options.Steps)
             {
                 (kvLink, full) = (HeldOut(gpu, heldOut, RagMode.KvLink, options), HeldOut(gpu, heldOut, RagMode.Full, options));
-                if (options.CheckpointPath is { } checkpointPath)
-                {
-                    var (p, m, v) = gpu.DownloadState();
-                    new TrainingCheckpoint(signature, step, p, gpu.OptimiserSteps, [.. m.Select(x => (double)x)], [.. v.Select(x => (double)x)], [],
-                        initialKvLink, initialFull, step, 0).Save(checkpointPath);
-                }
+                if (options.CheckpointPath is { } checkpointPath) gpu.SaveCheckpoint(checkpointPath, signature, step, initialKvLink, initialFull);
             }
             progress?.Invoke(new FineTuningProgress(step, options.Steps, loss, rate, kvLink, full, clock.Elapsed));
         }

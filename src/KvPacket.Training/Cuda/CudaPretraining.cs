@@ -62,15 +62,7 @@ public static class CudaPretraining
         string signature = options.Signature(config);
         using var model = new CudaTrainingModel(device, config, WeightInitialisation.Random(config, options.Seed),
             new CudaTrainingOptions(options.Operand, TrainWeights: true, options.RecomputeActivations), options.Sequences, options.Length);
-        int step = 0;
-        if (options.CheckpointPath is { } path && File.Exists(path))
-        {
-            var saved = TrainingCheckpoint.Load(path);
-            if (saved.Signature != signature)
-                throw new InvalidDataException($"{path}: written by a run with other settings ({saved.Signature}); this run is {signature}.");
-            model.RestoreState(saved.Parameters, [.. saved.FirstMoments.Select(v => (float)v)], [.. saved.SecondMoments.Select(v => (float)v)], saved.OptimiserSteps);
-            step = saved.Step;
-        }
+        int step = options.CheckpointPath is { } path ? model.Resume(path, signature)?.Step ?? 0 : 0;
         var clock = Stopwatch.StartNew();
         long tokensPerStep = (long)options.Sequences * options.Length * options.Accumulate;
         while (step < options.Steps && !cancellation.IsCancellationRequested)
@@ -86,19 +78,14 @@ public static class CudaPretraining
             double norm = model.Step(rate, options.ClipNorm, options.WeightDecay);
             step++;
             if (options.CheckpointPath is { } checkpointPath && (step % options.CheckpointEvery == 0 || step == options.Steps))
-            {
-                var (p, m, v) = model.DownloadState();
-                new TrainingCheckpoint(signature, step, p, model.OptimiserSteps, [.. m.Select(x => (double)x)], [.. v.Select(x => (double)x)], [], loss, loss, step, 0)
-                    .Save(checkpointPath);
-            }
+                model.SaveCheckpoint(checkpointPath, signature, step, loss, loss);
             double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
             progress?.Invoke(new PretrainingProgress(step, options.Steps, loss, rate, norm, tokensPerStep / seconds, clock.Elapsed));
         }
         if (step < options.Steps && options.CheckpointPath is { } stopPath && step % options.CheckpointEvery != 0)
         {
             // Stopped early (a time limit, or cancelled): keep the progress, so the same command resumes here.
-            var (p, m, v) = model.DownloadState();
-            new TrainingCheckpoint(signature, step, p, model.OptimiserSteps, [.. m.Select(x => (double)x)], [.. v.Select(x => (double)x)], [], 0, 0, step, 0).Save(stopPath);
+            model.SaveCheckpoint(stopPath, signature, step);
         }
         return new PretrainingResult(model.DownloadWeights(), step, step == options.Steps);
     }

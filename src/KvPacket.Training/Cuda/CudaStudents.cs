@@ -38,17 +38,19 @@ internal sealed class CudaStudents : IStudentPass
 
     private StudentLayout Layout(DistillationExample e) => StudentLayout.Of(e, _options.Mode, _options.Header, _options.Trailer, _options.Links);
 
-    private TrainingBatch Batch(IReadOnlyList<DistillationExample> examples) =>
-        TrainingBatch.Students(examples, [.. examples.Select(Layout)], _vocab);
+    private TrainingBatch Batch(IReadOnlyList<DistillationExample> examples, out long rows)
+    {
+        var layouts = examples.Select(Layout).ToList();
+        rows = layouts.Sum(l => (long)l.Length);
+        return TrainingBatch.Students(examples, layouts, _vocab);
+    }
 
     public double Gradients(IReadOnlyList<DistillationExample> batch, float[] parameters, float[] gradients, out long rows)
     {
         _model.UploadSoft(parameters);
-        var students = Batch(batch);
-        double loss = _model.ForwardBackward(students, 1.0 / batch.Count);
-        _model.DownloadSoftGradients().CopyTo(gradients, 0);
+        double loss = _model.ForwardBackward(Batch(batch, out rows), 1.0 / batch.Count);
+        _model.DownloadSoftGradients(gradients);
         _model.ZeroGradients();
-        rows = batch.Sum(e => (long)Layout(e).Length);
         return loss;
     }
 
@@ -59,7 +61,7 @@ internal sealed class CudaStudents : IStudentPass
         for (int first = 0; first < examples.Count; first += _batch)
         {
             var chunk = examples.Skip(first).Take(_batch).ToList();
-            total += _model.Loss(Batch(chunk), 1.0);
+            total += _model.Loss(Batch(chunk, out _), 1.0);
         }
         return total / examples.Count;
     }

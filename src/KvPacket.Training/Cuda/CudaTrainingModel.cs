@@ -138,6 +138,8 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     /// <summary>The head dimension the fused attention kernels are compiled for (flash_attention.cu).</summary>
     private const int FlashHeadDim = 64;
     private const int FlashTile = 64, FlashThreads = 128;
+    private static readonly string FlashForward = $"flash_forward_{FlashHeadDim}", FlashBackwardKv = $"flash_backward_kv_{FlashHeadDim}",
+        FlashBackwardQ = $"flash_backward_q_{FlashHeadDim}";
 
     /// <summary>Whether only each layer's input is kept and the layer recomputed in the backward pass.</summary>
     public bool RecomputeActivations { get; }
@@ -190,11 +192,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     public void UploadWeights(TrainingWeights<float> weights, ReadOnlySpan<float> soft)
     {
         foreach (var (tensor, values) in _layout.Pair(weights)) _device.Upload<float>(values, _master, tensor.Offset * 4);
-        if (_layout.SoftRows > 0)
-        {
-            if (soft.Length != _layout.Soft.Count) throw new ArgumentException($"{_layout.SoftRows} adapter rows need {_layout.Soft.Count} values, got {soft.Length}");
-            _device.Upload(soft, _master, _layout.Soft.Offset * 4);
-        }
+        if (_layout.SoftRows > 0) UploadSoft(soft);
         RefreshOperands(0, _layout.Count);
     }
 
@@ -224,9 +222,13 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     public float[] DownloadSoftGradients()
     {
         var values = new float[_layout.Soft.Count];
-        _device.Download<float>(_gradients, values, (_layout.Soft.Offset - _trainableOffset) * 4);
+        DownloadSoftGradients(values);
         return values;
     }
+
+    /// <summary>The adapter rows' accumulated gradients, into <paramref name="destination"/> ([soft rows, hidden]).</summary>
+    public void DownloadSoftGradients(Span<float> destination) =>
+        _device.Download(_gradients, destination[.._layout.Soft.Count], (_layout.Soft.Offset - _trainableOffset) * 4);
 
     private TrainingWeights<float> Download(DeviceBuffer buffer)
     {
@@ -235,61 +237,85 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         return _layout.Unpack(all);
     }
 
-    /// <summary>All parameters and the trainable ones' AdamW moments, flat (for checkpoints).</summary>
-    public (float[] Parameters, float[] FirstMoments, float[] SecondMoments) DownloadState()
+    /// <summary>
+    /// Saves every parameter, the trainable ones' AdamW moments and the step in the CPU trainer's checkpoint format
+    /// (<see cref="TrainingCheckpoint"/>); <paramref name="first"/> and <paramref name="second"/> are two figures the run
+    /// wants back on resume (initial losses, say).
+    /// </summary>
+    internal void SaveCheckpoint(string path, string signature, int step, double first = 0, double second = 0)
     {
         float[] p = new float[_layout.Count], m = new float[_trainableCount], v = new float[_trainableCount];
         _device.Download<float>(_master, p);
         _device.Download<float>(_firstMoments, m);
         _device.Download<float>(_secondMoments, v);
-        return (p, m, v);
+        new TrainingCheckpoint(signature, step, p, _adamSteps, [.. m.Select(x => (double)x)], [.. v.Select(x => (double)x)], [], first, second, step, 0).Save(path);
     }
 
-    /// <summary>Restores what <see cref="DownloadState"/> returned, with <paramref name="steps"/> AdamW updates done.</summary>
-    public void RestoreState(float[] parameters, float[] firstMoments, float[] secondMoments, int steps)
+    /// <summary>
+    /// Restores the state <see cref="SaveCheckpoint"/> wrote to <paramref name="path"/> and returns the checkpoint (its
+    /// step and figures), or null when there is no such file.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file is damaged, or was written by a run with another signature or model size.</exception>
+    internal TrainingCheckpoint? Resume(string path, string signature)
     {
-        if (parameters.Length != _layout.Count || firstMoments.Length != _trainableCount || secondMoments.Length != _trainableCount)
-            throw new ArgumentException($"the model has {_layout.Count} parameters, {_trainableCount} trainable; the state has {parameters.Length}, {firstMoments.Length}, {secondMoments.Length}");
-        _device.Upload<float>(parameters, _master);
-        _device.Upload<float>(firstMoments, _firstMoments);
-        _device.Upload<float>(secondMoments, _secondMoments);
-        _adamSteps = steps;
+        if (!File.Exists(path)) return null;
+        var saved = TrainingCheckpoint.Load(path);
+        if (saved.Signature != signature)
+            throw new InvalidDataException($"{path}: written by a run with other settings ({saved.Signature}); this run is {signature}.");
+        if (saved.Parameters.Length != _layout.Count || saved.FirstMoments.Length != _trainableCount || saved.SecondMoments.Length != _trainableCount)
+            throw new InvalidDataException($"{path}: holds {saved.Parameters.Length} parameters and {saved.FirstMoments.Length} moments; the model has {_layout.Count}, {_trainableCount} trainable");
+        _device.Upload<float>(saved.Parameters, _master);
+        _device.Upload<float>([.. saved.FirstMoments.Select(x => (float)x)], _firstMoments);
+        _device.Upload<float>([.. saved.SecondMoments.Select(x => (float)x)], _secondMoments);
+        _adamSteps = saved.OptimiserSteps;
         RefreshOperands(0, _layout.Count);
+        return saved;
     }
 
     private void RefreshOperands(long offset, long count)
     {
         if (_operand == DType.F32) return;
         ulong source = _master.At(offset * 4), destination = _operandWeights.At(offset * _operandBytes);
-        Launch("copy_out" + _suffix, (Blocks(count), 1), Threads, source, destination, count);
+        Launch(Typed("copy_out"), (Blocks(count), 1), Threads, source, destination, count);
     }
 
     // ---- launches ----
 
     private static uint Blocks(long elements) => (uint)Math.Clamp((elements + Threads - 1) / Threads, 1, 8192);
 
-    private void Launch(string kernel, (uint X, uint Y) grid, uint block, params ReadOnlySpan<object> arguments) => Launch(kernel, grid, block, 0, arguments);
-
-    private void Launch(string kernel, (uint X, uint Y) grid, uint block, uint sharedBytes, params ReadOnlySpan<object> arguments)
+    /// <summary>
+    /// Queues <paramref name="kernel"/>. Each argument is passed in an 8-byte slot (a 4-byte int or float in its low
+    /// bytes, which is what the kernel reads on a little-endian device): no boxing, nothing allocated per launch.
+    /// </summary>
+    private void Launch(string kernel, (uint X, uint Y) grid, uint block, params ReadOnlySpan<KernelArgument> arguments)
     {
-        // Arguments are boxed only to keep call sites short; a step makes a few hundred launches.
         var values = stackalloc ulong[arguments.Length];
         var pointers = stackalloc nint[arguments.Length];
         for (int i = 0; i < arguments.Length; i++)
         {
-            values[i] = arguments[i] switch
-            {
-                ulong u => u,
-                long l => (ulong)l,
-                int n => (uint)n,
-                float x => BitConverter.SingleToUInt32Bits(x),
-                null => 0UL,
-                _ => throw new ArgumentException($"kernel argument of type {arguments[i].GetType()}"),
-            };
+            values[i] = arguments[i].Bits;
             pointers[i] = (nint)(values + i);
         }
-        _module.Launch(_module.Function(kernel), (grid.X, grid.Y, 1), block, sharedBytes, new ReadOnlySpan<nint>(pointers, arguments.Length));
+        _module.Launch(_module.Function(kernel), (grid.X, grid.Y, 1), block, new ReadOnlySpan<nint>(pointers, arguments.Length));
     }
+
+    /// <summary>One kernel argument's bits.</summary>
+    private readonly record struct KernelArgument(ulong Bits)
+    {
+        public static implicit operator KernelArgument(ulong pointer) => new(pointer);
+        public static implicit operator KernelArgument(long value) => new((ulong)value);
+        public static implicit operator KernelArgument(int value) => new((uint)value);
+        public static implicit operator KernelArgument(float value) => new(BitConverter.SingleToUInt32Bits(value));
+    }
+
+    /// <summary>The operand type's instantiation of <paramref name="kernel"/> (<c>kernel_f32</c> or <c>kernel_bf16</c>), its name made once.</summary>
+    private string Typed(string kernel)
+    {
+        if (!_typedKernels.TryGetValue(kernel, out string? name)) _typedKernels[kernel] = name = kernel + _suffix;
+        return name;
+    }
+
+    private readonly Dictionary<string, string> _typedKernels = [];
 
     private GemmOperand Operand(ulong pointer, int leading, long stride = 0) => new(pointer, _operand, leading, stride);
     private static GemmOperand F32(ulong pointer, int leading, long stride = 0) => new(pointer, DType.F32, leading, stride);
@@ -316,7 +342,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
     private void ToOperand(ulong source, ulong destination, long count)
     {
         if (_operand == DType.F32) { if (source != destination) _device.Copy(source, destination, count * 4); return; }
-        Launch("copy_out" + _suffix, (Blocks(count), 1), Threads, source, destination, count);
+        Launch(Typed("copy_out"), (Blocks(count), 1), Threads, source, destination, count);
     }
 
     // ---- forward and backward ----
@@ -372,12 +398,12 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         var c = _config;
         int rows = batch.Rows, d = c.HiddenSize, v = c.VocabSize;
         Stage("forward: embedding");
-        Launch("embed" + _suffix, ((uint)rows, 1), Threads, _source.Pointer, Op(_layout.Embedding), Master(_layout.Soft), _residual[0].Pointer, d);
+        Launch(Typed("embed"), ((uint)rows, 1), Threads, _source.Pointer, Op(_layout.Embedding), Master(_layout.Soft), _residual[0].Pointer, d);
         for (int l = 0; l < c.LayerCount; l++) ForwardLayer(l, batch, _activations[RecomputeActivations ? 0 : l]);
         Stage("forward: classifier and loss");
-        Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, _residual[c.LayerCount].Pointer, Master(_layout.FinalNorm), _finalNormed.Pointer, _finalRstd.Pointer, d, (float)c.NormEpsilon);
+        Launch(Typed("rms_norm"), ((uint)rows, 1), Threads, _residual[c.LayerCount].Pointer, Master(_layout.FinalNorm), _finalNormed.Pointer, _finalRstd.Pointer, d, (float)c.NormEpsilon);
         Linear(_finalNormed.Pointer, Op(_layout.Classifier), _logits.Pointer, rows, d, v, accumulate: false);
-        Launch("loss_rows" + _suffix, ((uint)rows, 1), 1024, _logits.Pointer, _targets.Pointer, _teacherRows.Pointer, _teacher.Pointer, _weights.Pointer,
+        Launch(Typed("loss_rows"), ((uint)rows, 1), 1024, _logits.Pointer, _targets.Pointer, _teacherRows.Pointer, _teacher.Pointer, _weights.Pointer,
             lossScale, _dLogits.Pointer, _rowLoss.Pointer, v);
     }
 
@@ -391,38 +417,38 @@ public sealed unsafe class CudaTrainingModel : IDisposable
         ulong x = _residual[l].Pointer, output = _residual[l + 1].Pointer;
         float eps = (float)c.NormEpsilon;
         Stage("forward: norms, q/k/v products");
-        Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, x, Master(w.AttentionNorm), a.AttentionNormed.Pointer, a.AttentionRstd.Pointer, d, eps);
+        Launch(Typed("rms_norm"), ((uint)rows, 1), Threads, x, Master(w.AttentionNorm), a.AttentionNormed.Pointer, a.AttentionRstd.Pointer, d, eps);
         Linear(a.AttentionNormed.Pointer, Op(w.Query), _q.Pointer, rows, d, q, false);
         Linear(a.AttentionNormed.Pointer, Op(w.Key), _k.Pointer, rows, d, kv, false);
         Linear(a.AttentionNormed.Pointer, Op(w.Value), _v.Pointer, rows, d, kv, false);
         Stage("forward: attention");
         ulong? qb = w.QueryBias.Count > 0 ? Master(w.QueryBias) : null, kb = w.KeyBias.Count > 0 ? Master(w.KeyBias) : null, vb = w.ValueBias.Count > 0 ? Master(w.ValueBias) : null;
-        Launch("rope_split" + _suffix, ((uint)rows, 1), Threads, _q.Pointer, _k.Pointer, _v.Pointer, qb ?? 0UL, kb ?? 0UL, vb ?? 0UL,
+        Launch(Typed("rope_split"), ((uint)rows, 1), Threads, _q.Pointer, _k.Pointer, _v.Pointer, qb ?? 0UL, kb ?? 0UL, vb ?? 0UL,
             _positions.Pointer, _inverseFrequencies.Pointer, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, n, heads, c.KvHeadCount, hd, Interleaved);
         // Scores, probabilities and the attended values per (sequence, head): [n, n] = scale·Q·Kᵀ, then P·V.
         long headStride = (long)n * hd, scoreStride = (long)n * n;
         int batchCount = b * heads;
         if (FlashAttention)
-            Launch($"flash_forward_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, _firstVisible.Pointer,
+            Launch(FlashForward, (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer, _firstVisible.Pointer,
                 a.Attended.Pointer, a.Lse.Pointer, n, heads, ScaleLog2);
         else
         {
             _device.Gemm(false, true, n, n, hd, 1f / MathF.Sqrt(hd), Operand(a.Qh.Pointer, hd, headStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
                 F32(_scores.Pointer, n, scoreStride), batchCount);
-            Launch("masked_softmax" + _suffix, ((uint)(batchCount * n), 1), Threads, _scores.Pointer, a.Probabilities.Pointer, _firstVisible.Pointer, n, heads);
+            Launch(Typed("masked_softmax"), ((uint)(batchCount * n), 1), Threads, _scores.Pointer, a.Probabilities.Pointer, _firstVisible.Pointer, n, heads);
             _device.Gemm(false, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
                 F32(_heads.Pointer, hd, headStride), batchCount);
-            Launch("merge_heads" + _suffix, ((uint)rows, 1), Threads, _heads.Pointer, a.Attended.Pointer, n, heads, hd);
+            Launch(Typed("merge_heads"), ((uint)rows, 1), Threads, _heads.Pointer, a.Attended.Pointer, n, heads, hd);
         }
         // mid = x + o(attended); out = mid + down(swiglu(gate(norm(mid)), up(norm(mid)))).
         Stage("forward: o product, feed-forward");
         _device.Copy(x, a.Mid.Pointer, (long)rows * d * 4);
         Linear(a.Attended.Pointer, Op(w.Output), a.Mid.Pointer, rows, q, d, accumulate: true);
-        Launch("rms_norm" + _suffix, ((uint)rows, 1), Threads, a.Mid.Pointer, Master(w.FfnNorm), a.FfnNormed.Pointer, a.FfnRstd.Pointer, d, eps);
+        Launch(Typed("rms_norm"), ((uint)rows, 1), Threads, a.Mid.Pointer, Master(w.FfnNorm), a.FfnNormed.Pointer, a.FfnRstd.Pointer, d, eps);
         Linear(a.FfnNormed.Pointer, Op(w.Gate), a.Gate.Pointer, rows, d, f, false);
         Linear(a.FfnNormed.Pointer, Op(w.Up), a.Up.Pointer, rows, d, f, false);
         long hidden = (long)rows * f;
-        Launch("swiglu" + _suffix, (Blocks(hidden), 1), Threads, a.Gate.Pointer, a.Up.Pointer, a.Hidden.Pointer, hidden);
+        Launch(Typed("swiglu"), (Blocks(hidden), 1), Threads, a.Gate.Pointer, a.Up.Pointer, a.Hidden.Pointer, hidden);
         _device.Copy(a.Mid.Pointer, output, (long)rows * d * 4);
         Linear(a.Hidden.Pointer, Op(w.Down), output, rows, f, d, accumulate: true);
     }
@@ -461,7 +487,7 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             ToOperand(_dx.Pointer, _dxOperand.Pointer, (long)rows * d);
             LinearBackward(_dxOperand.Pointer, Op(w.Down), a.Hidden.Pointer, _dHidden.Pointer, Grad(w.Down), rows, f, d, false);
             long hidden = (long)rows * f;
-            Launch("swiglu_backward" + _suffix, (Blocks(hidden), 1), Threads, a.Gate.Pointer, a.Up.Pointer, _dHidden.Pointer, _dGateOperand.Pointer, _dUpOperand.Pointer, hidden);
+            Launch(Typed("swiglu_backward"), (Blocks(hidden), 1), Threads, a.Gate.Pointer, a.Up.Pointer, _dHidden.Pointer, _dGateOperand.Pointer, _dUpOperand.Pointer, hidden);
             LinearBackward(_dGateOperand.Pointer, Op(w.Gate), a.FfnNormed.Pointer, _dNormed.Pointer, Grad(w.Gate), rows, d, f, false);
             LinearBackward(_dUpOperand.Pointer, Op(w.Up), a.FfnNormed.Pointer, _dNormed.Pointer, Grad(w.Up), rows, d, f, true);
             NormBackward(a.Mid.Pointer, w.FfnNorm, a.FfnRstd.Pointer, rows);   // _dx is now d(mid)
@@ -472,26 +498,26 @@ public sealed unsafe class CudaTrainingModel : IDisposable
             if (FlashAttention)
             {
                 Launch("flash_prepare_bf16", ((uint)rows, 1), Threads, _dAttended.Pointer, a.Attended.Pointer, _dHeadsOperand.Pointer, _delta.Pointer, n, heads, hd);
-                Launch($"flash_backward_kv_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
+                Launch(FlashBackwardKv, (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
                     _dHeadsOperand.Pointer, a.Lse.Pointer, _delta.Pointer, _firstVisible.Pointer, _dkh.Pointer, _dvh.Pointer, n, heads, 1f / MathF.Sqrt(hd), ScaleLog2);
-                Launch($"flash_backward_q_{FlashHeadDim}", (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
+                Launch(FlashBackwardQ, (FlashTiles(n), (uint)batchCount), FlashThreads, a.Qh.Pointer, a.Kh.Pointer, a.Vh.Pointer,
                     _dHeadsOperand.Pointer, a.Lse.Pointer, _delta.Pointer, _firstVisible.Pointer, _dqh.Pointer, n, heads, 1f / MathF.Sqrt(hd), ScaleLog2);
             }
             else
             {
-                Launch("split_heads" + _suffix, ((uint)rows, 1), Threads, _dAttended.Pointer, _dHeadsOperand.Pointer, n, heads, hd);
+                Launch(Typed("split_heads"), ((uint)rows, 1), Threads, _dAttended.Pointer, _dHeadsOperand.Pointer, n, heads, hd);
                 _device.Gemm(false, true, n, n, hd, 1f, Operand(_dHeadsOperand.Pointer, hd, headStride), Operand(a.Vh.Pointer, hd, headStride), 0f,
                     F32(_dProbabilities.Pointer, n, scoreStride), batchCount);
                 _device.Gemm(true, false, n, hd, n, 1f, Operand(a.Probabilities.Pointer, n, scoreStride), Operand(_dHeadsOperand.Pointer, hd, headStride), 0f,
                     F32(_dvh.Pointer, hd, headStride), batchCount);
-                Launch("softmax_backward" + _suffix, ((uint)(batchCount * n), 1), Threads, a.Probabilities.Pointer, _dProbabilities.Pointer, _dScores.Pointer, n,
+                Launch(Typed("softmax_backward"), ((uint)(batchCount * n), 1), Threads, a.Probabilities.Pointer, _dProbabilities.Pointer, _dScores.Pointer, n,
                     1f / MathF.Sqrt(hd));
                 _device.Gemm(false, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Kh.Pointer, hd, headStride), 0f,
                     F32(_dqh.Pointer, hd, headStride), batchCount);
                 _device.Gemm(true, false, n, hd, n, 1f, Operand(_dScores.Pointer, n, scoreStride), Operand(a.Qh.Pointer, hd, headStride), 0f,
                     F32(_dkh.Pointer, hd, headStride), batchCount);
             }
-            Launch("rope_merge_backward" + _suffix, ((uint)rows, 1), Threads, _dqh.Pointer, _dkh.Pointer, _dvh.Pointer, _positions.Pointer,
+            Launch(Typed("rope_merge_backward"), ((uint)rows, 1), Threads, _dqh.Pointer, _dkh.Pointer, _dvh.Pointer, _positions.Pointer,
                 _inverseFrequencies.Pointer, _dq.Pointer, _dk.Pointer, _dv.Pointer, _dqOperand.Pointer, _dkOperand.Pointer, _dvOperand.Pointer,
                 n, heads, c.KvHeadCount, hd, Interleaved);
             Stage("backward: q/k/v products, norms");

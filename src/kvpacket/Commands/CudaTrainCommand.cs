@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Text.Json;
 using KvPacket.Cli.Bench;
 using KvPacket.Compute.Cuda;
-using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
 using KvPacket.Training;
@@ -23,16 +22,6 @@ internal static class CudaTrainCommand
 
     public static IEnumerable<Command> Create() => [Check(), Bench(), DistillBench()];
 
-    private static (Checkpoint Checkpoint, string Name) Open(string? path, string? shape, int layers)
-    {
-        if (path is not null || layers <= 0) return BenchModel.Open(path, shape, DType.F32);
-        var card = ModelCard.Find(shape ?? throw new ArgumentException("Give --model PATH or --shape NAME."));
-        var config = card.Config with { LayerCount = layers };
-        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}-{layers}layers-f32-seed1");
-        if (!File.Exists(Path.Combine(directory, "model.safetensors"))) SyntheticCheckpoint.Write(config, DType.F32, directory, seed: 1);
-        return (CheckpointLoader.Load(directory), $"{card.Name} ({layers} layers)");
-    }
-
     private static Command Check()
     {
         var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
@@ -48,7 +37,7 @@ internal static class CudaTrainCommand
         command.SetAction(parse =>
         {
             if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var (checkpoint, name) = Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(layers));
+            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), DType.F32, parse.GetValue(layers));
             using (checkpoint)
             using (var device = CudaDevice.Open())
             {
@@ -56,7 +45,7 @@ internal static class CudaTrainCommand
                 Console.WriteLine($"{device.Name} (sm_{device.Architecture}); model {name}: hidden {config.HiddenSize}, {config.LayerCount} layers, heads {config.HeadCount}/{config.KvHeadCount}, vocab {config.VocabSize}");
                 var causal = CudaGradientCheck.CausalBatch(config, parse.GetValue(sequences), parse.GetValue(length), seed: 7);
                 var student = CudaGradientCheck.StudentBatch(config, parse.GetValue(sequences), seed: 8);
-                var soft = CudaGradientCheck.SoftRows(KvPacket.Training.TrainingWeights<float>.From(checkpoint), config.HiddenSize,
+                var soft = CudaGradientCheck.SoftRows(TrainingWeights<float>.From(checkpoint), config.HiddenSize,
                     CudaGradientCheck.StudentHeader + CudaGradientCheck.StudentTrailer, seed: 9);
                 bool ok = true;
                 var dumps = new Dictionary<string, TensorDump>();
@@ -134,7 +123,7 @@ internal static class CudaTrainCommand
                 }
                 var layouts = examples.Select(e => StudentLayout.Of(e, Engine.Rag.RagMode.KvPacket, h, t, 0)).ToList();
                 var batch = TrainingBatch.Students(examples, layouts, config.VocabSize);
-                var weights = KvPacket.Training.TrainingWeights<float>.From(checkpoint);
+                var weights = TrainingWeights<float>.From(checkpoint);
                 var soft = CudaGradientCheck.SoftRows(weights, config.HiddenSize, h + t, seed: 2);
                 using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(DType.BF16, TrainWeights: false, parse.GetValue(recompute), !parse.GetValue(kept)),
                     b, batch.Length, h + t, soft, batch.Teacher.Length / config.VocabSize);
@@ -177,7 +166,7 @@ internal static class CudaTrainCommand
             var config = ModelCard.Find(parse.GetValue(shape)!).Config;
             int b = parse.GetValue(sequences), n = parse.GetValue(length);
             using var device = CudaDevice.Open();
-            var weights = KvPacket.Training.WeightInitialisation.Random(config, seed: 1);
+            var weights = WeightInitialisation.Random(config, seed: 1);
             using var model = new CudaTrainingModel(device, config, weights, new CudaTrainingOptions(parse.GetValue(operand), true, parse.GetValue(recompute), !parse.GetValue(kept)), b, n);
             var batch = CudaGradientCheck.CausalBatch(config, b, n, seed: 3);
             double scale = 1 / batch.TotalWeight;

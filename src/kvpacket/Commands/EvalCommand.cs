@@ -146,8 +146,7 @@ internal static class EvalCommand
         {
             if (storePath is null) throw new ArgumentException("--adapter needs --store DIR");
             using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
-            string[] parts = adapterName.Split('@');
-            adapter = packets.GetAdapter(parts[0], Core.Model.ModelFingerprint.Of(checkpoint), parts.Length > 1 ? int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : null)
+            adapter = packets.FindAdapter(adapterName, Core.Model.ModelFingerprint.Of(checkpoint))
                 ?? throw new ArgumentException($"--adapter: {storePath} has no adapter '{adapterName}' for this model");
         }
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
