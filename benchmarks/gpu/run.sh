@@ -2,14 +2,14 @@
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
-#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa)
+#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 case "${1:-}" in
 publish)
     rm -rf .gpu/publish
-    dotnet publish src/kvpacket -c Release -r linux-x64 --self-contained -o .gpu/publish -p:DebugType=none >/dev/null
+    dotnet publish src/kvpacket -c Release -r linux-x64 --self-contained -o .gpu/publish -p:DebugType=none -p:KvPacketDeviceBuild=true >/dev/null
     tar czf .gpu/kvpacket.tar.gz -C .gpu/publish .
     ls -la .gpu/kvpacket.tar.gz
     ;;
@@ -49,7 +49,7 @@ train)
     k=/tmp/kvpacket-gpu/kvpacket
     d=/tmp/kvpacket-dumps
     stories=tests/fixtures/stories260K/stories260K.bin
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$out/gpu.txt"
     status=0
     if [[ " $parts " == *" check "* ]]; then
         # Gradients against the CPU (float64) and PyTorch autograd; distillation loss against the engine's KL.
@@ -89,17 +89,37 @@ with open('/tmp/corpus.tokens','w') as f:
         "$k" cuda distill-bench --shape llama-3.2-1b --kept-attention | tee -a "$out/train-bench.txt" || status=1
     fi
     if [[ " $parts " == *" qa "* ]]; then
-        # Our QA model from scratch: benchmark, tokenizer, token file, pre-training (the same commands as models/ card).
+        # Our QA model from scratch: benchmark, tokenizer, token file, pre-training (the commands of models/kvqa-17m's card).
+        # Resumable: a second call on the same (warm) machine reuses the data and continues from the checkpoint; the
+        # model is written when the run ends or its time is up. QA_EVAL questions of the test split are then answered.
         q=/tmp/kvqa
         mkdir -p $q
-        "$k" corpus --out $q/data --train ${QA_EXAMPLES:-200000} --validation 1000 --test 2000 | tee -a "$out/qa.txt"
-        head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
-        "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 --out $q/tokenizer.json | tee -a "$out/qa.txt"
-        "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens | tee -a "$out/qa.txt"
-        "$k" pretrain --model-shape kvqa-20m --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
-            --steps ${QA_STEPS:-12000} --batch 32 --length 1024 --warmup 300 --learning-rate 1.5e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
-            --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out "$out/kvqa-20m" | tee -a "$out/qa.txt" || status=1
-        cp $q/tokenizer.json "$out/kvqa-20m/" 2>/dev/null
+        if [[ ! -f $q/train.tokens ]]; then
+            "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 | tee -a "$out/qa.txt"
+            head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
+            "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 --out $q/tokenizer.json | tee -a "$out/qa.txt"
+            "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens.partial | tee -a "$out/qa.txt"
+            mv $q/train.tokens.partial $q/train.tokens
+        fi
+        "$k" pretrain --model-shape kvqa-17m --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
+            --steps ${QA_STEPS:-36000} --batch 32 --length 1024 --warmup 500 --learning-rate 2e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
+            --checkpoint $q/run.ckpt --checkpoint-every 2000 --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out $q/kvqa-17m | tee -a "$out/qa.txt" || status=1
+        if [[ "${QA_EVAL:-0}" != 0 ]]; then
+            "$k" eval --task qa -m $q/kvqa-17m --split $q/data/test.jsonl --limit $QA_EVAL --modes full,closed-book,naive --out $q/eval.json | tee -a "$out/qa.txt" || status=1
+            cp -r $q/kvqa-17m "$out/"
+        fi
+    fi
+    if [[ " $parts " == *" qa-adapters "* ]]; then
+        # Adapters of the shipped QA model (frozen), distilled on the GPU from the training split's questions; the store comes back as a tar.
+        m=models/kvqa-17m
+        "$k" corpus --out /tmp/qa-adapt --train ${QA_ADAPTER_EXAMPLES:-848} --validation 10 --test 10 | tee -a "$out/qa-adapters.txt"
+        for variant in "kvpacket-4x4 --mode kvpacket --header 4 --trailer 4" "kvlink-5 --mode kvlink --links 5" "kvpacket-16x16 --mode kvpacket --header 16 --trailer 16"; do
+            set -- $variant
+            name=$1; shift
+            "$k" train -m $m --qa /tmp/qa-adapt/train.jsonl --train-examples $(( ${QA_ADAPTER_EXAMPLES:-848} - 48 )) --held-out 48 "$@" --steps ${QA_ADAPTER_STEPS:-200} --batch 16 \
+                --device cuda --store /tmp/qa-store --name $name --out "$out/qa-adapter-$name.json" 2>&1 | grep -v '%$' | tee -a "$out/qa-adapters.txt" || status=1
+            tar czf "$out/qa-adapters-store.tar.gz" -C /tmp qa-store
+        done
     fi
     if [[ " $parts " == *" speed "* ]]; then
         # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.

@@ -4,8 +4,8 @@ namespace KvPacket.Training;
 
 /// <summary>
 /// A token corpus for causal language modelling: a token file, one document (or example) per line, ids separated by
-/// spaces or commas; a <c>|</c> marks where a line's weighted part starts (an answer: its tokens' loss counts
-/// <see cref="AnswerWeight"/> times). Read as one stream (each line preceded by BOS and followed by EOS when the model
+/// spaces or commas; each <c>|</c> switches the weighting of the tokens after it on or off (answers: their loss counts
+/// <see cref="AnswerWeight"/> times; a line asking several questions weights each answer and none of the questions). Read as one stream (each line preceded by BOS and followed by EOS when the model
 /// has them) cut into windows, or as whole examples packed into sequences — each example attending only to itself, at
 /// positions from 0. What a step sees depends only on (seed, step, slot), so a resumed run sees exactly what an
 /// uninterrupted one would.
@@ -14,21 +14,21 @@ public sealed class PretrainingData
 {
     private readonly int[] _stream;
     private readonly int[][] _lines;
-    private readonly int[] _weightedFrom;
+    private readonly int[][] _switches;
     private readonly ulong _seed;
 
-    private PretrainingData(int[] stream, int[][] lines, int[] weightedFrom, ulong seed)
+    private PretrainingData(int[] stream, int[][] lines, int[][] switches, ulong seed)
     {
         _stream = stream;
         _lines = lines;
-        _weightedFrom = weightedFrom;
+        _switches = switches;
         _seed = seed;
     }
 
     /// <summary>Pack whole lines into sequences instead of cutting the stream into windows.</summary>
     public bool Examples { get; init; }
 
-    /// <summary>The loss weight of a line's tokens after its <c>|</c> (answers), relative to 1 for the rest.</summary>
+    /// <summary>The loss weight of a line's weighted tokens (answers), relative to 1 for the rest.</summary>
     public float AnswerWeight { get; init; } = 1;
 
     /// <summary>Lines read.</summary>
@@ -42,22 +42,25 @@ public sealed class PretrainingData
     {
         var stream = new List<int>();
         var lines = new List<int[]>();
-        var weightedFrom = new List<int>();
+        var switches = new List<int[]>();
+        var tokens = new List<int>();
+        var switchAt = new List<int>();
         int line = 0;
         foreach (string text in File.ReadLines(path))
         {
             line++;
-            var fields = text.Split([' ', ',', '\t'], StringSplitOptions.RemoveEmptyEntries);
-            if (fields.Length == 0) continue;
-            var tokens = new List<int>();
-            int weighted = int.MaxValue;
-            foreach (string field in fields)
+            tokens.Clear();
+            switchAt.Clear();
+            foreach (var range in text.AsSpan().SplitAny(" ,\t"))
             {
-                if (field == "|") { weighted = tokens.Count; continue; }
+                var field = text.AsSpan(range);
+                if (field.IsEmpty) continue;
+                if (field is "|") { switchAt.Add(tokens.Count); continue; }
                 if (!int.TryParse(field, out int id) || id < 0 || id >= vocab)
                     throw new InvalidDataException($"{path}:{line}: '{field}' is not a token id in [0, {vocab})");
                 tokens.Add(id);
             }
+            if (tokens.Count == 0) continue;
             if (!examples)
             {
                 if (bos is int b) stream.Add(b);
@@ -65,9 +68,9 @@ public sealed class PretrainingData
                 if (eos is int e) stream.Add(e);
             }
             lines.Add([.. tokens]);
-            weightedFrom.Add(weighted);
+            switches.Add([.. switchAt]);
         }
-        return new PretrainingData([.. stream], [.. lines], [.. weightedFrom], seed) { Examples = examples, AnswerWeight = answerWeight };
+        return new PretrainingData([.. stream], [.. lines], [.. switches], seed) { Examples = examples, AnswerWeight = answerWeight };
     }
 
     /// <summary>The causal batch of step <paramref name="step"/>: <paramref name="sequences"/> windows of <paramref name="length"/> + 1 tokens.</summary>
@@ -104,14 +107,17 @@ public sealed class PretrainingData
                 if (tokens.Length < 2) continue;
                 if (source.Count + tokens.Length > length) { if (source.Count > 0) break; continue; }
                 int start = source.Count;
+                var switches = _switches[e];
+                int passed = 0;
                 for (int i = 0; i < tokens.Length; i++)
                 {
+                    while (passed < switches.Length && switches[passed] <= i + 1) passed++;   // switches at or before the predicted token
                     source.Add(tokens[i]);
                     first.Add(start);
                     positions.Add(i);
                     bool last = i + 1 == tokens.Length;
                     targets.Add(last ? -1 : tokens[i + 1]);
-                    weights.Add(last ? 0 : i + 1 >= _weightedFrom[e] ? AnswerWeight : 1);
+                    weights.Add(last ? 0 : passed % 2 == 1 ? AnswerWeight : 1);
                 }
             }
             if (source.Count == 0) throw new InvalidOperationException($"no line of the corpus fits in {length} tokens");

@@ -62,6 +62,21 @@ public class PretrainingTests
     }
 
     [Fact]
+    public void Each_bar_switches_the_weighting_so_every_answer_counts_and_follow_up_questions_do_not()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "qa.tokens");
+        // prompt | answer | follow-up question | answer
+        File.WriteAllLines(path, ["0 10 11 12 | 20 21 1 | 30 31 32 | 40 1"]);
+        var batch = PretrainingData.Read(path, 512, bos: 0, eos: 1, seed: 3, examples: true, answerWeight: 4).Batch(step: 0, sequences: 1, length: 16);
+
+        // Row i predicts token i + 1: the answers' tokens (20 21 1, 40 1) are weighted, the documents' and questions' not.
+        float[] expected = [1, 1, 1, 4, 4, 4, 1, 1, 1, 4, 4, 0];
+        Assert.Equal(expected, batch.Weights.AsSpan(0, expected.Length).ToArray());
+        Assert.Equal([10, 11, 12, 20, 21, 1, 30, 31, 32, 40, 1, -1], batch.Targets.AsSpan(0, 12).ToArray());
+    }
+
+    [Fact]
     public void Trained_weights_written_as_Hugging_Face_load_back_as_the_same_model()
     {
         using var temp = Fixtures.TempDirectory();

@@ -12,7 +12,11 @@ namespace KvPacket.Training.Qa;
 /// <param name="Answers">Accepted short answers (the first is the gold one).</param>
 /// <param name="Documents">Gold documents and distractors, shuffled.</param>
 /// <param name="Gold">Indices into <paramref name="Documents"/> of the documents the answer needs.</param>
-public sealed record QaExample(string Id, string Type, string Relation, string Question, string[] Answers, QaDocument[] Documents, int[] Gold);
+/// <param name="FollowUps">Training lines only: further questions answerable from the same documents, asked after the first.</param>
+public sealed record QaExample(string Id, string Type, string Relation, string Question, string[] Answers, QaDocument[] Documents, int[] Gold, QaFollowUp[]? FollowUps = null);
+
+/// <summary>A further question over an example's documents (see <see cref="QaExample"/> for the fields).</summary>
+public sealed record QaFollowUp(string Type, string Relation, string Question, string[] Answers, int[] Gold);
 
 /// <summary>
 /// A seeded multi-document QA benchmark over invented worlds: each example holds k documents (the gold ones and
@@ -48,36 +52,54 @@ public static class QaBenchmark
     public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10) =>
         Generate(_ => world, split, seed, count, minDocuments, maxDocuments);
 
-    /// <summary>Training examples, each over its own <see cref="TrainingWorld"/>.</summary>
-    public static IEnumerable<QaExample> GenerateTraining(ulong seed, IReadOnlySet<string> reserved, int count, int minDocuments = 1, int maxDocuments = 10) =>
-        Generate(i => TrainingWorld(seed, i, reserved), "train", seed, count, minDocuments, maxDocuments);
+    /// <summary>
+    /// Training examples, each over its own <see cref="TrainingWorld"/>, each asking up to <paramref name="questions"/>
+    /// questions of its documents (the first picks the gold documents; follow-ups of the other types are asked only where
+    /// the documents answer them) — more answers per line of text, so more of the training signal is reading.
+    /// </summary>
+    public static IEnumerable<QaExample> GenerateTraining(ulong seed, IReadOnlySet<string> reserved, int count, int minDocuments = 1, int maxDocuments = 10, int questions = 1) =>
+        Generate(i => TrainingWorld(seed, i, reserved), "train", seed, count, minDocuments, maxDocuments, questions);
 
-    private static IEnumerable<QaExample> Generate(Func<int, QaWorld> worldOf, string split, ulong seed, int count, int minDocuments, int maxDocuments)
+    private static IEnumerable<QaExample> Generate(Func<int, QaWorld> worldOf, string split, ulong seed, int count, int minDocuments, int maxDocuments, int questions = 1)
     {
+        if (questions < 1) throw new ArgumentException($"questions per example: need at least 1, got {questions}");
         if (minDocuments < 1 || maxDocuments < minDocuments) throw new ArgumentException($"documents per example: need 1 ≤ min ≤ max, got {minDocuments}..{maxDocuments} (an example holds at least its gold documents)");
-        for (int i = 0; i < count; i++)
+        // An example depends only on (seed, index): made in parallel, handed out in order.
+        return Enumerable.Range(0, count).AsParallel().AsOrdered().Select(i => Example(worldOf(i), split, seed, i, minDocuments, maxDocuments, questions));
+    }
+
+    private static QaExample Example(QaWorld world, string split, ulong seed, int i, int minDocuments, int maxDocuments, int questions)
+    {
+        var random = new SeededRandom(seed * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xBF58476D1CE4E5B9UL);
+        string type = Types[i % Types.Length];
+        var draws = new Draws(random);
+        var (relation, question, answer, gold) = Ask(world, type, draws);
+        random = draws.Random;
+        int k = Math.Max(gold.Count, minDocuments + (int)(random.NextUInt64() % (ulong)(maxDocuments - minDocuments + 1)));
+        var chosen = new List<(EntityKind Kind, int Index)>(gold);
+        for (int attempt = 0; chosen.Count < k; attempt++)
         {
-            var random = new SeededRandom(seed * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xBF58476D1CE4E5B9UL);
-            string type = Types[i % Types.Length];
-            var world = worldOf(i);
-            var draws = new Draws(random);
-            var (relation, question, answer, gold) = Ask(world, type, draws);
-            random = draws.Random;
-            int k = Math.Max(gold.Count, minDocuments + (int)(random.NextUInt64() % (ulong)(maxDocuments - minDocuments + 1)));
-            var chosen = new List<(EntityKind Kind, int Index)>(gold);
-            for (int attempt = 0; chosen.Count < k; attempt++)
-            {
-                // Distractors are entities of the gold documents' kinds; a small world may run out of those.
-                var kind = attempt < 64 ? gold[(int)(random.NextUInt64() % (ulong)gold.Count)].Kind : (EntityKind)(random.NextUInt64() % 4);
-                var candidate = (kind, (int)(random.NextUInt64() % (ulong)Size(world, kind)));
-                if (!chosen.Contains(candidate)) chosen.Add(candidate);
-            }
-            int[] order = [.. Enumerable.Range(0, chosen.Count)];
-            for (int j = order.Length - 1; j > 0; j--) { int r = (int)(random.NextUInt64() % (ulong)(j + 1)); (order[j], order[r]) = (order[r], order[j]); }
-            var documents = order.Select(o => QaDocuments.Write(world, chosen[o].Kind, chosen[o].Index, ref random)).ToArray();
-            int[] goldIndices = [.. Enumerable.Range(0, order.Length).Where(p => order[p] < gold.Count).Order()];
-            yield return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, goldIndices);
+            // Distractors are entities of the gold documents' kinds; a small world may run out of those.
+            var kind = attempt < 64 ? gold[(int)(random.NextUInt64() % (ulong)gold.Count)].Kind : (EntityKind)(random.NextUInt64() % 4);
+            var candidate = (kind, (int)(random.NextUInt64() % (ulong)Size(world, kind)));
+            if (!chosen.Contains(candidate)) chosen.Add(candidate);
         }
+        int[] order = [.. Enumerable.Range(0, chosen.Count)];
+        for (int j = order.Length - 1; j > 0; j--) { int r = (int)(random.NextUInt64() % (ulong)(j + 1)); (order[j], order[r]) = (order[r], order[j]); }
+        var documents = order.Select(o => QaDocuments.Write(world, chosen[o].Kind, chosen[o].Index, ref random)).ToArray();
+        int[] Placed(List<(EntityKind Kind, int Index)> entities) => [.. Enumerable.Range(0, order.Length).Where(p => entities.Contains(chosen[order[p]])).Order()];
+        var followUps = new List<QaFollowUp>();
+        draws.Random = random;
+        for (int q = 1, attempts = 0; q < questions && attempts < 64 * questions; attempts++)
+        {
+            // Drawn until one is answerable from the documents already chosen and not asked yet.
+            string followType = Types[(i + 1 + attempts) % Types.Length];
+            if (TryAsk(world, followType, draws) is not { } next || next.Gold.Any(g => !chosen.Contains(g)) ||
+                next.Question == question || followUps.Any(f => f.Question == next.Question)) continue;
+            followUps.Add(new QaFollowUp(followType, next.Relation, next.Question, [next.Answer], Placed(next.Gold)));
+            q++;
+        }
+        return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, Placed(gold), followUps.Count > 0 ? [.. followUps] : null);
     }
 
     private static int Size(QaWorld world, EntityKind kind) => kind switch
@@ -224,19 +246,19 @@ public static class QaBenchmark
     /// Writes train.jsonl, validation.jsonl and test.jsonl (one <see cref="QaExample"/> per line) into
     /// <paramref name="directory"/>: held-out splits with <paramref name="minDocuments"/>..<paramref name="maxDocuments"/>
     /// documents, training examples with <paramref name="minTrainDocuments"/>.. of them (fewer documents early in a
-    /// line's range help a model start learning to read; DESIGN.md §8).
+    /// line's range help a model start learning to read; DESIGN.md §8) and up to <paramref name="trainQuestions"/> questions each.
     /// </summary>
-    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10, int minTrainDocuments = 1)
+    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10, int minTrainDocuments = 1, int trainQuestions = 1)
     {
         Directory.CreateDirectory(directory);
         var (validationWorld, testWorld, reserved) = HeldOutWorlds(seed);
-        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        var options = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         void Write(string name, IEnumerable<QaExample> examples)
         {
             using var writer = new StreamWriter(Path.Combine(directory, $"{name}.jsonl"));
             foreach (var example in examples) writer.WriteLine(JsonSerializer.Serialize(example, options));
         }
-        Write("train", GenerateTraining(seed, reserved, train, minTrainDocuments, maxDocuments));
+        Write("train", GenerateTraining(seed, reserved, train, minTrainDocuments, maxDocuments, trainQuestions));
         Write("validation", Generate(validationWorld, "validation", seed + 1, validation, minDocuments, maxDocuments));
         Write("test", Generate(testWorld, "test", seed + 2, test, minDocuments, maxDocuments));
     }

@@ -6,7 +6,7 @@ namespace KvPacket.Training.Qa;
 /// The one prompt format our QA model is trained and queried with, tokenized segment by segment so a document's tokens
 /// are the same whether it is read in context or encoded alone as a packet:
 /// <c>BOS</c>, then per document <c>"Document: {title}\n{text}\n\n"</c>, then <c>"Question: {question}\nAnswer:"</c>, and the
-/// answer <c>" {answer}"</c> followed by EOS.
+/// answer <c>" {answer}"</c> followed by EOS (a training line may then ask follow-up questions the same way).
 /// </summary>
 public static class QaPrompt
 {
@@ -29,8 +29,18 @@ public static class QaPrompt
     public static int[] Answer(ITokenizer tokenizer, string answer) =>
         [.. tokenizer.Encode(AnswerText(answer)), .. tokenizer.EosId is int eos ? [eos] : Array.Empty<int>()];
 
-    /// <summary>The whole training line: prompt tokens and answer tokens.</summary>
-    public static (int[] Prompt, int[] Answer) Example(ITokenizer tokenizer, QaExample example) =>
-        ([.. tokenizer.BosId is int bos ? [bos] : Array.Empty<int>(), .. example.Documents.SelectMany(d => Document(tokenizer, d)), .. Question(tokenizer, example.Question)],
-         Answer(tokenizer, example.Answers[0]));
+    /// <summary>
+    /// The whole training line as alternating segments: the prompt (BOS, documents, first question), its answer, then
+    /// each follow-up question and its answer — the odd segments are answers.
+    /// </summary>
+    public static IEnumerable<int[]> TrainingLine(ITokenizer tokenizer, QaExample example)
+    {
+        yield return [.. tokenizer.BosId is int bos ? [bos] : Array.Empty<int>(), .. example.Documents.SelectMany(d => Document(tokenizer, d)), .. Question(tokenizer, example.Question)];
+        yield return Answer(tokenizer, example.Answers[0]);
+        foreach (var followUp in example.FollowUps ?? [])
+        {
+            yield return Question(tokenizer, followUp.Question);
+            yield return Answer(tokenizer, followUp.Answers[0]);
+        }
+    }
 }

@@ -19,15 +19,16 @@ internal static class CorpusCommand
         var minDocuments = new Option<int>("--min-documents") { Description = "Fewest documents per example", DefaultValueFactory = _ => 4 };
         var maxDocuments = new Option<int>("--max-documents") { Description = "Most documents per example", DefaultValueFactory = _ => 10 };
         var minTrainDocuments = new Option<int>("--min-train-documents") { Description = "Fewest documents per training example", DefaultValueFactory = _ => 1 };
+        var trainQuestions = new Option<int>("--train-questions") { Description = "Most questions per training example (follow-ups asked only where its documents answer them)", DefaultValueFactory = _ => 1 };
         var command = new Command("corpus", "Write the multi-document QA benchmark (single-hop, bridge, comparison, three-hop) as JSONL splits")
         {
-            output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments,
+            output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments, trainQuestions,
         };
         command.SetAction(parse =>
         {
             string directory = parse.GetValue(output)!;
             QaBenchmark.WriteSplits(directory, parse.GetValue(seed), parse.GetValue(train), parse.GetValue(validation), parse.GetValue(test),
-                parse.GetValue(minDocuments), parse.GetValue(maxDocuments), parse.GetValue(minTrainDocuments));
+                parse.GetValue(minDocuments), parse.GetValue(maxDocuments), parse.GetValue(minTrainDocuments), parse.GetValue(trainQuestions));
             foreach (string split in new[] { "train", "validation", "test" })
             {
                 string path = Path.Combine(directory, split + ".jsonl");

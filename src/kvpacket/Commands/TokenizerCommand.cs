@@ -41,7 +41,7 @@ internal static class TokenizerCommand
         });
         var splitArgument = new Argument<string>("split") { Description = "A QA benchmark .jsonl split" };
         var tokenizerPath = new Option<string>("--tokenizer") { Description = "tokenizer.json", Required = true };
-        var tokensOut = new Option<string>("--out") { Description = "The token file to write: one example per line, 'prompt ids | answer ids'", Required = true };
+        var tokensOut = new Option<string>("--out") { Description = "The token file to write: one example per line, 'prompt ids | answer ids [| question ids | answer ids]…'", Required = true };
         var encode = new Command("encode", "Encode a QA split in the model's prompt format as a token file for kvpacket pretrain --examples") { splitArgument, tokenizerPath, tokensOut };
         encode.SetAction(parse =>
         {
@@ -49,14 +49,20 @@ internal static class TokenizerCommand
             long tokens = 0;
             int lines = 0;
             using (var writer = new StreamWriter(parse.GetValue(tokensOut)!))
-                foreach (var example in QaBenchmark.Read(parse.GetValue(splitArgument)!))
+                foreach (var chunk in QaBenchmark.Read(parse.GetValue(splitArgument)!).Chunk(8192))
                 {
-                    var (prompt, answer) = QaPrompt.Example(tokenizer, example);
-                    writer.Write(string.Join(' ', prompt));
-                    writer.Write(" | ");
-                    writer.WriteLine(string.Join(' ', answer));
-                    tokens += prompt.Length + answer.Length;
-                    lines++;
+                    // Encoded in parallel, written in order; '|' switches the answer weighting on before each answer and off after it.
+                    var encoded = new string[chunk.Length];
+                    var counts = new long[chunk.Length];
+                    Parallel.For(0, chunk.Length, i =>
+                    {
+                        var segments = QaPrompt.TrainingLine(tokenizer, chunk[i]).ToList();
+                        counts[i] = segments.Sum(s => s.Length);
+                        encoded[i] = string.Join(" | ", segments.Select(s => string.Join(' ', s)));
+                    });
+                    foreach (string line in encoded) writer.WriteLine(line);
+                    tokens += counts.Sum();
+                    lines += chunk.Length;
                 }
             Console.WriteLine($"{parse.GetValue(tokensOut)}: {lines} examples, {tokens} tokens ({(double)tokens / Math.Max(1, lines):F0} per example)");
             return 0;
@@ -74,6 +80,7 @@ internal static class TokenizerCommand
                 {
                     foreach (var document in example.Documents) yield return QaPrompt.DocumentText(document);
                     yield return QaPrompt.QuestionText(example.Question) + QaPrompt.AnswerText(example.Answers[0]);
+                    foreach (var followUp in example.FollowUps ?? []) yield return QaPrompt.QuestionText(followUp.Question) + QaPrompt.AnswerText(followUp.Answers[0]);
                 }
             else
                 foreach (string line in File.ReadLines(file)) yield return line + "\n";
