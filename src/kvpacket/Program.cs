@@ -21,6 +21,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     TokenizerCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
+    PlotCommand.Create(),
 };
 foreach (var command in ServeCommands.Create()) root.Subcommands.Add(command);
 var verbose = new Option<bool>("--verbose") { Description = "Print the stack trace of every error", Recursive = true };

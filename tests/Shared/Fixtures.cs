@@ -8,16 +8,19 @@ namespace KvPacket.Tests;
 /// </summary>
 internal static class Fixtures
 {
-    private static readonly Lazy<string> Root = new(() =>
+    private static readonly Lazy<string> Repository = new(() =>
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "KvPacket.Native.sln")))
-                return Path.Combine(dir.FullName, "tests", "fixtures");
+                return dir.FullName;
         throw new DirectoryNotFoundException("Could not find KvPacket.Native.sln above the test binaries.");
     });
 
     /// <summary>The path of <paramref name="relative"/> under tests/fixtures.</summary>
-    public static string PathOf(string relative) => Path.Combine(Root.Value, relative);
+    public static string PathOf(string relative) => Path.Combine(Repository.Value, "tests", "fixtures", relative);
+
+    /// <summary>The directory of a model the product ships under models/.</summary>
+    public static string ShippedModel(string name) => Path.Combine(Repository.Value, "models", name);
 
     /// <summary>Parses a golden.json.</summary>
     public static JsonDocument Golden(string model) => JsonDocument.Parse(File.ReadAllBytes(PathOf(Path.Combine(model, "golden.json"))));

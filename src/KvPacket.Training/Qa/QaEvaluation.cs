@@ -15,8 +15,11 @@ public sealed record QaAnswer(string Id, string Mode, string Type, string Questi
 /// as the request's documents (packets, in the packet modes) and greedy decoding to EOS — and scores them per question
 /// type. "closed-book" is full attention with no documents at all: what the model answers from memory.
 /// </summary>
-/// <remarks>Each question gets an engine of its own, so its packets are freed with it.</remarks>
-public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapter? adapter = null, int maxAnswerTokens = 24)
+/// <remarks>
+/// Each question gets an engine of its own; its packets come from <paramref name="packets"/> (a store, say) or, by
+/// default, are built for it and freed with it — outside the timed prefill either way.
+/// </remarks>
+public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapter? adapter = null, IPacketSource? packets = null, int maxAnswerTokens = 24)
 {
     /// <summary>The closed-book pseudo-mode's name.</summary>
     public const string ClosedBook = "closed-book";
@@ -28,7 +31,7 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
         int[][] documents = mode == ClosedBook ? [] : [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
         var request = new RagRequest(prefix, documents, QaPrompt.Question(tokenizer, example.Question));
         var ragMode = mode == ClosedBook ? RagMode.Full : Enum.Parse<RagMode>(mode, ignoreCase: true);
-        using var engine = new RagEngine(model) { Adapter = adapter };
+        using var engine = new RagEngine(model, packets) { Adapter = adapter };
         var result = engine.Prefill(request, ragMode);
         using var sequence = result.Sequence;
         int vocab = model.Config.VocabSize;

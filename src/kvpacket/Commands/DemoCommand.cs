@@ -2,94 +2,105 @@ using System.CommandLine;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
+using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
-using KvPacket.Core.Numerics;
-using KvPacket.Engine.Generation;
 using KvPacket.Engine.Rag;
-using KvPacket.Engine.Sampling;
 using KvPacket.Store;
+using KvPacket.Training.Qa;
 
 namespace KvPacket.Cli.Commands;
 
 /// <summary>
-/// <c>kvpacket demo</c>: the main job on an embedded default. Until our own trained default model exists this is a
-/// seeded random-weight model at the stories260K shape, written to a temporary directory and run end to end:
-/// checkpoint writer, reader, batched forward over paged KV, greedy and sampled generation, documents ingested as
-/// packets into a packet store, and one RAG request over them in every mode.
+/// <c>kvpacket demo</c>: the main job on the shipped model (models/kvqa-17m, copied beside the binary). Test-split
+/// questions of the QA benchmark are generated from their seed; their documents are ingested as packets into a packet
+/// store (plain, and with the shipped KV Packet adapter); then, with every packet read back from the store, each
+/// question is answered in every mode, printing the answers, their F1 against the gold answer and the time to first token.
 /// </summary>
 internal static class DemoCommand
 {
-    /// <summary>
-    /// Ingests four 96-token documents as packets into a packet store, then answers one query over them in every mode
-    /// with the packets read back from the store, and prints what each mode costs and how far it is from full recompute.
-    /// </summary>
-    private static void ShowPackets(Transformer model, int hidden, string directory)
-    {
-        var random = new SeededRandom(3);
-        int[] Tokens(int n) => random.NextTokens(n, 3, 512);
-        var request = new RagRequest([1], Enumerable.Range(0, 4).Select(_ => Tokens(96)).ToArray(), Tokens(12));
-        var adapter = Adapter.Untrained("untrained", hidden, 4, 4, 4);
-        string storePath = Path.Combine(directory, "packets");
-
-        long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        using (var store = PacketStore.Open(storePath))
-        using (var packets = new StoredPackets(model, store))
-        {
-            foreach (var document in request.Documents)
-            {
-                packets.Acquire(document, null).Dispose();
-                packets.Acquire(document, adapter).Dispose();
-            }
-            var stats = store.Stats();
-            Console.WriteLine($"ingested {stats.Packets} packets (4 documents, plain and with the KV Packet adapter) into {storePath}: " +
-                              $"{stats.LiveBytes / 1e6:F2} MB in {System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds:F0} ms, durably committed");
-        }
-
-        // A fresh handle, as a server would have after a restart: every packet comes from the store, nothing is rebuilt.
-        using (var store = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true }))
-        using (var packets = new StoredPackets(model, store))
-        using (var engine = new RagEngine(model, packets) { Adapter = adapter, EpicRecomputeTokens = 8 })
-        {
-            var modes = Enum.GetValues<RagMode>();
-            foreach (var mode in modes) engine.Prefill(request, mode).Sequence.Dispose(); // warm-up, loads packets
-            Console.WriteLine($"one RAG request: 4 documents × 96 tokens + a 12-token query, 8 continuation tokens scored (adapters untrained; " +
-                              $"{packets.StoreLoads} packet loads, {packets.BytesLoaded / 1e6:F2} MB read from the store, {packets.Builds} rebuilt):");
-            ModeTable.Print(ModeEvaluation.Run(model, engine, [request], modes, 8));
-        }
-    }
+    /// <summary>The modes shown, in order; closed-book answers with no documents at all.</summary>
+    private static readonly string[] Modes = ["full", QaEvaluation.ClosedBook, "naive", "epic", "cacheblend", "kvpacket", "kvlink"];
 
     public static Command Create()
     {
-        var count = new Option<int>("-n", "--max-tokens") { Description = "Tokens to generate", DefaultValueFactory = _ => 64 };
-        var command = new Command("demo", "Run generation on an embedded default model (random weights) with nothing to download") { count };
+        var model = new Option<string?>("--model", "-m") { Description = "A QA model directory with its tokenizer and adapters (default: the shipped kvqa-17m)" };
+        var questions = new Option<int>("--questions") { Description = "Test-split questions answered (the split's first ones: the four types in turn)", DefaultValueFactory = _ => 8 };
+        var command = new Command("demo", "Answer multi-document questions with the shipped QA model in every RAG mode, packets served from a store") { model, questions };
         command.SetAction(parse =>
         {
-            int n = parse.GetValue(count);
-            var card = ModelCard.Find("stories260k");
-            string directory = Path.Combine(Path.GetTempPath(), $"kvpacket-demo-{Environment.ProcessId}");
+            string modelPath = parse.GetValue(model) ?? ShippedModel.Directory;
+            int count = parse.GetValue(questions);
+            if (count < 1) throw new ArgumentException("--questions: need at least 1");
+            using var checkpoint = CheckpointLoader.Load(modelPath);
+            var tokenizer = TokenizerLoader.TryLoadNextTo(modelPath) ?? throw new InvalidDataException($"{modelPath}: no tokenizer.json beside the model");
+            var fingerprint = ModelFingerprint.Of(checkpoint);
+            int hidden = checkpoint.Config.HiddenSize;
+            var packetAdapter = AdapterFile.Read(Path.Combine(modelPath, ShippedModel.KvPacketAdapter), fingerprint, hidden);
+            var linkAdapter = AdapterFile.Read(Path.Combine(modelPath, ShippedModel.KvLinkAdapter), fingerprint, hidden);
+            var adapter = packetAdapter with { Links = linkAdapter.Links };   // header/trailer for kvpacket, links for kvlink
+            Console.WriteLine($"model: {Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))}, {checkpoint.ParameterCount:N0} parameters " +
+                              $"({checkpoint.Config.LayerCount} layers × {hidden}, {checkpoint.Config.HeadCount}/{checkpoint.Config.KvHeadCount} heads, vocabulary {checkpoint.Config.VocabSize}); " +
+                              $"adapters: KV Packet {packetAdapter.Header.Length / hidden}+{packetAdapter.Trailer.Length / hidden} soft tokens, KVLink {linkAdapter.Links.Length / hidden} links");
+
+            var (_, testWorld, _) = QaBenchmark.HeldOutWorlds(1);
+            var examples = QaBenchmark.Generate(testWorld, "test", 3, count).ToList();   // = kvpacket corpus --seed 1: test.jsonl's first lines
+            using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 16384 });
+            string storePath = Path.Combine(Path.GetTempPath(), $"kvpacket-demo-{Environment.ProcessId}");
             try
             {
-                SyntheticCheckpoint.Write(card.Config, DType.F32, directory, seed: 2026);
-                using var checkpoint = CheckpointLoader.Load(directory);
-                Console.WriteLine($"model: {card.Name} shape, RANDOM WEIGHTS (seed 2026) — a stand-in until a trained default ships; output is not language.");
-                Console.WriteLine($"       {checkpoint.ParameterCount:N0} parameters, {checkpoint.Config.LayerCount} layers, {checkpoint.Config.HeadCount} heads / {checkpoint.Config.KvHeadCount} KV heads");
-                using var transformer = new Transformer(checkpoint, new TransformerOptions { KvCacheTokens = 4 * (n + 32) + 4096 });
-                var generator = new Generator(transformer);
-                foreach (var sampling in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 0.8f, TopP = 0.9f, Seed = 7 } })
+                Ingest(transformer, tokenizer, examples, packetAdapter, storePath);
+                // A fresh read-only handle, as a server has after a restart: every packet comes from the store, none is rebuilt.
+                using var store = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
+                using var packets = new StoredPackets(transformer, store);
+                var evaluation = new QaEvaluation(transformer, tokenizer, adapter, packets);
+                _ = evaluation.Answer(examples[0], "full");   // warm-up: the first prefill pays for the JIT
+                var answers = new List<QaAnswer>();
+                foreach (var example in examples)
                 {
-                    Console.Write(sampling.Temperature == 0 ? "greedy:  1" : "sampled: 1");
-                    var stats = generator.Generate([1], new GenerationOptions { MaxNewTokens = n, StopTokens = [], Sampling = sampling }, t => Console.Write($" {t}"));
                     Console.WriteLine();
-                    Console.WriteLine($"         {stats.GeneratedTokens} tokens, decode {stats.DecodeTokensPerSecond:N0} tokens/s");
+                    Console.WriteLine($"[{example.Type}] {example.Question}   ({example.Documents.Length} documents; gold: {example.Answers[0]})");
+                    foreach (string mode in Modes)
+                    {
+                        var answer = evaluation.Answer(example, mode);
+                        answers.Add(answer);
+                        Console.WriteLine($"  {mode,-12} {Quoted(answer.Prediction),-28} F1 {answer.F1,4:F2}   TTFT {answer.TtftSeconds * 1e3,6:F1} ms   document FLOPs {answer.DocumentFlops / 1e9,5:F2} G");
+                    }
                 }
-                ShowPackets(transformer, checkpoint.Config.HiddenSize, directory);
+                Console.WriteLine();
+                Console.WriteLine($"{answers.Count / Modes.Length} questions, {packets.StoreLoads} packet loads ({packets.BytesLoaded / 1e6:F1} MB) from the store, {packets.Builds} rebuilt");
+                Console.WriteLine($"{"mode",-12} {"EM",5} {"F1",5} {"TTFT ms",8} {"doc GFLOP",10}");
+                foreach (string mode in Modes)
+                {
+                    var set = answers.Where(a => a.Mode == mode).ToList();
+                    Console.WriteLine($"{mode,-12} {set.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold)),5:F2} {set.Average(a => a.F1),5:F2} " +
+                                      $"{set.Average(a => a.TtftSeconds) * 1e3,8:F1} {set.Average(a => a.DocumentFlops) / 1e9,10:F2}");
+                }
                 return 0;
             }
             finally
             {
-                Directory.Delete(directory, recursive: true);
+                if (Directory.Exists(storePath)) Directory.Delete(storePath, recursive: true);
             }
         });
         return command;
     }
+
+    /// <summary>Every document of <paramref name="examples"/> as a packet, plain and with the KV Packet adapter, durably committed.</summary>
+    private static void Ingest(Transformer model, ITokenizer tokenizer, IReadOnlyList<QaExample> examples, Adapter adapter, string storePath)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        using var store = PacketStore.Open(storePath);
+        using var packets = new StoredPackets(model, store);
+        foreach (var document in examples.SelectMany(e => e.Documents))
+        {
+            int[] tokens = QaPrompt.Document(tokenizer, document);
+            packets.Acquire(tokens, null).Dispose();
+            packets.Acquire(tokens, adapter).Dispose();
+        }
+        var stats = store.Stats();
+        Console.WriteLine($"ingested {stats.Packets} packets (the questions' documents, plain and with the KV Packet adapter) into {storePath}: " +
+                          $"{stats.LiveBytes / 1e6:F1} MB in {System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds:F1} s, durably committed");
+    }
+
+    private static string Quoted(string text) => text.Length > 26 ? $"'{text[..23]}...'" : $"'{text}'";
 }

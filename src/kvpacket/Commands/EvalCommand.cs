@@ -40,11 +40,12 @@ internal static class EvalCommand
         var split = new Option<string?>("--split") { Description = "--task qa: the JSONL split to answer (kvpacket corpus)" };
         var limit = new Option<int>("--limit") { Description = "--task qa: questions answered (0: all)", DefaultValueFactory = _ => 0 };
         var store = new Option<string?>("--store") { Description = "--task qa: packet store holding the adapter for kvpacket / kvlink modes" };
-        var adapterName = new Option<string?>("--adapter") { Description = "--task qa: the stored adapter, NAME or NAME@VERSION" };
+        var adapterName = new Option<string?>("--adapter") { Description = "--task qa: an adapter file (.safetensors), or with --store a stored adapter, NAME or NAME@VERSION" };
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
+        var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
@@ -52,7 +53,7 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName));
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot));
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -138,16 +139,21 @@ internal static class EvalCommand
     }
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
-    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName)
+    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot)
     {
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
         if (adapterName is not null)
         {
-            if (storePath is null) throw new ArgumentException("--adapter needs --store DIR");
-            using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
-            adapter = packets.FindAdapter(adapterName, Core.Model.ModelFingerprint.Of(checkpoint))
-                ?? throw new ArgumentException($"--adapter: {storePath} has no adapter '{adapterName}' for this model");
+            var fingerprint = Core.Model.ModelFingerprint.Of(checkpoint);
+            if (storePath is null)
+                adapter = AdapterFile.Read(adapterName, fingerprint, checkpoint.Config.HiddenSize);
+            else
+            {
+                using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
+                adapter = packets.FindAdapter(adapterName, fingerprint)
+                    ?? throw new ArgumentException($"--adapter: {storePath} has no adapter '{adapterName}' for this model");
+            }
         }
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
@@ -167,6 +173,7 @@ internal static class EvalCommand
             Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Prediction}'");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
         File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
+        if (plot is not null) PlotCommand.QaChart(scores, plot);
         return 0;
     }
 }

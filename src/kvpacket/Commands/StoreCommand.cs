@@ -3,7 +3,7 @@ using KvPacket.Store;
 
 namespace KvPacket.Cli.Commands;
 
-/// <summary><c>kvpacket store stats|list|verify|compact --store DIR</c>: look after a packet store.</summary>
+/// <summary><c>kvpacket store stats|list|verify|compact|export-adapter --store DIR</c>: look after a packet store.</summary>
 internal static class StoreCommand
 {
     public static Command Create()
@@ -13,6 +13,28 @@ internal static class StoreCommand
         command.Subcommands.Add(List());
         command.Subcommands.Add(Verify());
         command.Subcommands.Add(Compact());
+        command.Subcommands.Add(ExportAdapter());
+        return command;
+    }
+
+    private static Command ExportAdapter()
+    {
+        var store = CommonOptions.Store();
+        var model = CommonOptions.Model();
+        var reference = new Argument<string>("adapter") { Description = "NAME or NAME@VERSION (default: the newest version)" };
+        var output = new Option<string>("--out") { Description = "The .safetensors file to write (it ships beside the model)", Required = true };
+        var command = new Command("export-adapter", "Write a stored adapter of a model to an adapter file") { store, model, reference, output };
+        command.SetAction(parse =>
+        {
+            using var checkpoint = Core.Checkpoints.CheckpointLoader.Load(parse.GetValue(model)!);
+            var fingerprint = Core.Model.ModelFingerprint.Of(checkpoint);
+            using var opened = Open(parse.GetValue(store)!, readOnly: true);
+            var adapter = opened.FindAdapter(parse.GetValue(reference)!, fingerprint)
+                ?? throw new ArgumentException($"{parse.GetValue(store)} has no adapter '{parse.GetValue(reference)}' for this model");
+            Engine.Rag.AdapterFile.Write(parse.GetValue(output)!, adapter, fingerprint, checkpoint.Config.HiddenSize);
+            Console.WriteLine($"wrote {adapter.Id} version {adapter.Version} to {parse.GetValue(output)}");
+            return 0;
+        });
         return command;
     }
 

@@ -1,0 +1,76 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using KvPacket.Cli.Plots;
+using KvPacket.Training.Qa;
+
+namespace KvPacket.Cli.Commands;
+
+/// <summary>
+/// <c>kvpacket plot qa|loss</c>: SVG charts of what the other commands measured — answer F1 against time to first token
+/// per mode from <c>eval --task qa</c> results, and a pre-training loss curve from <c>pretrain --loss-curve</c>.
+/// </summary>
+internal static class PlotCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("plot", "Draw SVG charts of eval results and loss curves");
+        var results = new Argument<string[]>("results") { Description = "eval --task qa result files (JSON)", Arity = ArgumentArity.OneOrMore };
+        var qaOut = new Option<string>("--out") { Description = "SVG file to write", Required = true };
+        var qa = new Command("qa", "F1 against mean time to first token, one point per mode") { results, qaOut };
+        qa.SetAction(parse =>
+        {
+            var scores = parse.GetValue(results)!.SelectMany(ReadScores).ToList();
+            QaChart(scores, parse.GetValue(qaOut)!);
+            return 0;
+        });
+        var curves = new Argument<string[]>("curves") { Description = "pretrain --loss-curve CSV files, in order (a run resumed across calls)", Arity = ArgumentArity.OneOrMore };
+        var lossOut = new Option<string>("--out") { Description = "SVG file to write", Required = true };
+        var window = new Option<int>("--window") { Description = "Steps averaged per point", DefaultValueFactory = _ => 100 };
+        var loss = new Command("loss", "Training loss against step") { curves, lossOut, window };
+        loss.SetAction(parse =>
+        {
+            LossChart(parse.GetValue(curves)!, parse.GetValue(window), parse.GetValue(lossOut)!);
+            return 0;
+        });
+        command.Subcommands.Add(qa);
+        command.Subcommands.Add(loss);
+        return command;
+    }
+
+    /// <summary>One point per mode: F1 over all questions against mean TTFT (log scale).</summary>
+    public static void QaChart(IReadOnlyList<QaScore> scores, string path)
+    {
+        var chart = new SvgChart($"Answer F1 vs time to first token ({scores.Where(s => s.Type == "all").Select(s => s.Questions).DefaultIfEmpty().Max()} questions)",
+            "mean time to first token (ms, log scale)", "F1 (all question types)") { LogX = true, YRange = (0, 1) };
+        foreach (var s in scores.Where(s => s.Type == "all"))
+            chart.Add(new ChartSeries(s.Mode, [(s.MeanTtftSeconds * 1e3, s.F1)], Labels: [string.Create(CultureInfo.InvariantCulture, $"{s.F1:F3}")]));
+        chart.Write(path);
+        Console.WriteLine($"wrote {path}");
+    }
+
+    private static void LossChart(IReadOnlyList<string> files, int window, string path)
+    {
+        // Later files win for a step logged twice (a call cut off after its last checkpoint repeats those steps).
+        var loss = new SortedDictionary<int, double>();
+        foreach (string file in files)
+            foreach (string line in File.ReadLines(file).Skip(1))
+            {
+                var fields = line.Split(',');
+                if (fields.Length < 2 || !int.TryParse(fields[0], CultureInfo.InvariantCulture, out int step) || !double.TryParse(fields[1], CultureInfo.InvariantCulture, out double value))
+                    throw new InvalidDataException($"{file}: '{line}' is not 'step,loss,…'");
+                loss[step] = value;
+            }
+        var points = loss.Chunk(Math.Max(1, window)).Select(chunk => ((double)chunk[^1].Key, chunk.Average(p => p.Value))).ToList();
+        new SvgChart($"Pre-training loss ({loss.Count} steps)", "step", $"loss (weighted cross-entropy, mean of {window} steps)")
+            .Add(new ChartSeries("loss", points, Line: true)).Write(path);
+        Console.WriteLine($"wrote {path}");
+    }
+
+    private static IEnumerable<QaScore> ReadScores(string file)
+    {
+        using var json = JsonDocument.Parse(File.ReadAllBytes(file));
+        if (!json.RootElement.TryGetProperty("scores", out var scores)) throw new InvalidDataException($"{file}: not an eval --task qa result (no 'scores')");
+        return scores.Deserialize<QaScore[]>() ?? [];
+    }
+}

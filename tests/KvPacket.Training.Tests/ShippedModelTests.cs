@@ -1,0 +1,59 @@
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Tokenization;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Rag;
+using KvPacket.Tests;
+using KvPacket.Training.Qa;
+using Xunit;
+
+namespace KvPacket.Training.Tests;
+
+/// <summary>The QA model the product ships (models/kvqa-17m): it loads, reads its own tokenizer, and answers from documents.</summary>
+public class ShippedModelTests
+{
+    private static readonly string ModelPath = Fixtures.ShippedModel("kvqa-17m");
+
+    [Fact]
+    public void It_answers_20_fixed_test_questions_with_full_recompute_at_80_percent_exact_match_and_not_from_memory()
+    {
+        using var checkpoint = CheckpointLoader.Load(ModelPath);
+        var tokenizer = TokenizerLoader.TryLoadNextTo(ModelPath)!;
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
+        var (_, test, _) = QaBenchmark.HeldOutWorlds(1);
+        var questions = QaBenchmark.Generate(test, "test", 3, 20).ToList();   // test.jsonl's first 20 lines (kvpacket corpus --seed 1)
+        var evaluation = new QaEvaluation(model, tokenizer);
+
+        var full = questions.Select(q => evaluation.Answer(q, "full")).ToList();
+        var closedBook = questions.Where(q => q.Type != "comparison").Select(q => evaluation.Answer(q, QaEvaluation.ClosedBook)).ToList();
+
+        double exact = full.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold));
+        Assert.True(exact >= 0.8, $"full recompute exact match {exact:F2}: " + string.Join("; ", full.Where(a => a.F1 < 1).Select(a => $"'{a.Question}' gold '{a.Gold}' got '{a.Prediction}'")));
+        // Without the documents it cannot know invented facts (comparisons name both candidates, so they are left out).
+        Assert.True(closedBook.Average(a => a.F1) <= 0.1, $"closed-book F1 {closedBook.Average(a => a.F1):F2}");
+    }
+
+    [Fact]
+    public void Its_tokenizer_round_trips_the_benchmark_text_and_its_adapters_load_for_it_alone()
+    {
+        var tokenizer = TokenizerLoader.TryLoadNextTo(ModelPath)!;
+        Assert.Equal(8192, tokenizer.VocabSize);
+        var (_, test, _) = QaBenchmark.HeldOutWorlds(1);
+        foreach (var example in QaBenchmark.Generate(test, "test", 3, 40))
+            foreach (string text in example.Documents.Select(QaPrompt.DocumentText).Append(QaPrompt.QuestionText(example.Question)))
+                Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
+
+        using var checkpoint = CheckpointLoader.Load(ModelPath);
+        var fingerprint = ModelFingerprint.Of(checkpoint);
+        int hidden = checkpoint.Config.HiddenSize;
+        var packet = AdapterFile.Read(Path.Combine(ModelPath, "kvpacket-adapter.safetensors"), fingerprint, hidden);
+        var links = AdapterFile.Read(Path.Combine(ModelPath, "kvlink-adapter.safetensors"), fingerprint, hidden);
+        Assert.True(packet.Header.Length > 0 && packet.Trailer.Length > 0 && packet.Header.Any(v => v != 0));
+        Assert.True(links.Links.Length > 0 && links.Links.Any(v => v != 0));
+
+        using var other = CheckpointLoader.Load(Fixtures.PathOf("stories260K/stories260K.bin"));
+        var error = Assert.Throws<InvalidDataException>(() => AdapterFile.Read(Path.Combine(ModelPath, "kvpacket-adapter.safetensors"), ModelFingerprint.Of(other), hidden));
+        Assert.Contains("trained for model", error.Message);
+    }
+}
