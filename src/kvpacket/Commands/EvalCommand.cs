@@ -40,7 +40,7 @@ internal static class EvalCommand
         var split = new Option<string?>("--split") { Description = "--task qa: the JSONL split to answer (kvpacket corpus)" };
         var limit = new Option<int>("--limit") { Description = "--task qa: questions answered (0: all)", DefaultValueFactory = _ => 0 };
         var store = new Option<string?>("--store") { Description = "--task qa: packet store holding the adapter for kvpacket / kvlink modes" };
-        var adapterName = new Option<string?>("--adapter") { Description = "--task qa: an adapter file (.safetensors), or with --store a stored adapter, NAME or NAME@VERSION" };
+        var adapterName = new Option<string?>("--adapter") { Description = "--task qa: adapter files FILE[,FILE] (.safetensors: a KV Packet and a KVLink one), or with --store a stored adapter, NAME or NAME@VERSION" };
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
@@ -147,7 +147,18 @@ internal static class EvalCommand
         {
             var fingerprint = Core.Model.ModelFingerprint.Of(checkpoint);
             if (storePath is null)
-                adapter = AdapterFile.Read(adapterName, fingerprint, checkpoint.Config.HiddenSize);
+            {
+                // FILE[,FILE]: a KV Packet file and a KVLink file together serve both modes in one run.
+                foreach (string file in adapterName.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    var read = AdapterFile.Read(file, fingerprint, checkpoint.Config.HiddenSize);
+                    if (adapter is null) { adapter = read; continue; }
+                    bool soft = read.Header.Length + read.Trailer.Length > 0;
+                    if ((soft && adapter.Header.Length + adapter.Trailer.Length > 0) || (read.Links.Length > 0 && adapter.Links.Length > 0))
+                        throw new ArgumentException($"--adapter: {file} gives soft tokens an earlier file already gave (combine one KV Packet and one KVLink adapter)");
+                    adapter = soft ? read with { Links = adapter.Links } : adapter with { Links = read.Links };
+                }
+            }
             else
             {
                 using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
