@@ -37,19 +37,19 @@ public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
             if (tokenizer is null) throw new ApiError(400, "'stop' strings need a tokenizer; this model has none (use 'stop_token_ids').");
             var strings = stop.ValueKind switch
             {
-                JsonValueKind.String => [stop.GetString()!],
-                JsonValueKind.Array => stop.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiError(400, "'stop' must be a string or an array of strings.")).ToArray(),
+                JsonValueKind.String => [Text(stop, "stop")],
+                JsonValueKind.Array => stop.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? Text(e, "stop[]") : throw new ApiError(400, "'stop' must be a string or an array of strings.")).ToArray(),
                 _ => throw new ApiError(400, "'stop' must be a string or an array of strings."),
             };
             stops.AddRange(strings.Where(x => x.Length > 0).Select(x => tokenizer.Encode(x)));
         }
         int[]? stopIds = body.TryGetProperty("stop_token_ids", out var ids) ? TokenArray(ids, "stop_token_ids") : null;
 
-        string modeText = body.TryGetProperty("mode", out var m) ? (m.ValueKind == JsonValueKind.String ? m.GetString()! : throw new ApiError(400, "'mode' must be a string.")) : "kvpacket";
+        string modeText = body.TryGetProperty("mode", out var m) ? (m.ValueKind == JsonValueKind.String ? Text(m, "mode") : throw new ApiError(400, "'mode' must be a string.")) : "kvpacket";
         if (!Enum.TryParse<RagMode>(modeText, ignoreCase: true, out var mode) || mode is RagMode.Epic or RagMode.CacheBlend)
             throw new ApiError(400, $"'mode' must be one of full, naive, kvpacket, kvlink; not '{modeText}'.");
         var packets = body.TryGetProperty("packets", out var pk)
-            ? (pk.ValueKind == JsonValueKind.Array ? pk.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new ApiError(400, "'packets' must be an array of packet ids.")).ToArray()
+            ? (pk.ValueKind == JsonValueKind.Array ? pk.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? Text(e, "packets[]") : throw new ApiError(400, "'packets' must be an array of packet ids.")).ToArray()
                 : throw new ApiError(400, "'packets' must be an array of packet ids."))
             : [];
         var documents = body.TryGetProperty("documents", out var docs)
@@ -70,7 +70,7 @@ public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
     /// <summary>Text (tokenized) or an array of token ids.</summary>
     public static int[] Tokens(JsonElement value, string field, ITokenizer? tokenizer) => value.ValueKind switch
     {
-        JsonValueKind.String when tokenizer is not null => tokenizer.Encode(value.GetString()!),
+        JsonValueKind.String when tokenizer is not null => tokenizer.Encode(Text(value, field)),
         JsonValueKind.String => throw new ApiError(400, $"'{field}' is text but this model has no tokenizer: send token ids."),
         JsonValueKind.Array => TokenArray(value, field),
         _ => throw new ApiError(400, $"'{field}' must be a string or an array of token ids."),
@@ -81,6 +81,13 @@ public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
         if (value.ValueKind != JsonValueKind.Array) throw new ApiError(400, $"'{field}' must be an array of token ids.");
         return value.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int id) && id >= 0 ? id
             : throw new ApiError(400, $"'{field}' must hold non-negative integer token ids.")).ToArray();
+    }
+
+    /// <summary>A JSON string as text; one with invalid UTF-8 or an escaped lone surrogate has no UTF-16 form and is refused, naming the field.</summary>
+    public static string Text(JsonElement value, string field)
+    {
+        try { return value.GetString()!; }
+        catch (InvalidOperationException) { throw new ApiError(400, $"'{field}' is not valid text (invalid UTF-8, or an escaped lone surrogate)."); }
     }
 
     private static int Integer(JsonElement body, string field, int fallback)
