@@ -105,11 +105,17 @@ public static class FuzzTargets
         try { document = JsonDocument.Parse(input); }
         catch (JsonException) { throw new ApiError(400, "the body is not valid JSON"); }
         using (document)
-            CompletionRequest.Parse(document.RootElement, RequestTokenizer, bos: 1, maxTokens: 4096);
+            CompletionRequest.Parse(document.RootElement, RequestTokenizer ??= RequestTokenizerPath is { } path ? TokenizerLoader.Load(path) : null, bos: 1, maxTokens: 4096);
     }
 
     /// <summary>The tokenizer the request target parses text prompts and stop strings with (none: token ids only).</summary>
     public static ITokenizer? RequestTokenizer { get; set; }
+
+    /// <summary>
+    /// Where <see cref="RequestTokenizer"/> is loaded from on first use — inside the fuzzing loop, since instrumented
+    /// code that runs before the fuzzer has mapped its coverage memory crashes.
+    /// </summary>
+    public static string? RequestTokenizerPath { get; set; }
 
     /// <summary>Bytes of a text, for seeds.</summary>
     public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);

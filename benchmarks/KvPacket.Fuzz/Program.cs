@@ -6,8 +6,7 @@ using SharpFuzz;
 // kvpacket-fuzz TARGET              run under afl-fuzz (benchmarks/fuzz.sh): each input through the target, out of process
 // kvpacket-fuzz replay TARGET FILE… run inputs once and say what each gave (triage, and what the CI test does)
 // kvpacket-fuzz seeds DIR           write small valid seed inputs for every target
-if (Environment.GetEnvironmentVariable("KVPACKET_FUZZ_TOKENIZER") is { } tokenizerPath)
-    FuzzTargets.RequestTokenizer = KvPacket.Core.Tokenization.TokenizerLoader.Load(tokenizerPath);
+FuzzTargets.RequestTokenizerPath = Environment.GetEnvironmentVariable("KVPACKET_FUZZ_TOKENIZER");
 if (args is ["seeds", var seedDirectory])
 {
     FuzzSeeds.Write(seedDirectory);

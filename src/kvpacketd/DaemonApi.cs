@@ -175,6 +175,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     {
         var scheduler = engine.Scheduler;
         var stored = packets();
+        var gc = GC.GetGCMemoryInfo();
         return metrics.Render(
         [
             ("kvpacket_requests_running", "Requests holding KV and generating.", scheduler.RunningCount),
@@ -188,6 +189,9 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             ("kvpacket_packet_resident_hits", "Packet acquires served from the resident tier.", stored?.ResidentHits ?? 0),
             ("kvpacket_packet_store_loads", "Packet acquires read from the store.", stored?.StoreLoads ?? 0),
             ("kvpacket_packet_builds", "Packets built and stored.", stored?.Builds ?? 0),
+            ("kvpacket_gc_heap_bytes", "Managed heap size after the last garbage collection.", gc.HeapSizeBytes),
+            ("kvpacket_gc_fragmented_bytes", "Free space inside the managed heap after the last collection.", gc.FragmentedBytes),
+            ("kvpacket_gc_committed_bytes", "Memory the garbage collector has committed.", gc.TotalCommittedBytes),
         ]);
     }
 }

@@ -90,6 +90,12 @@ public class ByteLevelBpeTokenizerTests
         Assert.Equal("model.merges[1]", error.Field);
         Assert.Contains("unknown token 'zz'", error.Message);
 
+        string missingBytes = Path.Combine(temp.Path, "e.json");
+        File.WriteAllText(missingBytes, """{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}}""");
+        error = Assert.Throws<TokenizerFormatException>(() => ByteLevelBpeTokenizer.LoadHuggingFace(missingBytes));
+        Assert.Equal("vocabulary", error.Field);
+        Assert.Contains("no token for the byte 0x00", error.Message);
+
         string notJson = Path.Combine(temp.Path, "c.json");
         File.WriteAllText(notJson, "{ \"model\": ");
         Assert.Contains("not valid JSON", Assert.Throws<TokenizerFormatException>(() => ByteLevelBpeTokenizer.LoadHuggingFace(notJson)).Message);

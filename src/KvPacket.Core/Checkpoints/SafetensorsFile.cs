@@ -44,14 +44,23 @@ public sealed unsafe class SafetensorsFile : IDisposable
                 throw new CheckpointFormatException(path, "header", "is not a JSON object");
             var tensors = new Dictionary<string, WeightTensor>();
             var metadata = new Dictionary<string, string>();
-            foreach (var entry in json.RootElement.EnumerateObject())
+            try
             {
-                if (entry.Name == "__metadata__")
+                foreach (var entry in json.RootElement.EnumerateObject())
                 {
-                    foreach (var m in entry.Value.EnumerateObject()) metadata[m.Name] = m.Value.ToString();
-                    continue;
+                    if (entry.Name == "__metadata__")
+                    {
+                        if (entry.Value.ValueKind != JsonValueKind.Object) throw new CheckpointFormatException(path, "__metadata__", $"is a {entry.Value.ValueKind}, not an object");
+                        foreach (var m in entry.Value.EnumerateObject()) metadata[m.Name] = m.Value.ToString();
+                        continue;
+                    }
+                    tensors[entry.Name] = ReadEntry(path, entry, file.Pointer + dataStart, dataLength);
                 }
-                tensors[entry.Name] = ReadEntry(path, entry, file.Pointer + dataStart, dataLength);
+            }
+            catch (InvalidOperationException e)
+            {
+                // System.Text.Json's answer to a name or string that is not valid UTF-8.
+                throw new CheckpointFormatException(path, "header", $"holds text that is not valid UTF-8 ({e.Message})", e);
             }
             return new SafetensorsFile(file, tensors, metadata);
         }

@@ -1,3 +1,4 @@
+using KvPacket.Core.Memory;
 using System.Buffers;
 using System.Text;
 using System.Text.Json;
@@ -138,6 +139,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             merges.Add(left, right, rank++, merged);
         }
 
+        RequireEveryByte(path, byteIds);
         var (pattern, addPrefixSpace) = ReadPreTokenizer(path, root.TryGetProperty("pre_tokenizer", out var pre) ? pre : default);
         PreTokenizer preTokenizer;
         try { preTokenizer = new PreTokenizer(pattern); }
@@ -246,6 +248,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
 
         var byteIds = new int[256];
         for (int b = 0; b < 256; b++) byteIds[b] = byBytes.TryGetValue(((char)b).ToString(), out int id) ? id : -1;
+        RequireEveryByte(path, byteIds);
         var merges = new MergeTable();
         foreach (var (key, rank) in byBytes)
             for (int split = 1; split < key.Length; split++)
@@ -271,14 +274,14 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
     /// <inheritdoc />
     public int[] Encode(string text, EncodeOptions options = default)
     {
-        int[] buffer = ArrayPool<int>.Shared.Rent(Encoding.UTF8.GetMaxByteCount(text.Length) + 4);
+        int[] buffer = ScratchArrays<int>.Rent(Encoding.UTF8.GetMaxByteCount(text.Length) + 4);
         try
         {
             return buffer.AsSpan(0, Encode(text, buffer, options)).ToArray();
         }
         finally
         {
-            ArrayPool<int>.Shared.Return(buffer);
+            ScratchArrays<int>.Return(buffer);
         }
     }
 
@@ -291,7 +294,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         char[]? prefixed = null;
         if (_addPrefixSpace && !text.IsEmpty && text[0] != ' ')
         {
-            prefixed = ArrayPool<char>.Shared.Rent(text.Length + 1);
+            prefixed = ScratchArrays<char>.Rent(text.Length + 1);
             prefixed[0] = ' ';
             text.CopyTo(prefixed.AsSpan(1));
             text = prefixed.AsSpan(0, text.Length + 1);
@@ -316,7 +319,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         }
         finally
         {
-            if (prefixed is not null) ArrayPool<char>.Shared.Return(prefixed);
+            if (prefixed is not null) ScratchArrays<char>.Return(prefixed);
         }
 
         if (options.AddEos) output.Put(EosId ?? throw new InvalidOperationException("This vocabulary has no EOS token."));
@@ -330,6 +333,13 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         output = state.Output;
     }
 
+    /// <summary>Byte-level BPE encodes any text only if each of the 256 bytes is a token; a file without them is refused at load.</summary>
+    private static void RequireEveryByte(string path, int[] byteIds)
+    {
+        int missing = Array.IndexOf(byteIds, -1);
+        if (missing >= 0) throw new TokenizerFormatException(path, "vocabulary", $"has no token for the byte 0x{missing:X2} (byte-level BPE needs one for each of the 256 bytes)");
+    }
+
     private void EncodeWord(ReadOnlySpan<char> word, ref Output output)
     {
         if (_cache.TryGet(word, out int[] cached))
@@ -337,13 +347,13 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             foreach (int id in cached) output.Put(id);
             return;
         }
-        byte[] utf8 = ArrayPool<byte>.Shared.Rent(Encoding.UTF8.GetMaxByteCount(word.Length));
-        int[] symbols = ArrayPool<int>.Shared.Rent(Encoding.UTF8.GetMaxByteCount(word.Length));
+        byte[] utf8 = ScratchArrays<byte>.Rent(Encoding.UTF8.GetMaxByteCount(word.Length));
+        int[] symbols = ScratchArrays<int>.Rent(Encoding.UTF8.GetMaxByteCount(word.Length));
         try
         {
             int n = Encoding.UTF8.GetBytes(word, utf8);
             for (int i = 0; i < n; i++)
-                symbols[i] = _byteIds[utf8[i]] >= 0 ? _byteIds[utf8[i]] : throw new InvalidOperationException($"The vocabulary has no token for byte 0x{utf8[i]:X2}.");
+                symbols[i] = _byteIds[utf8[i]];   // every byte has one (RequireEveryByte)
             n = _merges.Apply(symbols.AsSpan(0, n), default);
             var ids = symbols.AsSpan(0, n);
             foreach (int id in ids) output.Put(id);
@@ -351,8 +361,8 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(utf8);
-            ArrayPool<int>.Shared.Return(symbols);
+            ScratchArrays<byte>.Return(utf8);
+            ScratchArrays<int>.Return(symbols);
         }
     }
 

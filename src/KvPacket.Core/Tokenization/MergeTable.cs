@@ -1,3 +1,4 @@
+using KvPacket.Core.Memory;
 using System.Buffers;
 using System.Runtime.CompilerServices;
 
@@ -27,9 +28,9 @@ internal sealed class MergeTable
     {
         int n = symbols.Length;
         if (n < 2) return n;
-        int[] next = ArrayPool<int>.Shared.Rent(n);
-        int[] prev = ArrayPool<int>.Shared.Rent(n);
-        Candidate[] heap = ArrayPool<Candidate>.Shared.Rent(3 * n);
+        int[] next = ScratchArrays<int>.Rent(n);
+        int[] prev = ScratchArrays<int>.Rent(n);
+        Candidate[] heap = ScratchArrays<Candidate>.Rent(3 * n);
         try
         {
             int heapCount = 0;
@@ -65,9 +66,9 @@ internal sealed class MergeTable
         }
         finally
         {
-            ArrayPool<int>.Shared.Return(next);
-            ArrayPool<int>.Shared.Return(prev);
-            ArrayPool<Candidate>.Shared.Return(heap);
+            ScratchArrays<int>.Return(next);
+            ScratchArrays<int>.Return(prev);
+            ScratchArrays<Candidate>.Return(heap);
         }
     }
 

@@ -58,6 +58,8 @@ public sealed class SentencePieceTokenizer : ITokenizer
                     break;
             }
         }
+        if (_unkId < 0 && _byteIds.Contains(-1))
+            throw new TokenizerFormatException(file, "pieces", "there is neither an unknown piece nor a byte piece for every byte, so some text could not be encoded");
         _lookup = byText.GetAlternateLookup<ReadOnlySpan<char>>();
         _splitsAtWhitespace = byText.Keys.All(piece => piece.TrimStart(Whitespace).IndexOf(Whitespace) < 0);
 

@@ -9,6 +9,9 @@ namespace KvPacket.Core.Tokenization;
 internal sealed class WordCache
 {
     private const int Limit = 200_000;
+
+    /// <summary>Words longer than this are encoded every time: real words are short, and a megabyte "word" must not stay cached.</summary>
+    private const int LongestCached = 256;
     private readonly ConcurrentDictionary<string, int[]> _words = new();
     private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _lookup;
     private int _count;
@@ -19,6 +22,7 @@ internal sealed class WordCache
 
     public void Add(ReadOnlySpan<char> word, ReadOnlySpan<int> ids)
     {
+        if (word.Length > LongestCached) return;
         if (_count >= Limit)
         {
             _words.Clear();

@@ -23,6 +23,7 @@ internal static class BenchCommand
         command.Subcommands.Add(CreateTokenize());
         command.Subcommands.Add(CreateStore());
         command.Subcommands.Add(CreateServe());
+        command.Subcommands.Add(CreateBarrage());
         command.Subcommands.Add(Create("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode", Rag));
         return command;
     }
@@ -105,6 +106,27 @@ internal static class BenchCommand
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;
+        });
+        return command;
+    }
+
+    private static Command CreateBarrage()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint the daemon serves (default: the shipped kvqa-17m)" };
+        var seed = new Option<int>("--seed") { Description = "Seed of the random JSON bodies", DefaultValueFactory = _ => 1 };
+        var rounds = new Option<int>("--rounds") { Description = "Times the whole barrage is sent", DefaultValueFactory = _ => 3 };
+        var heapLimit = new Option<int>("--heap-limit-mb") { Description = "The daemon's managed-heap hard limit (0: none); a leak would end in OutOfMemory", DefaultValueFactory = _ => 256 };
+        var command = new Command("barrage", "Adversarial requests against a kvpacketd process, in rounds: status histogram (no 5xx allowed), RSS per round, same greedy tokens after") { model, seed, rounds, heapLimit };
+        command.SetAction(parse =>
+        {
+            var result = HostileBarrage.Run(parse.GetValue(model) ?? ShippedModel.Directory, parse.GetValue(seed), Math.Max(1, parse.GetValue(rounds)), parse.GetValue(heapLimit));
+            Console.WriteLine($"{result.Statuses.Values.Sum()} requests; status histogram (0 = connection ended without a response: slowloris, disconnected streams):");
+            foreach (var (status, count) in result.Statuses) Console.WriteLine($"  {status,3}: {count}");
+            Console.WriteLine($"daemon RSS before and after each round: {string.Join(" / ", result.Rss.Select(r => $"{r / 1048576.0:F1}"))} MiB; " +
+                              $"the same greedy completion afterwards: {(result.SameTokensAfter ? "identical" : "DIFFERENT")}");
+            for (int i = 0; i < result.Metrics.Length; i++) Console.WriteLine($"  {(i == 0 ? "before" : $"round {i}"),-8} RSS {result.Rss[i] / 1048576.0,6:F1} MiB; {result.Metrics[i]}");
+            foreach (string error in result.ServerErrors) Console.WriteLine($"  5xx: {error}");
+            return result.ServerErrors.Count == 0 && result.SameTokensAfter ? 0 : 1;
         });
         return command;
     }
