@@ -205,10 +205,21 @@ public class DaemonTests
         var returned = new List<string>();
         await using (var daemon = await DaemonProcess.StartAsync(store))
         {
-            var killer = Task.Run(async () => { await Task.Delay(700); daemon.Signal("KILL"); });
+            // Killed mid-ingestion once a few ingests have returned (not after a fixed time: a loaded machine may not have finished one).
+            int count = 0;
+            var killer = Task.Run(async () =>
+            {
+                while (Volatile.Read(ref count) < 5) await Task.Delay(10);
+                await Task.Delay(150);
+                daemon.Signal("KILL");
+            });
             for (int d = 0; ; d++)
             {
-                try { returned.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(20 + d % 50, d) }, 201)).GetProperty("id").GetString()!); }
+                try
+                {
+                    returned.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(20 + d % 50, d) }, 201)).GetProperty("id").GetString()!);
+                    Interlocked.Increment(ref count);
+                }
                 catch (Exception e) when (e is HttpRequestException or IOException or InvalidOperationException or TaskCanceledException) { break; }
             }
             await killer;

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace KvPacket.Core.Memory;
@@ -10,16 +11,18 @@ namespace KvPacket.Core.Memory;
 /// </summary>
 public static class ScratchArrays<T>
 {
-    /// <summary>Arrays up to this many bytes go back to the pool.</summary>
-    public const int MaxPooledBytes = 1 << 20;
+    /// <summary>
+    /// The longest array that is pooled: a power of two of at most 1 MiB. The pool hands out power-of-two lengths, so an
+    /// array no longer than this came from it and one longer did not.
+    /// </summary>
+    public static readonly int MaxPooledLength = 1 << BitOperations.Log2((uint)Math.Max(1, (1 << 20) / Unsafe.SizeOf<T>()));
 
     /// <summary>An array of at least <paramref name="length"/> elements.</summary>
-    public static T[] Rent(int length) =>
-        (long)length * Unsafe.SizeOf<T>() <= MaxPooledBytes ? ArrayPool<T>.Shared.Rent(length) : new T[length];
+    public static T[] Rent(int length) => length <= MaxPooledLength ? ArrayPool<T>.Shared.Rent(length) : new T[length];
 
-    /// <summary>Gives <paramref name="array"/> back: to the pool if it is small, to the collector otherwise.</summary>
+    /// <summary>Gives <paramref name="array"/> (from <see cref="Rent"/>) back: to the pool if it came from there, to the collector otherwise.</summary>
     public static void Return(T[] array)
     {
-        if ((long)array.Length * Unsafe.SizeOf<T>() <= 2L * MaxPooledBytes) ArrayPool<T>.Shared.Return(array);
+        if (array.Length <= MaxPooledLength) ArrayPool<T>.Shared.Return(array);
     }
 }

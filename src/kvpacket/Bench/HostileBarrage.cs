@@ -70,6 +70,8 @@ internal static class HostileBarrage
                 metrics.Add(Metrics(socket));
             }
             string after = Send(socket, probe).Body;
+            lock (log)
+                serverErrors.AddRange(log.ToString().Split('\n').Where(l => l.Contains(" failed: ", StringComparison.Ordinal)).Select(l => "daemon log: " + l.Trim()));
             return new Result(statuses, [.. rss], [.. metrics], Tokens(before) == Tokens(after) && Tokens(before).Length > 0, serverErrors);
         }
         finally
