@@ -14,10 +14,10 @@ namespace KvPacket.Daemon;
 public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
 {
     /// <summary>Parses <paramref name="body"/>; anything wrong is an <see cref="ApiError"/> (400) naming the field.</summary>
-    public static CompletionRequest Parse(JsonElement body, ITokenizer? tokenizer, int bos, int maxTokens)
+    public static CompletionRequest Parse(JsonElement body, ITokenizer? tokenizer, int bos, int maxTokens, int context)
     {
         if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "the body must be a JSON object.");
-        int[] prompt = body.TryGetProperty("prompt", out var p) ? Tokens(p, "prompt", tokenizer) : throw new ApiError(400, "'prompt' is required.");
+        int[] prompt = body.TryGetProperty("prompt", out var p) ? Tokens(p, "prompt", tokenizer, context) : throw new ApiError(400, "'prompt' is required.");
         if (prompt.Length > 0 && prompt[0] == bos) prompt = prompt[1..]; // BOS goes first, before any documents
         if (prompt.Length == 0) throw new ApiError(400, "'prompt' must not be empty (beyond BOS).");
         int max = Integer(body, "max_tokens", 16);
@@ -53,7 +53,7 @@ public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
                 : throw new ApiError(400, "'packets' must be an array of packet ids."))
             : [];
         var documents = body.TryGetProperty("documents", out var docs)
-            ? (docs.ValueKind == JsonValueKind.Array ? docs.EnumerateArray().Select(d => Tokens(d, "documents[]", tokenizer)).ToArray() : throw new ApiError(400, "'documents' must be an array."))
+            ? (docs.ValueKind == JsonValueKind.Array ? docs.EnumerateArray().Select(d => Tokens(d, "documents[]", tokenizer, context)).ToArray() : throw new ApiError(400, "'documents' must be an array."))
             : [];
         if (packets.Length == 0 && documents.Length == 0 && mode != RagMode.Full) mode = RagMode.Full; // no documents: a plain completion
 
@@ -67,14 +67,30 @@ public sealed record CompletionRequest(EngineRequest Engine, bool Stream)
         return new CompletionRequest(new EngineRequest { Prefix = [bos], Packets = packets, Documents = documents, Prompt = prompt, Mode = mode, Limits = limits }, stream);
     }
 
-    /// <summary>Text (tokenized) or an array of token ids.</summary>
-    public static int[] Tokens(JsonElement value, string field, ITokenizer? tokenizer) => value.ValueKind switch
+    /// <summary>
+    /// Text (tokenized) or an array of token ids. Text so long that it could not fit in <paramref name="context"/> tokens
+    /// even if every token were the vocabulary's longest is refused before it is tokenized: a megabyte "word" would cost
+    /// the tokenizer a hundred megabytes for nothing.
+    /// </summary>
+    public static int[] Tokens(JsonElement value, string field, ITokenizer? tokenizer, int context) => value.ValueKind switch
     {
-        JsonValueKind.String when tokenizer is not null => tokenizer.Encode(Text(value, field)),
+        JsonValueKind.String when tokenizer is not null => Text(value, field) is var text && text.Length > (long)context * LongestToken(tokenizer)
+            ? throw new ApiError(400, $"'{field}' has {text.Length} characters, more than {context} tokens (the model's context) can hold.")
+            : tokenizer.Encode(text),
         JsonValueKind.String => throw new ApiError(400, $"'{field}' is text but this model has no tokenizer: send token ids."),
         JsonValueKind.Array => TokenArray(value, field),
         _ => throw new ApiError(400, $"'{field}' must be a string or an array of token ids."),
     };
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ITokenizer, object> Longest = [];
+
+    /// <summary>The most characters one token can stand for: its UTF-8 bytes, at least one per character.</summary>
+    private static int LongestToken(ITokenizer tokenizer) => (int)Longest.GetValue(tokenizer, t =>
+    {
+        int longest = 1;
+        for (int id = 0; id < t.VocabSize; id++) longest = Math.Max(longest, t.TokenBytes(id).Length);
+        return longest + 1;   // SentencePiece's dummy prefix: one more character than its bytes
+    });
 
     private static int[] TokenArray(JsonElement value, string field)
     {

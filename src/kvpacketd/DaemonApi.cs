@@ -39,7 +39,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             var body = await ReadBody(context);
             if (!body.TryGetProperty("text", out var document) && !body.TryGetProperty("tokens", out document))
                 throw new ApiError(400, "give the document as 'text' or as 'tokens'.");
-            int[] tokens = CompletionRequest.Tokens(document, "text/tokens", tokenizer);
+            int[] tokens = CompletionRequest.Tokens(document, "text/tokens", tokenizer, engine.Config.MaxContextLength);
             if (tokens.Length == 0) throw new ApiError(400, "the document is empty.");
             if (tokens.Length > engine.Config.MaxContextLength) throw new ApiError(400, $"the document has {tokens.Length} tokens; the model's context is {engine.Config.MaxContextLength}.");
             if (tokens.Any(t => t >= engine.Config.VocabSize)) throw new ApiError(400, $"token ids must be below the vocabulary size {engine.Config.VocabSize}.");
@@ -48,7 +48,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         }));
         app.MapPost("/v1/completions", context => Handle(context, async () =>
         {
-            var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens);
+            var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength);
             return await Complete(context, request);
         }));
         app.MapPost("/v1/chat/completions", context => Respond(context, () =>
