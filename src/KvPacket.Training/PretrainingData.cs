@@ -5,9 +5,9 @@ namespace KvPacket.Training;
 /// <summary>
 /// A token corpus for causal language modelling: a token file, one document (or example) per line, ids separated by
 /// spaces or commas; each <c>|</c> switches the weighting of the tokens after it on or off (answers: their loss counts
-/// <see cref="AnswerWeight"/> times; a line asking several questions weights each answer and none of the questions). Read as one stream (each line preceded by BOS and followed by EOS when the model
-/// has them) cut into windows, or as whole examples packed into sequences — each example attending only to itself, at
-/// positions from 0. What a step sees depends only on (seed, step, slot), so a resumed run sees exactly what an
+/// <see cref="AnswerWeight"/> times; a line asking several questions weights each answer and none of the questions).
+/// Read as one stream (each line preceded by BOS and followed by EOS when the model has them) cut into windows, or as
+/// whole examples packed into sequences — each example attending only to itself, at positions from 0. What a step sees depends only on (seed, step, slot), so a resumed run sees exactly what an
 /// uninterrupted one would.
 /// </summary>
 public sealed class PretrainingData

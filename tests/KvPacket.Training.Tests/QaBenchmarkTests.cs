@@ -71,6 +71,23 @@ public class QaBenchmarkTests
     }
 
     [Fact]
+    public void Follow_up_questions_are_answered_by_their_gold_documents_and_leave_the_first_question_as_it_was()
+    {
+        var (_, _, reserved) = QaBenchmark.HeldOutWorlds(5);
+        var single = QaBenchmark.GenerateTraining(5, reserved, 200).ToList();
+        var asked = QaBenchmark.GenerateTraining(5, reserved, 200, questions: 4).ToList();
+        Assert.Equal(single.Select(e => (e.Question, e.Answers[0], e.Documents.Length)), asked.Select(e => (e.Question, e.Answers[0], e.Documents.Length)));
+        var followUps = asked.SelectMany(e => (e.FollowUps ?? []).Select(f => (Example: e, FollowUp: f))).ToList();
+        Assert.True(followUps.Count >= 400, $"{followUps.Count} follow-ups over 200 lines");
+        Assert.True(followUps.Select(f => f.FollowUp.Type).Distinct().Count() == 4, "every type is asked as a follow-up");
+        foreach (var (example, followUp) in followUps)
+        {
+            Assert.NotEqual(example.Question, followUp.Question);
+            Assert.Contains(followUp.Answers[0], string.Join(" ", followUp.Gold.Select(g => example.Documents[g].Text)));
+        }
+    }
+
+    [Fact]
     public void A_multi_hop_answer_is_rarely_in_the_document_of_the_entity_the_question_names()
     {
         var (_, _, reserved) = QaBenchmark.HeldOutWorlds(4);

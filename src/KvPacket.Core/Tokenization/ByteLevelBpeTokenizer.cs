@@ -1,5 +1,4 @@
 using KvPacket.Core.Memory;
-using System.Buffers;
 using System.Text;
 using System.Text.Json;
 

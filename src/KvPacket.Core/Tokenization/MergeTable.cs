@@ -1,5 +1,4 @@
 using KvPacket.Core.Memory;
-using System.Buffers;
 using System.Runtime.CompilerServices;
 
 namespace KvPacket.Core.Tokenization;
