@@ -110,6 +110,24 @@ public class MalformedCheckpointTests
         Assert.Equal("output_norm.weight", error.Field);
     }
 
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(0)]
+    [InlineData(3)]
+    [InlineData(1 << 30)]
+    [InlineData("32")]
+    [InlineData(32.0f)]
+    public void A_GGUF_alignment_that_is_not_a_small_power_of_two_is_named(object alignment)
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "m.gguf");
+        GgufWriter.Write(path, [new("general.architecture", "llama"), new("general.alignment", alignment)], []);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(path));
+
+        Assert.Equal("general.alignment", error.Field);
+    }
+
     [Fact]
     public void A_Hugging_Face_directory_missing_a_tensor_names_it()
     {

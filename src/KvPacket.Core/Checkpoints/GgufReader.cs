@@ -50,7 +50,12 @@ public static class GgufReader
                 infos.Add((name, dims, (GgufFormat.TensorType)cursor.UInt32(name), cursor.UInt64(name)));
             }
 
-            long alignment = metadata.TryGetValue("general.alignment", out var a) ? Convert.ToInt64(a) : GgufFormat.DefaultAlignment;
+            long alignment = !metadata.TryGetValue("general.alignment", out var a) ? GgufFormat.DefaultAlignment : a switch
+            {
+                byte or sbyte or short or ushort or int or uint or long => Convert.ToInt64(a, System.Globalization.CultureInfo.InvariantCulture),
+                ulong u => u > long.MaxValue ? -1 : (long)u,
+                _ => throw new CheckpointFormatException(path, "general.alignment", $"is a {a.GetType().Name}, not an integer"),
+            };
             if (alignment is < 1 or > 1 << 20 || (alignment & (alignment - 1)) != 0)
                 throw new CheckpointFormatException(path, "general.alignment", $"{alignment} is not a power of two in [1, 2^20]");
             long dataStart = (cursor.Position + alignment - 1) / alignment * alignment;
