@@ -1,5 +1,4 @@
 using System.IO.Hashing;
-using System.Text;
 using System.Text.Json;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Model;
@@ -32,13 +31,13 @@ public static class FuzzTargets
         {
             switch (target)
             {
-                case "llama2c": Llama2CCheckpointReader.Read(File(input, "model.bin")).Dispose(); break;
-                case "safetensors": SafetensorsFile.Open(File(input, "model.safetensors")).Dispose(); break;
-                case "gguf": GgufReader.Read(File(input, "model.gguf")).Dispose(); break;
-                case "hf-config": HuggingFaceConfig.Read(File(input, "config.json")); break;
-                case "sentencepiece": Exercise(SentencePieceTokenizer.Load(File(input, "tokenizer.model"))); break;
-                case "tokenizer-json": Exercise(ByteLevelBpeTokenizer.LoadHuggingFace(File(input, "tokenizer.json"))); break;
-                case "tiktoken": Exercise(ByteLevelBpeTokenizer.LoadTiktoken(File(input, "tokenizer.model"))); break;
+                case "llama2c": Llama2CCheckpointReader.Read(ScratchFile(input, "model.bin")).Dispose(); break;
+                case "safetensors": SafetensorsFile.Open(ScratchFile(input, "model.safetensors")).Dispose(); break;
+                case "gguf": GgufReader.Read(ScratchFile(input, "model.gguf")).Dispose(); break;
+                case "hf-config": HuggingFaceConfig.Read(ScratchFile(input, "config.json")); break;
+                case "sentencepiece": Exercise(SentencePieceTokenizer.Load(ScratchFile(input, "tokenizer.model"))); break;
+                case "tokenizer-json": Exercise(ByteLevelBpeTokenizer.LoadHuggingFace(ScratchFile(input, "tokenizer.json"))); break;
+                case "tiktoken": Exercise(ByteLevelBpeTokenizer.LoadTiktoken(ScratchFile(input, "tokenizer.model"))); break;
                 case "store-codecs": StoreCodecs(input); break;
                 case "request": Request(input); break;
                 default: throw new ArgumentException($"unknown fuzz target '{target}' (one of {string.Join(", ", Names)})");
@@ -61,10 +60,10 @@ public static class FuzzTargets
         _ => false,
     };
 
-    private static string File(byte[] input, string name)
+    private static string ScratchFile(byte[] input, string name)
     {
         string path = Path.Combine(Scratch, name);
-        System.IO.File.WriteAllBytes(path, input);
+        File.WriteAllBytes(path, input);
         return path;
     }
 
@@ -116,7 +115,4 @@ public static class FuzzTargets
     /// code that runs before the fuzzer has mapped its coverage memory crashes.
     /// </summary>
     public static string? RequestTokenizerPath { get; set; }
-
-    /// <summary>Bytes of a text, for seeds.</summary>
-    public static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 }

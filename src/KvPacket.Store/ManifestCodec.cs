@@ -41,7 +41,7 @@ internal static class ManifestCodec
             int[] tokens = MemoryMarshal.Cast<byte, int>(rest.Slice(4, checked(tokenCount * 4))).ToArray();
             rest = rest[(4 + tokenCount * 4)..];
             int pageCount = BinaryPrimitives.ReadInt32LittleEndian(rest);
-            if (pageCount < 0 || pageCount > (rest.Length - 4) / 12) throw new OverflowException();   // before allocating: the pages must be in the payload
+            if (pageCount < 0 || pageCount > (rest.Length - 4) / 12) throw new CorruptRecordException($"manifest at log address {address} counts {pageCount} pages; its payload holds at most {Math.Max(0, (rest.Length - 4) / 12)}.");
             var pages = new RecordRef[pageCount];
             for (int i = 0; i < pageCount; i++)
                 pages[i] = new RecordRef(BinaryPrimitives.ReadInt64LittleEndian(rest[(4 + i * 12)..]), BinaryPrimitives.ReadInt32LittleEndian(rest[(12 + i * 12)..]));

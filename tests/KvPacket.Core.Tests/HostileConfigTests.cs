@@ -20,35 +20,25 @@ public class HostileConfigTests
     [InlineData("eos_token_id", "\"x\"")]
     [InlineData("bos_token_id", "-5")]
     [InlineData("max_position_embeddings", "0")]
-    public void A_nonsense_value_is_named(string field, string value)
-    {
-        using var temp = Fixtures.TempDirectory();
-        foreach (string file in Directory.GetFiles(Fixtures.PathOf("tiny-llama3"))) File.Copy(file, Path.Combine(temp.Path, Path.GetFileName(file)));
-        string config = Path.Combine(temp.Path, "config.json");
-        var json = JsonNode.Parse(File.ReadAllText(config))!;
-        json[field] = JsonNode.Parse(value);
-        File.WriteAllText(config, json.ToJsonString());
-
-        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
-
-        Assert.Equal(field, error.Field);
-    }
+    public void A_nonsense_value_is_named(string field, string value) =>
+        Assert.Equal(field, LoadWithConfig(json => json[field] = JsonNode.Parse(value)).Field);
 
     [Theory]
     [InlineData("factor", "0")]
     [InlineData("factor", "-1")]
     [InlineData("high_freq_factor", "0.5")]
-    public void A_nonsense_rope_scaling_is_named(string field, string value)
+    public void A_nonsense_rope_scaling_is_named(string field, string value) =>
+        Assert.StartsWith("rope_scaling.", LoadWithConfig(json => (json["rope_parameters"] ?? json["rope_scaling"])![field] = JsonNode.Parse(value)).Field);
+
+    /// <summary>Loads a copy of tiny-llama3 whose config.json <paramref name="edit"/> changed; returns the format error it must give.</summary>
+    private static CheckpointFormatException LoadWithConfig(Action<JsonNode> edit)
     {
         using var temp = Fixtures.TempDirectory();
         foreach (string file in Directory.GetFiles(Fixtures.PathOf("tiny-llama3"))) File.Copy(file, Path.Combine(temp.Path, Path.GetFileName(file)));
         string config = Path.Combine(temp.Path, "config.json");
         var json = JsonNode.Parse(File.ReadAllText(config))!;
-        (json["rope_parameters"] ?? json["rope_scaling"])![field] = JsonNode.Parse(value);
+        edit(json);
         File.WriteAllText(config, json.ToJsonString());
-
-        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
-
-        Assert.StartsWith("rope_scaling.", error.Field);
+        return Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
     }
 }

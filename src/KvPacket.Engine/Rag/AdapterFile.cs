@@ -58,4 +58,23 @@ public static class AdapterFile
         }
         return new Adapter(Meta("name"), version, values[0], values[1], values[2]);
     }
+
+    /// <summary>
+    /// One adapter from several files — a KV Packet one (header/trailer) and a KVLink one (links) — so both modes run
+    /// with one engine; two files that both give soft tokens, or both links, are refused.
+    /// </summary>
+    public static Adapter ReadCombined(IReadOnlyList<string> paths, ModelFingerprint model, int hidden)
+    {
+        if (paths.Count == 0) throw new ArgumentException("no adapter file given");
+        var combined = Read(paths[0], model, hidden);
+        foreach (string path in paths.Skip(1))
+        {
+            var next = Read(path, model, hidden);
+            bool soft = next.Header.Length + next.Trailer.Length > 0;
+            if ((soft && combined.Header.Length + combined.Trailer.Length > 0) || (next.Links.Length > 0 && combined.Links.Length > 0))
+                throw new ArgumentException($"{path} gives soft tokens an earlier adapter file already gave (combine one KV Packet and one KVLink adapter)");
+            combined = soft ? next with { Links = combined.Links } : combined with { Links = next.Links };
+        }
+        return combined;
+    }
 }

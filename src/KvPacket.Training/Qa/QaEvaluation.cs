@@ -49,6 +49,21 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
         return new QaAnswer(example.Id, mode, example.Type, example.Question, gold, prediction, AnswerScore.F1(prediction, gold), result.TimeToFirstTokenSeconds, result.DocumentFlops);
     }
 
+    /// <summary>Each mode's scores over <paramref name="answers"/>: per question type and over all ("all").</summary>
+    public static IReadOnlyList<QaScore> Score(IReadOnlyList<QaAnswer> answers, IReadOnlyList<string> modes)
+    {
+        var scores = new List<QaScore>();
+        foreach (string mode in modes)
+            foreach (string type in QaBenchmark.Types.Append("all"))
+            {
+                var set = answers.Where(a => a.Mode == mode && (type == "all" || a.Type == type)).ToList();
+                if (set.Count == 0) continue;
+                scores.Add(new QaScore(mode, type, set.Count, set.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold)), set.Average(a => a.F1),
+                    set.Average(a => AnswerScore.Contains(a.Prediction, a.Gold)), set.Average(a => a.TtftSeconds), set.Average(a => a.DocumentFlops)));
+            }
+        return scores;
+    }
+
     /// <summary>Scores every mode on <paramref name="examples"/>: per question type and over all ("all").</summary>
     public (IReadOnlyList<QaScore> Scores, IReadOnlyList<QaAnswer> Answers) Run(IReadOnlyList<QaExample> examples, IReadOnlyList<string> modes, Action<int>? progress = null)
     {
@@ -59,15 +74,6 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
             foreach (string mode in modes) answers.Add(Answer(example, mode));
             progress?.Invoke(++done);
         }
-        var scores = new List<QaScore>();
-        foreach (string mode in modes)
-            foreach (string type in QaBenchmark.Types.Append("all"))
-            {
-                var set = answers.Where(a => a.Mode == mode && (type == "all" || a.Type == type)).ToList();
-                if (set.Count == 0) continue;
-                scores.Add(new QaScore(mode, type, set.Count, set.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold)), set.Average(a => a.F1),
-                    set.Average(a => AnswerScore.Contains(a.Prediction, a.Gold)), set.Average(a => a.TtftSeconds), set.Average(a => a.DocumentFlops)));
-            }
-        return (scores, answers);
+        return (Score(answers, modes), answers);
     }
 }

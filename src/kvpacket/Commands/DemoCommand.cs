@@ -35,12 +35,10 @@ internal static class DemoCommand
             var tokenizer = TokenizerLoader.TryLoadNextTo(modelPath) ?? throw new InvalidDataException($"{modelPath}: no tokenizer.json beside the model");
             var fingerprint = ModelFingerprint.Of(checkpoint);
             int hidden = checkpoint.Config.HiddenSize;
-            var packetAdapter = AdapterFile.Read(Path.Combine(modelPath, ShippedModel.KvPacketAdapter), fingerprint, hidden);
-            var linkAdapter = AdapterFile.Read(Path.Combine(modelPath, ShippedModel.KvLinkAdapter), fingerprint, hidden);
-            var adapter = packetAdapter with { Links = linkAdapter.Links };   // header/trailer for kvpacket, links for kvlink
+            var adapter = AdapterFile.ReadCombined([Path.Combine(modelPath, ShippedModel.KvPacketAdapter), Path.Combine(modelPath, ShippedModel.KvLinkAdapter)], fingerprint, hidden);
             Console.WriteLine($"model: {Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))}, {checkpoint.ParameterCount:N0} parameters " +
                               $"({checkpoint.Config.LayerCount} layers × {hidden}, {checkpoint.Config.HeadCount}/{checkpoint.Config.KvHeadCount} heads, vocabulary {checkpoint.Config.VocabSize}); " +
-                              $"adapters: KV Packet {packetAdapter.Header.Length / hidden}+{packetAdapter.Trailer.Length / hidden} soft tokens, KVLink {linkAdapter.Links.Length / hidden} links");
+                              $"adapters: KV Packet {adapter.Header.Length / hidden}+{adapter.Trailer.Length / hidden} soft tokens, KVLink {adapter.Links.Length / hidden} links");
 
             var (_, testWorld, _) = QaBenchmark.HeldOutWorlds(1);
             var examples = QaBenchmark.Generate(testWorld, "test", 3, count).ToList();   // = kvpacket corpus --seed 1: test.jsonl's first lines
@@ -48,7 +46,7 @@ internal static class DemoCommand
             string storePath = Path.Combine(Path.GetTempPath(), $"kvpacket-demo-{Environment.ProcessId}");
             try
             {
-                Ingest(transformer, tokenizer, examples, packetAdapter, storePath);
+                Ingest(transformer, tokenizer, examples, adapter, storePath);
                 // A fresh read-only handle, as a server has after a restart: every packet comes from the store, none is rebuilt.
                 using var store = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
                 using var packets = new StoredPackets(transformer, store);
@@ -69,12 +67,8 @@ internal static class DemoCommand
                 Console.WriteLine();
                 Console.WriteLine($"{answers.Count / Modes.Length} questions, {packets.StoreLoads} packet loads ({packets.BytesLoaded / 1e6:F1} MB) from the store, {packets.Builds} rebuilt");
                 Console.WriteLine($"{"mode",-12} {"EM",5} {"F1",5} {"TTFT ms",8} {"doc GFLOP",10}");
-                foreach (string mode in Modes)
-                {
-                    var set = answers.Where(a => a.Mode == mode).ToList();
-                    Console.WriteLine($"{mode,-12} {set.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold)),5:F2} {set.Average(a => a.F1),5:F2} " +
-                                      $"{set.Average(a => a.TtftSeconds) * 1e3,8:F1} {set.Average(a => a.DocumentFlops) / 1e9,10:F2}");
-                }
+                foreach (var score in QaEvaluation.Score(answers, Modes).Where(s => s.Type == "all"))
+                    Console.WriteLine($"{score.Mode,-12} {score.ExactMatch,5:F2} {score.F1,5:F2} {score.MeanTtftSeconds * 1e3,8:F1} {score.MeanDocumentFlops / 1e9,10:F2}");
                 return 0;
             }
             finally

@@ -147,18 +147,7 @@ internal static class EvalCommand
         {
             var fingerprint = Core.Model.ModelFingerprint.Of(checkpoint);
             if (storePath is null)
-            {
-                // FILE[,FILE]: a KV Packet file and a KVLink file together serve both modes in one run.
-                foreach (string file in adapterName.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    var read = AdapterFile.Read(file, fingerprint, checkpoint.Config.HiddenSize);
-                    if (adapter is null) { adapter = read; continue; }
-                    bool soft = read.Header.Length + read.Trailer.Length > 0;
-                    if ((soft && adapter.Header.Length + adapter.Trailer.Length > 0) || (read.Links.Length > 0 && adapter.Links.Length > 0))
-                        throw new ArgumentException($"--adapter: {file} gives soft tokens an earlier file already gave (combine one KV Packet and one KVLink adapter)");
-                    adapter = soft ? read with { Links = adapter.Links } : adapter with { Links = read.Links };
-                }
-            }
+                adapter = AdapterFile.ReadCombined(adapterName.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), fingerprint, checkpoint.Config.HiddenSize);
             else
             {
                 using var packets = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
