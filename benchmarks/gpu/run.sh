@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
-#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters)
+#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -120,6 +120,35 @@ with open('/tmp/corpus.tokens','w') as f:
                 --device cuda --store /tmp/qa-store --name $name --out "$out/qa-adapter-$name.json" 2>&1 | grep -v '%$' | tee -a "$out/qa-adapters.txt" || status=1
             tar czf "$out/qa-adapters-store.tar.gz" -C /tmp qa-store
         done
+    fi
+    if [[ " $parts " == *" qa-tokenizer "* ]]; then
+        # The shipped tokenizer.json read by Hugging Face tokenizers: 1,000 strings (unseen test-split text and odd inputs) encode alike.
+        "$k" corpus --out /tmp/qa-tok --seed 7 --train 10 --validation 10 --test 300 >/dev/null
+        "$k" tokenizer samples /tmp/qa-tok/test.jsonl --tokenizer models/kvqa-17m/tokenizer.json --out /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt"
+        python3 benchmarks/gpu/tokenizer_check.py models/kvqa-17m/tokenizer.json /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt" || status=1
+    fi
+    if [[ " $parts " == *" qa-finetune "* ]]; then
+        # KVLink's recipe on the shipped QA model: every weight and 5 link tokens fine-tuned on mixed data (half full attention,
+        # half separate documents + links), answers scored, on training questions the model never saw (seed 1, examples
+        # after the 600,000 it was pre-trained on, 4-10 documents). Variants "name batch learning-rate steps"; each is
+        # evaluated on the test split's first QA_EVAL questions here, and the best kvlink F1's model comes back.
+        n=${QA_FINETUNE_EXAMPLES:-200000}
+        "$k" corpus --out /tmp/qa-ft --train $((600000 + n + 200)) --min-train-documents 4 --validation 10 --test 2000 | tee -a "$out/qa-finetune.txt"
+        tail -n $((n + 200)) /tmp/qa-ft/train.jsonl > /tmp/qa-ft/unseen.jsonl
+        IFS=';' read -ra variants <<< "${QA_FINETUNE_VARIANTS:-b128-lr1e-4 128 1e-4 1500}"
+        for variant in "${variants[@]}"; do
+            set -- $variant
+            "$k" finetune --mode kvlink -m models/kvqa-17m --qa /tmp/qa-ft/unseen.jsonl --train-examples $n --held-out 200 --links 5 \
+                --batch $2 --learning-rate $3 --steps $4 --warmup 100 --eval-every 250 --time-limit ${QA_SECONDS:-300} --max-shard-mb 15 --out /tmp/ft-$1 \
+                | sed "s/^/$1: /" | tee -a "$out/qa-finetune.txt" || status=1
+            "$k" eval --task qa -m /tmp/ft-$1 --split /tmp/qa-ft/test.jsonl --limit ${QA_EVAL:-400} --modes full,naive,kvlink --adapter /tmp/ft-$1/kvlink-adapter.safetensors \
+                --out "$out/eval-ft-$1.json" | grep -E '^(mode|full|naive|kvlink) ' | sed "s/^/$1: /" | tee -a "$out/qa-finetune.txt" || status=1
+        done
+        tar czf "$out/eval-ft.tar.gz" -C "$out" $(cd "$out" && ls eval-ft-*.json)
+        best=$(python3 -c "import json,glob; print(max(glob.glob('$out/eval-ft-*.json'), key=lambda f: [s['F1'] for s in json.load(open(f))['scores'] if s['Mode']=='kvlink' and s['Type']=='all'][0])[len('$out/eval-ft-'):-5])")
+        echo "best kvlink F1: $best" | tee -a "$out/qa-finetune.txt"
+        rm "$out"/eval-ft-*.json
+        mkdir -p "$out/kvqa-17m-kvlink" && cp /tmp/ft-$best/{config.json,kvlink-adapter.safetensors,model-0000*} "$out/kvqa-17m-kvlink/"
     fi
     if [[ " $parts " == *" speed "* ]]; then
         # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.

@@ -1,5 +1,5 @@
 """Our byte-level BPE tokenizer.json read by the Hugging Face `tokenizers` library: every sample string that
-`kvpacket tokenizer train --check FILE` wrote with our ids must encode to the same ids there, and decode back.
+`kvpacket tokenizer samples CORPUS --tokenizer T --out FILE` wrote with our ids must encode to the same ids there, and decode back.
 
 usage: python3 tokenizer_check.py tokenizer.json check.jsonl
 """

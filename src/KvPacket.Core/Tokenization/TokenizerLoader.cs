@@ -17,11 +17,11 @@ public static class TokenizerLoader
     }
 
     /// <summary>The tokenizer beside a checkpoint (its directory, or the directory of its file), if there is one.</summary>
-    public static ITokenizer? TryLoadNextTo(string checkpointPath)
-    {
-        string directory = Directory.Exists(checkpointPath) ? checkpointPath : Path.GetDirectoryName(Path.GetFullPath(checkpointPath))!;
-        return FindIn(directory) is { } found ? Load(found) : null;
-    }
+    public static ITokenizer? TryLoadNextTo(string checkpointPath) => FileNextTo(checkpointPath) is { } found ? Load(found) : null;
+
+    /// <summary>The path of the tokenizer file beside a checkpoint (its directory, or the directory of its file), if there is one.</summary>
+    public static string? FileNextTo(string checkpointPath) =>
+        FindIn(Directory.Exists(checkpointPath) ? checkpointPath : Path.GetDirectoryName(Path.GetFullPath(checkpointPath))!);
 
     private static string? FindIn(string directory) =>
         new[] { "tokenizer.json", "tokenizer.model" }.Select(name => Path.Combine(directory, name)).FirstOrDefault(File.Exists);

@@ -37,6 +37,8 @@ public sealed record FineTuningOptions
     public int EvaluateEvery { get; init; } = 50;
     /// <summary>Checkpoint file (resumed from when it exists).</summary>
     public string? CheckpointPath { get; init; }
+    /// <summary>Wall-clock budget: once spent, the run evaluates, checkpoints and returns what it has (null: none).</summary>
+    public TimeSpan? TimeLimit { get; init; }
 
     /// <summary>What a checkpoint must match to be resumed.</summary>
     public string Signature(string model) => string.Create(CultureInfo.InvariantCulture,
@@ -94,12 +96,14 @@ public static class CudaKvLinkFineTuning
             double rate = AdamW.Schedule(step, options.Steps, options.WarmupSteps, options.LearningRate);
             gpu.Step(rate, options.ClipNorm, options.WeightDecay);
             step++;
-            if (step % options.EvaluateEvery == 0 || step == options.Steps)
+            bool outOfTime = clock.Elapsed >= options.TimeLimit;
+            if (step % options.EvaluateEvery == 0 || step == options.Steps || outOfTime)
             {
                 (kvLink, full) = (HeldOut(gpu, heldOut, RagMode.KvLink, options), HeldOut(gpu, heldOut, RagMode.Full, options));
                 if (options.CheckpointPath is { } checkpointPath) gpu.SaveCheckpoint(checkpointPath, signature, step, initialKvLink, initialFull);
             }
             progress?.Invoke(new FineTuningProgress(step, options.Steps, loss, rate, kvLink, full, clock.Elapsed));
+            if (outOfTime) break;
         }
         return new FineTuningRun(gpu.DownloadWeights(), gpu.DownloadSoft(), initialKvLink, kvLink, initialFull, full, step, clock.Elapsed);
     }

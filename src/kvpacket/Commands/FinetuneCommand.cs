@@ -5,11 +5,13 @@ using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
+using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 using KvPacket.Store;
 using KvPacket.Training;
 using KvPacket.Training.Cuda;
+using KvPacket.Training.Qa;
 
 namespace KvPacket.Cli.Commands;
 
@@ -40,9 +42,12 @@ internal static class FinetuneCommand
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Run state file, resumed from when it exists" };
         var output = new Option<string>("--out") { Description = "Directory for the fine-tuned model", Required = true };
         var store = new Option<string?>("--store") { Description = "Packet store to save the link adapter into (for the fine-tuned model)" };
+        var qa = new Option<string?>("--qa") { Description = "A QA benchmark split (JSONL): its first --train-examples questions train, the next --held-out evaluate, the answer scored (instead of --docs)" };
+        var shard = new Option<int>("--max-shard-mb") { Description = "Write the safetensors in shards of at most this many MB (0: one file)", DefaultValueFactory = _ => 0 };
+        var timeLimit = new Option<double>("--time-limit") { Description = "Seconds after which the run stops at the next evaluation and writes what it has (0: none)", DefaultValueFactory = _ => 0 };
         var command = new Command("finetune", "Fine-tune the whole model with KVLink link tokens on mixed data (GPU)")
         {
-            mode, model, links, steps, batch, learningRate, warmup, full, seed, trainExamples, heldOut, operand, evaluateEvery, checkpoint, output, store,
+            mode, model, links, steps, batch, learningRate, warmup, full, seed, trainExamples, heldOut, operand, evaluateEvery, checkpoint, output, store, qa, timeLimit, shard,
         };
         shapeOptions.AddTo(command);
         command.SetAction(async (parse, cancellation) =>
@@ -52,18 +57,20 @@ internal static class FinetuneCommand
             using var source = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, 0);
             using var transformer = new Transformer(source, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 256, KvCacheTokens = 4096 });
-            var (trainRequests, heldOutRequests) = DistillationSets.Requests(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
-            static FineTuningExample Example(RagRequest r) => new([.. r.Prefix], [.. r.Documents], [.. r.Query]);
+            var (train, held) = parse.GetValue(qa) is { } split
+                ? QaExamples(split, modelPath, parse.GetValue(trainExamples), parse.GetValue(heldOut))
+                : RequestExamples(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
             var options = new FineTuningOptions
             {
                 Links = parse.GetValue(links), Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(learningRate),
                 WarmupSteps = parse.GetValue(warmup), FullFraction = parse.GetValue(full), Seed = parse.GetValue(seed), Operand = parse.GetValue(operand),
                 EvaluateEvery = parse.GetValue(evaluateEvery), CheckpointPath = parse.GetValue(checkpoint),
+                TimeLimit = parse.GetValue(timeLimit) > 0 ? TimeSpan.FromSeconds(parse.GetValue(timeLimit)) : null,
             };
             using var device = CudaDevice.Open();
             var c = CultureInfo.InvariantCulture;
             var run = CudaKvLinkFineTuning.Run(device, source.Config, TrainingWeights<float>.From(source), ModelFingerprint.Of(source).ToString(),
-                [.. trainRequests.Select(Example)], [.. heldOutRequests.Select(Example)], options, p =>
+                train, held, options, p =>
                 {
                     if (p.Step % options.EvaluateEvery == 0 || p.Step == p.TotalSteps)
                         Console.WriteLine(string.Create(c, $"step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}, lr {p.LearningRate:E2}, held-out kvlink {p.KvLinkLoss:F4}, full {p.FullLoss:F4}, {p.Elapsed.TotalSeconds:F1} s"));
@@ -71,8 +78,15 @@ internal static class FinetuneCommand
             Console.WriteLine(string.Create(c, $"held-out next-token loss: kvlink {run.InitialKvLinkLoss:F4} → {run.KvLinkLoss:F4}, full {run.InitialFullLoss:F4} → {run.FullLoss:F4} ({run.Steps} steps, {run.Elapsed.TotalSeconds:F1} s)"));
             string directory = parse.GetValue(output)!;
             TrainedCheckpoint.WriteHuggingFace(source.Config, run.Weights, directory, parse.GetValue(operand) == DType.F32 ? DType.F32 : DType.BF16,
-                new Dictionary<string, string> { ["kvpacket.finetune"] = options.Signature(modelPath) });
-            Console.WriteLine($"wrote {directory}");
+                new Dictionary<string, string> { ["kvpacket.finetune"] = options.Signature(modelPath) }, parse.GetValue(shard) * 1_000_000L);
+            if (TokenizerLoader.FileNextTo(modelPath) is { } tokenizerFile) File.Copy(tokenizerFile, Path.Combine(directory, Path.GetFileName(tokenizerFile)), overwrite: true);
+            using (var tuned = CheckpointLoader.Load(directory))
+            {
+                // The links belong to the fine-tuned weights: the adapter file names that model's fingerprint.
+                var links = new Adapter("kvlink", 1, [], [], run.Links);
+                AdapterFile.Write(Path.Combine(directory, "kvlink-adapter.safetensors"), links, ModelFingerprint.Of(tuned), tuned.Config.HiddenSize);
+            }
+            Console.WriteLine($"wrote {directory} (the model and kvlink-adapter.safetensors)");
             if (parse.GetValue(store) is { } storePath)
             {
                 using var tuned = CheckpointLoader.Load(directory);
@@ -84,5 +98,22 @@ internal static class FinetuneCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>Fine-tuning examples from a QA split: the documents, then the question and its first answer, the answer's tokens scored.</summary>
+    private static (FineTuningExample[] Train, FineTuningExample[] HeldOut) QaExamples(string split, string modelPath, int trainCount, int heldOutCount)
+    {
+        var tokenizer = TokenizerLoader.TryLoadNextTo(modelPath) ?? throw new InvalidOperationException($"{modelPath}: --qa needs the model's tokenizer.json next to it");
+        var all = QaBenchmark.Read(split).Take(trainCount + heldOutCount).Select(q => QaFineTuning.Example(tokenizer, q)).ToArray();
+        if (all.Length <= heldOutCount) throw new InvalidDataException($"--qa {split}: {all.Length} questions; {heldOutCount} held-out + at least 1 training question are needed");
+        return (all[..^heldOutCount], all[^heldOutCount..]);
+    }
+
+    /// <summary>Fine-tuning examples from a document source: the query (the start of a further document) is the continuation.</summary>
+    private static (FineTuningExample[] Train, FineTuningExample[] HeldOut) RequestExamples(string docs, string modelPath, Transformer transformer, RequestShape shape, int trainCount, int heldOutCount)
+    {
+        var (train, held) = DistillationSets.Requests(docs, modelPath, transformer, shape, trainCount, heldOutCount);
+        static FineTuningExample Example(RagRequest r) => new([.. r.Prefix], [.. r.Documents], [.. r.Query]);
+        return ([.. train.Select(Example)], [.. held.Select(Example)]);
     }
 }

@@ -7,8 +7,8 @@ namespace KvPacket.Cli.Commands;
 
 /// <summary>
 /// <c>kvpacket tokenizer train</c>: a byte-level BPE vocabulary trained on a corpus (QA benchmark JSONL splits or text
-/// files), written as a Hugging Face tokenizer.json; <c>--check FILE</c> also writes sample strings with our encodings
-/// for <c>benchmarks/gpu/tokenizer_check.py</c> to compare with the Hugging Face library.
+/// files), written as a Hugging Face tokenizer.json; <c>kvpacket tokenizer samples</c>: sample strings with a tokenizer's
+/// encodings, for <c>benchmarks/gpu/tokenizer_check.py</c> to compare with the Hugging Face library.
 /// </summary>
 internal static class TokenizerCommand
 {
@@ -21,8 +21,7 @@ internal static class TokenizerCommand
         var vocab = new Option<int>("--vocab") { Description = "Vocabulary size (special tokens + 256 bytes + merges)", DefaultValueFactory = _ => 8192 };
         var output = new Option<string>("--out") { Description = "The tokenizer.json to write", Required = true };
         var minFrequency = new Option<int>("--min-frequency") { Description = "Stop merging below this pair count", DefaultValueFactory = _ => 2 };
-        var check = new Option<string?>("--check") { Description = "Write 1,000 sample strings and their ids to this JSONL file" };
-        var train = new Command("train", "Train a byte-level BPE tokenizer and write tokenizer.json") { corpus, vocab, output, minFrequency, check };
+        var train = new Command("train", "Train a byte-level BPE tokenizer and write tokenizer.json") { corpus, vocab, output, minFrequency };
         train.SetAction(parse =>
         {
             var files = parse.GetValue(corpus)!;
@@ -30,13 +29,24 @@ internal static class TokenizerCommand
             int merges = ByteLevelBpeTrainer.Train(Texts(files), parse.GetValue(vocab), SpecialTokens, parse.GetValue(output)!, parse.GetValue(minFrequency));
             var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(parse.GetValue(output)!);
             Console.WriteLine($"{parse.GetValue(output)}: {tokenizer.VocabSize} tokens ({merges} merges) from {files.Length} file(s) in {clock.Elapsed.TotalSeconds:F1} s");
-            if (parse.GetValue(check) is { } checkPath)
-            {
-                using var writer = new StreamWriter(checkPath);
-                foreach (string text in Samples(files).Take(1000))
+            return 0;
+        });
+        var sampleCorpus = new Argument<string[]>("corpus") { Description = "QA benchmark .jsonl splits or .txt files to take sample strings from", Arity = ArgumentArity.OneOrMore };
+        var sampleTokenizer = new Option<string>("--tokenizer") { Description = "tokenizer.json", Required = true };
+        var sampleCount = new Option<int>("--count") { Description = "Sample strings", DefaultValueFactory = _ => 1000 };
+        var samplesOut = new Option<string>("--out") { Description = "The JSONL file to write: {text, ids} per line", Required = true };
+        var samples = new Command("samples", "Write sample strings with this tokenizer's ids, for an independent implementation to compare with") { sampleCorpus, sampleTokenizer, sampleCount, samplesOut };
+        samples.SetAction(parse =>
+        {
+            var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(parse.GetValue(sampleTokenizer)!);
+            int written = 0;
+            using (var writer = new StreamWriter(parse.GetValue(samplesOut)!))
+                foreach (string text in Samples(parse.GetValue(sampleCorpus)!).Take(parse.GetValue(sampleCount)))
+                {
                     writer.WriteLine(JsonSerializer.Serialize(new { text, ids = tokenizer.Encode(text) }));
-                Console.WriteLine($"{checkPath}: 1000 sample strings with our encodings");
-            }
+                    written++;
+                }
+            Console.WriteLine($"{parse.GetValue(samplesOut)}: {written} sample strings with our encodings");
             return 0;
         });
         var splitArgument = new Argument<string>("split") { Description = "A QA benchmark .jsonl split" };
@@ -67,7 +77,7 @@ internal static class TokenizerCommand
             Console.WriteLine($"{parse.GetValue(tokensOut)}: {lines} examples, {tokens} tokens ({(double)tokens / Math.Max(1, lines):F0} per example)");
             return 0;
         });
-        return new Command("tokenizer", "Train tokenizers and encode corpora") { train, encode };
+        return new Command("tokenizer", "Train tokenizers, encode corpora and write samples to check them against") { train, encode, samples };
     }
 
     /// <summary>The corpus's texts: every document, question and answer of a QA split in the prompt format, or each line of a text file.</summary>
