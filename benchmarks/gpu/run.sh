@@ -110,15 +110,24 @@ with open('/tmp/corpus.tokens','w') as f:
         fi
     fi
     if [[ " $parts " == *" qa-adapters "* ]]; then
-        # Adapters of the shipped QA model (frozen), distilled on the GPU from the training split's questions; the store comes back as a tar.
+        # Adapters of the shipped QA model (frozen), distilled on the GPU from the training split's questions; the store comes
+        # back as a tar, each adapter as a file, and each is evaluated on the test split's first QA_EVAL questions here.
         m=models/kvqa-17m
-        "$k" corpus --out /tmp/qa-adapt --train ${QA_ADAPTER_EXAMPLES:-848} --validation 10 --test 10 | tee -a "$out/qa-adapters.txt"
-        for variant in "kvpacket-4x4 --mode kvpacket --header 4 --trailer 4" "kvlink-5 --mode kvlink --links 5" "kvpacket-16x16 --mode kvpacket --header 16 --trailer 16"; do
+        n=${QA_ADAPTER_EXAMPLES:-848}
+        "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 | tee -a "$out/qa-adapters.txt"
+        IFS=';' read -ra variants <<< "${QA_ADAPTER_VARIANTS:-kvpacket-4x4 --mode kvpacket --header 4 --trailer 4;kvlink-5 --mode kvlink --links 5;kvpacket-16x16 --mode kvpacket --header 16 --trailer 16}"
+        for variant in "${variants[@]}"; do
             set -- $variant
             name=$1; shift
-            "$k" train -m $m --qa /tmp/qa-adapt/train.jsonl --train-examples $(( ${QA_ADAPTER_EXAMPLES:-848} - 48 )) --held-out 48 "$@" --steps ${QA_ADAPTER_STEPS:-200} --batch 16 \
+            "$k" train -m $m --qa /tmp/qa-adapt/train.jsonl --train-examples $(( n - 48 )) --held-out 48 "$@" --steps ${QA_ADAPTER_STEPS:-200} --batch 16 \
                 --device cuda --store /tmp/qa-store --name $name --out "$out/qa-adapter-$name.json" 2>&1 | grep -v '%$' | tee -a "$out/qa-adapters.txt" || status=1
             tar czf "$out/qa-adapters-store.tar.gz" -C /tmp qa-store
+            "$k" store export-adapter --store /tmp/qa-store -m $m $name --out "$out/$name.safetensors" | tee -a "$out/qa-adapters.txt" || status=1
+            if [[ "${QA_EVAL:-0}" != 0 ]]; then
+                evalmode=${name%%-*}
+                "$k" eval --task qa -m $m --split /tmp/qa-adapt/test.jsonl --limit $QA_EVAL --modes $evalmode --adapter "$out/$name.safetensors" \
+                    | grep -E "^(mode|$evalmode) " | sed "s/^/$name: /" | tee -a "$out/qa-adapters.txt" || status=1
+            fi
         done
     fi
     if [[ " $parts " == *" qa-tokenizer "* ]]; then
