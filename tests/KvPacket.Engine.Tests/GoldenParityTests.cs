@@ -26,6 +26,32 @@ public class GoldenParityTests
         Assert.InRange(ReferenceModels.MaxAbsDifference(logits, expected), 0, 1e-4);
     }
 
+    /// <summary>
+    /// A Hugging Face cache snapshot is a directory of symbolic links into <c>blobs/</c> named by hash: the model must
+    /// load through the links (the length of a link is that of its target's path, not of the weights).
+    /// </summary>
+    [Fact]
+    public void A_model_in_the_hugging_face_cache_layout_of_symbolic_links_gives_the_golden_logits()
+    {
+        string cache = Directory.CreateTempSubdirectory("kvpacket-hf-cache-").FullName;
+        try
+        {
+            string blobs = Directory.CreateDirectory(Path.Combine(cache, "blobs")).FullName;
+            string snapshot = Directory.CreateDirectory(Path.Combine(cache, "snapshots", "0123abcd")).FullName;
+            foreach (string file in Directory.GetFiles(Fixtures.PathOf("tiny-qwen2")))
+            {
+                string blob = Path.Combine(blobs, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(file))));
+                File.Copy(file, blob);
+                File.CreateSymbolicLink(Path.Combine(snapshot, Path.GetFileName(file)), Path.Combine("..", "..", "blobs", Path.GetFileName(blob)));
+            }
+            Assert.NotNull(new FileInfo(Path.Combine(snapshot, "model.safetensors")).LinkTarget);
+            using var checkpoint = CheckpointLoader.Load(snapshot);
+            var (tokens, expected) = ReferenceModels.GoldenLogits("tiny-qwen2");
+            Assert.InRange(ReferenceModels.MaxAbsDifference(ReferenceModels.AllLogits(checkpoint, tokens), expected), 0, 1e-4);
+        }
+        finally { Directory.Delete(cache, recursive: true); }
+    }
+
     [Fact]
     public void Greedy_generation_from_BOS_matches_the_reference_program_with_f32_KV()
     {

@@ -13,9 +13,12 @@ public sealed unsafe class MappedFile : IDisposable
     public MappedFile(string path)
     {
         Path = path;
-        Length = new FileInfo(path).Length;
-        if (Length == 0) return;
-        _file = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, 0, MemoryMappedFileAccess.Read);
+        // The length of what was opened, not of the path: a symbolic link (every Hugging Face cache snapshot is made of
+        // them) has a length of its own, the target's path.
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        Length = stream.Length;
+        if (Length == 0) { stream.Dispose(); return; }
+        _file = MemoryMappedFile.CreateFromFile(stream, mapName: null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
         _view = _file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
         _view.SafeMemoryMappedViewHandle.AcquirePointer(ref _pointer);
         _pointer += _view.PointerOffset;
