@@ -104,7 +104,7 @@ public static class FuzzTargets
         try { document = JsonDocument.Parse(input); }
         catch (JsonException) { throw new ApiError(400, "the body is not valid JSON"); }
         using (document)
-            CompletionRequest.Parse(document.RootElement, RequestTokenizer ??= RequestTokenizerPath is { } path ? TokenizerLoader.Load(path) : null, bos: 1, maxTokens: 4096, context: 2048);
+            CompletionRequest.Parse(document.RootElement, RequestTokenizer ??= RequestTokenizerPath is { } path ? TokenizerLoader.Load(path) : null, bos: 1, maxTokens: 4096, context: 2048, model: "fuzz", packetMode: Engine.Rag.RagMode.Naive);
     }
 
     /// <summary>The tokenizer the request target parses text prompts and stop strings with (none: token ids only).</summary>

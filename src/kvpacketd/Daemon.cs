@@ -23,6 +23,11 @@ public static class Daemon
     /// <summary>Runs the daemon until SIGTERM/SIGINT (or <paramref name="stop"/>); returns the process exit code.</summary>
     public static async Task<int> RunAsync(string[] args, CancellationToken stop = default)
     {
+        if (DaemonOptions.WantsHelp(args))
+        {
+            Console.WriteLine(DaemonOptions.Usage);
+            return 0;
+        }
         DaemonOptions options;
         try { options = DaemonOptions.Parse(args); }
         catch (ArgumentException e)
@@ -89,7 +94,7 @@ public static class Daemon
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
             engine.Register(store.ReadDocument(info.Id), info.StoredBytes);
         var metrics = new DaemonMetrics();
-        var api = new DaemonApi(engine, store, () => packets, tokenizer, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), app.Lifetime);
+        var api = new DaemonApi(engine, store, () => packets, tokenizer, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, app.Lifetime);
         api.Map(app);
 
         try

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using KvPacket.Core.Tokenization;
+using KvPacket.Engine.Rag;
 using KvPacket.Engine.Serving;
 using KvPacket.Store;
 using Microsoft.AspNetCore.Builder;
@@ -16,20 +17,46 @@ namespace KvPacket.Daemon;
 /// Errors are JSON with a 4xx/5xx status; a client that disconnects cancels its request.
 /// </summary>
 internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<StoredPackets?> packets, ITokenizer? tokenizer,
-    DaemonMetrics metrics, DaemonOptions options, string modelName, IHostApplicationLifetime lifetime)
+    DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, IHostApplicationLifetime lifetime)
 {
+    private readonly long _started = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    /// <summary>The mode of a request with documents and no <c>mode</c>: the one the daemon's adapter is for, else naive.</summary>
+    private RagMode PacketMode => adapter switch
+    {
+        { Links.Length: > 0 } => RagMode.KvLink,
+        { Header.Length: > 0 } or { Trailer.Length: > 0 } => RagMode.KvPacket,
+        _ => RagMode.Naive,
+    };
+
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
-    public void Map(IEndpointRouteBuilder app)
+    public void Map(WebApplication app)
     {
+        // Routing's own 404 and 405 carry OpenAI's error body too.
+        app.Use(async (context, next) =>
+        {
+            await next(context);
+            if (context.Response is { StatusCode: 404 or 405, HasStarted: false })
+            {
+                var error = context.Response.StatusCode == 404
+                    ? new ApiError(404, $"no such endpoint: {context.Request.Method} {context.Request.Path}.", code: "unknown_url")
+                    : new ApiError(405, $"{context.Request.Path} does not take {context.Request.Method}.", code: "method_not_allowed");
+                await error.WriteAsync(context);
+                metrics.Request(error.Status);
+            }
+        });
+        app.MapGet("/v1/models", context => Respond(context, () => Results.Json(new { @object = "list", data = new[] { Model() } })));
+        app.MapGet("/v1/models/{**id}", (HttpContext context, string id) => Respond(context, () => id == modelName ? Results.Json(Model())
+            : throw new ApiError(404, $"The model '{id}' does not exist; this daemon serves '{modelName}'.", param: "model", code: "model_not_found")));
         app.MapGet("/health", context => Respond(context, () => Results.Json(new { status = "ok", model = modelName, packets = engine.Packets.Count })));
         app.MapGet("/metrics", context => Respond(context, () => Results.Text(Metrics(), "text/plain; version=0.0.4")));
         app.MapGet("/v1/packets", context => Respond(context, () => Results.Json(new { data = engine.Packets.Select(Describe) })));
         app.MapGet("/v1/packets/{id}", (HttpContext context, string id) => Respond(context, () =>
-            engine.TryGetPacket(id, out var handle) ? Results.Json(Describe(handle)) : throw new ApiError(404, $"no packet '{id}'.", "not_found")));
+            engine.TryGetPacket(id, out var handle) ? Results.Json(Describe(handle)) : throw new ApiError(404, $"no packet '{id}'.", code: "packet_not_found")));
         app.MapDelete("/v1/packets/{id}", (HttpContext context, string id) => Handle(context, async () =>
         {
-            if (!engine.TryGetPacket(id, out var handle)) throw new ApiError(404, $"no packet '{id}'.", "not_found");
+            if (!engine.TryGetPacket(id, out var handle)) throw new ApiError(404, $"no packet '{id}'.", code: "packet_not_found");
             engine.RemovePacket(id);
             if (packets() is { } stored) await store.DeleteAsync(stored.IdOf(handle.Document, null));
             return Results.Json(new { id, deleted = true });
@@ -38,7 +65,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         {
             var body = await ReadBody(context);
             if (!body.TryGetProperty("text", out var document) && !body.TryGetProperty("tokens", out document))
-                throw new ApiError(400, "give the document as 'text' or as 'tokens'.");
+                throw new ApiError(400, "give the document as 'text' or as 'tokens'.", param: "text");
             int[] tokens = CompletionRequest.Tokens(document, "text/tokens", tokenizer, engine.Config.MaxContextLength);
             if (tokens.Length == 0) throw new ApiError(400, "the document is empty.");
             if (tokens.Length > engine.Config.MaxContextLength) throw new ApiError(400, $"the document has {tokens.Length} tokens; the model's context is {engine.Config.MaxContextLength}.");
@@ -48,12 +75,19 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         }));
         app.MapPost("/v1/completions", context => Handle(context, async () =>
         {
-            var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength);
+            var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, PacketMode);
             return await Complete(context, request);
         }));
         app.MapPost("/v1/chat/completions", context => Respond(context, () =>
             throw new ApiError(400, $"model {modelName} has no chat template; use /v1/completions.")));
     }
+
+    /// <summary>The served model as OpenAI's model object, with the adapter it serves packets with.</summary>
+    private object Model() => new
+    {
+        id = modelName, @object = "model", created = _started, owned_by = "kvpacket",
+        kvpacket = new { context_length = engine.Config.MaxContextLength, adapter = adapter is null ? null : $"{adapter.Id}@{adapter.Version}", default_packet_mode = PacketMode.ToString().ToLowerInvariant() },
+    };
 
     private static object Describe(PacketHandle handle) => new { id = handle.Id, tokens = handle.Document.Length, bytes = handle.KvBytes };
 
@@ -61,56 +95,69 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     {
         string id = "cmpl-" + Guid.NewGuid().ToString("N")[..24];
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var decoder = tokenizer is null ? null : new TokenStreamDecoder(tokenizer);
-        var tokens = new List<int>();
-        var text = new StringBuilder();
-        GenerationSummary? summary = null;
-        IAsyncEnumerable<GenerationEvent> stream;
-        try { stream = engine.GenerateAsync(request.Engine, context.RequestAborted); }
-        catch (KeyNotFoundException e) { throw new ApiError(404, e.Message, "not_found"); }
-        var response = context.Response;
-        bool started = false;
-        await using var events = stream.GetAsyncEnumerator(context.RequestAborted);
-        while (true)
+        var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, tokenizer, request.Stops, context.RequestAborted))).ToArray();
+        try
         {
-            bool more;
-            try { more = await events.MoveNextAsync(); }
-            catch (KeyNotFoundException e) { throw new ApiError(404, e.Message, "not_found"); }
-            catch (OverloadedException e) { throw new ApiError(429, e.Message, "overloaded"); }
-            catch (ArgumentException e) { throw new ApiError(400, e.Message); }
-            catch (NotSupportedException e) { throw new ApiError(400, e.Message); }
-            catch (InvalidOperationException e) { throw new ApiError(400, e.Message); }
-            if (!more) break;
-            var update = events.Current;
-            if (update.IsFinal) { summary = update.Summary; break; }
-            tokens.Add(update.Token);
-            string piece = decoder?.Append(update.Token) ?? "";
-            text.Append(piece);
-            if (!request.Stream) continue;
-            if (!started)
+            // Every choice accepted (or the request refused) before anything is sent: an error is then still a clean 4xx.
+            await Task.WhenAll(choices.Select(c => c.Run.BeginAsync()));
+            var response = context.Response;
+            using var writing = new SemaphoreSlim(1, 1);
+            async Task Send(object chunk)
             {
-                started = true;
-                response.ContentType = "text/event-stream";
-                response.Headers.CacheControl = "no-cache";
+                await writing.WaitAsync(context.RequestAborted);
+                try
+                {
+                    if (!response.HasStarted)
+                    {
+                        response.ContentType = "text/event-stream";
+                        response.Headers.CacheControl = "no-cache";
+                    }
+                    await Event(response, chunk);
+                }
+                finally { writing.Release(); }
             }
-            await Event(response, new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index = 0, text = piece, tokens = new[] { update.Token }, finish_reason = (string?)null } } });
+            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null) =>
+                new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index, text, tokens, finish_reason = finish, kvpacket = extension } } };
+            await Task.WhenAll(choices.Select(async c =>
+            {
+                if (request.Stream && request.Echo) await Send(Chunk(c.Run.Index, c.Prompt.Text, [], null));
+                await c.Run.RunAsync(request.Stream ? (choice, text, token) => Send(Chunk(choice.Index, text, token < 0 ? [] : [token], null)) : null);
+                metrics.Completion(c.Run.Summary?.GeneratedTokens ?? c.Run.Tokens.Count, c.Run.Summary?.TimeToFirstTokenSeconds ?? 0);
+                if (request.Stream) await Send(Chunk(c.Run.Index, "", [], c.Run.FinishReason, Extension(c.Run, request.Prompts[0].Engine.Mode)));
+            }));
+            // Prompt tokens once per prompt (its choices share it), completion tokens of every choice.
+            int prompt = choices.Where(c => c.Run.Index % request.N == 0).Sum(c => (c.Run.Summary?.PromptTokens ?? 0) + (c.Run.Summary?.PacketTokens ?? 0));
+            int completion = choices.Sum(c => c.Run.Tokens.Count);
+            var usage = new { prompt_tokens = prompt, completion_tokens = completion, total_tokens = prompt + completion };
+            if (request.Stream)
+            {
+                if (request.IncludeUsage) await Send(new { id, @object = "text_completion", created, model = modelName, choices = Array.Empty<object>(), usage });
+                await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
+                metrics.Request(200);
+                return null;
+            }
+            return Results.Json(new
+            {
+                id, @object = "text_completion", created, model = modelName,
+                choices = choices.Select(c => new
+                {
+                    index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = (object?)null,
+                    finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
+                }),
+                usage,
+            });
         }
-        summary ??= new GenerationSummary(0, 0, tokens.Count, 0, 0, 0, 0, FinishReason.Cancelled);
-        metrics.Completion(summary.GeneratedTokens, summary.TimeToFirstTokenSeconds);
-        if (summary.Reason == FinishReason.Error) throw new ApiError(500, summary.Error ?? "generation failed", "server_error");
-        string finish = summary.Reason switch { FinishReason.Stop => "stop", FinishReason.Length => "length", _ => summary.Reason.ToString().ToLowerInvariant() };
-        var usage = new { prompt_tokens = summary.PromptTokens + summary.PacketTokens, completion_tokens = summary.GeneratedTokens, total_tokens = summary.PromptTokens + summary.PacketTokens + summary.GeneratedTokens };
-        var extension = new { mode = request.Engine.Mode.ToString().ToLowerInvariant(), ttft_ms = summary.TimeToFirstTokenSeconds * 1e3, computed_prompt_tokens = summary.PromptTokens, packet_tokens = summary.PacketTokens, preemptions = summary.Preemptions };
-        if (request.Stream)
+        finally
         {
-            if (!started) { response.ContentType = "text/event-stream"; response.Headers.CacheControl = "no-cache"; }
-            await Event(response, new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index = 0, text = "", finish_reason = finish } }, usage, kvpacket = extension });
-            await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
-            metrics.Request(200);
-            return null;
+            foreach (var c in choices) await c.Run.DisposeAsync();
         }
-        return Results.Json(new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index = 0, text = text.ToString(), tokens, finish_reason = finish } }, usage, kvpacket = extension });
     }
+
+    /// <summary>Our figures for a choice: the mode it ran in, its time to first token, and what its prompt cost.</summary>
+    private static object? Extension(CompletionChoice choice, RagMode mode) => choice.Summary is not { } summary ? null : new
+    {
+        mode = mode.ToString().ToLowerInvariant(), ttft_ms = summary.TimeToFirstTokenSeconds * 1e3, computed_prompt_tokens = summary.PromptTokens, packet_tokens = summary.PacketTokens, preemptions = summary.Preemptions,
+    };
 
     private static async Task Event(HttpResponse response, object payload)
     {
@@ -120,7 +167,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
 
     private static async Task<JsonElement> ReadBody(HttpContext context)
     {
-        if (context.Request.ContentLength > MaxBodySize(context)) throw new ApiError(413, "the request body is too large.", "request_too_large");
+        if (context.Request.ContentLength > MaxBodySize(context)) throw new ApiError(413, "the request body is too large.", code: "request_too_large");
         try
         {
             using var document = await JsonDocument.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted);
@@ -129,7 +176,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             return document.RootElement.Clone();
         }
         catch (JsonException e) { throw new ApiError(400, $"the body is not valid JSON: {e.Message}"); }
-        catch (BadHttpRequestException e) when (e.StatusCode == 413) { throw new ApiError(413, "the request body is too large.", "request_too_large"); }
+        catch (BadHttpRequestException e) when (e.StatusCode == 413) { throw new ApiError(413, "the request body is too large.", code: "request_too_large"); }
         catch (BadHttpRequestException e) { throw new ApiError(e.StatusCode, $"the request body is malformed: {e.Message}"); }
         // Kestrel reports some framing errors (a chunk size that overflows) as IOException.
         catch (IOException e) when (!context.RequestAborted.IsCancellationRequested) { throw new ApiError(400, $"the request body could not be read: {e.Message}"); }
@@ -143,7 +190,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     {
         try
         {
-            if (lifetime.ApplicationStopping.IsCancellationRequested) throw new ApiError(503, "the daemon is shutting down.", "unavailable");
+            if (lifetime.ApplicationStopping.IsCancellationRequested) throw new ApiError(503, "the daemon is shutting down.", "server_error", code: "unavailable");
             var result = await handler();
             if (result is not null)
             {
@@ -164,7 +211,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         {
             // A bug, not the client's fault: a JSON 500 naming the request, and the whole story in the log under that id.
             Console.Error.WriteLine($"kvpacketd: request {context.TraceIdentifier} {context.Request.Method} {context.Request.Path} failed: {e}");
-            await new ApiError(500, $"internal error (request {context.TraceIdentifier}); the daemon's log has the details.", "internal_error").WriteAsync(context);
+            await new ApiError(500, $"internal error (request {context.TraceIdentifier}); the daemon's log has the details.", "server_error", code: "internal_error").WriteAsync(context);
             metrics.Request(500);
         }
     }

@@ -31,6 +31,26 @@ public sealed record DaemonOptions
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
+    /// <summary>What <c>kvpacketd --help</c> prints.</summary>
+    public const string Usage = """
+        usage: kvpacketd --model PATH --store DIR [flags]      (kvpacket serve takes the same flags)
+          --model, -m PATH          checkpoint to serve (llama2.c .bin, GGUF, or a Hugging Face directory)
+          --store DIR               packet store (created if absent)
+          --socket PATH             Unix socket; default $XDG_RUNTIME_DIR/kvpacket/kvpacketd.sock, else DIR/run/kvpacketd.sock
+          --tcp PORT                also listen on 127.0.0.1:PORT
+          --adapter NAME[@VERSION]  the stored adapter kvpacket or kvlink requests use (and the default mode with packets)
+          --max-body-bytes N        largest request body (default 1048576)
+          --max-tokens N            largest max_tokens (default 4096)
+          --max-waiting N           requests allowed to wait before 429 (default 256)
+          --kv-tokens N             KV cache size in tokens (default 65536)
+          --shutdown-seconds N      grace period for in-flight requests on SIGTERM (default 30)
+          --config FILE             the same settings as JSON in camelCase ({"model": …, "maxTokens": …}); flags win
+          --help, -h                this text
+        """;
+
+    /// <summary>Whether <paramref name="args"/> ask for <see cref="Usage"/>.</summary>
+    public static bool WantsHelp(string[] args) => args.Any(a => a is "--help" or "-h");
+
     /// <summary>Where the socket goes when <see cref="Socket"/> is not given.</summary>
     public string SocketPath => Socket ?? (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } runtime
         ? Path.Combine(runtime, "kvpacket", "kvpacketd.sock")
@@ -69,7 +89,7 @@ public sealed record DaemonOptions
                 "--kv-tokens" => options with { KvTokens = Number() },
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
                 "--adapter" => options with { Adapter = Value() },
-                _ => throw new ArgumentException($"unknown flag '{flag}'."),
+                _ => throw new ArgumentException($"unknown flag '{flag}' (kvpacketd --help lists them)."),
             };
         }
         if (options.Model.Length == 0) throw new ArgumentException("--model is required.");

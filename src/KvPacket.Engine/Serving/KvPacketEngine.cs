@@ -163,10 +163,16 @@ public sealed class KvPacketEngine : IAsyncDisposable
         if (request.Prompt.Length == 0) throw new ArgumentException("The prompt needs at least one token.", nameof(request));
         if (request.Mode is RagMode.Epic or RagMode.CacheBlend)
             throw new NotSupportedException($"{request.Mode} mode recomputes document tokens outside the batch; the serving engine runs full, naive, kvpacket and kvlink.");
-        if (request.Mode is RagMode.KvPacket && _options.Adapter is null) throw new InvalidOperationException("kvpacket mode needs an engine adapter.");
-        if (request.Mode is RagMode.KvLink && (_options.Adapter?.Links.Length ?? 0) == 0) throw new InvalidOperationException("kvlink mode needs an adapter with link tokens.");
         foreach (string id in request.Packets)
             if (!_packets.ContainsKey(id)) throw new KeyNotFoundException($"no packet '{id}': add it first.");
+        // A mode runs as named or not at all: kvpacket with an adapter of links only would be naive under another name.
+        var adapter = _options.Adapter;
+        if (request.Mode is RagMode.KvPacket && (adapter?.Header.Length ?? 0) + (adapter?.Trailer.Length ?? 0) == 0)
+            throw new InvalidOperationException(adapter is null ? "kvpacket mode needs an engine adapter; this engine has none."
+                : $"kvpacket mode needs an adapter with header or trailer tokens; this engine's adapter '{adapter.Id}' has only link tokens (use kvlink).");
+        if (request.Mode is RagMode.KvLink && (adapter?.Links.Length ?? 0) == 0)
+            throw new InvalidOperationException(adapter is null ? "kvlink mode needs an adapter with link tokens; this engine has none."
+                : $"kvlink mode needs an adapter with link tokens; this engine's adapter '{adapter.Id}' has none (use kvpacket).");
         int vocab = Config.VocabSize;
         foreach (var tokens in request.Documents.Append(request.Prompt).Append(request.Prefix))
             foreach (int token in tokens)
