@@ -18,26 +18,30 @@ public class DaemonTests
 {
     private static int[] Tokens(int count, int seed) => Enumerable.Range(0, count).Select(i => 3 + (i * 37 + seed * 101) % 500).ToArray();
 
-    private static async Task<(List<int> Tokens, JsonElement Final)> StreamAsync(HttpClient client, object body, CancellationToken cancel = default)
+    /// <summary>Streams a one-choice completion (with <c>stream_options.include_usage</c>): its tokens, its finishing chunk and the usage.</summary>
+    private static async Task<(List<int> Tokens, JsonElement Final, JsonElement Usage)> StreamAsync(HttpClient client, object body, CancellationToken cancel = default)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+        var json = JsonSerializer.SerializeToNode(body)!.AsObject();
+        json["stream_options"] = new System.Text.Json.Nodes.JsonObject { ["include_usage"] = true };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(json) };
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel));
         var tokens = new List<int>();
-        JsonElement final = default;
+        JsonElement final = default, usage = default;
         while (await reader.ReadLineAsync(cancel) is string line)
         {
             if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
             string data = line[6..];
             if (data == "[DONE]") break;
             var chunk = JsonDocument.Parse(data).RootElement.Clone();
+            if (chunk.GetProperty("choices").GetArrayLength() == 0) { usage = chunk.GetProperty("usage"); continue; }
             var choice = chunk.GetProperty("choices")[0];
-            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.Null) tokens.Add(choice.GetProperty("tokens")[0].GetInt32());
-            else final = chunk;
+            if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.Null) tokens.AddRange(choice.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()));
+            else final = choice;
         }
-        return (tokens, final);
+        return (tokens, final, usage);
     }
 
     [Fact]
@@ -48,8 +52,8 @@ public class DaemonTests
         int[] document = Tokens(40, 1), prompt = Tokens(7, 2);
         var packet = await daemon.PostAsync("/v1/packets", new { tokens = document }, 201);
         string id = packet.GetProperty("id").GetString()!;
-        var (streamed, final) = await StreamAsync(daemon.Client, new { prompt, max_tokens = 24, temperature = 0.8, top_p = 0.9, seed = 7, stream = true, packets = new[] { id }, mode = "naive" });
-        Assert.Equal("length", final.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        var (streamed, final, _) = await StreamAsync(daemon.Client, new { prompt, max_tokens = 24, temperature = 0.8, top_p = 0.9, seed = 7, stream = true, packets = new[] { id }, mode = "naive" });
+        Assert.Equal("length", final.GetProperty("finish_reason").GetString());
         Assert.Equal(40, final.GetProperty("kvpacket").GetProperty("packet_tokens").GetInt32());
 
         await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(DaemonProcess.Stories),
@@ -85,7 +89,7 @@ public class DaemonTests
         for (int i = 0; i < 32; i++)
         {
             Assert.Equal(solo[i % 8], all[i].Tokens);
-            Assert.Equal(20, all[i].Final.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+            Assert.Equal(20, all[i].Usage.GetProperty("completion_tokens").GetInt32());
         }
         Assert.True(await daemon.MetricAsync("kvpacket_scheduler_steps") < 32 * 20, "the streams were not batched");
         Assert.Equal(resident, await daemon.MetricAsync("kvpacket_kv_blocks_in_use"));
@@ -175,9 +179,9 @@ public class DaemonTests
             Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
         }
         catch (HttpRequestException) { } // the listener and idle connections are already closed
-        var (tokens, final) = await inFlight;
+        var (tokens, final, _) = await inFlight;
         Assert.Equal(300, tokens.Count);
-        Assert.Equal("length", final.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal("length", final.GetProperty("finish_reason").GetString());
         Assert.Equal(0, await daemon.WaitForExitAsync(TimeSpan.FromSeconds(30)));
         Assert.False(File.Exists(daemon.Socket));
     }

@@ -1,0 +1,174 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Rag;
+using KvPacket.Store;
+using KvPacket.Tests;
+using Xunit;
+
+namespace KvPacket.Daemon.Tests;
+
+/// <summary>
+/// kvpacketd as OpenAI clients see it, on our own QA model (it has a tokenizer, so text in, text out) with its KVLink
+/// adapter: one daemon for the whole class, every test a different part of the API.
+/// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public sealed class OpenAiCompatibilityTests : IAsyncLifetime
+{
+    private static readonly string Model = Fixtures.ShippedModel("kvqa-17m");
+    private const string Prompt = "Document: Vosk\nThe city of Vosk lies in the region of Tarrel. Vosk was founded in 1712.\n\nQuestion: Which region does Vosk lie in?\nAnswer:";
+    private readonly TempDirectory _temp = Fixtures.TempDirectory();
+    private DaemonProcess _daemon = null!;
+
+    public async Task InitializeAsync()
+    {
+        string store = Path.Combine(_temp.Path, "store");
+        string adapter;
+        using (var checkpoint = CheckpointLoader.Load(Model))
+        using (var packets = PacketStore.Open(store))
+        {
+            var fingerprint = ModelFingerprint.Of(checkpoint);
+            var links = AdapterFile.Read(Path.Combine(Model, "kvlink-adapter.safetensors"), fingerprint, checkpoint.Config.HiddenSize);
+            await packets.PutAdapterAsync(links, fingerprint, checkpoint.Config.HiddenSize);
+            adapter = links.Id;
+        }
+        _daemon = await DaemonProcess.StartAsync(store, "--model", Model, "--adapter", adapter);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _daemon.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    private async Task<(HttpStatusCode Status, JsonElement Body)> PostAsync(object body)
+    {
+        var response = await _daemon.Client.PostAsJsonAsync("/v1/completions", body);
+        return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.Clone());
+    }
+
+    private async Task<JsonElement> CompleteAsync(object body)
+    {
+        var (status, json) = await PostAsync(body);
+        Assert.True(status == HttpStatusCode.OK, json.ToString());
+        return json;
+    }
+
+    private static string TextOf(JsonElement completion, int choice = 0) => completion.GetProperty("choices")[choice].GetProperty("text").GetString()!;
+
+    /// <summary>A streamed completion's text per choice index, and each choice's finish reason.</summary>
+    private async Task<(Dictionary<int, string> Text, Dictionary<int, string> Finish)> StreamAsync(object body)
+    {
+        using var response = await _daemon.Client.PostAsJsonAsync("/v1/completions", body);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var text = new Dictionary<int, string>();
+        var finish = new Dictionary<int, string>();
+        foreach (string line in (await response.Content.ReadAsStringAsync()).Split('\n'))
+        {
+            if (!line.StartsWith("data: {", StringComparison.Ordinal)) continue;
+            foreach (var choice in JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices").EnumerateArray())
+            {
+                int index = choice.GetProperty("index").GetInt32();
+                text[index] = text.GetValueOrDefault(index, "") + choice.GetProperty("text").GetString();
+                if (choice.GetProperty("finish_reason").GetString() is { } reason) finish[index] = reason;
+            }
+        }
+        return (text, finish);
+    }
+
+    [Fact]
+    public async Task Models_are_listed_and_unknown_routes_and_methods_get_OpenAIs_error_body()
+    {
+        var list = JsonDocument.Parse(await _daemon.Client.GetStringAsync("/v1/models")).RootElement;
+        Assert.Equal("list", list.GetProperty("object").GetString());
+        var model = list.GetProperty("data").EnumerateArray().Single();
+        Assert.Equal(("kvqa-17m", "model"), (model.GetProperty("id").GetString(), model.GetProperty("object").GetString()));
+        Assert.Equal("kvlink", model.GetProperty("kvpacket").GetProperty("default_packet_mode").GetString());
+        Assert.Equal("kvqa-17m", JsonDocument.Parse(await _daemon.Client.GetStringAsync("/v1/models/kvqa-17m")).RootElement.GetProperty("id").GetString());
+
+        foreach (var (method, path, status, code) in new[]
+        {
+            (HttpMethod.Get, "/v1/models/gpt-4o", 404, "model_not_found"), (HttpMethod.Get, "/v1/nothing", 404, "unknown_url"),
+            (HttpMethod.Get, "/v1/completions", 405, "method_not_allowed"), (HttpMethod.Put, "/v1/models", 405, "method_not_allowed"),
+        })
+        {
+            var response = await _daemon.Client.SendAsync(new HttpRequestMessage(method, path));
+            Assert.Equal(status, (int)response.StatusCode);
+            var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal(code, error.GetProperty("code").GetString());
+            Assert.False(string.IsNullOrEmpty(error.GetProperty("message").GetString()));
+            Assert.Equal(JsonValueKind.String, error.GetProperty("type").ValueKind);
+            Assert.True(error.TryGetProperty("param", out _));
+        }
+    }
+
+    [Fact]
+    public async Task A_stop_string_across_a_token_boundary_ends_the_text_before_it_plain_and_streamed()
+    {
+        var free = await CompleteAsync(new { prompt = Prompt, max_tokens = 12, temperature = 0 });
+        int[] tokens = [.. free.GetProperty("choices")[0].GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32())];
+        string text = TextOf(free);
+        // The stop string: the end of one token's text and the start of the next's, so no token equals it.
+        var tokenizer = Core.Tokenization.TokenizerLoader.Load(Model);
+        int split = tokenizer.Decode(tokens[..1]).Length;
+        Assert.InRange(split, 2, text.Length - 1);
+        string stop = text[(split - 2)..(split + 1)];
+        string expected = text[..text.IndexOf(stop, StringComparison.Ordinal)];
+
+        var stopped = await CompleteAsync(new { prompt = Prompt, max_tokens = 12, temperature = 0, stop = new[] { "never appears", stop } });
+        Assert.Equal(expected, TextOf(stopped));
+        Assert.Equal("stop", stopped.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(2, stopped.GetProperty("usage").GetProperty("completion_tokens").GetInt32()); // the token that completed the stop string
+
+        var (streamed, finish) = await StreamAsync(new { prompt = Prompt, max_tokens = 12, temperature = 0, stop, stream = true });
+        Assert.Equal(expected, streamed[0]);
+        Assert.Equal("stop", finish[0]);
+    }
+
+    [Fact]
+    public async Task N_choices_echo_and_a_batch_of_prompts_each_equal_their_single_requests()
+    {
+        const string Second = "Question: Which region does Vosk lie in?\nAnswer:";
+        string first = TextOf(await CompleteAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0.9, seed = 5 }));
+        string firstNextSeed = TextOf(await CompleteAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0.9, seed = 6 }));
+        string second = TextOf(await CompleteAsync(new { prompt = Second, max_tokens = 6, temperature = 0.9, seed = 5 }));
+
+        var batch = await CompleteAsync(new { prompt = new[] { Prompt, Second }, n = 2, max_tokens = 6, temperature = 0.9, seed = 5 });
+        var choices = batch.GetProperty("choices");
+        Assert.Equal([0, 1, 2, 3], choices.EnumerateArray().Select(c => c.GetProperty("index").GetInt32()));
+        Assert.Equal([first, firstNextSeed, second], new[] { TextOf(batch, 0), TextOf(batch, 1), TextOf(batch, 2) });
+        Assert.Equal(choices.EnumerateArray().Sum(c => c.GetProperty("tokens").GetArrayLength()), batch.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+        var echoed = await CompleteAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0.9, seed = 5, echo = true });
+        Assert.Equal(Prompt + first, TextOf(echoed));
+        var (streamed, _) = await StreamAsync(new { prompt = new[] { Prompt, Second }, max_tokens = 6, temperature = 0.9, seed = 5, echo = true, stream = true });
+        Assert.Equal(Prompt + first, streamed[0]);
+        Assert.Equal(Second + second, streamed[1]);
+    }
+
+    [Fact]
+    public async Task Packets_without_a_mode_run_as_the_adapters_mode_and_a_mode_the_adapter_cannot_run_is_refused()
+    {
+        var packet = await _daemon.PostAsync("/v1/packets", new { text = "Document: Vosk\nThe city of Vosk lies in the region of Tarrel.\n\n" }, 201);
+        string id = packet.GetProperty("id").GetString()!;
+        const string Question = "Question: Which region does Vosk lie in?\nAnswer:";
+        var linked = await CompleteAsync(new { prompt = Question, packets = new[] { id }, max_tokens = 4, temperature = 0 });
+        Assert.Equal("kvlink", linked.GetProperty("choices")[0].GetProperty("kvpacket").GetProperty("mode").GetString());
+
+        var (status, body) = await PostAsync(new { prompt = Question, packets = new[] { id }, mode = "kvpacket", max_tokens = 4 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("has only link tokens", body.GetProperty("error").GetProperty("message").GetString());
+        Assert.Equal("mode", body.GetProperty("error").GetProperty("param").GetString());
+
+        (status, body) = await PostAsync(new { prompt = Question, packets = new[] { "0123456789abcdef" }, max_tokens = 4 });
+        Assert.Equal(HttpStatusCode.NotFound, status);
+        Assert.Equal("packet_not_found", body.GetProperty("error").GetProperty("code").GetString());
+
+        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, logprobs = 2 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("logprobs", body.GetProperty("error").GetProperty("param").GetString());
+    }
+}
