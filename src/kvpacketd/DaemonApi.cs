@@ -6,7 +6,6 @@ using KvPacket.Engine.Serving;
 using KvPacket.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Hosting;
 
 namespace KvPacket.Daemon;

@@ -22,6 +22,7 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
     private const string Prompt = "Document: Vosk\nThe city of Vosk lies in the region of Tarrel. Vosk was founded in 1712.\n\nQuestion: Which region does Vosk lie in?\nAnswer:";
     private readonly TempDirectory _temp = Fixtures.TempDirectory();
     private DaemonProcess _daemon = null!;
+    private int _port;
 
     public async Task InitializeAsync()
     {
@@ -35,7 +36,12 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
             await packets.PutAdapterAsync(links, fingerprint, checkpoint.Config.HiddenSize);
             adapter = links.Id;
         }
-        _daemon = await DaemonProcess.StartAsync(store, "--model", Model, "--adapter", adapter);
+        using (var probe = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            _port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        }
+        _daemon = await DaemonProcess.StartAsync(store, "--model", Model, "--adapter", adapter, "--tcp", _port.ToString(System.Globalization.CultureInfo.InvariantCulture));
     }
 
     public async Task DisposeAsync()
@@ -170,5 +176,27 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, logprobs = 2 });
         Assert.Equal(HttpStatusCode.BadRequest, status);
         Assert.Equal("logprobs", body.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    /// <summary>
+    /// The official OpenAI .NET library, over loopback TCP and over the Unix socket (its transport given an
+    /// <see cref="HttpClient"/> that dials the socket). Version 2.15 has no public client for legacy completions.
+    /// </summary>
+    [Fact]
+    public async Task The_official_OpenAI_library_lists_and_finds_the_model_over_TCP_and_the_Unix_socket()
+    {
+        using var overSocket = UnixSocketClient.Create(_daemon.Socket);
+        foreach (var (endpoint, transport) in new (string, HttpClient?)[] { ($"http://127.0.0.1:{_port}/v1", null), ("http://kvpacketd/v1", overSocket) })
+        {
+            var options = new OpenAI.OpenAIClientOptions { Endpoint = new Uri(endpoint) };
+            if (transport is not null) options.Transport = new System.ClientModel.Primitives.HttpClientPipelineTransport(transport);
+            var client = new OpenAI.OpenAIClient(new System.ClientModel.ApiKeyCredential("unused"), options);
+
+            var models = (await client.GetOpenAIModelClient().GetModelsAsync()).Value;
+            Assert.Equal("kvqa-17m", Assert.Single(models).Id);
+            Assert.Equal("kvqa-17m", (await client.GetOpenAIModelClient().GetModelAsync("kvqa-17m")).Value.Id);
+            var missing = await Assert.ThrowsAsync<System.ClientModel.ClientResultException>(() => client.GetOpenAIModelClient().GetModelAsync("gpt-4o"));
+            Assert.Equal(404, missing.Status);
+        }
     }
 }
