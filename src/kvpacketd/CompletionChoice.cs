@@ -15,6 +15,7 @@ internal sealed class CompletionChoice : IAsyncDisposable
     private readonly IAsyncEnumerator<GenerationEvent> _events;
     private readonly TokenStreamDecoder? _decoder;
     private readonly StopTextMatcher? _stops;
+    private readonly HashSet<int> _unwritten;
     private GenerationEvent? _pending;
 
     public CompletionChoice(KvPacketEngine engine, int index, EngineRequest request, ITokenizer? tokenizer, IReadOnlyList<string> stops, CancellationToken aborted)
@@ -23,6 +24,8 @@ internal sealed class CompletionChoice : IAsyncDisposable
         _cancel = CancellationTokenSource.CreateLinkedTokenSource(aborted);
         _decoder = tokenizer is null ? null : new TokenStreamDecoder(tokenizer);
         _stops = stops.Count > 0 ? new StopTextMatcher(stops) : null;
+        // An end-of-sequence or stop token ends the text; it is counted and listed, never written into it.
+        _unwritten = [.. engine.Config.EosTokenIds, .. request.Limits.StopTokens ?? []];
         _events = engine.GenerateAsync(request, _cancel.Token).GetAsyncEnumerator(_cancel.Token);
     }
 
@@ -62,7 +65,7 @@ internal sealed class CompletionChoice : IAsyncDisposable
             }
             if (_stops?.Stopped == true) continue; // generated before the cancellation reached the scheduler
             Tokens.Add(e.Token);
-            string text = _decoder?.Append(e.Token) ?? "";
+            string text = _unwritten.Contains(e.Token) ? "" : _decoder?.Append(e.Token) ?? "";
             if (_stops is not null)
             {
                 text = _stops.Append(text);

@@ -41,13 +41,18 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
     /// is the served model's name (a request naming another is a 404); <paramref name="packetMode"/> is the mode of a
     /// request with documents and no <c>mode</c>.
     /// </summary>
-    public static CompletionRequest Parse(JsonElement body, ITokenizer? tokenizer, int bos, int maxTokens, int context, string model, RagMode packetMode)
+    /// <remarks>
+    /// For <c>/v1/chat/completions</c>, <paramref name="chatPrompt"/> is the conversation rendered by the model's chat
+    /// template: it is the one prompt, <c>prompt</c> is refused, and <c>max_completion_tokens</c> is read too.
+    /// </remarks>
+    public static CompletionRequest Parse(JsonElement body, ITokenizer? tokenizer, int bos, int maxTokens, int context, string model, RagMode packetMode, string? chatPrompt = null)
     {
         if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "the body must be a JSON object.");
         if (body.TryGetProperty("model", out var named) && named.ValueKind != JsonValueKind.Null && Text(named, "model") != model)
             throw new ApiError(404, $"The model '{named.GetString()}' does not exist; this daemon serves '{model}'.", param: "model", code: "model_not_found");
-        Refuse(body);
-        int max = Integer(body, "max_tokens", 16);
+        Refuse(body, chat: chatPrompt is not null);
+        int max = chatPrompt is not null && body.TryGetProperty("max_completion_tokens", out var newer) && newer.ValueKind != JsonValueKind.Null
+            ? Integer(body, "max_completion_tokens", 16) : Integer(body, "max_tokens", 16);
         if (max < 1 || max > maxTokens) throw ApiError.Field("max_tokens", $"'max_tokens' must be between 1 and {maxTokens}, not {max}.");
         double temperature = Number(body, "temperature", 1.0);
         if (temperature is < 0 or > 100) throw ApiError.Field("temperature", "'temperature' must be between 0 and 100.");
@@ -108,7 +113,10 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
             Sampling = new SamplingOptions { Temperature = (float)temperature, TopP = (float)topP, TopK = topK, Seed = seed },
             StopTokens = stopIds,
         };
-        var prompts = PromptsOf(body, tokenizer, context).Select(p =>
+        var given = chatPrompt is null ? PromptsOf(body, tokenizer, context)
+            : body.TryGetProperty("prompt", out _) ? throw ApiError.Field("prompt", "a chat completion takes 'messages', not 'prompt'.")
+            : [(TextTokens(chatPrompt, "messages", tokenizer!, context), chatPrompt)];
+        var prompts = given.Select(p =>
         {
             int[] tokens = p.Tokens.Length > 0 && p.Tokens[0] == bos ? p.Tokens[1..] : p.Tokens; // BOS goes first, before any documents
             if (tokens.Length == 0) throw ApiError.Field("prompt", "'prompt' must not be empty (beyond BOS).");
@@ -123,14 +131,27 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
     /// OpenAI fields that change what is generated and are not honoured here: a request that sets one to anything but
     /// its neutral value is refused, never answered as if it had not been sent.
     /// </summary>
-    private static void Refuse(JsonElement body)
+    private static void Refuse(JsonElement body, bool chat)
     {
+        if (chat)
+        {
+            foreach (string field in new[] { "tools", "functions", "function_call", "top_logprobs", "audio", "prediction" })
+                if (body.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null && !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
+                    throw ApiError.Field(field, $"'{field}' is not supported; leave it out.");
+            if (body.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null && !(choice.ValueKind == JsonValueKind.String && choice.GetString() == "none"))
+                throw ApiError.Field("tool_choice", "'tool_choice' is not supported (this server has no tools); leave it out or send \"none\".");
+            if (body.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null
+                && !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "text"))
+                throw ApiError.Field("response_format", "only 'response_format' {\"type\": \"text\"} is supported.");
+            if (body.TryGetProperty("logprobs", out var wanted) && wanted.ValueKind == JsonValueKind.True)
+                throw ApiError.Field("logprobs", "'logprobs' is not supported yet; leave it out or send false.");
+        }
         foreach (string field in new[] { "presence_penalty", "frequency_penalty" })
             if (body.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null && (value.ValueKind != JsonValueKind.Number || value.GetDouble() != 0))
                 throw ApiError.Field(field, $"'{field}' is not supported; leave it out or send 0.");
         if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
             throw ApiError.Field("logit_bias", "'logit_bias' is not supported; leave it out.");
-        if (body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null)
+        if (!chat && body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null)
             throw ApiError.Field("logprobs", "'logprobs' is not supported yet; leave it out.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null && !(suffix.ValueKind == JsonValueKind.String && suffix.GetString() is ""))
             throw ApiError.Field("suffix", "'suffix' (insertion) is not supported; leave it out.");
@@ -156,13 +177,15 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
     /// </summary>
     public static int[] Tokens(JsonElement value, string field, ITokenizer? tokenizer, int context) => value.ValueKind switch
     {
-        JsonValueKind.String when tokenizer is not null => Text(value, field) is var text && text.Length > (long)context * LongestToken(tokenizer)
-            ? throw ApiError.Field(field, $"'{field}' has {text.Length} characters, more than {context} tokens (the model's context) can hold.")
-            : tokenizer.Encode(text),
+        JsonValueKind.String when tokenizer is not null => TextTokens(Text(value, field), field, tokenizer, context),
         JsonValueKind.String => throw ApiError.Field(field, $"'{field}' is text but this model has no tokenizer: send token ids."),
         JsonValueKind.Array => TokenArray(value, field),
         _ => throw ApiError.Field(field, $"'{field}' must be a string or an array of token ids."),
     };
+
+    private static int[] TextTokens(string text, string field, ITokenizer tokenizer, int context) => text.Length > (long)context * LongestToken(tokenizer)
+        ? throw ApiError.Field(field, $"'{field}' has {text.Length} characters, more than {context} tokens (the model's context) can hold.")
+        : tokenizer.Encode(text);
 
     private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ITokenizer, object> Longest = [];
 

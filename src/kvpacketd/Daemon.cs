@@ -71,6 +71,15 @@ public static class Daemon
             return 3;
         }
         var tokenizer = TokenizerLoader.TryLoadNextTo(options.Model);
+        ChatTemplate? chat;
+        try { chat = tokenizer is null ? null : ChatTemplate.TryLoadNextTo(options.Model); }
+        catch (FormatException e)
+        {
+            log.LogError("cannot read the chat template: {Error}", e.Message);
+            checkpoint.Dispose();
+            store.Dispose();
+            return 3;
+        }
         Adapter? adapter = null;
         if (options.Adapter is { Length: > 0 } name)
         {
@@ -94,7 +103,7 @@ public static class Daemon
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
             engine.Register(store.ReadDocument(info.Id), info.StoredBytes);
         var metrics = new DaemonMetrics();
-        var api = new DaemonApi(engine, store, () => packets, tokenizer, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, app.Lifetime);
+        var api = new DaemonApi(engine, store, () => packets, tokenizer, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, chat, app.Lifetime);
         api.Map(app);
 
         try

@@ -12,11 +12,12 @@ namespace KvPacket.Daemon;
 
 /// <summary>
 /// The HTTP endpoints: <c>/v1/completions</c> (OpenAI-style, JSON or server-sent events, with <c>packets</c>,
-/// <c>documents</c> and <c>mode</c>), <c>/v1/chat/completions</c>, <c>/v1/packets</c>, <c>/health</c> and <c>/metrics</c>.
+/// <c>documents</c> and <c>mode</c>), <c>/v1/chat/completions</c> (through the model's chat template), <c>/v1/models</c>,
+/// <c>/v1/packets</c>, <c>/health</c> and <c>/metrics</c>.
 /// Errors are JSON with a 4xx/5xx status; a client that disconnects cancels its request.
 /// </summary>
 internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<StoredPackets?> packets, ITokenizer? tokenizer,
-    DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, IHostApplicationLifetime lifetime)
+    DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, ChatTemplate? chatTemplate, IHostApplicationLifetime lifetime)
 {
     private readonly long _started = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
@@ -75,10 +76,16 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         app.MapPost("/v1/completions", context => Handle(context, async () =>
         {
             var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, PacketMode);
-            return await Complete(context, request);
+            return await Complete(context, request, chat: false);
         }));
-        app.MapPost("/v1/chat/completions", context => Respond(context, () =>
-            throw new ApiError(400, $"model {modelName} has no chat template; use /v1/completions.")));
+        app.MapPost("/v1/chat/completions", context => Handle(context, async () =>
+        {
+            if (chatTemplate is null) throw new ApiError(400, $"model {modelName} has no chat template; use /v1/completions.", param: "messages", code: "no_chat_template");
+            var body = await ReadBody(context);
+            var request = CompletionRequest.Parse(body, tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, PacketMode,
+                ChatMessages.Render(body, chatTemplate));
+            return await Complete(context, request, chat: true);
+        }));
     }
 
     /// <summary>The served model as OpenAI's model object, with the adapter it serves packets with.</summary>
@@ -90,9 +97,14 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
 
     private static object Describe(PacketHandle handle) => new { id = handle.Id, tokens = handle.Document.Length, bytes = handle.KvBytes };
 
-    private async Task<IResult?> Complete(HttpContext context, CompletionRequest request)
+    /// <summary>
+    /// Runs every choice of <paramref name="request"/> and answers in OpenAI's shape: a text completion, or with
+    /// <paramref name="chat"/> a chat completion (the text as the assistant's message; streamed as deltas).
+    /// </summary>
+    private async Task<IResult?> Complete(HttpContext context, CompletionRequest request, bool chat)
     {
-        string id = "cmpl-" + Guid.NewGuid().ToString("N")[..24];
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N")[..24];
+        string kind = chat ? "chat.completion" : "text_completion", chunkKind = chat ? "chat.completion.chunk" : "text_completion";
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, tokenizer, request.Stops, context.RequestAborted))).ToArray();
         try
@@ -115,10 +127,16 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
                 }
                 finally { writing.Release(); }
             }
-            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null) =>
-                new { id, @object = "text_completion", created, model = modelName, choices = new[] { new { index, text, tokens, finish_reason = finish, kvpacket = extension } } };
+            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null) => new
+            {
+                id, @object = chunkKind, created, model = modelName,
+                choices = new[] { chat
+                    ? (object)new { index, delta = finish is null ? new { content = text } : new object(), tokens, logprobs = (object?)null, finish_reason = finish, kvpacket = extension }
+                    : new { index, text, tokens, logprobs = (object?)null, finish_reason = finish, kvpacket = extension } },
+            };
             await Task.WhenAll(choices.Select(async c =>
             {
+                if (request.Stream && chat) await Send(new { id, @object = chunkKind, created, model = modelName, choices = new[] { new { index = c.Run.Index, delta = new { role = "assistant", content = "" }, logprobs = (object?)null, finish_reason = (string?)null } } });
                 if (request.Stream && request.Echo) await Send(Chunk(c.Run.Index, c.Prompt.Text, [], null));
                 await c.Run.RunAsync(request.Stream ? (choice, text, token) => Send(Chunk(choice.Index, text, token < 0 ? [] : [token], null)) : null);
                 metrics.Completion(c.Run.Summary?.GeneratedTokens ?? c.Run.Tokens.Count, c.Run.Summary?.TimeToFirstTokenSeconds ?? 0);
@@ -130,19 +148,25 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             var usage = new { prompt_tokens = prompt, completion_tokens = completion, total_tokens = prompt + completion };
             if (request.Stream)
             {
-                if (request.IncludeUsage) await Send(new { id, @object = "text_completion", created, model = modelName, choices = Array.Empty<object>(), usage });
+                if (request.IncludeUsage) await Send(new { id, @object = chunkKind, created, model = modelName, choices = Array.Empty<object>(), usage });
                 await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
                 metrics.Request(200);
                 return null;
             }
             return Results.Json(new
             {
-                id, @object = "text_completion", created, model = modelName,
-                choices = choices.Select(c => new
-                {
-                    index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = (object?)null,
-                    finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
-                }),
+                id, @object = kind, created, model = modelName,
+                choices = choices.Select(c => chat
+                    ? (object)new
+                    {
+                        index = c.Run.Index, message = new { role = "assistant", content = c.Run.Text.ToString() }, tokens = c.Run.Tokens, logprobs = (object?)null,
+                        finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
+                    }
+                    : new
+                    {
+                        index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = (object?)null,
+                        finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
+                    }),
                 usage,
             });
         }

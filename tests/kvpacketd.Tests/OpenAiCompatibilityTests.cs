@@ -199,4 +199,88 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
             Assert.Equal(404, missing.Status);
         }
     }
+
+    private const string Vosk = "Document: Vosk\nThe city of Vosk lies in the region of Tarrel. Vosk was founded in 1712.\n\n";
+
+    [Fact]
+    public async Task A_chat_completion_is_the_text_completion_of_the_rendered_template_plain_and_streamed()
+    {
+        string id = (await _daemon.PostAsync("/v1/packets", new { text = Vosk }, 201)).GetProperty("id").GetString()!;
+        var text = await CompleteAsync(new { prompt = "Question: Which region does Vosk lie in?\nAnswer:", packets = new[] { id }, mode = "naive", max_tokens = 8, temperature = 0 });
+        var response = await _daemon.Client.PostAsJsonAsync("/v1/chat/completions", new
+        {
+            model = "kvqa-17m", messages = new[] { new { role = "user", content = "  Which region does Vosk lie in? " } }, packets = new[] { id }, mode = "naive", max_completion_tokens = 8, temperature = 0,
+        });
+        var chat = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+        Assert.True(response.IsSuccessStatusCode, chat.ToString());
+        Assert.Equal("chat.completion", chat.GetProperty("object").GetString());
+        var message = chat.GetProperty("choices")[0].GetProperty("message");
+        Assert.Equal("assistant", message.GetProperty("role").GetString());
+        Assert.Equal(TextOf(text), message.GetProperty("content").GetString());
+        Assert.Equal(" Tarrel", message.GetProperty("content").GetString());
+        Assert.Equal(text.GetProperty("usage").ToString(), chat.GetProperty("usage").ToString());
+
+        // Streamed: a first chunk with the role, then content deltas, then the finish reason and (asked for) the usage.
+        using var streamed = await _daemon.Client.PostAsJsonAsync("/v1/chat/completions", new
+        {
+            messages = new object[] { new { role = "user", content = new[] { new { type = "text", text = "Which region does Vosk lie in?" } } } },
+            packets = new[] { id }, mode = "naive", max_tokens = 8, temperature = 0, stream = true, stream_options = new { include_usage = true },
+        });
+        var chunks = (await streamed.Content.ReadAsStringAsync()).Split('\n').Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+            .Select(l => JsonDocument.Parse(l[6..]).RootElement).ToList();
+        Assert.All(chunks, c => Assert.Equal("chat.completion.chunk", c.GetProperty("object").GetString()));
+        Assert.Equal("assistant", chunks[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("role").GetString());
+        Assert.Equal(" Tarrel", string.Concat(chunks.Where(c => c.GetProperty("choices").GetArrayLength() > 0)
+            .Select(c => c.GetProperty("choices")[0].GetProperty("delta")).Select(d => d.TryGetProperty("content", out var t) ? t.GetString() : "")));
+        Assert.Equal("stop", chunks[^2].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(text.GetProperty("usage").ToString(), chunks[^1].GetProperty("usage").ToString());
+    }
+
+    [Fact]
+    public async Task Chat_requests_the_template_or_the_server_cannot_serve_are_refused_naming_the_field()
+    {
+        foreach (var (body, param, contains) in new (object, string, string)[]
+        {
+            (new { messages = new[] { new { role = "system", content = "Be brief." } } }, "messages", "not a system message"),
+            (new { messages = Array.Empty<object>() }, "messages", "non-empty"),
+            (new { messages = new[] { new { role = "user", content = new[] { new { type = "image_url", text = "x" } } } } }, "messages", "only parts of type 'text'"),
+            (new { messages = new[] { new { role = "user", content = "a" } }, tools = new[] { new { type = "function" } } }, "tools", "not supported"),
+            (new { messages = new[] { new { role = "user", content = "a" } }, response_format = new { type = "json_object" } }, "response_format", "text"),
+            (new { messages = new[] { new { role = "user", content = "a" } }, prompt = "a" }, "prompt", "'messages', not 'prompt'"),
+        })
+        {
+            var response = await _daemon.Client.PostAsJsonAsync("/v1/chat/completions", body);
+            var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Equal(param, error.GetProperty("param").GetString());
+            Assert.Contains(contains, error.GetProperty("message").GetString());
+        }
+    }
+
+    /// <summary>The official OpenAI library's chat client and Microsoft.Extensions.AI's <c>IChatClient</c> over it, on TCP and on the Unix socket.</summary>
+    [Fact]
+    public async Task The_official_chat_clients_get_the_daemons_answer_over_TCP_and_the_Unix_socket()
+    {
+        var expected = await CompleteAsync(new { prompt = "Question: Which region does Vosk lie in?\nAnswer:", max_tokens = 8, temperature = 0 });
+        using var overSocket = UnixSocketClient.Create(_daemon.Socket);
+        foreach (var (endpoint, transport) in new (string, HttpClient?)[] { ($"http://127.0.0.1:{_port}/v1", null), ("http://kvpacketd/v1", overSocket) })
+        {
+            var options = new OpenAI.OpenAIClientOptions { Endpoint = new Uri(endpoint) };
+            if (transport is not null) options.Transport = new System.ClientModel.Primitives.HttpClientPipelineTransport(transport);
+            var chat = new OpenAI.Chat.ChatClient("kvqa-17m", new System.ClientModel.ApiKeyCredential("unused"), options);
+            var settings = new OpenAI.Chat.ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 8 };
+            var completion = (await chat.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("Which region does Vosk lie in?")], settings)).Value;
+            Assert.Equal(TextOf(expected), completion.Content[0].Text);
+            Assert.Equal(expected.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), completion.FinishReason.ToString().ToLowerInvariant());
+
+            var streamed = new StringBuilder();
+            await foreach (var update in chat.CompleteChatStreamingAsync([new OpenAI.Chat.UserChatMessage("Which region does Vosk lie in?")], settings))
+                foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
+            Assert.Equal(TextOf(expected), streamed.ToString());
+
+            Microsoft.Extensions.AI.IChatClient client = Microsoft.Extensions.AI.OpenAIClientExtensions.AsIChatClient(chat);
+            var answer = await client.GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Which region does Vosk lie in?")], new Microsoft.Extensions.AI.ChatOptions { Temperature = 0, MaxOutputTokens = 8 });
+            Assert.Equal(TextOf(expected), answer.Text);
+        }
+    }
 }
