@@ -100,10 +100,12 @@ public static class Daemon
             Adapter = adapter,
             Packets = model => packets = new StoredPackets(model, store),
         });
+        engine.Tokenizer = tokenizer;
+        engine.ChatTemplate = chat;
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
             engine.Register(store.ReadDocument(info.Id), info.StoredBytes);
         var metrics = new DaemonMetrics();
-        var api = new DaemonApi(engine, store, () => packets, tokenizer, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, chat, app.Lifetime);
+        var api = new DaemonApi(engine, store, () => packets, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, app.Lifetime);
         api.Map(app);
 
         try

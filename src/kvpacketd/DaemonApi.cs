@@ -16,18 +16,11 @@ namespace KvPacket.Daemon;
 /// <c>/v1/packets</c>, <c>/health</c> and <c>/metrics</c>.
 /// Errors are JSON with a 4xx/5xx status; a client that disconnects cancels its request.
 /// </summary>
-internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<StoredPackets?> packets, ITokenizer? tokenizer,
-    DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, ChatTemplate? chatTemplate, IHostApplicationLifetime lifetime)
+internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<StoredPackets?> packets,
+    DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, IHostApplicationLifetime lifetime)
 {
     private readonly long _started = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
-    /// <summary>The mode of a request with documents and no <c>mode</c>: the one the daemon's adapter is for, else naive.</summary>
-    private RagMode PacketMode => adapter switch
-    {
-        { Links.Length: > 0 } => RagMode.KvLink,
-        { Header.Length: > 0 } or { Trailer.Length: > 0 } => RagMode.KvPacket,
-        _ => RagMode.Naive,
-    };
 
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
@@ -66,7 +59,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             var body = await ReadBody(context);
             if (!body.TryGetProperty("text", out var document) && !body.TryGetProperty("tokens", out document))
                 throw new ApiError(400, "give the document as 'text' or as 'tokens'.", param: "text");
-            int[] tokens = CompletionRequest.Tokens(document, "text/tokens", tokenizer, engine.Config.MaxContextLength);
+            int[] tokens = CompletionRequest.Tokens(document, "text/tokens", engine.Tokenizer, engine.Config.MaxContextLength);
             if (tokens.Length == 0) throw new ApiError(400, "the document is empty.");
             if (tokens.Length > engine.Config.MaxContextLength) throw new ApiError(400, $"the document has {tokens.Length} tokens; the model's context is {engine.Config.MaxContextLength}.");
             if (tokens.Any(t => t >= engine.Config.VocabSize)) throw new ApiError(400, $"token ids must be below the vocabulary size {engine.Config.VocabSize}.");
@@ -75,14 +68,14 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         }));
         app.MapPost("/v1/completions", context => Handle(context, async () =>
         {
-            var request = CompletionRequest.Parse(await ReadBody(context), tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, PacketMode);
+            var request = CompletionRequest.Parse(await ReadBody(context), engine.Tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, engine.DefaultPacketMode);
             return await Complete(context, request, chat: false);
         }));
         app.MapPost("/v1/chat/completions", context => Handle(context, async () =>
         {
-            if (chatTemplate is null) throw new ApiError(400, $"model {modelName} has no chat template; use /v1/completions.", param: "messages", code: "no_chat_template");
+            if (engine.ChatTemplate is not { } chatTemplate) throw new ApiError(400, $"model {modelName} has no chat template; use /v1/completions.", param: "messages", code: "no_chat_template");
             var body = await ReadBody(context);
-            var request = CompletionRequest.Parse(body, tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, PacketMode,
+            var request = CompletionRequest.Parse(body, engine.Tokenizer, engine.Config.BosTokenId ?? 1, options.MaxTokens, engine.Config.MaxContextLength, modelName, engine.DefaultPacketMode,
                 ChatMessages.Render(body, chatTemplate));
             return await Complete(context, request, chat: true);
         }));
@@ -92,7 +85,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     private object Model() => new
     {
         id = modelName, @object = "model", created = _started, owned_by = "kvpacket",
-        kvpacket = new { context_length = engine.Config.MaxContextLength, adapter = adapter is null ? null : $"{adapter.Id}@{adapter.Version}", default_packet_mode = PacketMode.ToString().ToLowerInvariant() },
+        kvpacket = new { context_length = engine.Config.MaxContextLength, adapter = adapter is null ? null : $"{adapter.Id}@{adapter.Version}", default_packet_mode = engine.DefaultPacketMode.ToString().ToLowerInvariant() },
     };
 
     private static object Describe(PacketHandle handle) => new { id = handle.Id, tokens = handle.Document.Length, bytes = handle.KvBytes };
@@ -106,7 +99,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N")[..24];
         string kind = chat ? "chat.completion" : "text_completion", chunkKind = chat ? "chat.completion.chunk" : "text_completion";
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, tokenizer, request.Stops, context.RequestAborted))).ToArray();
+        var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, request.Stops, context.RequestAborted))).ToArray();
         try
         {
             // Every choice accepted (or the request refused) before anything is sent: an error is then still a clean 4xx.

@@ -283,4 +283,42 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
             Assert.Equal(TextOf(expected), answer.Text);
         }
     }
+
+    [Fact]
+    public async Task The_in_process_IChatClient_gives_the_daemons_text_for_the_same_seed_with_packets_and_stop_sequences()
+    {
+        string id = (await _daemon.PostAsync("/v1/packets", new { text = Vosk }, 201)).GetProperty("id").GetString()!;
+        var daemon = await _daemon.PostAsync("/v1/chat/completions", new
+        {
+            messages = new[] { new { role = "user", content = "In which year was Vosk founded?" } }, packets = new[] { id }, mode = "naive",
+            max_tokens = 8, temperature = 0.9, top_p = 0.95, seed = 11,
+        });
+        string expected = daemon.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+
+        await using var engine = await Engine.Serving.KvPacketEngine.LoadAsync(Model);
+        Assert.Equal(id, (await engine.AddPacketAsync(Vosk)).Id);
+        using Microsoft.Extensions.AI.IChatClient client = new Engine.Serving.KvPacketChatClient(engine, "kvqa-17m");
+        var options = new Microsoft.Extensions.AI.ChatOptions
+        {
+            MaxOutputTokens = 8, Temperature = 0.9f, TopP = 0.95f, Seed = 11,
+            AdditionalProperties = new() { [Engine.Serving.KvPacketChatClient.PacketsKey] = new[] { id }, [Engine.Serving.KvPacketChatClient.ModeKey] = "naive" },
+        };
+        var question = new[] { new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "In which year was Vosk founded?") };
+        var response = await client.GetResponseAsync(question, options);
+        Assert.Equal(expected, response.Text);
+        Assert.Equal(daemon.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), (int)response.Usage!.OutputTokenCount!);
+
+        var streamed = new StringBuilder();
+        await foreach (var update in client.GetStreamingResponseAsync(question, options)) streamed.Append(update.Text);
+        Assert.Equal(expected, streamed.ToString());
+
+        // A stop sequence inside the answer: the text ends before it, and the finish reason is stop.
+        Assert.True(expected.Length > 3, expected);
+        string stop = expected[2..4];
+        options.StopSequences = [stop];
+        var stopped = await client.GetResponseAsync(question, options);
+        Assert.Equal(expected[..expected.IndexOf(stop, StringComparison.Ordinal)], stopped.Text);
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Stop, stopped.FinishReason);
+        Assert.Throws<NotSupportedException>(() => { client.GetResponseAsync(question, new Microsoft.Extensions.AI.ChatOptions { PresencePenalty = 1 }).GetAwaiter().GetResult(); });
+    }
 }

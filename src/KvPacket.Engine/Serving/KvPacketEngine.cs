@@ -49,6 +49,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
         {
             var engine = Create(CheckpointLoader.Load(modelPath), options);
             engine.Tokenizer = TokenizerLoader.TryLoadNextTo(modelPath);
+            engine.ChatTemplate = engine.Tokenizer is null ? null : ChatTemplate.TryLoadNextTo(modelPath);
             return engine;
         }, cancellation);
 
@@ -57,6 +58,20 @@ public sealed class KvPacketEngine : IAsyncDisposable
 
     /// <summary>The model's tokenizer, when one was found beside it (or set by the host).</summary>
     public ITokenizer? Tokenizer { get; set; }
+
+    /// <summary>The model's chat template, when its tokenizer_config.json has one (or set by the host); <see cref="KvPacketChatClient"/> needs it.</summary>
+    public ChatTemplate? ChatTemplate { get; set; }
+
+    /// <summary>
+    /// The mode of a request with documents that names none: the one the engine's adapter is for (kvlink when it has link
+    /// tokens, kvpacket when it has a header or trailer), else naive.
+    /// </summary>
+    public RagMode DefaultPacketMode => _options.Adapter switch
+    {
+        { Links.Length: > 0 } => RagMode.KvLink,
+        { Header.Length: > 0 } or { Trailer.Length: > 0 } => RagMode.KvPacket,
+        _ => RagMode.Naive,
+    };
 
     /// <summary>The model's config.</summary>
     public ModelConfig Config => _checkpoint.Config;

@@ -1,13 +1,16 @@
-namespace KvPacket.Daemon;
+namespace KvPacket.Engine.Serving;
 
 /// <summary>
 /// OpenAI's <c>stop</c>: generation ends where the generated <em>text</em> first contains a stop string, wherever the
 /// token boundaries fall, and the stop string itself is not returned. Text that could still turn out to begin a stop
 /// string is held back until the next piece decides it, so a stream never shows what the final text leaves out.
 /// </summary>
-internal sealed class StopTextMatcher(IReadOnlyList<string> stops)
+public sealed class StopTextMatcher(IReadOnlyList<string> stops)
 {
     private string _held = "";
+
+    /// <summary>The stop strings.</summary>
+    public IReadOnlyList<string> Stops => stops;
 
     /// <summary>Whether a stop string has been found.</summary>
     public bool Stopped { get; private set; }
