@@ -25,6 +25,9 @@ internal sealed class CompletionChoice : IAsyncDisposable
     /// <summary>Tokens generated up to the end (up to the one that completed a stop string).</summary>
     public List<int> Tokens { get; } = [];
 
+    /// <summary>Each written token's log-probabilities, when the request asked for them.</summary>
+    public List<(int Token, Engine.Sampling.TokenLogProbs LogProbs)> LogProbs { get; } = [];
+
     /// <summary>The completion's text, stop string left out.</summary>
     public StringBuilder Text { get; } = new();
 
@@ -43,7 +46,7 @@ internal sealed class CompletionChoice : IAsyncDisposable
     public async Task BeginAsync() => _pending = await NextAsync();
 
     /// <summary>Runs to the end; each piece of text (and the token that made it, or −1 for held-back text) goes to <paramref name="piece"/>.</summary>
-    public async Task RunAsync(Func<CompletionChoice, string, int, Task>? piece)
+    public async Task RunAsync(Func<CompletionChoice, string, int, Engine.Sampling.TokenLogProbs?, Task>? piece)
     {
         while ((_pending ?? await NextAsync()) is { } e)
         {
@@ -54,8 +57,9 @@ internal sealed class CompletionChoice : IAsyncDisposable
                 break;
             }
             if (e.Token >= 0) Tokens.Add(e.Token);
+            if (e.LogProbs is { } logProbs) LogProbs.Add((e.Token, logProbs));
             Text.Append(e.Text);
-            if (piece is not null && (e.Text.Length > 0 || e.Token >= 0)) await piece(this, e.Text, e.Token);
+            if (piece is not null && (e.Text.Length > 0 || e.Token >= 0)) await piece(this, e.Text, e.Token, e.LogProbs);
         }
         if (Summary?.Reason == Engine.Serving.FinishReason.Error) throw new ApiError(500, Summary.Error ?? "generation failed", "server_error", code: "internal_error");
     }

@@ -109,6 +109,7 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
 
         var limits = new GenerationLimits
         {
+            LogProbs = LogProbs(body, chatPrompt is not null, echo),
             MaxTokens = max,
             Sampling = new SamplingOptions { Temperature = (float)temperature, TopP = (float)topP, TopK = topK, Seed = seed },
             StopTokens = stopIds,
@@ -135,7 +136,7 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
     {
         if (chat)
         {
-            foreach (string field in new[] { "tools", "functions", "function_call", "top_logprobs", "audio", "prediction" })
+            foreach (string field in new[] { "tools", "functions", "function_call", "audio", "prediction" })
                 if (body.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null && !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
                     throw ApiError.Field(field, $"'{field}' is not supported; leave it out.");
             if (body.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null && !(choice.ValueKind == JsonValueKind.String && choice.GetString() == "none"))
@@ -143,18 +144,37 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
             if (body.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null
                 && !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "text"))
                 throw ApiError.Field("response_format", "only 'response_format' {\"type\": \"text\"} is supported.");
-            if (body.TryGetProperty("logprobs", out var wanted) && wanted.ValueKind == JsonValueKind.True)
-                throw ApiError.Field("logprobs", "'logprobs' is not supported yet; leave it out or send false.");
         }
         foreach (string field in new[] { "presence_penalty", "frequency_penalty" })
             if (body.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null && (value.ValueKind != JsonValueKind.Number || value.GetDouble() != 0))
                 throw ApiError.Field(field, $"'{field}' is not supported; leave it out or send 0.");
         if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
             throw ApiError.Field("logit_bias", "'logit_bias' is not supported; leave it out.");
-        if (!chat && body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null)
-            throw ApiError.Field("logprobs", "'logprobs' is not supported yet; leave it out.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null && !(suffix.ValueKind == JsonValueKind.String && suffix.GetString() is ""))
             throw ApiError.Field("suffix", "'suffix' (insertion) is not supported; leave it out.");
+    }
+
+    /// <summary>
+    /// How many alternatives each token's log-probabilities list (null: none): the completions API's <c>logprobs</c>
+    /// (0 to 5), or chat's <c>logprobs: true</c> with <c>top_logprobs</c> (0 to 20).
+    /// </summary>
+    private static int? LogProbs(JsonElement body, bool chat, bool echo)
+    {
+        int? top;
+        if (chat)
+        {
+            bool wanted = Boolean(body, "logprobs", false);
+            bool alternatives = body.TryGetProperty("top_logprobs", out var t) && t.ValueKind != JsonValueKind.Null;
+            if (alternatives && !wanted) throw ApiError.Field("top_logprobs", "'top_logprobs' needs 'logprobs': true.");
+            top = wanted ? Integer(body, "top_logprobs", 0) : null;
+            if (top is < 0 or > TokenLogProbs.MaxTop) throw ApiError.Field("top_logprobs", $"'top_logprobs' must be between 0 and {TokenLogProbs.MaxTop}.");
+            return top;
+        }
+        if (!body.TryGetProperty("logprobs", out var value) || value.ValueKind == JsonValueKind.Null) return null;
+        top = Integer(body, "logprobs", 0);
+        if (top is < 0 or > 5) throw ApiError.Field("logprobs", "'logprobs' must be between 0 and 5.");
+        if (echo) throw ApiError.Field("logprobs", "'logprobs' with 'echo' (the prompt's log-probabilities) is not supported; send one of them.");
+        return top;
     }
 
     /// <summary>

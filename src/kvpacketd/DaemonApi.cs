@@ -120,18 +120,24 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
                 }
                 finally { writing.Release(); }
             }
-            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null) => new
+            bool logProbs = request.Prompts[0].Engine.Limits.LogProbs is not null;
+            var tokenizer = engine.Tokenizer;
+            // Log-probabilities of some tokens in the request's shape: chat's per-token objects, or the completions API's lists.
+            object? LogProbs(IReadOnlyList<(int, Engine.Sampling.TokenLogProbs)> items, int offset) => !logProbs || tokenizer is null ? null
+                : chat ? OpenAiLogProbs.Chat(items, tokenizer) : OpenAiLogProbs.Completion(items, tokenizer, offset);
+            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null, object? logprobs = null) => new
             {
                 id, @object = chunkKind, created, model = modelName,
                 choices = new[] { chat
-                    ? (object)new { index, delta = finish is null ? new { content = text } : new object(), tokens, logprobs = (object?)null, finish_reason = finish, kvpacket = extension }
-                    : new { index, text, tokens, logprobs = (object?)null, finish_reason = finish, kvpacket = extension } },
+                    ? (object)new { index, delta = finish is null ? new { content = text } : new object(), tokens, logprobs, finish_reason = finish, kvpacket = extension }
+                    : new { index, text, tokens, logprobs, finish_reason = finish, kvpacket = extension } },
             };
             await Task.WhenAll(choices.Select(async c =>
             {
                 if (request.Stream && chat) await Send(new { id, @object = chunkKind, created, model = modelName, choices = new[] { new { index = c.Run.Index, delta = new { role = "assistant", content = "" }, logprobs = (object?)null, finish_reason = (string?)null } } });
                 if (request.Stream && request.Echo) await Send(Chunk(c.Run.Index, c.Prompt.Text, [], null));
-                await c.Run.RunAsync(request.Stream ? (choice, text, token) => Send(Chunk(choice.Index, text, token < 0 ? [] : [token], null)) : null);
+                await c.Run.RunAsync(request.Stream ? (choice, text, token, tokenLogProbs) => Send(Chunk(choice.Index, text, token < 0 ? [] : [token], null,
+                    logprobs: tokenLogProbs is null ? null : LogProbs([(token, tokenLogProbs)], choice.Text.Length - text.Length))) : null);
                 metrics.Completion(c.Run.Summary?.GeneratedTokens ?? c.Run.Tokens.Count, c.Run.Summary?.TimeToFirstTokenSeconds ?? 0);
                 if (request.Stream) await Send(Chunk(c.Run.Index, "", [], c.Run.FinishReason, Extension(c.Run, request.Prompts[0].Engine.Mode)));
             }));
@@ -152,12 +158,12 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
                 choices = choices.Select(c => chat
                     ? (object)new
                     {
-                        index = c.Run.Index, message = new { role = "assistant", content = c.Run.Text.ToString() }, tokens = c.Run.Tokens, logprobs = (object?)null,
+                        index = c.Run.Index, message = new { role = "assistant", content = c.Run.Text.ToString() }, tokens = c.Run.Tokens, logprobs = LogProbs(c.Run.LogProbs, 0),
                         finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
                     }
                     : new
                     {
-                        index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = (object?)null,
+                        index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = LogProbs(c.Run.LogProbs, 0),
                         finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
                     }),
                 usage,

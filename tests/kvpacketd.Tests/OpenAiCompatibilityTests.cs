@@ -173,9 +173,9 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.NotFound, status);
         Assert.Equal("packet_not_found", body.GetProperty("error").GetProperty("code").GetString());
 
-        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, logprobs = 2 });
+        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, presence_penalty = 0.5 });
         Assert.Equal(HttpStatusCode.BadRequest, status);
-        Assert.Equal("logprobs", body.GetProperty("error").GetProperty("param").GetString());
+        Assert.Equal("presence_penalty", body.GetProperty("error").GetProperty("param").GetString());
     }
 
     /// <summary>
@@ -320,5 +320,42 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         Assert.Equal(expected[..expected.IndexOf(stop, StringComparison.Ordinal)], stopped.Text);
         Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Stop, stopped.FinishReason);
         Assert.Throws<NotSupportedException>(() => { client.GetResponseAsync(question, new Microsoft.Extensions.AI.ChatOptions { PresencePenalty = 1 }).GetAwaiter().GetResult(); });
+    }
+
+    [Fact]
+    public async Task Logprobs_are_the_models_log_softmax_in_the_completions_and_the_chat_shape()
+    {
+        var completion = await CompleteAsync(new { prompt = Prompt, max_tokens = 3, temperature = 0, logprobs = 5 });
+        var logprobs = completion.GetProperty("choices")[0].GetProperty("logprobs");
+
+        // The reference: the model's own logits after the prompt, log-softmaxed here.
+        using var checkpoint = CheckpointLoader.Load(Model);
+        using var model = new Engine.Forward.Transformer(checkpoint, new Engine.Forward.TransformerOptions { KvType = Core.Memory.DType.F32, KvCacheTokens = 1024 });
+        var tokenizer = Core.Tokenization.TokenizerLoader.Load(Model);
+        using var sequence = model.CreateSequence();
+        var logits = new float[checkpoint.Config.VocabSize];
+        model.Prefill(sequence, [checkpoint.Config.BosTokenId!.Value, .. tokenizer.Encode(Prompt)], logits);
+        double max = logits.Max(), logZ = max + Math.Log(logits.Sum(x => Math.Exp(x - max)));
+        int[] best = [.. Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).Take(5)];
+
+        Assert.Equal(tokenizer.Decode([best[0]]), logprobs.GetProperty("tokens")[0].GetString());
+        Assert.Equal(logits[best[0]] - logZ, logprobs.GetProperty("token_logprobs")[0].GetDouble(), 0.02);   // the daemon keeps KV in f16
+        var top = logprobs.GetProperty("top_logprobs")[0].EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble());
+        Assert.Equal(5, top.Count);
+        foreach (int token in best) Assert.Equal(logits[token] - logZ, top[tokenizer.Decode([token])], 0.02);
+        Assert.Equal(0, logprobs.GetProperty("text_offset")[0].GetInt32());
+        Assert.Equal(TextOf(completion), string.Concat(logprobs.GetProperty("tokens").EnumerateArray().Select(t => t.GetString())));
+
+        var chat = await _daemon.PostAsync("/v1/chat/completions", new { messages = new[] { new { role = "user", content = "Which region does Vosk lie in?" } }, max_tokens = 3, temperature = 0, logprobs = true, top_logprobs = 2 });
+        var content = chat.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("content");
+        foreach (var entry in content.EnumerateArray())
+        {
+            Assert.Equal(entry.GetProperty("token").GetString(), System.Text.Encoding.UTF8.GetString([.. entry.GetProperty("bytes").EnumerateArray().Select(b => (byte)b.GetInt32())]));
+            var alternatives = entry.GetProperty("top_logprobs");
+            Assert.Equal(2, alternatives.GetArrayLength());
+            Assert.Equal(alternatives[0].GetProperty("logprob").GetDouble(), entry.GetProperty("logprob").GetDouble(), 1e-6);  // greedy: the chosen token is the likeliest
+            Assert.True(alternatives[0].GetProperty("logprob").GetDouble() >= alternatives[1].GetProperty("logprob").GetDouble());
+        }
+        Assert.Equal(chat.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), string.Concat(content.EnumerateArray().Select(e => e.GetProperty("token").GetString())));
     }
 }

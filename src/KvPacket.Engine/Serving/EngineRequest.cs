@@ -30,7 +30,8 @@ public sealed record EngineRequest
 /// <summary>One event of a generation stream: a token, or the end with its summary.</summary>
 /// <param name="Token">The generated token (−1 in the final event).</param>
 /// <param name="Summary">Set in the final event only.</param>
-public readonly record struct GenerationEvent(int Token, GenerationSummary? Summary)
+/// <param name="LogProbs">The token's log-probabilities, when <see cref="GenerationLimits.LogProbs"/> asked for them.</param>
+public readonly record struct GenerationEvent(int Token, GenerationSummary? Summary, Sampling.TokenLogProbs? LogProbs = null)
 {
     /// <summary>Whether this is the final event.</summary>
     public bool IsFinal => Summary is not null;

@@ -17,6 +17,12 @@ public sealed record GenerationLimits
     /// <summary>Token sequences that end generation once generated (included in the output).</summary>
     public IReadOnlyList<int[]> StopSequences { get; init; } = [];
 
+    /// <summary>
+    /// Log-probabilities with each token: null for none, otherwise the chosen token's and this many alternatives'
+    /// (0 to <see cref="TokenLogProbs.MaxTop"/>); computed only when asked for.
+    /// </summary>
+    public int? LogProbs { get; init; }
+
     /// <summary>Wall-clock time after which the request is ended (finish reason <see cref="FinishReason.Deadline"/>).</summary>
     public DateTimeOffset? Deadline { get; init; }
 }
@@ -52,8 +58,8 @@ public sealed record GenerationSummary(int PromptTokens, int PacketTokens, int G
 /// <summary>Receives a request's tokens as the scheduler produces them (on the scheduler's thread: return quickly).</summary>
 public interface IGenerationSink
 {
-    /// <summary>A generated token.</summary>
-    void OnToken(int token);
+    /// <summary>A generated token, with its log-probabilities when the request asked for them.</summary>
+    void OnToken(int token, TokenLogProbs? logProbs);
 
     /// <summary>The request ended; no more calls follow.</summary>
     void OnFinished(GenerationSummary summary);

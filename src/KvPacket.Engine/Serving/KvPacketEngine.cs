@@ -259,7 +259,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
 
         public ChannelReader<GenerationEvent> Reader => _channel.Reader;
 
-        public void OnToken(int token) => _channel.Writer.TryWrite(new GenerationEvent(token, null));
+        public void OnToken(int token, Sampling.TokenLogProbs? logProbs) => _channel.Writer.TryWrite(new GenerationEvent(token, null, logProbs));
 
         public void OnFinished(GenerationSummary summary)
         {

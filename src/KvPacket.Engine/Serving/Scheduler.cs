@@ -153,10 +153,11 @@ public sealed class Scheduler
         {
             var request = _rowOwner[row];
             if (request is null) continue;
-            int token = request.Sampler!.Sample(_logits.AsSpan(row * vocab, vocab));
+            var logits = _logits.AsSpan(row * vocab, vocab);
+            int token = request.Sampler!.Sample(logits);
             if (request.FirstToken == 0) request.FirstToken = Stopwatch.GetTimestamp();
             bool done = request.Append(token, out var reason);
-            request.Sink.OnToken(token);
+            request.Sink.OnToken(token, request.Limits.LogProbs is int top ? TokenLogProbs.Of(logits, token, top) : null);
             if (done) Finish(request, reason);
         }
         return tokens;

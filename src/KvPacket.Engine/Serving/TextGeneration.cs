@@ -7,7 +7,8 @@ namespace KvPacket.Engine.Serving;
 /// <param name="Text">Text now safe to show (it cannot turn out to be part of a stop string).</param>
 /// <param name="Token">The generated token, or −1.</param>
 /// <param name="Summary">Set in the final event only.</param>
-public readonly record struct TextEvent(string Text, int Token, GenerationSummary? Summary)
+/// <param name="LogProbs">The token's log-probabilities when asked for (never for a token that is not written, like EOS).</param>
+public readonly record struct TextEvent(string Text, int Token, GenerationSummary? Summary, Sampling.TokenLogProbs? LogProbs = null)
 {
     /// <summary>Whether this is the final event.</summary>
     public bool IsFinal => Summary is not null;
@@ -45,13 +46,14 @@ public static class TextGeneration
             }
             if (matcher?.Stopped == true) continue; // generated before the cancellation reached the scheduler
             generated++;
-            string text = unwritten.Contains(e.Token) ? "" : decoder?.Append(e.Token) ?? "";
+            bool written = !unwritten.Contains(e.Token);
+            string text = written ? decoder?.Append(e.Token) ?? "" : "";
             if (matcher is not null)
             {
                 text = matcher.Append(text);
                 if (matcher.Stopped) await stop.CancelAsync().ConfigureAwait(false);
             }
-            yield return new TextEvent(text, e.Token, null);
+            yield return new TextEvent(text, e.Token, null, written ? e.LogProbs : null);
         }
     }
 }
