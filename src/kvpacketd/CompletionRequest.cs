@@ -61,6 +61,9 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
         int topK = Integer(body, "top_k", 0);
         if (topK < 0) throw ApiError.Field("top_k", "'top_k' must not be negative.");
         ulong seed = (ulong)Integer(body, "seed", 0);
+        double presence = Number(body, "presence_penalty", 0), frequency = Number(body, "frequency_penalty", 0);
+        if (presence is < -2 or > 2) throw ApiError.Field("presence_penalty", "'presence_penalty' must be between -2 and 2.");
+        if (frequency is < -2 or > 2) throw ApiError.Field("frequency_penalty", "'frequency_penalty' must be between -2 and 2.");
         bool stream = Boolean(body, "stream", false);
         bool echo = Boolean(body, "echo", false);
         bool includeUsage = false;
@@ -111,7 +114,11 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
         {
             LogProbs = LogProbs(body, chatPrompt is not null, echo),
             MaxTokens = max,
-            Sampling = new SamplingOptions { Temperature = (float)temperature, TopP = (float)topP, TopK = topK, Seed = seed },
+            Sampling = new SamplingOptions
+            {
+                Temperature = (float)temperature, TopP = (float)topP, TopK = topK, Seed = seed,
+                PresencePenalty = (float)presence, FrequencyPenalty = (float)frequency, LogitBias = LogitBias(body),
+            },
             StopTokens = stopIds,
         };
         var given = chatPrompt is null ? PromptsOf(body, tokenizer, context)
@@ -145,13 +152,25 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
                 && !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "text"))
                 throw ApiError.Field("response_format", "only 'response_format' {\"type\": \"text\"} is supported.");
         }
-        foreach (string field in new[] { "presence_penalty", "frequency_penalty" })
-            if (body.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null && (value.ValueKind != JsonValueKind.Number || value.GetDouble() != 0))
-                throw ApiError.Field(field, $"'{field}' is not supported; leave it out or send 0.");
-        if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null && !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
-            throw ApiError.Field("logit_bias", "'logit_bias' is not supported; leave it out.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null && !(suffix.ValueKind == JsonValueKind.String && suffix.GetString() is ""))
             throw ApiError.Field("suffix", "'suffix' (insertion) is not supported; leave it out.");
+    }
+
+    /// <summary>OpenAI's <c>logit_bias</c>: token ids (as the object's keys) to a bias between −100 and 100.</summary>
+    private static Dictionary<int, float>? LogitBias(JsonElement body)
+    {
+        if (!body.TryGetProperty("logit_bias", out var bias) || bias.ValueKind == JsonValueKind.Null) return null;
+        if (bias.ValueKind != JsonValueKind.Object) throw ApiError.Field("logit_bias", "'logit_bias' must be an object of token ids to biases.");
+        var biases = new Dictionary<int, float>();
+        foreach (var entry in bias.EnumerateObject())
+        {
+            if (!int.TryParse(entry.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int token))
+                throw ApiError.Field("logit_bias", $"'logit_bias' key '{entry.Name}' is not a token id of this model.");
+            if (entry.Value.ValueKind != JsonValueKind.Number || entry.Value.GetDouble() is < -100 or > 100)
+                throw ApiError.Field("logit_bias", $"'logit_bias' for token {token} must be a number between -100 and 100.");
+            biases[token] = (float)entry.Value.GetDouble();
+        }
+        return biases.Count == 0 ? null : biases;
     }
 
     /// <summary>

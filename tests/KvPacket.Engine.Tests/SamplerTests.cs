@@ -63,4 +63,31 @@ public class SamplerTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { TopP = 0 }, 4));
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { TopK = -2 }, 4));
     }
+
+    [Fact]
+    public void Logit_bias_and_penalties_change_greedy_choices_as_OpenAI_defines_them()
+    {
+        // Logits 3.0 (token 1), 2.9 (5), 2.5 (2): a bias of -0.2 on token 1 hands the argmax to token 5.
+        var biased = new Sampler(new SamplingOptions { LogitBias = new Dictionary<int, float> { [1] = -0.2f } }, Logits.Length);
+        Assert.Equal(5, biased.Sample(Logits));
+        Assert.Equal(1, new Sampler(new SamplingOptions { LogitBias = new Dictionary<int, float> { [1] = -0.05f } }, Logits.Length).Sample(Logits));
+
+        // Frequency 0.3 per previous choice: 1 (3.0); 5 (2.9 > 2.7); 1 (2.7 > 2.6); 5 (2.6 > 2.5 > 2.4); 2 (2.5 > 2.4 > 2.3).
+        var frequency = new Sampler(new SamplingOptions { FrequencyPenalty = 0.3f }, Logits.Length);
+        Assert.Equal([1, 5, 1, 5, 2], Enumerable.Range(0, 5).Select(_ => frequency.Sample(Logits)));
+        // Presence 0.45 once per token ever chosen: 1; 5 (2.9 > 2.55); then 1 for good (2.55 > 2.5 > 2.45).
+        var presence = new Sampler(new SamplingOptions { PresencePenalty = 0.45f }, Logits.Length);
+        Assert.Equal([1, 5, 1, 1], Enumerable.Range(0, 4).Select(_ => presence.Sample(Logits)));
+
+        // The logits themselves are left as they were, and steady-state sampling allocates nothing.
+        var copy = (float[])Logits.Clone();
+        var both = new Sampler(new SamplingOptions { Temperature = 0.7f, FrequencyPenalty = 0.5f, LogitBias = new Dictionary<int, float> { [3] = 4 }, Seed = 2 }, Logits.Length);
+        both.Sample(copy);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 1000; i++) both.Sample(copy);
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(Logits, copy);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { LogitBias = new Dictionary<int, float> { [6] = 1 } }, Logits.Length));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { PresencePenalty = 2.5f }, Logits.Length));
+    }
 }

@@ -18,7 +18,7 @@ public class SchedulerTests
     {
         public readonly List<int> Tokens = [];
         public GenerationSummary? Summary;
-        public void OnToken(int token, Sampling.TokenLogProbs? logProbs) => Tokens.Add(token);
+        public void OnToken(int token, Engine.Sampling.TokenLogProbs? logProbs) => Tokens.Add(token);
         public void OnFinished(GenerationSummary summary) => Summary = summary;
     }
 
@@ -134,7 +134,7 @@ public class SchedulerTests
     private sealed class CountingSink : IGenerationSink
     {
         public int Count;
-        public void OnToken(int token, Sampling.TokenLogProbs? logProbs) => Count++;
+        public void OnToken(int token, Engine.Sampling.TokenLogProbs? logProbs) => Count++;
         public void OnFinished(GenerationSummary summary) { }
     }
 

@@ -59,9 +59,11 @@ public class CompletionRequestTests
     {
         foreach (var (json, field) in new[]
         {
-            ("""{"prompt": "a", "presence_penalty": 0.5}""", "presence_penalty"),
-            ("""{"prompt": "a", "frequency_penalty": -1}""", "frequency_penalty"),
-            ("""{"prompt": "a", "logit_bias": {"50256": -100}}""", "logit_bias"),
+            ("""{"prompt": "a", "presence_penalty": 2.5}""", "presence_penalty"),
+            ("""{"prompt": "a", "frequency_penalty": "high"}""", "frequency_penalty"),
+            ("""{"prompt": "a", "logit_bias": {"-3": -100}}""", "logit_bias"),
+            ("""{"prompt": "a", "logit_bias": {"7": 101}}""", "logit_bias"),
+            ("""{"prompt": "a", "logit_bias": {"x": 1}}""", "logit_bias"),
             ("""{"prompt": "a", "logprobs": 6}""", "logprobs"),
             ("""{"prompt": "a", "logprobs": 2, "echo": true}""", "logprobs"),
             ("""{"prompt": "a", "best_of": 3}""", "best_of"),
@@ -79,6 +81,9 @@ public class CompletionRequestTests
         }
         var neutral = Parse("""{"prompt": "a", "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "logprobs": null, "best_of": 1, "suffix": "", "user": "u1", "model": "m"}""");
         Assert.Single(neutral.Prompts);
+        var sampling = Parse("""{"prompt": "a", "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"500": -100, "7": 2.5}}""").Prompts[0].Engine.Limits.Sampling;
+        Assert.Equal((0.5f, -1f), (sampling.PresencePenalty, sampling.FrequencyPenalty));
+        Assert.Equal(new Dictionary<int, float> { [500] = -100, [7] = 2.5f }, sampling.LogitBias);
         var wrongModel = Refused("""{"prompt": "a", "model": "gpt-4o"}""");
         Assert.Equal((404, "model", "model_not_found"), (wrongModel.Status, wrongModel.Param, wrongModel.Code));
     }

@@ -173,9 +173,21 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.NotFound, status);
         Assert.Equal("packet_not_found", body.GetProperty("error").GetProperty("code").GetString());
 
-        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, presence_penalty = 0.5 });
+        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, logit_bias = new Dictionary<string, int> { ["8192"] = 5 } });
         Assert.Equal(HttpStatusCode.BadRequest, status);
-        Assert.Equal("presence_penalty", body.GetProperty("error").GetProperty("param").GetString());
+        Assert.Contains("outside the vocabulary", body.GetProperty("error").GetProperty("message").GetString());
+
+        (status, body) = await PostAsync(new { prompt = Question, max_tokens = 4, best_of = 3 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("best_of", body.GetProperty("error").GetProperty("param").GetString());
+
+        // logit_bias: -100 on the greedy first token makes the next likeliest one first.
+        var free = await CompleteAsync(new { prompt = Prompt, max_tokens = 2, temperature = 0, logprobs = 2 });
+        int first = free.GetProperty("choices")[0].GetProperty("tokens")[0].GetInt32();
+        var biased = await CompleteAsync(new { prompt = Prompt, max_tokens = 2, temperature = 0, logit_bias = new Dictionary<string, int> { [first.ToString(System.Globalization.CultureInfo.InvariantCulture)] = -100 } });
+        Assert.NotEqual(first, biased.GetProperty("choices")[0].GetProperty("tokens")[0].GetInt32());
+        Assert.Equal(free.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("top_logprobs")[0].EnumerateObject().ElementAt(1).Name,
+            TextOf(biased).Length > 0 ? Core.Tokenization.TokenizerLoader.Load(Model).Decode([biased.GetProperty("choices")[0].GetProperty("tokens")[0].GetInt32()]) : "");
     }
 
     /// <summary>
@@ -319,7 +331,7 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         var stopped = await client.GetResponseAsync(question, options);
         Assert.Equal(expected[..expected.IndexOf(stop, StringComparison.Ordinal)], stopped.Text);
         Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Stop, stopped.FinishReason);
-        Assert.Throws<NotSupportedException>(() => { client.GetResponseAsync(question, new Microsoft.Extensions.AI.ChatOptions { PresencePenalty = 1 }).GetAwaiter().GetResult(); });
+        Assert.Throws<NotSupportedException>(() => { client.GetResponseAsync(question, new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.Json }).GetAwaiter().GetResult(); });
     }
 
     [Fact]

@@ -6,7 +6,8 @@ namespace KvPacket.Engine.Sampling;
 
 /// <summary>
 /// Picks tokens from logits: greedy, or temperature with optional top-k and top-p, from a seeded stream so a
-/// run is reproducible. Scratch is sized to the vocabulary once; sampling allocates nothing.
+/// run is reproducible; logit bias and frequency / presence penalties (over the tokens this sampler chose before)
+/// adjust a copy of the logits first. Scratch is sized to the vocabulary once; sampling allocates nothing.
 /// </summary>
 public sealed class Sampler
 {
@@ -14,6 +15,10 @@ public sealed class Sampler
     private readonly float[] _probabilities;
     private readonly float[] _sortKeys;
     private readonly int[] _order;
+    private readonly float[]? _adjusted;     // logits after bias and penalties (null: none asked for)
+    private readonly int[]? _counts;         // times each token was chosen (null: no penalties)
+    private readonly int[] _biasTokens;      // the logit bias as arrays: enumerating the dictionary would allocate per token
+    private readonly float[] _biasValues;
     private SeededRandom _random;
 
     /// <summary>Creates a sampler for a vocabulary of <paramref name="vocabSize"/>.</summary>
@@ -25,11 +30,37 @@ public sealed class Sampler
         _sortKeys = new float[vocabSize];
         _order = new int[vocabSize];
         _random = new SeededRandom(options.Seed);
+        _biasTokens = [.. options.LogitBias?.Keys ?? []];
+        _biasValues = [.. _biasTokens.Select(t => options.LogitBias![t])];
+        foreach (int token in _biasTokens)
+            if (token >= vocabSize) throw new ArgumentOutOfRangeException(nameof(options), $"logit bias for token {token}: the vocabulary has {vocabSize} tokens.");
+        bool penalties = options.FrequencyPenalty != 0 || options.PresencePenalty != 0;
+        if (penalties) _counts = new int[vocabSize];
+        if (penalties || options.LogitBias is { Count: > 0 }) _adjusted = new float[vocabSize];
     }
 
     /// <summary>Chooses a token from one row of <paramref name="logits"/> (not modified).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public int Sample(ReadOnlySpan<float> logits)
+    {
+        int token = Choose(_adjusted is null ? logits : Adjust(logits));
+        if (_counts is not null) _counts[token]++;
+        return token;
+    }
+
+    /// <summary>The logits with the bias added and the penalties of the tokens chosen so far subtracted, in scratch.</summary>
+    private ReadOnlySpan<float> Adjust(ReadOnlySpan<float> logits)
+    {
+        var adjusted = _adjusted.AsSpan(0, logits.Length);
+        logits.CopyTo(adjusted);
+        for (int i = 0; i < _biasTokens.Length; i++) adjusted[_biasTokens[i]] += _biasValues[i];
+        if (_counts is { } counts)
+            for (int t = 0; t < adjusted.Length; t++)
+                if (counts[t] > 0) adjusted[t] -= _options.FrequencyPenalty * counts[t] + _options.PresencePenalty;
+        return adjusted;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private int Choose(ReadOnlySpan<float> logits)
     {
         if (_options.Temperature == 0) return TensorPrimitives.IndexOfMax(logits);
 

@@ -11,8 +11,8 @@ namespace KvPacket.Engine.Serving;
 /// template, and retrieved documents ride in <see cref="ChatOptions.AdditionalProperties"/> — <c>"packets"</c> (packet
 /// ids), <c>"documents"</c> (texts) and <c>"mode"</c> (full, naive, kvpacket, kvlink; default: kvpacket when the engine
 /// has an adapter with header or trailer tokens, kvlink when it has links, else naive). Temperature, top-p, top-k, seed,
-/// maximum output tokens and stop sequences are honoured; anything else a request sets that would change the output is
-/// refused with <see cref="NotSupportedException"/>.
+/// frequency and presence penalties, maximum output tokens and stop sequences are honoured; tools and structured output
+/// are refused with <see cref="NotSupportedException"/>.
 /// <code>
 /// await using var engine = await KvPacketEngine.LoadAsync("models/kvqa-17m");
 /// var doc = await engine.AddPacketAsync("Document: Vosk\nThe city of Vosk lies in the region of Tarrel.\n\n");
@@ -83,8 +83,6 @@ public sealed class KvPacketChatClient(KvPacketEngine engine, string modelId = "
         var tokenizer = engine.Tokenizer ?? throw new InvalidOperationException("this model has no tokenizer: use KvPacketEngine.GenerateAsync with token ids.");
         var template = engine.ChatTemplate ?? throw new InvalidOperationException("this model has no chat template (no chat_template in its tokenizer_config.json).");
         if (options is { Tools.Count: > 0 }) throw new NotSupportedException("tools are not supported.");
-        if (options?.FrequencyPenalty is { } f && f != 0) throw new NotSupportedException("FrequencyPenalty is not supported.");
-        if (options?.PresencePenalty is { } p && p != 0) throw new NotSupportedException("PresencePenalty is not supported.");
         if (options?.ResponseFormat is not null and not ChatResponseFormatText) throw new NotSupportedException("only the text response format is supported.");
         var conversation = messages.Select(m => new Core.Tokenization.ChatMessage(m.Role.Value, m.Text)).ToList();
         int[] prompt = tokenizer.Encode(template.Render(conversation));
@@ -118,6 +116,7 @@ public sealed class KvPacketChatClient(KvPacketEngine engine, string modelId = "
                 Sampling = new SamplingOptions
                 {
                     Temperature = options?.Temperature ?? 1f, TopP = options?.TopP ?? 1f, TopK = options?.TopK ?? 0, Seed = (ulong)(options?.Seed ?? 0),
+                    FrequencyPenalty = options?.FrequencyPenalty ?? 0, PresencePenalty = options?.PresencePenalty ?? 0,
                 },
             },
         };

@@ -8,6 +8,7 @@ using KvPacket.Core.Model;
 using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
+using KvPacket.Engine.Sampling;
 
 namespace KvPacket.Engine.Serving;
 
@@ -189,6 +190,10 @@ public sealed class KvPacketEngine : IAsyncDisposable
             throw new InvalidOperationException(adapter is null ? "kvlink mode needs an adapter with link tokens; this engine has none."
                 : $"kvlink mode needs an adapter with link tokens; this engine's adapter '{adapter.Id}' has none (use kvpacket).");
         int vocab = Config.VocabSize;
+        request.Limits.Sampling.Validate();
+        foreach (int token in request.Limits.Sampling.LogitBias?.Keys ?? [])
+            if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(request), $"logit bias for token {token}, outside the vocabulary (0..{vocab - 1}).");
+        if (request.Limits.LogProbs is < 0 or > TokenLogProbs.MaxTop) throw new ArgumentOutOfRangeException(nameof(request), $"log-probabilities with 0 to {TokenLogProbs.MaxTop} alternatives, not {request.Limits.LogProbs}.");
         foreach (var tokens in request.Documents.Append(request.Prompt).Append(request.Prefix))
             foreach (int token in tokens)
                 if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(request), $"token {token} is outside the vocabulary (0..{vocab - 1}).");
@@ -259,7 +264,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
 
         public ChannelReader<GenerationEvent> Reader => _channel.Reader;
 
-        public void OnToken(int token, Sampling.TokenLogProbs? logProbs) => _channel.Writer.TryWrite(new GenerationEvent(token, null, logProbs));
+        public void OnToken(int token, TokenLogProbs? logProbs) => _channel.Writer.TryWrite(new GenerationEvent(token, null, logProbs));
 
         public void OnFinished(GenerationSummary summary)
         {
