@@ -105,7 +105,7 @@ public static class Daemon
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
             engine.Register(store.ReadDocument(info.Id), info.StoredBytes);
         var metrics = new DaemonMetrics();
-        var api = new DaemonApi(engine, store, () => packets, metrics, options, Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, app.Lifetime);
+        var api = new DaemonApi(engine, store, () => packets, metrics, options, options.ServedModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(options.Model)), adapter, app.Lifetime);
         api.Map(app);
 
         try

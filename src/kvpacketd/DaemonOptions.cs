@@ -5,7 +5,7 @@ namespace KvPacket.Daemon;
 
 /// <summary>
 /// The daemon's settings, from flags (<c>--model PATH --store DIR --socket PATH --tcp PORT --config FILE
-/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --shutdown-seconds N</c>) over an optional JSON file
+/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --served-model-name NAME --shutdown-seconds N</c>) over an optional JSON file
 /// with the same names in camelCase (<c>{"model": …, "maxTokens": …}</c>).
 /// </summary>
 public sealed record DaemonOptions
@@ -28,6 +28,8 @@ public sealed record DaemonOptions
     public int KvTokens { get; init; } = 65536;
     /// <summary>The stored adapter (NAME or NAME@VERSION) that kvpacket and kvlink requests use.</summary>
     public string? Adapter { get; init; }
+    /// <summary>The model's name in the API (default: the checkpoint's file or directory name); requests naming another are 404.</summary>
+    public string? ServedModelName { get; init; }
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -43,6 +45,7 @@ public sealed record DaemonOptions
           --max-tokens N            largest max_tokens (default 4096)
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
+          --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
           --shutdown-seconds N      grace period for in-flight requests on SIGTERM (default 30)
           --config FILE             the same settings as JSON in camelCase ({"model": …, "maxTokens": …}); flags win
           --help, -h                this text
@@ -89,6 +92,7 @@ public sealed record DaemonOptions
                 "--kv-tokens" => options with { KvTokens = Number() },
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
                 "--adapter" => options with { Adapter = Value() },
+                "--served-model-name" => options with { ServedModelName = Value() },
                 _ => throw new ArgumentException($"unknown flag '{flag}' (kvpacketd --help lists them)."),
             };
         }
