@@ -1,6 +1,4 @@
-using System.Text;
 using System.Text.Json;
-using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Rag;
 using KvPacket.Engine.Serving;
 using KvPacket.Store;
@@ -20,7 +18,6 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     DaemonMetrics metrics, DaemonOptions options, string modelName, Adapter? adapter, IHostApplicationLifetime lifetime)
 {
     private readonly long _started = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-
 
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
@@ -92,13 +89,12 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
 
     /// <summary>
     /// Runs every choice of <paramref name="request"/> and answers in OpenAI's shape: a text completion, or with
-    /// <paramref name="chat"/> a chat completion (the text as the assistant's message; streamed as deltas).
+    /// <paramref name="chat"/> a chat completion (see <see cref="CompletionShape"/>).
     /// </summary>
     private async Task<IResult?> Complete(HttpContext context, CompletionRequest request, bool chat)
     {
-        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N")[..24];
-        string kind = chat ? "chat.completion" : "text_completion", chunkKind = chat ? "chat.completion.chunk" : "text_completion";
-        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var first = request.Prompts[0].Engine;
+        var shape = new CompletionShape(chat, modelName, first.Mode, first.Limits.LogProbs is not null, engine.Tokenizer);
         var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, request.Stops, context.RequestAborted))).ToArray();
         try
         {
@@ -106,8 +102,9 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             await Task.WhenAll(choices.Select(c => c.Run.BeginAsync()));
             var response = context.Response;
             using var writing = new SemaphoreSlim(1, 1);
-            async Task Send(object chunk)
+            async Task Send(object? chunk)
             {
+                if (chunk is null) return;
                 await writing.WaitAsync(context.RequestAborted);
                 try
                 {
@@ -120,66 +117,30 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
                 }
                 finally { writing.Release(); }
             }
-            bool logProbs = request.Prompts[0].Engine.Limits.LogProbs is not null;
-            var tokenizer = engine.Tokenizer;
-            // Log-probabilities of some tokens in the request's shape: chat's per-token objects, or the completions API's lists.
-            object? LogProbs(IReadOnlyList<(int, Engine.Sampling.TokenLogProbs)> items, int offset) => !logProbs || tokenizer is null ? null
-                : chat ? OpenAiLogProbs.Chat(items, tokenizer) : OpenAiLogProbs.Completion(items, tokenizer, offset);
-            object Chunk(int index, string text, int[] tokens, string? finish, object? extension = null, object? logprobs = null) => new
-            {
-                id, @object = chunkKind, created, model = modelName,
-                choices = new[] { chat
-                    ? (object)new { index, delta = finish is null ? new { content = text } : new object(), tokens, logprobs, finish_reason = finish, kvpacket = extension }
-                    : new { index, text, tokens, logprobs, finish_reason = finish, kvpacket = extension } },
-            };
             await Task.WhenAll(choices.Select(async c =>
             {
-                if (request.Stream && chat) await Send(new { id, @object = chunkKind, created, model = modelName, choices = new[] { new { index = c.Run.Index, delta = new { role = "assistant", content = "" }, logprobs = (object?)null, finish_reason = (string?)null } } });
-                if (request.Stream && request.Echo) await Send(Chunk(c.Run.Index, c.Prompt.Text, [], null));
-                await c.Run.RunAsync(request.Stream ? (choice, text, token, tokenLogProbs) => Send(Chunk(choice.Index, text, token < 0 ? [] : [token], null,
-                    logprobs: tokenLogProbs is null ? null : LogProbs([(token, tokenLogProbs)], choice.Text.Length - text.Length))) : null);
+                if (request.Stream) await Send(shape.Opening(c.Run.Index));
+                if (request.Stream && request.Echo) await Send(shape.Piece(c.Run.Index, c.Prompt.Text, -1, null, 0));
+                await c.Run.RunAsync(!request.Stream ? null
+                    : (choice, text, token, logProbs) => Send(shape.Piece(choice.Index, text, token, logProbs, choice.Text.Length - text.Length)));
                 metrics.Completion(c.Run.Summary?.GeneratedTokens ?? c.Run.Tokens.Count, c.Run.Summary?.TimeToFirstTokenSeconds ?? 0);
-                if (request.Stream) await Send(Chunk(c.Run.Index, "", [], c.Run.FinishReason, Extension(c.Run, request.Prompts[0].Engine.Mode)));
+                if (request.Stream) await Send(shape.Finish(c.Run));
             }));
             // Prompt tokens once per prompt (its choices share it), completion tokens of every choice.
             int prompt = choices.Where(c => c.Run.Index % request.N == 0).Sum(c => (c.Run.Summary?.PromptTokens ?? 0) + (c.Run.Summary?.PacketTokens ?? 0));
             int completion = choices.Sum(c => c.Run.Tokens.Count);
             var usage = new { prompt_tokens = prompt, completion_tokens = completion, total_tokens = prompt + completion };
-            if (request.Stream)
-            {
-                if (request.IncludeUsage) await Send(new { id, @object = chunkKind, created, model = modelName, choices = Array.Empty<object>(), usage });
-                await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
-                metrics.Request(200);
-                return null;
-            }
-            return Results.Json(new
-            {
-                id, @object = kind, created, model = modelName,
-                choices = choices.Select(c => chat
-                    ? (object)new
-                    {
-                        index = c.Run.Index, message = new { role = "assistant", content = c.Run.Text.ToString() }, tokens = c.Run.Tokens, logprobs = LogProbs(c.Run.LogProbs, 0),
-                        finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
-                    }
-                    : new
-                    {
-                        index = c.Run.Index, text = (request.Echo ? c.Prompt.Text : "") + c.Run.Text, tokens = c.Run.Tokens, logprobs = LogProbs(c.Run.LogProbs, 0),
-                        finish_reason = c.Run.FinishReason, kvpacket = Extension(c.Run, request.Prompts[0].Engine.Mode),
-                    }),
-                usage,
-            });
+            if (!request.Stream) return Results.Json(shape.Body(choices.Select(c => (c.Run, request.Echo ? c.Prompt.Text : null)), usage));
+            if (request.IncludeUsage) await Send(shape.Usage(usage));
+            await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
+            metrics.Request(200);
+            return null;
         }
         finally
         {
             foreach (var c in choices) await c.Run.DisposeAsync();
         }
     }
-
-    /// <summary>Our figures for a choice: the mode it ran in, its time to first token, and what its prompt cost.</summary>
-    private static object? Extension(CompletionChoice choice, RagMode mode) => choice.Summary is not { } summary ? null : new
-    {
-        mode = mode.ToString().ToLowerInvariant(), ttft_ms = summary.TimeToFirstTokenSeconds * 1e3, computed_prompt_tokens = summary.PromptTokens, packet_tokens = summary.PacketTokens, preemptions = summary.Preemptions,
-    };
 
     private static async Task Event(HttpResponse response, object payload)
     {
