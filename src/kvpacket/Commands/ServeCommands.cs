@@ -63,7 +63,8 @@ internal static class ServeCommands
             using var client = Client(parse.GetValue(socket)!);
             string text = parse.GetValue(question)!;
             object prompt = text.Split(',').All(p => int.TryParse(p, out _)) ? text.Split(',').Select(int.Parse).ToArray() : text;
-            var body = new { prompt, packets = parse.GetValue(packets), mode = parse.GetValue(mode), max_tokens = parse.GetValue(maxTokens), temperature = parse.GetValue(temperature), stream = true };
+            var body = new { prompt, packets = parse.GetValue(packets), mode = parse.GetValue(mode), max_tokens = parse.GetValue(maxTokens), temperature = parse.GetValue(temperature), stream = true,
+                stream_options = new { include_usage = true } };
             using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
             using var response = client.Send(request, HttpCompletionOption.ResponseHeadersRead);
             if (!response.IsSuccessStatusCode) return Fail(response);
@@ -72,17 +73,23 @@ internal static class ServeCommands
             {
                 if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]") continue;
                 var chunk = JsonDocument.Parse(line[6..]).RootElement;
+                if (chunk.GetProperty("choices").GetArrayLength() == 0)
+                {
+                    Console.Error.WriteLine($"[{chunk.GetProperty("usage").GetProperty("completion_tokens").GetInt32()} tokens generated]");
+                    continue;
+                }
                 var choice = chunk.GetProperty("choices")[0];
                 if (choice.GetProperty("finish_reason").ValueKind != JsonValueKind.Null)
                 {
-                    var k = chunk.GetProperty("kvpacket");
+                    var k = choice.GetProperty("kvpacket");
                     Console.WriteLine();
-                    Console.Error.WriteLine($"[{choice.GetProperty("finish_reason").GetString()}; {chunk.GetProperty("usage").GetProperty("completion_tokens").GetInt32()} tokens; " +
+                    Console.Error.WriteLine($"[{choice.GetProperty("finish_reason").GetString()}; {k.GetProperty("mode").GetString()}; " +
                                             $"TTFT {k.GetProperty("ttft_ms").GetDouble():F1} ms; {k.GetProperty("packet_tokens").GetInt32()} packet tokens, {k.GetProperty("computed_prompt_tokens").GetInt32()} computed]");
                     continue;
                 }
                 string piece = choice.GetProperty("text").GetString() ?? "";
-                Console.Write(piece.Length > 0 ? piece : $" {choice.GetProperty("tokens")[0].GetInt32()}");
+                if (prompt is string) Console.Write(piece);
+                else if (choice.GetProperty("tokens").GetArrayLength() > 0) Console.Write($" {choice.GetProperty("tokens")[0].GetInt32()}"); // ids in, ids out
             }
             return 0;
         });
