@@ -290,6 +290,17 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
                 foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
             Assert.Equal(TextOf(expected), streamed.ToString());
 
+            // Log-probabilities and a stop sequence through the library's own options.
+            var detailed = new OpenAI.Chat.ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 8, IncludeLogProbabilities = true, TopLogProbabilityCount = 2 };
+            string stop = TextOf(expected)[2..4];
+            detailed.StopSequences.Add(stop);
+            var withDetails = (await chat.CompleteChatAsync([new OpenAI.Chat.UserChatMessage("Which region does Vosk lie in?")], detailed)).Value;
+            string text = TextOf(expected);
+            Assert.Equal(text[..text.IndexOf(stop, StringComparison.Ordinal)], withDetails.Content[0].Text);
+            Assert.NotEmpty(withDetails.ContentTokenLogProbabilities);
+            Assert.All(withDetails.ContentTokenLogProbabilities, t => Assert.Equal(2, t.TopLogProbabilities.Count));
+            Assert.StartsWith(withDetails.Content[0].Text, string.Concat(withDetails.ContentTokenLogProbabilities.Select(t => t.Token)));
+
             Microsoft.Extensions.AI.IChatClient client = Microsoft.Extensions.AI.OpenAIClientExtensions.AsIChatClient(chat);
             var answer = await client.GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Which region does Vosk lie in?")], new Microsoft.Extensions.AI.ChatOptions { Temperature = 0, MaxOutputTokens = 8 });
             Assert.Equal(TextOf(expected), answer.Text);
