@@ -31,10 +31,16 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
     /// <summary>Most choices one request may ask for (prompts × n).</summary>
     public const int MaxChoices = 128;
 
-    /// <summary>Every choice in OpenAI's order (prompt by prompt, then j): its index and its engine request.</summary>
-    public IEnumerable<(int Index, CompletionPrompt Prompt, EngineRequest Engine)> Choices() =>
-        Prompts.SelectMany((prompt, i) => Enumerable.Range(0, N).Select(j => (i * N + j, prompt, j == 0 ? prompt.Engine
-            : prompt.Engine with { Limits = prompt.Engine.Limits with { Sampling = prompt.Engine.Limits.Sampling with { Seed = prompt.Engine.Limits.Sampling.Seed + (ulong)j } } })));
+    /// <summary>
+    /// Every choice in OpenAI's order (prompt by prompt, then j): its index and its engine request. The choices of one
+    /// prompt form a <see cref="PromptGroup"/>, so the prompt is computed once.
+    /// </summary>
+    public IEnumerable<(int Index, CompletionPrompt Prompt, EngineRequest Engine)> Choices() => Prompts.SelectMany((prompt, i) =>
+    {
+        var shared = N > 1 ? prompt.Engine with { Group = new PromptGroup() } : prompt.Engine;
+        return Enumerable.Range(0, N).Select(j => (i * N + j, prompt,
+            shared with { Limits = shared.Limits with { Sampling = shared.Limits.Sampling with { Seed = shared.Limits.Sampling.Seed + (ulong)j } } }));
+    });
 
     /// <summary>
     /// Parses <paramref name="body"/>; anything wrong is an <see cref="ApiError"/> naming the field. <paramref name="model"/>

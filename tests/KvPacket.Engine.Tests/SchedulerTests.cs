@@ -195,4 +195,48 @@ public class SchedulerTests
         for (int i = 0; i < 100 && engine.KvBlocksInUse != packetBlocks; i++) await Task.Delay(10);
         Assert.Equal(packetBlocks, engine.KvBlocksInUse);
     }
+
+    [Theory]
+    [InlineData(RagMode.Naive)]
+    [InlineData(RagMode.KvLink)]
+    [InlineData(RagMode.Full)]
+    public async Task Choices_of_one_prompt_compute_it_once_and_each_equals_its_solo_run(RagMode mode)
+    {
+        var options = new KvPacketEngineOptions
+        {
+            Model = new TransformerOptions { KvType = DType.F32, KvCacheTokens = 8192, MaxBatchTokens = 64, MaxBatchSequences = 16 },
+            Adapter = Adapter.Untrained("links", CheckpointLoader.Load(Stories).Config.HiddenSize, 0, 0, 2),
+        };
+        await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(Stories), options);
+        var packet = await engine.AddPacketAsync(ReferenceModels.RandomTokens(37, 3));
+        async Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request)
+        {
+            var tokens = new List<int>();
+            GenerationSummary? summary = null;
+            await foreach (var e in engine.GenerateAsync(request))
+                if (e.IsFinal) summary = e.Summary; else tokens.Add(e.Token);
+            return (tokens, summary!);
+        }
+        // A 70-token prompt: more than the 64-token chunk budget, so the leader takes two steps to compute it.
+        EngineRequest Choice(ulong seed, PromptGroup? group) => new()
+        {
+            Prefix = [1], Packets = [packet.Id], Prompt = ReferenceModels.RandomTokens(70, 7), Mode = mode, Group = group,
+            Limits = new GenerationLimits { MaxTokens = 32, StopTokens = [], Sampling = new SamplingOptions { Temperature = 0.9f, Seed = seed } },
+        };
+        var solo = new List<(List<int> Tokens, GenerationSummary Summary)>();
+        for (ulong seed = 1; seed <= 4; seed++) solo.Add(await Run(Choice(seed, null)));
+        int blocks = engine.KvBlocksInUse;
+
+        // Submitted together, as the daemon submits a request's n choices: each stream's first step posts its request at once.
+        var group = new PromptGroup();
+        var choices = await Task.WhenAll(Enumerable.Range(1, 4).Select(seed => Run(Choice((ulong)seed, group))));
+        for (int i = 0; i < 4; i++) Assert.Equal(solo[i].Tokens, choices[i].Tokens);
+        int full = solo[0].Summary.PromptTokens;
+        var computed = choices.Select(c => c.Summary.PromptTokens).Order().ToArray();
+        Assert.Equal(full, computed[^1]);                                             // the leader computed the whole prompt
+        Assert.All(computed[..^1], c => Assert.InRange(c, 1, 16));                    // each sibling at most the last block's tokens
+        Assert.All(choices, c => Assert.Equal(solo[0].Summary.PacketTokens, c.Summary.PacketTokens));
+        Assert.Equal(blocks, engine.KvBlocksInUse);                                   // shared blocks all came back
+        Assert.NotEqual(solo[0].Tokens, solo[1].Tokens);                              // the seeds do differ
+    }
 }

@@ -147,6 +147,10 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
         Assert.Equal([0, 1, 2, 3], choices.EnumerateArray().Select(c => c.GetProperty("index").GetInt32()));
         Assert.Equal([first, firstNextSeed, second], new[] { TextOf(batch, 0), TextOf(batch, 1), TextOf(batch, 2) });
         Assert.Equal(choices.EnumerateArray().Sum(c => c.GetProperty("tokens").GetArrayLength()), batch.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        // The two choices of a prompt compute it once: one the whole prompt, the other only its last block's tokens.
+        int[] computed = [.. choices.EnumerateArray().Take(2).Select(c => c.GetProperty("kvpacket").GetProperty("computed_prompt_tokens").GetInt32()).Order()];
+        Assert.InRange(computed[0], 1, 16);
+        Assert.True(computed[1] > 16, $"the prompt's first choice computed {computed[1]} tokens");
 
         var echoed = await CompleteAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0.9, seed = 5, echo = true });
         Assert.Equal(Prompt + first, TextOf(echoed));

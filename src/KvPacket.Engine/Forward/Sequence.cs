@@ -104,6 +104,27 @@ public sealed unsafe class Sequence : IDisposable
         else rope.Rotate(new Span<float>((float*)plane + offset, d), 1, cos, sin);
     }
 
+    /// <summary>
+    /// Takes <paramref name="source"/>'s KV for its first positions, up to (not past) <paramref name="upTo"/>, as shared
+    /// read-only entries — the blocks are reference-counted, nothing is copied — and returns where this sequence's own
+    /// tokens start. For choices of one prompt: a sibling computes only the tail its leader's whole entries do not cover.
+    /// Shares nothing (returns 0) unless what follows the shared entries is computed tokens.
+    /// </summary>
+    internal int SharePrefix(Sequence source, int upTo)
+    {
+        if (!ReferenceEquals(source._pool, _pool)) throw new ArgumentException("The sequence lives in another model's KV cache.", nameof(source));
+        if (EntryCount != 0) throw new InvalidOperationException("Only an empty sequence can take another's prefix.");
+        int shared = 0;
+        while (shared < source.EntryCount && source._entries[shared] is var e && e.FirstPosition + e.Count <= upTo) shared++;
+        if (shared == source.EntryCount || source._entries[shared].ReadOnly) return 0;
+        for (int i = 0; i < shared; i++)
+        {
+            _pool.Retain(source._entries[i].Block);
+            Add(source._entries[i] with { ReadOnly = true });
+        }
+        return Length = source._entries[shared].FirstPosition;
+    }
+
     /// <summary>The block and slot already holding <paramref name="position"/>, which must be in a block this sequence owns.</summary>
     internal (int Block, int Slot) Locate(int position)
     {

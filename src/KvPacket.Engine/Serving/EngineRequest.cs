@@ -25,6 +25,9 @@ public sealed record EngineRequest
 
     /// <summary>Generation limits.</summary>
     public GenerationLimits Limits { get; init; } = new();
+
+    /// <summary>Requests of one group with the same prompt share its KV (see <see cref="PromptGroup"/>); null: none.</summary>
+    public PromptGroup? Group { get; init; }
 }
 
 /// <summary>One event of a generation stream: a token, or the end with its summary.</summary>

@@ -152,7 +152,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
         {
             try
             {
-                var scheduled = new ScheduledRequest(Segments(request), request.Limits, sink, Config.EosTokenIds, abandon.Token);
+                var scheduled = new ScheduledRequest(Segments(request), request.Limits, sink, Config.EosTokenIds, abandon.Token) { Group = request.Group };
                 if (!_scheduler.TrySubmit(scheduled))
                 {
                     scheduled.ReleasePackets();

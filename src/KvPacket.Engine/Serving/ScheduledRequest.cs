@@ -53,6 +53,42 @@ public sealed class ScheduledRequest
     internal Sampler? Sampler { get; set; }
     internal int ComputedPromptTokens { get; set; }
     internal int PacketTokens { get; set; }
+    internal PromptGroup? Group { get; init; }
+
+    /// <summary>Positions the prompt takes (its segments as submitted).</summary>
+    internal int PromptSpan(int hidden) => _segments.Take(_promptSegments).Sum(s => s is PromptSegment.Placed p ? p.Packet.PositionSpan : s.ComputeLength(hidden));
+
+    /// <summary>Whether <paramref name="other"/> was submitted with the same prompt: the same tokens, soft tokens and packet blocks in the same order.</summary>
+    internal bool SamePromptAs(ScheduledRequest other) => _promptSegments == other._promptSegments && _segments.Take(_promptSegments).Zip(other._segments).All(pair => pair switch
+    {
+        (PromptSegment.Tokens a, PromptSegment.Tokens b) => a.Ids.AsSpan().SequenceEqual(b.Ids),
+        (PromptSegment.Soft a, PromptSegment.Soft b) => a.Embeddings.AsSpan().SequenceEqual(b.Embeddings),
+        (PromptSegment.Placed a, PromptSegment.Placed b) => a.Packet.PositionSpan == b.Packet.PositionSpan && a.Packet.Blocks.SequenceEqual(b.Packet.Blocks),
+        _ => false,
+    });
+
+    /// <summary>
+    /// Moves the cursor to <paramref name="position"/> of a prompt whose KV up to there was shared from a sibling: the
+    /// packets before it count as placed, and computing resumes inside the segment holding it.
+    /// </summary>
+    internal void SkipTo(int position, int hidden)
+    {
+        int start = 0;
+        for (_segment = 0; _segment < _promptSegments; _segment++)
+        {
+            var segment = _segments[_segment];
+            int span = segment is PromptSegment.Placed p ? p.Packet.PositionSpan : segment.ComputeLength(hidden);
+            if (position < start + span)
+            {
+                if (segment is PromptSegment.Placed) throw new InvalidOperationException($"position {position} falls inside a placed packet; a shared prefix ends before computed tokens");
+                _offset = position - start;
+                return;
+            }
+            if (segment is PromptSegment.Placed placed) PacketTokens += placed.Packet.Length;
+            start += span;
+        }
+        throw new InvalidOperationException($"position {position} is past the prompt ({start} positions); a sibling computes at least the prompt's last token");
+    }
 
     /// <summary>Tokens generated so far.</summary>
     public int GeneratedCount { get; private set; }

@@ -10,7 +10,9 @@ namespace KvPacket.Engine.Serving;
 /// chunked prefill of requests still reading their prompt, under a token budget; new requests are admitted when a
 /// batch slot and KV blocks are free; finished, cancelled or expired requests free their blocks at once. When a step
 /// needs more blocks than are free, the most recently admitted request is preempted: its KV is dropped and its prompt
-/// and generated tokens are recomputed later (packets are placed again, at no cost). Steps run on one thread
+/// and generated tokens are recomputed later (packets are placed again, at no cost). Requests of one
+/// <see cref="PromptGroup"/> (the n choices of a prompt) compute the prompt once: a sibling waits for its leader's
+/// prompt and takes those blocks, computing only the tail. Steps run on one thread
 /// (<see cref="RunAsync"/>, or a caller of <see cref="Step"/>); <see cref="TrySubmit"/> may be called from any thread.
 /// Buffers are sized once, so a steady decode step allocates nothing.
 /// </summary>
@@ -172,10 +174,13 @@ public sealed class Scheduler
         while (_waiting.First is { } node && _running.Count < _maxRunning)
         {
             var request = node.Value;
+            // A sibling whose leader is computing the shared prompt waits for it: then it computes only the tail.
+            if (request.Group?.Leader is { } computing && computing != request && !computing.PromptDone && _running.Contains(computing)) break;
             if (_model.KvPool.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
             _waiting.RemoveFirst();
             Interlocked.Decrement(ref _queued);
             request.Sequence ??= _model.CreateSequence();
+            if (request.Group is { } group) JoinGroup(request, group);
             request.Sampler ??= new Sampler(request.Limits.Sampling, _model.Config.VocabSize);
             if (request.Admitted == 0) request.Admitted = Stopwatch.GetTimestamp();
             _running.Add(request);
@@ -187,6 +192,22 @@ public sealed class Scheduler
             if (_running.Count > 1) Preempt(_running[^1]);
             else Finish(_running[0], FinishReason.Error, $"the KV cache ({_model.KvPool.BlockCount} blocks) cannot hold this request's next step");
         }
+    }
+
+    /// <summary>
+    /// Gives a newly admitted request of a group its leader's prompt KV, when the leader is running with the same prompt
+    /// computed; otherwise the request leads the group from now on.
+    /// </summary>
+    private void JoinGroup(ScheduledRequest request, PromptGroup group)
+    {
+        if (group.Leader is { } leader && leader != request && leader.PromptDone && leader.Sequence is { } source && _running.Contains(leader)
+            && request.Sequence!.Length == 0 && request.SamePromptAs(leader))
+        {
+            int shared = request.Sequence.SharePrefix(source, leader.PromptSpan(_hidden) - 1);
+            if (shared > 0) request.SkipTo(shared, _hidden);
+            return;
+        }
+        group.Leader = request;
     }
 
     private int BlocksFor(int tokens) => (tokens + _model.KvPool.Layout.BlockSize - 1) / _model.KvPool.Layout.BlockSize;
