@@ -196,10 +196,11 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
 
     /// <summary>
     /// The official OpenAI .NET library, over loopback TCP and over the Unix socket (its transport given an
-    /// <see cref="HttpClient"/> that dials the socket). Version 2.15 has no public client for legacy completions.
+    /// <see cref="HttpClient"/> that dials the socket). Version 2.15 has no public client for legacy completions, so
+    /// those go through its pipeline.
     /// </summary>
     [Fact]
-    public async Task The_official_OpenAI_library_lists_and_finds_the_model_over_TCP_and_the_Unix_socket()
+    public async Task The_official_OpenAI_library_lists_the_model_and_completes_over_TCP_and_the_Unix_socket()
     {
         using var overSocket = UnixSocketClient.Create(_daemon.Socket);
         foreach (var (endpoint, transport) in new (string, HttpClient?)[] { ($"http://127.0.0.1:{_port}/v1", null), ("http://kvpacketd/v1", overSocket) })
@@ -213,6 +214,18 @@ public sealed class OpenAiCompatibilityTests : IAsyncLifetime
             Assert.Equal("kvqa-17m", (await client.GetOpenAIModelClient().GetModelAsync("kvqa-17m")).Value.Id);
             var missing = await Assert.ThrowsAsync<System.ClientModel.ClientResultException>(() => client.GetOpenAIModelClient().GetModelAsync("gpt-4o"));
             Assert.Equal(404, missing.Status);
+
+            // Completions through the library's own pipeline (its transport, authentication and retries; no typed client exists).
+            var message = client.Pipeline.CreateMessage();
+            message.Request.Method = "POST";
+            message.Request.Uri = new Uri(endpoint + "/completions");
+            message.Request.Headers.Set("Content-Type", "application/json");
+            message.Request.Content = System.ClientModel.BinaryContent.Create(BinaryData.FromObjectAsJson(new { model = "kvqa-17m", prompt = Prompt, max_tokens = 6, temperature = 0, n = 2 }));
+            await client.Pipeline.SendAsync(message);
+            Assert.Equal(200, message.Response!.Status);
+            var completion = JsonDocument.Parse(message.Response.Content.ToString()).RootElement;
+            string expected = TextOf(await CompleteAsync(new { prompt = Prompt, max_tokens = 6, temperature = 0 }));
+            Assert.Equal([expected, expected], completion.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()));
         }
     }
 
