@@ -154,14 +154,7 @@ public class SchedulerTests
         Assert.Equal(first.Id, (await engine.AddPacketAsync(first.Document)).Id);
         int packetBlocks = engine.KvBlocksInUse;
 
-        async Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request)
-        {
-            var tokens = new List<int>();
-            GenerationSummary? summary = null;
-            await foreach (var e in engine.GenerateAsync(request))
-                if (e.IsFinal) summary = e.Summary; else tokens.Add(e.Token);
-            return (tokens, summary!);
-        }
+        Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request) => RunAsync(engine, request);
         EngineRequest Request(RagMode mode, int i) => new()
         {
             Prefix = [1], Packets = [first.Id, second.Id], Prompt = ReferenceModels.RandomTokens(6, 100 + (ulong)(i % 4)), Mode = mode,
@@ -209,14 +202,7 @@ public class SchedulerTests
         };
         await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(Stories), options);
         var packet = await engine.AddPacketAsync(ReferenceModels.RandomTokens(37, 3));
-        async Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request)
-        {
-            var tokens = new List<int>();
-            GenerationSummary? summary = null;
-            await foreach (var e in engine.GenerateAsync(request))
-                if (e.IsFinal) summary = e.Summary; else tokens.Add(e.Token);
-            return (tokens, summary!);
-        }
+        Task<(List<int> Tokens, GenerationSummary Summary)> Run(EngineRequest request) => RunAsync(engine, request);
         // A 70-token prompt: more than the 64-token chunk budget, so the leader takes two steps to compute it.
         EngineRequest Choice(ulong seed, PromptGroup? group) => new()
         {
@@ -238,5 +224,15 @@ public class SchedulerTests
         Assert.All(choices, c => Assert.Equal(solo[0].Summary.PacketTokens, c.Summary.PacketTokens));
         Assert.Equal(blocks, engine.KvBlocksInUse);                                   // shared blocks all came back
         Assert.NotEqual(solo[0].Tokens, solo[1].Tokens);                              // the seeds do differ
+    }
+
+    /// <summary>A request's tokens and summary.</summary>
+    private static async Task<(List<int> Tokens, GenerationSummary Summary)> RunAsync(KvPacketEngine engine, EngineRequest request)
+    {
+        var tokens = new List<int>();
+        GenerationSummary? summary = null;
+        await foreach (var e in engine.GenerateAsync(request))
+            if (e.IsFinal) summary = e.Summary; else tokens.Add(e.Token);
+        return (tokens, summary!);
     }
 }
