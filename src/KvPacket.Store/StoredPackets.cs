@@ -61,6 +61,9 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>The id <paramref name="document"/> has with <paramref name="adapter"/> under this model.</summary>
     public PacketId IdOf(ReadOnlySpan<int> document, Adapter? adapter) => PacketId.For(Fingerprint, AdapterRef.Of(adapter), document, Keep);
 
+    /// <summary>Where packet loads and builds are recorded (null: nowhere).</summary>
+    public Core.Diagnostics.TraceRecorder? Trace { get; set; }
+
     /// <inheritdoc />
     public Packet Acquire(ReadOnlySpan<int> document, Adapter? adapter)
     {
@@ -74,10 +77,13 @@ public sealed class StoredPackets : IPacketSource
                 ResidentHits++;
                 return node.Value.Packet.Share();
             }
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
             if (TryLoad(id, out var packet))
             {
                 StoreLoads++;
-                if (_store.TryGetInfo(id, out var info)) BytesLoaded += info.StoredBytes;
+                long bytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
+                BytesLoaded += bytes;
+                Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
             }
             else
             {
@@ -85,6 +91,7 @@ public sealed class StoredPackets : IPacketSource
                     _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
                 Builds++;
                 if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
+                Trace?.Record("packet build", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
             }
             var shared = packet.Share();
             MakeResident(id, packet);

@@ -1,4 +1,5 @@
 using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Diagnostics;
 using KvPacket.Core.Model;
 using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
@@ -93,13 +94,15 @@ public static class Daemon
             }
         }
         StoredPackets? packets = null;
+        var trace = options.Trace is null ? null : new TraceRecorder(trackNames: TraceTracks.Names);
         var engine = KvPacketEngine.Create(checkpoint, new KvPacketEngineOptions
         {
             Model = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = 256, MaxBatchSequences = 64 },
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
             Adapter = adapter,
-            Packets = model => packets = new StoredPackets(model, store),
+            Packets = model => packets = new StoredPackets(model, store) { Trace = trace },
         });
+        engine.Scheduler.Trace = trace;
         engine.Tokenizer = tokenizer;
         engine.ChatTemplate = chat;
         foreach (var info in store.List(0, int.MaxValue).Where(p => p.Adapter == AdapterRef.None && p.PositionSpan == p.KvTokens))
@@ -119,6 +122,11 @@ public static class Daemon
         {
             log.LogInformation("shutting down: draining the engine and flushing the store");
             await engine.DisposeAsync();
+            if (trace is not null)
+            {
+                trace.WriteChromeTrace(options.Trace!);
+                log.LogInformation("wrote {Spans} spans to {Trace} ({Dropped} dropped)", trace.Count, options.Trace, trace.Dropped);
+            }
             store.Dispose();
             await app.DisposeAsync();
             File.Delete(socket);

@@ -30,6 +30,8 @@ public sealed record DaemonOptions
     public string? Adapter { get; init; }
     /// <summary>The model's name in the API (default: the checkpoint's file or directory name); requests naming another are 404.</summary>
     public string? ServedModelName { get; init; }
+    /// <summary>Write a Chrome / Perfetto trace of the scheduler's steps, each request and packet loads here at shutdown (null: none).</summary>
+    public string? Trace { get; init; }
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -46,6 +48,7 @@ public sealed record DaemonOptions
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
+          --trace FILE              write a Chrome / Perfetto trace (steps, requests, packet loads) to FILE at shutdown
           --shutdown-seconds N      grace period for in-flight requests on SIGTERM (default 30)
           --config FILE             the same settings as JSON in camelCase ({"model": …, "maxTokens": …}); flags win
           --help, -h                this text
@@ -93,6 +96,7 @@ public sealed record DaemonOptions
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
                 "--adapter" => options with { Adapter = Value() },
                 "--served-model-name" => options with { ServedModelName = Value() },
+                "--trace" => options with { Trace = Value() },
                 _ => throw new ArgumentException($"unknown flag '{flag}' (kvpacketd --help lists them)."),
             };
         }

@@ -237,4 +237,24 @@ public class DaemonTests
         var done = await restarted.PostAsync("/v1/completions", new { prompt = new[] { 1, 5 }, max_tokens = 2, temperature = 0, packets = new[] { returned[^1] }, mode = "naive" });
         Assert.Equal(2, done.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
     }
+
+    [Fact]
+    public async Task With_trace_the_daemon_writes_a_perfetto_trace_of_its_steps_requests_and_packet_builds_at_shutdown()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "serve.trace.json");
+        await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"), "--trace", path);
+        string id = (await daemon.PostAsync("/v1/packets", new { tokens = Tokens(40, 1) }, 201)).GetProperty("id").GetString()!;
+        await daemon.PostAsync("/v1/completions", new { prompt = Tokens(7, 2), max_tokens = 6, packets = new[] { id }, mode = "naive" });
+        daemon.Signal("TERM");
+        Assert.Equal(0, await daemon.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+
+        var spans = JsonDocument.Parse(File.ReadAllBytes(path)).RootElement.GetProperty("traceEvents").EnumerateArray()
+            .Where(e => e.GetProperty("ph").GetString() == "X").Select(e => e.GetProperty("name").GetString()).ToList();
+        Assert.Contains("packet build", spans);
+        Assert.Contains("step", spans);
+        Assert.Contains("queued", spans);
+        Assert.Contains("prefill", spans);
+        Assert.Equal(5, spans.Count(s => s == "decode"));
+    }
 }

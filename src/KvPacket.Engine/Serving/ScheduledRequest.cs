@@ -54,6 +54,7 @@ public sealed class ScheduledRequest
     internal int ComputedPromptTokens { get; set; }
     internal int PacketTokens { get; set; }
     internal PromptGroup? Group { get; init; }
+    internal int Track { get; set; }
 
     /// <summary>Positions the prompt takes (its segments as submitted).</summary>
     internal int PromptSpan(int hidden) => _segments.Take(_promptSegments).Sum(s => s is PromptSegment.Placed p ? p.Packet.PositionSpan : s.ComputeLength(hidden));

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using KvPacket.Core.Diagnostics;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Sampling;
 
@@ -27,6 +28,7 @@ public sealed class Scheduler
     private readonly ForwardBatch _batch;
     private readonly float[] _logits;
     private readonly int[] _decodeToken;
+    private readonly int[] _chunkTokens;     // per running request, this step's tokens (decode: 1, prefill: its chunk)
     private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
     private readonly SemaphoreSlim _wake = new(0);
     private int _queued;
@@ -45,7 +47,17 @@ public sealed class Scheduler
         _batch = new ForwardBatch(_budget, _maxRunning, _hidden);
         _logits = new float[(long)_maxRunning * model.Config.VocabSize];
         _decodeToken = new int[_maxRunning];
+        _chunkTokens = new int[_maxRunning];
+        SchedulerEventSource.Log.Watch(this);
     }
+
+    /// <summary>
+    /// Where steps and requests are recorded (null: nowhere): a span per step on <see cref="TraceTracks.Scheduler"/>, and
+    /// on each request's own row its wait in the queue, each prefill chunk and each decode step.
+    /// </summary>
+    public TraceRecorder? Trace { get; set; }
+
+    private int _submitted;
 
     /// <summary>Requests running (admitted, holding KV).</summary>
     public int RunningCount => _running.Count;
@@ -74,6 +86,7 @@ public sealed class Scheduler
             Interlocked.Decrement(ref _queued);
             return false;
         }
+        request.Track = TraceTracks.FirstRequest + Interlocked.Increment(ref _submitted) - 1;
         _incoming.Enqueue(request);
         _wake.Release();
         return true;
@@ -121,6 +134,7 @@ public sealed class Scheduler
         if (_running.Count == 0) return 0;
 
         _batch.Clear();
+        long stepStart = Stopwatch.GetTimestamp();
         int rows = 0, tokens = 0;
         // Decode tokens first: one each, so running requests keep their pace; then prompt chunks in admission order.
         for (int i = 0; i < _running.Count; i++)
@@ -130,17 +144,21 @@ public sealed class Scheduler
             _decodeToken[i] = request.Generated[^1];
             _batch.Add(request.Sequence!, _decodeToken.AsSpan(i, 1));
             _rowOwner[rows++] = request;
+            _chunkTokens[i] = -1;
             tokens++;
         }
-        for (int i = 0; i < _running.Count && tokens < _budget; i++)
+        for (int i = 0; i < _running.Count; i++)
         {
             var request = _running[i];
             if (request.PromptDone) continue;
+            _chunkTokens[i] = 0;
+            if (tokens >= _budget) continue;
             var (segment, offset) = request.NextChunk; // packets were placed in Admit: this is computed tokens
             int count = Math.Min(segment.ComputeLength(_hidden) - offset, _budget - tokens);
             if (segment is PromptSegment.Tokens t) _batch.Add(request.Sequence!, t.Ids.AsSpan(offset, count));
             else _batch.AddSoftTokens(request.Sequence!, ((PromptSegment.Soft)segment).Embeddings.AsSpan(offset * _hidden, count * _hidden));
             request.Advance(count, _hidden);
+            _chunkTokens[i] = count;
             // Only the chunk that finishes the prompt needs its logits; the others' rows are computed and ignored.
             _rowOwner[rows++] = request.PromptDone ? request : null;
             tokens += count;
@@ -149,6 +167,14 @@ public sealed class Scheduler
         _model.Forward(_batch, _logits);
         Steps++;
         LastBatchSize = _batch.ChunkCount;
+        if (Trace is { } trace)
+        {
+            long stepEnd = Stopwatch.GetTimestamp();
+            trace.Record("step", "scheduler", TraceTracks.Scheduler, stepStart, stepEnd, "tokens", tokens, "requests", _batch.ChunkCount);
+            for (int i = 0; i < _running.Count; i++)
+                if (_chunkTokens[i] != 0)
+                    trace.Record(_chunkTokens[i] < 0 ? "decode" : "prefill", "request", _running[i].Track, stepStart, stepEnd, "tokens", Math.Max(1, _chunkTokens[i]));
+        }
 
         int vocab = _model.Config.VocabSize;
         for (int row = 0; row < rows; row++)
@@ -182,7 +208,11 @@ public sealed class Scheduler
             request.Sequence ??= _model.CreateSequence();
             if (request.Group is { } group) JoinGroup(request, group);
             request.Sampler ??= new Sampler(request.Limits.Sampling, _model.Config.VocabSize);
-            if (request.Admitted == 0) request.Admitted = Stopwatch.GetTimestamp();
+            if (request.Admitted == 0)
+            {
+                request.Admitted = Stopwatch.GetTimestamp();
+                Trace?.Record("queued", "request", request.Track, request.Submitted, request.Admitted);
+            }
             _running.Add(request);
         }
         foreach (var request in _running)
