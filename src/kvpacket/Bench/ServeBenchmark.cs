@@ -17,7 +17,7 @@ namespace KvPacket.Cli.Bench;
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal static class ServeBenchmark
 {
-    public static BenchResult Run(string modelPath, string name, int[] concurrency, int documents, int documentTokens, int maxTokens, int requestsPerLevel)
+    public static BenchResult Run(string modelPath, string name, int[] concurrency, int documents, int documentTokens, int maxTokens, int requestsPerLevel, string? trace = null)
     {
         var figures = new Dictionary<string, double>();
         string root = Path.Combine(Path.GetTempPath(), $"kvpacket-bench-serve-{Environment.ProcessId}");
@@ -35,7 +35,9 @@ internal static class ServeBenchmark
                     .AsTask().GetAwaiter().GetResult();
             }
             using var stop = new CancellationTokenSource();
-            var daemon = Task.Run(() => Daemon.Daemon.RunAsync(["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"], stop.Token));
+            string[] args = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"];
+            if (trace is not null) args = [.. args, "--trace", Path.GetFullPath(trace)];
+            var daemon = Task.Run(() => Daemon.Daemon.RunAsync(args, stop.Token));
             using var client = UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
             WaitForHealth(client, daemon);
 

@@ -85,9 +85,10 @@ internal static class BenchCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per request", DefaultValueFactory = _ => 32 };
         var requests = new Option<int>("--requests") { Description = "Requests per level (at least the concurrency)", DefaultValueFactory = _ => 16 };
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var trace = new Option<string?>("--trace") { Description = "Write the daemon's Chrome / Perfetto trace (steps, requests, packet loads) here" };
         var command = new Command("serve", "Load generator against kvpacketd: output tokens/s and TTFT p50/p99, kvpacket vs full, per concurrency")
         {
-            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output,
+            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output, trace,
         };
         command.SetAction(parse =>
         {
@@ -102,7 +103,7 @@ internal static class BenchCommand
             }
             else name = Path.GetFileNameWithoutExtension(path);
             var result = ServeBenchmark.Run(path, name, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
-                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(maxTokens), parse.GetValue(requests));
+                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace));
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;
