@@ -28,10 +28,11 @@ public sealed class Scheduler
     private readonly ForwardBatch _batch;
     private readonly float[] _logits;
     private readonly int[] _decodeToken;
-    private readonly int[] _chunkTokens;     // per running request, this step's tokens (decode: 1, prefill: its chunk)
+    private readonly int[] _chunkTokens;     // per running request, this step's work for the trace: −1 decode, n prefill tokens, 0 none
     private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
     private readonly SemaphoreSlim _wake = new(0);
     private int _queued;
+    private int _submitted;
 
     /// <summary>A scheduler for <paramref name="model"/>.</summary>
     public Scheduler(Transformer model, SchedulerOptions? options = null)
@@ -56,8 +57,6 @@ public sealed class Scheduler
     /// on each request's own row its wait in the queue, each prefill chunk and each decode step.
     /// </summary>
     public TraceRecorder? Trace { get; set; }
-
-    private int _submitted;
 
     /// <summary>Requests running (admitted, holding KV).</summary>
     public int RunningCount => _running.Count;
