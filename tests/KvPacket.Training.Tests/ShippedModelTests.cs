@@ -23,10 +23,19 @@ public class ShippedModelTests
         using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
         var (_, test, _) = QaBenchmark.HeldOutWorlds(1);
         var questions = QaBenchmark.Generate(test, "test", 3, 20).ToList();   // test.jsonl's first 20 lines (kvpacket corpus --seed 1)
-        var evaluation = new QaEvaluation(model, tokenizer);
+        var trace = new Core.Diagnostics.TraceRecorder();
+        var evaluation = new QaEvaluation(model, tokenizer) { Trace = trace, TraceModes = ["full", QaEvaluation.ClosedBook] };
 
         var full = questions.Select(q => evaluation.Answer(q, "full")).ToList();
         var closedBook = questions.Where(q => q.Type != "comparison").Select(q => evaluation.Answer(q, QaEvaluation.ClosedBook)).ToList();
+        // eval --trace: a prefill and a decode span per answer, on its mode's row.
+        using (var buffer = new MemoryStream())
+        {
+            trace.WriteChromeTrace(buffer);
+            var spans = System.Text.Json.JsonDocument.Parse(buffer.ToArray()).RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+            Assert.Equal(full.Count, spans.Count(e => e.GetProperty("name").GetString() == "prefill" && e.GetProperty("tid").GetInt32() == 0));
+            Assert.Equal(closedBook.Count, spans.Count(e => e.GetProperty("name").GetString() == "decode" && e.GetProperty("tid").GetInt32() == 1));
+        }
 
         double exact = full.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold));
         Assert.True(exact >= 0.8, $"full recompute exact match {exact:F2}: " + string.Join("; ", full.Where(a => a.F1 < 1).Select(a => $"'{a.Question}' gold '{a.Gold}' got '{a.Prediction}'")));

@@ -24,6 +24,12 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
     /// <summary>The closed-book pseudo-mode's name.</summary>
     public const string ClosedBook = "closed-book";
 
+    /// <summary>Where each answer's prefill (to the first token) and decode are recorded, a row per mode of <see cref="TraceModes"/> (null: nowhere).</summary>
+    public Core.Diagnostics.TraceRecorder? Trace { get; init; }
+
+    /// <summary>The modes in the order of the trace's rows.</summary>
+    public IReadOnlyList<string> TraceModes { get; init; } = [];
+
     /// <summary>The prediction for <paramref name="example"/> in <paramref name="mode"/> (<see cref="ClosedBook"/> or a <see cref="RagMode"/>).</summary>
     public QaAnswer Answer(QaExample example, string mode)
     {
@@ -32,7 +38,9 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
         var request = new RagRequest(prefix, documents, QaPrompt.Question(tokenizer, example.Question));
         var ragMode = mode == ClosedBook ? RagMode.Full : Enum.Parse<RagMode>(mode, ignoreCase: true);
         using var engine = new RagEngine(model, packets) { Adapter = adapter };
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var result = engine.Prefill(request, ragMode);
+        long prefilled = System.Diagnostics.Stopwatch.GetTimestamp();
         using var sequence = result.Sequence;
         int vocab = model.Config.VocabSize;
         var logits = result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).ToArray();
@@ -43,6 +51,12 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
             if (next == tokenizer.EosId) break;
             answer.Add(next);
             model.Prefill(sequence, [next], logits);
+        }
+        if (Trace is { } trace)
+        {
+            int row = Math.Max(0, TraceModes.ToList().IndexOf(mode));
+            trace.Record("prefill", mode, row, start, prefilled, "documents", documents.Length, "document_flops", (long)result.DocumentFlops);
+            trace.Record("decode", mode, row, prefilled, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", answer.Count);
         }
         string prediction = tokenizer.Decode(answer.ToArray()).Trim();
         string gold = example.Answers[0];

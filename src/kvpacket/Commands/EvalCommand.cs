@@ -43,9 +43,10 @@ internal static class EvalCommand
         var adapterName = new Option<string?>("--adapter") { Description = "--task qa: adapter files FILE[,FILE] (.safetensors: a KV Packet and a KVLink one), or with --store a stored adapter, NAME or NAME@VERSION" };
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
+        var trace = new Option<string?>("--trace") { Description = "--task qa: write a Chrome / Perfetto trace of every answer's prefill and decode, a row per mode" };
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
@@ -53,7 +54,7 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot));
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace));
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -139,7 +140,7 @@ internal static class EvalCommand
     }
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
-    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot)
+    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath)
     {
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
@@ -159,7 +160,8 @@ internal static class EvalCommand
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
         using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
-        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer, adapter);
+        var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
+        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer, adapter) { Trace = trace, TraceModes = modes };
         var clock = Stopwatch.StartNew();
         var (scores, answers) = evaluation.Run(examples, modes, done =>
         {
@@ -174,6 +176,7 @@ internal static class EvalCommand
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
         File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
         if (plot is not null) PlotCommand.QaChart(scores, plot);
+        trace?.WriteChromeTrace(tracePath!);
         return 0;
     }
 }
