@@ -67,6 +67,21 @@ public class TraceTests
     }
 
     [Fact]
+    public void Generate_traces_its_prefill_and_each_decode_step_with_its_position()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 256 });
+        var trace = new TraceRecorder(trackNames: "generate");
+        new Engine.Generation.Generator(model) { Trace = trace }.Generate([1, 50, 60], new Engine.Generation.GenerationOptions { MaxNewTokens = 10, StopTokens = [] });
+        using var buffer = new MemoryStream();
+        trace.WriteChromeTrace(buffer);
+        var spans = JsonDocument.Parse(buffer.ToArray()).RootElement.GetProperty("traceEvents").EnumerateArray().Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+        Assert.Equal("prefill", spans[0].GetProperty("name").GetString());
+        Assert.Equal(3, spans[0].GetProperty("args").GetProperty("tokens").GetInt32());
+        Assert.Equal(Enumerable.Range(3, 9), spans.Skip(1).Select(e => e.GetProperty("args").GetProperty("position").GetInt32()));
+    }
+
+    [Fact]
     public void A_full_recorder_drops_and_counts_instead_of_growing()
     {
         var trace = new TraceRecorder(capacity: 4);

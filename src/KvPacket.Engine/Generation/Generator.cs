@@ -23,6 +23,9 @@ public sealed class Generator
         _logits = new float[model.Config.VocabSize];
     }
 
+    /// <summary>Where the prefill and each decode step are recorded, on row 0 (null: nowhere).</summary>
+    public Core.Diagnostics.TraceRecorder? Trace { get; init; }
+
     /// <summary>
     /// Generates after <paramref name="prompt"/>, calling <paramref name="onToken"/> with each new token as it is chosen.
     /// </summary>
@@ -38,6 +41,7 @@ public sealed class Generator
         long start = Stopwatch.GetTimestamp();
         _model.Prefill(sequence, prompt, _logits);
         double prefill = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        Trace?.Record("prefill", "generate", 0, start, Stopwatch.GetTimestamp(), "tokens", prompt.Length);
 
         start = Stopwatch.GetTimestamp();
         int generated = 0;
@@ -52,7 +56,9 @@ public sealed class Generator
             _single[0] = token;
             _batch.Clear();
             _batch.Add(sequence, _single);
+            long step = Stopwatch.GetTimestamp();
             _model.Forward(_batch, _logits);
+            Trace?.Record("decode", "generate", 0, step, Stopwatch.GetTimestamp(), "position", sequence.Length - 1);
         }
         return new GenerationStats(prompt.Length, generated, prefill, Stopwatch.GetElapsedTime(start).TotalSeconds, stopped);
     }

@@ -22,9 +22,10 @@ internal static class GenerateCommand
         var seed = new Option<ulong>("--seed") { Description = "Sampling seed", DefaultValueFactory = _ => 42UL };
         var kvType = CommonOptions.KvType();
         var threads = CommonOptions.Threads();
+        var trace = new Option<string?>("--trace") { Description = "Write a Chrome / Perfetto trace of the prefill and every decode step here" };
         var command = new Command("generate", "Generate tokens from a prompt, streaming them as they are chosen")
         {
-            model, prompt, tokens, count, temperature, topK, topP, seed, kvType, threads,
+            model, prompt, tokens, count, temperature, topK, topP, seed, kvType, threads, trace,
         };
         command.SetAction(parse =>
         {
@@ -50,24 +51,27 @@ internal static class GenerateCommand
                     Seed = parse.GetValue(seed),
                 },
             };
+            var recorder = parse.GetValue(trace) is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: "generate");
+            var generator = new Generator(transformer) { Trace = recorder };
             GenerationStats stats;
             if (tokenizer is null)
             {
                 Console.Write(string.Join(' ', promptTokens));
-                stats = new Generator(transformer).Generate(promptTokens, options, token => Console.Write($" {token}"));
+                stats = generator.Generate(promptTokens, options, token => Console.Write($" {token}"));
             }
             else
             {
                 var stream = new TokenStreamDecoder(tokenizer);
                 var text = new char[1024];
                 Console.Write(tokenizer.Decode(promptTokens));
-                stats = new Generator(transformer).Generate(promptTokens, options, token =>
+                stats = generator.Generate(promptTokens, options, token =>
                 {
                     if (token < tokenizer.VocabSize) Console.Out.Write(text, 0, stream.Append(token, text));
                 });
                 Console.Out.Write(text, 0, stream.Flush(text));
             }
             Console.WriteLine();
+            recorder?.WriteChromeTrace(parse.GetValue(trace)!);
             Console.Error.WriteLine($"prefill: {stats.PromptTokens} tokens, {stats.PrefillTokensPerSecond:F1} tokens/s; " +
                                     $"decode: {stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:F1} tokens/s ({transformer.ThreadCount} threads)");
             return 0;
