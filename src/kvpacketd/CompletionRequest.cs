@@ -109,11 +109,8 @@ public sealed record CompletionRequest(IReadOnlyList<CompletionPrompt> Prompts, 
         if (body.TryGetProperty("mode", out var m) && m.ValueKind != JsonValueKind.Null)
         {
             string modeText = m.ValueKind == JsonValueKind.String ? Text(m, "mode") : throw ApiError.Field("mode", "'mode' must be a string.");
-            mode = modeText.ToLowerInvariant() switch
-            {
-                "full" => RagMode.Full, "naive" => RagMode.Naive, "kvpacket" => RagMode.KvPacket, "kvlink" => RagMode.KvLink,
-                _ => throw ApiError.Field("mode", $"'mode' must be one of full, naive, kvpacket, kvlink; not '{modeText}'."),
-            };
+            if (!KvPacketEngine.TryParseMode(modeText, out mode))
+                throw ApiError.Field("mode", $"'mode' must be one of full, naive, kvpacket, kvlink; not '{modeText}'.");
         }
 
         var limits = new GenerationLimits

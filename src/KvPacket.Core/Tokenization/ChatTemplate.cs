@@ -35,8 +35,7 @@ public sealed class ChatTemplate
     /// </summary>
     public static ChatTemplate? TryLoadNextTo(string checkpointPath)
     {
-        string directory = Directory.Exists(checkpointPath) ? checkpointPath : Path.GetDirectoryName(Path.GetFullPath(checkpointPath))!;
-        string path = Path.Combine(directory, "tokenizer_config.json");
+        string path = Path.Combine(TokenizerLoader.DirectoryOf(checkpointPath), "tokenizer_config.json");
         if (!File.Exists(path)) return null;
         try
         {

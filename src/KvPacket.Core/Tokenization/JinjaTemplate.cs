@@ -652,7 +652,7 @@ public sealed class JinjaTemplate
         "string" => value is string,
         "number" => value is long or double,
         "boolean" => value is bool,
-        "mapping" => value is Dictionary<string, object?> or IReadOnlyDictionary<string, object?>,
+        "mapping" => value is IReadOnlyDictionary<string, object?>,
         "iterable" or "sequence" => value is string or List<object?> or Dictionary<string, object?>,
         "true" => value is true,
         "false" => value is false,

@@ -20,8 +20,11 @@ public static class TokenizerLoader
     public static ITokenizer? TryLoadNextTo(string checkpointPath) => FileNextTo(checkpointPath) is { } found ? Load(found) : null;
 
     /// <summary>The path of the tokenizer file beside a checkpoint (its directory, or the directory of its file), if there is one.</summary>
-    public static string? FileNextTo(string checkpointPath) =>
-        FindIn(Directory.Exists(checkpointPath) ? checkpointPath : Path.GetDirectoryName(Path.GetFullPath(checkpointPath))!);
+    public static string? FileNextTo(string checkpointPath) => FindIn(DirectoryOf(checkpointPath));
+
+    /// <summary>The directory a checkpoint's companion files sit in: the checkpoint itself when it is a directory, else its file's.</summary>
+    internal static string DirectoryOf(string checkpointPath) =>
+        Directory.Exists(checkpointPath) ? checkpointPath : Path.GetDirectoryName(Path.GetFullPath(checkpointPath))!;
 
     private static string? FindIn(string directory) =>
         new[] { "tokenizer.json", "tokenizer.model" }.Select(name => Path.Combine(directory, name)).FirstOrDefault(File.Exists);

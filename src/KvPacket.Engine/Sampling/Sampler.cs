@@ -24,7 +24,7 @@ public sealed class Sampler
     /// <summary>Creates a sampler for a vocabulary of <paramref name="vocabSize"/>.</summary>
     public Sampler(SamplingOptions options, int vocabSize)
     {
-        options.Validate();
+        options.Validate(vocabSize);
         _options = options;
         _probabilities = new float[vocabSize];
         _sortKeys = new float[vocabSize];
@@ -32,8 +32,6 @@ public sealed class Sampler
         _random = new SeededRandom(options.Seed);
         _biasTokens = [.. options.LogitBias?.Keys ?? []];
         _biasValues = [.. _biasTokens.Select(t => options.LogitBias![t])];
-        foreach (int token in _biasTokens)
-            if (token >= vocabSize) throw new ArgumentOutOfRangeException(nameof(options), $"logit bias for token {token}: the vocabulary has {vocabSize} tokens.");
         bool penalties = options.FrequencyPenalty != 0 || options.PresencePenalty != 0;
         if (penalties) _counts = new int[vocabSize];
         if (penalties || options.LogitBias is { Count: > 0 }) _adjusted = new float[vocabSize];

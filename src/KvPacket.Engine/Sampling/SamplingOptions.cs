@@ -21,8 +21,8 @@ public sealed record SamplingOptions
     /// <summary>Greedy decoding.</summary>
     public static SamplingOptions Greedy { get; } = new();
 
-    /// <summary>Throws when a field is out of range.</summary>
-    public void Validate()
+    /// <summary>Throws when a field is out of range for a vocabulary of <paramref name="vocabSize"/> tokens.</summary>
+    public void Validate(int vocabSize)
     {
         if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "Temperature must be finite and ≥ 0.");
         if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "top-k must be ≥ 0.");
@@ -30,6 +30,9 @@ public sealed record SamplingOptions
         if (!(FrequencyPenalty is >= -2 and <= 2)) throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), FrequencyPenalty, "the frequency penalty must be between -2 and 2.");
         if (!(PresencePenalty is >= -2 and <= 2)) throw new ArgumentOutOfRangeException(nameof(PresencePenalty), PresencePenalty, "the presence penalty must be between -2 and 2.");
         foreach (var (token, bias) in LogitBias ?? new Dictionary<int, float>())
-            if (!(bias is >= -100 and <= 100) || token < 0) throw new ArgumentOutOfRangeException(nameof(LogitBias), $"logit bias {bias} for token {token}: tokens are non-negative, biases between -100 and 100.");
+        {
+            if ((uint)token >= (uint)vocabSize) throw new ArgumentOutOfRangeException(nameof(LogitBias), $"logit bias for token {token}, outside the vocabulary (0..{vocabSize - 1}).");
+            if (!(bias is >= -100 and <= 100)) throw new ArgumentOutOfRangeException(nameof(LogitBias), bias, $"logit bias for token {token} must be between -100 and 100.");
+        }
     }
 }

@@ -104,7 +104,7 @@ public sealed class KvPacketChatClient(KvPacketEngine engine, string modelId = "
         var mode = extra?.TryGetValue(ModeKey, out var named) == true ? named switch
         {
             RagMode m => m,
-            string s when Enum.TryParse<RagMode>(s, ignoreCase: true, out var m) && !char.IsAsciiDigit(s[0]) => m,
+            string s when KvPacketEngine.TryParseMode(s, out var m) => m,
             _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{ModeKey}\"] must be full, naive, kvpacket or kvlink."),
         } : packets.Length + documents.Length == 0 ? RagMode.Full : engine.DefaultPacketMode;
         return new EngineRequest

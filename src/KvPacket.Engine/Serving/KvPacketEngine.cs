@@ -74,6 +74,17 @@ public sealed class KvPacketEngine : IAsyncDisposable
         _ => RagMode.Naive,
     };
 
+    /// <summary>The serving mode called <paramref name="name"/> (full, naive, kvpacket or kvlink, any case); false for any other name.</summary>
+    public static bool TryParseMode(string name, out RagMode mode)
+    {
+        (bool known, mode) = name.ToLowerInvariant() switch
+        {
+            "full" => (true, RagMode.Full), "naive" => (true, RagMode.Naive), "kvpacket" => (true, RagMode.KvPacket), "kvlink" => (true, RagMode.KvLink),
+            _ => (false, default),
+        };
+        return known;
+    }
+
     /// <summary>The model's config.</summary>
     public ModelConfig Config => _checkpoint.Config;
 
@@ -190,9 +201,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
             throw new InvalidOperationException(adapter is null ? "kvlink mode needs an adapter with link tokens; this engine has none."
                 : $"kvlink mode needs an adapter with link tokens; this engine's adapter '{adapter.Id}' has none (use kvpacket).");
         int vocab = Config.VocabSize;
-        request.Limits.Sampling.Validate();
-        foreach (int token in request.Limits.Sampling.LogitBias?.Keys ?? [])
-            if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(request), $"logit bias for token {token}, outside the vocabulary (0..{vocab - 1}).");
+        request.Limits.Sampling.Validate(vocab);   // here, not first on the scheduler's thread when the sampler is made
         if (request.Limits.LogProbs is < 0 or > TokenLogProbs.MaxTop) throw new ArgumentOutOfRangeException(nameof(request), $"log-probabilities with 0 to {TokenLogProbs.MaxTop} alternatives, not {request.Limits.LogProbs}.");
         foreach (var tokens in request.Documents.Append(request.Prompt).Append(request.Prefix))
             foreach (int token in tokens)

@@ -19,6 +19,9 @@ public abstract record PromptSegment
     /// <summary>Soft tokens ([n, hidden] input embeddings) that are computed.</summary>
     public sealed record Soft(float[] Embeddings) : PromptSegment;
 
+    /// <summary>Positions this segment takes in the sequence: a placed packet's whole span, else the tokens it computes.</summary>
+    internal int PositionSpan(int hiddenSize) => this is Placed placed ? placed.Packet.PositionSpan : ComputeLength(hiddenSize);
+
     /// <summary>Tokens this segment computes (0 for a placed packet).</summary>
     internal int ComputeLength(int hiddenSize) => this switch
     {

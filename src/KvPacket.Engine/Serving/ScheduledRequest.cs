@@ -57,7 +57,7 @@ public sealed class ScheduledRequest
     internal int Track { get; set; }
 
     /// <summary>Positions the prompt takes (its segments as submitted).</summary>
-    internal int PromptSpan(int hidden) => _segments.Take(_promptSegments).Sum(s => s is PromptSegment.Placed p ? p.Packet.PositionSpan : s.ComputeLength(hidden));
+    internal int PromptSpan(int hidden) => _segments.Take(_promptSegments).Sum(s => s.PositionSpan(hidden));
 
     /// <summary>Whether <paramref name="other"/> was submitted with the same prompt: the same tokens, soft tokens and packet blocks in the same order.</summary>
     internal bool SamePromptAs(ScheduledRequest other) => _promptSegments == other._promptSegments && _segments.Take(_promptSegments).Zip(other._segments).All(pair => pair switch
@@ -78,7 +78,7 @@ public sealed class ScheduledRequest
         for (_segment = 0; _segment < _promptSegments; _segment++)
         {
             var segment = _segments[_segment];
-            int span = segment is PromptSegment.Placed p ? p.Packet.PositionSpan : segment.ComputeLength(hidden);
+            int span = segment.PositionSpan(hidden);
             if (position < start + span)
             {
                 if (segment is PromptSegment.Placed) throw new InvalidOperationException($"position {position} falls inside a placed packet; a shared prefix ends before computed tokens");
@@ -101,7 +101,7 @@ public sealed class ScheduledRequest
     internal bool PromptDone => _segment == _segments.Count;
 
     /// <summary>Positions the whole prompt and the generation can take: what the sequence may grow to.</summary>
-    internal int TotalPositions(int hidden) => _segments.Sum(s => s is PromptSegment.Placed p ? p.Packet.PositionSpan : s.ComputeLength(hidden)) + Limits.MaxTokens;
+    internal int TotalPositions(int hidden) => _segments.Sum(s => s.PositionSpan(hidden)) + Limits.MaxTokens;
 
     /// <summary>Places packet segments at the front of what remains (they cost no compute).</summary>
     internal void PlacePackets()

@@ -54,7 +54,9 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
         }
         if (Trace is { } trace)
         {
-            int row = Math.Max(0, TraceModes.ToList().IndexOf(mode));
+            int row = 0;
+            while (row < TraceModes.Count && TraceModes[row] != mode) row++;
+            if (row == TraceModes.Count) row = 0;
             trace.Record("prefill", mode, row, start, prefilled, "documents", documents.Length, "document_flops", (long)result.DocumentFlops);
             trace.Record("decode", mode, row, prefilled, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", answer.Count);
         }

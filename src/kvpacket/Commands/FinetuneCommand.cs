@@ -56,10 +56,9 @@ internal static class FinetuneCommand
             string modelPath = parse.GetValue(model)!;
             using var source = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, 0);
-            using var transformer = new Transformer(source, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 256, KvCacheTokens = 4096 });
             var (train, held) = parse.GetValue(qa) is { } split
                 ? QaExamples(split, modelPath, parse.GetValue(trainExamples), parse.GetValue(heldOut))
-                : RequestExamples(parse.GetValue(shapeOptions.Docs)!, modelPath, transformer, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
+                : RequestExamples(parse.GetValue(shapeOptions.Docs)!, modelPath, source, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
             var options = new FineTuningOptions
             {
                 Links = parse.GetValue(links), Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(learningRate),
@@ -109,9 +108,13 @@ internal static class FinetuneCommand
         return (all[..^heldOutCount], all[^heldOutCount..]);
     }
 
-    /// <summary>Fine-tuning examples from a document source: the query (the start of a further document) is the continuation.</summary>
-    private static (FineTuningExample[] Train, FineTuningExample[] HeldOut) RequestExamples(string docs, string modelPath, Transformer transformer, RequestShape shape, int trainCount, int heldOutCount)
+    /// <summary>
+    /// Fine-tuning examples from a document source: the query (the start of a further document) is the continuation. The
+    /// CPU model that generates documents ("generated") lives only while they are made.
+    /// </summary>
+    private static (FineTuningExample[] Train, FineTuningExample[] HeldOut) RequestExamples(string docs, string modelPath, Checkpoint source, RequestShape shape, int trainCount, int heldOutCount)
     {
+        using var transformer = new Transformer(source, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 256, KvCacheTokens = 4096 });
         var (train, held) = DistillationSets.Requests(docs, modelPath, transformer, shape, trainCount, heldOutCount);
         static FineTuningExample Example(RagRequest r) => new([.. r.Prefix], [.. r.Documents], [.. r.Query]);
         return ([.. train.Select(Example)], [.. held.Select(Example)]);
