@@ -37,8 +37,7 @@ internal static class LogRecord
                 case RecordKind.Manifest:
                     var (adapterName, tokens, pages) = ManifestCodec.Read(payload, address);
                     long bytes = entry.Length + pages.Sum(p => (long)p.Length);
-                    var info = new PacketInfo(header.Packet, header.Model, new AdapterRef(adapterName, header.AdapterVersion), header.Storage,
-                        tokens.Length, header.TokenCount, Math.Max(header.PositionSpan, header.TokenCount), header.BlockSize, bytes);
+                    var info = PacketInfo.FromManifest(header, adapterName, tokens.Length, bytes);
                     index.Packets[header.Packet] = new StoredPacket(info, new RecordRef(address, entry.Length), pages);
                     break;
                 case RecordKind.Tombstone:

@@ -29,6 +29,18 @@ internal static class ManifestCodec
         }
     }
 
+    /// <summary>A whole manifest record (header and payload) for packet <paramref name="info"/> of <paramref name="tokens"/> with <paramref name="pages"/>.</summary>
+    public static byte[] Record(PacketInfo info, ReadOnlySpan<int> tokens, ReadOnlySpan<RecordRef> pages)
+    {
+        int payloadLength = Size(info.Adapter.Name, tokens.Length, pages.Length);
+        byte[] record = new byte[RecordHeader.Size + payloadLength];
+        var payload = record.AsSpan(RecordHeader.Size);
+        Write(payload, info.Adapter.Name, tokens, pages);
+        new RecordHeader(RecordKind.Manifest, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, pages.Length, info.Id, info.KvTokens,
+            payloadLength, PayloadChecksum.Of(payload, int.MaxValue), info.BlockSize, 0, info.PositionSpan).Write(record);
+        return record;
+    }
+
     /// <summary>Parses a manifest payload (whose checksum has been checked), or throws <see cref="CorruptRecordException"/>.</summary>
     public static (string AdapterName, int[] Tokens, RecordRef[] Pages) Read(ReadOnlySpan<byte> payload, long address)
     {

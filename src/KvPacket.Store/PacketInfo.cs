@@ -13,7 +13,13 @@ namespace KvPacket.Store;
 /// <param name="BlockSize">Tokens per KV block it was stored with.</param>
 /// <param name="StoredBytes">Bytes its records take in the log, headers included.</param>
 public readonly record struct PacketInfo(
-    PacketId Id, ModelFingerprint Model, AdapterRef Adapter, KvStorage Storage, int DocumentTokens, int KvTokens, int PositionSpan, int BlockSize, long StoredBytes);
+    PacketId Id, ModelFingerprint Model, AdapterRef Adapter, KvStorage Storage, int DocumentTokens, int KvTokens, int PositionSpan, int BlockSize, long StoredBytes)
+{
+    /// <summary>What a checked manifest record says, with <paramref name="storedBytes"/> taken by its records.</summary>
+    internal static PacketInfo FromManifest(RecordHeader manifest, string adapterName, int documentTokens, long storedBytes) =>
+        new(manifest.Packet, manifest.Model, new AdapterRef(adapterName, manifest.AdapterVersion), manifest.Storage, documentTokens,
+            manifest.TokenCount, Math.Max(manifest.PositionSpan, manifest.TokenCount), manifest.BlockSize, storedBytes);
+}
 
 /// <summary>Counts over the whole store.</summary>
 /// <param name="Packets">Live packets.</param>

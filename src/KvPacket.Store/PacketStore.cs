@@ -255,7 +255,7 @@ public sealed class PacketStore : IDisposable
                 if (count < 1 || next + count > blocks.Length || RecordHeader.Size + count * blockBytes != record.Length)
                     throw new CorruptRecordException($"packet {id} page {page}: a {record.Length}-byte record does not hold whole {blockBytes}-byte blocks of this model's KV layout.");
                 _reader.Read(record.Address, header);
-                checksums[page] = CheckPageHeader(info, page, record, header, count * blockBytes);
+                checksums[page] = RecordHeader.ReadPage(header, info, page, count * blockBytes, record.Address);
                 for (int b = 0; b < count; b++) load.Set(next + b, record.Address, RecordHeader.Size + b * blockBytes, blocks[next + b]);
                 next += count;
             }
@@ -276,16 +276,6 @@ public sealed class PacketStore : IDisposable
         finally { _indexLock.ExitReadLock(); }
     }
 
-    /// <summary>Checks a page's header against what the manifest says; returns its payload checksum.</summary>
-    private static ulong CheckPageHeader(PacketInfo info, int page, RecordRef record, ReadOnlySpan<byte> bytes, int payloadLength)
-    {
-        if (!RecordHeader.TryRead(bytes, out var h, out string? error))
-            throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: {error}.");
-        if (h.Kind != RecordKind.Page || h.Packet != info.Id || h.PageIndex != page || h.PayloadLength != payloadLength || h.Storage != info.Storage)
-            throw new CorruptRecordException($"packet {info.Id} page {page} at log address {record.Address}: the record there is {h.Kind} {h.PageIndex} of packet {h.Packet}.");
-        return h.PayloadChecksum;
-    }
-
     /// <summary>Where packet <paramref name="id"/>'s records are (for tests that damage them on purpose).</summary>
     internal (RecordRef Manifest, RecordRef[] Pages) RecordsOf(PacketId id) =>
         TryGetEntry(id, out var entry) ? (entry.Manifest, entry.Pages) : throw new KeyNotFoundException(id.ToString());
@@ -303,6 +293,15 @@ public sealed class PacketStore : IDisposable
     {
         if (!TryGetEntry(id, out var entry)) throw new KeyNotFoundException($"the packet store at {DirectoryPath} has no packet {id}.");
         return ReadManifest(entry.Manifest).Tokens;
+    }
+
+    /// <summary>Packet <paramref name="id"/> as stored: what it is, its document, and each page record (header and payload, checked), for another tier.</summary>
+    /// <exception cref="KeyNotFoundException">The store does not hold the packet.</exception>
+    /// <exception cref="CorruptRecordException">A record failed its checks.</exception>
+    internal (PacketInfo Info, int[] Document, byte[][] Pages) ReadRecords(PacketId id)
+    {
+        if (!TryGetEntry(id, out var entry)) throw new KeyNotFoundException($"the packet store at {DirectoryPath} has no packet {id}.");
+        return (entry.Info, ReadManifest(entry.Manifest).Tokens, entry.Pages.Select(p => ReadRecord(p, RecordKind.Page)).ToArray());
     }
 
     /// <summary>Live packets in the order they were stored, <paramref name="take"/> at most after skipping <paramref name="skip"/>.</summary>
@@ -453,12 +452,7 @@ public sealed class PacketStore : IDisposable
         var pages = new RecordRef[packet.Pages.Length];
         for (int i = 0; i < pages.Length; i++) pages[i] = CopyRecord(packet.Pages[i], RecordKind.Page);
         var info = packet.Info;
-        int payloadLength = ManifestCodec.Size(info.Adapter.Name, manifest.Tokens.Length, pages.Length);
-        byte[] record = new byte[RecordHeader.Size + payloadLength];
-        var payload = record.AsSpan(RecordHeader.Size);
-        ManifestCodec.Write(payload, info.Adapter.Name, manifest.Tokens, pages);
-        new RecordHeader(RecordKind.Manifest, info.Storage, info.Model, info.Adapter.Hash, info.Adapter.Version, pages.Length, info.Id, info.KvTokens,
-            payloadLength, PayloadChecksum.Of(payload, int.MaxValue), info.BlockSize, 0, info.PositionSpan).Write(record);
+        byte[] record = ManifestCodec.Record(info, manifest.Tokens, pages);
         var reference = new RecordRef(_log.Enqueue(record), record.Length);
         long bytes = reference.Length + pages.Sum(p => (long)p.Length);
         return new StoredPacket(info with { StoredBytes = bytes }, reference, pages);

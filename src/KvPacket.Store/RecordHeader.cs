@@ -93,4 +93,20 @@ internal readonly record struct RecordHeader(
         error = null;
         return true;
     }
+
+    /// <summary>
+    /// Reads the header of page <paramref name="page"/> of packet <paramref name="info"/> and checks it is that page, of
+    /// that model, holding <paramref name="payloadLength"/> bytes; returns its payload checksum. The page was read from
+    /// log address <paramref name="address"/>, or from the shared tier's <paramref name="key"/> when that is given.
+    /// </summary>
+    /// <exception cref="CorruptRecordException">The bytes are not that page's header.</exception>
+    public static ulong ReadPage(ReadOnlySpan<byte> bytes, PacketInfo info, int page, int payloadLength, long address, string? key = null)
+    {
+        if (TryRead(bytes, out var h, out string? error) && h.Kind == RecordKind.Page && h.Packet == info.Id && h.PageIndex == page
+            && h.PayloadLength == payloadLength && h.Storage == info.Storage && h.Model == info.Model)
+            return h.PayloadChecksum;
+        string where = key is null ? $"at log address {address}" : $"under key {key}";
+        throw new CorruptRecordException(error is not null ? $"packet {info.Id} page {page} {where}: {error}."
+            : $"packet {info.Id} page {page} {where}: the record there is {h.Kind} {h.PageIndex} of packet {h.Packet}, model {h.Model}.");
+    }
 }

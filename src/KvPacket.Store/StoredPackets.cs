@@ -7,7 +7,9 @@ namespace KvPacket.Store;
 /// <summary>
 /// Packets from a <see cref="PacketStore"/> with a resident tier in front: recently used packets stay in the model's KV
 /// pool (least recently used evicted past <see cref="ResidentBlockBudget"/>), so a packet reused by the next request
-/// costs no I/O; a miss loads from the store; a packet the store lacks is built once, stored durably, and kept.
+/// costs no I/O; a miss loads from the store; a packet the store lacks comes from the <see cref="Shared"/> tier when
+/// there is one (and is then kept in the store too), else it is built once, stored durably, published to the shared
+/// tier, and kept.
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
 /// not depend on whether the packet was just built. Thread-safe.
 /// </summary>
@@ -22,12 +24,15 @@ public sealed class StoredPackets : IPacketSource
 
     /// <summary>
     /// Serves <paramref name="model"/>'s packets from <paramref name="store"/>, storing new ones as <paramref name="storage"/>,
-    /// token-pruned to the fraction <paramref name="keep"/> of each document when below 1.
+    /// token-pruned to the fraction <paramref name="keep"/> of each document when below 1, sharing them with other nodes
+    /// through <paramref name="shared"/> when given.
     /// </summary>
-    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null, double keep = 1.0)
+    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null, double keep = 1.0,
+        SharedPacketTier? shared = null)
     {
         _model = model;
         _store = store;
+        Shared = shared;
         Storage = storage;
         Keep = keep;
         Fingerprint = ModelFingerprint.Of(model.Model);
@@ -51,6 +56,12 @@ public sealed class StoredPackets : IPacketSource
 
     /// <summary>Acquires that read the packet from the store.</summary>
     public long StoreLoads { get; private set; }
+
+    /// <summary>The tier shared with other nodes, below the store (null: none).</summary>
+    public SharedPacketTier? Shared { get; }
+
+    /// <summary>Acquires served by the shared tier.</summary>
+    public long SharedLoads { get; private set; }
 
     /// <summary>Acquires that had to build the packet (and then stored it).</summary>
     public long Builds { get; private set; }
@@ -85,11 +96,19 @@ public sealed class StoredPackets : IPacketSource
                 BytesLoaded += bytes;
                 Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
             }
+            else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _model.KvPool, out packet))
+            {
+                SharedLoads++;
+                // A local copy too, so this node keeps the packet when the tier is down or evicts it.
+                if (!_store.IsReadOnly) _store.PutAsync(packet, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
+                Trace?.Record("packet shared load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
+            }
             else
             {
                 using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
                     _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
                 Builds++;
+                Shared?.Publish(_store, id);
                 if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
                 Trace?.Record("packet build", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
             }

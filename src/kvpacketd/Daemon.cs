@@ -93,6 +93,8 @@ public static class Daemon
                 return 3;
             }
         }
+        // An unreachable tier is logged and retried in the background; the node serves from its local tiers meanwhile.
+        var shared = options.SharedTier is { } tier ? SharedPacketTier.Connect(SharedTierOptions.Parse(tier), log) : null;
         StoredPackets? packets = null;
         var trace = options.Trace is null ? null : new TraceRecorder(trackNames: TraceTracks.Names);
         var engine = KvPacketEngine.Create(checkpoint, new KvPacketEngineOptions
@@ -100,7 +102,7 @@ public static class Daemon
             Model = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = 256, MaxBatchSequences = 64 },
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
             Adapter = adapter,
-            Packets = model => packets = new StoredPackets(model, store) { Trace = trace },
+            Packets = model => packets = new StoredPackets(model, store, shared: shared) { Trace = trace },
         });
         engine.Scheduler.Trace = trace;
         engine.Tokenizer = tokenizer;
@@ -115,7 +117,8 @@ public static class Daemon
         {
             await app.StartAsync();
             File.SetUnixFileMode(socket, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            log.LogInformation("serving {Model} on {Socket} ({Packets} packets in {Store})", options.Model, socket, engine.Packets.Count, store.DirectoryPath);
+            log.LogInformation("serving {Model} on {Socket} ({Packets} packets in {Store}{Shared})", options.Model, socket, engine.Packets.Count, store.DirectoryPath,
+                shared is null ? "" : $", shared tier {shared.Endpoint}");
             await app.WaitForShutdownAsync(stop);
         }
         finally
@@ -128,6 +131,7 @@ public static class Daemon
                 log.LogInformation("wrote {Spans} spans to {Trace} ({Dropped} dropped)", trace.Count, options.Trace, trace.Dropped);
             }
             store.Dispose();
+            shared?.Dispose();
             await app.DisposeAsync();
             File.Delete(socket);
         }

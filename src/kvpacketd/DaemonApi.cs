@@ -42,8 +42,11 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         app.MapGet("/health", context => Respond(context, () => Results.Json(new { status = "ok", model = modelName, packets = engine.Packets.Count })));
         app.MapGet("/metrics", context => Respond(context, () => Results.Text(Metrics(), "text/plain; version=0.0.4")));
         app.MapGet("/v1/packets", context => Respond(context, () => Results.Json(new { data = engine.Packets.Select(Describe) })));
-        app.MapGet("/v1/packets/{id}", (HttpContext context, string id) => Respond(context, () =>
-            engine.TryGetPacket(id, out var handle) ? Results.Json(Describe(handle)) : throw new ApiError(404, $"no packet '{id}'.", code: "packet_not_found")));
+        app.MapGet("/v1/packets/{id}", (HttpContext context, string id) => Handle(context, async () =>
+        {
+            await ResolveAsync([id], context.RequestAborted);
+            return engine.TryGetPacket(id, out var handle) ? Results.Json(Describe(handle)) : throw new ApiError(404, $"no packet '{id}'.", code: "packet_not_found");
+        }));
         app.MapDelete("/v1/packets/{id}", (HttpContext context, string id) => Handle(context, async () =>
         {
             if (!engine.TryGetPacket(id, out var handle)) throw new ApiError(404, $"no packet '{id}'.", code: "packet_not_found");
@@ -61,6 +64,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             if (tokens.Length > engine.Config.MaxContextLength) throw new ApiError(400, $"the document has {tokens.Length} tokens; the model's context is {engine.Config.MaxContextLength}.");
             if (tokens.Any(t => t >= engine.Config.VocabSize)) throw new ApiError(400, $"token ids must be below the vocabulary size {engine.Config.VocabSize}.");
             var handle = await engine.AddPacketAsync(tokens, context.RequestAborted);
+            packets()?.Shared?.PublishDocument(handle.Id, tokens);
             return Results.Json(Describe(handle), statusCode: 201);
         }));
         app.MapPost("/v1/completions", context => Handle(context, async () =>
@@ -93,6 +97,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
     /// </summary>
     private async Task<IResult?> Complete(HttpContext context, CompletionRequest request, bool chat)
     {
+        await ResolveAsync(request.Prompts.SelectMany(p => p.Engine.Packets), context.RequestAborted);
         var first = request.Prompts[0].Engine;
         var shape = new CompletionShape(chat, modelName, first.Mode, first.Limits.LogProbs is not null, engine.Tokenizer);
         var choices = request.Choices().Select(c => (c.Prompt, Run: new CompletionChoice(engine, c.Index, c.Engine, request.Stops, context.RequestAborted))).ToArray();
@@ -139,6 +144,21 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         finally
         {
             foreach (var c in choices) await c.Run.DisposeAsync();
+        }
+    }
+
+    /// <summary>
+    /// Packets this node does not know but another node published to the shared tier are added here (their KV loaded
+    /// from the tier, not built); a name whose published document does not hash to it is ignored.
+    /// </summary>
+    private async Task ResolveAsync(IEnumerable<string> ids, CancellationToken cancellation)
+    {
+        if (packets()?.Shared is not { } shared) return;
+        foreach (string id in ids)
+        {
+            if (engine.TryGetPacket(id, out _) || shared.TryGetDocument(id) is not { } document) continue;
+            if (KvPacketEngine.IdOf(document) != id || document.Length > engine.Config.MaxContextLength || document.Any(t => (uint)t >= (uint)engine.Config.VocabSize)) continue;
+            await engine.AddPacketAsync(document, cancellation);
         }
     }
 
@@ -206,6 +226,17 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         var scheduler = engine.Scheduler;
         var stored = packets();
         var gc = GC.GetGCMemoryInfo();
+        (string, string, double)[] tier = stored?.Shared is not { } shared ? [] :
+        [
+            ("kvpacket_shared_tier_up", "Whether the shared packet tier is reachable now.", shared.IsConnected ? 1 : 0),
+            ("kvpacket_shared_tier_hits", "Packet loads served by the shared tier.", shared.Hits),
+            ("kvpacket_shared_tier_misses", "Packet loads the shared tier could not serve: not there.", shared.Misses),
+            ("kvpacket_shared_tier_errors", "Shared-tier loads and writes that failed: corrupt or foreign values, server errors.", shared.Errors),
+            ("kvpacket_shared_tier_unavailable", "Shared-tier calls skipped while it was unreachable.", shared.Unavailable),
+            ("kvpacket_shared_tier_read_bytes", "Packet bytes read from the shared tier.", shared.BytesRead),
+            ("kvpacket_shared_tier_written_bytes", "Packet bytes written to the shared tier.", shared.BytesWritten),
+            ("kvpacket_shared_tier_publishes", "Packets published to the shared tier.", shared.Publishes),
+        ];
         return metrics.Render(
         [
             ("kvpacket_requests_running", "Requests holding KV and generating.", scheduler.RunningCount),
@@ -222,6 +253,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             ("kvpacket_gc_heap_bytes", "Managed heap size after the last garbage collection.", gc.HeapSizeBytes),
             ("kvpacket_gc_fragmented_bytes", "Free space inside the managed heap after the last collection.", gc.FragmentedBytes),
             ("kvpacket_gc_committed_bytes", "Memory the garbage collector has committed.", gc.TotalCommittedBytes),
+            .. tier,
         ]);
     }
 }

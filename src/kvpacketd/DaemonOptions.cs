@@ -1,11 +1,13 @@
 using System.Globalization;
 using System.Text.Json;
+using KvPacket.Store;
 
 namespace KvPacket.Daemon;
 
 /// <summary>
 /// The daemon's settings, from flags (<c>--model PATH --store DIR --socket PATH --tcp PORT --config FILE
-/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --served-model-name NAME --shutdown-seconds N</c>) over an optional JSON file
+/// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --served-model-name NAME --shared-tier URL
+/// --shutdown-seconds N</c>) over an optional JSON file
 /// with the same names in camelCase (<c>{"model": …, "maxTokens": …}</c>).
 /// </summary>
 public sealed record DaemonOptions
@@ -32,6 +34,8 @@ public sealed record DaemonOptions
     public string? ServedModelName { get; init; }
     /// <summary>Write a Chrome / Perfetto trace of the scheduler's steps, each request and packet loads here at shutdown (null: none).</summary>
     public string? Trace { get; init; }
+    /// <summary>The packet tier shared with other nodes (<c>redis://HOST:PORT</c>, <c>rediss://…</c> or <c>HOST:PORT</c>; null: none).</summary>
+    public string? SharedTier { get; init; }
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -48,6 +52,7 @@ public sealed record DaemonOptions
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
+          --shared-tier URL         share packets with other nodes on a Redis-protocol server (Garnet): redis://HOST:PORT
           --trace FILE              write a Chrome / Perfetto trace (steps, requests, packet loads) to FILE at shutdown
           --shutdown-seconds N      grace period for in-flight requests on SIGTERM (default 30)
           --config FILE             the same settings as JSON in camelCase ({"model": …, "maxTokens": …}); flags win
@@ -97,11 +102,17 @@ public sealed record DaemonOptions
                 "--adapter" => options with { Adapter = Value() },
                 "--served-model-name" => options with { ServedModelName = Value() },
                 "--trace" => options with { Trace = Value() },
+                "--shared-tier" => options with { SharedTier = Value() },
                 _ => throw new ArgumentException($"unknown flag '{flag}' (kvpacketd --help lists them)."),
             };
         }
         if (options.Model.Length == 0) throw new ArgumentException("--model is required.");
         if (options.Store.Length == 0) throw new ArgumentException("--store is required.");
+        if (options.SharedTier is { } tier)
+        {
+            try { SharedTierOptions.Parse(tier); }
+            catch (FormatException e) { throw new ArgumentException($"--shared-tier: {e.Message}"); }
+        }
         return options;
     }
 

@@ -245,7 +245,8 @@ public sealed class KvPacketEngine : IAsyncDisposable
         return segments;
     }
 
-    private static string IdOf(ReadOnlySpan<int> document) =>
+    /// <summary>The id a packet of <paramref name="document"/> has in every engine: a hash of its tokens.</summary>
+    public static string IdOf(ReadOnlySpan<int> document) =>
         Convert.ToHexString(XxHash128.Hash(MemoryMarshal.AsBytes(document))).ToLowerInvariant();
 
     private void ThrowIfClosing()
