@@ -259,13 +259,13 @@ public sealed class SharedPacketTier : IDisposable
             (Database: _database, Key: (RedisKey)key, Value: (RedisValue)value)).AsTask();
 
     /// <summary>Records that the serving engine's packet <paramref name="name"/> is <paramref name="document"/>, so other nodes can resolve the name.</summary>
-    public bool PublishDocument(string name, ReadOnlySpan<int> document)
+    public async Task<bool> PublishDocumentAsync(string name, ReadOnlyMemory<int> document)
     {
         if (!IsConnected) { Interlocked.Increment(ref _unavailable); return false; }
-        byte[] value = MemoryMarshal.AsBytes(document).ToArray();
+        byte[] value = MemoryMarshal.AsBytes(document.Span).ToArray();
         try
         {
-            Set(DocumentKey(name), value).GetAwaiter().GetResult();
+            await Set(DocumentKey(name), value).ConfigureAwait(false);
             return true;
         }
         catch (Exception e) when (e is RedisException or TimeoutException)
@@ -277,12 +277,13 @@ public sealed class SharedPacketTier : IDisposable
     }
 
     /// <summary>The document another node published under <paramref name="name"/>, or null (the caller checks it hashes to the name).</summary>
-    public int[]? TryGetDocument(string name)
+    public async Task<int[]?> TryGetDocumentAsync(string name)
     {
         if (!IsConnected) { Interlocked.Increment(ref _unavailable); return null; }
         try
         {
-            byte[]? value = _retry.Execute(static s => (byte[]?)s.Database.StringGet(s.Key), (Database: _database, Key: (RedisKey)DocumentKey(name)));
+            byte[]? value = await _retry.ExecuteAsync(static async (s, _) => (byte[]?)await s.Database.StringGetAsync(s.Key).ConfigureAwait(false),
+                (Database: _database, Key: (RedisKey)DocumentKey(name))).ConfigureAwait(false);
             if (value is null) return null;
             if (value.Length % sizeof(int) != 0)
                 throw new CorruptRecordException($"the document under key {DocumentKey(name)} is {value.Length} bytes, not whole token ids.");

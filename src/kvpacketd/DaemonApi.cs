@@ -64,7 +64,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             if (tokens.Length > engine.Config.MaxContextLength) throw new ApiError(400, $"the document has {tokens.Length} tokens; the model's context is {engine.Config.MaxContextLength}.");
             if (tokens.Any(t => t >= engine.Config.VocabSize)) throw new ApiError(400, $"token ids must be below the vocabulary size {engine.Config.VocabSize}.");
             var handle = await engine.AddPacketAsync(tokens, context.RequestAborted);
-            packets()?.Shared?.PublishDocument(handle.Id, tokens);
+            if (packets()?.Shared is { } shared) await shared.PublishDocumentAsync(handle.Id, tokens);
             return Results.Json(Describe(handle), statusCode: 201);
         }));
         app.MapPost("/v1/completions", context => Handle(context, async () =>
@@ -156,7 +156,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
         if (packets()?.Shared is not { } shared) return;
         foreach (string id in ids)
         {
-            if (engine.TryGetPacket(id, out _) || shared.TryGetDocument(id) is not { } document) continue;
+            if (engine.TryGetPacket(id, out _) || await shared.TryGetDocumentAsync(id) is not { } document) continue;
             if (KvPacketEngine.IdOf(document) != id || document.Length > engine.Config.MaxContextLength || document.Any(t => (uint)t >= (uint)engine.Config.VocabSize)) continue;
             await engine.AddPacketAsync(document, cancellation);
         }

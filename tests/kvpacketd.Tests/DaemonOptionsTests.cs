@@ -15,4 +15,16 @@ public class DaemonOptionsTests
         Assert.Contains("--served-model-name", DaemonOptions.Usage);
         Assert.Contains("kvpacketd --help", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--port", "1"])).Message);
     }
+
+    [Fact]
+    public void The_shared_tier_is_taken_from_a_flag_or_the_config_file_and_a_bad_address_is_named()
+    {
+        Assert.Equal("redis://127.0.0.1:6379", DaemonOptions.Parse(["--model", "m", "--store", "s", "--shared-tier", "redis://127.0.0.1:6379"]).SharedTier);
+        string config = Path.Combine(Path.GetTempPath(), $"kvpacketd-{Guid.NewGuid():N}.json");
+        File.WriteAllText(config, """{"model": "m", "store": "s", "sharedTier": "garnet.local:6379"}""");
+        try { Assert.Equal("garnet.local:6379", DaemonOptions.Parse(["--config", config]).SharedTier); }
+        finally { File.Delete(config); }
+        var error = Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--shared-tier", "http://x:1"]));
+        Assert.StartsWith("--shared-tier:", error.Message, StringComparison.Ordinal);
+    }
 }
