@@ -96,10 +96,10 @@ public sealed class SharedPacketTier : IDisposable
     internal Action<PacketId>? AfterPagesWritten { get; set; }
 
     /// <summary>The key of packet <paramref name="id"/>'s manifest.</summary>
-    internal string ManifestKey(PacketId id) => $"{_prefix}:{{{id}}}:m";
+    public string ManifestKey(PacketId id) => $"{_prefix}:{{{id}}}:m";
 
     /// <summary>The key of packet <paramref name="id"/>'s page <paramref name="page"/>.</summary>
-    internal string PageKey(PacketId id, int page) => $"{_prefix}:{{{id}}}:p{page}";
+    public string PageKey(PacketId id, int page) => $"{_prefix}:{{{id}}}:p{page}";
 
     private string DocumentKey(string name) => $"{_prefix}:doc:{name}";
 

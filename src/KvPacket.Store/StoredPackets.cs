@@ -8,7 +8,7 @@ namespace KvPacket.Store;
 /// Packets from a <see cref="PacketStore"/> with a resident tier in front: recently used packets stay in the model's KV
 /// pool (least recently used evicted past <see cref="ResidentBlockBudget"/>), so a packet reused by the next request
 /// costs no I/O; a miss loads from the store; a packet the store lacks comes from the <see cref="Shared"/> tier when
-/// there is one (and is then kept in the store too), else it is built once, stored durably, published to the shared
+/// there is one (and, with <see cref="CopySharedToStore"/>, is copied to the store in the background), else it is built once, stored durably, published to the shared
 /// tier, and kept.
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
 /// not depend on whether the packet was just built. Thread-safe.
@@ -20,7 +20,10 @@ public sealed class StoredPackets : IPacketSource
     private readonly Dictionary<PacketId, LinkedListNode<(PacketId Id, Packet Packet)>> _resident = new();
     private readonly LinkedList<(PacketId Id, Packet Packet)> _recency = new();
     private readonly Lock _gate = new();
+    private readonly List<Task> _copies = [];
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Packet> _copied = new();
     private int _residentBlocks;
+    private long _localCopyFailures;
 
     /// <summary>
     /// Serves <paramref name="model"/>'s packets from <paramref name="store"/>, storing new ones as <paramref name="storage"/>,
@@ -60,6 +63,13 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>The tier shared with other nodes, below the store (null: none).</summary>
     public SharedPacketTier? Shared { get; }
 
+    /// <summary>
+    /// Whether packets loaded from the shared tier are also written to the local store (in the background), so the node
+    /// keeps them when the tier is down or evicts them. Off by default: on a 2-core node the copies' commits took time to
+    /// first token from 0.24 s to 1.2 s for requests running meanwhile (<c>kvpacket bench shared-tier</c>).
+    /// </summary>
+    public bool CopySharedToStore { get; init; }
+
     /// <summary>Acquires served by the shared tier.</summary>
     public long SharedLoads { get; private set; }
 
@@ -81,6 +91,7 @@ public sealed class StoredPackets : IPacketSource
         var id = IdOf(document, adapter);
         lock (_gate)
         {
+            while (_copied.TryDequeue(out var copied)) copied.Dispose();
             if (_resident.TryGetValue(id, out var node))
             {
                 _recency.Remove(node);
@@ -99,8 +110,7 @@ public sealed class StoredPackets : IPacketSource
             else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _model.KvPool, out packet))
             {
                 SharedLoads++;
-                // A local copy too, so this node keeps the packet when the tier is down or evicts it.
-                if (!_store.IsReadOnly) _store.PutAsync(packet, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
+                if (CopySharedToStore && !_store.IsReadOnly) KeepLocalCopy(packet.Share(), document.ToArray(), adapter);
                 Trace?.Record("packet shared load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
             }
             else
@@ -117,6 +127,38 @@ public sealed class StoredPackets : IPacketSource
             return shared;
         }
     }
+
+    /// <summary>
+    /// Stores a packet that came from the shared tier in the local store too, so this node keeps it when the tier is
+    /// down or evicts it — in the background: the durable commit (hundreds of ms on a slow disk) is not the request's.
+    /// A copy that fails is only counted; the tier still holds the packet. The KV pool is the caller's thread's, so the
+    /// copy's reference is handed back and let go on the next acquire, not on the background thread.
+    /// </summary>
+    private void KeepLocalCopy(Packet packet, int[] document, Adapter? adapter)
+    {
+        var copy = Task.Run(async () =>
+        {
+            try { await _store.PutAsync(packet, Fingerprint, document, AdapterRef.Of(adapter), Storage, Keep).ConfigureAwait(false); }
+            catch (Exception e) when (e is PacketStoreException or ObjectDisposedException or IOException) { Interlocked.Increment(ref _localCopyFailures); }
+            finally { _copied.Enqueue(packet); }
+        });
+        lock (_copies)
+        {
+            _copies.RemoveAll(t => t.IsCompleted);
+            _copies.Add(copy);
+        }
+    }
+
+    /// <summary>Waits until every local copy of a shared-tier packet started so far is durable (or has failed).</summary>
+    public void WaitForLocalCopies()
+    {
+        Task[] pending;
+        lock (_copies) pending = [.. _copies];
+        Task.WaitAll(pending);
+    }
+
+    /// <summary>Local copies of shared-tier packets that could not be stored (the store full, say).</summary>
+    public long LocalCopyFailures => Interlocked.Read(ref _localCopyFailures);
 
     private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet) =>
         _store.TryLoad(id, Fingerprint, _model.KvPool, out packet);
@@ -137,8 +179,10 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Drops every resident packet (blocks in use by sequences stay until those let go).</summary>
     public void Dispose()
     {
+        WaitForLocalCopies();
         lock (_gate)
         {
+            while (_copied.TryDequeue(out var copied)) copied.Dispose();
             foreach (var (_, packet) in _recency) packet.Dispose();
             _recency.Clear();
             _resident.Clear();

@@ -102,7 +102,7 @@ public static class Daemon
             Model = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = 256, MaxBatchSequences = 64 },
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
             Adapter = adapter,
-            Packets = model => packets = new StoredPackets(model, store, shared: shared) { Trace = trace },
+            Packets = model => packets = new StoredPackets(model, store, shared: shared) { Trace = trace, CopySharedToStore = options.SharedTierCopy },
         });
         engine.Scheduler.Trace = trace;
         engine.Tokenizer = tokenizer;

@@ -7,7 +7,7 @@ namespace KvPacket.Daemon;
 /// <summary>
 /// The daemon's settings, from flags (<c>--model PATH --store DIR --socket PATH --tcp PORT --config FILE
 /// --max-body-bytes N --max-tokens N --max-waiting N --kv-tokens N --adapter NAME[@VERSION] --served-model-name NAME --shared-tier URL
-/// --shutdown-seconds N</c>) over an optional JSON file
+/// --shared-tier-copy --shutdown-seconds N</c>) over an optional JSON file
 /// with the same names in camelCase (<c>{"model": …, "maxTokens": …}</c>).
 /// </summary>
 public sealed record DaemonOptions
@@ -36,6 +36,8 @@ public sealed record DaemonOptions
     public string? Trace { get; init; }
     /// <summary>The packet tier shared with other nodes (<c>redis://HOST:PORT</c>, <c>rediss://…</c> or <c>HOST:PORT</c>; null: none).</summary>
     public string? SharedTier { get; init; }
+    /// <summary>Also keep packets loaded from the shared tier in the local store (written in the background).</summary>
+    public bool SharedTierCopy { get; init; }
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -53,6 +55,7 @@ public sealed record DaemonOptions
           --kv-tokens N             KV cache size in tokens (default 65536)
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
           --shared-tier URL         share packets with other nodes on a Redis-protocol server (Garnet): redis://HOST:PORT
+          --shared-tier-copy        also keep packets loaded from the shared tier in the local store (costs TTFT while copying)
           --trace FILE              write a Chrome / Perfetto trace (steps, requests, packet loads) to FILE at shutdown
           --shutdown-seconds N      grace period for in-flight requests on SIGTERM (default 30)
           --config FILE             the same settings as JSON in camelCase ({"model": …, "maxTokens": …}); flags win
@@ -103,6 +106,7 @@ public sealed record DaemonOptions
                 "--served-model-name" => options with { ServedModelName = Value() },
                 "--trace" => options with { Trace = Value() },
                 "--shared-tier" => options with { SharedTier = Value() },
+                "--shared-tier-copy" => options with { SharedTierCopy = true },
                 _ => throw new ArgumentException($"unknown flag '{flag}' (kvpacketd --help lists them)."),
             };
         }

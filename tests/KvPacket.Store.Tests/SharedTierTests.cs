@@ -32,13 +32,13 @@ public sealed class SharedTierTests : IDisposable
         return item;
     }
 
-    private Node StartNode(string name, string endpoint, TimeSpan? timeout = null)
+    private Node StartNode(string name, string endpoint, TimeSpan? timeout = null, bool copy = false)
     {
         var log = new CollectingLogger();
         var model = Own(new Transformer(_checkpoint, new TransformerOptions { KvCacheTokens = 2048, MaxBatchTokens = 64 }));
         var store = Own(PacketStore.Open(Path.Combine(_temp.Path, name)));
         var tier = Own(SharedPacketTier.Connect(new SharedTierOptions { Endpoint = endpoint, Timeout = timeout ?? TimeSpan.FromSeconds(2) }, log));
-        var packets = Own(new StoredPackets(model, store, shared: tier));
+        var packets = Own(new StoredPackets(model, store, shared: tier) { CopySharedToStore = copy });
         return new Node(model, store, tier, packets, log);
     }
 
@@ -76,7 +76,7 @@ public sealed class SharedTierTests : IDisposable
     {
         var garnet = StartGarnet();
         var a = StartNode("a", garnet.Endpoint);
-        var b = StartNode("b", garnet.Endpoint);
+        var b = StartNode("b", garnet.Endpoint, copy: true);
         var adapter = TestAdapter();
         int[] document = Document(1);
 
@@ -88,7 +88,9 @@ public sealed class SharedTierTests : IDisposable
         Assert.Equal(adapted, AcquireBytes(b, document, adapter));
         Assert.Equal((0L, 2L, 2L), (b.Packets.Builds, b.Packets.SharedLoads, b.Tier.Hits));
         Assert.True(b.Tier.BytesRead >= plain.Length + adapted.Length);
-        // B keeps its own durable copy: the next acquire after its resident tier is gone reads B's store.
+        // B, asked to, keeps its own durable copy: the next acquire after its resident tier is gone reads B's store.
+        b.Packets.WaitForLocalCopies();
+        Assert.Equal(0, b.Packets.LocalCopyFailures);
         Assert.True(b.Store.Contains(b.Packets.IdOf(document, null)) && b.Store.Contains(b.Packets.IdOf(document, adapter)));
         Assert.Empty(b.Log.Messages);
     }
@@ -197,6 +199,21 @@ public sealed class SharedTierTests : IDisposable
         Assert.Equal((1L, 0L, 0L), (node.Packets.Builds, node.Tier.Publishes, node.Tier.Errors));
         Assert.True(node.Tier.Unavailable >= 2); // the lookup and the publication, both skipped at once
         Assert.Equal(first, AcquireBytes(node, document));
+    }
+
+    [Fact]
+    public void A_packets_keys_share_one_cluster_slot_and_other_packets_spread_over_others()
+    {
+        var garnet = StartGarnet();
+        var node = StartNode("a", garnet.Endpoint);
+        using var raw = ConnectionMultiplexer.Connect(garnet.Endpoint);
+        var ids = Enumerable.Range(0, 64).Select(i => node.Packets.IdOf(Document((ulong)i), null)).ToArray();
+        foreach (var id in ids)
+        {
+            int slot = raw.HashSlot(node.Tier.ManifestKey(id));
+            Assert.All(Enumerable.Range(0, 8), p => Assert.Equal(slot, raw.HashSlot(node.Tier.PageKey(id, p))));
+        }
+        Assert.True(ids.Select(id => raw.HashSlot(node.Tier.ManifestKey(id))).Distinct().Count() > 50);
     }
 
     [Theory]

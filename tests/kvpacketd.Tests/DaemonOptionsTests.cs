@@ -19,7 +19,8 @@ public class DaemonOptionsTests
     [Fact]
     public void The_shared_tier_is_taken_from_a_flag_or_the_config_file_and_a_bad_address_is_named()
     {
-        Assert.Equal("redis://127.0.0.1:6379", DaemonOptions.Parse(["--model", "m", "--store", "s", "--shared-tier", "redis://127.0.0.1:6379"]).SharedTier);
+        var flags = DaemonOptions.Parse(["--model", "m", "--store", "s", "--shared-tier", "redis://127.0.0.1:6379", "--shared-tier-copy"]);
+        Assert.Equal(("redis://127.0.0.1:6379", true), (flags.SharedTier, flags.SharedTierCopy));
         string config = Path.Combine(Path.GetTempPath(), $"kvpacketd-{Guid.NewGuid():N}.json");
         File.WriteAllText(config, """{"model": "m", "store": "s", "sharedTier": "garnet.local:6379"}""");
         try { Assert.Equal("garnet.local:6379", DaemonOptions.Parse(["--config", config]).SharedTier); }

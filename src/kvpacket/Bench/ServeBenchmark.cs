@@ -71,8 +71,19 @@ internal static class ServeBenchmark
         return new BenchResult("serve", name, weights, "F16", Environment.ProcessorCount, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
     }
 
-    /// <summary>Runs <paramref name="requests"/> streaming requests, <paramref name="concurrency"/> at a time; returns each TTFT, the tokens and the wall time.</summary>
-    private static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, List<string> ids, string mode, int concurrency, int requests, int maxTokens, int vocab)
+    /// <summary>Runs <paramref name="requests"/> streaming requests over the packets <paramref name="ids"/>, <paramref name="concurrency"/> at a time.</summary>
+    private static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, List<string> ids, string mode, int concurrency, int requests, int maxTokens, int vocab) =>
+        Load(client, i => new
+        {
+            prompt = new SeededRandom((ulong)i + 1000).NextTokens(16, 3, vocab), packets = ids, mode, max_tokens = maxTokens, temperature = 0, stream = true,
+            stop_token_ids = Array.Empty<int>(),
+        }, concurrency, requests);
+
+    /// <summary>
+    /// Runs <paramref name="requests"/> streaming completions (request i's body from <paramref name="body"/>),
+    /// <paramref name="concurrency"/> at a time; returns each request's time to first token, the tokens and the wall time.
+    /// </summary>
+    public static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, Func<int, object> body, int concurrency, int requests)
     {
         var ttfts = new double[requests];
         long tokens = 0;
@@ -82,10 +93,8 @@ internal static class ServeBenchmark
         {
             for (int i; (i = Interlocked.Increment(ref next)) < requests;)
             {
-                var random = new SeededRandom((ulong)i + 1000);
-                var body = new { prompt = random.NextTokens(16, 3, vocab), packets = ids, mode, max_tokens = maxTokens, temperature = 0, stream = true, stop_token_ids = Array.Empty<int>() };
                 long sent = Stopwatch.GetTimestamp();
-                using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+                using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body(i)) };
                 using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
                 if (!response.IsSuccessStatusCode) throw new InvalidOperationException($"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
                 using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
@@ -102,7 +111,8 @@ internal static class ServeBenchmark
         return (ttfts, tokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
     }
 
-    private static void WaitForHealth(HttpClient client, Task<int> daemon)
+    /// <summary>Waits until the in-process daemon <paramref name="daemon"/> answers /health.</summary>
+    public static void WaitForHealth(HttpClient client, Task<int> daemon)
     {
         for (int i = 0; i < 600; i++)
         {

@@ -23,6 +23,7 @@ internal static class BenchCommand
         command.Subcommands.Add(CreateTokenize());
         command.Subcommands.Add(CreateStore());
         command.Subcommands.Add(CreateServe());
+        command.Subcommands.Add(CreateSharedTier());
         command.Subcommands.Add(CreateBarrage());
         command.Subcommands.Add(Create("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode", Rag));
         return command;
@@ -104,6 +105,43 @@ internal static class BenchCommand
             else name = Path.GetFileNameWithoutExtension(path);
             var result = ServeBenchmark.Run(path, name, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
                 parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace));
+            result.Print();
+            result.Save(parse.GetValue(output)!);
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command CreateSharedTier()
+    {
+        var tier = new Option<string>("--shared-tier") { Description = "The running server (garnet-server): redis://HOST:PORT", Required = true };
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)", DefaultValueFactory = _ => "qwen2.5-0.5b" };
+        var tokens = new Option<int>("--packet-tokens") { Description = "Tokens per packet", DefaultValueFactory = _ => 512 };
+        var packets = new Option<int>("--packets") { Description = "Packets loaded per pass", DefaultValueFactory = _ => 16 };
+        var passes = new Option<int>("--passes") { Description = "Load passes (shared tier, local store, plain GETs alternating); medians reported", DefaultValueFactory = _ => 5 };
+        var concurrency = new Option<string>("--concurrency") { Description = "Concurrency levels of the TTFT runs", DefaultValueFactory = _ => "1,16" };
+        var documents = new Option<int>("--documents") { Description = "Packets per request", DefaultValueFactory = _ => 1 };
+        var requestsAtOne = new Option<int>("--requests-at-one") { Description = "Requests at concurrency 1 (a level of c > 1 sends c)", DefaultValueFactory = _ => 4 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("shared-tier", "Shared packet tier on Garnet: load vs local store vs rebuild, and TTFT on node B for packets ingested on node A")
+        {
+            tier, model, shape, tokens, packets, passes, concurrency, documents, requestsAtOne, output,
+        };
+        command.SetAction(parse =>
+        {
+            string? path = parse.GetValue(model);
+            string name;
+            if (path is null)
+            {
+                var (checkpoint, cardName) = BenchModel.Open(null, parse.GetValue(shape), DType.BF16);
+                path = checkpoint.Source;
+                name = cardName;
+                checkpoint.Dispose();
+            }
+            else name = Path.GetFileNameWithoutExtension(path);
+            var result = SharedTierBenchmark.Run(path, name, parse.GetValue(tier)!, parse.GetValue(tokens), parse.GetValue(packets), parse.GetValue(passes),
+                parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(), parse.GetValue(documents), parse.GetValue(requestsAtOne));
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;
