@@ -27,23 +27,58 @@ internal sealed class EmbeddedGarnet : IDisposable
     public string Endpoint => $"127.0.0.1:{Port}";
 
     /// <summary>Starts a server on <paramref name="directory"/> (recovering what is there) on <paramref name="port"/>, or a free port.</summary>
-    public static EmbeddedGarnet Start(string directory, int? port = null)
+    public static EmbeddedGarnet Start(string directory, int? port = null) => Start(directory, port, cluster: false);
+
+    /// <summary>
+    /// Starts a Garnet cluster of <paramref name="nodes"/> in-memory servers, the 16384 slots split evenly between them,
+    /// and waits until the first one knows them all.
+    /// </summary>
+    public static EmbeddedGarnet[] StartCluster(string directory, int nodes)
+    {
+        var servers = Enumerable.Range(0, nodes).Select(n => Start(System.IO.Path.Combine(directory, $"node{n}"), null, cluster: true)).ToArray();
+        for (int n = 0; n < nodes; n++)
+        {
+            using var admin = StackExchange.Redis.ConnectionMultiplexer.Connect($"{servers[n].Endpoint},allowAdmin=true");
+            var server = admin.GetServer(servers[n].Endpoint);
+            server.Execute("CLUSTER", "ADDSLOTSRANGE", n * 16384 / nodes, (n + 1) * 16384 / nodes - 1);
+            if (n > 0) server.Execute("CLUSTER", "MEET", "127.0.0.1", servers[0].Port);
+        }
+        using (var seed = StackExchange.Redis.ConnectionMultiplexer.Connect(servers[0].Endpoint + ",allowAdmin=true"))
+            for (int wait = 0; wait < 200; wait++)
+            {
+                string info = seed.GetServer(servers[0].Endpoint).Execute("CLUSTER", "INFO").ToString();
+                if (info.Contains($"cluster_known_nodes:{nodes}", StringComparison.Ordinal) && info.Contains("cluster_state:ok", StringComparison.Ordinal)) return servers;
+                Thread.Sleep(50);
+            }
+        throw new TimeoutException("the Garnet cluster did not form");
+    }
+
+    private static EmbeddedGarnet Start(string directory, int? port, bool cluster)
     {
         System.IO.Directory.CreateDirectory(directory);
         int chosen = port ?? FreePort();
         for (int attempt = 0; ; attempt++)
         {
-            var server = new GarnetServer(new GarnetServerOptions
-            {
-                EndPoints = [new IPEndPoint(IPAddress.Loopback, chosen)],
-                EnableStorageTier = true,
-                LogDir = directory,
-                CheckpointDir = directory,
-                EnableAOF = true,
-                Recover = true,
-                DeviceType = Tsavorite.core.DeviceType.RandomAccess,
-                QuietMode = true,
-            });
+            var server = new GarnetServer(cluster
+                ? new GarnetServerOptions
+                {
+                    EndPoints = [new IPEndPoint(IPAddress.Loopback, chosen)],
+                    EnableCluster = true,
+                    CheckpointDir = directory,
+                    DeviceType = Tsavorite.core.DeviceType.RandomAccess,
+                    QuietMode = true,
+                }
+                : new GarnetServerOptions
+                {
+                    EndPoints = [new IPEndPoint(IPAddress.Loopback, chosen)],
+                    EnableStorageTier = true,
+                    LogDir = directory,
+                    CheckpointDir = directory,
+                    EnableAOF = true,
+                    Recover = true,
+                    DeviceType = Tsavorite.core.DeviceType.RandomAccess,
+                    QuietMode = true,
+                });
             try
             {
                 server.Start();

@@ -96,6 +96,23 @@ public sealed class SharedTierTests : IDisposable
     }
 
     [Fact]
+    public void On_a_three_server_garnet_cluster_packets_spread_over_the_servers_and_load_on_another_node_byte_for_byte()
+    {
+        var servers = EmbeddedGarnet.StartCluster(Path.Combine(_temp.Path, "cluster"), 3);
+        foreach (var server in servers) Own(server);
+        // Each node knows one server; the client finds the others and routes every key to its slot's owner.
+        var a = StartNode("a", servers[0].Endpoint);
+        var b = StartNode("b", servers[2].Endpoint);
+        var documents = Enumerable.Range(10, 12).Select(i => Document((ulong)i)).ToArray();
+        var built = documents.Select(d => AcquireBytes(a, d)).ToArray();
+        Assert.Equal((12L, 12L, 0L), (a.Packets.Builds, a.Tier.Publishes, a.Tier.Errors));
+        for (int i = 0; i < documents.Length; i++) Assert.Equal(built[i], AcquireBytes(b, documents[i]));
+        Assert.Equal((0L, 12L, 0L), (b.Packets.Builds, b.Tier.Hits, b.Tier.Errors));
+        using var raw = ConnectionMultiplexer.Connect(servers[0].Endpoint);
+        Assert.All(servers, server => Assert.True(raw.GetServer(server.Endpoint).DatabaseSize() > 0, $"no keys on {server.Endpoint}"));
+    }
+
+    [Fact]
     public void A_flipped_byte_in_a_remote_page_is_detected_not_served_and_the_packet_is_rebuilt_and_the_tier_healed()
     {
         var garnet = StartGarnet();
