@@ -50,29 +50,64 @@ public unsafe class KernelTests
         }
     }
 
-    [Fact]
-    public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch()
+    [Theory]
+    [InlineData(DType.F32, 256)]
+    [InlineData(DType.BF16, 256)]
+    [InlineData(DType.F16, 256)]
+    [InlineData(DType.F16, 1100)] // a second K chunk and a short tail
+    public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch(DType type, int columns)
     {
-        const int Rows = 50, Columns = 256, Tokens = 11;
+        const int Rows = 50, Tokens = 11;
         var random = new SeededRandom(3);
-        var w = new float[Rows * Columns];
-        var x = new float[Tokens * Columns];
+        var w = new float[Rows * columns];
+        var x = new float[Tokens * columns];
         for (int i = 0; i < w.Length; i++) w[i] = random.NextSingle() - 0.5f;
         for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
+        var half = new Half[w.Length];
+        var bf16 = new ushort[w.Length];
+        ElementConversion.SingleToHalf(w, half);
+        ElementConversion.SingleToBF16(w, bf16);
         var batched = new float[Tokens * Rows];
         var alone = new float[Rows];
         using var pool = new WorkerPool(2);
-        using var matMul = new MatMul(pool, Columns);
+        using var matMul = new MatMul(pool, columns);
         fixed (float* pw = w, px = x, pb = batched, pa = alone)
+        fixed (Half* ph = half)
+        fixed (ushort* pbf = bf16)
         {
-            var tensor = new WeightTensor("w", DType.F32, Rows, Columns, pw);
+            var tensor = new WeightTensor("w", type, Rows, columns, type switch { DType.F16 => ph, DType.BF16 => pbf, _ => pw });
             matMul.Multiply(px, Tokens, tensor, pb);
             for (int t = 0; t < Tokens; t++)
             {
-                matMul.Multiply(px + t * Columns, 1, tensor, pa);
+                matMul.Multiply(px + t * columns, 1, tensor, pa);
                 Assert.Equal(alone, batched.AsSpan(t * Rows, Rows).ToArray());
             }
         }
+    }
+
+    [Fact]
+    public void An_f16_dot_product_reads_every_finite_half_exactly_in_each_of_its_paths()
+    {
+        // 59 = 32 (the 512-bit loop) + 16 (its tail) + 8 (the 256-bit loop) + 3 (scalar): a one-hot activation picks
+        // one weight through whichever path covers its place, and must give exactly (float)half.
+        const int N = 59;
+        var finite = Enumerable.Range(0, 65536).Select(i => (ushort)i).Where(b => (b & 0x7C00) != 0x7C00).ToArray();
+        var w = new ushort[N];
+        var x = new float[N];
+        fixed (ushort* pw = w)
+        fixed (float* px = x)
+            for (int start = 0; start < finite.Length; start += N)
+            {
+                for (int j = 0; j < N; j++) w[j] = finite[(start + j) % finite.Length];
+                for (int j = 0; j < N; j++)
+                {
+                    x[j] = 1;
+                    float expected = (float)BitConverter.UInt16BitsToHalf(w[j]), actual = Dot.F16(px, pw, N);
+                    x[j] = 0;
+                    if (expected == 0) Assert.Equal(0f, actual); // ±0: the other lanes' +0 products decide the sign
+                    else Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(actual));
+                }
+            }
     }
 
     [Fact]

@@ -142,6 +142,34 @@ public class MalformedCheckpointTests
         Assert.Contains("missing", error.Message);
     }
 
+    [Theory]
+    [InlineData((ushort)0x7C00)] // +infinity
+    [InlineData((ushort)0xFE01)] // a NaN
+    public void An_f16_weight_that_is_not_finite_is_refused_naming_the_tensor_and_the_value(ushort bits)
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var model = CheckpointLoader.Load(Stories);
+        CheckpointExporter.WriteHuggingFace(model, temp.Path, DType.F16);
+        string path = Path.Combine(temp.Path, "model.safetensors");
+        List<TensorToWrite> tensors;
+        using (var file = SafetensorsFile.Open(path))
+            tensors = file.Tensors.Values.Select(t =>
+            {
+                var values = new Half[t.ElementCount];
+                var widened = new float[t.ElementCount];
+                t.ReadRows(0, t.Rows, widened);
+                for (int i = 0; i < widened.Length; i++) values[i] = (Half)widened[i];
+                if (t.Name == "model.layers.2.mlp.down_proj.weight") values[77] = BitConverter.UInt16BitsToHalf(bits);
+                long[] shape = t.Name.Contains("norm") ? [t.Columns] : [t.Rows, t.Columns];
+                return new TensorToWrite(t.Name, DType.F16, shape, stream => stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan())));
+            }).ToList();
+        SafetensorsWriter.Write(path, tensors);
+
+        var error = Assert.Throws<CheckpointFormatException>(() => CheckpointLoader.Load(temp.Path));
+        Assert.Equal("model.layers.2.mlp.down_proj.weight", error.Field);
+        Assert.Contains($"f16 value 77 (bits 0x{bits:x4}) is infinite or NaN", error.Message);
+    }
+
     [Fact]
     public void A_tensor_of_the_wrong_shape_is_named_with_both_shapes()
     {

@@ -4,7 +4,7 @@ using System.Runtime.Intrinsics;
 namespace KvPacket.Compute.Cpu;
 
 /// <summary>
-/// Dot products of an f32 activation with weight rows in f32 or bf16: Vector512 where the CPU has it, Vector256
+/// Dot products of an f32 activation with weight rows in f32, bf16 or f16: Vector512 where the CPU has it, Vector256
 /// otherwise, a scalar tail for the rest. Every routine here sums in the same order (one accumulator, 16 lanes
 /// at a time, then 8, then scalar), the order of <see cref="MatMul"/>'s GEMM tile too, so a token's result does not
 /// depend on how many other tokens share its batch. The four-row forms hide FMA latency across rows instead.
@@ -60,23 +60,91 @@ public static unsafe class Dot
 
     /// <summary>Σ x[i]·w[i] with <paramref name="w"/> in bf16 (widened by a 16-bit shift in registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float BF16(float* x, ushort* w, int n)
+    public static float BF16(float* x, ushort* w, int n) => Sum<BFloat16>(x, w, n);
+
+    /// <summary>Σ x[i]·w[i] with <paramref name="w"/> in f16 (widened exactly in registers).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float F16(float* x, ushort* w, int n) => Sum<Float16>(x, w, n);
+
+    /// <summary>Four bf16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="BF16"/> would.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void BF16x4(float* x, ushort* w, int n, long stride, float* y) => Sum4<BFloat16>(x, w, n, stride, y);
+
+    /// <summary>Four f16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="F16"/> would.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void F16x4(float* x, ushort* w, int n, long stride, float* y) => Sum4<Float16>(x, w, n, stride, y);
+
+    /// <summary>
+    /// How 16-bit weights widen to f32 in registers; a struct per format, so each loop is compiled for its own. A format
+    /// may widen to its value times 2^-<see cref="Exponent"/>: the activation is then loaded times 2^(<see cref="Exponent"/> − 12)
+    /// and the sum multiplied by 2^12, powers of two that change no rounding while no value leaves f32's normal range.
+    /// </summary>
+    private interface IWidening
+    {
+        static abstract int Exponent { get; }
+        static abstract (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits);
+        static abstract Vector256<float> Widen(Vector128<ushort> bits);
+        static abstract float Widen(ushort bits);
+    }
+
+    /// <summary>bf16: the top half of an f32.</summary>
+    private readonly struct BFloat16 : IWidening
+    {
+        public static int Exponent => 0;
+
+        public static (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits)
+        {
+            var (lower, upper) = Vector512.Widen(bits);
+            return (Vector512.ShiftLeft(lower, 16).AsSingle(), Vector512.ShiftLeft(upper, 16).AsSingle());
+        }
+
+        public static Vector256<float> Widen(Vector128<ushort> bits) => Vector256.ShiftLeft(Vector256.WidenLower(bits.ToVector256()), 16).AsSingle();
+
+        public static float Widen(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
+    }
+
+    /// <summary>
+    /// IEEE f16, widened to its value times 2^-112: sign-extended to 32 bits and shifted so exponent and mantissa land in
+    /// f32's fields with the exponent unbiased by 112 fewer (subnormals become f32 subnormals, exactly), the sign
+    /// copies between cleared. Two integer operations, as cheap as bf16's shift. Infinities and NaNs would read as
+    /// finite: checkpoint readers refuse f16 weights that are not finite.
+    /// </summary>
+    private readonly struct Float16 : IWidening
+    {
+        public static int Exponent => 112;
+
+        public static (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits)
+        {
+            var (lower, upper) = Vector512.Widen(bits.AsInt16());
+            var mask = Vector512.Create(unchecked((int)0x8FFF_FFFF));
+            return (((lower << 13) & mask).AsSingle(), ((upper << 13) & mask).AsSingle());
+        }
+
+        public static Vector256<float> Widen(Vector128<ushort> bits) =>
+            ((Vector256.WidenLower(bits.AsInt16().ToVector256()) << 13) & Vector256.Create(unchecked((int)0x8FFF_FFFF))).AsSingle();
+
+        public static float Widen(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits) * BitConverter.Int32BitsToSingle(15 << 23); // · 2^-112
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Sum<T>(float* x, ushort* w, int n) where T : struct, IWidening
     {
         int i = 0;
         float sum = 0;
+        float scale = T.Exponent == 0 ? 1 : BitConverter.Int32BitsToSingle((127 + T.Exponent - 12) << 23);
         if (Vector512.IsHardwareAccelerated && n >= 16)
         {
             Vector512<float> s = default;
             for (; i <= n - 32; i += 32)
             {
-                var (lo, hi) = Vector512.Widen(Vector512.Load(w + i));
-                s = Vector512.FusedMultiplyAdd(Vector512.Load(x + i), Vector512.ShiftLeft(lo, 16).AsSingle(), s);
-                s = Vector512.FusedMultiplyAdd(Vector512.Load(x + i + 16), Vector512.ShiftLeft(hi, 16).AsSingle(), s);
+                var (lo, hi) = T.Widen(Vector512.Load(w + i));
+                s = Vector512.FusedMultiplyAdd(Scaled<T>(Vector512.Load(x + i), scale), lo, s);
+                s = Vector512.FusedMultiplyAdd(Scaled<T>(Vector512.Load(x + i + 16), scale), hi, s);
             }
             if (i <= n - 16)
             {
-                var (lo, _) = Vector512.Widen(Vector256.Load(w + i).ToVector512());
-                s = Vector512.FusedMultiplyAdd(Vector512.Load(x + i), Vector512.ShiftLeft(lo, 16).AsSingle(), s);
+                var (lo, _) = T.Widen(Vector256.Load(w + i).ToVector512());
+                s = Vector512.FusedMultiplyAdd(Scaled<T>(Vector512.Load(x + i), scale), lo, s);
                 i += 16;
             }
             sum = Vector512.Sum(s);
@@ -86,43 +154,49 @@ public static unsafe class Dot
             Vector256<float> s = default;
             for (; i <= n - 8; i += 8)
             {
-                var (lo, _) = Vector256.Widen(Vector128.Load(w + i).ToVector256());
-                s = Vector256.FusedMultiplyAdd(Vector256.Load(x + i), Vector256.ShiftLeft(lo, 16).AsSingle(), s);
+                var x8 = Vector256.Load(x + i);
+                if (T.Exponent != 0) x8 *= scale;
+                s = Vector256.FusedMultiplyAdd(x8, T.Widen(Vector128.Load(w + i)), s);
             }
             sum += Vector256.Sum(s);
         }
-        for (; i < n; i++) sum += x[i] * BitConverter.Int32BitsToSingle(w[i] << 16);
-        return sum;
+        for (; i < n; i++) sum += (T.Exponent == 0 ? x[i] : x[i] * scale) * T.Widen(w[i]);
+        return T.Exponent == 0 ? sum : sum * 4096f;
     }
 
-    /// <summary>Four bf16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="BF16"/> would.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void BF16x4(float* x, ushort* w, int n, long stride, float* y)
+    private static Vector512<float> Scaled<T>(Vector512<float> x, float scale) where T : struct, IWidening =>
+        T.Exponent == 0 ? x : x * scale;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Sum4<T>(float* x, ushort* w, int n, long stride, float* y) where T : struct, IWidening
     {
         if (!Vector512.IsHardwareAccelerated || n % 32 != 0)
         {
-            for (int r = 0; r < 4; r++) y[r] = BF16(x, w + r * stride, n);
+            for (int r = 0; r < 4; r++) y[r] = Sum<T>(x, w + r * stride, n);
             return;
         }
+        float scale = T.Exponent == 0 ? 1 : BitConverter.Int32BitsToSingle((127 + T.Exponent - 12) << 23);
         ushort* w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (int i = 0; i < n; i += 32)
         {
-            var lo = Vector512.Load(x + i);
-            var hi = Vector512.Load(x + i + 16);
-            s0 = Accumulate(lo, hi, w + i, s0);
-            s1 = Accumulate(lo, hi, w1 + i, s1);
-            s2 = Accumulate(lo, hi, w2 + i, s2);
-            s3 = Accumulate(lo, hi, w3 + i, s3);
+            var lo = Scaled<T>(Vector512.Load(x + i), scale);
+            var hi = Scaled<T>(Vector512.Load(x + i + 16), scale);
+            s0 = Accumulate<T>(lo, hi, w + i, s0);
+            s1 = Accumulate<T>(lo, hi, w1 + i, s1);
+            s2 = Accumulate<T>(lo, hi, w2 + i, s2);
+            s3 = Accumulate<T>(lo, hi, w3 + i, s3);
         }
-        y[0] = Vector512.Sum(s0); y[1] = Vector512.Sum(s1); y[2] = Vector512.Sum(s2); y[3] = Vector512.Sum(s3);
+        float unscale = T.Exponent == 0 ? 1 : 4096f;
+        y[0] = Vector512.Sum(s0) * unscale; y[1] = Vector512.Sum(s1) * unscale; y[2] = Vector512.Sum(s2) * unscale; y[3] = Vector512.Sum(s3) * unscale;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Accumulate(Vector512<float> xLo, Vector512<float> xHi, ushort* w, Vector512<float> s)
+    private static Vector512<float> Accumulate<T>(Vector512<float> xLo, Vector512<float> xHi, ushort* w, Vector512<float> s) where T : struct, IWidening
     {
-        var (lo, hi) = Vector512.Widen(Vector512.Load(w));
-        s = Vector512.FusedMultiplyAdd(xLo, Vector512.ShiftLeft(lo, 16).AsSingle(), s);
-        return Vector512.FusedMultiplyAdd(xHi, Vector512.ShiftLeft(hi, 16).AsSingle(), s);
+        var (lo, hi) = T.Widen(Vector512.Load(w));
+        s = Vector512.FusedMultiplyAdd(xLo, lo, s);
+        return Vector512.FusedMultiplyAdd(xHi, hi, s);
     }
 }

@@ -67,7 +67,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     public void Execute(int start, int end, int worker)
     {
         int rowStart = start * _panelRows, rowEnd = Math.Min(_w.Rows, end * _panelRows);
-        if (_tokens == 1) Gemv(rowStart, rowEnd, _scratch[worker].Pointer);
+        if (_tokens == 1) Gemv(rowStart, rowEnd);
         else
         {
             for (int r = rowStart; r < rowEnd; r += _panelRows)
@@ -76,39 +76,37 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Gemv(int rowStart, int rowEnd, float* scratch)
+    private void Gemv(int rowStart, int rowEnd)
     {
         int k = _w.Columns, r = rowStart;
         float* x = _x;
         float* partial = stackalloc float[4];
         switch (_w.Type)
         {
-            case DType.BF16:
+            case DType.BF16 or DType.F16:
+                // 16-bit rows are widened in registers, four rows at a time.
                 ushort* w = (ushort*)_w.Data;
+                bool half = _w.Type == DType.F16;
                 for (; r <= rowEnd - 4; r += 4)
                 {
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
-                        Dot.BF16x4(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0), k, partial);
+                        int length = Math.Min(KChunk, k - c0);
+                        if (half) Dot.F16x4(x + c0, w + (long)r * k + c0, length, k, partial);
+                        else Dot.BF16x4(x + c0, w + (long)r * k + c0, length, k, partial);
                         Accumulate(_y + r, partial, c0 == 0);
                     }
                 }
                 for (; r < rowEnd; r++)
                 {
                     float sum = 0;
-                    for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.BF16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0));
+                    for (int c0 = 0; c0 < k; c0 += KChunk)
+                        sum += half ? Dot.F16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0)) : Dot.BF16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0));
                     _y[r] = sum;
                 }
                 break;
             default:
-                // f32 rows are read in place; f16 rows are widened four at a time into scratch first.
-                for (; r < rowEnd; r += 4)
-                {
-                    int rows = Math.Min(4, rowEnd - r);
-                    float* f = _w.Type == DType.F32 ? (float*)_w.Data + (long)r * k : scratch;
-                    if (_w.Type != DType.F32) _w.ReadRows(r, rows, new Span<float>(scratch, rows * k));
-                    RowsTimesToken(f, rows, x, _y + r);
-                }
+                for (; r < rowEnd; r += 4) RowsTimesToken((float*)_w.Data + (long)r * k, Math.Min(4, rowEnd - r), x, _y + r);
                 break;
         }
     }

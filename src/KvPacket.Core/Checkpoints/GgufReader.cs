@@ -92,6 +92,7 @@ public static class GgufReader
                 }
                 else
                 {
+                    if (type == DType.F16) FiniteHalves.Require(path, name, data, (long)rows * columns);
                     tensors[name] = new WeightTensor(name, type, rows, columns, data);
                 }
             }

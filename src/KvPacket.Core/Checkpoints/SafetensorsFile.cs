@@ -120,6 +120,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         long expected = type.BytesFor((long)rows * columns);
         if (offsets[1] - offsets[0] != expected)
             throw new CheckpointFormatException(path, name, $"holds {offsets[1] - offsets[0]} bytes, but {type}[{rows}, {columns}] needs {expected}");
+        if (type == DType.F16) FiniteHalves.Require(path, name, data + offsets[0], (long)rows * columns);
         return new WeightTensor(name, type, rows, columns, data + offsets[0]);
     }
 
