@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
+using KvPacket.Core.Tokenization;
 
 namespace KvPacket.Core.Checkpoints;
 
@@ -19,8 +20,12 @@ public static class CheckpointExporter
         SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), Tensors(checkpoint, TensorNames.HuggingFace, RopeStyle.RotateHalf, type));
     }
 
-    /// <summary>Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout) to <paramref name="path"/>.</summary>
-    public static void WriteGguf(Checkpoint checkpoint, string path, DType type)
+    /// <summary>
+    /// Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout) to <paramref name="path"/>, with
+    /// <paramref name="vocabulary"/> — the model's SentencePiece tokenizer when it has one next to it, else a
+    /// <see cref="GgufVocabulary.Placeholder"/> — so llama.cpp loads it.
+    /// </summary>
+    public static void WriteGguf(Checkpoint checkpoint, string path, DType type, GgufVocabulary? vocabulary = null)
     {
         var c = checkpoint.Config;
         var metadata = new List<KeyValuePair<string, object>>
@@ -39,8 +44,11 @@ public static class CheckpointExporter
             new("llama.rope.freq_base", (float)c.RopeTheta),
             new("llama.vocab_size", (uint)c.VocabSize),
         };
-        if (c.BosTokenId is { } bos) metadata.Add(new("tokenizer.ggml.bos_token_id", (uint)bos));
-        if (c.EosTokenIds.Count > 0) metadata.Add(new("tokenizer.ggml.eos_token_id", (uint)c.EosTokenIds[0]));
+        vocabulary ??= TokenizerLoader.TryLoadNextTo(checkpoint.Source) is SentencePieceTokenizer own ? GgufVocabulary.From(own)
+            : GgufVocabulary.Placeholder(c.VocabSize) with { Bos = c.BosTokenId ?? 1, Eos = c.EosTokenIds.Count > 0 ? c.EosTokenIds[0] : 2 };
+        if (vocabulary.Pieces.Length != c.VocabSize)
+            throw new ArgumentException($"a vocabulary of {vocabulary.Pieces.Length} pieces for a model of {c.VocabSize}.", nameof(vocabulary));
+        metadata.AddRange(vocabulary.Metadata());
         GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, RopeStyle.Interleaved, type));
     }
 

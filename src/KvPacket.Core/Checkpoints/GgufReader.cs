@@ -21,18 +21,7 @@ public static class GgufReader
         try
         {
             var cursor = new Cursor(path, file);
-            if (cursor.UInt32("magic") != GgufFormat.Magic) throw new CheckpointFormatException(path, "magic", "is not 'GGUF'");
-            uint version = cursor.UInt32("version");
-            if (version != GgufFormat.Version) throw new CheckpointFormatException(path, "version", $"{version} is not supported (3)");
-            long tensorCount = cursor.Count("tensor_count");
-            long metadataCount = cursor.Count("metadata_kv_count");
-
-            var metadata = new Dictionary<string, object>();
-            for (long i = 0; i < metadataCount; i++)
-            {
-                string key = cursor.String("metadata key");
-                metadata[key] = cursor.Value(key, (GgufFormat.ValueType)cursor.UInt32(key));
-            }
+            var (metadata, tensorCount) = ReadHeader(path, cursor);
 
             var infos = new List<(string Name, long[] Dims, GgufFormat.TensorType Type, ulong Offset)>();
             for (long i = 0; i < tensorCount; i++)
@@ -147,6 +136,29 @@ public static class GgufReader
     }
 
     /// <summary>Bounds-checked little-endian reads over the mapped file; running off the end names the field.</summary>
+    /// <summary>The metadata of the GGUF file at <paramref name="path"/> (arrays as object[]), without its tensors.</summary>
+    public static IReadOnlyDictionary<string, object> ReadMetadata(string path)
+    {
+        using var file = new MappedFile(path);
+        return ReadHeader(path, new Cursor(path, file)).Metadata;
+    }
+
+    private static (Dictionary<string, object> Metadata, long TensorCount) ReadHeader(string path, Cursor cursor)
+    {
+        if (cursor.UInt32("magic") != GgufFormat.Magic) throw new CheckpointFormatException(path, "magic", "is not 'GGUF'");
+        uint version = cursor.UInt32("version");
+        if (version != GgufFormat.Version) throw new CheckpointFormatException(path, "version", $"{version} is not supported (3)");
+        long tensorCount = cursor.Count("tensor_count");
+        long metadataCount = cursor.Count("metadata_kv_count");
+        var metadata = new Dictionary<string, object>();
+        for (long i = 0; i < metadataCount; i++)
+        {
+            string key = cursor.String("metadata key");
+            metadata[key] = cursor.Value(key, (GgufFormat.ValueType)cursor.UInt32(key));
+        }
+        return (metadata, tensorCount);
+    }
+
     private sealed class Cursor(string path, MappedFile file)
     {
         public long Position { get; private set; }

@@ -3,11 +3,11 @@ using KvPacket.Core.Memory;
 
 namespace KvPacket.Core.Checkpoints;
 
-/// <summary>Writes GGUF v3 files: metadata (strings, integers, floats) and f32/f16/bf16/q8_0 tensors.</summary>
+/// <summary>Writes GGUF v3 files: metadata (strings, integers, floats, and arrays of strings, floats or integers) and f32/f16/bf16/q8_0 tensors.</summary>
 public static class GgufWriter
 {
     /// <summary>Writes <paramref name="metadata"/> and <paramref name="tensors"/> to <paramref name="path"/>.</summary>
-    /// <remarks>Metadata values may be string, uint, int, float, ulong, double or bool.</remarks>
+    /// <remarks>Metadata values may be string, uint, int, float, ulong, double or bool, or an array of string, float or int.</remarks>
     public static void Write(string path, IReadOnlyList<KeyValuePair<string, object>> metadata, IReadOnlyList<TensorToWrite> tensors)
     {
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
@@ -17,6 +17,13 @@ public static class GgufWriter
             var bytes = Encoding.UTF8.GetBytes(s);
             writer.Write((ulong)bytes.Length);
             writer.Write(bytes);
+        }
+
+        void WriteArrayHeader(GgufFormat.ValueType element, int count)
+        {
+            writer.Write((uint)GgufFormat.ValueType.Array);
+            writer.Write((uint)element);
+            writer.Write((ulong)count);
         }
 
         writer.Write(GgufFormat.Magic);
@@ -35,6 +42,18 @@ public static class GgufWriter
                 case ulong ul: writer.Write((uint)GgufFormat.ValueType.UInt64); writer.Write(ul); break;
                 case double d: writer.Write((uint)GgufFormat.ValueType.Float64); writer.Write(d); break;
                 case bool b: writer.Write((uint)GgufFormat.ValueType.Bool); writer.Write(b); break;
+                case string[] strings:
+                    WriteArrayHeader(GgufFormat.ValueType.String, strings.Length);
+                    foreach (string item in strings) WriteString(item);
+                    break;
+                case float[] floats:
+                    WriteArrayHeader(GgufFormat.ValueType.Float32, floats.Length);
+                    foreach (float item in floats) writer.Write(item);
+                    break;
+                case int[] ints:
+                    WriteArrayHeader(GgufFormat.ValueType.Int32, ints.Length);
+                    foreach (int item in ints) writer.Write(item);
+                    break;
                 default: throw new NotSupportedException($"GGUF metadata '{key}' has unsupported type {value.GetType().Name}.");
             }
         }

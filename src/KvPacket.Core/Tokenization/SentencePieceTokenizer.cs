@@ -13,6 +13,8 @@ public sealed class SentencePieceTokenizer : ITokenizer
 {
     private const char Whitespace = '\u2581'; // ▁
     private readonly string[] _pieces;
+    private readonly float[] _scores;
+    private readonly int[] _types;
     private readonly byte[][] _bytes;
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _lookup;
     private readonly int[] _byteIds;
@@ -30,6 +32,8 @@ public sealed class SentencePieceTokenizer : ITokenizer
         _escapeWhitespaces = escapeWhitespaces;
         SpecialTokens = special;
         _pieces = pieces.Select(p => p.Piece).ToArray();
+        _scores = pieces.Select(p => p.Score).ToArray();
+        _types = pieces.Select(p => p.Type).ToArray();
         _bytes = new byte[pieces.Count][];
         _byteIds = Enumerable.Repeat(-1, 256).ToArray();
         var byText = new Dictionary<string, int>();
@@ -124,13 +128,27 @@ public sealed class SentencePieceTokenizer : ITokenizer
         if (normaliser is not ("" or "identity"))
             throw new TokenizerFormatException(path, "normalizer_spec.name", $"'{normaliser}' normalisation is not supported (identity)");
 
+        return Create(path, pieces, addDummyPrefix, removeExtraWhitespaces, escapeWhitespaces, null, null);
+    }
+
+    /// <summary>
+    /// A SentencePiece BPE vocabulary given piece by piece (a GGUF file's <c>tokenizer.ggml.*</c> keys), normalised as
+    /// llama.cpp does: whitespace escaped, runs of spaces kept, a dummy prefix when <paramref name="addDummyPrefix"/>.
+    /// </summary>
+    public static SentencePieceTokenizer FromPieces(string source, IReadOnlyList<string> pieces, IReadOnlyList<float> scores, IReadOnlyList<int> types,
+        bool addDummyPrefix, int? bos, int? eos) =>
+        Create(source, pieces.Select((p, i) => (p, scores[i], types[i])).ToList(), addDummyPrefix, removeExtraWhitespaces: false, escapeWhitespaces: true, bos, eos);
+
+    private static SentencePieceTokenizer Create(string path, List<(string Piece, float Score, int Type)> pieces, bool addDummyPrefix,
+        bool removeExtraWhitespaces, bool escapeWhitespaces, int? bos, int? eos)
+    {
         var special = new Dictionary<string, int>();
         for (int i = 0; i < pieces.Count; i++)
-            if (pieces[i].Item3 is PieceType.Control or PieceType.Unknown) special[pieces[i].Item1] = i;
+            if (pieces[i].Type is PieceType.Control or PieceType.Unknown) special[pieces[i].Piece] = i;
         return new SentencePieceTokenizer(path, pieces, addDummyPrefix, removeExtraWhitespaces, escapeWhitespaces, special)
         {
-            BosId = special.TryGetValue("<s>", out int bos) ? bos : null,
-            EosId = special.TryGetValue("</s>", out int eos) ? eos : null,
+            BosId = bos ?? (special.TryGetValue("<s>", out int b) ? b : null),
+            EosId = eos ?? (special.TryGetValue("</s>", out int e) ? e : null),
         };
     }
 
@@ -294,6 +312,12 @@ public sealed class SentencePieceTokenizer : ITokenizer
 
     /// <inheritdoc />
     public string PieceOf(int id) => _pieces[id];
+
+    /// <summary>Piece <paramref name="id"/>'s merge score.</summary>
+    public float ScoreOf(int id) => _scores[id];
+
+    /// <summary>Piece <paramref name="id"/>'s SentencePiece type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).</summary>
+    public int TypeOf(int id) => _types[id];
 
     private static class PieceType
     {

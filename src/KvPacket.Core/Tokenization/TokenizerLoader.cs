@@ -16,8 +16,15 @@ public static class TokenizerLoader
         return LooksLikeTiktoken(path) ? ByteLevelBpeTokenizer.LoadTiktoken(path) : SentencePieceTokenizer.Load(path);
     }
 
-    /// <summary>The tokenizer beside a checkpoint (its directory, or the directory of its file), if there is one.</summary>
-    public static ITokenizer? TryLoadNextTo(string checkpointPath) => FileNextTo(checkpointPath) is { } found ? Load(found) : null;
+    /// <summary>
+    /// The tokenizer beside a checkpoint (its directory, or the directory of its file), else the one a GGUF checkpoint
+    /// carries in its metadata, if there is one.
+    /// </summary>
+    public static ITokenizer? TryLoadNextTo(string checkpointPath) =>
+        FileNextTo(checkpointPath) is { } found ? Load(found)
+        : checkpointPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(checkpointPath)
+            ? Checkpoints.GgufVocabulary.TokenizerOf(checkpointPath, Checkpoints.GgufReader.ReadMetadata(checkpointPath))
+            : null;
 
     /// <summary>The path of the tokenizer file beside a checkpoint (its directory, or the directory of its file), if there is one.</summary>
     public static string? FileNextTo(string checkpointPath) => FindIn(DirectoryOf(checkpointPath));
