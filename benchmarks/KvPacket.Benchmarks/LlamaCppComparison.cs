@@ -1,0 +1,172 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
+using KvPacket.Core.Numerics;
+using KvPacket.Engine.Forward;
+using KvPacket.Engine.Generation;
+using LLama;
+using LLama.Common;
+using LLama.Native;
+
+namespace KvPacket.Benchmarks;
+
+/// <summary>
+/// Decode and prefill, ours against llama.cpp (LLamaSharp 0.30's CPU backend) on the same GGUF file in the same
+/// process, rounds alternating, greedy, the same threads; medians, their ratio, and decode against the read-bandwidth
+/// roofline measured in the same run (weight bytes per token ÷ bytes/s of a vectorised read of 1 GiB on every thread).
+/// <c>dotnet run -c Release --project benchmarks/KvPacket.Benchmarks -- vs-llamacpp --shape qwen2.5-0.5b --dtype F16</c>
+/// </summary>
+internal static class LlamaCppComparison
+{
+    public static int Run(string[] args)
+    {
+        string Option(string name, string fallback) => Array.IndexOf(args, name) is int i and >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+        var card = ModelCard.Find(Option("--shape", "qwen2.5-0.5b"));
+        var type = Enum.Parse<DType>(Option("--dtype", "F16"), ignoreCase: true);
+        int threads = int.Parse(Option("--threads", Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
+        int tokens = int.Parse(Option("--tokens", "32"), CultureInfo.InvariantCulture);
+        int promptTokens = int.Parse(Option("--prompt-tokens", "128"), CultureInfo.InvariantCulture);
+        int rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
+        string gguf = Synthesise(card, type);
+        int[] prompt = new SeededRandom(7).NextTokens(promptTokens, 3, card.Config.VocabSize);
+
+        using var checkpoint = CheckpointLoader.Load(gguf);
+        long weightBytes = WeightBytes(checkpoint);
+        using var model = new Transformer(checkpoint, new TransformerOptions { Threads = threads, KvCacheTokens = promptTokens + tokens + 16, MaxBatchTokens = promptTokens });
+        var generator = new Generator(model);
+        var parameters = new ModelParams(gguf) { ContextSize = (uint)(promptTokens + tokens + 16), Threads = threads, BatchThreads = threads, BatchSize = (uint)promptTokens };
+        using var weights = LLamaWeights.LoadFromFile(parameters);
+        using var context = weights.CreateContext(parameters);
+
+        var ourDecode = new List<double>(); var theirDecode = new List<double>();
+        var ourPrefill = new List<double>(); var theirPrefill = new List<double>();
+        var bandwidth = new List<double>();
+        for (int round = -1; round < rounds; round++) // round -1 warms both up
+        {
+            // A pause between the two: llama.cpp's worker threads poll for a while after a decode, and would take the
+            // cores from ours if ours started at once.
+            Thread.Sleep(1000);
+            var ours = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = tokens, StopTokens = [] });
+            Thread.Sleep(1000);
+            var (prefill, decode) = LlamaCpp(context, prompt, tokens);
+            Thread.Sleep(1000);
+            double read = Enumerable.Range(0, 3).Max(_ => ReadBandwidth(threads)); // the best of three: what the memory can give
+            if (round < 0) continue;
+            ourDecode.Add(ours.DecodeTokensPerSecond); ourPrefill.Add(ours.PrefillTokensPerSecond);
+            theirDecode.Add(decode); theirPrefill.Add(prefill);
+            bandwidth.Add(read);
+            Console.Error.WriteLine($"  round {round}: decode ours {ours.DecodeTokensPerSecond:F1} / llama.cpp {decode:F1} tok/s; prefill ours {ours.PrefillTokensPerSecond:F0} / llama.cpp {prefill:F0} tok/s; read {read / 1e9:F1} GB/s");
+        }
+        double roofline = Median(bandwidth) / weightBytes;
+        Console.WriteLine($"vs llama.cpp · {card.Name} · {type} weights ({weightBytes / 1e9:F2} GB) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
+        Console.WriteLine($"  decode  tok/s  ours {Median(ourDecode),8:F2}  llama.cpp {Median(theirDecode),8:F2}  ratio {Median(ourDecode) / Median(theirDecode):F2}");
+        Console.WriteLine($"  prefill tok/s  ours {Median(ourPrefill),8:F1}  llama.cpp {Median(theirPrefill),8:F1}  ratio {Median(ourPrefill) / Median(theirPrefill):F2}");
+        Console.WriteLine($"  read roofline {roofline:F2} tok/s ({Median(bandwidth) / 1e9:F1} GB/s): ours {Median(ourDecode) / roofline:F2}, llama.cpp {Median(theirDecode) / roofline:F2} of it");
+        return 0;
+    }
+
+    /// <summary>Prefill of <paramref name="prompt"/> in one batch, then <paramref name="count"/> greedy single-token steps; tokens/s of each.</summary>
+    private static (double Prefill, double Decode) LlamaCpp(LLamaContext context, int[] prompt, int count)
+    {
+        context.NativeHandle.MemoryClear();
+        var batch = new LLamaBatch();
+        for (int i = 0; i < prompt.Length; i++) batch.Add((LLamaToken)prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
+        long start = Stopwatch.GetTimestamp();
+        Check(context.NativeHandle.Decode(batch));
+        int next = ArgMax(context.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
+        double prefill = prompt.Length / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        start = Stopwatch.GetTimestamp();
+        for (int position = prompt.Length; position < prompt.Length + count - 1; position++)
+        {
+            batch.Clear();
+            batch.Add((LLamaToken)next, position, LLamaSeqId.Zero, true);
+            Check(context.NativeHandle.Decode(batch));
+            next = ArgMax(context.NativeHandle.GetLogitsIth(0));
+        }
+        return (prefill, (count - 1) / Stopwatch.GetElapsedTime(start).TotalSeconds);
+    }
+
+    private static void Check(DecodeResult result)
+    {
+        if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama.cpp decode failed: {result}");
+    }
+
+    private static int ArgMax(Span<float> logits)
+    {
+        int best = 0;
+        for (int v = 1; v < logits.Length; v++) if (logits[v] > logits[best]) best = v;
+        return best;
+    }
+
+    /// <summary>The card synthesised once (seeded random weights) and written as GGUF, cached under the temp directory.</summary>
+    private static string Synthesise(ModelCard card, DType type)
+    {
+        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}-{type}-seed1".ToLowerInvariant());
+        string gguf = directory + ".gguf";
+        if (File.Exists(gguf)) return gguf;
+        if (!File.Exists(Path.Combine(directory, "model.safetensors")))
+        {
+            Console.Error.WriteLine($"synthesising {card.Name} ({type}) into {directory} …");
+            SyntheticCheckpoint.Write(card.Config, type == DType.Q8_0 ? DType.BF16 : type, directory + ".partial", seed: 1);
+            if (Directory.Exists(directory)) Directory.Delete(directory, recursive: true);
+            Directory.Move(directory + ".partial", directory);
+        }
+        using var checkpoint = CheckpointLoader.Load(directory);
+        CheckpointExporter.WriteGguf(checkpoint, gguf + ".partial", type);
+        File.Move(gguf + ".partial", gguf);
+        return gguf;
+    }
+
+    /// <summary>Bytes of weights one decode step reads: every matrix once (the embedding row excepted, the classifier included).</summary>
+    private static long WeightBytes(Checkpoint checkpoint)
+    {
+        long bytes = 0;
+        foreach (var layer in checkpoint.Layers)
+            foreach (var w in new[] { layer.Query, layer.Key, layer.Value, layer.Output, layer.Gate, layer.Up, layer.Down })
+                bytes += w.Type.BytesFor(w.ElementCount);
+        var classifier = checkpoint.Classifier;
+        return bytes + classifier.Type.BytesFor(classifier.ElementCount);
+    }
+
+    /// <summary>Bytes/s of summing 1 GiB with Vector512 loads split over <paramref name="threads"/> threads (the memory's read rate here).</summary>
+    private static unsafe double ReadBandwidth(int threads)
+    {
+        const long Bytes = 1L << 30;
+        if (_buffer == null) _buffer = AllocateTouched(Bytes);
+        long start = Stopwatch.GetTimestamp();
+        var sums = new float[threads];
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+        {
+            long per = Bytes / 4 / threads;
+            float* p = (float*)_buffer + t * per;
+            Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default; // independent sums: the loads, not the adds, set the pace
+            for (long i = 0; i < per; i += 64)
+            {
+                s0 += Vector512.Load(p + i); s1 += Vector512.Load(p + i + 16);
+                s2 += Vector512.Load(p + i + 32); s3 += Vector512.Load(p + i + 48);
+            }
+            sums[t] = Vector512.Sum(s0 + s1 + s2 + s3);
+        });
+        return Bytes / Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    private static unsafe void* _buffer;
+
+    private static unsafe void* AllocateTouched(long bytes)
+    {
+        void* p = NativeMemory.AlignedAlloc((nuint)bytes, 64);
+        new Span<byte>(p, int.MaxValue / 2).Fill(1);
+        new Span<byte>((byte*)p + int.MaxValue / 2, (int)(bytes - int.MaxValue / 2)).Fill(1);
+        return p;
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+}
