@@ -20,6 +20,9 @@ public unsafe class KernelTests
     [InlineData(DType.F16, 9, 64, 64)]
     [InlineData(DType.F32, 64, 300, 896)]
     [InlineData(DType.BF16, 64, 300, 896)]
+    [InlineData(DType.Q8_0, 1, 45, 128)]
+    [InlineData(DType.Q8_0, 1, 21, 1088)]
+    [InlineData(DType.Q8_0, 9, 64, 96)]
     public void MatMul_matches_a_float64_reference_of_the_same_weights(DType type, int tokens, int rows, int columns)
     {
         var random = new SeededRandom(7);
@@ -55,6 +58,8 @@ public unsafe class KernelTests
     [InlineData(DType.BF16, 256)]
     [InlineData(DType.F16, 256)]
     [InlineData(DType.F16, 1100)] // a second K chunk and a short tail
+    [InlineData(DType.Q8_0, 256)]
+    [InlineData(DType.Q8_0, 1088)]
     public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch(DType type, int columns)
     {
         const int Rows = 50, Tokens = 11;
@@ -65,8 +70,10 @@ public unsafe class KernelTests
         for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
         var half = new Half[w.Length];
         var bf16 = new ushort[w.Length];
+        var q8 = new byte[columns % 32 == 0 ? DType.Q8_0.BytesFor(w.Length) : 0];
         ElementConversion.SingleToHalf(w, half);
         ElementConversion.SingleToBF16(w, bf16);
+        if (columns % 32 == 0) TensorEncoding.Encode(w, DType.Q8_0, q8);
         var batched = new float[Tokens * Rows];
         var alone = new float[Rows];
         using var pool = new WorkerPool(2);
@@ -74,8 +81,9 @@ public unsafe class KernelTests
         fixed (float* pw = w, px = x, pb = batched, pa = alone)
         fixed (Half* ph = half)
         fixed (ushort* pbf = bf16)
+        fixed (byte* pq = q8)
         {
-            var tensor = new WeightTensor("w", type, Rows, columns, type switch { DType.F16 => ph, DType.BF16 => pbf, _ => pw });
+            var tensor = new WeightTensor("w", type, Rows, columns, type switch { DType.F16 => ph, DType.BF16 => pbf, DType.Q8_0 => pq, _ => pw });
             matMul.Multiply(px, Tokens, tensor, pb);
             for (int t = 0; t < Tokens; t++)
             {

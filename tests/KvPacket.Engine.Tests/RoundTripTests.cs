@@ -83,18 +83,19 @@ public class RoundTripTests
     }
 
     [Fact]
-    public void Q8_0_GGUF_is_dequantised_at_load_and_runs_as_its_dequantised_weights()
+    public void Q8_0_GGUF_is_used_as_stored_and_runs_bit_for_bit_as_its_dequantised_weights()
     {
         using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
         using var gguf = WriteGguf(original, temp.Path, DType.Q8_0);
-        CheckpointExporter.WriteHuggingFace(gguf, Path.Combine(temp.Path, "dequantised"), DType.F32);
-        using var dequantised = CheckpointLoader.Load(Path.Combine(temp.Path, "dequantised"));
+        string widened = Path.Combine(temp.Path, "dequantised.gguf");
+        CheckpointExporter.WriteGguf(gguf, widened, DType.F32);
+        using var dequantised = CheckpointLoader.Load(widened);
 
-        Assert.Equal(DType.F32, gguf.Layers[0].Query.Type);   // dequantised
-        Assert.Equal(DType.F16, gguf.Layers[0].Down.Type);    // 172 columns: not whole q8_0 blocks, written as f16
-        AssertSameLogits(dequantised, gguf, 1e-4);
-        AssertSameLogits(original, gguf, 4.0);                // 8-bit weights on a 260K model: lossy, not broken
+        Assert.Equal(DType.Q8_0, gguf.Layers[0].Query.Type);   // the file's blocks, not widened
+        Assert.Equal(DType.F16, gguf.Layers[0].Down.Type);     // 172 columns: not whole q8_0 blocks, written as f16
+        AssertSameLogits(dequantised, gguf, 0);                // the kernels read each weight as exactly its dequantised value
+        AssertSameLogits(original, gguf, 4.0);                 // 8-bit weights on a 260K model: lossy, not broken
     }
 
     private static Checkpoint WriteGguf(Checkpoint checkpoint, string directory, DType type)

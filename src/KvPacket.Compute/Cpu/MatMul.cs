@@ -7,7 +7,7 @@ using KvPacket.Core.Model;
 namespace KvPacket.Compute.Cpu;
 
 /// <summary>
-/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16 weights, on all cores.
+/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16/q8_0 weights, on all cores.
 /// One token is a GEMV that streams W once (memory-bound). Several tokens are a GEMM: each thread widens a panel
 /// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 4-token micro-kernel over blocks of
 /// tokens. K is cut into chunks of <see cref="KChunk"/> so a tile's rows stay in L1 whatever the width; every path
@@ -47,7 +47,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     /// </summary>
     public void Multiply(float* x, int tokens, in WeightTensor w, float* y)
     {
-        if (w.Type is not (DType.F32 or DType.F16 or DType.BF16)) throw new NotSupportedException($"MatMul over {w.Type} ('{w.Name}').");
+        if (w.Type is not (DType.F32 or DType.F16 or DType.BF16 or DType.Q8_0)) throw new NotSupportedException($"MatMul over {w.Type} ('{w.Name}').");
+        if (w.Type == DType.Q8_0 && w.Columns % 32 != 0) throw new NotSupportedException($"q8_0 '{w.Name}' has {w.Columns} columns, not whole blocks of 32.");
         if (16L * w.Columns > _scratchFloats) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, more than this kernel was sized for.");
         _x = x;
         _y = y;
@@ -67,7 +68,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     public void Execute(int start, int end, int worker)
     {
         int rowStart = start * _panelRows, rowEnd = Math.Min(_w.Rows, end * _panelRows);
-        if (_tokens == 1) Gemv(rowStart, rowEnd);
+        if (_tokens == 1) Gemv(rowStart, rowEnd, _scratch[worker].Pointer);
         else
         {
             for (int r = rowStart; r < rowEnd; r += _panelRows)
@@ -76,7 +77,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Gemv(int rowStart, int rowEnd)
+    private void Gemv(int rowStart, int rowEnd, float* scratch)
     {
         int k = _w.Columns, r = rowStart;
         float* x = _x;
@@ -105,8 +106,36 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     _y[r] = sum;
                 }
                 break;
-            default:
+            case DType.Q8_0 when Vector512.IsHardwareAccelerated:
+                // q8_0 blocks are widened in registers, four rows at a time; 1024-column chunks are whole blocks.
+                byte* q = (byte*)_w.Data;
+                long rowBytes = k / 32 * 34;
+                for (; r <= rowEnd - 4; r += 4)
+                {
+                    for (int c0 = 0; c0 < k; c0 += KChunk)
+                    {
+                        Dot.Q8_0x4(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial);
+                        Accumulate(_y + r, partial, c0 == 0);
+                    }
+                }
+                for (; r < rowEnd; r++)
+                {
+                    float sum = 0;
+                    for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.Q8_0(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0));
+                    _y[r] = sum;
+                }
+                break;
+            case DType.F32:
                 for (; r < rowEnd; r += 4) RowsTimesToken((float*)_w.Data + (long)r * k, Math.Min(4, rowEnd - r), x, _y + r);
+                break;
+            default:
+                // Without 512-bit vectors, q8_0 rows are dequantised four at a time into scratch first.
+                for (; r < rowEnd; r += 4)
+                {
+                    int rows = Math.Min(4, rowEnd - r);
+                    _w.ReadRows(r, rows, new Span<float>(scratch, rows * k));
+                    RowsTimesToken(scratch, rows, x, _y + r);
+                }
                 break;
         }
     }

@@ -7,8 +7,8 @@ using KvPacket.Core.Model;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16 or q8_0 tensors.
-/// f32/f16/bf16 tensors stay memory-mapped; q8_0 tensors are dequantised to f32 at load.
+/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16 or q8_0 tensors, all kept as stored
+/// in the memory-mapped file (the kernels read q8_0 blocks as they are).
 /// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation).
 /// </summary>
 public static class GgufReader
@@ -72,8 +72,9 @@ public static class GgufReader
                 if (offset > available || (ulong)bytes > available - offset)
                     throw new CheckpointFormatException(path, name, $"data [{offset}, {offset} + {bytes}) past the data start {dataStart} runs past the end of the file ({file.Length} bytes): truncated?");
                 byte* data = file.Pointer + dataStart + (long)offset;
-                if (type == DType.Q8_0)
+                if (type == DType.Q8_0 && columns % Q8_0.BlockSize != 0)
                 {
+                    // Blocks that straddle rows cannot be read row by row: such a tensor is widened once, here.
                     var dequantised = new NativeBuffer<float>((long)rows * columns);
                     owners.Add(dequantised);
                     Q8_0.Dequantise(new ReadOnlySpan<byte>(data, checked((int)bytes)), dequantised.Span);
@@ -82,6 +83,7 @@ public static class GgufReader
                 else
                 {
                     if (type == DType.F16) FiniteHalves.Require(path, name, data, (long)rows * columns);
+                    if (type == DType.Q8_0) Q8_0.RequireFiniteScales(path, name, data, bytes / Q8_0.BlockBytes);
                     tensors[name] = new WeightTensor(name, type, rows, columns, data);
                 }
             }

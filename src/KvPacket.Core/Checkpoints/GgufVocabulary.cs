@@ -21,26 +21,24 @@ public sealed record GgufVocabulary(string[] Pieces, float[] Scores, int[] Types
 
     /// <summary>
     /// A stand-in for a model that has no tokenizer of its own (synthetic weights, say), so the file still loads
-    /// everywhere: <c>&lt;unk&gt;</c>, <c>&lt;s&gt;</c>, <c>&lt;/s&gt;</c>, the 256 byte pieces, then <c>▁tN</c> pieces
-    /// that no text will ever produce. Token ids go in and out unchanged; text does not mean anything.
+    /// everywhere: <c>&lt;unk&gt;</c>, <c>&lt;s&gt;</c>, <c>&lt;/s&gt;</c>, the 256 byte pieces (when there is room), then
+    /// <c>▁tN</c> pieces that no text will ever produce. Token ids go in and out unchanged; text does not mean anything.
     /// </summary>
     public static GgufVocabulary Placeholder(int size)
     {
-        if (size < 259) throw new ArgumentOutOfRangeException(nameof(size), $"a placeholder vocabulary needs room for 3 control and 256 byte pieces, not {size}.");
+        ArgumentOutOfRangeException.ThrowIfLessThan(size, 1);
         var pieces = new string[size];
         var scores = new float[size];
         var types = new int[size];
-        (pieces[0], types[0]) = ("<unk>", 2);
-        (pieces[1], types[1]) = ("<s>", 3);
-        (pieces[2], types[2]) = ("</s>", 3);
-        for (int b = 0; b < 256; b++) (pieces[3 + b], types[3 + b]) = (string.Create(CultureInfo.InvariantCulture, $"<0x{b:X2}>"), 6);
-        for (int id = 259; id < size; id++)
+        string[] controls = ["<unk>", "<s>", "</s>"];
+        int bytes = size >= controls.Length + 256 ? 256 : 0; // a vocabulary too small for the byte pieces goes without
+        for (int id = 0; id < size; id++)
         {
-            pieces[id] = string.Create(CultureInfo.InvariantCulture, $"\u2581t{id}");
-            types[id] = 1;
-            scores[id] = -id;
+            if (id < controls.Length) (pieces[id], types[id]) = (controls[id], id == 0 ? 2 : 3);
+            else if (id < controls.Length + bytes) (pieces[id], types[id]) = (string.Create(CultureInfo.InvariantCulture, $"<0x{id - controls.Length:X2}>"), 6);
+            else (pieces[id], types[id], scores[id]) = (string.Create(CultureInfo.InvariantCulture, $"\u2581t{id}"), 1, -id);
         }
-        return new GgufVocabulary(pieces, scores, types, 1, 2, IsPlaceholder: true);
+        return new GgufVocabulary(pieces, scores, types, Math.Min(1, size - 1), Math.Min(2, size - 1), IsPlaceholder: true);
     }
 
     /// <summary>The vocabulary of <paramref name="tokenizer"/>.</summary>

@@ -25,6 +25,15 @@ public static class Q8_0
         }
     }
 
+    /// <summary>Throws naming <paramref name="tensor"/> in <paramref name="path"/> when a block's f16 scale is infinite or NaN (the kernels read scales by integer operations).</summary>
+    /// <exception cref="Model.CheckpointFormatException">A scale is not finite.</exception>
+    public static unsafe void RequireFiniteScales(string path, string tensor, byte* blocks, long count)
+    {
+        for (long b = 0; b < count; b++)
+            if ((*(ushort*)(blocks + b * BlockBytes) & 0x7C00) == 0x7C00)
+                throw new Model.CheckpointFormatException(path, tensor, $"q8_0 block {b} has an infinite or NaN scale; the weights are damaged");
+    }
+
     /// <summary>Quantises f32 <paramref name="values"/> (a multiple of 32) into q8_0 <paramref name="destination"/>.</summary>
     public static void Quantise(ReadOnlySpan<float> values, Span<byte> destination)
     {
