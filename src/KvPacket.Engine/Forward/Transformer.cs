@@ -79,6 +79,9 @@ public sealed unsafe class Transformer : IDisposable
     /// <summary>The options this instance was built with.</summary>
     public TransformerOptions Options { get; }
 
+    /// <summary>Where each forward stage's time is added up (null: not timed).</summary>
+    public ForwardProfile? Profile { get; set; }
+
     /// <summary>The KV cache's blocks.</summary>
     public KvBlockPool KvPool { get; }
 
@@ -105,6 +108,8 @@ public sealed unsafe class Transformer : IDisposable
             if (token >= c.VocabSize) throw new ArgumentOutOfRangeException(nameof(batch), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
 
         PlaceTokens(batch);
+        var profile = Profile;
+        long clock = profile is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
 
         // Embedding: x[t] = E[token_t], or the given vector for a soft token.
         for (int t = 0; t < tokens; t++)
@@ -112,8 +117,10 @@ public sealed unsafe class Transformer : IDisposable
             if (batch.Tokens[t] == ForwardBatch.SoftToken) batch.Embeddings(t).CopyTo(Row(_x, t, hidden));
             else _model.TokenEmbedding.ReadRow(batch.Tokens[t], Row(_x, t, hidden));
         }
+        if (profile is not null) profile.Lap(ForwardProfile.Stage.Embedding, clock);
 
         RunLayers(tokens, 0, c.LayerCount);
+        if (profile is not null) clock = System.Diagnostics.Stopwatch.GetTimestamp();
 
         // Final norm of the rows that want logits, packed together, then the classifier.
         int rows = 0;
@@ -124,7 +131,13 @@ public sealed unsafe class Transformer : IDisposable
             for (int t = first; t < start + length; t++)
                 RmsNorm.Apply(Row(_x, t, hidden), _finalNorm, (float)c.NormEpsilon, Row(_xb, rows++, hidden));
         }
+        if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Norm, clock);
         fixed (float* output = logits) _matMul.Multiply(_xb.Pointer, rows, _model.Classifier, output);
+        if (profile is not null)
+        {
+            profile.Lap(ForwardProfile.Stage.Classifier, clock);
+            profile.Steps++;
+        }
 
         for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
     }
@@ -224,6 +237,8 @@ public sealed unsafe class Transformer : IDisposable
     {
         var c = _config;
         int hidden = c.HiddenSize;
+        var profile = Profile;
+        long clock = profile is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
         for (int l = fromLayer; l < toLayer; l++)
         {
             var layer = _model.Layers[l];
@@ -231,22 +246,32 @@ public sealed unsafe class Transformer : IDisposable
 
             // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)); the query's rope is applied inside attention.
             for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Norm, clock);
             Project(_xb, tokens, layer.Query, vectors.QueryBias, _q);
             Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
             Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.QueryKeyValue, clock);
             for (int t = 0; t < tokens; t++) _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
             _attention.Append(l, _attentionBatch, _k.Pointer, _v.Pointer);
             _attention.Attend(l, _attentionBatch, _q.Pointer, _att.Pointer, _ropeCos.Pointer, _ropeSin.Pointer); // rotates q per block offset
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Attention, clock);
             _matMul.Multiply(_att.Pointer, tokens, layer.Output, _xb.Pointer);
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Output, clock);
             TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Residual, clock);
 
             // Feed-forward block: x += W2 · (silu(W1·norm(x)) ⊙ W3·norm(x)).
             for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.FfnNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Norm, clock);
             _matMul.Multiply(_xb.Pointer, tokens, layer.Gate, _gate.Pointer);
             _matMul.Multiply(_xb.Pointer, tokens, layer.Up, _up.Pointer);
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.GateUp, clock);
             SwiGlu.Apply(_gate.Slice(0, tokens * c.IntermediateSize), _up.Slice(0, tokens * c.IntermediateSize));
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.SwiGlu, clock);
             _matMul.Multiply(_gate.Pointer, tokens, layer.Down, _xb.Pointer);
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Down, clock);
             TensorPrimitives.Add(_x.Slice(0, tokens * hidden), _xb.Slice(0, tokens * hidden), _x.Slice(0, tokens * hidden));
+            if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Residual, clock);
         }
 
     }

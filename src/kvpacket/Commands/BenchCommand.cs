@@ -2,6 +2,7 @@ using System.CommandLine;
 using KvPacket.Cli.Bench;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
 using KvPacket.Core.Numerics;
 using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
@@ -244,7 +245,8 @@ internal static class BenchCommand
         double bandwidth = MachinePeaks.ReadBandwidth(pool);
         double bytesPerToken = model.Model.BytesReadPerToken;
         double roofline = bandwidth / bytesPerToken;
-        return new BenchResult("decode", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>
+        var stages = DecodeProfile(model, generator, prompt, options);
+        return new BenchResult("decode", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>(stages)
         {
             ["decode_tokens_per_s_median"] = tokensPerSecond,
             ["decode_tokens_measured"] = settings.Tokens - WarmUp,
@@ -254,6 +256,41 @@ internal static class BenchCommand
             ["fraction_of_roofline"] = tokensPerSecond / roofline,
             ["managed_bytes_allocated_per_token"] = (double)allocated / (settings.Tokens - WarmUp),
         }, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>
+    /// One more decode run with the forward pass timed stage by stage (apart from the measured runs: the clock reads
+    /// cost a little): milliseconds per token of each stage, and for the projections the GB/s of their weights.
+    /// </summary>
+    private static Dictionary<string, double> DecodeProfile(Transformer model, Generator generator, int[] prompt, GenerationOptions options)
+    {
+        var profile = new ForwardProfile();
+        generator.Generate(prompt, options with { MaxNewTokens = 1 }); // the prompt's prefill is not part of the profile
+        model.Profile = profile;
+        int seen = 0;
+        generator.Generate(prompt, options, _ => { if (++seen == 1) profile.Reset(); });
+        model.Profile = null;
+        var m = model.Model;
+        long Bytes(Func<LayerWeights, WeightTensor[]> pick) => m.Layers.Sum(l => pick(l).Sum(w => w.ByteCount));
+        var weights = new Dictionary<ForwardProfile.Stage, long>
+        {
+            [ForwardProfile.Stage.QueryKeyValue] = Bytes(l => [l.Query, l.Key, l.Value]),
+            [ForwardProfile.Stage.Output] = Bytes(l => [l.Output]),
+            [ForwardProfile.Stage.GateUp] = Bytes(l => [l.Gate, l.Up]),
+            [ForwardProfile.Stage.Down] = Bytes(l => [l.Down]),
+            [ForwardProfile.Stage.Classifier] = m.Classifier.ByteCount,
+        };
+        var figures = new Dictionary<string, double>();
+        double steps = Math.Max(1, profile.Steps);
+        foreach (var stage in Enum.GetValues<ForwardProfile.Stage>())
+        {
+            string key = stage.ToString().ToLowerInvariant();
+            figures[$"stage_{key}_ms_per_token"] = profile.Seconds(stage) * 1e3 / steps;
+            if (weights.TryGetValue(stage, out long bytes) && profile.Seconds(stage) > 0)
+                figures[$"stage_{key}_GB_per_s"] = bytes * steps / profile.Seconds(stage) / 1e9;
+        }
+        figures["stage_all_ms_per_token"] = profile.TotalSeconds * 1e3 / steps;
+        return figures;
     }
 
     private static BenchResult Prefill(Transformer model, string name, string weightType, Settings settings, WorkerPool pool)
