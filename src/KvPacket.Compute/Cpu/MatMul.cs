@@ -23,6 +23,12 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private const int PanelBytesTarget = 512 * 1024;
     private const int TokenBlockBytes = 160 * 1024;
     private const long ParallelThreshold = 1 << 15;
+    /// <summary>
+    /// How far ahead (rows) a GEMV asks for weights. Four interleaved row streams per core left the hardware prefetcher
+    /// behind: asking for the group after next, a cache line at a time, took the f16 projections from ~22 to ~38 GB/s
+    /// on the 2-core VM (decode 22-23 -> 26-37 tok/s, three alternating pairs).
+    /// </summary>
+    private const int PrefetchRows = 8;
 
     private readonly WorkerPool _pool;
     private readonly NativeBuffer<float>[] _scratch;
@@ -90,6 +96,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 bool half = _w.Type == DType.F16;
                 for (; r <= rowEnd - 4; r += 4)
                 {
+                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch(w + (long)(r + PrefetchRows) * k, 4L * k * sizeof(ushort));
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         int length = Math.Min(KChunk, k - c0);
@@ -112,6 +119,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 long rowBytes = k / 32 * 34;
                 for (; r <= rowEnd - 4; r += 4)
                 {
+                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch(q + (r + PrefetchRows) * rowBytes, 4 * rowBytes);
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         Dot.Q8_0x4(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial);
@@ -126,7 +134,11 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 }
                 break;
             case DType.F32:
-                for (; r < rowEnd; r += 4) RowsTimesToken((float*)_w.Data + (long)r * k, Math.Min(4, rowEnd - r), x, _y + r);
+                for (; r < rowEnd; r += 4)
+                {
+                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch((float*)_w.Data + (long)(r + PrefetchRows) * k, 4L * k * sizeof(float));
+                    RowsTimesToken((float*)_w.Data + (long)r * k, Math.Min(4, rowEnd - r), x, _y + r);
+                }
                 break;
             default:
                 // Without 512-bit vectors, q8_0 rows are dequantised four at a time into scratch first.
@@ -160,6 +172,14 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.F32(x + c0, w + (long)i * k + c0, Math.Min(KChunk, k - c0));
             y[i] = sum;
         }
+    }
+
+    /// <summary>Asks for <paramref name="bytes"/> from <paramref name="p"/> to be brought into cache, a line at a time (x86; elsewhere nothing).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(void* p, long bytes)
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        for (long offset = 0; offset < bytes; offset += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch0((byte*)p + offset);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
