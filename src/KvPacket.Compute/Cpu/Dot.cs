@@ -162,7 +162,7 @@ public static unsafe class Dot
 
     /// <summary>
     /// IEEE f16, widened to its value times 2^-112: sign-extended to 32 bits and shifted so exponent and mantissa land in
-    /// f32's fields with the exponent unbiased by 112 fewer (subnormals become f32 subnormals, exactly), the sign
+XX
     /// copies between cleared. Two integer operations, as cheap as bf16's shift. Infinities and NaNs would read as
     /// finite: checkpoint readers refuse f16 weights that are not finite.
     /// </summary>
