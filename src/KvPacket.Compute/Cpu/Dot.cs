@@ -162,7 +162,7 @@ public static unsafe class Dot
 
     /// <summary>
     /// IEEE f16, widened to its value times 2^-112: sign-extended to 32 bits and shifted so exponent and mantissa land in
-XX
+    /// f32's fields, the exponent 112 short of f32's bias (subnormals become f32 subnormals, exactly), the sign
     /// copies between cleared. Two integer operations, as cheap as bf16's shift. Infinities and NaNs would read as
     /// finite: checkpoint readers refuse f16 weights that are not finite.
     /// </summary>
