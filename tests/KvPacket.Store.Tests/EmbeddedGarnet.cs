@@ -15,6 +15,14 @@ internal sealed class EmbeddedGarnet : IDisposable
 {
     private readonly GarnetServer _server;
 
+    static EmbeddedGarnet()
+    {
+        // The servers run on this process's thread pool beside the tests' synchronous client calls: on 2 cores the
+        // pool's slow growth from 2 threads left a CLUSTER command waiting past its timeout.
+        ThreadPool.GetMinThreads(out int workers, out int io);
+        ThreadPool.SetMinThreads(Math.Max(workers, 32), Math.Max(io, 32));
+    }
+
     private EmbeddedGarnet(GarnetServer server, int port, string directory)
     {
         _server = server;
@@ -38,12 +46,12 @@ internal sealed class EmbeddedGarnet : IDisposable
         var servers = Enumerable.Range(0, nodes).Select(n => Start(System.IO.Path.Combine(directory, $"node{n}"), null, cluster: true)).ToArray();
         for (int n = 0; n < nodes; n++)
         {
-            using var admin = StackExchange.Redis.ConnectionMultiplexer.Connect($"{servers[n].Endpoint},allowAdmin=true");
+            using var admin = StackExchange.Redis.ConnectionMultiplexer.Connect($"{servers[n].Endpoint},allowAdmin=true,syncTimeout=30000");
             var server = admin.GetServer(servers[n].Endpoint);
             server.Execute("CLUSTER", "ADDSLOTSRANGE", n * 16384 / nodes, (n + 1) * 16384 / nodes - 1);
             if (n > 0) server.Execute("CLUSTER", "MEET", "127.0.0.1", servers[0].Port);
         }
-        using (var seed = StackExchange.Redis.ConnectionMultiplexer.Connect(servers[0].Endpoint + ",allowAdmin=true"))
+        using (var seed = StackExchange.Redis.ConnectionMultiplexer.Connect(servers[0].Endpoint + ",allowAdmin=true,syncTimeout=30000"))
             for (int wait = 0; wait < 200; wait++)
             {
                 string info = seed.GetServer(servers[0].Endpoint).Execute("CLUSTER", "INFO").ToString();

@@ -9,7 +9,12 @@ using Xunit;
 
 namespace KvPacket.Store.Tests;
 
+/// <summary>The shared tier's tests run by themselves: each starts Garnet servers in this process, which need its threads.</summary>
+[CollectionDefinition(nameof(SharedTierTests), DisableParallelization = true)]
+public sealed class SharedTierCollection;
+
 /// <summary>Nodes (a model, a local store, the shared tier) sharing packets through a real Garnet server started by each test.</summary>
+[Collection(nameof(SharedTierTests))]
 public sealed class SharedTierTests : IDisposable
 {
     private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
