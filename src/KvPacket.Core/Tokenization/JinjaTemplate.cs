@@ -430,19 +430,9 @@ public sealed class JinjaTemplate
             return new Conditional(condition, value, Accept("else") ? Ternary() : null);
         }
 
-        private Expr Or()
-        {
-            var left = And();
-            while (Accept("or")) left = new Binary("or", left, And());
-            return left;
-        }
+        private Expr Or() => LeftAssociative(And, "or");
 
-        private Expr And()
-        {
-            var left = Not();
-            while (Accept("and")) left = new Binary("and", left, Not());
-            return left;
-        }
+        private Expr And() => LeftAssociative(Not, "and");
 
         private Expr Not() => Accept("not") ? new Unary("not", Not()) : Comparison();
 
@@ -465,24 +455,17 @@ public sealed class JinjaTemplate
             }
         }
 
-        private Expr Concat()
-        {
-            var left = Additive();
-            while (Accept("~")) left = new Binary("~", left, Additive());
-            return left;
-        }
+        private Expr Concat() => LeftAssociative(Additive, "~");
 
-        private Expr Additive()
-        {
-            var left = Multiplicative();
-            while (Peek is "+" or "-") left = new Binary(Next(), left, Multiplicative());
-            return left;
-        }
+        private Expr Additive() => LeftAssociative(Multiplicative, "+", "-");
 
-        private Expr Multiplicative()
+        private Expr Multiplicative() => LeftAssociative(UnaryMinus, "*", "/", "//", "%");
+
+        /// <summary>operand (op operand)*, grouped from the left: one precedence level of binary operators.</summary>
+        private Expr LeftAssociative(Func<Expr> operand, params string[] operators)
         {
-            var left = UnaryMinus();
-            while (Peek is "*" or "/" or "//" or "%") left = new Binary(Next(), left, UnaryMinus());
+            var left = operand();
+            while (Peek is { } token && Array.IndexOf(operators, token) >= 0) left = new Binary(Next(), left, operand());
             return left;
         }
 
