@@ -37,9 +37,8 @@ internal static class ServeBenchmark
             using var stop = new CancellationTokenSource();
             string[] args = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"];
             if (trace is not null) args = [.. args, "--trace", Path.GetFullPath(trace)];
-            var daemon = Task.Run(() => Daemon.Daemon.RunAsync(args, stop.Token));
-            using var client = UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
-            WaitForHealth(client, daemon);
+            var (daemon, client) = StartDaemon(args, socket, stop.Token);
+            using var _ = client;
 
             var random = new SeededRandom(17);
             var ids = new List<string>();
@@ -51,10 +50,8 @@ internal static class ServeBenchmark
                 foreach (int c in concurrency)
                 {
                     var (ttfts, tokens, seconds) = Load(client, ids, mode, c, Math.Max(requestsPerLevel, c), maxTokens, vocab);
-                    Array.Sort(ttfts);
                     figures[$"{mode}_c{c}_output_tokens_per_s"] = tokens / seconds;
-                    figures[$"{mode}_c{c}_ttft_p50_ms"] = ttfts[ttfts.Length / 2] * 1e3;
-                    figures[$"{mode}_c{c}_ttft_p99_ms"] = ttfts[Math.Min(ttfts.Length - 1, (int)Math.Ceiling(ttfts.Length * 0.99) - 1)] * 1e3;
+                    Statistics.RecordTtft(figures, $"{mode}_c{c}", ttfts);
                     Console.Error.WriteLine($"  {mode} c={c}: {tokens / seconds:F1} tok/s, TTFT p50 {figures[$"{mode}_c{c}_ttft_p50_ms"]:F1} ms");
                 }
             }
@@ -111,8 +108,16 @@ internal static class ServeBenchmark
         return (ttfts, tokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
     }
 
-    /// <summary>Waits until the in-process daemon <paramref name="daemon"/> answers /health.</summary>
-    public static void WaitForHealth(HttpClient client, Task<int> daemon)
+    /// <summary>Starts kvpacketd with <paramref name="args"/> in this process and returns it with a client on its <paramref name="socket"/>, once /health answers.</summary>
+    public static (Task<int> Daemon, HttpClient Client) StartDaemon(string[] args, string socket, CancellationToken stop)
+    {
+        var daemon = Task.Run(() => Daemon.Daemon.RunAsync(args, stop));
+        var client = UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
+        WaitForHealth(client, daemon);
+        return (daemon, client);
+    }
+
+    private static void WaitForHealth(HttpClient client, Task<int> daemon)
     {
         for (int i = 0; i < 600; i++)
         {

@@ -172,9 +172,9 @@ internal static class SharedTierBenchmark
             for (int l = 0; l < levels.Length; l++)
             {
                 int level = l, c = levels[l].Concurrency, n = levels[l].Requests;
-                Record(figures, $"node_b_shared_tier_c{c}", ServeBenchmark.Load(clientB, i => Body(level, i), c, n).Ttft);
-                Record(figures, $"node_b_resident_c{c}", ServeBenchmark.Load(clientB, i => Body(level, i), c, n).Ttft);
-                Record(figures, $"node_c_rebuild_c{c}", ServeBenchmark.Load(clientC, i => Body(level, i), c, n).Ttft);
+                Statistics.RecordTtft(figures, $"node_b_shared_tier_c{c}", ServeBenchmark.Load(clientB, i => Body(level, i), c, n).Ttft);
+                Statistics.RecordTtft(figures, $"node_b_resident_c{c}", ServeBenchmark.Load(clientB, i => Body(level, i), c, n).Ttft);
+                Statistics.RecordTtft(figures, $"node_c_rebuild_c{c}", ServeBenchmark.Load(clientC, i => Body(level, i), c, n).Ttft);
                 Console.Error.WriteLine($"  c={c}: TTFT p50 node B from the shared tier {figures[$"node_b_shared_tier_c{c}_ttft_p50_ms"]:F0} ms, resident {figures[$"node_b_resident_c{c}_ttft_p50_ms"]:F0} ms; node C rebuilding {figures[$"node_c_rebuild_c{c}_ttft_p50_ms"]:F0} ms");
             }
             figures["node_b_packet_builds"] = Metric(clientB, "kvpacket_packet_builds") - 1; // less the warm-up's own document
@@ -195,17 +195,7 @@ internal static class SharedTierBenchmark
     {
         string socket = Path.Combine(store + "-run", "d.sock");
         string[] args = ["--model", modelPath, "--store", store, "--socket", socket, "--max-waiting", "1024", "--kv-tokens", "65536", .. extra];
-        var daemon = Task.Run(() => Daemon.Daemon.RunAsync(args, stop));
-        var client = UnixSocketClient.Create(socket, TimeSpan.FromMinutes(10));
-        ServeBenchmark.WaitForHealth(client, daemon);
-        return (daemon, client);
-    }
-
-    private static void Record(Dictionary<string, double> figures, string name, double[] ttft)
-    {
-        Array.Sort(ttft);
-        figures[$"{name}_ttft_p50_ms"] = ttft[ttft.Length / 2] * 1e3;
-        figures[$"{name}_ttft_p99_ms"] = ttft[Math.Min(ttft.Length - 1, (int)Math.Ceiling(ttft.Length * 0.99) - 1)] * 1e3;
+        return ServeBenchmark.StartDaemon(args, socket, stop);
     }
 
     private static double Metric(HttpClient client, string name)
