@@ -91,7 +91,7 @@ public static unsafe class Dot
             s = Vector512.FusedMultiplyAdd(Vector512.Load(x + i) * scale, lo, s);
             s = Vector512.FusedMultiplyAdd(Vector512.Load(x + i + 16) * scale, hi, s);
         }
-        return Vector512.Sum(s) * 4096f;
+        return Vector512.Sum(s) * SumScale;
     }
 
     /// <summary>Four q8_0 rows (<paramref name="stride"/> bytes apart) against one activation, each summed as <see cref="Q8_0(float*, byte*, int)"/> would.</summary>
@@ -114,31 +114,34 @@ public static unsafe class Dot
             var (l3, h3) = WidenQ8_0(b3 + o);
             s3 = Vector512.FusedMultiplyAdd(xh, h3, Vector512.FusedMultiplyAdd(xl, l3, s3));
         }
-        y[0] = Vector512.Sum(s0) * 4096f; y[1] = Vector512.Sum(s1) * 4096f; y[2] = Vector512.Sum(s2) * 4096f; y[3] = Vector512.Sum(s3) * 4096f;
+        y[0] = Vector512.Sum(s0) * SumScale; y[1] = Vector512.Sum(s1) * SumScale; y[2] = Vector512.Sum(s2) * SumScale; y[3] = Vector512.Sum(s3) * SumScale;
     }
 
-    /// <summary>2^100: activations times this meet weights held times 2^-112; the sum is then times 2^-12, undone by ×4096.</summary>
+    /// <summary>2^100: activations times this meet weights held times 2^-112 (f16, q8_0); the sum is then times 2^-12.</summary>
     private const float XScale = 1.2676506e30f;
+
+    /// <summary>2^12: undoes the scaling of such a sum.</summary>
+    private const float SumScale = 4096f;
 
     /// <summary>One q8_0 block's 32 values, times 2^-112, as two vectors of 16.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (Vector512<float> Lower, Vector512<float> Upper) WidenQ8_0(byte* block)
     {
-        int h = *(ushort*)block;
-        var scale = Vector512.Create(BitConverter.Int32BitsToSingle(((h & 0x7FFF) << 13) | ((h & 0x8000) << 16)));
+        var scale = Vector512.Create(Float16.Widen(*(ushort*)block));
         var (lower, upper) = Vector256.Widen(Vector256.Load((sbyte*)(block + 2)));
         return (Vector512.ConvertToSingle(Vector512.WidenLower(lower.ToVector512())) * scale,
                 Vector512.ConvertToSingle(Vector512.WidenLower(upper.ToVector512())) * scale);
     }
 
     /// <summary>
-    /// How 16-bit weights widen to f32 in registers; a struct per format, so each loop is compiled for its own. A format
-    /// may widen to its value times 2^-<see cref="Exponent"/>: the activation is then loaded times 2^(<see cref="Exponent"/> − 12)
-    /// and the sum multiplied by 2^12, powers of two that change no rounding while no value leaves f32's normal range.
+    /// How 16-bit weights widen to f32 in registers; a struct per format, so each loop is compiled for its own. A
+    /// <see cref="Scaled"/> format widens to its value times 2^-112: the activation is then loaded times
+    /// <see cref="XScale"/> and the sum multiplied by <see cref="SumScale"/>, powers of two that change no rounding while
+    /// no value leaves f32's normal range.
     /// </summary>
     private interface IWidening
     {
-        static abstract int Exponent { get; }
+        static abstract bool Scaled { get; }
         static abstract (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits);
         static abstract Vector256<float> Widen(Vector128<ushort> bits);
         static abstract float Widen(ushort bits);
@@ -147,7 +150,7 @@ public static unsafe class Dot
     /// <summary>bf16: the top half of an f32.</summary>
     private readonly struct BFloat16 : IWidening
     {
-        public static int Exponent => 0;
+        public static bool Scaled => false;
 
         public static (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits)
         {
@@ -168,7 +171,7 @@ public static unsafe class Dot
     /// </summary>
     private readonly struct Float16 : IWidening
     {
-        public static int Exponent => 112;
+        public static bool Scaled => true;
 
         public static (Vector512<float> Lower, Vector512<float> Upper) Widen(Vector512<ushort> bits)
         {
@@ -180,7 +183,7 @@ public static unsafe class Dot
         public static Vector256<float> Widen(Vector128<ushort> bits) =>
             ((Vector256.WidenLower(bits.AsInt16().ToVector256()) << 13) & Vector256.Create(unchecked((int)0x8FFF_FFFF))).AsSingle();
 
-        public static float Widen(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits) * BitConverter.Int32BitsToSingle(15 << 23); // · 2^-112
+        public static float Widen(ushort bits) => BitConverter.Int32BitsToSingle(((bits & 0x7FFF) << 13) | ((bits & 0x8000) << 16));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -188,7 +191,7 @@ public static unsafe class Dot
     {
         int i = 0;
         float sum = 0;
-        float scale = T.Exponent == 0 ? 1 : BitConverter.Int32BitsToSingle((127 + T.Exponent - 12) << 23);
+        float scale = T.Scaled ? XScale : 1;
         if (Vector512.IsHardwareAccelerated && n >= 16)
         {
             Vector512<float> s = default;
@@ -212,18 +215,18 @@ public static unsafe class Dot
             for (; i <= n - 8; i += 8)
             {
                 var x8 = Vector256.Load(x + i);
-                if (T.Exponent != 0) x8 *= scale;
+                if (T.Scaled) x8 *= scale;
                 s = Vector256.FusedMultiplyAdd(x8, T.Widen(Vector128.Load(w + i)), s);
             }
             sum += Vector256.Sum(s);
         }
-        for (; i < n; i++) sum += (T.Exponent == 0 ? x[i] : x[i] * scale) * T.Widen(w[i]);
-        return T.Exponent == 0 ? sum : sum * 4096f;
+        for (; i < n; i++) sum += (T.Scaled ? x[i] * scale : x[i]) * T.Widen(w[i]);
+        return T.Scaled ? sum * SumScale : sum;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Scaled<T>(Vector512<float> x, float scale) where T : struct, IWidening =>
-        T.Exponent == 0 ? x : x * scale;
+        T.Scaled ? x * scale : x;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Sum4<T>(float* x, ushort* w, int n, long stride, float* y) where T : struct, IWidening
@@ -233,7 +236,7 @@ public static unsafe class Dot
             for (int r = 0; r < 4; r++) y[r] = Sum<T>(x, w + r * stride, n);
             return;
         }
-        float scale = T.Exponent == 0 ? 1 : BitConverter.Int32BitsToSingle((127 + T.Exponent - 12) << 23);
+        float scale = T.Scaled ? XScale : 1;
         ushort* w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (int i = 0; i < n; i += 32)
@@ -245,7 +248,7 @@ public static unsafe class Dot
             s2 = Accumulate<T>(lo, hi, w2 + i, s2);
             s3 = Accumulate<T>(lo, hi, w3 + i, s3);
         }
-        float unscale = T.Exponent == 0 ? 1 : 4096f;
+        float unscale = T.Scaled ? SumScale : 1;
         y[0] = Vector512.Sum(s0) * unscale; y[1] = Vector512.Sum(s1) * unscale; y[2] = Vector512.Sum(s2) * unscale; y[3] = Vector512.Sum(s3) * unscale;
     }
 
