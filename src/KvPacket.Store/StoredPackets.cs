@@ -8,8 +8,8 @@ namespace KvPacket.Store;
 /// Packets from a <see cref="PacketStore"/> with a resident tier in front: recently used packets stay in the model's KV
 /// pool (least recently used evicted past <see cref="ResidentBlockBudget"/>), so a packet reused by the next request
 /// costs no I/O; a miss loads from the store; a packet the store lacks comes from the <see cref="Shared"/> tier when
-/// there is one (and, with <see cref="CopySharedToStore"/>, is copied to the store in the background), else it is built once, stored durably, published to the shared
-/// tier, and kept.
+/// there is one (and, with <see cref="CopySharedToStore"/>, is copied to the store in the background), else it is built
+/// once, stored durably, published to the shared tier, and kept.
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
 /// not depend on whether the packet was just built. Thread-safe.
 /// </summary>

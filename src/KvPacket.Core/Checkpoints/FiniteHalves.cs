@@ -9,6 +9,9 @@ namespace KvPacket.Core.Checkpoints;
 /// </summary>
 internal static unsafe class FiniteHalves
 {
+    /// <summary>Whether the f16 <paramref name="bits"/> are an infinity or a NaN (all exponent bits set).</summary>
+    public static bool IsNonFinite(ushort bits) => (bits & 0x7C00) == 0x7C00;
+
     /// <summary>Index of the first f16 value at <paramref name="data"/> (of <paramref name="count"/>) that is infinite or NaN; -1 when all are finite.</summary>
     public static long IndexOfNonFinite(ushort* data, long count)
     {
@@ -20,7 +23,7 @@ internal static unsafe class FiniteHalves
                 if (Vector512.EqualsAny(Vector512.Load(data + i) & exponent, exponent)) break;
         }
         for (; i < count; i++)
-            if ((data[i] & 0x7C00) == 0x7C00) return i;
+            if (IsNonFinite(data[i])) return i;
         return -1;
     }
 

@@ -30,7 +30,7 @@ public static class Q8_0
     public static unsafe void RequireFiniteScales(string path, string tensor, byte* blocks, long count)
     {
         for (long b = 0; b < count; b++)
-            if ((*(ushort*)(blocks + b * BlockBytes) & 0x7C00) == 0x7C00)
+            if (FiniteHalves.IsNonFinite(*(ushort*)(blocks + b * BlockBytes)))
                 throw new Model.CheckpointFormatException(path, tensor, $"q8_0 block {b} has an infinite or NaN scale; the weights are damaged");
     }
 
