@@ -38,7 +38,7 @@ internal static class SharedTierBenchmark
                 weights = checkpoint.TokenEmbedding.Type.ToString();
                 MeasureLoads(checkpoint, options, Path.Combine(root, "loads"), packetTokens, packets, passes, figures);
             }
-            MeasureTtft(modelPath, options, root, packetTokens, concurrency, documents, requestsAtOne, figures);
+            MeasureTtft(modelPath, tierAddress, root, packetTokens, concurrency, documents, requestsAtOne, figures);
         }
         finally
         {
@@ -134,7 +134,7 @@ internal static class SharedTierBenchmark
         Console.Error.WriteLine($"  one {packetBytes / 1e6:F1} MB packet: shared tier {figures["shared_tier_ms_per_packet_median"]:F1} ms, local store {figures["local_store_ms_per_packet_median"]:F1} ms, rebuild {figures["rebuild_ms_per_packet_median"]:F0} ms; plain GETs {figures["plain_pipelined_GET_GB_per_s_median"]:F2} GB/s");
     }
 
-    private static void MeasureTtft(string modelPath, SharedTierOptions options, string root, int packetTokens, int[] concurrency, int documents, int requestsAtOne, Dictionary<string, double> figures)
+    private static void MeasureTtft(string modelPath, string tier, string root, int packetTokens, int[] concurrency, int documents, int requestsAtOne, Dictionary<string, double> figures)
     {
         int vocab;
         using (var checkpoint = CheckpointLoader.Load(modelPath)) vocab = checkpoint.Config.VocabSize;
@@ -152,7 +152,6 @@ internal static class SharedTierBenchmark
         object Body(int level, int i) => new { bodies[level][i].prompt, bodies[level][i].documents, mode = "naive", max_tokens = 4, temperature = 0, stream = true };
 
         using var stop = new CancellationTokenSource();
-        string tier = options.Endpoint.Split(',')[0];
         var (nodeA, clientA) = StartDaemon(modelPath, Path.Combine(root, "a"), ["--shared-tier", tier], stop.Token);
         var (nodeB, clientB) = StartDaemon(modelPath, Path.Combine(root, "b"), ["--shared-tier", tier], stop.Token);
         var (nodeC, clientC) = StartDaemon(modelPath, Path.Combine(root, "c"), [], stop.Token);
