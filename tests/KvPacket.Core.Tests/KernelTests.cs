@@ -23,6 +23,14 @@ public unsafe class KernelTests
     [InlineData(DType.Q8_0, 1, 45, 128)]
     [InlineData(DType.Q8_0, 1, 21, 1088)]
     [InlineData(DType.Q8_0, 9, 64, 96)]
+    [InlineData(DType.Q4_0, 1, 45, 128)]
+    [InlineData(DType.Q4_0, 5, 21, 1088)]
+    [InlineData(DType.Q4_K, 1, 45, 512)]
+    [InlineData(DType.Q4_K, 7, 19, 1280)]
+    [InlineData(DType.Q5_K, 1, 45, 512)]
+    [InlineData(DType.Q5_K, 3, 33, 768)]
+    [InlineData(DType.Q6_K, 1, 45, 512)]
+    [InlineData(DType.Q6_K, 6, 17, 1024)]
     public void MatMul_matches_a_float64_reference_of_the_same_weights(DType type, int tokens, int rows, int columns)
     {
         var random = new SeededRandom(7);
@@ -43,14 +51,29 @@ public unsafe class KernelTests
             matMul.Multiply(px, tokens, tensor, py);
             var widened = new float[weights.Length];
             tensor.ReadRows(0, rows, widened);
+            // Block dots meet the activations rounded to int8 per 32 values: the reference rounds them by the same rule.
+            var activation = BlockDot.IsSupported && BlockDot.Handles(type) ? RoundedPerBlock(x) : x.Select(v => (double)v).ToArray();
             for (int t = 0; t < tokens; t++)
                 for (int r = 0; r < rows; r++)
                 {
                     double expected = 0;
-                    for (int k = 0; k < columns; k++) expected += (double)x[t * columns + k] * widened[r * columns + k];
+                    for (int k = 0; k < columns; k++) expected += activation[t * columns + k] * widened[r * columns + k];
                     Assert.True(Math.Abs(expected - y[t * rows + r]) < 1e-4, $"y[{t}, {r}] = {y[t * rows + r]}, expected {expected}");
                 }
         }
+    }
+
+    /// <summary>Each 32 values as int8 levels of max|x|/127, rounded half to even, then read back.</summary>
+    private static double[] RoundedPerBlock(float[] x)
+    {
+        var rounded = new double[x.Length];
+        for (int b = 0; b < x.Length; b += 32)
+        {
+            float max = 0;
+            for (int i = b; i < b + 32; i++) max = MathF.Max(max, MathF.Abs(x[i]));
+            for (int i = b; i < b + 32; i++) rounded[i] = max == 0 ? 0 : MathF.Round(x[i] * (127 / max)) * (double)(max / 127);
+        }
+        return rounded;
     }
 
     [Theory]
@@ -60,6 +83,10 @@ public unsafe class KernelTests
     [InlineData(DType.F16, 1100)] // a second K chunk and a short tail
     [InlineData(DType.Q8_0, 256)]
     [InlineData(DType.Q8_0, 1088)]
+    [InlineData(DType.Q4_0, 1088)]
+    [InlineData(DType.Q4_K, 1280)]
+    [InlineData(DType.Q5_K, 256)]
+    [InlineData(DType.Q6_K, 512)]
     public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch(DType type, int columns)
     {
         const int Rows = 50, Tokens = 11;
@@ -70,10 +97,10 @@ public unsafe class KernelTests
         for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
         var half = new Half[w.Length];
         var bf16 = new ushort[w.Length];
-        var q8 = new byte[columns % 32 == 0 ? DType.Q8_0.BytesFor(w.Length) : 0];
+        var q8 = new byte[type.IsBlockQuantised() ? type.BytesFor(w.Length) : 0];
         ElementConversion.SingleToHalf(w, half);
         ElementConversion.SingleToBF16(w, bf16);
-        if (columns % 32 == 0) TensorEncoding.Encode(w, DType.Q8_0, q8);
+        if (type.IsBlockQuantised()) TensorEncoding.Encode(w, type, q8);
         var batched = new float[Tokens * Rows];
         var alone = new float[Rows];
         using var pool = new WorkerPool(2);
@@ -83,7 +110,7 @@ public unsafe class KernelTests
         fixed (ushort* pbf = bf16)
         fixed (byte* pq = q8)
         {
-            var tensor = new WeightTensor("w", type, Rows, columns, type switch { DType.F16 => ph, DType.BF16 => pbf, DType.Q8_0 => pq, _ => pw });
+            var tensor = new WeightTensor("w", type, Rows, columns, type switch { DType.F16 => ph, DType.BF16 => pbf, DType.F32 => pw, _ => pq });
             matMul.Multiply(px, Tokens, tensor, pb);
             for (int t = 0; t < Tokens; t++)
             {

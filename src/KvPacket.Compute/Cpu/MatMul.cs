@@ -7,7 +7,9 @@ using KvPacket.Core.Model;
 namespace KvPacket.Compute.Cpu;
 
 /// <summary>
-/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16/q8_0 weights, on all cores.
+/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16/q8_0 weights, on all cores; for q4_0, q4_K,
+/// q5_K and q6_K weights the activations are first rounded to int8 blocks (<see cref="QuantisedActivations"/>) and every
+/// (token, row) is one <see cref="BlockDot"/>, alone or in a batch alike.
 /// One token is a GEMV that streams W once (memory-bound). Several tokens are a GEMM: each thread widens a panel
 /// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 4-token micro-kernel over blocks of
 /// tokens. K is cut into chunks of <see cref="KChunk"/> so a tile's rows stay in L1 whatever the width; every path
@@ -33,6 +35,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private readonly WorkerPool _pool;
     private readonly NativeBuffer<float>[] _scratch;
     private readonly int _scratchFloats;
+    private readonly QuantisedActivations _activations = new();
 
     private float* _x, _y;
     private WeightTensor _w;
@@ -53,13 +56,13 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     /// </summary>
     public void Multiply(float* x, int tokens, in WeightTensor w, float* y)
     {
-        if (w.Type is not (DType.F32 or DType.F16 or DType.BF16 or DType.Q8_0)) throw new NotSupportedException($"MatMul over {w.Type} ('{w.Name}').");
-        if (w.Type == DType.Q8_0 && w.Columns % 32 != 0) throw new NotSupportedException($"q8_0 '{w.Name}' has {w.Columns} columns, not whole blocks of 32.");
+        if (w.Columns % w.Type.BlockLength() != 0) throw new NotSupportedException($"{w.Type} '{w.Name}' has {w.Columns} columns, not whole blocks of {w.Type.BlockLength()}.");
         if (16L * w.Columns > _scratchFloats) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, more than this kernel was sized for.");
         _x = x;
         _y = y;
         _w = w;
         _tokens = tokens;
+        if (IntegerDots) _activations.Quantise(x, tokens, w.Columns);
         // Panels that fit the scratch (about L2), at least 16 rows, and at least four per thread so small matrices spread evenly.
         int byCache = Math.Max(16, _scratchFloats / w.Columns / PanelRowAlign * PanelRowAlign);
         int byBalance = Math.Max(PanelRowAlign, (w.Rows / (4 * _pool.ThreadCount) + PanelRowAlign - 1) / PanelRowAlign * PanelRowAlign);
@@ -69,12 +72,16 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         else _pool.Run(this, panels);
     }
 
+    /// <summary>Whether the current weights go through <see cref="BlockDot"/>.</summary>
+    private bool IntegerDots => BlockDot.IsSupported && BlockDot.Handles(_w.Type);
+
     /// <inheritdoc />
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end, int worker)
     {
         int rowStart = start * _panelRows, rowEnd = Math.Min(_w.Rows, end * _panelRows);
-        if (_tokens == 1) Gemv(rowStart, rowEnd, _scratch[worker].Pointer);
+        if (IntegerDots) BlockRows(rowStart, rowEnd);
+        else if (_tokens == 1) Gemv(rowStart, rowEnd, _scratch[worker].Pointer);
         else
         {
             for (int r = rowStart; r < rowEnd; r += _panelRows)
@@ -149,6 +156,20 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     RowsTimesToken(scratch, rows, x, _y + r);
                 }
                 break;
+        }
+    }
+
+    /// <summary>Rows of block-quantised weights against every token, each (token, row) one <see cref="BlockDot.Row"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void BlockRows(int rowStart, int rowEnd)
+    {
+        byte* w = (byte*)_w.Data;
+        long rowBytes = _w.Type.BytesFor(_w.Columns);
+        int n = _w.Rows;
+        for (int r = rowStart; r < rowEnd; r++)
+        {
+            if (_tokens == 1 && r + PrefetchRows < rowEnd) Prefetch(w + (r + PrefetchRows) * rowBytes, rowBytes);
+            for (int t = 0; t < _tokens; t++) _y[(long)t * n + r] = BlockDot.Row(_w.Type, w + r * rowBytes, _activations, t);
         }
     }
 
@@ -276,5 +297,6 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     public void Dispose()
     {
         foreach (var buffer in _scratch) buffer.Dispose();
+        _activations.Dispose();
     }
 }

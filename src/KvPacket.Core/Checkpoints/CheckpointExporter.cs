@@ -86,8 +86,7 @@ public static class CheckpointExporter
     /// <summary>A matrix (or vector) streamed row by row in <paramref name="type"/>, rows optionally reordered.</summary>
     private static TensorToWrite Rows(string name, WeightTensor source, DType type, Func<int, int>? sourceRow = null)
     {
-        // q8_0 blocks run along rows; a row that is not a whole number of blocks falls back to f16, as llama.cpp does.
-        if (type == DType.Q8_0 && source.Columns % Q8_0.BlockSize != 0) type = DType.F16;
+        type = RowType(type, source.Columns);
         long[] shape = IsVector(name) ? [source.Columns] : [source.Rows, source.Columns];
         return new TensorToWrite(name, type, shape, stream =>
         {
@@ -101,6 +100,17 @@ public static class CheckpointExporter
             }
         });
     }
+
+    /// <summary>
+    /// The type a row of <paramref name="columns"/> is written in: blocks run along rows, so a row that is not whole
+    /// blocks falls back: q4_K and q5_K to q4_0 (llama.cpp picks q5_0 / q5_1, not written here), q6_K to q8_0 (as
+    /// llama.cpp), and a row that is not whole 32-value blocks either to f16.
+    /// </summary>
+    public static DType RowType(DType type, int columns) =>
+        columns % type.BlockLength() == 0 ? type
+        : type is DType.Q4_K or DType.Q5_K ? RowType(DType.Q4_0, columns)
+        : type is DType.Q6_K ? RowType(DType.Q8_0, columns)
+        : DType.F16;
 
     /// <summary>A bias vector whose elements follow the q/k row permutation.</summary>
     private static TensorToWrite Columns(string name, WeightTensor source, bool permute, int headDim, RopeStyle targetStyle) =>

@@ -1,3 +1,5 @@
+using KvPacket.Core.Memory;
+
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>Constants of the GGUF container format (version 3).</summary>
@@ -41,6 +43,23 @@ public static class GgufFormat
         Float64 = 12,
     }
 
+    /// <summary>The element type a ggml tensor type is read as; null for types not supported here.</summary>
+    public static DType? ElementType(TensorType type) => type switch
+    {
+        TensorType.F32 => DType.F32,
+        TensorType.F16 => DType.F16,
+        TensorType.BF16 => DType.BF16,
+        TensorType.Q8_0 => DType.Q8_0,
+        TensorType.Q4_0 => DType.Q4_0,
+        TensorType.Q4_K => DType.Q4_K,
+        TensorType.Q5_K => DType.Q5_K,
+        TensorType.Q6_K => DType.Q6_K,
+        _ => null,
+    };
+
+    /// <summary>The ggml tensor type of <paramref name="type"/>.</summary>
+    public static TensorType TensorTypeOf(DType type) => Enum.GetValues<TensorType>().First(t => ElementType(t) == type);
+
     /// <summary>ggml tensor types this reader understands.</summary>
     public enum TensorType : uint
     {
@@ -48,8 +67,16 @@ public static class GgufFormat
         F32 = 0,
         /// <summary>f16.</summary>
         F16 = 1,
+        /// <summary>q4_0.</summary>
+        Q4_0 = 2,
         /// <summary>q8_0.</summary>
         Q8_0 = 8,
+        /// <summary>q4_K.</summary>
+        Q4_K = 12,
+        /// <summary>q5_K.</summary>
+        Q5_K = 13,
+        /// <summary>q6_K.</summary>
+        Q6_K = 14,
         /// <summary>bf16.</summary>
         BF16 = 30,
     }

@@ -7,8 +7,8 @@ using KvPacket.Core.Model;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16 or q8_0 tensors, all kept as stored
-/// in the memory-mapped file (the kernels read q8_0 blocks as they are).
+/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K tensors,
+/// all kept as stored in the memory-mapped file (the kernels read the blocks as they are).
 /// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation).
 /// </summary>
 public static class GgufReader
@@ -56,14 +56,8 @@ public static class GgufReader
                 if (dims.Length > 2 && dims.Skip(2).Any(d => d != 1)) throw new CheckpointFormatException(path, name, "only vectors and matrices are weights");
                 int columns = checked((int)dims[0]);
                 int rows = dims.Length > 1 ? checked((int)dims[1]) : 1;
-                DType type = ggmlType switch
-                {
-                    GgufFormat.TensorType.F32 => DType.F32,
-                    GgufFormat.TensorType.F16 => DType.F16,
-                    GgufFormat.TensorType.BF16 => DType.BF16,
-                    GgufFormat.TensorType.Q8_0 => DType.Q8_0,
-                    _ => throw new CheckpointFormatException(path, name, $"ggml type {(uint)ggmlType} is not supported (f32, f16, bf16, q8_0)"),
-                };
+                DType type = GgufFormat.ElementType(ggmlType)
+                    ?? throw new CheckpointFormatException(path, name, $"ggml type {(uint)ggmlType} is not supported (f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K)");
                 long bytes = type.BytesFor((long)rows * columns);
                 // Offsets are unsigned in the file: compare in unsigned arithmetic so no huge value wraps to a negative one.
                 ulong available = (ulong)(file.Length - Math.Min(dataStart, file.Length));
@@ -72,18 +66,18 @@ public static class GgufReader
                 if (offset > available || (ulong)bytes > available - offset)
                     throw new CheckpointFormatException(path, name, $"data [{offset}, {offset} + {bytes}) past the data start {dataStart} runs past the end of the file ({file.Length} bytes): truncated?");
                 byte* data = file.Pointer + dataStart + (long)offset;
-                if (type == DType.Q8_0 && columns % Q8_0.BlockSize != 0)
+                if (type.IsBlockQuantised() && columns % type.BlockLength() != 0)
                 {
                     // Blocks that straddle rows cannot be read row by row: such a tensor is widened once, here.
                     var dequantised = new NativeBuffer<float>((long)rows * columns);
                     owners.Add(dequantised);
-                    Q8_0.Dequantise(new ReadOnlySpan<byte>(data, checked((int)bytes)), dequantised.Span);
+                    BlockQuantisation.Dequantise(type, new ReadOnlySpan<byte>(data, checked((int)bytes)), dequantised.Span);
                     tensors[name] = new WeightTensor(name, DType.F32, rows, columns, dequantised.Pointer);
                 }
                 else
                 {
                     if (type == DType.F16) FiniteHalves.Require(path, name, data, (long)rows * columns);
-                    if (type == DType.Q8_0) Q8_0.RequireFiniteScales(path, name, data, bytes / Q8_0.BlockBytes);
+                    if (type.IsBlockQuantised()) BlockQuantisation.RequireFiniteScales(type, path, name, data, bytes / type.BlockBytes());
                     tensors[name] = new WeightTensor(name, type, rows, columns, data);
                 }
             }

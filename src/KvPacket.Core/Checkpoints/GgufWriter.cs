@@ -3,7 +3,7 @@ using KvPacket.Core.Memory;
 
 namespace KvPacket.Core.Checkpoints;
 
-/// <summary>Writes GGUF v3 files: metadata (strings, integers, floats, and arrays of strings, floats or integers) and f32/f16/bf16/q8_0 tensors.</summary>
+/// <summary>Writes GGUF v3 files: metadata (strings, integers, floats, and arrays of strings, floats or integers) and f32/f16/bf16 tensors and the GGML block formats of <see cref="DType"/>.</summary>
 public static class GgufWriter
 {
     /// <summary>Writes <paramref name="metadata"/> and <paramref name="tensors"/> to <paramref name="path"/>.</summary>
@@ -64,14 +64,7 @@ public static class GgufWriter
             WriteString(tensor.Name);
             writer.Write((uint)tensor.Shape.Length);
             for (int d = tensor.Shape.Length - 1; d >= 0; d--) writer.Write((ulong)tensor.Shape[d]); // ne[0] is innermost
-            writer.Write((uint)(tensor.Type switch
-            {
-                DType.F32 => GgufFormat.TensorType.F32,
-                DType.F16 => GgufFormat.TensorType.F16,
-                DType.BF16 => GgufFormat.TensorType.BF16,
-                DType.Q8_0 => GgufFormat.TensorType.Q8_0,
-                _ => throw new NotSupportedException(tensor.Type.ToString()),
-            }));
+            writer.Write((uint)GgufFormat.TensorTypeOf(tensor.Type));
             writer.Write((ulong)offset);
             offset = Align(offset + tensor.ByteCount);
         }

@@ -14,8 +14,7 @@ public static class TensorEncoding
             case DType.F32: MemoryMarshal.AsBytes(values).CopyTo(destination); break;
             case DType.F16: ElementConversion.SingleToHalf(values, MemoryMarshal.Cast<byte, Half>(destination)); break;
             case DType.BF16: ElementConversion.SingleToBF16(values, MemoryMarshal.Cast<byte, ushort>(destination)); break;
-            case DType.Q8_0: Q8_0.Quantise(values, destination); break;
-            default: throw new ArgumentOutOfRangeException(nameof(type));
+            default: BlockQuantisation.Quantise(type, values, destination); break;
         }
     }
 }

@@ -11,19 +11,50 @@ public enum DType
     BF16,
     /// <summary>GGML q8_0: blocks of 32 int8 values with one f16 scale (34 bytes per block).</summary>
     Q8_0,
+    /// <summary>GGML q4_0: blocks of 32 4-bit values with one f16 scale, value = scale · (q − 8) (18 bytes per block).</summary>
+    Q4_0,
+    /// <summary>GGML q4_K: super-blocks of 256 4-bit values in 8 sub-blocks with 6-bit scales and mins (144 bytes).</summary>
+    Q4_K,
+    /// <summary>GGML q5_K: q4_K with a fifth bit per value (176 bytes per 256).</summary>
+    Q5_K,
+    /// <summary>GGML q6_K: super-blocks of 256 6-bit values in 16 sub-blocks with int8 scales (210 bytes).</summary>
+    Q6_K,
 }
 
 /// <summary>Sizes of <see cref="DType"/> elements.</summary>
 public static class DTypeSize
 {
-    /// <summary>Bytes taken by <paramref name="count"/> elements of <paramref name="type"/>.</summary>
-    public static long BytesFor(this DType type, long count) => type switch
+    /// <summary>Elements per block: 1 for plain types; a block format's tensors are whole blocks along each row.</summary>
+    public static int BlockLength(this DType type) => type switch
     {
-        DType.F32 => count * 4,
-        DType.F16 or DType.BF16 => count * 2,
-        DType.Q8_0 => count % 32 == 0
-            ? count / 32 * 34
-            : throw new ArgumentException($"q8_0 needs a multiple of 32 elements, got {count}.", nameof(count)),
+        DType.F32 or DType.F16 or DType.BF16 => 1,
+        DType.Q8_0 or DType.Q4_0 => 32,
+        DType.Q4_K or DType.Q5_K or DType.Q6_K => 256,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
     };
+
+    /// <summary>Bytes per block (per element for plain types).</summary>
+    public static int BlockBytes(this DType type) => type switch
+    {
+        DType.F32 => 4,
+        DType.F16 or DType.BF16 => 2,
+        DType.Q8_0 => 34,
+        DType.Q4_0 => 18,
+        DType.Q4_K => 144,
+        DType.Q5_K => 176,
+        DType.Q6_K => 210,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
+    };
+
+    /// <summary>Whether <paramref name="type"/> is a GGML block quantisation.</summary>
+    public static bool IsBlockQuantised(this DType type) => type.BlockLength() > 1;
+
+    /// <summary>Bytes taken by <paramref name="count"/> elements of <paramref name="type"/>.</summary>
+    public static long BytesFor(this DType type, long count)
+    {
+        int length = type.BlockLength();
+        return count % length == 0
+            ? count / length * type.BlockBytes()
+            : throw new ArgumentException($"{type} needs a multiple of {length} elements, got {count}.", nameof(count));
+    }
 }

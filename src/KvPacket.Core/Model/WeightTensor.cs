@@ -58,9 +58,9 @@ public readonly unsafe struct WeightTensor
             case DType.F32: new ReadOnlySpan<float>((float*)Data + offset, length).CopyTo(destination); break;
             case DType.F16: ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)Data + offset, length), destination); break;
             case DType.BF16: ElementConversion.BF16ToSingle(new ReadOnlySpan<ushort>((ushort*)Data + offset, length), destination); break;
-            case DType.Q8_0:
+            case var block when block.IsBlockQuantised():
                 long rowBytes = Type.BytesFor(Columns);
-                Checkpoints.Q8_0.Dequantise(new ReadOnlySpan<byte>((byte*)Data + row * rowBytes, checked((int)(count * rowBytes))), destination[..length]);
+                Checkpoints.BlockQuantisation.Dequantise(Type, new ReadOnlySpan<byte>((byte*)Data + row * rowBytes, checked((int)(count * rowBytes))), destination[..length]);
                 break;
             default: throw new NotSupportedException($"Tensor '{Name}' has type {Type}, which is not read here.");
         }
