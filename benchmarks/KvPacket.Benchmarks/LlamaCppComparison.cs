@@ -62,7 +62,9 @@ internal static class LlamaCppComparison
             Console.Error.WriteLine($"  round {round}: decode ours {ours.DecodeTokensPerSecond:F1} / llama.cpp {decode:F1} tok/s; prefill ours {ours.PrefillTokensPerSecond:F0} / llama.cpp {prefill:F0} tok/s; read {read / 1e9:F1} GB/s");
         }
         double roofline = Median(bandwidth) / weightBytes;
-        Console.WriteLine($"vs llama.cpp · {card.Name} · {type} weights ({weightBytes / 1e9:F2} GB) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
+        string mix = string.Join(", ", checkpoint.Layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }).Append(checkpoint.Classifier)
+            .GroupBy(w => w.Type).Select(g => $"{g.Count()} {g.Key}"));
+        Console.WriteLine($"vs llama.cpp · {card.Name} · {type} weights ({weightBytes / 1e9:F2} GB: {mix} matrices) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
         Console.WriteLine($"  decode  tok/s  ours {Median(ourDecode),8:F2}  llama.cpp {Median(theirDecode),8:F2}  ratio {Median(ourDecode) / Median(theirDecode):F2}");
         Console.WriteLine($"  prefill tok/s  ours {Median(ourPrefill),8:F1}  llama.cpp {Median(theirPrefill),8:F1}  ratio {Median(ourPrefill) / Median(theirPrefill):F2}");
         Console.WriteLine($"  read roofline {roofline:F2} tok/s ({Median(bandwidth) / 1e9:F1} GB/s): ours {Median(ourDecode) / roofline:F2}, llama.cpp {Median(theirDecode) / roofline:F2} of it");
@@ -111,7 +113,7 @@ internal static class LlamaCppComparison
         if (!File.Exists(Path.Combine(directory, "model.safetensors")))
         {
             Console.Error.WriteLine($"synthesising {card.Name} ({type}) into {directory} …");
-            SyntheticCheckpoint.Write(card.Config, type == DType.Q8_0 ? DType.BF16 : type, directory + ".partial", seed: 1);
+            SyntheticCheckpoint.Write(card.Config, type.IsBlockQuantised() ? DType.BF16 : type, directory + ".partial", seed: 1);
             if (Directory.Exists(directory)) Directory.Delete(directory, recursive: true);
             Directory.Move(directory + ".partial", directory);
         }

@@ -31,13 +31,16 @@ public unsafe class KernelTests
     [InlineData(DType.Q5_K, 3, 33, 768)]
     [InlineData(DType.Q6_K, 1, 45, 512)]
     [InlineData(DType.Q6_K, 6, 17, 1024)]
+    [InlineData(DType.Q4_0x8, 1, 48, 128)]
+    [InlineData(DType.Q4_0x8, 7, 64, 1088)]   // four-token tiles and a remainder
+    [InlineData(DType.Q4_Kx8, 1, 40, 512)]
+    [InlineData(DType.Q4_Kx8, 9, 24, 1280)]
     public void MatMul_matches_a_float64_reference_of_the_same_weights(DType type, int tokens, int rows, int columns)
     {
         var random = new SeededRandom(7);
         var weights = new float[rows * columns];
         for (int i = 0; i < weights.Length; i++) weights[i] = 2 * random.NextSingle() - 1;
-        var bytes = new byte[type.BytesFor(weights.Length)];
-        TensorEncoding.Encode(weights, type, bytes);
+        var bytes = Encode(weights, type, rows, columns);
         var x = new float[tokens * columns];
         for (int i = 0; i < x.Length; i++) x[i] = 2 * random.NextSingle() - 1;
 
@@ -52,7 +55,7 @@ public unsafe class KernelTests
             var widened = new float[weights.Length];
             tensor.ReadRows(0, rows, widened);
             // Block dots meet the activations rounded to int8 per 32 values: the reference rounds them by the same rule.
-            var activation = BlockDot.IsSupported && BlockDot.Handles(type) ? RoundedPerBlock(x) : x.Select(v => (double)v).ToArray();
+            var activation = BlockDot.IsSupported && (BlockDot.Handles(type) || InterleavedDot.Handles(type)) ? RoundedPerBlock(x) : x.Select(v => (double)v).ToArray();
             for (int t = 0; t < tokens; t++)
                 for (int r = 0; r < rows; r++)
                 {
@@ -61,6 +64,38 @@ public unsafe class KernelTests
                     Assert.True(Math.Abs(expected - y[t * rows + r]) < 1e-4, $"y[{t}, {r}] = {y[t * rows + r]}, expected {expected}");
                 }
         }
+    }
+
+    /// <summary><paramref name="weights"/> as <paramref name="type"/>; an interleaved layout is made from its file type as a reader makes it.</summary>
+    private static byte[] Encode(float[] weights, DType type, int rows, int columns)
+    {
+        var file = type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q4_Kx8 => DType.Q4_K, _ => type };
+        var bytes = new byte[file.BytesFor(weights.Length)];
+        TensorEncoding.Encode(weights, file, bytes);
+        if (file == type) return bytes;
+        var interleaved = new byte[type.BytesFor(weights.Length)];
+        fixed (byte* source = bytes, destination = interleaved) InterleavedRows.Interleave(file, source, rows, columns, destination);
+        return interleaved;
+    }
+
+    [Theory]
+    [InlineData(DType.Q4_0)]
+    [InlineData(DType.Q4_K)]
+    public void Interleaved_rows_read_back_as_the_rows_they_were_made_from(DType file)
+    {
+        const int Rows = 16, Columns = 512;
+        var random = new SeededRandom(5);
+        var weights = new float[Rows * Columns];
+        for (int i = 0; i < weights.Length; i++) weights[i] = random.NextSingle() - 0.5f;
+        var bytes = new byte[file.BytesFor(weights.Length)];
+        TensorEncoding.Encode(weights, file, bytes);
+        var expected = new float[weights.Length];
+        BlockQuantisation.Dequantise(file, bytes, expected);
+        var type = file.Interleaved()!.Value;
+        var interleaved = Encode(weights, type, Rows, Columns);
+        var actual = new float[weights.Length];
+        fixed (byte* p = interleaved) new WeightTensor("w", type, Rows, Columns, p).ReadRows(0, Rows, actual);
+        Assert.Equal(expected, actual);
     }
 
     /// <summary>Each 32 values as int8 levels of max|x|/127, rounded half to even, then read back.</summary>
@@ -87,9 +122,11 @@ public unsafe class KernelTests
     [InlineData(DType.Q4_K, 1280)]
     [InlineData(DType.Q5_K, 256)]
     [InlineData(DType.Q6_K, 512)]
+    [InlineData(DType.Q4_0x8, 1088)]
+    [InlineData(DType.Q4_Kx8, 512)]
     public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch(DType type, int columns)
     {
-        const int Rows = 50, Tokens = 11;
+        int Rows = type.InterleavedRows() == 8 ? 48 : 50; const int Tokens = 11;
         var random = new SeededRandom(3);
         var w = new float[Rows * columns];
         var x = new float[Tokens * columns];
@@ -97,10 +134,9 @@ public unsafe class KernelTests
         for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
         var half = new Half[w.Length];
         var bf16 = new ushort[w.Length];
-        var q8 = new byte[type.IsBlockQuantised() ? type.BytesFor(w.Length) : 0];
+        var q8 = type.IsBlockQuantised() ? Encode(w, type, Rows, columns) : [];
         ElementConversion.SingleToHalf(w, half);
         ElementConversion.SingleToBF16(w, bf16);
-        if (type.IsBlockQuantised()) TensorEncoding.Encode(w, type, q8);
         var batched = new float[Tokens * Rows];
         var alone = new float[Rows];
         using var pool = new WorkerPool(2);

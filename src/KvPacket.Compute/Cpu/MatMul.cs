@@ -67,13 +67,14 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         int byCache = Math.Max(16, _scratchFloats / w.Columns / PanelRowAlign * PanelRowAlign);
         int byBalance = Math.Max(PanelRowAlign, (w.Rows / (4 * _pool.ThreadCount) + PanelRowAlign - 1) / PanelRowAlign * PanelRowAlign);
         _panelRows = tokens == 1 ? 16 : Math.Min(byCache, byBalance);
+        _panelRows = (_panelRows + w.Type.InterleavedRows() - 1) / w.Type.InterleavedRows() * w.Type.InterleavedRows();
         int panels = (w.Rows + _panelRows - 1) / _panelRows;
         if ((long)tokens * w.Rows * w.Columns < ParallelThreshold) Execute(0, panels, 0);
         else _pool.Run(this, panels);
     }
 
     /// <summary>Whether the current weights go through <see cref="BlockDot"/>.</summary>
-    private bool IntegerDots => BlockDot.IsSupported && BlockDot.Handles(_w.Type);
+    private bool IntegerDots => BlockDot.IsSupported && (BlockDot.Handles(_w.Type) || InterleavedDot.Handles(_w.Type));
 
     /// <inheritdoc />
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -166,6 +167,16 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         byte* w = (byte*)_w.Data;
         long rowBytes = _w.Type.BytesFor(_w.Columns);
         int n = _w.Rows;
+        if (InterleavedDot.Handles(_w.Type))
+        {
+            // rowStart is a multiple of 8 (panels are): whole groups of eight interleaved rows.
+            for (int r = rowStart; r < rowEnd; r += 8)
+            {
+                if (_tokens == 1 && r + 16 <= rowEnd) Prefetch(w + (r + 8) * rowBytes, 8 * rowBytes);
+                InterleavedDot.Group(_w.Type, w + r * rowBytes, _activations, 0, _tokens, _y + r, n);
+            }
+            return;
+        }
         for (int r = rowStart; r < rowEnd; r++)
         {
             if (_tokens == 1 && r + PrefetchRows < rowEnd) Prefetch(w + (r + PrefetchRows) * rowBytes, rowBytes);

@@ -78,7 +78,15 @@ public static class GgufReader
                 {
                     if (type == DType.F16) FiniteHalves.Require(path, name, data, (long)rows * columns);
                     if (type.IsBlockQuantised()) BlockQuantisation.RequireFiniteScales(type, path, name, data, bytes / type.BlockBytes());
-                    tensors[name] = new WeightTensor(name, type, rows, columns, data);
+                    if (type.Interleaved() is DType interleaved && rows % 8 == 0)
+                    {
+                        // Reordered once so one integer multiply-add serves eight rows (InterleavedRows); the file's pages are not read again.
+                        var reordered = new NativeBuffer<byte>(interleaved.BytesFor((long)rows * columns));
+                        owners.Add(reordered);
+                        InterleavedRows.Interleave(type, data, rows, columns, reordered.Pointer);
+                        tensors[name] = new WeightTensor(name, interleaved, rows, columns, reordered.Pointer);
+                    }
+                    else tensors[name] = new WeightTensor(name, type, rows, columns, data);
                 }
             }
 

@@ -1,0 +1,182 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using KvPacket.Core.Checkpoints;
+using KvPacket.Core.Memory;
+
+namespace KvPacket.Compute.Cpu;
+
+/// <summary>
+/// Eight interleaved rows (<see cref="InterleavedRows"/>) against one token, or against four tokens sharing the rows'
+/// unpacked levels, of <see cref="QuantisedActivations"/>: each 32-value block is eight integer multiply-adds whose
+/// 32-bit lanes are the eight rows (AVX-VNNI <c>vpdpbusd</c>, or AVX2 <c>vpmaddubsw</c> + <c>vpmaddwd</c>), then one
+/// f32 multiply-add by the rows' scales times the token's step. Every lane (row) sees the same f32 operations in the
+/// same order whichever kernel ran it, so a token's result does not depend on its batch. Needs AVX2.
+/// </summary>
+[SkipLocalsInit]
+public static unsafe class InterleavedDot
+{
+    /// <summary>Whether <paramref name="type"/> is an interleaved layout dotted here.</summary>
+    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8;
+
+    /// <summary>y[0..8) (stride <paramref name="stride"/> between tokens) for tokens [<paramref name="t0"/>, <paramref name="t1"/>) against the eight rows of <paramref name="group"/>.</summary>
+    public static void Group(DType type, byte* group, QuantisedActivations x, int t0, int t1, float* y, long stride)
+    {
+        int t = t0;
+        if (type == DType.Q4_0x8)
+        {
+            for (; t <= t1 - 4; t += 4) Q4_0Tokens4(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) Q4_0Token(group, x, t).Store(y + t * stride);
+        }
+        else
+        {
+            for (; t <= t1 - 4; t += 4) Q4_KTokens4(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) Q4_KToken(group, x, t).Store(y + t * stride);
+        }
+    }
+
+    private static Vector256<float> Q4_0Token(byte* group, QuantisedActivations x, int t)
+    {
+        sbyte* xq = x.Values(t);
+        float* steps = x.Steps(t), sums = x.Sums(t);
+        Vector256<float> acc = default, offset = default;
+        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
+        {
+            var d = Halves(group);
+            var levels = new Levels(group + 16);
+            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), d * steps[b], acc);
+            offset = Vector256.FusedMultiplyAdd(d, Vector256.Create(sums[2 * b] + sums[2 * b + 1]), offset);
+        }
+        return acc - offset * 8;
+    }
+
+    private static void Q4_0Tokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    {
+        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
+        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
+        float* su0 = x.Sums(t), su1 = x.Sums(t + 1), su2 = x.Sums(t + 2), su3 = x.Sums(t + 3);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
+        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
+        {
+            var d = Halves(group);
+            var levels = new Levels(group + 16);
+            int at = 32 * b;
+            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at)), d * st0[b], a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), d * st1[b], a1);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), d * st2[b], a2);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), d * st3[b], a3);
+            o0 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su0[2 * b] + su0[2 * b + 1]), o0);
+            o1 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su1[2 * b] + su1[2 * b + 1]), o1);
+            o2 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su2[2 * b] + su2[2 * b + 1]), o2);
+            o3 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su3[2 * b] + su3[2 * b + 1]), o3);
+        }
+        (a0 - o0 * 8).Store(y); (a1 - o1 * 8).Store(y + stride); (a2 - o2 * 8).Store(y + 2 * stride); (a3 - o3 * 8).Store(y + 3 * stride);
+    }
+
+    private static Vector256<float> Q4_KToken(byte* group, QuantisedActivations x, int t)
+    {
+        sbyte* xq = x.Values(t);
+        float* steps = x.Steps(t), sums = x.Sums(t);
+        Vector256<float> acc = default, offset = default;
+        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
+        {
+            var d = Halves(group);
+            var dMin = Halves(group + InterleavedRows.Q4_KMinScalesOffset);
+            for (int j = 0; j < 8; j++)
+            {
+                var (scale, min) = SubBlockScales(group, j, d, dMin);
+                var levels = new Levels(group + InterleavedRows.Q4_KLevelsOffset + 128 * j);
+                int b = 8 * s + j;
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), scale * steps[b], acc);
+                offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(sums[2 * b] + sums[2 * b + 1]), offset);
+            }
+        }
+        return acc - offset;
+    }
+
+    private static void Q4_KTokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    {
+        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
+        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
+        float* su0 = x.Sums(t), su1 = x.Sums(t + 1), su2 = x.Sums(t + 2), su3 = x.Sums(t + 3);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
+        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
+        {
+            var d = Halves(group);
+            var dMin = Halves(group + InterleavedRows.Q4_KMinScalesOffset);
+            for (int j = 0; j < 8; j++)
+            {
+                var (scale, min) = SubBlockScales(group, j, d, dMin);
+                var levels = new Levels(group + InterleavedRows.Q4_KLevelsOffset + 128 * j);
+                int b = 8 * s + j, at = 32 * b;
+                a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at)), scale * st0[b], a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), scale * st1[b], a1);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), scale * st2[b], a2);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), scale * st3[b], a3);
+                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su0[2 * b] + su0[2 * b + 1]), o0);
+                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su1[2 * b] + su1[2 * b + 1]), o1);
+                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su2[2 * b] + su2[2 * b + 1]), o2);
+                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su3[2 * b] + su3[2 * b + 1]), o3);
+            }
+        }
+        (a0 - o0).Store(y); (a1 - o1).Store(y + stride); (a2 - o2).Store(y + 2 * stride); (a3 - o3).Store(y + 3 * stride);
+    }
+
+    /// <summary>Sub-block <paramref name="j"/>'s eight rows' d·scale and dmin·min.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<float> Scale, Vector256<float> Min) SubBlockScales(byte* group, int j, Vector256<float> d, Vector256<float> dMin) =>
+        (d * Vector256.ConvertToSingle(Bytes(group + InterleavedRows.Q4_KScalesOffset + 8 * j)),
+         dMin * Vector256.ConvertToSingle(Bytes(group + InterleavedRows.Q4_KMinsOffset + 8 * j)));
+
+    /// <summary>Eight bytes widened to int32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Bytes(byte* p) => Avx2.ConvertToVector256Int32(Vector128.CreateScalar(*(long*)p).AsByte());
+
+    /// <summary>Eight f16 values widened exactly (the integer move of <see cref="Dot"/>, then × 2^112; scales are checked finite at load).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Halves(byte* p)
+    {
+        var bits = Vector256.WidenLower(Vector128.Load((short*)p).ToVector256());
+        return ((bits << 13) & Vector256.Create(unchecked((int)0x8FFF_FFFF))).AsSingle() * Vector256.Create(5.1922968585348276e33f);
+    }
+
+    /// <summary>One interleaved 32-value block of eight rows, unpacked once: chunk k's low and high nibbles.</summary>
+    private readonly struct Levels
+    {
+        private readonly Vector256<byte> _l0, _l1, _l2, _l3, _h0, _h1, _h2, _h3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Levels(byte* block)
+        {
+            var mask = Vector256.Create((byte)0xF);
+            var c0 = Vector256.Load(block); var c1 = Vector256.Load(block + 32);
+            var c2 = Vector256.Load(block + 64); var c3 = Vector256.Load(block + 96);
+            _l0 = c0 & mask; _l1 = c1 & mask; _l2 = c2 & mask; _l3 = c3 & mask;
+            _h0 = (c0.AsUInt16() >> 4).AsByte() & mask; _h1 = (c1.AsUInt16() >> 4).AsByte() & mask;
+            _h2 = (c2.AsUInt16() >> 4).AsByte() & mask; _h3 = (c3.AsUInt16() >> 4).AsByte() & mask;
+        }
+
+        /// <summary>The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (four independent chains).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* x)
+        {
+            var s0 = Add(Vector256<int>.Zero, _l0, Broadcast(x));
+            var s1 = Add(Vector256<int>.Zero, _l1, Broadcast(x + 4));
+            var s2 = Add(Vector256<int>.Zero, _l2, Broadcast(x + 8));
+            var s3 = Add(Vector256<int>.Zero, _l3, Broadcast(x + 12));
+            s0 = Add(s0, _h0, Broadcast(x + 16));
+            s1 = Add(s1, _h1, Broadcast(x + 20));
+            s2 = Add(s2, _h2, Broadcast(x + 24));
+            s3 = Add(s3, _h3, Broadcast(x + 28));
+            return (s0 + s1) + (s2 + s3);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
+            ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
+            : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
+    }
+}
