@@ -38,7 +38,7 @@ public static unsafe class BlockDot
     public static float Q4_0(byte* row, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.Sums(t);
+        float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> even = default, odd = default;
         float offset = 0;
         int blocks = x.Columns / 32;
@@ -50,7 +50,7 @@ public static unsafe class BlockDot
             var term = Vector256.ConvertToSingle(Products(levels, Vector256.Load(xq + 32 * b)));
             if ((b & 1) == 0) even = Vector256.FusedMultiplyAdd(term, Vector256.Create(d * steps[b]), even);
             else odd = Vector256.FusedMultiplyAdd(term, Vector256.Create(d * steps[b]), odd);
-            offset += 8 * d * (sums[2 * b] + sums[2 * b + 1]);
+            offset += 8 * d * sums[b];
         }
         return Vector256.Sum(even + odd) - offset;
     }
@@ -59,7 +59,7 @@ public static unsafe class BlockDot
     public static float Q4_K(byte* row, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.Sums(t);
+        float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> even = default, odd = default;
         float offset = 0;
         int superBlocks = x.Columns / 256;
@@ -75,7 +75,7 @@ public static unsafe class BlockDot
                 var (sc1, m1) = KQuantScales.Get(scales, 2 * c + 1);
                 even = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(LowNibbles(packed), Vector256.Load(xq + 32 * j))), Vector256.Create(d * sc0 * steps[j]), even);
                 odd = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(HighNibbles(packed), Vector256.Load(xq + 32 * j + 32))), Vector256.Create(d * sc1 * steps[j + 1]), odd);
-                offset += dMin * (m0 * (sums[2 * j] + sums[2 * j + 1]) + m1 * (sums[2 * j + 2] + sums[2 * j + 3]));
+                offset += dMin * (m0 * sums[j] + m1 * sums[j + 1]);
             }
         }
         return Vector256.Sum(even + odd) - offset;
@@ -85,7 +85,7 @@ public static unsafe class BlockDot
     public static float Q5_K(byte* row, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.Sums(t);
+        float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> even = default, odd = default;
         float offset = 0;
         int superBlocks = x.Columns / 256;
@@ -104,7 +104,7 @@ public static unsafe class BlockDot
                 var hi = HighNibbles(packed) | FifthBit(high, 2 * c + 1);
                 even = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(lo, Vector256.Load(xq + 32 * j))), Vector256.Create(d * sc0 * steps[j]), even);
                 odd = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(hi, Vector256.Load(xq + 32 * j + 32))), Vector256.Create(d * sc1 * steps[j + 1]), odd);
-                offset += dMin * (m0 * (sums[2 * j] + sums[2 * j + 1]) + m1 * (sums[2 * j + 2] + sums[2 * j + 3]));
+                offset += dMin * (m0 * sums[j] + m1 * sums[j + 1]);
             }
         }
         return Vector256.Sum(even + odd) - offset;

@@ -38,14 +38,14 @@ public static unsafe class InterleavedDot
     private static Vector256<float> Q4_0Token(byte* group, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.Sums(t);
+        float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> acc = default, offset = default;
         for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
         {
             var d = Halves(group);
             var levels = new Levels(group + 16);
             acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), d * steps[b], acc);
-            offset = Vector256.FusedMultiplyAdd(d, Vector256.Create(sums[2 * b] + sums[2 * b + 1]), offset);
+            offset = Vector256.FusedMultiplyAdd(d, Vector256.Create(sums[b]), offset);
         }
         return acc - offset * 8;
     }
@@ -54,7 +54,7 @@ public static unsafe class InterleavedDot
     {
         sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
         float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        float* su0 = x.Sums(t), su1 = x.Sums(t + 1), su2 = x.Sums(t + 2), su3 = x.Sums(t + 3);
+        float* su0 = x.BlockSums(t), su1 = x.BlockSums(t + 1), su2 = x.BlockSums(t + 2), su3 = x.BlockSums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
         for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
         {
@@ -65,10 +65,10 @@ public static unsafe class InterleavedDot
             a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), d * st1[b], a1);
             a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), d * st2[b], a2);
             a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), d * st3[b], a3);
-            o0 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su0[2 * b] + su0[2 * b + 1]), o0);
-            o1 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su1[2 * b] + su1[2 * b + 1]), o1);
-            o2 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su2[2 * b] + su2[2 * b + 1]), o2);
-            o3 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su3[2 * b] + su3[2 * b + 1]), o3);
+            o0 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su0[b]), o0);
+            o1 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su1[b]), o1);
+            o2 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su2[b]), o2);
+            o3 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su3[b]), o3);
         }
         (a0 - o0 * 8).Store(y); (a1 - o1 * 8).Store(y + stride); (a2 - o2 * 8).Store(y + 2 * stride); (a3 - o3 * 8).Store(y + 3 * stride);
     }
@@ -76,7 +76,7 @@ public static unsafe class InterleavedDot
     private static Vector256<float> Q4_KToken(byte* group, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.Sums(t);
+        float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> acc = default, offset = default;
         for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
         {
@@ -88,7 +88,7 @@ public static unsafe class InterleavedDot
                 var levels = new Levels(group + InterleavedRows.Q4_KLevelsOffset + 128 * j);
                 int b = 8 * s + j;
                 acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), scale * steps[b], acc);
-                offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(sums[2 * b] + sums[2 * b + 1]), offset);
+                offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(sums[b]), offset);
             }
         }
         return acc - offset;
@@ -98,7 +98,7 @@ public static unsafe class InterleavedDot
     {
         sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
         float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        float* su0 = x.Sums(t), su1 = x.Sums(t + 1), su2 = x.Sums(t + 2), su3 = x.Sums(t + 3);
+        float* su0 = x.BlockSums(t), su1 = x.BlockSums(t + 1), su2 = x.BlockSums(t + 2), su3 = x.BlockSums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
         for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
         {
@@ -113,10 +113,10 @@ public static unsafe class InterleavedDot
                 a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), scale * st1[b], a1);
                 a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), scale * st2[b], a2);
                 a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), scale * st3[b], a3);
-                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su0[2 * b] + su0[2 * b + 1]), o0);
-                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su1[2 * b] + su1[2 * b + 1]), o1);
-                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su2[2 * b] + su2[2 * b + 1]), o2);
-                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su3[2 * b] + su3[2 * b + 1]), o3);
+                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su0[b]), o0);
+                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su1[b]), o1);
+                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su2[b]), o2);
+                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su3[b]), o3);
             }
         }
         (a0 - o0).Store(y); (a1 - o1).Store(y + stride); (a2 - o2).Store(y + 2 * stride); (a3 - o3).Store(y + 3 * stride);
@@ -156,19 +156,19 @@ public static unsafe class InterleavedDot
             _h2 = (c2.AsUInt16() >> 4).AsByte() & mask; _h3 = (c3.AsUInt16() >> 4).AsByte() & mask;
         }
 
-        /// <summary>The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (four independent chains).</summary>
+        /// <summary>The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (two independent chains).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Vector256<int> Dot(sbyte* x)
         {
             var s0 = Add(Vector256<int>.Zero, _l0, Broadcast(x));
-            var s1 = Add(Vector256<int>.Zero, _l1, Broadcast(x + 4));
-            var s2 = Add(Vector256<int>.Zero, _l2, Broadcast(x + 8));
-            var s3 = Add(Vector256<int>.Zero, _l3, Broadcast(x + 12));
-            s0 = Add(s0, _h0, Broadcast(x + 16));
+            var s1 = Add(Vector256<int>.Zero, _h0, Broadcast(x + 16));
+            s0 = Add(s0, _l1, Broadcast(x + 4));
             s1 = Add(s1, _h1, Broadcast(x + 20));
-            s2 = Add(s2, _h2, Broadcast(x + 24));
-            s3 = Add(s3, _h3, Broadcast(x + 28));
-            return (s0 + s1) + (s2 + s3);
+            s0 = Add(s0, _l2, Broadcast(x + 8));
+            s1 = Add(s1, _h2, Broadcast(x + 24));
+            s0 = Add(s0, _l3, Broadcast(x + 12));
+            s1 = Add(s1, _h3, Broadcast(x + 28));
+            return s0 + s1;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -1,12 +1,14 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using KvPacket.Core.Memory;
 
 namespace KvPacket.Compute.Cpu;
 
 /// <summary>
-/// Activations rounded per block of 32 to int8 with one f32 step each (step = max|x| / 127), as the integer block dots
-/// read them, and each 16 values' sum times its step. Per token: <c>Columns</c> sbytes, <c>Columns/32</c> steps,
-/// <c>Columns/16</c> sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
+/// Activations rounded per block of 32 to int8 with one f32 step each (step = max|x| / 127, levels rounded half to
+/// even), as the integer block dots read them, and the sums of each 16 and each 32 levels times their step. Per token:
+/// <c>Columns</c> sbytes, <c>Columns/32</c> steps, <c>Columns/16</c> and <c>Columns/32</c> sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class QuantisedActivations : IDisposable
@@ -18,7 +20,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
     public int Columns => _columns;
 
     /// <summary>Bytes one token takes.</summary>
-    private static long TokenBytes(int columns) => columns + columns / 32 * 4L + columns / 16 * 4L;
+    private static long TokenBytes(int columns) => columns + columns / 32 * 8L + columns / 16 * 4L;
 
     /// <summary>Rounds <paramref name="tokens"/> rows of <paramref name="x"/> (<paramref name="columns"/> each, a multiple of 32).</summary>
     public void Quantise(float* x, int tokens, int columns)
@@ -44,6 +46,9 @@ public sealed unsafe class QuantisedActivations : IDisposable
     /// <summary>Token <paramref name="t"/>'s sums per 16 values (Σ q times the block's step).</summary>
     public float* Sums(int t) => (float*)(Base(t) + _columns) + _columns / 32;
 
+    /// <summary>Token <paramref name="t"/>'s sums per block of 32 (Σ q times the block's step).</summary>
+    public float* BlockSums(int t) => Sums(t) + _columns / 16;
+
     private byte* Base(int t) => (uint)t < (uint)_tokens
         ? _buffer!.Pointer + t * TokenBytes(_columns)
         : throw new ArgumentOutOfRangeException(nameof(t));
@@ -51,26 +56,52 @@ public sealed unsafe class QuantisedActivations : IDisposable
     private void QuantiseToken(float* x, int t)
     {
         sbyte* q = Values(t);
-        float* steps = Steps(t), sums = Sums(t);
+        float* steps = Steps(t), sums = Sums(t), blockSums = BlockSums(t);
         for (int b = 0; b < _columns / 32; b++)
         {
             float* block = x + 32 * b;
-            float max = 0;
-            for (int i = 0; i < 32; i++) max = MathF.Max(max, MathF.Abs(block[i]));
+            float max = Avx512F.IsSupported ? AbsMax(block) : ScalarAbsMax(block);
             float step = max / 127, inverse = max == 0 ? 0 : 127 / max;
             steps[b] = step;
-            for (int half = 0; half < 2; half++)
+            int lower, upper;
+            if (Avx512F.IsSupported)
             {
-                int sum = 0;
-                for (int i = 16 * half; i < 16 * half + 16; i++)
+                // Round is to nearest even, as MathF.Round; the levels fit a byte, so truncating the int32 lanes is exact.
+                var l0 = Vector512.ConvertToInt32(Vector512.Round(Vector512.Load(block) * inverse));
+                var l1 = Vector512.ConvertToInt32(Vector512.Round(Vector512.Load(block + 16) * inverse));
+                Avx512F.ConvertToVector128SByte(l0).Store(q + 32 * b);
+                Avx512F.ConvertToVector128SByte(l1).Store(q + 32 * b + 16);
+                lower = Vector512.Sum(l0);
+                upper = Vector512.Sum(l1);
+            }
+            else
+            {
+                lower = upper = 0;
+                for (int i = 0; i < 32; i++)
                 {
                     int level = (int)MathF.Round(block[i] * inverse);
                     q[32 * b + i] = (sbyte)level;
-                    sum += level;
+                    if (i < 16) lower += level; else upper += level;
                 }
-                sums[2 * b + half] = sum * step;
             }
+            sums[2 * b] = lower * step;
+            sums[2 * b + 1] = upper * step;
+            blockSums[b] = (lower + upper) * step;
         }
+    }
+
+    private static float AbsMax(float* block)
+    {
+        var m = Vector512.Max(Vector512.Abs(Vector512.Load(block)), Vector512.Abs(Vector512.Load(block + 16)));
+        var m128 = Vector128.Max(Vector256.Max(m.GetLower(), m.GetUpper()).GetLower(), Vector256.Max(m.GetLower(), m.GetUpper()).GetUpper());
+        return MathF.Max(MathF.Max(m128[0], m128[1]), MathF.Max(m128[2], m128[3]));
+    }
+
+    private static float ScalarAbsMax(float* block)
+    {
+        float max = 0;
+        for (int i = 0; i < 32; i++) max = MathF.Max(max, MathF.Abs(block[i]));
+        return max;
     }
 
     /// <inheritdoc />
