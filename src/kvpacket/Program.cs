@@ -10,6 +10,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     GenerateCommand.Create(),
     DemoCommand.Create(),
     SynthCommand.Create(),
+    QuantizeCommand.Create(),
     BenchCommand.Create(),
     InspectCommand.Create(),
     TokenizeCommand.Create(),

@@ -172,7 +172,6 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             // rowStart is a multiple of 8 (panels are): whole groups of eight interleaved rows.
             for (int r = rowStart; r < rowEnd; r += 8)
             {
-                if (_tokens == 1 && r + 16 <= rowEnd) Prefetch(w + (r + 8) * rowBytes, 8 * rowBytes);
                 InterleavedDot.Group(_w.Type, w + r * rowBytes, _activations, 0, _tokens, _y + r, n);
             }
             return;
