@@ -83,7 +83,7 @@ public class RoundTripTests
     }
 
     [Fact]
-    public void Q8_0_GGUF_is_used_as_stored_and_runs_bit_for_bit_as_its_dequantised_weights()
+    public void Q8_0_GGUF_is_used_as_stored_and_matches_its_dequantised_weights()
     {
         using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
@@ -92,10 +92,13 @@ public class RoundTripTests
         CheckpointExporter.WriteGguf(gguf, widened, DType.F32);
         using var dequantised = CheckpointLoader.Load(widened);
 
-        Assert.Equal(DType.Q8_0, gguf.Layers[0].Query.Type);   // the file's blocks, not widened
-        Assert.Equal(DType.F16, gguf.Layers[0].Down.Type);     // 172 columns: not whole q8_0 blocks, written as f16
-        AssertSameLogits(dequantised, gguf, 0);                // the kernels read each weight as exactly its dequantised value
-        AssertSameLogits(original, gguf, 4.0);                 // 8-bit weights on a 260K model: lossy, not broken
+        Assert.Equal(DType.Q8_0x8, gguf.Layers[0].Query.Type);  // the file's blocks, eight rows interleaved, not widened
+        Assert.Equal(DType.F16, gguf.Layers[0].Down.Type);      // 172 columns: not whole q8_0 blocks, written as f16
+        // The int8 rounding of the activations (as llama.cpp's q8_0 × q8_0) costs this 260K model about what its 8-bit
+        // weights cost it: measured 2.93 from the dequantised weights in f32, 3.83 from the f32 model (the dequantised
+        // weights alone: 2.22), logits over ±14.5. The 256-wide models of the k-quant tests stay within 0.07.
+        AssertSameLogits(dequantised, gguf, 4.0);
+        AssertSameLogits(original, gguf, 5.5);
     }
 
     /// <summary>

@@ -17,7 +17,7 @@ namespace KvPacket.Compute.Cpu;
 public static unsafe class InterleavedDot
 {
     /// <summary>Whether <paramref name="type"/> is an interleaved layout dotted here.</summary>
-    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8;
+    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8;
 
     /// <summary>y[0..8) (stride <paramref name="stride"/> between tokens) for tokens [<paramref name="t0"/>, <paramref name="t1"/>) against the eight rows of <paramref name="group"/>.</summary>
     public static void Group(DType type, byte* group, QuantisedActivations x, int t0, int t1, float* y, long stride)
@@ -27,6 +27,11 @@ public static unsafe class InterleavedDot
         {
             for (; t <= t1 - 4; t += 4) Q4_0Tokens4(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) Q4_0Token(group, x, t).Store(y + t * stride);
+        }
+        else if (type == DType.Q8_0x8)
+        {
+            for (; t <= t1 - 4; t += 4) Q8_0Tokens4(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) Q8_0Token(group, x, t).Store(y + t * stride);
         }
         else
         {
@@ -72,6 +77,39 @@ public static unsafe class InterleavedDot
             o3 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su3[b]), o3);
         }
         (a0 - o0 * 8).Store(y); (a1 - o1 * 8).Store(y + stride); (a2 - o2 * 8).Store(y + 2 * stride); (a3 - o3 * 8).Store(y + 3 * stride);
+    }
+
+    private static Vector256<float> Q8_0Token(byte* group, QuantisedActivations x, int t)
+    {
+        sbyte* xq = x.Values(t);
+        float* steps = x.Steps(t);
+        int* levelSums = x.LevelSums(t);
+        Vector256<float> acc = default;
+        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q8_0GroupBlockBytes)
+        {
+            Ahead(group, InterleavedRows.Q8_0GroupBlockBytes);
+            var d = Halves(group);
+            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, xq + 32 * b, levelSums[b])), d * steps[b], acc);
+        }
+        return acc;
+    }
+
+    private static void Q8_0Tokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    {
+        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
+        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
+        int* ls0 = x.LevelSums(t), ls1 = x.LevelSums(t + 1), ls2 = x.LevelSums(t + 2), ls3 = x.LevelSums(t + 3);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q8_0GroupBlockBytes)
+        {
+            var d = Halves(group);
+            int at = 32 * b;
+            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x0 + at, ls0[b])), d * st0[b], a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x1 + at, ls1[b])), d * st1[b], a1);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x2 + at, ls2[b])), d * st2[b], a2);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x3 + at, ls3[b])), d * st3[b], a3);
+        }
+        a0.Store(y); a1.Store(y + stride); a2.Store(y + 2 * stride); a3.Store(y + 3 * stride);
     }
 
     private static Vector256<float> Q4_KToken(byte* group, QuantisedActivations x, int t)
@@ -157,6 +195,41 @@ public static unsafe class InterleavedDot
         return ((bits << 13) & Vector256.Create(unchecked((int)0x8FFF_FFFF))).AsSingle() * Vector256.Create(5.1922968585348276e33f);
     }
 
+    /// <summary>An interleaved q8_0 block of eight rows (eight 32-byte chunks of levels + 128) against 32 activation levels.</summary>
+    private static class Bytes8
+    {
+        /// <summary>
+        /// The eight rows' exact Σ level·x: with VNNI, Σ (level + 128)·x less 128·Σx (<paramref name="levelSum"/>); with
+        /// AVX2 alone, |level| times x carrying level's sign (<c>vpsignb</c>), which <c>vpmaddubsw</c> cannot saturate.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(byte* chunks, sbyte* x, int levelSum)
+        {
+            if (AvxVnni.IsSupported)
+            {
+                var s0 = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(chunks), Broadcast(x));
+                var s1 = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load(chunks + 32), Broadcast(x + 4));
+                for (int k = 2; k < 8; k += 2)
+                {
+                    s0 = AvxVnni.MultiplyWideningAndAdd(s0, Vector256.Load(chunks + 32 * k), Broadcast(x + 4 * k));
+                    s1 = AvxVnni.MultiplyWideningAndAdd(s1, Vector256.Load(chunks + 32 * k + 32), Broadcast(x + 4 * k + 4));
+                }
+                return s0 + s1 - Vector256.Create(128 * levelSum);
+            }
+            var sum = Vector256<int>.Zero;
+            for (int k = 0; k < 8; k++)
+            {
+                var level = (Vector256.Load(chunks + 32 * k) ^ Vector256.Create((byte)0x80)).AsSByte();
+                var products = Avx2.MultiplyAddAdjacent(Avx2.Abs(level), Avx2.Sign(Broadcast(x + 4 * k), level));
+                sum += Avx2.MultiplyAddAdjacent(products, Vector256.Create((short)1));
+            }
+            return sum;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
     /// <summary>One interleaved 32-value block of eight rows, unpacked once: chunk k's low and high nibbles.</summary>
     private readonly struct Levels
     {
@@ -187,9 +260,6 @@ public static unsafe class InterleavedDot
             s1 = Add(s1, _h3, Broadcast(x + 28));
             return s0 + s1;
         }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported

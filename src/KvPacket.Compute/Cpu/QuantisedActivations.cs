@@ -8,7 +8,7 @@ namespace KvPacket.Compute.Cpu;
 /// <summary>
 /// Activations rounded per block of 32 to int8 with one f32 step each (step = max|x| / 127, levels rounded half to
 /// even), as the integer block dots read them, and the sums of each 16 and each 32 levels times their step. Per token:
-/// <c>Columns</c> sbytes, <c>Columns/32</c> steps, <c>Columns/16</c> and <c>Columns/32</c> sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
+/// <c>Columns</c> sbytes, <c>Columns/32</c> steps, <c>Columns/16</c> and <c>Columns/32</c> sums, <c>Columns/32</c> integer level sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class QuantisedActivations : IDisposable
@@ -20,7 +20,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
     public int Columns => _columns;
 
     /// <summary>Bytes one token takes.</summary>
-    private static long TokenBytes(int columns) => columns + columns / 32 * 8L + columns / 16 * 4L;
+    private static long TokenBytes(int columns) => columns + columns / 32 * 12L + columns / 16 * 4L;
 
     /// <summary>Rounds <paramref name="tokens"/> rows of <paramref name="x"/> (<paramref name="columns"/> each, a multiple of 32).</summary>
     public void Quantise(float* x, int tokens, int columns)
@@ -49,6 +49,9 @@ public sealed unsafe class QuantisedActivations : IDisposable
     /// <summary>Token <paramref name="t"/>'s sums per block of 32 (Σ q times the block's step).</summary>
     public float* BlockSums(int t) => Sums(t) + _columns / 16;
 
+    /// <summary>Token <paramref name="t"/>'s Σ q per block of 32, as integers.</summary>
+    public int* LevelSums(int t) => (int*)(BlockSums(t) + _columns / 32);
+
     private byte* Base(int t) => (uint)t < (uint)_tokens
         ? _buffer!.Pointer + t * TokenBytes(_columns)
         : throw new ArgumentOutOfRangeException(nameof(t));
@@ -57,6 +60,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
     {
         sbyte* q = Values(t);
         float* steps = Steps(t), sums = Sums(t), blockSums = BlockSums(t);
+        int* levelSums = LevelSums(t);
         for (int b = 0; b < _columns / 32; b++)
         {
             float* block = x + 32 * b;
@@ -87,6 +91,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
             sums[2 * b] = lower * step;
             sums[2 * b + 1] = upper * step;
             blockSums[b] = (lower + upper) * step;
+            levelSums[b] = lower + upper;
         }
     }
 

@@ -3,12 +3,15 @@ using KvPacket.Core.Memory;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// q4_0 and q4_K rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight at a
-/// time, and each 32-value block of the eight becomes 128 bytes where 32-bit lane i (bytes 4i..4i+3 of each 32-byte
-/// chunk k) holds row i's values 4k..4k+3 in its low nibbles and 16+4k..16+4k+3 in its high nibbles. Multiplying that
-/// chunk's nibbles by the activation's four values broadcast to every lane sums eight rows at once, with no
-/// horizontal additions; the rows' scales sit together as vectors.
+/// q4_0, q4_K and q8_0 rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight
+/// at a time, and each 32-value block of the eight becomes 32-byte chunks where 32-bit lane i (bytes 4i..4i+3) holds
+/// four consecutive values of row i — for 4-bit levels chunk k holds values 4k..4k+3 in its low nibbles and
+/// 16+4k..16+4k+3 in its high nibbles (128 bytes), for q8_0 chunk k holds values 4k..4k+3 (256 bytes). Multiplying a
+/// chunk by the activation's four values broadcast to every lane sums eight rows at once, with no horizontal
+/// additions; the rows' scales sit together as vectors.
 /// <list type="bullet">
+/// <item>q8_0 → <see cref="DType.Q8_0x8"/>: per block, eight f16 d, then the 256 level bytes, each stored as level + 128
+/// (unsigned, as <c>vpdpbusd</c> takes it; 272 bytes = 8 × 34).</item>
 /// <item>q4_0 → <see cref="DType.Q4_0x8"/>: per block, eight f16 d, then the 128 level bytes (144 bytes = 8 × 18).</item>
 /// <item>q4_K → <see cref="DType.Q4_Kx8"/>: per super-block, eight f16 d, eight f16 dmin, the 8 × 8 sub-block scales as
 /// bytes (sub-block-major), the 8 × 8 mins likewise, then the eight sub-blocks' 128 level bytes (1,184 bytes = 8 × 148,
@@ -19,6 +22,8 @@ public static unsafe class InterleavedRows
 {
     /// <summary>Bytes of one q4_0 group block (eight rows × 32 values).</summary>
     public const int Q4_0GroupBlockBytes = 8 * Q4_0.BlockBytes;
+    /// <summary>Bytes of one q8_0 group block (eight rows × 32 values).</summary>
+    public const int Q8_0GroupBlockBytes = 8 * Q8_0.BlockBytes;
     /// <summary>Bytes of one q4_K group super-block (eight rows × 256 values).</summary>
     public const int Q4_KGroupBlockBytes = 8 * 148;
     /// <summary>Offset of the q4_K group's dmin values.</summary>
@@ -30,7 +35,7 @@ public static unsafe class InterleavedRows
     /// <summary>Offset of the q4_K group's levels (8 sub-blocks × 128 bytes).</summary>
     public const int Q4_KLevelsOffset = 160;
 
-    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0 or q4_K) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
     public static void Interleave(DType type, byte* source, int rows, int columns, byte* destination)
     {
         if (rows % 8 != 0) throw new ArgumentException($"{rows} rows are not whole groups of 8.", nameof(rows));
@@ -39,7 +44,7 @@ public static unsafe class InterleavedRows
         Span<byte> levels = stackalloc byte[256];
         for (int g = 0; g < rows / 8; g++)
         {
-            byte* group = destination + g * 8 * (type == DType.Q4_0 ? rowBytes : DType.Q4_Kx8.BytesFor(columns));
+            byte* group = destination + g * 8 * (type == DType.Q4_K ? DType.Q4_Kx8.BytesFor(columns) : rowBytes);
             for (int b = 0; b < blocks; b++)
                 for (int i = 0; i < 8; i++)
                 {
@@ -50,6 +55,12 @@ public static unsafe class InterleavedRows
                         ((ushort*)target)[i] = *(ushort*)block;
                         for (int v = 0; v < 32; v++) levels[v] = (byte)(v < 16 ? block[2 + v] & 0xF : block[2 + v - 16] >> 4);
                         PutLevels(levels, i, target + 16);
+                    }
+                    else if (type == DType.Q8_0)
+                    {
+                        byte* target = group + (long)b * Q8_0GroupBlockBytes;
+                        ((ushort*)target)[i] = *(ushort*)block;
+                        for (int v = 0; v < 32; v++) target[16 + 32 * (v / 4) + 4 * i + v % 4] = (byte)(block[2 + v] ^ 0x80);
                     }
                     else if (type == DType.Q4_K)
                     {
@@ -67,7 +78,7 @@ public static unsafe class InterleavedRows
                             PutLevels(levels[..32], i, target + Q4_KLevelsOffset + 128 * j);
                         }
                     }
-                    else throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0 and q4_K are interleaved");
+                    else throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0, q4_K and q8_0 are interleaved");
                 }
         }
     }
@@ -86,6 +97,16 @@ public static unsafe class InterleavedRows
                 float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)block)[i]);
                 GetLevels(block + 16, i, levels);
                 for (int v = 0; v < 32; v++) destination[32 * b + v] = d * (levels[v] - 8);
+            }
+        }
+        else if (type == DType.Q8_0x8)
+        {
+            byte* group = data + (long)g * 8 * type.BytesFor(columns);
+            for (int b = 0; b < columns / 32; b++)
+            {
+                byte* block = group + (long)b * Q8_0GroupBlockBytes;
+                float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)block)[i]);
+                for (int v = 0; v < 32; v++) destination[32 * b + v] = d * (sbyte)(block[16 + 32 * (v / 4) + 4 * i + v % 4] ^ 0x80);
             }
         }
         else if (type == DType.Q4_Kx8)
