@@ -120,14 +120,7 @@ public class GgufInteropTests
     {
         using var temp = Fixtures.TempDirectory();
         var original = SentencePieceTokenizer.Load(Fixtures.PathOf("llama2-tokenizer/tokenizer.model"));
-        string gguf = Path.Combine(temp.Path, "vocab.gguf");
-        var metadata = new List<KeyValuePair<string, object>>
-        {
-            new("general.architecture", "llama"), new("llama.context_length", 4096u), new("llama.embedding_length", 64u), new("llama.block_count", 1u),
-            new("llama.feed_forward_length", 128u), new("llama.attention.head_count", 2u), new("llama.attention.layer_norm_rms_epsilon", 1e-5f),
-        };
-        metadata.AddRange(GgufVocabulary.From(original).Metadata());
-        GgufWriter.Write(gguf, metadata, []);
+        string gguf = VocabularyFiles.WriteGguf(temp.Path, GgufVocabulary.From(original));
 
         var read = Assert.IsType<SentencePieceTokenizer>(TokenizerLoader.TryLoadNextTo(gguf));
         Assert.Equal((original.VocabSize, original.BosId, original.EosId), (read.VocabSize, read.BosId, read.EosId));
@@ -141,6 +134,28 @@ public class GgufInteropTests
             Assert.Equal(expected, read.Encode(text));
             Assert.Equal(expected, llama.NativeHandle.Tokenize(text, false, false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray());
             Assert.Equal(item.GetProperty("decoded").GetString(), read.Decode(expected));
+            cases++;
+        }
+        Assert.True(cases >= 20, $"only {cases} golden cases");
+    }
+
+    [Theory]
+    [InlineData("bpe-gpt2")]
+    [InlineData("bpe-llama3")]
+    public void A_byte_level_BPE_we_write_into_a_GGUF_tokenizes_its_goldens_in_llama_cpp(string fixture)
+    {
+        using var temp = Fixtures.TempDirectory();
+        var original = ByteLevelBpeTokenizer.LoadHuggingFace(Fixtures.PathOf($"{fixture}/tokenizer.json"));
+        string gguf = VocabularyFiles.WriteGguf(temp.Path, GgufVocabulary.From(original));
+
+        using var llama = LLamaWeights.LoadFromFile(new ModelParams(gguf) { VocabOnly = true });
+        using var golden = Fixtures.Golden(fixture);
+        int cases = 0;
+        foreach (var item in golden.RootElement.GetProperty("cases").EnumerateArray())
+        {
+            string text = item.GetProperty("text").GetString()!;
+            int[] expected = item.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            Assert.Equal(expected, llama.NativeHandle.Tokenize(text, false, false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray());
             cases++;
         }
         Assert.True(cases >= 20, $"only {cases} golden cases");

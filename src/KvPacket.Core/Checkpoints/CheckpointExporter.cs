@@ -22,7 +22,7 @@ public static class CheckpointExporter
 
     /// <summary>
     /// Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout) to <paramref name="path"/>, with
-    /// <paramref name="vocabulary"/> — the model's SentencePiece tokenizer when it has one next to it, else a
+    /// <paramref name="vocabulary"/> — the SentencePiece or byte-level BPE tokenizer next to the model, else a
     /// <see cref="GgufVocabulary.Placeholder"/> — so llama.cpp loads it.
     /// </summary>
     public static void WriteGguf(Checkpoint checkpoint, string path, DType type, GgufVocabulary? vocabulary = null)
@@ -44,8 +44,12 @@ public static class CheckpointExporter
             new("llama.rope.freq_base", (float)c.RopeTheta),
             new("llama.vocab_size", (uint)c.VocabSize),
         };
-        vocabulary ??= TokenizerLoader.TryLoadNextTo(checkpoint.Source) is SentencePieceTokenizer own ? GgufVocabulary.From(own)
-            : GgufVocabulary.Placeholder(c.VocabSize) with { Bos = c.BosTokenId ?? 1, Eos = c.EosTokenIds.Count > 0 ? c.EosTokenIds[0] : 2 };
+        vocabulary ??= TokenizerLoader.TryLoadNextTo(checkpoint.Source) switch
+        {
+            SentencePieceTokenizer own => GgufVocabulary.From(own),
+            ByteLevelBpeTokenizer { Merges: not null, PreTokenizerPattern: not null } bpe => GgufVocabulary.From(bpe),
+            _ => GgufVocabulary.Placeholder(c.VocabSize) with { Bos = c.BosTokenId ?? 1, Eos = c.EosTokenIds.Count > 0 ? c.EosTokenIds[0] : 2 },
+        };
         if (vocabulary.Pieces.Length != c.VocabSize)
             throw new ArgumentException($"a vocabulary of {vocabulary.Pieces.Length} pieces for a model of {c.VocabSize}.", nameof(vocabulary));
         metadata.AddRange(vocabulary.Metadata());

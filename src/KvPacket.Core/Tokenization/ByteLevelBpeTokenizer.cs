@@ -19,6 +19,8 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
     private readonly PreTokenizer _preTokenizer;
     private readonly bool _addPrefixSpace;
     private readonly (string Text, int Id)[] _added;     // longest first
+    private readonly (string Text, int Id, bool Special)[] _addedTokens;
+    private (string Left, string Right)[]? _mergeList;   // in rank order, when the source had a merge list
     private readonly bool[] _addedFirstChars = new bool[char.MaxValue + 1];
     private readonly WordCache _cache = new();
 
@@ -32,6 +34,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         _preTokenizer = preTokenizer;
         _addPrefixSpace = addPrefixSpace;
         var addedList = added.ToList();
+        _addedTokens = [.. addedList];
         _added = addedList.Where(a => a.Text.Length > 0).OrderByDescending(a => a.Text.Length).Select(a => (a.Text, a.Id)).ToArray();
         foreach (var (text, _) in _added) _addedFirstChars[text[0]] = true;
         SpecialTokens = addedList.Where(a => a.Special).ToDictionary(a => a.Text, a => a.Id);
@@ -92,19 +95,56 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         if (root.TryGetProperty("added_tokens", out var addedTokens) && addedTokens.ValueKind == JsonValueKind.Array)
             foreach (var token in addedTokens.EnumerateArray())
                 added.Add((token.GetProperty("content").GetString()!, token.GetProperty("id").GetInt32(), token.TryGetProperty("special", out var s) && s.GetBoolean()));
+        if (!model.TryGetProperty("merges", out var mergeList) || mergeList.ValueKind != JsonValueKind.Array)
+            throw new TokenizerFormatException(path, "model.merges", "is missing");
+        var merges = new List<(string, string)>();
+        foreach (var merge in mergeList.EnumerateArray())
+            merges.Add(merge.ValueKind switch
+            {
+                JsonValueKind.String when merge.GetString()!.Split(' ') is [var l, var r] => (l, r),
+                JsonValueKind.Array when merge.GetArrayLength() == 2 => (merge[0].GetString()!, merge[1].GetString()!),
+                _ => throw new TokenizerFormatException(path, $"model.merges[{merges.Count}]", $"'{merge}' is not a pair"),
+            });
+        var (pattern, addPrefixSpace) = ReadPreTokenizer(path, root.TryGetProperty("pre_tokenizer", out var pre) ? pre : default);
+        int? Find(params string[] names) => names.Select(n => added.FirstOrDefault(a => a.Item1 == n)).Where(a => a.Item1 is not null).Select(a => (int?)a.Item2).FirstOrDefault();
+        return Build(path, vocab, added, merges, pattern, addPrefixSpace,
+            Find("<|begin_of_text|>", "<s>", "<|startoftext|>"), Find("<|end_of_text|>", "<|endoftext|>", "</s>"));
+    }
 
+    /// <summary>
+    /// A tokenizer from a GGUF vocabulary of model <c>gpt2</c>: <paramref name="pieces"/> in the byte-level alphabet, those
+    /// of type 3 (control) or 4 (user-defined) matched whole before the pre-tokenizer, as a tokenizer.json's added tokens.
+    /// </summary>
+    public static ByteLevelBpeTokenizer FromGguf(string path, string[] pieces, int[] types, string[] merges, string pattern, int? bos, int? eos)
+    {
+        if (types.Length != pieces.Length)
+            throw new TokenizerFormatException(path, "tokenizer.ggml.token_type", $"{types.Length} types for {pieces.Length} tokens");
+        var vocab = new Dictionary<string, int>();
+        var added = new List<(string, int, bool)>();
+        for (int id = 0; id < pieces.Length; id++)
+        {
+            if (types[id] is 3 or 4) added.Add((pieces[id], id, types[id] == 3));
+            else if (!vocab.TryAdd(pieces[id], id)) throw new TokenizerFormatException(path, $"tokenizer.ggml.tokens[{id}]", $"'{pieces[id]}' appears twice");
+        }
+        var pairs = merges.Select((merge, rank) => merge.Split(' ') is [var l, var r] ? (l, r)
+            : throw new TokenizerFormatException(path, $"tokenizer.ggml.merges[{rank}]", $"'{merge}' is not a pair")).ToList();
+        return Build(path, vocab, added, pairs, pattern, false, bos, eos);
+    }
+
+    private static ByteLevelBpeTokenizer Build(string path, Dictionary<string, int> vocab, List<(string Text, int Id, bool Special)> added,
+        List<(string Left, string Right)> mergeList, string? pattern, bool addPrefixSpace, int? bos, int? eos)
+    {
         // Ids are dense: every id below the vocabulary and added tokens' count names one token (checked below).
-        int tokens = vocab.Count + added.Count(a => !vocab.ContainsKey(a.Item1));
+        int tokens = vocab.Count + added.Count(a => !vocab.ContainsKey(a.Text));
         foreach (var (token, id) in vocab)
             if (id < 0 || id >= tokens) throw new TokenizerFormatException(path, $"model.vocab[{token}]", $"id {id} is outside [0, {tokens})");
         foreach (var (token, id, _) in added)
             if (id < 0 || id >= tokens) throw new TokenizerFormatException(path, $"added_tokens[{token}]", $"id {id} is outside [0, {tokens})");
-        int size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, added.Count == 0 ? 0 : added.Max(a => a.Item2) + 1);
+        int size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, added.Count == 0 ? 0 : added.Max(a => a.Id) + 1);
         var pieces = new string[size];
         var bytes = new byte[size][];
         foreach (var (token, id) in vocab)
         {
-            if (id < 0) throw new TokenizerFormatException(path, $"model.vocab[{token}]", $"negative id {id}");
             pieces[id] = token;
             bytes[id] = ByteLevelAlphabet.ToBytes(token) ?? throw new TokenizerFormatException(path, $"model.vocab[{token}]", "has characters outside the byte-level alphabet");
         }
@@ -121,35 +161,32 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             byteIds[b] = vocab.TryGetValue(ByteLevelAlphabet.ByteToChar[b].ToString(), out int id) ? id : -1;
 
         var merges = new MergeTable();
-        if (!model.TryGetProperty("merges", out var mergeList) || mergeList.ValueKind != JsonValueKind.Array)
-            throw new TokenizerFormatException(path, "model.merges", "is missing");
-        int rank = 0;
-        foreach (var merge in mergeList.EnumerateArray())
+        for (int rank = 0; rank < mergeList.Count; rank++)
         {
-            (string a, string b) = merge.ValueKind switch
-            {
-                JsonValueKind.String when merge.GetString()!.Split(' ') is [var l, var r] => (l, r),
-                JsonValueKind.Array when merge.GetArrayLength() == 2 => (merge[0].GetString()!, merge[1].GetString()!),
-                _ => throw new TokenizerFormatException(path, $"model.merges[{rank}]", $"'{merge}' is not a pair"),
-            };
+            var (a, b) = mergeList[rank];
             int left = vocab.TryGetValue(a, out int l2) ? l2 : throw new TokenizerFormatException(path, $"model.merges[{rank}]", $"names unknown token '{a}'");
             int right = vocab.TryGetValue(b, out int r2) ? r2 : throw new TokenizerFormatException(path, $"model.merges[{rank}]", $"names unknown token '{b}'");
             int merged = vocab.TryGetValue(a + b, out int m) ? m : throw new TokenizerFormatException(path, $"model.merges[{rank}]", $"result '{a + b}' is not in the vocabulary");
-            merges.Add(left, right, rank++, merged);
+            merges.Add(left, right, rank, merged);
         }
 
         RequireEveryByte(path, byteIds);
-        var (pattern, addPrefixSpace) = ReadPreTokenizer(path, root.TryGetProperty("pre_tokenizer", out var pre) ? pre : default);
         PreTokenizer preTokenizer;
         try { preTokenizer = new PreTokenizer(pattern); }
         catch (ArgumentException e) { throw new TokenizerFormatException(path, "pre_tokenizer.pattern", $"'{pattern}' is not a valid regular expression: {e.Message}", e); }
-        int? Find(params string[] names) => names.Select(n => added.FirstOrDefault(a => a.Item1 == n)).Where(a => a.Item1 is not null).Select(a => (int?)a.Item2).FirstOrDefault();
         return new ByteLevelBpeTokenizer(pieces, bytes, byteIds, merges, preTokenizer, addPrefixSpace, added)
         {
-            BosId = Find("<|begin_of_text|>", "<s>", "<|startoftext|>"),
-            EosId = Find("<|end_of_text|>", "<|endoftext|>", "</s>"),
+            BosId = bos,
+            EosId = eos,
+            _mergeList = [.. mergeList],
         };
     }
+
+    /// <summary>Tokens matched whole before pre-tokenizing (a tokenizer.json's <c>added_tokens</c>), with whether each is special.</summary>
+    public IReadOnlyList<(string Text, int Id, bool Special)> AddedTokens => _addedTokens;
+
+    /// <summary>The merge list in rank order; null for a tiktoken vocabulary, whose merges are implied by its ranks.</summary>
+    public IReadOnlyList<(string Left, string Right)>? Merges => _mergeList;
 
     private static (string? Pattern, bool AddPrefixSpace) ReadPreTokenizer(string path, JsonElement element)
     {
