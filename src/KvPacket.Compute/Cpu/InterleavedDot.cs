@@ -17,7 +17,7 @@ namespace KvPacket.Compute.Cpu;
 public static unsafe class InterleavedDot
 {
     /// <summary>Whether <paramref name="type"/> is an interleaved layout dotted here.</summary>
-    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8;
+    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8;
 
     /// <summary>y[0..8) (stride <paramref name="stride"/> between tokens) for tokens [<paramref name="t0"/>, <paramref name="t1"/>) against the eight rows of <paramref name="group"/>.</summary>
     public static void Group(DType type, byte* group, QuantisedActivations x, int t0, int t1, float* y, long stride)
@@ -27,6 +27,11 @@ public static unsafe class InterleavedDot
         {
             for (; t <= t1 - 4; t += 4) Q4_0Tokens4(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) Q4_0Token(group, x, t).Store(y + t * stride);
+        }
+        else if (type == DType.Q6_Kx8)
+        {
+            for (; t <= t1 - 4; t += 4) Q6_KTokens4(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) Q6_KToken(group, x, t).Store(y + t * stride);
         }
         else if (type == DType.Q8_0x8)
         {
@@ -110,6 +115,74 @@ public static unsafe class InterleavedDot
             a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x3 + at, ls3[b])), d * st3[b], a3);
         }
         a0.Store(y); a1.Store(y + stride); a2.Store(y + 2 * stride); a3.Store(y + 3 * stride);
+    }
+
+    private static Vector256<float> Q6_KToken(byte* group, QuantisedActivations x, int t)
+    {
+        sbyte* xq = x.Values(t);
+        float* steps = x.Steps(t), sums = x.Sums(t);
+        Vector256<float> acc = default, offset = default;
+        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q6_KGroupBlockBytes)
+        {
+            var d = Halves(group);
+            for (int j = 0; j < 8; j++)
+            {
+                byte* at = group + InterleavedRows.Q6_KLevelsOffset + InterleavedRows.Q6_KBlockBytes * j;
+                Ahead(at, InterleavedRows.Q6_KBlockBytes);
+                var (lower, upper) = Q6Scales(group, j, d);
+                var levels = new Levels6(at);
+                int b = 8 * s + j;
+                var (dotLower, dotUpper) = levels.Dot(xq + 32 * b);
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotLower), lower * steps[b], acc);
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotUpper), upper * steps[b], acc);
+                offset = Vector256.FusedMultiplyAdd(lower, Vector256.Create(sums[2 * b]), offset);
+                offset = Vector256.FusedMultiplyAdd(upper, Vector256.Create(sums[2 * b + 1]), offset);
+            }
+        }
+        return acc - offset * 32;
+    }
+
+    private static void Q6_KTokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    {
+        // Four tokens, one after the other per block, so each sees Q6_KToken's operations in its order.
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
+        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q6_KGroupBlockBytes)
+        {
+            var d = Halves(group);
+            for (int j = 0; j < 8; j++)
+            {
+                var (lower, upper) = Q6Scales(group, j, d);
+                var levels = new Levels6(group + InterleavedRows.Q6_KLevelsOffset + InterleavedRows.Q6_KBlockBytes * j);
+                int b = 8 * s + j;
+                Q6Token(levels, x, t, b, lower, upper, ref a0, ref o0);
+                Q6Token(levels, x, t + 1, b, lower, upper, ref a1, ref o1);
+                Q6Token(levels, x, t + 2, b, lower, upper, ref a2, ref o2);
+                Q6Token(levels, x, t + 3, b, lower, upper, ref a3, ref o3);
+            }
+        }
+        (a0 - o0 * 32).Store(y); (a1 - o1 * 32).Store(y + stride); (a2 - o2 * 32).Store(y + 2 * stride); (a3 - o3 * 32).Store(y + 3 * stride);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q6Token(in Levels6 levels, QuantisedActivations x, int t, int b, Vector256<float> lower, Vector256<float> upper,
+        ref Vector256<float> acc, ref Vector256<float> offset)
+    {
+        float step = x.Steps(t)[b];
+        float* sums = x.Sums(t);
+        var (dotLower, dotUpper) = levels.Dot(x.Values(t) + 32 * b);
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotLower), lower * step, acc);
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotUpper), upper * step, acc);
+        offset = Vector256.FusedMultiplyAdd(lower, Vector256.Create(sums[2 * b]), offset);
+        offset = Vector256.FusedMultiplyAdd(upper, Vector256.Create(sums[2 * b + 1]), offset);
+    }
+
+    /// <summary>Block <paramref name="j"/>'s two 16-value sub-blocks' scales for the eight rows, times d.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<float> Lower, Vector256<float> Upper) Q6Scales(byte* group, int j, Vector256<float> d)
+    {
+        byte* scales = group + InterleavedRows.Q6_KScalesOffset + 16 * j;
+        return (d * Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(Vector128.CreateScalar(*(long*)scales).AsSByte())),
+                d * Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(Vector128.CreateScalar(*(long*)(scales + 8)).AsSByte())));
     }
 
     private static Vector256<float> Q4_KToken(byte* group, QuantisedActivations x, int t)
@@ -230,6 +303,47 @@ public static unsafe class InterleavedDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<sbyte> Broadcast(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
 
+    /// <summary>One interleaved q6_K 32-value block of eight rows, unpacked once: nibbles joined with their high bit pairs.</summary>
+    private readonly struct Levels6
+    {
+        private readonly Vector256<byte> _l0, _l1, _l2, _l3, _h0, _h1, _h2, _h3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Levels6(byte* block)
+        {
+            var mask = Vector256.Create((byte)0xF);
+            var pair = Vector256.Create((byte)0x30);
+            var c0 = Vector256.Load(block); var c1 = Vector256.Load(block + 32);
+            var c2 = Vector256.Load(block + 64); var c3 = Vector256.Load(block + 96);
+            var lowBits = Vector256.Load(block + 128).AsUInt16();
+            var highBits = Vector256.Load(block + 160).AsUInt16();
+            // Chunk k's high pair sits in bits 2k..2k+1: moved to bits 4..5 (16-bit shifts, masked within each byte).
+            _l0 = (c0 & mask) | ((lowBits << 4).AsByte() & pair);
+            _l1 = (c1 & mask) | ((lowBits << 2).AsByte() & pair);
+            _l2 = (c2 & mask) | (lowBits.AsByte() & pair);
+            _l3 = (c3 & mask) | ((lowBits >> 2).AsByte() & pair);
+            _h0 = ((c0.AsUInt16() >> 4).AsByte() & mask) | ((highBits << 4).AsByte() & pair);
+            _h1 = ((c1.AsUInt16() >> 4).AsByte() & mask) | ((highBits << 2).AsByte() & pair);
+            _h2 = ((c2.AsUInt16() >> 4).AsByte() & mask) | (highBits.AsByte() & pair);
+            _h3 = ((c3.AsUInt16() >> 4).AsByte() & mask) | ((highBits >> 2).AsByte() & pair);
+        }
+
+        /// <summary>The eight rows' Σ level·x over values 0–15 and 16–31 of the block at <paramref name="x"/>.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public (Vector256<int> Lower, Vector256<int> Upper) Dot(sbyte* x)
+        {
+            var lower = Add(Add(Add(Add(Vector256<int>.Zero, _l0, Broadcast(x)), _l1, Broadcast(x + 4)), _l2, Broadcast(x + 8)), _l3, Broadcast(x + 12));
+            var upper = Add(Add(Add(Add(Vector256<int>.Zero, _h0, Broadcast(x + 16)), _h1, Broadcast(x + 20)), _h2, Broadcast(x + 24)), _h3, Broadcast(x + 28));
+            return (lower, upper);
+        }
+    }
+
+    /// <summary>Σ += levels · x per 32-bit lane (four products each).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
+        ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
+        : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
+
     /// <summary>One interleaved 32-value block of eight rows, unpacked once: chunk k's low and high nibbles.</summary>
     private readonly struct Levels
     {
@@ -260,10 +374,5 @@ public static unsafe class InterleavedDot
             s1 = Add(s1, _h3, Broadcast(x + 28));
             return s0 + s1;
         }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
-            ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
-            : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
     }
 }

@@ -3,7 +3,7 @@ using KvPacket.Core.Memory;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// q4_0, q4_K and q8_0 rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight
+/// q4_0, q4_K, q6_K and q8_0 rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight
 /// at a time, and each 32-value block of the eight becomes 32-byte chunks where 32-bit lane i (bytes 4i..4i+3) holds
 /// four consecutive values of row i — for 4-bit levels chunk k holds values 4k..4k+3 in its low nibbles and
 /// 16+4k..16+4k+3 in its high nibbles (128 bytes), for q8_0 chunk k holds values 4k..4k+3 (256 bytes). Multiplying a
@@ -16,6 +16,9 @@ namespace KvPacket.Core.Checkpoints;
 /// <item>q4_K → <see cref="DType.Q4_Kx8"/>: per super-block, eight f16 d, eight f16 dmin, the 8 × 8 sub-block scales as
 /// bytes (sub-block-major), the 8 × 8 mins likewise, then the eight sub-blocks' 128 level bytes (1,184 bytes = 8 × 148,
 /// 2.8% over q4_K's 144: the 6-bit scales are unpacked once here instead of on every product).</item>
+/// <item>q6_K → <see cref="DType.Q6_Kx8"/>: per super-block, eight f16 d, the 16 × 8 int8 scales (sub-block-major), then
+/// per 32-value block the 128 bytes of low nibbles and 64 bytes of high bit pairs — byte 4i+c of the first 32 holds
+/// bits 4–5 of row i's values 4k+c in its bits 2k..2k+1, the second 32 likewise for values 16+4k+c (1,680 bytes = 8 × 210).</item>
 /// </list>
 /// </summary>
 public static unsafe class InterleavedRows
@@ -35,13 +38,23 @@ public static unsafe class InterleavedRows
     /// <summary>Offset of the q4_K group's levels (8 sub-blocks × 128 bytes).</summary>
     public const int Q4_KLevelsOffset = 160;
 
-    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    /// <summary>Bytes of one q6_K group super-block (eight rows × 256 values).</summary>
+    public const int Q6_KGroupBlockBytes = 8 * Q6_K.BlockBytes;
+    /// <summary>Offset of the q6_K group's scales (16 sub-blocks × 8 rows).</summary>
+    public const int Q6_KScalesOffset = 16;
+    /// <summary>Offset of the q6_K group's 32-value blocks (192 bytes each: 128 of nibbles, 64 of high bits).</summary>
+    public const int Q6_KLevelsOffset = 144;
+    /// <summary>Bytes of one q6_K group's 32-value block.</summary>
+    public const int Q6_KBlockBytes = 192;
+
+    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K, q6_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
     public static void Interleave(DType type, byte* source, int rows, int columns, byte* destination)
     {
         if (rows % 8 != 0) throw new ArgumentException($"{rows} rows are not whole groups of 8.", nameof(rows));
         long rowBytes = type.BytesFor(columns);
         int blocks = columns / type.BlockLength();
         Span<byte> levels = stackalloc byte[256];
+        Span<byte> sixBit = stackalloc byte[256];
         for (int g = 0; g < rows / 8; g++)
         {
             byte* group = destination + g * 8 * (type == DType.Q4_K ? DType.Q4_Kx8.BytesFor(columns) : rowBytes);
@@ -62,6 +75,28 @@ public static unsafe class InterleavedRows
                         ((ushort*)target)[i] = *(ushort*)block;
                         for (int v = 0; v < 32; v++) target[16 + 32 * (v / 4) + 4 * i + v % 4] = (byte)(block[2 + v] ^ 0x80);
                     }
+                    else if (type == DType.Q6_K)
+                    {
+                        byte* target = group + (long)b * Q6_KGroupBlockBytes;
+                        var original = new ReadOnlySpan<byte>(block, Q6_K.BlockBytes);
+                        ((ushort*)target)[i] = *(ushort*)(block + Q6_K.DOffset);
+                        for (int s = 0; s < 16; s++) target[Q6_KScalesOffset + 8 * s + i] = block[Q6_K.ScalesOffset + s];
+                        for (int e = 0; e < 256; e++) sixBit[e] = (byte)Q6_K.Level(original, e);
+                        for (int j = 0; j < 8; j++)
+                        {
+                            var block6 = sixBit.Slice(32 * j, 32);
+                            for (int v = 0; v < 32; v++) levels[v] = (byte)(block6[v] & 0xF);
+                            byte* at = target + Q6_KLevelsOffset + Q6_KBlockBytes * j;
+                            PutLevels(levels[..32], i, at);
+                            for (int half = 0; half < 2; half++)
+                                for (int c = 0; c < 4; c++)
+                                {
+                                    int bits = 0;
+                                    for (int k = 0; k < 4; k++) bits |= (block6[16 * half + 4 * k + c] >> 4) << (2 * k);
+                                    at[128 + 32 * half + 4 * i + c] = (byte)bits;
+                                }
+                        }
+                    }
                     else if (type == DType.Q4_K)
                     {
                         byte* target = group + (long)b * Q4_KGroupBlockBytes;
@@ -78,7 +113,7 @@ public static unsafe class InterleavedRows
                             PutLevels(levels[..32], i, target + Q4_KLevelsOffset + 128 * j);
                         }
                     }
-                    else throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0, q4_K and q8_0 are interleaved");
+                    else throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0, q4_K, q6_K and q8_0 are interleaved");
                 }
         }
     }
@@ -107,6 +142,26 @@ public static unsafe class InterleavedRows
                 byte* block = group + (long)b * Q8_0GroupBlockBytes;
                 float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)block)[i]);
                 for (int v = 0; v < 32; v++) destination[32 * b + v] = d * (sbyte)(block[16 + 32 * (v / 4) + 4 * i + v % 4] ^ 0x80);
+            }
+        }
+        else if (type == DType.Q6_Kx8)
+        {
+            byte* group = data + (long)g * 8 * type.BytesFor(columns);
+            for (int b = 0; b < columns / 256; b++)
+            {
+                byte* block = group + (long)b * Q6_KGroupBlockBytes;
+                float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)block)[i]);
+                for (int j = 0; j < 8; j++)
+                {
+                    byte* at = block + Q6_KLevelsOffset + Q6_KBlockBytes * j;
+                    GetLevels(at, i, levels);
+                    for (int v = 0; v < 32; v++)
+                    {
+                        int high = (at[128 + 32 * (v / 16) + 4 * i + v % 4] >> (2 * (v % 16 / 4))) & 3;
+                        float scale = d * (sbyte)block[Q6_KScalesOffset + 8 * (2 * j + v / 16) + i];
+                        destination[256 * b + 32 * j + v] = scale * ((levels[v] | high << 4) - 32);
+                    }
+                }
             }
         }
         else if (type == DType.Q4_Kx8)
