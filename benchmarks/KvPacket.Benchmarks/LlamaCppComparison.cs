@@ -26,7 +26,7 @@ internal static class LlamaCppComparison
     {
         string Option(string name, string fallback) => Array.IndexOf(args, name) is int i and >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
         var card = ModelCard.Find(Option("--shape", "qwen2.5-0.5b"));
-        var type = Enum.Parse<DType>(Option("--dtype", "F16"), ignoreCase: true);
+        var type = QuantisationMix.Parse(Option("--dtype", "F16"));
         int threads = int.Parse(Option("--threads", Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
         int tokens = int.Parse(Option("--tokens", "32"), CultureInfo.InvariantCulture);
         int promptTokens = int.Parse(Option("--prompt-tokens", "128"), CultureInfo.InvariantCulture);
@@ -64,7 +64,7 @@ internal static class LlamaCppComparison
         double roofline = Median(bandwidth) / weightBytes;
         string mix = string.Join(", ", checkpoint.Layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }).Append(checkpoint.Classifier)
             .GroupBy(w => w.Type).Select(g => $"{g.Count()} {g.Key}"));
-        Console.WriteLine($"vs llama.cpp · {card.Name} · {type} weights ({weightBytes / 1e9:F2} GB: {mix} matrices) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
+        Console.WriteLine($"vs llama.cpp · {card.Name} · {type.Name} weights ({weightBytes / 1e9:F2} GB: {mix} matrices) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
         Console.WriteLine($"  decode  tok/s  ours {Median(ourDecode),8:F2}  llama.cpp {Median(theirDecode),8:F2}  ratio {Median(ourDecode) / Median(theirDecode):F2}");
         Console.WriteLine($"  prefill tok/s  ours {Median(ourPrefill),8:F1}  llama.cpp {Median(theirPrefill),8:F1}  ratio {Median(ourPrefill) / Median(theirPrefill):F2}");
         Console.WriteLine($"  read roofline {roofline:F2} tok/s ({Median(bandwidth) / 1e9:F1} GB/s): ours {Median(ourDecode) / roofline:F2}, llama.cpp {Median(theirDecode) / roofline:F2} of it");
@@ -105,15 +105,16 @@ internal static class LlamaCppComparison
     }
 
     /// <summary>The card synthesised once (seeded random weights) and written as GGUF, cached under the temp directory.</summary>
-    private static string Synthesise(ModelCard card, DType type)
+    private static string Synthesise(ModelCard card, QuantisationMix type)
     {
-        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}-{type}-seed1".ToLowerInvariant());
+        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}-{type.Name}-seed1".ToLowerInvariant());
         string gguf = directory + ".gguf";
         if (File.Exists(gguf)) return gguf;
         if (!File.Exists(Path.Combine(directory, "model.safetensors")))
         {
-            Console.Error.WriteLine($"synthesising {card.Name} ({type}) into {directory} …");
-            SyntheticCheckpoint.Write(card.Config, type.IsBlockQuantised() ? DType.BF16 : type, directory + ".partial", seed: 1);
+            Console.Error.WriteLine($"synthesising {card.Name} ({type.Name}) into {directory} …");
+            var stored = type.TypeOf(TensorNames.Gguf.Classifier, -1, card.Config.LayerCount);
+            SyntheticCheckpoint.Write(card.Config, stored.IsBlockQuantised() ? DType.BF16 : stored, directory + ".partial", seed: 1);
             if (Directory.Exists(directory)) Directory.Delete(directory, recursive: true);
             Directory.Move(directory + ".partial", directory);
         }

@@ -110,3 +110,21 @@ public class BlockFormatTests
         Assert.Equal(DType.Q5_K, CheckpointExporter.RowType(DType.Q5_K, 4864));
     }
 }
+
+public class QuantisationMixTests
+{
+    [Fact]
+    public void Q4_K_M_keeps_more_bits_where_llama_cpp_does()
+    {
+        var mix = QuantisationMix.Q4_K_M;
+        // 16 layers (Llama-3.2-1B): the first and last two, and every third from layer 4.
+        int[] sixBit = Enumerable.Range(0, 16).Where(i => mix.TypeOf($"blk.{i}.ffn_down.weight", i, 16) == DType.Q6_K).ToArray();
+        Assert.Equal([0, 1, 4, 7, 10, 13, 14, 15], sixBit);
+        Assert.Equal(sixBit, Enumerable.Range(0, 16).Where(i => mix.TypeOf($"blk.{i}.attn_v.weight", i, 16) == DType.Q6_K).ToArray());
+        Assert.All(Enumerable.Range(0, 16), i => Assert.Equal(DType.Q4_K, mix.TypeOf($"blk.{i}.attn_q.weight", i, 16)));
+        Assert.Equal(DType.Q6_K, mix.TypeOf("output.weight", -1, 16));
+        Assert.Equal(DType.Q4_K, mix.TypeOf("token_embd.weight", -1, 16));
+        Assert.Equal(DType.Q5_K, QuantisationMix.Parse("q5_k").TypeOf("blk.3.ffn_down.weight", 3, 16));
+        Assert.Contains("Q4_K_M", Assert.Throws<ArgumentException>(() => QuantisationMix.Parse("Q3_K_S")).Message);
+    }
+}

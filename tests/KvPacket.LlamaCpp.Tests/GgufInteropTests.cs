@@ -67,12 +67,13 @@ public class GgufInteropTests
     /// moves them by several units (a swapped nibble order in q4_K: 4.6); measured 0.055–0.105 over the five types.
     /// </summary>
     [Theory]
-    [InlineData(DType.Q4_0)]
-    [InlineData(DType.Q4_K)]
-    [InlineData(DType.Q5_K)]
-    [InlineData(DType.Q6_K)]
-    [InlineData(DType.Q8_0)]
-    public void Llama_cpp_reads_our_block_quantised_GGUF_to_our_logits(DType type)
+    [InlineData("Q4_0")]
+    [InlineData("Q4_K")]
+    [InlineData("Q5_K")]
+    [InlineData("Q6_K")]
+    [InlineData("Q8_0")]
+    [InlineData("Q4_K_M")]
+    public void Llama_cpp_reads_our_block_quantised_GGUF_to_our_logits(string type)
     {
         using var temp = Fixtures.TempDirectory();
         var config = new KvPacket.Core.Model.ModelConfig
@@ -82,12 +83,14 @@ public class GgufInteropTests
         };
         SyntheticCheckpoint.Write(config, DType.F32, Path.Combine(temp.Path, "f32"), seed: 5);
         string gguf = Path.Combine(temp.Path, $"model-{type}.gguf");
-        using (var original = CheckpointLoader.Load(Path.Combine(temp.Path, "f32"))) CheckpointExporter.WriteGguf(original, gguf, type);
+        var mix = QuantisationMix.Parse(type);
+        using (var original = CheckpointLoader.Load(Path.Combine(temp.Path, "f32"))) CheckpointExporter.WriteGguf(original, gguf, mix);
         int[] prompt = [1, 17, 300, 42, 99, 256, 7];
         float[] ours;
         using (var checkpoint = CheckpointLoader.Load(gguf))
         {
-            Assert.Equal(type.Interleaved() ?? type, checkpoint.Layers[0].Query.Type);
+            var value = mix.TypeOf("blk.0.attn_v.weight", 0, config.LayerCount);
+            Assert.Equal(value.Interleaved() ?? value, checkpoint.Layers[0].Value.Type);
             ours = LastLogits(checkpoint, prompt);
         }
 

@@ -17,7 +17,7 @@ public static class CheckpointExporter
         Directory.CreateDirectory(directory);
         var config = checkpoint.Config with { RopeStyle = RopeStyle.RotateHalf };
         HuggingFaceConfig.Write(config, Path.Combine(directory, "config.json"));
-        SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), Tensors(checkpoint, TensorNames.HuggingFace, RopeStyle.RotateHalf, type));
+        SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), Tensors(checkpoint, TensorNames.HuggingFace, RopeStyle.RotateHalf, QuantisationMix.Uniform(type)));
     }
 
     /// <summary>
@@ -25,7 +25,11 @@ public static class CheckpointExporter
     /// <paramref name="vocabulary"/> — the SentencePiece or byte-level BPE tokenizer next to the model, else a
     /// <see cref="GgufVocabulary.Placeholder"/> — so llama.cpp loads it.
     /// </summary>
-    public static void WriteGguf(Checkpoint checkpoint, string path, DType type, GgufVocabulary? vocabulary = null)
+    public static void WriteGguf(Checkpoint checkpoint, string path, DType type, GgufVocabulary? vocabulary = null) =>
+        WriteGguf(checkpoint, path, QuantisationMix.Uniform(type), vocabulary);
+
+    /// <summary>As <see cref="WriteGguf(Checkpoint, string, DType, GgufVocabulary?)"/>, each matrix in the type <paramref name="mix"/> gives it.</summary>
+    public static void WriteGguf(Checkpoint checkpoint, string path, QuantisationMix mix, GgufVocabulary? vocabulary = null)
     {
         var c = checkpoint.Config;
         var metadata = new List<KeyValuePair<string, object>>
@@ -53,24 +57,26 @@ public static class CheckpointExporter
         if (vocabulary.Pieces.Length != c.VocabSize)
             throw new ArgumentException($"a vocabulary of {vocabulary.Pieces.Length} pieces for a model of {c.VocabSize}.", nameof(vocabulary));
         metadata.AddRange(vocabulary.Metadata());
-        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, RopeStyle.Interleaved, type));
+        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, RopeStyle.Interleaved, mix));
     }
 
-    private static List<TensorToWrite> Tensors(Checkpoint checkpoint, TensorNames names, RopeStyle targetStyle, DType matrixType)
+    private static List<TensorToWrite> Tensors(Checkpoint checkpoint, TensorNames names, RopeStyle targetStyle, QuantisationMix mix)
     {
         var c = checkpoint.Config;
         bool permute = c.RopeStyle != targetStyle;
         Func<int, int>? qkRows = permute ? row => RopeRowPermutation.SourceRow(row, c.HeadDim, targetStyle) : null;
-        var list = new List<TensorToWrite> { Rows(names.Embedding, checkpoint.TokenEmbedding, matrixType) };
+        // A tied embedding is the output matrix too: it gets the output's type.
+        var list = new List<TensorToWrite> { Rows(names.Embedding, checkpoint.TokenEmbedding, mix.TypeOf(c.TiedEmbeddings ? names.Classifier : names.Embedding, -1, c.LayerCount)) };
         for (int i = 0; i < c.LayerCount; i++)
         {
             var l = checkpoint.Layers[i];
             string N(LayerTensor role) => names.Layer(i, role);
+            DType T(LayerTensor role) => mix.TypeOf(N(role), i, c.LayerCount);
             list.Add(Rows(N(LayerTensor.AttentionNorm), l.AttentionNorm, DType.F32));
-            list.Add(Rows(N(LayerTensor.Query), l.Query, matrixType, qkRows));
-            list.Add(Rows(N(LayerTensor.Key), l.Key, matrixType, qkRows));
-            list.Add(Rows(N(LayerTensor.Value), l.Value, matrixType));
-            list.Add(Rows(N(LayerTensor.Output), l.Output, matrixType));
+            list.Add(Rows(N(LayerTensor.Query), l.Query, T(LayerTensor.Query), qkRows));
+            list.Add(Rows(N(LayerTensor.Key), l.Key, T(LayerTensor.Key), qkRows));
+            list.Add(Rows(N(LayerTensor.Value), l.Value, T(LayerTensor.Value)));
+            list.Add(Rows(N(LayerTensor.Output), l.Output, T(LayerTensor.Output)));
             if (c.AttentionBias)
             {
                 list.Add(Columns(N(LayerTensor.QueryBias), l.QueryBias, permute, c.HeadDim, targetStyle));
@@ -78,12 +84,12 @@ public static class CheckpointExporter
                 list.Add(Rows(N(LayerTensor.ValueBias), l.ValueBias, DType.F32));
             }
             list.Add(Rows(N(LayerTensor.FfnNorm), l.FfnNorm, DType.F32));
-            list.Add(Rows(N(LayerTensor.Gate), l.Gate, matrixType));
-            list.Add(Rows(N(LayerTensor.Up), l.Up, matrixType));
-            list.Add(Rows(N(LayerTensor.Down), l.Down, matrixType));
+            list.Add(Rows(N(LayerTensor.Gate), l.Gate, T(LayerTensor.Gate)));
+            list.Add(Rows(N(LayerTensor.Up), l.Up, T(LayerTensor.Up)));
+            list.Add(Rows(N(LayerTensor.Down), l.Down, T(LayerTensor.Down)));
         }
         list.Add(Rows(names.FinalNorm, checkpoint.FinalNorm, DType.F32));
-        if (!c.TiedEmbeddings) list.Add(Rows(names.Classifier, checkpoint.Classifier, matrixType));
+        if (!c.TiedEmbeddings) list.Add(Rows(names.Classifier, checkpoint.Classifier, mix.TypeOf(names.Classifier, -1, c.LayerCount)));
         return list;
     }
 
