@@ -144,7 +144,10 @@ public static unsafe class InterleavedDot
 
     private static void Q6_KTokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
     {
-        // Four tokens, one after the other per block, so each sees Q6_KToken's operations in its order.
+        // Each token sees Q6_KToken's operations in its order; written out per token so the sums stay in registers.
+        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
+        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
+        float* su0 = x.Sums(t), su1 = x.Sums(t + 1), su2 = x.Sums(t + 2), su3 = x.Sums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
         for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q6_KGroupBlockBytes)
         {
@@ -153,27 +156,30 @@ public static unsafe class InterleavedDot
             {
                 var (lower, upper) = Q6Scales(group, j, d);
                 var levels = new Levels6(group + InterleavedRows.Q6_KLevelsOffset + InterleavedRows.Q6_KBlockBytes * j);
-                int b = 8 * s + j;
-                Q6Token(levels, x, t, b, lower, upper, ref a0, ref o0);
-                Q6Token(levels, x, t + 1, b, lower, upper, ref a1, ref o1);
-                Q6Token(levels, x, t + 2, b, lower, upper, ref a2, ref o2);
-                Q6Token(levels, x, t + 3, b, lower, upper, ref a3, ref o3);
+                int b = 8 * s + j, at = 32 * b;
+                var (l0, u0) = levels.Dot(x0 + at);
+                a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(l0), lower * st0[b], a0);
+                a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(u0), upper * st0[b], a0);
+                o0 = Vector256.FusedMultiplyAdd(lower, Vector256.Create(su0[2 * b]), o0);
+                o0 = Vector256.FusedMultiplyAdd(upper, Vector256.Create(su0[2 * b + 1]), o0);
+                var (l1, u1) = levels.Dot(x1 + at);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(l1), lower * st1[b], a1);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(u1), upper * st1[b], a1);
+                o1 = Vector256.FusedMultiplyAdd(lower, Vector256.Create(su1[2 * b]), o1);
+                o1 = Vector256.FusedMultiplyAdd(upper, Vector256.Create(su1[2 * b + 1]), o1);
+                var (l2, u2) = levels.Dot(x2 + at);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(l2), lower * st2[b], a2);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(u2), upper * st2[b], a2);
+                o2 = Vector256.FusedMultiplyAdd(lower, Vector256.Create(su2[2 * b]), o2);
+                o2 = Vector256.FusedMultiplyAdd(upper, Vector256.Create(su2[2 * b + 1]), o2);
+                var (l3, u3) = levels.Dot(x3 + at);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(l3), lower * st3[b], a3);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(u3), upper * st3[b], a3);
+                o3 = Vector256.FusedMultiplyAdd(lower, Vector256.Create(su3[2 * b]), o3);
+                o3 = Vector256.FusedMultiplyAdd(upper, Vector256.Create(su3[2 * b + 1]), o3);
             }
         }
         (a0 - o0 * 32).Store(y); (a1 - o1 * 32).Store(y + stride); (a2 - o2 * 32).Store(y + 2 * stride); (a3 - o3 * 32).Store(y + 3 * stride);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Q6Token(in Levels6 levels, QuantisedActivations x, int t, int b, Vector256<float> lower, Vector256<float> upper,
-        ref Vector256<float> acc, ref Vector256<float> offset)
-    {
-        float step = x.Steps(t)[b];
-        float* sums = x.Sums(t);
-        var (dotLower, dotUpper) = levels.Dot(x.Values(t) + 32 * b);
-        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotLower), lower * step, acc);
-        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dotUpper), upper * step, acc);
-        offset = Vector256.FusedMultiplyAdd(lower, Vector256.Create(sums[2 * b]), offset);
-        offset = Vector256.FusedMultiplyAdd(upper, Vector256.Create(sums[2 * b + 1]), offset);
     }
 
     /// <summary>Block <paramref name="j"/>'s two 16-value sub-blocks' scales for the eight rows, times d.</summary>
