@@ -35,6 +35,8 @@ public unsafe class KernelTests
     [InlineData(DType.Q4_0x8, 7, 64, 1088)]   // four-token tiles and a remainder
     [InlineData(DType.Q4_Kx8, 1, 40, 512)]
     [InlineData(DType.Q4_Kx8, 9, 24, 1280)]
+    [InlineData(DType.Q5_Kx8, 1, 40, 512)]
+    [InlineData(DType.Q5_Kx8, 5, 24, 1280)]
     [InlineData(DType.Q6_Kx8, 1, 40, 512)]
     [InlineData(DType.Q6_Kx8, 7, 16, 1280)]
     [InlineData(DType.Q8_0x8, 1, 48, 128)]
@@ -75,7 +77,7 @@ public unsafe class KernelTests
     /// <summary><paramref name="weights"/> as <paramref name="type"/>; an interleaved layout is made from its file type as a reader makes it.</summary>
     private static byte[] Encode(float[] weights, DType type, int rows, int columns)
     {
-        var file = type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q4_Kx8 => DType.Q4_K, DType.Q8_0x8 => DType.Q8_0, DType.Q6_Kx8 => DType.Q6_K, _ => type };
+        var file = type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q4_Kx8 => DType.Q4_K, DType.Q8_0x8 => DType.Q8_0, DType.Q6_Kx8 => DType.Q6_K, DType.Q5_Kx8 => DType.Q5_K, _ => type };
         var bytes = new byte[file.BytesFor(weights.Length)];
         TensorEncoding.Encode(weights, file, bytes);
         if (file == type) return bytes;
@@ -89,6 +91,7 @@ public unsafe class KernelTests
     [InlineData(DType.Q4_K)]
     [InlineData(DType.Q8_0)]
     [InlineData(DType.Q6_K)]
+    [InlineData(DType.Q5_K)]
     public void Interleaved_rows_read_back_as_the_rows_they_were_made_from(DType file)
     {
         const int Rows = 16, Columns = 512;
@@ -134,6 +137,7 @@ public unsafe class KernelTests
     [InlineData(DType.Q4_Kx8, 512)]
     [InlineData(DType.Q8_0x8, 256)]
     [InlineData(DType.Q6_Kx8, 768)]
+    [InlineData(DType.Q5_Kx8, 512)]
     public void MatMul_gives_each_token_the_same_bits_alone_as_in_a_batch(DType type, int columns)
     {
         int Rows = type.InterleavedRows() == 8 ? 48 : 50; const int Tokens = 11;

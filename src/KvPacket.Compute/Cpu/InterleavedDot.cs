@@ -17,7 +17,7 @@ namespace KvPacket.Compute.Cpu;
 public static unsafe class InterleavedDot
 {
     /// <summary>Whether <paramref name="type"/> is an interleaved layout dotted here.</summary>
-    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8;
+    public static bool Handles(DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q5_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8;
 
     /// <summary>y[0..8) (stride <paramref name="stride"/> between tokens) for tokens [<paramref name="t0"/>, <paramref name="t1"/>) against the eight rows of <paramref name="group"/>.</summary>
     public static void Group(DType type, byte* group, QuantisedActivations x, int t0, int t1, float* y, long stride)
@@ -38,10 +38,15 @@ public static unsafe class InterleavedDot
             for (; t <= t1 - 4; t += 4) Q8_0Tokens4(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) Q8_0Token(group, x, t).Store(y + t * stride);
         }
+        else if (type == DType.Q5_Kx8)
+        {
+            for (; t <= t1 - 4; t += 4) KTokens4<Levels5>(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) KToken<Levels5>(group, x, t).Store(y + t * stride);
+        }
         else
         {
-            for (; t <= t1 - 4; t += 4) Q4_KTokens4(group, x, t, y + t * stride, stride);
-            for (; t < t1; t++) Q4_KToken(group, x, t).Store(y + t * stride);
+            for (; t <= t1 - 4; t += 4) KTokens4<Levels>(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) KToken<Levels>(group, x, t).Store(y + t * stride);
         }
     }
 
@@ -191,20 +196,21 @@ public static unsafe class InterleavedDot
                 d * Vector256.ConvertToSingle(Avx2.ConvertToVector256Int32(Vector128.CreateScalar(*(long*)(scales + 8)).AsSByte())));
     }
 
-    private static Vector256<float> Q4_KToken(byte* group, QuantisedActivations x, int t)
+    /// <summary>q4_K or q5_K (by <typeparamref name="TLevels"/>): per sub-block, d·scale·step·(levels·x) − dmin·min·Σx.</summary>
+    private static Vector256<float> KToken<TLevels>(byte* group, QuantisedActivations x, int t) where TLevels : struct, ILevelBlock<TLevels>
     {
         sbyte* xq = x.Values(t);
         float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> acc = default, offset = default;
-        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
+        for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
         {
             var d = Halves(group);
             var dMin = Halves(group + InterleavedRows.Q4_KMinScalesOffset);
             for (int j = 0; j < 8; j++)
             {
-                Ahead(group + 148 * j, 148);
+                Ahead(group + TLevels.GroupBytes / 8 * j, TLevels.GroupBytes / 8);
                 var (scale, min) = SubBlockScales(group, j, d, dMin);
-                var levels = new Levels(group + InterleavedRows.Q4_KLevelsOffset + 128 * j);
+                var levels = TLevels.Load(group + InterleavedRows.Q4_KLevelsOffset + TLevels.BlockBytes * j);
                 int b = 8 * s + j;
                 acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), scale * steps[b], acc);
                 offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(sums[b]), offset);
@@ -213,20 +219,20 @@ public static unsafe class InterleavedDot
         return acc - offset;
     }
 
-    private static void Q4_KTokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    private static void KTokens4<TLevels>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TLevels : struct, ILevelBlock<TLevels>
     {
         sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
         float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
         float* su0 = x.BlockSums(t), su1 = x.BlockSums(t + 1), su2 = x.BlockSums(t + 2), su3 = x.BlockSums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
-        for (int s = 0; s < x.Columns / 256; s++, group += InterleavedRows.Q4_KGroupBlockBytes)
+        for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
         {
             var d = Halves(group);
             var dMin = Halves(group + InterleavedRows.Q4_KMinScalesOffset);
             for (int j = 0; j < 8; j++)
             {
                 var (scale, min) = SubBlockScales(group, j, d, dMin);
-                var levels = new Levels(group + InterleavedRows.Q4_KLevelsOffset + 128 * j);
+                var levels = TLevels.Load(group + InterleavedRows.Q4_KLevelsOffset + TLevels.BlockBytes * j);
                 int b = 8 * s + j, at = 32 * b;
                 a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at)), scale * st0[b], a0);
                 a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), scale * st1[b], a1);
@@ -350,8 +356,37 @@ public static unsafe class InterleavedDot
         ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
         : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
 
+    /// <summary>An interleaved 32-value block of eight rows' levels, unpacked once, and the k-quant group it sits in.</summary>
+    private interface ILevelBlock<TSelf> where TSelf : struct, ILevelBlock<TSelf>
+    {
+        /// <summary>Bytes of one 32-value block of eight rows.</summary>
+        static abstract int BlockBytes { get; }
+        /// <summary>Bytes of one group super-block (k-quants).</summary>
+        static abstract int GroupBytes { get; }
+        static abstract TSelf Load(byte* block);
+        Vector256<int> Dot(sbyte* x);
+    }
+
+    /// <summary>A q5_K block: q4's nibbles with each value's fifth bit (bit k / 4+k of byte 4i+c) as bit 4.</summary>
+    private readonly struct Levels5 : ILevelBlock<Levels5>
+    {
+        private readonly Levels _levels;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private Levels5(byte* block) => _levels = new Levels(block, Vector256.Load(block + 128).AsUInt16());
+
+        public static int BlockBytes => InterleavedRows.Q5_KBlockBytes;
+        public static int GroupBytes => InterleavedRows.Q5_KGroupBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Levels5 Load(byte* block) => new(block);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* x) => _levels.Dot(x);
+    }
+
     /// <summary>One interleaved 32-value block of eight rows, unpacked once: chunk k's low and high nibbles.</summary>
-    private readonly struct Levels
+    private readonly struct Levels : ILevelBlock<Levels>
     {
         private readonly Vector256<byte> _l0, _l1, _l2, _l3, _h0, _h1, _h2, _h3;
 
@@ -365,6 +400,24 @@ public static unsafe class InterleavedDot
             _h0 = (c0.AsUInt16() >> 4).AsByte() & mask; _h1 = (c1.AsUInt16() >> 4).AsByte() & mask;
             _h2 = (c2.AsUInt16() >> 4).AsByte() & mask; _h3 = (c3.AsUInt16() >> 4).AsByte() & mask;
         }
+
+        /// <summary>Nibbles joined with fifth bits: bit k of each byte for chunk k's low nibbles, bit 4+k for its high ones.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Levels(byte* block, Vector256<ushort> fifth) : this(block)
+        {
+            var bit = Vector256.Create((byte)0x10);
+            // 16-bit shifts, masked to bit 4 of each byte: no bit crosses into the other byte of a lane.
+            _l0 |= (fifth << 4).AsByte() & bit; _l1 |= (fifth << 3).AsByte() & bit;
+            _l2 |= (fifth << 2).AsByte() & bit; _l3 |= (fifth << 1).AsByte() & bit;
+            _h0 |= fifth.AsByte() & bit; _h1 |= (fifth >> 1).AsByte() & bit;
+            _h2 |= (fifth >> 2).AsByte() & bit; _h3 |= (fifth >> 3).AsByte() & bit;
+        }
+
+        public static int BlockBytes => 128;
+        public static int GroupBytes => InterleavedRows.Q4_KGroupBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Levels Load(byte* block) => new(block);
 
         /// <summary>The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (two independent chains).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

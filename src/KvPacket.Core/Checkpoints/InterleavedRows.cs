@@ -3,7 +3,7 @@ using KvPacket.Core.Memory;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// q4_0, q4_K, q6_K and q8_0 rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight
+/// The GGML block formats' rows reordered at load so that one integer multiply-add serves eight rows: rows are taken eight
 /// at a time, and each 32-value block of the eight becomes 32-byte chunks where 32-bit lane i (bytes 4i..4i+3) holds
 /// four consecutive values of row i — for 4-bit levels chunk k holds values 4k..4k+3 in its low nibbles and
 /// 16+4k..16+4k+3 in its high nibbles (128 bytes), for q8_0 chunk k holds values 4k..4k+3 (256 bytes). Multiplying a
@@ -16,6 +16,8 @@ namespace KvPacket.Core.Checkpoints;
 /// <item>q4_K → <see cref="DType.Q4_Kx8"/>: per super-block, eight f16 d, eight f16 dmin, the 8 × 8 sub-block scales as
 /// bytes (sub-block-major), the 8 × 8 mins likewise, then the eight sub-blocks' 128 level bytes (1,184 bytes = 8 × 148,
 /// 2.8% over q4_K's 144: the 6-bit scales are unpacked once here instead of on every product).</item>
+/// <item>q5_K → <see cref="DType.Q5_Kx8"/>: as q4_K, each 32-value block followed by 32 bytes of fifth bits — byte 4i+c
+/// holds row i's value 4k+c's in bit k and value 16+4k+c's in bit 4+k (1,440 bytes = 8 × 180, 2.3% over q5_K).</item>
 /// <item>q6_K → <see cref="DType.Q6_Kx8"/>: per super-block, eight f16 d, the 16 × 8 int8 scales (sub-block-major), then
 /// per 32-value block the 128 bytes of low nibbles and 64 bytes of high bit pairs — byte 4i+c of the first 32 holds
 /// bits 4–5 of row i's values 4k+c in its bits 2k..2k+1, the second 32 likewise for values 16+4k+c (1,680 bytes = 8 × 210).</item>
@@ -38,6 +40,11 @@ public static unsafe class InterleavedRows
     /// <summary>Offset of the q4_K group's levels (8 sub-blocks × 128 bytes).</summary>
     public const int Q4_KLevelsOffset = 160;
 
+    /// <summary>Bytes of one q5_K group super-block (eight rows × 256 values); its header is laid out as q4_K's.</summary>
+    public const int Q5_KGroupBlockBytes = 8 * 180;
+    /// <summary>Bytes of one q5_K group's 32-value block (128 of nibbles, 32 of fifth bits).</summary>
+    public const int Q5_KBlockBytes = 160;
+
     /// <summary>Bytes of one q6_K group super-block (eight rows × 256 values).</summary>
     public const int Q6_KGroupBlockBytes = 8 * Q6_K.BlockBytes;
     /// <summary>Offset of the q6_K group's scales (16 sub-blocks × 8 rows).</summary>
@@ -47,7 +54,7 @@ public static unsafe class InterleavedRows
     /// <summary>Bytes of one q6_K group's 32-value block.</summary>
     public const int Q6_KBlockBytes = 192;
 
-    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K, q6_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K, q5_K, q6_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
     public static void Interleave(DType type, byte* source, int rows, int columns, byte* destination)
     {
         if (rows % 8 != 0) throw new ArgumentException($"{rows} rows are not whole groups of 8.", nameof(rows));
@@ -57,7 +64,7 @@ public static unsafe class InterleavedRows
         Span<byte> sixBit = stackalloc byte[256];
         for (int g = 0; g < rows / 8; g++)
         {
-            byte* group = destination + g * 8 * (type == DType.Q4_K ? DType.Q4_Kx8.BytesFor(columns) : rowBytes);
+            byte* group = destination + g * 8 * (type.Interleaved() ?? type).BytesFor(columns);
             for (int b = 0; b < blocks; b++)
                 for (int i = 0; i < 8; i++)
                 {
@@ -97,9 +104,10 @@ public static unsafe class InterleavedRows
                                 }
                         }
                     }
-                    else if (type == DType.Q4_K)
+                    else if (type is DType.Q4_K or DType.Q5_K)
                     {
-                        byte* target = group + (long)b * Q4_KGroupBlockBytes;
+                        bool five = type == DType.Q5_K;
+                        byte* target = group + (long)b * (five ? Q5_KGroupBlockBytes : Q4_KGroupBlockBytes);
                         ((ushort*)target)[i] = *(ushort*)block;
                         ((ushort*)(target + Q4_KMinScalesOffset))[i] = *(ushort*)(block + 2);
                         var scales = new ReadOnlySpan<byte>(block + 4, KQuantScales.Bytes);
@@ -108,9 +116,19 @@ public static unsafe class InterleavedRows
                             var (scale, min) = KQuantScales.Get(scales, j);
                             target[Q4_KScalesOffset + 8 * j + i] = (byte)scale;
                             target[Q4_KMinsOffset + 8 * j + i] = (byte)min;
-                            byte* packed = block + Q4_K.LevelsOffset + j / 2 * 32;
+                            byte* packed = block + (five ? Q5_K.LevelsOffset : Q4_K.LevelsOffset) + j / 2 * 32;
                             for (int v = 0; v < 32; v++) levels[v] = (byte)(j % 2 == 0 ? packed[v] & 0xF : packed[v] >> 4);
-                            PutLevels(levels[..32], i, target + Q4_KLevelsOffset + 128 * j);
+                            byte* at = target + Q4_KLevelsOffset + (five ? Q5_KBlockBytes : 128) * j;
+                            PutLevels(levels[..32], i, at);
+                            if (!five) continue;
+                            byte* high = block + Q5_K.HighBitsOffset;
+                            for (int c = 0; c < 4; c++)
+                            {
+                                int bits = 0;
+                                for (int k = 0; k < 4; k++)
+                                    bits |= ((high[4 * k + c] >> j) & 1) << k | ((high[16 + 4 * k + c] >> j) & 1) << (4 + k);
+                                at[128 + 4 * i + c] = (byte)bits;
+                            }
                         }
                     }
                     else throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0, q4_K, q6_K and q8_0 are interleaved");
@@ -164,19 +182,25 @@ public static unsafe class InterleavedRows
                 }
             }
         }
-        else if (type == DType.Q4_Kx8)
+        else if (type is DType.Q4_Kx8 or DType.Q5_Kx8)
         {
+            bool five = type == DType.Q5_Kx8;
             byte* group = data + (long)g * 8 * type.BytesFor(columns);
             for (int b = 0; b < columns / 256; b++)
             {
-                byte* block = group + (long)b * Q4_KGroupBlockBytes;
+                byte* block = group + (long)b * (five ? Q5_KGroupBlockBytes : Q4_KGroupBlockBytes);
                 float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)block)[i]);
                 float dMin = (float)BitConverter.UInt16BitsToHalf(((ushort*)(block + Q4_KMinScalesOffset))[i]);
                 for (int j = 0; j < 8; j++)
                 {
                     float s = d * block[Q4_KScalesOffset + 8 * j + i], m = dMin * block[Q4_KMinsOffset + 8 * j + i];
-                    GetLevels(block + Q4_KLevelsOffset + 128 * j, i, levels);
-                    for (int v = 0; v < 32; v++) destination[256 * b + 32 * j + v] = s * levels[v] - m;
+                    byte* at = block + Q4_KLevelsOffset + (five ? Q5_KBlockBytes : 128) * j;
+                    GetLevels(at, i, levels);
+                    for (int v = 0; v < 32; v++)
+                    {
+                        int fifth = five ? (at[128 + 4 * i + v % 4] >> (v / 16 * 4 + v % 16 / 4)) & 1 : 0;
+                        destination[256 * b + 32 * j + v] = s * (levels[v] | fifth << 4) - m;
+                    }
                 }
             }
         }

@@ -23,6 +23,8 @@ public enum DType
     Q4_0x8,
     /// <summary>q8_0 rows reordered at load, eight rows interleaved per block, levels stored offset by 128 (<see cref="Checkpoints.InterleavedRows"/>); same bytes as q8_0. In memory only.</summary>
     Q8_0x8,
+    /// <summary>q5_K rows reordered at load, eight rows interleaved per super-block, scales and mins unpacked to bytes (180 bytes per 256 values). In memory only.</summary>
+    Q5_Kx8,
     /// <summary>q6_K rows reordered at load, eight rows interleaved per super-block (<see cref="Checkpoints.InterleavedRows"/>); same bytes as q6_K. In memory only.</summary>
     Q6_Kx8,
     /// <summary>q4_K rows reordered at load, eight rows interleaved per super-block, scales and mins unpacked to bytes (148 bytes per 256 values). In memory only.</summary>
@@ -37,7 +39,7 @@ public static class DTypeSize
     {
         DType.F32 or DType.F16 or DType.BF16 => 1,
         DType.Q8_0 or DType.Q4_0 or DType.Q4_0x8 or DType.Q8_0x8 => 32,
-        DType.Q4_K or DType.Q5_K or DType.Q6_K or DType.Q4_Kx8 or DType.Q6_Kx8 => 256,
+        DType.Q4_K or DType.Q5_K or DType.Q6_K or DType.Q4_Kx8 or DType.Q5_Kx8 or DType.Q6_Kx8 => 256,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
     };
 
@@ -52,14 +54,15 @@ public static class DTypeSize
         DType.Q5_K => 176,
         DType.Q6_K or DType.Q6_Kx8 => 210,
         DType.Q4_Kx8 => 148,
+        DType.Q5_Kx8 => 180,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
     };
 
     /// <summary>Rows stored together: 8 for the interleaved layouts, else 1.</summary>
-    public static int InterleavedRows(this DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8 ? 8 : 1;
+    public static int InterleavedRows(this DType type) => type is DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q5_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8 ? 8 : 1;
 
     /// <summary>The interleaved in-memory layout of a file type, if it has one.</summary>
-    public static DType? Interleaved(this DType type) => type switch { DType.Q4_0 => DType.Q4_0x8, DType.Q4_K => DType.Q4_Kx8, DType.Q8_0 => DType.Q8_0x8, DType.Q6_K => DType.Q6_Kx8, _ => null };
+    public static DType? Interleaved(this DType type) => type switch { DType.Q4_0 => DType.Q4_0x8, DType.Q4_K => DType.Q4_Kx8, DType.Q8_0 => DType.Q8_0x8, DType.Q6_K => DType.Q6_Kx8, DType.Q5_K => DType.Q5_Kx8, _ => null };
 
     /// <summary>Whether <paramref name="type"/> is a GGML block quantisation (or an interleaved layout of one).</summary>
     public static bool IsBlockQuantised(this DType type) => type.BlockLength() > 1;

@@ -58,7 +58,7 @@ public readonly unsafe struct WeightTensor
             case DType.F32: new ReadOnlySpan<float>((float*)Data + offset, length).CopyTo(destination); break;
             case DType.F16: ElementConversion.HalfToSingle(new ReadOnlySpan<Half>((Half*)Data + offset, length), destination); break;
             case DType.BF16: ElementConversion.BF16ToSingle(new ReadOnlySpan<ushort>((ushort*)Data + offset, length), destination); break;
-            case DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8:
+            case DType.Q4_0x8 or DType.Q4_Kx8 or DType.Q5_Kx8 or DType.Q8_0x8 or DType.Q6_Kx8:
                 for (int i = 0; i < count; i++) Checkpoints.InterleavedRows.ReadRow(Type, (byte*)Data, row + i, Columns, destination.Slice(i * Columns, Columns));
                 break;
             case var block when block.IsBlockQuantised():
