@@ -56,52 +56,40 @@ public static unsafe class BlockDot
     }
 
     /// <summary>A q4_K row: per sub-block j, d·sc_j·step_j·(levels·x) − dmin·m_j·Σx_j.</summary>
-    public static float Q4_K(byte* row, QuantisedActivations x, int t)
-    {
-        sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.BlockSums(t);
-        Vector256<float> even = default, odd = default;
-        float offset = 0;
-        int superBlocks = x.Columns / 256;
-        for (int s = 0; s < superBlocks; s++, row += Core.Checkpoints.Q4_K.BlockBytes)
-        {
-            float d = Half(row), dMin = Half(row + 2);
-            var scales = new ReadOnlySpan<byte>(row + 4, KQuantScales.Bytes);
-            for (int c = 0; c < 4; c++)
-            {
-                var packed = Vector256.Load(row + Core.Checkpoints.Q4_K.LevelsOffset + 32 * c);
-                int j = 8 * s + 2 * c;
-                var (sc0, m0) = KQuantScales.Get(scales, 2 * c);
-                var (sc1, m1) = KQuantScales.Get(scales, 2 * c + 1);
-                even = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(LowNibbles(packed), Vector256.Load(xq + 32 * j))), Vector256.Create(d * sc0 * steps[j]), even);
-                odd = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(HighNibbles(packed), Vector256.Load(xq + 32 * j + 32))), Vector256.Create(d * sc1 * steps[j + 1]), odd);
-                offset += dMin * (m0 * sums[j] + m1 * sums[j + 1]);
-            }
-        }
-        return Vector256.Sum(even + odd) - offset;
-    }
+    public static float Q4_K(byte* row, QuantisedActivations x, int t) =>
+        KRow(row, x, t, Core.Checkpoints.Q4_K.BlockBytes, Core.Checkpoints.Q4_K.LevelsOffset, fifthBits: -1);
 
     /// <summary>A q5_K row: as <see cref="Q4_K"/> with each level's fifth bit from the block's 32 high-bit bytes.</summary>
-    public static float Q5_K(byte* row, QuantisedActivations x, int t)
+    public static float Q5_K(byte* row, QuantisedActivations x, int t) =>
+        KRow(row, x, t, Core.Checkpoints.Q5_K.BlockBytes, Core.Checkpoints.Q5_K.LevelsOffset, Core.Checkpoints.Q5_K.HighBitsOffset);
+
+    /// <summary>q4_K (<paramref name="fifthBits"/> negative) or q5_K (fifth bits at that offset of each block).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float KRow(byte* row, QuantisedActivations x, int t, int blockBytes, int levelsOffset, int fifthBits)
     {
         sbyte* xq = x.Values(t);
         float* steps = x.Steps(t), sums = x.BlockSums(t);
         Vector256<float> even = default, odd = default;
         float offset = 0;
         int superBlocks = x.Columns / 256;
-        for (int s = 0; s < superBlocks; s++, row += Core.Checkpoints.Q5_K.BlockBytes)
+        for (int s = 0; s < superBlocks; s++, row += blockBytes)
         {
             float d = Half(row), dMin = Half(row + 2);
             var scales = new ReadOnlySpan<byte>(row + 4, KQuantScales.Bytes);
-            var high = Vector256.Load(row + Core.Checkpoints.Q5_K.HighBitsOffset).AsUInt16();
+            var high = fifthBits < 0 ? default : Vector256.Load(row + fifthBits).AsUInt16();
             for (int c = 0; c < 4; c++)
             {
-                var packed = Vector256.Load(row + Core.Checkpoints.Q5_K.LevelsOffset + 32 * c);
+                var packed = Vector256.Load(row + levelsOffset + 32 * c);
                 int j = 8 * s + 2 * c;
                 var (sc0, m0) = KQuantScales.Get(scales, 2 * c);
                 var (sc1, m1) = KQuantScales.Get(scales, 2 * c + 1);
-                var lo = LowNibbles(packed) | FifthBit(high, 2 * c);
-                var hi = HighNibbles(packed) | FifthBit(high, 2 * c + 1);
+                var lo = LowNibbles(packed);
+                var hi = HighNibbles(packed);
+                if (fifthBits >= 0)
+                {
+                    lo |= FifthBit(high, 2 * c);
+                    hi |= FifthBit(high, 2 * c + 1);
+                }
                 even = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(lo, Vector256.Load(xq + 32 * j))), Vector256.Create(d * sc0 * steps[j]), even);
                 odd = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(hi, Vector256.Load(xq + 32 * j + 32))), Vector256.Create(d * sc1 * steps[j + 1]), odd);
                 offset += dMin * (m0 * sums[j] + m1 * sums[j + 1]);

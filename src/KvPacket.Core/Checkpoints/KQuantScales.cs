@@ -61,6 +61,35 @@ public static class KQuantScales
         Set(scales, scale, min);
     }
 
+    /// <summary>
+    /// Expands q4_K (<paramref name="fifthBits"/> negative) or q5_K blocks: per sub-block j, value = d·sc_j·q − dmin·m_j,
+    /// q from the 4-bit levels at <paramref name="levelsOffset"/> (32-byte group j/2, low nibbles for even j) and, for
+    /// q5_K, bit j of the byte for that value at <paramref name="fifthBits"/> as bit 4.
+    /// </summary>
+    internal static void Dequantise(ReadOnlySpan<byte> blocks, Span<float> destination, int blockBytes, int levelsOffset, int fifthBits, string format)
+    {
+        int count = BlockCodec.Count(blocks.Length, destination.Length, SuperBlockSize, blockBytes, format);
+        for (int b = 0; b < count; b++)
+        {
+            var block = blocks.Slice(b * blockBytes, blockBytes);
+            float d = BlockCodec.Half(block), dMin = BlockCodec.Half(block[2..]);
+            var scales = block.Slice(4, Bytes);
+            var output = destination.Slice(b * SuperBlockSize, SuperBlockSize);
+            for (int j = 0; j < 8; j++)
+            {
+                var (scale, min) = Get(scales, j);
+                float s = d * scale, m = dMin * min;
+                var low = block.Slice(levelsOffset + j / 2 * 32, 32);
+                for (int l = 0; l < 32; l++)
+                {
+                    int q = j % 2 == 0 ? low[l] & 0xF : low[l] >> 4;
+                    if (fifthBits >= 0) q |= ((block[fifthBits + l] >> j) & 1) << 4;
+                    output[j * 32 + l] = s * q - m;
+                }
+            }
+        }
+    }
+
     private static float Max(ReadOnlySpan<float> values)
     {
         float max = 0;

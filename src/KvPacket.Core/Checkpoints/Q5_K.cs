@@ -17,26 +17,8 @@ public static class Q5_K
     public const int LevelsOffset = HighBitsOffset + 32;
 
     /// <summary>Expands q5_K <paramref name="blocks"/> into f32 <paramref name="destination"/>.</summary>
-    public static void Dequantise(ReadOnlySpan<byte> blocks, Span<float> destination)
-    {
-        int count = BlockCodec.Count(blocks.Length, destination.Length, BlockSize, BlockBytes, "q5_K");
-        for (int b = 0; b < count; b++)
-        {
-            var block = blocks.Slice(b * BlockBytes, BlockBytes);
-            float d = BlockCodec.Half(block), dMin = BlockCodec.Half(block[2..]);
-            var scales = block.Slice(4, KQuantScales.Bytes);
-            var high = block.Slice(HighBitsOffset, 32);
-            var output = destination.Slice(b * BlockSize, BlockSize);
-            for (int j = 0; j < 8; j++)
-            {
-                var (scale, min) = KQuantScales.Get(scales, j);
-                float s = d * scale, m = dMin * min;
-                var low = block.Slice(LevelsOffset + j / 2 * 32, 32);
-                for (int l = 0; l < 32; l++)
-                    output[j * 32 + l] = s * ((j % 2 == 0 ? low[l] & 0xF : low[l] >> 4) | ((high[l] >> j) & 1) << 4) - m;
-            }
-        }
-    }
+    public static void Dequantise(ReadOnlySpan<byte> blocks, Span<float> destination) =>
+        KQuantScales.Dequantise(blocks, destination, BlockBytes, LevelsOffset, HighBitsOffset, "q5_K");
 
     /// <summary>Quantises f32 <paramref name="values"/> (a multiple of 256) into q5_K <paramref name="destination"/>.</summary>
     public static void Quantise(ReadOnlySpan<float> values, Span<byte> destination)
