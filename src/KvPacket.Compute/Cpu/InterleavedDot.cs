@@ -25,8 +25,8 @@ public static unsafe class InterleavedDot
         int t = t0;
         if (type == DType.Q4_0x8)
         {
-            for (; t <= t1 - 4; t += 4) Q4_0Tokens4(group, x, t, y + t * stride, stride);
-            for (; t < t1; t++) Q4_0Token(group, x, t).Store(y + t * stride);
+            for (; t <= t1 - 4; t += 4) BlockTokens4<Q4_0Block>(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) BlockToken<Q4_0Block>(group, x, t).Store(y + t * stride);
         }
         else if (type == DType.Q6_Kx8)
         {
@@ -35,8 +35,8 @@ public static unsafe class InterleavedDot
         }
         else if (type == DType.Q8_0x8)
         {
-            for (; t <= t1 - 4; t += 4) Q8_0Tokens4(group, x, t, y + t * stride, stride);
-            for (; t < t1; t++) Q8_0Token(group, x, t).Store(y + t * stride);
+            for (; t <= t1 - 4; t += 4) BlockTokens4<Q8_0Block>(group, x, t, y + t * stride, stride);
+            for (; t < t1; t++) BlockToken<Q8_0Block>(group, x, t).Store(y + t * stride);
         }
         else if (type == DType.Q5_Kx8)
         {
@@ -50,76 +50,73 @@ public static unsafe class InterleavedDot
         }
     }
 
-    private static Vector256<float> Q4_0Token(byte* group, QuantisedActivations x, int t)
-    {
-        sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.BlockSums(t);
-        Vector256<float> acc = default, offset = default;
-        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
-        {
-            Ahead(group, InterleavedRows.Q4_0GroupBlockBytes);
-            var d = Halves(group);
-            var levels = new Levels(group + 16);
-            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), d * steps[b], acc);
-            offset = Vector256.FusedMultiplyAdd(d, Vector256.Create(sums[b]), offset);
-        }
-        return acc - offset * 8;
-    }
-
-    private static void Q4_0Tokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
-    {
-        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
-        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        float* su0 = x.BlockSums(t), su1 = x.BlockSums(t + 1), su2 = x.BlockSums(t + 2), su3 = x.BlockSums(t + 3);
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
-        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q4_0GroupBlockBytes)
-        {
-            var d = Halves(group);
-            var levels = new Levels(group + 16);
-            int at = 32 * b;
-            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at)), d * st0[b], a0);
-            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), d * st1[b], a1);
-            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), d * st2[b], a2);
-            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), d * st3[b], a3);
-            o0 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su0[b]), o0);
-            o1 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su1[b]), o1);
-            o2 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su2[b]), o2);
-            o3 = Vector256.FusedMultiplyAdd(d, Vector256.Create(su3[b]), o3);
-        }
-        (a0 - o0 * 8).Store(y); (a1 - o1 * 8).Store(y + stride); (a2 - o2 * 8).Store(y + 2 * stride); (a3 - o3 * 8).Store(y + 3 * stride);
-    }
-
-    private static Vector256<float> Q8_0Token(byte* group, QuantisedActivations x, int t)
+    /// <summary>q4_0 or q8_0 (by <typeparamref name="TBlock"/>): per block, d·step·(exact Σ level·x).</summary>
+    private static Vector256<float> BlockToken<TBlock>(byte* group, QuantisedActivations x, int t) where TBlock : struct, IBlock32<TBlock>
     {
         sbyte* xq = x.Values(t);
         float* steps = x.Steps(t);
         int* levelSums = x.LevelSums(t);
         Vector256<float> acc = default;
-        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q8_0GroupBlockBytes)
+        for (int b = 0; b < x.Columns / 32; b++, group += TBlock.GroupBytes)
         {
-            Ahead(group, InterleavedRows.Q8_0GroupBlockBytes);
+            Ahead(group, TBlock.GroupBytes);
             var d = Halves(group);
-            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, xq + 32 * b, levelSums[b])), d * steps[b], acc);
+            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(TBlock.Load(group + 16).Dot(xq + 32 * b, levelSums[b])), d * steps[b], acc);
         }
         return acc;
     }
 
-    private static void Q8_0Tokens4(byte* group, QuantisedActivations x, int t, float* y, long stride)
+    private static void BlockTokens4<TBlock>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TBlock : struct, IBlock32<TBlock>
     {
         sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
         float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
         int* ls0 = x.LevelSums(t), ls1 = x.LevelSums(t + 1), ls2 = x.LevelSums(t + 2), ls3 = x.LevelSums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int b = 0; b < x.Columns / 32; b++, group += InterleavedRows.Q8_0GroupBlockBytes)
+        for (int b = 0; b < x.Columns / 32; b++, group += TBlock.GroupBytes)
         {
             var d = Halves(group);
+            var levels = TBlock.Load(group + 16);
             int at = 32 * b;
-            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x0 + at, ls0[b])), d * st0[b], a0);
-            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x1 + at, ls1[b])), d * st1[b], a1);
-            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x2 + at, ls2[b])), d * st2[b], a2);
-            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Bytes8.Dot(group + 16, x3 + at, ls3[b])), d * st3[b], a3);
+            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at, ls0[b])), d * st0[b], a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at, ls1[b])), d * st1[b], a1);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at, ls2[b])), d * st2[b], a2);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at, ls3[b])), d * st3[b], a3);
         }
         a0.Store(y); a1.Store(y + stride); a2.Store(y + 2 * stride); a3.Store(y + 3 * stride);
+    }
+
+    /// <summary>A 32-value block of eight interleaved rows behind eight f16 d: its rows' exact Σ level·x.</summary>
+    private interface IBlock32<TSelf> where TSelf : struct, IBlock32<TSelf>
+    {
+        /// <summary>Bytes of one group block (the d values and the levels).</summary>
+        static abstract int GroupBytes { get; }
+        static abstract TSelf Load(byte* levels);
+        /// <summary>Σ value·x per row, given the activation levels' sum <paramref name="levelSum"/> for the formats' offsets.</summary>
+        Vector256<int> Dot(sbyte* x, int levelSum);
+    }
+
+    /// <summary>q4_0: levels 0–15 standing for level − 8, the 8 taken off in integers.</summary>
+    private readonly struct Q4_0Block(Levels levels) : IBlock32<Q4_0Block>
+    {
+        public static int GroupBytes => InterleavedRows.Q4_0GroupBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Q4_0Block Load(byte* block) => new(new Levels(block));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* x, int levelSum) => levels.Dot(x) - Vector256.Create(8 * levelSum);
+    }
+
+    /// <summary>q8_0: levels stored + 128 (<see cref="Bytes8"/>).</summary>
+    private readonly struct Q8_0Block(IntPtr block) : IBlock32<Q8_0Block>
+    {
+        public static int GroupBytes => InterleavedRows.Q8_0GroupBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Q8_0Block Load(byte* block) => new((IntPtr)block);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* x, int levelSum) => Bytes8.Dot((byte*)block, x, levelSum);
     }
 
     private static Vector256<float> Q6_KToken(byte* group, QuantisedActivations x, int t)
