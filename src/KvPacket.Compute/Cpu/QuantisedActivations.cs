@@ -14,6 +14,8 @@ namespace KvPacket.Compute.Cpu;
 public sealed unsafe class QuantisedActivations : IDisposable
 {
     private NativeBuffer<byte>? _buffer;
+    private byte* _base;
+    private long _tokenBytes;
     private int _tokens, _columns;
 
     /// <summary>Columns per token.</summary>
@@ -34,6 +36,8 @@ public sealed unsafe class QuantisedActivations : IDisposable
         }
         _tokens = tokens;
         _columns = columns;
+        _base = _buffer.Pointer;
+        _tokenBytes = TokenBytes(columns);
         for (int t = 0; t < tokens; t++) QuantiseToken(x + (long)t * columns, t);
     }
 
@@ -52,9 +56,13 @@ public sealed unsafe class QuantisedActivations : IDisposable
     /// <summary>Token <paramref name="t"/>'s Σ q per block of 32, as integers.</summary>
     public int* LevelSums(int t) => (int*)(BlockSums(t) + _columns / 32);
 
-    private byte* Base(int t) => (uint)t < (uint)_tokens
-        ? _buffer!.Pointer + t * TokenBytes(_columns)
-        : throw new ArgumentOutOfRangeException(nameof(t));
+    /// <remarks>Read in the kernels' inner loops: the token is checked in debug builds only.</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private byte* Base(int t)
+    {
+        System.Diagnostics.Debug.Assert((uint)t < (uint)_tokens, "token outside the quantised batch");
+        return _base + t * _tokenBytes;
+    }
 
     private void QuantiseToken(float* x, int t)
     {
