@@ -74,6 +74,43 @@ public unsafe class KernelTests
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    public void Products_of_one_input_by_three_matrices_in_one_pass_equal_three_separate_products(int tokens)
+    {
+        const int Columns = 512;
+        var random = new SeededRandom(9);
+        (DType Type, int Rows)[] shapes = [(DType.Q4_Kx8, 64), (DType.Q6_Kx8, 24), (DType.F16, 40)];
+        var bytes = shapes.Select(s =>
+        {
+            var w = new float[s.Rows * Columns];
+            for (int i = 0; i < w.Length; i++) w[i] = random.NextSingle() - 0.5f;
+            if (s.Type != DType.F16) return Encode(w, s.Type, s.Rows, Columns);
+            var half = new Half[w.Length];
+            ElementConversion.SingleToHalf(w, half);
+            return System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.AsSpan()).ToArray();
+        }).ToArray();
+        var x = new float[tokens * Columns];
+        for (int i = 0; i < x.Length; i++) x[i] = random.NextSingle() - 0.5f;
+        var together = shapes.Select(s => new float[tokens * s.Rows]).ToArray();
+        var apart = shapes.Select(s => new float[tokens * s.Rows]).ToArray();
+        using var pool = new WorkerPool(2);
+        using var matMul = new MatMul(pool, Columns);
+        fixed (byte* b0 = bytes[0], b1 = bytes[1], b2 = bytes[2])
+        fixed (float* px = x, t0 = together[0], t1 = together[1], t2 = together[2], a0 = apart[0], a1 = apart[1], a2 = apart[2])
+        {
+            var w0 = new WeightTensor("q", shapes[0].Type, shapes[0].Rows, Columns, b0);
+            var w1 = new WeightTensor("k", shapes[1].Type, shapes[1].Rows, Columns, b1);
+            var w2 = new WeightTensor("v", shapes[2].Type, shapes[2].Rows, Columns, b2);
+            matMul.Multiply(px, tokens, w0, t0, w1, t1, w2, t2);
+            matMul.Multiply(px, tokens, w0, a0);
+            matMul.Multiply(px, tokens, w1, a1);
+            matMul.Multiply(px, tokens, w2, a2);
+        }
+        for (int i = 0; i < shapes.Length; i++) Assert.Equal(apart[i], together[i]);
+    }
+
     /// <summary><paramref name="weights"/> as <paramref name="type"/>; an interleaved layout is made from its file type as a reader makes it.</summary>
     private static byte[] Encode(float[] weights, DType type, int rows, int columns)
     {

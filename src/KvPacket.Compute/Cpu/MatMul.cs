@@ -14,7 +14,9 @@ namespace KvPacket.Compute.Cpu;
 /// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 4-token micro-kernel over blocks of
 /// tokens. K is cut into chunks of <see cref="KChunk"/> so a tile's rows stay in L1 whatever the width; every path
 /// (GEMV, GEMM, remainders) sums chunk by chunk in the same order, so a token's result does not depend on its batch.
-/// An instance owns per-thread scratch, so calls allocate nothing; one call at a time per instance.
+/// Products of one input by two or three matrices (q/k/v, gate/up) share one pass over the workers: on the 2-core VM
+/// each pass cost about 10 µs of hand-off. An instance owns per-thread scratch, so calls allocate nothing; one call at a
+/// time per instance.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class MatMul : IParallelWork, IDisposable
@@ -37,9 +39,19 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private readonly int _scratchFloats;
     private readonly QuantisedActivations _activations = new();
 
-    private float* _x, _y;
-    private WeightTensor _w;
-    private int _tokens, _panelRows;
+    private float* _x;
+    private int _tokens;
+    private readonly Part[] _parts = new Part[3];
+    private int _partCount;
+
+    /// <summary>One weight matrix of a call, its output, and its share of the call's panels.</summary>
+    private struct Part
+    {
+        public WeightTensor W;
+        public float* Y;
+        public int PanelRows, FirstPanel, Panels;
+        public bool IntegerDots;
+    }
 
     /// <summary>Creates a kernel for weights with at most <paramref name="maxColumns"/> columns.</summary>
     public MatMul(WorkerPool pool, int maxColumns)
@@ -56,52 +68,101 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     /// </summary>
     public void Multiply(float* x, int tokens, in WeightTensor w, float* y)
     {
+        _partCount = 0;
+        Add(w, y, tokens);
+        Run(x, tokens);
+    }
+
+    /// <summary>
+    /// Two products of the same input in one pass over the workers (gate and up): y0 = x·W0ᵀ, y1 = x·W1ᵀ, each exactly
+    /// as <see cref="Multiply(float*, int, in WeightTensor, float*)"/> computes it.
+    /// </summary>
+    public void Multiply(float* x, int tokens, in WeightTensor w0, float* y0, in WeightTensor w1, float* y1)
+    {
+        _partCount = 0;
+        Add(w0, y0, tokens);
+        Add(w1, y1, tokens);
+        Run(x, tokens);
+    }
+
+    /// <summary>Three products of the same input in one pass over the workers (query, key, value).</summary>
+    public void Multiply(float* x, int tokens, in WeightTensor w0, float* y0, in WeightTensor w1, float* y1, in WeightTensor w2, float* y2)
+    {
+        _partCount = 0;
+        Add(w0, y0, tokens);
+        Add(w1, y1, tokens);
+        Add(w2, y2, tokens);
+        Run(x, tokens);
+    }
+
+    private void Add(in WeightTensor w, float* y, int tokens)
+    {
         if (w.Columns % w.Type.BlockLength() != 0) throw new NotSupportedException($"{w.Type} '{w.Name}' has {w.Columns} columns, not whole blocks of {w.Type.BlockLength()}.");
         if (16L * w.Columns > _scratchFloats) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, more than this kernel was sized for.");
-        _x = x;
-        _y = y;
-        _w = w;
-        _tokens = tokens;
-        if (IntegerDots) _activations.Quantise(x, tokens, w.Columns);
+        if (_partCount > 0 && w.Columns != _parts[0].W.Columns) throw new ArgumentException($"'{w.Name}' has {w.Columns} columns, '{_parts[0].W.Name}' {_parts[0].W.Columns}: one input needs one width.");
         // Panels that fit the scratch (about L2), at least 16 rows, and at least four per thread so small matrices spread evenly.
         int byCache = Math.Max(16, _scratchFloats / w.Columns / PanelRowAlign * PanelRowAlign);
         int byBalance = Math.Max(PanelRowAlign, (w.Rows / (4 * _pool.ThreadCount) + PanelRowAlign - 1) / PanelRowAlign * PanelRowAlign);
-        _panelRows = tokens == 1 ? 16 : Math.Min(byCache, byBalance);
-        _panelRows = (_panelRows + w.Type.InterleavedRows() - 1) / w.Type.InterleavedRows() * w.Type.InterleavedRows();
-        int panels = (w.Rows + _panelRows - 1) / _panelRows;
-        if ((long)tokens * w.Rows * w.Columns < ParallelThreshold) Execute(0, panels, 0);
-        else _pool.Run(this, panels);
+        int panelRows = tokens == 1 ? 16 : Math.Min(byCache, byBalance);
+        panelRows = (panelRows + w.Type.InterleavedRows() - 1) / w.Type.InterleavedRows() * w.Type.InterleavedRows();
+        int first = _partCount == 0 ? 0 : _parts[_partCount - 1].FirstPanel + _parts[_partCount - 1].Panels;
+        _parts[_partCount++] = new Part
+        {
+            W = w, Y = y, PanelRows = panelRows, FirstPanel = first, Panels = (w.Rows + panelRows - 1) / panelRows,
+            IntegerDots = BlockDot.IsSupported && (BlockDot.Handles(w.Type) || InterleavedDot.Handles(w.Type)),
+        };
     }
 
-    /// <summary>Whether the current weights go through <see cref="BlockDot"/>.</summary>
-    private bool IntegerDots => BlockDot.IsSupported && (BlockDot.Handles(_w.Type) || InterleavedDot.Handles(_w.Type));
+    private void Run(float* x, int tokens)
+    {
+        _x = x;
+        _tokens = tokens;
+        long work = 0;
+        bool quantise = false;
+        for (int i = 0; i < _partCount; i++)
+        {
+            work += (long)tokens * _parts[i].W.Rows * _parts[i].W.Columns;
+            quantise |= _parts[i].IntegerDots;
+        }
+        if (quantise) _activations.Quantise(x, tokens, _parts[0].W.Columns);
+        var last = _parts[_partCount - 1];
+        int panels = last.FirstPanel + last.Panels;
+        if (work < ParallelThreshold) Execute(0, panels, 0);
+        else _pool.Run(this, panels);
+    }
 
     /// <inheritdoc />
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end, int worker)
     {
-        int rowStart = start * _panelRows, rowEnd = Math.Min(_w.Rows, end * _panelRows);
-        if (IntegerDots) BlockRows(rowStart, rowEnd);
-        else if (_tokens == 1) Gemv(rowStart, rowEnd, _scratch[worker].Pointer);
-        else
+        for (int i = 0; i < _partCount; i++)
         {
-            for (int r = rowStart; r < rowEnd; r += _panelRows)
-                GemmPanel(r, Math.Min(rowEnd, r + _panelRows), _scratch[worker].Pointer);
+            ref readonly var p = ref _parts[i];
+            int from = Math.Max(start, p.FirstPanel) - p.FirstPanel, to = Math.Min(end, p.FirstPanel + p.Panels) - p.FirstPanel;
+            if (from >= to) continue;
+            int rowStart = from * p.PanelRows, rowEnd = Math.Min(p.W.Rows, to * p.PanelRows);
+            if (p.IntegerDots) BlockRows(p, rowStart, rowEnd);
+            else if (_tokens == 1) Gemv(p, rowStart, rowEnd, _scratch[worker].Pointer);
+            else
+            {
+                for (int r = rowStart; r < rowEnd; r += p.PanelRows)
+                    GemmPanel(p, r, Math.Min(rowEnd, r + p.PanelRows), _scratch[worker].Pointer);
+            }
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Gemv(int rowStart, int rowEnd, float* scratch)
+    private void Gemv(in Part p, int rowStart, int rowEnd, float* scratch)
     {
-        int k = _w.Columns, r = rowStart;
+        int k = p.W.Columns, r = rowStart;
         float* x = _x;
         float* partial = stackalloc float[4];
-        switch (_w.Type)
+        switch (p.W.Type)
         {
             case DType.BF16 or DType.F16:
                 // 16-bit rows are widened in registers, four rows at a time.
-                ushort* w = (ushort*)_w.Data;
-                bool half = _w.Type == DType.F16;
+                ushort* w = (ushort*)p.W.Data;
+                bool half = p.W.Type == DType.F16;
                 for (; r <= rowEnd - 4; r += 4)
                 {
                     if (r + PrefetchRows + 4 <= rowEnd) Prefetch(w + (long)(r + PrefetchRows) * k, 4L * k * sizeof(ushort));
@@ -110,7 +171,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                         int length = Math.Min(KChunk, k - c0);
                         if (half) Dot.F16x4(x + c0, w + (long)r * k + c0, length, k, partial);
                         else Dot.BF16x4(x + c0, w + (long)r * k + c0, length, k, partial);
-                        Accumulate(_y + r, partial, c0 == 0);
+                        Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }
                 for (; r < rowEnd; r++)
@@ -118,12 +179,12 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     float sum = 0;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                         sum += half ? Dot.F16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0)) : Dot.BF16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0));
-                    _y[r] = sum;
+                    p.Y[r] = sum;
                 }
                 break;
             case DType.Q8_0 when Vector512.IsHardwareAccelerated:
                 // q8_0 blocks are widened in registers, four rows at a time; 1024-column chunks are whole blocks.
-                byte* q = (byte*)_w.Data;
+                byte* q = (byte*)p.W.Data;
                 long rowBytes = k / 32 * 34;
                 for (; r <= rowEnd - 4; r += 4)
                 {
@@ -131,21 +192,21 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         Dot.Q8_0x4(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial);
-                        Accumulate(_y + r, partial, c0 == 0);
+                        Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }
                 for (; r < rowEnd; r++)
                 {
                     float sum = 0;
                     for (int c0 = 0; c0 < k; c0 += KChunk) sum += Dot.Q8_0(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0));
-                    _y[r] = sum;
+                    p.Y[r] = sum;
                 }
                 break;
             case DType.F32:
                 for (; r < rowEnd; r += 4)
                 {
-                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch((float*)_w.Data + (long)(r + PrefetchRows) * k, 4L * k * sizeof(float));
-                    RowsTimesToken((float*)_w.Data + (long)r * k, Math.Min(4, rowEnd - r), x, _y + r);
+                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch((float*)p.W.Data + (long)(r + PrefetchRows) * k, 4L * k * sizeof(float));
+                    RowsTimesToken(k, (float*)p.W.Data + (long)r * k, Math.Min(4, rowEnd - r), x, p.Y + r);
                 }
                 break;
             default:
@@ -153,8 +214,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 for (; r < rowEnd; r += 4)
                 {
                     int rows = Math.Min(4, rowEnd - r);
-                    _w.ReadRows(r, rows, new Span<float>(scratch, rows * k));
-                    RowsTimesToken(scratch, rows, x, _y + r);
+                    p.W.ReadRows(r, rows, new Span<float>(scratch, rows * k));
+                    RowsTimesToken(k, scratch, rows, x, p.Y + r);
                 }
                 break;
         }
@@ -162,31 +223,30 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
 
     /// <summary>Rows of block-quantised weights against every token, each (token, row) one <see cref="BlockDot.Row"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void BlockRows(int rowStart, int rowEnd)
+    private void BlockRows(in Part p, int rowStart, int rowEnd)
     {
-        byte* w = (byte*)_w.Data;
-        long rowBytes = _w.Type.BytesFor(_w.Columns);
-        int n = _w.Rows;
-        if (InterleavedDot.Handles(_w.Type))
+        byte* w = (byte*)p.W.Data;
+        long rowBytes = p.W.Type.BytesFor(p.W.Columns);
+        int n = p.W.Rows;
+        if (InterleavedDot.Handles(p.W.Type))
         {
             // rowStart is a multiple of 8 (panels are): whole groups of eight interleaved rows.
             for (int r = rowStart; r < rowEnd; r += 8)
             {
-                InterleavedDot.Group(_w.Type, w + r * rowBytes, _activations, 0, _tokens, _y + r, n);
+                InterleavedDot.Group(p.W.Type, w + r * rowBytes, _activations, 0, _tokens, p.Y + r, n);
             }
             return;
         }
         for (int r = rowStart; r < rowEnd; r++)
         {
             if (_tokens == 1 && r + PrefetchRows < rowEnd) Prefetch(w + (r + PrefetchRows) * rowBytes, rowBytes);
-            for (int t = 0; t < _tokens; t++) _y[(long)t * n + r] = BlockDot.Row(_w.Type, w + r * rowBytes, _activations, t);
+            for (int t = 0; t < _tokens; t++) p.Y[(long)t * n + r] = BlockDot.Row(p.W.Type, w + r * rowBytes, _activations, t);
         }
     }
 
     /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path.</summary>
-    private void RowsTimesToken(float* w, int rows, float* x, float* y)
+    private static void RowsTimesToken(int k, float* w, int rows, float* x, float* y)
     {
-        int k = _w.Columns;
         float* partial = stackalloc float[4];
         if (rows == 4)
         {
@@ -220,14 +280,14 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void GemmPanel(int rowStart, int rowEnd, float* panel)
+    private void GemmPanel(in Part p, int rowStart, int rowEnd, float* panel)
     {
-        int k = _w.Columns, rows = rowEnd - rowStart, n = _w.Rows;
+        int k = p.W.Columns, rows = rowEnd - rowStart, n = p.W.Rows;
         float* w;
-        if (_w.Type == DType.F32) w = (float*)_w.Data + (long)rowStart * k;
+        if (p.W.Type == DType.F32) w = (float*)p.W.Data + (long)rowStart * k;
         else
         {
-            _w.ReadRows(rowStart, rows, new Span<float>(panel, rows * k));
+            p.W.ReadRows(rowStart, rows, new Span<float>(panel, rows * k));
             w = panel;
         }
 
@@ -245,16 +305,16 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     int len = Math.Min(KChunk, k - c0);
                     int t = t0;
                     if (tiled && len % 16 == 0)
-                        for (; t <= t1 - 4; t += 4) Tile4x4(w + (long)r * k + c0, k, len, t, c0, rowStart + r, c0 == 0);
+                        for (; t <= t1 - 4; t += 4) Tile4x4(p, w + (long)r * k + c0, k, len, t, c0, rowStart + r, c0 == 0);
                     for (; t < t1; t++)
                     {
                         Dot.F32x4(_x + (long)t * k + c0, w + (long)r * k + c0, len, k, partial);
-                        Accumulate(_y + (long)t * n + rowStart + r, partial, c0 == 0);
+                        Accumulate(p.Y + (long)t * n + rowStart + r, partial, c0 == 0);
                     }
                 }
             }
             for (int r = fullRows; r < rows; r++)
-                for (int t = t0; t < t1; t++) RowsTimesToken(w + (long)r * k, 1, _x + (long)t * k, _y + (long)t * n + rowStart + r);
+                for (int t = t0; t < t1; t++) RowsTimesToken(k, w + (long)r * k, 1, _x + (long)t * k, p.Y + (long)t * n + rowStart + r);
         }
     }
 
@@ -263,7 +323,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     /// are stored (first chunk) or added to y.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Tile4x4(float* w, int stride, int length, int t, int column, int row, bool first)
+    private void Tile4x4(in Part p, float* w, int stride, int length, int t, int column, int row, bool first)
     {
         float* x0 = _x + (long)t * stride + column, x1 = x0 + stride, x2 = x1 + stride, x3 = x2 + stride;
         float* w0 = w, w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
@@ -288,8 +348,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             a30 = Vector512.FusedMultiplyAdd(v0, b, a30); a31 = Vector512.FusedMultiplyAdd(v1, b, a31);
             a32 = Vector512.FusedMultiplyAdd(v2, b, a32); a33 = Vector512.FusedMultiplyAdd(v3, b, a33);
         }
-        int n = _w.Rows;
-        float* y0 = _y + (long)t * n + row, y1 = y0 + n, y2 = y1 + n, y3 = y2 + n;
+        int n = p.W.Rows;
+        float* y0 = p.Y + (long)t * n + row, y1 = y0 + n, y2 = y1 + n, y3 = y2 + n;
         Store(y0, first, Vector512.Sum(a00), Vector512.Sum(a10), Vector512.Sum(a20), Vector512.Sum(a30));
         Store(y1, first, Vector512.Sum(a01), Vector512.Sum(a11), Vector512.Sum(a21), Vector512.Sum(a31));
         Store(y2, first, Vector512.Sum(a02), Vector512.Sum(a12), Vector512.Sum(a22), Vector512.Sum(a32));

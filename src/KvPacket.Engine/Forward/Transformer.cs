@@ -203,8 +203,9 @@ public sealed unsafe class Transformer : IDisposable
         var layer = _model.Layers[1];
         var vectors = _layerVectors[1];
         for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, c.HiddenSize), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, c.HiddenSize));
-        Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
-        Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
+        _matMul.Multiply(_xb.Pointer, tokens, layer.Key, _k.Pointer, layer.Value, _v.Pointer);
+        AddBias(tokens, vectors.KeyBias, _k);
+        AddBias(tokens, vectors.ValueBias, _v);
         var layout = KvPool.Layout;
         var stored = new float[c.HeadDim];
         var deviation = new double[tokens];
@@ -247,9 +248,10 @@ public sealed unsafe class Transformer : IDisposable
             // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x)); the query's rope is applied inside attention.
             for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.AttentionNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
             if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Norm, clock);
-            Project(_xb, tokens, layer.Query, vectors.QueryBias, _q);
-            Project(_xb, tokens, layer.Key, vectors.KeyBias, _k);
-            Project(_xb, tokens, layer.Value, vectors.ValueBias, _v);
+            _matMul.Multiply(_xb.Pointer, tokens, layer.Query, _q.Pointer, layer.Key, _k.Pointer, layer.Value, _v.Pointer);
+            AddBias(tokens, vectors.QueryBias, _q);
+            AddBias(tokens, vectors.KeyBias, _k);
+            AddBias(tokens, vectors.ValueBias, _v);
             if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.QueryKeyValue, clock);
             for (int t = 0; t < tokens; t++) _rope.Rotate(Row(_k, t, c.KvDim), c.KvHeadCount, Row(_ropeCos, t, _rope.PairCount), Row(_ropeSin, t, _rope.PairCount));
             _attention.Append(l, _attentionBatch, _k.Pointer, _v.Pointer);
@@ -263,8 +265,7 @@ public sealed unsafe class Transformer : IDisposable
             // Feed-forward block: x += W2 · (silu(W1·norm(x)) ⊙ W3·norm(x)).
             for (int t = 0; t < tokens; t++) RmsNorm.Apply(Row(_x, t, hidden), vectors.FfnNorm, (float)c.NormEpsilon, Row(_xb, t, hidden));
             if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.Norm, clock);
-            _matMul.Multiply(_xb.Pointer, tokens, layer.Gate, _gate.Pointer);
-            _matMul.Multiply(_xb.Pointer, tokens, layer.Up, _up.Pointer);
+            _matMul.Multiply(_xb.Pointer, tokens, layer.Gate, _gate.Pointer, layer.Up, _up.Pointer);
             if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.GateUp, clock);
             SwiGlu.Apply(_gate.Slice(0, tokens * c.IntermediateSize), _up.Slice(0, tokens * c.IntermediateSize));
             if (profile is not null) clock = profile.Lap(ForwardProfile.Stage.SwiGlu, clock);
@@ -366,10 +367,8 @@ public sealed unsafe class Transformer : IDisposable
         }
     }
 
-    private void Project(NativeBuffer<float> input, int tokens, in WeightTensor weight, float[] bias, NativeBuffer<float> output)
+    private static void AddBias(int tokens, float[] bias, NativeBuffer<float> output)
     {
-        _matMul.Multiply(input.Pointer, tokens, weight, output.Pointer);
-        if (bias.Length == 0) return;
         for (int t = 0; t < tokens; t++) TensorPrimitives.Add(Row(output, t, bias.Length), bias, Row(output, t, bias.Length));
     }
 
