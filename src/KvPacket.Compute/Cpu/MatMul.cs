@@ -7,9 +7,10 @@ using KvPacket.Core.Model;
 namespace KvPacket.Compute.Cpu;
 
 /// <summary>
-/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16/q8_0 weights, on all cores; for q4_0, q4_K,
-/// q5_K and q6_K weights the activations are first rounded to int8 blocks (<see cref="QuantisedActivations"/>) and every
-/// (token, row) is one <see cref="BlockDot"/>, alone or in a batch alike.
+/// y[t, o] = Σ_k x[t, k] · W[o, k] for f32 activations and f32/f16/bf16 or GGML block-format weights, on all cores. For
+/// block formats (q8_0 only in its interleaved layout) the activations are first rounded to int8 blocks
+/// (<see cref="QuantisedActivations"/>) and every (token, row) is one <see cref="InterleavedDot"/> or <see cref="BlockDot"/>
+/// product, alone or in a batch alike; q8_0 rows kept in the file's layout are widened in registers instead.
 /// One token is a GEMV that streams W once (memory-bound). Several tokens are a GEMM: each thread widens a panel
 /// of W rows to f32 once into its own scratch, then runs a register-tiled 4-row × 4-token micro-kernel over blocks of
 /// tokens. K is cut into chunks of <see cref="KChunk"/> so a tile's rows stay in L1 whatever the width; every path
