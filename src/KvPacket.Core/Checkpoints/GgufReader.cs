@@ -84,6 +84,7 @@ public static class GgufReader
                         var reordered = new NativeBuffer<byte>(interleaved.BytesFor((long)rows * columns));
                         owners.Add(reordered);
                         InterleavedRows.Interleave(type, data, rows, columns, reordered.Pointer);
+                        file.Release(dataStart + (long)offset, bytes);
                         tensors[name] = new WeightTensor(name, interleaved, rows, columns, reordered.Pointer);
                     }
                     else tensors[name] = new WeightTensor(name, type, rows, columns, data);

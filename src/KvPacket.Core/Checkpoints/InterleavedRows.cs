@@ -55,14 +55,23 @@ public static unsafe class InterleavedRows
     public const int Q6_KBlockBytes = 192;
 
     /// <summary>Reorders <paramref name="rows"/> (a multiple of 8) rows of <paramref name="type"/> (q4_0, q4_K, q5_K, q6_K or q8_0) from <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    /// <remarks>Groups are independent: they are reordered in parallel, 64 at a time (a 1B model's load, not a hot path).</remarks>
     public static void Interleave(DType type, byte* source, int rows, int columns, byte* destination)
     {
         if (rows % 8 != 0) throw new ArgumentException($"{rows} rows are not whole groups of 8.", nameof(rows));
+        if (type.Interleaved() is null) throw new ArgumentOutOfRangeException(nameof(type), type, "only q4_0, q4_K, q5_K, q6_K and q8_0 are interleaved");
+        const int Chunk = 64;
+        int groups = rows / 8;
+        Parallel.For(0, (groups + Chunk - 1) / Chunk, c => InterleaveGroups(type, source, columns, destination, c * Chunk, Math.Min(groups, (c + 1) * Chunk)));
+    }
+
+    private static void InterleaveGroups(DType type, byte* source, int columns, byte* destination, int firstGroup, int endGroup)
+    {
         long rowBytes = type.BytesFor(columns);
         int blocks = columns / type.BlockLength();
         Span<byte> levels = stackalloc byte[256];
         Span<byte> sixBit = stackalloc byte[256];
-        for (int g = 0; g < rows / 8; g++)
+        for (int g = firstGroup; g < endGroup; g++)
         {
             byte* group = destination + g * 8 * (type.Interleaved() ?? type).BytesFor(columns);
             for (int b = 0; b < blocks; b++)

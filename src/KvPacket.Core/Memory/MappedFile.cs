@@ -3,7 +3,7 @@ using System.IO.MemoryMappedFiles;
 namespace KvPacket.Core.Memory;
 
 /// <summary>A whole file mapped read-only into memory, so weights are used in place rather than copied.</summary>
-public sealed unsafe class MappedFile : IDisposable
+public sealed unsafe partial class MappedFile : IDisposable
 {
     private readonly MemoryMappedFile? _file;
     private readonly MemoryMappedViewAccessor? _view;
@@ -40,6 +40,23 @@ public sealed unsafe class MappedFile : IDisposable
             throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is outside {Path} ({Length} bytes).");
         return new ReadOnlySpan<byte>(_pointer + offset, length);
     }
+
+    /// <summary>
+    /// Tells the kernel the pages of [<paramref name="offset"/>, offset + <paramref name="length"/>) are not needed again
+    /// (their data was copied elsewhere), so they leave the process's resident memory; reading them again still works.
+    /// </summary>
+    public void Release(long offset, long length)
+    {
+        if (!OperatingSystem.IsLinux() || _pointer == null || offset < 0 || length <= 0 || offset + length > Length) return;
+        const nint Page = 4096;
+        nint first = ((nint)(_pointer + offset) + Page - 1) & ~(Page - 1), end = (nint)(_pointer + offset + length) & ~(Page - 1);
+        if (end > first) _ = Madvise(first, (nuint)(end - first), DontNeed);
+    }
+
+    private const int DontNeed = 4; // MADV_DONTNEED
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "madvise")]
+    private static partial int Madvise(nint address, nuint length, int advice);
 
     /// <inheritdoc />
     public void Dispose()
