@@ -145,7 +145,7 @@ public class RoundTripTests
     }
 
     [Fact]
-    public void Qwen2_with_biases_survives_a_GGUF_round_trip_through_the_interleaved_layout()
+    public void Qwen2_with_biases_survives_a_GGUF_round_trip_as_architecture_qwen2()
     {
         using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Fixtures.PathOf("tiny-qwen2"));
@@ -154,6 +154,8 @@ public class RoundTripTests
 
         using var reloaded = CheckpointLoader.Load(path);
 
+        Assert.Equal("qwen2", GgufReader.ReadMetadata(path)["general.architecture"]);
+        Assert.Equal(("qwen2", RopeStyle.RotateHalf), (reloaded.Config.Architecture, reloaded.Config.RopeStyle)); // as llama.cpp's converter leaves it
         Assert.True(reloaded.Config.AttentionBias);
         AssertSameLogits(original, reloaded, 1e-4);
     }

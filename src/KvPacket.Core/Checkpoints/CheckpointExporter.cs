@@ -21,7 +21,8 @@ public static class CheckpointExporter
     }
 
     /// <summary>
-    /// Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout) to <paramref name="path"/>, with
+    /// Writes a GGUF v3 file of architecture <c>llama</c> (interleaved RoPE layout), or <c>qwen2</c> for a Qwen2 model
+    /// (rotate-half RoPE layout, as llama.cpp's converter leaves it), to <paramref name="path"/>, with
     /// <paramref name="vocabulary"/> — the SentencePiece or byte-level BPE tokenizer next to the model, else a
     /// <see cref="GgufVocabulary.Placeholder"/> — so llama.cpp loads it.
     /// </summary>
@@ -32,21 +33,22 @@ public static class CheckpointExporter
     public static void WriteGguf(Checkpoint checkpoint, string path, QuantisationMix mix, GgufVocabulary? vocabulary = null)
     {
         var c = checkpoint.Config;
+        string arch = c.Architecture == "qwen2" ? "qwen2" : "llama";
         var metadata = new List<KeyValuePair<string, object>>
         {
-            new("general.architecture", "llama"),
+            new("general.architecture", arch),
             new("general.name", Path.GetFileNameWithoutExtension(checkpoint.Source)),
-            new("llama.context_length", (uint)c.MaxContextLength),
-            new("llama.embedding_length", (uint)c.HiddenSize),
-            new("llama.block_count", (uint)c.LayerCount),
-            new("llama.feed_forward_length", (uint)c.IntermediateSize),
-            new("llama.attention.head_count", (uint)c.HeadCount),
-            new("llama.attention.head_count_kv", (uint)c.KvHeadCount),
-            new("llama.attention.key_length", (uint)c.HeadDim),
-            new("llama.rope.dimension_count", (uint)c.HeadDim),
-            new("llama.attention.layer_norm_rms_epsilon", (float)c.NormEpsilon),
-            new("llama.rope.freq_base", (float)c.RopeTheta),
-            new("llama.vocab_size", (uint)c.VocabSize),
+            new($"{arch}.context_length", (uint)c.MaxContextLength),
+            new($"{arch}.embedding_length", (uint)c.HiddenSize),
+            new($"{arch}.block_count", (uint)c.LayerCount),
+            new($"{arch}.feed_forward_length", (uint)c.IntermediateSize),
+            new($"{arch}.attention.head_count", (uint)c.HeadCount),
+            new($"{arch}.attention.head_count_kv", (uint)c.KvHeadCount),
+            new($"{arch}.attention.key_length", (uint)c.HeadDim),
+            new($"{arch}.rope.dimension_count", (uint)c.HeadDim),
+            new($"{arch}.attention.layer_norm_rms_epsilon", (float)c.NormEpsilon),
+            new($"{arch}.rope.freq_base", (float)c.RopeTheta),
+            new($"{arch}.vocab_size", (uint)c.VocabSize),
         };
         vocabulary ??= TokenizerLoader.TryLoadNextTo(checkpoint.Source) switch
         {
@@ -57,7 +59,7 @@ public static class CheckpointExporter
         if (vocabulary.Pieces.Length != c.VocabSize)
             throw new ArgumentException($"a vocabulary of {vocabulary.Pieces.Length} pieces for a model of {c.VocabSize}.", nameof(vocabulary));
         metadata.AddRange(vocabulary.Metadata());
-        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, RopeStyle.Interleaved, mix));
+        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, GgufFormat.RopeStyleOf(arch), mix));
     }
 
     private static List<TensorToWrite> Tensors(Checkpoint checkpoint, TensorNames names, RopeStyle targetStyle, QuantisationMix mix)

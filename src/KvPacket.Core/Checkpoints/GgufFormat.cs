@@ -43,6 +43,15 @@ public static class GgufFormat
         Float64 = 12,
     }
 
+    /// <summary>
+    /// The RoPE layout of q/k rows under a GGUF architecture: llama.cpp's converter permutes <c>llama</c> models into the
+    /// interleaved layout and leaves <c>qwen2</c> (NEOX-style rotation) in rotate-half.
+    /// </summary>
+    public static Model.RopeStyle RopeStyleOf(string architecture) => architecture == "qwen2" ? Model.RopeStyle.RotateHalf : Model.RopeStyle.Interleaved;
+
+    /// <summary>The GGUF architectures read and written here.</summary>
+    public static IReadOnlyList<string> Architectures { get; } = ["llama", "qwen2"];
+
     /// <summary>The element type a ggml tensor type is read as; null for types not supported here.</summary>
     public static DType? ElementType(TensorType type) => type switch
     {

@@ -7,9 +7,10 @@ using KvPacket.Core.Model;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// Reads GGUF v3 checkpoints of the <c>llama</c> architecture with f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K tensors,
+/// Reads GGUF v3 checkpoints of the <c>llama</c> and <c>qwen2</c> architectures with f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K tensors,
 /// all kept as stored in the memory-mapped file (the kernels read the blocks as they are).
-/// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation).
+/// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation); qwen2 keeps
+/// them rotate-half.
 /// </summary>
 public static class GgufReader
 {
@@ -105,7 +106,8 @@ public static class GgufReader
     private static ModelConfig ReadConfig(string path, Dictionary<string, object> metadata, Dictionary<string, WeightTensor> tensors)
     {
         string arch = metadata.TryGetValue("general.architecture", out var archValue) ? archValue as string ?? "" : "";
-        if (arch != "llama") throw new CheckpointFormatException(path, "general.architecture", $"'{arch}' is not supported (llama)");
+        if (!GgufFormat.Architectures.Contains(arch))
+            throw new CheckpointFormatException(path, "general.architecture", $"'{arch}' is not supported ({string.Join(", ", GgufFormat.Architectures)})");
         long Required(string key) => metadata.TryGetValue(key, out var v) && v is not string and not object[]
             ? Convert.ToInt64(v)
             : throw new CheckpointFormatException(path, key, "is missing");
@@ -114,25 +116,25 @@ public static class GgufReader
             ? v is float f ? double.Parse(f.ToString("R", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture) : Convert.ToDouble(v, CultureInfo.InvariantCulture)
             : fallback;
 
-        int hidden = (int)Required("llama.embedding_length");
-        int heads = (int)Required("llama.attention.head_count");
-        int vocab = metadata.TryGetValue("llama.vocab_size", out var vs) ? Convert.ToInt32(vs)
+        int hidden = (int)Required($"{arch}.embedding_length");
+        int heads = (int)Required($"{arch}.attention.head_count");
+        int vocab = metadata.TryGetValue($"{arch}.vocab_size", out var vs) ? Convert.ToInt32(vs)
             : tensors.TryGetValue(TensorNames.Gguf.Embedding, out var embedding) ? embedding.Rows
             : throw new CheckpointFormatException(path, TensorNames.Gguf.Embedding, "tensor is missing");
         return new ModelConfig
         {
-            Architecture = "llama",
+            Architecture = arch,
             HiddenSize = hidden,
-            IntermediateSize = (int)Required("llama.feed_forward_length"),
-            LayerCount = (int)Required("llama.block_count"),
+            IntermediateSize = (int)Required($"{arch}.feed_forward_length"),
+            LayerCount = (int)Required($"{arch}.block_count"),
             HeadCount = heads,
-            KvHeadCount = metadata.TryGetValue("llama.attention.head_count_kv", out var kv) ? Convert.ToInt32(kv) : heads,
-            HeadDim = metadata.TryGetValue("llama.attention.key_length", out var kl) ? Convert.ToInt32(kl) : hidden / heads,
+            KvHeadCount = metadata.TryGetValue($"{arch}.attention.head_count_kv", out var kv) ? Convert.ToInt32(kv) : heads,
+            HeadDim = metadata.TryGetValue($"{arch}.attention.key_length", out var kl) ? Convert.ToInt32(kl) : hidden / heads,
             VocabSize = vocab,
-            MaxContextLength = (int)Required("llama.context_length"),
-            NormEpsilon = Real("llama.attention.layer_norm_rms_epsilon", 1e-5),
-            RopeTheta = Real("llama.rope.freq_base", 10000),
-            RopeStyle = RopeStyle.Interleaved,
+            MaxContextLength = (int)Required($"{arch}.context_length"),
+            NormEpsilon = Real($"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+            RopeTheta = Real($"{arch}.rope.freq_base", 10000),
+            RopeStyle = GgufFormat.RopeStyleOf(arch),
             TiedEmbeddings = !tensors.ContainsKey(TensorNames.Gguf.Classifier),
             AttentionBias = tensors.ContainsKey(TensorNames.Gguf.Layer(0, LayerTensor.QueryBias)),
             BosTokenId = metadata.TryGetValue("tokenizer.ggml.bos_token_id", out var bos) ? Convert.ToInt32(bos) : null,
