@@ -82,7 +82,7 @@ public static class GgufReader
                     if (type.Interleaved() is DType interleaved && rows % 8 == 0)
                     {
                         // Reordered once so one integer multiply-add serves eight rows (InterleavedRows); the file's pages are not read again.
-                        var reordered = new NativeBuffer<byte>(interleaved.BytesFor((long)rows * columns));
+                        var reordered = new NativeBuffer<byte>(interleaved.BytesFor((long)rows * columns), zeroed: false);
                         owners.Add(reordered);
                         InterleavedRows.Interleave(type, data, rows, columns, reordered.Pointer);
                         file.Release(dataStart + (long)offset, bytes);

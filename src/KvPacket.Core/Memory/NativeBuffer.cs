@@ -3,7 +3,8 @@ using System.Runtime.InteropServices;
 namespace KvPacket.Core.Memory;
 
 /// <summary>
-/// A block of 64-byte-aligned native memory holding <typeparamref name="T"/> elements, zeroed on allocation.
+/// A block of 64-byte-aligned native memory holding <typeparamref name="T"/> elements, zeroed on allocation unless the
+/// caller writes every element first.
 /// Hot paths see it only as spans or pointers, so the GC never moves or scans it.
 /// </summary>
 public sealed unsafe class NativeBuffer<T> : IDisposable where T : unmanaged
@@ -14,13 +15,21 @@ public sealed unsafe class NativeBuffer<T> : IDisposable where T : unmanaged
     private T* _pointer;
 
     /// <summary>Allocates <paramref name="length"/> zeroed elements.</summary>
-    public NativeBuffer(long length)
+    public NativeBuffer(long length) : this(length, zeroed: true)
+    {
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="length"/> elements, zeroed when <paramref name="zeroed"/>; a buffer the caller fills
+    /// whole at once (weights reordered at load) skips the clearing pass.
+    /// </summary>
+    public NativeBuffer(long length, bool zeroed)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         Length = length;
         nuint bytes = (nuint)Math.Max(1, length * sizeof(T));
         _pointer = (T*)NativeMemory.AlignedAlloc(bytes, Alignment);
-        NativeMemory.Clear(_pointer, bytes);
+        if (zeroed) NativeMemory.Clear(_pointer, bytes);
     }
 
     /// <summary>Number of elements.</summary>
