@@ -145,6 +145,24 @@ public class RoundTripTests
     }
 
     [Fact]
+    public void Llama_3_rope_scaling_travels_through_GGUF_as_per_frequency_factors()
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var original = CheckpointLoader.Load(Fixtures.PathOf("tiny-llama3"));
+        Assert.NotNull(original.Config.RopeScaling);
+        string path = Path.Combine(temp.Path, "llama3.gguf");
+        CheckpointExporter.WriteGguf(original, path, DType.F32);
+
+        using var reloaded = CheckpointLoader.Load(path);
+
+        var factors = Assert.IsType<RopeFrequencyFactors>(reloaded.Config.RopeFrequencyFactors);
+        Assert.Equal(original.Config.HeadDim / 2, factors.Values.Length);
+        Assert.Contains(factors.Values, v => v > 1.5);    // the low frequencies are divided (factor 8 in this config)
+        var (tokens, _) = ReferenceModels.GoldenLogits("tiny-llama3");
+        Assert.InRange(ReferenceModels.MaxAbs(ReferenceModels.AllLogits(original, tokens), ReferenceModels.AllLogits(reloaded, tokens)), 0, 1e-4);
+    }
+
+    [Fact]
     public void Qwen2_with_biases_survives_a_GGUF_round_trip_as_architecture_qwen2()
     {
         using var temp = Fixtures.TempDirectory();

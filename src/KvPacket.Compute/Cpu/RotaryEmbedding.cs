@@ -30,14 +30,14 @@ public sealed class RotaryEmbedding
         _inverseFrequencies = Frequencies(config);
     }
 
-    /// <summary>The inverse frequencies of <paramref name="config"/>, Llama-3 scaling applied, in float64.</summary>
+    /// <summary>The inverse frequencies of <paramref name="config"/>, Llama-3 scaling and per-frequency factors applied, in float64.</summary>
     public static double[] Frequencies(ModelConfig config)
     {
         var result = new double[config.HeadDim / 2];
         for (int i = 0; i < result.Length; i++)
         {
             double frequency = Math.Pow(config.RopeTheta, -2.0 * i / config.HeadDim);
-            result[i] = config.RopeScaling?.Apply(frequency) ?? frequency;
+            result[i] = (config.RopeScaling?.Apply(frequency) ?? frequency) / (config.RopeFrequencyFactors?.Values[i] ?? 1);
         }
         return result;
     }

@@ -48,7 +48,7 @@ public abstract partial class ModelSpec
     public bool Matches(ModelConfig config) =>
         config.HiddenSize == HiddenSize && config.IntermediateSize == IntermediateSize && config.LayerCount == LayerCount
         && config.HeadCount == HeadCount && config.KvHeadCount == KvHeadCount && config.HeadDim == HeadDim
-        && config.VocabSize == VocabSize && config.RopeTheta == RopeTheta && config.RopeScaling == RopeScaling;
+        && config.VocabSize == VocabSize && config.RopeTheta == RopeTheta && config.RopeScaling == RopeScaling && config.RopeFrequencyFactors is null;
 
     /// <summary>The spec <paramref name="config"/> matches, or null when no card has its shape.</summary>
     public static ModelSpec? For(ModelConfig config) => All.FirstOrDefault(s => s.Matches(config));

@@ -59,7 +59,15 @@ public static class CheckpointExporter
         if (vocabulary.Pieces.Length != c.VocabSize)
             throw new ArgumentException($"a vocabulary of {vocabulary.Pieces.Length} pieces for a model of {c.VocabSize}.", nameof(vocabulary));
         metadata.AddRange(vocabulary.Metadata());
-        GgufWriter.Write(path, metadata, Tensors(checkpoint, TensorNames.Gguf, GgufFormat.RopeStyleOf(arch), mix));
+        var tensors = Tensors(checkpoint, TensorNames.Gguf, GgufFormat.RopeStyleOf(arch), mix);
+        // Llama-3 scaling travels as llama.cpp's per-frequency divisors.
+        var factors = c.RopeFrequencyFactors ?? (c.RopeScaling is { } scaling ? RopeFrequencyFactors.Of(scaling, c.RopeTheta, c.HeadDim) : null);
+        if (factors is not null)
+        {
+            var values = factors.Values.Select(v => (float)v).ToArray();
+            tensors.Add(new TensorToWrite(GgufReader.RopeFrequenciesTensor, DType.F32, [values.Length], stream => stream.Write(MemoryMarshal.AsBytes(values.AsSpan()))));
+        }
+        GgufWriter.Write(path, metadata, tensors);
     }
 
     private static List<TensorToWrite> Tensors(Checkpoint checkpoint, TensorNames names, RopeStyle targetStyle, QuantisationMix mix)

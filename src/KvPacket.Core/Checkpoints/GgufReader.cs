@@ -136,13 +136,23 @@ public static class GgufReader
             RopeTheta = Real($"{arch}.rope.freq_base", 10000),
             RopeStyle = GgufFormat.RopeStyleOf(arch),
             TiedEmbeddings = !tensors.ContainsKey(TensorNames.Gguf.Classifier),
+            RopeFrequencyFactors = tensors.TryGetValue(RopeFrequenciesTensor, out var factors) ? ReadFactors(factors) : null,
             AttentionBias = tensors.ContainsKey(TensorNames.Gguf.Layer(0, LayerTensor.QueryBias)),
             BosTokenId = metadata.TryGetValue("tokenizer.ggml.bos_token_id", out var bos) ? Convert.ToInt32(bos) : null,
             EosTokenIds = metadata.TryGetValue("tokenizer.ggml.eos_token_id", out var eos) ? [Convert.ToInt32(eos)] : [],
         };
     }
 
-    /// <summary>Bounds-checked little-endian reads over the mapped file; running off the end names the field.</summary>
+    /// <summary>The tensor of per-frequency RoPE divisors llama.cpp's converter writes for Llama-3 scaling.</summary>
+    public const string RopeFrequenciesTensor = "rope_freqs.weight";
+
+    private static RopeFrequencyFactors ReadFactors(WeightTensor tensor)
+    {
+        var values = new float[tensor.ElementCount];
+        tensor.ReadRows(0, tensor.Rows, values);
+        return new RopeFrequencyFactors(values.Select(v => (double)v).ToArray()); // checked against head_dim by ModelConfig.Validate
+    }
+
     /// <summary>The metadata of the GGUF file at <paramref name="path"/> (arrays as object[]), without its tensors.</summary>
     public static IReadOnlyDictionary<string, object> ReadMetadata(string path)
     {

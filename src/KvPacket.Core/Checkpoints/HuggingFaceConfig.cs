@@ -97,6 +97,8 @@ public static class HuggingFaceConfig
     /// <summary>Writes <paramref name="config"/> as a transformers 4 style <c>config.json</c>.</summary>
     public static void Write(ModelConfig config, string path)
     {
+        if (config.RopeFrequencyFactors is not null)
+            throw new NotSupportedException("RoPE frequency factors (a GGUF rope_freqs tensor) have no config.json form; write this model as GGUF");
         using var stream = File.Create(path);
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         json.WriteStartObject();

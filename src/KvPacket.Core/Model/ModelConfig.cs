@@ -27,6 +27,8 @@ public sealed record ModelConfig
     public double RopeTheta { get; init; } = 10000;
     /// <summary>Llama-3 frequency scaling, if the model uses it.</summary>
     public RopeScaling? RopeScaling { get; init; }
+    /// <summary>Per-frequency RoPE divisors, as a GGUF file carries Llama-3 scaling; applied after <see cref="RopeScaling"/>.</summary>
+    public RopeFrequencyFactors? RopeFrequencyFactors { get; init; }
     /// <summary>Which dimensions RoPE pairs.</summary>
     public RopeStyle RopeStyle { get; init; } = RopeStyle.RotateHalf;
     /// <summary>Whether the classifier reuses the token embedding.</summary>
@@ -66,6 +68,8 @@ public sealed record ModelConfig
         if (HeadDim % 2 != 0) throw new CheckpointFormatException(source, "head_dim", $"must be even for RoPE, got {HeadDim}");
         if (!(NormEpsilon > 0 && NormEpsilon <= 0.1)) throw new CheckpointFormatException(source, "rms_norm_eps", $"must be in (0, 0.1], got {NormEpsilon}");
         if (!(RopeTheta > 0 && RopeTheta < 1e12)) throw new CheckpointFormatException(source, "rope_theta", $"must be in (0, 1e12), got {RopeTheta}");
+        if (RopeFrequencyFactors is { } factors && (factors.Values.Length != HeadDim / 2 || factors.Values.Any(v => !(v > 0 && v < 1e9))))
+            throw new CheckpointFormatException(source, "rope_freqs", $"needs {HeadDim / 2} positive finite factors (head_dim / 2), got {factors.Values.Length}");
         if (BosTokenId is int bos && (bos < 0 || bos >= VocabSize)) throw new CheckpointFormatException(source, "bos_token_id", $"{bos} is not below vocab_size {VocabSize}");
         foreach (int eos in EosTokenIds)
             if (eos < 0 || eos >= VocabSize) throw new CheckpointFormatException(source, "eos_token_id", $"{eos} is not below vocab_size {VocabSize}");

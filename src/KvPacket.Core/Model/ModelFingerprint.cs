@@ -19,6 +19,8 @@ public readonly record struct ModelFingerprint(UInt128 Value)
         var c = checkpoint.Config;
         string shape = string.Create(CultureInfo.InvariantCulture,
             $"{c.Architecture}|{c.HiddenSize}|{c.IntermediateSize}|{c.LayerCount}|{c.HeadCount}|{c.KvHeadCount}|{c.HeadDim}|{c.VocabSize}|{c.MaxContextLength}|{c.NormEpsilon:R}|{c.RopeTheta:R}|{c.RopeScaling}|{c.RopeStyle}|{c.TiedEmbeddings}|{c.AttentionBias}");
+        // Appended only when present, so every fingerprint made before the field existed stays the same.
+        if (c.RopeFrequencyFactors is { } factors) shape += "|" + factors;
         hash.Append(Encoding.UTF8.GetBytes(shape));
         Append(hash, checkpoint.TokenEmbedding);
         foreach (var layer in checkpoint.Layers)
