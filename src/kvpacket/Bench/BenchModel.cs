@@ -7,7 +7,10 @@ namespace KvPacket.Cli.Bench;
 /// <summary>Resolves a benchmark's model: a path, or a model card synthesised once into a cache directory.</summary>
 internal static class BenchModel
 {
-    /// <summary>The checkpoint at <paramref name="path"/>, or card <paramref name="shape"/> synthesised (keeping only <paramref name="layers"/> layers when positive).</summary>
+    /// <summary>
+    /// The checkpoint at <paramref name="path"/>, or card <paramref name="shape"/> synthesised (keeping only
+    /// <paramref name="layers"/> layers when positive); a GGUF block format is quantised from the bf16 synthesis.
+    /// </summary>
     public static (Checkpoint Checkpoint, string Name) Open(string? path, string? shape, DType dtype, int layers = 0)
     {
         if (path is not null) return (CheckpointLoader.Load(path), Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(path)));
@@ -15,7 +18,20 @@ internal static class BenchModel
         var card = ModelCard.Find(shape);
         var config = layers > 0 ? card.Config with { LayerCount = layers } : card.Config;
         string name = layers > 0 ? $"{card.Name} ({layers} layers)" : card.Name;
-        string directory = Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}{(layers > 0 ? $"-{layers}layers" : "")}-{dtype}-seed1".ToLowerInvariant());
+        string Cached(DType type) => Path.Combine(Path.GetTempPath(), "kvpacket-synth", $"{card.Name}{(layers > 0 ? $"-{layers}layers" : "")}-{type}-seed1".ToLowerInvariant());
+        if (dtype.IsBlockQuantised())
+        {
+            string gguf = Cached(dtype) + ".gguf";
+            if (!File.Exists(gguf))
+            {
+                using var source = Open(null, shape, DType.BF16, layers).Checkpoint;
+                Console.Error.WriteLine($"quantising {name} to {dtype} into {gguf} …");
+                CheckpointExporter.WriteGguf(source, gguf + ".partial", dtype);
+                File.Move(gguf + ".partial", gguf, overwrite: true);
+            }
+            return (CheckpointLoader.Load(gguf), name);
+        }
+        string directory = Cached(dtype);
         if (!File.Exists(Path.Combine(directory, "model.safetensors")))
         {
             Console.Error.WriteLine($"synthesising {name} ({dtype}, random weights) into {directory} …");

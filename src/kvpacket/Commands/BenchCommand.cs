@@ -179,7 +179,7 @@ internal static class BenchCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
         var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
-        var dtype = new Option<DType>("--dtype") { Description = "Weight type when synthesising", DefaultValueFactory = _ => DType.BF16 };
+        var dtype = new Option<DType>("--dtype") { Description = "Weight type when synthesising: F32, F16, BF16, or a GGUF block format (Q8_0, Q6_K, Q5_K, Q4_K, Q4_0) quantised from BF16", DefaultValueFactory = _ => DType.BF16 };
         var tokens = new Option<int>("-n", "--tokens") { Description = "Decode steps", DefaultValueFactory = _ => 128 };
         var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => name switch { "prefill" => 512, "rag" => 32, _ => 16 } };
         var repeats = new Option<int>("--repeats") { Description = "Runs; the median is reported", DefaultValueFactory = _ => 3 };
