@@ -223,6 +223,33 @@ public class GgufInteropTests
         Assert.True(cases >= 20, $"only {cases} golden cases");
     }
 
+    /// <summary>
+    /// Our Qwen2 pre-tokenizer regex against llama.cpp's <c>qwen2</c> one: the Llama-3 fixture's vocabulary written with
+    /// it, then the goldens' texts and digit-heavy ones tokenized by llama.cpp and by our reader of the same file.
+    /// (The Llama-3 pattern keeps runs of three digits, so the two differ on every number.)
+    /// </summary>
+    [Fact]
+    public void Our_qwen2_pre_tokenizer_splits_as_llama_cpps()
+    {
+        using var temp = Fixtures.TempDirectory();
+        var llama3 = ByteLevelBpeTokenizer.LoadHuggingFace(Fixtures.PathOf("bpe-llama3/tokenizer.json"));
+        string gguf = VocabularyFiles.WriteGguf(temp.Path, GgufVocabulary.From(llama3) with { PreTokenizerPattern = PreTokenizer.Qwen2Pattern });
+        Assert.Equal("qwen2", GgufReader.ReadMetadata(gguf)["tokenizer.ggml.pre"]);
+        var ours = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.TryLoadNextTo(gguf));
+        using var llama = LLamaWeights.LoadFromFile(new ModelParams(gguf) { VocabOnly = true });
+        using var golden = Fixtures.Golden("bpe-llama3");
+        var texts = golden.RootElement.GetProperty("cases").EnumerateArray().Select(c => c.GetProperty("text").GetString()!)
+            .Concat(["12345 and 2024-11-30, 3.14159 or 1,000,000!", "room 101\n\n  42nd street 7x9=63", "It's 99% DONE'LL we'd"]).ToList();
+        int differs = 0;
+        foreach (string text in texts)
+        {
+            int[] expected = llama.NativeHandle.Tokenize(text, false, false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
+            Assert.Equal(expected, ours.Encode(text));
+            if (!expected.SequenceEqual(llama3.Encode(text))) differs++;
+        }
+        Assert.True(differs >= 3, $"only {differs} texts split differently from Llama-3's pattern");
+    }
+
     [Fact]
     public void A_GGUF_of_a_model_without_a_tokenizer_loads_in_llama_cpp_and_offers_us_no_tokenizer()
     {

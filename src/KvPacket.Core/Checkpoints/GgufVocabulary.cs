@@ -28,7 +28,7 @@ public sealed record GgufVocabulary(string[] Pieces, float[] Scores, int[] Types
 
     /// <summary>llama.cpp's names (<c>tokenizer.ggml.pre</c>) for the pre-tokenizer regexes we know.</summary>
     private static readonly (string Name, string Pattern)[] PreTokenizers =
-        [("gpt-2", PreTokenizer.Gpt2Pattern), ("llama-bpe", PreTokenizer.Llama3Pattern), ("llama3", PreTokenizer.Llama3Pattern)];
+        [("gpt-2", PreTokenizer.Gpt2Pattern), ("llama-bpe", PreTokenizer.Llama3Pattern), ("llama3", PreTokenizer.Llama3Pattern), ("qwen2", PreTokenizer.Qwen2Pattern)];
 
     /// <summary>
     /// A stand-in for a model that has no tokenizer of its own (synthetic weights, say), so the file still loads
