@@ -10,8 +10,8 @@ namespace KvPacket.Compute.Cpu;
 /// Dot products of one row of GGML q4_0 / q4_K / q5_K / q6_K blocks with one token of <see cref="QuantisedActivations"/>,
 /// on the packed blocks: each 32 weights' unsigned levels meet the token's int8 values in one integer multiply-add
 /// (AVX-VNNI <c>vpdpbusd</c>, or AVX2 <c>vpmaddubsw</c> + <c>vpmaddwd</c>: levels ≤ 63 times |x| ≤ 127 cannot saturate),
-/// the eight int32 sums are scaled by weight step × activation step in f32, and the formats' offsets (q4_0's 8, the
-/// k-quants' mins, q6_K's 32) come off through the activation's block sums. The result is Σ dequantised weight ×
+/// the eight int32 sums are scaled by weight step × activation step in f32, and the formats' offsets come off through
+/// the activation's block sums (q4_0's 8 in integers, the k-quants' mins and q6_K's 32 in f32). The result is Σ dequantised weight ×
 /// dequantised activation, summed in f32. Needs AVX2 (<see cref="IsSupported"/>).
 /// </summary>
 [SkipLocalsInit]
@@ -34,25 +34,23 @@ public static unsafe class BlockDot
         _ => throw new NotSupportedException(type.ToString()),
     };
 
-    /// <summary>A q4_0 row: Σ_b d_b·step_b·(levels·x) − 8·d_b·Σx_b.</summary>
+    /// <summary>A q4_0 row: Σ_b d_b·step_b·(levels·x − 8·Σx_b), the 8 taken off in integers.</summary>
     public static float Q4_0(byte* row, QuantisedActivations x, int t)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.BlockSums(t);
-        Vector256<float> even = default, odd = default;
-        float offset = 0;
-        int blocks = x.Columns / 32;
-        for (int b = 0; b < blocks; b++, row += Core.Checkpoints.Q4_0.BlockBytes)
+        float* steps = x.Steps(t);
+        int* levelSums = x.LevelSums(t);
+        var mask = Vector128.Create((byte)0xF);
+        Vector256<float> sum = default;
+        for (int b = 0; b < x.Columns / 32; b++, row += Core.Checkpoints.Q4_0.BlockBytes)
         {
-            float d = Half(row);
             var packed = Vector128.Load(row + 2);
-            var levels = Vector256.Create(packed & Vector128.Create((byte)0xF), Vector128.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & Vector128.Create((byte)0xF));
-            var term = Vector256.ConvertToSingle(Products(levels, Vector256.Load(xq + 32 * b)));
-            if ((b & 1) == 0) even = Vector256.FusedMultiplyAdd(term, Vector256.Create(d * steps[b]), even);
-            else odd = Vector256.FusedMultiplyAdd(term, Vector256.Create(d * steps[b]), odd);
-            offset += 8 * d * sums[b];
+            var levels = Vector256.Create(packed & mask, Vector128.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask);
+            // The lanes are partial sums of one row: the offset comes off once, in lane 0.
+            var exact = MultiplyAdd(Vector256<int>.Zero, levels, Vector256.Load(xq + 32 * b)) - Vector256.CreateScalar(8 * levelSums[b]);
+            sum = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(exact), Vector256.Create(Half(row) * steps[b]), sum);
         }
-        return Vector256.Sum(even + odd) - offset;
+        return Vector256.Sum(sum);
     }
 
     /// <summary>A q4_K row: per sub-block j, d·sc_j·step_j·(levels·x) − dmin·m_j·Σx_j.</summary>
@@ -138,11 +136,17 @@ public static unsafe class BlockDot
         return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(levels, Vector256.Load(xq + 32 * j))), factor, accumulator);
     }
 
-    /// <summary>32 unsigned levels times 32 int8 activations: eight int32 sums of four adjacent products.</summary>
+    /// <summary>
+    /// <paramref name="sum"/> plus 32 unsigned levels times 32 int8 activations, four adjacent products per int32 lane
+    /// (AVX-VNNI <c>vpdpbusd</c>; AVX2 <c>vpmaddubsw</c> + <c>vpmaddwd</c>, which levels ≤ 63 cannot saturate).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Products(Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
-        ? AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, levels, x)
-        : Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
+    internal static Vector256<int> MultiplyAdd(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
+        ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
+        : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Products(Vector256<byte> levels, Vector256<sbyte> x) => MultiplyAdd(Vector256<int>.Zero, levels, x);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> LowNibbles(Vector256<byte> packed) => packed & Vector256.Create((byte)0xF);
@@ -154,13 +158,7 @@ public static unsafe class BlockDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> FifthBit(Vector256<ushort> high, int j) => (((high >> j).AsByte() & Vector256.Create((byte)1)).AsUInt16() << 4).AsByte();
 
-    /// <summary>An f16 scale by the integer move of <see cref="Dot"/>'s widening, times 2^112 (finite scales are checked at load).</summary>
+    /// <summary>The f16 scale at <paramref name="p"/> (finite: checked at load).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Half(byte* p)
-    {
-        int bits = *(ushort*)p;
-        return BitConverter.Int32BitsToSingle(((bits & 0x7FFF) << 13) | ((bits & 0x8000) << 16)) * TwoTo112;
-    }
-
-    private const float TwoTo112 = 5.1922968585348276e33f;
+    private static float Half(byte* p) => Dot.HalfToSingle(*(ushort*)p);
 }

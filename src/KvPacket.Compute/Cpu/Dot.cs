@@ -117,6 +117,17 @@ public static unsafe class Dot
         y[0] = Vector512.Sum(s0) * SumScale; y[1] = Vector512.Sum(s1) * SumScale; y[2] = Vector512.Sum(s2) * SumScale; y[3] = Vector512.Sum(s3) * SumScale;
     }
 
+    /// <summary>The f16 <paramref name="bits"/> as f32, exactly, by <see cref="Float16"/>'s integer move (finite values only: readers check).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float HalfToSingle(ushort bits) => Float16.Widen(bits) * TwoTo112;
+
+    /// <summary>Eight f16 values as f32, exactly, as <see cref="HalfToSingle"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> HalvesToSingle(Vector128<ushort> bits) => Float16.Widen(bits) * Vector256.Create(TwoTo112);
+
+    /// <summary>2^112: undoes <see cref="Float16"/>'s scaling of one value.</summary>
+    private const float TwoTo112 = 5.1922968585348276e33f;
+
     /// <summary>2^100: activations times this meet weights held times 2^-112 (f16, q8_0); the sum is then times 2^-12.</summary>
     private const float XScale = 1.2676506e30f;
 

@@ -251,13 +251,9 @@ public static unsafe class InterleavedDot
     /// </summary>
     private const int PrefetchDistance = 3072;
 
-    /// <summary>Asks for the bytes <see cref="PrefetchDistance"/> past [<paramref name="p"/>, p + <paramref name="bytes"/>), a line at a time.</summary>
+    /// <summary>Asks for the bytes <see cref="PrefetchDistance"/> past [<paramref name="p"/>, p + <paramref name="bytes"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Ahead(byte* p, int bytes)
-    {
-        if (!Sse.IsSupported) return;
-        for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch0(p + PrefetchDistance + offset);
-    }
+    private static void Ahead(byte* p, int bytes) => MatMul.Prefetch(p + PrefetchDistance, bytes);
 
     /// <summary>Sub-block <paramref name="j"/>'s eight rows' d·scale and dmin·min.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -269,13 +265,9 @@ public static unsafe class InterleavedDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> Bytes(byte* p) => Avx2.ConvertToVector256Int32(Vector128.CreateScalar(*(long*)p).AsByte());
 
-    /// <summary>Eight f16 values widened exactly (the integer move of <see cref="Dot"/>, then × 2^112; scales are checked finite at load).</summary>
+    /// <summary>The eight f16 values at <paramref name="p"/> (finite: checked at load).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Halves(byte* p)
-    {
-        var bits = Vector256.WidenLower(Vector128.Load((short*)p).ToVector256());
-        return ((bits << 13) & Vector256.Create(unchecked((int)0x8FFF_FFFF))).AsSingle() * Vector256.Create(5.1922968585348276e33f);
-    }
+    private static Vector256<float> Halves(byte* p) => Dot.HalvesToSingle(Vector128.Load((ushort*)p));
 
     /// <summary>An interleaved q8_0 block of eight rows (eight 32-byte chunks of levels + 128) against 32 activation levels.</summary>
     private static class Bytes8
@@ -349,9 +341,7 @@ public static unsafe class InterleavedDot
 
     /// <summary>Σ += levels · x per 32-bit lane (four products each).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => AvxVnni.IsSupported
-        ? AvxVnni.MultiplyWideningAndAdd(sum, levels, x)
-        : sum + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(levels, x), Vector256.Create((short)1));
+    private static Vector256<int> Add(Vector256<int> sum, Vector256<byte> levels, Vector256<sbyte> x) => BlockDot.MultiplyAdd(sum, levels, x);
 
     /// <summary>An interleaved 32-value block of eight rows' levels, unpacked once, and the k-quant group it sits in.</summary>
     private interface ILevelBlock<TSelf> where TSelf : struct, ILevelBlock<TSelf>

@@ -268,7 +268,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
 
     /// <summary>Asks for <paramref name="bytes"/> from <paramref name="p"/> to be brought into cache, a line at a time (x86; elsewhere nothing).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(void* p, long bytes)
+    internal static void Prefetch(void* p, long bytes)
     {
         if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
         for (long offset = 0; offset < bytes; offset += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch0((byte*)p + offset);
