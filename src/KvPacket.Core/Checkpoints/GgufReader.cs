@@ -176,6 +176,7 @@ public static class GgufReader
         return (metadata, tensorCount);
     }
 
+    /// <summary>Bounds-checked little-endian reads over the mapped file; running off the end names the field.</summary>
     private sealed class Cursor(string path, MappedFile file)
     {
         public long Position { get; private set; }
