@@ -66,7 +66,8 @@ public static unsafe class BlockDot
     private static float KRow(byte* row, QuantisedActivations x, int t, int blockBytes, int levelsOffset, int fifthBits)
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.BlockSums(t);
+        float* steps = x.Steps(t);
+        int* levelSums = x.LevelSums(t);
         Vector256<float> even = default, odd = default;
         float offset = 0;
         int superBlocks = x.Columns / 256;
@@ -90,7 +91,7 @@ public static unsafe class BlockDot
                 }
                 even = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(lo, Vector256.Load(xq + 32 * j))), Vector256.Create(d * sc0 * steps[j]), even);
                 odd = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Products(hi, Vector256.Load(xq + 32 * j + 32))), Vector256.Create(d * sc1 * steps[j + 1]), odd);
-                offset += dMin * (m0 * sums[j] + m1 * sums[j + 1]);
+                offset += dMin * (m0 * (levelSums[j] * steps[j]) + m1 * (levelSums[j + 1] * steps[j + 1]));
             }
         }
         return Vector256.Sum(even + odd) - offset;

@@ -197,7 +197,8 @@ public static unsafe class InterleavedDot
     private static Vector256<float> KToken<TLevels>(byte* group, QuantisedActivations x, int t) where TLevels : struct, ILevelBlock<TLevels>
     {
         sbyte* xq = x.Values(t);
-        float* steps = x.Steps(t), sums = x.BlockSums(t);
+        float* steps = x.Steps(t);
+        int* levelSums = x.LevelSums(t);
         Vector256<float> acc = default, offset = default;
         for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
         {
@@ -210,7 +211,7 @@ public static unsafe class InterleavedDot
                 var levels = TLevels.Load(group + InterleavedRows.Q4_KLevelsOffset + TLevels.BlockBytes * j);
                 int b = 8 * s + j;
                 acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(xq + 32 * b)), scale * steps[b], acc);
-                offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(sums[b]), offset);
+                offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(levelSums[b] * steps[b]), offset);
             }
         }
         return acc - offset;
@@ -220,7 +221,7 @@ public static unsafe class InterleavedDot
     {
         sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
         float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        float* su0 = x.BlockSums(t), su1 = x.BlockSums(t + 1), su2 = x.BlockSums(t + 2), su3 = x.BlockSums(t + 3);
+        int* ls0 = x.LevelSums(t), ls1 = x.LevelSums(t + 1), ls2 = x.LevelSums(t + 2), ls3 = x.LevelSums(t + 3);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
         for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
         {
@@ -235,10 +236,10 @@ public static unsafe class InterleavedDot
                 a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), scale * st1[b], a1);
                 a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), scale * st2[b], a2);
                 a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), scale * st3[b], a3);
-                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su0[b]), o0);
-                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su1[b]), o1);
-                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su2[b]), o2);
-                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(su3[b]), o3);
+                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls0[b] * st0[b]), o0);
+                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls1[b] * st1[b]), o1);
+                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls2[b] * st2[b]), o2);
+                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls3[b] * st3[b]), o3);
             }
         }
         (a0 - o0).Store(y); (a1 - o1).Store(y + stride); (a2 - o2).Store(y + 2 * stride); (a3 - o3).Store(y + 3 * stride);

@@ -7,8 +7,8 @@ namespace KvPacket.Compute.Cpu;
 
 /// <summary>
 /// Activations rounded per block of 32 to int8 with one f32 step each (step = max|x| / 127, levels rounded half to
-/// even), as the integer block dots read them, and the sums of each 16 and each 32 levels times their step. Per token:
-/// <c>Columns</c> sbytes, <c>Columns/32</c> steps, <c>Columns/16</c> and <c>Columns/32</c> sums, <c>Columns/32</c> integer level sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
+/// even), as the integer block dots read them, the sums of each 16 levels times their step, and each block's level sum.
+/// Per token: <c>Columns</c> sbytes, <c>Columns/32</c> steps, <c>Columns/16</c> sums, <c>Columns/32</c> integer level sums. The buffer grows to the largest batch it has held and is reused, so steady state allocates nothing.
 /// </summary>
 [SkipLocalsInit]
 public sealed unsafe class QuantisedActivations : IDisposable
@@ -22,7 +22,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
     public int Columns => _columns;
 
     /// <summary>Bytes one token takes.</summary>
-    private static long TokenBytes(int columns) => columns + columns / 32 * 12L + columns / 16 * 4L;
+    private static long TokenBytes(int columns) => columns + columns / 32 * 8L + columns / 16 * 4L;
 
     /// <summary>Rounds <paramref name="tokens"/> rows of <paramref name="x"/> (<paramref name="columns"/> each, a multiple of 32).</summary>
     public void Quantise(float* x, int tokens, int columns)
@@ -50,11 +50,8 @@ public sealed unsafe class QuantisedActivations : IDisposable
     /// <summary>Token <paramref name="t"/>'s sums per 16 values (Σ q times the block's step).</summary>
     public float* Sums(int t) => (float*)(Base(t) + _columns) + _columns / 32;
 
-    /// <summary>Token <paramref name="t"/>'s sums per block of 32 (Σ q times the block's step).</summary>
-    public float* BlockSums(int t) => Sums(t) + _columns / 16;
-
-    /// <summary>Token <paramref name="t"/>'s Σ q per block of 32, as integers.</summary>
-    public int* LevelSums(int t) => (int*)(BlockSums(t) + _columns / 32);
+    /// <summary>Token <paramref name="t"/>'s Σ q per block of 32, as integers (times the block's step: its sum).</summary>
+    public int* LevelSums(int t) => (int*)(Sums(t) + _columns / 16);
 
     /// <remarks>Read in the kernels' inner loops: the token is checked in debug builds only.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -67,7 +64,7 @@ public sealed unsafe class QuantisedActivations : IDisposable
     private void QuantiseToken(float* x, int t)
     {
         sbyte* q = Values(t);
-        float* steps = Steps(t), sums = Sums(t), blockSums = BlockSums(t);
+        float* steps = Steps(t), sums = Sums(t);
         int* levelSums = LevelSums(t);
         for (int b = 0; b < _columns / 32; b++)
         {
@@ -98,7 +95,6 @@ public sealed unsafe class QuantisedActivations : IDisposable
             }
             sums[2 * b] = lower * step;
             sums[2 * b + 1] = upper * step;
-            blockSums[b] = (lower + upper) * step;
             levelSums[b] = lower + upper;
         }
     }
@@ -106,7 +102,8 @@ public sealed unsafe class QuantisedActivations : IDisposable
     private static float AbsMax(float* block)
     {
         var m = Vector512.Max(Vector512.Abs(Vector512.Load(block)), Vector512.Abs(Vector512.Load(block + 16)));
-        var m128 = Vector128.Max(Vector256.Max(m.GetLower(), m.GetUpper()).GetLower(), Vector256.Max(m.GetLower(), m.GetUpper()).GetUpper());
+        var m256 = Vector256.Max(m.GetLower(), m.GetUpper());
+        var m128 = Vector128.Max(m256.GetLower(), m256.GetUpper());
         return MathF.Max(MathF.Max(m128[0], m128[1]), MathF.Max(m128[2], m128[3]));
     }
 
