@@ -211,7 +211,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 }
                 break;
             default:
-                // Without 512-bit vectors, q8_0 rows are dequantised four at a time into scratch first.
+                // The rest (q8_0 without 512-bit vectors, block formats without AVX2) is dequantised four rows at a time into scratch.
                 for (; r < rowEnd; r += 4)
                 {
                     int rows = Math.Min(4, rowEnd - r);
@@ -222,7 +222,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>Rows of block-quantised weights against every token, each (token, row) one <see cref="BlockDot.Row"/>.</summary>
+    /// <summary>Rows of block-quantised weights against every token: groups of eight interleaved rows through <see cref="InterleavedDot"/>, other rows one <see cref="BlockDot.Row"/> per (token, row).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void BlockRows(in Part p, int rowStart, int rowEnd)
     {
@@ -232,10 +232,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         if (InterleavedDot.Handles(p.W.Type))
         {
             // rowStart is a multiple of 8 (panels are): whole groups of eight interleaved rows.
-            for (int r = rowStart; r < rowEnd; r += 8)
-            {
-                InterleavedDot.Group(p.W.Type, w + r * rowBytes, _activations, 0, _tokens, p.Y + r, n);
-            }
+            for (int r = rowStart; r < rowEnd; r += 8) InterleavedDot.Group(p.W.Type, w + r * rowBytes, _activations, 0, _tokens, p.Y + r, n);
             return;
         }
         for (int r = rowStart; r < rowEnd; r++)
