@@ -3,6 +3,7 @@
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
+#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check qa bench)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,13 +11,15 @@ case "${1:-}" in
 publish)
     rm -rf .gpu/publish
     dotnet publish src/kvpacket -c Release -r linux-x64 --self-contained -o .gpu/publish -p:DebugType=none -p:KvPacketDeviceBuild=true >/dev/null
-    tar czf .gpu/kvpacket.tar.gz -C .gpu/publish .
+    # xz, and without the runtime's debugger, LTTng and standalone-GC libraries: the build travels beside the 35 MB model.
+    tar cJf .gpu/kvpacket.tar.gz -C .gpu/publish --exclude='libmscordaccore.so' --exclude='libmscordbi.so' --exclude='libclrgc*.so' \
+        --exclude='libcoreclrtraceptprovider.so' --exclude='createdump' .
     ls -la .gpu/kvpacket.tar.gz
     ;;
 run)
     out="${2:?output directory}"
     mkdir -p "$out" /tmp/kvpacket-gpu
-    tar xzf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     k=/tmp/kvpacket-gpu/kvpacket
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
@@ -44,7 +47,7 @@ train)
     shift 2
     parts="${*:-check adapter pretrain finetune distill speed}"
     mkdir -p "$out" /tmp/kvpacket-gpu
-    tar xzf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     k=/tmp/kvpacket-gpu/kvpacket
     d=/tmp/kvpacket-dumps
@@ -170,8 +173,38 @@ with open('/tmp/corpus.tokens','w') as f:
     fi
     exit $status
     ;;
+rag)
+    # Parts (default all): check qa bench
+    out="${2:?output directory}"
+    shift 2
+    parts="${*:-check qa bench}"
+    mkdir -p "$out" /tmp/kvpacket-gpu
+    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    k=/tmp/kvpacket-gpu/kvpacket
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$out/gpu.txt"
+    status=0
+    if [[ " $parts " == *" check "* ]]; then
+        # Every RAG mode through RagEngine on the GPU against the CPU (plus the step parity of cuda check).
+        "$k" cuda check -m tests/fixtures/stories260K/stories260K.bin --weights F32 --kv-type F32 -n 64 | tee -a "$out/rag-check.txt" || status=1
+        "$k" cuda check -m tests/fixtures/stories260K/stories260K.bin --weights BF16 --kv-type F16 -n 64 | tee -a "$out/rag-check.txt" || status=1
+    fi
+    if [[ " $parts " == *" qa "* ]]; then
+        # The QA table's modes on the GPU: F1 and TTFT per mode (CacheBlend stays on the CPU).
+        "$k" corpus --out /tmp/qa --train 1 --test 2000 >/dev/null
+        "$k" eval --task qa -m models/kvqa-17m --split /tmp/qa/test.jsonl --limit ${QA_EVAL:-1000} --device cuda \
+            --modes full,closed-book,naive,epic,kvpacket,kvlink \
+            --adapter models/kvqa-17m/kvpacket-adapter.safetensors,models/kvqa-17m/kvlink-adapter.safetensors \
+            --out "$out/eval-qa-kvqa-17m-cuda.json" --plot "$out/qa-kvqa-17m-f1-vs-ttft-cuda.svg" | tee -a "$out/qa-eval-cuda.txt" || status=1
+    fi
+    if [[ " $parts " == *" bench "* ]]; then
+        # One request of 8 × 512-token documents and a 32-token query in every mode, Llama-3.2-1B shape, bf16 / f16.
+        "$k" cuda rag --shape llama-3.2-1b --weights BF16 --kv-type F16 --out "$out" | tee -a "$out/rag-bench.txt" || status=1
+    fi
+    exit $status
+    ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…]" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|qa|bench]" >&2
     exit 2
     ;;
 esac

@@ -134,7 +134,9 @@ public sealed class PacketStore : IDisposable
 
     private StoredPacket AppendPacket(Packet packet, PacketId id, ModelFingerprint model, ReadOnlySpan<int> document, AdapterRef adapter, KvStorage storage)
     {
-        var layout = packet.Pool.Layout;
+        var host = packet.Pool as KvBlockPool
+            ?? throw new ArgumentException($"Packet {id} lives in GPU memory; the store writes packets from the CPU backend's cache.", nameof(packet));
+        var layout = host.Layout;
         int blockBytes = KvBlockCodec.StoredBytes(layout, storage);
         int blocksPerPage = Math.Clamp(_options.TargetPageBytes / blockBytes, 1, MaxBlocksPerPage);
         int blockCount = packet.Blocks.Count;
@@ -159,7 +161,7 @@ public sealed class PacketStore : IDisposable
                 for (int b = 0; b < count; b++)
                 {
                     var chunk = buffer.AsSpan(RecordHeader.Size + b * blockBytes, blockBytes);
-                    KvBlockCodec.Encode(layout, packet.Pool.BlockBytes(packet.Blocks[first + b]), storage, chunk);
+                    KvBlockCodec.Encode(layout, host.BlockBytes(packet.Blocks[first + b]), storage, chunk);
                     checksum.Append(chunk);
                 }
                 int firstToken = first * layout.BlockSize;

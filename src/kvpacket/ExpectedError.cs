@@ -9,6 +9,7 @@ internal static class ExpectedError
         Core.Model.CheckpointFormatException or Core.Tokenization.TokenizerFormatException => true,
         InvalidDataException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException => true,
         ArgumentException or FormatException => true,
+        NotSupportedException => true,   // a mode or an operation this backend or machine does not have
         Compute.Kv.KvCacheExhaustedException or Compute.Cuda.CudaException or Store.PacketStoreException => true,
         _ => false,
     };

@@ -29,6 +29,21 @@ public class CudaTests
     }
 
     [CudaFact]
+    public void Every_rag_mode_the_gpu_runs_matches_the_cpu_within_1e3_and_returns_every_block()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var device = CudaDevice.Open();
+        var results = CudaParity.RagModes(checkpoint, device, DType.F32, DType.F32);
+        foreach (var r in results.Where(r => r.Refused is null))
+        {
+            Assert.True(r.MaxAbsDifference <= 1e-3, $"{r.Mode}: {r.MaxAbsDifference}");
+            Assert.True(r.GreedySame, $"{r.Mode}: greedy continuation differs");
+        }
+        Assert.All(results, r => Assert.True(r.BlocksReturned, $"{r.Mode}: GPU blocks still held"));
+        Assert.Equal([Engine.Rag.RagMode.CacheBlend], results.Where(r => r.Refused is not null).Select(r => r.Mode));
+    }
+
+    [CudaFact]
     public void Bf16_weights_with_an_f16_cache_agree_within_2e2_relative()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);

@@ -35,8 +35,8 @@ public class RagEngineTests
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
         var request = Request(3);
-        using var everything = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue };
-        using var partial = new RagEngine(model) { EpicRecomputeTokens = 5 };
+        using var everything = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue, QueryLogits = LogitsFor.AllTokens };
+        using var partial = new RagEngine(model) { EpicRecomputeTokens = 5, QueryLogits = LogitsFor.AllTokens };
 
         var full = Logits(everything, request, RagMode.Full);
 
@@ -50,9 +50,9 @@ public class RagEngineTests
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
         var request = Request(3);
-        using var all = new RagEngine(model) { CacheBlendFraction = 1.0 };
-        using var none = new RagEngine(model) { CacheBlendFraction = 0.0 };
-        using var some = new RagEngine(model) { CacheBlendFraction = 0.3 };
+        using var all = new RagEngine(model) { CacheBlendFraction = 1.0, QueryLogits = LogitsFor.AllTokens };
+        using var none = new RagEngine(model) { CacheBlendFraction = 0.0, QueryLogits = LogitsFor.AllTokens };
+        using var some = new RagEngine(model) { CacheBlendFraction = 0.3, QueryLogits = LogitsFor.AllTokens };
         using var packet = all.Packets.Acquire(request.Documents[0], null);
         var before = model.KvPool.BlockBytes(packet.Blocks[0]).ToArray();
 
@@ -74,7 +74,7 @@ public class RagEngineTests
         using var model = Model(checkpoint);
         var one = Request(1) with { Prefix = [] };   // a prefix would be context the packet never saw
         var three = Request(3);
-        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("none", 64, 0, 0, 0) };
+        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("none", 64, 0, 0, 0), QueryLogits = LogitsFor.AllTokens };
 
         Assert.InRange(MaxAbs(Logits(engine, one, RagMode.Full), Logits(engine, one, RagMode.Naive)), 0, 1e-4);
         Assert.Equal(Logits(engine, three, RagMode.Naive), Logits(engine, three, RagMode.KvLink));
@@ -87,7 +87,7 @@ public class RagEngineTests
         using var model = Model(checkpoint);
         var request = Request(3);
         int documentTokens = request.Documents.Sum(d => d.Length);
-        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("a", 64, 2, 2, 3), EpicRecomputeTokens = 4 };
+        using var engine = new RagEngine(model) { Adapter = Adapter.Untrained("a", 64, 2, 2, 3), EpicRecomputeTokens = 4, QueryLogits = LogitsFor.AllTokens };
 
         var results = Enum.GetValues<RagMode>().ToDictionary(m => m, m => engine.Prefill(request, m));
         foreach (var r in results.Values) r.Sequence.Dispose();
@@ -113,7 +113,7 @@ public class RagEngineTests
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
-        using var engine = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue };
+        using var engine = new RagEngine(model) { EpicRecomputeTokens = int.MaxValue, QueryLogits = LogitsFor.AllTokens };
         var requests = new[] { Request(2), Request(3) };
 
         var scores = ModeEvaluation.Run(model, engine, requests, [RagMode.Full, RagMode.Epic, RagMode.Naive], continuation: 6);
@@ -131,7 +131,7 @@ public class RagEngineTests
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var model = Model(checkpoint);
-        using var engine = new RagEngine(model);
+        using var engine = new RagEngine(model) { QueryLogits = LogitsFor.AllTokens };
         Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvPacket)).Message);
         Assert.Contains("adapter", Assert.Throws<InvalidOperationException>(() => engine.Prefill(Request(1), RagMode.KvLink)).Message);
         int packetBlocks = CountPacketBlocks(engine, Request(1));

@@ -58,7 +58,7 @@ internal static class SyntheticPackets
     /// <summary>Whether <paramref name="packet"/> holds exactly what <see cref="Build"/> makes for <paramref name="seed"/>.</summary>
     public static bool Matches(Packet packet, int seed)
     {
-        var pool = packet.Pool;
+        var pool = (KvBlockPool)packet.Pool;
         int scratch = pool.Allocate();
         try
         {

@@ -1,3 +1,4 @@
+using KvPacket.Compute.Kv;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Model;
 using KvPacket.Core.Numerics;
@@ -59,7 +60,7 @@ public sealed class SharedTierTests : IDisposable
         for (int b = 0; b < packet.Blocks.Count; b++)
         {
             int rows = Math.Min(layout.BlockSize, packet.Length - b * layout.BlockSize);
-            var block = packet.Pool.BlockBytes(packet.Blocks[b]);
+            var block = ((KvBlockPool)packet.Pool).BlockBytes(packet.Blocks[b]);
             for (int plane = 0; plane < 2 * layout.LayerCount; plane++)
                 for (int head = 0; head < layout.KvHeadCount; head++)
                     bytes.AddRange(block.Slice((int)(plane * layout.PlaneBytes + layout.Offset(head, 0) * layout.ElementBytes), rows * layout.HeadDim * layout.ElementBytes).ToArray());

@@ -40,7 +40,7 @@ public class StoredPacketsTests
         var adapter = new Adapter("kvp", 1, new SeededRandom(1).NextTokens(2 * 64, -3, 3).Select(v => v * 0.1f).ToArray(),
             new SeededRandom(2).NextTokens(64, -3, 3).Select(v => v * 0.1f).ToArray(), []);
         float[] naive, kvpacket;
-        using (var memory = new RagEngine(model) { Adapter = adapter })
+        using (var memory = new RagEngine(model) { Adapter = adapter, QueryLogits = LogitsFor.AllTokens })
         {
             naive = Logits(memory, request, RagMode.Naive);
             kvpacket = Logits(memory, request, RagMode.KvPacket);
@@ -49,7 +49,7 @@ public class StoredPacketsTests
 
         using (var store = PacketStore.Open(temp.Path))
         using (var packets = new StoredPackets(model, store))
-        using (var engine = new RagEngine(model, packets) { Adapter = adapter })
+        using (var engine = new RagEngine(model, packets) { Adapter = adapter, QueryLogits = LogitsFor.AllTokens })
         {
             Assert.Equal(naive, Logits(engine, request, RagMode.Naive));
             Assert.Equal(kvpacket, Logits(engine, request, RagMode.KvPacket));
@@ -62,7 +62,7 @@ public class StoredPacketsTests
         // A fresh process's view: nothing resident, everything read from the store, nothing rebuilt.
         using (var store = PacketStore.Open(temp.Path, new PacketStoreOptions { ReadOnly = true }))
         using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
-        using (var engine = new RagEngine(model, packets) { Adapter = adapter })
+        using (var engine = new RagEngine(model, packets) { Adapter = adapter, QueryLogits = LogitsFor.AllTokens })
         {
             Assert.Equal(kvpacket, Logits(engine, request, RagMode.KvPacket));
             Assert.Equal(naive, Logits(engine, request, RagMode.Naive));
@@ -81,10 +81,10 @@ public class StoredPacketsTests
         using var model = Model(checkpoint, DType.F32);
         var request = Request();
         float[] exact;
-        using (var memory = new RagEngine(model)) exact = Logits(memory, request, RagMode.Naive);
+        using (var memory = new RagEngine(model) { QueryLogits = LogitsFor.AllTokens }) exact = Logits(memory, request, RagMode.Naive);
         using var store = PacketStore.Open(temp.Path);
         using var packets = new StoredPackets(model, store, KvStorage.Int8);
-        using var engine = new RagEngine(model, packets);
+        using var engine = new RagEngine(model, packets) { QueryLogits = LogitsFor.AllTokens };
         float[] int8 = Logits(engine, request, RagMode.Naive);
         // Quality cost: mean KL between the next-token distributions at each query position.
         double kl = MeanKl(exact, int8, checkpoint.Config.VocabSize);
@@ -109,17 +109,17 @@ public class StoredPacketsTests
         var request = Request();
         float[] expected;
         using (var memory = new BuiltPackets(model, keep: 0.5))
-        using (var engine = new RagEngine(model, memory)) expected = Logits(engine, request, RagMode.Naive);
+        using (var engine = new RagEngine(model, memory) { QueryLogits = LogitsFor.AllTokens }) expected = Logits(engine, request, RagMode.Naive);
         using (var store = PacketStore.Open(temp.Path))
         using (var packets = new StoredPackets(model, store, keep: 0.5))
-        using (var engine = new RagEngine(model, packets))
+        using (var engine = new RagEngine(model, packets) { QueryLogits = LogitsFor.AllTokens })
         {
             Assert.Equal(expected, Logits(engine, request, RagMode.Naive));
             Assert.NotEqual(packets.IdOf(request.Documents[0], null), PacketId.For(packets.Fingerprint, AdapterRef.None, request.Documents[0]));
         }
         using (var store = PacketStore.Open(temp.Path, new PacketStoreOptions { ReadOnly = true }))
         using (var packets = new StoredPackets(model, store, residentBlockBudget: 0, keep: 0.5))
-        using (var engine = new RagEngine(model, packets))
+        using (var engine = new RagEngine(model, packets) { QueryLogits = LogitsFor.AllTokens })
         {
             Assert.All(store.List(), p => Assert.Equal((p.DocumentTokens + 1) / 2, p.KvTokens));
             Assert.All(store.List(), p => Assert.Equal(p.DocumentTokens, p.PositionSpan));

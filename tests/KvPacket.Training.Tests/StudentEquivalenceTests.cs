@@ -21,7 +21,7 @@ public class StudentEquivalenceTests
         int[] first = [5, 17, 99, 240, 3, 61, 7], second = [300, 12, 8, 45, 190], query = [66, 21, 400];
         var request = new RagRequest([1], [first, second], query);
         using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
-        using var engine = new RagEngine(transformer);
+        using var engine = new RagEngine(transformer) { QueryLogits = LogitsFor.AllTokens };
         var result = engine.Prefill(request, RagMode.Naive);
         result.Sequence.Dispose();
 
@@ -57,7 +57,7 @@ public class StudentEquivalenceTests
         float[] Perturbed(float[] rows) => [.. rows.Select((v, i) => v + 0.3f * MathF.Sin(i * 1.7f))];
         var adapter = start with { Header = Perturbed(start.Header), Trailer = Perturbed(start.Trailer), Links = Perturbed(start.Links) };
 
-        using var engine = new RagEngine(transformer) { Adapter = adapter };
+        using var engine = new RagEngine(transformer) { Adapter = adapter, QueryLogits = LogitsFor.AllTokens };
         var result = engine.Prefill(example.AsRequest(), mode);
         result.Sequence.Dispose();
         int vocab = checkpoint.Config.VocabSize;

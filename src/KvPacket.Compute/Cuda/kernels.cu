@@ -307,12 +307,14 @@ extern "C" __global__ void attention_decode(const float* q, kv_t* pool, int laye
     if (threadIdx.x == 0) *counter = 0;
 }
 
-// x[token] = table[ids[token]] for f32 tables [vocab][HIDDEN_SIZE].
-extern "C" __global__ void embed(const float* table, const int* ids, float* x)
+// x[token] = table[ids[token]] for f32 tables [vocab][HIDDEN_SIZE]; a negative id −1 − r is a soft token (KV Packet's
+// header and trailer, KVLink's links): row r of `soft` [rows][HIDDEN_SIZE].
+extern "C" __global__ void embed(const float* table, const int* ids, const float* soft, float* x)
 {
     LAUNCH_DEPENDENTS();
     WAIT_FOR_PREVIOUS();
-    const float* row = table + (long)ids[blockIdx.x] * HIDDEN_SIZE;
+    int id = ids[blockIdx.x];
+    const float* row = id >= 0 ? table + (long)id * HIDDEN_SIZE : soft + (long)(-1 - id) * HIDDEN_SIZE;
     for (int i = threadIdx.x; i < HIDDEN_SIZE; i += blockDim.x) x[(long)blockIdx.x * HIDDEN_SIZE + i] = row[i];
 }
 

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using KvPacket.Compute.Cuda;
+using KvPacket.Compute.Kv;
 using KvPacket.Compute.Specialised;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -11,7 +12,9 @@ namespace KvPacket.Engine.Cuda;
 /// The transformer forward pass on one GPU: weights, activations and the paged KV cache all in device memory; the
 /// projections through cuBLAS (f32, or bf16 operands with f32 accumulation), everything else through the kernels of
 /// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A greedy step returns
-/// only the chosen token to the host. One sequence, grown by <see cref="Prefill"/> and <see cref="DecodeGreedy"/>.
+/// only the chosen token to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
+/// shared, query-realigned blocks, soft tokens), and a default one grown by <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/>
+/// and <see cref="DecodeGreedy"/> for the benchmarks.
 /// </summary>
 public sealed unsafe class CudaTransformer : IForwardBackend
 {
@@ -26,19 +29,23 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _pool, _x, _qkv, _gateUp, _operand, _normed, _logits;
+    private readonly DeviceBuffer _x, _soft, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly List<GpuSequence?> _sequences = [];
-    private readonly Stack<int> _freeBlocks = new();
+    private readonly DeviceKvBlocks _blocks;
     private int _default;
-    private readonly int _maxTokens, _maxContext, _blockCount;
+    private readonly int _maxTokens, _maxContext, _maxEntries;
     private readonly int _interleaved;
-    /// <summary>One sequence's block table (physical blocks of the device pool) and length.</summary>
+    /// <summary>
+    /// One sequence's block table (blocks of the device cache, in position order) and length. New tokens go into the
+    /// last entry's block while it is the sequence's own (<see cref="TailOwned"/>) and has room; packet entries are shared.
+    /// </summary>
     private sealed class GpuSequence
     {
         public int Length;
+        public bool TailOwned;
         public readonly List<DeviceEntry> Table = [];
     }
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
@@ -120,22 +127,23 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType, interleaveRows: true), Upload([l.Down], weightType),
             l.QueryBias.IsPresent || l.KeyBias.IsPresent || l.ValueBias.IsPresent ? UploadBiases(l.QueryBias, l.KeyBias, l.ValueBias) : null)).ToArray();
 
-        _blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
-        long blockElements = 2L * c.LayerCount * c.KvHeadCount * BlockTokens * c.HeadDim;
-        _pool = Own(device.Allocate(_blockCount * blockElements * (kvType == DType.F32 ? 4 : 2)));
+        int blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
+        _blocks = new DeviceKvBlocks(device, KvCacheLayout.For(c, kvType, BlockTokens), blockCount);
         int t = maxTokens;
         _x = Own(device.Allocate(4L * t * c.HiddenSize));
+        _soft = Own(device.Allocate(4L * t * c.HiddenSize));
         _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
         _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
         _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
         _normed = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * c.HiddenSize));
         _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
         // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
-        // table length and last row; then every chunk's table entries.
-        _stepHost = new int[5 * t + 3 * _maxChunks + 5 * (_blockCount + _maxChunks)];
+        // table length and the rows that get logits; then every chunk's table entries (each sequence's own blocks plus
+        // the packets it places, which may be shared by several chunks of one step).
+        _maxEntries = blockCount + _maxChunks * (_maxContext / BlockTokens + 64);
+        _stepHost = new int[5 * t + 3 * _maxChunks + 5 * _maxEntries];
         _step = Own(device.Allocate(4L * _stepHost.Length));
         _argmax = Own(device.Allocate(4L * _maxChunks));
-        for (int b = _blockCount - 1; b >= 0; b--) _freeBlocks.Push(b);
         _default = CreateSequence();
         long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
         _partialMl = Own(device.Allocate(8L * partialRows));
@@ -151,7 +159,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>Seconds NVRTC took to compile the kernels (0 when they came from the on-disk cache).</summary>
     public double CompileSeconds { get; }
 
-    /// <summary>Tokens in the default sequence (the one <see cref="Prefill"/> and <see cref="DecodeGreedy"/> grow).</summary>
+    /// <summary>Tokens in the default sequence (the one <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/> and <see cref="DecodeGreedy"/> grow).</summary>
     public int Length => _sequences[_default]!.Length;
 
     /// <inheritdoc />
@@ -166,9 +174,109 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <inheritdoc />
     public void ReleaseSequence(int id)
     {
-        foreach (var entry in _sequences[id]!.Table) _freeBlocks.Push(entry.Block);
+        foreach (var entry in Get(id).Table) _blocks.Release(entry.Block);
         _sequences[id] = null;
     }
+
+    /// <inheritdoc />
+    public KvBlocks KvBlocks => _blocks;
+
+    /// <inheritdoc />
+    public int MaxSequenceLength => _maxContext;
+
+    /// <inheritdoc />
+    public void Prefill(int sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken)
+    {
+        int vocab = _config.VocabSize;
+        if (which == LogitsFor.AllTokens)
+        {
+            // Every row's logits: steps of at most as many tokens as the logits buffer has rows.
+            for (int offset = 0; offset < tokens.Length; offset += _maxChunks)
+            {
+                int n = Math.Min(_maxChunks, tokens.Length - offset);
+                Step(sequence, tokens.Slice(offset, n), default, allRows: true);
+                _device.Download(_logits, logits.Slice(offset * vocab, n * vocab));
+            }
+            return;
+        }
+        for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
+            Step(sequence, tokens.Slice(offset, Math.Min(_maxTokens, tokens.Length - offset)), default, allRows: false);
+        if (!logits.IsEmpty && !tokens.IsEmpty) _device.Download(_logits, logits[..vocab]);
+    }
+
+    /// <inheritdoc />
+    public void PrefillSoft(int sequence, ReadOnlySpan<float> embeddings, Span<float> logits)
+    {
+        int hidden = _config.HiddenSize;
+        if (embeddings.Length % hidden != 0) throw new ArgumentException($"Soft tokens are rows of {hidden} floats; got {embeddings.Length}.", nameof(embeddings));
+        Span<int> ids = stackalloc int[Math.Min(_maxTokens, embeddings.Length / hidden)];
+        for (int i = 0; i < ids.Length; i++) ids[i] = -1 - i;   // kernels.cu's embed: a negative id is soft row −1 − id
+        for (int offset = 0; offset < embeddings.Length; offset += _maxTokens * hidden)
+        {
+            int n = Math.Min(_maxTokens, (embeddings.Length - offset) / hidden);
+            Step(sequence, ids[..n], embeddings.Slice(offset, n * hidden), allRows: false);
+        }
+        if (!logits.IsEmpty && !embeddings.IsEmpty) _device.Download(_logits, logits[.._config.VocabSize]);
+    }
+
+    /// <inheritdoc />
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
+        if (keep != 1.0) throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the CUDA backend builds whole packets.");
+        int id = CreateSequence();
+        try
+        {
+            if (!header.IsEmpty) PrefillSoft(id, header, default);
+            Prefill(id, tokens, default);
+            if (!trailer.IsEmpty) PrefillSoft(id, trailer, default);
+        }
+        catch
+        {
+            ReleaseSequence(id);
+            throw;
+        }
+        // The sequence's blocks become the packet's (their one reference moves with them).
+        var sequence = Get(id);
+        var packet = new Packet(_blocks, [.. sequence.Table.Select(e => e.Block)], sequence.Length);
+        _sequences[id] = null;
+        return packet;
+    }
+
+    /// <inheritdoc />
+    public void AppendPacket(int sequence, Packet packet, int skip = 0)
+    {
+        var target = Get(sequence);
+        if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet lives in another model's KV cache (or on another backend).", nameof(packet));
+        if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
+        if (skip > 0 && packet.IsPruned) throw new ArgumentException("A token-pruned packet cannot be placed in part (EPIC recomputes a prefix of the whole document).", nameof(skip));
+        int placed = packet.PositionSpan - skip;
+        if (target.Length + placed > _maxContext)
+            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {target.Length} exceeds the context of {_maxContext}.");
+        int rotation = target.Length - skip;   // global position − the local position the packet's keys were rotated at
+        for (int local = skip; local < packet.Length;)
+        {
+            int slot = local % BlockTokens, count = Math.Min(BlockTokens - slot, packet.Length - local);
+            int block = packet.Blocks[local / BlockTokens];
+            _blocks.Retain(block);
+            target.Table.Add(new DeviceEntry(block, local + rotation, count, rotation, slot));
+            local += count;
+        }
+        target.Length += placed;
+        target.TailOwned = false;
+    }
+
+    /// <inheritdoc />
+    public void PlacePacketCopy(int sequence, Packet packet) => throw CacheBlendNotSupported();
+
+    /// <inheritdoc />
+    public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction) => throw CacheBlendNotSupported();
+
+    private static NotSupportedException CacheBlendNotSupported() =>
+        new("CacheBlend's selective recompute runs on the CPU backend; the CUDA backend does not have it yet.");
+
+    private GpuSequence Get(int id) =>
+        (uint)id < (uint)_sequences.Count && _sequences[id] is { } s ? s : throw new ArgumentException($"No GPU sequence {id}.", nameof(id));
 
     /// <summary>Prefill attention on the tensor cores where the kernel exists (f16 KV, head dim a multiple of 16); on by default.</summary>
     public bool UseTensorCores { get; set; } = true;
@@ -204,13 +312,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public DeviceBuffer LogitsBuffer => _logits;
 
     /// <summary>Device memory held, in bytes.</summary>
-    public long DeviceBytes => _owned.Sum(b => b.Bytes);
+    public long DeviceBytes => _owned.Sum(b => b.Bytes) + _blocks.Memory.Bytes;
 
     /// <inheritdoc />
     public ModelConfig Config => _config;
 
     /// <inheritdoc />
-    public int SequenceLength(int sequence) => _sequences[sequence]?.Length ?? throw new ArgumentException($"No GPU sequence {sequence}.", nameof(sequence));
+    public int SequenceLength(int sequence) => Get(sequence).Length;
 
     /// <inheritdoc />
     public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits)
@@ -226,13 +334,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _default = CreateSequence();
     }
 
-    /// <summary>Appends <paramref name="tokens"/> and writes the last token's logits into <paramref name="logits"/> (vocab floats) when given.</summary>
-    public void Prefill(ReadOnlySpan<int> tokens, Span<float> logits = default)
-    {
-        for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
-            Step(tokens.Slice(offset, Math.Min(_maxTokens, tokens.Length - offset)));
-        if (!logits.IsEmpty) _device.Download(_logits, logits[.._config.VocabSize]);
-    }
+    /// <summary>Appends <paramref name="tokens"/> to the default sequence and writes the last token's logits into <paramref name="logits"/> (vocab floats) when given.</summary>
+    public void Prefill(ReadOnlySpan<int> tokens, Span<float> logits = default) => Prefill(_default, tokens, logits);
 
     /// <summary>Greedy decoding: appends the argmax of the last logits, <paramref name="count"/> times; returns the tokens.</summary>
     public int[] DecodeGreedy(int count)
@@ -270,47 +373,73 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <paramref name="tokens"/>) to sequence <paramref name="sequences"/>[i]. Each chunk's last-token logits stay on the
     /// device, row i of <see cref="LogitsBuffer"/>.
     /// </summary>
-    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens)
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens) => Step(sequences, lengths, tokens, default, allRows: false);
+
+    /// <summary>One chunk: <paramref name="tokens"/> (negative ids: rows of <paramref name="soft"/>) appended to <paramref name="sequence"/>.</summary>
+    private void Step(int sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, bool allRows)
+    {
+        Span<int> sequences = [sequence];
+        Span<int> lengths = [tokens.Length];
+        Step(sequences, lengths, tokens, soft, allRows);
+    }
+
+    /// <summary>
+    /// The step itself. A negative token id −1 − r takes row r of <paramref name="soft"/> ([rows, hidden]) as its input
+    /// embedding. With <paramref name="allRows"/> (one chunk of at most as many tokens as the logits buffer has rows) every
+    /// token's logits are computed, else each chunk's last token's.
+    /// </summary>
+    private void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, bool allRows)
     {
         var c = _config;
         int n = tokens.Length, chunks = sequences.Length;
+        if (allRows && (chunks != 1 || n > _maxChunks)) throw new ArgumentOutOfRangeException(nameof(tokens), $"Every row's logits: one chunk of at most {_maxChunks} tokens.");
+        int rows = allRows ? n : chunks, softRows = soft.Length / c.HiddenSize;
+        foreach (int token in tokens)
+            if (token >= c.VocabSize || token < -softRows)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
         if (n > _maxTokens || chunks > _maxChunks) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens in {_maxChunks} sequences.");
         var host = _stepHost.AsSpan();
         tokens.CopyTo(host);
         Span<int> positions = host.Slice(n, n), blocks = host.Slice(2 * n, n), slots = host.Slice(3 * n, n), tokenChunk = host.Slice(4 * n, n);
-        Span<int> tableStart = host.Slice(5 * n, chunks), tableLength = host.Slice(5 * n + chunks, chunks), lastRow = host.Slice(5 * n + 2 * chunks, chunks);
-        var entryInts = host[(5 * n + 3 * chunks)..];
+        Span<int> tableStart = host.Slice(5 * n, chunks), tableLength = host.Slice(5 * n + chunks, chunks), logitRows = host.Slice(5 * n + 2 * chunks, rows);
+        var entryInts = host[(5 * n + 2 * chunks + rows)..];
         int offset = 0, entryCount = 0, longest = 0;
         for (int chunk = 0; chunk < chunks; chunk++)
         {
-            var sequence = _sequences[sequences[chunk]] ?? throw new ArgumentException($"No GPU sequence {sequences[chunk]}.", nameof(sequences));
+            var sequence = Get(sequences[chunk]);
             int length = lengths[chunk];
             if (sequence.Length + length > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"Sequence {sequences[chunk]} would exceed {_maxContext} tokens.");
             for (int t = 0; t < length; t++)
             {
-                int position = sequence.Length + t, logical = position / BlockTokens;
-                if (logical == sequence.Table.Count)
+                int position = sequence.Length + t;
+                if (!sequence.TailOwned || position - sequence.Table[^1].FirstPosition == BlockTokens)
                 {
-                    if (!_freeBlocks.TryPop(out int fresh)) throw new InvalidOperationException($"The GPU KV cache ({_blockCount} blocks) is full.");
-                    sequence.Table.Add(new DeviceEntry(fresh, logical * BlockTokens, 0, 0, 0));
+                    sequence.Table.Add(new DeviceEntry(_blocks.Allocate(), position, 0, 0, 0));
+                    sequence.TailOwned = true;
                 }
-                sequence.Table[logical] = sequence.Table[logical] with { Count = position % BlockTokens + 1 };
+                var tail = sequence.Table[^1];
+                int slot = position - tail.FirstPosition;
+                sequence.Table[^1] = tail with { Count = slot + 1 };
                 positions[offset + t] = position;
-                blocks[offset + t] = sequence.Table[logical].Block;
-                slots[offset + t] = position % BlockTokens;
+                blocks[offset + t] = tail.Block;
+                slots[offset + t] = slot;
                 tokenChunk[offset + t] = chunk;
+                if (allRows) logitRows[t] = t;
             }
+            if (entryCount + sequence.Table.Count > _maxEntries)
+                throw new InvalidOperationException($"A step's block tables hold at most {_maxEntries} entries; this one needs more (many packets in many sequences).");
             var table = MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(sequence.Table));
             table.CopyTo(entryInts[(5 * entryCount)..]);
             tableStart[chunk] = entryCount;
             tableLength[chunk] = sequence.Table.Count;
-            lastRow[chunk] = offset + length - 1;
+            if (!allRows) logitRows[chunk] = offset + length - 1;
             entryCount += sequence.Table.Count;
             longest = Math.Max(longest, sequence.Table.Count);
             offset += length;
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
-        _device.Upload<int>(host[..(5 * n + 3 * chunks + 5 * entryCount)], _step);
+        _device.Upload<int>(host[..(5 * n + 2 * chunks + rows + 5 * entryCount)], _step);
+        if (!soft.IsEmpty) _device.Upload(soft, _soft);
         int heads = n * _config.KvHeadCount;
         int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
         int perSplit = (longest + splits - 1) / splits;
@@ -325,26 +454,26 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             // buffers at fixed addresses, so only the shape (tokens, splits) selects the graph.
             var key = (n, splits, perSplit);
             if (!_graphs.TryGetValue(key, out var graph))
-                _graphs[key] = graph = _device.Capture(() => Enqueue(n, chunks, splits, perSplit, tiled, firstPosition, tableCount));
+                _graphs[key] = graph = _device.Capture(() => Enqueue(n, chunks, rows, splits, perSplit, tiled, firstPosition, tableCount));
             _device.Replay(graph);
         }
-        else Enqueue(n, chunks, splits, perSplit, tiled, firstPosition, tableCount);
+        else Enqueue(n, chunks, rows, splits, perSplit, tiled, firstPosition, tableCount);
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
     }
 
     /// <summary>Queues one step's kernels and products (its metadata already uploaded) on the stream.</summary>
-    private void Enqueue(int n, int chunks, int splits, int perSplit, bool tiled, int firstPosition, int tableCount)
+    private void Enqueue(int n, int chunks, int rows, int splits, int perSplit, bool tiled, int firstPosition, int tableCount)
     {
         var c = _config;
         uint queryTile = (uint)Math.Clamp(2048 / (c.GroupSize * c.HeadDim), 1, 16);
         ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
             sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
-            lastPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 12L * chunks);
+            rowsPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 8L * chunks + 4L * rows);
         var m = _module;
-        ulong x = _x.Pointer, operand = _operand.Pointer, embedding = _embedding.Buffer.Pointer;
+        ulong x = _x.Pointer, operand = _operand.Pointer, embedding = _embedding.Buffer.Pointer, soft = _soft.Pointer;
         var timeline = Timeline;
         timeline?.Mark("embed");
-        m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&x));
+        m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize, ffn = c.IntermediateSize;
         // A pure decode step (one token per sequence) has attention append each token's K and V itself.
@@ -362,7 +491,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
             timeline?.Mark("qkv product");
             Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
-            ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _pool.Pointer;
+            ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _blocks.Memory.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
             if (!append)
             {
@@ -416,12 +545,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             timeline?.Mark("down product");
             Project(n, w.Down, _x, null, accumulate: true);
         }
-        // Only each chunk's last token needs logits: gather those rows, normalise and classify them alone.
+        // Only the rows that want logits (each chunk's last token, as a rule): gather them, normalise and classify them alone.
         ulong gathered = _gateUp.Pointer, finalNorm = _finalNorm.Pointer;
         timeline?.Mark("final norm + classifier");
-        m.Launch(_gatherRows, ((uint)chunks, 1), Threads, (nint)(&x), (nint)(&lastPointer), (nint)(&gathered), (nint)(&hidden));
-        m.Launch(_rmsNorm, ((uint)chunks, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&epsilon));
-        Project(chunks, _classifier, _logits, null);
+        m.Launch(_gatherRows, ((uint)rows, 1), Threads, (nint)(&x), (nint)(&rowsPointer), (nint)(&gathered), (nint)(&hidden));
+        m.Launch(_rmsNorm, ((uint)rows, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&epsilon));
+        Project(rows, _classifier, _logits, null);
         timeline?.Close();
     }
 
@@ -554,6 +683,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public void Dispose()
     {
         ClearGraphs();
+        _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
     }

@@ -1,15 +1,25 @@
+using KvPacket.Compute.Kv;
 using KvPacket.Core.Model;
 
 namespace KvPacket.Engine.Forward;
 
 /// <summary>
-/// A model that runs forward steps over sequences held in its own KV cache — the CPU <see cref="CpuBackend"/> or the
-/// GPU <c>CudaTransformer</c>. One contract for both, so the same driver code (and the same tests) run on either.
+/// A model that runs forward steps over sequences held in its own paged KV cache — the CPU <see cref="Transformer"/> or
+/// the GPU <c>CudaTransformer</c>. Everything the RAG engine needs goes through it: token and soft-token prefill, packets
+/// built alone and placed as shared, query-realigned blocks, and CacheBlend's selective recompute — so the same driver
+/// code (and the same tests) run on either. A backend that cannot run an operation says so with
+/// <see cref="NotSupportedException"/> naming it.
 /// </summary>
 public interface IForwardBackend : IDisposable
 {
     /// <summary>The model's shape.</summary>
     ModelConfig Config { get; }
+
+    /// <summary>The KV cache packets' blocks live in.</summary>
+    KvBlocks KvBlocks { get; }
+
+    /// <summary>The longest a sequence may grow.</summary>
+    int MaxSequenceLength { get; }
 
     /// <summary>Starts an empty sequence and returns its handle.</summary>
     int CreateSequence();
@@ -26,4 +36,39 @@ public interface IForwardBackend : IDisposable
     /// receives the logits after chunk i's last token.
     /// </summary>
     void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits);
+
+    /// <summary>
+    /// Appends <paramref name="tokens"/> to <paramref name="sequence"/> (in steps of the backend's batch size). With
+    /// <see cref="LogitsFor.LastToken"/> <paramref name="logits"/> receives the last token's row; with
+    /// <see cref="LogitsFor.AllTokens"/> one row per token.
+    /// </summary>
+    void Prefill(int sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken);
+
+    /// <summary>Appends soft tokens ([n, hidden] input embeddings) to <paramref name="sequence"/>; <paramref name="logits"/> receives the last one's row.</summary>
+    void PrefillSoft(int sequence, ReadOnlySpan<float> embeddings, Span<float> logits);
+
+    /// <summary>
+    /// Computes <paramref name="tokens"/> alone from position 0, between optional header and trailer soft tokens
+    /// ([n, hidden], KV Packet's adapters), and freezes the result as a packet: shared, immutable KV blocks any sequence
+    /// can place with <see cref="AppendPacket"/>. With <paramref name="keep"/> below 1 the packet is token-pruned to that
+    /// fraction of the document's tokens (those that received the most attention while it was built).
+    /// </summary>
+    Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0);
+
+    /// <summary>
+    /// Places <paramref name="packet"/>'s tokens [<paramref name="skip"/>, …) at <paramref name="sequence"/>'s end as shared
+    /// blocks, queries realigned by the placement's offset at attention time (nothing is copied or rewritten). Skipping
+    /// lets the caller recompute the packet's first tokens in context (EPIC).
+    /// </summary>
+    void AppendPacket(int sequence, Packet packet, int skip = 0);
+
+    /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> at <paramref name="sequence"/>'s end, ready for <see cref="BlendRecompute"/>.</summary>
+    void PlacePacketCopy(int sequence, Packet packet);
+
+    /// <summary>
+    /// CacheBlend-style selective recompute of the document tokens at positions [<paramref name="firstPosition"/>, …) of
+    /// <paramref name="sequence"/> (placed with <see cref="PlacePacketCopy"/>): layer 0 for all of them in context, the
+    /// remaining layers for the <paramref name="fraction"/> whose layer-1 K and V deviate most. Returns how many went on.
+    /// </summary>
+    int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction);
 }

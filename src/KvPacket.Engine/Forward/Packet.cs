@@ -3,8 +3,8 @@ using KvPacket.Compute.Kv;
 namespace KvPacket.Engine.Forward;
 
 /// <summary>
-/// The immutable KV cache of one document computed alone from position 0: a list of blocks in the model's KV pool,
-/// shared read-only by every sequence that places it (each holds a reference). Disposing drops the packet's own
+/// The immutable KV cache of one document computed alone from position 0: a list of blocks in the model's KV cache
+/// (host memory for the CPU backend, device memory for the GPU one), shared read-only by every sequence that places it (each holds a reference). Disposing drops the packet's own
 /// reference; blocks return to the pool when the last sequence using them lets go.
 /// </summary>
 public sealed class Packet : IDisposable
@@ -16,7 +16,7 @@ public sealed class Packet : IDisposable
     /// one reference on each block. A pruned packet keeps fewer tokens than the <paramref name="positionSpan"/> positions
     /// its document covered (their keys keep their original rotations).
     /// </summary>
-    public Packet(KvBlockPool pool, IReadOnlyList<int> blocks, int length, int? positionSpan = null)
+    public Packet(KvBlocks pool, IReadOnlyList<int> blocks, int length, int? positionSpan = null)
     {
         if (positionSpan < length) throw new ArgumentOutOfRangeException(nameof(positionSpan), $"A packet of {length} tokens cannot span {positionSpan} positions.");
         Pool = pool;
@@ -25,8 +25,8 @@ public sealed class Packet : IDisposable
         PositionSpan = positionSpan ?? length;
     }
 
-    /// <summary>The KV pool the blocks live in (one model's cache).</summary>
-    public KvBlockPool Pool { get; }
+    /// <summary>The KV cache the blocks live in (one model's, on one backend).</summary>
+    public KvBlocks Pool { get; }
 
     /// <summary>Block ids in position order; every block but the last is full.</summary>
     public IReadOnlyList<int> Blocks { get; }

@@ -12,10 +12,11 @@ namespace KvPacket.Engine.Forward;
 /// <summary>
 /// The Llama/Qwen2 forward pass on the CPU over a paged KV cache, for a ragged batch of sequences.
 /// All activations live in native buffers sized for <see cref="TransformerOptions.MaxBatchTokens"/>, so a step
-/// allocates nothing. One step at a time per instance.
+/// allocates nothing. One step at a time per instance. As an <see cref="IForwardBackend"/> it holds sequences by handle
+/// as well; the scheduler and training use <see cref="Sequence"/> objects directly.
 /// </summary>
 [SkipLocalsInit]
-public sealed unsafe class Transformer : IDisposable
+public sealed unsafe class Transformer : IForwardBackend
 {
     private readonly Checkpoint _model;
     private readonly ModelConfig _config;
@@ -25,7 +26,8 @@ public sealed unsafe class Transformer : IDisposable
     private readonly PagedAttention _attention;
     private readonly RotaryEmbedding _rope;
     private readonly AttentionBatch _attentionBatch;
-    private readonly ForwardBatch _prefillBatch;
+    private readonly ForwardBatch _stepBatch;
+    private readonly List<Sequence?> _handles = [];
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -48,7 +50,7 @@ public sealed unsafe class Transformer : IDisposable
         _matMul = new MatMul(_workers, Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.QueryDim));
         _attention = new PagedAttention(KvPool, _workers, _rope, c.HeadCount, c.MaxContextLength, options.MaxBatchTokens, Spec?.HeadKernels);
         _attentionBatch = new AttentionBatch(options.MaxBatchTokens, options.MaxBatchSequences);
-        _prefillBatch = new ForwardBatch(options.MaxBatchTokens, 1, c.HiddenSize);
+        _stepBatch = new ForwardBatch(options.MaxBatchTokens, options.MaxBatchSequences, c.HiddenSize);
 
         _layerVectors = model.Layers.Select(l => new LayerVectors(
             ReadVector(l.AttentionNorm), ReadVector(l.FfnNorm), ReadVector(l.QueryBias), ReadVector(l.KeyBias), ReadVector(l.ValueBias))).ToArray();
@@ -85,11 +87,69 @@ public sealed unsafe class Transformer : IDisposable
     /// <summary>The KV cache's blocks.</summary>
     public KvBlockPool KvPool { get; }
 
+    /// <inheritdoc />
+    public KvBlocks KvBlocks => KvPool;
+
+    /// <inheritdoc />
+    public int MaxSequenceLength => _config.MaxContextLength;
+
     /// <summary>Threads the kernels run on.</summary>
     public int ThreadCount => _workers.ThreadCount;
 
     /// <summary>Starts an empty sequence in this model's KV cache.</summary>
     public Sequence CreateSequence() => new(KvPool, _config.MaxContextLength);
+
+    /// <inheritdoc />
+    int IForwardBackend.CreateSequence()
+    {
+        int id = _handles.IndexOf(null);
+        if (id < 0) { id = _handles.Count; _handles.Add(null); }
+        _handles[id] = CreateSequence();
+        return id;
+    }
+
+    /// <inheritdoc />
+    public void ReleaseSequence(int sequence)
+    {
+        Handle(sequence).Dispose();
+        _handles[sequence] = null;
+    }
+
+    /// <inheritdoc />
+    public int SequenceLength(int sequence) => Handle(sequence).Length;
+
+    /// <summary>The sequence behind handle <paramref name="sequence"/>.</summary>
+    public Sequence Handle(int sequence) =>
+        (uint)sequence < (uint)_handles.Count && _handles[sequence] is { } s ? s : throw new ArgumentException($"No sequence {sequence}.", nameof(sequence));
+
+    /// <inheritdoc />
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        _stepBatch.Clear();
+        int offset = 0;
+        for (int chunk = 0; chunk < sequences.Length; chunk++)
+        {
+            _stepBatch.Add(Handle(sequences[chunk]), tokens.Slice(offset, lengths[chunk]));
+            offset += lengths[chunk];
+        }
+        if (offset != tokens.Length) throw new ArgumentException($"The chunk lengths add up to {offset}, not {tokens.Length} tokens.", nameof(lengths));
+        Forward(_stepBatch, logits);
+    }
+
+    /// <inheritdoc />
+    public void Prefill(int sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken) => Prefill(Handle(sequence), tokens, logits, which);
+
+    /// <inheritdoc />
+    public void PrefillSoft(int sequence, ReadOnlySpan<float> embeddings, Span<float> logits) => PrefillSoft(Handle(sequence), embeddings, logits);
+
+    /// <inheritdoc />
+    public void AppendPacket(int sequence, Packet packet, int skip = 0) => Handle(sequence).AppendPacket(packet, skip);
+
+    /// <inheritdoc />
+    public void PlacePacketCopy(int sequence, Packet packet) => PlacePacketCopy(Handle(sequence), packet);
+
+    /// <inheritdoc />
+    public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction) => BlendRecompute(Handle(sequence), tokens, firstPosition, fraction);
 
     /// <summary>
     /// Runs one step: appends every chunk's tokens to its sequence and writes logits ([rows, vocab], in chunk
@@ -142,12 +202,12 @@ public sealed unsafe class Transformer : IDisposable
         for (int chunk = 0; chunk < batch.ChunkCount; chunk++) batch.SequenceOf(chunk).Length += batch.LengthOf(chunk);
     }
 
-    /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> in <paramref name="sequence"/>, ready for <see cref="BlendRecompute"/>.</summary>
+    /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> in <paramref name="sequence"/>, ready for <see cref="BlendRecompute(Sequence, ReadOnlySpan{int}, int, double)"/>.</summary>
     public void PlacePacketCopy(Sequence sequence, Packet packet) => sequence.AppendPacketCopy(packet, _rope);
 
     /// <summary>
     /// CacheBlend-style selective recompute of the document tokens at positions [<paramref name="firstPosition"/>, …) of
-    /// <paramref name="sequence"/> (placed with <see cref="PlacePacketCopy"/>): layer 0 is recomputed for all of them in
+    /// <paramref name="sequence"/> (placed with <see cref="PlacePacketCopy(Sequence, Packet)"/>): layer 0 is recomputed for all of them in
     /// context; their layer-1 K and V are compared with the stored ones, and only the <paramref name="fraction"/> that
     /// deviate most go on through the remaining layers, overwriting their K and V. Returns how many went on.
     /// </summary>
@@ -349,9 +409,9 @@ public sealed unsafe class Transformer : IDisposable
         for (int offset = 0; offset < tokens.Length; offset += Options.MaxBatchTokens)
         {
             int n = Math.Min(Options.MaxBatchTokens, tokens.Length - offset);
-            _prefillBatch.Clear();
-            _prefillBatch.Add(sequence, tokens.Slice(offset, n), which);
-            Forward(_prefillBatch, which == LogitsFor.AllTokens ? logits[(offset * vocab)..] : logits);
+            _stepBatch.Clear();
+            _stepBatch.Add(sequence, tokens.Slice(offset, n), which);
+            Forward(_stepBatch, which == LogitsFor.AllTokens ? logits[(offset * vocab)..] : logits);
         }
     }
 
@@ -361,9 +421,9 @@ public sealed unsafe class Transformer : IDisposable
         int chunk = Options.MaxBatchTokens * Config.HiddenSize;
         for (int offset = 0; offset < embeddings.Length; offset += chunk)
         {
-            _prefillBatch.Clear();
-            _prefillBatch.AddSoftTokens(sequence, embeddings.Slice(offset, Math.Min(chunk, embeddings.Length - offset)));
-            Forward(_prefillBatch, logits);
+            _stepBatch.Clear();
+            _stepBatch.AddSoftTokens(sequence, embeddings.Slice(offset, Math.Min(chunk, embeddings.Length - offset)));
+            Forward(_stepBatch, logits);
         }
     }
 
@@ -388,6 +448,8 @@ public sealed unsafe class Transformer : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        foreach (var sequence in _handles) sequence?.Dispose();
+        _handles.Clear();
         foreach (var buffer in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin }) buffer.Dispose();
         _matMul.Dispose();
         _attention.Dispose();

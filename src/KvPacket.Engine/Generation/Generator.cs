@@ -5,7 +5,7 @@ using KvPacket.Engine.Sampling;
 namespace KvPacket.Engine.Generation;
 
 /// <summary>
-/// Single-sequence generation: prefill the prompt (<see cref="Transformer.Prefill"/>), then decode one token per step until
+/// Single-sequence generation: prefill the prompt (<see cref="Transformer.Prefill(Sequence, ReadOnlySpan{int}, Span{float}, LogitsFor)"/>), then decode one token per step until
 /// a stop token or the token limit. The decode loop reuses one batch and one logits row, so it allocates nothing.
 /// </summary>
 public sealed class Generator

@@ -7,7 +7,7 @@ namespace KvPacket.Engine.Rag;
 /// Builds each (document, adapter) packet once with the model and keeps it in memory for the source's lifetime;
 /// token-pruned to the fraction <paramref name="keep"/> of each document's tokens when below 1.
 /// </summary>
-public sealed class BuiltPackets(Transformer model, double keep = 1.0) : IPacketSource
+public sealed class BuiltPackets(IForwardBackend model, double keep = 1.0) : IPacketSource
 {
     private readonly Dictionary<(string Adapter, int Version, string Document), Packet> _packets = new();
 

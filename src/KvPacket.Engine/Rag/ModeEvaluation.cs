@@ -26,7 +26,7 @@ public static class ModeEvaluation
 {
     /// <summary>Scores <paramref name="modes"/> on <paramref name="requests"/> with <paramref name="continuation"/> tokens each,
     /// labelling them with <paramref name="variant"/> (how the engine's packets were prepared).</summary>
-    public static IReadOnlyList<ModeScore> Run(Transformer model, RagEngine engine, IReadOnlyList<RagRequest> requests, IReadOnlyList<RagMode> modes, int continuation,
+    public static IReadOnlyList<ModeScore> Run(IForwardBackend model, RagEngine engine, IReadOnlyList<RagRequest> requests, IReadOnlyList<RagMode> modes, int continuation,
         string variant = "")
     {
         int vocab = model.Config.VocabSize;
@@ -58,7 +58,7 @@ public static class ModeEvaluation
     }
 
     /// <summary>Full context's greedy continuation of <paramref name="request"/> (<paramref name="count"/> tokens) and the logits before each of its tokens.</summary>
-    public static (int[] Tokens, float[] Logits) GreedyContinuation(Transformer model, RagEngine engine, RagRequest request, int count)
+    public static (int[] Tokens, float[] Logits) GreedyContinuation(IForwardBackend model, RagEngine engine, RagRequest request, int count)
     {
         int vocab = model.Config.VocabSize;
         var result = engine.Prefill(request, RagMode.Full);
@@ -70,13 +70,13 @@ public static class ModeEvaluation
         for (int i = 0; i < count; i++)
         {
             tokens[i] = ArgMax(logits.AsSpan(i * vocab, vocab));
-            if (i + 1 < count) model.Prefill(sequence, tokens.AsSpan(i, 1), logits.AsSpan((i + 1) * vocab, vocab));
+            if (i + 1 < count) sequence.Prefill(tokens.AsSpan(i, 1), logits.AsSpan((i + 1) * vocab, vocab));
         }
         return (tokens, logits);
     }
 
     /// <summary>The logits before each of <paramref name="forced"/>'s tokens after prefilling in <paramref name="mode"/>.</summary>
-    private static (float[] Logits, RagResult Result) TeacherForced(Transformer model, RagEngine engine, RagRequest request, RagMode mode, int[] forced)
+    private static (float[] Logits, RagResult Result) TeacherForced(IForwardBackend model, RagEngine engine, RagRequest request, RagMode mode, int[] forced)
     {
         int vocab = model.Config.VocabSize;
         var result = engine.Prefill(request, mode);
@@ -84,7 +84,7 @@ public static class ModeEvaluation
         var logits = new float[forced.Length * vocab];
         result.QueryLogits.AsSpan(result.QueryLogits.Length - vocab).CopyTo(logits);
         // The rest of the continuation teacher-forced: the logits after each forced token.
-        model.Prefill(sequence, forced.AsSpan(0, forced.Length - 1), logits.AsSpan(vocab), LogitsFor.AllTokens);
+        sequence.Prefill(forced.AsSpan(0, forced.Length - 1), logits.AsSpan(vocab), LogitsFor.AllTokens);
         return (logits, result);
     }
 

@@ -7,17 +7,18 @@ namespace KvPacket.Engine.Rag;
 /// Runs a RAG request in any <see cref="RagMode"/> on one model: takes each document's packet — plain, or built with
 /// the adapter — from its <see cref="IPacketSource"/>, then assembles the prompt's block table from shared packet blocks plus whatever the mode computes at
 /// query time. Every mode goes through the same batched forward pass, so their TTFT, FLOPs and outputs compare directly.
-/// Not thread-safe: one request at a time per instance.
+/// Runs on any <see cref="IForwardBackend"/> (the CPU <see cref="Transformer"/>, the GPU one). Not thread-safe: one
+/// request at a time per instance.
 /// </summary>
 public sealed class RagEngine : IDisposable
 {
-    private readonly Transformer _model;
+    private readonly IForwardBackend _model;
     private readonly float[] _scratch;
     private readonly bool _ownsPackets;
 
     /// <summary>Creates an engine over <paramref name="model"/> that takes packets from <paramref name="packets"/>
     /// (by default, and then owned by the engine, packets built in memory).</summary>
-    public RagEngine(Transformer model, IPacketSource? packets = null)
+    public RagEngine(IForwardBackend model, IPacketSource? packets = null)
     {
         _model = model;
         _scratch = new float[model.Config.VocabSize];
@@ -37,6 +38,12 @@ public sealed class RagEngine : IDisposable
     /// <summary>The adapter for <see cref="RagMode.KvPacket"/> (header/trailer) and <see cref="RagMode.KvLink"/> (links).</summary>
     public Adapter? Adapter { get; init; }
 
+    /// <summary>
+    /// Which query rows get logits: the last one (the default, what answering needs — the first token's distribution) or
+    /// every one (for comparing modes row by row).
+    /// </summary>
+    public LogitsFor QueryLogits { get; init; } = LogitsFor.LastToken;
+
     /// <summary>Prefills <paramref name="request"/> in <paramref name="mode"/>; packets it needs are built first, outside the timing.</summary>
     public RagResult Prefill(RagRequest request, RagMode mode)
     {
@@ -46,48 +53,49 @@ public sealed class RagEngine : IDisposable
 
         var packets = mode == RagMode.Full ? [] : new Packet[request.Documents.Count];
         var config = _model.Config;
-        var sequence = _model.CreateSequence();
+        var sequence = new BackendSequence(_model, _model.CreateSequence());
+        int id = sequence.Id;
         try
         {
             for (int d = 0; d < packets.Length; d++) packets[d] = Packets.Acquire(request.Documents[d], adapter);
             long start = Stopwatch.GetTimestamp();
             int prefilled = 0;
             double documentFlops = 0;
-            _model.Prefill(sequence, request.Prefix, _scratch);
+            _model.Prefill(id, request.Prefix, _scratch);
             prefilled += request.Prefix.Length;
             for (int d = 0; d < request.Documents.Count; d++)
             {
                 int[] document = request.Documents[d];
-                int position = sequence.Length;
+                int position = _model.SequenceLength(id);
                 switch (mode)
                 {
                     case RagMode.Full:
-                        _model.Prefill(sequence, document, _scratch);
+                        _model.Prefill(id, document, _scratch);
                         prefilled += document.Length;
                         documentFlops += FlopCount.Tokens(config, position, document.Length);
                         break;
                     case RagMode.Naive or RagMode.KvPacket:
-                        sequence.AppendPacket(packets[d]);
+                        _model.AppendPacket(id, packets[d]);
                         break;
                     case RagMode.KvLink:
-                        sequence.AppendPacket(packets[d]);
+                        _model.AppendPacket(id, packets[d]);
                         int linkCount = links!.Length / config.HiddenSize;
                         if (linkCount > 0)
                         {
-                            _model.PrefillSoft(sequence, links, _scratch);
+                            _model.PrefillSoft(id, links, _scratch);
                             prefilled += linkCount;
                             documentFlops += FlopCount.Tokens(config, position + document.Length, linkCount);
                         }
                         break;
                     case RagMode.Epic:
                         int k = Math.Min(EpicRecomputeTokens, document.Length);
-                        _model.Prefill(sequence, document.AsSpan(0, k), _scratch);
+                        _model.Prefill(id, document.AsSpan(0, k), _scratch);
                         prefilled += k;
-                        sequence.AppendPacket(packets[d], skip: k);
+                        _model.AppendPacket(id, packets[d], skip: k);
                         documentFlops += FlopCount.Tokens(config, position, k);
                         break;
                     case RagMode.CacheBlend:
-                        _model.PlacePacketCopy(sequence, packets[d]);
+                        _model.PlacePacketCopy(id, packets[d]);
                         break;
                     default:
                         throw new ArgumentOutOfRangeException(nameof(mode), mode, null);
@@ -99,7 +107,7 @@ public sealed class RagEngine : IDisposable
                 int position = request.Prefix.Length;
                 foreach (var document in request.Documents)
                 {
-                    int selected = _model.BlendRecompute(sequence, document, position, CacheBlendFraction);
+                    int selected = _model.BlendRecompute(id, document, position, CacheBlendFraction);
                     // Layer 0 for every token, the other layers for the selected ones (counted at the document's middle position).
                     double layer = 1.0 / config.LayerCount;
                     documentFlops += layer * FlopCount.Tokens(config, position, document.Length)
@@ -108,11 +116,11 @@ public sealed class RagEngine : IDisposable
                     position += document.Length;
                 }
             }
-            var logits = new float[request.Query.Length * config.VocabSize];
-            _model.Prefill(sequence, request.Query, logits, LogitsFor.AllTokens);
+            var logits = new float[(QueryLogits == LogitsFor.AllTokens ? request.Query.Length : 1) * config.VocabSize];
+            _model.Prefill(id, request.Query, logits, QueryLogits);
             prefilled += request.Query.Length;
             double ttft = Stopwatch.GetElapsedTime(start).TotalSeconds;
-            long packetBytes = packets.Sum(p => (long)p.Blocks.Count) * _model.KvPool.Layout.BlockBytes;
+            long packetBytes = packets.Sum(p => (long)p.Blocks.Count) * _model.KvBlocks.Layout.BlockBytes;
             return new RagResult(sequence, logits, ttft, prefilled, documentFlops, packetBytes);
         }
         catch

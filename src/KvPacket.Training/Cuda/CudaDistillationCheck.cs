@@ -31,7 +31,7 @@ public static class CudaDistillationCheck
             var start = gpu.Initial();
             float[] Perturbed(float[] rows) => [.. rows.Select((v, i) => v + 0.3f * MathF.Sin(i * 1.7f))];
             var adapter = start with { Header = Perturbed(start.Header), Trailer = Perturbed(start.Trailer), Links = Perturbed(start.Links) };
-            using var engine = new RagEngine(transformer) { Adapter = adapter };
+            using var engine = new RagEngine(transformer) { Adapter = adapter, QueryLogits = LogitsFor.AllTokens };
             var prefill = engine.Prefill(example.AsRequest(), mode);
             prefill.Sequence.Dispose();
             double kl = 0;

@@ -19,7 +19,7 @@ public sealed record QaAnswer(string Id, string Mode, string Type, string Questi
 /// Each question gets an engine of its own; its packets come from <paramref name="packets"/> (a store, say) or, by
 /// default, are built for it and freed with it — outside the timed prefill either way.
 /// </remarks>
-public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapter? adapter = null, IPacketSource? packets = null, int maxAnswerTokens = 24)
+public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Adapter? adapter = null, IPacketSource? packets = null, int maxAnswerTokens = 24)
 {
     /// <summary>The closed-book pseudo-mode's name.</summary>
     public const string ClosedBook = "closed-book";
@@ -50,7 +50,7 @@ public sealed class QaEvaluation(Transformer model, ITokenizer tokenizer, Adapte
             int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax<float>(logits);
             if (next == tokenizer.EosId) break;
             answer.Add(next);
-            model.Prefill(sequence, [next], logits);
+            sequence.Prefill([next], logits);
         }
         if (Trace is { } trace)
         {

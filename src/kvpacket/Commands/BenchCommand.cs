@@ -324,7 +324,7 @@ internal static class BenchCommand
     }
 
     private static BenchResult Rag(Transformer model, string name, string weightType, Settings settings, WorkerPool pool) =>
-        RagBenchmark.Run(model, name, settings.Documents, settings.DocumentTokens, settings.PromptTokens, settings.Repeats, epicTokens: 16, adapterTokens: 5);
+        RagBenchmark.Run(model, name, weightType, model.Options.KvType.ToString(), model.ThreadCount, settings.Documents, settings.DocumentTokens, settings.PromptTokens, settings.Repeats, epicTokens: 16, adapterTokens: 5);
 
     private static int[] RandomPrompt(int length, int vocab) => new SeededRandom(11).NextTokens(length, 0, vocab);
 }

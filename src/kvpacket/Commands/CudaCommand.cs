@@ -19,6 +19,7 @@ internal static class CudaCommand
         var command = new Command("cuda", "Check and benchmark the CUDA backend (needs an NVIDIA GPU and the CUDA libraries)");
         command.Subcommands.Add(Check());
         command.Subcommands.Add(BenchCommand());
+        command.Subcommands.Add(RagCommand());
         foreach (var training in CudaTrainCommand.Create()) command.Subcommands.Add(training);
         return command;
     }
@@ -68,8 +69,60 @@ internal static class CudaCommand
                 bool manyOk = (exact ? manyAbs : manyRelative) <= limit;
                 ok &= manyOk;
                 Console.WriteLine($"  batched (20 sequences) vs alone: max |Δlogit| {manyAbs:E2}, max relative {manyRelative:E2} → {(manyOk ? "PASS" : "FAIL")} (limit {limit:E0})");
+                // The RAG modes through RagEngine on both backends: packets built on each, placed as shared realigned blocks.
+                foreach (var rag in CudaParity.RagModes(checkpoint, device, type, parse.GetValue(kv)))
+                {
+                    if (rag.Refused is not null)
+                    {
+                        Console.WriteLine($"  RAG {rag.Mode,-10}: not on the GPU ({rag.Refused}); blocks back {rag.BlocksReturned}");
+                        ok &= rag.BlocksReturned;
+                        continue;
+                    }
+                    bool ragOk = (exact ? rag.MaxAbsDifference : rag.MaxRelativeDifference) <= limit && (rag.GreedySame || !exact) && rag.BlocksReturned;
+                    ok &= ragOk;
+                    Console.WriteLine($"  RAG {rag.Mode,-10}: query + continuation max |Δlogit| {rag.MaxAbsDifference:E2}, max relative {rag.MaxRelativeDifference:E2}, " +
+                                      $"greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")} (limit {limit:E0})");
+                }
                 return ok ? 0 : 1;
             }
+        });
+        return command;
+    }
+
+    private static Command RagCommand()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
+        var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
+        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.BF16 };
+        var kv = CommonOptions.KvType();
+        var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 8 };
+        var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 512 };
+        var query = new Option<int>("--prompt-tokens") { Description = "Query tokens", DefaultValueFactory = _ => 32 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per mode after one warm-up; the median is reported", DefaultValueFactory = _ => 20 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("rag", "TTFT, prefilled tokens and document FLOPs of one RAG request in every mode, on the GPU (the same harness as bench rag)")
+        {
+            model, shape, weights, kv, documents, documentTokens, query, repeats, output,
+        };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            var type = parse.GetValue(weights);
+            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), type);
+            using (checkpoint)
+            using (var device = CudaDevice.Open())
+            {
+                int docs = parse.GetValue(documents), docTokens = parse.GetValue(documentTokens), queryTokens = parse.GetValue(query);
+                // Room for the plain and the adapter packets of every document and a request of each mode at once.
+                int kvTokens = 3 * docs * (docTokens + 64) + 4 * queryTokens;
+                using var gpu = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: Math.Max(512, queryTokens), kvTokens: kvTokens);
+                Console.WriteLine($"{device.Name}; model {name}, weights {type}, KV {parse.GetValue(kv)}");
+                var result = RagBenchmark.Run(gpu, $"{name}-cuda", type.ToString(), parse.GetValue(kv).ToString(), threads: 0, docs, docTokens, queryTokens, parse.GetValue(repeats),
+                    epicTokens: 16, adapterTokens: 5);
+                result.Print();
+                result.Save(parse.GetValue(output)!);
+            }
+            return 0;
         });
         return command;
     }

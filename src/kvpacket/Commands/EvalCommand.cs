@@ -2,8 +2,10 @@ using System.CommandLine;
 using System.Text.Json;
 using System.Diagnostics;
 using KvPacket.Cli.Training;
+using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
+using KvPacket.Engine.Cuda;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 using KvPacket.Store;
@@ -44,9 +46,11 @@ internal static class EvalCommand
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var trace = new Option<string?>("--trace") { Description = "--task qa: write a Chrome / Perfetto trace of every answer's prefill and decode, a row per mode" };
+        var device = new Option<string>("--device") { Description = "--task qa: cpu (f32 KV), or cuda (bf16 weights, f16 KV; CacheBlend runs on the CPU only)", DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, device,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
@@ -54,7 +58,7 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace));
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(device) == "cuda");
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -140,8 +144,10 @@ internal static class EvalCommand
     }
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
-    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath)
+    private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath,
+        bool cuda)
     {
+        if (cuda && !CudaDevice.IsAvailable(out string reason)) throw new NotSupportedException($"--device cuda: no GPU here ({reason})");
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
         if (adapterName is not null)
@@ -159,22 +165,26 @@ internal static class EvalCommand
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
-        using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
+        using var gpu = cuda ? CudaDevice.Open() : null;
+        using IForwardBackend backend = gpu is null
+            ? new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 })
+            : new CudaTransformer(checkpoint, gpu, DType.BF16, DType.F16, maxTokens: 512, kvTokens: 8192);
+        string on = gpu is null ? $"CPU, {Environment.ProcessorCount} threads, f32 KV" : $"{gpu.Name}, bf16 weights, f16 KV";
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
-        var evaluation = new KvPacket.Training.Qa.QaEvaluation(transformer, tokenizer, adapter) { Trace = trace, TraceModes = modes };
+        var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes };
         var clock = Stopwatch.StartNew();
         var (scores, answers) = evaluation.Run(examples, modes, done =>
         {
             if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
         });
-        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions");
+        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions ({on})");
         Console.WriteLine($"{"mode",-12} {"type",-11} {"n",5} {"EM",7} {"F1",7} {"acc",7} {"TTFT ms",8} {"doc MFLOP",10}");
         foreach (var s in scores)
             Console.WriteLine($"{s.Mode,-12} {s.Type,-11} {s.Questions,5} {s.ExactMatch,7:F3} {s.F1,7:F3} {s.Accuracy,7:F3} {s.MeanTtftSeconds * 1e3,8:F2} {s.MeanDocumentFlops / 1e6,10:F1}");
         foreach (var a in answers.Where(a => a.Mode == modes[0]).Take(6))
             Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Prediction}'");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
-        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
         if (plot is not null) PlotCommand.QaChart(scores, plot);
         trace?.WriteChromeTrace(tracePath!);
         return 0;
