@@ -92,11 +92,12 @@ public class RagEngineTests
         var results = Enum.GetValues<RagMode>().ToDictionary(m => m, m => engine.Prefill(request, m));
         foreach (var r in results.Values) r.Sequence.Dispose();
 
-        Assert.Equal(1 + documentTokens + 6, results[RagMode.Full].PrefilledTokens);
-        Assert.Equal(1 + 6, results[RagMode.Naive].PrefilledTokens);
-        Assert.Equal(1 + 6, results[RagMode.KvPacket].PrefilledTokens);
-        Assert.Equal(1 + 3 * 3 + 6, results[RagMode.KvLink].PrefilledTokens);
-        Assert.Equal(1 + 3 * 4 + 6, results[RagMode.Epic].PrefilledTokens);
+        // The BOS prefix is a cached packet in every mode: not computed at query time.
+        Assert.Equal(documentTokens + 6, results[RagMode.Full].PrefilledTokens);
+        Assert.Equal(6, results[RagMode.Naive].PrefilledTokens);
+        Assert.Equal(6, results[RagMode.KvPacket].PrefilledTokens);
+        Assert.Equal(3 * 3 + 6, results[RagMode.KvLink].PrefilledTokens);
+        Assert.Equal(3 * 4 + 6, results[RagMode.Epic].PrefilledTokens);
         Assert.True(results[RagMode.CacheBlend].DocumentFlops < results[RagMode.Full].DocumentFlops);
         Assert.True(results[RagMode.CacheBlend].DocumentFlops > results[RagMode.Epic].DocumentFlops);
         Assert.Equal(0, results[RagMode.Naive].DocumentFlops);
@@ -106,6 +107,29 @@ public class RagEngineTests
         Assert.True(results[RagMode.KvLink].DocumentFlops > 0);
         Assert.Equal(0, results[RagMode.Full].PacketKvBytes);
         Assert.True(results[RagMode.KvPacket].PacketKvBytes > 0);
+    }
+
+    [Fact]
+    public void A_cached_prefix_gives_what_prefilling_it_with_the_request_gives()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var request = Request(3) with { Prefix = [1, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 312, 313, 314, 315, 316, 317] };
+        var cached = new RagEngine(model) { QueryLogits = LogitsFor.AllTokens };
+        var prefilled = new RagEngine(model) { QueryLogits = LogitsFor.AllTokens, CachePrefix = false };
+        foreach (var mode in new[] { RagMode.Full, RagMode.Naive, RagMode.Epic })
+        {
+            var a = cached.Prefill(request, mode);
+            var b = prefilled.Prefill(request, mode);
+            a.Sequence.Dispose();
+            b.Sequence.Dispose();
+            Assert.Equal(b.PrefilledTokens - request.Prefix.Length, a.PrefilledTokens);
+            // The prefix's last block is partly filled, so what follows starts a block of its own: only summation order differs.
+            Assert.True(ReferenceModels.MaxAbs(a.QueryLogits, b.QueryLogits) < 1e-4, $"{mode}: {ReferenceModels.MaxAbs(a.QueryLogits, b.QueryLogits)}");
+        }
+        cached.Dispose();
+        prefilled.Dispose();
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);   // the prefix packet goes with its engine
     }
 
     [Fact]

@@ -24,6 +24,8 @@ public sealed unsafe class CudaDevice : IDisposable
         CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int major, CudaDriver.ComputeCapabilityMajor, _device), "cuDeviceGetAttribute");
         CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int minor, CudaDriver.ComputeCapabilityMinor, _device), "cuDeviceGetAttribute");
         Architecture = major * 10 + minor;
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int multiprocessors, CudaDriver.MultiprocessorCount, _device), "cuDeviceGetAttribute");
+        Multiprocessors = multiprocessors;
         CudaDriver.Check(CudaDriver.cuDriverGetVersion(out int driver), "cuDriverGetVersion");
         DriverVersion = driver;
         byte* name = stackalloc byte[256];
@@ -88,6 +90,9 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>Compute capability as major·10 + minor (90 for an H100).</summary>
     public int Architecture { get; }
+
+    /// <summary>Streaming multiprocessors (132 on an H100 SXM or an H200).</summary>
+    public int Multiprocessors { get; }
 
     /// <summary>The driver's CUDA version (13000 for 13.0).</summary>
     public int DriverVersion { get; }

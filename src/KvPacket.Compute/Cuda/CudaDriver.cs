@@ -5,7 +5,7 @@ namespace KvPacket.Compute.Cuda;
 /// <summary>The CUDA driver API calls the backend uses (CUresult is an int; 0 is success).</summary>
 internal static unsafe partial class CudaDriver
 {
-    public const int ComputeCapabilityMajor = 75, ComputeCapabilityMinor = 76;
+    public const int ComputeCapabilityMajor = 75, ComputeCapabilityMinor = 76, MultiprocessorCount = 16;
 
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuInit(uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuDriverGetVersion(out int version);

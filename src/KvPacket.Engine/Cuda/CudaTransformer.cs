@@ -443,8 +443,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int heads = n * _config.KvHeadCount;
         int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
         int perSplit = (longest + splits - 1) / splits;
-        // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split one.
-        bool tiled = chunks == 1 && n >= PrefillTileThreshold;
+        // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split
+        // one — and so does a chunk whose tiles are too few to fill the GPU over a context much longer than itself (a
+        // query after its packets): one tile block would walk the whole context alone, the split kernel divides it.
+        int tileTokens = _attentionPrefillTensor != 0 && UseTensorCores ? _tensorTileTokens : QueryTile;
+        int tileBlocks = (n + tileTokens - 1) / tileTokens * c.KvHeadCount;
+        bool tiled = chunks == 1 && n >= PrefillTileThreshold && (tileBlocks >= _device.Multiprocessors || longest * BlockTokens <= 4 * n);
         int firstPosition = positions[0], tableCount = tableLength[0];
 
         bool decode = !tiled && n == chunks;
@@ -465,7 +469,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private void Enqueue(int n, int chunks, int rows, int splits, int perSplit, bool tiled, int firstPosition, int tableCount)
     {
         var c = _config;
-        uint queryTile = (uint)Math.Clamp(2048 / (c.GroupSize * c.HeadDim), 1, 16);
+        uint queryTile = (uint)QueryTile;
         ulong ids = _step.Pointer, positionsPointer = _step.At(4L * n), blocksPointer = _step.At(8L * n), slotsPointer = _step.At(12L * n),
             sequencePointer = _step.At(16L * n), startPointer = _step.At(20L * n), lengthPointer = _step.At(20L * n + 4L * chunks),
             rowsPointer = _step.At(20L * n + 8L * chunks), entries = _step.At(20L * n + 8L * chunks + 4L * rows);
@@ -553,6 +557,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         Project(rows, _classifier, _logits, null);
         timeline?.Close();
     }
+
+    /// <summary>Tokens per block of the scalar tiled prefill kernel.</summary>
+    private int QueryTile => Math.Clamp(2048 / (_config.GroupSize * _config.HeadDim), 1, 16);
 
     private static uint Blocks(long count) => (uint)Math.Min((count + 255) / 256, 65535);
 

@@ -15,6 +15,8 @@ public sealed class RagEngine : IDisposable
     private readonly IForwardBackend _model;
     private readonly float[] _scratch;
     private readonly bool _ownsPackets;
+    private Packet? _prefix;
+    private int[] _prefixTokens = [];
 
     /// <summary>Creates an engine over <paramref name="model"/> that takes packets from <paramref name="packets"/>
     /// (by default, and then owned by the engine, packets built in memory).</summary>
@@ -44,6 +46,13 @@ public sealed class RagEngine : IDisposable
     /// </summary>
     public LogitsFor QueryLogits { get; init; } = LogitsFor.LastToken;
 
+    /// <summary>
+    /// Whether the prompt's prefix (BOS, a system prompt) is computed once and placed as a packet at position 0 in every
+    /// mode, as a server with prefix caching does (the default), instead of being prefilled with each request. Computed
+    /// alone from position 0, its KV is what the request would have computed there.
+    /// </summary>
+    public bool CachePrefix { get; init; } = true;
+
     /// <summary>Prefills <paramref name="request"/> in <paramref name="mode"/>; packets it needs are built first, outside the timing.</summary>
     public RagResult Prefill(RagRequest request, RagMode mode)
     {
@@ -58,11 +67,16 @@ public sealed class RagEngine : IDisposable
         try
         {
             for (int d = 0; d < packets.Length; d++) packets[d] = Packets.Acquire(request.Documents[d], adapter);
+            var prefix = CachePrefix && request.Prefix.Length > 0 ? PrefixPacket(request.Prefix) : null;
             long start = Stopwatch.GetTimestamp();
             int prefilled = 0;
             double documentFlops = 0;
-            _model.Prefill(id, request.Prefix, _scratch);
-            prefilled += request.Prefix.Length;
+            if (prefix is not null) _model.AppendPacket(id, prefix);
+            else
+            {
+                _model.Prefill(id, request.Prefix, _scratch);
+                prefilled += request.Prefix.Length;
+            }
             for (int d = 0; d < request.Documents.Count; d++)
             {
                 int[] document = request.Documents[d];
@@ -135,9 +149,23 @@ public sealed class RagEngine : IDisposable
         }
     }
 
+    /// <summary>The packet of the prefix <paramref name="tokens"/>, built when the prefix changes.</summary>
+    private Packet PrefixPacket(int[] tokens)
+    {
+        if (_prefix is null || !_prefixTokens.AsSpan().SequenceEqual(tokens))
+        {
+            _prefix?.Dispose();
+            _prefix = _model.BuildPacket(tokens);
+            _prefixTokens = tokens;
+        }
+        return _prefix;
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {
+        _prefix?.Dispose();
+        _prefix = null;
         if (_ownsPackets) Packets.Dispose();
     }
 }
