@@ -188,6 +188,8 @@ rag)
         # Every RAG mode through RagEngine on the GPU against the CPU (plus the step parity of cuda check).
         "$k" cuda check -m tests/fixtures/stories260K/stories260K.bin --weights F32 --kv-type F32 -n 64 | tee -a "$out/rag-check.txt" || status=1
         "$k" cuda check -m tests/fixtures/stories260K/stories260K.bin --weights F32 --kv-type F16 -n 64 | tee -a "$out/rag-check.txt" || status=1
+        # Head dim 64 with an f16 cache: the tensor-core prefill, its context split among blocks for the 40-token query.
+        "$k" cuda check --shape qwen2.5-0.5b --weights F32 --kv-type F16 -n 16 | tee -a "$out/rag-check.txt" || status=1
     fi
     if [[ " $parts " == *" qa "* ]]; then
         # The QA table's modes on the GPU: F1 and TTFT per mode (CacheBlend stays on the CPU).

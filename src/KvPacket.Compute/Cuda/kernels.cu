@@ -703,7 +703,10 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
 // the next step while this one computes. S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (f16 in, f32 accumulate); the
 // scores, the online softmax and the output stay in registers. The layouts of the fragments are PTX's: in a warp, lane
 // = 4·group + quad holds rows group and group + 8, columns 2·quad, 2·quad + 1 (+ 8) of each 16×16 or 16×8 tile.
-// grid (ceil(tokens / FA_TOKENS), KV_HEADS), block FA_WARPS · 32 threads.
+// grid (ceil(tokens / FA_TOKENS), KV_HEADS, splits), block FA_WARPS · 32 threads. With splits > 1 (few tiles over a
+// long context: a query after its packets) split z takes entries [z · per_split, (z + 1) · per_split) and writes its
+// rows' (max, sum) in the log2 domain and unnormalised outputs to partial_ml / partial_acc ([tokens][HEADS][splits]);
+// attention_merge combines them.
 #define FA_WARPS 4
 #define FA_ROWS (FA_WARPS * 16)
 #define FA_TOKENS (FA_ROWS / GROUP_SIZE < 1 ? 1 : FA_ROWS / GROUP_SIZE)
@@ -774,7 +777,7 @@ __device__ __forceinline__ void load_step(const kv_t* pool, int layer, int g, co
 }
 
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mma(const float* q, const kv_t* pool, int layer, const KvEntry* table,
-    int entries_count, int tokens, int first_position, float scale, int interleaved, operand_t* out)
+    int entries_count, int tokens, int first_position, float scale, int interleaved, int per_split, float2* partial_ml, float* partial_acc, operand_t* out)
 {
     __shared__ __align__(16) __half keys[2][FA_STEP_KEYS * FA_STRIDE];
     __shared__ __align__(16) __half values[2][FA_STEP_KEYS * FA_STRIDE];
@@ -805,12 +808,13 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mm
     float row_max[2] = { NEG_INF, NEG_INF }, row_sum[2] = { 0, 0 };
     int rotation = -2147483647, stage = 0;
 
-    int e = 0, end = entries_count > 0 && table[0].first_position <= last_position ? step_end(table, 0, entries_count, last_position) : 0;
-    if (end > 0) load_step(pool, layer, g, table, 0, end, keys[0], values[0], key_position[0]);
+    int begin = min(entries_count, (int)blockIdx.z * per_split), limit = min(entries_count, begin + per_split);
+    int e = begin, end = begin < limit && table[begin].first_position <= last_position ? step_end(table, begin, limit, last_position) : begin;
+    if (end > begin) load_step(pool, layer, g, table, begin, end, keys[0], values[0], key_position[0]);
     while (e < end)
     {
-        bool more = end < entries_count && table[end].first_position <= last_position;
-        int next_end = more ? step_end(table, end, entries_count, last_position) : end;
+        bool more = end < limit && table[end].first_position <= last_position;
+        int next_end = more ? step_end(table, end, limit, last_position) : end;
         if (more) load_step(pool, layer, g, table, end, next_end, keys[stage ^ 1], values[stage ^ 1], key_position[stage ^ 1]);
         if (more) asm volatile("cp.async.wait_group 1;"); else asm volatile("cp.async.wait_group 0;");
         __syncthreads();
@@ -912,13 +916,42 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mm
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
         sum += __shfl_xor_sync(0xffffffff, sum, 2);
         if (!row_real[i]) continue;
+        long head_row = (long)(first_token + row_token[i]) * HEADS + g * GROUP_SIZE + row_head[i];
+        if (gridDim.z > 1)
+        {
+            long part = head_row * gridDim.z + blockIdx.z;
+            if (quad == 0) partial_ml[part] = make_float2(row_max[i], sum);
+            float* acc = partial_acc + part * HEAD_DIM;
+            for (int n = 0; n < HEAD_DIM / 8; n++) { acc[n * 8 + 2 * quad] = o[n][2 * i]; acc[n * 8 + 2 * quad + 1] = o[n][2 * i + 1]; }
+            continue;
+        }
         float inverse = sum > 0 ? 1.0f / sum : 0.0f;
-        operand_t* row = out + ((long)(first_token + row_token[i]) * HEADS + g * GROUP_SIZE + row_head[i]) * HEAD_DIM;
+        operand_t* row = out + head_row * HEAD_DIM;
         for (int n = 0; n < HEAD_DIM / 8; n++)
         {
             row[n * 8 + 2 * quad] = operand_store(o[n][2 * i] * inverse);
             row[n * 8 + 2 * quad + 1] = operand_store(o[n][2 * i + 1] * inverse);
         }
     }
+}
+
+// Combines attention_prefill_mma's splits: each split's rows weighted by 2^(its max − the overall max), the outputs
+// summed and divided by the weighted sums. grid (tokens, HEADS), block HEAD_DIM threads (one per dimension).
+extern "C" __global__ void attention_merge(const float2* partial_ml, const float* partial_acc, int splits, operand_t* out)
+{
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    long row = (long)blockIdx.x * HEADS + blockIdx.y;
+    const float2* ml = partial_ml + row * splits;
+    float m = NEG_INF;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, ml[s].x);
+    float base = m == NEG_INF ? 0.0f : m, total = 0, value = 0;
+    for (int s = 0; s < splits; s++)
+    {
+        float weight = exp2f(ml[s].x - base);
+        total += ml[s].y * weight;
+        value += partial_acc[(row * splits + s) * HEAD_DIM + threadIdx.x] * weight;
+    }
+    out[row * HEAD_DIM + threadIdx.x] = operand_store(total > 0 ? value / total : 0.0f);
 }
 #endif

@@ -50,7 +50,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
-    private readonly nint _attentionPrefillTensor;
+    private readonly nint _attentionPrefillTensor, _attentionMerge;
     private readonly int _tensorTileTokens;
     private const int NormThreads = 1024;   // kernels.cu's NORM_THREADS: one block per row, the widest finishes a decode row soonest
     private const int SplitBudget = 4096;   // tokens × splits per step: bounds the partial buffers
@@ -117,6 +117,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (kvType == DType.F16 && c.HeadDim % 16 == 0 && c.GroupSize <= TensorTileRows)
         {
             _attentionPrefillTensor = _module.Function("attention_prefill_mma");
+            _attentionMerge = _module.Function("attention_merge");
             _tensorTileTokens = TensorTileRows / c.GroupSize;
         }
 
@@ -443,12 +444,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int heads = n * _config.KvHeadCount;
         int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
         int perSplit = (longest + splits - 1) / splits;
-        // A long chunk of one sequence (prefill) goes through the tiled kernel; decode and mixed steps through the split
-        // one — and so does a chunk whose tiles are too few to fill the GPU over a context much longer than itself (a
-        // query after its packets): one tile block would walk the whole context alone, the split kernel divides it.
-        int tileTokens = _attentionPrefillTensor != 0 && UseTensorCores ? _tensorTileTokens : QueryTile;
-        int tileBlocks = (n + tileTokens - 1) / tileTokens * c.KvHeadCount;
-        bool tiled = chunks == 1 && n >= PrefillTileThreshold && (tileBlocks >= _device.Multiprocessors || longest * BlockTokens <= 4 * n);
+        // A long chunk of one sequence (prefill) goes through a tiled kernel; decode and mixed steps through the split one.
+        // The tensor-core tiles divide a long context among blocks themselves (PrefillSplits); the scalar tiles cannot, so
+        // a chunk whose scalar tiles are too few to fill the GPU over a context much longer than itself (a query after
+        // its packets) takes the split kernel instead of a handful of blocks each walking the whole context.
+        bool tensor = _attentionPrefillTensor != 0 && UseTensorCores;
+        int scalarTileBlocks = (n + QueryTile - 1) / QueryTile * c.KvHeadCount;
+        bool tiled = chunks == 1 && n >= PrefillTileThreshold && (tensor || scalarTileBlocks >= _device.Multiprocessors || longest * BlockTokens <= 4 * n);
         int firstPosition = positions[0], tableCount = tableLength[0];
 
         bool decode = !tiled && n == chunks;
@@ -508,9 +510,16 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             {
                 int tokenCount = n;
                 if (_attentionPrefillTensor != 0 && UseTensorCores)
-                    m.Launch(_attentionPrefillTensor, (((uint)n + (uint)_tensorTileTokens - 1) / (uint)_tensorTileTokens, (uint)c.KvHeadCount), 128,
+                {
+                    int tiles = (n + _tensorTileTokens - 1) / _tensorTileTokens, tileSplits = PrefillSplits(tiles, tableCount, n);
+                    int entriesPerSplit = (tableCount + tileSplits - 1) / tileSplits;
+                    ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
+                    m.Launch(_attentionPrefillTensor, ((uint)tiles, (uint)c.KvHeadCount, (uint)tileSplits), 128,
                         (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale),
-                        (nint)(&interleaved), (nint)(&operand));
+                        (nint)(&interleaved), (nint)(&entriesPerSplit), (nint)(&ml), (nint)(&acc), (nint)(&operand));
+                    if (tileSplits > 1)
+                        m.Launch(_attentionMerge, ((uint)n, (uint)c.HeadCount), (uint)c.HeadDim, (nint)(&ml), (nint)(&acc), (nint)(&tileSplits), (nint)(&operand));
+                }
                 else
                     m.Launch(_attentionPrefill, (((uint)n + queryTile - 1) / queryTile, (uint)c.KvHeadCount), 256, (nint)(&q), (nint)(&pool), (nint)(&layerIndex),
                         (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale), (nint)(&interleaved), (nint)(&operand));
@@ -556,6 +565,18 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         m.Launch(_rmsNorm, ((uint)rows, 1), NormThreads, (nint)(&gathered), (nint)(&finalNorm), (nint)(&operand), (nint)(&epsilon));
         Project(rows, _classifier, _logits, null);
         timeline?.Close();
+    }
+
+    /// <summary>
+    /// Splits of the context for the tensor-core prefill attention: one while its tiles fill the GPU; else enough that
+    /// about two blocks per multiprocessor run, each over at least 8 entries (128 keys), within the partial buffers.
+    /// </summary>
+    private int PrefillSplits(int tiles, int entries, int tokens)
+    {
+        int blocks = tiles * _config.KvHeadCount;
+        if (blocks >= _device.Multiprocessors) return 1;
+        int wanted = (2 * _device.Multiprocessors + blocks - 1) / blocks;
+        return Math.Max(1, Math.Min(wanted, Math.Min(entries / 8, Math.Max(SplitBudget, _maxTokens) / tokens)));
     }
 
     /// <summary>Tokens per block of the scalar tiled prefill kernel.</summary>

@@ -13,18 +13,26 @@ namespace KvPacket.Cli.Bench;
 /// </summary>
 internal static class RagBenchmark
 {
+    /// <summary>The benchmark's request: seeded random documents and query after a BOS.</summary>
+    public static RagRequest Request(Core.Model.ModelConfig config, int documents, int documentTokens, int queryTokens)
+    {
+        var random = new SeededRandom(21);
+        int[] Tokens(int n) => random.NextTokens(n, 3, config.VocabSize);
+        return new RagRequest([config.BosTokenId ?? 1], Enumerable.Range(0, documents).Select(_ => Tokens(documentTokens)).ToArray(), Tokens(queryTokens));
+    }
+
+    /// <summary>The benchmark's engine: zero adapters of <paramref name="adapterTokens"/> soft tokens each.</summary>
+    public static RagEngine Engine(IForwardBackend model, int epicTokens, int adapterTokens) => new(model)
+    {
+        Adapter = Adapter.Untrained("untrained", model.Config.HiddenSize, adapterTokens, adapterTokens, adapterTokens),
+        EpicRecomputeTokens = epicTokens,
+    };
+
     public static BenchResult Run(IForwardBackend model, string name, string weightType, string kvType, int threads, int documents, int documentTokens, int queryTokens,
         int repeats, int epicTokens, int adapterTokens)
     {
-        var random = new SeededRandom(21);
-        int[] Tokens(int n) => random.NextTokens(n, 3, model.Config.VocabSize);
-        var request = new RagRequest([model.Config.BosTokenId ?? 1], Enumerable.Range(0, documents).Select(_ => Tokens(documentTokens)).ToArray(), Tokens(queryTokens));
-        int hidden = model.Config.HiddenSize;
-        using var engine = new RagEngine(model)
-        {
-            Adapter = Adapter.Untrained("untrained", hidden, adapterTokens, adapterTokens, adapterTokens),
-            EpicRecomputeTokens = epicTokens,
-        };
+        var request = Request(model.Config, documents, documentTokens, queryTokens);
+        using var engine = Engine(model, epicTokens, adapterTokens);
 
         var figures = new Dictionary<string, double>();
         float[]? fullLogits = null;

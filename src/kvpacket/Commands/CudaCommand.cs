@@ -121,6 +121,10 @@ internal static class CudaCommand
                     epicTokens: 16, adapterTokens: 5);
                 result.Print();
                 result.Save(parse.GetValue(output)!);
+                // Where a KV Packet request's GPU time goes (eager launches, events between stages), against its wall time above.
+                var request = RagBenchmark.Request(checkpoint.Config, docs, docTokens, queryTokens);
+                using var engine = RagBenchmark.Engine(gpu, epicTokens: 16, adapterTokens: 5);
+                PrintStages(gpu, device, "KV Packet request (packets resident)", () => engine.Prefill(request, Engine.Rag.RagMode.KvPacket).Sequence.Dispose(), 10);
             }
             return 0;
         });
