@@ -192,10 +192,10 @@ rag)
         "$k" cuda check --shape qwen2.5-0.5b --weights F32 --kv-type F16 -n 16 | tee -a "$out/rag-check.txt" || status=1
     fi
     if [[ " $parts " == *" qa "* ]]; then
-        # The QA table's modes on the GPU: F1 and TTFT per mode (CacheBlend stays on the CPU).
+        # The QA table's modes on the GPU: F1 and TTFT per mode.
         "$k" corpus --out /tmp/qa --train 1 --test 2000 >/dev/null
         "$k" eval --task qa -m models/kvqa-17m --split /tmp/qa/test.jsonl --limit ${QA_EVAL:-1000} --device cuda \
-            --modes full,closed-book,naive,epic,kvpacket,kvlink \
+            --modes full,closed-book,naive,epic,cacheblend,kvpacket,kvlink \
             --adapter models/kvqa-17m/kvpacket-adapter.safetensors,models/kvqa-17m/kvlink-adapter.safetensors \
             --out "$out/eval-qa-kvqa-17m-cuda.json" --plot "$out/qa-kvqa-17m-f1-vs-ttft-cuda.svg" | tee -a "$out/qa-eval-cuda.txt" || status=1
     fi

@@ -29,18 +29,18 @@ public class CudaTests
     }
 
     [CudaFact]
-    public void Every_rag_mode_the_gpu_runs_matches_the_cpu_within_1e3_and_returns_every_block()
+    public void Every_rag_mode_on_the_gpu_matches_the_cpu_within_1e3_and_returns_every_block()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var device = CudaDevice.Open();
         var results = CudaParity.RagModes(checkpoint, device, DType.F32, DType.F32);
-        foreach (var r in results.Where(r => r.Refused is null))
+        foreach (var r in results)
         {
             Assert.True(r.MaxAbsDifference <= 1e-3, $"{r.Mode}: {r.MaxAbsDifference}");
             Assert.True(r.GreedySame, $"{r.Mode}: greedy continuation differs");
         }
         Assert.All(results, r => Assert.True(r.BlocksReturned, $"{r.Mode}: GPU blocks still held"));
-        Assert.Equal([Engine.Rag.RagMode.CacheBlend], results.Where(r => r.Refused is not null).Select(r => r.Mode));
+        Assert.All(results, r => Assert.True(r.Refused is null, $"{r.Mode}: {r.Refused}"));
     }
 
     [CudaFact]

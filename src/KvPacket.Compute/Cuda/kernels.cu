@@ -380,6 +380,63 @@ extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool,
     }
 }
 
+// CacheBlend's private packet copies: rotates every key of blocks[blockIdx.x] (all layers, heads and slots) on by
+// `offset` positions — keys computed at local positions become keys at global ones (rotations compose). grid (copies,
+// LAYERS), one thread per (KV head, slot, RoPE pair).
+extern "C" __global__ void kv_rotate_keys(kv_t* pool, const int* blocks, int offset, int interleaved)
+{
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    kv_t* kplane = pool + blocks[blockIdx.x] * BLOCK_ELEMENTS + (2L * blockIdx.y) * PLANE_ELEMENTS;
+    for (int p = threadIdx.x; p < KV_HEADS * BLOCK_TOKENS * ROPE_PAIRS; p += blockDim.x)
+    {
+        kv_t* key = kplane + (long)(p / ROPE_PAIRS) * HEAD_DIM;   // (head, slot) rows are consecutive: [KV_HEADS][BLOCK_TOKENS][HEAD_DIM]
+        float row[HEAD_DIM];
+        int i = p % ROPE_PAIRS;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + ROPE_PAIRS;
+        row[a] = kv_load(key[a]);
+        row[b] = kv_load(key[b]);
+        RotatedPair r = rotate_pair(row, i, offset, interleaved);
+        key[r.a] = kv_store(r.va);
+        key[r.b] = kv_store(r.vb);
+    }
+}
+
+// CacheBlend's selection: how far token t's recomputed layer-`layer` K (rotated at its position) and V, rows of the
+// fused q/k/v product, lie from what its slot holds — Σ (new − stored)² over every KV head and dimension. One block
+// of 256 threads per token.
+extern "C" __global__ void kv_deviation(const float* qkv, const kv_t* pool, int layer, const int* blocks, const int* slots, const int* positions,
+    int interleaved, float* deviation)
+{
+    __shared__ float partial[8];
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    int token = blockIdx.x;
+    const kv_t* kplane = pool + blocks[token] * BLOCK_ELEMENTS + (2L * layer) * PLANE_ELEMENTS;
+    const kv_t* vplane = kplane + PLANE_ELEMENTS;
+    const float* k = qkv + (long)token * QKV_WIDTH + HEADS * HEAD_DIM;
+    const float* v = k + KV_HEADS * HEAD_DIM;
+    float sum = 0;
+    for (int p = threadIdx.x; p < KV_HEADS * ROPE_PAIRS; p += blockDim.x)
+    {
+        int g = p / ROPE_PAIRS, i = p % ROPE_PAIRS;
+        RotatedPair r = rotate_pair(k + g * HEAD_DIM, i, positions[token], interleaved);
+        long at = ((long)g * BLOCK_TOKENS + slots[token]) * HEAD_DIM;
+        float dka = r.va - kv_load(kplane[at + r.a]), dkb = r.vb - kv_load(kplane[at + r.b]);
+        float dva = v[g * HEAD_DIM + r.a] - kv_load(vplane[at + r.a]), dvb = v[g * HEAD_DIM + r.b] - kv_load(vplane[at + r.b]);
+        sum += dka * dka + dkb * dkb + dva * dva + dvb * dvb;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        float total = 0;
+        for (int w = 0; w < blockDim.x / 32; w++) total += partial[w];
+        deviation[token] = total;
+    }
+}
+
 // Matrix × a few vectors, for decode: y[t][row] (=, or += with accumulate) Σ_c W[row][c]·x[t][c] for t < tokens
 // (≤ GEMV_TOKENS), W [rows][cols] and x [tokens][cols] of operand_t, y f32. One warp per row streams the row once with
 // 16-byte loads and applies it to every token, so the whole grid reads W once at full width; a GEMM's tiles leave most
@@ -706,7 +763,7 @@ extern "C" __global__ void attention_prefill(const float* q, const kv_t* pool, i
 // grid (ceil(tokens / FA_TOKENS), KV_HEADS, splits), block FA_WARPS · 32 threads. With splits > 1 (few tiles over a
 // long context: a query after its packets) split z takes entries [z · per_split, (z + 1) · per_split) and writes its
 // rows' (max, sum) in the log2 domain and unnormalised outputs to partial_ml / partial_acc ([tokens][HEADS][splits]);
-// attention_merge combines them.
+// attention_merge combines them. `positions` (or null: consecutive from first_position) places the tokens.
 #define FA_WARPS 4
 #define FA_ROWS (FA_WARPS * 16)
 #define FA_TOKENS (FA_ROWS / GROUP_SIZE < 1 ? 1 : FA_ROWS / GROUP_SIZE)
@@ -777,7 +834,8 @@ __device__ __forceinline__ void load_step(const kv_t* pool, int layer, int g, co
 }
 
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mma(const float* q, const kv_t* pool, int layer, const KvEntry* table,
-    int entries_count, int tokens, int first_position, float scale, int interleaved, int per_split, float2* partial_ml, float* partial_acc, operand_t* out)
+    int entries_count, int tokens, int first_position, float scale, int interleaved, int per_split, float2* partial_ml, float* partial_acc,
+    const int* positions, operand_t* out)
 {
     __shared__ __align__(16) __half keys[2][FA_STEP_KEYS * FA_STRIDE];
     __shared__ __align__(16) __half values[2][FA_STEP_KEYS * FA_STRIDE];
@@ -787,7 +845,8 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mm
     int tile = gridDim.x - 1 - blockIdx.x;   // the longest tiles (latest tokens) first
     int g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, group = lane >> 2, quad = lane & 3;
     int first_token = tile * FA_TOKENS, tile_tokens = min(FA_TOKENS, tokens - first_token);
-    int last_position = first_position + first_token + tile_tokens - 1;
+    // Token t sits at first_position + t, or at positions[t] when given (CacheBlend's scattered recompute; ascending).
+    int last_position = positions ? positions[first_token + tile_tokens - 1] : first_position + first_token + tile_tokens - 1;
     // This thread's two rows (group and group + 8 of its warp's 16); rows past the tile's real ones compute as its last row and are not written.
     int row_position[2], row_token[2], row_head[2];
     bool row_real[2];
@@ -798,7 +857,7 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) attention_prefill_mm
         int real = row_real[i] ? r : tile_tokens * GROUP_SIZE - 1;
         row_token[i] = real / GROUP_SIZE;
         row_head[i] = real % GROUP_SIZE;
-        row_position[i] = first_position + first_token + row_token[i];
+        row_position[i] = positions ? positions[first_token + row_token[i]] : first_position + first_token + row_token[i];
     }
     const float scale_log2 = scale * 1.4426950408889634f;
 

@@ -162,7 +162,8 @@ public static class CudaParity
 
     /// <summary>
     /// One request in every RAG mode through <see cref="RagEngine"/> on the CPU and on the GPU — packets built on each
-    /// backend, EPIC's partial first blocks, KV Packet's header and trailer and KVLink's links as soft tokens — comparing
+    /// backend, EPIC's partial first blocks, KV Packet's header and trailer and KVLink's links as soft tokens, CacheBlend
+    /// recomputing half of each document (past 16 tokens: the scattered tensor-core tiles where they apply) — comparing
     /// every query row's logits and a greedy continuation, and checking that the GPU cache has every block back once the
     /// requests and packets are gone. A mode the GPU refuses is reported with the reason.
     /// </summary>
@@ -188,11 +189,11 @@ public static class CudaParity
         var results = new List<RagModeParity>();
         foreach (var mode in Enum.GetValues<RagMode>())
         {
-            using var cpuEngine = new RagEngine(cpu) { Adapter = adapter, EpicRecomputeTokens = 5, QueryLogits = LogitsFor.AllTokens };
+            using var cpuEngine = new RagEngine(cpu) { Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens };
             var expected = Answer(cpuEngine, request, mode, new int[steps], forced: false);
             (float[] Logits, int[] Tokens, int[] Greedy) actual = default;
             string? refused = null;
-            using (var gpuEngine = new RagEngine(gpu) { Adapter = adapter, EpicRecomputeTokens = 5, QueryLogits = LogitsFor.AllTokens })
+            using (var gpuEngine = new RagEngine(gpu) { Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens })
             {
                 try { actual = Answer(gpuEngine, request, mode, (int[])expected.Tokens.Clone(), forced: true); }
                 catch (NotSupportedException e) { refused = e.Message; }

@@ -29,7 +29,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _x, _soft, _qkv, _gateUp, _operand, _normed, _logits;
+    private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
@@ -48,6 +48,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public bool TailOwned;
         public readonly List<DeviceEntry> Table = [];
     }
+    private readonly nint _kvRotateKeys, _kvDeviation;
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor, _attentionMerge;
@@ -98,6 +99,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         CompileSeconds = device.LastCompileSeconds;
         _module.DependentLaunches = true;
         _embed = _module.Function("embed");
+        _kvRotateKeys = _module.Function("kv_rotate_keys");
+        _kvDeviation = _module.Function("kv_deviation");
         _rmsNorm = _module.Function("rms_norm");
         _kvAppend = _module.Function("kv_append");
         _attentionDecode = _module.Function("attention_decode");
@@ -133,6 +136,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int t = maxTokens;
         _x = Own(device.Allocate(4L * t * c.HiddenSize));
         _soft = Own(device.Allocate(4L * t * c.HiddenSize));
+        _deviation = Own(device.Allocate(4L * t));
         _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
         _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
         _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
@@ -268,13 +272,134 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public void PlacePacketCopy(int sequence, Packet packet) => throw CacheBlendNotSupported();
+    public void PlacePacketCopy(int sequence, Packet packet)
+    {
+        var target = Get(sequence);
+        if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet lives in another model's KV cache (or on another backend).", nameof(packet));
+        if (packet.IsPruned) throw new ArgumentException("CacheBlend recomputes a document's tokens in place and needs every one of them: this packet is token-pruned.", nameof(packet));
+        if (target.Length + packet.Length > _maxContext)
+            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {packet.Length}-token packet at offset {target.Length} exceeds the context of {_maxContext}.");
+        // Private copies of the packet's blocks (block ids staged in the step buffer), their keys rotated on to the global positions.
+        var copies = _stepHost.AsSpan(0, packet.Blocks.Count);
+        long bytes = _blocks.Layout.BlockBytes;
+        for (int b = 0; b < copies.Length; b++)
+        {
+            copies[b] = _blocks.Allocate();
+            _device.Copy(_blocks.Memory.At(packet.Blocks[b] * bytes), _blocks.Memory.At(copies[b] * bytes), bytes);
+        }
+        _device.Upload<int>(copies, _step);
+        ulong pool = _blocks.Memory.Pointer, blocks = _step.Pointer;
+        int offset = target.Length, interleaved = _interleaved;
+        _module.Launch(_kvRotateKeys, ((uint)copies.Length, (uint)_config.LayerCount), 256, (nint)(&pool), (nint)(&blocks), (nint)(&offset), (nint)(&interleaved));
+        for (int b = 0; b < copies.Length; b++)
+            target.Table.Add(new DeviceEntry(copies[b], offset + b * BlockTokens, Math.Min(BlockTokens, packet.Length - b * BlockTokens), 0, 0));
+        target.Length += packet.Length;
+        target.TailOwned = false;
+    }
 
     /// <inheritdoc />
-    public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction) => throw CacheBlendNotSupported();
+    public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction)
+    {
+        if (!(fraction is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The recompute fraction must be in [0, 1].");
+        var c = _config;
+        var target = Get(sequence);
+        int recomputed = 0;
+        var deviation = new float[Math.Min(_maxTokens, tokens.Length)];
+        for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
+        {
+            int n = Math.Min(_maxTokens, tokens.Length - offset);
+            // Layer 0 for every token, in context (consecutive positions: a tiled kernel where one applies), its K and V
+            // written over the copy's slots.
+            var host = _stepHost.AsSpan();
+            for (int i = 0; i < n; i++)
+            {
+                int token = tokens[offset + i], position = firstPosition + offset + i;
+                if ((uint)token >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize}.");
+                host[i] = token;
+                host[n + i] = position;
+                (host[2 * n + i], host[3 * n + i]) = Locate(target, position);
+                host[4 * n + i] = 0;
+            }
+            int tableCount = UploadBlendStep(target, n);
+            var (splits, perSplit) = DecodeSplits(n, tableCount);
+            Enqueue(n, 1, 0, splits, perSplit, Tiled(n, tableCount), firstPosition + offset, tableCount, fromLayer: 0, toLayer: 1);
+            if (c.LayerCount == 1) continue;
 
-    private static NotSupportedException CacheBlendNotSupported() =>
-        new("CacheBlend's selective recompute runs on the CPU backend; the CUDA backend does not have it yet.");
+            // Layer 1's K and V from the layer-0 output, against the stored ones: the fraction that deviates most goes on.
+            Deviations(n, deviation);
+            int keep = (int)Math.Ceiling(fraction * n);
+            int[] selected = [.. Enumerable.Range(0, n).OrderByDescending(t => deviation[t]).ThenBy(t => t).Take(keep).Order()];
+            if (selected.Length == 0) continue;
+            // The selected rows of the residual stream moved to the front, their metadata with them.
+            for (int j = 0; j < selected.Length; j++)
+            {
+                host[n + j] = host[n + selected[j]];
+                host[2 * n + j] = host[2 * n + selected[j]];
+                host[3 * n + j] = host[3 * n + selected[j]];
+                host[5 * n + j] = selected[j];
+            }
+            _device.Upload<int>(host.Slice(5 * n, selected.Length), _step);
+            ulong x = _x.Pointer, rows = _step.Pointer, gathered = _gateUp.Pointer;
+            int hidden = c.HiddenSize, k = selected.Length;
+            _module.Launch(_gatherRows, ((uint)k, 1), Threads, (nint)(&x), (nint)(&rows), (nint)(&gathered), (nint)(&hidden));
+            _device.Copy(_gateUp.Pointer, _x.Pointer, 4L * k * hidden);
+            for (int j = 0; j < k; j++) host[k + j] = host[n + j];               // positions
+            for (int j = 0; j < k; j++) host[2 * k + j] = host[2 * n + j];       // blocks
+            for (int j = 0; j < k; j++) host[3 * k + j] = host[3 * n + j];       // slots
+            for (int j = 0; j < k; j++) host[4 * k + j] = 0;                     // chunk
+            tableCount = UploadBlendStep(target, k);
+            (splits, perSplit) = DecodeSplits(k, tableCount);
+            // Scattered positions: the tensor-core tiles and the split kernel take a position per token, the scalar tiles do not.
+            bool tensorTiles = _attentionPrefillTensor != 0 && UseTensorCores && k >= PrefillTileThreshold;
+            Enqueue(k, 1, 0, splits, perSplit, tensorTiles, firstPosition + offset, tableCount, fromLayer: 1, scattered: true);
+            recomputed += k;
+        }
+        _device.Synchronize();
+        return recomputed;
+    }
+
+    /// <summary>
+    /// Uploads a blend step's metadata — the first 5 × <paramref name="n"/> ints of the step buffer already hold ids,
+    /// positions, blocks, slots and chunks — with the sequence's table as its one chunk; returns the table's length.
+    /// </summary>
+    private int UploadBlendStep(GpuSequence target, int n)
+    {
+        var host = _stepHost.AsSpan();
+        host[5 * n] = 0;
+        host[5 * n + 1] = target.Table.Count;
+        MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(target.Table)).CopyTo(host[(5 * n + 2)..]);
+        _device.Upload<int>(host[..(5 * n + 2 + 5 * target.Table.Count)], _step);
+        return target.Table.Count;
+    }
+
+    /// <summary>Each of the step's <paramref name="n"/> tokens' distance between its recomputed layer-1 K/V and the stored ones.</summary>
+    private void Deviations(int n, Span<float> deviation)
+    {
+        var c = _config;
+        var w = _layers[1];
+        ulong x = _x.Pointer, norm = w.AttentionNorm.Pointer, operand = _operand.Pointer;
+        float epsilon = (float)c.NormEpsilon;
+        _module.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
+        Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
+        ulong qkv = _qkv.Pointer, pool = _blocks.Memory.Pointer, blocks = _step.At(8L * n), slots = _step.At(12L * n), positions = _step.At(4L * n), result = _deviation.Pointer;
+        int layer = 1, interleaved = _interleaved;
+        _module.Launch(_kvDeviation, ((uint)n, 1), 256, (nint)(&qkv), (nint)(&pool), (nint)(&layer), (nint)(&blocks), (nint)(&slots), (nint)(&positions),
+            (nint)(&interleaved), (nint)(&result));
+        _device.Download(_deviation, deviation[..n]);
+    }
+
+    /// <summary>The block and slot holding <paramref name="position"/>, which must lie in a block only this sequence holds (a CacheBlend copy).</summary>
+    private (int Block, int Slot) Locate(GpuSequence sequence, int position)
+    {
+        foreach (var e in sequence.Table)
+        {
+            if (position < e.FirstPosition || position >= e.FirstPosition + e.Count) continue;
+            if (e.Rotation != 0 || _blocks.ReferenceCount(e.Block) != 1)
+                throw new InvalidOperationException($"Position {position} lies in a shared packet block and cannot be recomputed in place.");
+            return (e.Block, e.FirstSlot + position - e.FirstPosition);
+        }
+        throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is not in this sequence (length {sequence.Length}).");
+    }
 
     private GpuSequence Get(int id) =>
         (uint)id < (uint)_sequences.Count && _sequences[id] is { } s ? s : throw new ArgumentException($"No GPU sequence {id}.", nameof(id));
@@ -441,16 +566,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         _device.Upload<int>(host[..(5 * n + 2 * chunks + rows + 5 * entryCount)], _step);
         if (!soft.IsEmpty) _device.Upload(soft, _soft);
-        int heads = n * _config.KvHeadCount;
-        int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / n)));
-        int perSplit = (longest + splits - 1) / splits;
-        // A long chunk of one sequence (prefill) goes through a tiled kernel; decode and mixed steps through the split one.
-        // The tensor-core tiles divide a long context among blocks themselves (PrefillSplits); the scalar tiles cannot, so
-        // a chunk whose scalar tiles are too few to fill the GPU over a context much longer than itself (a query after
-        // its packets) takes the split kernel instead of a handful of blocks each walking the whole context.
-        bool tensor = _attentionPrefillTensor != 0 && UseTensorCores;
-        int scalarTileBlocks = (n + QueryTile - 1) / QueryTile * c.KvHeadCount;
-        bool tiled = chunks == 1 && n >= PrefillTileThreshold && (tensor || scalarTileBlocks >= _device.Multiprocessors || longest * BlockTokens <= 4 * n);
+        var (splits, perSplit) = DecodeSplits(n, longest);
+        bool tiled = chunks == 1 && Tiled(n, longest);
         int firstPosition = positions[0], tableCount = tableLength[0];
 
         bool decode = !tiled && n == chunks;
@@ -467,8 +584,37 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
     }
 
-    /// <summary>Queues one step's kernels and products (its metadata already uploaded) on the stream.</summary>
-    private void Enqueue(int n, int chunks, int rows, int splits, int perSplit, bool tiled, int firstPosition, int tableCount)
+    /// <summary>
+    /// Whether one chunk of <paramref name="tokens"/> consecutive positions over a table of <paramref name="entries"/>
+    /// takes a tiled prefill kernel (else the split one, as decode and mixed steps do). The tensor-core tiles divide a
+    /// long context among blocks themselves (PrefillSplits); the scalar tiles cannot, so a chunk whose scalar tiles are too
+    /// few to fill the GPU over a context much longer than itself (a query after its packets) takes the split kernel
+    /// instead of a handful of blocks each walking the whole context.
+    /// </summary>
+    private bool Tiled(int tokens, int entries)
+    {
+        if (tokens < PrefillTileThreshold) return false;
+        if (_attentionPrefillTensor != 0 && UseTensorCores) return true;
+        int scalarTileBlocks = (tokens + QueryTile - 1) / QueryTile * _config.KvHeadCount;
+        return scalarTileBlocks >= _device.Multiprocessors || entries * BlockTokens <= 4 * tokens;
+    }
+
+    /// <summary>Splits of each token's block table for the split attention kernel, and entries per split.</summary>
+    private (int Splits, int PerSplit) DecodeSplits(int tokens, int longest)
+    {
+        int heads = tokens * _config.KvHeadCount;
+        int splits = Math.Clamp((DecodeAttentionBlocks + heads - 1) / heads, 1, Math.Max(1, Math.Min(longest, SplitBudget / tokens)));
+        return (splits, (longest + splits - 1) / splits);
+    }
+
+    /// <summary>
+    /// Queues one step's kernels and products (its metadata already uploaded) on the stream: layers
+    /// [<paramref name="fromLayer"/>, <paramref name="toLayer"/>) (all by default; the embedding only from layer 0), then
+    /// the logits of <paramref name="rows"/> rows (none: no classifier). <paramref name="scattered"/>: the tokens' positions
+    /// are not consecutive (the tensor-core tiles read each one).
+    /// </summary>
+    private void Enqueue(int n, int chunks, int rows, int splits, int perSplit, bool tiled, int firstPosition, int tableCount, int fromLayer = 0, int toLayer = -1,
+        bool scattered = false)
     {
         var c = _config;
         uint queryTile = (uint)QueryTile;
@@ -478,14 +624,17 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         var m = _module;
         ulong x = _x.Pointer, operand = _operand.Pointer, embedding = _embedding.Buffer.Pointer, soft = _soft.Pointer;
         var timeline = Timeline;
-        timeline?.Mark("embed");
-        m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
+        if (fromLayer == 0)
+        {
+            timeline?.Mark("embed");
+            m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
+        }
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize, ffn = c.IntermediateSize;
         // A pure decode step (one token per sequence) has attention append each token's K and V itself.
         bool append = !tiled && n == chunks;
         int appendFlag = append ? 1 : 0;
-        for (int layer = 0; layer < _layers.Length; layer++)
+        for (int layer = fromLayer; layer < (toLayer < 0 ? _layers.Length : toLayer); layer++)
         {
             // Per layer: norm → one q/k/v product → K (rotated) and V into the cache (inside attention in a pure decode
             // step) → attention → output product added to the residual → norm → one gate/up product → SwiGLU (inside
@@ -513,10 +662,10 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 {
                     int tiles = (n + _tensorTileTokens - 1) / _tensorTileTokens, tileSplits = PrefillSplits(tiles, tableCount, n);
                     int entriesPerSplit = (tableCount + tileSplits - 1) / tileSplits;
-                    ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer;
+                    ulong ml = _partialMl.Pointer, acc = _partialAcc.Pointer, tokenPositions = scattered ? positionsPointer : 0;
                     m.Launch(_attentionPrefillTensor, ((uint)tiles, (uint)c.KvHeadCount, (uint)tileSplits), 128,
                         (nint)(&q), (nint)(&pool), (nint)(&layerIndex), (nint)(&entries), (nint)(&tableCount), (nint)(&tokenCount), (nint)(&firstPosition), (nint)(&scale),
-                        (nint)(&interleaved), (nint)(&entriesPerSplit), (nint)(&ml), (nint)(&acc), (nint)(&operand));
+                        (nint)(&interleaved), (nint)(&entriesPerSplit), (nint)(&ml), (nint)(&acc), (nint)(&tokenPositions), (nint)(&operand));
                     if (tileSplits > 1)
                         m.Launch(_attentionMerge, ((uint)n, (uint)c.HeadCount), (uint)c.HeadDim, (nint)(&ml), (nint)(&acc), (nint)(&tileSplits), (nint)(&operand));
                 }
@@ -557,6 +706,11 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             }
             timeline?.Mark("down product");
             Project(n, w.Down, _x, null, accumulate: true);
+        }
+        if (rows == 0)
+        {
+            timeline?.Close();
+            return;
         }
         // Only the rows that want logits (each chunk's last token, as a rule): gather them, normalise and classify them alone.
         ulong gathered = _gateUp.Pointer, finalNorm = _finalNorm.Pointer;

@@ -46,7 +46,7 @@ internal static class EvalCommand
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var trace = new Option<string?>("--trace") { Description = "--task qa: write a Chrome / Perfetto trace of every answer's prefill and decode, a row per mode" };
-        var device = new Option<string>("--device") { Description = "--task qa: cpu (f32 KV), or cuda (bf16 weights, f16 KV; CacheBlend runs on the CPU only)", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "--task qa: cpu (f32 KV), or cuda (bf16 weights, f16 KV)", DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
