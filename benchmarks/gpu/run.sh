@@ -7,6 +7,14 @@
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# Unpacks the build (the CLI is then $k, with the CUDA libraries on the path) and notes the GPU in OUTDIR/gpu.txt.
+unpack() {
+    mkdir -p "$1" /tmp/kvpacket-gpu
+    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    k=/tmp/kvpacket-gpu/kvpacket
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$1/gpu.txt"
+}
 case "${1:-}" in
 publish)
     rm -rf .gpu/publish
@@ -18,11 +26,7 @@ publish)
     ;;
 run)
     out="${2:?output directory}"
-    mkdir -p "$out" /tmp/kvpacket-gpu
-    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
-    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    k=/tmp/kvpacket-gpu/kvpacket
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    unpack "$out"
     status=0
     if [[ -n "${3:-}" ]]; then
         "$k" cuda check -m "$3" --weights F32 --kv-type F32 -n 128 | tee -a "$out/check.txt" || status=1
@@ -46,13 +50,9 @@ train)
     out="${2:?output directory}"
     shift 2
     parts="${*:-check adapter pretrain finetune distill speed}"
-    mkdir -p "$out" /tmp/kvpacket-gpu
-    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
-    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    k=/tmp/kvpacket-gpu/kvpacket
+    unpack "$out"
     d=/tmp/kvpacket-dumps
     stories=tests/fixtures/stories260K/stories260K.bin
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$out/gpu.txt"
     status=0
     if [[ " $parts " == *" check "* ]]; then
         # Gradients against the CPU (float64) and PyTorch autograd; distillation loss against the engine's KL.
@@ -178,11 +178,7 @@ rag)
     out="${2:?output directory}"
     shift 2
     parts="${*:-check qa bench}"
-    mkdir -p "$out" /tmp/kvpacket-gpu
-    tar xf .gpu/kvpacket.tar.gz -C /tmp/kvpacket-gpu
-    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    k=/tmp/kvpacket-gpu/kvpacket
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$out/gpu.txt"
+    unpack "$out"
     status=0
     if [[ " $parts " == *" check "* ]]; then
         # Every RAG mode through RagEngine on the GPU against the CPU (plus the step parity of cuda check).

@@ -11,6 +11,19 @@ internal static class BenchModel
     /// The checkpoint at <paramref name="path"/>, or card <paramref name="shape"/> synthesised (keeping only
     /// <paramref name="layers"/> layers when positive); a GGUF block format is quantised from the bf16 synthesis.
     /// </summary>
+    /// <summary>
+    /// Runs <paramref name="body"/> with the model of <see cref="Open"/> and the GPU, both disposed after; exit code 2 with
+    /// the reason when there is no GPU.
+    /// </summary>
+    public static int OnGpu(string? path, string? shape, DType dtype, Func<Checkpoint, string, Compute.Cuda.CudaDevice, int> body, int layers = 0)
+    {
+        if (!Compute.Cuda.CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+        var (checkpoint, name) = Open(path, shape, dtype, layers);
+        using (checkpoint)
+        using (var device = Compute.Cuda.CudaDevice.Open())
+            return body(checkpoint, name, device);
+    }
+
     public static (Checkpoint Checkpoint, string Name) Open(string? path, string? shape, DType dtype, int layers = 0)
     {
         if (path is not null) return (CheckpointLoader.Load(path), Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(path)));

@@ -34,12 +34,7 @@ internal static class CudaCommand
         var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => 32 };
         var tolerance = new Option<double>("--tolerance") { Description = "Largest logit difference accepted: max-abs with F32 weights and KV (default 1e-3), else relative (default 2e-2)", DefaultValueFactory = _ => -1 };
         var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels") { model, shape, weights, kv, steps, prompt, tolerance };
-        command.SetAction(parse =>
-        {
-            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights) == DType.BF16 ? DType.BF16 : DType.F32);
-            using (checkpoint)
-            using (var device = CudaDevice.Open())
+        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights) == DType.BF16 ? DType.BF16 : DType.F32, (checkpoint, name, device) =>
             {
                 Console.WriteLine($"{device.Name} (sm_{device.Architecture}, driver {device.DriverVersion}), NVRTC {NvrtcVersion()}; model {name}");
                 var type = parse.GetValue(weights);
@@ -84,8 +79,7 @@ internal static class CudaCommand
                                       $"greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 }
                 return ok ? 0 : 1;
-            }
-        });
+            }));
         return command;
     }
 
@@ -104,14 +98,9 @@ internal static class CudaCommand
         {
             model, shape, weights, kv, documents, documentTokens, query, repeats, output,
         };
-        command.SetAction(parse =>
-        {
-            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var type = parse.GetValue(weights);
-            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), type);
-            using (checkpoint)
-            using (var device = CudaDevice.Open())
+        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights), (checkpoint, name, device) =>
             {
+                var type = parse.GetValue(weights);
                 int docs = parse.GetValue(documents), docTokens = parse.GetValue(documentTokens), queryTokens = parse.GetValue(query);
                 // Room for the plain and the adapter packets of every document and a request of each mode at once.
                 int kvTokens = 3 * docs * (docTokens + 64) + 4 * queryTokens;
@@ -125,9 +114,8 @@ internal static class CudaCommand
                 var request = RagBenchmark.Request(checkpoint.Config, docs, docTokens, queryTokens);
                 using var engine = RagBenchmark.Engine(gpu, epicTokens: 16, adapterTokens: 5);
                 PrintStages(gpu, device, "KV Packet request (packets resident)", () => engine.Prefill(request, Engine.Rag.RagMode.KvPacket).Sequence.Dispose(), 10);
-            }
-            return 0;
-        });
+                            return 0;
+            }));
         return command;
     }
 
@@ -145,14 +133,9 @@ internal static class CudaCommand
         {
             model, shape, weights, context, prefill, repeats, batchSize, output,
         };
-        command.SetAction(parse =>
-        {
-            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var type = parse.GetValue(weights);
-            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), type);
-            using (checkpoint)
-            using (var device = CudaDevice.Open())
+        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights), (checkpoint, name, device) =>
             {
+                var type = parse.GetValue(weights);
                 var figures = new Dictionary<string, double>();
                 int repeat = parse.GetValue(repeats), promptLength = parse.GetValue(prefill), decodeContext = parse.GetValue(context);
                 figures["copy_GB_per_s"] = CopyBandwidth(device, repeat);
@@ -239,8 +222,7 @@ internal static class CudaCommand
                 result.Print();
                 result.Save(parse.GetValue(output)!);
                 return 0;
-            }
-        });
+            }));
         return command;
     }
 

@@ -34,12 +34,7 @@ internal static class CudaTrainCommand
         {
             model, shape, layers, sequences, length, dump,
         };
-        command.SetAction(parse =>
-        {
-            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), DType.F32, parse.GetValue(layers));
-            using (checkpoint)
-            using (var device = CudaDevice.Open())
+        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), DType.F32, (checkpoint, name, device) =>
             {
                 var config = checkpoint.Config;
                 Console.WriteLine($"{device.Name} (sm_{device.Architecture}); model {name}: hidden {config.HiddenSize}, {config.LayerCount} layers, heads {config.HeadCount}/{config.KvHeadCount}, vocab {config.VocabSize}");
@@ -80,8 +75,7 @@ internal static class CudaTrainCommand
                             $"  distillation {r.Mode,-8} {operand,-4}: engine KL {r.EngineKl:F6}, GPU student loss {r.GpuLoss:F6} (rel {error:E1}), CPU student {r.CpuLoss:F6} → {(pass ? "PASS" : "FAIL")} (limit {limit:E0})"));
                     }
                 return ok ? 0 : 1;
-            }
-        });
+            }, layers: parse.GetValue(layers)));
         return command;
     }
 
@@ -103,12 +97,7 @@ internal static class CudaTrainCommand
         {
             shape, documents, documentTokens, continuation, batchSize, header, trailer, repeats, recompute, kept,
         };
-        command.SetAction(parse =>
-        {
-            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
-            var (checkpoint, name) = BenchModel.Open(null, parse.GetValue(shape), DType.BF16);
-            using (checkpoint)
-            using (var device = CudaDevice.Open())
+        command.SetAction(parse => BenchModel.OnGpu(null, parse.GetValue(shape), DType.BF16, (checkpoint, name, device) =>
             {
                 var config = checkpoint.Config;
                 int b = parse.GetValue(batchSize), h = parse.GetValue(header), t = parse.GetValue(trailer), k = parse.GetValue(continuation);
@@ -141,8 +130,7 @@ internal static class CudaTrainCommand
                     $"{(parse.GetValue(recompute) ? ", recompute" : "")}{(model.FlashAttention ? ", flash" : ", kept attention")}: step {ms:F1} ms (median of {times.Length}), {b / (ms / 1e3):F1} examples/s, {b * (long)batch.Length / (ms / 1e3):F0} rows/s; " +
                     $"device memory {model.DeviceBytes / 1e9:F2} GB"));
                 return 0;
-            }
-        });
+            }));
         return command;
     }
 
