@@ -3,7 +3,7 @@
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
-#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check qa bench)
+#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -174,10 +174,10 @@ with open('/tmp/corpus.tokens','w') as f:
     exit $status
     ;;
 rag)
-    # Parts (default all): check qa bench
+    # Parts (default all): check demo qa bench
     out="${2:?output directory}"
     shift 2
-    parts="${*:-check qa bench}"
+    parts="${*:-check demo qa bench}"
     unpack "$out"
     status=0
     if [[ " $parts " == *" check "* ]]; then
@@ -186,6 +186,10 @@ rag)
         "$k" cuda check -m tests/fixtures/stories260K/stories260K.bin --weights F32 --kv-type F16 -n 64 | tee -a "$out/rag-check.txt" || status=1
         # Head dim 64 with an f16 cache: the tensor-core prefill, its context split among blocks for the 40-token query.
         "$k" cuda check --shape qwen2.5-0.5b --weights F32 --kv-type F16 -n 16 | tee -a "$out/rag-check.txt" || status=1
+    fi
+    if [[ " $parts " == *" demo "* ]]; then
+        # The README's main command on the GPU: packets ingested into a store, read back into device blocks, every mode.
+        "$k" demo --device cuda --model models/kvqa-17m --questions 8 | tee -a "$out/demo-cuda.txt" || status=1
     fi
     if [[ " $parts " == *" qa "* ]]; then
         # The QA table's modes on the GPU: F1 and TTFT per mode.
@@ -202,7 +206,7 @@ rag)
     exit $status
     ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|qa|bench]" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|demo|qa|bench]" >&2
     exit 2
     ;;
 esac

@@ -1,3 +1,4 @@
+using KvPacket.Compute.Kv;
 using KvPacket.Core.Model;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
@@ -11,11 +12,15 @@ namespace KvPacket.Store;
 /// there is one (and, with <see cref="CopySharedToStore"/>, is copied to the store in the background), else it is built
 /// once, stored durably, published to the shared tier, and kept.
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
-/// not depend on whether the packet was just built. Thread-safe.
+/// not depend on whether the packet was just built. On the CPU backend packets are read straight into the model's KV pool;
+/// on the GPU they pass through a host staging pool (read there, then copied into device blocks; built ones copied out
+/// to be stored). Thread-safe.
 /// </summary>
 public sealed class StoredPackets : IPacketSource
 {
-    private readonly Transformer _model;
+    private readonly IForwardBackend _model;
+    private readonly KvBlockPool _host;
+    private readonly bool _ownsHost;
     private readonly PacketStore _store;
     private readonly Dictionary<PacketId, LinkedListNode<(PacketId Id, Packet Packet)>> _resident = new();
     private readonly LinkedList<(PacketId Id, Packet Packet)> _recency = new();
@@ -30,7 +35,7 @@ public sealed class StoredPackets : IPacketSource
     /// token-pruned to the fraction <paramref name="keep"/> of each document when below 1, sharing them with other nodes
     /// through <paramref name="shared"/> when given.
     /// </summary>
-    public StoredPackets(Transformer model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null, double keep = 1.0,
+    public StoredPackets(IForwardBackend model, PacketStore store, KvStorage storage = KvStorage.F16, int? residentBlockBudget = null, double keep = 1.0,
         SharedPacketTier? shared = null)
     {
         _model = model;
@@ -39,7 +44,11 @@ public sealed class StoredPackets : IPacketSource
         Storage = storage;
         Keep = keep;
         Fingerprint = ModelFingerprint.Of(model.Model);
-        ResidentBlockBudget = residentBlockBudget ?? model.KvPool.BlockCount / 4;
+        ResidentBlockBudget = residentBlockBudget ?? model.KvBlocks.BlockCount / 4;
+        _ownsHost = model.KvBlocks is not KvBlockPool;
+        // Staging for a device cache: room for one packet of the longest sequence.
+        _host = model.KvBlocks as KvBlockPool
+            ?? new KvBlockPool(model.KvBlocks.Layout, (model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1);
     }
 
     /// <summary>The model's fingerprint, which every packet id includes.</summary>
@@ -107,16 +116,18 @@ public sealed class StoredPackets : IPacketSource
                 BytesLoaded += bytes;
                 Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
             }
-            else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _model.KvPool, out packet))
+            else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket))
             {
                 SharedLoads++;
-                if (CopySharedToStore && !_store.IsReadOnly) KeepLocalCopy(packet.Share(), document.ToArray(), adapter);
+                if (CopySharedToStore && !_store.IsReadOnly) KeepLocalCopy(hostPacket.Share(), document.ToArray(), adapter);
+                using (hostPacket) packet = _model.ImportPacket(hostPacket);
                 Trace?.Record("packet shared load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
             }
             else
             {
                 using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
-                    _store.PutAsync(built, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
+                using (var host = _model.ExportPacket(built, _host))
+                    _store.PutAsync(host, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
                 Builds++;
                 Shared?.Publish(_store, id);
                 if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
@@ -160,8 +171,13 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Local copies of shared-tier packets that could not be stored (the store full, say).</summary>
     public long LocalCopyFailures => Interlocked.Read(ref _localCopyFailures);
 
-    private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet) =>
-        _store.TryLoad(id, Fingerprint, _model.KvPool, out packet);
+    private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet)
+    {
+        packet = null;
+        if (!_store.TryLoad(id, Fingerprint, _host, out var host)) return false;
+        using (host) packet = _model.ImportPacket(host);
+        return true;
+    }
 
     private void MakeResident(PacketId id, Packet packet)
     {
@@ -188,5 +204,6 @@ public sealed class StoredPackets : IPacketSource
             _resident.Clear();
             _residentBlocks = 0;
         }
+        if (_ownsHost) _host.Dispose();
     }
 }

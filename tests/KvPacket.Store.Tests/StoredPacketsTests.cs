@@ -30,6 +30,21 @@ public class StoredPacketsTests
     private static Transformer Model(Checkpoint checkpoint, DType kv = DType.F16) =>
         new(checkpoint, new TransformerOptions { KvType = kv, KvCacheTokens = 4096, MaxBatchTokens = 64 });
 
+    [Theory]
+    [InlineData(DType.F16)]
+    [InlineData(DType.F32)]
+    public void The_round_trip_a_gpu_runs_holds_on_the_cpu_backend_byte_for_byte(DType kv)
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint, kv);
+        var result = PacketRoundTrip.Run(model, Path.Combine(temp.Path, "store"));
+        Assert.Equal(0, result.DifferentRows);
+        Assert.Equal(0, result.MaxAbsLogitDifference);
+        Assert.Equal(result.Packets, result.StoreLoads);
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+    }
+
     [Fact]
     public void Packets_built_stored_and_loaded_answer_exactly_like_packets_built_in_memory()
     {

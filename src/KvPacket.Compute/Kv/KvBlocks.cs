@@ -43,6 +43,14 @@ public abstract class KvBlocks : IDisposable
         return block;
     }
 
+    /// <summary>Fills <paramref name="blocks"/> with free blocks of one reference each — all of them, or none when too few are free.</summary>
+    /// <exception cref="KvCacheExhaustedException">Fewer than blocks.Length are free.</exception>
+    public void Allocate(Span<int> blocks)
+    {
+        if (blocks.Length > _freeCount) throw new KvCacheExhaustedException(BlockCount);
+        for (int i = 0; i < blocks.Length; i++) blocks[i] = Allocate();
+    }
+
     /// <summary>Adds a reference to a block in use (sharing it).</summary>
     public void Retain(int block)
     {

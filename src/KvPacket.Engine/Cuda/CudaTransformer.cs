@@ -84,6 +84,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (weightType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"GPU weights must be F32 or BF16, not {weightType}.", nameof(weightType));
         if (kvType is not (DType.F32 or DType.F16)) throw new ArgumentException($"GPU KV must be F16 or F32, not {kvType}.", nameof(kvType));
         _device = device;
+        Model = model;
         _config = model.Config;
         _weightType = weightType;
         _maxTokens = maxTokens;
@@ -187,6 +188,34 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public KvBlocks KvBlocks => _blocks;
 
     /// <inheritdoc />
+    public Checkpoint Model { get; }
+
+    /// <inheritdoc />
+    public Packet ImportPacket(Packet packet)
+    {
+        if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
+        var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another GPU's cache.", nameof(packet));
+        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The packet's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(packet));
+        long bytes = _blocks.Layout.BlockBytes;
+        var blocks = new int[packet.Blocks.Count];
+        _blocks.Allocate(blocks);
+        for (int b = 0; b < blocks.Length; b++) _device.Upload<byte>(host.BlockBytes(packet.Blocks[b]), _blocks.Memory, blocks[b] * bytes);
+        return new Packet(_blocks, blocks, packet.Length, packet.PositionSpan);
+    }
+
+    /// <inheritdoc />
+    public Packet ExportPacket(Packet packet, KvBlockPool host)
+    {
+        if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet is not in this GPU's cache.", nameof(packet));
+        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The host pool's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(host));
+        long bytes = _blocks.Layout.BlockBytes;
+        var blocks = new int[packet.Blocks.Count];
+        host.Allocate(blocks);
+        for (int b = 0; b < blocks.Length; b++) _device.Download<byte>(_blocks.Memory, host.BlockBytes(blocks[b]), packet.Blocks[b] * bytes);
+        return new Packet(host, blocks, packet.Length, packet.PositionSpan);
+    }
+
+    /// <inheritdoc />
     public int MaxSequenceLength => _maxContext;
 
     /// <inheritdoc />
@@ -282,11 +311,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         // Private copies of the packet's blocks (block ids staged in the step buffer), their keys rotated on to the global positions.
         var copies = _stepHost.AsSpan(0, packet.Blocks.Count);
         long bytes = _blocks.Layout.BlockBytes;
-        for (int b = 0; b < copies.Length; b++)
-        {
-            copies[b] = _blocks.Allocate();
-            _device.Copy(_blocks.Memory.At(packet.Blocks[b] * bytes), _blocks.Memory.At(copies[b] * bytes), bytes);
-        }
+        _blocks.Allocate(copies);
+        for (int b = 0; b < copies.Length; b++) _device.Copy(_blocks.Memory.At(packet.Blocks[b] * bytes), _blocks.Memory.At(copies[b] * bytes), bytes);
         _device.Upload<int>(copies, _step);
         ulong pool = _blocks.Memory.Pointer, blocks = _step.Pointer;
         int offset = target.Length, interleaved = _interleaved;

@@ -12,6 +12,9 @@ namespace KvPacket.Engine.Forward;
 /// </summary>
 public interface IForwardBackend : IDisposable
 {
+    /// <summary>The checkpoint this runs (its fingerprint names the packets it may use).</summary>
+    Checkpoint Model { get; }
+
     /// <summary>The model's shape.</summary>
     ModelConfig Config { get; }
 
@@ -61,6 +64,15 @@ public interface IForwardBackend : IDisposable
     /// lets the caller recompute the packet's first tokens in context (EPIC).
     /// </summary>
     void AppendPacket(int sequence, Packet packet, int skip = 0);
+
+    /// <summary>
+    /// <paramref name="packet"/> — blocks of a host <see cref="KvBlockPool"/> of this cache's layout (a packet read from the
+    /// store) — in this backend's cache: the same packet shared when it already lives there, else a copy.
+    /// </summary>
+    Packet ImportPacket(Packet packet);
+
+    /// <summary>This backend's <paramref name="packet"/> in the host pool <paramref name="host"/> (to store it): shared when it already lives there, else a copy.</summary>
+    Packet ExportPacket(Packet packet, KvBlockPool host);
 
     /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> at <paramref name="sequence"/>'s end, ready for <see cref="BlendRecompute"/>.</summary>
     void PlacePacketCopy(int sequence, Packet packet);

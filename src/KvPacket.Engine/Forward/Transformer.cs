@@ -149,6 +149,24 @@ public sealed unsafe class Transformer : IForwardBackend
     public void PlacePacketCopy(int sequence, Packet packet) => PlacePacketCopy(Handle(sequence), packet);
 
     /// <inheritdoc />
+    public Packet ImportPacket(Packet packet) => CopyPacket(packet, KvPool);
+
+    /// <inheritdoc />
+    public Packet ExportPacket(Packet packet, KvBlockPool host) => CopyPacket(packet, host);
+
+    /// <summary><paramref name="packet"/> in <paramref name="target"/>: shared when it already lives there, else copied block by block.</summary>
+    private static Packet CopyPacket(Packet packet, KvBlockPool target)
+    {
+        if (ReferenceEquals(packet.Pool, target)) return packet.Share();
+        var source = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in GPU memory; the CPU backend copies host packets only.", nameof(packet));
+        if (source.Layout != target.Layout) throw new ArgumentException($"The packet's KV layout ({source.Layout}) is not this cache's ({target.Layout}).", nameof(packet));
+        var blocks = new int[packet.Blocks.Count];
+        target.Allocate(blocks);
+        for (int b = 0; b < blocks.Length; b++) source.BlockBytes(packet.Blocks[b]).CopyTo(target.BlockBytes(blocks[b]));
+        return new Packet(target, blocks, packet.Length, packet.PositionSpan);
+    }
+
+    /// <inheritdoc />
     public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction) => BlendRecompute(Handle(sequence), tokens, firstPosition, fraction);
 
     /// <summary>

@@ -78,6 +78,19 @@ internal static class CudaCommand
                     Console.WriteLine($"  RAG {rag.Mode,-10}: query + continuation max |Δlogit| {rag.MaxAbsDifference:E2}, max relative {rag.MaxRelativeDifference:E2}, " +
                                       $"greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 }
+                // Packets built on the GPU, stored, and read back into device blocks by a restarted source: byte for byte.
+                string storeDirectory = Path.Combine(Path.GetTempPath(), $"kvpacket-cuda-check-{Environment.ProcessId}");
+                try
+                {
+                    using var gpu = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096);
+                    var trip = Store.PacketRoundTrip.Run(gpu, storeDirectory);
+                    bool tripOk = trip.DifferentRows == 0 && trip.MaxAbsLogitDifference == 0 && trip.StoreLoads == trip.Packets
+                                  && gpu.KvBlocks.FreeBlockCount == gpu.KvBlocks.BlockCount;
+                    ok &= tripOk;
+                    Console.WriteLine($"  store round trip: {trip.Packets} packets built on the GPU, stored, loaded into device blocks ({trip.StoreLoads} store loads): " +
+                                      $"{trip.DifferentRows} K/V rows differ, query logits max |Δ| {trip.MaxAbsLogitDifference:E2} → {(tripOk ? "PASS" : "FAIL")} (identical required)");
+                }
+                finally { if (Directory.Exists(storeDirectory)) Directory.Delete(storeDirectory, recursive: true); }
                 return ok ? 0 : 1;
             }));
         return command;

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using KvPacket.Core.Checkpoints;
-using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
 using KvPacket.Core.Tokenization;
 using KvPacket.Engine.Forward;
@@ -25,7 +24,8 @@ internal static class DemoCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "A QA model directory with its tokenizer and adapters (default: the shipped kvqa-17m)" };
         var questions = new Option<int>("--questions") { Description = "Test-split questions answered (the split's first ones: the four types in turn)", DefaultValueFactory = _ => 8 };
-        var command = new Command("demo", "Answer multi-document questions with the shipped QA model in every RAG mode, packets served from a store") { model, questions };
+        var device = DeviceOption.Create();
+        var command = new Command("demo", "Answer multi-document questions with the shipped QA model in every RAG mode, packets served from a store") { model, questions, device };
         command.SetAction(parse =>
         {
             string modelPath = parse.GetValue(model) ?? ShippedModel.Directory;
@@ -42,15 +42,17 @@ internal static class DemoCommand
 
             var (_, testWorld, _) = QaBenchmark.HeldOutWorlds(1);
             var examples = QaBenchmark.Generate(testWorld, "test", 3, count).ToList();   // = kvpacket corpus --seed 1: test.jsonl's first lines
-            using var transformer = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 16384 });
+            using var opened = DeviceOption.Open(checkpoint, parse.GetValue(device)!, kvTokens: 16384);
+            var backend = opened.Backend;
+            Console.WriteLine($"on: {opened.Description}");
             string storePath = Path.Combine(Path.GetTempPath(), $"kvpacket-demo-{Environment.ProcessId}");
             try
             {
-                Ingest(transformer, tokenizer, examples, adapter, storePath);
+                Ingest(backend, tokenizer, examples, adapter, storePath);
                 // A fresh read-only handle, as a server has after a restart: every packet comes from the store, none is rebuilt.
                 using var store = PacketStore.Open(storePath, new PacketStoreOptions { ReadOnly = true });
-                using var packets = new StoredPackets(transformer, store);
-                var evaluation = new QaEvaluation(transformer, tokenizer, adapter, packets);
+                using var packets = new StoredPackets(backend, store);
+                var evaluation = new QaEvaluation(backend, tokenizer, adapter, packets);
                 _ = evaluation.Answer(examples[0], "full");   // warm-up: the first prefill pays for the JIT
                 var answers = new List<QaAnswer>();
                 foreach (var example in examples)
@@ -80,7 +82,7 @@ internal static class DemoCommand
     }
 
     /// <summary>Every document of <paramref name="examples"/> as a packet, plain and with the KV Packet adapter, durably committed.</summary>
-    private static void Ingest(Transformer model, ITokenizer tokenizer, IReadOnlyList<QaExample> examples, Adapter adapter, string storePath)
+    private static void Ingest(IForwardBackend model, ITokenizer tokenizer, IReadOnlyList<QaExample> examples, Adapter adapter, string storePath)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         using var store = PacketStore.Open(storePath);

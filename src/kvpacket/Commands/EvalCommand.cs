@@ -2,10 +2,8 @@ using System.CommandLine;
 using System.Text.Json;
 using System.Diagnostics;
 using KvPacket.Cli.Training;
-using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
-using KvPacket.Engine.Cuda;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 using KvPacket.Store;
@@ -46,8 +44,7 @@ internal static class EvalCommand
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var trace = new Option<string?>("--trace") { Description = "--task qa: write a Chrome / Perfetto trace of every answer's prefill and decode, a row per mode" };
-        var device = new Option<string>("--device") { Description = "--task qa: cpu (f32 KV), or cuda (bf16 weights, f16 KV)", DefaultValueFactory = _ => "cpu" };
-        device.AcceptOnlyFromAmong("cpu", "cuda");
+        var device = DeviceOption.Create();
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
             model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, device,
@@ -58,7 +55,7 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(device) == "cuda");
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(device)!);
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -145,9 +142,8 @@ internal static class EvalCommand
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
     private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath,
-        bool cuda)
+        string device)
     {
-        if (cuda && !CudaDevice.IsAvailable(out string reason)) throw new NotSupportedException($"--device cuda: no GPU here ({reason})");
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
         if (adapterName is not null)
@@ -165,11 +161,9 @@ internal static class EvalCommand
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
-        using var gpu = cuda ? CudaDevice.Open() : null;
-        using IForwardBackend backend = gpu is null
-            ? new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 })
-            : new CudaTransformer(checkpoint, gpu, DType.BF16, DType.F16, maxTokens: 512, kvTokens: 8192);
-        string on = gpu is null ? $"CPU, {Environment.ProcessorCount} threads, f32 KV" : $"{gpu.Name}, bf16 weights, f16 KV";
+        using var opened = DeviceOption.Open(checkpoint, device, kvTokens: 8192);
+        var backend = opened.Backend;
+        string on = opened.Description;
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
         var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes };
         var clock = Stopwatch.StartNew();
