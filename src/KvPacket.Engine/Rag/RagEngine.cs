@@ -68,6 +68,11 @@ public sealed class RagEngine : IDisposable
         {
             for (int d = 0; d < packets.Length; d++) packets[d] = Packets.Acquire(request.Documents[d], adapter);
             var prefix = CachePrefix && request.Prefix.Length > 0 ? PrefixPacket(request.Prefix) : null;
+            // Full recompute prefills the documents as one stretch — with the query when only its last row's logits are
+            // wanted — as a server prefills a whole prompt, not a step per document.
+            int[] documents = mode == RagMode.Full ? [.. request.Documents.SelectMany(d => d)] : [];
+            bool oneStretch = mode == RagMode.Full && QueryLogits == LogitsFor.LastToken;
+            int[] stretch = oneStretch ? [.. documents, .. request.Query] : documents;
             long start = Stopwatch.GetTimestamp();
             int prefilled = 0;
             double documentFlops = 0;
@@ -84,10 +89,7 @@ public sealed class RagEngine : IDisposable
                 switch (mode)
                 {
                     case RagMode.Full:
-                        _model.Prefill(id, document, _scratch);
-                        prefilled += document.Length;
-                        documentFlops += FlopCount.Tokens(config, position, document.Length);
-                        break;
+                        break;   // below, in one stretch
                     case RagMode.Naive or RagMode.KvPacket:
                         _model.AppendPacket(id, packets[d]);
                         break;
@@ -130,8 +132,18 @@ public sealed class RagEngine : IDisposable
                     position += document.Length;
                 }
             }
+            if (mode == RagMode.Full)
+            {
+                documentFlops = FlopCount.Tokens(config, _model.SequenceLength(id), documents.Length);
+                prefilled += documents.Length;
+            }
             var logits = new float[(QueryLogits == LogitsFor.AllTokens ? request.Query.Length : 1) * config.VocabSize];
-            _model.Prefill(id, request.Query, logits, QueryLogits);
+            if (oneStretch) _model.Prefill(id, stretch, logits);
+            else
+            {
+                if (stretch.Length > 0) _model.Prefill(id, stretch, _scratch);
+                _model.Prefill(id, request.Query, logits, QueryLogits);
+            }
             prefilled += request.Query.Length;
             double ttft = Stopwatch.GetElapsedTime(start).TotalSeconds;
             long packetBytes = packets.Sum(p => (long)p.Blocks.Count) * _model.KvBlocks.Layout.BlockBytes;
