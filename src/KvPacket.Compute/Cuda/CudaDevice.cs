@@ -6,7 +6,8 @@ namespace KvPacket.Compute.Cuda;
 /// <summary>
 /// One GPU: its primary context made current, a stream, a cuBLAS handle on that stream, and modules compiled by
 /// NVRTC for the device's own sm_XX (cached on disk by source hash, architecture and driver version). Every call's
-/// status is checked. Work on one device object must come from one thread at a time.
+/// status is checked. Work on one device object must come from one thread at a time, but may move between threads (a
+/// scheduler resuming on the thread pool): each call makes the context current on its thread first.
 /// </summary>
 public sealed unsafe class CudaDevice : IDisposable
 {
@@ -19,8 +20,8 @@ public sealed unsafe class CudaDevice : IDisposable
         CudaLibraries.Register();
         CudaDriver.Check(CudaDriver.cuInit(0), "cuInit");
         CudaDriver.Check(CudaDriver.cuDeviceGet(out _device, ordinal), "cuDeviceGet");
-        CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out nint context, _device), "cuDevicePrimaryCtxRetain");
-        CudaDriver.Check(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out _context, _device), "cuDevicePrimaryCtxRetain");
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int major, CudaDriver.ComputeCapabilityMajor, _device), "cuDeviceGetAttribute");
         CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out int minor, CudaDriver.ComputeCapabilityMinor, _device), "cuDeviceGetAttribute");
         Architecture = major * 10 + minor;
@@ -42,6 +43,16 @@ public sealed unsafe class CudaDevice : IDisposable
     }
 
     private readonly DeviceBuffer _workspace;
+    private readonly nint _context;
+    [ThreadStatic] private static CudaDevice? t_current;   // the device object, not the context handle: a reopened device may get the same handle
+
+    /// <summary>Makes this device's context current on the calling thread (a thread-local check when it already is).</summary>
+    public void MakeCurrent()
+    {
+        if (ReferenceEquals(t_current, this)) return;
+        CudaDriver.Check(CudaDriver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
+        t_current = this;
+    }
 
     /// <summary>
     /// Records what <paramref name="enqueue"/> queues on the stream as a CUDA graph, instantiated for replay with
@@ -49,6 +60,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// </summary>
     public CudaGraph Capture(Action enqueue)
     {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuStreamBeginCapture(Stream, 2 /* relaxed */), "cuStreamBeginCapture");
         try { enqueue(); }
         catch
@@ -67,7 +79,11 @@ public sealed unsafe class CudaDevice : IDisposable
     }
 
     /// <summary>Queues a captured graph on the stream.</summary>
-    public void Replay(CudaGraph graph) => CudaDriver.Check(CudaDriver.cuGraphLaunch(graph.Exec, Stream), "cuGraphLaunch");
+    public void Replay(CudaGraph graph)
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuGraphLaunch(graph.Exec, Stream), "cuGraphLaunch");
+    }
 
     /// <summary>Opens GPU <paramref name="ordinal"/>.</summary>
     public static CudaDevice Open(int ordinal = 0) => new(ordinal);
@@ -112,6 +128,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// </summary>
     public CudaModule LoadModule(string source, string name)
     {
+        MakeCurrent();
         string key = Convert.ToHexString(XxHash128.Hash(Encoding.UTF8.GetBytes($"{source}\n//sm_{Architecture} driver {DriverVersion}"))).ToLowerInvariant();
         string directory = Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "kvpacket", "cuda");
         string path = Path.Combine(directory, $"{name}-sm{Architecture}-{key}.cubin");
@@ -136,6 +153,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// <summary>Allocates <paramref name="bytes"/> of device memory.</summary>
     public DeviceBuffer Allocate(long bytes)
     {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuMemAlloc(out ulong pointer, (nuint)Math.Max(bytes, 4)), "cuMemAlloc");
         return new DeviceBuffer(pointer, bytes);
     }
@@ -143,6 +161,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// <summary>Copies host memory to the device (queued on the stream; the source must stay valid until it runs).</summary>
     public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offsetBytes = 0) where T : unmanaged
     {
+        MakeCurrent();
         fixed (T* pointer = source)
             CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(destination.Pointer + (ulong)offsetBytes, pointer, (nuint)(source.Length * sizeof(T)), Stream), "cuMemcpyHtoDAsync");
         Synchronize(); // spans may be stack or pooled memory: finish before returning
@@ -151,21 +170,30 @@ public sealed unsafe class CudaDevice : IDisposable
     /// <summary>Copies device memory to the host and waits for it.</summary>
     public void Download<T>(DeviceBuffer source, Span<T> destination, long offsetBytes = 0) where T : unmanaged
     {
+        MakeCurrent();
         fixed (T* pointer = destination)
             CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, source.Pointer + (ulong)offsetBytes, (nuint)(destination.Length * sizeof(T)), Stream), "cuMemcpyDtoHAsync");
         Synchronize();
     }
 
     /// <summary>Fills <paramref name="buffer"/> with the 32-bit pattern <paramref name="value"/> (to poison outputs before a check).</summary>
-    public void Fill(DeviceBuffer buffer, uint value) =>
+    public void Fill(DeviceBuffer buffer, uint value)
+    {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuMemsetD32Async(buffer.Pointer, value, (nuint)(buffer.Bytes / 4), Stream), "cuMemsetD32Async");
+    }
 
     /// <summary>Waits for everything queued on the stream.</summary>
-    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    public void Synchronize()
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    }
 
     /// <summary>Runs <paramref name="work"/> <paramref name="repeats"/> times between CUDA events and returns each run's milliseconds.</summary>
     public double[] Time(Action work, int repeats)
     {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuEventCreate(out nint start, 0), "cuEventCreate");
         CudaDriver.Check(CudaDriver.cuEventCreate(out nint end, 0), "cuEventCreate");
         try
@@ -196,6 +224,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// </summary>
     public void MatMul(DeviceBuffer weight, DeviceBuffer input, Core.Memory.DType type, int rows, int columns, int tokens, DeviceBuffer output, bool accumulate = false)
     {
+        MakeCurrent();
         int dataType = CuBlas.DataType(type);
         float alpha = 1, beta = accumulate ? 1 : 0;
         // Column-major view: W is [columns × rows] (so op T), x is [columns × tokens], y is [rows × tokens].
@@ -211,6 +240,7 @@ public sealed unsafe class CudaDevice : IDisposable
     public void Gemm(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
         in GemmOperand a, in GemmOperand b, float beta, in GemmOperand c, int batch = 1)
     {
+        MakeCurrent();
         // Row-major C is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep each one's own transposition.
         CuBlas.Check(CuBlas.cublasGemmStridedBatchedEx(Blas, transposeB ? CuBlas.OpT : CuBlas.OpN, transposeA ? CuBlas.OpT : CuBlas.OpN, n, m, k, &alpha,
             b.Pointer, CuBlas.DataType(b.Type), b.LeadingDimension, b.Stride, a.Pointer, CuBlas.DataType(a.Type), a.LeadingDimension, a.Stride, &beta,
@@ -221,19 +251,24 @@ public sealed unsafe class CudaDevice : IDisposable
     public void Copy(DeviceBuffer source, DeviceBuffer destination, long bytes) => Copy(source.Pointer, destination.Pointer, bytes);
 
     /// <summary>Queues a copy of <paramref name="bytes"/> from device address <paramref name="source"/> to <paramref name="destination"/>.</summary>
-    public void Copy(ulong source, ulong destination, long bytes) =>
+    public void Copy(ulong source, ulong destination, long bytes)
+    {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(destination, source, (nuint)bytes, Stream), "cuMemcpyDtoDAsync");
+    }
 
     /// <inheritdoc />
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        MakeCurrent();
         foreach (var module in _modules) CudaDriver.cuModuleUnload(module);
         _workspace.Dispose();
         CuBlas.cublasDestroy(Blas);
         CudaDriver.cuStreamDestroy(Stream);
         CudaDriver.cuDevicePrimaryCtxRelease(_device);
+        t_current = null;
     }
 }
 

@@ -37,6 +37,7 @@ public sealed unsafe class CudaModule
     /// <summary>Queues kernel <paramref name="function"/> over a three-dimensional grid.</summary>
     public void Launch(nint function, (uint X, uint Y, uint Z) grid, uint block, params ReadOnlySpan<nint> arguments)
     {
+        _device.MakeCurrent();
         var attribute = new CudaDriver.LaunchAttribute { Id = CudaDriver.ProgrammaticStreamSerialization, Value = 1 };
         var config = new CudaDriver.LaunchConfig
         {

@@ -47,6 +47,14 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         public int Length;
         public bool TailOwned;
         public readonly List<DeviceEntry> Table = [];
+        /// <summary>Per entry: whether the sequence computed its block itself (false for placed and shared packets' blocks).</summary>
+        public readonly List<bool> Owned = [];
+
+        public void Add(DeviceEntry entry, bool owned)
+        {
+            Table.Add(entry);
+            Owned.Add(owned);
+        }
     }
     private readonly nint _kvRotateKeys, _kvDeviation;
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
@@ -293,7 +301,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             int slot = local % BlockTokens, count = Math.Min(BlockTokens - slot, packet.Length - local);
             int block = packet.Blocks[local / BlockTokens];
             _blocks.Retain(block);
-            target.Table.Add(new DeviceEntry(block, local + rotation, count, rotation, slot));
+            target.Add(new DeviceEntry(block, local + rotation, count, rotation, slot), owned: false);
             local += count;
         }
         target.Length += placed;
@@ -318,7 +326,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int offset = target.Length, interleaved = _interleaved;
         _module.Launch(_kvRotateKeys, ((uint)copies.Length, (uint)_config.LayerCount), 256, (nint)(&pool), (nint)(&blocks), (nint)(&offset), (nint)(&interleaved));
         for (int b = 0; b < copies.Length; b++)
-            target.Table.Add(new DeviceEntry(copies[b], offset + b * BlockTokens, Math.Min(BlockTokens, packet.Length - b * BlockTokens), 0, 0));
+            target.Add(new DeviceEntry(copies[b], offset + b * BlockTokens, Math.Min(BlockTokens, packet.Length - b * BlockTokens), 0, 0), owned: true);
         target.Length += packet.Length;
         target.TailOwned = false;
     }
@@ -473,11 +481,43 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public int SequenceLength(int sequence) => Get(sequence).Length;
 
     /// <inheritdoc />
-    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits)
+    public int MaxStepTokens => _maxTokens;
+
+    /// <inheritdoc />
+    public int MaxStepSequences => _maxChunks;
+
+    /// <inheritdoc />
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits)
     {
-        Step(sequences, lengths, tokens);
+        Step(sequences, lengths, tokens, soft, allRows: false);
         _device.Download(_logits, logits[..(sequences.Length * _config.VocabSize)]);
     }
+
+    /// <inheritdoc />
+    public int BlocksNeededFor(int sequence, int tokens)
+    {
+        var s = Get(sequence);
+        int room = s.TailOwned ? BlockTokens - (s.Length - s.Table[^1].FirstPosition) : 0;
+        return tokens <= room ? 0 : (tokens - room + BlockTokens - 1) / BlockTokens;
+    }
+
+    /// <inheritdoc />
+    public int SharePrefix(int sequence, int source, int upTo)
+    {
+        GpuSequence target = Get(sequence), from = Get(source);
+        if (target.Table.Count != 0) throw new InvalidOperationException("Only an empty sequence can take another's prefix.");
+        int shared = 0;
+        while (shared < from.Table.Count && from.Table[shared] is var e && e.FirstPosition + e.Count <= upTo) shared++;
+        if (shared == from.Table.Count || !from.Owned[shared]) return 0;
+        for (int i = 0; i < shared; i++)
+        {
+            _blocks.Retain(from.Table[i].Block);
+            target.Add(from.Table[i], owned: false);
+        }
+        target.TailOwned = false;
+        return target.Length = from.Table[shared].FirstPosition;
+    }
+
 
     /// <summary>Empties the default sequence (its KV blocks are reused).</summary>
     public void Reset()
@@ -566,7 +606,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 int position = sequence.Length + t;
                 if (!sequence.TailOwned || position - sequence.Table[^1].FirstPosition == BlockTokens)
                 {
-                    sequence.Table.Add(new DeviceEntry(_blocks.Allocate(), position, 0, 0, 0));
+                    sequence.Add(new DeviceEntry(_blocks.Allocate(), position, 0, 0, 0), owned: true);
                     sequence.TailOwned = true;
                 }
                 var tail = sequence.Table[^1];
@@ -890,6 +930,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <inheritdoc />
     public void Dispose()
     {
+        _device.MakeCurrent();
         ClearGraphs();
         _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();

@@ -20,6 +20,15 @@ public sealed class BackendSequence(IForwardBackend backend, int id) : IDisposab
     /// <summary>Appends <paramref name="tokens"/>; see <see cref="IForwardBackend.Prefill"/>.</summary>
     public void Prefill(ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken) => backend.Prefill(id, tokens, logits, which);
 
+    /// <summary>Places <paramref name="packet"/> at the end; see <see cref="IForwardBackend.AppendPacket"/>.</summary>
+    public void AppendPacket(Packet packet, int skip = 0) => backend.AppendPacket(id, packet, skip);
+
+    /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens would take.</summary>
+    public int BlocksNeededFor(int tokens) => backend.BlocksNeededFor(id, tokens);
+
+    /// <summary>Takes <paramref name="source"/>'s prefix up to <paramref name="upTo"/>; see <see cref="IForwardBackend.SharePrefix"/>.</summary>
+    public int SharePrefix(BackendSequence source, int upTo) => backend.SharePrefix(id, source.Id, upTo);
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -12,14 +12,14 @@ public static class GreedyDecoding
         int vocab = backend.Config.VocabSize;
         int[] ids = sequences = [.. prompts.Select(_ => backend.CreateSequence())];
         var logits = new float[ids.Length * vocab];
-        backend.Step(ids, [.. prompts.Select(p => p.Length)], [.. prompts.SelectMany(p => p)], logits);
+        backend.Step(ids, [.. prompts.Select(p => p.Length)], [.. prompts.SelectMany(p => p)], default, logits);
         var output = ids.Select(_ => new int[steps]).ToArray();
         var next = new int[ids.Length];
         var ones = Enumerable.Repeat(1, ids.Length).ToArray();
         for (int step = 0; step < steps; step++)
         {
             for (int s = 0; s < ids.Length; s++) next[s] = output[s][step] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(s * vocab, vocab));
-            backend.Step(ids, ones, next, logits);
+            backend.Step(ids, ones, next, default, logits);
         }
         return output;
     }

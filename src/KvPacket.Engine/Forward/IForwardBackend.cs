@@ -33,12 +33,31 @@ public interface IForwardBackend : IDisposable
     /// <summary>Tokens sequence <paramref name="sequence"/> holds.</summary>
     int SequenceLength(int sequence);
 
+    /// <summary>Most tokens one <see cref="Step"/> takes.</summary>
+    int MaxStepTokens { get; }
+
+    /// <summary>Most chunks (sequences) one <see cref="Step"/> takes.</summary>
+    int MaxStepSequences { get; }
+
     /// <summary>
     /// One forward step over a ragged batch: chunk i appends <paramref name="lengths"/>[i] of <paramref name="tokens"/>
     /// (in order) to sequence <paramref name="sequences"/>[i]; row i of <paramref name="logits"/> ([chunks, vocab])
-    /// receives the logits after chunk i's last token.
+    /// receives the logits after chunk i's last token. A negative id −1 − r is a soft token: row r of
+    /// <paramref name="soft"/> ([rows, hidden]) is its input embedding (KV Packet's header and trailer, KVLink's links);
+    /// a chunk is all tokens or all soft tokens of consecutive rows.
     /// </summary>
-    void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits);
+    void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits);
+
+    /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens to <paramref name="sequence"/> would take.</summary>
+    int BlocksNeededFor(int sequence, int tokens);
+
+    /// <summary>
+    /// Gives the empty <paramref name="sequence"/> <paramref name="source"/>'s KV for its first positions, up to (not past)
+    /// <paramref name="upTo"/>, as shared reference-counted blocks (nothing is copied), and returns where the sequence's
+    /// own tokens start: the n choices of one prompt compute only the tail. Shares nothing (returns 0) unless what follows
+    /// the shared blocks is computed tokens.
+    /// </summary>
+    int SharePrefix(int sequence, int source, int upTo);
 
     /// <summary>
     /// Appends <paramref name="tokens"/> to <paramref name="sequence"/> (in steps of the backend's batch size). With

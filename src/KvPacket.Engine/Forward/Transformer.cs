@@ -123,18 +123,40 @@ public sealed unsafe class Transformer : IForwardBackend
         (uint)sequence < (uint)_handles.Count && _handles[sequence] is { } s ? s : throw new ArgumentException($"No sequence {sequence}.", nameof(sequence));
 
     /// <inheritdoc />
-    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, Span<float> logits)
+    public int MaxStepTokens => Options.MaxBatchTokens;
+
+    /// <inheritdoc />
+    public int MaxStepSequences => Options.MaxBatchSequences;
+
+    /// <inheritdoc />
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits)
     {
         _stepBatch.Clear();
-        int offset = 0;
+        int offset = 0, hidden = _config.HiddenSize;
         for (int chunk = 0; chunk < sequences.Length; chunk++)
         {
-            _stepBatch.Add(Handle(sequences[chunk]), tokens.Slice(offset, lengths[chunk]));
+            if (offset + lengths[chunk] > tokens.Length) throw new ArgumentException($"The chunk lengths add up to more than the {tokens.Length} tokens.", nameof(lengths));
+            var ids = tokens.Slice(offset, lengths[chunk]);
+            if (ids.IsEmpty || ids[0] >= 0) _stepBatch.Add(Handle(sequences[chunk]), ids);
+            else
+            {
+                int row = -1 - ids[0];
+                for (int t = 1; t < ids.Length; t++)
+                    if (ids[t] != ids[0] - t) throw new ArgumentException($"Chunk {chunk} mixes tokens and soft tokens, or its soft tokens are not consecutive rows.", nameof(tokens));
+                if ((row + ids.Length) * hidden > soft.Length) throw new ArgumentOutOfRangeException(nameof(tokens), $"Soft token row {row + ids.Length - 1} is past the {soft.Length / hidden} rows given.");
+                _stepBatch.AddSoftTokens(Handle(sequences[chunk]), soft.Slice(row * hidden, ids.Length * hidden));
+            }
             offset += lengths[chunk];
         }
         if (offset != tokens.Length) throw new ArgumentException($"The chunk lengths add up to {offset}, not {tokens.Length} tokens.", nameof(lengths));
         Forward(_stepBatch, logits);
     }
+
+    /// <inheritdoc />
+    public int BlocksNeededFor(int sequence, int tokens) => Handle(sequence).BlocksNeededFor(tokens);
+
+    /// <inheritdoc />
+    public int SharePrefix(int sequence, int source, int upTo) => Handle(sequence).SharePrefix(Handle(source), upTo);
 
     /// <inheritdoc />
     public void Prefill(int sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken) => Prefill(Handle(sequence), tokens, logits, which);

@@ -25,7 +25,7 @@ namespace KvPacket.Engine.Serving;
 public sealed class KvPacketEngine : IAsyncDisposable
 {
     private readonly Checkpoint _checkpoint;
-    private readonly Transformer _model;
+    private readonly IForwardBackend _model;
     private readonly Scheduler _scheduler;
     private readonly KvPacketEngineOptions _options;
     private readonly ConcurrentDictionary<string, PacketHandle> _packets = new();
@@ -38,7 +38,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
     {
         _checkpoint = checkpoint;
         _options = options;
-        _model = new Transformer(checkpoint, options.Model);
+        _model = options.Backend?.Invoke(checkpoint) ?? new Transformer(checkpoint, options.Model);
         _scheduler = new Scheduler(_model, options.Scheduler);
         _scheduler.Post(model => _source = options.Packets?.Invoke(model) ?? new BuiltPackets(model));
         _loop = Task.Factory.StartNew(() => _scheduler.RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
@@ -92,10 +92,10 @@ public sealed class KvPacketEngine : IAsyncDisposable
     public Scheduler Scheduler => _scheduler;
 
     /// <summary>KV blocks in use (requests' and resident packets').</summary>
-    public int KvBlocksInUse => _model.KvPool.BlockCount - _model.KvPool.FreeBlockCount;
+    public int KvBlocksInUse => _model.KvBlocks.BlockCount - _model.KvBlocks.FreeBlockCount;
 
     /// <summary>Total KV blocks.</summary>
-    public int KvBlockCount => _model.KvPool.BlockCount;
+    public int KvBlockCount => _model.KvBlocks.BlockCount;
 
     /// <summary>Packets added so far.</summary>
     public IReadOnlyCollection<PacketHandle> Packets => (IReadOnlyCollection<PacketHandle>)_packets.Values;
@@ -118,9 +118,9 @@ public sealed class KvPacketEngine : IAsyncDisposable
             try
             {
                 long bytes;
-                using (var plain = _source!.Acquire(document, null)) bytes = plain.Blocks.Count * model.KvPool.Layout.BlockBytes;
+                using (var plain = _source!.Acquire(document, null)) bytes = plain.Blocks.Count * model.KvBlocks.Layout.BlockBytes;
                 if (_options.Adapter is { } adapter)
-                    using (var adapted = _source.Acquire(document, adapter)) bytes += adapted.Blocks.Count * model.KvPool.Layout.BlockBytes;
+                    using (var adapted = _source.Acquire(document, adapter)) bytes += adapted.Blocks.Count * model.KvBlocks.Layout.BlockBytes;
                 done.TrySetResult(_packets.GetOrAdd(id, new PacketHandle(id, document, _options.Adapter is not null, bytes)));
             }
             catch (Exception e) { done.TrySetException(e); }

@@ -1,3 +1,4 @@
+using KvPacket.Core.Model;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 
@@ -6,8 +7,14 @@ namespace KvPacket.Engine.Serving;
 /// <summary>How a <see cref="KvPacketEngine"/> is set up.</summary>
 public sealed record KvPacketEngineOptions
 {
-    /// <summary>Model preparation: KV cache size and type, batch limits, threads.</summary>
+    /// <summary>Model preparation on the CPU: KV cache size and type, batch limits, threads.</summary>
     public TransformerOptions Model { get; init; } = new();
+
+    /// <summary>
+    /// Where the model runs: null for the CPU <see cref="Transformer"/> prepared with <see cref="Model"/>; else a factory
+    /// of another backend (a <c>CudaTransformer</c>), whose result the engine owns.
+    /// </summary>
+    public Func<Checkpoint, IForwardBackend>? Backend { get; init; }
 
     /// <summary>Batching limits.</summary>
     public SchedulerOptions Scheduler { get; init; } = new();
@@ -16,5 +23,5 @@ public sealed record KvPacketEngineOptions
     public Adapter? Adapter { get; init; }
 
     /// <summary>Where packets come from (built in memory when null); created on the engine's scheduler thread, owned by the engine.</summary>
-    public Func<Transformer, IPacketSource>? Packets { get; init; }
+    public Func<IForwardBackend, IPacketSource>? Packets { get; init; }
 }

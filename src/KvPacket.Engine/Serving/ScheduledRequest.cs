@@ -49,7 +49,7 @@ public sealed class ScheduledRequest
     internal long Admitted { get; set; }
     internal long FirstToken { get; set; }
     internal int Preemptions { get; set; }
-    internal Sequence? Sequence { get; set; }
+    internal BackendSequence? Sequence { get; set; }
     internal Sampler? Sampler { get; set; }
     internal int ComputedPromptTokens { get; set; }
     internal int PacketTokens { get; set; }

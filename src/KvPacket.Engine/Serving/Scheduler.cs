@@ -19,35 +19,39 @@ namespace KvPacket.Engine.Serving;
 /// </summary>
 public sealed class Scheduler
 {
-    private readonly Transformer _model;
+    private readonly IForwardBackend _model;
     private readonly ConcurrentQueue<ScheduledRequest> _incoming = new();
-    private readonly ConcurrentQueue<Action<Transformer>> _work = new();
+    private readonly ConcurrentQueue<Action<IForwardBackend>> _work = new();
     private readonly LinkedList<ScheduledRequest> _waiting = new();
     private readonly List<ScheduledRequest> _running;
     private readonly ScheduledRequest?[] _rowOwner;
-    private readonly ForwardBatch _batch;
+    // One step's ragged batch, as IForwardBackend.Step takes it: a sequence and a length per chunk, the tokens (soft
+    // tokens as negative ids, their embeddings in _soft), and a row of logits per chunk.
+    private readonly int[] _chunkSequence, _chunkLength, _tokens;
+    private readonly float[] _soft;
     private readonly float[] _logits;
-    private readonly int[] _decodeToken;
     private readonly int[] _chunkTokens;     // per running request, this step's work for the trace: −1 decode, n prefill tokens, 0 none
     private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
     private readonly SemaphoreSlim _wake = new(0);
     private int _queued;
     private int _submitted;
 
-    /// <summary>A scheduler for <paramref name="model"/>.</summary>
-    public Scheduler(Transformer model, SchedulerOptions? options = null)
+    /// <summary>A scheduler for <paramref name="model"/>, on either backend.</summary>
+    public Scheduler(IForwardBackend model, SchedulerOptions? options = null)
     {
         options ??= new SchedulerOptions();
         _model = model;
-        _budget = options.TokenBudget > 0 ? Math.Min(options.TokenBudget, model.Options.MaxBatchTokens) : model.Options.MaxBatchTokens;
-        _maxRunning = options.MaxRunning > 0 ? Math.Min(options.MaxRunning, model.Options.MaxBatchSequences) : model.Options.MaxBatchSequences;
+        _budget = options.TokenBudget > 0 ? Math.Min(options.TokenBudget, model.MaxStepTokens) : model.MaxStepTokens;
+        _maxRunning = options.MaxRunning > 0 ? Math.Min(options.MaxRunning, model.MaxStepSequences) : model.MaxStepSequences;
         _maxWaiting = options.MaxWaiting;
         _hidden = model.Config.HiddenSize;
         _running = new List<ScheduledRequest>(_maxRunning);
         _rowOwner = new ScheduledRequest?[_maxRunning];
-        _batch = new ForwardBatch(_budget, _maxRunning, _hidden);
+        _chunkSequence = new int[_maxRunning];
+        _chunkLength = new int[_maxRunning];
+        _tokens = new int[_budget];
+        _soft = new float[(long)_budget * _hidden];
         _logits = new float[(long)_maxRunning * model.Config.VocabSize];
-        _decodeToken = new int[_maxRunning];
         _chunkTokens = new int[_maxRunning];
         SchedulerEventSource.Log.Watch(this);
     }
@@ -95,7 +99,7 @@ public sealed class Scheduler
     /// Runs <paramref name="work"/> on the scheduler's thread before the next step: the only safe place to use the model
     /// for anything else (building a packet, say) while the scheduler runs.
     /// </summary>
-    public void Post(Action<Transformer> work)
+    public void Post(Action<IForwardBackend> work)
     {
         _work.Enqueue(work);
         _wake.Release();
@@ -132,19 +136,18 @@ public sealed class Scheduler
         Admit();
         if (_running.Count == 0) return 0;
 
-        _batch.Clear();
         long stepStart = Stopwatch.GetTimestamp();
-        int rows = 0, tokens = 0;
+        int rows = 0, tokens = 0, softRows = 0;
         // Decode tokens first: one each, so running requests keep their pace; then prompt chunks in admission order.
         for (int i = 0; i < _running.Count; i++)
         {
             var request = _running[i];
             if (!request.PromptDone) continue;
-            _decodeToken[i] = request.Generated[^1];
-            _batch.Add(request.Sequence!, _decodeToken.AsSpan(i, 1));
+            _tokens[tokens++] = request.Generated[^1];
+            _chunkSequence[rows] = request.Sequence!.Id;
+            _chunkLength[rows] = 1;
             _rowOwner[rows++] = request;
             _chunkTokens[i] = -1;
-            tokens++;
         }
         for (int i = 0; i < _running.Count; i++)
         {
@@ -154,22 +157,29 @@ public sealed class Scheduler
             if (tokens >= _budget) continue;
             var (segment, offset) = request.NextChunk; // packets were placed in Admit: this is computed tokens
             int count = Math.Min(segment.ComputeLength(_hidden) - offset, _budget - tokens);
-            if (segment is PromptSegment.Tokens t) _batch.Add(request.Sequence!, t.Ids.AsSpan(offset, count));
-            else _batch.AddSoftTokens(request.Sequence!, ((PromptSegment.Soft)segment).Embeddings.AsSpan(offset * _hidden, count * _hidden));
+            if (segment is PromptSegment.Tokens t) t.Ids.AsSpan(offset, count).CopyTo(_tokens.AsSpan(tokens));
+            else
+            {
+                ((PromptSegment.Soft)segment).Embeddings.AsSpan(offset * _hidden, count * _hidden).CopyTo(_soft.AsSpan(softRows * _hidden));
+                for (int s = 0; s < count; s++) _tokens[tokens + s] = -1 - softRows++;
+            }
             request.Advance(count, _hidden);
             _chunkTokens[i] = count;
+            _chunkSequence[rows] = request.Sequence!.Id;
+            _chunkLength[rows] = count;
             // Only the chunk that finishes the prompt needs its logits; the others' rows are computed and ignored.
             _rowOwner[rows++] = request.PromptDone ? request : null;
             tokens += count;
         }
-        if (_batch.ChunkCount == 0) return 0;
-        _model.Forward(_batch, _logits);
+        if (rows == 0) return 0;
+        _model.Step(_chunkSequence.AsSpan(0, rows), _chunkLength.AsSpan(0, rows), _tokens.AsSpan(0, tokens), _soft.AsSpan(0, softRows * _hidden),
+            _logits.AsSpan(0, rows * _model.Config.VocabSize));
         Steps++;
-        LastBatchSize = _batch.ChunkCount;
+        LastBatchSize = rows;
         if (Trace is { } trace)
         {
             long stepEnd = Stopwatch.GetTimestamp();
-            trace.Record("step", "scheduler", TraceTracks.Scheduler, stepStart, stepEnd, "tokens", tokens, "requests", _batch.ChunkCount);
+            trace.Record("step", "scheduler", TraceTracks.Scheduler, stepStart, stepEnd, "tokens", tokens, "requests", rows);
             for (int i = 0; i < _running.Count; i++)
                 if (_chunkTokens[i] != 0)
                     trace.Record(_chunkTokens[i] < 0 ? "decode" : "prefill", "request", _running[i].Track, stepStart, stepEnd, "tokens", Math.Max(1, _chunkTokens[i]));
@@ -201,10 +211,10 @@ public sealed class Scheduler
             var request = node.Value;
             // A sibling whose leader is computing the shared prompt waits for it: then it computes only the tail.
             if (request.Group?.Leader is { } computing && computing != request && !computing.PromptDone && _running.Contains(computing)) break;
-            if (_model.KvPool.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
+            if (_model.KvBlocks.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
             _waiting.RemoveFirst();
             Interlocked.Decrement(ref _queued);
-            request.Sequence ??= _model.CreateSequence();
+            request.Sequence ??= new BackendSequence(_model, _model.CreateSequence());
             if (request.Group is { } group) JoinGroup(request, group);
             request.Sampler ??= new Sampler(request.Limits.Sampling, _model.Config.VocabSize);
             if (request.Admitted == 0)
@@ -216,10 +226,10 @@ public sealed class Scheduler
         }
         foreach (var request in _running)
             if (!request.PromptDone) request.PlacePackets();
-        while (_running.Count > 0 && _model.KvPool.FreeBlockCount < StepDemand())
+        while (_running.Count > 0 && _model.KvBlocks.FreeBlockCount < StepDemand())
         {
             if (_running.Count > 1) Preempt(_running[^1]);
-            else Finish(_running[0], FinishReason.Error, $"the KV cache ({_model.KvPool.BlockCount} blocks) cannot hold this request's next step");
+            else Finish(_running[0], FinishReason.Error, $"the KV cache ({_model.KvBlocks.BlockCount} blocks) cannot hold this request's next step");
         }
     }
 
@@ -239,7 +249,7 @@ public sealed class Scheduler
         group.Leader = request;
     }
 
-    private int BlocksFor(int tokens) => (tokens + _model.KvPool.Layout.BlockSize - 1) / _model.KvPool.Layout.BlockSize;
+    private int BlocksFor(int tokens) => (tokens + _model.KvBlocks.Layout.BlockSize - 1) / _model.KvBlocks.Layout.BlockSize;
 
     /// <summary>Blocks the next step will take: a decode token for each decoding request, then prompt chunks in order within the budget.</summary>
     private int StepDemand()
@@ -266,6 +276,7 @@ public sealed class Scheduler
     {
         _running.Remove(request);
         request.Sequence!.Dispose();
+        request.Sequence = null;
         request.Restart();
         _waiting.AddFirst(request);
         Interlocked.Increment(ref _queued);
