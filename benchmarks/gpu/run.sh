@@ -3,7 +3,7 @@
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
-#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench)
+#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -174,10 +174,10 @@ with open('/tmp/corpus.tokens','w') as f:
     exit $status
     ;;
 rag)
-    # Parts (default all): check demo qa bench
+    # Parts (default all): check demo qa bench serve
     out="${2:?output directory}"
     shift 2
-    parts="${*:-check demo qa bench}"
+    parts="${*:-check demo qa bench serve}"
     unpack "$out"
     status=0
     if [[ " $parts " == *" check "* ]]; then
@@ -202,6 +202,11 @@ rag)
     if [[ " $parts " == *" bench "* ]]; then
         # One request of 8 × 512-token documents and a 32-token query in every mode, Llama-3.2-1B shape, bf16 / f16.
         "$k" cuda rag --shape llama-3.2-1b --weights BF16 --kv-type F16 --out "$out" | tee -a "$out/rag-bench.txt" || status=1
+    fi
+    if [[ " $parts " == *" serve "* ]]; then
+        # kvpacketd on the GPU, streamed over its Unix socket: 8 × 512-token packets and a 32-token query per request.
+        "$k" bench serve --shape llama-3.2-1b --device cuda --documents 8 --document-tokens 512 --prompt-tokens 32 --max-tokens 32 \
+            --concurrency ${SERVE_CONCURRENCY:-1,16,64} --requests ${SERVE_REQUESTS:-64} --out "$out" | tee -a "$out/serve-bench.txt" || status=1
     fi
     exit $status
     ;;

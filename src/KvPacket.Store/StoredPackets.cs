@@ -88,6 +88,9 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Stored bytes read by <see cref="StoreLoads"/>.</summary>
     public long BytesLoaded { get; private set; }
 
+    /// <summary>Seconds <see cref="StoreLoads"/> took, from the read to the packet in the model's cache (device blocks included).</summary>
+    public double LoadSeconds { get; private set; }
+
     /// <summary>The id <paramref name="document"/> has with <paramref name="adapter"/> under this model.</summary>
     public PacketId IdOf(ReadOnlySpan<int> document, Adapter? adapter) => PacketId.For(Fingerprint, AdapterRef.Of(adapter), document, Keep);
 
@@ -114,6 +117,7 @@ public sealed class StoredPackets : IPacketSource
                 StoreLoads++;
                 long bytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
                 BytesLoaded += bytes;
+                LoadSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
                 Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
             }
             else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket))

@@ -97,12 +97,17 @@ public static class Daemon
         var shared = options.SharedTier is { } tier ? SharedPacketTier.Connect(SharedTierOptions.Parse(tier), log) : null;
         StoredPackets? packets = null;
         var trace = options.Trace is null ? null : new TraceRecorder(trackNames: TraceTracks.Names);
+        string device = "";
+        var where = Backends.Resolve(Backends.Parse(options.Device));
+        // A GPU step costs about the same for 256 tokens as for 2048: larger steps prefill long prompts in fewer of them.
+        var sizes = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = where == BackendDevice.Cuda ? 2048 : 256, MaxBatchSequences = 64 };
         var engine = KvPacketEngine.Create(checkpoint, new KvPacketEngineOptions
         {
-            Model = new TransformerOptions { KvCacheTokens = options.KvTokens, MaxBatchTokens = 256, MaxBatchSequences = 64 },
+            Model = sizes,
+            Backend = model => Backends.Open(model, where, sizes, out device),
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
             Adapter = adapter,
-            Packets = model => packets = new StoredPackets(model, store, shared: shared) { Trace = trace, CopySharedToStore = options.SharedTierCopy },
+            Packets = model => packets = new StoredPackets(model, store, residentBlockBudget: options.ResidentBlocks, shared: shared) { Trace = trace, CopySharedToStore = options.SharedTierCopy },
         });
         engine.Scheduler.Trace = trace;
         engine.Tokenizer = tokenizer;
@@ -117,8 +122,8 @@ public static class Daemon
         {
             await app.StartAsync();
             File.SetUnixFileMode(socket, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            log.LogInformation("serving {Model} on {Socket} ({Packets} packets in {Store}{Shared})", options.Model, socket, engine.Packets.Count, store.DirectoryPath,
-                shared is null ? "" : $", shared tier {shared.Endpoint}");
+            log.LogInformation("serving {Model} on {Socket} ({Packets} packets in {Store}{Shared}) on {Device}", options.Model, socket, engine.Packets.Count, store.DirectoryPath,
+                shared is null ? "" : $", shared tier {shared.Endpoint}", device);
             await app.WaitForShutdownAsync(stop);
         }
         finally

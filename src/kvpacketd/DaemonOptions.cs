@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using KvPacket.Engine.Forward;
 using KvPacket.Store;
 
 namespace KvPacket.Daemon;
@@ -38,6 +39,10 @@ public sealed record DaemonOptions
     public string? SharedTier { get; init; }
     /// <summary>Also keep packets loaded from the shared tier in the local store (written in the background).</summary>
     public bool SharedTierCopy { get; init; }
+    /// <summary>KV blocks resident packets may keep (null: a quarter of the cache; 0: every use reads the store).</summary>
+    public int? ResidentBlocks { get; init; }
+    /// <summary>Where the model runs: cpu, cuda, or auto (cuda when a GPU is usable).</summary>
+    public string Device { get; init; } = "auto";
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
     public int ShutdownSeconds { get; init; } = 30;
 
@@ -53,6 +58,8 @@ public sealed record DaemonOptions
           --max-tokens N            largest max_tokens (default 4096)
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
+          --resident-blocks N       KV blocks packets stay resident in between uses (default: a quarter of the cache; 0: read the store every time)
+          --device cpu|cuda|auto    where the model runs: auto (default) takes a GPU when the driver and a device are present
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
           --shared-tier URL         share packets with other nodes on a Redis-protocol server (Garnet): redis://HOST:PORT
           --shared-tier-copy        also keep packets loaded from the shared tier in the local store (costs TTFT while copying)
@@ -85,6 +92,11 @@ public sealed record DaemonOptions
         {
             string flag = args[i];
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{flag} needs a value.");
+            int Count()
+            {
+                string text = Value();
+                return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new ArgumentException($"{flag} needs a count (0 or more), not '{text}'.");
+            }
             int Number()
             {
                 string text = Value();
@@ -101,6 +113,8 @@ public sealed record DaemonOptions
                 "--max-tokens" => options with { MaxTokens = Number() },
                 "--max-waiting" => options with { MaxWaiting = Number() },
                 "--kv-tokens" => options with { KvTokens = Number() },
+                "--device" => options with { Device = Value() },
+                "--resident-blocks" => options with { ResidentBlocks = Count() },
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
                 "--adapter" => options with { Adapter = Value() },
                 "--served-model-name" => options with { ServedModelName = Value() },
@@ -111,6 +125,8 @@ public sealed record DaemonOptions
             };
         }
         if (options.Model.Length == 0) throw new ArgumentException("--model is required.");
+        try { Backends.Parse(options.Device); }
+        catch (ArgumentException e) { throw new ArgumentException($"--device: {e.Message}"); }
         if (options.Store.Length == 0) throw new ArgumentException("--store is required.");
         if (options.SharedTier is { } tier)
         {

@@ -236,3 +236,26 @@ public class SchedulerTests
         return (tokens, summary!);
     }
 }
+
+/// <summary>The serving engine over the backend contract: the CPU here, the GPU where there is one (and in <c>kvpacket cuda check</c>).</summary>
+public class ServingConsistencyTests
+{
+    private static readonly string Stories = Fixtures.PathOf("stories260K/stories260K.bin");
+
+    [Fact]
+    public async Task On_the_cpu_32_concurrent_and_preempted_requests_in_every_mode_generate_what_each_does_alone()
+    {
+        var result = await ServingConsistency.RunAsync(() => CheckpointLoader.Load(Stories),
+            (model, kvTokens) => new Transformer(model, new TransformerOptions { KvType = DType.F32, KvCacheTokens = kvTokens, MaxBatchTokens = 64, MaxBatchSequences = 32 }));
+        Assert.True(result.Passed, result.ToString());
+    }
+
+    [CudaFact]
+    public async Task On_the_gpu_in_f32_32_concurrent_and_preempted_requests_in_every_mode_generate_what_each_does_alone()
+    {
+        using var device = Compute.Cuda.CudaDevice.Open();
+        var result = await ServingConsistency.RunAsync(() => CheckpointLoader.Load(Stories),
+            (model, kvTokens) => new Engine.Cuda.CudaTransformer(model, device, DType.F32, DType.F32, maxTokens: 64, kvTokens: kvTokens, maxSequences: 32));
+        Assert.True(result.Passed, result.ToString());
+    }
+}

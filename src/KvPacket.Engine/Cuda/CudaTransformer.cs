@@ -438,6 +438,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private GpuSequence Get(int id) =>
         (uint)id < (uint)_sequences.Count && _sequences[id] is { } s ? s : throw new ArgumentException($"No GPU sequence {id}.", nameof(id));
 
+    /// <summary>Whether disposing this also disposes the GPU it runs on (true when it was opened for this model alone).</summary>
+    public bool OwnsDevice { get; init; }
+
     /// <summary>Prefill attention on the tensor cores where the kernel exists (f16 KV, head dim a multiple of 16); on by default.</summary>
     public bool UseTensorCores { get; set; } = true;
 
@@ -491,6 +494,13 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         Step(sequences, lengths, tokens, soft, allRows: false);
         _device.Download(_logits, logits[..(sequences.Length * _config.VocabSize)]);
+    }
+
+    /// <inheritdoc />
+    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    {
+        Step(sequences, lengths, tokens, soft, allRows: false);
+        NextToken(next[..sequences.Length]);
     }
 
     /// <inheritdoc />
@@ -935,5 +945,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
+        if (OwnsDevice) _device.Dispose();
     }
 }

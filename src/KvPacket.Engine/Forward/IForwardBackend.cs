@@ -48,6 +48,12 @@ public interface IForwardBackend : IDisposable
     /// </summary>
     void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits);
 
+    /// <summary>
+    /// <see cref="Step"/> for requests that decode greedily: <paramref name="next"/>[i] receives the argmax of chunk i's
+    /// logits (the lowest id on ties), computed where the logits are — on a GPU only the ids cross the bus.
+    /// </summary>
+    void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next);
+
     /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens to <paramref name="sequence"/> would take.</summary>
     int BlocksNeededFor(int sequence, int tokens);
 

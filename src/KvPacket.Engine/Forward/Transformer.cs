@@ -28,6 +28,7 @@ public sealed unsafe class Transformer : IForwardBackend
     private readonly AttentionBatch _attentionBatch;
     private readonly ForwardBatch _stepBatch;
     private readonly List<Sequence?> _handles = [];
+    private float[]? _greedyLogits;
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -150,6 +151,15 @@ public sealed unsafe class Transformer : IForwardBackend
         }
         if (offset != tokens.Length) throw new ArgumentException($"The chunk lengths add up to {offset}, not {tokens.Length} tokens.", nameof(lengths));
         Forward(_stepBatch, logits);
+    }
+
+    /// <inheritdoc />
+    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    {
+        int vocab = _config.VocabSize;
+        _greedyLogits ??= new float[(long)Options.MaxBatchSequences * vocab]; // once: steady steps allocate nothing
+        Step(sequences, lengths, tokens, soft, _greedyLogits);
+        for (int row = 0; row < sequences.Length; row++) next[row] = TensorPrimitives.IndexOfMax(_greedyLogits.AsSpan(row * vocab, vocab));
     }
 
     /// <inheritdoc />

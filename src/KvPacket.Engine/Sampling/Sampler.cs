@@ -37,6 +37,9 @@ public sealed class Sampler
         if (penalties || options.LogitBias is { Count: > 0 }) _adjusted = new float[vocabSize];
     }
 
+    /// <summary>Whether every choice is the argmax of the logits as given (greedy, no bias, no penalties): a backend can make it without the logits leaving it.</summary>
+    public bool IsPlainGreedy => _options.Temperature == 0 && _adjusted is null;
+
     /// <summary>Chooses a token from one row of <paramref name="logits"/> (not modified).</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {

@@ -10,14 +10,17 @@ namespace KvPacket.Cli.Bench;
 
 /// <summary>
 /// A load generator against a kvpacketd started in this process on a temporary socket and store (loopback only,
-/// bounded in requests): for each concurrency level, streaming requests over <c>documents</c> packets of
-/// <c>documentTokens</c> tokens each, in kvpacket mode (packets, an untrained 4+4 adapter: the cost of a trained one)
-/// and in full mode (documents recomputed): output tokens/s, and p50/p99 time to first token seen by the client.
+/// bounded in requests), on the CPU or the GPU: for each concurrency level, streaming requests over <c>documents</c>
+/// packets of <c>documentTokens</c> tokens each and a <c>promptTokens</c>-token query — in kvpacket mode with the packets
+/// resident (an untrained 4+4 adapter: the cost of a trained one), in kvpacket mode on a second daemon that keeps
+/// nothing resident (every packet read from the store, its files in the page cache), and in full mode (documents
+/// recomputed): output tokens/s and p50/p99 time to first token seen by the client; and the store loads' GB/s.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal static class ServeBenchmark
 {
-    public static BenchResult Run(string modelPath, string name, int[] concurrency, int documents, int documentTokens, int maxTokens, int requestsPerLevel, string? trace = null)
+    public static BenchResult Run(string modelPath, string name, string device, int[] concurrency, int documents, int documentTokens, int promptTokens, int maxTokens,
+        int requestsPerLevel, string? trace = null)
     {
         var figures = new Dictionary<string, double>();
         string root = Path.Combine(Path.GetTempPath(), $"kvpacket-bench-serve-{Environment.ProcessId}");
@@ -34,29 +37,39 @@ internal static class ServeBenchmark
                 packets.PutAdapterAsync(Adapter.Untrained("bench", checkpoint.Config.HiddenSize, 4, 4, 0), ModelFingerprint.Of(checkpoint), checkpoint.Config.HiddenSize)
                     .AsTask().GetAwaiter().GetResult();
             }
-            using var stop = new CancellationTokenSource();
-            string[] args = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072"];
-            if (trace is not null) args = [.. args, "--trace", Path.GetFullPath(trace)];
-            var (daemon, client) = StartDaemon(args, socket, stop.Token);
-            using var _ = client;
-
-            var random = new SeededRandom(17);
+            string[] common = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072", "--device", device];
             var ids = new List<string>();
-            for (int d = 0; d < documents; d++)
-                ids.Add(client.SendJson(HttpMethod.Post, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) }).GetProperty("id").GetString()!);
-            foreach (string mode in new[] { "kvpacket", "full" })
+            // Daemon 1: packets added (built, stored) and kept resident; kvpacket, then full.
+            using (var stop = new CancellationTokenSource())
             {
-                Load(client, ids, mode, 1, 2, maxTokens, vocab); // warm-up: packets resident, JIT done
-                foreach (int c in concurrency)
+                var (daemon, client) = StartDaemon(trace is null ? common : [.. common, "--trace", Path.GetFullPath(trace)], socket, stop.Token);
+                using (client)
                 {
-                    var (ttfts, tokens, seconds) = Load(client, ids, mode, c, Math.Max(requestsPerLevel, c), maxTokens, vocab);
-                    figures[$"{mode}_c{c}_output_tokens_per_s"] = tokens / seconds;
-                    Statistics.RecordTtft(figures, $"{mode}_c{c}", ttfts);
-                    Console.Error.WriteLine($"  {mode} c={c}: {tokens / seconds:F1} tok/s, TTFT p50 {figures[$"{mode}_c{c}_ttft_p50_ms"]:F1} ms");
+                    var random = new SeededRandom(17);
+                    for (int d = 0; d < documents; d++)
+                        ids.Add(client.SendJson(HttpMethod.Post, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) }).GetProperty("id").GetString()!);
+                    Levels(client, ids, "kvpacket", "kvpacket", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
+                    Levels(client, ids, "full", "full", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
                 }
+                stop.Cancel();
+                daemon.GetAwaiter().GetResult();
             }
-            stop.Cancel();
-            daemon.GetAwaiter().GetResult();
+            // Daemon 2, same store, nothing resident: every request reads its packets from the store (the page cache).
+            using (var stop = new CancellationTokenSource())
+            {
+                var (daemon, client) = StartDaemon([.. common, "--resident-blocks", "0"], socket, stop.Token);
+                using (client)
+                {
+                    Levels(client, ids, "kvpacket", "kvpacket_store", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
+                    double bytes = Metric(client, "kvpacket_packet_store_load_bytes"), seconds = Metric(client, "kvpacket_packet_store_load_seconds");
+                    figures["store_loads"] = Metric(client, "kvpacket_packet_store_loads");
+                    figures["store_load_gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
+                    Console.Error.WriteLine($"  store loads: {figures["store_loads"]} of {bytes / 1e6:F0} MB in all, {figures["store_load_gb_per_s"]:F2} GB/s into the KV cache");
+                }
+                stop.Cancel();
+                daemon.GetAwaiter().GetResult();
+            }
+            if (device != "cpu" && Compute.Cuda.CudaDevice.IsAvailable(out _)) figures["h2d_pageable_gb_per_s"] = HostToDeviceGBps(64 << 20);
         }
         finally
         {
@@ -64,15 +77,53 @@ internal static class ServeBenchmark
         }
         figures["documents"] = documents;
         figures["document_tokens"] = documentTokens;
+        figures["prompt_tokens"] = promptTokens;
         figures["max_tokens"] = maxTokens;
-        return new BenchResult("serve", name, weights, "F16", Environment.ProcessorCount, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+        return new BenchResult("serve", $"{name}-{device}", weights, "F16", Environment.ProcessorCount, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>A warm-up, then every concurrency level of <paramref name="mode"/> requests, recorded under <paramref name="label"/>.</summary>
+    private static void Levels(HttpClient client, List<string> ids, string mode, string label, Dictionary<string, double> figures, int[] concurrency, int promptTokens,
+        int maxTokens, int requestsPerLevel, int vocab)
+    {
+        Load(client, ids, mode, 1, 2, promptTokens, maxTokens, vocab); // warm-up: JIT done (and packets resident, where they stay)
+        foreach (int c in concurrency)
+        {
+            var (ttfts, tokens, seconds) = Load(client, ids, mode, c, Math.Max(requestsPerLevel, c), promptTokens, maxTokens, vocab);
+            figures[$"{label}_c{c}_output_tokens_per_s"] = tokens / seconds;
+            Statistics.RecordTtft(figures, $"{label}_c{c}", ttfts);
+            Console.Error.WriteLine($"  {label} c={c}: {tokens / seconds:F1} tok/s, TTFT p50 {figures[$"{label}_c{c}_ttft_p50_ms"]:F1} ms, p99 {figures[$"{label}_c{c}_ttft_p99_ms"]:F1} ms");
+        }
+    }
+
+    /// <summary>A plain copy of <paramref name="bytes"/> from pageable host memory to the GPU, the median of five after a warm-up: what a packet load is measured against.</summary>
+    private static double HostToDeviceGBps(int bytes)
+    {
+        using var gpu = Compute.Cuda.CudaDevice.Open();
+        var host = new byte[bytes];
+        Random.Shared.NextBytes(host);
+        using var buffer = gpu.Allocate(bytes);
+        gpu.Upload<byte>(host, buffer);
+        double gbps = bytes / Statistics.Median(gpu.Time(() => gpu.Upload<byte>(host, buffer), 5)) / 1e6;
+        Console.Error.WriteLine($"  host-to-device copy (pageable, {bytes >> 20} MB): {gbps:F2} GB/s");
+        return gbps;
+    }
+
+    /// <summary>Gauge <paramref name="name"/> from the daemon's Prometheus text.</summary>
+    private static double Metric(HttpClient client, string name)
+    {
+        string text = client.GetStringAsync("/metrics").GetAwaiter().GetResult();
+        foreach (string line in text.Split('\n'))
+            if (line.StartsWith(name + " ", StringComparison.Ordinal)) return double.Parse(line[(name.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        throw new InvalidOperationException($"/metrics has no {name}");
     }
 
     /// <summary>Runs <paramref name="requests"/> streaming requests over the packets <paramref name="ids"/>, <paramref name="concurrency"/> at a time.</summary>
-    private static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, List<string> ids, string mode, int concurrency, int requests, int maxTokens, int vocab) =>
+    private static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, List<string> ids, string mode, int concurrency, int requests, int promptTokens,
+        int maxTokens, int vocab) =>
         Load(client, i => new
         {
-            prompt = new SeededRandom((ulong)i + 1000).NextTokens(16, 3, vocab), packets = ids, mode, max_tokens = maxTokens, temperature = 0, stream = true,
+            prompt = new SeededRandom((ulong)i + 1000).NextTokens(promptTokens, 3, vocab), packets = ids, mode, max_tokens = maxTokens, temperature = 0, stream = true,
             stop_token_ids = Array.Empty<int>(),
         }, concurrency, requests);
 

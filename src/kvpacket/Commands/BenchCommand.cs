@@ -88,9 +88,11 @@ internal static class BenchCommand
         var requests = new Option<int>("--requests") { Description = "Requests per level (at least the concurrency)", DefaultValueFactory = _ => 16 };
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
         var trace = new Option<string?>("--trace") { Description = "Write the daemon's Chrome / Perfetto trace (steps, requests, packet loads) here" };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "Query tokens per request", DefaultValueFactory = _ => 16 };
+        var device = DeviceOption.Create("auto");
         var command = new Command("serve", "Load generator against kvpacketd: output tokens/s and TTFT p50/p99, kvpacket vs full, per concurrency")
         {
-            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output, trace,
+            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output, trace, promptTokens, device,
         };
         command.SetAction(parse =>
         {
@@ -104,8 +106,8 @@ internal static class BenchCommand
                 checkpoint.Dispose();
             }
             else name = Path.GetFileNameWithoutExtension(path);
-            var result = ServeBenchmark.Run(path, name, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
-                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace));
+            var result = ServeBenchmark.Run(path, name, parse.GetValue(device)!, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
+                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(promptTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace));
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;

@@ -42,9 +42,8 @@ internal static class DemoCommand
 
             var (_, testWorld, _) = QaBenchmark.HeldOutWorlds(1);
             var examples = QaBenchmark.Generate(testWorld, "test", 3, count).ToList();   // = kvpacket corpus --seed 1: test.jsonl's first lines
-            using var opened = DeviceOption.Open(checkpoint, parse.GetValue(device)!, kvTokens: 16384);
-            var backend = opened.Backend;
-            Console.WriteLine($"on: {opened.Description}");
+            using var backend = DeviceOption.Open(checkpoint, parse.GetValue(device)!, kvTokens: 16384, out string on);
+            Console.WriteLine($"on: {on}");
             string storePath = Path.Combine(Path.GetTempPath(), $"kvpacket-demo-{Environment.ProcessId}");
             try
             {

@@ -161,9 +161,7 @@ internal static class EvalCommand
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
-        using var opened = DeviceOption.Open(checkpoint, device, kvTokens: 8192);
-        var backend = opened.Backend;
-        string on = opened.Description;
+        using var backend = DeviceOption.Open(checkpoint, device, kvTokens: 8192, out string on);
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
         var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes };
         var clock = Stopwatch.StartNew();
