@@ -2,6 +2,7 @@ using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Engine.Cuda;
+using KvPacket.Engine.Rag;
 using Xunit;
 
 namespace KvPacket.Tests;
@@ -33,7 +34,8 @@ public class CudaTests
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
         using var device = CudaDevice.Open();
-        var results = CudaParity.RagModes(checkpoint, device, DType.F32, DType.F32);
+        using var gpu = new CudaTransformer(checkpoint, device, DType.F32, DType.F32, maxTokens: 128, kvTokens: 4096, maxSequences: 16);
+        var results = RagModeParity.Measure(checkpoint, gpu, DType.F32);
         foreach (var r in results)
         {
             Assert.True(r.MaxAbsDifference <= 1e-3, $"{r.Mode}: {r.MaxAbsDifference}");

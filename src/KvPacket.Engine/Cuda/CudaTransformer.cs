@@ -33,29 +33,11 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
-    private readonly List<GpuSequence?> _sequences = [];
+    private readonly BlockTables _sequences = new();
     private readonly DeviceKvBlocks _blocks;
     private int _default;
     private readonly int _maxTokens, _maxContext, _maxEntries;
     private readonly int _interleaved;
-    /// <summary>
-    /// One sequence's block table (blocks of the device cache, in position order) and length. New tokens go into the
-    /// last entry's block while it is the sequence's own (<see cref="TailOwned"/>) and has room; packet entries are shared.
-    /// </summary>
-    private sealed class GpuSequence
-    {
-        public int Length;
-        public bool TailOwned;
-        public readonly List<DeviceEntry> Table = [];
-        /// <summary>Per entry: whether the sequence computed its block itself (false for placed and shared packets' blocks).</summary>
-        public readonly List<bool> Owned = [];
-
-        public void Add(DeviceEntry entry, bool owned)
-        {
-            Table.Add(entry);
-            Owned.Add(owned);
-        }
-    }
     private readonly nint _kvRotateKeys, _kvDeviation;
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
@@ -69,9 +51,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>kernels.cu's one-token products by the column count they are compiled for.</summary>
     private readonly Dictionary<int, nint> _gemvOne;
 
-    /// <summary>One block table entry as kernels.cu's <c>KvEntry</c> reads it.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    private record struct DeviceEntry(int Block, int FirstPosition, int Count, int Rotation, int FirstSlot);
 
     private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
 
@@ -174,22 +153,16 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public double CompileSeconds { get; }
 
     /// <summary>Tokens in the default sequence (the one <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/> and <see cref="DecodeGreedy"/> grow).</summary>
-    public int Length => _sequences[_default]!.Length;
+    public int Length => _sequences[_default].Length;
 
     /// <inheritdoc />
-    public int CreateSequence()
-    {
-        int id = _sequences.IndexOf(null);
-        if (id < 0) { id = _sequences.Count; _sequences.Add(null); }
-        _sequences[id] = new GpuSequence();
-        return id;
-    }
+    public int CreateSequence() => _sequences.Create();
 
     /// <inheritdoc />
     public void ReleaseSequence(int id)
     {
-        foreach (var entry in Get(id).Table) _blocks.Release(entry.Block);
-        _sequences[id] = null;
+        _sequences[id].Release(_blocks);
+        _sequences.Remove(id);
     }
 
     /// <inheritdoc />
@@ -279,39 +252,19 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             throw;
         }
         // The sequence's blocks become the packet's (their one reference moves with them).
-        var sequence = Get(id);
-        var packet = new Packet(_blocks, [.. sequence.Table.Select(e => e.Block)], sequence.Length);
-        _sequences[id] = null;
+        var sequence = _sequences[id];
+        var packet = new Packet(_blocks, sequence.Blocks(), sequence.Length);
+        _sequences.Remove(id);
         return packet;
     }
 
     /// <inheritdoc />
-    public void AppendPacket(int sequence, Packet packet, int skip = 0)
-    {
-        var target = Get(sequence);
-        if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet lives in another model's KV cache (or on another backend).", nameof(packet));
-        if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
-        if (skip > 0 && packet.IsPruned) throw new ArgumentException("A token-pruned packet cannot be placed in part (EPIC recomputes a prefix of the whole document).", nameof(skip));
-        int placed = packet.PositionSpan - skip;
-        if (target.Length + placed > _maxContext)
-            throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {target.Length} exceeds the context of {_maxContext}.");
-        int rotation = target.Length - skip;   // global position − the local position the packet's keys were rotated at
-        for (int local = skip; local < packet.Length;)
-        {
-            int slot = local % BlockTokens, count = Math.Min(BlockTokens - slot, packet.Length - local);
-            int block = packet.Blocks[local / BlockTokens];
-            _blocks.Retain(block);
-            target.Add(new DeviceEntry(block, local + rotation, count, rotation, slot), owned: false);
-            local += count;
-        }
-        target.Length += placed;
-        target.TailOwned = false;
-    }
+    public void AppendPacket(int sequence, Packet packet, int skip = 0) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext);
 
     /// <inheritdoc />
     public void PlacePacketCopy(int sequence, Packet packet)
     {
-        var target = Get(sequence);
+        var target = _sequences[sequence];
         if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet lives in another model's KV cache (or on another backend).", nameof(packet));
         if (packet.IsPruned) throw new ArgumentException("CacheBlend recomputes a document's tokens in place and needs every one of them: this packet is token-pruned.", nameof(packet));
         if (target.Length + packet.Length > _maxContext)
@@ -326,7 +279,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int offset = target.Length, interleaved = _interleaved;
         _module.Launch(_kvRotateKeys, ((uint)copies.Length, (uint)_config.LayerCount), 256, (nint)(&pool), (nint)(&blocks), (nint)(&offset), (nint)(&interleaved));
         for (int b = 0; b < copies.Length; b++)
-            target.Add(new DeviceEntry(copies[b], offset + b * BlockTokens, Math.Min(BlockTokens, packet.Length - b * BlockTokens), 0, 0), owned: true);
+            target.Add(new BlockEntry(copies[b], offset + b * BlockTokens, Math.Min(BlockTokens, packet.Length - b * BlockTokens), 0, 0), owned: true);
         target.Length += packet.Length;
         target.TailOwned = false;
     }
@@ -336,7 +289,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         if (!(fraction is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The recompute fraction must be in [0, 1].");
         var c = _config;
-        var target = Get(sequence);
+        var target = _sequences[sequence];
         int recomputed = 0;
         var deviation = new float[Math.Min(_maxTokens, tokens.Length)];
         for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
@@ -396,14 +349,14 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// Uploads a blend step's metadata — the first 5 × <paramref name="n"/> ints of the step buffer already hold ids,
     /// positions, blocks, slots and chunks — with the sequence's table as its one chunk; returns the table's length.
     /// </summary>
-    private int UploadBlendStep(GpuSequence target, int n)
+    private int UploadBlendStep(BlockTable target, int n)
     {
         var host = _stepHost.AsSpan();
         host[5 * n] = 0;
-        host[5 * n + 1] = target.Table.Count;
-        MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(target.Table)).CopyTo(host[(5 * n + 2)..]);
-        _device.Upload<int>(host[..(5 * n + 2 + 5 * target.Table.Count)], _step);
-        return target.Table.Count;
+        host[5 * n + 1] = target.Entries.Count;
+        MemoryMarshal.Cast<BlockEntry, int>(CollectionsMarshal.AsSpan(target.Entries)).CopyTo(host[(5 * n + 2)..]);
+        _device.Upload<int>(host[..(5 * n + 2 + 5 * target.Entries.Count)], _step);
+        return target.Entries.Count;
     }
 
     /// <summary>Each of the step's <paramref name="n"/> tokens' distance between its recomputed layer-1 K/V and the stored ones.</summary>
@@ -423,9 +376,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <summary>The block and slot holding <paramref name="position"/>, which must lie in a block only this sequence holds (a CacheBlend copy).</summary>
-    private (int Block, int Slot) Locate(GpuSequence sequence, int position)
+    private (int Block, int Slot) Locate(BlockTable sequence, int position)
     {
-        foreach (var e in sequence.Table)
+        foreach (var e in sequence.Entries)
         {
             if (position < e.FirstPosition || position >= e.FirstPosition + e.Count) continue;
             if (e.Rotation != 0 || _blocks.ReferenceCount(e.Block) != 1)
@@ -434,9 +387,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         }
         throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is not in this sequence (length {sequence.Length}).");
     }
-
-    private GpuSequence Get(int id) =>
-        (uint)id < (uint)_sequences.Count && _sequences[id] is { } s ? s : throw new ArgumentException($"No GPU sequence {id}.", nameof(id));
 
     /// <summary>Whether disposing this also disposes the GPU it runs on (true when it was opened for this model alone).</summary>
     public bool OwnsDevice { get; init; }
@@ -481,7 +431,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     public ModelConfig Config => _config;
 
     /// <inheritdoc />
-    public int SequenceLength(int sequence) => Get(sequence).Length;
+    public int SequenceLength(int sequence) => _sequences[sequence].Length;
 
     /// <inheritdoc />
     public int MaxStepTokens => _maxTokens;
@@ -504,29 +454,10 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public int BlocksNeededFor(int sequence, int tokens)
-    {
-        var s = Get(sequence);
-        int room = s.TailOwned ? BlockTokens - (s.Length - s.Table[^1].FirstPosition) : 0;
-        return tokens <= room ? 0 : (tokens - room + BlockTokens - 1) / BlockTokens;
-    }
+    public int BlocksNeededFor(int sequence, int tokens) => _sequences[sequence].BlocksNeededFor(tokens, BlockTokens);
 
     /// <inheritdoc />
-    public int SharePrefix(int sequence, int source, int upTo)
-    {
-        GpuSequence target = Get(sequence), from = Get(source);
-        if (target.Table.Count != 0) throw new InvalidOperationException("Only an empty sequence can take another's prefix.");
-        int shared = 0;
-        while (shared < from.Table.Count && from.Table[shared] is var e && e.FirstPosition + e.Count <= upTo) shared++;
-        if (shared == from.Table.Count || !from.Owned[shared]) return 0;
-        for (int i = 0; i < shared; i++)
-        {
-            _blocks.Retain(from.Table[i].Block);
-            target.Add(from.Table[i], owned: false);
-        }
-        target.TailOwned = false;
-        return target.Length = from.Table[shared].FirstPosition;
-    }
+    public int SharePrefix(int sequence, int source, int upTo) => _sequences[sequence].ShareFrom(_sequences[source], upTo, _blocks);
 
 
     /// <summary>Empties the default sequence (its KV blocks are reused).</summary>
@@ -608,35 +539,26 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int offset = 0, entryCount = 0, longest = 0;
         for (int chunk = 0; chunk < chunks; chunk++)
         {
-            var sequence = Get(sequences[chunk]);
+            var sequence = _sequences[sequences[chunk]];
             int length = lengths[chunk];
             if (sequence.Length + length > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"Sequence {sequences[chunk]} would exceed {_maxContext} tokens.");
             for (int t = 0; t < length; t++)
             {
                 int position = sequence.Length + t;
-                if (!sequence.TailOwned || position - sequence.Table[^1].FirstPosition == BlockTokens)
-                {
-                    sequence.Add(new DeviceEntry(_blocks.Allocate(), position, 0, 0, 0), owned: true);
-                    sequence.TailOwned = true;
-                }
-                var tail = sequence.Table[^1];
-                int slot = position - tail.FirstPosition;
-                sequence.Table[^1] = tail with { Count = slot + 1 };
+                (blocks[offset + t], slots[offset + t]) = sequence.Claim(position, _blocks);
                 positions[offset + t] = position;
-                blocks[offset + t] = tail.Block;
-                slots[offset + t] = slot;
                 tokenChunk[offset + t] = chunk;
                 if (allRows) logitRows[t] = t;
             }
-            if (entryCount + sequence.Table.Count > _maxEntries)
+            if (entryCount + sequence.Entries.Count > _maxEntries)
                 throw new InvalidOperationException($"A step's block tables hold at most {_maxEntries} entries; this one needs more (many packets in many sequences).");
-            var table = MemoryMarshal.Cast<DeviceEntry, int>(CollectionsMarshal.AsSpan(sequence.Table));
+            var table = MemoryMarshal.Cast<BlockEntry, int>(CollectionsMarshal.AsSpan(sequence.Entries));
             table.CopyTo(entryInts[(5 * entryCount)..]);
             tableStart[chunk] = entryCount;
-            tableLength[chunk] = sequence.Table.Count;
+            tableLength[chunk] = sequence.Entries.Count;
             if (!allRows) logitRows[chunk] = offset + length - 1;
-            entryCount += sequence.Table.Count;
-            longest = Math.Max(longest, sequence.Table.Count);
+            entryCount += sequence.Entries.Count;
+            longest = Math.Max(longest, sequence.Entries.Count);
             offset += length;
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
@@ -657,7 +579,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             _device.Replay(graph);
         }
         else Enqueue(n, chunks, rows, splits, perSplit, tiled, firstPosition, tableCount);
-        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]]!.Length += lengths[chunk];
+        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
     }
 
     /// <summary>

@@ -4,6 +4,7 @@ using KvPacket.Cli.Bench;
 using KvPacket.Compute.Cuda;
 using KvPacket.Core.Memory;
 using KvPacket.Engine.Cuda;
+using KvPacket.Engine.Rag;
 using KvPacket.Engine.Serving;
 
 namespace KvPacket.Cli.Commands;
@@ -66,7 +67,8 @@ internal static class CudaCommand
                 ok &= manyOk;
                 Console.WriteLine($"  batched (20 sequences) vs alone: max |Δlogit| {manyAbs:E2}, max relative {manyRelative:E2} → {(manyOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 // The RAG modes through RagEngine on both backends: packets built on each, placed as shared realigned blocks.
-                foreach (var rag in CudaParity.RagModes(checkpoint, device, type, parse.GetValue(kv)))
+                using var ragBackend = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096, maxSequences: 16);
+                foreach (var rag in RagModeParity.Measure(checkpoint, ragBackend, parse.GetValue(kv)))
                 {
                     if (rag.Refused is not null)
                     {

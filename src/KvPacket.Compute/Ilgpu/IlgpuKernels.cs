@@ -1,0 +1,118 @@
+using ILGPU;
+
+namespace KvPacket.Compute.Ilgpu;
+
+/// <summary>
+/// The shape constants every ILGPU forward kernel needs, passed by value. The KV pool is laid out as
+/// <see cref="Kv.KvCacheLayout"/> says (per block, per layer, K then V planes of [KV heads][block tokens][head dim]), in f32.
+/// </summary>
+public readonly record struct IlgpuShape(int Hidden, int Heads, int KvHeads, int HeadDim, int BlockSize, int Layers, int Interleaved)
+{
+    /// <summary>Floats in one K (or V) plane of one layer of one block.</summary>
+    public int PlaneFloats => BlockSize * KvHeads * HeadDim;
+
+    /// <summary>Where element <paramref name="d"/> of (block, layer, K or V, kv head, slot) lives in the pool.</summary>
+    public long Offset(int block, int layer, int value, int head, int slot, int d) =>
+        ((long)block * Layers * 2 + layer * 2 + value) * PlaneFloats + ((long)head * BlockSize + slot) * HeadDim + d;
+}
+
+/// <summary>
+/// The forward pass's kernels written once in C# and compiled by ILGPU for whichever accelerator runs them (CUDA, or
+/// ILGPU's CPU accelerator in CI). One thread per output element or row, no shared memory: the contract and the
+/// numbers first (checked against the SIMD CPU backend), speed second. RoPE angles come from a host-built table
+/// (cos, sin per position and pair) so every backend rotates by the same floats.
+/// </summary>
+public static class IlgpuKernels
+{
+    /// <summary>x[t, c] = embedding[ids[t], c], or soft[−1 − ids[t], c] for a soft token. Index: (c, t).</summary>
+    public static void Embed(Index2D i, ArrayView<int> ids, ArrayView<float> embedding, ArrayView<float> soft, ArrayView<float> x, int hidden)
+    {
+        int id = ids[i.Y];
+        x[(long)i.Y * hidden + i.X] = id >= 0 ? embedding[(long)id * hidden + i.X] : soft[(long)(-1 - id) * hidden + i.X];
+    }
+
+    /// <summary>output[t] = x[t] / rms(x[t]) ⊙ weight, one row per thread; rows[t] picks x's row (gathering the rows that get logits).</summary>
+    public static void RmsNorm(Index1D t, ArrayView<float> x, ArrayView<int> rows, ArrayView<float> weight, ArrayView<float> output, int n, float epsilon)
+    {
+        long from = (long)rows[t.X] * n, to = (long)t.X * n;
+        float sum = 0;
+        for (int j = 0; j < n; j++) sum += x[from + j] * x[from + j];
+        float scale = 1f / MathF.Sqrt(sum / n + epsilon);
+        for (int j = 0; j < n; j++) output[to + j] = x[from + j] * scale * weight[j];
+    }
+
+    /// <summary>y[t, r] = Σ_k w[r, k] x[t, k] (+ bias[r] when <paramref name="hasBias"/>; added to y when <paramref name="accumulate"/>). Index: (r, t).</summary>
+    public static void MatMul(Index2D i, ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int hasBias, int accumulate)
+    {
+        long wRow = (long)i.X * columns, xRow = (long)i.Y * columns;
+        float sum = 0;
+        for (int k = 0; k < columns; k++) sum += w[wRow + k] * x[xRow + k];
+        if (hasBias != 0) sum += bias[i.X];
+        long o = (long)i.Y * rows + i.X;
+        y[o] = accumulate != 0 ? y[o] + sum : sum;
+    }
+
+    /// <summary>Token t's K, rotated at its position, and V into (blocks[t], slots[t]) of <paramref name="layer"/>. Index: (kv head, t).</summary>
+    public static void AppendKv(Index2D i, ArrayView<float> k, ArrayView<float> v, ArrayView<float> pool, ArrayView<int> blocks, ArrayView<int> slots,
+        ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, IlgpuShape shape, int layer)
+    {
+        int t = i.Y, head = i.X, half = shape.HeadDim / 2, kvDim = shape.KvHeads * shape.HeadDim;
+        long row = (long)t * kvDim + head * shape.HeadDim, angles = (long)positions[t] * half;
+        for (int p = 0; p < half; p++)
+        {
+            int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
+            float c = cos[angles + p], s = sin[angles + p], ka = k[row + a], kb = k[row + b];
+            pool[shape.Offset(blocks[t], layer, 0, head, slots[t], a)] = ka * c - kb * s;
+            pool[shape.Offset(blocks[t], layer, 0, head, slots[t], b)] = ka * s + kb * c;
+        }
+        for (int d = 0; d < shape.HeadDim; d++) pool[shape.Offset(blocks[t], layer, 1, head, slots[t], d)] = v[row + d];
+    }
+
+    /// <summary>
+    /// Causal attention of token t's query head over its sequence's block table (entries of five ints, see
+    /// <c>BlockEntry</c>): for each entry the query is rotated at its position − the entry's rotation, so a placed
+    /// packet's keys (rotated at their local positions) need no rewrite. Online softmax, the running output kept in
+    /// <paramref name="output"/>; <paramref name="rotated"/> holds the rotated query. Index: (head, t).
+    /// </summary>
+    public static void Attention(Index2D i, ArrayView<float> q, ArrayView<float> pool, ArrayView<int> entries, ArrayView<int> tableStart, ArrayView<int> tableLength,
+        ArrayView<int> tokenChunk, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, ArrayView<float> rotated, ArrayView<float> output,
+        IlgpuShape shape, int layer, float scale)
+    {
+        int t = i.Y, head = i.X, dim = shape.HeadDim, half = dim / 2, kvHead = head / (shape.Heads / shape.KvHeads), position = positions[t];
+        long row = ((long)t * shape.Heads + head) * dim;
+        for (int d = 0; d < dim; d++) output[row + d] = 0;
+        float max = float.NegativeInfinity, sum = 0;
+        int chunk = tokenChunk[t], first = tableStart[chunk], count = tableLength[chunk];
+        for (int e = first; e < first + count; e++)
+        {
+            int block = entries[5 * e], firstPosition = entries[5 * e + 1], length = entries[5 * e + 2], rotation = entries[5 * e + 3], firstSlot = entries[5 * e + 4];
+            if (firstPosition > position) break;
+            long angles = (long)(position - rotation) * half;
+            for (int p = 0; p < half; p++)
+            {
+                int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
+                float c = cos[angles + p], s = sin[angles + p], qa = q[row + a], qb = q[row + b];
+                rotated[row + a] = qa * c - qb * s;
+                rotated[row + b] = qa * s + qb * c;
+            }
+            for (int j = 0; j < length && firstPosition + j <= position; j++)
+            {
+                float score = 0;
+                for (int d = 0; d < dim; d++) score += rotated[row + d] * pool[shape.Offset(block, layer, 0, kvHead, firstSlot + j, d)];
+                score *= scale;
+                float next = MathF.Max(max, score), correction = MathF.Exp(max - next), weight = MathF.Exp(score - next);
+                sum = sum * correction + weight;
+                for (int d = 0; d < dim; d++) output[row + d] = output[row + d] * correction + weight * pool[shape.Offset(block, layer, 1, kvHead, firstSlot + j, d)];
+                max = next;
+            }
+        }
+        for (int d = 0; d < dim; d++) output[row + d] /= sum;
+    }
+
+    /// <summary>gate[t, j] = silu(gate[t, j]) · up[t, j], SwiGLU's product, in place. Index: element.</summary>
+    public static void SwiGlu(Index1D i, ArrayView<float> gate, ArrayView<float> up)
+    {
+        float g = gate[i];
+        gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
+    }
+}

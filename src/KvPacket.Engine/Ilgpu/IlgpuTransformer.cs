@@ -1,0 +1,377 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using KvPacket.Compute.Cpu;
+using KvPacket.Compute.Ilgpu;
+using KvPacket.Compute.Kv;
+using KvPacket.Core.Model;
+using KvPacket.Engine.Forward;
+
+namespace KvPacket.Engine.Ilgpu;
+
+/// <summary>
+/// The forward pass on an ILGPU accelerator — CUDA, or ILGPU's CPU accelerator, which runs the same kernels on the host
+/// so CI covers GPU kernel logic — behind the same contract as the CPU and CUDA backends: ragged steps with soft tokens,
+/// packets placed as shared, query-realigned blocks, prefix sharing, packets to and from the store. f32 weights and KV.
+/// CacheBlend's selective recompute is refused (<see cref="NotSupportedException"/>), as are token-pruned packets.
+/// Work on one instance must come from one thread at a time.
+/// </summary>
+public sealed class IlgpuTransformer : IForwardBackend
+{
+    private readonly Accelerator _accelerator;
+    private readonly ModelConfig _config;
+    private readonly IlgpuShape _shape;
+    private readonly IlgpuKvBlocks _blocks;
+    private readonly BlockTables _sequences = new();
+    private readonly int _maxTokens, _maxChunks, _maxContext;
+    private readonly List<MemoryBuffer> _owned = [];
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _classifier, _finalNorm, _cos, _sin, _none;
+    private readonly Layer[] _layers;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _gate, _up, _soft, _logits;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _ids, _positions, _blockIds, _slots, _tokenChunk, _tableStart, _tableLength, _rows, _allRows, _entries;
+    private readonly int[] _entryHost, _rowsHost;
+    private float[]? _greedyLogits;
+
+    private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMul;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
+        IlgpuShape, int> _appendKv;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, int, float> _attention;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _swiGlu;
+
+    private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
+
+    private sealed record Layer(MemoryBuffer1D<float, Stride1D.Dense> AttentionNorm, MemoryBuffer1D<float, Stride1D.Dense> FfnNorm,
+        Matrix Query, Matrix Key, Matrix Value, Matrix Output, Matrix Gate, Matrix Up, Matrix Down);
+
+    /// <summary>
+    /// Uploads <paramref name="model"/> to <paramref name="accelerator"/> for steps of up to <paramref name="maxTokens"/>
+    /// tokens in up to <paramref name="maxSequences"/> sequences, with a KV cache of <paramref name="kvTokens"/> tokens.
+    /// </summary>
+    public IlgpuTransformer(Checkpoint model, Accelerator accelerator, int maxTokens = 256, int kvTokens = 4096, int maxSequences = 32)
+    {
+        _accelerator = accelerator;
+        Model = model;
+        var c = _config = model.Config;
+        _maxTokens = maxTokens;
+        _maxChunks = Math.Min(maxSequences, maxTokens);
+        _maxContext = Math.Min(kvTokens, c.MaxContextLength);
+        var layout = KvCacheLayout.For(c, Core.Memory.DType.F32);
+        _shape = new IlgpuShape(c.HiddenSize, c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, c.RopeStyle == RopeStyle.Interleaved ? 1 : 0);
+        _blocks = new IlgpuKvBlocks(accelerator, layout, (kvTokens + layout.BlockSize - 1) / layout.BlockSize);
+
+        _embedding = Upload(model.TokenEmbedding);
+        _classifier = Upload(model.Classifier);
+        _finalNorm = Upload(model.FinalNorm);
+        _none = Floats(1);
+        _layers = [.. model.Layers.Select(l => new Layer(Upload(l.AttentionNorm), Upload(l.FfnNorm), Product(l.Query, l.QueryBias), Product(l.Key, l.KeyBias),
+            Product(l.Value, l.ValueBias), Product(l.Output, default), Product(l.Gate, default), Product(l.Up, default), Product(l.Down, default)))];
+
+        // cos and sin of every position and pair, as the CPU backend computes them.
+        var rope = new RotaryEmbedding(c);
+        int half = c.HeadDim / 2;
+        var cos = new float[(long)_maxContext * half];
+        var sin = new float[cos.Length];
+        for (int p = 0; p < _maxContext; p++) rope.Angles(p, cos.AsSpan(p * half, half), sin.AsSpan(p * half, half));
+        _cos = Floats(cos.Length);
+        _cos.View.CopyFromCPU(cos);
+        _sin = Floats(sin.Length);
+        _sin.View.CopyFromCPU(sin);
+
+        int t = maxTokens;
+        _x = Floats((long)t * c.HiddenSize);
+        _xb = Floats((long)t * Math.Max(c.HiddenSize, c.QueryDim));
+        _q = Floats((long)t * c.QueryDim);
+        _k = Floats((long)t * c.KvDim);
+        _v = Floats((long)t * c.KvDim);
+        _att = Floats((long)t * c.QueryDim);
+        _rotated = Floats((long)t * c.QueryDim);
+        _gate = Floats((long)t * c.IntermediateSize);
+        _up = Floats((long)t * c.IntermediateSize);
+        _soft = Floats((long)t * c.HiddenSize);
+        _logits = Floats((long)t * c.VocabSize);
+        _ids = Ints(t);
+        _positions = Ints(t);
+        _blockIds = Ints(t);
+        _slots = Ints(t);
+        _tokenChunk = Ints(t);
+        _tableStart = Ints(_maxChunks);
+        _tableLength = Ints(_maxChunks);
+        _rows = Ints(t);
+        _allRows = Ints(t);
+        _allRows.View.CopyFromCPU([.. Enumerable.Range(0, t)]);
+        _rowsHost = new int[t];
+        int maxEntries = _blocks.BlockCount + _maxChunks * (_maxContext / layout.BlockSize + 64);
+        _entries = Ints(5L * maxEntries);
+        _entryHost = new int[5 * maxEntries];
+
+        _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
+        _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
+        _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
+        _appendKv = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+            ArrayView<float>, ArrayView<float>, IlgpuShape, int>(IlgpuKernels.AppendKv);
+        _attention = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, int, float>(IlgpuKernels.Attention);
+        _swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(IlgpuKernels.SwiGlu);
+    }
+
+    /// <inheritdoc />
+    public Checkpoint Model { get; }
+
+    /// <inheritdoc />
+    public ModelConfig Config => _config;
+
+    /// <inheritdoc />
+    public KvBlocks KvBlocks => _blocks;
+
+    /// <inheritdoc />
+    public int MaxSequenceLength => _maxContext;
+
+    /// <inheritdoc />
+    public int MaxStepTokens => _maxTokens;
+
+    /// <inheritdoc />
+    public int MaxStepSequences => _maxChunks;
+
+    /// <inheritdoc />
+    public int CreateSequence() => _sequences.Create();
+
+    /// <inheritdoc />
+    public void ReleaseSequence(int sequence)
+    {
+        _sequences[sequence].Release(_blocks);
+        _sequences.Remove(sequence);
+    }
+
+    /// <inheritdoc />
+    public int SequenceLength(int sequence) => _sequences[sequence].Length;
+
+    /// <inheritdoc />
+    public int BlocksNeededFor(int sequence, int tokens) => _sequences[sequence].BlocksNeededFor(tokens, _blocks.Layout.BlockSize);
+
+    /// <inheritdoc />
+    public int SharePrefix(int sequence, int source, int upTo) => _sequences[sequence].ShareFrom(_sequences[source], upTo, _blocks);
+
+    /// <inheritdoc />
+    public void AppendPacket(int sequence, Packet packet, int skip = 0) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext);
+
+    /// <inheritdoc />
+    public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits)
+    {
+        Run(sequences, lengths, tokens, soft, allRows: false);
+        Download(sequences.Length, logits);
+    }
+
+    /// <inheritdoc />
+    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    {
+        int vocab = _config.VocabSize;
+        _greedyLogits ??= new float[(long)_maxChunks * vocab];
+        Step(sequences, lengths, tokens, soft, _greedyLogits);
+        for (int row = 0; row < sequences.Length; row++) next[row] = TensorPrimitives.IndexOfMax(_greedyLogits.AsSpan(row * vocab, vocab));
+    }
+
+    /// <inheritdoc />
+    public void Prefill(int sequence, ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken)
+    {
+        int vocab = _config.VocabSize;
+        Span<int> one = [sequence];
+        for (int offset = 0; offset < tokens.Length; offset += _maxTokens)
+        {
+            int n = Math.Min(_maxTokens, tokens.Length - offset);
+            Span<int> length = [n];
+            Run(one, length, tokens.Slice(offset, n), default, which == LogitsFor.AllTokens);
+            if (which == LogitsFor.AllTokens) Download(n, logits.Slice(offset * vocab, n * vocab));
+        }
+        if (which == LogitsFor.LastToken && !logits.IsEmpty && !tokens.IsEmpty) Download(1, logits[..vocab]);
+    }
+
+    /// <inheritdoc />
+    public void PrefillSoft(int sequence, ReadOnlySpan<float> embeddings, Span<float> logits)
+    {
+        int hidden = _config.HiddenSize;
+        if (embeddings.Length % hidden != 0) throw new ArgumentException($"Soft tokens are rows of {hidden} floats; got {embeddings.Length}.", nameof(embeddings));
+        Span<int> one = [sequence];
+        var ids = new int[Math.Min(_maxTokens, embeddings.Length / hidden)];
+        for (int i = 0; i < ids.Length; i++) ids[i] = -1 - i;
+        for (int offset = 0; offset < embeddings.Length; offset += _maxTokens * hidden)
+        {
+            int n = Math.Min(_maxTokens, (embeddings.Length - offset) / hidden);
+            Span<int> length = [n];
+            Run(one, length, ids.AsSpan(0, n), embeddings.Slice(offset, n * hidden), allRows: false);
+        }
+        if (!logits.IsEmpty && !embeddings.IsEmpty) Download(1, logits[.._config.VocabSize]);
+    }
+
+    /// <inheritdoc />
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
+        if (keep != 1.0) throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the ILGPU backend builds whole packets.");
+        int id = CreateSequence();
+        try
+        {
+            if (!header.IsEmpty) PrefillSoft(id, header, default);
+            Prefill(id, tokens, default);
+            if (!trailer.IsEmpty) PrefillSoft(id, trailer, default);
+        }
+        catch
+        {
+            ReleaseSequence(id);
+            throw;
+        }
+        var table = _sequences[id];
+        var packet = new Packet(_blocks, table.Blocks(), table.Length);
+        _sequences.Remove(id);   // the blocks' one reference moves to the packet
+        return packet;
+    }
+
+    /// <inheritdoc />
+    public Packet ImportPacket(Packet packet)
+    {
+        if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
+        var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
+        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The packet's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(packet));
+        var blocks = new int[packet.Blocks.Count];
+        _blocks.Allocate(blocks);
+        for (int b = 0; b < blocks.Length; b++) _blocks.Block(blocks[b]).AsContiguous().CopyFromCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(packet.Blocks[b])));
+        return new Packet(_blocks, blocks, packet.Length, packet.PositionSpan);
+    }
+
+    /// <inheritdoc />
+    public Packet ExportPacket(Packet packet, KvBlockPool host)
+    {
+        if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet is not in this device's cache.", nameof(packet));
+        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The host pool's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(host));
+        var blocks = new int[packet.Blocks.Count];
+        host.Allocate(blocks);
+        for (int b = 0; b < blocks.Length; b++) _blocks.Block(packet.Blocks[b]).AsContiguous().CopyToCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(blocks[b])));
+        return new Packet(host, blocks, packet.Length, packet.PositionSpan);
+    }
+
+    /// <inheritdoc />
+    public void PlacePacketCopy(int sequence, Packet packet) =>
+        throw new NotSupportedException("CacheBlend (private packet copies, selective recompute) is not implemented on the ILGPU backend.");
+
+    /// <inheritdoc />
+    public int BlendRecompute(int sequence, ReadOnlySpan<int> tokens, int firstPosition, double fraction) =>
+        throw new NotSupportedException("CacheBlend (private packet copies, selective recompute) is not implemented on the ILGPU backend.");
+
+    /// <summary>
+    /// One step: a negative id −1 − r takes row r of <paramref name="soft"/>; logits for every token with
+    /// <paramref name="allRows"/> (one chunk), else for each chunk's last token, left in the device's logits buffer.
+    /// </summary>
+    private void Run(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, bool allRows)
+    {
+        var c = _config;
+        int n = tokens.Length, chunks = sequences.Length, hidden = c.HiddenSize, softRows = soft.Length / hidden;
+        if (n == 0) return;
+        if (n > _maxTokens || chunks > _maxChunks) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens in {_maxChunks} sequences.");
+        foreach (int token in tokens)
+            if (token >= c.VocabSize || token < -softRows)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize} (or the {softRows} soft rows).");
+
+        // Host metadata: each token's position, block, slot and chunk; each chunk's table; the rows that get logits.
+        Span<int> positions = stackalloc int[n], blocks = stackalloc int[n], slots = stackalloc int[n], chunkOf = stackalloc int[n];
+        Span<int> tableStart = stackalloc int[chunks], tableLength = stackalloc int[chunks];
+        int offset = 0, entryCount = 0;
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            var table = _sequences[sequences[chunk]];
+            int length = lengths[chunk];
+            if (table.Length + length > _maxContext) throw new ArgumentOutOfRangeException(nameof(tokens), $"Sequence {sequences[chunk]} would exceed {_maxContext} tokens.");
+            for (int t = 0; t < length; t++)
+            {
+                positions[offset + t] = table.Length + t;
+                (blocks[offset + t], slots[offset + t]) = table.Claim(table.Length + t, _blocks);
+                chunkOf[offset + t] = chunk;
+            }
+            if (5 * (entryCount + table.Entries.Count) > _entryHost.Length)
+                throw new InvalidOperationException("A step's block tables hold more entries than this backend was sized for (many packets in many sequences).");
+            MemoryMarshal.Cast<BlockEntry, int>(CollectionsMarshal.AsSpan(table.Entries)).CopyTo(_entryHost.AsSpan(5 * entryCount));
+            tableStart[chunk] = entryCount;
+            tableLength[chunk] = table.Entries.Count;
+            entryCount += table.Entries.Count;
+            _rowsHost[chunk] = offset + length - 1;
+            offset += length;
+        }
+        if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
+        _ids.View.AsContiguous().SubView(0, n).CopyFromCPU(tokens);
+        _positions.View.AsContiguous().SubView(0, n).CopyFromCPU(positions);
+        _blockIds.View.AsContiguous().SubView(0, n).CopyFromCPU(blocks);
+        _slots.View.AsContiguous().SubView(0, n).CopyFromCPU(slots);
+        _tokenChunk.View.AsContiguous().SubView(0, n).CopyFromCPU(chunkOf);
+        _tableStart.View.AsContiguous().SubView(0, chunks).CopyFromCPU(tableStart);
+        _tableLength.View.AsContiguous().SubView(0, chunks).CopyFromCPU(tableLength);
+        _entries.View.AsContiguous().SubView(0, 5 * Math.Max(1, entryCount)).CopyFromCPU(_entryHost.AsSpan(0, 5 * Math.Max(1, entryCount)));
+        _rows.View.AsContiguous().SubView(0, chunks).CopyFromCPU(_rowsHost.AsSpan(0, chunks));
+        if (softRows > 0) _soft.View.AsContiguous().SubView(0, soft.Length).CopyFromCPU(soft);
+
+        float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
+        _embed(new Index2D(hidden, n), _ids.View, _embedding.View, _soft.View, _x.View, hidden);
+        for (int layer = 0; layer < _layers.Length; layer++)
+        {
+            var w = _layers[layer];
+            _rmsNorm(n, _x.View, _allRows.View, w.AttentionNorm.View, _xb.View, hidden, epsilon);
+            Multiply(w.Query, _xb, _q, n);
+            Multiply(w.Key, _xb, _k, n);
+            Multiply(w.Value, _xb, _v, n);
+            _appendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, _shape, layer);
+            _attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View, _positions.View,
+                _cos.View, _sin.View, _rotated.View, _att.View, _shape, layer, scale);
+            Multiply(w.Output, _att, _x, n, accumulate: true);
+            _rmsNorm(n, _x.View, _allRows.View, w.FfnNorm.View, _xb.View, hidden, epsilon);
+            Multiply(w.Gate, _xb, _gate, n);
+            Multiply(w.Up, _xb, _up, n);
+            _swiGlu(n * c.IntermediateSize, _gate.View, _up.View);
+            Multiply(w.Down, _gate, _x, n, accumulate: true);
+        }
+        int rows = allRows ? n : chunks;
+        _rmsNorm(rows, _x.View, allRows ? _allRows.View : _rows.View, _finalNorm.View, _xb.View, hidden, epsilon);
+        _matMul(new Index2D(c.VocabSize, rows), _classifier.View, _xb.View, _none.View, _logits.View, hidden, c.VocabSize, 0, 0);
+        _accelerator.Synchronize();
+        for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
+    }
+
+    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false) =>
+        _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, (m.Bias ?? _none).View, output.View, m.Columns, m.Rows, m.Bias is null ? 0 : 1, accumulate ? 1 : 0);
+
+    /// <summary>The first <paramref name="rows"/> rows of the last step's logits into <paramref name="logits"/>.</summary>
+    private void Download(int rows, Span<float> logits)
+    {
+        long count = (long)rows * _config.VocabSize;
+        _logits.View.AsContiguous().SubView(0, count).CopyToCPU(logits[..(int)count]);
+    }
+
+    private Matrix Product(in WeightTensor weights, in WeightTensor bias) => new(Upload(weights), bias.IsPresent ? Upload(bias) : null, weights.Rows, weights.Columns);
+
+    private MemoryBuffer1D<float, Stride1D.Dense> Upload(in WeightTensor tensor)
+    {
+        var values = new float[tensor.ElementCount];
+        tensor.ReadRows(0, tensor.Rows, values);
+        var buffer = Floats(values.Length);
+        buffer.View.CopyFromCPU(values);
+        return buffer;
+    }
+
+    private MemoryBuffer1D<float, Stride1D.Dense> Floats(long count) => Own(_accelerator.Allocate1D<float>(Math.Max(1, count)));
+
+    private MemoryBuffer1D<int, Stride1D.Dense> Ints(long count) => Own(_accelerator.Allocate1D<int>(Math.Max(1, count)));
+
+    private T Own<T>(T buffer) where T : MemoryBuffer
+    {
+        _owned.Add(buffer);
+        return buffer;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        _blocks.Dispose();
+        foreach (var buffer in _owned) buffer.Dispose();
+        _owned.Clear();
+    }
+}
