@@ -235,28 +235,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0)
-    {
-        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
-        if (keep != 1.0) throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the CUDA backend builds whole packets.");
-        int id = CreateSequence();
-        try
-        {
-            if (!header.IsEmpty) PrefillSoft(id, header, default);
-            Prefill(id, tokens, default);
-            if (!trailer.IsEmpty) PrefillSoft(id, trailer, default);
-        }
-        catch
-        {
-            ReleaseSequence(id);
-            throw;
-        }
-        // The sequence's blocks become the packet's (their one reference moves with them).
-        var sequence = _sequences[id];
-        var packet = new Packet(_blocks, sequence.Blocks(), sequence.Length);
-        _sequences.Remove(id);
-        return packet;
-    }
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0) =>
+        keep != 1.0 ? throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the CUDA backend builds whole packets.")
+            : _sequences.BuildPacket(this, tokens, header, trailer);
 
     /// <inheritdoc />
     public void AppendPacket(int sequence, Packet packet, int skip = 0) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext);

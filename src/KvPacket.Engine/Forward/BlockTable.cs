@@ -131,6 +131,32 @@ internal sealed class BlockTables
     public BlockTable this[int id] =>
         (uint)id < (uint)_tables.Count && _tables[id] is { } table ? table : throw new ArgumentException($"No sequence {id}.", nameof(id));
 
+    /// <summary>
+    /// <see cref="IForwardBackend.BuildPacket"/> for a device backend whose sequences these are: <paramref name="tokens"/>
+    /// computed alone between the optional soft tokens in a new sequence, whose blocks (their one reference each) then
+    /// become the packet's.
+    /// </summary>
+    public Packet BuildPacket(IForwardBackend backend, ReadOnlySpan<int> tokens, ReadOnlySpan<float> header, ReadOnlySpan<float> trailer)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
+        int id = backend.CreateSequence();
+        try
+        {
+            if (!header.IsEmpty) backend.PrefillSoft(id, header, default);
+            backend.Prefill(id, tokens, default);
+            if (!trailer.IsEmpty) backend.PrefillSoft(id, trailer, default);
+        }
+        catch
+        {
+            backend.ReleaseSequence(id);
+            throw;
+        }
+        var table = this[id];
+        var packet = new Packet(backend.KvBlocks, table.Blocks(), table.Length);
+        Remove(id);
+        return packet;
+    }
+
     /// <summary>Forgets sequence <paramref name="id"/> (its blocks are the caller's business).</summary>
     public void Remove(int id)
     {

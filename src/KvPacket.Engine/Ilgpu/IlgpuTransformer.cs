@@ -207,27 +207,9 @@ public sealed class IlgpuTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0)
-    {
-        if (tokens.IsEmpty) throw new ArgumentException("A packet needs at least one token.", nameof(tokens));
-        if (keep != 1.0) throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the ILGPU backend builds whole packets.");
-        int id = CreateSequence();
-        try
-        {
-            if (!header.IsEmpty) PrefillSoft(id, header, default);
-            Prefill(id, tokens, default);
-            if (!trailer.IsEmpty) PrefillSoft(id, trailer, default);
-        }
-        catch
-        {
-            ReleaseSequence(id);
-            throw;
-        }
-        var table = _sequences[id];
-        var packet = new Packet(_blocks, table.Blocks(), table.Length);
-        _sequences.Remove(id);   // the blocks' one reference moves to the packet
-        return packet;
-    }
+    public Packet BuildPacket(ReadOnlySpan<int> tokens, ReadOnlySpan<float> header = default, ReadOnlySpan<float> trailer = default, double keep = 1.0) =>
+        keep != 1.0 ? throw new NotSupportedException("Token-pruned packets are built by the CPU backend only; the ILGPU backend builds whole packets.")
+            : _sequences.BuildPacket(this, tokens, header, trailer);
 
     /// <inheritdoc />
     public Packet ImportPacket(Packet packet)
