@@ -206,7 +206,7 @@ rag)
     if [[ " $parts " == *" serve "* ]]; then
         # kvpacketd on the GPU, streamed over its Unix socket: 8 × 512-token packets and a 32-token query per request.
         "$k" bench serve --shape llama-3.2-1b --device cuda --documents 8 --document-tokens 512 --prompt-tokens 32 --max-tokens 32 \
-            --concurrency ${SERVE_CONCURRENCY:-1,16,64} --requests ${SERVE_REQUESTS:-64} --out "$out" | tee -a "$out/serve-bench.txt" || status=1
+            --concurrency ${SERVE_CONCURRENCY:-1,16,64} --requests ${SERVE_REQUESTS:-32} --out "$out" 2>&1 | tee -a "$out/serve-bench.txt" || status=1
     fi
     exit $status
     ;;
