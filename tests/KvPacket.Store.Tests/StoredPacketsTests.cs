@@ -1,3 +1,5 @@
+using ILGPU;
+using ILGPU.Runtime.CPU;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -43,6 +45,21 @@ public class StoredPacketsTests
         Assert.Equal(0, result.MaxAbsLogitDifference);
         Assert.Equal(result.Packets, result.StoreLoads);
         Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void Packets_built_on_the_ilgpu_backend_are_stored_and_loaded_back_into_its_blocks_byte_for_byte()
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var context = ILGPU.Context.Create(builder => builder.CPU());
+        using var accelerator = context.CreateCPUAccelerator(0);
+        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 2048);
+        var result = PacketRoundTrip.Run(model, Path.Combine(temp.Path, "store"));
+        Assert.Equal(0, result.DifferentRows);
+        Assert.Equal(0, result.MaxAbsLogitDifference);
+        Assert.Equal(result.Packets, result.StoreLoads);
+        Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
     }
 
     [Fact]
