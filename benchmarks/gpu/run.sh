@@ -4,6 +4,7 @@
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
 #                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve)
+#                         benchmarks/gpu/run.sh ilgpu OUTDIR                      (the ILGPU backend on ILGPU's CUDA accelerator)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +44,15 @@ run)
         nvcc -O3 -arch=native -std=c++17 -I/usr/local/cuda/include benchmarks/gpu/gemv_bench.cu -o /tmp/kvpacket-gpu/gemv_bench &&
             /tmp/kvpacket-gpu/gemv_bench | tee "$out/gemv-bench.txt" || status=1
     fi
+    exit $status
+    ;;
+ilgpu)
+    # The ILGPU backend on ILGPU's CUDA accelerator against the CPU, and its speed beside the NVRTC backend's.
+    out="${2:?output directory}"
+    unpack "$out"
+    status=0
+    "$k" ilgpu check -m tests/fixtures/stories260K/stories260K.bin --context 256 | tee -a "$out/ilgpu-check.txt" || status=1
+    "$k" ilgpu check --shape qwen2.5-0.5b -n 8 --context 512 | tee -a "$out/ilgpu-check.txt" || status=1
     exit $status
     ;;
 train)

@@ -22,6 +22,7 @@ var root = new RootCommand("kvpacket: serve Llama-family models with reusable, p
     TokenizerCommand.Create(),
     StoreCommand.Create(),
     CudaCommand.Create(),
+    IlgpuCommand.Create(),
     PlotCommand.Create(),
 };
 foreach (var command in ServeCommands.Create()) root.Subcommands.Add(command);
