@@ -59,11 +59,15 @@ internal static class SpecEmitter
         s.AppendLine($"    public override HeadKernels HeadKernels {{ get; }} = new {id}HeadKernels();");
         s.AppendLine("    /// <inheritdoc />");
         s.AppendLine("    public override string CudaSource => Cuda;");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine("    public override KvPacket.Compute.Ilgpu.IlgpuAttentionKernels LoadIlgpuKernels(ILGPU.Runtime.Accelerator accelerator, int interleaved) =>");
+        s.AppendLine($"        KvPacket.Compute.Ilgpu.IlgpuAttentionKernels.Load(accelerator, new {id}IlgpuShape(interleaved), Name);");
         s.AppendLine();
         s.AppendLine("    private const string Cuda = @\"" + CudaEmitter.Emit(card, cudaTemplate).Replace("\"", "\"\"") + "\";");
         s.AppendLine("}");
         s.AppendLine();
         EmitHeadKernels(s, card);
+        EmitIlgpuShape(s, card);
         return s.ToString();
     }
 
@@ -99,6 +103,29 @@ internal static class SpecEmitter
             for (int i = 0; i < n; i++) s.AppendLine($"            o{i}.Store(output + {i * width});");
         });
         s.AppendLine("    private static readonly GenericHeadKernels Generic = new(D);");
+        s.AppendLine("}");
+    }
+
+    /// <summary>The card's attention shape for the ILGPU kernels: literals, so ILGPU compiles its loops with constant bounds.</summary>
+    private static void EmitIlgpuShape(StringBuilder s, ModelCardShape card)
+    {
+        string id = card.Identifier;
+        s.AppendLine();
+        s.AppendLine($"/// <summary>The ILGPU kernels' attention shape for '{card.Name}' (RoPE pairing from the checkpoint).</summary>");
+        s.AppendLine($"public readonly struct {id}IlgpuShape(int interleaved) : KvPacket.Compute.Ilgpu.IIlgpuShape");
+        s.AppendLine("{");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine($"    public int Heads => {card.HeadCount};");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine($"    public int KvHeads => {card.KvHeadCount};");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine($"    public int HeadDim => {card.HeadDim};");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine("    public int BlockSize => 16;");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine($"    public int Layers => {card.LayerCount};");
+        s.AppendLine("    /// <inheritdoc />");
+        s.AppendLine("    public int Interleaved => interleaved;");
         s.AppendLine("}");
     }
 

@@ -54,6 +54,22 @@ public sealed class IlgpuBackendTests : IDisposable
     }
 
     [Fact]
+    public void The_cards_kernels_give_the_generic_kernels_logits_bit_for_bit()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var card = new IlgpuTransformer(checkpoint, _accelerator, maxTokens: 64, kvTokens: 1024);
+        using var generic = new IlgpuTransformer(checkpoint, _accelerator, maxTokens: 64, kvTokens: 1024, specialised: false);
+        Assert.Equal("stories260k", card.Kernels);
+        Assert.Equal("generic", generic.Kernels);
+        int[] prompt = [1, .. ReferenceModels.RandomTokens(30, 8)];
+        var expected = new float[prompt.Length * checkpoint.Config.VocabSize];
+        var actual = new float[expected.Length];
+        using (var sequence = new BackendSequence(generic, generic.CreateSequence())) sequence.Prefill(prompt, expected, LogitsFor.AllTokens);
+        using (var sequence = new BackendSequence(card, card.CreateSequence())) sequence.Prefill(prompt, actual, LogitsFor.AllTokens);
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
     public void Every_rag_mode_but_cacheblend_matches_the_simd_backend_and_returns_every_block()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);

@@ -55,6 +55,13 @@ public class GeneratorTests
         // The RoPE table: 32 frequencies, theta^(-2i/64), printed to round-trip.
         Assert.Contains("Frequencies = { 1.0, " + (Math.Pow(1e6, -2.0 / 64)).ToString("R", System.Globalization.CultureInfo.InvariantCulture) + ", ", spec);
         Assert.Contains("new Sample_qwenSpec(),", Source(result, "ModelSpecRegistry.g.cs"));
+        // The ILGPU kernels' shape: the card's numbers as literals, the RoPE pairing left to the checkpoint.
+        Assert.Contains("public readonly struct Sample_qwenIlgpuShape(int interleaved) : KvPacket.Compute.Ilgpu.IIlgpuShape", spec);
+        Assert.Contains("public int Heads => 14;", spec);
+        Assert.Contains("public int KvHeads => 2;", spec);
+        Assert.Contains("public int HeadDim => 64;", spec);
+        Assert.Contains("public int Layers => 24;", spec);
+        Assert.Contains("IlgpuAttentionKernels.Load(accelerator, new Sample_qwenIlgpuShape(interleaved), Name)", spec);
     }
 
     [Fact]
@@ -66,7 +73,8 @@ public class GeneratorTests
             .Where(a => !a.IsDynamic && a.Location.Length > 0)
             .Select(a => MetadataReference.CreateFromFile(a.Location))
             .Append(MetadataReference.CreateFromFile(typeof(ModelSpec).Assembly.Location))
-            .Append(MetadataReference.CreateFromFile(typeof(KvPacket.Core.Model.ModelConfig).Assembly.Location));
+            .Append(MetadataReference.CreateFromFile(typeof(KvPacket.Core.Model.ModelConfig).Assembly.Location))
+            .Append(MetadataReference.CreateFromFile(typeof(ILGPU.Runtime.Accelerator).Assembly.Location));
         var compilation = CSharpCompilation.Create("spec", [tree], references,
             new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary, allowUnsafe: true));
         // Internal runtime types are not visible from this test assembly: everything the spec uses is public.

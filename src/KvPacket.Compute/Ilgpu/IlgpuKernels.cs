@@ -3,18 +3,29 @@ using ILGPU;
 namespace KvPacket.Compute.Ilgpu;
 
 /// <summary>
-/// The shape constants every ILGPU forward kernel needs, passed by value. The KV pool is laid out as
+/// The attention shape the K/V and attention kernels read: a model card's constants (a struct the source generator
+/// writes per card, whose properties return literals, so ILGPU compiles the kernels with them as constants), or the
+/// run-time <see cref="IlgpuShape"/> for a model without a card. The KV pool is laid out as
 /// <see cref="Kv.KvCacheLayout"/> says (per block, per layer, K then V planes of [KV heads][block tokens][head dim]), in f32.
 /// </summary>
-public readonly record struct IlgpuShape(int Hidden, int Heads, int KvHeads, int HeadDim, int BlockSize, int Layers, int Interleaved)
+public interface IIlgpuShape
 {
-    /// <summary>Floats in one K (or V) plane of one layer of one block.</summary>
-    public int PlaneFloats => BlockSize * KvHeads * HeadDim;
-
-    /// <summary>Where element <paramref name="d"/> of (block, layer, K or V, kv head, slot) lives in the pool.</summary>
-    public long Offset(int block, int layer, int value, int head, int slot, int d) =>
-        ((long)block * Layers * 2 + layer * 2 + value) * PlaneFloats + ((long)head * BlockSize + slot) * HeadDim + d;
+    /// <summary>Query heads.</summary>
+    int Heads { get; }
+    /// <summary>Key/value heads.</summary>
+    int KvHeads { get; }
+    /// <summary>Width of one head.</summary>
+    int HeadDim { get; }
+    /// <summary>Tokens per KV block.</summary>
+    int BlockSize { get; }
+    /// <summary>Transformer blocks.</summary>
+    int Layers { get; }
+    /// <summary>1 for llama2.c's interleaved RoPE pairs, 0 for rotate-half (a property of the checkpoint, not the card).</summary>
+    int Interleaved { get; }
 }
+
+/// <summary>The attention shape as run-time values, for a model without a card.</summary>
+public readonly record struct IlgpuShape(int Heads, int KvHeads, int HeadDim, int BlockSize, int Layers, int Interleaved) : IIlgpuShape;
 
 /// <summary>
 /// The forward pass's kernels written once in C# and compiled by ILGPU for whichever accelerator runs them (CUDA, or
@@ -24,6 +35,10 @@ public readonly record struct IlgpuShape(int Hidden, int Heads, int KvHeads, int
 /// </summary>
 public static class IlgpuKernels
 {
+    /// <summary>Where element <paramref name="d"/> of (block, layer, K = 0 or V = 1, kv head, slot) lives in the pool.</summary>
+    private static long Offset<TShape>(TShape shape, int block, int layer, int value, int head, int slot, int d) where TShape : struct, IIlgpuShape =>
+        ((long)block * shape.Layers * 2 + layer * 2 + value) * shape.BlockSize * shape.KvHeads * shape.HeadDim + ((long)head * shape.BlockSize + slot) * shape.HeadDim + d;
+
     /// <summary>x[t, c] = embedding[ids[t], c], or soft[−1 − ids[t], c] for a soft token. Index: (c, t).</summary>
     public static void Embed(Index2D i, ArrayView<int> ids, ArrayView<float> embedding, ArrayView<float> soft, ArrayView<float> x, int hidden)
     {
@@ -53,8 +68,8 @@ public static class IlgpuKernels
     }
 
     /// <summary>Token t's K, rotated at its position, and V into (blocks[t], slots[t]) of <paramref name="layer"/>. Index: (kv head, t).</summary>
-    public static void AppendKv(Index2D i, ArrayView<float> k, ArrayView<float> v, ArrayView<float> pool, ArrayView<int> blocks, ArrayView<int> slots,
-        ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, IlgpuShape shape, int layer)
+    public static void AppendKv<TShape>(Index2D i, ArrayView<float> k, ArrayView<float> v, ArrayView<float> pool, ArrayView<int> blocks, ArrayView<int> slots,
+        ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, TShape shape, int layer) where TShape : struct, IIlgpuShape
     {
         int t = i.Y, head = i.X, half = shape.HeadDim / 2, kvDim = shape.KvHeads * shape.HeadDim;
         long row = (long)t * kvDim + head * shape.HeadDim, angles = (long)positions[t] * half;
@@ -62,10 +77,10 @@ public static class IlgpuKernels
         {
             int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
             float c = cos[angles + p], s = sin[angles + p], ka = k[row + a], kb = k[row + b];
-            pool[shape.Offset(blocks[t], layer, 0, head, slots[t], a)] = ka * c - kb * s;
-            pool[shape.Offset(blocks[t], layer, 0, head, slots[t], b)] = ka * s + kb * c;
+            pool[Offset(shape, blocks[t], layer, 0, head, slots[t], a)] = ka * c - kb * s;
+            pool[Offset(shape, blocks[t], layer, 0, head, slots[t], b)] = ka * s + kb * c;
         }
-        for (int d = 0; d < shape.HeadDim; d++) pool[shape.Offset(blocks[t], layer, 1, head, slots[t], d)] = v[row + d];
+        for (int d = 0; d < shape.HeadDim; d++) pool[Offset(shape, blocks[t], layer, 1, head, slots[t], d)] = v[row + d];
     }
 
     /// <summary>
@@ -74,9 +89,9 @@ public static class IlgpuKernels
     /// packet's keys (rotated at their local positions) need no rewrite. Online softmax, the running output kept in
     /// <paramref name="output"/>; <paramref name="rotated"/> holds the rotated query. Index: (head, t).
     /// </summary>
-    public static void Attention(Index2D i, ArrayView<float> q, ArrayView<float> pool, ArrayView<int> entries, ArrayView<int> tableStart, ArrayView<int> tableLength,
+    public static void Attention<TShape>(Index2D i, ArrayView<float> q, ArrayView<float> pool, ArrayView<int> entries, ArrayView<int> tableStart, ArrayView<int> tableLength,
         ArrayView<int> tokenChunk, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, ArrayView<float> rotated, ArrayView<float> output,
-        IlgpuShape shape, int layer, float scale)
+        TShape shape, int layer, float scale) where TShape : struct, IIlgpuShape
     {
         int t = i.Y, head = i.X, dim = shape.HeadDim, half = dim / 2, kvHead = head / (shape.Heads / shape.KvHeads), position = positions[t];
         long row = ((long)t * shape.Heads + head) * dim;
@@ -98,11 +113,11 @@ public static class IlgpuKernels
             for (int j = 0; j < length && firstPosition + j <= position; j++)
             {
                 float score = 0;
-                for (int d = 0; d < dim; d++) score += rotated[row + d] * pool[shape.Offset(block, layer, 0, kvHead, firstSlot + j, d)];
+                for (int d = 0; d < dim; d++) score += rotated[row + d] * pool[Offset(shape, block, layer, 0, kvHead, firstSlot + j, d)];
                 score *= scale;
                 float next = MathF.Max(max, score), correction = MathF.Exp(max - next), weight = MathF.Exp(score - next);
                 sum = sum * correction + weight;
-                for (int d = 0; d < dim; d++) output[row + d] = output[row + d] * correction + weight * pool[shape.Offset(block, layer, 1, kvHead, firstSlot + j, d)];
+                for (int d = 0; d < dim; d++) output[row + d] = output[row + d] * correction + weight * pool[Offset(shape, block, layer, 1, kvHead, firstSlot + j, d)];
                 max = next;
             }
         }

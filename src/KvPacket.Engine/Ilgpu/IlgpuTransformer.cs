@@ -21,7 +21,6 @@ public sealed class IlgpuTransformer : IForwardBackend
 {
     private readonly Accelerator _accelerator;
     private readonly ModelConfig _config;
-    private readonly IlgpuShape _shape;
     private readonly IlgpuKvBlocks _blocks;
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
@@ -36,10 +35,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMul;
-    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
-        IlgpuShape, int> _appendKv;
-    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>,
-        ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, int, float> _attention;
+    private readonly IlgpuAttentionKernels _attention;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _swiGlu;
 
     private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
@@ -49,9 +45,10 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="accelerator"/> for steps of up to <paramref name="maxTokens"/>
-    /// tokens in up to <paramref name="maxSequences"/> sequences, with a KV cache of <paramref name="kvTokens"/> tokens.
+    /// tokens in up to <paramref name="maxSequences"/> sequences, with a KV cache of <paramref name="kvTokens"/> tokens; the
+    /// attention kernels compiled with the model card's constants when its shape has a card and <paramref name="specialised"/>.
     /// </summary>
-    public IlgpuTransformer(Checkpoint model, Accelerator accelerator, int maxTokens = 256, int kvTokens = 4096, int maxSequences = 32)
+    public IlgpuTransformer(Checkpoint model, Accelerator accelerator, int maxTokens = 256, int kvTokens = 4096, int maxSequences = 32, bool specialised = true)
     {
         _accelerator = accelerator;
         Model = model;
@@ -60,7 +57,6 @@ public sealed class IlgpuTransformer : IForwardBackend
         _maxChunks = Math.Min(maxSequences, maxTokens);
         _maxContext = Math.Min(kvTokens, c.MaxContextLength);
         var layout = KvCacheLayout.For(c, Core.Memory.DType.F32);
-        _shape = new IlgpuShape(c.HiddenSize, c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, c.RopeStyle == RopeStyle.Interleaved ? 1 : 0);
         _blocks = new IlgpuKvBlocks(accelerator, layout, (kvTokens + layout.BlockSize - 1) / layout.BlockSize);
 
         _embedding = Upload(model.TokenEmbedding);
@@ -111,15 +107,18 @@ public sealed class IlgpuTransformer : IForwardBackend
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
         _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
         _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
-        _appendKv = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-            ArrayView<float>, ArrayView<float>, IlgpuShape, int>(IlgpuKernels.AppendKv);
-        _attention = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, int, float>(IlgpuKernels.Attention);
+        int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
+        var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
+        _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
+                     ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic");
         _swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(IlgpuKernels.SwiGlu);
     }
 
     /// <inheritdoc />
     public Checkpoint Model { get; }
+
+    /// <summary>The model card whose constants the attention kernels were compiled with, or "generic".</summary>
+    public string Kernels => _attention.Shape;
 
     /// <inheritdoc />
     public ModelConfig Config => _config;
@@ -301,9 +300,9 @@ public sealed class IlgpuTransformer : IForwardBackend
             Multiply(w.Query, _xb, _q, n);
             Multiply(w.Key, _xb, _k, n);
             Multiply(w.Value, _xb, _v, n);
-            _appendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, _shape, layer);
-            _attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View, _positions.View,
-                _cos.View, _sin.View, _rotated.View, _att.View, _shape, layer, scale);
+            _attention.AppendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
+            _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View,
+                _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale);
             Multiply(w.Output, _att, _x, n, accumulate: true);
             _rmsNorm(n, _x.View, _allRows.View, w.FfnNorm.View, _xb.View, hidden, epsilon);
             Multiply(w.Gate, _xb, _gate, n);
