@@ -38,14 +38,22 @@ public sealed class IlgpuKernelTests : IDisposable
             Assert.True(Math.Abs(expected[i] - actual[i]) <= tolerance * (1 + Math.Abs(expected[i])), $"element {i}: {actual[i]} vs {expected[i]}");
     }
 
-    [Fact]
-    public void MatMul_with_bias_and_accumulation_matches_float64()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void MatMul_with_bias_and_accumulation_matches_float64(bool warps)
     {
         const int rows = 37, columns = 53, tokens = 5;
         float[] w = Random(rows * columns), x = Random(tokens * columns), bias = Random(rows), y0 = Random(tokens * rows);
         using MemoryBuffer1D<float, Stride1D.Dense> wb = On(w), xb = On(x), bb = On(bias), yb = On(y0);
-        var kernel = _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
-        kernel(new Index2D(rows, tokens), wb.View, xb.View, bb.View, yb.View, columns, rows, 1, 1);
+        if (warps)
+            // One warp per (row, token), the last group only partly used.
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(IlgpuKernels.MatMulWarp)(
+                new KernelConfig((rows * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
+                wb.View, xb.View, bb.View, yb.View, columns, rows, tokens, 1, 1);
+        else
+            _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul)(
+                new Index2D(rows, tokens), wb.View, xb.View, bb.View, yb.View, columns, rows, 1, 1);
         var expected = new double[tokens * rows];
         for (int t = 0; t < tokens; t++)
             for (int r = 0; r < rows; r++)

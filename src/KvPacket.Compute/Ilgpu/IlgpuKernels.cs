@@ -56,7 +56,11 @@ public static class IlgpuKernels
         for (int j = 0; j < n; j++) output[to + j] = x[from + j] * scale * weight[j];
     }
 
-    /// <summary>y[t, r] = Σ_k w[r, k] x[t, k] (+ bias[r] when <paramref name="hasBias"/>; added to y when <paramref name="accumulate"/>). Index: (r, t).</summary>
+    /// <summary>
+    /// y[t, r] = Σ_k w[r, k] x[t, k] (+ bias[r] when <paramref name="hasBias"/>; added to y when <paramref name="accumulate"/>),
+    /// one thread per output: for ILGPU's CPU accelerator, where <see cref="MatMulWarp"/>'s emulated shuffles cost ~20×.
+    /// Index: (r, t).
+    /// </summary>
     public static void MatMul(Index2D i, ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int hasBias, int accumulate)
     {
         long wRow = (long)i.X * columns, xRow = (long)i.Y * columns;
@@ -66,6 +70,29 @@ public static class IlgpuKernels
         long o = (long)i.Y * rows + i.X;
         y[o] = accumulate != 0 ? y[o] + sum : sum;
     }
+
+    /// <summary>
+    /// <see cref="MatMul"/> for a GPU, one warp per (row, token): the lanes read a row's consecutive columns together (coalesced on a GPU) and add their
+    /// sums by shuffles. Launch with <see cref="WarpsPerGroup"/> warps per group, rows × tokens warps in all.
+    /// </summary>
+    public static void MatMulWarp(ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int tokens, int hasBias, int accumulate)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
+        // Every lane reaches the shuffles (an emulated warp waits for all of its lanes), the last group's spare warps idle.
+        bool used = warp < rows * tokens;
+        int r = used ? warp % rows : 0, t = used ? warp / rows : 0;
+        long wRow = (long)r * columns, xRow = (long)t * columns;
+        float sum = 0;
+        for (int k = lane; used && k < columns; k += Warp.WarpSize) sum += w[wRow + k] * x[xRow + k];
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleDown(sum, offset);
+        if (!used || lane != 0) return;
+        if (hasBias != 0) sum += bias[r];
+        long o = (long)t * rows + r;
+        y[o] = accumulate != 0 ? y[o] + sum : sum;
+    }
+
+    /// <summary>Warps per group of <see cref="MatMulWarp"/>.</summary>
+    public const int WarpsPerGroup = 4;
 
     /// <summary>Token t's K, rotated at its position, and V into (blocks[t], slots[t]) of <paramref name="layer"/>. Index: (kv head, t).</summary>
     public static void AppendKv<TShape>(Index2D i, ArrayView<float> k, ArrayView<float> v, ArrayView<float> pool, ArrayView<int> blocks, ArrayView<int> slots,

@@ -34,7 +34,8 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
-    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> _matMul;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _matMul;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? _matMulWarp;
     private readonly IlgpuAttentionKernels _attention;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _swiGlu;
 
@@ -106,7 +107,11 @@ public sealed class IlgpuTransformer : IForwardBackend
 
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
         _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
-        _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
+        // Products: a warp per output row on a GPU; a thread per output on the CPU accelerator, whose warps are emulated.
+        if (accelerator.AcceleratorType == AcceleratorType.CPU)
+            _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
+        else
+            _matMulWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
         int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
         _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
@@ -312,13 +317,22 @@ public sealed class IlgpuTransformer : IForwardBackend
         }
         int rows = allRows ? n : chunks;
         _rmsNorm(rows, _x.View, allRows ? _allRows.View : _rows.View, _finalNorm.View, _xb.View, hidden, epsilon);
-        _matMul(new Index2D(c.VocabSize, rows), _classifier.View, _xb.View, _none.View, _logits.View, hidden, c.VocabSize, 0, 0);
+        Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
         _accelerator.Synchronize();
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
     }
 
-    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false) =>
-        _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, (m.Bias ?? _none).View, output.View, m.Columns, m.Rows, m.Bias is null ? 0 : 1, accumulate ? 1 : 0);
+    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false)
+    {
+        var bias = (m.Bias ?? _none).View;
+        int hasBias = m.Bias is null ? 0 : 1, add = accumulate ? 1 : 0;
+        if (_matMul is not null) _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, bias, output.View, m.Columns, m.Rows, hasBias, add);
+        else
+        {
+            int groups = (m.Rows * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup;
+            _matMulWarp!(new KernelConfig(groups, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), m.Weights.View, input.View, bias, output.View, m.Columns, m.Rows, tokens, hasBias, add);
+        }
+    }
 
     /// <summary>The first <paramref name="rows"/> rows of the last step's logits into <paramref name="logits"/>.</summary>
     private void Download(int rows, Span<float> logits)
