@@ -28,4 +28,16 @@ public class DaemonOptionsTests
         var error = Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--shared-tier", "http://x:1"]));
         Assert.StartsWith("--shared-tier:", error.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void The_device_and_the_resident_tier_are_flags_and_a_bad_value_is_named()
+    {
+        var defaults = DaemonOptions.Parse(["--model", "m", "--store", "s"]);
+        Assert.Equal(("auto", (int?)null), (defaults.Device, defaults.ResidentBlocks));
+        var flags = DaemonOptions.Parse(["--model", "m", "--store", "s", "--device", "cpu", "--resident-blocks", "0"]);
+        Assert.Equal(("cpu", (int?)0), (flags.Device, flags.ResidentBlocks));
+        Assert.StartsWith("--device:", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--device", "tpu"])).Message, StringComparison.Ordinal);
+        Assert.Contains("--resident-blocks", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--resident-blocks", "-1"])).Message);
+        Assert.Contains("--device cpu|cuda|auto", DaemonOptions.Usage);
+    }
 }

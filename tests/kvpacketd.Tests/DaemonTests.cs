@@ -96,6 +96,32 @@ public class DaemonTests
     }
 
     [Fact]
+    public async Task With_nothing_resident_every_request_reads_its_packets_from_the_store_and_answers_the_same()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string store = Path.Combine(temp.Path, "store");
+        var ids = new List<string>();
+        List<int> expected;
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
+        {
+            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(40 + d * 9, d) }, 201)).GetProperty("id").GetString()!);
+            expected = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 12, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+        }
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu", "--resident-blocks", "0"))
+        {
+            for (int round = 1; round <= 3; round++)
+            {
+                var tokens = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 12, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+                Assert.Equal(expected, tokens);
+                Assert.Equal(2 * round, await daemon.MetricAsync("kvpacket_packet_store_loads"));
+                Assert.Equal(0, await daemon.MetricAsync("kvpacket_packet_resident_hits"));
+            }
+            Assert.True(await daemon.MetricAsync("kvpacket_packet_store_load_bytes") > 0);
+            Assert.True(await daemon.MetricAsync("kvpacket_packet_store_load_seconds") > 0);
+        }
+    }
+
+    [Fact]
     public async Task Bad_requests_get_the_right_status_and_message_and_the_daemon_keeps_serving()
     {
         using var temp = Fixtures.TempDirectory();
