@@ -122,6 +122,24 @@ public class DaemonTests
     }
 
     [Fact]
+    public async Task Concurrent_requests_whose_store_loaded_packets_overfill_the_cache_wait_and_all_complete()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string store = Path.Combine(temp.Path, "store");
+        var ids = new List<string>();
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
+            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(100, d) }, 201)).GetProperty("id").GetString()!);
+        // 64 blocks of 16 tokens; each request holds its own copy of both packets (14 blocks) while it runs.
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu", "--resident-blocks", "0", "--kv-tokens", "1024"))
+        {
+            var all = await Task.WhenAll(Enumerable.Range(0, 16).Select(i => Task.Run(() =>
+                StreamAsync(daemon.Client, new { prompt = Tokens(6, i), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" }))));
+            Assert.All(all, r => Assert.Equal(8, r.Tokens.Count));
+            Assert.Equal(0, await daemon.MetricAsync("kvpacket_kv_blocks_in_use"));
+        }
+    }
+
+    [Fact]
     public async Task Bad_requests_get_the_right_status_and_message_and_the_daemon_keeps_serving()
     {
         using var temp = Fixtures.TempDirectory();

@@ -40,7 +40,7 @@ public sealed class KvPacketEngine : IAsyncDisposable
         _options = options;
         _model = options.Backend?.Invoke(checkpoint) ?? new Transformer(checkpoint, options.Model);
         _scheduler = new Scheduler(_model, options.Scheduler);
-        _scheduler.Post(model => _source = options.Packets?.Invoke(model) ?? new BuiltPackets(model));
+        _scheduler.Post(model => _scheduler.Packets = _source = options.Packets?.Invoke(model) ?? new BuiltPackets(model));
         _loop = Task.Factory.StartNew(() => _scheduler.RunAsync(_stop.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
@@ -158,22 +158,8 @@ public sealed class KvPacketEngine : IAsyncDisposable
         Validate(request);
         using var abandon = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         var sink = new ChannelSink();
-        var submitted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _scheduler.Post(model =>
-        {
-            try
-            {
-                var scheduled = new ScheduledRequest(Segments(request), request.Limits, sink, Config.EosTokenIds, abandon.Token) { Group = request.Group };
-                if (!_scheduler.TrySubmit(scheduled))
-                {
-                    scheduled.ReleasePackets();
-                    throw new OverloadedException("the engine's waiting queue is full; try again later.");
-                }
-                submitted.TrySetResult();
-            }
-            catch (Exception e) { submitted.TrySetException(e); }
-        });
-        await submitted.Task.ConfigureAwait(false);
+        var scheduled = new ScheduledRequest(Segments(request), request.Limits, sink, Config.EosTokenIds, abandon.Token) { Group = request.Group };
+        if (!_scheduler.TrySubmit(scheduled)) throw new OverloadedException("the engine's waiting queue is full; try again later.");
         try
         {
             await foreach (var e in sink.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
@@ -208,38 +194,29 @@ public sealed class KvPacketEngine : IAsyncDisposable
                 if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(request), $"token {token} is outside the vocabulary (0..{vocab - 1}).");
     }
 
-    /// <summary>The request's prompt as scheduler segments; runs on the scheduler's thread (packets may be built here).</summary>
+    /// <summary>The request's prompt as scheduler segments: documents' packets are acquired when the scheduler admits it.</summary>
     private List<PromptSegment> Segments(EngineRequest request)
     {
         var segments = new List<PromptSegment>();
         if (request.Prefix.Length > 0) segments.Add(new PromptSegment.Tokens(request.Prefix));
-        var documents = request.Packets.Select(id => _packets[id].Document).Concat(request.Documents);
-        try
+        foreach (int[] document in request.Packets.Select(id => _packets[id].Document).Concat(request.Documents))
         {
-            foreach (int[] document in documents)
+            switch (request.Mode)
             {
-                switch (request.Mode)
-                {
-                    case RagMode.Full:
-                        segments.Add(new PromptSegment.Tokens(document));
-                        break;
-                    case RagMode.Naive:
-                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, null)));
-                        break;
-                    case RagMode.KvPacket:
-                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, _options.Adapter)));
-                        break;
-                    case RagMode.KvLink:
-                        segments.Add(new PromptSegment.Placed(_source!.Acquire(document, null)));
-                        segments.Add(new PromptSegment.Soft(_options.Adapter!.Links));
-                        break;
-                }
+                case RagMode.Full:
+                    segments.Add(new PromptSegment.Tokens(document));
+                    break;
+                case RagMode.Naive:
+                    segments.Add(new PromptSegment.Document(document, null));
+                    break;
+                case RagMode.KvPacket:
+                    segments.Add(new PromptSegment.Document(document, _options.Adapter));
+                    break;
+                case RagMode.KvLink:
+                    segments.Add(new PromptSegment.Document(document, null));
+                    segments.Add(new PromptSegment.Soft(_options.Adapter!.Links));
+                    break;
             }
-        }
-        catch
-        {
-            foreach (var segment in segments) if (segment is PromptSegment.Placed placed) placed.Packet.Dispose();
-            throw;
         }
         segments.Add(new PromptSegment.Tokens(request.Prompt));
         return segments;

@@ -14,6 +14,7 @@ public sealed class ScheduledRequest
     private readonly IReadOnlyList<int> _stopTokens;
     private readonly int[] _generated;
     private readonly int _promptSegments;
+    private readonly PromptSegment.Document?[] _acquired;   // per prompt segment: the document whose packet the scheduler acquired there
     private int _segment, _offset;
 
     /// <summary>A request for <paramref name="segments"/>, reporting to <paramref name="sink"/>.</summary>
@@ -23,9 +24,10 @@ public sealed class ScheduledRequest
         _segments = [.. segments];
         if (_segments.Count == 0) throw new ArgumentException("A request needs a prompt.", nameof(segments));
         _promptSegments = _segments.Count;
+        _acquired = new PromptSegment.Document?[_promptSegments];
         if (_segments.Any(segment => segment is PromptSegment.Tokens { Ids.Length: 0 } or PromptSegment.Soft { Embeddings.Length: 0 }))
             throw new ArgumentException("A prompt segment of tokens or soft tokens is empty.", nameof(segments));
-        if (_segments[^1] is PromptSegment.Placed)
+        if (_segments[^1] is PromptSegment.Placed or PromptSegment.Document)
             throw new ArgumentException("A prompt must end with computed tokens (the query): the first generated token needs their logits.", nameof(segments));
         if (limits.MaxTokens < 1) throw new ArgumentOutOfRangeException(nameof(limits), $"max tokens must be at least 1, not {limits.MaxTokens}.");
         Limits = limits;
@@ -65,6 +67,7 @@ public sealed class ScheduledRequest
         (PromptSegment.Tokens a, PromptSegment.Tokens b) => a.Ids.AsSpan().SequenceEqual(b.Ids),
         (PromptSegment.Soft a, PromptSegment.Soft b) => a.Embeddings.AsSpan().SequenceEqual(b.Embeddings),
         (PromptSegment.Placed a, PromptSegment.Placed b) => a.Packet.PositionSpan == b.Packet.PositionSpan && a.Packet.Blocks.SequenceEqual(b.Packet.Blocks),
+        (PromptSegment.Document a, PromptSegment.Document b) => a.Ids.AsSpan().SequenceEqual(b.Ids) && a.Adapter == b.Adapter,
         _ => false,
     });
 
@@ -143,11 +146,49 @@ public sealed class ScheduledRequest
     }
 
     /// <summary>
+    /// Acquires the packets of the prompt's <see cref="PromptSegment.Document"/> segments from <paramref name="source"/>
+    /// (on admission). All or nothing: when one cannot be had — the KV cache is full, say — those acquired are let go
+    /// and the exception is rethrown, the request unchanged.
+    /// </summary>
+    internal void AcquirePackets(Rag.IPacketSource? source)
+    {
+        for (int i = 0; i < _promptSegments; i++)
+        {
+            if (_segments[i] is not PromptSegment.Document document) continue;
+            try
+            {
+                var packet = (source ?? throw new InvalidOperationException("the scheduler has no packet source for the prompt's documents.")).Acquire(document.Ids, document.Adapter);
+                _segments[i] = new PromptSegment.Placed(packet);
+                _acquired[i] = document;
+            }
+            catch
+            {
+                ReturnAcquiredPackets();
+                throw;
+            }
+        }
+    }
+
+    /// <summary>Lets go of the packets <see cref="AcquirePackets"/> took, the segments documents again (a preempted request holds no blocks while it waits).</summary>
+    internal void ReturnAcquiredPackets()
+    {
+        for (int i = 0; i < _promptSegments; i++)
+        {
+            if (_acquired[i] is not { } document) continue;
+            ((PromptSegment.Placed)_segments[i]).Packet.Dispose();
+            _segments[i] = document;
+            _acquired[i] = null;
+        }
+    }
+
+    /// <summary>
     /// After preemption: the KV is gone, so what was computed — prompt and generated tokens — is computed again.
-    /// Packets are placed again (they are still shared in the cache).
+    /// Packets are placed again: those the request was given stay held (shared in the cache), those it acquired itself
+    /// are let go until it is admitted again.
     /// </summary>
     internal void Restart()
     {
+        ReturnAcquiredPackets();
         _segments.RemoveRange(_promptSegments, _segments.Count - _promptSegments);
         if (GeneratedCount > 0) _segments.Add(new PromptSegment.Tokens(_generated[..GeneratedCount]));
         _segment = 0;

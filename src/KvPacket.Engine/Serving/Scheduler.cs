@@ -1,3 +1,4 @@
+using KvPacket.Compute.Kv;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using KvPacket.Core.Diagnostics;
@@ -9,7 +10,7 @@ namespace KvPacket.Engine.Serving;
 /// <summary>
 /// Continuous batching over one model. Each <see cref="Step"/> batches one decode token of every running request with
 /// chunked prefill of requests still reading their prompt, under a token budget; new requests are admitted when a
-/// batch slot and KV blocks are free; finished, cancelled or expired requests free their blocks at once. When a step
+/// batch slot and KV blocks are free, and only then acquire their documents' packets (a waiting request holds no blocks); finished, cancelled or expired requests free their blocks at once. When a step
 /// needs more blocks than are free, the most recently admitted request is preempted: its KV is dropped and its prompt
 /// and generated tokens are recomputed later (packets are placed again, at no cost). Requests of one
 /// <see cref="PromptGroup"/> (the n choices of a prompt) compute the prompt once: a sibling waits for its leader's
@@ -63,6 +64,9 @@ public sealed class Scheduler
     /// on each request's own row its wait in the queue, each prefill chunk and each decode step.
     /// </summary>
     public TraceRecorder? Trace { get; set; }
+
+    /// <summary>Where the packets of requests' <see cref="PromptSegment.Document"/> segments come from, acquired on admission (set on the scheduler's thread).</summary>
+    public Rag.IPacketSource? Packets { get; set; }
 
     /// <summary>Requests running (admitted, holding KV).</summary>
     public int RunningCount => _running.Count;
@@ -222,6 +226,15 @@ public sealed class Scheduler
             // A sibling whose leader is computing the shared prompt waits for it: then it computes only the tail.
             if (request.Group?.Leader is { } computing && computing != request && !computing.PromptDone && _running.Contains(computing)) break;
             if (_model.KvBlocks.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
+            try { request.AcquirePackets(Packets); }
+            catch (KvCacheExhaustedException) when (_running.Count > 0) { break; }   // running requests will give blocks back
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                _waiting.RemoveFirst();
+                Interlocked.Decrement(ref _queued);
+                Finish(request, FinishReason.Error, $"its packets could not be had: {e.Message}");
+                continue;
+            }
             _waiting.RemoveFirst();
             Interlocked.Decrement(ref _queued);
             request.Sequence ??= new BackendSequence(_model, _model.CreateSequence());
