@@ -1,6 +1,6 @@
-using KvPacket.Compute.Kv;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using KvPacket.Compute.Kv;
 using KvPacket.Core.Diagnostics;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Sampling;
@@ -10,9 +10,10 @@ namespace KvPacket.Engine.Serving;
 /// <summary>
 /// Continuous batching over one model. Each <see cref="Step"/> batches one decode token of every running request with
 /// chunked prefill of requests still reading their prompt, under a token budget; new requests are admitted when a
-/// batch slot and KV blocks are free, and only then acquire their documents' packets (a waiting request holds no blocks); finished, cancelled or expired requests free their blocks at once. When a step
-/// needs more blocks than are free, the most recently admitted request is preempted: its KV is dropped and its prompt
-/// and generated tokens are recomputed later (packets are placed again, at no cost). Requests of one
+/// batch slot and KV blocks are free, and only then acquire their documents' packets (a waiting request holds no
+/// blocks); finished, cancelled or expired requests free their blocks at once. When a step needs more blocks than are
+/// free, the most recently admitted request is preempted: its KV is dropped, the packets it acquired are given back,
+/// and its prompt and generated tokens are recomputed later (packets are placed again). Requests of one
 /// <see cref="PromptGroup"/> (the n choices of a prompt) compute the prompt once: a sibling waits for its leader's
 /// prompt and takes those blocks, computing only the tail. Steps run on one thread
 /// (<see cref="RunAsync"/>, or a caller of <see cref="Step"/>); <see cref="TrySubmit"/> may be called from any thread.
