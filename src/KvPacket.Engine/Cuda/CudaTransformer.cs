@@ -176,24 +176,16 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another GPU's cache.", nameof(packet));
-        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The packet's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(packet));
         long bytes = _blocks.Layout.BlockBytes;
-        var blocks = new int[packet.Blocks.Count];
-        _blocks.Allocate(blocks);
-        for (int b = 0; b < blocks.Length; b++) _device.Upload<byte>(host.BlockBytes(packet.Blocks[b]), _blocks.Memory, blocks[b] * bytes);
-        return new Packet(_blocks, blocks, packet.Length, packet.PositionSpan);
+        return packet.CopyTo(_blocks, (from, to) => _device.Upload<byte>(host.BlockBytes(from), _blocks.Memory, to * bytes));
     }
 
     /// <inheritdoc />
     public Packet ExportPacket(Packet packet, KvBlockPool host)
     {
         if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet is not in this GPU's cache.", nameof(packet));
-        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The host pool's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(host));
         long bytes = _blocks.Layout.BlockBytes;
-        var blocks = new int[packet.Blocks.Count];
-        host.Allocate(blocks);
-        for (int b = 0; b < blocks.Length; b++) _device.Download<byte>(_blocks.Memory, host.BlockBytes(blocks[b]), packet.Blocks[b] * bytes);
-        return new Packet(host, blocks, packet.Length, packet.PositionSpan);
+        return packet.CopyTo(host, (from, to) => _device.Download<byte>(_blocks.Memory, host.BlockBytes(to), from * bytes));
     }
 
     /// <inheritdoc />

@@ -48,6 +48,30 @@ public sealed class Packet : IDisposable
         return new Packet(Pool, Blocks, Length, PositionSpan);
     }
 
+    /// <summary>
+    /// A copy of this packet in fresh blocks of <paramref name="target"/> (another backend's cache, or a host pool to
+    /// store it from), the bytes moved one block at a time by <paramref name="copyBlock"/>(this block, the target's block).
+    /// On failure the target's blocks are given back.
+    /// </summary>
+    /// <exception cref="ArgumentException">The target's KV layout is not this packet's.</exception>
+    public Packet CopyTo(KvBlocks target, Action<int, int> copyBlock)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (target.Layout != Pool.Layout) throw new ArgumentException($"The packet's KV layout ({Pool.Layout}) is not the target cache's ({target.Layout}).", nameof(target));
+        var blocks = new int[Blocks.Count];
+        target.Allocate(blocks);
+        try
+        {
+            for (int b = 0; b < blocks.Length; b++) copyBlock(Blocks[b], blocks[b]);
+        }
+        catch
+        {
+            foreach (int block in blocks) target.Release(block);
+            throw;
+        }
+        return new Packet(target, blocks, Length, PositionSpan);
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -191,11 +191,7 @@ public sealed unsafe class Transformer : IForwardBackend
     {
         if (ReferenceEquals(packet.Pool, target)) return packet.Share();
         var source = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in GPU memory; the CPU backend copies host packets only.", nameof(packet));
-        if (source.Layout != target.Layout) throw new ArgumentException($"The packet's KV layout ({source.Layout}) is not this cache's ({target.Layout}).", nameof(packet));
-        var blocks = new int[packet.Blocks.Count];
-        target.Allocate(blocks);
-        for (int b = 0; b < blocks.Length; b++) source.BlockBytes(packet.Blocks[b]).CopyTo(target.BlockBytes(blocks[b]));
-        return new Packet(target, blocks, packet.Length, packet.PositionSpan);
+        return packet.CopyTo(target, (from, to) => source.BlockBytes(from).CopyTo(target.BlockBytes(to)));
     }
 
     /// <inheritdoc />

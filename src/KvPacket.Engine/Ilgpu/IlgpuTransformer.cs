@@ -199,13 +199,13 @@ public sealed class IlgpuTransformer : IForwardBackend
         int hidden = _config.HiddenSize;
         if (embeddings.Length % hidden != 0) throw new ArgumentException($"Soft tokens are rows of {hidden} floats; got {embeddings.Length}.", nameof(embeddings));
         Span<int> one = [sequence];
-        var ids = new int[Math.Min(_maxTokens, embeddings.Length / hidden)];
-        for (int i = 0; i < ids.Length; i++) ids[i] = -1 - i;
+        Span<int> ids = stackalloc int[Math.Min(_maxTokens, embeddings.Length / hidden)];
+        for (int i = 0; i < ids.Length; i++) ids[i] = -1 - i;   // a negative id is soft row −1 − id
         for (int offset = 0; offset < embeddings.Length; offset += _maxTokens * hidden)
         {
             int n = Math.Min(_maxTokens, (embeddings.Length - offset) / hidden);
             Span<int> length = [n];
-            Run(one, length, ids.AsSpan(0, n), embeddings.Slice(offset, n * hidden), allRows: false);
+            Run(one, length, ids[..n], embeddings.Slice(offset, n * hidden), allRows: false);
         }
         if (!logits.IsEmpty && !embeddings.IsEmpty) Download(1, logits[.._config.VocabSize]);
     }
@@ -220,22 +220,14 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
-        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The packet's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(packet));
-        var blocks = new int[packet.Blocks.Count];
-        _blocks.Allocate(blocks);
-        for (int b = 0; b < blocks.Length; b++) _blocks.Block(blocks[b]).AsContiguous().CopyFromCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(packet.Blocks[b])));
-        return new Packet(_blocks, blocks, packet.Length, packet.PositionSpan);
+        return packet.CopyTo(_blocks, (from, to) => _blocks.Block(to).AsContiguous().CopyFromCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(from))));
     }
 
     /// <inheritdoc />
     public Packet ExportPacket(Packet packet, KvBlockPool host)
     {
         if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet is not in this device's cache.", nameof(packet));
-        if (host.Layout != _blocks.Layout) throw new ArgumentException($"The host pool's KV layout ({host.Layout}) is not this cache's ({_blocks.Layout}).", nameof(host));
-        var blocks = new int[packet.Blocks.Count];
-        host.Allocate(blocks);
-        for (int b = 0; b < blocks.Length; b++) _blocks.Block(packet.Blocks[b]).AsContiguous().CopyToCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(blocks[b])));
-        return new Packet(host, blocks, packet.Length, packet.PositionSpan);
+        return packet.CopyTo(host, (from, to) => _blocks.Block(from).AsContiguous().CopyToCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(to))));
     }
 
     /// <inheritdoc />

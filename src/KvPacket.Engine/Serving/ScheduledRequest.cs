@@ -152,20 +152,20 @@ public sealed class ScheduledRequest
     /// </summary>
     internal void AcquirePackets(Rag.IPacketSource? source)
     {
-        for (int i = 0; i < _promptSegments; i++)
+        try
         {
-            if (_segments[i] is not PromptSegment.Document document) continue;
-            try
+            for (int i = 0; i < _promptSegments; i++)
             {
+                if (_segments[i] is not PromptSegment.Document document) continue;
                 var packet = (source ?? throw new InvalidOperationException("the scheduler has no packet source for the prompt's documents.")).Acquire(document.Ids, document.Adapter);
                 _segments[i] = new PromptSegment.Placed(packet);
                 _acquired[i] = document;
             }
-            catch
-            {
-                ReturnAcquiredPackets();
-                throw;
-            }
+        }
+        catch
+        {
+            ReturnAcquiredPackets();
+            throw;
         }
     }
 
