@@ -39,11 +39,12 @@ public sealed class IlgpuKernelTests : IDisposable
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void MatMul_with_bias_and_accumulation_matches_float64(bool warps)
+    [InlineData(false, 53)]
+    [InlineData(true, 53)]
+    [InlineData(true, 52)]   // rows 16-byte aligned: four columns per load
+    public void MatMul_with_bias_and_accumulation_matches_float64(bool warps, int columns)
     {
-        const int rows = 37, columns = 53, tokens = 5;
+        const int rows = 37, tokens = 5;
         float[] w = Random(rows * columns), x = Random(tokens * columns), bias = Random(rows), y0 = Random(tokens * rows);
         using MemoryBuffer1D<float, Stride1D.Dense> wb = On(w), xb = On(x), bb = On(bias), yb = On(y0);
         if (warps)
@@ -103,5 +104,83 @@ public sealed class IlgpuKernelTests : IDisposable
             new Index2D(hidden, ids.Length), ib.View, tb.View, sb.View, xb.View, hidden);
         var expected = ids.SelectMany(id => id >= 0 ? table.Skip(id * hidden).Take(hidden) : soft.Skip((-1 - id) * hidden).Take(hidden)).Select(v => (double)v).ToArray();
         Close(expected, xb.GetAsArray1D(), 0);
+    }
+
+    [Theory]
+    [InlineData(false, 0, 8)]
+    [InlineData(true, 0, 8)]
+    [InlineData(true, 1, 8)]
+    // Wider than four emulated warps of columns (warp size 4): two passes over the keys.
+    [InlineData(true, 0, 24)]
+    public void Attention_over_realigned_entries_matches_float64(bool warps, int interleaved, int dim)
+    {
+        // Six query heads over two KV heads, blocks of 4 tokens, the second of two layers. Chunk 0: a block at positions
+        // 0–3, a packet's 3 tokens placed at 4 (rotation 4: its keys were rotated at 0–2), a block at 7–10, queried by
+        // tokens at positions 8 and 10 (8 sees only part of the last block). Chunk 1: one block, queried at position 2.
+        var shape = new IlgpuShape(6, 2, dim, 4, 2, interleaved);
+        const int layer = 1, maxPosition = 16;
+        int half = dim / 2, blocks = 4;
+        int[] entries = [2, 0, 4, 0, 0, /**/ 0, 4, 3, 4, 0, /**/ 1, 7, 4, 0, 0, /**/ 3, 0, 3, 0, 0];
+        int[] tableStart = [0, 3], tableLength = [3, 1], chunkOf = [0, 0, 1], positions = [8, 10, 2];
+        int tokens = positions.Length;
+        float[] q = Random(tokens * shape.Heads * dim), pool = Random(blocks * shape.Layers * 2 * shape.BlockSize * shape.KvHeads * dim);
+        var cos = new float[maxPosition * half];
+        var sin = new float[cos.Length];
+        for (int p = 0; p < maxPosition; p++)
+            for (int j = 0; j < half; j++)
+            {
+                double angle = p * Math.Pow(10000, -2.0 * j / dim);
+                (cos[p * half + j], sin[p * half + j]) = ((float)Math.Cos(angle), (float)Math.Sin(angle));
+            }
+        float scale = 1f / MathF.Sqrt(dim);
+        using MemoryBuffer1D<float, Stride1D.Dense> qb = On(q), pb = On(pool), cb = On(cos), sb = On(sin),
+            rb = _accelerator.Allocate1D<float>(q.Length), ob = _accelerator.Allocate1D<float>(q.Length);
+        using MemoryBuffer1D<int, Stride1D.Dense> eb = On(entries), tsb = On(tableStart), tlb = On(tableLength), chb = On(chunkOf), posb = On(positions);
+        if (warps)
+        {
+            int groups = (shape.Heads * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup;
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp)(
+                new KernelConfig(groups, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), qb.View, pb.View, eb.View, tsb.View, tlb.View, chb.View, posb.View,
+                cb.View, sb.View, rb.View, ob.View, shape, new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = tokens });
+        }
+        else
+            _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, int, float>(IlgpuKernels.Attention)(
+                new Index2D(shape.Heads, tokens), qb.View, pb.View, eb.View, tsb.View, tlb.View, chb.View, posb.View, cb.View, sb.View, rb.View, ob.View, shape, layer, scale);
+
+        long Offset(int block, int value, int head, int slot) =>
+            ((long)block * shape.Layers * 2 + layer * 2 + value) * shape.BlockSize * shape.KvHeads * dim + ((long)head * shape.BlockSize + slot) * dim;
+        var expected = new double[q.Length];
+        for (int t = 0; t < tokens; t++)
+            for (int h = 0; h < shape.Heads; h++)
+            {
+                int kvHead = h / (shape.Heads / shape.KvHeads), chunk = chunkOf[t];
+                var scores = new List<(double Score, long Value)>();
+                for (int e = tableStart[chunk]; e < tableStart[chunk] + tableLength[chunk]; e++)
+                {
+                    int block = entries[5 * e], firstPosition = entries[5 * e + 1], length = entries[5 * e + 2], rotation = entries[5 * e + 3], slot = entries[5 * e + 4];
+                    var rotated = new double[dim];
+                    int angles = (positions[t] - rotation) * half;
+                    for (int p = 0; p < half; p++)
+                    {
+                        int a = interleaved != 0 ? 2 * p : p, b = interleaved != 0 ? 2 * p + 1 : p + half;
+                        double qa = q[(t * shape.Heads + h) * dim + a], qb2 = q[(t * shape.Heads + h) * dim + b];
+                        rotated[a] = qa * cos[angles + p] - qb2 * sin[angles + p];
+                        rotated[b] = qa * sin[angles + p] + qb2 * cos[angles + p];
+                    }
+                    for (int j = 0; j < length && firstPosition + j <= positions[t]; j++)
+                    {
+                        long key = Offset(block, 0, kvHead, slot + j);
+                        double dot = 0;
+                        for (int d = 0; d < dim; d++) dot += rotated[d] * pool[key + d];
+                        scores.Add((dot * scale, Offset(block, 1, kvHead, slot + j)));
+                    }
+                }
+                double max = scores.Max(s => s.Score), total = scores.Sum(s => Math.Exp(s.Score - max));
+                foreach (var (score, value) in scores)
+                    for (int d = 0; d < dim; d++) expected[(t * shape.Heads + h) * dim + d] += Math.Exp(score - max) / total * pool[value + d];
+            }
+        Close(expected, ob.GetAsArray1D(), 1e-5);
     }
 }

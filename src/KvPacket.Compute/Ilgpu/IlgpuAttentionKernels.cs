@@ -13,7 +13,11 @@ public sealed class IlgpuAttentionKernels
     public required Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>,
         ArrayView<float>, int> AppendKv { get; init; }
 
-    /// <summary><see cref="IlgpuKernels.Attention{TShape}"/> for this shape (every argument but the shape).</summary>
+    /// <summary>
+    /// Paged attention for this shape (every argument of <see cref="IlgpuKernels.Attention{TShape}"/> but the shape; the
+    /// index is (heads, tokens)): <see cref="IlgpuKernels.AttentionWarp{TShape}"/> on a GPU, the thread-per-row kernel on
+    /// ILGPU's CPU accelerator, whose emulated warps cost more than they save.
+    /// </summary>
     public required Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> Attention { get; init; }
 
@@ -25,14 +29,34 @@ public sealed class IlgpuAttentionKernels
     {
         var append = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
             ArrayView<float>, ArrayView<float>, TShape, int>(IlgpuKernels.AppendKv);
-        var attention = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, int, float>(IlgpuKernels.Attention);
         return new IlgpuAttentionKernels
         {
             AppendKv = (i, k, v, pool, blocks, slots, positions, cos, sin, layer) => append(i, k, v, pool, blocks, slots, positions, cos, sin, shape, layer),
-            Attention = (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale) =>
-                attention(i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, shape, layer, scale),
+            Attention = accelerator.AcceleratorType == AcceleratorType.CPU ? ThreadPerRow(accelerator, shape) : WarpPerRow(accelerator, shape),
             Shape = name,
         };
+    }
+
+    private static Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> ThreadPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
+    {
+        var kernel = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, int, float>(IlgpuKernels.Attention);
+        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale) =>
+            kernel(i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, shape, layer, scale);
+    }
+
+    private static Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> WarpPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
+    {
+        // A lane scores one key of an entry, and an entry is at most one block.
+        if (shape.BlockSize > accelerator.WarpSize)
+            throw new NotSupportedException($"KV blocks of {shape.BlockSize} tokens are wider than a warp of {accelerator.WarpSize} lanes.");
+        var kernel = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp);
+        int groupThreads = IlgpuKernels.WarpsPerGroup * accelerator.WarpSize;
+        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale) =>
+            kernel(new KernelConfig((i.X * i.Y + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, groupThreads),
+                q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, shape, new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = i.Y });
     }
 }

@@ -29,9 +29,10 @@ public readonly record struct IlgpuShape(int Heads, int KvHeads, int HeadDim, in
 
 /// <summary>
 /// The forward pass's kernels written once in C# and compiled by ILGPU for whichever accelerator runs them (CUDA, or
-/// ILGPU's CPU accelerator in CI). One thread per output element or row, no shared memory: the contract and the
-/// numbers first (checked against the SIMD CPU backend), speed second. RoPE angles come from a host-built table
-/// (cos, sin per position and pair) so every backend rotates by the same floats.
+/// ILGPU's CPU accelerator in CI). One thread per output element or row, and for the GPU a warp per row of the two
+/// kernels that bound a step (products and attention), no shared memory: the contract and the numbers first (checked
+/// against float64 and the SIMD CPU backend), speed second. RoPE angles come from a host-built table (cos, sin per
+/// position and pair) so every backend rotates by the same floats.
 /// </summary>
 public static class IlgpuKernels
 {
@@ -72,8 +73,10 @@ public static class IlgpuKernels
     }
 
     /// <summary>
-    /// <see cref="MatMul"/> for a GPU, one warp per (row, token): the lanes read a row's consecutive columns together (coalesced on a GPU) and add their
-    /// sums by shuffles. Launch with <see cref="WarpsPerGroup"/> warps per group, rows × tokens warps in all.
+    /// <see cref="MatMul"/> for a GPU, one warp per (row, token): each lane reads four consecutive columns at a time (one
+    /// 16-byte load where the backend vectorises it), so a warp streams 512 contiguous bytes of the row per iteration, and
+    /// the lanes add their sums by shuffles (rows whose width is not a multiple of 4 are read a float at a time).
+    /// Launch with <see cref="WarpsPerGroup"/> warps per group, rows × tokens warps in all.
     /// </summary>
     public static void MatMulWarp(ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int tokens, int hasBias, int accumulate)
     {
@@ -81,14 +84,48 @@ public static class IlgpuKernels
         // Every lane reaches the shuffles (an emulated warp waits for all of its lanes), the last group's spare warps idle.
         bool used = warp < rows * tokens;
         int r = used ? warp % rows : 0, t = used ? warp / rows : 0;
-        long wRow = (long)r * columns, xRow = (long)t * columns;
         float sum = 0;
-        for (int k = lane; used && k < columns; k += Warp.WarpSize) sum += w[wRow + k] * x[xRow + k];
+        if (columns % 4 == 0)
+        {
+            int quads = columns / 4;
+            var w4 = w.Cast<Float4>();
+            var x4 = x.Cast<Float4>();
+            long wRow = (long)r * quads, xRow = (long)t * quads;
+            for (int k = lane; used && k < quads; k += Warp.WarpSize)
+            {
+                Float4 a = w4[wRow + k], b = x4[xRow + k];
+                sum += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
+            }
+        }
+        else
+        {
+            // Rows not 16-byte aligned: a float at a time.
+            long wRow = (long)r * columns, xRow = (long)t * columns;
+            for (int k = lane; used && k < columns; k += Warp.WarpSize) sum += w[wRow + k] * x[xRow + k];
+        }
         for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleDown(sum, offset);
         if (!used || lane != 0) return;
         if (hasBias != 0) sum += bias[r];
         long o = (long)t * rows + r;
         y[o] = accumulate != 0 ? y[o] + sum : sum;
+    }
+
+    /// <summary>The scalar arguments of <see cref="AttentionWarp{TShape}"/>.</summary>
+    public struct AttentionStep
+    {
+        /// <summary>The transformer block.</summary>
+        public int Layer;
+        /// <summary>Scores are scaled by it (1/√head dim).</summary>
+        public float Scale;
+        /// <summary>Tokens in the step.</summary>
+        public int Tokens;
+    }
+
+    /// <summary>Four floats read as one 16-byte element.</summary>
+    public struct Float4
+    {
+        /// <summary>Elements 0 to 3.</summary>
+        public float X, Y, Z, W;
     }
 
     /// <summary>Warps per group of <see cref="MatMulWarp"/>.</summary>
@@ -149,6 +186,90 @@ public static class IlgpuKernels
             }
         }
         for (int d = 0; d < dim; d++) output[row + d] /= sum;
+    }
+
+    /// <summary>
+    /// <see cref="Attention{TShape}"/> for a GPU, one warp per (head, token) — the same arguments, the scalars with the
+    /// step's token count in <paramref name="step"/> (ILGPU's launchers take at most 14 arguments); launch with <see cref="WarpsPerGroup"/> warps per group, heads × tokens warps in all.
+    /// Per block-table entry (at most a warp of keys) each lane scores one key against the query (rotated for the entry,
+    /// once per run of entries with the same rotation), the warp takes the entry's max and sum by shuffles, and then each
+    /// lane accumulates its own columns of the output over the entry's values (coalesced rows). The output is kept in
+    /// four registers per lane: a head wider than four warps of columns (an emulated CPU warp is narrow) takes several
+    /// passes over the keys, each producing four warps' worth of columns.
+    /// </summary>
+    public static void AttentionWarp<TShape>(ArrayView<float> q, ArrayView<float> pool, ArrayView<int> entries, ArrayView<int> tableStart, ArrayView<int> tableLength,
+        ArrayView<int> tokenChunk, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, ArrayView<float> rotated, ArrayView<float> output,
+        TShape shape, AttentionStep step) where TShape : struct, IIlgpuShape
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx, width = Warp.WarpSize, layer = step.Layer, tokens = step.Tokens;
+        float scale = step.Scale;
+        // Spare warps of the last group run on a valid (head, token) and write nothing, so every lane reaches the shuffles.
+        bool used = warp < shape.Heads * tokens;
+        int head = used ? warp % shape.Heads : 0, t = used ? warp / shape.Heads : 0;
+        int dim = shape.HeadDim, half = dim / 2, kvHead = head / (shape.Heads / shape.KvHeads), position = positions[t];
+        long row = ((long)t * shape.Heads + head) * dim;
+        int chunk = tokenChunk[t], first = tableStart[chunk], count = tableLength[chunk];
+        for (int pass = 0; pass < dim; pass += 4 * width)
+        {
+            float max = float.NegativeInfinity, sum = 0, a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            int d0 = pass + lane, d1 = d0 + width, d2 = d1 + width, d3 = d2 + width, lastRotation = int.MinValue;
+            for (int e = first; e < first + count; e++)
+            {
+                int block = entries[5 * e], firstPosition = entries[5 * e + 1], length = entries[5 * e + 2], rotation = entries[5 * e + 3], firstSlot = entries[5 * e + 4];
+                if (firstPosition > position) break;
+                if (rotation != lastRotation)
+                {
+                    long angles = (long)(position - rotation) * half;
+                    for (int p = lane; p < half; p += width)
+                    {
+                        int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
+                        float c = cos[angles + p], s = sin[angles + p], qa = q[row + a], qb = q[row + b];
+                        if (used)
+                        {
+                            rotated[row + a] = qa * c - qb * s;
+                            rotated[row + b] = qa * s + qb * c;
+                        }
+                    }
+                    Warp.Barrier();   // every lane reads the whole rotated query
+                    lastRotation = rotation;
+                }
+                int keys = Math.Min(length, position - firstPosition + 1);
+                float score = float.NegativeInfinity;
+                if (lane < keys)
+                {
+                    long key = Offset(shape, block, layer, 0, kvHead, firstSlot + lane, 0);
+                    float dot = 0;
+                    for (int d = 0; d < dim; d++) dot += rotated[row + d] * pool[key + d];
+                    score = dot * scale;
+                }
+                float entryMax = score;
+                for (int offset = width / 2; offset > 0; offset /= 2) entryMax = MathF.Max(entryMax, Warp.ShuffleXor(entryMax, offset));
+                float next = MathF.Max(max, entryMax), correction = MathF.Exp(max - next);
+                float weight = lane < keys ? MathF.Exp(score - next) : 0, entrySum = weight;
+                for (int offset = width / 2; offset > 0; offset /= 2) entrySum += Warp.ShuffleXor(entrySum, offset);
+                sum = sum * correction + entrySum;
+                a0 *= correction;
+                a1 *= correction;
+                a2 *= correction;
+                a3 *= correction;
+                for (int j = 0; j < keys; j++)
+                {
+                    float p = Warp.Shuffle(weight, j);
+                    long value = Offset(shape, block, layer, 1, kvHead, firstSlot + j, 0);
+                    if (d0 < dim) a0 += p * pool[value + d0];
+                    if (d1 < dim) a1 += p * pool[value + d1];
+                    if (d2 < dim) a2 += p * pool[value + d2];
+                    if (d3 < dim) a3 += p * pool[value + d3];
+                }
+                max = next;
+                Warp.Barrier();   // the scores are read before the next entry's rotation overwrites the query
+            }
+            if (!used) continue;
+            if (d0 < dim) output[row + d0] = a0 / sum;
+            if (d1 < dim) output[row + d1] = a1 / sum;
+            if (d2 < dim) output[row + d2] = a2 / sum;
+            if (d3 < dim) output[row + d3] = a3 / sum;
+        }
     }
 
     /// <summary>gate[t, j] = silu(gate[t, j]) · up[t, j], SwiGLU's product, in place. Index: element.</summary>
