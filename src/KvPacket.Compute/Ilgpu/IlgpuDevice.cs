@@ -25,10 +25,13 @@ public sealed class IlgpuDevice : IDisposable
     /// <summary>What it is, for logs.</summary>
     public string Name => $"ILGPU {Accelerator.AcceleratorType} accelerator: {Accelerator.Name}";
 
-    /// <summary>ILGPU's first CUDA device when <paramref name="preferCuda"/> and there is one, else its CPU accelerator.</summary>
+    /// <summary>
+    /// ILGPU's first CUDA device when <paramref name="preferCuda"/> and there is one, else its CPU accelerator; profiling
+    /// markers on (for <see cref="IlgpuTimeline"/>).
+    /// </summary>
     public static IlgpuDevice Open(bool preferCuda)
     {
-        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU());
+        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU().Profiling());
         try
         {
             var device = context.Devices.FirstOrDefault(d => preferCuda && d.AcceleratorType == AcceleratorType.Cuda)

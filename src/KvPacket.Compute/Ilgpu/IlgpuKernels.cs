@@ -272,6 +272,37 @@ public static class IlgpuKernels
         }
     }
 
+    /// <summary>
+    /// next[r] = the index of row r's largest logit (the first, on ties, as <c>TensorPrimitives.IndexOfMax</c> picks),
+    /// one warp per row, so a greedy step sends the host ids, not logits. Launch with <see cref="WarpsPerGroup"/> warps
+    /// per group, <paramref name="rows"/> warps in all.
+    /// </summary>
+    public static void ArgMaxWarp(ArrayView<float> logits, ArrayView<int> next, int vocab, int rows)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
+        bool used = warp < rows;
+        long row = (long)(used ? warp : 0) * vocab;
+        float best = float.NegativeInfinity;
+        int index = int.MaxValue;
+        for (int j = lane; j < vocab; j += Warp.WarpSize)
+            if (logits[row + j] > best || index == int.MaxValue)
+            {
+                best = logits[row + j];
+                index = j;
+            }
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+        {
+            float otherBest = Warp.ShuffleXor(best, offset);
+            int otherIndex = Warp.ShuffleXor(index, offset);
+            if (otherBest > best || (otherBest == best && otherIndex < index))
+            {
+                best = otherBest;
+                index = otherIndex;
+            }
+        }
+        if (used && lane == 0) next[warp] = index;
+    }
+
     /// <summary>gate[t, j] = silu(gate[t, j]) · up[t, j], SwiGLU's product, in place. Index: element.</summary>
     public static void SwiGlu(Index1D i, ArrayView<float> gate, ArrayView<float> up)
     {

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
@@ -30,7 +29,6 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _gate, _up, _soft, _logits;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _ids, _positions, _blockIds, _slots, _tokenChunk, _tableStart, _tableLength, _rows, _allRows, _entries;
     private readonly int[] _entryHost, _rowsHost;
-    private float[]? _greedyLogits;
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
@@ -38,6 +36,8 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? _matMulWarp;
     private readonly IlgpuAttentionKernels _attention;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _swiGlu;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> _argMax;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _next;
 
     private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
 
@@ -117,7 +117,12 @@ public sealed class IlgpuTransformer : IForwardBackend
         _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
                      ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic");
         _swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(IlgpuKernels.SwiGlu);
+        _argMax = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxWarp);
+        _next = Ints(_maxChunks);
     }
+
+    /// <summary>Where each stage's device time goes when set (the stages of the NVRTC backend's timeline, by the same names).</summary>
+    public IlgpuTimeline? Timeline { get; set; }
 
     /// <inheritdoc />
     public Checkpoint Model { get; }
@@ -172,10 +177,11 @@ public sealed class IlgpuTransformer : IForwardBackend
     /// <inheritdoc />
     public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
     {
-        int vocab = _config.VocabSize;
-        _greedyLogits ??= new float[(long)_maxChunks * vocab];
-        Step(sequences, lengths, tokens, soft, _greedyLogits);
-        for (int row = 0; row < sequences.Length; row++) next[row] = TensorPrimitives.IndexOfMax(_greedyLogits.AsSpan(row * vocab, vocab));
+        Run(sequences, lengths, tokens, soft, allRows: false);
+        int rows = sequences.Length;
+        _argMax(new KernelConfig((rows + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
+            _logits.View, _next.View, _config.VocabSize, rows);
+        _next.View.AsContiguous().SubView(0, rows).CopyToCPU(next[..rows]);
     }
 
     /// <inheritdoc />
@@ -220,6 +226,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
+        _accelerator.Bind();
         return packet.CopyTo(_blocks, (from, to) => _blocks.Block(to).AsContiguous().CopyFromCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(from))));
     }
 
@@ -227,6 +234,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     public Packet ExportPacket(Packet packet, KvBlockPool host)
     {
         if (!ReferenceEquals(packet.Pool, _blocks)) throw new ArgumentException("The packet is not in this device's cache.", nameof(packet));
+        _accelerator.Bind();
         return packet.CopyTo(host, (from, to) => _blocks.Block(from).AsContiguous().CopyToCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(to))));
     }
 
@@ -277,6 +285,8 @@ public sealed class IlgpuTransformer : IForwardBackend
             offset += length;
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
+        // The scheduler resumes on pool threads: the accelerator's context is made current on whichever thread steps.
+        _accelerator.Bind();
         _ids.View.AsContiguous().SubView(0, n).CopyFromCPU(tokens);
         _positions.View.AsContiguous().SubView(0, n).CopyFromCPU(positions);
         _blockIds.View.AsContiguous().SubView(0, n).CopyFromCPU(blocks);
@@ -289,27 +299,40 @@ public sealed class IlgpuTransformer : IForwardBackend
         if (softRows > 0) _soft.View.AsContiguous().SubView(0, soft.Length).CopyFromCPU(soft);
 
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
+        var timeline = Timeline;
+        timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids.View, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             var w = _layers[layer];
+            timeline?.Mark("rms_norm");
             _rmsNorm(n, _x.View, _allRows.View, w.AttentionNorm.View, _xb.View, hidden, epsilon);
+            timeline?.Mark("qkv product");
             Multiply(w.Query, _xb, _q, n);
             Multiply(w.Key, _xb, _k, n);
             Multiply(w.Value, _xb, _v, n);
+            timeline?.Mark("kv_append");
             _attention.AppendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
+            timeline?.Mark("attention");
             _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View,
                 _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale);
+            timeline?.Mark("output product");
             Multiply(w.Output, _att, _x, n, accumulate: true);
+            timeline?.Mark("rms_norm");
             _rmsNorm(n, _x.View, _allRows.View, w.FfnNorm.View, _xb.View, hidden, epsilon);
+            timeline?.Mark("gate/up product");
             Multiply(w.Gate, _xb, _gate, n);
             Multiply(w.Up, _xb, _up, n);
+            timeline?.Mark("swiglu");
             _swiGlu(n * c.IntermediateSize, _gate.View, _up.View);
+            timeline?.Mark("down product");
             Multiply(w.Down, _gate, _x, n, accumulate: true);
         }
         int rows = allRows ? n : chunks;
+        timeline?.Mark("final norm + classifier");
         _rmsNorm(rows, _x.View, allRows ? _allRows.View : _rows.View, _finalNorm.View, _xb.View, hidden, epsilon);
         Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
+        timeline?.Close();
         _accelerator.Synchronize();
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
     }
@@ -357,6 +380,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     /// <inheritdoc />
     public void Dispose()
     {
+        _accelerator.Bind();
         _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();

@@ -271,7 +271,8 @@ internal static class CudaCommand
         finally { gpu.Timeline = null; }
     }
 
-    private static double CopyBandwidth(CudaDevice device, int repeats)
+    /// <summary>Device-to-device copy GB/s (bytes read plus written), the decode roofline's bandwidth.</summary>
+    internal static double CopyBandwidth(CudaDevice device, int repeats)
     {
         const long bytes = 1L << 30;
         using var source = device.Allocate(bytes);
