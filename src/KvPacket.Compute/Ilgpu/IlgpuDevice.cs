@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
@@ -27,11 +28,11 @@ public sealed class IlgpuDevice : IDisposable
 
     /// <summary>
     /// ILGPU's first CUDA device when <paramref name="preferCuda"/> and there is one, else its CPU accelerator; profiling
-    /// markers on (for <see cref="IlgpuTimeline"/>).
+    /// markers on (for <see cref="IlgpuTimeline"/>), and ILGPU.Algorithms' math (PTX has no exp instruction).
     /// </summary>
     public static IlgpuDevice Open(bool preferCuda)
     {
-        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU().Profiling());
+        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU().Profiling().EnableAlgorithms());
         try
         {
             var device = context.Devices.FirstOrDefault(d => preferCuda && d.AcceleratorType == AcceleratorType.Cuda)
