@@ -66,16 +66,22 @@ public sealed class IlgpuKernelTests : IDisposable
         Close(expected, yb.GetAsArray1D(), 1e-5);
     }
 
-    [Fact]
-    public void RmsNorm_of_gathered_rows_matches_float64()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void RmsNorm_of_gathered_rows_matches_float64(bool warps)
     {
         const int n = 48, tokens = 6;
         float[] x = Random(tokens * n), weight = Random(n);
         int[] rows = [4, 0, 5];
         using MemoryBuffer1D<float, Stride1D.Dense> xb = On(x), wb = On(weight), ob = _accelerator.Allocate1D<float>(rows.Length * n);
         using var rb = On(rows);
-        var kernel = _accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
-        kernel(rows.Length, xb.View, rb.View, wb.View, ob.View, n, 1e-5f);
+        if (warps)
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormWarp)(
+                new KernelConfig(1, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), xb.View, rb.View, wb.View, ob.View, n, 1e-5f, rows.Length);
+        else
+            _accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm)(
+                rows.Length, xb.View, rb.View, wb.View, ob.View, n, 1e-5f);
         var expected = new double[rows.Length * n];
         for (int r = 0; r < rows.Length; r++)
         {
@@ -106,13 +112,32 @@ public sealed class IlgpuKernelTests : IDisposable
         Close(expected, xb.GetAsArray1D(), 0);
     }
 
+    [Fact]
+    public void ArgMax_takes_each_rows_first_largest_logit()
+    {
+        const int vocab = 37;
+        float[] logits = Random(3 * vocab);
+        logits[5] = logits[30] = 9;                          // a tie: the first wins
+        logits[vocab + 36] = 4;                              // the last column
+        for (int j = 0; j < vocab; j++) logits[2 * vocab + j] = float.NegativeInfinity;
+        using var lb = On(logits);
+        using var nb = _accelerator.Allocate1D<int>(3);
+        _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxWarp)(
+            new KernelConfig(1, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), lb.View, nb.View, vocab, 3);
+        Assert.Equal([5, 36, 0], nb.GetAsArray1D());
+    }
+
     [Theory]
-    [InlineData(false, 0, 8)]
-    [InlineData(true, 0, 8)]
-    [InlineData(true, 1, 8)]
-    // Wider than four emulated warps of columns (warp size 4): two passes over the keys.
-    [InlineData(true, 0, 24)]
-    public void Attention_over_realigned_entries_matches_float64(bool warps, int interleaved, int dim)
+    [InlineData(false, 0, 8, 1)]
+    [InlineData(true, 0, 8, 1)]
+    [InlineData(true, 1, 8, 1)]
+    // Each row's entries split among warps and merged (3 splits: chunk 1's single entry leaves two splits empty).
+    [InlineData(true, 0, 8, 2)]
+    [InlineData(true, 1, 8, 3)]
+    // Wider than four emulated warps of columns (warp size 4): two passes over the keys; a head dim not a multiple of 4.
+    [InlineData(true, 0, 24, 2)]
+    [InlineData(true, 0, 6, 1)]
+    public void Attention_over_realigned_entries_matches_float64(bool warps, int interleaved, int dim, int splits)
     {
         // Six query heads over two KV heads, blocks of 4 tokens, the second of two layers. Chunk 0: a block at positions
         // 0–3, a packet's 3 tokens placed at 4 (rotation 4: its keys were rotated at 0–2), a block at 7–10, queried by
@@ -134,15 +159,19 @@ public sealed class IlgpuKernelTests : IDisposable
             }
         float scale = 1f / MathF.Sqrt(dim);
         using MemoryBuffer1D<float, Stride1D.Dense> qb = On(q), pb = On(pool), cb = On(cos), sb = On(sin),
-            rb = _accelerator.Allocate1D<float>(q.Length), ob = _accelerator.Allocate1D<float>(q.Length);
+            rb = _accelerator.Allocate1D<float>(q.Length * splits), ob = _accelerator.Allocate1D<float>(q.Length),
+            partial = _accelerator.Allocate1D<float>(tokens * shape.Heads * splits * (dim + 2));
         using MemoryBuffer1D<int, Stride1D.Dense> eb = On(entries), tsb = On(tableStart), tlb = On(tableLength), chb = On(chunkOf), posb = On(positions);
+        KernelConfig Warps(int count) => new((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
         if (warps)
         {
-            int groups = (shape.Heads * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup;
             _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp)(
-                new KernelConfig(groups, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), qb.View, pb.View, eb.View, tsb.View, tlb.View, chb.View, posb.View,
-                cb.View, sb.View, rb.View, ob.View, shape, new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = tokens });
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IlgpuShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp)(
+                Warps(shape.Heads * tokens * splits), qb.View, pb.View, eb.View, tsb.View, tlb.View, chb.View, posb.View, cb.View, sb.View, rb.View, ob.View, partial.View,
+                shape, new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = tokens, Splits = splits });
+            if (splits > 1)
+                _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.AttentionMerge)(
+                    Warps(shape.Heads * tokens), partial.View, ob.View, shape.Heads * tokens, dim, splits);
         }
         else
             _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,

@@ -15,11 +15,12 @@ public sealed class IlgpuAttentionKernels
 
     /// <summary>
     /// Paged attention for this shape (every argument of <see cref="IlgpuKernels.Attention{TShape}"/> but the shape; the
-    /// index is (heads, tokens)): <see cref="IlgpuKernels.AttentionWarp{TShape}"/> on a GPU, the thread-per-row kernel on
-    /// ILGPU's CPU accelerator, whose emulated warps cost more than they save.
+    /// index is (heads, tokens)), then a scratch of (max, sum, head dim) floats per row and split and the splits wanted:
+    /// <see cref="IlgpuKernels.AttentionWarp{TShape}"/> (and its merge, with more than one split) on a GPU, the
+    /// thread-per-row kernel (splits ignored) on ILGPU's CPU accelerator, whose emulated warps cost more than they save.
     /// </summary>
     public required Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> Attention { get; init; }
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, ArrayView<float>, int> Attention { get; init; }
 
     /// <summary>What the kernels were compiled for: the card's name, or "generic".</summary>
     public required string Shape { get; init; }
@@ -38,25 +39,31 @@ public sealed class IlgpuAttentionKernels
     }
 
     private static Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> ThreadPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, ArrayView<float>, int> ThreadPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
     {
         var kernel = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
             ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, int, float>(IlgpuKernels.Attention);
-        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale) =>
+        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale, _, _) =>
             kernel(i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, shape, layer, scale);
     }
 
     private static Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> WarpPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float, ArrayView<float>, int> WarpPerRow<TShape>(Accelerator accelerator, TShape shape) where TShape : struct, IIlgpuShape
     {
         // A lane scores one key of an entry, and an entry is at most one block.
         if (shape.BlockSize > accelerator.WarpSize)
             throw new NotSupportedException($"KV blocks of {shape.BlockSize} tokens are wider than a warp of {accelerator.WarpSize} lanes.");
         var kernel = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
-            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp);
+            ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, TShape, IlgpuKernels.AttentionStep>(IlgpuKernels.AttentionWarp);
+        var merge = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.AttentionMerge);
         int groupThreads = IlgpuKernels.WarpsPerGroup * accelerator.WarpSize;
-        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale) =>
-            kernel(new KernelConfig((i.X * i.Y + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, groupThreads),
-                q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, shape, new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = i.Y });
+        KernelConfig Warps(long count) => new((int)((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup), groupThreads);
+        return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale, partial, splits) =>
+        {
+            int rows = i.X * i.Y;
+            kernel(Warps((long)rows * splits), q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, partial, shape,
+                new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = i.Y, Splits = splits });
+            if (splits > 1) merge(Warps(rows), partial, output, rows, shape.HeadDim, splits);
+        };
     }
 }

@@ -28,11 +28,12 @@ public sealed class IlgpuDevice : IDisposable
 
     /// <summary>
     /// ILGPU's first CUDA device when <paramref name="preferCuda"/> and there is one, else its CPU accelerator; profiling
-    /// markers on (for <see cref="IlgpuTimeline"/>), and ILGPU.Algorithms' math (PTX has no exp instruction).
+    /// markers on (for <see cref="IlgpuTimeline"/>), and ILGPU.Algorithms' math (PTX has no exp instruction); kernels
+    /// compiled at <paramref name="optimization"/>.
     /// </summary>
-    public static IlgpuDevice Open(bool preferCuda)
+    public static IlgpuDevice Open(bool preferCuda, OptimizationLevel optimization = OptimizationLevel.O1)
     {
-        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU().Profiling().EnableAlgorithms());
+        var context = Context.Create(builder => (preferCuda ? builder.Cuda() : builder).CPU().Profiling().EnableAlgorithms().Optimize(optimization));
         try
         {
             var device = context.Devices.FirstOrDefault(d => preferCuda && d.AcceleratorType == AcceleratorType.Cuda)

@@ -58,6 +58,22 @@ public static class IlgpuKernels
     }
 
     /// <summary>
+    /// <see cref="RmsNorm"/> for a GPU, one warp per row: the lanes read the row together and add their squares by
+    /// shuffles. Launch with <see cref="WarpsPerGroup"/> warps per group, <paramref name="count"/> warps in all.
+    /// </summary>
+    public static void RmsNormWarp(ArrayView<float> x, ArrayView<int> rows, ArrayView<float> weight, ArrayView<float> output, int n, float epsilon, int count)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
+        bool used = warp < count;
+        long from = (long)rows[used ? warp : 0] * n, to = (long)warp * n;
+        float sum = 0;
+        for (int j = lane; j < n; j += Warp.WarpSize) sum += x[from + j] * x[from + j];
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleXor(sum, offset);
+        float scale = 1f / MathF.Sqrt(sum / n + epsilon);
+        for (int j = lane; used && j < n; j += Warp.WarpSize) output[to + j] = x[from + j] * scale * weight[j];
+    }
+
+    /// <summary>
     /// y[t, r] = Σ_k w[r, k] x[t, k] (+ bias[r] when <paramref name="hasBias"/>; added to y when <paramref name="accumulate"/>),
     /// one thread per output: for ILGPU's CPU accelerator, where <see cref="MatMulWarp"/>'s emulated shuffles cost ~20×.
     /// Index: (r, t).
@@ -87,15 +103,27 @@ public static class IlgpuKernels
         float sum = 0;
         if (columns % 4 == 0)
         {
-            int quads = columns / 4;
+            // Four loads in flight per lane (a dependent chain of single loads leaves the memory system idle).
+            int quads = columns / 4, width = Warp.WarpSize, k = lane;
             var w4 = w.Cast<Float4>();
             var x4 = x.Cast<Float4>();
             long wRow = (long)r * quads, xRow = (long)t * quads;
-            for (int k = lane; used && k < quads; k += Warp.WarpSize)
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (; used && k + 3 * width < quads; k += 4 * width)
+            {
+                Float4 a0 = w4[wRow + k], a1 = w4[wRow + k + width], a2 = w4[wRow + k + 2 * width], a3 = w4[wRow + k + 3 * width];
+                Float4 b0 = x4[xRow + k], b1 = x4[xRow + k + width], b2 = x4[xRow + k + 2 * width], b3 = x4[xRow + k + 3 * width];
+                s0 += a0.X * b0.X + a0.Y * b0.Y + a0.Z * b0.Z + a0.W * b0.W;
+                s1 += a1.X * b1.X + a1.Y * b1.Y + a1.Z * b1.Z + a1.W * b1.W;
+                s2 += a2.X * b2.X + a2.Y * b2.Y + a2.Z * b2.Z + a2.W * b2.W;
+                s3 += a3.X * b3.X + a3.Y * b3.Y + a3.Z * b3.Z + a3.W * b3.W;
+            }
+            for (; used && k < quads; k += width)
             {
                 Float4 a = w4[wRow + k], b = x4[xRow + k];
-                sum += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
+                s0 += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
             }
+            sum = (s0 + s1) + (s2 + s3);
         }
         else
         {
@@ -119,6 +147,8 @@ public static class IlgpuKernels
         public float Scale;
         /// <summary>Tokens in the step.</summary>
         public int Tokens;
+        /// <summary>Warps each (head, token) row's entries are divided among.</summary>
+        public int Splits;
     }
 
     /// <summary>Four floats read as one 16-byte element.</summary>
@@ -189,31 +219,38 @@ public static class IlgpuKernels
     }
 
     /// <summary>
-    /// <see cref="Attention{TShape}"/> for a GPU, one warp per (head, token) — the same arguments, the scalars with the
-    /// step's token count in <paramref name="step"/> (ILGPU's launchers take at most 14 arguments); launch with <see cref="WarpsPerGroup"/> warps per group, heads × tokens warps in all.
-    /// Per block-table entry (at most a warp of keys) each lane scores one key against the query (rotated for the entry,
-    /// once per run of entries with the same rotation), the warp takes the entry's max and sum by shuffles, and then each
-    /// lane accumulates its own columns of the output over the entry's values (coalesced rows). The output is kept in
-    /// four registers per lane: a head wider than four warps of columns (an emulated CPU warp is narrow) takes several
-    /// passes over the keys, each producing four warps' worth of columns.
+    /// <see cref="Attention{TShape}"/> for a GPU, one warp per (head, token, split) — the same arguments, the scalars in
+    /// <paramref name="step"/> (ILGPU's launchers take at most 14 arguments). A token's block-table entries are divided
+    /// among <see cref="AttentionStep.Splits"/> warps (decode has few rows, so each row's keys are spread over many
+    /// warps); with more than one split each warp leaves (max, sum, unnormalised output) in <paramref name="partial"/>
+    /// for <see cref="AttentionMerge"/>. Per entry (at most a warp of keys) each lane scores one key against the query
+    /// (rotated for the entry, once per run of entries with the same rotation, into the warp's row of
+    /// <paramref name="rotated"/>), the warp takes the entry's max and sum by shuffles, and each lane accumulates its own
+    /// columns over the entry's values (coalesced rows, four keys' loads at a time). The output is kept in four registers
+    /// per lane: a head wider than four warps of columns (an emulated CPU warp is narrow) takes several passes over the
+    /// keys. Launch with <see cref="WarpsPerGroup"/> warps per group, heads × tokens × splits warps in all.
     /// </summary>
     public static void AttentionWarp<TShape>(ArrayView<float> q, ArrayView<float> pool, ArrayView<int> entries, ArrayView<int> tableStart, ArrayView<int> tableLength,
         ArrayView<int> tokenChunk, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, ArrayView<float> rotated, ArrayView<float> output,
-        TShape shape, AttentionStep step) where TShape : struct, IIlgpuShape
+        ArrayView<float> partial, TShape shape, AttentionStep step) where TShape : struct, IIlgpuShape
     {
-        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx, width = Warp.WarpSize, layer = step.Layer, tokens = step.Tokens;
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx, width = Warp.WarpSize, layer = step.Layer, splits = step.Splits;
         float scale = step.Scale;
         // Spare warps of the last group run on a valid (head, token) and write nothing, so every lane reaches the shuffles.
-        bool used = warp < shape.Heads * tokens;
-        int head = used ? warp % shape.Heads : 0, t = used ? warp / shape.Heads : 0;
+        bool used = warp < shape.Heads * step.Tokens * splits;
+        int split = used ? warp % splits : 0, rowIndex = used ? warp / splits : 0, head = rowIndex % shape.Heads, t = rowIndex / shape.Heads;
         int dim = shape.HeadDim, half = dim / 2, kvHead = head / (shape.Heads / shape.KvHeads), position = positions[t];
-        long row = ((long)t * shape.Heads + head) * dim;
-        int chunk = tokenChunk[t], first = tableStart[chunk], count = tableLength[chunk];
+        long row = (long)rowIndex * dim, rotatedRow = ((long)rowIndex * splits + split) * dim;
+        int chunk = tokenChunk[t], count = tableLength[chunk], perSplit = (count + splits - 1) / splits;
+        int first = tableStart[chunk] + split * perSplit, last = Math.Min(tableStart[chunk] + count, first + perSplit);
+        bool vectors = dim % 4 == 0;
+        var pool4 = pool.Cast<Float4>();
+        var rotated4 = rotated.Cast<Float4>();
         for (int pass = 0; pass < dim; pass += 4 * width)
         {
             float max = float.NegativeInfinity, sum = 0, a0 = 0, a1 = 0, a2 = 0, a3 = 0;
             int d0 = pass + lane, d1 = d0 + width, d2 = d1 + width, d3 = d2 + width, lastRotation = int.MinValue;
-            for (int e = first; e < first + count; e++)
+            for (int e = first; e < last; e++)
             {
                 int block = entries[5 * e], firstPosition = entries[5 * e + 1], length = entries[5 * e + 2], rotation = entries[5 * e + 3], firstSlot = entries[5 * e + 4];
                 if (firstPosition > position) break;
@@ -226,8 +263,8 @@ public static class IlgpuKernels
                         float c = cos[angles + p], s = sin[angles + p], qa = q[row + a], qb = q[row + b];
                         if (used)
                         {
-                            rotated[row + a] = qa * c - qb * s;
-                            rotated[row + b] = qa * s + qb * c;
+                            rotated[rotatedRow + a] = qa * c - qb * s;
+                            rotated[rotatedRow + b] = qa * s + qb * c;
                         }
                     }
                     Warp.Barrier();   // every lane reads the whole rotated query
@@ -239,7 +276,14 @@ public static class IlgpuKernels
                 {
                     long key = Offset(shape, block, layer, 0, kvHead, firstSlot + lane, 0);
                     float dot = 0;
-                    for (int d = 0; d < dim; d++) dot += rotated[row + d] * pool[key + d];
+                    if (vectors)
+                        for (int d = 0; d < dim / 4; d++)
+                        {
+                            Float4 k4 = pool4[key / 4 + d], q4 = rotated4[rotatedRow / 4 + d];
+                            dot += k4.X * q4.X + k4.Y * q4.Y + k4.Z * q4.Z + k4.W * q4.W;
+                        }
+                    else
+                        for (int d = 0; d < dim; d++) dot += rotated[rotatedRow + d] * pool[key + d];
                     score = dot * scale;
                 }
                 float entryMax = score;
@@ -252,23 +296,67 @@ public static class IlgpuKernels
                 a1 *= correction;
                 a2 *= correction;
                 a3 *= correction;
-                for (int j = 0; j < keys; j++)
+                // Four keys at a time, their loads issued together; past the last key the index stays on it with weight 0.
+                long values = Offset(shape, block, layer, 1, kvHead, firstSlot, 0);
+                for (int j = 0; j < keys; j += 4)
                 {
-                    float p = Warp.Shuffle(weight, j);
-                    long value = Offset(shape, block, layer, 1, kvHead, firstSlot + j, 0);
-                    if (d0 < dim) a0 += p * pool[value + d0];
-                    if (d1 < dim) a1 += p * pool[value + d1];
-                    if (d2 < dim) a2 += p * pool[value + d2];
-                    if (d3 < dim) a3 += p * pool[value + d3];
+                    float p0 = Warp.Shuffle(weight, j), p1 = Warp.Shuffle(weight, j + 1), p2 = Warp.Shuffle(weight, j + 2), p3 = Warp.Shuffle(weight, j + 3);
+                    long v0 = values + (long)j * dim, v1 = values + (long)Math.Min(j + 1, keys - 1) * dim,
+                        v2 = values + (long)Math.Min(j + 2, keys - 1) * dim, v3 = values + (long)Math.Min(j + 3, keys - 1) * dim;
+                    if (j + 1 >= keys) p1 = 0;
+                    if (j + 2 >= keys) p2 = 0;
+                    if (j + 3 >= keys) p3 = 0;
+                    if (d0 < dim) a0 += p0 * pool[v0 + d0] + p1 * pool[v1 + d0] + p2 * pool[v2 + d0] + p3 * pool[v3 + d0];
+                    if (d1 < dim) a1 += p0 * pool[v0 + d1] + p1 * pool[v1 + d1] + p2 * pool[v2 + d1] + p3 * pool[v3 + d1];
+                    if (d2 < dim) a2 += p0 * pool[v0 + d2] + p1 * pool[v1 + d2] + p2 * pool[v2 + d2] + p3 * pool[v3 + d2];
+                    if (d3 < dim) a3 += p0 * pool[v0 + d3] + p1 * pool[v1 + d3] + p2 * pool[v2 + d3] + p3 * pool[v3 + d3];
                 }
                 max = next;
                 Warp.Barrier();   // the scores are read before the next entry's rotation overwrites the query
             }
             if (!used) continue;
-            if (d0 < dim) output[row + d0] = a0 / sum;
-            if (d1 < dim) output[row + d1] = a1 / sum;
-            if (d2 < dim) output[row + d2] = a2 / sum;
-            if (d3 < dim) output[row + d3] = a3 / sum;
+            if (splits == 1)
+            {
+                if (d0 < dim) output[row + d0] = a0 / sum;
+                if (d1 < dim) output[row + d1] = a1 / sum;
+                if (d2 < dim) output[row + d2] = a2 / sum;
+                if (d3 < dim) output[row + d3] = a3 / sum;
+                continue;
+            }
+            // This split's share: its max and sum, and the output before division (a split with no keys leaves −∞, 0, 0).
+            long at = ((long)rowIndex * splits + split) * (dim + 2);
+            if (lane == 0 && pass == 0)
+            {
+                partial[at] = max;
+                partial[at + 1] = sum;
+            }
+            if (d0 < dim) partial[at + 2 + d0] = a0;
+            if (d1 < dim) partial[at + 2 + d1] = a1;
+            if (d2 < dim) partial[at + 2 + d2] = a2;
+            if (d3 < dim) partial[at + 2 + d3] = a3;
+        }
+    }
+
+    /// <summary>
+    /// Combines the splits <see cref="AttentionWarp{TShape}"/> left in <paramref name="partial"/> (per row and split: max,
+    /// sum, dim unnormalised outputs) into each row's output: the splits rescaled to the largest max. One warp per row
+    /// (head, token); launch with <see cref="WarpsPerGroup"/> warps per group, <paramref name="rows"/> warps in all.
+    /// </summary>
+    public static void AttentionMerge(ArrayView<float> partial, ArrayView<float> output, int rows, int dim, int splits)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
+        bool used = warp < rows;
+        long first = (long)(used ? warp : 0) * splits * (dim + 2);
+        float max = float.NegativeInfinity;
+        for (int s = lane; s < splits; s += Warp.WarpSize) max = MathF.Max(max, partial[first + s * (dim + 2)]);
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) max = MathF.Max(max, Warp.ShuffleXor(max, offset));
+        float sum = 0;
+        for (int s = 0; s < splits; s++) sum += partial[first + s * (dim + 2) + 1] * MathF.Exp(partial[first + s * (dim + 2)] - max);
+        for (int d = lane; used && d < dim; d += Warp.WarpSize)
+        {
+            float value = 0;
+            for (int s = 0; s < splits; s++) value += partial[first + s * (dim + 2) + 2 + d] * MathF.Exp(partial[first + s * (dim + 2)] - max);
+            output[(long)warp * dim + d] = value / sum;
         }
     }
 

@@ -26,12 +26,13 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly List<MemoryBuffer> _owned = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _classifier, _finalNorm, _cos, _sin, _none;
     private readonly Layer[] _layers;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _gate, _up, _soft, _logits;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _gate, _up, _soft, _logits;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _ids, _positions, _blockIds, _slots, _tokenChunk, _tableStart, _tableLength, _rows, _allRows, _entries;
     private readonly int[] _entryHost, _rowsHost;
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
-    private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float> _rmsNorm;
+    private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormWarp;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _matMul;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? _matMulWarp;
     private readonly IlgpuAttentionKernels _attention;
@@ -85,7 +86,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         _k = Floats((long)t * c.KvDim);
         _v = Floats((long)t * c.KvDim);
         _att = Floats((long)t * c.QueryDim);
-        _rotated = Floats((long)t * c.QueryDim);
+        // Attention's scratch: a rotated query per row and split, and each split's (max, sum, output) when rows are split.
+        _rotated = Floats((long)Math.Max(t * c.HeadCount, SplitRows) * c.HeadDim);
+        _partial = Floats((long)SplitRows * (c.HeadDim + 2));
         _gate = Floats((long)t * c.IntermediateSize);
         _up = Floats((long)t * c.IntermediateSize);
         _soft = Floats((long)t * c.HiddenSize);
@@ -106,12 +109,17 @@ public sealed class IlgpuTransformer : IForwardBackend
         _entryHost = new int[5 * maxEntries];
 
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
-        _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
-        // Products: a warp per output row on a GPU; a thread per output on the CPU accelerator, whose warps are emulated.
+        // Norms and products: a warp per row on a GPU; a thread per row or output on the CPU accelerator, whose warps are emulated.
         if (accelerator.AcceleratorType == AcceleratorType.CPU)
+        {
+            _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
             _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
+        }
         else
+        {
+            _rmsNormWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormWarp);
             _matMulWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
+        }
         int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
         _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
@@ -299,6 +307,10 @@ public sealed class IlgpuTransformer : IForwardBackend
         if (softRows > 0) _soft.View.AsContiguous().SubView(0, soft.Length).CopyFromCPU(soft);
 
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
+        // Few rows (decode) leave most of the GPU idle: spread each row's entries over warps, about two entries each.
+        int mostEntries = 0;
+        foreach (int entriesOfChunk in tableLength) mostEntries = Math.Max(mostEntries, entriesOfChunk);
+        int splits = Math.Clamp(Math.Min(mostEntries / 2, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
         var timeline = Timeline;
         timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids.View, _embedding.View, _soft.View, _x.View, hidden);
@@ -306,7 +318,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         {
             var w = _layers[layer];
             timeline?.Mark("rms_norm");
-            _rmsNorm(n, _x.View, _allRows.View, w.AttentionNorm.View, _xb.View, hidden, epsilon);
+            Normalise(n, _allRows, w.AttentionNorm, epsilon);
             timeline?.Mark("qkv product");
             Multiply(w.Query, _xb, _q, n);
             Multiply(w.Key, _xb, _k, n);
@@ -315,11 +327,11 @@ public sealed class IlgpuTransformer : IForwardBackend
             _attention.AppendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
             timeline?.Mark("attention");
             _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View,
-                _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale);
+                _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale, _partial.View, splits);
             timeline?.Mark("output product");
             Multiply(w.Output, _att, _x, n, accumulate: true);
             timeline?.Mark("rms_norm");
-            _rmsNorm(n, _x.View, _allRows.View, w.FfnNorm.View, _xb.View, hidden, epsilon);
+            Normalise(n, _allRows, w.FfnNorm, epsilon);
             timeline?.Mark("gate/up product");
             Multiply(w.Gate, _xb, _gate, n);
             Multiply(w.Up, _xb, _up, n);
@@ -330,11 +342,24 @@ public sealed class IlgpuTransformer : IForwardBackend
         }
         int rows = allRows ? n : chunks;
         timeline?.Mark("final norm + classifier");
-        _rmsNorm(rows, _x.View, allRows ? _allRows.View : _rows.View, _finalNorm.View, _xb.View, hidden, epsilon);
+        Normalise(rows, allRows ? _allRows : _rows, _finalNorm, epsilon);
         Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
         timeline?.Close();
         _accelerator.Synchronize();
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
+    }
+
+    /// <summary>Rows of attention work (rows × splits) the scratch holds, and the most splits of one row.</summary>
+    private const int SplitRows = 4096, MaxSplits = 32;
+
+    /// <summary>_xb[r] = RMS-normalised _x[rows[r]] ⊙ weight for the first <paramref name="count"/> rows.</summary>
+    private void Normalise(int count, MemoryBuffer1D<int, Stride1D.Dense> rows, MemoryBuffer1D<float, Stride1D.Dense> weight, float epsilon)
+    {
+        int hidden = _config.HiddenSize;
+        if (_rmsNorm is not null) _rmsNorm(count, _x.View, rows.View, weight.View, _xb.View, hidden, epsilon);
+        else
+            _rmsNormWarp!(new KernelConfig((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
+                _x.View, rows.View, weight.View, _xb.View, hidden, epsilon, count);
     }
 
     private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false)

@@ -111,15 +111,17 @@ internal static class IlgpuCommand
         var prefill = new Option<int>("--prefill-tokens") { Description = "Prompt length for the prefill timing", DefaultValueFactory = _ => 512 };
         var repeats = new Option<int>("--repeats") { Description = "Timed decode steps (after warm-up); medians reported", DefaultValueFactory = _ => 30 };
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var optimization = new Option<ILGPU.OptimizationLevel>("--optimize") { Description = "ILGPU's optimisation level: O1 (its default) or O2 (loop unrolling and more)", DefaultValueFactory = _ => ILGPU.OptimizationLevel.O1 };
         var command = new Command("bench", "ILGPU vs NVRTC on one GPU, f32 weights and KV: decode step and prefill with CUDA events, fraction of the copy roofline, time per stage")
         {
-            model, shape, context, prefill, repeats, output,
+            model, shape, context, prefill, repeats, output, optimization,
         };
         command.SetAction(parse =>
         {
             var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), DType.F32);
             using var owned = checkpoint;
-            using var device = IlgpuDevice.Open(preferCuda: true);
+            var level = parse.GetValue(optimization);
+            using var device = IlgpuDevice.Open(preferCuda: true, level);
             if (!device.IsCuda)
             {
                 Console.Error.WriteLine($"ilgpu bench needs a CUDA GPU; ILGPU found only its {device.Name}.");
@@ -133,7 +135,7 @@ internal static class IlgpuCommand
             int decodeContext = parse.GetValue(context), promptLength = parse.GetValue(prefill), repeat = parse.GetValue(repeats);
             int[] prompt = new Core.Numerics.SeededRandom(5).NextTokens(Math.Max(decodeContext, promptLength), 3, checkpoint.Config.VocabSize);
             int kvTokens = Math.Max(decodeContext, promptLength) + promptLength + 2 * repeat + 64;
-            Console.WriteLine($"{device.Name}; model {name}, f32 weights and KV, decode at {decodeContext} tokens, prefill of {promptLength}");
+            Console.WriteLine($"{device.Name} (kernels at {level}); model {name}, f32 weights and KV, decode at {decodeContext} tokens, prefill of {promptLength}");
 
             // One backend after the other (each holds the GPU through its own CUDA context), the same work and the same clock.
             var stream = device.Accelerator.DefaultStream;
@@ -200,7 +202,7 @@ internal static class IlgpuCommand
             figures["ilgpu_over_nvrtc_prefill_time"] = ilgpuSpeed.PrefillMs / nvrtcSpeed.PrefillMs;
             PrintStages($"decode step at {decodeContext} tokens (eager)", ilgpuSpeed.DecodeStages, nvrtcSpeed.DecodeStages);
             PrintStages($"prefill of {promptLength} tokens", ilgpuSpeed.PrefillStages, nvrtcSpeed.PrefillStages);
-            var result = new BenchResult("ilgpu", name, "F32", "F32", 1, figures, $"{gpu.Name} sm_{gpu.Architecture}", DateTimeOffset.UtcNow);
+            var result = new BenchResult($"ilgpu-{level.ToString().ToLowerInvariant()}", name, "F32", "F32", 1, figures, $"{gpu.Name} sm_{gpu.Architecture}", DateTimeOffset.UtcNow);
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;
