@@ -42,29 +42,65 @@ public sealed class IlgpuKernelTests : IDisposable
     [InlineData(false, 53)]
     [InlineData(true, 53)]
     [InlineData(true, 52)]   // rows 16-byte aligned: four columns per load
-    public void MatMul_with_bias_and_accumulation_matches_float64(bool warps, int columns)
+    [InlineData(true, 1040)] // long enough for four loads in flight per lane, and a tail
+    public void MatMul_into_three_outputs_with_bias_and_accumulation_matches_float64(bool warps, int columns)
     {
-        const int rows = 37, tokens = 5;
+        // 37 rows split 20 / 9 / 8 among three outputs (the query, key and value products' shape), added to what they hold.
+        const int rows0 = 20, rows1 = 9, rows2 = 8, rows = rows0 + rows1 + rows2, tokens = 5;
         float[] w = Random(rows * columns), x = Random(tokens * columns), bias = Random(rows), y0 = Random(tokens * rows);
-        using MemoryBuffer1D<float, Stride1D.Dense> wb = On(w), xb = On(x), bb = On(bias), yb = On(y0);
+        float[][] initial = [y0[..(tokens * rows0)], y0[(tokens * rows0)..(tokens * (rows0 + rows1))], y0[(tokens * (rows0 + rows1))..]];
+        using MemoryBuffer1D<float, Stride1D.Dense> wb = On(w), xb = On(x), bb = On(bias), out0 = On(initial[0]), out1 = On(initial[1]), out2 = On(initial[2]);
         if (warps)
-            // One warp per (row, token), the last group only partly used.
-            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(IlgpuKernels.MatMulWarp)(
-                new KernelConfig((rows * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
-                wb.View, xb.View, bb.View, yb.View, columns, rows, tokens, 1, 1);
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>(
+                IlgpuKernels.MatMulWarp)(Warps(rows * tokens), wb.View, xb.View, bb.View, out0.View, out1.View, out2.View, columns, rows0, rows1, rows2, tokens, 1, 1);
         else
-            _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul)(
-                new Index2D(rows, tokens), wb.View, xb.View, bb.View, yb.View, columns, rows, 1, 1);
+            _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                int, int, int, int, int, int>(IlgpuKernels.MatMul)(new Index2D(rows, tokens), wb.View, xb.View, bb.View, out0.View, out1.View, out2.View, columns, rows0, rows1, rows2, 1, 1);
+        int[] counts = [rows0, rows1, rows2];
+        for (int segment = 0, first = 0; segment < 3; first += counts[segment], segment++)
+        {
+            var expected = new double[tokens * counts[segment]];
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < counts[segment]; r++)
+                {
+                    double sum = bias[first + r];
+                    for (int k = 0; k < columns; k++) sum += (double)w[(first + r) * columns + k] * x[t * columns + k];
+                    expected[t * counts[segment] + r] = initial[segment][t * counts[segment] + r] + sum;
+                }
+            Close(expected, (segment switch { 0 => out0, 1 => out1, _ => out2 }).GetAsArray1D(), 1e-5);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Gate_up_product_with_swiglu_matches_float64(bool warps)
+    {
+        const int rows = 19, columns = 44, tokens = 3;
+        float[] gate = Random(rows * columns), up = Random(rows * columns), x = Random(tokens * columns);
+        using MemoryBuffer1D<float, Stride1D.Dense> gb = On(gate), ub = On(up), xb = On(x), yb = _accelerator.Allocate1D<float>(tokens * rows);
+        if (warps)
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.MatMulSwiGluWarp)(
+                Warps(rows * tokens), gb.View, ub.View, xb.View, yb.View, columns, rows, tokens);
+        else
+            _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(IlgpuKernels.MatMulSwiGlu)(
+                new Index2D(rows, tokens), gb.View, ub.View, xb.View, yb.View, columns, rows);
         var expected = new double[tokens * rows];
         for (int t = 0; t < tokens; t++)
             for (int r = 0; r < rows; r++)
             {
-                double sum = bias[r];
-                for (int k = 0; k < columns; k++) sum += (double)w[r * columns + k] * x[t * columns + k];
-                expected[t * rows + r] = y0[t * rows + r] + sum;
+                double g = 0, u = 0;
+                for (int k = 0; k < columns; k++)
+                {
+                    g += (double)gate[r * columns + k] * x[t * columns + k];
+                    u += (double)up[r * columns + k] * x[t * columns + k];
+                }
+                expected[t * rows + r] = g / (1 + Math.Exp(-g)) * u;
             }
         Close(expected, yb.GetAsArray1D(), 1e-5);
     }
+
+    private KernelConfig Warps(int count) => new((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
 
     [Theory]
     [InlineData(false)]
@@ -77,8 +113,9 @@ public sealed class IlgpuKernelTests : IDisposable
         using MemoryBuffer1D<float, Stride1D.Dense> xb = On(x), wb = On(weight), ob = _accelerator.Allocate1D<float>(rows.Length * n);
         using var rb = On(rows);
         if (warps)
-            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormWarp)(
-                new KernelConfig(1, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), xb.View, rb.View, wb.View, ob.View, n, 1e-5f, rows.Length);
+            // Groups of 16 threads here (4 emulated warps of 4 lanes): several threads per row and a shared-memory sum.
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormGroup)(
+                new KernelConfig(rows.Length, 4 * _accelerator.WarpSize), xb.View, rb.View, wb.View, ob.View, n, 1e-5f, rows.Length);
         else
             _accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm)(
                 rows.Length, xb.View, rb.View, wb.View, ob.View, n, 1e-5f);
@@ -94,13 +131,8 @@ public sealed class IlgpuKernelTests : IDisposable
     }
 
     [Fact]
-    public void SwiGlu_and_embedding_with_soft_tokens_match_float64()
+    public void Embedding_with_soft_tokens_matches_the_tables()
     {
-        float[] gate = Random(200), up = Random(200);
-        using MemoryBuffer1D<float, Stride1D.Dense> gb = On(gate), ub = On(up);
-        _accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(IlgpuKernels.SwiGlu)(gate.Length, gb.View, ub.View);
-        Close([.. gate.Select((g, i) => g / (1 + Math.Exp(-g)) * up[i])], gb.GetAsArray1D(), 1e-6);
-
         const int hidden = 8;
         float[] table = Random(10 * hidden), soft = Random(2 * hidden);
         int[] ids = [3, -2, 9, -1];
@@ -162,7 +194,6 @@ public sealed class IlgpuKernelTests : IDisposable
             rb = _accelerator.Allocate1D<float>(q.Length * splits), ob = _accelerator.Allocate1D<float>(q.Length),
             partial = _accelerator.Allocate1D<float>(tokens * shape.Heads * splits * (dim + 2));
         using MemoryBuffer1D<int, Stride1D.Dense> eb = On(entries), tsb = On(tableStart), tlb = On(tableLength), chb = On(chunkOf), posb = On(positions);
-        KernelConfig Warps(int count) => new((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
         if (warps)
         {
             _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,

@@ -58,84 +58,148 @@ public static class IlgpuKernels
     }
 
     /// <summary>
-    /// <see cref="RmsNorm"/> for a GPU, one warp per row: the lanes read the row together and add their squares by
-    /// shuffles. Launch with <see cref="WarpsPerGroup"/> warps per group, <paramref name="count"/> warps in all.
+    /// <see cref="RmsNorm"/> for a GPU, one group of <see cref="NormThreads"/> threads per row (a decode step has one row,
+    /// and one warp walking 2048 floats is a chain of dependent loads): the threads read the row together and add their
+    /// squares by shuffles and shared memory. Launch <paramref name="count"/> groups of <see cref="NormThreads"/>.
     /// </summary>
-    public static void RmsNormWarp(ArrayView<float> x, ArrayView<int> rows, ArrayView<float> weight, ArrayView<float> output, int n, float epsilon, int count)
+    public static void RmsNormGroup(ArrayView<float> x, ArrayView<int> rows, ArrayView<float> weight, ArrayView<float> output, int n, float epsilon, int count)
     {
-        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
-        bool used = warp < count;
-        long from = (long)rows[used ? warp : 0] * n, to = (long)warp * n;
+        var warpSums = SharedMemory.Allocate<float>(NormThreads);
+        int row = Grid.IdxX, thread = Group.IdxX, threads = Group.DimX;
+        long from = (long)rows[row] * n, to = (long)row * n;
         float sum = 0;
-        for (int j = lane; j < n; j += Warp.WarpSize) sum += x[from + j] * x[from + j];
+        for (int j = thread; j < n; j += threads) sum += x[from + j] * x[from + j];
         for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleXor(sum, offset);
-        float scale = 1f / MathF.Sqrt(sum / n + epsilon);
-        for (int j = lane; used && j < n; j += Warp.WarpSize) output[to + j] = x[from + j] * scale * weight[j];
+        if (Warp.LaneIdx == 0) warpSums[Warp.WarpIdx] = sum;
+        Group.Barrier();
+        float total = 0;
+        for (int w = 0; w < threads / Warp.WarpSize; w++) total += warpSums[w];
+        float scale = 1f / MathF.Sqrt(total / n + epsilon);
+        for (int j = thread; j < n; j += threads) output[to + j] = x[from + j] * scale * weight[j];
     }
+
+    /// <summary>Threads per group of <see cref="RmsNormGroup"/>.</summary>
+    public const int NormThreads = 256;
 
     /// <summary>
     /// y[t, r] = Σ_k w[r, k] x[t, k] (+ bias[r] when <paramref name="hasBias"/>; added to y when <paramref name="accumulate"/>),
-    /// one thread per output: for ILGPU's CPU accelerator, where <see cref="MatMulWarp"/>'s emulated shuffles cost ~20×.
-    /// Index: (r, t).
+    /// the rows of w written to up to three outputs in turn (<paramref name="rows0"/> rows to y0, then rows1 to y1, then
+    /// rows2 to y2: the query, key and value products as one launch), one thread per output: for ILGPU's CPU accelerator,
+    /// where <see cref="MatMulWarp"/>'s emulated shuffles cost ~20×. Index: (r, t).
     /// </summary>
-    public static void MatMul(Index2D i, ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int hasBias, int accumulate)
+    public static void MatMul(Index2D i, ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
+        int columns, int rows0, int rows1, int rows2, int hasBias, int accumulate)
     {
         long wRow = (long)i.X * columns, xRow = (long)i.Y * columns;
         float sum = 0;
         for (int k = 0; k < columns; k++) sum += w[wRow + k] * x[xRow + k];
-        if (hasBias != 0) sum += bias[i.X];
-        long o = (long)i.Y * rows + i.X;
-        y[o] = accumulate != 0 ? y[o] + sum : sum;
+        Store(y0, y1, y2, rows0, rows1, rows2, i.X, i.Y, hasBias != 0 ? sum + bias[i.X] : sum, accumulate);
     }
 
     /// <summary>
-    /// <see cref="MatMul"/> for a GPU, one warp per (row, token): each lane reads four consecutive columns at a time (one
-    /// 16-byte load where the backend vectorises it), so a warp streams 512 contiguous bytes of the row per iteration, and
-    /// the lanes add their sums by shuffles (rows whose width is not a multiple of 4 are read a float at a time).
-    /// Launch with <see cref="WarpsPerGroup"/> warps per group, rows × tokens warps in all.
+    /// <see cref="MatMul"/> for a GPU, one warp per (row, token): the lanes stream the row (<see cref="WarpDot"/>) and add
+    /// their sums by shuffles. Launch with <see cref="WarpsPerGroup"/> warps per group, (rows0 + rows1 + rows2) × tokens warps.
     /// </summary>
-    public static void MatMulWarp(ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int columns, int rows, int tokens, int hasBias, int accumulate)
+    public static void MatMulWarp(ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
+        int columns, int rows0, int rows1, int rows2, int tokens, int hasBias, int accumulate)
     {
-        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, rows = rows0 + rows1 + rows2;
         // Every lane reaches the shuffles (an emulated warp waits for all of its lanes), the last group's spare warps idle.
         bool used = warp < rows * tokens;
         int r = used ? warp % rows : 0, t = used ? warp / rows : 0;
-        float sum = 0;
-        if (columns % 4 == 0)
+        float sum = WarpSum(WarpDot(w, x, (long)r * columns, (long)t * columns, columns, used));
+        if (used && Warp.LaneIdx == 0) Store(y0, y1, y2, rows0, rows1, rows2, r, t, hasBias != 0 ? sum + bias[r] : sum, accumulate);
+    }
+
+    /// <summary>
+    /// y[t, r] = silu(Σ_k gate[r, k] x[t, k]) · Σ_k up[r, k] x[t, k]: SwiGLU's two products and their product in one
+    /// launch, one thread per output (the CPU accelerator's). Index: (r, t).
+    /// </summary>
+    public static void MatMulSwiGlu(Index2D i, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> x, ArrayView<float> y, int columns, int rows)
+    {
+        long wRow = (long)i.X * columns, xRow = (long)i.Y * columns;
+        float g = 0, u = 0;
+        for (int k = 0; k < columns; k++)
         {
-            // Four loads in flight per lane (a dependent chain of single loads leaves the memory system idle).
-            int quads = columns / 4, width = Warp.WarpSize, k = lane;
-            var w4 = w.Cast<Float4>();
-            var x4 = x.Cast<Float4>();
-            long wRow = (long)r * quads, xRow = (long)t * quads;
-            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (; used && k + 3 * width < quads; k += 4 * width)
-            {
-                Float4 a0 = w4[wRow + k], a1 = w4[wRow + k + width], a2 = w4[wRow + k + 2 * width], a3 = w4[wRow + k + 3 * width];
-                Float4 b0 = x4[xRow + k], b1 = x4[xRow + k + width], b2 = x4[xRow + k + 2 * width], b3 = x4[xRow + k + 3 * width];
-                s0 += a0.X * b0.X + a0.Y * b0.Y + a0.Z * b0.Z + a0.W * b0.W;
-                s1 += a1.X * b1.X + a1.Y * b1.Y + a1.Z * b1.Z + a1.W * b1.W;
-                s2 += a2.X * b2.X + a2.Y * b2.Y + a2.Z * b2.Z + a2.W * b2.W;
-                s3 += a3.X * b3.X + a3.Y * b3.Y + a3.Z * b3.Z + a3.W * b3.W;
-            }
-            for (; used && k < quads; k += width)
-            {
-                Float4 a = w4[wRow + k], b = x4[xRow + k];
-                s0 += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
-            }
-            sum = (s0 + s1) + (s2 + s3);
+            g += gate[wRow + k] * x[xRow + k];
+            u += up[wRow + k] * x[xRow + k];
+        }
+        y[(long)i.Y * rows + i.X] = g / (1f + MathF.Exp(-g)) * u;
+    }
+
+    /// <summary><see cref="MatMulSwiGlu"/> for a GPU, one warp per (row, token) reading both rows. Launch as <see cref="MatMulWarp"/>.</summary>
+    public static void MatMulSwiGluWarp(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> x, ArrayView<float> y, int columns, int rows, int tokens)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize;
+        bool used = warp < rows * tokens;
+        int r = used ? warp % rows : 0, t = used ? warp / rows : 0;
+        long wRow = (long)r * columns, xRow = (long)t * columns;
+        float g = WarpSum(WarpDot(gate, x, wRow, xRow, columns, used)), u = WarpSum(WarpDot(up, x, wRow, xRow, columns, used));
+        if (used && Warp.LaneIdx == 0) y[(long)t * rows + r] = g / (1f + MathF.Exp(-g)) * u;
+    }
+
+    /// <summary>Row r, token t's value into whichever output its row falls in (added to it when <paramref name="accumulate"/>).</summary>
+    private static void Store(ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2, int rows0, int rows1, int rows2, int r, int t, float value, int accumulate)
+    {
+        long o;
+        if (r < rows0)
+        {
+            o = (long)t * rows0 + r;
+            y0[o] = accumulate != 0 ? y0[o] + value : value;
+        }
+        else if (r < rows0 + rows1)
+        {
+            o = (long)t * rows1 + r - rows0;
+            y1[o] = accumulate != 0 ? y1[o] + value : value;
         }
         else
         {
-            // Rows not 16-byte aligned: a float at a time.
-            long wRow = (long)r * columns, xRow = (long)t * columns;
-            for (int k = lane; used && k < columns; k += Warp.WarpSize) sum += w[wRow + k] * x[xRow + k];
+            o = (long)t * rows2 + r - rows0 - rows1;
+            y2[o] = accumulate != 0 ? y2[o] + value : value;
         }
-        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleDown(sum, offset);
-        if (!used || lane != 0) return;
-        if (hasBias != 0) sum += bias[r];
-        long o = (long)t * rows + r;
-        y[o] = accumulate != 0 ? y[o] + sum : sum;
+    }
+
+    /// <summary>
+    /// This lane's share of Σ_k w[wRow + k] x[xRow + k]: four consecutive columns per load (one 16-byte load where the
+    /// backend vectorises it), four loads in flight (a dependent chain of single loads leaves the memory system idle), so
+    /// a warp streams 2 KB of the row per iteration; rows whose width is not a multiple of 4 are read a float at a time.
+    /// </summary>
+    private static float WarpDot(ArrayView<float> w, ArrayView<float> x, long wRow, long xRow, int columns, bool used)
+    {
+        int lane = Warp.LaneIdx, width = Warp.WarpSize;
+        if (columns % 4 != 0)
+        {
+            float single = 0;
+            for (int k = lane; used && k < columns; k += width) single += w[wRow + k] * x[xRow + k];
+            return single;
+        }
+        int quads = columns / 4, q = lane;
+        var w4 = w.Cast<Float4>();
+        var x4 = x.Cast<Float4>();
+        long w0 = wRow / 4, x0 = xRow / 4;
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (; used && q + 3 * width < quads; q += 4 * width)
+        {
+            Float4 a0 = w4[w0 + q], a1 = w4[w0 + q + width], a2 = w4[w0 + q + 2 * width], a3 = w4[w0 + q + 3 * width];
+            Float4 b0 = x4[x0 + q], b1 = x4[x0 + q + width], b2 = x4[x0 + q + 2 * width], b3 = x4[x0 + q + 3 * width];
+            s0 += a0.X * b0.X + a0.Y * b0.Y + a0.Z * b0.Z + a0.W * b0.W;
+            s1 += a1.X * b1.X + a1.Y * b1.Y + a1.Z * b1.Z + a1.W * b1.W;
+            s2 += a2.X * b2.X + a2.Y * b2.Y + a2.Z * b2.Z + a2.W * b2.W;
+            s3 += a3.X * b3.X + a3.Y * b3.Y + a3.Z * b3.Z + a3.W * b3.W;
+        }
+        for (; used && q < quads; q += width)
+        {
+            Float4 a = w4[w0 + q], b = x4[x0 + q];
+            s0 += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
+        }
+        return (s0 + s1) + (s2 + s3);
+    }
+
+    /// <summary>The sum of <paramref name="value"/> over the warp's lanes, in every lane.</summary>
+    private static float WarpSum(float value)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) value += Warp.ShuffleXor(value, offset);
+        return value;
     }
 
     /// <summary>The scalar arguments of <see cref="AttentionWarp{TShape}"/>.</summary>
@@ -158,23 +222,24 @@ public static class IlgpuKernels
         public float X, Y, Z, W;
     }
 
-    /// <summary>Warps per group of <see cref="MatMulWarp"/>.</summary>
+    /// <summary>Warps per group of the warp-per-row kernels.</summary>
     public const int WarpsPerGroup = 4;
 
-    /// <summary>Token t's K, rotated at its position, and V into (blocks[t], slots[t]) of <paramref name="layer"/>. Index: (kv head, t).</summary>
+    /// <summary>
+    /// Token t's K, rotated at its position, and V into (blocks[t], slots[t]) of <paramref name="layer"/>, one thread per
+    /// rotation pair: it rotates pair p of one KV head's key and copies that head's values 2p and 2p + 1. Index: (kv head × head dim / 2 + p, t).
+    /// </summary>
     public static void AppendKv<TShape>(Index2D i, ArrayView<float> k, ArrayView<float> v, ArrayView<float> pool, ArrayView<int> blocks, ArrayView<int> slots,
         ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, TShape shape, int layer) where TShape : struct, IIlgpuShape
     {
-        int t = i.Y, head = i.X, half = shape.HeadDim / 2, kvDim = shape.KvHeads * shape.HeadDim;
-        long row = (long)t * kvDim + head * shape.HeadDim, angles = (long)positions[t] * half;
-        for (int p = 0; p < half; p++)
-        {
-            int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
-            float c = cos[angles + p], s = sin[angles + p], ka = k[row + a], kb = k[row + b];
-            pool[Offset(shape, blocks[t], layer, 0, head, slots[t], a)] = ka * c - kb * s;
-            pool[Offset(shape, blocks[t], layer, 0, head, slots[t], b)] = ka * s + kb * c;
-        }
-        for (int d = 0; d < shape.HeadDim; d++) pool[Offset(shape, blocks[t], layer, 1, head, slots[t], d)] = v[row + d];
+        int t = i.Y, half = shape.HeadDim / 2, head = i.X / half, p = i.X % half, kvDim = shape.KvHeads * shape.HeadDim;
+        long row = (long)t * kvDim + head * shape.HeadDim, angle = (long)positions[t] * half + p;
+        int a = shape.Interleaved != 0 ? 2 * p : p, b = shape.Interleaved != 0 ? 2 * p + 1 : p + half;
+        float c = cos[angle], s = sin[angle], ka = k[row + a], kb = k[row + b];
+        pool[Offset(shape, blocks[t], layer, 0, head, slots[t], a)] = ka * c - kb * s;
+        pool[Offset(shape, blocks[t], layer, 0, head, slots[t], b)] = ka * s + kb * c;
+        pool[Offset(shape, blocks[t], layer, 1, head, slots[t], 2 * p)] = v[row + 2 * p];
+        pool[Offset(shape, blocks[t], layer, 1, head, slots[t], 2 * p + 1)] = v[row + 2 * p + 1];
     }
 
     /// <summary>
@@ -389,12 +454,5 @@ public static class IlgpuKernels
             }
         }
         if (used && lane == 0) next[warp] = index;
-    }
-
-    /// <summary>gate[t, j] = silu(gate[t, j]) · up[t, j], SwiGLU's product, in place. Index: element.</summary>
-    public static void SwiGlu(Index1D i, ArrayView<float> gate, ArrayView<float> up)
-    {
-        float g = gate[i];
-        gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
     }
 }

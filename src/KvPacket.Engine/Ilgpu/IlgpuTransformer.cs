@@ -26,24 +26,26 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly List<MemoryBuffer> _owned = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _classifier, _finalNorm, _cos, _sin, _none;
     private readonly Layer[] _layers;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _gate, _up, _soft, _logits;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _ffn, _soft, _logits;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _ids, _positions, _blockIds, _slots, _tokenChunk, _tableStart, _tableLength, _rows, _allRows, _entries;
     private readonly int[] _entryHost, _rowsHost;
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormWarp;
-    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>? _matMul;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>? _matMulWarp;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormGroup;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int>? _matMul;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>? _matMulWarp;
+    private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? _swiGlu;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? _swiGluWarp;
     private readonly IlgpuAttentionKernels _attention;
-    private readonly Action<Index1D, ArrayView<float>, ArrayView<float>> _swiGlu;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> _argMax;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _next;
 
     private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
 
+    /// <summary>A block's weights; the query, key and value rows in one matrix (one launch), in that order.</summary>
     private sealed record Layer(MemoryBuffer1D<float, Stride1D.Dense> AttentionNorm, MemoryBuffer1D<float, Stride1D.Dense> FfnNorm,
-        Matrix Query, Matrix Key, Matrix Value, Matrix Output, Matrix Gate, Matrix Up, Matrix Down);
+        Matrix QueryKeyValue, Matrix Output, Matrix Gate, Matrix Up, Matrix Down);
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="accelerator"/> for steps of up to <paramref name="maxTokens"/>
@@ -65,8 +67,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         _classifier = Upload(model.Classifier);
         _finalNorm = Upload(model.FinalNorm);
         _none = Floats(1);
-        _layers = [.. model.Layers.Select(l => new Layer(Upload(l.AttentionNorm), Upload(l.FfnNorm), Product(l.Query, l.QueryBias), Product(l.Key, l.KeyBias),
-            Product(l.Value, l.ValueBias), Product(l.Output, default), Product(l.Gate, default), Product(l.Up, default), Product(l.Down, default)))];
+        _layers = [.. model.Layers.Select(l => new Layer(Upload(l.AttentionNorm), Upload(l.FfnNorm), Product([l.Query, l.Key, l.Value], [l.QueryBias, l.KeyBias, l.ValueBias]),
+            Product([l.Output], [default]), Product([l.Gate], [default]), Product([l.Up], [default]), Product([l.Down], [default])))];
 
         // cos and sin of every position and pair, as the CPU backend computes them.
         var rope = new RotaryEmbedding(c);
@@ -89,8 +91,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         // Attention's scratch: a rotated query per row and split, and each split's (max, sum, output) when rows are split.
         _rotated = Floats((long)Math.Max(t * c.HeadCount, SplitRows) * c.HeadDim);
         _partial = Floats((long)SplitRows * (c.HeadDim + 2));
-        _gate = Floats((long)t * c.IntermediateSize);
-        _up = Floats((long)t * c.IntermediateSize);
+        _ffn = Floats((long)t * c.IntermediateSize);
         _soft = Floats((long)t * c.HiddenSize);
         _logits = Floats((long)t * c.VocabSize);
         _ids = Ints(t);
@@ -113,18 +114,21 @@ public sealed class IlgpuTransformer : IForwardBackend
         if (accelerator.AcceleratorType == AcceleratorType.CPU)
         {
             _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
-            _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(IlgpuKernels.MatMul);
+            _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                int, int, int, int, int, int>(IlgpuKernels.MatMul);
+            _swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(IlgpuKernels.MatMulSwiGlu);
         }
         else
         {
-            _rmsNormWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormWarp);
-            _matMulWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
+            _rmsNormGroup = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormGroup);
+            _matMulWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                int, int, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
+            _swiGluWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.MatMulSwiGluWarp);
         }
         int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
         _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
                      ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic");
-        _swiGlu = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(IlgpuKernels.SwiGlu);
         _argMax = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxWarp);
         _next = Ints(_maxChunks);
     }
@@ -320,11 +324,9 @@ public sealed class IlgpuTransformer : IForwardBackend
             timeline?.Mark("rms_norm");
             Normalise(n, _allRows, w.AttentionNorm, epsilon);
             timeline?.Mark("qkv product");
-            Multiply(w.Query, _xb, _q, n);
-            Multiply(w.Key, _xb, _k, n);
-            Multiply(w.Value, _xb, _v, n);
+            Multiply(w.QueryKeyValue, _xb, n, _q, _k, _v, c.QueryDim, c.KvDim);
             timeline?.Mark("kv_append");
-            _attention.AppendKv(new Index2D(c.KvHeadCount, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
+            _attention.AppendKv(new Index2D(c.KvDim / 2, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
             timeline?.Mark("attention");
             _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View,
                 _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale, _partial.View, splits);
@@ -332,13 +334,10 @@ public sealed class IlgpuTransformer : IForwardBackend
             Multiply(w.Output, _att, _x, n, accumulate: true);
             timeline?.Mark("rms_norm");
             Normalise(n, _allRows, w.FfnNorm, epsilon);
-            timeline?.Mark("gate/up product");
-            Multiply(w.Gate, _xb, _gate, n);
-            Multiply(w.Up, _xb, _up, n);
-            timeline?.Mark("swiglu");
-            _swiGlu(n * c.IntermediateSize, _gate.View, _up.View);
+            timeline?.Mark("gate/up product + swiglu");
+            GateUp(w, n);
             timeline?.Mark("down product");
-            Multiply(w.Down, _gate, _x, n, accumulate: true);
+            Multiply(w.Down, _ffn, _x, n, accumulate: true);
         }
         int rows = allRows ? n : chunks;
         timeline?.Mark("final norm + classifier");
@@ -358,21 +357,39 @@ public sealed class IlgpuTransformer : IForwardBackend
         int hidden = _config.HiddenSize;
         if (_rmsNorm is not null) _rmsNorm(count, _x.View, rows.View, weight.View, _xb.View, hidden, epsilon);
         else
-            _rmsNormWarp!(new KernelConfig((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
-                _x.View, rows.View, weight.View, _xb.View, hidden, epsilon, count);
+            _rmsNormGroup!(new KernelConfig(count, IlgpuKernels.NormThreads), _x.View, rows.View, weight.View, _xb.View, hidden, epsilon, count);
     }
 
-    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false)
+    /// <summary>output = input · mᵀ (+ bias; added to output when <paramref name="accumulate"/>) for <paramref name="tokens"/> rows.</summary>
+    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, MemoryBuffer1D<float, Stride1D.Dense> output, int tokens, bool accumulate = false) =>
+        Multiply(m, input, tokens, output, output, output, m.Rows, 0, accumulate);
+
+    /// <summary>
+    /// input · mᵀ (+ bias) with m's first <paramref name="rows0"/> rows into y0, the next <paramref name="rows1"/> into y1,
+    /// the rest into y2: one launch.
+    /// </summary>
+    private void Multiply(Matrix m, MemoryBuffer1D<float, Stride1D.Dense> input, int tokens, MemoryBuffer1D<float, Stride1D.Dense> y0, MemoryBuffer1D<float, Stride1D.Dense> y1,
+        MemoryBuffer1D<float, Stride1D.Dense> y2, int rows0, int rows1, bool accumulate = false)
     {
         var bias = (m.Bias ?? _none).View;
-        int hasBias = m.Bias is null ? 0 : 1, add = accumulate ? 1 : 0;
-        if (_matMul is not null) _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, bias, output.View, m.Columns, m.Rows, hasBias, add);
+        int hasBias = m.Bias is null ? 0 : 1, add = accumulate ? 1 : 0, rows2 = m.Rows - rows0 - rows1;
+        if (_matMul is not null)
+            _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, hasBias, add);
         else
-        {
-            int groups = (m.Rows * tokens + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup;
-            _matMulWarp!(new KernelConfig(groups, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), m.Weights.View, input.View, bias, output.View, m.Columns, m.Rows, tokens, hasBias, add);
-        }
+            _matMulWarp!(Warps((long)m.Rows * tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
     }
+
+    /// <summary>_ffn = silu(_xb · gateᵀ) ⊙ (_xb · upᵀ), one launch.</summary>
+    private void GateUp(Layer w, int tokens)
+    {
+        int rows = w.Gate.Rows, columns = w.Gate.Columns;
+        if (_swiGlu is not null) _swiGlu(new Index2D(rows, tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows);
+        else _swiGluWarp!(Warps((long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows, tokens);
+    }
+
+    /// <summary>Enough groups of <see cref="IlgpuKernels.WarpsPerGroup"/> warps for <paramref name="warps"/> warps.</summary>
+    private KernelConfig Warps(long warps) =>
+        new((int)((warps + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup), IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
 
     /// <summary>The first <paramref name="rows"/> rows of the last step's logits into <paramref name="logits"/>.</summary>
     private void Download(int rows, Span<float> logits)
@@ -381,12 +398,31 @@ public sealed class IlgpuTransformer : IForwardBackend
         _logits.View.AsContiguous().SubView(0, count).CopyToCPU(logits[..(int)count]);
     }
 
-    private Matrix Product(in WeightTensor weights, in WeightTensor bias) => new(Upload(weights), bias.IsPresent ? Upload(bias) : null, weights.Rows, weights.Columns);
+    /// <summary>The weight tensors' rows one after another in one device matrix, and their biases likewise (zeros where one has none).</summary>
+    private Matrix Product(WeightTensor[] weights, WeightTensor[] biases)
+    {
+        int columns = weights[0].Columns, rows = weights.Sum(w => w.Rows);
+        var values = new float[(long)rows * columns];
+        var bias = biases.Any(b => b.IsPresent) ? new float[rows] : null;
+        int row = 0;
+        for (int i = 0; i < weights.Length; i++)
+        {
+            weights[i].ReadRows(0, weights[i].Rows, values.AsSpan(row * columns, weights[i].Rows * columns));
+            if (bias is not null && biases[i].IsPresent) biases[i].ReadRows(0, biases[i].Rows, bias.AsSpan(row, (int)biases[i].ElementCount));
+            row += weights[i].Rows;
+        }
+        return new Matrix(Upload(values), bias is null ? null : Upload(bias), rows, columns);
+    }
 
     private MemoryBuffer1D<float, Stride1D.Dense> Upload(in WeightTensor tensor)
     {
         var values = new float[tensor.ElementCount];
         tensor.ReadRows(0, tensor.Rows, values);
+        return Upload(values);
+    }
+
+    private MemoryBuffer1D<float, Stride1D.Dense> Upload(float[] values)
+    {
         var buffer = Floats(values.Length);
         buffer.View.CopyFromCPU(values);
         return buffer;
