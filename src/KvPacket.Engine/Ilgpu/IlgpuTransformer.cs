@@ -27,8 +27,12 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _classifier, _finalNorm, _cos, _sin, _none;
     private readonly Layer[] _layers;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _ffn, _soft, _logits;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _ids, _positions, _blockIds, _slots, _tokenChunk, _tableStart, _tableLength, _rows, _allRows, _entries;
-    private readonly int[] _entryHost, _rowsHost;
+    // A step's metadata travels in one copy: the host array and the device buffer hold the same sections (per token:
+    // id, position, block, slot, chunk; per chunk: the row that gets logits, table start and length; then the entries).
+    private readonly int[] _stepHost;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _step, _allRows;
+    private readonly ArrayView<int> _ids, _positions, _blockIds, _slots, _tokenChunk, _rows, _tableStart, _tableLength, _entries;
+    private readonly int _entriesAt;
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
@@ -94,20 +98,16 @@ public sealed class IlgpuTransformer : IForwardBackend
         _ffn = Floats((long)t * c.IntermediateSize);
         _soft = Floats((long)t * c.HiddenSize);
         _logits = Floats((long)t * c.VocabSize);
-        _ids = Ints(t);
-        _positions = Ints(t);
-        _blockIds = Ints(t);
-        _slots = Ints(t);
-        _tokenChunk = Ints(t);
-        _tableStart = Ints(_maxChunks);
-        _tableLength = Ints(_maxChunks);
-        _rows = Ints(t);
         _allRows = Ints(t);
         _allRows.View.CopyFromCPU([.. Enumerable.Range(0, t)]);
-        _rowsHost = new int[t];
         int maxEntries = _blocks.BlockCount + _maxChunks * (_maxContext / layout.BlockSize + 64);
-        _entries = Ints(5L * maxEntries);
-        _entryHost = new int[5 * maxEntries];
+        _entriesAt = 5 * t + 3 * _maxChunks;
+        _stepHost = new int[_entriesAt + 5 * maxEntries];
+        _step = Ints(_stepHost.Length);
+        var step = _step.View;
+        (_ids, _positions, _blockIds, _slots, _tokenChunk) = (step.SubView(0, t), step.SubView(t, t), step.SubView(2 * t, t), step.SubView(3 * t, t), step.SubView(4 * t, t));
+        (_rows, _tableStart, _tableLength) = (step.SubView(5 * t, _maxChunks), step.SubView(5 * t + _maxChunks, _maxChunks), step.SubView(5 * t + 2 * _maxChunks, _maxChunks));
+        _entries = step.SubView(_entriesAt, 5 * maxEntries);
 
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
         // Norms and products: a warp per row on a GPU; a thread per row or output on the CPU accelerator, whose warps are emulated.
@@ -273,8 +273,12 @@ public sealed class IlgpuTransformer : IForwardBackend
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize} (or the {softRows} soft rows).");
 
         // Host metadata: each token's position, block, slot and chunk; each chunk's table; the rows that get logits.
-        Span<int> positions = stackalloc int[n], blocks = stackalloc int[n], slots = stackalloc int[n], chunkOf = stackalloc int[n];
-        Span<int> tableStart = stackalloc int[chunks], tableLength = stackalloc int[chunks];
+        int t0 = _maxTokens;
+        Span<int> host = _stepHost;
+        Span<int> positions = host.Slice(t0, n), blocks = host.Slice(2 * t0, n), slots = host.Slice(3 * t0, n), chunkOf = host.Slice(4 * t0, n);
+        Span<int> rowsOf = host.Slice(5 * t0, chunks), tableStart = host.Slice(5 * t0 + _maxChunks, chunks), tableLength = host.Slice(5 * t0 + 2 * _maxChunks, chunks);
+        Span<int> entries = host[_entriesAt..];
+        tokens.CopyTo(host);
         int offset = 0, entryCount = 0;
         for (int chunk = 0; chunk < chunks; chunk++)
         {
@@ -287,27 +291,19 @@ public sealed class IlgpuTransformer : IForwardBackend
                 (blocks[offset + t], slots[offset + t]) = table.Claim(table.Length + t, _blocks);
                 chunkOf[offset + t] = chunk;
             }
-            if (5 * (entryCount + table.Entries.Count) > _entryHost.Length)
+            if (5 * (entryCount + table.Entries.Count) > entries.Length)
                 throw new InvalidOperationException("A step's block tables hold more entries than this backend was sized for (many packets in many sequences).");
-            MemoryMarshal.Cast<BlockEntry, int>(CollectionsMarshal.AsSpan(table.Entries)).CopyTo(_entryHost.AsSpan(5 * entryCount));
+            MemoryMarshal.Cast<BlockEntry, int>(CollectionsMarshal.AsSpan(table.Entries)).CopyTo(entries[(5 * entryCount)..]);
             tableStart[chunk] = entryCount;
             tableLength[chunk] = table.Entries.Count;
             entryCount += table.Entries.Count;
-            _rowsHost[chunk] = offset + length - 1;
+            rowsOf[chunk] = offset + length - 1;
             offset += length;
         }
         if (offset != n) throw new ArgumentException($"The chunk lengths add up to {offset}, not {n} tokens.", nameof(lengths));
         // The scheduler resumes on pool threads: the accelerator's context is made current on whichever thread steps.
         _accelerator.Bind();
-        _ids.View.AsContiguous().SubView(0, n).CopyFromCPU(tokens);
-        _positions.View.AsContiguous().SubView(0, n).CopyFromCPU(positions);
-        _blockIds.View.AsContiguous().SubView(0, n).CopyFromCPU(blocks);
-        _slots.View.AsContiguous().SubView(0, n).CopyFromCPU(slots);
-        _tokenChunk.View.AsContiguous().SubView(0, n).CopyFromCPU(chunkOf);
-        _tableStart.View.AsContiguous().SubView(0, chunks).CopyFromCPU(tableStart);
-        _tableLength.View.AsContiguous().SubView(0, chunks).CopyFromCPU(tableLength);
-        _entries.View.AsContiguous().SubView(0, 5 * Math.Max(1, entryCount)).CopyFromCPU(_entryHost.AsSpan(0, 5 * Math.Max(1, entryCount)));
-        _rows.View.AsContiguous().SubView(0, chunks).CopyFromCPU(_rowsHost.AsSpan(0, chunks));
+        _step.View.AsContiguous().SubView(0, _entriesAt + 5 * entryCount).CopyFromCPU(_stepHost.AsSpan(0, _entriesAt + 5 * entryCount));
         if (softRows > 0) _soft.View.AsContiguous().SubView(0, soft.Length).CopyFromCPU(soft);
 
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
@@ -317,23 +313,23 @@ public sealed class IlgpuTransformer : IForwardBackend
         int splits = Math.Clamp(Math.Min(mostEntries / 2, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
         var timeline = Timeline;
         timeline?.Mark("embed");
-        _embed(new Index2D(hidden, n), _ids.View, _embedding.View, _soft.View, _x.View, hidden);
+        _embed(new Index2D(hidden, n), _ids, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             var w = _layers[layer];
             timeline?.Mark("rms_norm");
-            Normalise(n, _allRows, w.AttentionNorm, epsilon);
+            Normalise(n, _allRows.View, w.AttentionNorm, epsilon);
             timeline?.Mark("qkv product");
             Multiply(w.QueryKeyValue, _xb, n, _q, _k, _v, c.QueryDim, c.KvDim);
             timeline?.Mark("kv_append");
-            _attention.AppendKv(new Index2D(c.KvDim / 2, n), _k.View, _v.View, _blocks.Memory.View, _blockIds.View, _slots.View, _positions.View, _cos.View, _sin.View, layer);
+            _attention.AppendKv(new Index2D(c.KvDim / 2, n), _k.View, _v.View, _blocks.Memory.View, _blockIds, _slots, _positions, _cos.View, _sin.View, layer);
             timeline?.Mark("attention");
-            _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries.View, _tableStart.View, _tableLength.View, _tokenChunk.View,
-                _positions.View, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale, _partial.View, splits);
+            _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries, _tableStart, _tableLength, _tokenChunk,
+                _positions, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale, _partial.View, splits);
             timeline?.Mark("output product");
             Multiply(w.Output, _att, _x, n, accumulate: true);
             timeline?.Mark("rms_norm");
-            Normalise(n, _allRows, w.FfnNorm, epsilon);
+            Normalise(n, _allRows.View, w.FfnNorm, epsilon);
             timeline?.Mark("gate/up product + swiglu");
             GateUp(w, n);
             timeline?.Mark("down product");
@@ -341,7 +337,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         }
         int rows = allRows ? n : chunks;
         timeline?.Mark("final norm + classifier");
-        Normalise(rows, allRows ? _allRows : _rows, _finalNorm, epsilon);
+        Normalise(rows, allRows ? _allRows.View : _rows, _finalNorm, epsilon);
         Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
         timeline?.Close();
         _accelerator.Synchronize();
@@ -352,12 +348,12 @@ public sealed class IlgpuTransformer : IForwardBackend
     private const int SplitRows = 4096, MaxSplits = 32;
 
     /// <summary>_xb[r] = RMS-normalised _x[rows[r]] ⊙ weight for the first <paramref name="count"/> rows.</summary>
-    private void Normalise(int count, MemoryBuffer1D<int, Stride1D.Dense> rows, MemoryBuffer1D<float, Stride1D.Dense> weight, float epsilon)
+    private void Normalise(int count, ArrayView<int> rows, MemoryBuffer1D<float, Stride1D.Dense> weight, float epsilon)
     {
         int hidden = _config.HiddenSize;
-        if (_rmsNorm is not null) _rmsNorm(count, _x.View, rows.View, weight.View, _xb.View, hidden, epsilon);
+        if (_rmsNorm is not null) _rmsNorm(count, _x.View, rows, weight.View, _xb.View, hidden, epsilon);
         else
-            _rmsNormGroup!(new KernelConfig(count, IlgpuKernels.NormThreads), _x.View, rows.View, weight.View, _xb.View, hidden, epsilon, count);
+            _rmsNormGroup!(new KernelConfig(count, IlgpuKernels.NormThreads), _x.View, rows, weight.View, _xb.View, hidden, epsilon, count);
     }
 
     /// <summary>output = input · mᵀ (+ bias; added to output when <paramref name="accumulate"/>) for <paramref name="tokens"/> rows.</summary>
