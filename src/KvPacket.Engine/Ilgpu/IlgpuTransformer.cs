@@ -191,9 +191,11 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         Run(sequences, lengths, tokens, soft, allRows: false);
         int rows = sequences.Length;
+        Timeline?.Mark("argmax, ids to the host");
         _argMax(new KernelConfig((rows + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
             _logits.View, _next.View, _config.VocabSize, rows);
         _next.View.AsContiguous().SubView(0, rows).CopyToCPU(next[..rows]);
+        Timeline?.Close();
     }
 
     /// <inheritdoc />
@@ -268,6 +270,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         int n = tokens.Length, chunks = sequences.Length, hidden = c.HiddenSize, softRows = soft.Length / hidden;
         if (n == 0) return;
         if (n > _maxTokens || chunks > _maxChunks) throw new ArgumentOutOfRangeException(nameof(tokens), $"A step takes at most {_maxTokens} tokens in {_maxChunks} sequences.");
+        var timeline = Timeline;
+        timeline?.Mark("step metadata to the device");
         foreach (int token in tokens)
             if (token >= c.VocabSize || token < -softRows)
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} is outside the vocabulary of {c.VocabSize} (or the {softRows} soft rows).");
@@ -311,7 +315,6 @@ public sealed class IlgpuTransformer : IForwardBackend
         int mostEntries = 0;
         foreach (int entriesOfChunk in tableLength) mostEntries = Math.Max(mostEntries, entriesOfChunk);
         int splits = Math.Clamp(Math.Min(mostEntries / 2, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
-        var timeline = Timeline;
         timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
@@ -339,8 +342,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         timeline?.Mark("final norm + classifier");
         Normalise(rows, allRows ? _allRows.View : _rows, _finalNorm, epsilon);
         Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
-        timeline?.Close();
+        timeline?.Mark("synchronise");
         _accelerator.Synchronize();
+        timeline?.Close();
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
     }
 

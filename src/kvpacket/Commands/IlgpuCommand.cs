@@ -194,6 +194,7 @@ internal static class IlgpuCommand
             {
                 figures[$"{tag}_load_s"] = speed.LoadSeconds;
                 figures[$"{tag}_decode_step_ms"] = speed.DecodeMs;
+                figures[$"{tag}_decode_step_host_ms"] = speed.HostDecodeMs;
                 figures[$"{tag}_decode_tokens_per_s"] = 1e3 / speed.DecodeMs;
                 figures[$"{tag}_decode_fraction_of_copy_roofline"] = bytes / (speed.DecodeMs / 1e3) / 1e9 / copy;
                 figures[$"{tag}_prefill_{promptLength}_tokens_per_s"] = promptLength / (speed.PrefillMs / 1e3);
@@ -228,6 +229,9 @@ internal static class IlgpuCommand
     {
         public double LoadSeconds { get; init; }
 
+        /// <summary>The decode step's median by the host's clock (call to return).</summary>
+        public double HostDecodeMs { get; init; }
+
         /// <summary>
         /// Times greedy decode steps after <paramref name="context"/> tokens and prefills of <paramref name="prefill"/> tokens
         /// with <paramref name="time"/> (device ms of the work), after warm-up; <paramref name="stages"/> runs work with the
@@ -242,7 +246,13 @@ internal static class IlgpuCommand
             void Step() => backend.StepGreedy(sequences, one, token, default, next);
             for (int w = 0; w < 5; w++) Step();
             var decode = new double[repeats];
-            for (int r = 0; r < repeats; r++) decode[r] = time(Step);
+            var host = new double[repeats];
+            for (int r = 0; r < repeats; r++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                decode[r] = time(Step);
+                host[r] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            }
             var decodeStages = Average(stages, Step, 8);
             backend.ReleaseSequence(sequence);
 
@@ -256,7 +266,7 @@ internal static class IlgpuCommand
             Prefill();
             var prefills = new double[Math.Max(3, repeats / 5)];
             for (int r = 0; r < prefills.Length; r++) prefills[r] = time(Prefill);
-            return new BackendSpeed(Statistics.Median(decode), Statistics.Median(prefills), decodeStages, Average(stages, Prefill, 3));
+            return new BackendSpeed(Statistics.Median(decode), Statistics.Median(prefills), decodeStages, Average(stages, Prefill, 3)) { HostDecodeMs = Statistics.Median(host) };
         }
 
         private static Dictionary<string, double> Average(Func<Action, Dictionary<string, double>> stages, Action work, int runs)
