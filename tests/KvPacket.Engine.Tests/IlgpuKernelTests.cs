@@ -72,6 +72,44 @@ public sealed class IlgpuKernelTests : IDisposable
     }
 
     [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Tiled_product_matches_float64_in_every_mode(int mode)
+    {
+        // 70 tokens × (40 + 30 + 27) rows over 37 columns: partial tiles on both sides and a partial k-slice. Groups of 256
+        // threads need the CPU accelerator that emulates an NVIDIA GPU (the default one's groups are 16 threads).
+        using var context = Context.Create(builder => builder.CPU(ILGPU.Runtime.CPU.CPUDeviceKind.Nvidia));
+        using var accelerator = context.CreateCPUAccelerator(0);
+        const int rows0 = 40, rows1 = 30, rows2 = 27, rows = rows0 + rows1 + rows2, tokens = 70, columns = 37;
+        float[] w = Random(rows * columns), x = Random(tokens * columns), bias = Random(rows), y = Random(tokens * rows);
+        float[][] initial = [y[..(tokens * rows0)], y[(tokens * rows0)..(tokens * (rows0 + rows1))], y[(tokens * (rows0 + rows1))..]];
+        MemoryBuffer1D<float, Stride1D.Dense> Upload(float[] values)
+        {
+            var buffer = accelerator.Allocate1D<float>(values.Length);
+            buffer.CopyFromCPU(values);
+            return buffer;
+        }
+        using MemoryBuffer1D<float, Stride1D.Dense> wb = Upload(w), xb = Upload(x), bb = Upload(bias), out0 = Upload(initial[0]), out1 = Upload(initial[1]), out2 = Upload(initial[2]);
+        accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>(
+            IlgpuKernels.MatMulTiled)(new KernelConfig((rows + 63) / 64 * ((tokens + 63) / 64), IlgpuKernels.TileThreads),
+            wb.View, xb.View, bb.View, out0.View, out1.View, out2.View, columns, rows0, rows1, rows2, tokens, 1, mode);
+        int[] counts = [rows0, rows1, rows2];
+        for (int segment = 0, first = 0; segment < 3; first += counts[segment], segment++)
+        {
+            var expected = new double[tokens * counts[segment]];
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < counts[segment]; r++)
+                {
+                    double sum = bias[first + r], before = initial[segment][t * counts[segment] + r];
+                    for (int k = 0; k < columns; k++) sum += (double)w[(first + r) * columns + k] * x[t * columns + k];
+                    expected[t * counts[segment] + r] = mode switch { 0 => sum, 1 => before + sum, _ => before / (1 + Math.Exp(-before)) * sum };
+                }
+            Close(expected, (segment switch { 0 => out0, 1 => out1, _ => out2 }).GetAsArray1D(), 1e-5);
+        }
+    }
+
+    [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public void Gate_up_product_with_swiglu_matches_float64(bool warps)
@@ -144,18 +182,24 @@ public sealed class IlgpuKernelTests : IDisposable
         Close(expected, xb.GetAsArray1D(), 0);
     }
 
-    [Fact]
-    public void ArgMax_takes_each_rows_first_largest_logit()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]   // slices of 13, 13 and 11 logits, merged
+    [InlineData(50)]  // more slices than logits: empty ones
+    public void ArgMax_takes_each_rows_first_largest_logit(int slices)
     {
-        const int vocab = 37;
-        float[] logits = Random(3 * vocab);
-        logits[5] = logits[30] = 9;                          // a tie: the first wins
+        const int vocab = 37, rows = 3;
+        float[] logits = Random(rows * vocab);
+        logits[5] = logits[30] = 9;                          // a tie across slices: the first wins
         logits[vocab + 36] = 4;                              // the last column
         for (int j = 0; j < vocab; j++) logits[2 * vocab + j] = float.NegativeInfinity;
         using var lb = On(logits);
-        using var nb = _accelerator.Allocate1D<int>(3);
-        _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxWarp)(
-            new KernelConfig(1, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize), lb.View, nb.View, vocab, 3);
+        using var best = _accelerator.Allocate1D<float>(rows * slices);
+        using MemoryBuffer1D<int, Stride1D.Dense> at = _accelerator.Allocate1D<int>(rows * slices), nb = _accelerator.Allocate1D<int>(rows);
+        _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxSlices)(
+            new KernelConfig(rows * slices, _accelerator.MaxNumThreadsPerGroup), lb.View, best.View, at.View, vocab, slices);
+        _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxMerge)(
+            Warps(rows), best.View, at.View, nb.View, slices, rows);
         Assert.Equal([5, 36, 0], nb.GetAsArray1D());
     }
 

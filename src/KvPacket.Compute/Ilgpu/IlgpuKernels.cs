@@ -138,25 +138,82 @@ public static class IlgpuKernels
         if (used && Warp.LaneIdx == 0) y[(long)t * rows + r] = g / (1f + MathF.Exp(-g)) * u;
     }
 
-    /// <summary>Row r, token t's value into whichever output its row falls in (added to it when <paramref name="accumulate"/>).</summary>
-    private static void Store(ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2, int rows0, int rows1, int rows2, int r, int t, float value, int accumulate)
+    /// <summary>
+    /// Row r, token t's value into whichever output its row falls in: written (<paramref name="mode"/> 0), added (1), or
+    /// multiplied into silu of what is there (2: SwiGLU's up product over its gate product).
+    /// </summary>
+    private static void Store(ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2, int rows0, int rows1, int rows2, int r, int t, float value, int mode)
     {
-        long o;
-        if (r < rows0)
-        {
-            o = (long)t * rows0 + r;
-            y0[o] = accumulate != 0 ? y0[o] + value : value;
-        }
-        else if (r < rows0 + rows1)
-        {
-            o = (long)t * rows1 + r - rows0;
-            y1[o] = accumulate != 0 ? y1[o] + value : value;
-        }
+        if (r < rows0) Combine(y0, (long)t * rows0 + r, value, mode);
+        else if (r < rows0 + rows1) Combine(y1, (long)t * rows1 + r - rows0, value, mode);
+        else Combine(y2, (long)t * rows2 + r - rows0 - rows1, value, mode);
+    }
+
+    private static void Combine(ArrayView<float> y, long o, float value, int mode)
+    {
+        if (mode == 0) y[o] = value;
+        else if (mode == 1) y[o] += value;
         else
         {
-            o = (long)t * rows2 + r - rows0 - rows1;
-            y2[o] = accumulate != 0 ? y2[o] + value : value;
+            float gate = y[o];
+            y[o] = gate / (1f + MathF.Exp(-gate)) * value;
         }
+    }
+
+    /// <summary>
+    /// <see cref="MatMulWarp"/> for many tokens (prefill), tiled so each weight is read once per 64 tokens instead of once
+    /// per token: a group of 256 threads computes a 64-token × 64-row tile, 4 × 4 outputs per thread, over k-slices of
+    /// 16 staged in shared memory. <paramref name="mode"/>: 0 write, 1 add, 2 silu(y) × product (see <see cref="Store"/>).
+    /// Launch ⌈rows / 64⌉ × ⌈tokens / 64⌉ groups of <see cref="TileThreads"/>.
+    /// </summary>
+    public static void MatMulTiled(ArrayView<float> w, ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2,
+        int columns, int rows0, int rows1, int rows2, int tokens, int hasBias, int mode)
+    {
+        const int Tile = 64, Slice = 16;
+        var xs = SharedMemory.Allocate<float>(Tile * Slice);
+        var ws = SharedMemory.Allocate<float>(Tile * Slice);
+        int rows = rows0 + rows1 + rows2, rowTiles = (rows + Tile - 1) / Tile;
+        int r0 = Grid.IdxX % rowTiles * Tile, t0 = Grid.IdxX / rowTiles * Tile, thread = Group.IdxX, tx = thread % 16, ty = thread / 16;
+        float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0, c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+        for (int k0 = 0; k0 < columns; k0 += Slice)
+        {
+            // Each thread stages four elements of each operand: element e is (e / 16 along the tile, e % 16 along k).
+            for (int i = 0; i < 4; i++)
+            {
+                int e = thread + TileThreads * i, along = e / Slice, k = k0 + e % Slice;
+                xs[e % Slice * Tile + along] = t0 + along < tokens && k < columns ? x[(long)(t0 + along) * columns + k] : 0;
+                ws[e % Slice * Tile + along] = r0 + along < rows && k < columns ? w[(long)(r0 + along) * columns + k] : 0;
+            }
+            Group.Barrier();
+            for (int kk = 0; kk < Slice; kk++)
+            {
+                int a = kk * Tile + ty * 4, b = kk * Tile + tx * 4;
+                float a0 = xs[a], a1 = xs[a + 1], a2 = xs[a + 2], a3 = xs[a + 3], b0 = ws[b], b1 = ws[b + 1], b2 = ws[b + 2], b3 = ws[b + 3];
+                c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;
+                c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;
+                c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;
+                c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;
+            }
+            Group.Barrier();
+        }
+        int t = t0 + ty * 4, r = r0 + tx * 4;
+        StoreTileRow(y0, y1, y2, bias, rows0, rows1, rows2, rows, tokens, t, r, c00, c01, c02, c03, hasBias, mode);
+        StoreTileRow(y0, y1, y2, bias, rows0, rows1, rows2, rows, tokens, t + 1, r, c10, c11, c12, c13, hasBias, mode);
+        StoreTileRow(y0, y1, y2, bias, rows0, rows1, rows2, rows, tokens, t + 2, r, c20, c21, c22, c23, hasBias, mode);
+        StoreTileRow(y0, y1, y2, bias, rows0, rows1, rows2, rows, tokens, t + 3, r, c30, c31, c32, c33, hasBias, mode);
+    }
+
+    /// <summary>Threads per group of <see cref="MatMulTiled"/>.</summary>
+    public const int TileThreads = 256;
+
+    private static void StoreTileRow(ArrayView<float> y0, ArrayView<float> y1, ArrayView<float> y2, ArrayView<float> bias, int rows0, int rows1, int rows2, int rows,
+        int tokens, int t, int r, float v0, float v1, float v2, float v3, int hasBias, int mode)
+    {
+        if (t >= tokens) return;
+        if (r < rows) Store(y0, y1, y2, rows0, rows1, rows2, r, t, hasBias != 0 ? v0 + bias[r] : v0, mode);
+        if (r + 1 < rows) Store(y0, y1, y2, rows0, rows1, rows2, r + 1, t, hasBias != 0 ? v1 + bias[r + 1] : v1, mode);
+        if (r + 2 < rows) Store(y0, y1, y2, rows0, rows1, rows2, r + 2, t, hasBias != 0 ? v2 + bias[r + 2] : v2, mode);
+        if (r + 3 < rows) Store(y0, y1, y2, rows0, rows1, rows2, r + 3, t, hasBias != 0 ? v3 + bias[r + 3] : v3, mode);
     }
 
     /// <summary>
@@ -426,33 +483,79 @@ public static class IlgpuKernels
     }
 
     /// <summary>
-    /// next[r] = the index of row r's largest logit (the first, on ties, as <c>TensorPrimitives.IndexOfMax</c> picks),
-    /// one warp per row, so a greedy step sends the host ids, not logits. Launch with <see cref="WarpsPerGroup"/> warps
-    /// per group, <paramref name="rows"/> warps in all.
+    /// The first half of next[r] = the index of row r's largest logit (the first, on ties, as
+    /// <c>TensorPrimitives.IndexOfMax</c> picks), so a greedy step sends the host ids, not logits: group g of row r takes
+    /// the best of slice g of the row (a vocabulary of 128k floats walked by one warp is a chain of 4k dependent loads)
+    /// into best[r × slices + g] and at[r × slices + g] (−∞ and <see cref="int.MaxValue"/> for an empty slice). Launch
+    /// <paramref name="slices"/> × rows groups of up to <see cref="NormThreads"/> threads; <see cref="ArgMaxMerge"/> finishes.
     /// </summary>
-    public static void ArgMaxWarp(ArrayView<float> logits, ArrayView<int> next, int vocab, int rows)
+    public static void ArgMaxSlices(ArrayView<float> logits, ArrayView<float> best, ArrayView<int> at, int vocab, int slices)
     {
-        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
-        bool used = warp < rows;
-        long row = (long)(used ? warp : 0) * vocab;
-        float best = float.NegativeInfinity;
+        var groupBest = SharedMemory.Allocate<float>(NormThreads);
+        var groupAt = SharedMemory.Allocate<int>(NormThreads);
+        int row = Grid.IdxX / slices, slice = Grid.IdxX % slices, thread = Group.IdxX;
+        int length = (vocab + slices - 1) / slices, from = slice * length, to = Math.Min(vocab, from + length);
+        long start = (long)row * vocab;
+        float value = float.NegativeInfinity;
         int index = int.MaxValue;
-        for (int j = lane; j < vocab; j += Warp.WarpSize)
-            if (logits[row + j] > best || index == int.MaxValue)
+        for (int j = from + thread; j < to; j += Group.DimX)
+            if (logits[start + j] > value || index == int.MaxValue)
             {
-                best = logits[row + j];
+                value = logits[start + j];
                 index = j;
             }
+        (value, index) = WarpBest(value, index);
+        if (Warp.LaneIdx == 0)
+        {
+            groupBest[Warp.WarpIdx] = value;
+            groupAt[Warp.WarpIdx] = index;
+        }
+        Group.Barrier();
+        if (thread != 0) return;
+        for (int w = 1; w < Group.DimX / Warp.WarpSize; w++)
+            if (groupBest[w] > value || (groupBest[w] == value && groupAt[w] < index))
+            {
+                value = groupBest[w];
+                index = groupAt[w];
+            }
+        best[Grid.IdxX] = value;
+        at[Grid.IdxX] = index;
+    }
+
+    /// <summary>
+    /// next[r] = the best of row r's <paramref name="slices"/> (from <see cref="ArgMaxSlices"/>), one warp per row. Launch with
+    /// <see cref="WarpsPerGroup"/> warps per group, <paramref name="rows"/> warps in all.
+    /// </summary>
+    public static void ArgMaxMerge(ArrayView<float> best, ArrayView<int> at, ArrayView<int> next, int slices, int rows)
+    {
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize;
+        bool used = warp < rows;
+        long first = (long)(used ? warp : 0) * slices;
+        float value = float.NegativeInfinity;
+        int index = int.MaxValue;
+        for (int s = Warp.LaneIdx; s < slices; s += Warp.WarpSize)
+            if (best[first + s] > value || (best[first + s] == value && at[first + s] < index))
+            {
+                value = best[first + s];
+                index = at[first + s];
+            }
+        (value, index) = WarpBest(value, index);
+        if (used && Warp.LaneIdx == 0) next[warp] = index;
+    }
+
+    /// <summary>The warp's best (value, index): the larger value, the smaller index on ties; in every lane.</summary>
+    private static (float Value, int Index) WarpBest(float value, int index)
+    {
         for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
         {
-            float otherBest = Warp.ShuffleXor(best, offset);
+            float otherValue = Warp.ShuffleXor(value, offset);
             int otherIndex = Warp.ShuffleXor(index, offset);
-            if (otherBest > best || (otherBest == best && otherIndex < index))
+            if (otherValue > value || (otherValue == value && otherIndex < index))
             {
-                best = otherBest;
+                value = otherValue;
                 index = otherIndex;
             }
         }
-        if (used && lane == 0) next[warp] = index;
+        return (value, index);
     }
 }

@@ -38,12 +38,15 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormGroup;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int>? _matMul;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>? _matMulWarp;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>? _matMulWarp, _matMulTiled;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? _swiGlu;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? _swiGluWarp;
     private readonly IlgpuAttentionKernels _attention;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> _argMax;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _next;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _argMaxSlices;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int> _argMaxMerge;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _sliceBest;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _sliceAt, _next;
+    private readonly int _slices;
 
     private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
 
@@ -123,13 +126,19 @@ public sealed class IlgpuTransformer : IForwardBackend
             _rmsNormGroup = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>(IlgpuKernels.RmsNormGroup);
             _matMulWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
                 int, int, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
+            _matMulTiled = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+                int, int, int, int, int, int, int>(IlgpuKernels.MatMulTiled);
             _swiGluWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.MatMulSwiGluWarp);
         }
         int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
         _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
                      ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic");
-        _argMax = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxWarp);
+        _argMaxSlices = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxSlices);
+        _argMaxMerge = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxMerge);
+        _slices = Math.Clamp(c.VocabSize / 2048, 1, 64);   // about 2k logits per group: a greedy step's argmax in a few µs
+        _sliceBest = Floats((long)_maxChunks * _slices);
+        _sliceAt = Ints((long)_maxChunks * _slices);
         _next = Ints(_maxChunks);
     }
 
@@ -192,8 +201,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         Run(sequences, lengths, tokens, soft, allRows: false);
         int rows = sequences.Length;
         Timeline?.Mark("argmax, ids to the host");
-        _argMax(new KernelConfig((rows + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize),
-            _logits.View, _next.View, _config.VocabSize, rows);
+        _argMaxSlices(new KernelConfig(rows * _slices, Math.Min(IlgpuKernels.NormThreads, _accelerator.MaxNumThreadsPerGroup)),
+            _logits.View, _sliceBest.View, _sliceAt.View, _config.VocabSize, _slices);
+        _argMaxMerge(Warps(rows), _sliceBest.View, _sliceAt.View, _next.View, _slices, rows);
         _next.View.AsContiguous().SubView(0, rows).CopyToCPU(next[..rows]);
         Timeline?.Close();
     }
@@ -375,6 +385,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         int hasBias = m.Bias is null ? 0 : 1, add = accumulate ? 1 : 0, rows2 = m.Rows - rows0 - rows1;
         if (_matMul is not null)
             _matMul(new Index2D(m.Rows, tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, hasBias, add);
+        else if (tokens >= TiledFrom)
+            _matMulTiled!(Tiles(m.Rows, tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
         else
             _matMulWarp!(Warps((long)m.Rows * tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
     }
@@ -384,8 +396,21 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         int rows = w.Gate.Rows, columns = w.Gate.Columns;
         if (_swiGlu is not null) _swiGlu(new Index2D(rows, tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows);
+        else if (tokens >= TiledFrom)
+        {
+            // Two tiled products: the gate's written, then the up product multiplied into silu of it.
+            var none = _none.View;
+            _matMulTiled!(Tiles(rows, tokens), w.Gate.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 0);
+            _matMulTiled!(Tiles(rows, tokens), w.Up.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 2);
+        }
         else _swiGluWarp!(Warps((long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows, tokens);
     }
+
+    /// <summary>Tokens from which a step's products are tiled (each weight read once per 64 tokens) rather than a warp per output.</summary>
+    private const int TiledFrom = 16;
+
+    /// <summary>The groups of <see cref="IlgpuKernels.MatMulTiled"/> for a rows × tokens product.</summary>
+    private static KernelConfig Tiles(int rows, int tokens) => new((rows + 63) / 64 * ((tokens + 63) / 64), IlgpuKernels.TileThreads);
 
     /// <summary>Enough groups of <see cref="IlgpuKernels.WarpsPerGroup"/> warps for <paramref name="warps"/> warps.</summary>
     private KernelConfig Warps(long warps) =>
