@@ -68,14 +68,32 @@ public static class IlgpuKernels
         int row = Grid.IdxX, thread = Group.IdxX, threads = Group.DimX;
         long from = (long)rows[row] * n, to = (long)row * n;
         float sum = 0;
-        for (int j = thread; j < n; j += threads) sum += x[from + j] * x[from + j];
+        bool vectors = n % 4 == 0;   // rows then start 16-byte aligned: a hidden size of 2048 is two loads per thread
+        var x4 = x.Cast<Float4>();
+        var weight4 = weight.Cast<Float4>();
+        var output4 = output.Cast<Float4>();
+        if (vectors)
+            for (int j = thread; j < n / 4; j += threads)
+            {
+                Float4 v = x4[from / 4 + j];
+                sum += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+            }
+        else
+            for (int j = thread; j < n; j += threads) sum += x[from + j] * x[from + j];
         for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) sum += Warp.ShuffleXor(sum, offset);
         if (Warp.LaneIdx == 0) warpSums[Warp.WarpIdx] = sum;
         Group.Barrier();
         float total = 0;
         for (int w = 0; w < threads / Warp.WarpSize; w++) total += warpSums[w];
         float scale = 1f / MathF.Sqrt(total / n + epsilon);
-        for (int j = thread; j < n; j += threads) output[to + j] = x[from + j] * scale * weight[j];
+        if (vectors)
+            for (int j = thread; j < n / 4; j += threads)
+            {
+                Float4 v = x4[from / 4 + j], g = weight4[j];
+                output4[to / 4 + j] = new Float4 { X = v.X * scale * g.X, Y = v.Y * scale * g.Y, Z = v.Z * scale * g.Z, W = v.W * scale * g.W };
+            }
+        else
+            for (int j = thread; j < n; j += threads) output[to + j] = x[from + j] * scale * weight[j];
     }
 
     /// <summary>Threads per group of <see cref="RmsNormGroup"/>.</summary>
@@ -399,11 +417,24 @@ public static class IlgpuKernels
                     long key = Offset(shape, block, layer, 0, kvHead, firstSlot + lane, 0);
                     float dot = 0;
                     if (vectors)
-                        for (int d = 0; d < dim / 4; d++)
+                    {
+                        // Two 16-byte loads of the key and two of the query in flight per iteration.
+                        long k4 = key / 4, q4 = rotatedRow / 4;
+                        int quads = dim / 4, d = 0;
+                        float dot1 = 0;
+                        for (; d + 1 < quads; d += 2)
                         {
-                            Float4 k4 = pool4[key / 4 + d], q4 = rotated4[rotatedRow / 4 + d];
-                            dot += k4.X * q4.X + k4.Y * q4.Y + k4.Z * q4.Z + k4.W * q4.W;
+                            Float4 ka = pool4[k4 + d], kb = pool4[k4 + d + 1], qa = rotated4[q4 + d], qb = rotated4[q4 + d + 1];
+                            dot += ka.X * qa.X + ka.Y * qa.Y + ka.Z * qa.Z + ka.W * qa.W;
+                            dot1 += kb.X * qb.X + kb.Y * qb.Y + kb.Z * qb.Z + kb.W * qb.W;
                         }
+                        if (d < quads)
+                        {
+                            Float4 ka = pool4[k4 + d], qa = rotated4[q4 + d];
+                            dot += ka.X * qa.X + ka.Y * qa.Y + ka.Z * qa.Z + ka.W * qa.W;
+                        }
+                        dot += dot1;
+                    }
                     else
                         for (int d = 0; d < dim; d++) dot += rotated[rotatedRow + d] * pool[key + d];
                     score = dot * scale;

@@ -321,10 +321,10 @@ public sealed class IlgpuTransformer : IForwardBackend
         if (softRows > 0) _soft.View.AsContiguous().SubView(0, soft.Length).CopyFromCPU(soft);
 
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
-        // Few rows (decode) leave most of the GPU idle: spread each row's entries over warps, about two entries each.
+        // Few rows (decode) leave most of the GPU idle: spread each row's entries over warps, down to one entry each.
         int mostEntries = 0;
         foreach (int entriesOfChunk in tableLength) mostEntries = Math.Max(mostEntries, entriesOfChunk);
-        int splits = Math.Clamp(Math.Min(mostEntries / 2, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
+        int splits = Math.Clamp(Math.Min(mostEntries, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
         timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
