@@ -493,30 +493,23 @@ public static class IlgpuKernels
     /// <summary>
     /// Combines the splits <see cref="AttentionWarp{TShape}"/> left in <paramref name="partial"/> (per row and split: max,
     /// sum, dim unnormalised outputs) into each row's output: the splits rescaled to the largest max. One warp per row
-    /// (head, token), lane s holding split s's scale (so at most a warp of splits), each lane summing its columns over the
-    /// splits four at a time. Launch with <see cref="WarpsPerGroup"/> warps per group, <paramref name="rows"/> warps in all.
+    /// (head, token); launch with <see cref="WarpsPerGroup"/> warps per group, <paramref name="rows"/> warps in all.
     /// </summary>
     public static void AttentionMerge(ArrayView<float> partial, ArrayView<float> output, int rows, int dim, int splits)
     {
-        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx, stride = dim + 2;
+        int warp = Grid.GlobalIndex.X / Warp.WarpSize, lane = Warp.LaneIdx;
         bool used = warp < rows;
-        long first = (long)(used ? warp : 0) * splits * stride;
-        float max = lane < splits ? partial[first + lane * stride] : float.NegativeInfinity;
+        long first = (long)(used ? warp : 0) * splits * (dim + 2);
+        float max = float.NegativeInfinity;
+        for (int s = lane; s < splits; s += Warp.WarpSize) max = MathF.Max(max, partial[first + s * (dim + 2)]);
         for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2) max = MathF.Max(max, Warp.ShuffleXor(max, offset));
-        // An empty split (max −∞) has scale 0.
-        float scale = lane < splits ? MathF.Exp(partial[first + lane * stride] - max) : 0;
-        float sum = WarpSum(lane < splits ? partial[first + lane * stride + 1] * scale : 0);
-        for (int d = lane; d - lane < dim; d += Warp.WarpSize)
+        float sum = 0;
+        for (int s = 0; s < splits; s++) sum += partial[first + s * (dim + 2) + 1] * MathF.Exp(partial[first + s * (dim + 2)] - max);
+        for (int d = lane; used && d < dim; d += Warp.WarpSize)
         {
-            float v0 = 0, v1 = 0;
-            for (int s = 0; s < splits; s += 2)
-            {
-                float s0 = Warp.Shuffle(scale, s), s1 = Warp.Shuffle(scale, Math.Min(s + 1, splits - 1));
-                long at = first + (long)s * stride + 2 + Math.Min(d, dim - 1), next = first + (long)Math.Min(s + 1, splits - 1) * stride + 2 + Math.Min(d, dim - 1);
-                v0 += partial[at] * s0;
-                if (s + 1 < splits) v1 += partial[next] * s1;
-            }
-            if (used && d < dim) output[(long)warp * dim + d] = (v0 + v1) / sum;
+            float value = 0;
+            for (int s = 0; s < splits; s++) value += partial[first + s * (dim + 2) + 2 + d] * MathF.Exp(partial[first + s * (dim + 2)] - max);
+            output[(long)warp * dim + d] = value / sum;
         }
     }
 

@@ -324,7 +324,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         // Few rows (decode) leave most of the GPU idle: spread each row's entries over warps, down to one entry each.
         int mostEntries = 0;
         foreach (int entriesOfChunk in tableLength) mostEntries = Math.Max(mostEntries, entriesOfChunk);
-        int splits = Math.Clamp(Math.Min(mostEntries, SplitRows / (c.HeadCount * n)), 1, Math.Min(MaxSplits, _accelerator.WarpSize));
+        int splits = Math.Clamp(Math.Min(mostEntries, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
         timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
@@ -358,7 +358,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         for (int chunk = 0; chunk < chunks; chunk++) _sequences[sequences[chunk]].Length += lengths[chunk];
     }
 
-    /// <summary>Rows of attention work (rows × splits) the scratch holds, and the most splits of one row (and at most a warp: the merge holds a split per lane).</summary>
+    /// <summary>Rows of attention work (rows × splits) the scratch holds, and the most splits of one row.</summary>
     private const int SplitRows = 4096, MaxSplits = 32;
 
     /// <summary>_xb[r] = RMS-normalised _x[rows[r]] ⊙ weight for the first <paramref name="count"/> rows.</summary>
