@@ -48,7 +48,7 @@ public sealed class StoredPackets : IPacketSource
         _ownsHost = model.KvBlocks is not KvBlockPool;
         // Staging for a device cache: room for one packet of the longest sequence.
         _host = model.KvBlocks as KvBlockPool
-            ?? new KvBlockPool(model.KvBlocks.Layout, (model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1);
+            ?? model.CreateStagingPool((model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1);
     }
 
     /// <summary>The model's fingerprint, which every packet id includes.</summary>

@@ -309,4 +309,35 @@ public unsafe class PacketTests
 
     private static byte[] Checksum(KvBlockPool pool, Packet packet) =>
         System.Security.Cryptography.SHA256.HashData(packet.Blocks.SelectMany(block => pool.BlockBytes(block).ToArray()).ToArray());
+
+    [Fact]
+    public void A_staging_pool_in_the_callers_memory_holds_a_packet_byte_for_byte_and_frees_it_once()
+    {
+        // A device backend's staging pool (page-locked on a GPU) is memory the backend allocated; the CPU backend's default
+        // staging is plain native memory. A packet exported into either reads back the same bytes.
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        var layout = model.KvPool.Layout;
+        int[] document = Tokens(37, 4);
+        int frees = 0;
+        nint memory = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(layout.BlockBytes * 4), 64);
+        var external = new KvBlockPool(layout, 4, memory, pointer =>
+        {
+            frees++;
+            System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)pointer);
+        }, pageLocked: false);
+        using (var plain = ((IForwardBackend)model).CreateStagingPool(4))
+        using (var packet = ((IForwardBackend)model).BuildPacket(document))
+        using (var a = model.ExportPacket(packet, external))
+        using (var b = model.ExportPacket(packet, plain))
+        {
+            Assert.Equal(packet.Blocks.Count, a.Blocks.Count);
+            for (int i = 0; i < a.Blocks.Count; i++) Assert.True(external.BlockBytes(a.Blocks[i]).SequenceEqual(plain.BlockBytes(b.Blocks[i])), $"block {i} differs");
+            Assert.Throws<ArgumentOutOfRangeException>(() => external.BlockBytes(4));
+        }
+        external.Dispose();
+        external.Dispose();
+        Assert.Equal(1, frees);
+        Assert.Throws<ObjectDisposedException>(() => external.BlockBytes(0));
+    }
 }

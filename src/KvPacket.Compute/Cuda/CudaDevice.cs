@@ -158,6 +158,32 @@ public sealed unsafe class CudaDevice : IDisposable
         return new DeviceBuffer(pointer, bytes);
     }
 
+    /// <summary>
+    /// Queues a copy of <paramref name="bytes"/> from page-locked host memory (<see cref="AllocateHost"/>) to the device
+    /// and returns without waiting: the DMA overlaps what else is queued, and the caller synchronises before reusing the source.
+    /// </summary>
+    public void UploadPageLocked(nint source, DeviceBuffer destination, long offsetBytes, long bytes)
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(destination.Pointer + (ulong)offsetBytes, (void*)source, (nuint)bytes, Stream), "cuMemcpyHtoDAsync");
+    }
+
+    /// <summary>Page-locked host memory of <paramref name="bytes"/> (copies to and from the device run by DMA, at full link speed); free with <see cref="FreeHost"/>.</summary>
+    public nint AllocateHost(long bytes)
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuMemHostAlloc(out nint pointer, (nuint)bytes, 0), "cuMemHostAlloc");
+        return pointer;
+    }
+
+    /// <summary>Frees memory from <see cref="AllocateHost"/> (nothing to do once the device is closed: it went with the context).</summary>
+    public void FreeHost(nint pointer)
+    {
+        if (_disposed) return;
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuMemFreeHost(pointer), "cuMemFreeHost");
+    }
+
     /// <summary>Copies host memory to the device (queued on the stream; the source must stay valid until it runs).</summary>
     public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offsetBytes = 0) where T : unmanaged
     {

@@ -99,6 +99,12 @@ public interface IForwardBackend : IDisposable
     /// <summary>This backend's <paramref name="packet"/> in the host pool <paramref name="host"/> (to store it): shared when it already lives there, else a copy.</summary>
     Packet ExportPacket(Packet packet, KvBlockPool host);
 
+    /// <summary>
+    /// A host pool of <paramref name="blockCount"/> blocks of this cache's layout, to stage packets between the store and
+    /// this backend: plain native memory by default; a GPU backend's is page-locked so its <see cref="ImportPacket"/> copies by DMA.
+    /// </summary>
+    KvBlockPool CreateStagingPool(int blockCount) => new(KvBlocks.Layout, blockCount);
+
     /// <summary>Places a private, key-realigned copy of <paramref name="packet"/> at <paramref name="sequence"/>'s end, ready for <see cref="BlendRecompute"/>.</summary>
     void PlacePacketCopy(int sequence, Packet packet);
 
