@@ -190,8 +190,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <summary>
-    /// Staging in page-locked host memory (packets from the store reach the GPU by DMA, several times a pageable copy's
-    /// speed), up to <see cref="MaxPageLockedStagingBytes"/>; a larger pool is pageable rather than pin that much host memory.
+    /// Staging in page-locked host memory: the store reads a packet's pages straight into it and they reach the GPU by
+    /// DMA, several times a pageable copy's speed. Up to <see cref="MaxPageLockedStagingBytes"/> (a serving engine pins
+    /// host memory for KV the way vLLM's swap space does); a larger pool is pageable rather than pin more.
     /// </summary>
     public KvBlockPool CreateStagingPool(int blockCount)
     {
@@ -202,7 +203,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <summary>The most page-locked host memory <see cref="CreateStagingPool"/> takes.</summary>
-    public const long MaxPageLockedStagingBytes = 1L << 30;
+    public const long MaxPageLockedStagingBytes = 8L << 30;
 
     /// <inheritdoc />
     public Packet ExportPacket(Packet packet, KvBlockPool host)
