@@ -113,7 +113,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         _entries = step.SubView(_entriesAt, 5 * maxEntries);
 
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
-        // Norms and products: a warp per row on a GPU; a thread per row or output on the CPU accelerator, whose warps are emulated.
+        // Norms and products: a group or warp per row on a GPU (tiles for many tokens); a thread per row or output on the
+        // CPU accelerator, whose warps are emulated.
         if (accelerator.AcceleratorType == AcceleratorType.CPU)
         {
             _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);

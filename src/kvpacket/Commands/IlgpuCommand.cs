@@ -121,6 +121,7 @@ internal static class IlgpuCommand
             var (checkpoint, name) = BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), DType.F32);
             using var owned = checkpoint;
             var level = parse.GetValue(optimization);
+            string levelName = $"O{(int)level}";   // O1's other name is Release
             using var device = IlgpuDevice.Open(preferCuda: true, level);
             if (!device.IsCuda)
             {
@@ -135,7 +136,7 @@ internal static class IlgpuCommand
             int decodeContext = parse.GetValue(context), promptLength = parse.GetValue(prefill), repeat = parse.GetValue(repeats);
             int[] prompt = new Core.Numerics.SeededRandom(5).NextTokens(Math.Max(decodeContext, promptLength), 3, checkpoint.Config.VocabSize);
             int kvTokens = Math.Max(decodeContext, promptLength) + promptLength + 2 * repeat + 64;
-            Console.WriteLine($"{device.Name} (kernels at {level}); model {name}, f32 weights and KV, decode at {decodeContext} tokens, prefill of {promptLength}");
+            Console.WriteLine($"{device.Name} (kernels at {levelName}); model {name}, f32 weights and KV, decode at {decodeContext} tokens, prefill of {promptLength}");
 
             // One backend after the other (each holds the GPU through its own CUDA context), the same work and the same clock.
             var stream = device.Accelerator.DefaultStream;
@@ -203,7 +204,7 @@ internal static class IlgpuCommand
             figures["ilgpu_over_nvrtc_prefill_time"] = ilgpuSpeed.PrefillMs / nvrtcSpeed.PrefillMs;
             PrintStages($"decode step at {decodeContext} tokens (eager)", ilgpuSpeed.DecodeStages, nvrtcSpeed.DecodeStages);
             PrintStages($"prefill of {promptLength} tokens", ilgpuSpeed.PrefillStages, nvrtcSpeed.PrefillStages);
-            var result = new BenchResult($"ilgpu-{level.ToString().ToLowerInvariant()}", name, "F32", "F32", 1, figures, $"{gpu.Name} sm_{gpu.Architecture}", DateTimeOffset.UtcNow);
+            var result = new BenchResult($"ilgpu-{levelName.ToLowerInvariant()}", name, "F32", "F32", 1, figures, $"{gpu.Name} sm_{gpu.Architecture}", DateTimeOffset.UtcNow);
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;
