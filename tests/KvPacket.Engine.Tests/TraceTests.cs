@@ -37,6 +37,7 @@ public class TraceTests
 
         using var buffer = new MemoryStream();
         trace.WriteChromeTrace(buffer);
+        AssertTimelineDrawsEverySpan(buffer.ToArray());
         var root = JsonDocument.Parse(buffer.ToArray()).RootElement;
         Assert.Equal(0, root.GetProperty("droppedSpans").GetInt64());
         var events = root.GetProperty("traceEvents").EnumerateArray().ToList();
@@ -124,5 +125,22 @@ public class TraceTests
                 if (_names.Count >= 5) Seen.TrySetResult([.. _names]);
             }
         }
+    }
+
+    /// <summary>The trace drawn as an SVG timeline: well-formed, a bar per span on its row, the named rows labelled.</summary>
+    private static void AssertTimelineDrawsEverySpan(byte[] trace)
+    {
+        var spans = JsonDocument.Parse(trace).RootElement.GetProperty("traceEvents").EnumerateArray().Count(e => e.GetProperty("ph").GetString() == "X");
+        using var svg = new StringWriter();
+        var bars = TraceTimeline.Write(new MemoryStream(trace), svg, title: "serving <test>");
+        Assert.Equal(spans, bars.Count);
+        var document = System.Xml.Linq.XDocument.Parse(svg.ToString());
+        var ns = System.Xml.Linq.XNamespace.Get("http://www.w3.org/2000/svg");
+        Assert.Equal(spans, document.Descendants(ns + "rect").Count(r => r.Element(ns + "title") is not null));
+        var texts = document.Descendants(ns + "text").Select(t => t.Value).ToList();
+        Assert.Contains("scheduler", texts);
+        Assert.Contains("step", texts);
+        Assert.Contains(texts, t => t.StartsWith("serving <test>", StringComparison.Ordinal));
+        Assert.Throws<InvalidDataException>(() => TraceTimeline.Write(new MemoryStream("{\"x\": 1}"u8.ToArray()), TextWriter.Null));
     }
 }

@@ -7,8 +7,9 @@ using KvPacket.Training.Qa;
 namespace KvPacket.Cli.Commands;
 
 /// <summary>
-/// <c>kvpacket plot qa|loss</c>: SVG charts of what the other commands measured — answer F1 against time to first token
-/// per mode from <c>eval --task qa</c> results, and a pre-training loss curve from <c>pretrain --loss-curve</c>.
+/// <c>kvpacket plot qa|loss|trace</c>: SVG charts of what the other commands measured — answer F1 against time to first
+/// token per mode from <c>eval --task qa</c> results, a pre-training loss curve from <c>pretrain --loss-curve</c>, and a
+/// profiling run's timeline from a <c>--trace</c> file.
 /// </summary>
 internal static class PlotCommand
 {
@@ -33,8 +34,24 @@ internal static class PlotCommand
             LossChart(parse.GetValue(curves)!, parse.GetValue(window), parse.GetValue(lossOut)!);
             return 0;
         });
+        var traceFile = new Argument<string>("trace") { Description = "A --trace file (Chrome / Perfetto trace JSON)" };
+        var traceOut = new Option<string>("--out") { Description = "SVG file to write", Required = true };
+        var from = new Option<double>("--from-ms") { Description = "Start of the window drawn (ms into the trace)", DefaultValueFactory = _ => 0 };
+        var to = new Option<double?>("--to-ms") { Description = "End of the window drawn (default: the trace's end)" };
+        var rows = new Option<int>("--rows") { Description = "Tracks drawn at most (scheduler, packets, then requests in order)", DefaultValueFactory = _ => 24 };
+        var trace = new Command("trace", "A profiling run's timeline: a row per track, a bar per span") { traceFile, traceOut, from, to, rows };
+        trace.SetAction(parse =>
+        {
+            string path = parse.GetValue(traceFile)!, output = parse.GetValue(traceOut)!;
+            using var input = File.OpenRead(path);
+            using var writer = new StreamWriter(output);
+            var bars = Core.Diagnostics.TraceTimeline.Write(input, writer, parse.GetValue(from), parse.GetValue(to), parse.GetValue(rows), Path.GetFileName(path));
+            Console.WriteLine($"wrote {output}: {bars.Count} spans");
+            return 0;
+        });
         command.Subcommands.Add(qa);
         command.Subcommands.Add(loss);
+        command.Subcommands.Add(trace);
         return command;
     }
 
