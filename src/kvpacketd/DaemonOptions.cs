@@ -59,7 +59,8 @@ public sealed record DaemonOptions
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
           --resident-blocks N       KV blocks packets stay resident in between uses (default: a quarter of the cache; 0: read the store every time)
-          --device cpu|cuda|auto    where the model runs: auto (default) takes a GPU when the driver and a device are present
+          --device cpu|cuda|ilgpu|auto  where the model runs: auto (default) takes a GPU when the driver and a device are present;
+                                    ilgpu: the ILGPU backend (f32) on ILGPU's CUDA device, else its CPU accelerator
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
           --shared-tier URL         share packets with other nodes on a Redis-protocol server (Garnet): redis://HOST:PORT
           --shared-tier-copy        also keep packets loaded from the shared tier in the local store (costs TTFT while copying)

@@ -38,6 +38,6 @@ public class DaemonOptionsTests
         Assert.Equal(("cpu", (int?)0), (flags.Device, flags.ResidentBlocks));
         Assert.StartsWith("--device:", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--device", "tpu"])).Message, StringComparison.Ordinal);
         Assert.Contains("--resident-blocks", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--resident-blocks", "-1"])).Message);
-        Assert.Contains("--device cpu|cuda|auto", DaemonOptions.Usage);
+        Assert.Contains("--device cpu|cuda|ilgpu|auto", DaemonOptions.Usage);
     }
 }

@@ -122,6 +122,27 @@ public class DaemonTests
     }
 
     [Fact]
+    public async Task On_the_ilgpu_backend_it_serves_packets_and_answers_as_on_the_cpu()
+    {
+        // ILGPU's CPU accelerator here (no GPU in CI): the same kernels as on a GPU, the same greedy tokens as the SIMD backend.
+        using var temp = Fixtures.TempDirectory();
+        string store = Path.Combine(temp.Path, "store");
+        var ids = new List<string>();
+        List<int> expected;
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
+        {
+            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(30 + d * 7, d) }, 201)).GetProperty("id").GetString()!);
+            expected = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+        }
+        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "ilgpu", "--kv-tokens", "2048"))
+        {
+            var tokens = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+            Assert.Equal(expected, tokens);
+            Assert.Equal(2, await daemon.MetricAsync("kvpacket_packet_store_loads"));
+        }
+    }
+
+    [Fact]
     public async Task Concurrent_requests_whose_store_loaded_packets_overfill_the_cache_wait_and_all_complete()
     {
         using var temp = Fixtures.TempDirectory();

@@ -1,11 +1,13 @@
 using KvPacket.Compute.Cuda;
+using KvPacket.Compute.Ilgpu;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
 using KvPacket.Engine.Cuda;
+using KvPacket.Engine.Ilgpu;
 
 namespace KvPacket.Engine.Forward;
 
-/// <summary>Where a model runs: the CPU, a CUDA GPU, or a GPU when the driver and a device are present.</summary>
+/// <summary>Where a model runs: the CPU, a CUDA GPU, the ILGPU backend, or a GPU when the driver and a device are present.</summary>
 public enum BackendDevice
 {
     /// <summary>The SIMD <see cref="Transformer"/>.</summary>
@@ -14,19 +16,25 @@ public enum BackendDevice
     Cuda,
     /// <summary>CUDA when a device is usable, else the CPU.</summary>
     Auto,
+    /// <summary>
+    /// The <see cref="IlgpuTransformer"/> (the kernels written once in C#) on ILGPU's first CUDA device, else on ILGPU's
+    /// CPU accelerator; f32 weights and KV.
+    /// </summary>
+    Ilgpu,
 }
 
 /// <summary>Opens a model on a <see cref="BackendDevice"/> with one set of sizes, so every host (CLI, daemon, engine) chooses the same way.</summary>
 public static class Backends
 {
-    /// <summary>Parses <c>cpu</c>, <c>cuda</c> or <c>auto</c>.</summary>
+    /// <summary>Parses <c>cpu</c>, <c>cuda</c>, <c>ilgpu</c> or <c>auto</c>.</summary>
     /// <exception cref="ArgumentException">Any other name.</exception>
     public static BackendDevice Parse(string name) => name.ToLowerInvariant() switch
     {
         "cpu" => BackendDevice.Cpu,
         "cuda" => BackendDevice.Cuda,
+        "ilgpu" => BackendDevice.Ilgpu,
         "auto" => BackendDevice.Auto,
-        _ => throw new ArgumentException($"unknown device '{name}': cpu, cuda or auto."),
+        _ => throw new ArgumentException($"unknown device '{name}': cpu, cuda, ilgpu or auto."),
     };
 
     /// <summary>The device <paramref name="device"/> comes to here: <see cref="BackendDevice.Auto"/> is CUDA where a GPU is usable, else the CPU.</summary>
@@ -48,6 +56,22 @@ public static class Backends
             var cpu = new Transformer(checkpoint, sizes);
             description = $"CPU, {cpu.ThreadCount} threads, {sizes.KvType} KV" + (device == BackendDevice.Auto ? $" (no GPU: {reason})" : "");
             return cpu;
+        }
+        if (device == BackendDevice.Ilgpu)
+        {
+            var accelerator = IlgpuDevice.Open(preferCuda: true);
+            try
+            {
+                var ilgpu = new IlgpuTransformer(checkpoint, accelerator.Accelerator, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
+                    maxSequences: sizes.MaxBatchSequences) { OwnedDevice = accelerator };
+                description = $"{accelerator.Name}, F32 weights, F32 KV";
+                return ilgpu;
+            }
+            catch
+            {
+                accelerator.Dispose();
+                throw;
+            }
         }
         if (!CudaDevice.IsAvailable(out reason)) throw new NotSupportedException($"--device cuda: no GPU here ({reason})");
         var gpu = CudaDevice.Open();

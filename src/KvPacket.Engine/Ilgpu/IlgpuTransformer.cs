@@ -143,6 +143,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         _next = Ints(_maxChunks);
     }
 
+    /// <summary>The ILGPU context and accelerator this backend was opened on, disposed with it (null: the caller's to dispose).</summary>
+    public IlgpuDevice? OwnedDevice { get; init; }
+
     /// <summary>Where each stage's device time goes when set (the stages of the NVRTC backend's timeline, by the same names).</summary>
     public IlgpuTimeline? Timeline { get; set; }
 
@@ -471,5 +474,6 @@ public sealed class IlgpuTransformer : IForwardBackend
         _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
+        OwnedDevice?.Dispose();
     }
 }

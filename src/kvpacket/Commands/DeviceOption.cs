@@ -5,13 +5,13 @@ using KvPacket.Engine.Forward;
 
 namespace KvPacket.Cli.Commands;
 
-/// <summary><c>--device cpu|cuda|auto</c>: which backend a command runs the model on.</summary>
+/// <summary><c>--device cpu|cuda|ilgpu|auto</c>: which backend a command runs the model on.</summary>
 internal static class DeviceOption
 {
     public static Option<string> Create(string fallback = "cpu")
     {
-        var option = new Option<string>("--device") { Description = "cpu (f32 KV), cuda (bf16 weights, f16 KV), or auto (cuda when a GPU is usable)", DefaultValueFactory = _ => fallback };
-        option.AcceptOnlyFromAmong("cpu", "cuda", "auto");
+        var option = new Option<string>("--device") { Description = "cpu (f32 KV), cuda (bf16 weights, f16 KV), ilgpu (the ILGPU backend, f32), or auto (cuda when a GPU is usable)", DefaultValueFactory = _ => fallback };
+        option.AcceptOnlyFromAmong("cpu", "cuda", "ilgpu", "auto");
         return option;
     }
 
