@@ -51,8 +51,8 @@ ilgpu)
     out="${2:?output directory}"
     unpack "$out"
     status=0
-    "$k" ilgpu check -m tests/fixtures/stories260K/stories260K.bin --context 256 | tee -a "$out/ilgpu-check.txt" || status=1
-    "$k" ilgpu check --shape qwen2.5-0.5b -n 8 --context 512 | tee -a "$out/ilgpu-check.txt" || status=1
+    "$k" ilgpu check -m tests/fixtures/stories260K/stories260K.bin | tee -a "$out/ilgpu-check.txt" || status=1
+    "$k" ilgpu check --shape qwen2.5-0.5b -n 8 | tee -a "$out/ilgpu-check.txt" || status=1
     # Decode and prefill at the Llama-3.2-1B shape, f32, beside the NVRTC backend, per stage.
     "$k" ilgpu bench --shape llama-3.2-1b --out "$out" | tee -a "$out/ilgpu-bench.txt" || status=1
     exit $status

@@ -78,8 +78,7 @@ public class DaemonTests
     {
         using var temp = Fixtures.TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(Path.Combine(temp.Path, "store"));
-        var ids = new List<string>();
-        for (int d = 0; d < 3; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(30 + d * 10, d) }, 201)).GetProperty("id").GetString()!);
+        var ids = await AddPacketsAsync(daemon, 30, 40, 50);
         object Body(int i) => new { prompt = Tokens(6, 10 + i % 4), max_tokens = 20, temperature = 0, stream = true, packets = ids, mode = i % 2 == 0 ? "naive" : "full" };
         var solo = new Dictionary<int, List<int>>();
         for (int i = 0; i < 8; i++) solo[i] = (await StreamAsync(daemon.Client, Body(i))).Tokens;
@@ -95,23 +94,35 @@ public class DaemonTests
         Assert.Equal(resident, await daemon.MetricAsync("kvpacket_kv_blocks_in_use"));
     }
 
+    /// <summary>Packets of seeded documents of these lengths (document d seeded d), stored through the API; their ids.</summary>
+    private static async Task<List<string>> AddPacketsAsync(DaemonProcess daemon, params int[] lengths)
+    {
+        var ids = new List<string>();
+        for (int d = 0; d < lengths.Length; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(lengths[d], d) }, 201)).GetProperty("id").GetString()!);
+        return ids;
+    }
+
+    /// <summary>The greedy tokens of one fixed query over <paramref name="ids"/> in naive mode, streamed.</summary>
+    private static async Task<List<int>> AnswerNaivelyAsync(DaemonProcess daemon, List<string> ids, int maxTokens) =>
+        (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = maxTokens, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+
     [Fact]
     public async Task With_nothing_resident_every_request_reads_its_packets_from_the_store_and_answers_the_same()
     {
         using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
-        var ids = new List<string>();
+        List<string> ids;
         List<int> expected;
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
         {
-            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(40 + d * 9, d) }, 201)).GetProperty("id").GetString()!);
-            expected = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 12, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+            ids = await AddPacketsAsync(daemon, 40, 49);
+            expected = await AnswerNaivelyAsync(daemon, ids, 12);
         }
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu", "--resident-blocks", "0"))
         {
             for (int round = 1; round <= 3; round++)
             {
-                var tokens = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 12, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+                var tokens = await AnswerNaivelyAsync(daemon, ids, 12);
                 Assert.Equal(expected, tokens);
                 Assert.Equal(2 * round, await daemon.MetricAsync("kvpacket_packet_store_loads"));
                 Assert.Equal(0, await daemon.MetricAsync("kvpacket_packet_resident_hits"));
@@ -127,17 +138,16 @@ public class DaemonTests
         // ILGPU's CPU accelerator here (no GPU in CI): the same kernels as on a GPU, the same greedy tokens as the SIMD backend.
         using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
-        var ids = new List<string>();
+        List<string> ids;
         List<int> expected;
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
         {
-            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(30 + d * 7, d) }, 201)).GetProperty("id").GetString()!);
-            expected = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
+            ids = await AddPacketsAsync(daemon, 30, 37);
+            expected = await AnswerNaivelyAsync(daemon, ids, 8);
         }
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "ilgpu", "--kv-tokens", "2048"))
         {
-            var tokens = (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
-            Assert.Equal(expected, tokens);
+            Assert.Equal(expected, await AnswerNaivelyAsync(daemon, ids, 8));
             Assert.Equal(2, await daemon.MetricAsync("kvpacket_packet_store_loads"));
         }
     }
@@ -147,9 +157,9 @@ public class DaemonTests
     {
         using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
-        var ids = new List<string>();
+        List<string> ids;
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
-            for (int d = 0; d < 2; d++) ids.Add((await daemon.PostAsync("/v1/packets", new { tokens = Tokens(100, d) }, 201)).GetProperty("id").GetString()!);
+            ids = await AddPacketsAsync(daemon, 100, 100);
         // 64 blocks of 16 tokens; each request holds its own copy of both packets (14 blocks) while it runs.
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu", "--resident-blocks", "0", "--kv-tokens", "1024"))
         {

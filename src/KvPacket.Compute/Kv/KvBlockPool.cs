@@ -8,15 +8,15 @@ namespace KvPacket.Compute.Kv;
 /// </summary>
 public sealed unsafe class KvBlockPool : KvBlocks
 {
-    private readonly NativeBuffer<byte>? _memory;
     private byte* _pointer;
-    private readonly Action<nint>? _free;
+    private readonly Action<nint> _free;
 
     /// <summary>Reserves <paramref name="blockCount"/> blocks of <paramref name="layout"/>.</summary>
     public KvBlockPool(KvCacheLayout layout, int blockCount) : base(layout, blockCount)
     {
-        _memory = new NativeBuffer<byte>(layout.BlockBytes * blockCount);
-        _pointer = _memory.Pointer;
+        var memory = new NativeBuffer<byte>(layout.BlockBytes * blockCount);
+        _pointer = memory.Pointer;
+        _free = _ => memory.Dispose();
     }
 
     /// <summary>
@@ -53,8 +53,7 @@ public sealed unsafe class KvBlockPool : KvBlocks
     public override void Dispose()
     {
         if (_pointer == null) return;
-        if (_memory is not null) _memory.Dispose();
-        else _free!((nint)_pointer);
+        _free((nint)_pointer);
         _pointer = null;
     }
 }

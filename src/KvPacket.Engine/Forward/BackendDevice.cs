@@ -57,35 +57,37 @@ public static class Backends
             description = $"CPU, {cpu.ThreadCount} threads, {sizes.KvType} KV" + (device == BackendDevice.Auto ? $" (no GPU: {reason})" : "");
             return cpu;
         }
+        string opened = "";
         if (device == BackendDevice.Ilgpu)
         {
-            var accelerator = IlgpuDevice.Open(preferCuda: true);
-            try
+            var backend = Owning(IlgpuDevice.Open(preferCuda: true), ilgpu =>
             {
-                var ilgpu = new IlgpuTransformer(checkpoint, accelerator.Accelerator, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
-                    maxSequences: sizes.MaxBatchSequences) { OwnedDevice = accelerator };
-                description = $"{accelerator.Name}, F32 weights, F32 KV";
-                return ilgpu;
-            }
-            catch
-            {
-                accelerator.Dispose();
-                throw;
-            }
-        }
-        if (!CudaDevice.IsAvailable(out reason)) throw new NotSupportedException($"--device cuda: no GPU here ({reason})");
-        var gpu = CudaDevice.Open();
-        try
-        {
-            var kv = sizes.KvType == DType.F32 ? DType.F32 : DType.F16;
-            var backend = new CudaTransformer(checkpoint, gpu, gpuWeights, kv, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
-                maxSequences: sizes.MaxBatchSequences) { OwnsDevice = true };
-            description = $"{gpu.Name}, {gpuWeights} weights, {kv} KV";
+                opened = $"{ilgpu.Name}, F32 weights, F32 KV";
+                return new IlgpuTransformer(checkpoint, ilgpu.Accelerator, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
+                    maxSequences: sizes.MaxBatchSequences) { OwnedDevice = ilgpu };
+            });
+            description = opened;
             return backend;
         }
+        if (!CudaDevice.IsAvailable(out reason)) throw new NotSupportedException($"--device cuda: no GPU here ({reason})");
+        var cuda = Owning(CudaDevice.Open(), gpu =>
+        {
+            var kv = sizes.KvType == DType.F32 ? DType.F32 : DType.F16;
+            opened = $"{gpu.Name}, {gpuWeights} weights, {kv} KV";
+            return new CudaTransformer(checkpoint, gpu, gpuWeights, kv, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
+                maxSequences: sizes.MaxBatchSequences) { OwnsDevice = true };
+        });
+        description = opened;
+        return cuda;
+    }
+
+    /// <summary>The backend <paramref name="open"/> makes on <paramref name="device"/>, which it owns; the device closed if that fails.</summary>
+    private static IForwardBackend Owning<TDevice>(TDevice device, Func<TDevice, IForwardBackend> open) where TDevice : IDisposable
+    {
+        try { return open(device); }
         catch
         {
-            gpu.Dispose();
+            device.Dispose();
             throw;
         }
     }

@@ -24,7 +24,8 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
     private readonly List<MemoryBuffer> _owned = [];
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _classifier, _finalNorm, _cos, _sin, _none;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _cos, _sin, _none;
+    private readonly Matrix _classifier;
     private readonly Layer[] _layers;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _ffn, _soft, _logits;
     // A step's metadata travels in one copy: the host array and the device buffer hold the same sections (per token:
@@ -71,7 +72,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         _blocks = new IlgpuKvBlocks(accelerator, layout, (kvTokens + layout.BlockSize - 1) / layout.BlockSize);
 
         _embedding = Upload(model.TokenEmbedding);
-        _classifier = Upload(model.Classifier);
+        _classifier = Product([model.Classifier], [default]);
         _finalNorm = Upload(model.FinalNorm);
         _none = Floats(1);
         _layers = [.. model.Layers.Select(l => new Layer(Upload(l.AttentionNorm), Upload(l.FfnNorm), Product([l.Query, l.Key, l.Value], [l.QueryBias, l.KeyBias, l.ValueBias]),
@@ -355,7 +356,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         int rows = allRows ? n : chunks;
         timeline?.Mark("final norm + classifier");
         Normalise(rows, allRows ? _allRows.View : _rows, _finalNorm, epsilon);
-        Multiply(new Matrix(_classifier, null, c.VocabSize, hidden), _xb, _logits, rows);
+        Multiply(_classifier, _xb, _logits, rows);
         timeline?.Mark("synchronise");
         _accelerator.Synchronize();
         timeline?.Close();

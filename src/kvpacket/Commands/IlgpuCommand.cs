@@ -14,8 +14,7 @@ namespace KvPacket.Cli.Commands;
 
 /// <summary>
 /// <c>kvpacket ilgpu check</c>: the ILGPU backend on ILGPU's CUDA accelerator (or its CPU one) against the SIMD CPU
-/// backend — prompt logits and greedy continuations, every RAG mode, the serving engine alone, together and preempted —
-/// then a decode step and a prefill timed beside the NVRTC backend's when a CUDA GPU is present (f32 weights in both);
+/// backend — prompt logits and greedy continuations, every RAG mode, the serving engine alone, together and preempted;
 /// <c>kvpacket ilgpu bench</c>: the two GPU backends' decode and prefill at a model's shape, with CUDA events, against
 /// the copy roofline, and per stage.
 /// </summary>
@@ -36,10 +35,9 @@ internal static class IlgpuCommand
         var accelerator = new Option<string>("--accelerator") { Description = "cuda (ILGPU's CUDA accelerator, when present) or cpu (its CPU accelerator)", DefaultValueFactory = _ => "cuda" };
         accelerator.AcceptOnlyFromAmong("cuda", "cpu");
         var steps = new Option<int>("-n", "--steps") { Description = "Greedy steps compared", DefaultValueFactory = _ => 16 };
-        var context = new Option<int>("--context") { Description = "Tokens in the cache when a decode step is timed", DefaultValueFactory = _ => 512 };
-        var command = new Command("check", "ILGPU vs the CPU backend: logits, greedy tokens, RAG modes, serving; decode and prefill time beside the NVRTC backend's")
+        var command = new Command("check", "ILGPU vs the CPU backend: logits, greedy tokens, RAG modes, serving")
         {
-            model, shape, accelerator, steps, context,
+            model, shape, accelerator, steps,
         };
         command.SetAction(parse =>
         {
@@ -48,7 +46,7 @@ internal static class IlgpuCommand
             using var device = IlgpuDevice.Open(preferCuda: parse.GetValue(accelerator) == "cuda");
             Console.WriteLine($"{device.Name}; model {name}");
             var c = checkpoint.Config;
-            int n = parse.GetValue(steps), decodeContext = parse.GetValue(context);
+            int n = parse.GetValue(steps);
             bool ok = true;
 
             // f32 weights and KV on both sides, summed in different orders: the repository's f32 parity limit (issue 4's 1e-3).
@@ -88,16 +86,6 @@ internal static class IlgpuCommand
             Console.WriteLine($"  serving engine: {serving.Requests} requests, together {serving.ConcurrentSameAsSolo}/{serving.Requests}, preempted ({serving.Preemptions}) " +
                               $"{serving.PreemptedSameAsSolo}/{serving.Requests} the same as alone, {serving.LeakedBlocks} blocks leaked → {(serving.Passed ? "PASS" : "FAIL")}");
 
-            // Speed, host-timed medians after warm-up (each step ends synchronised): ILGPU, then NVRTC where there is a GPU.
-            int[] prompt = new Core.Numerics.SeededRandom(5).NextTokens(decodeContext, 3, c.VocabSize);
-            using (var ilgpu = new IlgpuTransformer(checkpoint, device.Accelerator, maxTokens: Math.Min(512, decodeContext), kvTokens: decodeContext + 64, maxSequences: 1))
-                Console.WriteLine($"  ILGPU: {Timing(ilgpu, prompt)}");
-            if (device.IsCuda && CudaDevice.IsAvailable(out _))
-            {
-                using var gpu = CudaDevice.Open();
-                using var nvrtc = new CudaTransformer(checkpoint, gpu, DType.F32, DType.F32, maxTokens: Math.Min(512, decodeContext), kvTokens: decodeContext + 64, maxSequences: 1);
-                Console.WriteLine($"  NVRTC: {Timing(nvrtc, prompt)}");
-            }
             return ok ? 0 : 1;
         });
         return command;
@@ -277,28 +265,5 @@ internal static class IlgpuCommand
                 foreach (var (label, ms) in stages(work)) sum[label] = sum.GetValueOrDefault(label) + ms / runs;
             return sum;
         }
-    }
-
-    /// <summary>Prefill of <paramref name="prompt"/> and one-token decode steps after it on <paramref name="backend"/>, as text.</summary>
-    private static string Timing(IForwardBackend backend, int[] prompt)
-    {
-        var logits = new float[backend.Config.VocabSize];
-        var prefill = new List<double>();
-        var decode = new List<double>();
-        for (int round = 0; round < 4; round++)
-        {
-            using var sequence = new BackendSequence(backend, backend.CreateSequence());
-            long start = Stopwatch.GetTimestamp();
-            sequence.Prefill(prompt, logits);
-            if (round > 0) prefill.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
-            for (int step = 0; step < 8; step++)
-            {
-                start = Stopwatch.GetTimestamp();
-                sequence.Prefill([7], logits);
-                if (round > 0 || step > 2) decode.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
-            }
-        }
-        double prefillMs = Statistics.Median(prefill), decodeMs = Statistics.Median(decode);
-        return $"prefill of {prompt.Length} tokens {prefillMs:F2} ms ({prompt.Length / prefillMs * 1e3:F0} tokens/s), decode step at {prompt.Length} tokens {decodeMs:F3} ms (logits to the host included)";
     }
 }
