@@ -60,8 +60,8 @@ internal static class SpecEmitter
         s.AppendLine("    /// <inheritdoc />");
         s.AppendLine("    public override string CudaSource => Cuda;");
         s.AppendLine("    /// <inheritdoc />");
-        s.AppendLine("    public override KvPacket.Compute.Ilgpu.IlgpuAttentionKernels LoadIlgpuKernels(ILGPU.Runtime.Accelerator accelerator, int interleaved) =>");
-        s.AppendLine($"        KvPacket.Compute.Ilgpu.IlgpuAttentionKernels.Load(accelerator, new {id}IlgpuShape(interleaved), Name);");
+        s.AppendLine("    public override KvPacket.Compute.Ilgpu.IlgpuAttentionKernels LoadIlgpuKernels(ILGPU.Runtime.Accelerator accelerator, int interleaved, bool warps) =>");
+        s.AppendLine($"        KvPacket.Compute.Ilgpu.IlgpuAttentionKernels.Load(accelerator, new {id}IlgpuShape(interleaved), Name, warps);");
         s.AppendLine();
         s.AppendLine("    private const string Cuda = @\"" + CudaEmitter.Emit(card, cudaTemplate).Replace("\"", "\"\"") + "\";");
         s.AppendLine("}");

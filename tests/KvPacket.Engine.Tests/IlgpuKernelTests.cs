@@ -114,12 +114,13 @@ public sealed class IlgpuKernelTests : IDisposable
     [InlineData(true)]
     public void Gate_up_product_with_swiglu_matches_float64(bool warps)
     {
+        // The warp kernel normalises x itself (RMSNorm with the weight folded into gate and up); the thread one takes x̂.
         const int rows = 19, columns = 44, tokens = 3;
         float[] gate = Random(rows * columns), up = Random(rows * columns), x = Random(tokens * columns);
         using MemoryBuffer1D<float, Stride1D.Dense> gb = On(gate), ub = On(up), xb = On(x), yb = _accelerator.Allocate1D<float>(tokens * rows);
         if (warps)
-            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.MatMulSwiGluWarp)(
-                Warps(rows * tokens), gb.View, ub.View, xb.View, yb.View, columns, rows, tokens);
+            _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, float>(IlgpuKernels.MatMulSwiGluWarp)(
+                Warps(rows * tokens), gb.View, ub.View, xb.View, yb.View, columns, rows, tokens, 1e-5f);
         else
             _accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(IlgpuKernels.MatMulSwiGlu)(
                 new Index2D(rows, tokens), gb.View, ub.View, xb.View, yb.View, columns, rows);
@@ -127,15 +128,75 @@ public sealed class IlgpuKernelTests : IDisposable
         for (int t = 0; t < tokens; t++)
             for (int r = 0; r < rows; r++)
             {
-                double g = 0, u = 0;
+                double g = 0, u = 0, scale = warps ? InverseRms(x, t * columns, columns, 1e-5) : 1;
                 for (int k = 0; k < columns; k++)
                 {
-                    g += (double)gate[r * columns + k] * x[t * columns + k];
-                    u += (double)up[r * columns + k] * x[t * columns + k];
+                    g += (double)gate[r * columns + k] * x[t * columns + k] * scale;
+                    u += (double)up[r * columns + k] * x[t * columns + k] * scale;
                 }
                 expected[t * rows + r] = g / (1 + Math.Exp(-g)) * u;
             }
         Close(expected, yb.GetAsArray1D(), 1e-5);
+    }
+
+    private static double InverseRms(float[] x, int from, int n, double epsilon)
+    {
+        double sum = 0;
+        for (int j = 0; j < n; j++) sum += (double)x[from + j] * x[from + j];
+        return 1 / Math.Sqrt(sum / n + epsilon);
+    }
+
+    [Theory]
+    [InlineData(0, 44)]
+    [InlineData(1, 44)]
+    [InlineData(0, 45)]   // columns not a multiple of 4: a float per load
+    public void Fused_norm_qkv_product_and_kv_append_matches_float64(int interleaved, int columns)
+    {
+        // Four query heads over two KV heads of width 6, blocks of 4 tokens, the second of two layers; three tokens into
+        // slots of blocks 2, 0, 2. The pool starts random: what the kernel must not touch stays as it was.
+        var shape = new IlgpuShape(4, 2, 6, 4, 2, interleaved);
+        const int layer = 1, blocks = 3, maxPosition = 12;
+        int dim = shape.HeadDim, half = dim / 2, queryRows = shape.Heads * dim, kvRows = shape.KvHeads * dim, rows = queryRows + 2 * kvRows;
+        int[] blockOf = [2, 0, 2], slotOf = [1, 3, 2], positions = [5, 0, 9];
+        int tokens = positions.Length;
+        float[] w = Random(rows * columns), x = Random(tokens * columns), bias = Random(rows), cos = Random(maxPosition * half), sin = Random(maxPosition * half);
+        float[] pool = Random(blocks * shape.Layers * 2 * shape.BlockSize * shape.KvHeads * dim);
+        using MemoryBuffer1D<float, Stride1D.Dense> wb = On(w), xb = On(x), bb = On(bias), qb = _accelerator.Allocate1D<float>(tokens * queryRows), pb = On(pool), cb = On(cos), sb = On(sin);
+        using MemoryBuffer1D<int, Stride1D.Dense> blb = On(blockOf), slb = On(slotOf), posb = On(positions);
+        _accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>,
+            ArrayView<int>, ArrayView<float>, ArrayView<float>, IlgpuShape, IlgpuKernels.ProjectionStep>(IlgpuKernels.ProjectQkvWarp)(
+            Warps(rows / 2 * tokens), wb.View, xb.View, bb.View, qb.View, pb.View, blb.View, slb.View, posb.View, cb.View, sb.View, shape,
+            new IlgpuKernels.ProjectionStep { Layer = layer, Tokens = tokens, Columns = columns, HasBias = 1, Epsilon = 1e-5f });
+
+        var expectedQ = new double[tokens * queryRows];
+        var expectedPool = pool.Select(v => (double)v).ToArray();
+        for (int t = 0; t < tokens; t++)
+        {
+            double scale = InverseRms(x, t * columns, columns, 1e-5);
+            var y = new double[rows];
+            for (int r = 0; r < rows; r++)
+            {
+                double sum = 0;
+                for (int k = 0; k < columns; k++) sum += (double)w[r * columns + k] * x[t * columns + k] * scale;
+                y[r] = sum + bias[r];
+            }
+            Array.Copy(y, 0, expectedQ, t * queryRows, queryRows);
+            for (int head = 0; head < shape.KvHeads; head++)
+            {
+                long Plane(int value) => ((long)blockOf[t] * shape.Layers * 2 + layer * 2 + value) * shape.BlockSize * shape.KvHeads * dim + ((long)head * shape.BlockSize + slotOf[t]) * dim;
+                int key = queryRows + head * dim, value = queryRows + kvRows + head * dim;
+                for (int p = 0; p < half; p++)
+                {
+                    int a = interleaved != 0 ? 2 * p : p, b = interleaved != 0 ? 2 * p + 1 : p + half;
+                    double c = cos[positions[t] * half + p], s = sin[positions[t] * half + p];
+                    expectedPool[Plane(0) + a] = y[key + a] * c - y[key + b] * s;
+                    expectedPool[Plane(0) + b] = y[key + a] * s + y[key + b] * c;
+                }
+                for (int d = 0; d < dim; d++) expectedPool[Plane(1) + d] = y[value + d];
+            }
+        }
+        Close(expectedQ, qb.GetAsArray1D(), 1e-5);
+        Close(expectedPool, pb.GetAsArray1D(), 1e-5);
     }
 
     private KernelConfig Warps(int count) => new((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);

@@ -61,7 +61,7 @@ public class GeneratorTests
         Assert.Contains("public int KvHeads => 2;", spec);
         Assert.Contains("public int HeadDim => 64;", spec);
         Assert.Contains("public int Layers => 24;", spec);
-        Assert.Contains("IlgpuAttentionKernels.Load(accelerator, new Sample_qwenIlgpuShape(interleaved), Name)", spec);
+        Assert.Contains("IlgpuAttentionKernels.Load(accelerator, new Sample_qwenIlgpuShape(interleaved), Name, warps)", spec);
     }
 
     [Fact]

@@ -51,16 +51,24 @@ public static partial class IlgpuKernels
         y[(long)i.Y * rows + i.X] = g / (1f + MathF.Exp(-g)) * u;
     }
 
-    /// <summary><see cref="MatMulSwiGlu"/> for a GPU, one warp per (row, token) reading both rows. Launch as <see cref="MatMulWarp"/>.</summary>
-    public static void MatMulSwiGluWarp(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> x, ArrayView<float> y, int columns, int rows, int tokens)
+    /// <summary>
+    /// <see cref="MatMulSwiGlu"/> for a GPU over x̂ = x / rms(x) (the FFN norm's weight folded into gate and up), one warp
+    /// per (row, token) reading both rows and the raw residual row once: the norm is no launch of its own. Launch as
+    /// <see cref="MatMulWarp"/>.
+    /// </summary>
+    public static void MatMulSwiGluWarp(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> x, ArrayView<float> y, int columns, int rows, int tokens, float epsilon)
     {
         int warp = Grid.GlobalIndex.X / Warp.WarpSize;
         bool used = warp < rows * tokens;
         int r = used ? warp % rows : 0, t = used ? warp / rows : 0;
-        long wRow = (long)r * columns, xRow = (long)t * columns;
-        float g = WarpSum(WarpDot(gate, x, wRow, xRow, columns, used)), u = WarpSum(WarpDot(up, x, wRow, xRow, columns, used));
+        long wRow = (long)r * columns;
+        Float4 dots = WarpDots(gate, wRow, up, wRow, x, (long)t * columns, columns, used);
+        float scale = InverseRms(WarpSum(dots.Z), columns, epsilon), g = WarpSum(dots.X) * scale, u = WarpSum(dots.Y) * scale;
         if (used && Warp.LaneIdx == 0) y[(long)t * rows + r] = g / (1f + MathF.Exp(-g)) * u;
     }
+
+    /// <summary>1 / √(Σx² / n + ε): the scale of RMSNorm.</summary>
+    private static float InverseRms(float squares, int n, float epsilon) => 1f / MathF.Sqrt(squares / n + epsilon);
 
     /// <summary>
     /// Row r, token t's value into whichever output its row falls in: written (<paramref name="mode"/> 0), added (1), or
@@ -174,5 +182,51 @@ public static partial class IlgpuKernels
             s0 += a.X * b.X + a.Y * b.Y + a.Z * b.Z + a.W * b.W;
         }
         return (s0 + s1) + (s2 + s3);
+    }
+
+    /// <summary>
+    /// This lane's shares of two dot products with the same x row and of Σx² (X: a · x, Y: b · x, Z: x · x) — the loads
+    /// of <see cref="WarpDot"/>, with x read once for both rows and its squares summed on the way, so a product can
+    /// normalise its input itself.
+    /// </summary>
+    private static Float4 WarpDots(ArrayView<float> a, long aRow, ArrayView<float> b, long bRow, ArrayView<float> x, long xRow, int columns, bool used)
+    {
+        int lane = Warp.LaneIdx, width = Warp.WarpSize;
+        float sa = 0, sb = 0, sx = 0;
+        if (columns % 4 != 0)
+        {
+            for (int k = lane; used && k < columns; k += width)
+            {
+                float v = x[xRow + k];
+                sa += a[aRow + k] * v;
+                sb += b[bRow + k] * v;
+                sx += v * v;
+            }
+            return new Float4 { X = sa, Y = sb, Z = sx };
+        }
+        int quads = columns / 4, q = lane;
+        var a4 = a.Cast<Float4>();
+        var b4 = b.Cast<Float4>();
+        var x4 = x.Cast<Float4>();
+        long a0 = aRow / 4, b0 = bRow / 4, x0 = xRow / 4;
+        float sa1 = 0, sb1 = 0, sx1 = 0;
+        for (; used && q + width < quads; q += 2 * width)
+        {
+            Float4 p0 = a4[a0 + q], p1 = a4[a0 + q + width], r0 = b4[b0 + q], r1 = b4[b0 + q + width], v0 = x4[x0 + q], v1 = x4[x0 + q + width];
+            sa += p0.X * v0.X + p0.Y * v0.Y + p0.Z * v0.Z + p0.W * v0.W;
+            sa1 += p1.X * v1.X + p1.Y * v1.Y + p1.Z * v1.Z + p1.W * v1.W;
+            sb += r0.X * v0.X + r0.Y * v0.Y + r0.Z * v0.Z + r0.W * v0.W;
+            sb1 += r1.X * v1.X + r1.Y * v1.Y + r1.Z * v1.Z + r1.W * v1.W;
+            sx += v0.X * v0.X + v0.Y * v0.Y + v0.Z * v0.Z + v0.W * v0.W;
+            sx1 += v1.X * v1.X + v1.Y * v1.Y + v1.Z * v1.Z + v1.W * v1.W;
+        }
+        for (; used && q < quads; q += width)
+        {
+            Float4 p = a4[a0 + q], r = b4[b0 + q], v = x4[x0 + q];
+            sa += p.X * v.X + p.Y * v.Y + p.Z * v.Z + p.W * v.W;
+            sb += r.X * v.X + r.Y * v.Y + r.Z * v.Z + r.W * v.W;
+            sx += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+        }
+        return new Float4 { X = sa + sa1, Y = sb + sb1, Z = sx + sx1 };
     }
 }

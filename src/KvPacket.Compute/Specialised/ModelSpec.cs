@@ -43,8 +43,8 @@ public abstract partial class ModelSpec
     public abstract HeadKernels HeadKernels { get; }
     /// <summary>CUDA C for NVRTC: the card's constants in front of the shared kernel template.</summary>
     public abstract string CudaSource { get; }
-    /// <summary>The ILGPU K/V-append and attention kernels compiled by <paramref name="accelerator"/> with the card's constants (<paramref name="interleaved"/>: the checkpoint's RoPE pairing).</summary>
-    public abstract Ilgpu.IlgpuAttentionKernels LoadIlgpuKernels(ILGPU.Runtime.Accelerator accelerator, int interleaved);
+    /// <summary>The ILGPU K/V-append and attention kernels compiled by <paramref name="accelerator"/> with the card's constants (<paramref name="interleaved"/>: the checkpoint's RoPE pairing; <paramref name="warps"/>: the GPU's kernels, see <see cref="Ilgpu.IlgpuAttentionKernels.Load"/>).</summary>
+    public abstract Ilgpu.IlgpuAttentionKernels LoadIlgpuKernels(ILGPU.Runtime.Accelerator accelerator, int interleaved, bool warps);
 
     /// <summary>Whether <paramref name="config"/> has this spec's shape (the fields its kernels and tables depend on).</summary>
     public bool Matches(ModelConfig config) =>

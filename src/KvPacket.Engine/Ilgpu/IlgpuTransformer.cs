@@ -24,7 +24,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
     private readonly List<MemoryBuffer> _owned = [];
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _cos, _sin, _none;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _unitNorm, _cos, _sin, _none;
     private readonly Matrix _classifier;
     private readonly Layer[] _layers;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _xb, _q, _k, _v, _att, _rotated, _partial, _ffn, _soft, _logits;
@@ -41,7 +41,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int>? _matMul;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>? _matMulWarp, _matMulTiled;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? _swiGlu;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>? _swiGluWarp;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, float>? _swiGluWarp;
     private readonly IlgpuAttentionKernels _attention;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> _argMaxSlices;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int> _argMaxMerge;
@@ -51,16 +51,23 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     private sealed record Matrix(MemoryBuffer1D<float, Stride1D.Dense> Weights, MemoryBuffer1D<float, Stride1D.Dense>? Bias, int Rows, int Columns);
 
-    /// <summary>A block's weights; the query, key and value rows in one matrix (one launch), in that order.</summary>
-    private sealed record Layer(MemoryBuffer1D<float, Stride1D.Dense> AttentionNorm, MemoryBuffer1D<float, Stride1D.Dense> FfnNorm,
-        Matrix QueryKeyValue, Matrix Output, Matrix Gate, Matrix Up, Matrix Down);
+    /// <summary>
+    /// A block's weights; the query, key and value rows in one matrix (one launch), in that order. The attention norm's
+    /// weight is folded into that matrix's columns and the FFN norm's into gate and up (RMSNorm(x) ⊙ g · wᵀ = x / rms(x)
+    /// · (w ⊙ g)ᵀ), so a product can normalise its own input and the norms cost no launch in decode.
+    /// </summary>
+    private sealed record Layer(Matrix QueryKeyValue, Matrix Output, Matrix Gate, Matrix Up, Matrix Down);
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="accelerator"/> for steps of up to <paramref name="maxTokens"/>
     /// tokens in up to <paramref name="maxSequences"/> sequences, with a KV cache of <paramref name="kvTokens"/> tokens; the
     /// attention kernels compiled with the model card's constants when its shape has a card and <paramref name="specialised"/>.
+    /// <paramref name="warps"/> picks the kernels: a GPU's (warps, groups and tiles; the norms folded into the products in
+    /// decode) or ILGPU's CPU accelerator's (a thread per output); unset, the accelerator's own kind. Tests set it to run
+    /// the GPU's kernels on a CPU accelerator that emulates an NVIDIA device.
     /// </summary>
-    public IlgpuTransformer(Checkpoint model, Accelerator accelerator, int maxTokens = 256, int kvTokens = 4096, int maxSequences = 32, bool specialised = true)
+    public IlgpuTransformer(Checkpoint model, Accelerator accelerator, int maxTokens = 256, int kvTokens = 4096, int maxSequences = 32, bool specialised = true,
+        bool? warps = null)
     {
         _accelerator = accelerator;
         Model = model;
@@ -75,8 +82,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         _classifier = Product([model.Classifier], [default]);
         _finalNorm = Upload(model.FinalNorm);
         _none = Floats(1);
-        _layers = [.. model.Layers.Select(l => new Layer(Upload(l.AttentionNorm), Upload(l.FfnNorm), Product([l.Query, l.Key, l.Value], [l.QueryBias, l.KeyBias, l.ValueBias]),
-            Product([l.Output], [default]), Product([l.Gate], [default]), Product([l.Up], [default]), Product([l.Down], [default])))];
+        _unitNorm = Upload([.. Enumerable.Repeat(1f, c.HiddenSize)]);
+        _layers = [.. model.Layers.Select(l => new Layer(Product([l.Query, l.Key, l.Value], [l.QueryBias, l.KeyBias, l.ValueBias], l.AttentionNorm),
+            Product([l.Output], [default]), Product([l.Gate], [default], l.FfnNorm), Product([l.Up], [default], l.FfnNorm), Product([l.Down], [default])))];
 
         // cos and sin of every position and pair, as the CPU backend computes them.
         var rope = new RotaryEmbedding(c);
@@ -116,7 +124,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
         // Norms and products: a group or warp per row on a GPU (tiles for many tokens); a thread per row or output on the
         // CPU accelerator, whose warps are emulated.
-        if (accelerator.AcceleratorType == AcceleratorType.CPU)
+        bool gpuKernels = warps ?? accelerator.AcceleratorType != AcceleratorType.CPU;
+        if (!gpuKernels)
         {
             _rmsNorm = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>(IlgpuKernels.RmsNorm);
             _matMul = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
@@ -130,12 +139,12 @@ public sealed class IlgpuTransformer : IForwardBackend
                 int, int, int, int, int, int, int>(IlgpuKernels.MatMulWarp);
             _matMulTiled = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
                 int, int, int, int, int, int, int>(IlgpuKernels.MatMulTiled);
-            _swiGluWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(IlgpuKernels.MatMulSwiGluWarp);
+            _swiGluWarp = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, float>(IlgpuKernels.MatMulSwiGluWarp);
         }
         int interleaved = c.RopeStyle == RopeStyle.Interleaved ? 1 : 0;
         var spec = specialised ? Compute.Specialised.ModelSpec.For(c) : null;
-        _attention = spec?.LoadIlgpuKernels(accelerator, interleaved)
-                     ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic");
+        _attention = spec?.LoadIlgpuKernels(accelerator, interleaved, gpuKernels)
+                     ?? IlgpuAttentionKernels.Load(accelerator, new IlgpuShape(c.HeadCount, c.KvHeadCount, c.HeadDim, layout.BlockSize, c.LayerCount, interleaved), "generic", gpuKernels);
         _argMaxSlices = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxSlices);
         _argMaxMerge = accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(IlgpuKernels.ArgMaxMerge);
         _slices = Math.Clamp(c.VocabSize / 2048, 1, 64);   // about 2k logits per group: a greedy step's argmax in a few µs
@@ -330,26 +339,44 @@ public sealed class IlgpuTransformer : IForwardBackend
         int mostEntries = 0;
         foreach (int entriesOfChunk in tableLength) mostEntries = Math.Max(mostEntries, entriesOfChunk);
         int splits = Math.Clamp(Math.Min(mostEntries, SplitRows / (c.HeadCount * n)), 1, MaxSplits);
+        // Few tokens on a GPU: the products normalise their own input and the q/k/v product appends K and V itself.
+        bool fused = _attention.ProjectQkv is not null && n < TiledFrom;
         timeline?.Mark("embed");
         _embed(new Index2D(hidden, n), _ids, _embedding.View, _soft.View, _x.View, hidden);
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             var w = _layers[layer];
-            timeline?.Mark("rms_norm");
-            Normalise(n, _allRows.View, w.AttentionNorm, epsilon);
-            timeline?.Mark("qkv product");
-            Multiply(w.QueryKeyValue, _xb, n, _q, _k, _v, c.QueryDim, c.KvDim);
-            timeline?.Mark("kv_append");
-            _attention.AppendKv(new Index2D(c.KvDim / 2, n), _k.View, _v.View, _blocks.Memory.View, _blockIds, _slots, _positions, _cos.View, _sin.View, layer);
+            if (fused)
+            {
+                timeline?.Mark("rms_norm + qkv product + kv_append");
+                _attention.ProjectQkv!(w.QueryKeyValue.Weights.View, _x.View, (w.QueryKeyValue.Bias ?? _none).View, _q.View, _blocks.Memory.View, _blockIds, _slots,
+                    _positions, _cos.View, _sin.View, new IlgpuKernels.ProjectionStep
+                    {
+                        Layer = layer, Tokens = n, Columns = hidden, HasBias = w.QueryKeyValue.Bias is null ? 0 : 1, Epsilon = epsilon,
+                    });
+            }
+            else
+            {
+                timeline?.Mark("rms_norm");
+                Normalise(n, _allRows.View, _unitNorm, epsilon);
+                timeline?.Mark("qkv product");
+                Multiply(w.QueryKeyValue, _xb, n, _q, _k, _v, c.QueryDim, c.KvDim);
+                timeline?.Mark("kv_append");
+                _attention.AppendKv(new Index2D(c.KvDim / 2, n), _k.View, _v.View, _blocks.Memory.View, _blockIds, _slots, _positions, _cos.View, _sin.View, layer);
+            }
             timeline?.Mark("attention");
             _attention.Attention(new Index2D(c.HeadCount, n), _q.View, _blocks.Memory.View, _entries, _tableStart, _tableLength, _tokenChunk,
                 _positions, _cos.View, _sin.View, _rotated.View, _att.View, layer, scale, _partial.View, splits);
             timeline?.Mark("output product");
             Multiply(w.Output, _att, _x, n, accumulate: true);
-            timeline?.Mark("rms_norm");
-            Normalise(n, _allRows.View, w.FfnNorm, epsilon);
-            timeline?.Mark("gate/up product + swiglu");
-            GateUp(w, n);
+            if (fused) timeline?.Mark("rms_norm + gate/up product + swiglu");
+            else
+            {
+                timeline?.Mark("rms_norm");
+                Normalise(n, _allRows.View, _unitNorm, epsilon);
+                timeline?.Mark("gate/up product + swiglu");
+            }
+            GateUp(w, n, epsilon);
             timeline?.Mark("down product");
             Multiply(w.Down, _ffn, _x, n, accumulate: true);
         }
@@ -396,8 +423,11 @@ public sealed class IlgpuTransformer : IForwardBackend
             _matMulWarp!(Warps((long)m.Rows * tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
     }
 
-    /// <summary>_ffn = silu(_xb · gateᵀ) ⊙ (_xb · upᵀ), one launch.</summary>
-    private void GateUp(Layer w, int tokens)
+    /// <summary>
+    /// _ffn = silu(x̂ · gateᵀ) ⊙ (x̂ · upᵀ) with x̂ the normalised residual: _xb for the CPU accelerator and tiles (many
+    /// tokens), which take a norm launch first; on a GPU for few tokens the product normalises _x itself.
+    /// </summary>
+    private void GateUp(Layer w, int tokens, float epsilon)
     {
         int rows = w.Gate.Rows, columns = w.Gate.Columns;
         if (_swiGlu is not null) _swiGlu(new Index2D(rows, tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows);
@@ -408,7 +438,7 @@ public sealed class IlgpuTransformer : IForwardBackend
             _matMulTiled!(Tiles(rows, tokens), w.Gate.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 0);
             _matMulTiled!(Tiles(rows, tokens), w.Up.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 2);
         }
-        else _swiGluWarp!(Warps((long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows, tokens);
+        else _swiGluWarp!(Warps((long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _x.View, _ffn.View, columns, rows, tokens, epsilon);
     }
 
     /// <summary>Tokens from which a step's products are tiled (each weight read once per 64 tokens) rather than a warp per output.</summary>
@@ -428,8 +458,11 @@ public sealed class IlgpuTransformer : IForwardBackend
         _logits.View.AsContiguous().SubView(0, count).CopyToCPU(logits[..(int)count]);
     }
 
-    /// <summary>The weight tensors' rows one after another in one device matrix, and their biases likewise (zeros where one has none).</summary>
-    private Matrix Product(WeightTensor[] weights, WeightTensor[] biases)
+    /// <summary>
+    /// The weight tensors' rows one after another in one device matrix, and their biases likewise (zeros where one has
+    /// none); each column scaled by <paramref name="norm"/>'s weight when one is given (the norm folded in).
+    /// </summary>
+    private Matrix Product(WeightTensor[] weights, WeightTensor[] biases, WeightTensor norm = default)
     {
         int columns = weights[0].Columns, rows = weights.Sum(w => w.Rows);
         var values = new float[(long)rows * columns];
@@ -440,6 +473,13 @@ public sealed class IlgpuTransformer : IForwardBackend
             weights[i].ReadRows(0, weights[i].Rows, values.AsSpan(row * columns, weights[i].Rows * columns));
             if (bias is not null && biases[i].IsPresent) biases[i].ReadRows(0, biases[i].Rows, bias.AsSpan(row, (int)biases[i].ElementCount));
             row += weights[i].Rows;
+        }
+        if (norm.IsPresent)
+        {
+            var g = new float[columns];
+            norm.ReadRows(0, norm.Rows, g);
+            for (long at = 0; at < values.LongLength; at += columns)
+                System.Numerics.Tensors.TensorPrimitives.Multiply(values.AsSpan((int)at, columns), g, values.AsSpan((int)at, columns));
         }
         return new Matrix(Upload(values), bias is null ? null : Upload(bias), rows, columns);
     }
