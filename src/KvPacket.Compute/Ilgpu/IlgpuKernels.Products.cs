@@ -150,8 +150,8 @@ public static partial class IlgpuKernels
 
     /// <summary>
     /// This lane's share of Σ_k w[wRow + k] x[xRow + k]: four consecutive columns per load (one 16-byte load where the
-    /// backend vectorises it), four loads in flight (a dependent chain of single loads leaves the memory system idle), so
-    /// a warp streams 2 KB of the row per iteration; rows whose width is not a multiple of 4 are read a float at a time.
+    /// backend vectorises it), four loads in flight (a dependent chain of single loads leaves the memory system idle;
+    /// eight measured slower on the H200), so a warp streams 2 KB of the row per iteration; rows whose width is not a multiple of 4 are read a float at a time.
     /// </summary>
     private static float WarpDot(ArrayView<float> w, ArrayView<float> x, long wRow, long xRow, int columns, bool used)
     {
@@ -210,15 +210,18 @@ public static partial class IlgpuKernels
         var x4 = x.Cast<Float4>();
         long a0 = aRow / 4, b0 = bRow / 4, x0 = xRow / 4;
         float sa1 = 0, sb1 = 0, sx1 = 0;
-        for (; used && q + width < quads; q += 2 * width)
+        // Four quads of each row in flight per lane: eight weight loads, as in WarpDot.
+        for (; used && q + 3 * width < quads; q += 4 * width)
         {
-            Float4 p0 = a4[a0 + q], p1 = a4[a0 + q + width], r0 = b4[b0 + q], r1 = b4[b0 + q + width], v0 = x4[x0 + q], v1 = x4[x0 + q + width];
-            sa += p0.X * v0.X + p0.Y * v0.Y + p0.Z * v0.Z + p0.W * v0.W;
-            sa1 += p1.X * v1.X + p1.Y * v1.Y + p1.Z * v1.Z + p1.W * v1.W;
-            sb += r0.X * v0.X + r0.Y * v0.Y + r0.Z * v0.Z + r0.W * v0.W;
-            sb1 += r1.X * v1.X + r1.Y * v1.Y + r1.Z * v1.Z + r1.W * v1.W;
-            sx += v0.X * v0.X + v0.Y * v0.Y + v0.Z * v0.Z + v0.W * v0.W;
-            sx1 += v1.X * v1.X + v1.Y * v1.Y + v1.Z * v1.Z + v1.W * v1.W;
+            Float4 p0 = a4[a0 + q], p1 = a4[a0 + q + width], p2 = a4[a0 + q + 2 * width], p3 = a4[a0 + q + 3 * width];
+            Float4 r0 = b4[b0 + q], r1 = b4[b0 + q + width], r2 = b4[b0 + q + 2 * width], r3 = b4[b0 + q + 3 * width];
+            Float4 v0 = x4[x0 + q], v1 = x4[x0 + q + width], v2 = x4[x0 + q + 2 * width], v3 = x4[x0 + q + 3 * width];
+            sa += p0.X * v0.X + p0.Y * v0.Y + p0.Z * v0.Z + p0.W * v0.W + p2.X * v2.X + p2.Y * v2.Y + p2.Z * v2.Z + p2.W * v2.W;
+            sa1 += p1.X * v1.X + p1.Y * v1.Y + p1.Z * v1.Z + p1.W * v1.W + p3.X * v3.X + p3.Y * v3.Y + p3.Z * v3.Z + p3.W * v3.W;
+            sb += r0.X * v0.X + r0.Y * v0.Y + r0.Z * v0.Z + r0.W * v0.W + r2.X * v2.X + r2.Y * v2.Y + r2.Z * v2.Z + r2.W * v2.W;
+            sb1 += r1.X * v1.X + r1.Y * v1.Y + r1.Z * v1.Z + r1.W * v1.W + r3.X * v3.X + r3.Y * v3.Y + r3.Z * v3.Z + r3.W * v3.W;
+            sx += v0.X * v0.X + v0.Y * v0.Y + v0.Z * v0.Z + v0.W * v0.W + v2.X * v2.X + v2.Y * v2.Y + v2.Z * v2.Z + v2.W * v2.W;
+            sx1 += v1.X * v1.X + v1.Y * v1.Y + v1.Z * v1.Z + v1.W * v1.W + v3.X * v3.X + v3.Y * v3.Y + v3.Z * v3.Z + v3.W * v3.W;
         }
         for (; used && q < quads; q += width)
         {

@@ -399,7 +399,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         int hidden = _config.HiddenSize;
         if (_rmsNorm is not null) _rmsNorm(count, _x.View, rows, weight.View, _xb.View, hidden, epsilon);
         else
-            _rmsNormGroup!(new KernelConfig(count, IlgpuKernels.NormThreads), _x.View, rows, weight.View, _xb.View, hidden, epsilon, count);
+            _rmsNormGroup!(new KernelConfig(count, Math.Min(IlgpuKernels.NormThreads, _accelerator.MaxNumThreadsPerGroup)), _x.View, rows, weight.View, _xb.View, hidden, epsilon, count);
     }
 
     /// <summary>output = input · mᵀ (+ bias; added to output when <paramref name="accumulate"/>) for <paramref name="tokens"/> rows.</summary>
