@@ -5,6 +5,7 @@
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
 #                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve)
 #                         benchmarks/gpu/run.sh ilgpu OUTDIR                      (the ILGPU backend on ILGPU's CUDA accelerator: parity, and speed beside NVRTC)
+#                         benchmarks/gpu/run.sh tokenizers OUTDIR                 (our byte-level BPE vs Hugging Face tokenizers over every BMP code point)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -55,6 +56,20 @@ ilgpu)
     "$k" ilgpu check --shape qwen2.5-0.5b -n 8 | tee -a "$out/ilgpu-check.txt" || status=1
     # Decode and prefill at the Llama-3.2-1B shape, f32, beside the NVRTC backend, per stage.
     "$k" ilgpu bench --shape llama-3.2-1b --out "$out" | tee -a "$out/ilgpu-bench.txt" || status=1
+    exit $status
+    ;;
+tokenizers)
+    # Our byte-level BPE against Hugging Face tokenizers (installed there): every BMP code point from U+0080 in two
+    # contexts, four-byte ones sampled, 60,000 random mixes — for the two fixture tokenizers and the shipped model's.
+    out="${2:?output directory}"
+    unpack "$out"
+    status=0
+    python3 benchmarks/gpu/unicode_sweep.py /tmp/unicode-sweep.txt
+    for t in tests/fixtures/bpe-gpt2/tokenizer.json tests/fixtures/bpe-llama3/tokenizer.json models/kvqa-17m/tokenizer.json; do
+        echo "$t:" | tee -a "$out/tokenizers.txt"
+        "$k" tokenizer samples /tmp/unicode-sweep.txt --tokenizer "$t" --count 1000000 --out /tmp/unicode-sweep.jsonl | tee -a "$out/tokenizers.txt"
+        python3 benchmarks/gpu/tokenizer_check.py "$t" /tmp/unicode-sweep.jsonl | tee -a "$out/tokenizers.txt" || status=1
+    done
     exit $status
     ;;
 train)
@@ -223,7 +238,7 @@ rag)
     exit $status
     ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|demo|qa|bench|serve] | ilgpu OUTDIR" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|demo|qa|bench|serve] | ilgpu OUTDIR | tokenizers OUTDIR" >&2
     exit 2
     ;;
 esac
