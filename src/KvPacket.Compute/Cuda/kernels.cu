@@ -497,7 +497,7 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
 
 // The same product for one token (a batch-1 decode step), y[row] (=, or +=) Σ_c W[row][c]·x[c], for the model's three
 // column counts (gemv_one_hidden: HIDDEN_SIZE, gemv_one_query: HEADS·HEAD_DIM, gemv_one_ffn: INTERMEDIATE_SIZE), and
-// gemv_one_swiglu: the gate/up product with SwiGLU applied, out[i] = silu(gate_i · x̂) · (up_i · x̂), from the fused
+// gemv_one_swiglu: the gate/up product with SwiGLU applied, out[i] = silu(gate_i · x) · (up_i · x), from the fused
 // matrix whose rows interleave gate and up (2i, 2i + 1). GEMV_SPLIT(COLS) warps share a row (each a contiguous slice
 // of 2–4 KB), the loop unrolled at compile time so up to GEMV_BATCH 16-byte weight loads per lane are in flight,
 // weights read around L1 (they are used once); the slices' sums meet in shared memory in a fixed order. Measured on
@@ -508,20 +508,9 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
 #define GEMV_BATCH 16   // 16-byte loads in flight per lane (fewer when the slice is shorter)
 #define GEMV_SPLIT(cols) ((cols) * (int)sizeof(operand_t) >= 16384 && (cols) % (4 * GEMV_LANE_ELEMENTS) == 0 ? 4 : \
                           (cols) * (int)sizeof(operand_t) >= 4096 && (cols) % (2 * GEMV_LANE_ELEMENTS) == 0 ? 2 : 1)
-// The GEMV_LANE_ELEMENTS inputs that meet 16-byte weight chunk `chunk`: one 16-byte operand load, or the f32 residual's
-// floats (two 16-byte loads for bf16 weights) when a product normalises its own input.
-__device__ __forceinline__ void load_input(const operand_t* input, int chunk, float* xf) { unpack(__ldg((const uint4*)input + chunk), xf); }
-#ifdef OPERAND_BF16
-__device__ __forceinline__ void load_input(const float* input, int chunk, float* xf)
-{
-    float4 a = __ldg((const float4*)input + 2 * chunk), b = __ldg((const float4*)input + 2 * chunk + 1);
-    xf[0] = a.x; xf[1] = a.y; xf[2] = a.z; xf[3] = a.w; xf[4] = b.x; xf[5] = b.y; xf[6] = b.z; xf[7] = b.w;
-}
-#endif
-// This lane's part of Σ_c W[row][c]·x[c] for a row of COLS operands (16-byte chunks, lane-interleaved); x of operand_t,
-// or of f32 (see load_input).
-template <int COLS, typename In>
-__device__ __forceinline__ float row_dot(const uint4* weights, const In* input, int lane)
+// This lane's part of Σ_c W[row][c]·x[c] for a row of COLS operands (16-byte chunks, lane-interleaved).
+template <int COLS>
+__device__ __forceinline__ float row_dot(const uint4* weights, const uint4* input, int lane)
 {
     constexpr int CHUNKS = COLS / GEMV_LANE_ELEMENTS, PER_LANE = (CHUNKS + 31) / 32, BATCH = PER_LANE < GEMV_BATCH ? PER_LANE : GEMV_BATCH;
     float acc = 0;
@@ -545,7 +534,7 @@ __device__ __forceinline__ float row_dot(const uint4* weights, const In* input, 
             {
                 float wf[GEMV_LANE_ELEMENTS], xf[GEMV_LANE_ELEMENTS];
                 unpack(wv[i], wf);
-                load_input(input, chunk, xf);
+                unpack(__ldg(input + chunk), xf);
                 #pragma unroll
                 for (int k = 0; k < GEMV_LANE_ELEMENTS; k++) acc += wf[k] * xf[k];
             }
@@ -553,29 +542,8 @@ __device__ __forceinline__ float row_dot(const uint4* weights, const In* input, 
     }
     return acc;
 }
-// 1 / rms of an f32 row of COLS (a multiple of 4) floats, in every lane of the warp: RMSNorm's scale, for a product
-// whose matrix has the norm's weight folded into its columns.
-template <int COLS>
-__device__ __forceinline__ float inverse_rms(const float* x, int lane, float epsilon)
-{
-    float sum = 0;
-    #pragma unroll
-    for (int i = lane; i < COLS / 4; i += 32)
-    {
-        float4 v = __ldg((const float4*)x + i);
-        sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-    return rsqrtf(sum / COLS + epsilon);
-}
-// What a one-token product reads: operands, or (NORMED) the f32 residual row it normalises itself.
-template <bool NORMED> struct ProductInput { typedef operand_t type; };
-template <> struct ProductInput<true> { typedef float type; };
-// ROWS 1: a plain product into y; 2: a gate/up pair into swiglu_out. NORMED: x is the f32 residual row and the result
-// is scaled by its inverse rms — RMSNorm with its weight folded into w's columns, so the norm is no launch of its own.
-template <int COLS, int ROWS, bool NORMED>
-__device__ __forceinline__ void gemv_one_units(const operand_t* w, const typename ProductInput<NORMED>::type* x, float* y, operand_t* swiglu_out, int units,
-    int accumulate, float epsilon)
+template <int COLS, int ROWS>   // ROWS 1: a plain product into y; 2: a gate/up pair into swiglu_out
+__device__ __forceinline__ void gemv_one_units(const operand_t* w, const operand_t* x, float* y, operand_t* swiglu_out, int units, int accumulate)
 {
     constexpr int SPLIT = GEMV_SPLIT(COLS), SLICE = COLS / SPLIT;
     __shared__ float partial[4][ROWS];
@@ -587,11 +555,10 @@ __device__ __forceinline__ void gemv_one_units(const operand_t* w, const typenam
     float dot[ROWS];
     for (int r = 0; r < ROWS; r++)
     {
-        dot[r] = unit < units ? row_dot<SLICE>((const uint4*)(slice + (long)r * COLS), x + part * SLICE, lane) : 0.0f;
+        dot[r] = unit < units ? row_dot<SLICE>((const uint4*)(slice + (long)r * COLS), (const uint4*)(x + part * SLICE), lane) : 0.0f;
         for (int offset = 16; offset > 0; offset /= 2) dot[r] += __shfl_xor_sync(0xffffffff, dot[r], offset);
         if (lane == 0) partial[warp][r] = dot[r];
     }
-    float scale = NORMED ? inverse_rms<COLS>((const float*)x, lane, epsilon) : 1.0f;
     if (SPLIT > 1) __syncthreads();
     if (part != 0 || lane != 0 || unit >= units) return;
     float sum[ROWS];
@@ -599,32 +566,25 @@ __device__ __forceinline__ void gemv_one_units(const operand_t* w, const typenam
     {
         sum[r] = 0;
         for (int p = 0; p < SPLIT; p++) sum[r] += partial[warp + p][r];
-        sum[r] *= scale;
     }
     if (ROWS == 1) y[unit] = accumulate ? y[unit] + sum[0] : sum[0];
     else swiglu_out[unit] = operand_store(sum[0] / (1.0f + expf(-sum[0])) * sum[ROWS - 1]);
 }
 extern "C" __global__ void gemv_one_hidden(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
 {
-    gemv_one_units<HIDDEN_SIZE, 1, false>(w, x, y, 0, rows, accumulate, 0.0f);
+    gemv_one_units<HIDDEN_SIZE, 1>(w, x, y, 0, rows, accumulate);
 }
 extern "C" __global__ void gemv_one_query(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
 {
-    gemv_one_units<HEADS * HEAD_DIM, 1, false>(w, x, y, 0, rows, accumulate, 0.0f);
+    gemv_one_units<HEADS * HEAD_DIM, 1>(w, x, y, 0, rows, accumulate);
 }
 extern "C" __global__ void gemv_one_ffn(const operand_t* w, const operand_t* x, float* y, int rows, int accumulate)
 {
-    gemv_one_units<INTERMEDIATE_SIZE, 1, false>(w, x, y, 0, rows, accumulate, 0.0f);
+    gemv_one_units<INTERMEDIATE_SIZE, 1>(w, x, y, 0, rows, accumulate);
 }
-// The one-token q/k/v (gemv_one_hidden_normed) and gate/up + SwiGLU products read the raw residual row and normalise
-// it themselves (the norms' weights folded into their matrices; see gemv_one_units).
-extern "C" __global__ void gemv_one_hidden_normed(const operand_t* w, const float* x, float* y, int rows, float epsilon)
+extern "C" __global__ void gemv_one_swiglu(const operand_t* w, const operand_t* x, operand_t* out, int width)
 {
-    gemv_one_units<HIDDEN_SIZE, 1, true>(w, x, y, 0, rows, 0, epsilon);
-}
-extern "C" __global__ void gemv_one_swiglu(const operand_t* w, const float* x, operand_t* out, int width, float epsilon)
-{
-    gemv_one_units<HIDDEN_SIZE, 2, true>(w, x, 0, out, width, 0, epsilon);
+    gemv_one_units<HIDDEN_SIZE, 2>(w, x, 0, out, width, 0);
 }
 
 // out[token][c] = silu(gate) · up from the fused product's row, whose columns interleave gate and up (2c, 2c + 1);

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using KvPacket.Compute.Cuda;
 using KvPacket.Compute.Kv;
@@ -30,7 +29,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Weight _embedding, _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
-    private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _unitNorm, _logits;
+    private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
@@ -40,9 +39,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly int _maxTokens, _maxContext, _maxEntries;
     private readonly int _interleaved;
     private readonly nint _kvRotateKeys, _kvDeviation;
-    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv;
-    /// <summary>The one-token q/k/v and gate/up + SwiGLU products that normalise the residual row themselves, or 0 where the hidden size does not suit them.</summary>
-    private readonly nint _gemvOneQkvNormed, _gemvOneSwiglu;
+    private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor, _attentionMerge;
     private readonly int _tensorTileTokens;
@@ -57,13 +54,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
 
-    /// <summary>
-    /// One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden] (rows
-    /// interleaved): one product each. The attention norm's weight is folded into q/k/v's columns and the FFN norm's into
-    /// gate/up's (RMSNorm(x) ⊙ g · wᵀ = x / rms(x) · (w ⊙ g)ᵀ): one-token products normalise the residual themselves, and
-    /// other steps normalise with unit weights first.
-    /// </summary>
-    private sealed record LayerOnDevice(Weight QueryKeyValue, Weight Output, Weight GateUp, Weight Down, DeviceBuffer? QueryKeyValueBias);
+    /// <summary>One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden] (rows interleaved): one product each.</summary>
+    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight QueryKeyValue, Weight Output, Weight GateUp, Weight Down,
+        DeviceBuffer? QueryKeyValueBias);
 
     /// <summary>
     /// Uploads <paramref name="model"/> to <paramref name="device"/> with matrices as <paramref name="weightType"/> (F32 or BF16),
@@ -111,11 +104,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             [c.QueryDim] = _module.Function("gemv_one_query"),
             [c.IntermediateSize] = _module.Function("gemv_one_ffn"),
         };
-        if (c.HiddenSize * (weightType == DType.BF16 ? 2 : 4) % 16 == 0 && c.HiddenSize % 8 == 0)
-        {
-            _gemvOneQkvNormed = _module.Function("gemv_one_hidden_normed");
-            _gemvOneSwiglu = _module.Function("gemv_one_swiglu");
-        }
+        if (c.HiddenSize * (weightType == DType.BF16 ? 2 : 4) % 16 == 0) _gemvOneSwiglu = _module.Function("gemv_one_swiglu");
         if (kvType == DType.F16 && c.HeadDim % 16 == 0 && c.GroupSize <= TensorTileRows)
         {
             _attentionPrefillTensor = _module.Function("attention_prefill_mma");
@@ -126,8 +115,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _embedding = Upload([model.TokenEmbedding], DType.F32);
         _classifier = Upload([model.Classifier], weightType);
         _finalNorm = UploadVector(model.FinalNorm)!;
-        _layers = model.Layers.Select(l => new LayerOnDevice(Upload([l.Query, l.Key, l.Value], weightType, norm: l.AttentionNorm), Upload([l.Output], weightType),
-            Upload([l.Gate, l.Up], weightType, interleaveRows: true, norm: l.FfnNorm), Upload([l.Down], weightType),
+        _layers = model.Layers.Select(l => new LayerOnDevice(UploadVector(l.AttentionNorm)!, UploadVector(l.FfnNorm)!,
+            Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType, interleaveRows: true), Upload([l.Down], weightType),
             l.QueryBias.IsPresent || l.KeyBias.IsPresent || l.ValueBias.IsPresent ? UploadBiases(l.QueryBias, l.KeyBias, l.ValueBias) : null)).ToArray();
 
         int blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
@@ -139,8 +128,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _qkv = Own(device.Allocate(4L * t * (c.QueryDim + 2 * c.KvDim)));
         _gateUp = Own(device.Allocate(4L * t * Math.Max(2 * c.IntermediateSize, c.HiddenSize)));
         _operand = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * t * Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize)));
-        _unitNorm = Own(device.Allocate(4L * c.HiddenSize));
-        _device.Upload<float>(Enumerable.Repeat(1f, c.HiddenSize).ToArray(), _unitNorm);
+        _normed = Own(device.Allocate((weightType == DType.BF16 ? 2L : 4L) * c.HiddenSize));
         _logits = Own(device.Allocate(4L * _maxChunks * c.VocabSize));
         // One upload per step: ids, positions, blocks, slots, chunk of each token (t each); each chunk's table start,
         // table length and the rows that get logits; then every chunk's table entries (each sequence's own blocks plus
@@ -374,7 +362,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         var c = _config;
         var w = _layers[1];
-        ulong x = _x.Pointer, norm = _unitNorm.Pointer, operand = _operand.Pointer;
+        ulong x = _x.Pointer, norm = w.AttentionNorm.Pointer, operand = _operand.Pointer;
         float epsilon = (float)c.NormEpsilon;
         _module.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
         Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
@@ -649,22 +637,11 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             // the product for one token) → down product added to the residual. The norms, SwiGLU and attention write
             // the products' operands directly (bf16 for bf16 weights).
             var w = _layers[layer];
-            ulong norm = _unitNorm.Pointer;
-            if (n == 1 && _gemvOneQkvNormed != 0)
-            {
-                timeline?.Mark("rms_norm + qkv product");
-                ulong weights = w.QueryKeyValue.Buffer.Pointer, qkv = _qkv.Pointer;
-                int qkvRows = w.QueryKeyValue.Rows;
-                m.Launch(_gemvOneQkvNormed, (OneTokenBlocks(qkvRows, hidden), 1), 128, (nint)(&weights), (nint)(&x), (nint)(&qkv), (nint)(&qkvRows), (nint)(&epsilon));
-                AddBias(1, _qkv, qkvRows, w.QueryKeyValueBias);
-            }
-            else
-            {
-                timeline?.Mark("rms_norm");
-                m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
-                timeline?.Mark("qkv product");
-                Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
-            }
+            ulong norm = w.AttentionNorm.Pointer;
+            timeline?.Mark("rms_norm");
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
+            timeline?.Mark("qkv product");
+            Project(n, w.QueryKeyValue, _qkv, w.QueryKeyValueBias);
             ulong q = _qkv.Pointer, k = _qkv.At(4L * c.QueryDim), v = _qkv.At(4L * (c.QueryDim + c.KvDim)), pool = _blocks.Memory.Pointer;
             int interleaved = _interleaved, layerIndex = layer;
             if (!append)
@@ -701,17 +678,21 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             }
             timeline?.Mark("output product");
             Project(n, w.Output, _x, null, accumulate: true);
-            if (n == 1 && _gemvOneSwiglu != 0)
+            norm = w.FfnNorm.Pointer;
+            timeline?.Mark("rms_norm");
+            bool fusedSwiglu = n == 1 && _gemvOneSwiglu != 0;
+            // The fused gate/up + SwiGLU writes the operand buffer, so its input goes to the other one.
+            ulong normed = fusedSwiglu ? _normed.Pointer : operand;
+            m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&normed), (nint)(&epsilon));
+            if (fusedSwiglu)
             {
-                // One token: the norm and SwiGLU inside the product (the rows of gate and up interleaved).
-                timeline?.Mark("rms_norm + gate/up product + swiglu");
+                // One token: SwiGLU inside the product (the rows of gate and up interleaved).
+                timeline?.Mark("gate/up product + swiglu");
                 ulong gateUpWeights = w.GateUp.Buffer.Pointer;
-                m.Launch(_gemvOneSwiglu, (OneTokenBlocks(ffn, hidden), 1), 128, (nint)(&gateUpWeights), (nint)(&x), (nint)(&operand), (nint)(&ffn), (nint)(&epsilon));
+                m.Launch(_gemvOneSwiglu, (OneTokenBlocks(ffn, hidden), 1), 128, (nint)(&gateUpWeights), (nint)(&normed), (nint)(&operand), (nint)(&ffn));
             }
             else
             {
-                timeline?.Mark("rms_norm");
-                m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&operand), (nint)(&epsilon));
                 timeline?.Mark("gate/up product");
                 Project(n, w.GateUp, _gateUp, null);
                 ulong gateUp = _gateUp.Pointer;
@@ -777,15 +758,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 (nint)(&tokens), (nint)(&add), (nint)(&warpsPerRow));
         }
         else _device.MatMul(weight.Buffer, _operand, weight.Type, weight.Rows, weight.Columns, tokens, output, accumulate);
-        AddBias(tokens, output, weight.Rows, bias);
-    }
-
-    /// <summary>output[t, r] += bias[r] for <paramref name="tokens"/> rows of <paramref name="width"/> (nothing without a bias).</summary>
-    private void AddBias(int tokens, DeviceBuffer output, int width, DeviceBuffer? bias)
-    {
-        if (bias is null) return;
-        ulong y = output.Pointer, bp = bias.Pointer;
-        _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
+        if (bias is not null)
+        {
+            ulong y = output.Pointer, bp = bias.Pointer;
+            int width = weight.Rows;
+            _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
+        }
     }
 
     /// <summary>Blocks of the one-token products for <paramref name="units"/> rows (or gate/up pairs) of <paramref name="columns"/>: mirrors kernels.cu's GEMV_SPLIT.</summary>
@@ -805,10 +783,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>
     /// Uploads <paramref name="parts"/> (same column count) as one matrix of <paramref name="type"/>: stacked by rows, or
-    /// with <paramref name="interleaveRows"/> (parts of one shape) row r of each part in turn — gate/up as rows 2i, 2i + 1;
-    /// each column scaled by <paramref name="norm"/>'s weight when one is given (the norm folded in).
+    /// with <paramref name="interleaveRows"/> (parts of one shape) row r of each part in turn — gate/up as rows 2i, 2i + 1.
     /// </summary>
-    private Weight Upload(WeightTensor[] parts, DType type, bool interleaveRows = false, WeightTensor norm = default)
+    private Weight Upload(WeightTensor[] parts, DType type, bool interleaveRows = false)
     {
         int elementBytes = type == DType.F32 ? 4 : 2, columns = parts[0].Columns;
         if (parts.Any(p => p.Columns != columns)) throw new ArgumentException("Fused matrices need one column count.", nameof(parts));
@@ -820,12 +797,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         var staged = interleaveRows ? new float[(long)chunk * columns] : rows;
         var converted = new ushort[rows.Length];
         long offset = 0;
-        var g = norm.IsPresent ? new float[columns] : null;
-        if (g is not null) norm.ReadRows(0, norm.Rows, g);
         void Emit(Span<float> values)
         {
-            if (g is not null)
-                for (int at = 0; at < values.Length; at += columns) TensorPrimitives.Multiply(values.Slice(at, columns), g, values.Slice(at, columns));
             if (type == DType.F32) _device.Upload<float>(values, buffer, offset);
             else
             {
