@@ -14,7 +14,8 @@ namespace KvPacket.Store;
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
 /// not depend on whether the packet was just built. On the CPU backend packets are read straight into the model's KV pool;
 /// on the GPU they pass through a host staging pool (read there, then copied into device blocks; built ones copied out
-/// to be stored). Thread-safe.
+/// to be stored): a packet's copy is begun and the next packet is read into other staging blocks meanwhile, the copies
+/// waited for only when the staging pool runs short. Thread-safe.
 /// </summary>
 public sealed class StoredPackets : IPacketSource
 {
@@ -27,6 +28,7 @@ public sealed class StoredPackets : IPacketSource
     private readonly Lock _gate = new();
     private readonly List<Task> _copies = [];
     private readonly System.Collections.Concurrent.ConcurrentQueue<Packet> _copied = new();
+    private readonly List<Packet> _importing = [];   // staged packets whose copies into the model's cache may be running
     private int _residentBlocks;
     private long _localCopyFailures;
 
@@ -46,10 +48,13 @@ public sealed class StoredPackets : IPacketSource
         Fingerprint = ModelFingerprint.Of(model.Model);
         ResidentBlockBudget = residentBlockBudget ?? model.KvBlocks.BlockCount / 4;
         _ownsHost = model.KvBlocks is not KvBlockPool;
-        // Staging for a device cache: room for one packet of the longest sequence.
+        // Staging for a device cache: room for StagedPackets packets of the longest sequence, so reads overlap copies.
         _host = model.KvBlocks as KvBlockPool
-            ?? model.CreateStagingPool((model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1);
+            ?? model.CreateStagingPool(StagedPackets * ((model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1));
     }
+
+    /// <summary>Packets of the longest sequence the staging pool of a device cache holds at once.</summary>
+    private const int StagedPackets = 4;
 
     /// <summary>The model's fingerprint, which every packet id includes.</summary>
     public ModelFingerprint Fingerprint { get; }
@@ -88,7 +93,11 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Stored bytes read by <see cref="StoreLoads"/>.</summary>
     public long BytesLoaded { get; private set; }
 
-    /// <summary>Seconds <see cref="StoreLoads"/> took, from the read to the packet in the model's cache (device blocks included).</summary>
+    /// <summary>
+    /// Seconds <see cref="StoreLoads"/> took: the reads, and for a device cache the copies into it — begun copies run on
+    /// while the next packet is read and count as the time spent waiting for them, so the last copies before a step are
+    /// counted only when a later load waits for them.
+    /// </summary>
     public double LoadSeconds { get; private set; }
 
     /// <summary>The id <paramref name="document"/> has with <paramref name="adapter"/> under this model.</summary>
@@ -120,27 +129,41 @@ public sealed class StoredPackets : IPacketSource
                 LoadSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
                 Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
             }
-            else if (Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket))
-            {
-                SharedLoads++;
-                if (CopySharedToStore && !_store.IsReadOnly) KeepLocalCopy(hostPacket.Share(), document.ToArray(), adapter);
-                using (hostPacket) packet = _model.ImportPacket(hostPacket);
-                Trace?.Record("packet shared load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
-            }
             else
             {
-                using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
-                using (var host = _model.ExportPacket(built, _host))
-                    _store.PutAsync(host, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
-                Builds++;
-                Shared?.Publish(_store, id);
-                if (!TryLoad(id, out packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
-                Trace?.Record("packet build", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
+                FinishImports();   // the shared tier and builds stage through the same pool
+                packet = Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket)
+                    ? FromShared(hostPacket, document, adapter, start)
+                    : Build(id, document, adapter, start);
             }
             var shared = packet.Share();
             MakeResident(id, packet);
             return shared;
         }
+    }
+
+    /// <summary>A packet the shared tier had, in the model's cache (and copied to the local store when asked).</summary>
+    private Packet FromShared(Packet hostPacket, ReadOnlySpan<int> document, Adapter? adapter, long start)
+    {
+        SharedLoads++;
+        if (CopySharedToStore && !_store.IsReadOnly) KeepLocalCopy(hostPacket.Share(), document.ToArray(), adapter);
+        Packet packet;
+        using (hostPacket) packet = _model.ImportPacket(hostPacket);
+        Trace?.Record("packet shared load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
+        return packet;
+    }
+
+    /// <summary>Builds the packet, stores it durably, publishes it to the shared tier, and returns it as read back.</summary>
+    private Packet Build(PacketId id, ReadOnlySpan<int> document, Adapter? adapter, long start)
+    {
+        using (var built = _model.BuildPacket(document, adapter?.Header ?? default, adapter?.Trailer ?? default, Keep))
+        using (var host = _model.ExportPacket(built, _host))
+            _store.PutAsync(host, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
+        Builds++;
+        Shared?.Publish(_store, id);
+        if (!TryLoad(id, out var packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
+        Trace?.Record("packet build", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
+        return packet;
     }
 
     /// <summary>
@@ -175,12 +198,39 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Local copies of shared-tier packets that could not be stored (the store full, say).</summary>
     public long LocalCopyFailures => Interlocked.Read(ref _localCopyFailures);
 
+    /// <summary>
+    /// Reads packet <paramref name="id"/> from the store into the model's cache: straight in on the CPU; through staging for
+    /// a device cache, its copy begun and left running (the staging blocks released once the copies are waited for).
+    /// </summary>
     private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet)
     {
         packet = null;
+        if (_ownsHost && _store.TryGetInfo(id, out var info) && _host.FreeBlockCount < PacketStore.BlockCount(info)) FinishImports();
         if (!_store.TryLoad(id, Fingerprint, _host, out var host)) return false;
-        using (host) packet = _model.ImportPacket(host);
+        if (!_ownsHost)
+        {
+            using (host) packet = _model.ImportPacket(host);
+            return true;
+        }
+        try { packet = _model.BeginImport(host); }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+        _importing.Add(host);
         return true;
+    }
+
+    /// <summary>Waits for the begun copies and releases their staging blocks.</summary>
+    private void FinishImports()
+    {
+        if (_importing.Count == 0) return;
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        _model.WaitForImports();
+        LoadSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+        foreach (var host in _importing) host.Dispose();
+        _importing.Clear();
     }
 
     private void MakeResident(PacketId id, Packet packet)
@@ -203,6 +253,7 @@ public sealed class StoredPackets : IPacketSource
         lock (_gate)
         {
             while (_copied.TryDequeue(out var copied)) copied.Dispose();
+            FinishImports();
             foreach (var (_, packet) in _recency) packet.Dispose();
             _recency.Clear();
             _resident.Clear();

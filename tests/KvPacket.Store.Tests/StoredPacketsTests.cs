@@ -65,6 +65,44 @@ public class StoredPacketsTests
     }
 
     [Fact]
+    public void More_packets_than_the_staging_pool_holds_pass_through_it_in_turn()
+    {
+        // A 256-token cache: staging for 4 × 17 blocks, and 20 packets of 5 blocks through it (each built, stored and read
+        // back, then read again by a fresh source); the staging blocks of finished copies are reused, nothing mixes up.
+        using var temp = Fixtures.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var context = ILGPU.Context.Create(builder => builder.CPU());
+        using var accelerator = context.CreateCPUAccelerator(0);
+        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 256);
+        var random = new SeededRandom(9);
+        int[][] documents = [.. Enumerable.Range(0, 20).Select(_ => random.NextTokens(70, 3, 512))];
+        using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
+        string path = Path.Combine(temp.Path, "store");
+        var expected = new List<byte[]>();
+        using (var store = PacketStore.Open(path))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
+            foreach (var document in documents)
+                using (var packet = packets.Acquire(document, null))
+                    expected.Add(Bytes(model, packet, host));
+        using (var store = PacketStore.Open(path, new PacketStoreOptions { ReadOnly = true }))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
+        {
+            for (int i = 0; i < documents.Length; i++)
+                using (var packet = packets.Acquire(documents[i], null))
+                    Assert.Equal(expected[i], Bytes(model, packet, host));
+            Assert.Equal(documents.Length, packets.StoreLoads);
+        }
+        Assert.Equal(expected.Count, expected.Select(Convert.ToBase64String).Distinct().Count());
+        Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
+    }
+
+    private static byte[] Bytes(IForwardBackend model, Packet packet, Compute.Kv.KvBlockPool host)
+    {
+        using var copy = model.ExportPacket(packet, host);
+        return [.. copy.Blocks.SelectMany(b => host.BlockBytes(b).ToArray())];
+    }
+
+    [Fact]
     public void Packets_built_stored_and_loaded_answer_exactly_like_packets_built_in_memory()
     {
         using var temp = Fixtures.TempDirectory();

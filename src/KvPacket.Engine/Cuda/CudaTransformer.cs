@@ -174,11 +174,19 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <inheritdoc />
     public Packet ImportPacket(Packet packet)
     {
+        try { return BeginImport(packet); }
+        finally { WaitForImports(); }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>From page-locked staging every block's copy is queued by DMA on the stream the steps run on, so later steps
+    /// see the packet and the next packet's store reads overlap the copy; from pageable memory the copy is done on return.</remarks>
+    public Packet BeginImport(Packet packet)
+    {
         if (ReferenceEquals(packet.Pool, _blocks)) return packet.Share();
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another GPU's cache.", nameof(packet));
         long bytes = _blocks.Layout.BlockBytes;
         if (!host.IsPageLocked) return packet.CopyTo(_blocks, (from, to) => _device.Upload<byte>(host.BlockBytes(from), _blocks.Memory, to * bytes));
-        // From page-locked staging: every block's copy queued by DMA, one wait for the packet.
         try
         {
             return packet.CopyTo(_blocks, (from, to) =>
@@ -186,8 +194,15 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 fixed (byte* source = host.BlockBytes(from)) _device.UploadPageLocked((nint)source, _blocks.Memory, to * bytes, bytes);
             });
         }
-        finally { _device.Synchronize(); }
+        catch
+        {
+            WaitForImports();   // the blocks a failed copy gave back must not be written after someone else takes them
+            throw;
+        }
     }
+
+    /// <inheritdoc />
+    public void WaitForImports() => _device.Synchronize();
 
     /// <summary>
     /// Staging in page-locked host memory: the store reads a packet's pages straight into it and they reach the GPU by

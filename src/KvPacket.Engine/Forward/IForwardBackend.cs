@@ -96,6 +96,16 @@ public interface IForwardBackend : IDisposable
     /// </summary>
     Packet ImportPacket(Packet packet);
 
+    /// <summary>
+    /// <see cref="ImportPacket"/> that may return before the copy has read all of <paramref name="packet"/>'s host blocks
+    /// (a GPU's DMA, ordered before the backend's later work): the caller leaves those blocks untouched until
+    /// <see cref="WaitForImports"/>, and meanwhile stages the next packet. By default the copy is done on return.
+    /// </summary>
+    Packet BeginImport(Packet packet) => ImportPacket(packet);
+
+    /// <summary>Returns once every <see cref="BeginImport"/> so far has finished reading its host blocks.</summary>
+    void WaitForImports() { }
+
     /// <summary>This backend's <paramref name="packet"/> in the host pool <paramref name="host"/> (to store it): shared when it already lives there, else a copy.</summary>
     Packet ExportPacket(Packet packet, KvBlockPool host);
 
