@@ -48,13 +48,12 @@ public sealed class StoredPackets : IPacketSource
         Fingerprint = ModelFingerprint.Of(model.Model);
         ResidentBlockBudget = residentBlockBudget ?? model.KvBlocks.BlockCount / 4;
         _ownsHost = model.KvBlocks is not KvBlockPool;
-        // Staging for a device cache: room for StagedPackets packets of the longest sequence, so reads overlap copies.
+        // Staging for a device cache: room for one packet of the longest sequence — many of the usual size, so reads of
+        // the next ones overlap the copies of the last. (Four times that measured slower on the H200: past the backend's
+        // page-locked budget the pool is pageable, and the copies lose DMA.)
         _host = model.KvBlocks as KvBlockPool
-            ?? model.CreateStagingPool(StagedPackets * ((model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1));
+            ?? model.CreateStagingPool((model.MaxSequenceLength + model.KvBlocks.Layout.BlockSize - 1) / model.KvBlocks.Layout.BlockSize + 1);
     }
-
-    /// <summary>Packets of the longest sequence the staging pool of a device cache holds at once.</summary>
-    private const int StagedPackets = 4;
 
     /// <summary>The model's fingerprint, which every packet id includes.</summary>
     public ModelFingerprint Fingerprint { get; }

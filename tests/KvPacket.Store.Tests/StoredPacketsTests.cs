@@ -67,7 +67,7 @@ public class StoredPacketsTests
     [Fact]
     public void More_packets_than_the_staging_pool_holds_pass_through_it_in_turn()
     {
-        // A 256-token cache: staging for 4 × 17 blocks, and 20 packets of 5 blocks through it (each built, stored and read
+        // A 256-token cache: staging for 17 blocks, and 20 packets of 5 blocks through it (each built, stored and read
         // back, then read again by a fresh source); the staging blocks of finished copies are reused, nothing mixes up.
         using var temp = Fixtures.TempDirectory();
         using var checkpoint = CheckpointLoader.Load(Stories);
