@@ -2,6 +2,7 @@ using ILGPU;
 using ILGPU.Runtime.CPU;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Ilgpu;
 using KvPacket.Engine.Rag;
@@ -32,24 +33,9 @@ public sealed class IlgpuBackendTests : IDisposable
     public void Stories260K_logits_of_every_prompt_token_and_greedy_continuations_match_the_simd_backend()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
-        using var cpu = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64 });
         using var ilgpu = new IlgpuTransformer(checkpoint, _accelerator, maxTokens: 64, kvTokens: 2048);
-        int vocab = checkpoint.Config.VocabSize;
-        int[] prompt = [1, .. ReferenceModels.RandomTokens(23, 5)];
-        var expected = new float[prompt.Length * vocab];
-        var actual = new float[prompt.Length * vocab];
-        using (var sequence = new BackendSequence(cpu, ((IForwardBackend)cpu).CreateSequence())) sequence.Prefill(prompt, expected, LogitsFor.AllTokens);
-        using (var sequence = new BackendSequence(ilgpu, ilgpu.CreateSequence())) sequence.Prefill(prompt, actual, LogitsFor.AllTokens);
-        double worst = 0;
-        for (int i = 0; i < expected.Length; i++) worst = Math.Max(worst, Math.Abs(expected[i] - actual[i]));
-        Assert.True(worst <= 1e-4, $"max |Δlogit| {worst:E2}");
-
-        int[][] prompts = [[1, .. ReferenceModels.RandomTokens(6, 1)], [1, .. ReferenceModels.RandomTokens(19, 2)], [1, .. ReferenceModels.RandomTokens(11, 3)]];
-        var cpuTokens = GreedyDecoding.Run(cpu, prompts, 16, out int[] cpuIds);
-        var ilgpuTokens = GreedyDecoding.Run(ilgpu, prompts, 16, out int[] ilgpuIds);
-        for (int s = 0; s < prompts.Length; s++) Assert.Equal(cpuTokens[s], ilgpuTokens[s]);
-        foreach (int id in cpuIds) ((IForwardBackend)cpu).ReleaseSequence(id);
-        foreach (int id in ilgpuIds) ilgpu.ReleaseSequence(id);
+        AssertMatchesSimd(checkpoint, ilgpu, [1, .. ReferenceModels.RandomTokens(23, 5)],
+            [[1, .. ReferenceModels.RandomTokens(6, 1)], [1, .. ReferenceModels.RandomTokens(19, 2)], [1, .. ReferenceModels.RandomTokens(11, 3)]], 16);
         Assert.Equal(ilgpu.KvBlocks.BlockCount, ilgpu.KvBlocks.FreeBlockCount);
     }
 
@@ -62,10 +48,19 @@ public sealed class IlgpuBackendTests : IDisposable
         using var context = Context.Create(builder => builder.CPU(CPUDeviceKind.Intel));
         using var accelerator = context.CreateCPUAccelerator(0);
         using var checkpoint = CheckpointLoader.Load(Stories);
-        using var cpu = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
         using var ilgpu = new IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 1024, warps: true);
+        AssertMatchesSimd(checkpoint, ilgpu, [1, .. ReferenceModels.RandomTokens(5, 9)],
+            [[1, .. ReferenceModels.RandomTokens(4, 11)], [1, .. ReferenceModels.RandomTokens(6, 12)]], 3);
+    }
+
+    /// <summary>
+    /// The logits of every token of <paramref name="prompt"/> within 1e-4 of the SIMD backend's, and greedy continuations
+    /// of <paramref name="prompts"/> (batched) equal to its for <paramref name="steps"/> steps; the sequences released.
+    /// </summary>
+    private static void AssertMatchesSimd(Checkpoint checkpoint, IlgpuTransformer ilgpu, int[] prompt, int[][] prompts, int steps)
+    {
+        using var cpu = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 2048, MaxBatchTokens = 64 });
         int vocab = checkpoint.Config.VocabSize;
-        int[] prompt = [1, .. ReferenceModels.RandomTokens(5, 9)];
         var expected = new float[prompt.Length * vocab];
         var actual = new float[prompt.Length * vocab];
         using (var sequence = new BackendSequence(cpu, ((IForwardBackend)cpu).CreateSequence())) sequence.Prefill(prompt, expected, LogitsFor.AllTokens);
@@ -73,9 +68,8 @@ public sealed class IlgpuBackendTests : IDisposable
         double worst = 0;
         for (int i = 0; i < expected.Length; i++) worst = Math.Max(worst, Math.Abs(expected[i] - actual[i]));
         Assert.True(worst <= 1e-4, $"max |Δlogit| {worst:E2}");
-        int[][] prompts = [[1, .. ReferenceModels.RandomTokens(4, 11)], [1, .. ReferenceModels.RandomTokens(6, 12)]];
-        var cpuTokens = GreedyDecoding.Run(cpu, prompts, 3, out int[] cpuIds);
-        var ilgpuTokens = GreedyDecoding.Run(ilgpu, prompts, 3, out int[] ilgpuIds);
+        var cpuTokens = GreedyDecoding.Run(cpu, prompts, steps, out int[] cpuIds);
+        var ilgpuTokens = GreedyDecoding.Run(ilgpu, prompts, steps, out int[] ilgpuIds);
         for (int s = 0; s < prompts.Length; s++) Assert.Equal(cpuTokens[s], ilgpuTokens[s]);
         foreach (int id in cpuIds) ((IForwardBackend)cpu).ReleaseSequence(id);
         foreach (int id in ilgpuIds) ilgpu.ReleaseSequence(id);

@@ -87,8 +87,9 @@ public static partial class IlgpuKernels
     /// warps); with more than one split each warp leaves (max, sum, unnormalised output) in <paramref name="partial"/>
     /// for <see cref="AttentionMerge"/>. Per entry (at most a warp of keys) each lane scores one key against the query
     /// (rotated for the entry, once per run of entries with the same rotation, into the warp's row of
-    /// <paramref name="rotated"/>; a row in dynamic shared memory instead measured 1.6× slower on the H200), the warp takes the entry's max and sum by shuffles, and each lane accumulates its own
-    /// columns over the entry's values (coalesced rows, eight keys' loads at a time). The output is kept in four registers
+    /// <paramref name="rotated"/>; a row in dynamic shared memory instead measured 1.6× slower on the H200), the warp
+    /// takes the entry's max and sum by shuffles, and each lane accumulates its own columns over the entry's values
+    /// (coalesced rows, eight keys' loads at a time). The output is kept in four registers
     /// per lane: a head wider than four warps of columns (an emulated CPU warp is narrow) takes several passes over the
     /// keys. Launch with <see cref="WarpsPerGroup"/> warps per group, heads × tokens × splits warps in all.
     /// </summary>

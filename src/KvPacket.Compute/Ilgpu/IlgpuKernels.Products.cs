@@ -151,7 +151,8 @@ public static partial class IlgpuKernels
     /// <summary>
     /// This lane's share of Σ_k w[wRow + k] x[xRow + k]: four consecutive columns per load (one 16-byte load where the
     /// backend vectorises it), four loads in flight (a dependent chain of single loads leaves the memory system idle;
-    /// eight measured slower on the H200), so a warp streams 2 KB of the row per iteration; rows whose width is not a multiple of 4 are read a float at a time.
+    /// eight measured slower on the H200), so a warp streams 2 KB of the row per iteration; rows whose width is not a
+    /// multiple of 4 are read a float at a time.
     /// </summary>
     private static float WarpDot(ArrayView<float> w, ArrayView<float> x, long wRow, long xRow, int columns, bool used)
     {
