@@ -245,6 +245,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             ("kvpacket_scheduler_steps", "Forward steps run.", scheduler.Steps),
             ("kvpacket_preemptions", "Requests preempted for lack of KV blocks.", scheduler.Preemptions),
             ("kvpacket_kv_blocks_in_use", "KV blocks in use.", engine.KvBlocksInUse),
+            ("kvpacket_kv_prefix_blocks", "KV blocks of those the cached prompt prefixes hold.", engine.Scheduler.PrefixBlocks),
             ("kvpacket_kv_blocks_total", "KV blocks in the cache.", engine.KvBlockCount),
             ("kvpacket_packets", "Packets known.", engine.Packets.Count),
             ("kvpacket_packet_resident_hits", "Packet acquires served from the resident tier.", stored?.ResidentHits ?? 0),

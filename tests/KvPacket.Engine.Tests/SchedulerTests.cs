@@ -171,10 +171,12 @@ public class SchedulerTests
         {
             Assert.Equal(solo[(modes[i % 4], (i / 4) % 4)], concurrent[i].Tokens);
             Assert.Equal(16, concurrent[i].Summary.GeneratedTokens);
-            Assert.Equal(modes[i % 4] == RagMode.Full ? 0 : 73 + (modes[i % 4] == RagMode.KvPacket ? 8 : 0), concurrent[i].Summary.PacketTokens);
+            // Packet modes place the BOS prefix too, from the scheduler's prefix cache: 1 + 73 tokens (+ 8 header/trailer).
+            Assert.Equal(modes[i % 4] == RagMode.Full ? 0 : 1 + 73 + (modes[i % 4] == RagMode.KvPacket ? 8 : 0), concurrent[i].Summary.PacketTokens);
         }
         Assert.True(engine.Scheduler.Steps > 0);
-        Assert.Equal(packetBlocks, engine.KvBlocksInUse); // only the packets' own blocks remain
+        Assert.Equal(1, engine.Scheduler.PrefixBlocks);
+        Assert.Equal(packetBlocks + 1, engine.KvBlocksInUse); // only the packets' and the cached prefix's blocks remain
 
         // Bad input is refused before anything runs.
         await Assert.ThrowsAsync<KeyNotFoundException>(async () => { await foreach (var _ in engine.GenerateAsync(Request(RagMode.Naive, 0) with { Packets = ["nope"] })) { } });
@@ -185,8 +187,8 @@ public class SchedulerTests
         int seen = 0;
         await foreach (var e in engine.GenerateAsync(Request(RagMode.Naive, 1) with { Limits = new GenerationLimits { MaxTokens = 200, StopTokens = [] } }))
             if (++seen == 2) break;
-        for (int i = 0; i < 100 && engine.KvBlocksInUse != packetBlocks; i++) await Task.Delay(10);
-        Assert.Equal(packetBlocks, engine.KvBlocksInUse);
+        for (int i = 0; i < 100 && engine.KvBlocksInUse != packetBlocks + 1; i++) await Task.Delay(10);
+        Assert.Equal(packetBlocks + 1, engine.KvBlocksInUse);
     }
 
     [Theory]

@@ -54,7 +54,7 @@ public class DaemonTests
         string id = packet.GetProperty("id").GetString()!;
         var (streamed, final, _) = await StreamAsync(daemon.Client, new { prompt, max_tokens = 24, temperature = 0.8, top_p = 0.9, seed = 7, stream = true, packets = new[] { id }, mode = "naive" });
         Assert.Equal("length", final.GetProperty("finish_reason").GetString());
-        Assert.Equal(40, final.GetProperty("kvpacket").GetProperty("packet_tokens").GetInt32());
+        Assert.Equal(1 + 40, final.GetProperty("kvpacket").GetProperty("packet_tokens").GetInt32());   // the cached BOS prefix and the packet
 
         await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(DaemonProcess.Stories),
             new KvPacketEngineOptions { Model = new TransformerOptions { KvCacheTokens = 16384, MaxBatchTokens = 256, MaxBatchSequences = 64 } });
@@ -166,7 +166,8 @@ public class DaemonTests
             var all = await Task.WhenAll(Enumerable.Range(0, 16).Select(i => Task.Run(() =>
                 StreamAsync(daemon.Client, new { prompt = Tokens(6, i), max_tokens = 8, temperature = 0, stream = true, packets = ids, mode = "naive" }))));
             Assert.All(all, r => Assert.Equal(8, r.Tokens.Count));
-            Assert.Equal(0, await daemon.MetricAsync("kvpacket_kv_blocks_in_use"));
+            Assert.Equal(1, await daemon.MetricAsync("kvpacket_kv_prefix_blocks"));   // the BOS prefix, kept as a packet
+            Assert.Equal(1, await daemon.MetricAsync("kvpacket_kv_blocks_in_use"));
         }
     }
 

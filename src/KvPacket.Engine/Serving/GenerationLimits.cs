@@ -44,7 +44,7 @@ public enum FinishReason
 
 /// <summary>What one request cost.</summary>
 /// <param name="PromptTokens">Tokens computed for the prompt (packets excluded).</param>
-/// <param name="PacketTokens">Tokens placed from packets (no compute).</param>
+/// <param name="PacketTokens">Tokens placed from packets, no compute: the documents', and a prompt prefix the scheduler keeps as one.</param>
 /// <param name="GeneratedTokens">Tokens generated.</param>
 /// <param name="QueueSeconds">From submission to admission.</param>
 /// <param name="TimeToFirstTokenSeconds">From submission to the first generated token.</param>

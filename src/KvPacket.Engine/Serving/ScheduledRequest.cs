@@ -73,9 +73,10 @@ public sealed class ScheduledRequest
 
     /// <summary>
     /// Moves the cursor to <paramref name="position"/> of a prompt whose KV up to there was shared from a sibling: the
-    /// packets before it count as placed, and computing resumes inside the segment holding it.
+    /// packets before it count as placed (the leading tokens too when the sibling placed them from the prefix cache,
+    /// <paramref name="prefixPlaced"/>), and computing resumes inside the segment holding it.
     /// </summary>
-    internal void SkipTo(int position, int hidden)
+    internal void SkipTo(int position, int hidden, bool prefixPlaced)
     {
         int start = 0;
         for (_segment = 0; _segment < _promptSegments; _segment++)
@@ -89,6 +90,11 @@ public sealed class ScheduledRequest
                 return;
             }
             if (segment is PromptSegment.Placed placed) PacketTokens += placed.Packet.Length;
+            else if (_segment == 0 && prefixPlaced)
+            {
+                PacketTokens += span;
+                PrefixPlaced = true;
+            }
             start += span;
         }
         throw new InvalidOperationException($"position {position} is past the prompt ({start} positions); a sibling computes at least the prompt's last token");
@@ -105,6 +111,26 @@ public sealed class ScheduledRequest
 
     /// <summary>Positions the whole prompt and the generation can take: what the sequence may grow to.</summary>
     internal int TotalPositions(int hidden) => _segments.Sum(s => s.PositionSpan(hidden)) + Limits.MaxTokens;
+
+    /// <summary>
+    /// The prompt's leading computed tokens when the sequence is still empty and a packet comes right after them (a RAG
+    /// prompt's BOS or system prompt): their KV depends on nothing before them, so a cached packet of them places what
+    /// computing them would write — and what follows a packet starts a block of its own either way.
+    /// </summary>
+    internal int[]? LeadingPrefix => _segment == 0 && _offset == 0 && Sequence is { Length: 0 } && _promptSegments > 1
+        && _segments[0] is PromptSegment.Tokens prefix && _segments[1] is PromptSegment.Placed ? prefix.Ids : null;
+
+    /// <summary>Places <paramref name="prefix"/>, a packet of <see cref="LeadingPrefix"/>'s tokens, instead of computing them.</summary>
+    internal void PlacePrefix(Packet prefix)
+    {
+        Sequence!.AppendPacket(prefix);
+        PacketTokens += prefix.Length;
+        PrefixPlaced = true;
+        _segment++;
+    }
+
+    /// <summary>Whether the prompt's leading tokens were placed from the prefix cache (they count as packet tokens).</summary>
+    internal bool PrefixPlaced { get; private set; }
 
     /// <summary>Places packet segments at the front of what remains (they cost no compute).</summary>
     internal void PlacePackets()
@@ -195,6 +221,7 @@ public sealed class ScheduledRequest
         _offset = 0;
         ComputedPromptTokens = 0;
         PacketTokens = 0;
+        PrefixPlaced = false;
         Preemptions++;
     }
 

@@ -36,6 +36,8 @@ public sealed class Scheduler
     private readonly int[] _chunkTokens;     // per running request, this step's work for the trace: −1 decode, n prefill tokens, 0 none
     private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
     private readonly SemaphoreSlim _wake = new(0);
+    private readonly List<(int[] Tokens, Packet Packet)> _prefixes = [];
+    private int _prefixBlocks;
     private int _queued;
     private int _submitted;
 
@@ -127,7 +129,11 @@ public sealed class Scheduler
             }
             if (computed == 0)
             {
-                if (stop.IsCancellationRequested && _running.Count == 0 && WaitingCount == 0) return;
+                if (stop.IsCancellationRequested && _running.Count == 0 && WaitingCount == 0)
+                {
+                    ReleasePrefixes();
+                    return;
+                }
                 try { await _wake.WaitAsync(stop.IsCancellationRequested ? TimeSpan.FromMilliseconds(10) : Timeout.InfiniteTimeSpan, stop).ConfigureAwait(false); }
                 catch (OperationCanceledException) { }
             }
@@ -249,12 +255,58 @@ public sealed class Scheduler
             _running.Add(request);
         }
         foreach (var request in _running)
-            if (!request.PromptDone) request.PlacePackets();
+        {
+            if (request.PromptDone) continue;
+            if (request.LeadingPrefix is { } prefix && CachedPrefix(prefix) is { } packet) request.PlacePrefix(packet);
+            request.PlacePackets();
+        }
         while (_running.Count > 0 && _model.KvBlocks.FreeBlockCount < StepDemand())
         {
             if (_running.Count > 1) Preempt(_running[^1]);
             else Finish(_running[0], FinishReason.Error, $"the KV cache ({_model.KvBlocks.BlockCount} blocks) cannot hold this request's next step");
         }
+    }
+
+    /// <summary>
+    /// The packet of a prompt prefix (BOS, a system prompt) that packets follow, built the first time it is seen and kept
+    /// (the last <see cref="MaxPrefixes"/> prefixes), as a server with prefix caching keeps it: a RAG request then computes
+    /// only its query. Null when the cache has no room for it now: the prefix is computed with the request.
+    /// </summary>
+    private Packet? CachedPrefix(int[] tokens)
+    {
+        for (int i = 0; i < _prefixes.Count; i++)
+            if (_prefixes[i].Tokens.AsSpan().SequenceEqual(tokens))
+            {
+                var hit = _prefixes[i];
+                _prefixes.RemoveAt(i);
+                _prefixes.Insert(0, hit);
+                return hit.Packet;
+            }
+        Packet packet;
+        try { packet = _model.BuildPacket(tokens); }
+        catch (KvCacheExhaustedException) { return null; }
+        if (_prefixes.Count == MaxPrefixes)
+        {
+            _prefixes[^1].Packet.Dispose();   // sequences placed on it keep its blocks until they end
+            _prefixes.RemoveAt(_prefixes.Count - 1);
+        }
+        _prefixes.Insert(0, ([.. tokens], packet));
+        Volatile.Write(ref _prefixBlocks, _prefixes.Sum(p => p.Packet.Blocks.Count));
+        return packet;
+    }
+
+    /// <summary>Prompt prefixes kept as packets.</summary>
+    private const int MaxPrefixes = 4;
+
+    /// <summary>KV blocks the cached prompt prefixes hold (in use while the scheduler lives, not leaked); any thread may read it.</summary>
+    public int PrefixBlocks => Volatile.Read(ref _prefixBlocks);
+
+    /// <summary>Lets go of the cached prompt prefixes; on the scheduler's thread (<see cref="RunAsync"/> does it when it ends).</summary>
+    public void ReleasePrefixes()
+    {
+        foreach (var (_, packet) in _prefixes) packet.Dispose();
+        _prefixes.Clear();
+        Volatile.Write(ref _prefixBlocks, 0);
     }
 
     /// <summary>
@@ -267,7 +319,7 @@ public sealed class Scheduler
             && request.Sequence!.Length == 0 && request.SamePromptAs(leader))
         {
             int shared = request.Sequence.SharePrefix(source, leader.PromptSpan(_hidden) - 1);
-            if (shared > 0) request.SkipTo(shared, _hidden);
+            if (shared > 0) request.SkipTo(shared, _hidden, leader.PrefixPlaced);
             return;
         }
         group.Leader = request;

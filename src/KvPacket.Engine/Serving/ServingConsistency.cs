@@ -61,7 +61,7 @@ public static class ServingConsistency
             solo = new int[requests][];
             for (int i = 0; i < requests; i++) solo[i] = await Tokens(engine, work[i]);
             together = await Task.WhenAll(work.Select(r => Tokens(engine, r)));
-            leaked = engine.KvBlocksInUse - resident;
+            leaked = engine.KvBlocksInUse - resident - engine.Scheduler.PrefixBlocks;   // the cached BOS prefix is kept, not leaked
         }
         // Room for the packets and about four requests: the rest wait, and running ones are preempted as they grow.
         int[][] preempted;
@@ -72,7 +72,7 @@ public static class ServingConsistency
             int resident = tight.KvBlocksInUse;
             preempted = await Task.WhenAll(work.Select(r => Tokens(tight, r)));
             preemptions = tight.Scheduler.Preemptions;
-            leaked += tight.KvBlocksInUse - resident;
+            leaked += tight.KvBlocksInUse - resident - tight.Scheduler.PrefixBlocks;
         }
 
         string? difference = null;
