@@ -68,6 +68,49 @@ public class SchedulerTests
     }
 
     [Fact]
+    public void A_prompt_prefix_placed_from_the_cache_generates_what_computing_it_does()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 1024, MaxBatchTokens = 64 });
+        using var packet = model.BuildPacket(ReferenceModels.RandomTokens(45, 31));
+        int[] query = ReferenceModels.RandomTokens(7, 32);
+
+        // By hand: BOS computed, the packet placed after it, the query computed, then greedy decoding.
+        var expected = new List<int>();
+        var logits = new float[checkpoint.Config.VocabSize];
+        using (var sequence = new BackendSequence(model, ((IForwardBackend)model).CreateSequence()))
+        {
+            sequence.Prefill([1], logits);
+            sequence.AppendPacket(packet);
+            sequence.Prefill(query, logits);
+            for (int i = 0; i < 12; i++)
+            {
+                expected.Add(System.Numerics.Tensors.TensorPrimitives.IndexOfMax<float>(logits));
+                sequence.Prefill([expected[^1]], logits);
+            }
+        }
+
+        // Twice through the scheduler: the first request builds the BOS packet, the second finds it; neither computes it.
+        var scheduler = new Scheduler(model);
+        foreach (int run in new[] { 1, 2 })
+        {
+            var sink = new Collector();
+            Assert.True(scheduler.TrySubmit(new ScheduledRequest([new PromptSegment.Tokens([1]), new PromptSegment.Placed(packet.Share()), new PromptSegment.Tokens(query)],
+                new GenerationLimits { MaxTokens = 12, StopTokens = [] }, sink, [])));
+            for (int guard = 0; sink.Summary is null; guard++)
+            {
+                Assert.True(guard < 1000, "the scheduler stopped making progress");
+                scheduler.Step();
+            }
+            Assert.Equal(expected, sink.Tokens);
+            Assert.Equal((query.Length, 1 + 45), (sink.Summary.PromptTokens, sink.Summary.PacketTokens));
+        }
+        Assert.Equal(1, scheduler.PrefixBlocks);
+        scheduler.ReleasePrefixes();
+        Assert.Equal(model.KvPool.BlockCount, model.KvPool.FreeBlockCount + packet.Blocks.Count);
+    }
+
+    [Fact]
     public void Running_out_of_blocks_preempts_and_recomputes_without_changing_any_output()
     {
         using var checkpoint = CheckpointLoader.Load(Stories);
