@@ -44,8 +44,9 @@ internal static class PlotCommand
         {
             string path = parse.GetValue(traceFile)!, output = parse.GetValue(traceOut)!;
             using var input = File.OpenRead(path);
-            using var writer = new StreamWriter(output);
-            var bars = Core.Diagnostics.TraceTimeline.Write(input, writer, parse.GetValue(from), parse.GetValue(to), parse.GetValue(rows), Path.GetFileName(path));
+            var svg = new StringWriter();   // drawn whole first: a trace that cannot be drawn leaves no empty file behind
+            var bars = Core.Diagnostics.TraceTimeline.Write(input, svg, parse.GetValue(from), parse.GetValue(to), parse.GetValue(rows), Path.GetFileName(path));
+            File.WriteAllText(output, svg.ToString());
             Console.WriteLine($"wrote {output}: {bars.Count} spans");
             return 0;
         });
