@@ -120,10 +120,9 @@ public sealed class StoredPackets : IPacketSource
                 return node.Value.Packet.Share();
             }
             long start = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (TryLoad(id, out var packet))
+            if (TryLoad(id, out var packet, out long bytes))
             {
                 StoreLoads++;
-                long bytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
                 BytesLoaded += bytes;
                 LoadSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
                 Trace?.Record("packet load", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "bytes", bytes, "tokens", document.Length);
@@ -160,7 +159,7 @@ public sealed class StoredPackets : IPacketSource
             _store.PutAsync(host, Fingerprint, document.ToArray(), AdapterRef.Of(adapter), Storage, Keep).AsTask().GetAwaiter().GetResult();
         Builds++;
         Shared?.Publish(_store, id);
-        if (!TryLoad(id, out var packet)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
+        if (!TryLoad(id, out var packet, out _)) throw new PacketStoreException($"packet {id} was stored but cannot be read back.");
         Trace?.Record("packet build", "packets", Core.Diagnostics.TraceTracks.Packets, start, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", document.Length);
         return packet;
     }
@@ -198,13 +197,17 @@ public sealed class StoredPackets : IPacketSource
     public long LocalCopyFailures => Interlocked.Read(ref _localCopyFailures);
 
     /// <summary>
-    /// Reads packet <paramref name="id"/> from the store into the model's cache: straight in on the CPU; through staging for
-    /// a device cache, its copy begun and left running (the staging blocks released once the copies are waited for).
+    /// Reads packet <paramref name="id"/> (<paramref name="storedBytes"/> in the store) into the model's cache: straight in
+    /// on the CPU; through staging for a device cache, its copy begun and left running (the staging blocks released once
+    /// the copies are waited for).
     /// </summary>
-    private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet)
+    private bool TryLoad(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet, out long storedBytes)
     {
         packet = null;
-        if (_ownsHost && _store.TryGetInfo(id, out var info) && _host.FreeBlockCount < PacketStore.BlockCount(info)) FinishImports();
+        storedBytes = 0;
+        if (!_store.TryGetInfo(id, out var info)) return false;
+        storedBytes = info.StoredBytes;
+        if (_ownsHost && _host.FreeBlockCount < PacketStore.BlockCount(info)) FinishImports();
         if (!_store.TryLoad(id, Fingerprint, _host, out var host)) return false;
         if (!_ownsHost)
         {

@@ -199,7 +199,7 @@ public sealed class IlgpuKernelTests : IDisposable
         Close(expectedPool, pb.GetAsArray1D(), 1e-5);
     }
 
-    private KernelConfig Warps(int count) => new((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup, IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
+    private KernelConfig Warps(int count) => IlgpuKernels.WarpGroups(_accelerator, count);
 
     [Theory]
     [InlineData(false)]

@@ -71,9 +71,9 @@ public sealed class IlgpuAttentionKernels
         return (i, q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, layer, scale, partial, splits) =>
         {
             int rows = i.X * i.Y;
-            kernel(Warps(accelerator, (long)rows * splits), q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, partial, shape,
+            kernel(IlgpuKernels.WarpGroups(accelerator, (long)rows * splits), q, pool, entries, start, length, chunk, positions, cos, sin, rotated, output, partial, shape,
                 new IlgpuKernels.AttentionStep { Layer = layer, Scale = scale, Tokens = i.Y, Splits = splits });
-            if (splits > 1) merge(Warps(accelerator, rows), partial, output, rows, shape.HeadDim, splits);
+            if (splits > 1) merge(IlgpuKernels.WarpGroups(accelerator, rows), partial, output, rows, shape.HeadDim, splits);
         };
     }
 
@@ -84,10 +84,6 @@ public sealed class IlgpuAttentionKernels
             ArrayView<int>, ArrayView<float>, ArrayView<float>, TShape, IlgpuKernels.ProjectionStep>(IlgpuKernels.ProjectQkvWarp);
         int pairs = (shape.Heads + 2 * shape.KvHeads) * shape.HeadDim / 2;
         return (w, x, bias, q, pool, blocks, slots, positions, cos, sin, step) =>
-            kernel(Warps(accelerator, (long)pairs * step.Tokens), w, x, bias, q, pool, blocks, slots, positions, cos, sin, shape, step);
+            kernel(IlgpuKernels.WarpGroups(accelerator, (long)pairs * step.Tokens), w, x, bias, q, pool, blocks, slots, positions, cos, sin, shape, step);
     }
-
-    /// <summary>Enough groups of <see cref="IlgpuKernels.WarpsPerGroup"/> warps for <paramref name="count"/> warps.</summary>
-    private static KernelConfig Warps(Accelerator accelerator, long count) =>
-        new((int)((count + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup), IlgpuKernels.WarpsPerGroup * accelerator.WarpSize);
 }

@@ -245,7 +245,6 @@ public static partial class IlgpuKernels
         sum = WarpSum(sum);
         for (int d = lane; used && d < dim; d += Warp.WarpSize)
         {
-            long at = first + 2 + d;
             float value = 0;
             int s = 0;
             for (; s + 3 < splits; s += 4)
@@ -255,7 +254,11 @@ public static partial class IlgpuKernels
                 float v0 = partial[a0 + 2 + d], v1 = partial[a1 + 2 + d], v2 = partial[a2 + 2 + d], v3 = partial[a3 + 2 + d];
                 value += v0 * MathF.Exp(m0 - max) + v1 * MathF.Exp(m1 - max) + v2 * MathF.Exp(m2 - max) + v3 * MathF.Exp(m3 - max);
             }
-            for (; s < splits; s++) value += partial[at + s * stride] * MathF.Exp(partial[first + s * stride] - max);
+            for (; s < splits; s++)
+            {
+                long at = first + s * stride;
+                value += partial[at + 2 + d] * MathF.Exp(partial[at] - max);
+            }
             output[(long)warp * dim + d] = value / sum;
         }
     }

@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Runtime;
 
 namespace KvPacket.Compute.Ilgpu;
 
@@ -80,6 +81,10 @@ public static partial class IlgpuKernels
 
     /// <summary>Warps per group of the warp-per-row kernels.</summary>
     public const int WarpsPerGroup = 4;
+
+    /// <summary>The launch of a warp-per-row kernel: enough groups of <see cref="WarpsPerGroup"/> warps for <paramref name="warps"/> warps on <paramref name="accelerator"/>.</summary>
+    public static KernelConfig WarpGroups(Accelerator accelerator, long warps) =>
+        new((int)((warps + WarpsPerGroup - 1) / WarpsPerGroup), WarpsPerGroup * accelerator.WarpSize);
 
     /// <summary>The sum of <paramref name="value"/> over the warp's lanes, in every lane.</summary>
     private static float WarpSum(float value)

@@ -217,7 +217,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         Timeline?.Mark("argmax, ids to the host");
         _argMaxSlices(new KernelConfig(rows * _slices, Math.Min(IlgpuKernels.NormThreads, _accelerator.MaxNumThreadsPerGroup)),
             _logits.View, _sliceBest.View, _sliceAt.View, _config.VocabSize, _slices);
-        _argMaxMerge(Warps(rows), _sliceBest.View, _sliceAt.View, _next.View, _slices, rows);
+        _argMaxMerge(IlgpuKernels.WarpGroups(_accelerator, rows), _sliceBest.View, _sliceAt.View, _next.View, _slices, rows);
         _next.View.AsContiguous().SubView(0, rows).CopyToCPU(next[..rows]);
         Timeline?.Close();
     }
@@ -376,7 +376,7 @@ public sealed class IlgpuTransformer : IForwardBackend
                 Normalise(n, _allRows.View, _unitNorm, epsilon);
                 timeline?.Mark("gate/up product + swiglu");
             }
-            GateUp(w, n, epsilon);
+            GateUp(w, n, epsilon, fused);
             timeline?.Mark("down product");
             Multiply(w.Down, _ffn, _x, n, accumulate: true);
         }
@@ -420,25 +420,26 @@ public sealed class IlgpuTransformer : IForwardBackend
         else if (tokens >= TiledFrom)
             _matMulTiled!(Tiles(m.Rows, tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
         else
-            _matMulWarp!(Warps((long)m.Rows * tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
+            _matMulWarp!(IlgpuKernels.WarpGroups(_accelerator, (long)m.Rows * tokens), m.Weights.View, input.View, bias, y0.View, y1.View, y2.View, m.Columns, rows0, rows1, rows2, tokens, hasBias, add);
     }
 
     /// <summary>
-    /// _ffn = silu(x̂ · gateᵀ) ⊙ (x̂ · upᵀ) with x̂ the normalised residual: _xb for the CPU accelerator and tiles (many
-    /// tokens), which take a norm launch first; on a GPU for few tokens the product normalises _x itself.
+    /// _ffn = silu(x̂ · gateᵀ) ⊙ (x̂ · upᵀ) with x̂ the normalised residual: in a <paramref name="fused"/> step the product
+    /// normalises _x itself; otherwise x̂ is _xb, normalised by a launch before (the CPU accelerator's thread per output, or
+    /// tiles for many tokens).
     /// </summary>
-    private void GateUp(Layer w, int tokens, float epsilon)
+    private void GateUp(Layer w, int tokens, float epsilon, bool fused)
     {
         int rows = w.Gate.Rows, columns = w.Gate.Columns;
-        if (_swiGlu is not null) _swiGlu(new Index2D(rows, tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows);
-        else if (tokens >= TiledFrom)
+        if (fused) _swiGluWarp!(IlgpuKernels.WarpGroups(_accelerator, (long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _x.View, _ffn.View, columns, rows, tokens, epsilon);
+        else if (_swiGlu is not null) _swiGlu(new Index2D(rows, tokens), w.Gate.Weights.View, w.Up.Weights.View, _xb.View, _ffn.View, columns, rows);
+        else
         {
             // Two tiled products: the gate's written, then the up product multiplied into silu of it.
             var none = _none.View;
             _matMulTiled!(Tiles(rows, tokens), w.Gate.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 0);
             _matMulTiled!(Tiles(rows, tokens), w.Up.Weights.View, _xb.View, none, _ffn.View, _ffn.View, _ffn.View, columns, rows, 0, 0, tokens, 0, 2);
         }
-        else _swiGluWarp!(Warps((long)rows * tokens), w.Gate.Weights.View, w.Up.Weights.View, _x.View, _ffn.View, columns, rows, tokens, epsilon);
     }
 
     /// <summary>Tokens from which a step's products are tiled (each weight read once per 64 tokens) rather than a warp per output.</summary>
@@ -446,10 +447,6 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     /// <summary>The groups of <see cref="IlgpuKernels.MatMulTiled"/> for a rows × tokens product.</summary>
     private static KernelConfig Tiles(int rows, int tokens) => new((rows + 63) / 64 * ((tokens + 63) / 64), IlgpuKernels.TileThreads);
-
-    /// <summary>Enough groups of <see cref="IlgpuKernels.WarpsPerGroup"/> warps for <paramref name="warps"/> warps.</summary>
-    private KernelConfig Warps(long warps) =>
-        new((int)((warps + IlgpuKernels.WarpsPerGroup - 1) / IlgpuKernels.WarpsPerGroup), IlgpuKernels.WarpsPerGroup * _accelerator.WarpSize);
 
     /// <summary>The first <paramref name="rows"/> rows of the last step's logits into <paramref name="logits"/>.</summary>
     private void Download(int rows, Span<float> logits)
