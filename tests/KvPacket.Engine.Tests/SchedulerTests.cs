@@ -271,6 +271,23 @@ public class SchedulerTests
         Assert.NotEqual(solo[0].Tokens, solo[1].Tokens);                              // the seeds do differ
     }
 
+    [Fact]
+    public async Task A_sampled_request_draws_the_same_tokens_where_the_logits_are_as_on_the_host()
+    {
+        await using var engine = KvPacketEngine.Create(CheckpointLoader.Load(Stories), new KvPacketEngineOptions { Model = new TransformerOptions { KvType = DType.F32 } });
+        EngineRequest Request(ulong seed, IReadOnlyDictionary<int, float>? bias) => new()
+        {
+            Prompt = Prompt(20, 5), Mode = RagMode.Full,
+            Limits = new GenerationLimits { MaxTokens = 48, StopTokens = [], Sampling = new SamplingOptions { Temperature = 1.1f, TopK = 40, TopP = 0.9f, Seed = seed, LogitBias = bias } },
+        };
+        // No bias: the scheduler hands each step's draws to the backend (StepDraw). A bias, even of nothing, makes it
+        // bring the logits back and sample on the host: the same rule and the same random stream give the same tokens.
+        var onBackend = await RunAsync(engine, Request(3, null));
+        var onHost = await RunAsync(engine, Request(3, new Dictionary<int, float> { [0] = 0f }));
+        Assert.Equal(onHost.Tokens, onBackend.Tokens);
+        Assert.NotEqual(onBackend.Tokens, (await RunAsync(engine, Request(4, null))).Tokens);   // the seed matters
+    }
+
     /// <summary>A request's tokens and summary.</summary>
     private static async Task<(List<int> Tokens, GenerationSummary Summary)> RunAsync(KvPacketEngine engine, EngineRequest request)
     {

@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using KvPacket.Compute.Cuda;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Sampling;
 using KvPacket.Compute.Specialised;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -11,8 +12,8 @@ namespace KvPacket.Engine.Cuda;
 /// <summary>
 /// The transformer forward pass on one GPU: weights, activations and the paged KV cache all in device memory; the
 /// projections through cuBLAS (f32, or bf16 operands with f32 accumulation), everything else through the kernels of
-/// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A greedy step returns
-/// only the chosen token to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
+/// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A step that chooses its
+/// tokens (<see cref="StepDraw"/>) returns only their ids to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
 /// shared, query-realigned blocks, soft tokens), and a default one grown by <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/>
 /// and <see cref="DecodeGreedy"/> for the benchmarks.
 /// </summary>
@@ -31,6 +32,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly LayerOnDevice[] _layers;
     private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
+    private readonly CudaTokenDraws _draws;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly BlockTables _sequences = new();
@@ -137,6 +139,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _stepHost = new int[5 * t + 3 * _maxChunks + 5 * _maxEntries];
         _step = Own(device.Allocate(4L * _stepHost.Length));
         _argmax = Own(device.Allocate(4L * _maxChunks));
+        _draws = new CudaTokenDraws(device, _maxChunks);
         _default = CreateSequence();
         long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
         _partialMl = Own(device.Allocate(8L * partialRows));
@@ -460,10 +463,14 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    public void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
+        Span<int> next)
     {
         Step(sequences, lengths, tokens, soft, allRows: false);
-        NextToken(next[..sequences.Length]);
+        bool greedy = true;
+        foreach (var draw in draws[..sequences.Length]) greedy &= draw.IsGreedy;
+        if (greedy) NextToken(next[..sequences.Length]);   // the argmax kernel is one pass, launched as a dependent of the step
+        else _draws.Choose(_logits, _config.VocabSize, draws[..sequences.Length], next);
     }
 
     /// <inheritdoc />
@@ -878,6 +885,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _device.MakeCurrent();
         ClearGraphs();
         _blocks.Dispose();
+        _draws.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
         if (OwnsDevice) _device.Dispose();

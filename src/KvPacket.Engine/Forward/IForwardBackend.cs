@@ -1,4 +1,5 @@
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Sampling;
 using KvPacket.Core.Model;
 
 namespace KvPacket.Engine.Forward;
@@ -49,10 +50,12 @@ public interface IForwardBackend : IDisposable
     void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits);
 
     /// <summary>
-    /// <see cref="Step"/> for requests that decode greedily: <paramref name="next"/>[i] receives the argmax of chunk i's
-    /// logits (the lowest id on ties), computed where the logits are — on a GPU only the ids cross the bus.
+    /// <see cref="Step"/> with each chunk's next token chosen where the logits are (on a GPU only the ids cross the bus):
+    /// <paramref name="next"/>[i] receives the token <paramref name="draws"/>[i] chooses from chunk i's logits — the
+    /// argmax (lowest id on ties), or a seeded draw after temperature, top-k and top-p, by <see cref="TokenDraw"/>'s rule.
     /// </summary>
-    void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next);
+    void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
+        Span<int> next);
 
     /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens to <paramref name="sequence"/> would take.</summary>
     int BlocksNeededFor(int sequence, int tokens);

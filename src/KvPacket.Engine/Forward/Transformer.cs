@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Sampling;
 using KvPacket.Compute.Specialised;
 using KvPacket.Compute.Threading;
 using KvPacket.Core.Memory;
@@ -28,7 +29,8 @@ public sealed unsafe class Transformer : IForwardBackend
     private readonly AttentionBatch _attentionBatch;
     private readonly ForwardBatch _stepBatch;
     private readonly List<Sequence?> _handles = [];
-    private float[]? _greedyLogits;
+    private float[]? _drawLogits;
+    private ulong[]? _drawWeights;
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -154,12 +156,17 @@ public sealed unsafe class Transformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    public void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
+        Span<int> next)
     {
         int vocab = _config.VocabSize;
-        _greedyLogits ??= new float[(long)Options.MaxBatchSequences * vocab]; // once: steady steps allocate nothing
-        Step(sequences, lengths, tokens, soft, _greedyLogits);
-        for (int row = 0; row < sequences.Length; row++) next[row] = TensorPrimitives.IndexOfMax(_greedyLogits.AsSpan(row * vocab, vocab));
+        _drawLogits ??= new float[(long)Options.MaxBatchSequences * vocab]; // once: steady steps allocate nothing
+        Step(sequences, lengths, tokens, soft, _drawLogits);
+        for (int row = 0; row < sequences.Length; row++)
+        {
+            if (!draws[row].IsGreedy) _drawWeights ??= new ulong[vocab];
+            next[row] = draws[row].Choose(_drawLogits.AsSpan(row * vocab, vocab), _drawWeights);
+        }
     }
 
     /// <inheritdoc />

@@ -4,6 +4,7 @@ using ILGPU.Runtime;
 using KvPacket.Compute.Cpu;
 using KvPacket.Compute.Ilgpu;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Sampling;
 using KvPacket.Core.Model;
 using KvPacket.Engine.Forward;
 
@@ -23,6 +24,8 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly IlgpuKvBlocks _blocks;
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
+    private float[]? _hostLogits;   // a step with draws other than the argmax: its logits and TokenDraw's scratch on the host
+    private ulong[]? _hostWeights;
     private readonly List<MemoryBuffer> _owned = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _unitNorm, _cos, _sin, _none;
     private readonly Matrix _classifier;
@@ -210,13 +213,25 @@ public sealed class IlgpuTransformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public void StepGreedy(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<int> next)
+    /// <remarks>The argmax is taken on the device; a step with any other draw brings its logits to the host and draws there.</remarks>
+    public void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
+        Span<int> next)
     {
         Run(sequences, lengths, tokens, soft, allRows: false);
-        int rows = sequences.Length;
+        int rows = sequences.Length, vocab = _config.VocabSize;
+        bool greedy = true;
+        foreach (var draw in draws[..rows]) greedy &= draw.IsGreedy;
+        if (!greedy)
+        {
+            _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
+            _hostWeights ??= new ulong[vocab];
+            Download(rows, _hostLogits);
+            for (int row = 0; row < rows; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostWeights);
+            return;
+        }
         Timeline?.Mark("argmax, ids to the host");
         _argMaxSlices(new KernelConfig(rows * _slices, Math.Min(IlgpuKernels.NormThreads, _accelerator.MaxNumThreadsPerGroup)),
-            _logits.View, _sliceBest.View, _sliceAt.View, _config.VocabSize, _slices);
+            _logits.View, _sliceBest.View, _sliceAt.View, vocab, _slices);
         _argMaxMerge(IlgpuKernels.WarpGroups(_accelerator, rows), _sliceBest.View, _sliceAt.View, _next.View, _slices, rows);
         _next.View.AsContiguous().SubView(0, rows).CopyToCPU(next[..rows]);
         Timeline?.Close();

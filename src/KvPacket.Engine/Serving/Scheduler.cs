@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using KvPacket.Compute.Kv;
+using KvPacket.Compute.Sampling;
 using KvPacket.Core.Diagnostics;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Sampling;
@@ -32,7 +33,8 @@ public sealed class Scheduler
     private readonly int[] _chunkSequence, _chunkLength, _tokens;
     private readonly float[] _soft;
     private readonly float[] _logits;
-    private readonly int[] _greedy;          // per chunk, the backend's argmax, when every row that samples decodes greedily
+    private readonly int[] _chosen;          // per chunk, the token the backend chose, when every row that samples lets it
+    private readonly TokenDraw[] _draws;     // per chunk, what the backend is to choose
     private readonly int[] _chunkTokens;     // per running request, this step's work for the trace: −1 decode, n prefill tokens, 0 none
     private readonly int _budget, _maxRunning, _maxWaiting, _hidden;
     private readonly SemaphoreSlim _wake = new(0);
@@ -57,7 +59,8 @@ public sealed class Scheduler
         _tokens = new int[_budget];
         _soft = new float[(long)_budget * _hidden];
         _logits = new float[(long)_maxRunning * model.Config.VocabSize];
-        _greedy = new int[_maxRunning];
+        _chosen = new int[_maxRunning];
+        _draws = new TokenDraw[_maxRunning];
         _chunkTokens = new int[_maxRunning];
         SchedulerEventSource.Log.Watch(this);
     }
@@ -185,13 +188,18 @@ public sealed class Scheduler
             tokens += count;
         }
         if (rows == 0) return 0;
-        // When every request that takes a token this step picks the argmax of plain logits, the backend picks it (on a GPU
-        // the logits then never leave the device); otherwise every row's logits come back for the samplers.
-        bool greedy = true;
-        for (int row = 0; row < rows && greedy; row++)
-            greedy = _rowOwner[row] is not { } owner || (owner.Sampler!.IsPlainGreedy && owner.Limits.LogProbs is null);
-        if (greedy)
-            _model.StepGreedy(_chunkSequence.AsSpan(0, rows), _chunkLength.AsSpan(0, rows), _tokens.AsSpan(0, tokens), _soft.AsSpan(0, softRows * _hidden), _greedy);
+        // When every request that takes a token this step chooses from the logits as they are (no bias, penalties or
+        // log-probabilities), the backend chooses where the logits are (on a GPU they then never leave the device);
+        // otherwise every row's logits come back for the samplers.
+        bool onBackend = true;
+        for (int row = 0; row < rows && onBackend; row++)
+            onBackend = _rowOwner[row] is not { } owner || (owner.Sampler!.UsesPlainLogits && owner.Limits.LogProbs is null);
+        if (onBackend)
+        {
+            for (int row = 0; row < rows; row++) _draws[row] = _rowOwner[row]?.Sampler!.NextDraw() ?? TokenDraw.Greedy;
+            _model.StepDraw(_chunkSequence.AsSpan(0, rows), _chunkLength.AsSpan(0, rows), _tokens.AsSpan(0, tokens), _soft.AsSpan(0, softRows * _hidden),
+                _draws.AsSpan(0, rows), _chosen);
+        }
         else
             _model.Step(_chunkSequence.AsSpan(0, rows), _chunkLength.AsSpan(0, rows), _tokens.AsSpan(0, tokens), _soft.AsSpan(0, softRows * _hidden),
                 _logits.AsSpan(0, rows * _model.Config.VocabSize));
@@ -212,7 +220,7 @@ public sealed class Scheduler
             var request = _rowOwner[row];
             if (request is null) continue;
             var logits = _logits.AsSpan(row * vocab, vocab);
-            int token = greedy ? _greedy[row] : request.Sampler!.Sample(logits);
+            int token = onBackend ? _chosen[row] : request.Sampler!.Sample(logits);
             if (request.FirstToken == 0) request.FirstToken = Stopwatch.GetTimestamp();
             bool done = request.Append(token, out var reason);
             request.Sink.OnToken(token, request.Limits.LogProbs is int top ? TokenLogProbs.Of(logits, token, top) : null);

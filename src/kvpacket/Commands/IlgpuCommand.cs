@@ -3,6 +3,7 @@ using System.Diagnostics;
 using KvPacket.Cli.Bench;
 using KvPacket.Compute.Cuda;
 using KvPacket.Compute.Ilgpu;
+using KvPacket.Compute.Sampling;
 using KvPacket.Core.Memory;
 using KvPacket.Engine.Cuda;
 using KvPacket.Engine.Forward;
@@ -232,7 +233,7 @@ internal static class IlgpuCommand
             int sequence = backend.CreateSequence();
             int[] sequences = [sequence], one = [1], token = [7], next = [0];
             backend.Prefill(sequence, prompt.AsSpan(0, context), default);
-            void Step() => backend.StepGreedy(sequences, one, token, default, next);
+            void Step() => backend.StepDraw(sequences, one, token, default, [TokenDraw.Greedy], next);
             for (int w = 0; w < 5; w++) Step();
             var decode = new double[repeats];
             var host = new double[repeats];
