@@ -3,7 +3,7 @@
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
 #                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
-#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve)
+#                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve draw)
 #                         benchmarks/gpu/run.sh ilgpu OUTDIR                      (the ILGPU backend on ILGPU's CUDA accelerator: parity, and speed beside NVRTC)
 #                         benchmarks/gpu/run.sh tokenizers OUTDIR                 (our byte-level BPE vs Hugging Face tokenizers over every BMP code point)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
@@ -201,10 +201,10 @@ with open('/tmp/corpus.tokens','w') as f:
     exit $status
     ;;
 rag)
-    # Parts (default all): check demo qa bench serve
+    # Parts (default all): check demo qa bench serve draw
     out="${2:?output directory}"
     shift 2
-    parts="${*:-check demo qa bench serve}"
+    parts="${*:-check demo qa bench serve draw}"
     unpack "$out"
     status=0
     if [[ " $parts " == *" check "* ]]; then
@@ -233,12 +233,17 @@ rag)
     if [[ " $parts " == *" serve "* ]]; then
         # kvpacketd on the GPU, streamed over its Unix socket: 8 × 512-token packets and a 32-token query per request.
         "$k" bench serve --shape llama-3.2-1b --device cuda --documents 8 --document-tokens 512 --prompt-tokens 32 --max-tokens 32 \
-            --concurrency ${SERVE_CONCURRENCY:-1,16,64} --requests ${SERVE_REQUESTS:-32} --out "$out" 2>&1 | tee -a "$out/serve-bench.txt" || status=1
+            --concurrency ${SERVE_CONCURRENCY:-1,16,64} --requests ${SERVE_REQUESTS:-32} ${SERVE_SAMPLED:+--sampled} --out "$out" 2>&1 | tee -a "$out/serve-bench.txt" || status=1
+    fi
+    if [[ " $parts " == *" draw "* ]]; then
+        # Token draws on the GPU against the host rule (token for token, as a distribution), timed beside PyTorch's.
+        "$k" cuda draw --out "$out" | tee -a "$out/draw.txt" || status=1
+        python3 benchmarks/gpu/torch_sampling.py | tee -a "$out/draw.txt" || status=1
     fi
     exit $status
     ;;
 *)
-    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|demo|qa|bench|serve] | ilgpu OUTDIR | tokenizers OUTDIR" >&2
+    echo "usage: $0 publish | run OUTDIR [stories260K.bin] | train OUTDIR [check|adapter|pretrain|finetune|distill|speed|qa…] | rag OUTDIR [check|demo|qa|bench|serve|draw] | ilgpu OUTDIR | tokenizers OUTDIR" >&2
     exit 2
     ;;
 esac

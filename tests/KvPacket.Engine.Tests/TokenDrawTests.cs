@@ -83,7 +83,8 @@ public class TokenDrawTests
     private static (int[] Ids, ulong[] Weights) SortedKeep(float[] logits, float temperature, int topK, float topP)
     {
         float max = logits.Max();
-        ulong Weight(int i) => (ulong)(MathF.Exp((logits[i] - max) / temperature) * 1099511627776f);
+        float inverse = 1f / temperature;
+        ulong Weight(int i) => (ulong)(MathF.Exp((logits[i] - max) * inverse) * 1099511627776f);
         var order = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
         int keep = topK > 0 ? Math.Min(topK, order.Length) : order.Length;
         if (topP < 1)

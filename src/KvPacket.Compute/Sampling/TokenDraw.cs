@@ -10,7 +10,8 @@ namespace KvPacket.Compute.Sampling;
 /// <see cref="TopP"/>, using the 64 random <see cref="Bits"/>. The same rule runs here (<see cref="Choose"/>) and on the
 /// GPU (<c>token_draw.cu</c>, same layout: 24 bytes), in O(vocabulary) without sorting:
 /// <list type="number">
-/// <item>weights w = ⌊exp((x − max) / T) · 2⁴⁰⌋ as integers, so every sum is exact and independent of order;</item>
+/// <item>weights w = ⌊exp((x − max) · (1/T)) · 2⁴⁰⌋ as integers (1/T rounded to float once), so every sum is exact and
+/// independent of order;</item>
 /// <item>top-k: the k-th largest logit τ found by a radix select over the logits' order-preserving bit patterns (four
 /// 8-bit digits, counts); ties at τ are kept lowest id first until k are kept;</item>
 /// <item>top-p: the same select by weight within what top-k kept: τ is the logit at which the descending cumulative weight
@@ -42,8 +43,8 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
         if (IsGreedy) return TensorPrimitives.IndexOfMax(logits);
         int n = logits.Length;
         weights = weights[..n];
-        float max = TensorPrimitives.Max(logits);
-        for (int i = 0; i < n; i++) weights[i] = Weight(logits[i], max, Temperature);
+        float max = TensorPrimitives.Max(logits), inverse = 1f / Temperature;
+        for (int i = 0; i < n; i++) weights[i] = Weight(logits[i], max, inverse);
 
         // (threshold, ties): every token whose key is above the threshold, and the first `ties` (by id) whose key equals it.
         uint threshold = 0;
@@ -58,7 +59,7 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
             uint cut = Select(logits, weights, histogram, byWeight: true, floor: threshold, target, out long remaining);
             if (remaining >= 0)
             {
-                ulong tie = Weight(ValueOf(cut), max, Temperature);
+                ulong tie = Weight(ValueOf(cut), max, inverse);
                 long need = (long)(((ulong)remaining + tie - 1) / tie);
                 if (cut != threshold || need <= ties) (threshold, ties) = (cut, need);
             }
@@ -118,9 +119,9 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     /// <summary>⌊p · total⌋ in float64 (the GPU does the same operation), at least 1.</summary>
     internal static ulong MassTarget(float topP, ulong total) => Math.Max(1, (ulong)((double)topP * total));
 
-    /// <summary>A logit's weight: ⌊exp((x − max) / T) · 2⁴⁰⌋.</summary>
+    /// <summary>A logit's weight: ⌊exp((x − max) · (1/T)) · 2⁴⁰⌋.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong Weight(float logit, float max, float temperature) => (ulong)(MathF.Exp((logit - max) / temperature) * WeightScale);
+    internal static ulong Weight(float logit, float max, float inverseTemperature) => (ulong)(MathF.Exp((logit - max) * inverseTemperature) * WeightScale);
 
     /// <summary>The float's bits mapped so that unsigned order is the floats' order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

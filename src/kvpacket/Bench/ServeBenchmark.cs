@@ -20,7 +20,7 @@ namespace KvPacket.Cli.Bench;
 internal static class ServeBenchmark
 {
     public static BenchResult Run(string modelPath, string name, string device, int[] concurrency, int documents, int documentTokens, int promptTokens, int maxTokens,
-        int requestsPerLevel, string? trace = null)
+        int requestsPerLevel, string? trace = null, bool sampled = false)
     {
         var figures = new Dictionary<string, double>();
         string root = Path.Combine(Path.GetTempPath(), $"kvpacket-bench-serve-{Environment.ProcessId}");
@@ -49,6 +49,11 @@ internal static class ServeBenchmark
                     for (int d = 0; d < documents; d++)
                         ids.Add(client.SendJson(HttpMethod.Post, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) }).GetProperty("id").GetString()!);
                     Levels(client, ids, "kvpacket", "kvpacket", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
+                    if (sampled)
+                    {
+                        Levels(client, ids, "kvpacket", "kvpacket_sampled", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab, Draws.Sampled);
+                        Levels(client, ids, "kvpacket", "kvpacket_sampled_on_host", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab, Draws.SampledOnHost);
+                    }
                     Levels(client, ids, "full", "full", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
                 }
                 stop.Cancel();
@@ -82,14 +87,25 @@ internal static class ServeBenchmark
         return new BenchResult("serve", $"{name}-{device}", weights, "F16", Environment.ProcessorCount, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
     }
 
+    /// <summary>How a request's tokens are chosen.</summary>
+    private enum Draws
+    {
+        /// <summary>The argmax.</summary>
+        Greedy,
+        /// <summary>Temperature 0.8, top-k 50, top-p 0.95, seeded per request: drawn where the logits are.</summary>
+        Sampled,
+        /// <summary>The same with a logit bias of nothing, which makes the scheduler bring the logits back and draw on the host.</summary>
+        SampledOnHost,
+    }
+
     /// <summary>A warm-up, then every concurrency level of <paramref name="mode"/> requests, recorded under <paramref name="label"/>.</summary>
     private static void Levels(HttpClient client, List<string> ids, string mode, string label, Dictionary<string, double> figures, int[] concurrency, int promptTokens,
-        int maxTokens, int requestsPerLevel, int vocab)
+        int maxTokens, int requestsPerLevel, int vocab, Draws draws = Draws.Greedy)
     {
-        Load(client, ids, mode, 1, 2, promptTokens, maxTokens, vocab); // warm-up: JIT done (and packets resident, where they stay)
+        Load(client, ids, mode, 1, 2, promptTokens, maxTokens, vocab, draws); // warm-up: JIT done (and packets resident, where they stay)
         foreach (int c in concurrency)
         {
-            var (ttfts, tokens, seconds) = Load(client, ids, mode, c, Math.Max(requestsPerLevel, c), promptTokens, maxTokens, vocab);
+            var (ttfts, tokens, seconds) = Load(client, ids, mode, c, Math.Max(requestsPerLevel, c), promptTokens, maxTokens, vocab, draws);
             figures[$"{label}_c{c}_output_tokens_per_s"] = tokens / seconds;
             Statistics.RecordTtft(figures, $"{label}_c{c}", ttfts);
             Console.Error.WriteLine($"  {label} c={c}: {tokens / seconds:F1} tok/s, TTFT p50 {figures[$"{label}_c{c}_ttft_p50_ms"]:F1} ms, p99 {figures[$"{label}_c{c}_ttft_p99_ms"]:F1} ms");
@@ -120,11 +136,13 @@ internal static class ServeBenchmark
 
     /// <summary>Runs <paramref name="requests"/> streaming requests over the packets <paramref name="ids"/>, <paramref name="concurrency"/> at a time.</summary>
     private static (double[] Ttft, long Tokens, double Seconds) Load(HttpClient client, List<string> ids, string mode, int concurrency, int requests, int promptTokens,
-        int maxTokens, int vocab) =>
+        int maxTokens, int vocab, Draws draws) =>
         Load(client, i => new
         {
-            prompt = new SeededRandom((ulong)i + 1000).NextTokens(promptTokens, 3, vocab), packets = ids, mode, max_tokens = maxTokens, temperature = 0, stream = true,
+            prompt = new SeededRandom((ulong)i + 1000).NextTokens(promptTokens, 3, vocab), packets = ids, mode, max_tokens = maxTokens, stream = true,
             stop_token_ids = Array.Empty<int>(),
+            temperature = draws == Draws.Greedy ? 0 : 0.8, top_k = draws == Draws.Greedy ? 0 : 50, top_p = draws == Draws.Greedy ? 1 : 0.95, seed = i,
+            logit_bias = draws == Draws.SampledOnHost ? new Dictionary<string, float> { ["0"] = 0 } : null,
         }, concurrency, requests);
 
     /// <summary>

@@ -89,10 +89,11 @@ internal static class BenchCommand
         var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
         var trace = new Option<string?>("--trace") { Description = "Write the daemon's Chrome / Perfetto trace (steps, requests, packet loads) here" };
         var promptTokens = new Option<int>("--prompt-tokens") { Description = "Query tokens per request", DefaultValueFactory = _ => 16 };
+        var sampled = new Option<bool>("--sampled") { Description = "Also run kvpacket with seeded draws (temperature 0.8, top-k 50, top-p 0.95): on the backend, and on the host" };
         var device = DeviceOption.Create("auto");
         var command = new Command("serve", "Load generator against kvpacketd: output tokens/s and TTFT p50/p99, kvpacket vs full, per concurrency")
         {
-            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output, trace, promptTokens, device,
+            model, shape, concurrency, documents, documentTokens, maxTokens, requests, output, trace, promptTokens, sampled, device,
         };
         command.SetAction(parse =>
         {
@@ -107,7 +108,8 @@ internal static class BenchCommand
             }
             else name = Path.GetFileNameWithoutExtension(path);
             var result = ServeBenchmark.Run(path, name, parse.GetValue(device)!, parse.GetValue(concurrency)!.Split(',').Select(int.Parse).ToArray(),
-                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(promptTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace));
+                parse.GetValue(documents), parse.GetValue(documentTokens), parse.GetValue(promptTokens), parse.GetValue(maxTokens), parse.GetValue(requests), parse.GetValue(trace),
+                parse.GetValue(sampled));
             result.Print();
             result.Save(parse.GetValue(output)!);
             return 0;

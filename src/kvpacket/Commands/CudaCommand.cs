@@ -10,9 +10,10 @@ using KvPacket.Engine.Serving;
 namespace KvPacket.Cli.Commands;
 
 /// <summary>
-/// <c>kvpacket cuda check|bench</c>: the CUDA backend on this machine's GPU. <c>check</c> compares it with the CPU
+/// <c>kvpacket cuda check|bench|rag|draw</c>: the CUDA backend on this machine's GPU. <c>check</c> compares it with the CPU
 /// (logits and greedy tokens, outputs poisoned before every step) with the model card's kernels and with the generic
-/// ones; <c>bench</c> times decode and prefill with CUDA events after warm-up against the measured copy bandwidth.
+/// ones; <c>bench</c> times decode and prefill with CUDA events after warm-up against the measured copy bandwidth;
+/// <c>draw</c> checks and times token draws on the device.
 /// </summary>
 internal static class CudaCommand
 {
@@ -22,6 +23,7 @@ internal static class CudaCommand
         command.Subcommands.Add(Check());
         command.Subcommands.Add(BenchCommand());
         command.Subcommands.Add(RagCommand());
+        command.Subcommands.Add(DrawCommand());
         foreach (var training in CudaTrainCommand.Create()) command.Subcommands.Add(training);
         return command;
     }
@@ -106,6 +108,24 @@ internal static class CudaCommand
                                   $"{(serving.FirstDifference is { } d ? $"; first difference: {d}" : "")} → {(servingOk ? "PASS" : "FAIL")}{(exact ? "" : " (mixed precision: agreement reported)")}");
                 return ok ? 0 : 1;
             }));
+        return command;
+    }
+
+    private static Command DrawCommand()
+    {
+        var vocab = new Option<int>("--vocab") { Description = "Logits per row (Llama 3's vocabulary by default)", DefaultValueFactory = _ => 128256 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed repetitions (after warm-up); medians reported", DefaultValueFactory = _ => 50 };
+        var output = new Option<string>("--out") { Description = "Directory for the JSON result", DefaultValueFactory = _ => Path.Combine("benchmarks", "results") };
+        var command = new Command("draw", "Token draws on the GPU (temperature, top-k, top-p) vs the same rule on the host: token for token, as a distribution, and timed")
+        {
+            vocab, repeats, output,
+        };
+        command.SetAction(parse =>
+        {
+            if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return 2; }
+            using var device = CudaDevice.Open();
+            return TokenDrawCheck.Run(device, parse.GetValue(vocab), parse.GetValue(repeats), parse.GetValue(output)!);
+        });
         return command;
     }
 
