@@ -5,14 +5,18 @@ using KvPacket.Compute.Sampling;
 namespace KvPacket.Compute.Cuda;
 
 /// <summary>
-/// Chooses tokens from logits that are on the GPU by <see cref="TokenDraw"/>'s rule (<c>token_draw.cu</c>): one block
-/// per row, the rules passed with the launch, only the ids copied back.
+/// Chooses tokens from logits that are on the GPU by <see cref="TokenDraw"/>'s rule (<c>token_draw.cu</c>): a cluster of
+/// eight blocks per row (sm_90), the rules passed with the launch, only the ids copied back.
 /// </summary>
 public sealed unsafe class CudaTokenDraws : IDisposable
 {
+    /// <summary>The first architecture with thread-block clusters (sm_90), which the kernel needs.</summary>
+    public const int MinimumArchitecture = 90;
+
     /// <summary>Rows one launch takes (token_draw.cu's DRAW_ROWS).</summary>
     public const int RowsPerLaunch = 64;
     private const uint Threads = 512;   // token_draw.cu's DRAW_THREADS
+    private const uint Cluster = 8;     // token_draw.cu's DRAW_CLUSTER: blocks per row
 
     private readonly CudaDevice _device;
     private readonly CudaModule _module;
@@ -25,6 +29,8 @@ public sealed unsafe class CudaTokenDraws : IDisposable
     /// <summary>Compiles the kernel on <paramref name="device"/> for up to <paramref name="maxRows"/> rows a call.</summary>
     public CudaTokenDraws(CudaDevice device, int maxRows)
     {
+        if (device.Architecture < MinimumArchitecture)
+            throw new NotSupportedException($"Token draws on the device need thread-block clusters (sm_{MinimumArchitecture}); {device.Name} is sm_{device.Architecture}.");
         _device = device;
         using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream("cuda/token_draw.cu")!;
         _module = device.LoadModule(new StreamReader(stream).ReadToEnd(), "token_draw");
@@ -54,7 +60,7 @@ public sealed unsafe class CudaTokenDraws : IDisposable
                 batch[r] = draw.IsGreedy ? new TokenDraw(1, 1, 1, 0) : draw;
             }
             ulong rowsPointer = logits.At((long)first * vocab * 4), resultPointer = _result.At(first * 4L);
-            _module.Launch(_kernel, ((uint)rows, 1), Threads, (nint)(&rowsPointer), (nint)(&vocab), (nint)(&batch), (nint)(&resultPointer));
+            _module.Launch(_kernel, ((uint)rows * Cluster, 1), Threads, (nint)(&rowsPointer), (nint)(&vocab), (nint)(&batch), (nint)(&resultPointer));
         }
         _device.Download(_result, next[..draws.Length]);
     }

@@ -32,7 +32,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly LayerOnDevice[] _layers;
     private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
-    private readonly CudaTokenDraws _draws;
+    private readonly CudaTokenDraws? _draws;   // null before sm_90
+    private float[]? _hostLogits;
+    private ulong[]? _hostWeights;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly BlockTables _sequences = new();
@@ -139,7 +141,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _stepHost = new int[5 * t + 3 * _maxChunks + 5 * _maxEntries];
         _step = Own(device.Allocate(4L * _stepHost.Length));
         _argmax = Own(device.Allocate(4L * _maxChunks));
-        _draws = new CudaTokenDraws(device, _maxChunks);
+        _draws = device.Architecture >= CudaTokenDraws.MinimumArchitecture ? new CudaTokenDraws(device, _maxChunks) : null;
         _default = CreateSequence();
         long partialRows = (long)Math.Max(t, SplitBudget) * c.HeadCount;
         _partialMl = Own(device.Allocate(8L * partialRows));
@@ -470,7 +472,16 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         bool greedy = true;
         foreach (var draw in draws[..sequences.Length]) greedy &= draw.IsGreedy;
         if (greedy) NextToken(next[..sequences.Length]);   // the argmax kernel is one pass, launched as a dependent of the step
-        else _draws.Choose(_logits, _config.VocabSize, draws[..sequences.Length], next);
+        else if (_draws is not null) _draws.Choose(_logits, _config.VocabSize, draws[..sequences.Length], next);
+        else
+        {
+            // Before sm_90 (no thread-block clusters) the logits come to the host and the same rule draws there.
+            int vocab = _config.VocabSize;
+            _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
+            _hostWeights ??= new ulong[vocab];
+            _device.Download(_logits, _hostLogits.AsSpan(0, sequences.Length * vocab));
+            for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostWeights);
+        }
     }
 
     /// <inheritdoc />
@@ -885,7 +896,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _device.MakeCurrent();
         ClearGraphs();
         _blocks.Dispose();
-        _draws.Dispose();
+        _draws?.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
         if (OwnsDevice) _device.Dispose();
