@@ -12,8 +12,8 @@ namespace KvPacket.Compute.Sampling;
 /// <list type="number">
 /// <item>weights w = ⌊exp((x − max) · (1/T)) · 2⁴⁰⌋ as integers (1/T rounded to float once), so every sum is exact and
 /// independent of order;</item>
-/// <item>top-k: the k-th largest logit τ found by a radix select over the logits' order-preserving bit patterns (four
-/// 8-bit digits, counts); ties at τ are kept lowest id first until k are kept;</item>
+/// <item>top-k: the k-th largest logit τ found by a radix select over the logits' order-preserving bit patterns (digits
+/// of 11, 11 and 10 bits, counts); ties at τ are kept lowest id first until k are kept;</item>
 /// <item>top-p: the same select by weight within what top-k kept: τ is the logit at which the descending cumulative weight
 /// first reaches ⌊p · Σw⌋ (the probability mass over the whole vocabulary, as the sorted definition has it), and only as
 /// many ties at τ as that takes; when top-k's set weighs less than that, top-k's set stays;</item>
@@ -33,34 +33,37 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     /// <summary>One weight unit: the most likely token weighs exactly 2⁴⁰, so a vocabulary of up to 2¹⁸ tokens sums below 2⁵⁸.</summary>
     private const float WeightScale = 1099511627776f;
 
-    /// <summary>
-    /// The chosen token id of <paramref name="logits"/> (not modified); <paramref name="weights"/> is scratch of at least
-    /// the row's length. Allocates nothing.
-    /// </summary>
+    /// <summary>What <see cref="Choose"/> works in, for rows of up to <paramref name="vocabSize"/> logits: made once, reused by every draw.</summary>
+    public sealed class Scratch(int vocabSize)
+    {
+        internal readonly float[] Exponentials = new float[vocabSize];   // exp((x − max) · (1/T)) per id
+        internal readonly int[] Candidates = new int[vocabSize];          // ids a radix select still considers
+    }
+
+    /// <summary>The chosen token id of <paramref name="logits"/> (not modified), working in <paramref name="scratch"/>. Allocates nothing.</summary>
     [SkipLocalsInit]
-    public int Choose(ReadOnlySpan<float> logits, Span<ulong> weights)
+    public int Choose(ReadOnlySpan<float> logits, Scratch scratch)
     {
         if (IsGreedy) return TensorPrimitives.IndexOfMax(logits);
         int n = logits.Length;
-        weights = weights[..n];
-        float max = TensorPrimitives.Max(logits), inverse = 1f / Temperature;
-        for (int i = 0; i < n; i++) weights[i] = Weight(logits[i], max, inverse);
+        var e = scratch.Exponentials.AsSpan(0, n);
+        TensorPrimitives.Subtract(logits, TensorPrimitives.Max(logits), e);
+        TensorPrimitives.Multiply(e, 1f / Temperature, e);
+        TensorPrimitives.Exp(e, e);
 
         // (threshold, ties): every token whose key is above the threshold, and the first `ties` (by id) whose key equals it.
         uint threshold = 0;
         long ties = n;
-        Span<ulong> histogram = stackalloc ulong[256];
-        if (TopK > 0 && TopK < n) threshold = Select(logits, weights, histogram, byWeight: false, floor: 0, (ulong)TopK, out ties);
+        if (TopK > 0 && TopK < n) threshold = Select(logits, e, scratch.Candidates, byWeight: false, floor: 0, (ulong)TopK, out ties, out _);
         if (TopP < 1)
         {
             ulong total = 0;
-            for (int i = 0; i < n; i++) total += weights[i];
-            ulong target = MassTarget(TopP, total);
-            uint cut = Select(logits, weights, histogram, byWeight: true, floor: threshold, target, out long remaining);
+            for (int i = 0; i < n; i++) total += WeightOf(e[i]);
+            uint cut = Select(logits, e, scratch.Candidates, byWeight: true, floor: threshold, MassTarget(TopP, total), out long remaining, out int tie);
             if (remaining >= 0)
             {
-                ulong tie = Weight(ValueOf(cut), max, inverse);
-                long need = (long)(((ulong)remaining + tie - 1) / tie);
+                ulong weight = WeightOf(e[tie]);
+                long need = (long)(((ulong)remaining + weight - 1) / weight);
                 if (cut != threshold || need <= ties) (threshold, ties) = (cut, need);
             }
         }
@@ -70,7 +73,7 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
         for (int i = 0; i < n; i++)
         {
             uint key = KeyOf(logits[i]);
-            if (key > threshold || (key == threshold && seen++ < ties)) kept += weights[i];
+            if (key > threshold || (key == threshold && seen++ < ties)) kept += WeightOf(e[i]);
         }
         ulong ticket = Math.BigMul(Bits, kept, out _);
         ulong cumulative = 0;
@@ -80,7 +83,7 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
             uint key = KeyOf(logits[i]);
             if (key > threshold || (key == threshold && seen++ < ties))
             {
-                cumulative += weights[i];
+                cumulative += WeightOf(e[i]);
                 if (cumulative > ticket) return i;
             }
         }
@@ -88,40 +91,76 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     }
 
     /// <summary>
-    /// Radix select over the keys at or above <paramref name="floor"/>, from the top: the key at which the descending
-    /// running count (or weight) first reaches <paramref name="target"/>. <paramref name="remaining"/> is what is still
-    /// to take at that key (≥ 1), or −1 when everything at or above the floor totals less than the target.
+    /// Radix select over the keys at or above <paramref name="floor"/>, from the top, in digits of 11, 11 and 10 bits: the
+    /// key at which the descending running count (or weight) first reaches <paramref name="target"/>. The first digit
+    /// looks at every id; the ids in its chosen bin are gathered into <paramref name="candidates"/>, and only they are
+    /// looked at after. <paramref name="remaining"/> is what is still to take at that key (≥ 1), or −1 when everything at
+    /// or above the floor totals less than the target; <paramref name="tie"/> is an id with that key.
     /// </summary>
-    private static uint Select(ReadOnlySpan<float> logits, ReadOnlySpan<ulong> weights, Span<ulong> histogram, bool byWeight, uint floor, ulong target,
-        out long remaining)
+    [SkipLocalsInit]
+    private static uint Select(ReadOnlySpan<float> logits, ReadOnlySpan<float> exponentials, int[] candidates, bool byWeight, uint floor, ulong target,
+        out long remaining, out int tie)
     {
-        uint prefix = 0, mask = 0;
-        for (int shift = 24; shift >= 0; shift -= 8)
+        Span<ulong> histogram = stackalloc ulong[2048];
+        histogram.Clear();
+        for (int i = 0; i < logits.Length; i++)
         {
-            histogram.Clear();
-            for (int i = 0; i < logits.Length; i++)
-            {
-                uint key = KeyOf(logits[i]);
-                if ((key & mask) == prefix && key >= floor) histogram[(int)(key >> shift) & 255] += byWeight ? weights[i] : 1;
-            }
-            int digit = 255;
-            ulong above = 0;
-            while (digit >= 0 && above + histogram[digit] < target) above += histogram[digit--];
-            if (digit < 0) { remaining = -1; return floor; }
-            target -= above;
-            prefix |= (uint)digit << shift;
-            mask |= 255u << shift;
+            uint key = KeyOf(logits[i]);
+            if (key >= floor) histogram[(int)(key >> 21)] += byWeight ? WeightOf(exponentials[i]) : 1;
         }
+        int digit = Crossing(histogram, ref target);
+        tie = -1;
+        if (digit < 0) { remaining = -1; return floor; }
+        uint prefix = (uint)digit << 21;
+        int count = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            uint key = KeyOf(logits[i]);
+            if (key >> 21 == (uint)digit && key >= floor) candidates[count++] = i;
+        }
+        foreach (var (shift, bins) in (ReadOnlySpan<(int, int)>)[(10, 2048), (0, 1024)])
+        {
+            var bin = histogram[..bins];
+            bin.Clear();
+            for (int c = 0; c < count; c++)
+            {
+                int i = candidates[c];
+                bin[(int)(KeyOf(logits[i]) >> shift) & (bins - 1)] += byWeight ? WeightOf(exponentials[i]) : 1;
+            }
+            prefix |= (uint)Crossing(bin, ref target) << shift;
+            uint mask = ~0u << shift;
+            int kept = 0;
+            for (int c = 0; c < count; c++)
+                if ((KeyOf(logits[candidates[c]]) & mask) == prefix) candidates[kept++] = candidates[c];
+            count = kept;
+        }
+        tie = candidates[0];
         remaining = (long)target;
         return prefix;
+    }
+
+    /// <summary>The highest bin at which the running total from the top reaches <paramref name="target"/>, which loses what lies above it; −1 when none does.</summary>
+    private static int Crossing(ReadOnlySpan<ulong> histogram, ref ulong target)
+    {
+        ulong above = 0;
+        for (int digit = histogram.Length - 1; digit >= 0; digit--)
+        {
+            if (above + histogram[digit] >= target)
+            {
+                target -= above;
+                return digit;
+            }
+            above += histogram[digit];
+        }
+        return -1;
     }
 
     /// <summary>⌊p · total⌋ in float64 (the GPU does the same operation), at least 1.</summary>
     internal static ulong MassTarget(float topP, ulong total) => Math.Max(1, (ulong)((double)topP * total));
 
-    /// <summary>A logit's weight: ⌊exp((x − max) · (1/T)) · 2⁴⁰⌋.</summary>
+    /// <summary>A token's weight from its exp((x − max) · (1/T)): ⌊e · 2⁴⁰⌋ (through a signed conversion, one instruction: e ≤ 1).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong Weight(float logit, float max, float inverseTemperature) => (ulong)(MathF.Exp((logit - max) * inverseTemperature) * WeightScale);
+    internal static ulong WeightOf(float exponential) => (ulong)(long)(exponential * WeightScale);
 
     /// <summary>The float's bits mapped so that unsigned order is the floats' order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -130,7 +169,4 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
         uint bits = BitConverter.SingleToUInt32Bits(x);
         return (bits & 0x8000_0000u) != 0 ? ~bits : bits | 0x8000_0000u;
     }
-
-    /// <summary>The float a key came from.</summary>
-    internal static float ValueOf(uint key) => BitConverter.UInt32BitsToSingle((key & 0x8000_0000u) != 0 ? key & 0x7fff_ffffu : ~key);
 }

@@ -34,7 +34,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly CudaTokenDraws? _draws;   // null before sm_90
     private float[]? _hostLogits;
-    private ulong[]? _hostWeights;
+    private TokenDraw.Scratch? _hostScratch;
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly BlockTables _sequences = new();
@@ -478,9 +478,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             // Before sm_90 (no thread-block clusters) the logits come to the host and the same rule draws there.
             int vocab = _config.VocabSize;
             _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
-            _hostWeights ??= new ulong[vocab];
+            _hostScratch ??= new TokenDraw.Scratch(vocab);
             _device.Download(_logits, _hostLogits.AsSpan(0, sequences.Length * vocab));
-            for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostWeights);
+            for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostScratch);
         }
     }
 

@@ -30,7 +30,7 @@ public sealed unsafe class Transformer : IForwardBackend
     private readonly ForwardBatch _stepBatch;
     private readonly List<Sequence?> _handles = [];
     private float[]? _drawLogits;
-    private ulong[]? _drawWeights;
+    private TokenDraw.Scratch? _drawScratch;
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -162,11 +162,8 @@ public sealed unsafe class Transformer : IForwardBackend
         int vocab = _config.VocabSize;
         _drawLogits ??= new float[(long)Options.MaxBatchSequences * vocab]; // once: steady steps allocate nothing
         Step(sequences, lengths, tokens, soft, _drawLogits);
-        for (int row = 0; row < sequences.Length; row++)
-        {
-            if (!draws[row].IsGreedy) _drawWeights ??= new ulong[vocab];
-            next[row] = draws[row].Choose(_drawLogits.AsSpan(row * vocab, vocab), _drawWeights);
-        }
+        _drawScratch ??= new TokenDraw.Scratch(vocab);
+        for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_drawLogits.AsSpan(row * vocab, vocab), _drawScratch);
     }
 
     /// <inheritdoc />

@@ -25,7 +25,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
     private float[]? _hostLogits;   // a step with draws other than the argmax: its logits and TokenDraw's scratch on the host
-    private ulong[]? _hostWeights;
+    private TokenDraw.Scratch? _hostScratch;
     private readonly List<MemoryBuffer> _owned = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _unitNorm, _cos, _sin, _none;
     private readonly Matrix _classifier;
@@ -224,9 +224,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         if (!greedy)
         {
             _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
-            _hostWeights ??= new ulong[vocab];
+            _hostScratch ??= new TokenDraw.Scratch(vocab);
             Download(rows, _hostLogits);
-            for (int row = 0; row < rows; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostWeights);
+            for (int row = 0; row < rows; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostScratch);
             return;
         }
         Timeline?.Mark("argmax, ids to the host");

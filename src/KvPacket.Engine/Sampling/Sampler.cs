@@ -14,7 +14,7 @@ public sealed class Sampler
 {
     private readonly SamplingOptions _options;
     private readonly int _vocabSize;
-    private ulong[]? _weights;               // TokenDraw's scratch, made on the first draw here (none when the device draws)
+    private TokenDraw.Scratch? _scratch;     // made on the first draw here (none when the backend draws)
     private readonly float[]? _adjusted;     // logits after bias and penalties (null: none asked for)
     private readonly int[]? _counts;         // times each token was chosen (null: no penalties)
     private readonly int[] _biasTokens;      // the logit bias as arrays: enumerating the dictionary would allocate per token
@@ -51,7 +51,7 @@ public sealed class Sampler
     public int Sample(ReadOnlySpan<float> logits)
     {
         var draw = Draw();
-        int token = draw.Choose(_adjusted is null ? logits : Adjust(logits), draw.IsGreedy ? default : _weights ??= new ulong[_vocabSize]);
+        int token = draw.Choose(_adjusted is null ? logits : Adjust(logits), _scratch ??= new TokenDraw.Scratch(_vocabSize));
         if (_counts is not null) _counts[token]++;
         return token;
     }
