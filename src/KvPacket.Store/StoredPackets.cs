@@ -15,7 +15,9 @@ namespace KvPacket.Store;
 /// not depend on whether the packet was just built. On the CPU backend packets are read straight into the model's KV pool;
 /// on the GPU they pass through a host staging pool (read there, then copied into device blocks; built ones copied out
 /// to be stored): a packet's copy is begun and the next packet is read into other staging blocks meanwhile, the copies
-/// waited for only when the staging pool runs short. Thread-safe.
+/// waited for only when the staging pool runs short. A device cache's packets can also be read ahead
+/// (<see cref="Prefetch"/>): into free staging, on a pool thread, while the caller's step computes; the acquire then
+/// only begins the copy. Thread-safe.
 /// </summary>
 public sealed class StoredPackets : IPacketSource
 {
@@ -29,6 +31,8 @@ public sealed class StoredPackets : IPacketSource
     private readonly List<Task> _copies = [];
     private readonly System.Collections.Concurrent.ConcurrentQueue<Packet> _copied = new();
     private readonly List<Packet> _importing = [];   // staged packets whose copies into the model's cache may be running
+    private readonly Dictionary<PacketId, Task<Packet?>> _prefetched = new();   // reads ahead into staging (null: none fitted)
+    private readonly Lock _staging = new();          // every allocation and release in the staging pool: reads ahead run on pool threads
     private int _residentBlocks;
     private long _localCopyFailures;
 
@@ -70,8 +74,11 @@ public sealed class StoredPackets : IPacketSource
     /// <summary>Acquires served from the resident tier.</summary>
     public long ResidentHits { get; private set; }
 
-    /// <summary>Acquires that read the packet from the store.</summary>
+    /// <summary>Acquires that read the packet from the store (read ahead or not).</summary>
     public long StoreLoads { get; private set; }
+
+    /// <summary>Acquires whose store read had been done ahead (<see cref="Prefetch"/>).</summary>
+    public long PrefetchedLoads { get; private set; }
 
     /// <summary>The tier shared with other nodes, below the store (null: none).</summary>
     public SharedPacketTier? Shared { get; }
@@ -111,7 +118,8 @@ public sealed class StoredPackets : IPacketSource
         var id = IdOf(document, adapter);
         lock (_gate)
         {
-            while (_copied.TryDequeue(out var copied)) copied.Dispose();
+            lock (_staging)
+                while (_copied.TryDequeue(out var copied)) copied.Dispose();
             if (_resident.TryGetValue(id, out var node))
             {
                 _recency.Remove(node);
@@ -120,7 +128,7 @@ public sealed class StoredPackets : IPacketSource
                 return node.Value.Packet.Share();
             }
             long start = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (TryLoad(id, out var packet, out long bytes))
+            if (TryTakePrefetched(id, out var packet, out long bytes) || TryLoad(id, out packet, out bytes))
             {
                 StoreLoads++;
                 BytesLoaded += bytes;
@@ -129,10 +137,13 @@ public sealed class StoredPackets : IPacketSource
             }
             else
             {
-                FinishImports();   // the shared tier and builds stage through the same pool
-                packet = Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket)
-                    ? FromShared(hostPacket, document, adapter, start)
-                    : Build(id, document, adapter, start);
+                // The shared tier and builds stage through the same pool, all of it theirs while they run.
+                FinishImports();
+                DropPrefetched();
+                lock (_staging)
+                    packet = Shared is not null && Shared.TryLoad(id, Fingerprint, _host, out var hostPacket)
+                        ? FromShared(hostPacket, document, adapter, start)
+                        : Build(id, document, adapter, start);
             }
             var shared = packet.Share();
             MakeResident(id, packet);
@@ -207,21 +218,100 @@ public sealed class StoredPackets : IPacketSource
         storedBytes = 0;
         if (!_store.TryGetInfo(id, out var info)) return false;
         storedBytes = info.StoredBytes;
-        if (_ownsHost && _host.FreeBlockCount < PacketStore.BlockCount(info)) FinishImports();
-        if (!_store.TryLoad(id, Fingerprint, _host, out var host)) return false;
+        if (_ownsHost) MakeStagingRoom(PacketStore.BlockCount(info));
+        Packet? host;
+        try
+        {
+            lock (_staging)
+                if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
+        }
+        catch (KvCacheExhaustedException) when (_ownsHost)
+        {
+            // A read ahead begun before this acquire took the room: give those up and read again.
+            DropPrefetched();
+            lock (_staging)
+                if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
+        }
         if (!_ownsHost)
         {
             using (host) packet = _model.ImportPacket(host);
             return true;
         }
+        packet = BeginImport(host);
+        return true;
+    }
+
+    /// <summary>The copy of a staged packet into the model's cache, begun; the staged packet kept until the copy is waited for.</summary>
+    private Packet BeginImport(Packet host)
+    {
+        Packet packet;
         try { packet = _model.BeginImport(host); }
         catch
         {
-            host.Dispose();
+            lock (_staging) host.Dispose();
             throw;
         }
         _importing.Add(host);
+        return packet;
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// For a device cache, a packet the store holds is read into free staging on a pool thread (one read at a time, and
+    /// never one that would wait for copies or evict anything); builds and the shared tier wait for the acquire.
+    /// </remarks>
+    public void Prefetch(ReadOnlySpan<int> document, Adapter? adapter)
+    {
+        if (!_ownsHost) return;   // the CPU backend reads straight into its cache: there is nothing to read ahead into
+        var id = IdOf(document, adapter);
+        lock (_gate)
+        {
+            if (_resident.ContainsKey(id) || _prefetched.ContainsKey(id) || !_store.TryGetInfo(id, out var info)) return;
+            int blocks = PacketStore.BlockCount(info);
+            _prefetched[id] = Task.Run(() =>
+            {
+                lock (_staging)
+                    return _host.FreeBlockCount >= blocks && _store.TryLoad(id, Fingerprint, _host, out var host) ? host : null;
+            });
+        }
+    }
+
+    /// <summary>Packet <paramref name="id"/> from a finished read ahead, its copy begun; false when there was none (or it failed: the plain load then says why).</summary>
+    private bool TryTakePrefetched(PacketId id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Packet? packet, out long storedBytes)
+    {
+        packet = null;
+        storedBytes = 0;
+        if (!_prefetched.Remove(id, out var read)) return false;
+        Packet? host;
+        try { host = read.GetAwaiter().GetResult(); }
+        catch (Exception e) when (e is not OutOfMemoryException) { return false; }
+        if (host is null) return false;
+        storedBytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
+        packet = BeginImport(host);
+        PrefetchedLoads++;
         return true;
+    }
+
+    /// <summary>Frees staging for <paramref name="blocks"/> blocks: waits for begun copies, then gives up reads ahead nobody has taken yet.</summary>
+    private void MakeStagingRoom(int blocks)
+    {
+        if (_host.FreeBlockCount >= blocks) return;
+        FinishImports();
+        if (_host.FreeBlockCount >= blocks) return;
+        DropPrefetched();
+    }
+
+    /// <summary>Waits for every read ahead and lets go of what they read.</summary>
+    private void DropPrefetched()
+    {
+        foreach (var read in _prefetched.Values)
+        {
+            Packet? host = null;
+            try { host = read.GetAwaiter().GetResult(); }
+            catch (Exception e) when (e is not OutOfMemoryException) { }   // a read ahead that failed is only a hint lost
+            if (host is not null) lock (_staging) host.Dispose();
+        }
+        _prefetched.Clear();
     }
 
     /// <summary>Waits for the begun copies and releases their staging blocks.</summary>
@@ -231,7 +321,8 @@ public sealed class StoredPackets : IPacketSource
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         _model.WaitForImports();
         LoadSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
-        foreach (var host in _importing) host.Dispose();
+        lock (_staging)
+            foreach (var host in _importing) host.Dispose();
         _importing.Clear();
     }
 
@@ -254,8 +345,10 @@ public sealed class StoredPackets : IPacketSource
         WaitForLocalCopies();
         lock (_gate)
         {
-            while (_copied.TryDequeue(out var copied)) copied.Dispose();
+            lock (_staging)
+                while (_copied.TryDequeue(out var copied)) copied.Dispose();
             FinishImports();
+            DropPrefetched();
             foreach (var (_, packet) in _recency) packet.Dispose();
             _recency.Clear();
             _resident.Clear();

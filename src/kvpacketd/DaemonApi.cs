@@ -250,6 +250,7 @@ internal sealed class DaemonApi(KvPacketEngine engine, PacketStore store, Func<S
             ("kvpacket_packets", "Packets known.", engine.Packets.Count),
             ("kvpacket_packet_resident_hits", "Packet acquires served from the resident tier.", stored?.ResidentHits ?? 0),
             ("kvpacket_packet_store_loads", "Packet acquires read from the store.", stored?.StoreLoads ?? 0),
+            ("kvpacket_packet_store_prefetched_loads", "Packet acquires whose store read was done ahead, while steps computed.", stored?.PrefetchedLoads ?? 0),
             ("kvpacket_packet_store_load_bytes", "Stored bytes those loads read.", stored?.BytesLoaded ?? 0),
             ("kvpacket_packet_store_load_seconds", "Seconds those loads took, into the model's KV cache.", stored?.LoadSeconds ?? 0),
             ("kvpacket_packet_builds", "Packets built and stored.", stored?.Builds ?? 0),

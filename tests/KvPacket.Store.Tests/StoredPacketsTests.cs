@@ -96,6 +96,47 @@ public class StoredPacketsTests
         Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
     }
 
+    [Fact]
+    public void Packets_read_ahead_are_the_packets_a_plain_load_reads_and_their_staging_comes_back()
+    {
+        // A device cache (ILGPU's CPU accelerator) with 17 staging blocks and packets of 5: three reads ahead fit.
+        using var temp = Fixtures.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var context = ILGPU.Context.Create(builder => builder.CPU());
+        using var accelerator = context.CreateCPUAccelerator(0);
+        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 256);
+        var random = new SeededRandom(11);
+        int[][] documents = [.. Enumerable.Range(0, 6).Select(_ => random.NextTokens(70, 3, 512))];
+        using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
+        string path = Path.Combine(temp.Path, "store");
+        var expected = new List<byte[]>();
+        using (var store = PacketStore.Open(path))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
+            foreach (var document in documents)
+                using (var packet = packets.Acquire(document, null))
+                    expected.Add(Bytes(model, packet, host));
+
+        using (var store = PacketStore.Open(path, new PacketStoreOptions { ReadOnly = true }))
+        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
+        {
+            foreach (var document in documents[..3]) packets.Prefetch(document, null);
+            for (int i = 0; i < 3; i++)
+                using (var packet = packets.Acquire(documents[i], null))
+                    Assert.Equal(expected[i], Bytes(model, packet, host));
+            Assert.Equal(3, packets.PrefetchedLoads);
+            // The staging still holds those three until their copies are waited for: a read ahead that runs before an
+            // acquire makes room finds none and is given up (the acquire reads the packet itself); one that runs after reads.
+            foreach (var document in documents[3..]) packets.Prefetch(document, null);
+            for (int i = 3; i < 6; i++)
+                using (var packet = packets.Acquire(documents[i], null))
+                    Assert.Equal(expected[i], Bytes(model, packet, host));
+            Assert.Equal(6, packets.StoreLoads);
+            Assert.InRange(packets.PrefetchedLoads, 3, 6);
+            packets.Prefetch(documents[0], null);   // read ahead, never acquired: let go on dispose
+        }
+        Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
+    }
+
     private static byte[] Bytes(IForwardBackend model, Packet packet, Compute.Kv.KvBlockPool host)
     {
         using var copy = model.ExportPacket(packet, host);

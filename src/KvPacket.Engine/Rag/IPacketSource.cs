@@ -10,4 +10,10 @@ public interface IPacketSource : IDisposable
     /// soft tokens (the plain document when null). The caller owns the returned reference and disposes it.
     /// </summary>
     Packet Acquire(ReadOnlySpan<int> document, Adapter? adapter);
+
+    /// <summary>
+    /// A hint that <paramref name="document"/>'s packet will be acquired soon (a waiting request's): a source may start
+    /// reading it while the caller computes. By default nothing happens.
+    /// </summary>
+    void Prefetch(ReadOnlySpan<int> document, Adapter? adapter) { }
 }

@@ -15,6 +15,7 @@ public sealed class ScheduledRequest
     private readonly int[] _generated;
     private readonly int _promptSegments;
     private readonly PromptSegment.Document?[] _acquired;   // per prompt segment: the document whose packet the scheduler acquired there
+    private bool _prefetchAsked;                             // the packet source was told of the documents while this waited
     private int _segment, _offset;
 
     /// <summary>A request for <paramref name="segments"/>, reporting to <paramref name="sink"/>.</summary>
@@ -195,6 +196,15 @@ public sealed class ScheduledRequest
         }
     }
 
+    /// <summary>Tells <paramref name="source"/> once, while this request waits, which documents it will acquire (a store can read them ahead).</summary>
+    internal void PrefetchPackets(Rag.IPacketSource source)
+    {
+        if (_prefetchAsked) return;
+        _prefetchAsked = true;
+        for (int i = 0; i < _promptSegments; i++)
+            if (_segments[i] is PromptSegment.Document document) source.Prefetch(document.Ids, document.Adapter);
+    }
+
     /// <summary>Lets go of the packets <see cref="AcquirePackets"/> took, the segments documents again (a preempted request holds no blocks while it waits).</summary>
     internal void ReturnAcquiredPackets()
     {
@@ -215,6 +225,7 @@ public sealed class ScheduledRequest
     internal void Restart()
     {
         ReturnAcquiredPackets();
+        _prefetchAsked = false;
         _segments.RemoveRange(_promptSegments, _segments.Count - _promptSegments);
         if (GeneratedCount > 0) _segments.Add(new PromptSegment.Tokens(_generated[..GeneratedCount]));
         _segment = 0;

@@ -74,6 +74,9 @@ public sealed class Scheduler
     /// <summary>Where the packets of requests' <see cref="PromptSegment.Document"/> segments come from, acquired on admission (set on the scheduler's thread).</summary>
     public Rag.IPacketSource? Packets { get; set; }
 
+    /// <summary>Waiting requests whose packets the source is told of before each step (<see cref="Rag.IPacketSource.Prefetch"/>).</summary>
+    private const int PrefetchRequests = 2;
+
     /// <summary>Requests running (admitted, holding KV).</summary>
     public int RunningCount => _running.Count;
 
@@ -194,6 +197,12 @@ public sealed class Scheduler
         bool onBackend = true;
         for (int row = 0; row < rows && onBackend; row++)
             onBackend = _rowOwner[row] is not { } owner || (owner.Sampler!.UsesPlainLogits && owner.Limits.LogProbs is null);
+        // While the step computes, the packet source may read the next waiting requests' packets ahead.
+        if (Packets is { } source)
+        {
+            int asked = 0;
+            for (var node = _waiting.First; node is not null && asked < PrefetchRequests; node = node.Next, asked++) node.Value.PrefetchPackets(source);
+        }
         if (onBackend)
         {
             for (int row = 0; row < rows; row++) _draws[row] = _rowOwner[row]?.Sampler!.NextDraw() ?? TokenDraw.Greedy;

@@ -68,8 +68,9 @@ internal static class ServeBenchmark
                     Levels(client, ids, "kvpacket", "kvpacket_store", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
                     double bytes = Metric(client, "kvpacket_packet_store_load_bytes"), seconds = Metric(client, "kvpacket_packet_store_load_seconds");
                     figures["store_loads"] = Metric(client, "kvpacket_packet_store_loads");
+                    figures["store_prefetched_loads"] = Metric(client, "kvpacket_packet_store_prefetched_loads");
                     figures["store_load_gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
-                    Console.Error.WriteLine($"  store loads: {figures["store_loads"]} of {bytes / 1e6:F0} MB in all, {figures["store_load_gb_per_s"]:F2} GB/s into the KV cache");
+                    Console.Error.WriteLine($"  store loads: {figures["store_loads"]} ({figures["store_prefetched_loads"]} read ahead) of {bytes / 1e6:F0} MB in all, {figures["store_load_gb_per_s"]:F2} GB/s into the KV cache");
                 }
                 stop.Cancel();
                 daemon.GetAwaiter().GetResult();
