@@ -31,7 +31,7 @@ public sealed class StoredPackets : IPacketSource
     private readonly List<Task> _copies = [];
     private readonly System.Collections.Concurrent.ConcurrentQueue<Packet> _copied = new();
     private readonly List<Packet> _importing = [];   // staged packets whose copies into the model's cache may be running
-    private readonly Dictionary<PacketId, Task<Packet?>> _prefetched = new();   // reads ahead into staging (null: none fitted)
+    private readonly Dictionary<PacketId, Task<(Packet? Host, double Seconds)>> _prefetched = new();   // reads ahead into staging (null: none fitted)
     private readonly Lock _staging = new();          // every allocation and release in the staging pool: reads ahead run on pool threads
     private int _residentBlocks;
     private long _localCopyFailures;
@@ -100,9 +100,9 @@ public sealed class StoredPackets : IPacketSource
     public long BytesLoaded { get; private set; }
 
     /// <summary>
-    /// Seconds <see cref="StoreLoads"/> took: the reads, and for a device cache the copies into it — begun copies run on
-    /// while the next packet is read and count as the time spent waiting for them, so the last copies before a step are
-    /// counted only when a later load waits for them.
+    /// Seconds <see cref="StoreLoads"/> took: the reads (those done ahead included, though a step computed meanwhile), and
+    /// for a device cache the copies into it — begun copies run on while the next packet is read and count as the time
+    /// spent waiting for them, so the last copies before a step are counted only when a later load waits for them.
     /// </summary>
     public double LoadSeconds { get; private set; }
 
@@ -271,7 +271,11 @@ public sealed class StoredPackets : IPacketSource
             _prefetched[id] = Task.Run(() =>
             {
                 lock (_staging)
-                    return _host.FreeBlockCount >= blocks && _store.TryLoad(id, Fingerprint, _host, out var host) ? host : null;
+                {
+                    long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                    var host = _host.FreeBlockCount >= blocks && _store.TryLoad(id, Fingerprint, _host, out var read) ? read : null;
+                    return (host, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
+                }
             });
         }
     }
@@ -283,7 +287,7 @@ public sealed class StoredPackets : IPacketSource
         storedBytes = 0;
         if (!_prefetched.Remove(id, out var read)) return false;
         Packet? host;
-        try { host = read.GetAwaiter().GetResult(); }
+        try { (host, double seconds) = read.GetAwaiter().GetResult(); LoadSeconds += seconds; }
         catch (Exception e) when (e is not OutOfMemoryException) { return false; }
         if (host is null) return false;
         storedBytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
@@ -307,7 +311,7 @@ public sealed class StoredPackets : IPacketSource
         foreach (var read in _prefetched.Values)
         {
             Packet? host = null;
-            try { host = read.GetAwaiter().GetResult(); }
+            try { host = read.GetAwaiter().GetResult().Host; }
             catch (Exception e) when (e is not OutOfMemoryException) { }   // a read ahead that failed is only a hint lost
             if (host is not null) lock (_staging) host.Dispose();
         }
