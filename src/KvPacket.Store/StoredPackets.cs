@@ -260,13 +260,14 @@ public sealed class StoredPackets : IPacketSource
     /// For a device cache, a packet the store holds is read into free staging on a pool thread (one read at a time, and
     /// never one that would wait for copies or evict anything); builds and the shared tier wait for the acquire.
     /// </remarks>
-    public void Prefetch(ReadOnlySpan<int> document, Adapter? adapter)
+    public bool Prefetch(ReadOnlySpan<int> document, Adapter? adapter)
     {
-        if (!_ownsHost) return;   // the CPU backend reads straight into its cache: there is nothing to read ahead into
+        if (!_ownsHost) return false;   // the CPU backend reads straight into its cache: there is nothing to read ahead into
         var id = IdOf(document, adapter);
         lock (_gate)
         {
-            if (_resident.ContainsKey(id) || _prefetched.ContainsKey(id) || !_store.TryGetInfo(id, out var info)) return;
+            if (_prefetched.TryGetValue(id, out var pending)) return !pending.IsCompleted;
+            if (_resident.ContainsKey(id) || !_store.TryGetInfo(id, out var info)) return false;
             int blocks = PacketStore.BlockCount(info);
             _prefetched[id] = Task.Run(() =>
             {
@@ -277,6 +278,7 @@ public sealed class StoredPackets : IPacketSource
                     return (host, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
                 }
             });
+            return true;
         }
     }
 

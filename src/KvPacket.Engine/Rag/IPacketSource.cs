@@ -13,7 +13,8 @@ public interface IPacketSource : IDisposable
 
     /// <summary>
     /// A hint that <paramref name="document"/>'s packet will be acquired soon (a waiting request's): a source may start
-    /// reading it while the caller computes. By default nothing happens.
+    /// reading it while the caller computes. Returns whether a read is under way for it (an acquire now would wait for
+    /// it). By default nothing happens.
     /// </summary>
-    void Prefetch(ReadOnlySpan<int> document, Adapter? adapter) { }
+    bool Prefetch(ReadOnlySpan<int> document, Adapter? adapter) => false;
 }

@@ -196,13 +196,18 @@ public sealed class ScheduledRequest
         }
     }
 
-    /// <summary>Tells <paramref name="source"/> once, while this request waits, which documents it will acquire (a store can read them ahead).</summary>
-    internal void PrefetchPackets(Rag.IPacketSource source)
+    /// <summary>
+    /// Tells <paramref name="source"/> once, while this request waits, which documents it will acquire (a store can read
+    /// them ahead); returns whether that began reads an acquire would now wait for.
+    /// </summary>
+    internal bool PrefetchPackets(Rag.IPacketSource source)
     {
-        if (_prefetchAsked) return;
+        if (_prefetchAsked) return false;
         _prefetchAsked = true;
+        bool reading = false;
         for (int i = 0; i < _promptSegments; i++)
-            if (_segments[i] is PromptSegment.Document document) source.Prefetch(document.Ids, document.Adapter);
+            if (_segments[i] is PromptSegment.Document document) reading |= source.Prefetch(document.Ids, document.Adapter);
+        return reading;
     }
 
     /// <summary>Lets go of the packets <see cref="AcquirePackets"/> took, the segments documents again (a preempted request holds no blocks while it waits).</summary>

@@ -250,6 +250,9 @@ public sealed class Scheduler
             // A sibling whose leader is computing the shared prompt waits for it: then it computes only the tail.
             if (request.Group?.Leader is { } computing && computing != request && !computing.PromptDone && _running.Contains(computing)) break;
             if (_model.KvBlocks.FreeBlockCount < BlocksFor(Math.Min(_budget, request.TotalPositions(_hidden))) + _running.Count) break;
+            // With others running, a request whose packets the store begins to read waits one step: the reads overlap
+            // that step instead of stalling it.
+            if (_running.Count > 0 && Packets is { } source && request.PrefetchPackets(source)) break;
             try { request.AcquirePackets(Packets); }
             catch (KvCacheExhaustedException) when (_running.Count > 0) { break; }   // running requests will give blocks back
             catch (Exception e) when (e is not OutOfMemoryException)
