@@ -38,18 +38,34 @@ internal static class TokenDrawCheck
             device.Upload<float>(logits, buffer);
             foreach (var (name, t, k, p) in Rules)
             {
-                int differ = 0, total = 0;
+                int differ = 0, unexplained = 0, total = 0;
                 for (int launch = 0; launch < 16; launch++)
                 {
                     for (int r = 0; r < Rows; r++) rules[r] = new TokenDraw(t, k, p, random.NextUInt64());
                     draws.Choose(buffer, vocab, rules, gpu);
                     for (int r = 0; r < Rows; r++, total++)
-                        if (gpu[r] != rules[r].Choose(logits.AsSpan(r * vocab, vocab), scratch)) differ++;
+                    {
+                        var row = logits.AsSpan(r * vocab, vocab);
+                        if (gpu[r] == rules[r].Choose(row, scratch)) continue;
+                        differ++;
+                        // exp differs in its last bits between the GPU and the host, which moves every boundary of the walk
+                        // by about that much: a draw may then land on the neighbouring token. Such a flip is what the host
+                        // draws with the ticket moved by 10⁻⁹ to 10⁻⁶ of the kept weight; anything else is a real difference.
+                        ulong bits = rules[r].Bits;
+                        bool boundary = false;
+                        for (double nudge = 1e-9; nudge <= 1e-6 && !boundary; nudge *= 10)
+                        {
+                            ulong by = (ulong)(nudge * 18446744073709551616.0);
+                            boundary = (bits >= by && gpu[r] == (rules[r] with { Bits = bits - by }).Choose(row, scratch))
+                                       || (bits <= ulong.MaxValue - by && gpu[r] == (rules[r] with { Bits = bits + by }).Choose(row, scratch));
+                        }
+                        if (!boundary) unexplained++;
+                    }
                 }
-                // exp differs in its last bit between the GPU and the host at times: a draw on a boundary may flip.
-                bool pass = differ <= total / 1000;
+                bool pass = unexplained == 0;
                 ok &= pass;
-                Console.WriteLine($"  {(ties ? "tied rows" : "model-like rows"),-15} {name,-26}: {differ} of {total} draws differ from the host → {(pass ? "PASS" : "FAIL")} (≤ 0.1%)");
+                Console.WriteLine($"  {(ties ? "tied rows" : "model-like rows"),-15} {name,-26}: {differ} of {total} draws differ from the host, " +
+                                  $"{unexplained} of them not at a boundary → {(pass ? "PASS" : "FAIL")} (none allowed)");
             }
         }
 
