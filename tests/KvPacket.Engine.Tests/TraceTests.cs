@@ -49,6 +49,13 @@ public class TraceTests
         Assert.All(steps, e => Assert.Equal(TraceTracks.Scheduler, e.GetProperty("tid").GetInt32()));
         Assert.All(steps, e => Assert.InRange(e.GetProperty("args").GetProperty("tokens").GetInt32(), 1, 32));
 
+        // The steps' stages (the CPU backend's clock): every forward stage there, their time within the steps' time.
+        var stages = spans.Where(e => e.GetProperty("tid").GetInt32() == TraceTracks.Stages).ToList();
+        var stageNames = stages.Select(e => e.GetProperty("name").GetString()).ToHashSet();
+        Assert.Superset(new HashSet<string?> { "Embedding", "Norm", "QueryKeyValue", "Attention", "Output", "GateUp", "Down", "Classifier" }, stageNames);
+        Assert.True(stages.Sum(e => e.GetProperty("dur").GetDouble()) <= steps.Sum(e => e.GetProperty("dur").GetDouble()));
+        Assert.Contains(events, e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("args").GetProperty("name").GetString() == "stages");
+
         // Each request's row: one wait in the queue, prefill chunks adding up to the tokens it computed, one decode per token after the first.
         var rows = spans.Where(e => e.GetProperty("tid").GetInt32() >= TraceTracks.FirstRequest).GroupBy(e => e.GetProperty("tid").GetInt32()).ToList();
         Assert.Equal(3, rows.Count);

@@ -414,6 +414,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>When set, steps run eagerly and mark each stage (norm, products, attention, …) on this timeline for profiling.</summary>
     public CudaTimeline? Timeline { get; set; }
+    private CudaTimeline? _stageTimeline;   // made by TimeStages
 
     /// <summary>
     /// Decode attention blocks to aim for per step (default 2048): each sequence's block table is cut into splits so
@@ -483,6 +484,18 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostScratch);
         }
     }
+
+    /// <inheritdoc />
+    public bool TimeStages(bool on)
+    {
+        if (on) Timeline = _stageTimeline ??= new CudaTimeline(_device);
+        else if (Timeline == _stageTimeline) Timeline = null;
+        return true;
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyDictionary<string, double> TakeStageTimes() =>
+        Timeline is { } timeline ? timeline.Totals() : System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
 
     /// <inheritdoc />
     public int BlocksNeededFor(int sequence, int tokens) => _sequences[sequence].BlocksNeededFor(tokens, BlockTokens);
@@ -895,6 +908,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         _device.MakeCurrent();
         ClearGraphs();
+        _stageTimeline?.Dispose();
         _blocks.Dispose();
         _draws?.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();

@@ -34,6 +34,10 @@ public sealed class ForwardProfile
     }
 
     private readonly long[] _ticks = new long[Enum.GetValues<Stage>().Length];
+    private static readonly string[] Names = Enum.GetNames<Stage>();
+
+    /// <summary>The stage's name (one string per stage: naming allocates nothing).</summary>
+    public static string NameOf(Stage stage) => Names[(int)stage];
 
     /// <summary>Forward steps timed.</summary>
     public long Steps { get; internal set; }

@@ -57,6 +57,15 @@ public interface IForwardBackend : IDisposable
     void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
         Span<int> next);
 
+    /// <summary>
+    /// Starts (or, with false, stops) timing each step's stages — norms, products, attention, …: device timers on a GPU,
+    /// whose steps then run without graphs, the clock on the CPU. Returns whether this backend times stages at all.
+    /// </summary>
+    bool TimeStages(bool on) => false;
+
+    /// <summary>Milliseconds per stage over the steps since the last call while stages are timed (else none).</summary>
+    IReadOnlyDictionary<string, double> TakeStageTimes() => System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
+
     /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens to <paramref name="sequence"/> would take.</summary>
     int BlocksNeededFor(int sequence, int tokens);
 

@@ -167,6 +167,24 @@ public sealed unsafe class Transformer : IForwardBackend
     }
 
     /// <inheritdoc />
+    public bool TimeStages(bool on)
+    {
+        Profile = on ? Profile ?? new ForwardProfile() : null;
+        return true;
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyDictionary<string, double> TakeStageTimes()
+    {
+        if (Profile is not { } profile) return System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
+        var times = new Dictionary<string, double>();
+        foreach (var stage in Enum.GetValues<ForwardProfile.Stage>())
+            if (profile.Seconds(stage) > 0) times[ForwardProfile.NameOf(stage)] = profile.Seconds(stage) * 1e3;
+        profile.Reset();
+        return times;
+    }
+
+    /// <inheritdoc />
     public int BlocksNeededFor(int sequence, int tokens) => Handle(sequence).BlocksNeededFor(tokens);
 
     /// <inheritdoc />

@@ -161,6 +161,7 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     /// <summary>Where each stage's device time goes when set (the stages of the NVRTC backend's timeline, by the same names).</summary>
     public IlgpuTimeline? Timeline { get; set; }
+    private IlgpuTimeline? _stageTimeline;   // made by TimeStages
 
     /// <inheritdoc />
     public Checkpoint Model { get; }
@@ -195,6 +196,18 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     /// <inheritdoc />
     public int SequenceLength(int sequence) => _sequences[sequence].Length;
+
+    /// <inheritdoc />
+    public bool TimeStages(bool on)
+    {
+        if (on) Timeline = _stageTimeline ??= new IlgpuTimeline(_accelerator);
+        else if (Timeline == _stageTimeline) Timeline = null;
+        return true;
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyDictionary<string, double> TakeStageTimes() =>
+        Timeline is { } timeline ? timeline.Totals() : System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
 
     /// <inheritdoc />
     public int BlocksNeededFor(int sequence, int tokens) => _sequences[sequence].BlocksNeededFor(tokens, _blocks.Layout.BlockSize);
@@ -524,6 +537,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     public void Dispose()
     {
         _accelerator.Bind();
+        _stageTimeline?.Dispose();
         _blocks.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();

@@ -66,10 +66,20 @@ public sealed class Scheduler
     }
 
     /// <summary>
-    /// Where steps and requests are recorded (null: nowhere): a span per step on <see cref="TraceTracks.Scheduler"/>, and
-    /// on each request's own row its wait in the queue, each prefill chunk and each decode step.
+    /// Where steps and requests are recorded (null: nowhere): a span per step on <see cref="TraceTracks.Scheduler"/>, the
+    /// step's stages on <see cref="TraceTracks.Stages"/> where the backend times them (<see cref="IForwardBackend.TimeStages"/>),
+    /// and on each request's own row its wait in the queue, each prefill chunk and each decode step.
     /// </summary>
-    public TraceRecorder? Trace { get; set; }
+    public TraceRecorder? Trace
+    {
+        get => _trace;
+        set
+        {
+            _trace = value;
+            _model.TimeStages(value is not null);
+        }
+    }
+    private TraceRecorder? _trace;
 
     /// <summary>Where the packets of requests' <see cref="PromptSegment.Document"/> segments come from, acquired on admission (set on the scheduler's thread).</summary>
     public Rag.IPacketSource? Packets { get; set; }
@@ -156,6 +166,7 @@ public sealed class Scheduler
         if (_running.Count == 0) return 0;
 
         long stepStart = Stopwatch.GetTimestamp();
+        if (_trace is not null) _model.TakeStageTimes();   // stages timed before the step (packets built on admission) are not its
         int rows = 0, tokens = 0, softRows = 0;
         // Decode tokens first: one each, so running requests keep their pace; then prompt chunks in admission order.
         for (int i = 0; i < _running.Count; i++)
@@ -218,6 +229,13 @@ public sealed class Scheduler
         {
             long stepEnd = Stopwatch.GetTimestamp();
             trace.Record("step", "scheduler", TraceTracks.Scheduler, stepStart, stepEnd, "tokens", tokens, "requests", rows);
+            long at = stepStart;
+            foreach (var (stage, ms) in _model.TakeStageTimes())
+            {
+                long end = at + (long)(ms * Stopwatch.Frequency / 1e3);
+                trace.Record(stage, "stages", TraceTracks.Stages, at, end, "us", (long)(ms * 1e3));
+                at = end;
+            }
             for (int i = 0; i < _running.Count; i++)
                 if (_chunkTokens[i] != 0)
                     trace.Record(_chunkTokens[i] < 0 ? "decode" : "prefill", "request", _running[i].Track, stepStart, stepEnd, "tokens", Math.Max(1, _chunkTokens[i]));
