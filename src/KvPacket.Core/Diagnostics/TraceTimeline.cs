@@ -13,7 +13,9 @@ namespace KvPacket.Core.Diagnostics;
 public static class TraceTimeline
 {
     private const double Width = 1400, Left = 150, Right = 20, Top = 40, RowHeight = 18, AxisHeight = 30, LegendHeight = 24;
-    private static readonly string[] Colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22"];
+    // Twenty: a GPU step's stages and the request spans together take more than ten names.
+    private static readonly string[] Colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22",
+        "#aec7e8", "#ff9896", "#98df8a", "#ffbb78", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#9edae5", "#dbdb8d"];
 
     /// <summary>One span of the trace: its row, name, start and length in microseconds.</summary>
     public readonly record struct Bar(int Track, string Name, double Start, double Duration);
