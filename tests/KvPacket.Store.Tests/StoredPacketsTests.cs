@@ -78,12 +78,7 @@ public class StoredPacketsTests
         int[][] documents = [.. Enumerable.Range(0, 20).Select(_ => random.NextTokens(70, 3, 512))];
         using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
         string path = Path.Combine(temp.Path, "store");
-        var expected = new List<byte[]>();
-        using (var store = PacketStore.Open(path))
-        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
-            foreach (var document in documents)
-                using (var packet = packets.Acquire(document, null))
-                    expected.Add(Bytes(model, packet, host));
+        var expected = BuildAndStore(model, path, documents, host);
         using (var store = PacketStore.Open(path, new PacketStoreOptions { ReadOnly = true }))
         using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
         {
@@ -109,12 +104,7 @@ public class StoredPacketsTests
         int[][] documents = [.. Enumerable.Range(0, 6).Select(_ => random.NextTokens(70, 3, 512))];
         using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
         string path = Path.Combine(temp.Path, "store");
-        var expected = new List<byte[]>();
-        using (var store = PacketStore.Open(path))
-        using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
-            foreach (var document in documents)
-                using (var packet = packets.Acquire(document, null))
-                    expected.Add(Bytes(model, packet, host));
+        var expected = BuildAndStore(model, path, documents, host);
 
         using (var store = PacketStore.Open(path, new PacketStoreOptions { ReadOnly = true }))
         using (var packets = new StoredPackets(model, store, residentBlockBudget: 0))
@@ -135,6 +125,18 @@ public class StoredPacketsTests
             packets.Prefetch(documents[0], null);   // read ahead, never acquired: let go on dispose
         }
         Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
+    }
+
+    /// <summary>Each document's packet built and stored at <paramref name="path"/>; their bytes as read back.</summary>
+    private static List<byte[]> BuildAndStore(IForwardBackend model, string path, int[][] documents, Compute.Kv.KvBlockPool host)
+    {
+        var bytes = new List<byte[]>();
+        using var store = PacketStore.Open(path);
+        using var packets = new StoredPackets(model, store, residentBlockBudget: 0);
+        foreach (var document in documents)
+            using (var packet = packets.Acquire(document, null))
+                bytes.Add(Bytes(model, packet, host));
+        return bytes;
     }
 
     private static byte[] Bytes(IForwardBackend model, Packet packet, Compute.Kv.KvBlockPool host)

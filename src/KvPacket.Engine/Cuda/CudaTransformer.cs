@@ -33,8 +33,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
     private readonly DeviceBuffer _step, _argmax, _partialMl, _partialAcc, _splitCounters;
     private readonly CudaTokenDraws? _draws;   // null before sm_90
-    private float[]? _hostLogits;
-    private TokenDraw.Scratch? _hostScratch;
+    private HostTokenDraws? _hostDraws;      // before sm_90
     private readonly int[] _stepHost;
     private readonly int _maxChunks;
     private readonly BlockTables _sequences = new();
@@ -477,11 +476,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         else
         {
             // Before sm_90 (no thread-block clusters) the logits come to the host and the same rule draws there.
-            int vocab = _config.VocabSize;
-            _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
-            _hostScratch ??= new TokenDraw.Scratch(vocab);
-            _device.Download(_logits, _hostLogits.AsSpan(0, sequences.Length * vocab));
-            for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostScratch);
+            _hostDraws ??= new HostTokenDraws(_maxChunks, _config.VocabSize);
+            _device.Download(_logits, _hostDraws.Logits(sequences.Length));
+            _hostDraws.Choose(draws[..sequences.Length], next);
         }
     }
 

@@ -29,8 +29,7 @@ public sealed unsafe class Transformer : IForwardBackend
     private readonly AttentionBatch _attentionBatch;
     private readonly ForwardBatch _stepBatch;
     private readonly List<Sequence?> _handles = [];
-    private float[]? _drawLogits;
-    private TokenDraw.Scratch? _drawScratch;
+    private HostTokenDraws? _draws;
     private readonly LayerVectors[] _layerVectors;
     private readonly float[] _finalNorm;
     private readonly NativeBuffer<float> _x, _xb, _q, _k, _v, _att, _gate, _up, _ropeCos, _ropeSin;
@@ -159,11 +158,9 @@ public sealed unsafe class Transformer : IForwardBackend
     public void StepDraw(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, ReadOnlySpan<TokenDraw> draws,
         Span<int> next)
     {
-        int vocab = _config.VocabSize;
-        _drawLogits ??= new float[(long)Options.MaxBatchSequences * vocab]; // once: steady steps allocate nothing
-        Step(sequences, lengths, tokens, soft, _drawLogits);
-        _drawScratch ??= new TokenDraw.Scratch(vocab);
-        for (int row = 0; row < sequences.Length; row++) next[row] = draws[row].Choose(_drawLogits.AsSpan(row * vocab, vocab), _drawScratch);
+        _draws ??= new HostTokenDraws(Options.MaxBatchSequences, _config.VocabSize);
+        Step(sequences, lengths, tokens, soft, _draws.Logits(sequences.Length));
+        _draws.Choose(draws[..sequences.Length], next);
     }
 
     /// <inheritdoc />

@@ -24,8 +24,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly IlgpuKvBlocks _blocks;
     private readonly BlockTables _sequences = new();
     private readonly int _maxTokens, _maxChunks, _maxContext;
-    private float[]? _hostLogits;   // a step with draws other than the argmax: its logits and TokenDraw's scratch on the host
-    private TokenDraw.Scratch? _hostScratch;
+    private HostTokenDraws? _hostDraws;   // a step with draws other than the argmax draws on the host
     private readonly List<MemoryBuffer> _owned = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _embedding, _finalNorm, _unitNorm, _cos, _sin, _none;
     private readonly Matrix _classifier;
@@ -236,10 +235,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         foreach (var draw in draws[..rows]) greedy &= draw.IsGreedy;
         if (!greedy)
         {
-            _hostLogits ??= new float[(long)_maxChunks * vocab];   // once: steady steps allocate nothing
-            _hostScratch ??= new TokenDraw.Scratch(vocab);
-            Download(rows, _hostLogits);
-            for (int row = 0; row < rows; row++) next[row] = draws[row].Choose(_hostLogits.AsSpan(row * vocab, vocab), _hostScratch);
+            _hostDraws ??= new HostTokenDraws(_maxChunks, vocab);
+            Download(rows, _hostDraws.Logits(rows));
+            _hostDraws.Choose(draws[..rows], next);
             return;
         }
         Timeline?.Mark("argmax, ids to the host");
