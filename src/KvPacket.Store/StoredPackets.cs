@@ -292,7 +292,12 @@ public sealed class StoredPackets : IPacketSource
         try { (host, double seconds) = read.GetAwaiter().GetResult(); LoadSeconds += seconds; }
         catch (Exception e) when (e is not OutOfMemoryException) { return false; }
         if (host is null) return false;
-        storedBytes = _store.TryGetInfo(id, out var info) ? info.StoredBytes : 0;
+        if (!_store.TryGetInfo(id, out var info))
+        {
+            lock (_staging) host.Dispose();   // deleted since it was read: the plain load says so
+            return false;
+        }
+        storedBytes = info.StoredBytes;
         packet = BeginImport(host);
         PrefetchedLoads++;
         return true;

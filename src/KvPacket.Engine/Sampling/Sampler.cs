@@ -51,7 +51,8 @@ public sealed class Sampler
     public int Sample(ReadOnlySpan<float> logits)
     {
         var draw = Draw();
-        int token = draw.Choose(_adjusted is null ? logits : Adjust(logits), _scratch ??= new TokenDraw.Scratch(_vocabSize));
+        var values = _adjusted is null ? logits : Adjust(logits);
+        int token = draw.IsGreedy ? TensorPrimitives.IndexOfMax(values) : draw.Choose(values, _scratch ??= new TokenDraw.Scratch(_vocabSize));
         if (_counts is not null) _counts[token]++;
         return token;
     }
