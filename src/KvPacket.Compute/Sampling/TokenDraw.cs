@@ -38,7 +38,11 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     {
         internal readonly float[] Exponentials = new float[vocabSize];   // exp((x − max) · (1/T)) per id
         internal readonly int[] Candidates = new int[vocabSize];          // ids a radix select still considers
+        internal readonly (ulong Before, long TiesBefore)[] Stretches = new (ulong, long)[(vocabSize + StretchLength - 1) / StretchLength];
     }
+
+    /// <summary>Ids per stretch of the draw's walk.</summary>
+    private const int StretchLength = 1024;
 
     /// <summary>The chosen token id of <paramref name="logits"/> (not modified), working in <paramref name="scratch"/>. Allocates nothing.</summary>
     [SkipLocalsInit]
@@ -68,17 +72,24 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
             }
         }
 
+        // The kept weight, and each stretch's share of it and the ties before it: the walk then skips whole stretches.
+        var stretches = scratch.Stretches.AsSpan(0, (n + StretchLength - 1) / StretchLength);
         ulong kept = 0;
         long seen = 0;
-        for (int i = 0; i < n; i++)
+        for (int s = 0; s < stretches.Length; s++)
         {
-            uint key = KeyOf(logits[i]);
-            if (key > threshold || (key == threshold && seen++ < ties)) kept += WeightOf(e[i]);
+            stretches[s] = (kept, seen);
+            for (int i = s * StretchLength, end = Math.Min(n, i + StretchLength); i < end; i++)
+            {
+                uint key = KeyOf(logits[i]);
+                if (key > threshold || (key == threshold && seen++ < ties)) kept += WeightOf(e[i]);
+            }
         }
         ulong ticket = Math.BigMul(Bits, kept, out _);
-        ulong cumulative = 0;
-        seen = 0;
-        for (int i = 0; i < n; i++)
+        int stretch = stretches.Length - 1;
+        while (stretches[stretch].Before > ticket) stretch--;
+        (ulong cumulative, seen) = stretches[stretch];
+        for (int i = stretch * StretchLength; i < n; i++)
         {
             uint key = KeyOf(logits[i]);
             if (key > threshold || (key == threshold && seen++ < ties))
@@ -166,7 +177,8 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static uint KeyOf(float x)
     {
+        // Negative: all bits flipped; positive: the sign bit set. Without a branch: signs of logits are a coin toss.
         uint bits = BitConverter.SingleToUInt32Bits(x);
-        return (bits & 0x8000_0000u) != 0 ? ~bits : bits | 0x8000_0000u;
+        return bits ^ ((uint)((int)bits >> 31) | 0x8000_0000u);
     }
 }
