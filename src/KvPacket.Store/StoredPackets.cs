@@ -218,19 +218,20 @@ public sealed class StoredPackets : IPacketSource
         storedBytes = 0;
         if (!_store.TryGetInfo(id, out var info)) return false;
         storedBytes = info.StoredBytes;
-        if (_ownsHost) MakeStagingRoom(PacketStore.BlockCount(info));
+        // The room is checked and taken under the staging lock, so a read ahead cannot take it in between; short of it,
+        // wait for begun copies, then give up reads ahead, then load regardless (an exhausted pool then says so).
+        int blocks = PacketStore.BlockCount(info);
         Packet? host;
-        try
+        for (int attempt = 0; ; attempt++)
         {
             lock (_staging)
-                if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
-        }
-        catch (KvCacheExhaustedException) when (_ownsHost)
-        {
-            // A read ahead begun before this acquire took the room: give those up and read again.
-            DropPrefetched();
-            lock (_staging)
-                if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
+                if (!_ownsHost || attempt == 2 || _host.FreeBlockCount >= blocks)
+                {
+                    if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
+                    break;
+                }
+            if (attempt == 0) FinishImports();
+            else DropPrefetched();
         }
         if (!_ownsHost)
         {
@@ -301,15 +302,6 @@ public sealed class StoredPackets : IPacketSource
         packet = BeginImport(host);
         PrefetchedLoads++;
         return true;
-    }
-
-    /// <summary>Frees staging for <paramref name="blocks"/> blocks: waits for begun copies, then gives up reads ahead nobody has taken yet.</summary>
-    private void MakeStagingRoom(int blocks)
-    {
-        if (_host.FreeBlockCount >= blocks) return;
-        FinishImports();
-        if (_host.FreeBlockCount >= blocks) return;
-        DropPrefetched();
     }
 
     /// <summary>Waits for every read ahead and lets go of what they read.</summary>

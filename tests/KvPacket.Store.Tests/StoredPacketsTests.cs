@@ -57,10 +57,8 @@ public class StoredPacketsTests
     public void Packets_built_on_the_ilgpu_backend_are_stored_and_loaded_back_into_its_blocks_byte_for_byte()
     {
         using var temp = Fixtures.TempDirectory();
-        using var checkpoint = CheckpointLoader.Load(Stories);
-        using var context = ILGPU.Context.Create(builder => builder.CPU());
-        using var accelerator = context.CreateCPUAccelerator(0);
-        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 2048);
+        using var device = new DeviceLikeModel(kvTokens: 2048);
+        var model = device.Model;
         AssertRoundTrip(model, temp.Path);
     }
 
@@ -70,10 +68,8 @@ public class StoredPacketsTests
         // A 256-token cache: staging for 17 blocks, and 20 packets of 5 blocks through it (each built, stored and read
         // back, then read again by a fresh source); the staging blocks of finished copies are reused, nothing mixes up.
         using var temp = Fixtures.TempDirectory();
-        using var checkpoint = CheckpointLoader.Load(Stories);
-        using var context = ILGPU.Context.Create(builder => builder.CPU());
-        using var accelerator = context.CreateCPUAccelerator(0);
-        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 256);
+        using var device = new DeviceLikeModel(kvTokens: 256);
+        var model = device.Model;
         var random = new SeededRandom(9);
         int[][] documents = [.. Enumerable.Range(0, 20).Select(_ => random.NextTokens(70, 3, 512))];
         using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
@@ -96,10 +92,8 @@ public class StoredPacketsTests
     {
         // A device cache (ILGPU's CPU accelerator) with 17 staging blocks and packets of 5: three reads ahead fit.
         using var temp = Fixtures.TempDirectory();
-        using var checkpoint = CheckpointLoader.Load(Stories);
-        using var context = ILGPU.Context.Create(builder => builder.CPU());
-        using var accelerator = context.CreateCPUAccelerator(0);
-        using var model = new Engine.Ilgpu.IlgpuTransformer(checkpoint, accelerator, maxTokens: 64, kvTokens: 256);
+        using var device = new DeviceLikeModel(kvTokens: 256);
+        var model = device.Model;
         var random = new SeededRandom(11);
         int[][] documents = [.. Enumerable.Range(0, 6).Select(_ => random.NextTokens(70, 3, 512))];
         using var host = new Compute.Kv.KvBlockPool(model.KvBlocks.Layout, 8);
@@ -125,6 +119,30 @@ public class StoredPacketsTests
             packets.Prefetch(documents[0], null);   // read ahead, never acquired: let go on dispose
         }
         Assert.Equal(model.KvBlocks.BlockCount, model.KvBlocks.FreeBlockCount);
+    }
+
+    /// <summary>The ILGPU backend over stories260K on ILGPU's CPU accelerator: a device cache, staged as a GPU's is.</summary>
+    private sealed class DeviceLikeModel : IDisposable
+    {
+        private readonly Checkpoint _checkpoint = CheckpointLoader.Load(Stories);
+        private readonly ILGPU.Context _context = ILGPU.Context.Create(builder => builder.CPU());
+        private readonly ILGPU.Runtime.Accelerator _accelerator;
+
+        public DeviceLikeModel(int kvTokens)
+        {
+            _accelerator = _context.CreateCPUAccelerator(0);
+            Model = new Engine.Ilgpu.IlgpuTransformer(_checkpoint, _accelerator, maxTokens: 64, kvTokens: kvTokens);
+        }
+
+        public Engine.Ilgpu.IlgpuTransformer Model { get; }
+
+        public void Dispose()
+        {
+            Model.Dispose();
+            _accelerator.Dispose();
+            _context.Dispose();
+            _checkpoint.Dispose();
+        }
     }
 
     /// <summary>Each document's packet built and stored at <paramref name="path"/>; their bytes as read back.</summary>

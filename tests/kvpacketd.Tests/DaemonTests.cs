@@ -106,18 +106,20 @@ public class DaemonTests
     private static async Task<List<int>> AnswerNaivelyAsync(DaemonProcess daemon, List<string> ids, int maxTokens) =>
         (await StreamAsync(daemon.Client, new { prompt = Tokens(6, 3), max_tokens = maxTokens, temperature = 0, stream = true, packets = ids, mode = "naive" })).Tokens;
 
+    /// <summary>A CPU daemon on <paramref name="store"/> adds packets of these lengths and answers over them naively; their ids and its tokens.</summary>
+    private static async Task<(List<string> Ids, List<int> Answer)> StoreAndAnswerOnTheCpuAsync(string store, int maxTokens, params int[] lengths)
+    {
+        await using var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu");
+        var ids = await AddPacketsAsync(daemon, lengths);
+        return (ids, await AnswerNaivelyAsync(daemon, ids, maxTokens));
+    }
+
     [Fact]
     public async Task With_nothing_resident_every_request_reads_its_packets_from_the_store_and_answers_the_same()
     {
         using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
-        List<string> ids;
-        List<int> expected;
-        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
-        {
-            ids = await AddPacketsAsync(daemon, 40, 49);
-            expected = await AnswerNaivelyAsync(daemon, ids, 12);
-        }
+        var (ids, expected) = await StoreAndAnswerOnTheCpuAsync(store, 12, 40, 49);
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu", "--resident-blocks", "0"))
         {
             for (int round = 1; round <= 3; round++)
@@ -138,13 +140,7 @@ public class DaemonTests
         // ILGPU's CPU accelerator here (no GPU in CI): the same kernels as on a GPU, the same greedy tokens as the SIMD backend.
         using var temp = Fixtures.TempDirectory();
         string store = Path.Combine(temp.Path, "store");
-        List<string> ids;
-        List<int> expected;
-        await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "cpu"))
-        {
-            ids = await AddPacketsAsync(daemon, 30, 37);
-            expected = await AnswerNaivelyAsync(daemon, ids, 8);
-        }
+        var (ids, expected) = await StoreAndAnswerOnTheCpuAsync(store, 8, 30, 37);
         await using (var daemon = await DaemonProcess.StartAsync(store, "--device", "ilgpu", "--kv-tokens", "2048"))
         {
             Assert.Equal(expected, await AnswerNaivelyAsync(daemon, ids, 8));

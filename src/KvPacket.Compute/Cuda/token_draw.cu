@@ -8,8 +8,8 @@
 #define DRAW_CLUSTER 8
 #define DRAW_THREADS 512
 #define CLUSTER_THREADS (DRAW_CLUSTER * DRAW_THREADS)
-#define PARTS (DRAW_CLUSTER * DRAW_THREADS / 32)   // warps of a cluster: the parts find_crossing narrows among
 #define DRAW_WARPS (DRAW_THREADS / 32)
+#define PARTS (DRAW_CLUSTER * DRAW_WARPS)   // warps of a cluster: the parts find_crossing narrows among
 #define WEIGHT_SCALE 1099511627776.0f   // 2^40: the most likely token weighs exactly this
 typedef unsigned long long u64;
 
@@ -40,7 +40,7 @@ __device__ __forceinline__ u64 weight_of(float x, float max, float inverse_t)
 }
 
 #define FULL_MASK 0xffffffffu
-#define IN_FLIGHT 16   // loads a thread issues before using any: one block per row is latency-bound otherwise
+#define IN_FLIGHT 16   // loads a thread issues before using any: the passes are latency-bound otherwise
 
 // Calls visit(i, row[i]) for i = first, first + stride, … below end, the loads of IN_FLIGHT elements issued together.
 template <typename Visit>
@@ -95,8 +95,8 @@ struct DrawShared
     unsigned low[RADIX_BINS], high[RADIX_BINS], carry[RADIX_BINS];   // this block's histogram (a weight's words, carries)
     u64 histogram[RADIX_BINS];                                        // the cluster's, summed
     u64 parts[PARTS];                                                 // find_crossing: every warp's sum
-    u64 warp_u64[DRAW_THREADS / 32];
-    float warp_f[DRAW_THREADS / 32];
+    u64 warp_u64[2][DRAW_WARPS];                                      // warps' shares of one or two block sums
+    float warp_f[DRAW_WARPS];
     u64 block_u64[2];                                                 // this block's share of a cluster sum
     float block_f;
     u64 decided[2];                                                   // a decision every thread reads
@@ -113,7 +113,7 @@ __device__ float cluster_max(float v, DrawShared& s)
     if (threadIdx.x == 0)
     {
         float m = s.warp_f[0];
-        for (int w = 1; w < DRAW_THREADS / 32; w++) m = fmaxf(m, s.warp_f[w]);
+        for (int w = 1; w < DRAW_WARPS; w++) m = fmaxf(m, s.warp_f[w]);
         s.block_f = m;
     }
     cluster_sync();
@@ -128,12 +128,12 @@ __device__ void cluster_sum(u64* a, u64* b, DrawShared& s)
 {
     u64 x = *a, y = *b;
     for (int o = 16; o > 0; o /= 2) { x += __shfl_xor_sync(FULL_MASK, x, o); y += __shfl_xor_sync(FULL_MASK, y, o); }
-    if ((threadIdx.x & 31) == 0) { s.warp_u64[threadIdx.x / 32] = x; s.parts[threadIdx.x / 32] = y; }
+    if ((threadIdx.x & 31) == 0) { s.warp_u64[0][threadIdx.x / 32] = x; s.warp_u64[1][threadIdx.x / 32] = y; }
     __syncthreads();
     if (threadIdx.x == 0)
     {
         u64 tx = 0, ty = 0;
-        for (int w = 0; w < DRAW_THREADS / 32; w++) { tx += s.warp_u64[w]; ty += s.parts[w]; }
+        for (int w = 0; w < DRAW_WARPS; w++) { tx += s.warp_u64[0][w]; ty += s.warp_u64[1][w]; }
         s.block_u64[0] = tx;
         s.block_u64[1] = ty;
     }
@@ -161,13 +161,13 @@ __device__ u64 block_exclusive_scan(u64 v, DrawShared& s, u64* total)
         u64 other = __shfl_up_sync(FULL_MASK, inclusive, o);
         if (lane >= o) inclusive += other;
     }
-    if (lane == 31) s.warp_u64[warp] = inclusive;
+    if (lane == 31) s.warp_u64[0][warp] = inclusive;
     __syncthreads();
     u64 before = 0, all = 0;
-    for (int w = 0; w < DRAW_THREADS / 32; w++)
+    for (int w = 0; w < DRAW_WARPS; w++)
     {
-        if (w < warp) before += s.warp_u64[w];
-        all += s.warp_u64[w];
+        if (w < warp) before += s.warp_u64[0][w];
+        all += s.warp_u64[0][w];
     }
     __syncthreads();
     *total = all;
@@ -185,15 +185,15 @@ __device__ int find_crossing(const float* row, int n, u64 target, Value value, D
     while (hi - lo > CLUSTER_THREADS)
     {
         int part = (hi - lo + PARTS - 1) / PARTS;
-        int begin = lo + (rank * (DRAW_THREADS / 32) + warp) * part, end = min(hi, begin + part);
+        int begin = lo + (rank * DRAW_WARPS + warp) * part, end = min(hi, begin + part);
         u64 sum = 0;
         for_each(row, begin + lane, end, 32, [&](int i, float x) { sum += value(i, x); });
         for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(FULL_MASK, sum, o);
-        if (lane == 0) s.parts[rank * (DRAW_THREADS / 32) + warp] = sum;
+        if (lane == 0) s.parts[rank * DRAW_WARPS + warp] = sum;
         cluster_sync();
         // Every block gathers all the parts' sums, and its first warp finds the part the target falls in.
         for (int p = threadIdx.x; p < PARTS; p += DRAW_THREADS)
-            s.histogram[p] = *in_block(&s.parts[p], p / (DRAW_THREADS / 32));
+            s.histogram[p] = *in_block(&s.parts[p], p / DRAW_WARPS);
         __syncthreads();
         if (warp == 0)
         {

@@ -30,6 +30,14 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     /// <summary>Whether this is the argmax.</summary>
     public bool IsGreedy => Temperature == 0;
 
+    /// <summary>Whether every one of <paramref name="draws"/> is the argmax (a backend's one-pass kernel then serves them).</summary>
+    public static bool AllGreedy(ReadOnlySpan<TokenDraw> draws)
+    {
+        foreach (var draw in draws)
+            if (!draw.IsGreedy) return false;
+        return true;
+    }
+
     /// <summary>One weight unit: the most likely token weighs exactly 2⁴⁰, so a vocabulary of up to 2¹⁸ tokens sums below 2⁵⁸.</summary>
     private const float WeightScale = 1099511627776f;
 

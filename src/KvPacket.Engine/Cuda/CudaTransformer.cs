@@ -469,9 +469,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         Span<int> next)
     {
         Step(sequences, lengths, tokens, soft, allRows: false);
-        bool greedy = true;
-        foreach (var draw in draws[..sequences.Length]) greedy &= draw.IsGreedy;
-        if (greedy) NextToken(next[..sequences.Length]);   // the argmax kernel is one pass, launched as a dependent of the step
+        if (TokenDraw.AllGreedy(draws[..sequences.Length])) NextToken(next[..sequences.Length]);   // the argmax kernel is one pass, launched as a dependent of the step
         else if (_draws is not null) _draws.Choose(_logits, _config.VocabSize, draws[..sequences.Length], next);
         else
         {

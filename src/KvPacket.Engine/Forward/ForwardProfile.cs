@@ -36,9 +36,6 @@ public sealed class ForwardProfile
     private readonly long[] _ticks = new long[Enum.GetValues<Stage>().Length];
     private static readonly string[] Names = Enum.GetNames<Stage>();
 
-    /// <summary>The stage's name (one string per stage: naming allocates nothing).</summary>
-    public static string NameOf(Stage stage) => Names[(int)stage];
-
     /// <summary>Forward steps timed.</summary>
     public long Steps { get; internal set; }
 
@@ -54,6 +51,16 @@ public sealed class ForwardProfile
         long now = Stopwatch.GetTimestamp();
         _ticks[(int)stage] += now - start;
         return now;
+    }
+
+    /// <summary>Milliseconds per stage (by the stage's name, stages that took any time) since the last reset, then resets.</summary>
+    public Dictionary<string, double> TakeMilliseconds()
+    {
+        var times = new Dictionary<string, double>();
+        foreach (var stage in Enum.GetValues<Stage>())
+            if (_ticks[(int)stage] > 0) times[Names[(int)stage]] = Seconds(stage) * 1e3;
+        Reset();
+        return times;
     }
 
     /// <summary>Forgets every time recorded.</summary>

@@ -171,15 +171,8 @@ public sealed unsafe class Transformer : IForwardBackend
     }
 
     /// <inheritdoc />
-    public IReadOnlyDictionary<string, double> TakeStageTimes()
-    {
-        if (Profile is not { } profile) return System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
-        var times = new Dictionary<string, double>();
-        foreach (var stage in Enum.GetValues<ForwardProfile.Stage>())
-            if (profile.Seconds(stage) > 0) times[ForwardProfile.NameOf(stage)] = profile.Seconds(stage) * 1e3;
-        profile.Reset();
-        return times;
-    }
+    public IReadOnlyDictionary<string, double> TakeStageTimes() =>
+        Profile?.TakeMilliseconds() ?? (IReadOnlyDictionary<string, double>)System.Collections.Frozen.FrozenDictionary<string, double>.Empty;
 
     /// <inheritdoc />
     public int BlocksNeededFor(int sequence, int tokens) => Handle(sequence).BlocksNeededFor(tokens);

@@ -231,9 +231,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         Run(sequences, lengths, tokens, soft, allRows: false);
         int rows = sequences.Length, vocab = _config.VocabSize;
-        bool greedy = true;
-        foreach (var draw in draws[..rows]) greedy &= draw.IsGreedy;
-        if (!greedy)
+        if (!TokenDraw.AllGreedy(draws[..rows]))
         {
             _hostDraws ??= new HostTokenDraws(_maxChunks, vocab);
             Download(rows, _hostDraws.Logits(rows));

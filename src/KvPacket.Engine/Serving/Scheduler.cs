@@ -202,18 +202,18 @@ public sealed class Scheduler
             tokens += count;
         }
         if (rows == 0) return 0;
-        // When every request that takes a token this step chooses from the logits as they are (no bias, penalties or
-        // log-probabilities), the backend chooses where the logits are (on a GPU they then never leave the device);
-        // otherwise every row's logits come back for the samplers.
-        bool onBackend = true;
-        for (int row = 0; row < rows && onBackend; row++)
-            onBackend = _rowOwner[row] is not { } owner || (owner.Sampler!.UsesPlainLogits && owner.Limits.LogProbs is null);
         // While the step computes, the packet source may read the next waiting requests' packets ahead.
         if (Packets is { } source)
         {
             int asked = 0;
             for (var node = _waiting.First; node is not null && asked < PrefetchRequests; node = node.Next, asked++) node.Value.PrefetchPackets(source);
         }
+        // When every request that takes a token this step chooses from the logits as they are (no bias, penalties or
+        // log-probabilities), the backend chooses where the logits are (on a GPU they then never leave the device);
+        // otherwise every row's logits come back for the samplers.
+        bool onBackend = true;
+        for (int row = 0; row < rows && onBackend; row++)
+            onBackend = _rowOwner[row] is not { } owner || (owner.Sampler!.UsesPlainLogits && owner.Limits.LogProbs is null);
         if (onBackend)
         {
             for (int row = 0; row < rows; row++) _draws[row] = _rowOwner[row]?.Sampler!.NextDraw() ?? TokenDraw.Greedy;

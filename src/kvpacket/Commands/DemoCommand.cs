@@ -54,18 +54,19 @@ internal static class DemoCommand
                 var evaluation = new QaEvaluation(backend, tokenizer, adapter, packets);
                 _ = evaluation.Answer(examples[0], "full");   // warm-up: the first prefill pays for the JIT
                 var answers = new List<QaAnswer>();
-                var modes = Modes.ToList();   // less the modes this backend refuses (the ILGPU backend has no CacheBlend)
+                var refused = new HashSet<string>();   // modes this backend cannot run (the ILGPU backend has no CacheBlend)
                 foreach (var example in examples)
                 {
                     Console.WriteLine();
                     Console.WriteLine($"[{example.Type}] {example.Question}   ({example.Documents.Length} documents; gold: {example.Answers[0]})");
-                    foreach (string mode in modes.ToArray())
+                    foreach (string mode in Modes)
                     {
+                        if (refused.Contains(mode)) continue;
                         QaAnswer answer;
                         try { answer = evaluation.Answer(example, mode); }
                         catch (NotSupportedException e)
                         {
-                            modes.Remove(mode);
+                            refused.Add(mode);
                             Console.WriteLine($"  {mode,-12} not on this backend: {e.Message}");
                             continue;
                         }
@@ -76,7 +77,7 @@ internal static class DemoCommand
                 Console.WriteLine();
                 Console.WriteLine($"{examples.Count} questions, {packets.StoreLoads} packet loads ({packets.BytesLoaded / 1e6:F1} MB) from the store, {packets.Builds} rebuilt");
                 Console.WriteLine($"{"mode",-12} {"EM",5} {"F1",5} {"TTFT ms",8} {"doc GFLOP",10}");
-                foreach (var score in QaEvaluation.Score(answers, [.. modes]).Where(s => s.Type == "all"))
+                foreach (var score in QaEvaluation.Score(answers, [.. Modes.Except(refused)]).Where(s => s.Type == "all"))
                     Console.WriteLine($"{score.Mode,-12} {score.ExactMatch,5:F2} {score.F1,5:F2} {score.MeanTtftSeconds * 1e3,8:F1} {score.MeanDocumentFlops / 1e9,10:F2}");
                 return 0;
             }

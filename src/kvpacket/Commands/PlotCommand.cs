@@ -38,7 +38,7 @@ internal static class PlotCommand
         var traceOut = new Option<string>("--out") { Description = "SVG file to write", Required = true };
         var from = new Option<double>("--from-ms") { Description = "Start of the window drawn (ms into the trace)", DefaultValueFactory = _ => 0 };
         var to = new Option<double?>("--to-ms") { Description = "End of the window drawn (default: the trace's end)" };
-        var rows = new Option<int>("--rows") { Description = "Tracks drawn at most (scheduler, packets, then requests in order)", DefaultValueFactory = _ => 24 };
+        var rows = new Option<int>("--rows") { Description = "Tracks drawn at most (scheduler, packets, stages, then requests in order)", DefaultValueFactory = _ => 24 };
         var trace = new Command("trace", "A profiling run's timeline: a row per track, a bar per span") { traceFile, traceOut, from, to, rows };
         trace.SetAction(parse =>
         {
