@@ -190,19 +190,19 @@ internal static class CudaCommand
                     string tag = specialised ? "card" : "generic";
                     int batch = parse.GetValue(batchSize);
                     using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
-                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 8 * repeat + 16)), specialised, maxSequences: Math.Max(batch, 1), maxContext: promptLength + 64);
+                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 24 * repeat + 64)), specialised, maxSequences: Math.Max(batch, 1), maxContext: Math.Max(promptLength, decodeContext + 24 * repeat + 64) + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
-                    int[] prompt = random.NextTokens(promptLength, 0, checkpoint.Config.VocabSize);
+                    int[] prompt = random.NextTokens(Math.Max(promptLength, decodeContext), 0, checkpoint.Config.VocabSize);
                     // Prefill: warm up once, then time whole prefills of the prompt.
-                    gpu.Prefill(prompt);
-                    var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
+                    gpu.Prefill(prompt.AsSpan(0, promptLength));
+                    var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, Math.Max(3, repeat / 5));
                     figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Statistics.Median(prefillMs) / 1e3);
-                    if (specialised) PrintStages(gpu, device, $"prefill of {promptLength} tokens", () => { gpu.Reset(); gpu.Prefill(prompt); }, 3);
+                    if (specialised) PrintStages(gpu, device, $"prefill of {promptLength} tokens", () => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, 3);
                     if (specialised)
                     {
                         gpu.UseTensorCores = false;
-                        var scalarMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
+                        var scalarMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, Math.Max(3, repeat / 5));
                         gpu.UseTensorCores = true;
                         figures[$"prefill_{promptLength}_tokens_per_s_{tag}_without_tensor_cores"] = promptLength / (Statistics.Median(scalarMs) / 1e3);
                     }
@@ -228,7 +228,7 @@ internal static class CudaCommand
                     var serialMs = device.Time(() => gpu.Step([7]), repeat);
                     gpu.UseDependentLaunches = true;
                     figures[$"decode_step_ms_{tag}_without_dependent_launches"] = Statistics.Median(serialMs);
-                    if (specialised) PrintStages(gpu, device, "decode step (eager, 512-token context)", () => gpu.Step([7]), repeat);
+                    if (specialised) PrintStages(gpu, device, $"decode step (eager, {decodeContext}-token context)", () => gpu.Step([7]), repeat);
                     if (!specialised || batch <= 1) continue;
 
                     // Batch decode: `batch` sequences of decodeContext tokens, one token each per step.
@@ -255,7 +255,7 @@ internal static class CudaCommand
                     PrintStages(gpu, device, $"decode step of {batch} sequences (eager)", () => gpu.Step(sequences, ones, next), repeat);
                     // The split count's target, swept at both batch sizes (the default is what the figures above use).
                     int defaultBlocks = gpu.DecodeAttentionBlocks;
-                    foreach (int blocks in new[] { 512, 1024, 4096, 8192 })
+                    foreach (int blocks in new[] { 128, 256, 512, 1024, 4096, 8192 })
                     {
                         gpu.DecodeAttentionBlocks = blocks;
                         figures[$"decode_batch{batch}_step_ms_attention_blocks_{blocks}"] = Statistics.Median(device.Time(() => gpu.Step(sequences, ones, next), repeat / 2));
