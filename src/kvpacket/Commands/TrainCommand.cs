@@ -92,8 +92,10 @@ internal static class TrainCommand
                 train = DistillationSets.Examples(transformer, trainRequests, shape);
                 held = DistillationSets.Examples(transformer, heldOutRequests, shape);
             }
-            Console.Error.WriteLine($"{train.Length} training and {held.Length} held-out examples ({shape.Documents} × {shape.DocumentTokens}-token documents, " +
-                                    $"{shape.QueryTokens} query + {shape.GreedyTokens} continuation tokens) with teacher distributions in {clock.Elapsed.TotalSeconds:F1} s");
+            string what = parse.GetValue(qa) is not null
+                ? "QA questions: all their documents, the question and its answer"
+                : $"{shape.Documents} × {shape.DocumentTokens}-token documents, {shape.QueryTokens} query + {shape.GreedyTokens} continuation tokens";
+            Console.Error.WriteLine($"{train.Length} training and {held.Length} held-out examples ({what}) with teacher distributions in {clock.Elapsed.TotalSeconds:F1} s");
 
             string title = kvlink ? $"kvlink L={options.Links}" : $"kvpacket H/T={options.Header}/{options.Trailer}";
             var run = TrainingDisplay.Run(title, new AdapterDistillation(checkpoint, options), train, held, options.Steps, cancellation);
