@@ -38,11 +38,11 @@ public class CudaTests
         var results = RagModeParity.Measure(checkpoint, gpu, DType.F32);
         foreach (var r in results)
         {
-            Assert.True(r.MaxAbsDifference <= 1e-3, $"{r.Mode}: {r.MaxAbsDifference}");
-            Assert.True(r.GreedySame, $"{r.Mode}: greedy continuation differs");
+            Assert.True(r.MaxAbsDifference <= 1e-3, $"{r.Label}: {r.MaxAbsDifference}");
+            Assert.True(r.GreedySame, $"{r.Label}: greedy continuation differs");
         }
-        Assert.All(results, r => Assert.True(r.BlocksReturned, $"{r.Mode}: GPU blocks still held"));
-        Assert.All(results, r => Assert.True(r.Refused is null, $"{r.Mode}: {r.Refused}"));
+        Assert.All(results, r => Assert.True(r.BlocksReturned, $"{r.Label}: GPU blocks still held"));
+        Assert.All(results, r => Assert.True(r.Refused is null, $"{r.Label}: {r.Refused}"));
     }
 
     [CudaFact]

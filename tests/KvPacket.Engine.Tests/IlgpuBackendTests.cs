@@ -98,17 +98,17 @@ public sealed class IlgpuBackendTests : IDisposable
         using var ilgpu = new IlgpuTransformer(checkpoint, _accelerator, maxTokens: 128, kvTokens: 4096, maxSequences: 16);
         foreach (var r in RagModeParity.Measure(checkpoint, ilgpu, DType.F32))
         {
-            Assert.True(r.BlocksReturned, $"{r.Mode}: blocks still held");
+            Assert.True(r.BlocksReturned, $"{r.Label}: blocks still held");
             if (r.Mode == RagMode.CacheBlend)
             {
                 Assert.Contains("CacheBlend", r.Refused);
                 continue;
             }
-            Assert.True(r.Refused is null, $"{r.Mode}: {r.Refused}");
+            Assert.True(r.Refused is null, $"{r.Label}: {r.Refused}");
             // f32 in both, summed in different orders over ~150 positions: the repository's f32 parity limit (1e-3 absolute,
             // issue 4's) and a relative one that a wrong rotation or mask would break by orders of magnitude.
-            Assert.True(r.MaxAbsDifference <= 1e-3 && r.MaxRelativeDifference <= 1e-5, $"{r.Mode}: max |Δlogit| {r.MaxAbsDifference:E2}, relative {r.MaxRelativeDifference:E2}");
-            Assert.True(r.GreedySame, $"{r.Mode}: greedy continuation differs");
+            Assert.True(r.MaxAbsDifference <= 1e-3 && r.MaxRelativeDifference <= 1e-5, $"{r.Label}: max |Δlogit| {r.MaxAbsDifference:E2}, relative {r.MaxRelativeDifference:E2}");
+            Assert.True(r.GreedySame, $"{r.Label}: greedy continuation differs");
         }
     }
 

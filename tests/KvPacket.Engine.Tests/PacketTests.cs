@@ -80,6 +80,37 @@ public unsafe class PacketTests
     }
 
     /// <summary>
+    /// Packets left at the positions they were computed at (KVLink's re-positioning ablated): the query sees each
+    /// document's keys where its packet put them, so the order the packets are placed in cannot matter beyond summation
+    /// order — realigned, it does. A packet whose key origin is its placement is realigned.
+    /// </summary>
+    [Fact]
+    public void Unaligned_packets_are_seen_alike_in_either_order()
+    {
+        using var checkpoint = CheckpointLoader.Load(Stories);
+        using var model = Model(checkpoint);
+        int[] first = Tokens(37, 6), second = Tokens(21, 7), query = Tokens(7, 8);
+        using var packetA = model.BuildPacket(first);
+        using var packetB = model.BuildPacket(second);
+        float[] Logits(Packet one, Packet two, bool realign)
+        {
+            using var sequence = model.CreateSequence();
+            sequence.AppendPacket(one, keyOrigin: realign ? -1 : 0);
+            sequence.AppendPacket(two, keyOrigin: realign ? -1 : 0);
+            return Prefill(model, sequence, query);
+        }
+
+        Assert.InRange(MaxAbs(Logits(packetA, packetB, realign: false), Logits(packetB, packetA, realign: false)), 0, 1e-4);
+        Assert.True(MaxAbs(Logits(packetA, packetB, realign: true), Logits(packetB, packetA, realign: true)) > 1e-2);
+        Assert.True(MaxAbs(Logits(packetA, packetB, realign: false), Logits(packetA, packetB, realign: true)) > 1e-2);
+
+        using var originAtPlacement = model.CreateSequence();
+        originAtPlacement.AppendPacket(packetA, keyOrigin: 0);
+        originAtPlacement.AppendPacket(packetB, keyOrigin: first.Length);
+        Assert.Equal(Logits(packetA, packetB, realign: true), Prefill(model, originAtPlacement, query));
+    }
+
+    /// <summary>
     /// The attention kernel on random packets at random offsets: rotating the query by −offset equals attending to
     /// copies of the keys re-rotated (in float64, rounded once) to their global positions.
     /// </summary>

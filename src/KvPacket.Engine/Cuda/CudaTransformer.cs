@@ -276,7 +276,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             : _sequences.BuildPacket(this, tokens, header, trailer);
 
     /// <inheritdoc />
-    public void AppendPacket(int sequence, Packet packet, int skip = 0) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext);
+    public void AppendPacket(int sequence, Packet packet, int skip = 0, int keyOrigin = -1) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext, keyOrigin);
 
     /// <inheritdoc />
     public void PlacePacketCopy(int sequence, Packet packet)

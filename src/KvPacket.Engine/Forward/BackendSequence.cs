@@ -21,7 +21,7 @@ public sealed class BackendSequence(IForwardBackend backend, int id) : IDisposab
     public void Prefill(ReadOnlySpan<int> tokens, Span<float> logits, LogitsFor which = LogitsFor.LastToken) => backend.Prefill(id, tokens, logits, which);
 
     /// <summary>Places <paramref name="packet"/> at the end; see <see cref="IForwardBackend.AppendPacket"/>.</summary>
-    public void AppendPacket(Packet packet, int skip = 0) => backend.AppendPacket(id, packet, skip);
+    public void AppendPacket(Packet packet, int skip = 0, int keyOrigin = -1) => backend.AppendPacket(id, packet, skip, keyOrigin);
 
     /// <summary>Fresh blocks that appending <paramref name="tokens"/> computed tokens would take.</summary>
     public int BlocksNeededFor(int tokens) => backend.BlocksNeededFor(id, tokens);

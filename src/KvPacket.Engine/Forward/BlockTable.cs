@@ -54,9 +54,10 @@ internal sealed class BlockTable
 
     /// <summary>
     /// Places <paramref name="packet"/>'s tokens [<paramref name="skip"/>, …) at the end as shared blocks realigned by the
-    /// placement's offset (<see cref="IForwardBackend.AppendPacket"/>), within <paramref name="maxLength"/>.
+    /// placement's offset, or with keys left at <paramref name="keyOrigin"/> ≥ 0 (<see cref="IForwardBackend.AppendPacket"/>),
+    /// within <paramref name="maxLength"/>.
     /// </summary>
-    public void Place(Packet packet, int skip, KvBlocks blocks, int maxLength)
+    public void Place(Packet packet, int skip, KvBlocks blocks, int maxLength, int keyOrigin = -1)
     {
         if (!ReferenceEquals(packet.Pool, blocks)) throw new ArgumentException("The packet lives in another model's KV cache (or on another backend).", nameof(packet));
         if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
@@ -64,13 +65,14 @@ internal sealed class BlockTable
         int placed = packet.PositionSpan - skip, blockSize = blocks.Layout.BlockSize;
         if (Length + placed > maxLength)
             throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {Length} exceeds the context of {maxLength}.");
-        int rotation = Length - skip;   // global position − the local position the packet's keys were rotated at
+        int placement = Length - skip;   // global position − the packet's local position
+        int rotation = keyOrigin >= 0 ? keyOrigin : placement;   // where its keys stand − where they were rotated
         for (int local = skip; local < packet.Length;)
         {
             int slot = local % blockSize, count = Math.Min(blockSize - slot, packet.Length - local);
             int block = packet.Blocks[local / blockSize];
             blocks.Retain(block);
-            Add(new BlockEntry(block, local + rotation, count, rotation, slot), owned: false);
+            Add(new BlockEntry(block, local + placement, count, rotation, slot), owned: false);
             local += count;
         }
         Length += placed;

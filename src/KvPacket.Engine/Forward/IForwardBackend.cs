@@ -98,9 +98,11 @@ public interface IForwardBackend : IDisposable
     /// <summary>
     /// Places <paramref name="packet"/>'s tokens [<paramref name="skip"/>, …) at <paramref name="sequence"/>'s end as shared
     /// blocks, queries realigned by the placement's offset at attention time (nothing is copied or rewritten). Skipping
-    /// lets the caller recompute the packet's first tokens in context (EPIC).
+    /// lets the caller recompute the packet's first tokens in context (EPIC). <paramref name="keyOrigin"/> ≥ 0 leaves the
+    /// packet's keys unaligned instead: its first token's keys stand at that position whatever the placement (the
+    /// ablation of KVLink's re-positioning: documents that all start where the first one does); −1 realigns.
     /// </summary>
-    void AppendPacket(int sequence, Packet packet, int skip = 0);
+    void AppendPacket(int sequence, Packet packet, int skip = 0, int keyOrigin = -1);
 
     /// <summary>
     /// <paramref name="packet"/> — blocks of a host <see cref="KvBlockPool"/> of this cache's layout (a packet read from the

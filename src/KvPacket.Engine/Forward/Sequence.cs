@@ -38,8 +38,10 @@ public sealed unsafe class Sequence : IDisposable
     /// blocks, never written, with queries realigned by the placement's offset at attention time. Skipping lets the caller
     /// recompute the packet's first tokens in context (EPIC) and place only the rest. A pruned packet still advances the
     /// sequence by its whole position span; the positions of dropped tokens hold nothing and receive no attention.
+    /// <paramref name="keyOrigin"/> ≥ 0: the keys stay where they were computed, counted from that position
+    /// (<see cref="IForwardBackend.AppendPacket"/>); the placement still orders them for causality.
     /// </summary>
-    public void AppendPacket(Packet packet, int skip = 0)
+    public void AppendPacket(Packet packet, int skip = 0, int keyOrigin = -1)
     {
         if (!ReferenceEquals(packet.Pool, _pool)) throw new ArgumentException("The packet lives in another model's KV cache.", nameof(packet));
         if ((uint)skip > (uint)packet.Length) throw new ArgumentOutOfRangeException(nameof(skip), $"Cannot skip {skip} of a {packet.Length}-token packet.");
@@ -48,13 +50,14 @@ public sealed unsafe class Sequence : IDisposable
         if (Length + placed > MaxLength)
             throw new ArgumentOutOfRangeException(nameof(packet), $"Placing a {placed}-token packet at offset {Length} exceeds the model's context of {MaxLength}.");
         int blockSize = _pool.Layout.BlockSize;
-        int rotationOffset = Length - skip;   // global position − the local position the packet's keys were rotated at
+        int placement = Length - skip;   // global position − the packet's local position
+        int rotationOffset = keyOrigin >= 0 ? keyOrigin : placement;   // where its keys stand − where they were rotated
         for (int local = skip; local < packet.Length;)
         {
             int b = local / blockSize, slot = local % blockSize;
             int count = Math.Min(blockSize - slot, packet.Length - local);
             _pool.Retain(packet.Blocks[b]);
-            Add(new KvBlockEntry(packet.Blocks[b], local + rotationOffset, count, rotationOffset, ReadOnly: true, FirstSlot: slot));
+            Add(new KvBlockEntry(packet.Blocks[b], local + placement, count, rotationOffset, ReadOnly: true, FirstSlot: slot));
             local += count;
         }
         Length += placed;

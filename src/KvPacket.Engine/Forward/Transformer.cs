@@ -187,7 +187,7 @@ public sealed unsafe class Transformer : IForwardBackend
     public void PrefillSoft(int sequence, ReadOnlySpan<float> embeddings, Span<float> logits) => PrefillSoft(Handle(sequence), embeddings, logits);
 
     /// <inheritdoc />
-    public void AppendPacket(int sequence, Packet packet, int skip = 0) => Handle(sequence).AppendPacket(packet, skip);
+    public void AppendPacket(int sequence, Packet packet, int skip = 0, int keyOrigin = -1) => Handle(sequence).AppendPacket(packet, skip, keyOrigin);
 
     /// <inheritdoc />
     public void PlacePacketCopy(int sequence, Packet packet) => PlacePacketCopy(Handle(sequence), packet);

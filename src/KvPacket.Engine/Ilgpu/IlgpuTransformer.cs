@@ -215,7 +215,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     public int SharePrefix(int sequence, int source, int upTo) => _sequences[sequence].ShareFrom(_sequences[source], upTo, _blocks);
 
     /// <inheritdoc />
-    public void AppendPacket(int sequence, Packet packet, int skip = 0) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext);
+    public void AppendPacket(int sequence, Packet packet, int skip = 0, int keyOrigin = -1) => _sequences[sequence].Place(packet, skip, _blocks, _maxContext, keyOrigin);
 
     /// <inheritdoc />
     public void Step(ReadOnlySpan<int> sequences, ReadOnlySpan<int> lengths, ReadOnlySpan<int> tokens, ReadOnlySpan<float> soft, Span<float> logits)

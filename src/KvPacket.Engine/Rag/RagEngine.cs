@@ -53,6 +53,13 @@ public sealed class RagEngine : IDisposable
     /// </summary>
     public bool CachePrefix { get; init; } = true;
 
+    /// <summary>
+    /// Whether naive, KV Packet and KVLink packets are realigned to the positions they are placed at (the default, as
+    /// KVLink does), or keep the positions they were computed at — every document then starts where the first one does,
+    /// right after the prefix — the ablation that measures what re-positioning is worth.
+    /// </summary>
+    public bool RealignPackets { get; init; } = true;
+
     /// <summary>Prefills <paramref name="request"/> in <paramref name="mode"/>; packets it needs are built first, outside the timing.</summary>
     public RagResult Prefill(RagRequest request, RagMode mode)
     {
@@ -82,6 +89,7 @@ public sealed class RagEngine : IDisposable
                 _model.Prefill(id, request.Prefix, _scratch);
                 prefilled += request.Prefix.Length;
             }
+            int keyOrigin = RealignPackets ? -1 : _model.SequenceLength(id);
             for (int d = 0; d < request.Documents.Count; d++)
             {
                 int[] document = request.Documents[d];
@@ -91,10 +99,10 @@ public sealed class RagEngine : IDisposable
                     case RagMode.Full:
                         break;   // below, in one stretch
                     case RagMode.Naive or RagMode.KvPacket:
-                        _model.AppendPacket(id, packets[d]);
+                        _model.AppendPacket(id, packets[d], keyOrigin: keyOrigin);
                         break;
                     case RagMode.KvLink:
-                        _model.AppendPacket(id, packets[d]);
+                        _model.AppendPacket(id, packets[d], keyOrigin: keyOrigin);
                         int linkCount = links!.Length / config.HiddenSize;
                         if (linkCount > 0)
                         {

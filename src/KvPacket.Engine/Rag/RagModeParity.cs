@@ -12,15 +12,21 @@ namespace KvPacket.Engine.Rag;
 /// <param name="GreedySame">Whether the backend's greedy choice at every step (both fed the CPU's tokens) was the CPU's.</param>
 /// <param name="BlocksReturned">Whether every block of the backend's cache was free again afterwards.</param>
 /// <param name="Refused">Why the backend refused the mode (null: it ran).</param>
-public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double MaxRelativeDifference, bool GreedySame, bool BlocksReturned, string? Refused)
+/// <param name="Realigned">Whether packets were realigned to their placement (<see cref="RagEngine.RealignPackets"/>).</param>
+public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double MaxRelativeDifference, bool GreedySame, bool BlocksReturned, string? Refused,
+    bool Realigned = true)
 {
+    /// <summary>The mode, and "local" when its packets kept their own positions.</summary>
+    public string Label => Realigned ? Mode.ToString() : $"{Mode} local";
+
     /// <summary>
     /// One request in every RAG mode through <see cref="RagEngine"/> on the SIMD CPU backend (KV in <paramref name="kv"/>)
     /// and on <paramref name="backend"/> — packets built on each, EPIC's partial first blocks, KV Packet's header and
     /// trailer and KVLink's links as soft tokens, CacheBlend recomputing half of each document (past 16 tokens: the
     /// CUDA backend's scattered tensor-core tiles) — comparing every query row's logits and a greedy continuation (the
     /// backend fed the CPU's tokens), and checking that the backend's cache has every block back once the requests and
-    /// packets are gone. A mode the backend refuses is reported with the reason.
+    /// packets are gone. A mode the backend refuses is reported with the reason. Naive and KVLink run a second time with
+    /// packets left at their own positions.
     /// </summary>
     public static IReadOnlyList<RagModeParity> Measure(Checkpoint model, IForwardBackend backend, DType kv, int steps = 8)
     {
@@ -40,13 +46,19 @@ public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double
         var adapter = new Adapter("parity", 1, Rows(2), Rows(3), Rows(2));
         using var cpu = new Transformer(model, new TransformerOptions { KvType = kv, KvCacheTokens = 4096, MaxBatchTokens = 128 });
         var results = new List<RagModeParity>();
-        foreach (var mode in Enum.GetValues<RagMode>())
+        foreach (var (mode, realign) in Enum.GetValues<RagMode>().Select(m => (m, true)).Concat([(RagMode.Naive, false), (RagMode.KvLink, false)]))
         {
-            using var cpuEngine = new RagEngine(cpu) { Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens };
+            using var cpuEngine = new RagEngine(cpu)
+            {
+                Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens, RealignPackets = realign,
+            };
             var expected = Answer(cpuEngine, request, mode, new int[steps], forced: false);
             (float[] Logits, int[] Tokens, int[] Greedy) actual = default;
             string? refused = null;
-            using (var otherEngine = new RagEngine(backend) { Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens })
+            using (var otherEngine = new RagEngine(backend)
+                   {
+                       Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens, RealignPackets = realign,
+                   })
             {
                 try { actual = Answer(otherEngine, request, mode, (int[])expected.Tokens.Clone(), forced: true); }
                 catch (NotSupportedException e) { refused = e.Message; }
@@ -54,7 +66,7 @@ public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double
             bool blocksBack = backend.KvBlocks.FreeBlockCount == backend.KvBlocks.BlockCount;
             if (refused is not null)
             {
-                results.Add(new RagModeParity(mode, double.NaN, double.NaN, false, blocksBack, refused));
+                results.Add(new RagModeParity(mode, double.NaN, double.NaN, false, blocksBack, refused, realign));
                 continue;
             }
             double maxAbs = 0, difference = 0, norm = 0;
@@ -65,7 +77,7 @@ public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double
                 difference += d * d;
                 norm += (double)expected.Logits[i] * expected.Logits[i];
             }
-            results.Add(new RagModeParity(mode, maxAbs, Math.Sqrt(difference / Math.Max(norm, 1e-30)), expected.Tokens.SequenceEqual(actual.Greedy), blocksBack, null));
+            results.Add(new RagModeParity(mode, maxAbs, Math.Sqrt(difference / Math.Max(norm, 1e-30)), expected.Tokens.SequenceEqual(actual.Greedy), blocksBack, null, realign));
         }
         return results;
     }

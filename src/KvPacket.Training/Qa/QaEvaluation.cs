@@ -30,6 +30,9 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
     /// <summary>The modes in the order of the trace's rows.</summary>
     public IReadOnlyList<string> TraceModes { get; init; } = [];
 
+    /// <summary>Whether packets are realigned to their placement (the default; <see cref="RagEngine.RealignPackets"/>).</summary>
+    public bool RealignPackets { get; init; } = true;
+
     /// <summary>The prediction for <paramref name="example"/> in <paramref name="mode"/> (<see cref="ClosedBook"/> or a <see cref="RagMode"/>).</summary>
     public QaAnswer Answer(QaExample example, string mode)
     {
@@ -37,7 +40,7 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
         int[][] documents = mode == ClosedBook ? [] : [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
         var request = new RagRequest(prefix, documents, QaPrompt.Question(tokenizer, example.Question));
         var ragMode = mode == ClosedBook ? RagMode.Full : Enum.Parse<RagMode>(mode, ignoreCase: true);
-        using var engine = new RagEngine(model, packets) { Adapter = adapter };
+        using var engine = new RagEngine(model, packets) { Adapter = adapter, RealignPackets = RealignPackets };
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var result = engine.Prefill(request, ragMode);
         long prefilled = System.Diagnostics.Stopwatch.GetTimestamp();

@@ -74,13 +74,13 @@ internal static class CudaCommand
                 {
                     if (rag.Refused is not null)
                     {
-                        Console.WriteLine($"  RAG {rag.Mode,-10}: not on the GPU ({rag.Refused}); blocks back {rag.BlocksReturned}");
+                        Console.WriteLine($"  RAG {rag.Label,-16}: not on the GPU ({rag.Refused}); blocks back {rag.BlocksReturned}");
                         ok &= rag.BlocksReturned;
                         continue;
                     }
                     bool ragOk = (exact ? rag.MaxAbsDifference : rag.MaxRelativeDifference) <= limit && (rag.GreedySame || !exact) && rag.BlocksReturned;
                     ok &= ragOk;
-                    Console.WriteLine($"  RAG {rag.Mode,-10}: query + continuation max |Δlogit| {rag.MaxAbsDifference:E2}, max relative {rag.MaxRelativeDifference:E2}, " +
+                    Console.WriteLine($"  RAG {rag.Label,-16}: query + continuation max |Δlogit| {rag.MaxAbsDifference:E2}, max relative {rag.MaxRelativeDifference:E2}, " +
                                       $"greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 }
                 // Packets built on the GPU, stored, and read back into device blocks by a restarted source: byte for byte.

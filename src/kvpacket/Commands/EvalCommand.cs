@@ -44,10 +44,16 @@ internal static class EvalCommand
         var modes = new Option<string>("--modes") { Description = "--task qa: comma-separated modes (full, closed-book, naive, epic, cacheblend, kvpacket, kvlink)", DefaultValueFactory = _ => "full,closed-book,naive" };
         var plot = new Option<string?>("--plot") { Description = "--task qa: also draw F1 against time to first token per mode (SVG)" };
         var trace = new Option<string?>("--trace") { Description = "--task qa: write a Chrome / Perfetto trace of every answer's prefill and decode, a row per mode" };
+        var positions = new Option<string>("--packet-positions")
+        {
+            Description = "--task qa: realigned (packets at the positions they are placed at) or local (every document's keys start after the prefix: no re-positioning)",
+            DefaultValueFactory = _ => "realigned",
+        };
+        positions.AcceptOnlyFromAmong("realigned", "local");
         var device = DeviceOption.Create();
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, device,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, positions, device,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
@@ -55,7 +61,7 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(device)!);
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(positions) == "realigned", parse.GetValue(device)!);
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -142,7 +148,7 @@ internal static class EvalCommand
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
     private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath,
-        string device)
+        bool realign, string device)
     {
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
@@ -163,20 +169,20 @@ internal static class EvalCommand
         var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
         using var backend = DeviceOption.Open(checkpoint, device, kvTokens: 8192, out string on);
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
-        var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes };
+        var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes, RealignPackets = realign };
         var clock = Stopwatch.StartNew();
         var (scores, answers) = evaluation.Run(examples, modes, done =>
         {
             if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
         });
-        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions ({on})");
+        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions ({on}{(realign ? "" : "; packets at their local positions")})");
         Console.WriteLine($"{"mode",-12} {"type",-11} {"n",5} {"EM",7} {"F1",7} {"acc",7} {"TTFT ms",8} {"doc MFLOP",10}");
         foreach (var s in scores)
             Console.WriteLine($"{s.Mode,-12} {s.Type,-11} {s.Questions,5} {s.ExactMatch,7:F3} {s.F1,7:F3} {s.Accuracy,7:F3} {s.MeanTtftSeconds * 1e3,8:F2} {s.MeanDocumentFlops / 1e6,10:F1}");
         foreach (var a in answers.Where(a => a.Mode == modes[0]).Take(6))
             Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Prediction}'");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
-        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
         if (plot is not null) PlotCommand.QaChart(scores, plot);
         trace?.WriteChromeTrace(tracePath!);
         return 0;

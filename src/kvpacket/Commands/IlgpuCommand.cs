@@ -77,8 +77,8 @@ internal static class IlgpuCommand
                     bool ragOk = rag.BlocksReturned && (rag.Refused is not null ? rag.Mode == RagMode.CacheBlend : rag.MaxAbsDifference <= Limit && rag.GreedySame);
                     ok &= ragOk;
                     Console.WriteLine(rag.Refused is not null
-                        ? $"  RAG {rag.Mode,-10}: refused ({rag.Refused}); blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")}"
-                        : $"  RAG {rag.Mode,-10}: max |Δlogit| {rag.MaxAbsDifference:E2}, relative {rag.MaxRelativeDifference:E2}, greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")}");
+                        ? $"  RAG {rag.Label,-16}: refused ({rag.Refused}); blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")}"
+                        : $"  RAG {rag.Label,-16}: max |Δlogit| {rag.MaxAbsDifference:E2}, relative {rag.MaxRelativeDifference:E2}, greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")}");
                 }
             }
             var serving = ServingConsistency.RunAsync(() => BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), DType.F32).Checkpoint,
