@@ -14,7 +14,11 @@ internal sealed record BenchResult(
     string Machine,
     DateTimeOffset When)
 {
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.Never };
+    // A figure that came out NaN (a failed check's difference) is written as "NaN", not lost with the whole run.
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.Never, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
 
     public void Save(string directory)
     {
