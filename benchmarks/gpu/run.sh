@@ -122,12 +122,13 @@ with open('/tmp/corpus.tokens','w') as f:
         # Our QA model from scratch: benchmark, tokenizer, token file, pre-training (the commands of models/kvqa-17m's card).
         # Resumable: a second call on the same (warm) machine reuses the data and continues from the checkpoint; the
         # model is written when the run ends or its time is up. QA_EVAL questions of the test split are then answered.
+        # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions).
         q=/tmp/kvqa
         mkdir -p $q
         if [[ ! -f $q/train.tokens ]]; then
             "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 | tee -a "$out/qa.txt"
             head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
-            "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 --out $q/tokenizer.json | tee -a "$out/qa.txt"
+            "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 ${QA_SPLIT_DIGITS:+--split-digits} --out $q/tokenizer.json | tee -a "$out/qa.txt"
             "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens.partial | tee -a "$out/qa.txt"
             mv $q/train.tokens.partial $q/train.tokens
         fi

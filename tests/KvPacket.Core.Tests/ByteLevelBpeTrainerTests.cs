@@ -46,4 +46,29 @@ public class ByteLevelBpeTrainerTests
         Assert.Equal(vocab.Count, vocab.Select(v => v.Name).Distinct().Count());
         Assert.Equal(vocab.Count, vocab.Select(v => v.Value.GetInt32()).Distinct().Count());
     }
+
+    [Fact]
+    public void With_digits_split_numbers_are_spelled_digit_by_digit_and_the_file_says_so()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "tokenizer.json");
+        ByteLevelBpeTrainer.Train(Corpus(), 400, ["<|begin_of_text|>"], path, pattern: PreTokenizer.Gpt2DigitsPattern);
+        var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(path);
+
+        using var json = JsonDocument.Parse(File.ReadAllBytes(path));
+        var vocab = json.RootElement.GetProperty("model").GetProperty("vocab").EnumerateObject().Select(v => v.Name).ToList();
+        Assert.DoesNotContain(vocab, piece => piece.Count(char.IsAsciiDigit) > 1);
+        var steps = json.RootElement.GetProperty("pre_tokenizer").GetProperty("pretokenizers").EnumerateArray().ToList();
+        Assert.Equal(["Split", "ByteLevel"], steps.Select(e => e.GetProperty("type").GetString()));
+        Assert.False(steps[1].GetProperty("use_regex").GetBoolean());
+
+        Assert.Equal([" 1", "8", "5", "0"], tokenizer.Encode(" 1850").Select(id => tokenizer.Decode([id])));
+        foreach (string text in Corpus().Take(20).Concat(["Unseen Quibbleworth was born in 2024.", "naïve café 漢字 👩‍💻 ١٢٣", ""]))
+            Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
+
+        // Without the split the same corpus learns years as tokens: the test above would catch a trainer that ignored it.
+        string plain = Path.Combine(temp.Path, "plain.json");
+        ByteLevelBpeTrainer.Train(Corpus(), 400, ["<|begin_of_text|>"], plain);
+        Assert.True(ByteLevelBpeTokenizer.LoadHuggingFace(plain).Encode(" 1850").Length < 4);
+    }
 }

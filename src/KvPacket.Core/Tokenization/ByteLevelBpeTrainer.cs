@@ -7,7 +7,8 @@ namespace KvPacket.Core.Tokenization;
 /// <summary>
 /// Trains a byte-level BPE vocabulary (GPT-2's scheme) on a corpus and writes it as a Hugging Face
 /// <c>tokenizer.json</c>: special tokens first, then the 256 byte symbols, then merges in the order learned. Words come
-/// from the GPT-2 pre-tokenizer regex; each step merges the most frequent adjacent pair (ties: the smallest pair of ids,
+/// from the GPT-2 pre-tokenizer regex (ByteLevel with its regex), or from another pattern (then written as a Split
+/// before a ByteLevel without one, as Hugging Face spells Llama 3's); each step merges the most frequent adjacent pair (ties: the smallest pair of ids,
 /// so the same corpus always gives the same file), counting only inside words and updating only the words that hold
 /// the pair.
 /// </summary>
@@ -19,15 +20,16 @@ public static class ByteLevelBpeTrainer
     /// <param name="specialTokens">Tokens never split (BOS, EOS, …), ids 0.. in order.</param>
     /// <param name="path">The tokenizer.json to write.</param>
     /// <param name="minFrequency">Stop when the best pair occurs fewer times than this.</param>
+    /// <param name="pattern">The pre-tokenizer's regex (null: GPT-2's; <see cref="PreTokenizer.Gpt2DigitsPattern"/> spells numbers digit by digit).</param>
     /// <returns>The number of merges learned.</returns>
-    public static int Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, string path, int minFrequency = 2)
+    public static int Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, string path, int minFrequency = 2, string? pattern = null)
     {
         int firstByte = specialTokens.Count, firstMerge = firstByte + 256;
         if (vocabSize < firstMerge) throw new ArgumentException($"a vocabulary of {vocabSize} cannot hold {specialTokens.Count} special tokens and 256 bytes", nameof(vocabSize));
 
         // Words with their counts, as byte-symbol ids.
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);
-        var regex = new Regex(PreTokenizer.Gpt2Pattern, RegexOptions.Compiled);
+        var regex = new Regex(pattern ?? PreTokenizer.Gpt2Pattern, RegexOptions.Compiled);
         foreach (string text in texts)
             foreach (Match m in regex.Matches(text))
                 counts[m.Value] = counts.GetValueOrDefault(m.Value) + 1;
@@ -102,11 +104,11 @@ public static class ByteLevelBpeTrainer
             foreach (long key in touched)
                 if (pairCounts.GetValueOrDefault(key) > 0) queue.Enqueue(key, (-pairCounts[key], key));
         }
-        Write(path, pieces, specialTokens.Count, merges);
+        Write(path, pieces, specialTokens.Count, merges, pattern);
         return merges.Count;
     }
 
-    private static void Write(string path, List<string> pieces, int specialCount, List<(string, string)> merges)
+    private static void Write(string path, List<string> pieces, int specialCount, List<(string, string)> merges, string? pattern)
     {
         using var stream = File.Create(path);
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
@@ -129,9 +131,26 @@ public static class ByteLevelBpeTrainer
         }
         json.WriteEndArray();
         json.WriteNull("normalizer");
-        WriteByteLevel(json, "pre_tokenizer");
+        if (pattern is null) WriteByteLevel(json, "pre_tokenizer", useRegex: true);
+        else
+        {
+            json.WriteStartObject("pre_tokenizer");
+            json.WriteString("type", "Sequence");
+            json.WriteStartArray("pretokenizers");
+            json.WriteStartObject();
+            json.WriteString("type", "Split");
+            json.WriteStartObject("pattern");
+            json.WriteString("Regex", pattern);
+            json.WriteEndObject();
+            json.WriteString("behavior", "Isolated");
+            json.WriteBoolean("invert", false);
+            json.WriteEndObject();
+            WriteByteLevel(json, null, useRegex: false);
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
         json.WriteNull("post_processor");
-        WriteByteLevel(json, "decoder");
+        WriteByteLevel(json, "decoder", useRegex: true);
         json.WriteStartObject("model");
         json.WriteString("type", "BPE");
         json.WriteNull("dropout");
@@ -157,13 +176,14 @@ public static class ByteLevelBpeTrainer
         json.WriteEndObject();
     }
 
-    private static void WriteByteLevel(Utf8JsonWriter json, string name)
+    private static void WriteByteLevel(Utf8JsonWriter json, string? name, bool useRegex)
     {
-        json.WriteStartObject(name);
+        if (name is null) json.WriteStartObject();
+        else json.WriteStartObject(name);
         json.WriteString("type", "ByteLevel");
         json.WriteBoolean("add_prefix_space", false);
         json.WriteBoolean("trim_offsets", true);
-        json.WriteBoolean("use_regex", true);
+        json.WriteBoolean("use_regex", useRegex);
         json.WriteEndObject();
     }
 }

@@ -11,6 +11,12 @@ public sealed class PreTokenizer
     /// <summary>GPT-2's pattern (ByteLevel pre-tokenizer with use_regex).</summary>
     public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+    /// <summary>
+    /// GPT-2's pattern with every digit a word of its own (a space stays with the digit after it): numbers are spelled
+    /// digit by digit, so a model can compare and order them digit by digit instead of learning each number's token.
+    /// </summary>
+    public const string Gpt2DigitsPattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
     /// <summary>The Llama-3 pattern (digits in runs of up to three).</summary>
     public const string Llama3Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 

@@ -21,12 +21,14 @@ internal static class TokenizerCommand
         var vocab = new Option<int>("--vocab") { Description = "Vocabulary size (special tokens + 256 bytes + merges)", DefaultValueFactory = _ => 8192 };
         var output = new Option<string>("--out") { Description = "The tokenizer.json to write", Required = true };
         var minFrequency = new Option<int>("--min-frequency") { Description = "Stop merging below this pair count", DefaultValueFactory = _ => 2 };
-        var train = new Command("train", "Train a byte-level BPE tokenizer and write tokenizer.json") { corpus, vocab, output, minFrequency };
+        var digits = new Option<bool>("--split-digits") { Description = "Spell numbers digit by digit (GPT-2's pre-tokenizer with every digit a word)" };
+        var train = new Command("train", "Train a byte-level BPE tokenizer and write tokenizer.json") { corpus, vocab, output, minFrequency, digits };
         train.SetAction(parse =>
         {
             var files = parse.GetValue(corpus)!;
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            int merges = ByteLevelBpeTrainer.Train(Texts(files), parse.GetValue(vocab), SpecialTokens, parse.GetValue(output)!, parse.GetValue(minFrequency));
+            int merges = ByteLevelBpeTrainer.Train(Texts(files), parse.GetValue(vocab), SpecialTokens, parse.GetValue(output)!, parse.GetValue(minFrequency),
+                parse.GetValue(digits) ? PreTokenizer.Gpt2DigitsPattern : null);
             var tokenizer = ByteLevelBpeTokenizer.LoadHuggingFace(parse.GetValue(output)!);
             Console.WriteLine($"{parse.GetValue(output)}: {tokenizer.VocabSize} tokens ({merges} merges) from {files.Length} file(s) in {clock.Elapsed.TotalSeconds:F1} s");
             return 0;
