@@ -62,6 +62,17 @@ public class TokenizerOracleTests
     public void The_shipped_models_tokenizer_matches_Microsoft_ML_Tokenizers_on_generated_text() =>
         Compare(Path.Combine(Fixtures.ShippedModel("kvqa-17m"), "tokenizer.json"));
 
+    /// <summary>A tokenizer trained here with numbers spelled digit by digit (<c>tokenizer train --split-digits</c>).</summary>
+    [Fact]
+    public void A_digit_splitting_tokenizer_matches_Microsoft_ML_Tokenizers_on_generated_text()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "tokenizer.json");
+        ByteLevelBpeTrainer.Train(Texts(3000), 1200, ["<|begin_of_text|>"], path, pattern: PreTokenizer.Gpt2DigitsPattern);
+        Assert.Equal(PreTokenizer.Gpt2DigitsPattern, ByteLevelBpeTokenizer.LoadHuggingFace(path).PreTokenizerPattern);
+        Compare(path);
+    }
+
     /// <summary>
     /// Every code point of three-byte UTF-8 (U+0800–U+FFFF, surrogates excepted) between a two-byte letter and a digit, and
     /// doubled after a space: where an earlier run saw the two implementations disagree on one such character.
