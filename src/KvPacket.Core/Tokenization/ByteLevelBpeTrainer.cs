@@ -8,9 +8,9 @@ namespace KvPacket.Core.Tokenization;
 /// Trains a byte-level BPE vocabulary (GPT-2's scheme) on a corpus and writes it as a Hugging Face
 /// <c>tokenizer.json</c>: special tokens first, then the 256 byte symbols, then merges in the order learned. Words come
 /// from the GPT-2 pre-tokenizer regex (ByteLevel with its regex), or from another pattern (then written as a Split
-/// before a ByteLevel without one, as Hugging Face spells Llama 3's); each step merges the most frequent adjacent pair (ties: the smallest pair of ids,
-/// so the same corpus always gives the same file), counting only inside words and updating only the words that hold
-/// the pair.
+/// before a ByteLevel without one, as Hugging Face spells Llama 3's); each step merges the most frequent adjacent pair
+/// (ties: the smallest pair of ids, so the same corpus always gives the same file), counting only inside words and
+/// updating only the words that hold the pair.
 /// </summary>
 public static class ByteLevelBpeTrainer
 {
