@@ -330,15 +330,29 @@ public static unsafe class InterleavedDot
             _h3 = ((c3.AsUInt16() >> 4).AsByte() & mask) | ((highBits >> 2).AsByte() & pair);
         }
 
-        /// <summary>The eight rows' Σ level·x over values 0–15 and 16–31 of the block at <paramref name="x"/>.</summary>
+        /// <summary>
+        /// The eight rows' Σ level·x over values 0–15 and 16–31 of the block at <paramref name="x"/>. Without VNNI,
+        /// products add in int16 two at a time (|Σ| ≤ 2·2·63·128 = 32,256) before widening.
+        /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public (Vector256<int> Lower, Vector256<int> Upper) Dot(sbyte* x)
         {
+            if (!AvxVnni.IsSupported)
+                return (Widen(Pairs(_l0, x) + Pairs(_l1, x + 4)) + Widen(Pairs(_l2, x + 8) + Pairs(_l3, x + 12)),
+                        Widen(Pairs(_h0, x + 16) + Pairs(_h1, x + 20)) + Widen(Pairs(_h2, x + 24) + Pairs(_h3, x + 28)));
             var lower = Add(Add(Add(Add(Vector256<int>.Zero, _l0, Broadcast(x)), _l1, Broadcast(x + 4)), _l2, Broadcast(x + 8)), _l3, Broadcast(x + 12));
             var upper = Add(Add(Add(Add(Vector256<int>.Zero, _h0, Broadcast(x + 16)), _h1, Broadcast(x + 20)), _h2, Broadcast(x + 24)), _h3, Broadcast(x + 28));
             return (lower, upper);
         }
     }
+
+    /// <summary>Adjacent pairs of levels × x as int16 (<c>vpmaddubsw</c>): at most 2·63·128 in magnitude for 6-bit levels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> Pairs(Vector256<byte> levels, sbyte* x) => Avx2.MultiplyAddAdjacent(levels, Broadcast(x));
+
+    /// <summary>Adjacent int16 pairs summed into int32 lanes (<c>vpmaddwd</c> by ones).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Widen(Vector256<short> pairs) => Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1));
 
     /// <summary>Σ += levels · x per 32-bit lane (four products each).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -370,7 +384,7 @@ public static unsafe class InterleavedDot
         public static Levels5 Load(byte* block) => new(block);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<int> Dot(sbyte* x) => _levels.Dot(x);
+        public Vector256<int> Dot(sbyte* x) => _levels.DotFiveBit(x);
     }
 
     /// <summary>One interleaved 32-value block of eight rows, unpacked once: chunk k's low and high nibbles.</summary>
@@ -407,10 +421,17 @@ public static unsafe class InterleavedDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Levels Load(byte* block) => new(block);
 
-        /// <summary>The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (two independent chains).</summary>
+        /// <summary>
+        /// The eight rows' Σ level·x over the block's 32 values at <paramref name="x"/> (levels below 16; two independent
+        /// chains with VNNI). Without it the eight <c>vpmaddubsw</c> products add in int16 — |Σ| ≤ 8·2·15·128 = 30,720 —
+        /// and widen once: 9 multiplies instead of 16, the port the loop waits on.
+        /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Vector256<int> Dot(sbyte* x)
         {
+            if (!AvxVnni.IsSupported)
+                return Widen(Pairs(_l0, x) + Pairs(_l1, x + 4) + Pairs(_l2, x + 8) + Pairs(_l3, x + 12)
+                             + Pairs(_h0, x + 16) + Pairs(_h1, x + 20) + Pairs(_h2, x + 24) + Pairs(_h3, x + 28));
             var s0 = Add(Vector256<int>.Zero, _l0, Broadcast(x));
             var s1 = Add(Vector256<int>.Zero, _h0, Broadcast(x + 16));
             s0 = Add(s0, _l1, Broadcast(x + 4));
@@ -421,5 +442,15 @@ public static unsafe class InterleavedDot
             s1 = Add(s1, _h3, Broadcast(x + 28));
             return s0 + s1;
         }
+
+        /// <summary>
+        /// <see cref="Dot"/> for levels below 32 (q5_K): without VNNI, int16 sums of four products — |Σ| ≤ 4·2·31·128 =
+        /// 31,744 — widened twice.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> DotFiveBit(sbyte* x) => AvxVnni.IsSupported
+            ? Dot(x)
+            : Widen(Pairs(_l0, x) + Pairs(_l1, x + 4) + Pairs(_l2, x + 8) + Pairs(_l3, x + 12))
+              + Widen(Pairs(_h0, x + 16) + Pairs(_h1, x + 20) + Pairs(_h2, x + 24) + Pairs(_h3, x + 28));
     }
 }
