@@ -9,8 +9,9 @@ using KvPacket.Core.Numerics;
 namespace KvPacket.Benchmarks;
 
 /// <summary>
-/// The Qwen2.5-0.5B MLP up-projection ([4864, 896]) as GEMV (decode) and GEMM (prefill chunk), per weight type.
-/// GB/s for GEMV and GFLOP/s for GEMM follow from the reported mean: bytes = rows·columns·sizeof(type), FLOP = 2·tokens·rows·columns.
+/// The Qwen2.5-0.5B MLP up-projection ([4864, 896]) as GEMV (decode) and GEMM (prefill chunk), per weight type — the
+/// block formats in the eight-row interleaved layout a GGUF reader makes of them. GB/s for GEMV and GFLOP/s for GEMM
+/// follow from the reported mean: bytes = the matrix's size in its type, FLOP = 2·tokens·rows·columns.
 /// </summary>
 [MemoryDiagnoser]
 public unsafe class MatMulBenchmarks
@@ -22,7 +23,7 @@ public unsafe class MatMulBenchmarks
     private WeightTensor _tensor;
 
     /// <summary>Weight element type.</summary>
-    [Params(DType.F32, DType.BF16, DType.F16)]
+    [Params(DType.F32, DType.BF16, DType.F16, DType.Q8_0x8, DType.Q4_0x8)]
     public DType Type { get; set; }
 
     /// <summary>Tokens multiplied at once.</summary>
@@ -33,13 +34,16 @@ public unsafe class MatMulBenchmarks
     public void Setup()
     {
         var random = new SeededRandom(5);
-        var row = new float[Columns];
-        long rowBytes = Type.BytesFor(Columns);
-        _weights = new NativeBuffer<byte>(rowBytes * Rows);
-        for (int r = 0; r < Rows; r++)
+        var weights = new float[Rows * Columns];
+        for (int i = 0; i < weights.Length; i++) weights[i] = random.NextSingle() - 0.5f;
+        var file = Type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q8_0x8 => DType.Q8_0, _ => Type };
+        var encoded = new byte[file.BytesFor(weights.Length)];
+        TensorEncoding.Encode(weights, file, encoded);
+        _weights = new NativeBuffer<byte>(Type.BytesFor(weights.Length));
+        fixed (byte* source = encoded)
         {
-            for (int c = 0; c < Columns; c++) row[c] = random.NextSingle() - 0.5f;
-            TensorEncoding.Encode(row, Type, _weights.Slice(r * rowBytes, (int)rowBytes));
+            if (file == Type) new ReadOnlySpan<byte>(source, encoded.Length).CopyTo(new Span<byte>(_weights.Pointer, encoded.Length));
+            else InterleavedRows.Interleave(file, source, Rows, Columns, _weights.Pointer);
         }
         _x = new NativeBuffer<float>((long)Tokens * Columns);
         for (int i = 0; i < _x.Length; i++) _x.Pointer[i] = random.NextSingle() - 0.5f;
