@@ -33,14 +33,18 @@ public unsafe class KernelTests
     [InlineData(DType.Q6_K, 6, 17, 1024)]
     [InlineData(DType.Q4_0x8, 1, 48, 128)]
     [InlineData(DType.Q4_0x8, 7, 64, 1088)]   // four-token tiles and a remainder
+    [InlineData(DType.Q4_0x8, 13, 64, 1088)]  // an eight-token tile, a four-token one and a remainder
     [InlineData(DType.Q4_Kx8, 1, 40, 512)]
     [InlineData(DType.Q4_Kx8, 9, 24, 1280)]
+    [InlineData(DType.Q4_Kx8, 13, 24, 1280)]
     [InlineData(DType.Q5_Kx8, 1, 40, 512)]
     [InlineData(DType.Q5_Kx8, 5, 24, 1280)]
+    [InlineData(DType.Q5_Kx8, 13, 24, 1280)]
     [InlineData(DType.Q6_Kx8, 1, 40, 512)]
     [InlineData(DType.Q6_Kx8, 7, 16, 1280)]
     [InlineData(DType.Q8_0x8, 1, 48, 128)]
     [InlineData(DType.Q8_0x8, 6, 16, 1088)]
+    [InlineData(DType.Q8_0x8, 13, 16, 1088)]
     [InlineData(DType.Q8_0x8, 9, 512, 64)]
     [InlineData(DType.Q8_0x8, 9, 32, 64)]
     public void MatMul_matches_a_float64_reference_of_the_same_weights(DType type, int tokens, int rows, int columns)

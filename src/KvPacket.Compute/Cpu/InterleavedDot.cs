@@ -25,6 +25,7 @@ public static unsafe class InterleavedDot
         int t = t0;
         if (type == DType.Q4_0x8)
         {
+            for (; t <= t1 - 8; t += 8) BlockTokens8<Q4_0Block>(group, x, t, y + t * stride, stride);
             for (; t <= t1 - 4; t += 4) BlockTokens4<Q4_0Block>(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) BlockToken<Q4_0Block>(group, x, t).Store(y + t * stride);
         }
@@ -35,16 +36,19 @@ public static unsafe class InterleavedDot
         }
         else if (type == DType.Q8_0x8)
         {
+            for (; t <= t1 - 8; t += 8) BlockTokens8<Q8_0Block>(group, x, t, y + t * stride, stride);
             for (; t <= t1 - 4; t += 4) BlockTokens4<Q8_0Block>(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) BlockToken<Q8_0Block>(group, x, t).Store(y + t * stride);
         }
         else if (type == DType.Q5_Kx8)
         {
+            for (; t <= t1 - 8; t += 8) KTokens8<Levels5>(group, x, t, y + t * stride, stride);
             for (; t <= t1 - 4; t += 4) KTokens4<Levels5>(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) KToken<Levels5>(group, x, t).Store(y + t * stride);
         }
         else
         {
+            for (; t <= t1 - 8; t += 8) KTokens8<Levels>(group, x, t, y + t * stride, stride);
             for (; t <= t1 - 4; t += 4) KTokens4<Levels>(group, x, t, y + t * stride, stride);
             for (; t < t1; t++) KToken<Levels>(group, x, t).Store(y + t * stride);
         }
@@ -65,6 +69,40 @@ public static unsafe class InterleavedDot
         }
         return acc;
     }
+
+    /// <summary>
+    /// Eight tokens at once: each block's levels unpacked once for eight tokens, not four. Token k's record (values, then
+    /// steps, sums and level sums) starts k records after token t's.
+    /// </summary>
+    private static void BlockTokens8<TBlock>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TBlock : struct, IBlock32<TBlock>
+    {
+        byte* r0 = (byte*)x.Values(t);
+        long record = (byte*)x.Values(t + 1) - r0;
+        int steps = (int)((byte*)x.Steps(t) - r0), levelSums = (int)((byte*)x.LevelSums(t) - r0);
+        byte* r4 = r0 + 4 * record;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        for (int b = 0; b < x.Columns / 32; b++, group += TBlock.GroupBytes)
+        {
+            var d = Halves(group);
+            var levels = TBlock.Load(group + 16);
+            a0 = Token(levels, d, r0, b, steps, levelSums, a0);
+            a1 = Token(levels, d, r0 + record, b, steps, levelSums, a1);
+            a2 = Token(levels, d, r0 + 2 * record, b, steps, levelSums, a2);
+            a3 = Token(levels, d, r0 + 3 * record, b, steps, levelSums, a3);
+            a4 = Token(levels, d, r4, b, steps, levelSums, a4);
+            a5 = Token(levels, d, r4 + record, b, steps, levelSums, a5);
+            a6 = Token(levels, d, r4 + 2 * record, b, steps, levelSums, a6);
+            a7 = Token(levels, d, r4 + 3 * record, b, steps, levelSums, a7);
+        }
+        a0.Store(y); a1.Store(y + stride); a2.Store(y + 2 * stride); a3.Store(y + 3 * stride);
+        a4.Store(y + 4 * stride); a5.Store(y + 5 * stride); a6.Store(y + 6 * stride); a7.Store(y + 7 * stride);
+    }
+
+    /// <summary>One token's block b (its record at <paramref name="token"/>) added to <paramref name="acc"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Token<TBlock>(TBlock levels, Vector256<float> d, byte* token, int b, int steps, int levelSums, Vector256<float> acc)
+        where TBlock : struct, IBlock32<TBlock> =>
+        Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot((sbyte*)token + 32 * b, ((int*)(token + levelSums))[b])), d * ((float*)(token + steps))[b], acc);
 
     private static void BlockTokens4<TBlock>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TBlock : struct, IBlock32<TBlock>
     {
@@ -215,6 +253,52 @@ public static unsafe class InterleavedDot
             }
         }
         return acc - offset;
+    }
+
+    /// <summary>Eight tokens at once (see <see cref="BlockTokens8"/>): per sub-block, d·scale·step·(levels·x) − dmin·min·step·Σlevels.</summary>
+    private static void KTokens8<TLevels>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TLevels : struct, ILevelBlock<TLevels>
+    {
+        byte* r0 = (byte*)x.Values(t);
+        long record = (byte*)x.Values(t + 1) - r0;
+        int steps = (int)((byte*)x.Steps(t) - r0), levelSums = (int)((byte*)x.LevelSums(t) - r0);
+        byte* r4 = r0 + 4 * record;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default, o4 = default, o5 = default, o6 = default, o7 = default;
+        for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
+        {
+            var d = Halves(group);
+            var dMin = Halves(group + InterleavedRows.Q4_KMinScalesOffset);
+            for (int j = 0; j < 8; j++)
+            {
+                var (scale, min) = SubBlockScales(group, j, d, dMin);
+                var levels = TLevels.Load(group + InterleavedRows.Q4_KLevelsOffset + TLevels.BlockBytes * j);
+                int b = 8 * s + j;
+                KSubBlock(levels, scale, min, r0, b, steps, levelSums, ref a0, ref o0);
+                KSubBlock(levels, scale, min, r0 + record, b, steps, levelSums, ref a1, ref o1);
+                KSubBlock(levels, scale, min, r0 + 2 * record, b, steps, levelSums, ref a2, ref o2);
+                KSubBlock(levels, scale, min, r0 + 3 * record, b, steps, levelSums, ref a3, ref o3);
+                KSubBlock(levels, scale, min, r4, b, steps, levelSums, ref a4, ref o4);
+                KSubBlock(levels, scale, min, r4 + record, b, steps, levelSums, ref a5, ref o5);
+                KSubBlock(levels, scale, min, r4 + 2 * record, b, steps, levelSums, ref a6, ref o6);
+                KSubBlock(levels, scale, min, r4 + 3 * record, b, steps, levelSums, ref a7, ref o7);
+            }
+        }
+        (a0 - o0).Store(y); (a1 - o1).Store(y + stride); (a2 - o2).Store(y + 2 * stride); (a3 - o3).Store(y + 3 * stride);
+        (a4 - o4).Store(y + 4 * stride); (a5 - o5).Store(y + 5 * stride); (a6 - o6).Store(y + 6 * stride); (a7 - o7).Store(y + 7 * stride);
+    }
+
+    /// <summary>
+    /// One token's sub-block b (its record at <paramref name="token"/>): the scaled dot into <paramref name="acc"/>, the
+    /// min's share into <paramref name="offset"/> — the arithmetic of <see cref="KToken"/>, so a token gets the same bits
+    /// in any tile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void KSubBlock<TLevels>(TLevels levels, Vector256<float> scale, Vector256<float> min, byte* token, int b, int steps, int levelSums,
+        ref Vector256<float> acc, ref Vector256<float> offset) where TLevels : struct, ILevelBlock<TLevels>
+    {
+        float step = ((float*)(token + steps))[b];
+        acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot((sbyte*)token + 32 * b)), scale * step, acc);
+        offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(((int*)(token + levelSums))[b] * step), offset);
     }
 
     private static void KTokens4<TLevels>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TLevels : struct, ILevelBlock<TLevels>
