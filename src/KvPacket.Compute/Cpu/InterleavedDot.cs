@@ -104,21 +104,21 @@ public static unsafe class InterleavedDot
         where TBlock : struct, IBlock32<TBlock> =>
         Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot((sbyte*)token + 32 * b, ((int*)(token + levelSums))[b])), d * ((float*)(token + steps))[b], acc);
 
+    /// <summary>Four tokens at once (the remainder after eight-token tiles), as <see cref="BlockTokens8"/>.</summary>
     private static void BlockTokens4<TBlock>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TBlock : struct, IBlock32<TBlock>
     {
-        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
-        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        int* ls0 = x.LevelSums(t), ls1 = x.LevelSums(t + 1), ls2 = x.LevelSums(t + 2), ls3 = x.LevelSums(t + 3);
+        byte* r0 = (byte*)x.Values(t);
+        long record = (byte*)x.Values(t + 1) - r0;
+        int steps = (int)((byte*)x.Steps(t) - r0), levelSums = (int)((byte*)x.LevelSums(t) - r0);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int b = 0; b < x.Columns / 32; b++, group += TBlock.GroupBytes)
         {
             var d = Halves(group);
             var levels = TBlock.Load(group + 16);
-            int at = 32 * b;
-            a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at, ls0[b])), d * st0[b], a0);
-            a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at, ls1[b])), d * st1[b], a1);
-            a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at, ls2[b])), d * st2[b], a2);
-            a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at, ls3[b])), d * st3[b], a3);
+            a0 = Token(levels, d, r0, b, steps, levelSums, a0);
+            a1 = Token(levels, d, r0 + record, b, steps, levelSums, a1);
+            a2 = Token(levels, d, r0 + 2 * record, b, steps, levelSums, a2);
+            a3 = Token(levels, d, r0 + 3 * record, b, steps, levelSums, a3);
         }
         a0.Store(y); a1.Store(y + stride); a2.Store(y + 2 * stride); a3.Store(y + 3 * stride);
     }
@@ -301,11 +301,12 @@ public static unsafe class InterleavedDot
         offset = Vector256.FusedMultiplyAdd(min, Vector256.Create(((int*)(token + levelSums))[b] * step), offset);
     }
 
+    /// <summary>Four tokens at once (the remainder after eight-token tiles), as <see cref="KTokens8"/>.</summary>
     private static void KTokens4<TLevels>(byte* group, QuantisedActivations x, int t, float* y, long stride) where TLevels : struct, ILevelBlock<TLevels>
     {
-        sbyte* x0 = x.Values(t), x1 = x.Values(t + 1), x2 = x.Values(t + 2), x3 = x.Values(t + 3);
-        float* st0 = x.Steps(t), st1 = x.Steps(t + 1), st2 = x.Steps(t + 2), st3 = x.Steps(t + 3);
-        int* ls0 = x.LevelSums(t), ls1 = x.LevelSums(t + 1), ls2 = x.LevelSums(t + 2), ls3 = x.LevelSums(t + 3);
+        byte* r0 = (byte*)x.Values(t);
+        long record = (byte*)x.Values(t + 1) - r0;
+        int steps = (int)((byte*)x.Steps(t) - r0), levelSums = (int)((byte*)x.LevelSums(t) - r0);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, o0 = default, o1 = default, o2 = default, o3 = default;
         for (int s = 0; s < x.Columns / 256; s++, group += TLevels.GroupBytes)
         {
@@ -315,15 +316,11 @@ public static unsafe class InterleavedDot
             {
                 var (scale, min) = SubBlockScales(group, j, d, dMin);
                 var levels = TLevels.Load(group + InterleavedRows.Q4_KLevelsOffset + TLevels.BlockBytes * j);
-                int b = 8 * s + j, at = 32 * b;
-                a0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x0 + at)), scale * st0[b], a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x1 + at)), scale * st1[b], a1);
-                a2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x2 + at)), scale * st2[b], a2);
-                a3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(levels.Dot(x3 + at)), scale * st3[b], a3);
-                o0 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls0[b] * st0[b]), o0);
-                o1 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls1[b] * st1[b]), o1);
-                o2 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls2[b] * st2[b]), o2);
-                o3 = Vector256.FusedMultiplyAdd(min, Vector256.Create(ls3[b] * st3[b]), o3);
+                int b = 8 * s + j;
+                KSubBlock(levels, scale, min, r0, b, steps, levelSums, ref a0, ref o0);
+                KSubBlock(levels, scale, min, r0 + record, b, steps, levelSums, ref a1, ref o1);
+                KSubBlock(levels, scale, min, r0 + 2 * record, b, steps, levelSums, ref a2, ref o2);
+                KSubBlock(levels, scale, min, r0 + 3 * record, b, steps, levelSums, ref a3, ref o3);
             }
         }
         (a0 - o0).Store(y); (a1 - o1).Store(y + stride); (a2 - o2).Store(y + 2 * stride); (a3 - o3).Store(y + 3 * stride);
