@@ -118,8 +118,7 @@ public sealed class StoredPackets : IPacketSource
         var id = IdOf(document, adapter);
         lock (_gate)
         {
-            lock (_staging)
-                while (_copied.TryDequeue(out var copied)) copied.Dispose();
+            ReleaseCopied();
             if (_resident.TryGetValue(id, out var node))
             {
                 _recency.Remove(node);
@@ -304,6 +303,13 @@ public sealed class StoredPackets : IPacketSource
         return true;
     }
 
+    /// <summary>Lets go of the staged packets whose copies into the store have finished.</summary>
+    private void ReleaseCopied()
+    {
+        lock (_staging)
+            while (_copied.TryDequeue(out var copied)) copied.Dispose();
+    }
+
     /// <summary>Waits for every read ahead and lets go of what they read.</summary>
     private void DropPrefetched()
     {
@@ -348,8 +354,7 @@ public sealed class StoredPackets : IPacketSource
         WaitForLocalCopies();
         lock (_gate)
         {
-            lock (_staging)
-                while (_copied.TryDequeue(out var copied)) copied.Dispose();
+            ReleaseCopied();
             FinishImports();
             DropPrefetched();
             foreach (var (_, packet) in _recency) packet.Dispose();

@@ -8,7 +8,7 @@ namespace KvPacket.Compute.Sampling;
 public sealed class HostTokenDraws(int maxRows, int vocabSize)
 {
     private float[]? _logits;
-    private TokenDraw.Scratch? _scratch;
+    private readonly TokenDraw.Scratch _scratch = new(vocabSize);
 
     /// <summary>Room for <paramref name="rows"/> rows of logits, [rows, vocabulary], for the step to fill.</summary>
     public Span<float> Logits(int rows) => (_logits ??= new float[(long)maxRows * vocabSize]).AsSpan(0, rows * vocabSize);
@@ -17,7 +17,6 @@ public sealed class HostTokenDraws(int maxRows, int vocabSize)
     public void Choose(ReadOnlySpan<TokenDraw> draws, Span<int> next)
     {
         var logits = Logits(draws.Length);
-        _scratch ??= new TokenDraw.Scratch(vocabSize);
         for (int r = 0; r < draws.Length; r++) next[r] = draws[r].Choose(logits.Slice(r * vocabSize, vocabSize), _scratch);
     }
 }

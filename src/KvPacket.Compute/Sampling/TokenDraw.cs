@@ -41,12 +41,19 @@ public readonly record struct TokenDraw(float Temperature, int TopK, float TopP,
     /// <summary>One weight unit: the most likely token weighs exactly 2⁴⁰, so a vocabulary of up to 2¹⁸ tokens sums below 2⁵⁸.</summary>
     private const float WeightScale = 1099511627776f;
 
-    /// <summary>What <see cref="Choose"/> works in, for rows of up to <paramref name="vocabSize"/> logits: made once, reused by every draw.</summary>
+    /// <summary>
+    /// What <see cref="Choose"/> works in, for rows of up to <paramref name="vocabSize"/> logits: made once, reused by every
+    /// draw; its buffers are made by the first draw that is not the argmax (which needs none).
+    /// </summary>
     public sealed class Scratch(int vocabSize)
     {
-        internal readonly float[] Exponentials = new float[vocabSize];   // exp((x − max) · (1/T)) per id
-        internal readonly int[] Candidates = new int[vocabSize];          // ids a radix select still considers
-        internal readonly (ulong Before, long TiesBefore)[] Stretches = new (ulong, long)[(vocabSize + StretchLength - 1) / StretchLength];
+        private float[]? _exponentials;
+        private int[]? _candidates;
+        private (ulong Before, long TiesBefore)[]? _stretches;
+
+        internal float[] Exponentials => _exponentials ??= new float[vocabSize];   // exp((x − max) · (1/T)) per id
+        internal int[] Candidates => _candidates ??= new int[vocabSize];          // ids a radix select still considers
+        internal (ulong Before, long TiesBefore)[] Stretches => _stretches ??= new (ulong, long)[(vocabSize + StretchLength - 1) / StretchLength];
     }
 
     /// <summary>Ids per stretch of the draw's walk.</summary>

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using KvPacket.Compute.Sampling;
 using KvPacket.Core.Numerics;
 
@@ -13,8 +12,7 @@ namespace KvPacket.Engine.Sampling;
 public sealed class Sampler
 {
     private readonly SamplingOptions _options;
-    private readonly int _vocabSize;
-    private TokenDraw.Scratch? _scratch;     // made on the first draw here (none when the backend draws)
+    private readonly TokenDraw.Scratch _scratch; // buffers made by the first draw that needs them
     private readonly float[]? _adjusted;     // logits after bias and penalties (null: none asked for)
     private readonly int[]? _counts;         // times each token was chosen (null: no penalties)
     private readonly int[] _biasTokens;      // the logit bias as arrays: enumerating the dictionary would allocate per token
@@ -26,7 +24,7 @@ public sealed class Sampler
     {
         options.Validate(vocabSize);
         _options = options;
-        _vocabSize = vocabSize;
+        _scratch = new TokenDraw.Scratch(vocabSize);
         _random = new SeededRandom(options.Seed);
         _biasTokens = [.. options.LogitBias?.Keys ?? []];
         _biasValues = [.. _biasTokens.Select(t => options.LogitBias![t])];
@@ -52,7 +50,7 @@ public sealed class Sampler
     {
         var draw = Draw();
         var values = _adjusted is null ? logits : Adjust(logits);
-        int token = draw.IsGreedy ? TensorPrimitives.IndexOfMax(values) : draw.Choose(values, _scratch ??= new TokenDraw.Scratch(_vocabSize));
+        int token = draw.Choose(values, _scratch);
         if (_counts is not null) _counts[token]++;
         return token;
     }
