@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmarks on a machine with the NVIDIA driver and CUDA libraries but no dotnet.
 #   here  (with dotnet):  benchmarks/gpu/run.sh publish   -> .gpu/kvpacket.tar.gz, a self-contained linux-x64 build
 #   there (the GPU box):  benchmarks/gpu/run.sh run OUTDIR [stories260K.bin]      (inference: parity and speed)
-#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune)
+#                         benchmarks/gpu/run.sh train OUTDIR [PART…]              (training: check adapter pretrain finetune distill speed qa qa-adapters qa-tokenizer qa-finetune qa-reasoning)
 #                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve draw)
 #                         benchmarks/gpu/run.sh ilgpu OUTDIR                      (the ILGPU backend on ILGPU's CUDA accelerator: parity, and speed beside NVRTC)
 #                         benchmarks/gpu/run.sh tokenizers OUTDIR                 (our byte-level BPE vs Hugging Face tokenizers over every BMP code point)
@@ -189,6 +189,28 @@ with open('/tmp/corpus.tokens','w') as f:
         echo "best kvlink F1: $best" | tee -a "$out/qa-finetune.txt"
         rm "$out"/eval-ft-*.json
         mkdir -p "$out/kvqa-17m-kvlink" && cp /tmp/ft-$best/{config.json,kvlink-adapter.safetensors,model-0000*} "$out/kvqa-17m-kvlink/"
+    fi
+    if [[ " $parts " == *" qa-reasoning "* ]]; then
+        # The shipped QA model taught to state what a comparison follows from before answering ("X: 1843; Y: 1901; so X"):
+        # the whole model on full attention, answers scored, on training questions it never saw (seed 1, after the 600,000
+        # it was pre-trained on, written with --reasoning). Variants "name batch learning-rate steps"; each is scored on the
+        # test split's first QA_EVAL questions; the best full-recompute F1's model comes back (shards, config, index).
+        n=${QA_REASONING_EXAMPLES:-200000}
+        "$k" corpus --out /tmp/qa-rs --train $((600000 + n + 200)) --min-train-documents 4 --validation 10 --test 2000 --reasoning | tee -a "$out/qa-reasoning.txt"
+        tail -n $((n + 200)) /tmp/qa-rs/train.jsonl > /tmp/qa-rs/unseen.jsonl
+        IFS=';' read -ra variants <<< "${QA_REASONING_VARIANTS:-lr1e-4 32 1e-4 5000;lr3e-5 32 3e-5 5000}"
+        for variant in "${variants[@]}"; do
+            set -- $variant
+            "$k" finetune --mode full -m models/kvqa-17m --qa /tmp/qa-rs/unseen.jsonl --train-examples $n --held-out 200 \
+                --batch $2 --learning-rate $3 --steps $4 --warmup 100 --eval-every 500 --time-limit ${QA_SECONDS:-150} --max-shard-mb 15 --out /tmp/rs-$1 \
+                | sed "s/^/$1: /" | tee -a "$out/qa-reasoning.txt" || status=1
+            "$k" eval --task qa -m /tmp/rs-$1 --split /tmp/qa-rs/test.jsonl --limit ${QA_EVAL:-1000} --modes ${QA_REASONING_MODES:-full,naive} --device cuda \
+                --out "$out/eval-rs-$1.json" | grep -E "^(mode|full|naive|closed-book) |gold" | sed "s/^/$1: /" | tee -a "$out/qa-reasoning.txt" || status=1
+        done
+        best=$(python3 -c "import json,glob; print(max(glob.glob('$out/eval-rs-*.json'), key=lambda f: [s['F1'] for s in json.load(open(f))['scores'] if s['Mode']=='full' and s['Type']=='all'][0])[len('$out/eval-rs-'):-5])")
+        echo "best full F1: $best" | tee -a "$out/qa-reasoning.txt"
+        tar czf "$out/eval-rs.tar.gz" -C "$out" $(cd "$out" && ls eval-rs-*.json) && rm "$out"/eval-rs-*.json
+        mkdir -p "$out/kvqa-17m-reasoning" && cp /tmp/rs-$best/{config.json,model.safetensors.index.json,model-0000*} "$out/kvqa-17m-reasoning/"
     fi
     if [[ " $parts " == *" speed "* ]]; then
         # Full training of the 46M shape against PyTorch (eager and torch.compile), alternating, twice.

@@ -100,6 +100,34 @@ public class QaBenchmarkTests
     }
 
     [Fact]
+    public void Reasoning_states_both_candidates_values_changes_nothing_else_and_the_answer_is_taken_back_out()
+    {
+        var (_, _, reserved) = QaBenchmark.HeldOutWorlds(6);
+        var plain = QaBenchmark.GenerateTraining(6, reserved, 200, questions: 3).ToList();
+        var reasoned = QaBenchmark.GenerateTraining(6, reserved, 200, questions: 3, reasoning: true).ToList();
+        Assert.Equal(Serialize(plain), Serialize(reasoned.Select(e => e with { Reasoning = null, FollowUps = e.FollowUps?.Select(f => f with { Reasoning = null }).ToArray() })));
+
+        var asked = reasoned.Select(e => (e.Type, e.Question, e.Answers, e.Documents, e.Gold, e.Reasoning))
+            .Concat(reasoned.SelectMany(e => (e.FollowUps ?? []).Select(f => (f.Type, f.Question, f.Answers, e.Documents, f.Gold, f.Reasoning)))).ToList();
+        Assert.True(asked.Count(a => a.Type == "comparison") >= 80);
+        foreach (var (type, question, answers, documents, gold, reasoning) in asked)
+        {
+            if (type != "comparison") { Assert.Null(reasoning); continue; }
+            // "{x}: {value}; {y}: {value}" in the question's order, each value stated in that candidate's gold document.
+            var parts = reasoning!.Split("; ").Select(p => p.Split(": ")).ToArray();
+            Assert.Equal(2, parts.Length);
+            Assert.True(question.IndexOf(parts[0][0], StringComparison.Ordinal) < question.IndexOf(parts[1][0], StringComparison.Ordinal), question);
+            foreach (var part in parts) Assert.Contains(gold, g => documents[g].Title == part[0] && documents[g].Text.Contains(part[1], StringComparison.Ordinal));
+            long first = long.Parse(parts[0][1]), second = long.Parse(parts[1][1]);
+            bool larger = question.Contains("inhabitants", StringComparison.Ordinal) || question.Contains("population", StringComparison.Ordinal);
+            Assert.Equal(larger == first > second ? parts[0][0] : parts[1][0], answers[0]);
+            Assert.Equal(answers[0], QaPrompt.FinalAnswer(QaPrompt.AnswerText(answers[0], reasoning).Trim()));
+        }
+        Assert.Equal("Ada Vell", QaPrompt.FinalAnswer(" Ada Vell "));
+        Assert.Equal(" Ada Vell", QaPrompt.AnswerText("Ada Vell"));
+    }
+
+    [Fact]
     public void Splits_written_as_jsonl_read_back()
     {
         using var temp = KvPacket.Tests.Fixtures.TempDirectory();

@@ -13,10 +13,12 @@ namespace KvPacket.Training.Qa;
 /// <param name="Documents">Gold documents and distractors, shuffled.</param>
 /// <param name="Gold">Indices into <paramref name="Documents"/> of the documents the answer needs.</param>
 /// <param name="FollowUps">Training lines only: further questions answerable from the same documents, asked after the first.</param>
-public sealed record QaExample(string Id, string Type, string Relation, string Question, string[] Answers, QaDocument[] Documents, int[] Gold, QaFollowUp[]? FollowUps = null);
+/// <param name="Reasoning">Where the split was written with reasoning: the facts a comparison follows from, stated before the
+/// answer in the training target (<see cref="QaPrompt.AnswerText"/>); null otherwise.</param>
+public sealed record QaExample(string Id, string Type, string Relation, string Question, string[] Answers, QaDocument[] Documents, int[] Gold, QaFollowUp[]? FollowUps = null, string? Reasoning = null);
 
 /// <summary>A further question over an example's documents (see <see cref="QaExample"/> for the fields).</summary>
-public sealed record QaFollowUp(string Type, string Relation, string Question, string[] Answers, int[] Gold);
+public sealed record QaFollowUp(string Type, string Relation, string Question, string[] Answers, int[] Gold, string? Reasoning = null);
 
 /// <summary>
 /// A seeded multi-document QA benchmark over invented worlds: each example holds k documents (the gold ones and
@@ -49,31 +51,33 @@ public static class QaBenchmark
     /// <paramref name="count"/> examples of <paramref name="world"/>, the types in turn, each with
     /// <paramref name="minDocuments"/>..<paramref name="maxDocuments"/> documents (never fewer than its gold ones).
     /// </summary>
-    public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10) =>
-        Generate(_ => world, split, seed, count, minDocuments, maxDocuments);
+    public static IEnumerable<QaExample> Generate(QaWorld world, string split, ulong seed, int count, int minDocuments = 4, int maxDocuments = 10, bool reasoning = false) =>
+        Generate(_ => world, split, seed, count, minDocuments, maxDocuments, reasoning: reasoning);
 
     /// <summary>
     /// Training examples, each over its own <see cref="TrainingWorld"/>, each asking up to <paramref name="questions"/>
     /// questions of its documents (the first picks the gold documents; follow-ups of the other types are asked only where
     /// the documents answer them) — more answers per line of text, so more of the training signal is reading.
+    /// <paramref name="reasoning"/>: comparisons carry the facts they follow from (<see cref="QaExample.Reasoning"/>); every
+    /// other field is the same either way.
     /// </summary>
-    public static IEnumerable<QaExample> GenerateTraining(ulong seed, IReadOnlySet<string> reserved, int count, int minDocuments = 1, int maxDocuments = 10, int questions = 1) =>
-        Generate(i => TrainingWorld(seed, i, reserved), "train", seed, count, minDocuments, maxDocuments, questions);
+    public static IEnumerable<QaExample> GenerateTraining(ulong seed, IReadOnlySet<string> reserved, int count, int minDocuments = 1, int maxDocuments = 10, int questions = 1, bool reasoning = false) =>
+        Generate(i => TrainingWorld(seed, i, reserved), "train", seed, count, minDocuments, maxDocuments, questions, reasoning);
 
-    private static IEnumerable<QaExample> Generate(Func<int, QaWorld> worldOf, string split, ulong seed, int count, int minDocuments, int maxDocuments, int questions = 1)
+    private static IEnumerable<QaExample> Generate(Func<int, QaWorld> worldOf, string split, ulong seed, int count, int minDocuments, int maxDocuments, int questions = 1, bool reasoning = false)
     {
         if (questions < 1) throw new ArgumentException($"questions per example: need at least 1, got {questions}");
         if (minDocuments < 1 || maxDocuments < minDocuments) throw new ArgumentException($"documents per example: need 1 ≤ min ≤ max, got {minDocuments}..{maxDocuments} (an example holds at least its gold documents)");
         // An example depends only on (seed, index): made in parallel, handed out in order.
-        return Enumerable.Range(0, count).AsParallel().AsOrdered().Select(i => Example(worldOf(i), split, seed, i, minDocuments, maxDocuments, questions));
+        return Enumerable.Range(0, count).AsParallel().AsOrdered().Select(i => Example(worldOf(i), split, seed, i, minDocuments, maxDocuments, questions, reasoning));
     }
 
-    private static QaExample Example(QaWorld world, string split, ulong seed, int i, int minDocuments, int maxDocuments, int questions)
+    private static QaExample Example(QaWorld world, string split, ulong seed, int i, int minDocuments, int maxDocuments, int questions, bool reasoning)
     {
         var random = new SeededRandom(seed * 0x9E3779B97F4A7C15UL ^ (ulong)i * 0xBF58476D1CE4E5B9UL);
         string type = Types[i % Types.Length];
         var draws = new Draws(random);
-        var (relation, question, answer, gold) = Ask(world, type, draws);
+        var (relation, question, answer, gold, because) = Ask(world, type, draws);
         random = draws.Random;
         int k = Math.Max(gold.Count, minDocuments + (int)(random.NextUInt64() % (ulong)(maxDocuments - minDocuments + 1)));
         var chosen = new List<(EntityKind Kind, int Index)>(gold);
@@ -96,10 +100,10 @@ public static class QaBenchmark
             string followType = Types[(i + 1 + attempts) % Types.Length];
             if (TryAsk(world, followType, draws) is not { } next || next.Gold.Any(g => !chosen.Contains(g)) ||
                 next.Question == question || followUps.Any(f => f.Question == next.Question)) continue;
-            followUps.Add(new QaFollowUp(followType, next.Relation, next.Question, [next.Answer], Placed(next.Gold)));
+            followUps.Add(new QaFollowUp(followType, next.Relation, next.Question, [next.Answer], Placed(next.Gold), reasoning ? next.Reasoning : null));
             q++;
         }
-        return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, Placed(gold), followUps.Count > 0 ? [.. followUps] : null);
+        return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, Placed(gold), followUps.Count > 0 ? [.. followUps] : null, reasoning ? because : null);
     }
 
     private static int Size(QaWorld world, EntityKind kind) => kind switch
@@ -119,13 +123,17 @@ public static class QaBenchmark
     }
 
     /// <summary>A question of <paramref name="type"/>: draws until one is not degenerate (the same entity twice, or a chain that loops).</summary>
-    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold) Ask(QaWorld w, string type, Draws d)
+    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold, string? Reasoning) Ask(QaWorld w, string type, Draws d)
     {
         while (true)
             if (TryAsk(w, type, d) is { } asked) return asked;
     }
 
-    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold)? TryAsk(QaWorld w, string type, Draws d)
+    /// <summary>
+    /// A question of <paramref name="type"/>, or null when the draw is degenerate. Comparisons also say what they follow
+    /// from — each candidate with its value, in the question's order — which draws nothing, so it never changes the data.
+    /// </summary>
+    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold, string? Reasoning)? TryAsk(QaWorld w, string type, Draws d)
     {
         int Any(int n) => d.Any(n);
         string P(params string[] options) => d.Pick(options);
@@ -141,17 +149,17 @@ public static class QaBenchmark
                     var work = w.Works[k];
                     return Any(11) switch
                     {
-                        0 => ("person.birthplace", P($"Where was {person.Name} born?", $"In which city was {person.Name} born?", $"What is the birthplace of {person.Name}?"), w.Cities[person.BirthplaceCity].Name, [(EntityKind.Person, p)]),
-                        1 => ("person.birth_year", P($"In which year was {person.Name} born?", $"When was {person.Name} born?"), $"{person.BirthYear}", [(EntityKind.Person, p)]),
-                        2 => ("person.employer", P($"Which organisation does {person.Name} work for?", $"Who employs {person.Name}?"), w.Organisations[person.Employer].Name, [(EntityKind.Person, p)]),
-                        3 => ("person.profession", P($"What is the profession of {person.Name}?", $"What does {person.Name} work as?"), person.Profession, [(EntityKind.Person, p)]),
-                        4 => ("organisation.headquarters", P($"Where is {org.Name} headquartered?", $"In which city is {org.Name} based?"), w.Cities[org.Headquarters].Name, [(EntityKind.Organisation, o)]),
-                        5 => ("organisation.founded", P($"When was {org.Name} founded?", $"In which year was {org.Name} established?"), $"{org.Founded}", [(EntityKind.Organisation, o)]),
-                        6 => ("organisation.founder", P($"Who founded {org.Name}?", $"Who is the founder of {org.Name}?"), w.People[org.Founder].Name, [(EntityKind.Organisation, o)]),
-                        7 => ("city.region", P($"In which region is {city.Name}?", $"Which region does {city.Name} lie in?"), w.Regions[city.Region], [(EntityKind.City, c)]),
-                        8 => ("city.population", P($"What is the population of {city.Name}?", $"How many people live in {city.Name}?"), $"{city.Population}", [(EntityKind.City, c)]),
-                        9 => ("work.author", P($"Who wrote {work.Title}?", $"Who is the author of {work.Title}?"), w.People[work.Author].Name, [(EntityKind.Work, k)]),
-                        _ => ("work.year", P($"When was {work.Title} published?", $"In which year did {work.Title} first appear?"), $"{work.Year}", [(EntityKind.Work, k)]),
+                        0 => ("person.birthplace", P($"Where was {person.Name} born?", $"In which city was {person.Name} born?", $"What is the birthplace of {person.Name}?"), w.Cities[person.BirthplaceCity].Name, [(EntityKind.Person, p)], null),
+                        1 => ("person.birth_year", P($"In which year was {person.Name} born?", $"When was {person.Name} born?"), $"{person.BirthYear}", [(EntityKind.Person, p)], null),
+                        2 => ("person.employer", P($"Which organisation does {person.Name} work for?", $"Who employs {person.Name}?"), w.Organisations[person.Employer].Name, [(EntityKind.Person, p)], null),
+                        3 => ("person.profession", P($"What is the profession of {person.Name}?", $"What does {person.Name} work as?"), person.Profession, [(EntityKind.Person, p)], null),
+                        4 => ("organisation.headquarters", P($"Where is {org.Name} headquartered?", $"In which city is {org.Name} based?"), w.Cities[org.Headquarters].Name, [(EntityKind.Organisation, o)], null),
+                        5 => ("organisation.founded", P($"When was {org.Name} founded?", $"In which year was {org.Name} established?"), $"{org.Founded}", [(EntityKind.Organisation, o)], null),
+                        6 => ("organisation.founder", P($"Who founded {org.Name}?", $"Who is the founder of {org.Name}?"), w.People[org.Founder].Name, [(EntityKind.Organisation, o)], null),
+                        7 => ("city.region", P($"In which region is {city.Name}?", $"Which region does {city.Name} lie in?"), w.Regions[city.Region], [(EntityKind.City, c)], null),
+                        8 => ("city.population", P($"What is the population of {city.Name}?", $"How many people live in {city.Name}?"), $"{city.Population}", [(EntityKind.City, c)], null),
+                        9 => ("work.author", P($"Who wrote {work.Title}?", $"Who is the author of {work.Title}?"), w.People[work.Author].Name, [(EntityKind.Work, k)], null),
+                        _ => ("work.year", P($"When was {work.Title} published?", $"In which year did {work.Title} first appear?"), $"{work.Year}", [(EntityKind.Work, k)], null),
                     };
                 }
                 case "bridge":
@@ -164,18 +172,18 @@ public static class QaBenchmark
                     return Any(6) switch
                     {
                         0 => ("person.employer.headquarters", P($"In which city is the employer of {person.Name} headquartered?", $"Where is the organisation that employs {person.Name} based?"),
-                            w.Cities[employer.Headquarters].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                            w.Cities[employer.Headquarters].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         1 => ("person.employer.founded", P($"In which year was the organisation that {person.Name} works for founded?", $"When was the employer of {person.Name} established?"),
-                            $"{employer.Founded}", [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                            $"{employer.Founded}", [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         2 when employer.Founder != p => ("person.employer.founder", P($"Who founded the organisation that {person.Name} works for?", $"Who is the founder of the employer of {person.Name}?"),
-                            w.People[employer.Founder].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)]),
+                            w.People[employer.Founder].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         2 => null,
                         3 => ("person.birthplace.region", P($"In which region was {person.Name} born?", $"Which region is the birthplace of {person.Name} in?"),
-                            w.Regions[w.Cities[person.BirthplaceCity].Region], [(EntityKind.Person, p), (EntityKind.City, person.BirthplaceCity)]),
+                            w.Regions[w.Cities[person.BirthplaceCity].Region], [(EntityKind.Person, p), (EntityKind.City, person.BirthplaceCity)], null),
                         4 => ("work.author.birthplace", P($"Where was the author of {work.Title} born?", $"In which city was the writer of {work.Title} born?"),
-                            w.Cities[w.People[work.Author].BirthplaceCity].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author)]),
+                            w.Cities[w.People[work.Author].BirthplaceCity].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author)], null),
                         _ => ("organisation.founder.birth_year", P($"In which year was the founder of {org.Name} born?", $"When was the founder of {org.Name} born?"),
-                            $"{w.People[org.Founder].BirthYear}", [(EntityKind.Organisation, o), (EntityKind.Person, org.Founder)]),
+                            $"{w.People[org.Founder].BirthYear}", [(EntityKind.Organisation, o), (EntityKind.Person, org.Founder)], null),
                     };
                 }
                 case "comparison":
@@ -189,7 +197,7 @@ public static class QaBenchmark
                             if (p1 == p2) return null;
                             var (x, y) = (w.People[p1], w.People[p2]);
                             return ("person.birth_year.earlier", P($"Who was born earlier, {x.Name} or {y.Name}?", $"Which of {x.Name} and {y.Name} was born first?"),
-                                x.BirthYear < y.BirthYear ? x.Name : y.Name, [(EntityKind.Person, p1), (EntityKind.Person, p2)]);
+                                x.BirthYear < y.BirthYear ? x.Name : y.Name, [(EntityKind.Person, p1), (EntityKind.Person, p2)], $"{x.Name}: {x.BirthYear}; {y.Name}: {y.BirthYear}");
                         }
                         case 1:
                         {
@@ -197,7 +205,7 @@ public static class QaBenchmark
                             if (o1 == o2) return null;
                             var (x, y) = (w.Organisations[o1], w.Organisations[o2]);
                             return ("organisation.founded.earlier", P($"Which was founded first, {x.Name} or {y.Name}?", $"Which is older, {x.Name} or {y.Name}?"),
-                                x.Founded < y.Founded ? x.Name : y.Name, [(EntityKind.Organisation, o1), (EntityKind.Organisation, o2)]);
+                                x.Founded < y.Founded ? x.Name : y.Name, [(EntityKind.Organisation, o1), (EntityKind.Organisation, o2)], $"{x.Name}: {x.Founded}; {y.Name}: {y.Founded}");
                         }
                         case 2:
                         {
@@ -205,7 +213,7 @@ public static class QaBenchmark
                             if (c1 == c2 || w.Cities[c1].Population == w.Cities[c2].Population) return null;
                             var (x, y) = (w.Cities[c1], w.Cities[c2]);
                             return ("city.population.larger", P($"Which city has more inhabitants, {x.Name} or {y.Name}?", $"Which is larger by population, {x.Name} or {y.Name}?"),
-                                x.Population > y.Population ? x.Name : y.Name, [(EntityKind.City, c1), (EntityKind.City, c2)]);
+                                x.Population > y.Population ? x.Name : y.Name, [(EntityKind.City, c1), (EntityKind.City, c2)], $"{x.Name}: {x.Population}; {y.Name}: {y.Population}");
                         }
                         default:
                         {
@@ -213,7 +221,7 @@ public static class QaBenchmark
                             if (k1 == k2) return null;
                             var (x, y) = (w.Works[k1], w.Works[k2]);
                             return ("work.year.earlier", P($"Which was published earlier, {x.Title} or {y.Title}?", $"Which appeared first, {x.Title} or {y.Title}?"),
-                                x.Year < y.Year ? x.Title : y.Title, [(EntityKind.Work, k1), (EntityKind.Work, k2)]);
+                                x.Year < y.Year ? x.Title : y.Title, [(EntityKind.Work, k1), (EntityKind.Work, k2)], $"{x.Title}: {x.Year}; {y.Title}: {y.Year}");
                         }
                     }
                 }
@@ -229,13 +237,13 @@ public static class QaBenchmark
                         case 0:
                             if (employer.Founder == p) return null;
                             return ("person.employer.founder.birthplace", P($"Where was the founder of the organisation that employs {person.Name} born?", $"In which city was the founder of {person.Name}'s employer born?"),
-                                w.Cities[w.People[employer.Founder].BirthplaceCity].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.Person, employer.Founder)]);
+                                w.Cities[w.People[employer.Founder].BirthplaceCity].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.Person, employer.Founder)], null);
                         case 1:
                             return ("person.employer.headquarters.region", P($"In which region is the headquarters of {person.Name}'s employer?", $"Which region is the organisation that employs {person.Name} based in?"),
-                                w.Regions[w.Cities[employer.Headquarters].Region], [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.City, employer.Headquarters)]);
+                                w.Regions[w.Cities[employer.Headquarters].Region], [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.City, employer.Headquarters)], null);
                         default:
                             return ("work.author.employer.headquarters", P($"In which city is the employer of the author of {work.Title} based?", $"Where is the organisation that employs the writer of {work.Title} headquartered?"),
-                                w.Cities[w.Organisations[author.Employer].Headquarters].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author), (EntityKind.Organisation, author.Employer)]);
+                                w.Cities[w.Organisations[author.Employer].Headquarters].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author), (EntityKind.Organisation, author.Employer)], null);
                     }
                 }
             }
@@ -246,9 +254,10 @@ public static class QaBenchmark
     /// Writes train.jsonl, validation.jsonl and test.jsonl (one <see cref="QaExample"/> per line) into
     /// <paramref name="directory"/>: held-out splits with <paramref name="minDocuments"/>..<paramref name="maxDocuments"/>
     /// documents, training examples with <paramref name="minTrainDocuments"/>.. of them (fewer documents early in a
-    /// line's range help a model start learning to read; DESIGN.md §8) and up to <paramref name="trainQuestions"/> questions each.
+    /// line's range help a model start learning to read; DESIGN.md §8) and up to <paramref name="trainQuestions"/> questions each;
+    /// with <paramref name="reasoning"/>, comparisons carry the facts they follow from.
     /// </summary>
-    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10, int minTrainDocuments = 1, int trainQuestions = 1)
+    public static void WriteSplits(string directory, ulong seed, int train, int validation, int test, int minDocuments = 4, int maxDocuments = 10, int minTrainDocuments = 1, int trainQuestions = 1, bool reasoning = false)
     {
         Directory.CreateDirectory(directory);
         var (validationWorld, testWorld, reserved) = HeldOutWorlds(seed);
@@ -258,9 +267,9 @@ public static class QaBenchmark
             using var writer = new StreamWriter(Path.Combine(directory, $"{name}.jsonl"));
             foreach (var example in examples) writer.WriteLine(JsonSerializer.Serialize(example, options));
         }
-        Write("train", GenerateTraining(seed, reserved, train, minTrainDocuments, maxDocuments, trainQuestions));
-        Write("validation", Generate(validationWorld, "validation", seed + 1, validation, minDocuments, maxDocuments));
-        Write("test", Generate(testWorld, "test", seed + 2, test, minDocuments, maxDocuments));
+        Write("train", GenerateTraining(seed, reserved, train, minTrainDocuments, maxDocuments, trainQuestions, reasoning));
+        Write("validation", Generate(validationWorld, "validation", seed + 1, validation, minDocuments, maxDocuments, reasoning));
+        Write("test", Generate(testWorld, "test", seed + 2, test, minDocuments, maxDocuments, reasoning));
     }
 
     /// <summary>Reads a split written by <see cref="WriteSplits"/>.</summary>

@@ -16,7 +16,7 @@ public static class QaDistillation
         int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
         int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
         int[] question = QaPrompt.Question(tokenizer, example.Question);
-        int[] answer = QaPrompt.Answer(tokenizer, example.Answers[0]);
+        int[] answer = QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning);
         return DistillationExample.Create(model, prefix, documents, [.. question, .. answer]) with { FirstScoredRow = question.Length - 1 };
     }
 }

@@ -7,19 +7,22 @@ namespace KvPacket.Training.Qa;
 /// <summary>One (mode, question type)'s scores.</summary>
 public sealed record QaScore(string Mode, string Type, int Questions, double ExactMatch, double F1, double Accuracy, double MeanTtftSeconds, double MeanDocumentFlops);
 
-/// <summary>One question's answer in one mode.</summary>
-public sealed record QaAnswer(string Id, string Mode, string Type, string Question, string Gold, string Prediction, double F1, double TtftSeconds, double DocumentFlops);
+/// <summary>One question's answer in one mode: <paramref name="Prediction"/> is the answer scored (<see cref="QaPrompt.FinalAnswer"/>),
+/// <paramref name="Generated"/> all the model wrote, reasoning included.</summary>
+public sealed record QaAnswer(string Id, string Mode, string Type, string Question, string Gold, string Prediction, double F1, double TtftSeconds, double DocumentFlops, string Generated);
 
 /// <summary>
 /// Answers QA benchmark questions with the engine in each RAG mode — the prompt of <see cref="QaPrompt"/>, the documents
 /// as the request's documents (packets, in the packet modes) and greedy decoding to EOS — and scores them per question
-/// type. "closed-book" is full attention with no documents at all: what the model answers from memory.
+/// type. "closed-book" is full attention with no documents at all: what the model answers from memory. A model trained
+/// to state its reasoning first (<see cref="QaPrompt.AnswerText"/>) is scored on what follows it; <paramref name="maxAnswerTokens"/>
+/// leaves room for both.
 /// </summary>
 /// <remarks>
 /// Each question gets an engine of its own; its packets come from <paramref name="packets"/> (a store, say) or, by
 /// default, are built for it and freed with it — outside the timed prefill either way.
 /// </remarks>
-public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Adapter? adapter = null, IPacketSource? packets = null, int maxAnswerTokens = 24)
+public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Adapter? adapter = null, IPacketSource? packets = null, int maxAnswerTokens = 48)
 {
     /// <summary>The closed-book pseudo-mode's name.</summary>
     public const string ClosedBook = "closed-book";
@@ -63,9 +66,9 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
             trace.Record("prefill", mode, row, start, prefilled, "documents", documents.Length, "document_flops", (long)result.DocumentFlops);
             trace.Record("decode", mode, row, prefilled, System.Diagnostics.Stopwatch.GetTimestamp(), "tokens", answer.Count);
         }
-        string prediction = tokenizer.Decode(answer.ToArray()).Trim();
+        string generated = tokenizer.Decode(answer.ToArray()).Trim(), prediction = QaPrompt.FinalAnswer(generated);
         string gold = example.Answers[0];
-        return new QaAnswer(example.Id, mode, example.Type, example.Question, gold, prediction, AnswerScore.F1(prediction, gold), result.TimeToFirstTokenSeconds, result.DocumentFlops);
+        return new QaAnswer(example.Id, mode, example.Type, example.Question, gold, prediction, AnswerScore.F1(prediction, gold), result.TimeToFirstTokenSeconds, result.DocumentFlops, generated);
     }
 
     /// <summary>Each mode's scores over <paramref name="answers"/>: per question type and over all ("all").</summary>

@@ -15,6 +15,6 @@ public static class QaFineTuning
         int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
         int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
         int[] question = QaPrompt.Question(tokenizer, example.Question);
-        return new FineTuningExample(prefix, documents, [.. question, .. QaPrompt.Answer(tokenizer, example.Answers[0])], question.Length - 1);
+        return new FineTuningExample(prefix, documents, [.. question, .. QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning)], question.Length - 1);
     }
 }

@@ -20,15 +20,16 @@ internal static class CorpusCommand
         var maxDocuments = new Option<int>("--max-documents") { Description = "Most documents per example", DefaultValueFactory = _ => 10 };
         var minTrainDocuments = new Option<int>("--min-train-documents") { Description = "Fewest documents per training example", DefaultValueFactory = _ => 1 };
         var trainQuestions = new Option<int>("--train-questions") { Description = "Most questions per training example (follow-ups asked only where its documents answer them)", DefaultValueFactory = _ => 1 };
+        var reasoning = new Option<bool>("--reasoning") { Description = "Comparison questions also carry the facts they follow from, stated before the answer in training targets (every other field unchanged)" };
         var command = new Command("corpus", "Write the multi-document QA benchmark (single-hop, bridge, comparison, three-hop) as JSONL splits")
         {
-            output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments, trainQuestions,
+            output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments, trainQuestions, reasoning,
         };
         command.SetAction(parse =>
         {
             string directory = parse.GetValue(output)!;
             QaBenchmark.WriteSplits(directory, parse.GetValue(seed), parse.GetValue(train), parse.GetValue(validation), parse.GetValue(test),
-                parse.GetValue(minDocuments), parse.GetValue(maxDocuments), parse.GetValue(minTrainDocuments), parse.GetValue(trainQuestions));
+                parse.GetValue(minDocuments), parse.GetValue(maxDocuments), parse.GetValue(minTrainDocuments), parse.GetValue(trainQuestions), parse.GetValue(reasoning));
             foreach (string split in new[] { "train", "validation", "test" })
             {
                 string path = Path.Combine(directory, split + ".jsonl");

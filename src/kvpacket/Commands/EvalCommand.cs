@@ -180,7 +180,7 @@ internal static class EvalCommand
         foreach (var s in scores)
             Console.WriteLine($"{s.Mode,-12} {s.Type,-11} {s.Questions,5} {s.ExactMatch,7:F3} {s.F1,7:F3} {s.Accuracy,7:F3} {s.MeanTtftSeconds * 1e3,8:F2} {s.MeanDocumentFlops / 1e6,10:F1}");
         foreach (var a in answers.Where(a => a.Mode == modes[0]).Take(6))
-            Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Prediction}'");
+            Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Generated}'");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
         File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
         if (plot is not null) PlotCommand.QaChart(scores, plot);

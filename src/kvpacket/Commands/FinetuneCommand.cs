@@ -18,14 +18,15 @@ namespace KvPacket.Cli.Commands;
 /// <summary>
 /// <c>kvpacket finetune --mode kvlink</c>: KVLink's recipe — the whole model fine-tuned with its link tokens on mixed data
 /// (full attention and separately encoded documents), on the GPU; writes the model as a Hugging Face directory and the
-/// links as an adapter in a packet store.
+/// links as an adapter in a packet store. <c>--mode full</c>: the whole model on full attention alone (more training of
+/// the base model on the answers scored, e.g. to teach it a new answer format), no links.
 /// </summary>
 internal static class FinetuneCommand
 {
     public static Command Create()
     {
-        var mode = new Option<string>("--mode") { Description = "kvlink (the whole model with its link tokens)", DefaultValueFactory = _ => "kvlink" };
-        mode.AcceptOnlyFromAmong("kvlink");
+        var mode = new Option<string>("--mode") { Description = "kvlink (the whole model with its link tokens, on mixed data) or full (the whole model, full attention only)", DefaultValueFactory = _ => "kvlink" };
+        mode.AcceptOnlyFromAmong("kvlink", "full");
         var model = CommonOptions.Model();
         var shapeOptions = new RequestShapeOptions();
         var links = new Option<int>("--links") { Description = "Link tokens per document", DefaultValueFactory = _ => 5 };
@@ -45,7 +46,7 @@ internal static class FinetuneCommand
         var qa = new Option<string?>("--qa") { Description = "A QA benchmark split (JSONL): its first --train-examples questions train, the next --held-out evaluate, the answer scored (instead of --docs)" };
         var shard = new Option<int>("--max-shard-mb") { Description = "Write the safetensors in shards of at most this many MB (0: one file)", DefaultValueFactory = _ => 0 };
         var timeLimit = new Option<double>("--time-limit") { Description = "Seconds after which the run stops at the next evaluation and writes what it has (0: none)", DefaultValueFactory = _ => 0 };
-        var command = new Command("finetune", "Fine-tune the whole model with KVLink link tokens on mixed data (GPU)")
+        var command = new Command("finetune", "Fine-tune the whole model with KVLink link tokens on mixed data, or on full attention alone (GPU)")
         {
             mode, model, links, steps, batch, learningRate, warmup, full, seed, trainExamples, heldOut, operand, evaluateEvery, checkpoint, output, store, qa, timeLimit, shard,
         };
@@ -59,10 +60,11 @@ internal static class FinetuneCommand
             var (train, held) = parse.GetValue(qa) is { } split
                 ? QaExamples(split, modelPath, parse.GetValue(trainExamples), parse.GetValue(heldOut))
                 : RequestExamples(parse.GetValue(shapeOptions.Docs)!, modelPath, source, shape, parse.GetValue(trainExamples), parse.GetValue(heldOut));
+            bool linked = parse.GetValue(mode) == "kvlink";
             var options = new FineTuningOptions
             {
                 Links = parse.GetValue(links), Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(learningRate),
-                WarmupSteps = parse.GetValue(warmup), FullFraction = parse.GetValue(full), Seed = parse.GetValue(seed), Operand = parse.GetValue(operand),
+                WarmupSteps = parse.GetValue(warmup), FullFraction = linked ? parse.GetValue(full) : 1.0, Seed = parse.GetValue(seed), Operand = parse.GetValue(operand),
                 EvaluateEvery = parse.GetValue(evaluateEvery), CheckpointPath = parse.GetValue(checkpoint),
                 TimeLimit = parse.GetValue(timeLimit) > 0 ? TimeSpan.FromSeconds(parse.GetValue(timeLimit)) : null,
             };
@@ -79,6 +81,11 @@ internal static class FinetuneCommand
             TrainedCheckpoint.WriteHuggingFace(source.Config, run.Weights, directory, parse.GetValue(operand) == DType.F32 ? DType.F32 : DType.BF16,
                 new Dictionary<string, string> { ["kvpacket.finetune"] = options.Signature(modelPath) }, parse.GetValue(shard) * 1_000_000L);
             if (TokenizerLoader.FileNextTo(modelPath) is { } tokenizerFile) File.Copy(tokenizerFile, Path.Combine(directory, Path.GetFileName(tokenizerFile)), overwrite: true);
+            if (!linked)
+            {
+                Console.WriteLine($"wrote {directory}");
+                return 0;
+            }
             using (var tuned = CheckpointLoader.Load(directory))
             {
                 // The links belong to the fine-tuned weights: the adapter file names that model's fingerprint.

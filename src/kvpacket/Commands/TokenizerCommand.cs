@@ -91,8 +91,8 @@ internal static class TokenizerCommand
                 foreach (var example in QaBenchmark.Read(file))
                 {
                     foreach (var document in example.Documents) yield return QaPrompt.DocumentText(document);
-                    yield return QaPrompt.QuestionText(example.Question) + QaPrompt.AnswerText(example.Answers[0]);
-                    foreach (var followUp in example.FollowUps ?? []) yield return QaPrompt.QuestionText(followUp.Question) + QaPrompt.AnswerText(followUp.Answers[0]);
+                    yield return QaPrompt.QuestionText(example.Question) + QaPrompt.AnswerText(example.Answers[0], example.Reasoning);
+                    foreach (var followUp in example.FollowUps ?? []) yield return QaPrompt.QuestionText(followUp.Question) + QaPrompt.AnswerText(followUp.Answers[0], followUp.Reasoning);
                 }
             else
                 foreach (string line in File.ReadLines(file)) yield return line + "\n";
