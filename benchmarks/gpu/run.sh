@@ -122,11 +122,12 @@ with open('/tmp/corpus.tokens','w') as f:
         # Our QA model from scratch: benchmark, tokenizer, token file, pre-training (the commands of models/kvqa-17m's card).
         # Resumable: a second call on the same (warm) machine reuses the data and continues from the checkpoint; the
         # model is written when the run ends or its time is up. QA_EVAL questions of the test split are then answered.
-        # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions).
+        # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions); QA_REASONING=1:
+        # comparisons state the two values before the answer (corpus --reasoning).
         q=/tmp/kvqa
         mkdir -p $q
         if [[ ! -f $q/train.tokens ]]; then
-            "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 | tee -a "$out/qa.txt"
+            "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa.txt"
             head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
             "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 ${QA_SPLIT_DIGITS:+--split-digits} --out $q/tokenizer.json | tee -a "$out/qa.txt"
             "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens.partial | tee -a "$out/qa.txt"
@@ -136,8 +137,11 @@ with open('/tmp/corpus.tokens','w') as f:
             --steps ${QA_STEPS:-36000} --batch 32 --length 1024 --warmup 500 --learning-rate 2e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
             --checkpoint $q/run.ckpt --checkpoint-every 2000 --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out $q/kvqa-17m | tee -a "$out/qa.txt" || status=1
         if [[ "${QA_EVAL:-0}" != 0 ]]; then
-            "$k" eval --task qa -m $q/kvqa-17m --split $q/data/test.jsonl --limit $QA_EVAL --modes full,closed-book,naive --out $q/eval.json | tee -a "$out/qa.txt" || status=1
-            cp -r $q/kvqa-17m "$out/"
+            "$k" eval --task qa -m $q/kvqa-17m --split $q/data/test.jsonl --limit $QA_EVAL --modes full,closed-book,naive --device cuda --out $q/eval.json \
+                | grep -v "questions, " | tee -a "$out/qa.txt" || status=1
+            # Shards as they are (each under the 16 MB a file may bring back), the rest in one archive.
+            mkdir -p "$out/kvqa-17m" && cp $q/kvqa-17m/model-0000* "$out/kvqa-17m/"
+            tar czf "$out/qa-small.tar.gz" -C $q kvqa-17m/config.json kvqa-17m/model.safetensors.index.json kvqa-17m/tokenizer.json eval.json
         fi
     fi
     if [[ " $parts " == *" qa-adapters "* ]]; then

@@ -106,9 +106,6 @@ public static class QaBenchmark
         return new QaExample($"{split}-{i}", type, relation, question, [answer], documents, Placed(gold), followUps.Count > 0 ? [.. followUps] : null, reasoning ? because : null);
     }
 
-    /// <summary>A number's digits with a space between each, as the reasoning states it.</summary>
-    private static string Spelled(long value) => string.Join(' ', value.ToString(System.Globalization.CultureInfo.InvariantCulture).ToCharArray());
-
     private static int Size(QaWorld world, EntityKind kind) => kind switch
     {
         EntityKind.Person => world.People.Length,
@@ -137,9 +134,9 @@ public static class QaBenchmark
     /// from — each candidate with its value, in the question's order — which draws nothing, so it never changes the data.
     /// </summary>
     /// <remarks>
-    /// The values are spelled digit by digit ("1 8 4 3"): the tokenizer makes most years one token each, and a model
-    /// fine-tuned to state the two years as tokens still picked between them by chance — it never learned to order
-    /// 320 year tokens, while ten digits it can.
+    /// Values are written as the documents write them. A model whose tokenizer makes each year one token, fine-tuned to
+    /// state the two years, picked between them by chance (it never learned to order 320 year tokens), and could not
+    /// learn to spell a year token digit by digit either: reasoning is meant for a model with a digit-splitting tokenizer.
     /// </remarks>
     private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold, string? Reasoning)? TryAsk(QaWorld w, string type, Draws d)
     {
@@ -205,7 +202,7 @@ public static class QaBenchmark
                             if (p1 == p2) return null;
                             var (x, y) = (w.People[p1], w.People[p2]);
                             return ("person.birth_year.earlier", P($"Who was born earlier, {x.Name} or {y.Name}?", $"Which of {x.Name} and {y.Name} was born first?"),
-                                x.BirthYear < y.BirthYear ? x.Name : y.Name, [(EntityKind.Person, p1), (EntityKind.Person, p2)], $"{x.Name}: {Spelled(x.BirthYear)}; {y.Name}: {Spelled(y.BirthYear)}");
+                                x.BirthYear < y.BirthYear ? x.Name : y.Name, [(EntityKind.Person, p1), (EntityKind.Person, p2)], $"{x.Name}: {x.BirthYear}; {y.Name}: {y.BirthYear}");
                         }
                         case 1:
                         {
@@ -213,7 +210,7 @@ public static class QaBenchmark
                             if (o1 == o2) return null;
                             var (x, y) = (w.Organisations[o1], w.Organisations[o2]);
                             return ("organisation.founded.earlier", P($"Which was founded first, {x.Name} or {y.Name}?", $"Which is older, {x.Name} or {y.Name}?"),
-                                x.Founded < y.Founded ? x.Name : y.Name, [(EntityKind.Organisation, o1), (EntityKind.Organisation, o2)], $"{x.Name}: {Spelled(x.Founded)}; {y.Name}: {Spelled(y.Founded)}");
+                                x.Founded < y.Founded ? x.Name : y.Name, [(EntityKind.Organisation, o1), (EntityKind.Organisation, o2)], $"{x.Name}: {x.Founded}; {y.Name}: {y.Founded}");
                         }
                         case 2:
                         {
@@ -221,7 +218,7 @@ public static class QaBenchmark
                             if (c1 == c2 || w.Cities[c1].Population == w.Cities[c2].Population) return null;
                             var (x, y) = (w.Cities[c1], w.Cities[c2]);
                             return ("city.population.larger", P($"Which city has more inhabitants, {x.Name} or {y.Name}?", $"Which is larger by population, {x.Name} or {y.Name}?"),
-                                x.Population > y.Population ? x.Name : y.Name, [(EntityKind.City, c1), (EntityKind.City, c2)], $"{x.Name}: {Spelled(x.Population)}; {y.Name}: {Spelled(y.Population)}");
+                                x.Population > y.Population ? x.Name : y.Name, [(EntityKind.City, c1), (EntityKind.City, c2)], $"{x.Name}: {x.Population}; {y.Name}: {y.Population}");
                         }
                         default:
                         {
@@ -229,7 +226,7 @@ public static class QaBenchmark
                             if (k1 == k2) return null;
                             var (x, y) = (w.Works[k1], w.Works[k2]);
                             return ("work.year.earlier", P($"Which was published earlier, {x.Title} or {y.Title}?", $"Which appeared first, {x.Title} or {y.Title}?"),
-                                x.Year < y.Year ? x.Title : y.Title, [(EntityKind.Work, k1), (EntityKind.Work, k2)], $"{x.Title}: {Spelled(x.Year)}; {y.Title}: {Spelled(y.Year)}");
+                                x.Year < y.Year ? x.Title : y.Title, [(EntityKind.Work, k1), (EntityKind.Work, k2)], $"{x.Title}: {x.Year}; {y.Title}: {y.Year}");
                         }
                     }
                 }
