@@ -34,22 +34,28 @@ public unsafe class MatMulBenchmarks
     public void Setup()
     {
         var random = new SeededRandom(5);
-        var weights = new float[Rows * Columns];
-        for (int i = 0; i < weights.Length; i++) weights[i] = random.NextSingle() - 0.5f;
-        var file = Type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q8_0x8 => DType.Q8_0, _ => Type };
-        var encoded = new byte[file.BytesFor(weights.Length)];
-        TensorEncoding.Encode(weights, file, encoded);
-        _weights = new NativeBuffer<byte>(Type.BytesFor(weights.Length));
-        fixed (byte* source = encoded)
-        {
-            if (file == Type) new ReadOnlySpan<byte>(source, encoded.Length).CopyTo(new Span<byte>(_weights.Pointer, encoded.Length));
-            else InterleavedRows.Interleave(file, source, Rows, Columns, _weights.Pointer);
-        }
+        (_weights, _tensor) = Weights(Type, Rows, Columns, ref random);
         _x = new NativeBuffer<float>((long)Tokens * Columns);
         for (int i = 0; i < _x.Length; i++) _x.Pointer[i] = random.NextSingle() - 0.5f;
         _y = new NativeBuffer<float>((long)Tokens * Rows);
-        _tensor = new WeightTensor("up_proj", Type, Rows, Columns, _weights.Pointer);
         _matMul = new MatMul(WorkerPool.Shared, Columns);
+    }
+
+    /// <summary>Seeded weights in <paramref name="type"/> (block formats interleaved as a GGUF reader lays them out).</summary>
+    internal static (NativeBuffer<byte> Storage, WeightTensor Tensor) Weights(DType type, int rows, int columns, ref SeededRandom random)
+    {
+        var weights = new float[(long)rows * columns];
+        for (long i = 0; i < weights.Length; i++) weights[i] = random.NextSingle() - 0.5f;
+        var file = type switch { DType.Q4_0x8 => DType.Q4_0, DType.Q8_0x8 => DType.Q8_0, _ => type };
+        var encoded = new byte[file.BytesFor(weights.Length)];
+        TensorEncoding.Encode(weights, file, encoded);
+        var storage = new NativeBuffer<byte>(type.BytesFor(weights.Length));
+        fixed (byte* source = encoded)
+        {
+            if (file == type) new ReadOnlySpan<byte>(source, encoded.Length).CopyTo(new Span<byte>(storage.Pointer, encoded.Length));
+            else InterleavedRows.Interleave(file, source, rows, columns, storage.Pointer);
+        }
+        return (storage, new WeightTensor("weights", type, rows, columns, storage.Pointer));
     }
 
     [Benchmark]

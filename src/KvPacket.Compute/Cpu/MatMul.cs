@@ -29,9 +29,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private const int TokenBlockBytes = 160 * 1024;
     private const long ParallelThreshold = 1 << 15;
     /// <summary>
-    /// How far ahead (rows) a GEMV asks for weights. Four interleaved row streams per core left the hardware prefetcher
-    /// behind: asking for the next group of four rows, a cache line at a time, took the f16 projections from ~22 to
-    /// ~40 GB/s on the 2-core VM (decode 22-23 -> 36-39 tok/s; 8, 16 and 32 rows ahead measured slower).
+    /// How far ahead (rows) a GEMV over block-format rows one at a time asks for weights. The four-row dots
+    /// (f32, f16, bf16, q8_0) ask for the next four rows inside their loops instead (<c>ahead</c> in <see cref="Dot"/>).
     /// </summary>
     private const int PrefetchRows = 4;
 
@@ -161,17 +160,17 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         switch (p.W.Type)
         {
             case DType.BF16 or DType.F16:
-                // 16-bit rows are widened in registers, four rows at a time.
+                // 16-bit rows are widened in registers, four rows at a time, the next four asked for as they go.
                 ushort* w = (ushort*)p.W.Data;
                 bool half = p.W.Type == DType.F16;
                 for (; r <= rowEnd - 4; r += 4)
                 {
-                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch(w + (long)(r + PrefetchRows) * k, 4L * k * sizeof(ushort));
+                    ushort* rows = w + (long)r * k, next = r + 8 <= rowEnd ? rows + 4L * k : null;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         int length = Math.Min(KChunk, k - c0);
-                        if (half) Dot.F16x4(x + c0, w + (long)r * k + c0, length, k, partial);
-                        else Dot.BF16x4(x + c0, w + (long)r * k + c0, length, k, partial);
+                        if (half) Dot.F16x4(x + c0, rows + c0, length, k, partial, next == null ? null : next + c0);
+                        else Dot.BF16x4(x + c0, rows + c0, length, k, partial, next == null ? null : next + c0);
                         Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }
@@ -189,10 +188,10 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 long rowBytes = k / 32 * 34;
                 for (; r <= rowEnd - 4; r += 4)
                 {
-                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch(q + (r + PrefetchRows) * rowBytes, 4 * rowBytes);
+                    byte* rows = q + r * rowBytes, next = r + 8 <= rowEnd ? rows + 4 * rowBytes : null;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
-                        Dot.Q8_0x4(x + c0, q + r * rowBytes + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial);
+                        Dot.Q8_0x4(x + c0, rows + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial, next == null ? null : next + c0 / 32 * 34);
                         Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }
@@ -206,8 +205,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
             case DType.F32:
                 for (; r < rowEnd; r += 4)
                 {
-                    if (r + PrefetchRows + 4 <= rowEnd) Prefetch((float*)p.W.Data + (long)(r + PrefetchRows) * k, 4L * k * sizeof(float));
-                    RowsTimesToken(k, (float*)p.W.Data + (long)r * k, Math.Min(4, rowEnd - r), x, p.Y + r);
+                    float* rows = (float*)p.W.Data + (long)r * k;
+                    RowsTimesToken(k, rows, Math.Min(4, rowEnd - r), x, p.Y + r, r + 8 <= rowEnd ? rows + 4L * k : null);
                 }
                 break;
             default:
@@ -242,15 +241,15 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path.</summary>
-    private static void RowsTimesToken(int k, float* w, int rows, float* x, float* y)
+    /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path; <paramref name="ahead"/>: the next four rows, asked for as these are read (or null).</summary>
+    private static void RowsTimesToken(int k, float* w, int rows, float* x, float* y, float* ahead = null)
     {
         float* partial = stackalloc float[4];
         if (rows == 4)
         {
             for (int c0 = 0; c0 < k; c0 += KChunk)
             {
-                Dot.F32x4(x + c0, w + c0, Math.Min(KChunk, k - c0), k, partial);
+                Dot.F32x4(x + c0, w + c0, Math.Min(KChunk, k - c0), k, partial, ahead == null ? null : ahead + c0);
                 Accumulate(y, partial, c0 == 0);
             }
             return;
@@ -263,12 +262,16 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>Asks for <paramref name="bytes"/> from <paramref name="p"/> to be brought into cache, a line at a time (x86; elsewhere nothing).</summary>
+    /// <summary>
+    /// Asks for <paramref name="bytes"/> from <paramref name="p"/> to be brought into L2, a line at a time (x86; elsewhere
+    /// nothing). Into L2, not L1: a group of rows is ~100 lines, more than L1 can have in flight, and on the AMD EPYC VMs
+    /// prefetcht0 left an f16 GEMV at 14 GB/s where prefetcht1 reads 25 of a 26 GB/s roofline.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Prefetch(void* p, long bytes)
     {
         if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
-        for (long offset = 0; offset < bytes; offset += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch0((byte*)p + offset);
+        for (long offset = 0; offset < bytes; offset += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch1((byte*)p + offset);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
