@@ -10,13 +10,15 @@ namespace KvPacket.Benchmarks;
 
 /// <summary>
 /// The Qwen2.5-0.5B MLP up-projection ([4864, 896]) as GEMV (decode) and GEMM (prefill chunk), per weight type — the
-/// block formats in the eight-row interleaved layout a GGUF reader makes of them. GB/s for GEMV and GFLOP/s for GEMM
-/// follow from the reported mean: bytes = the matrix's size in its type, FLOP = 2·tokens·rows·columns.
+/// block formats in the eight-row interleaved layout a GGUF reader makes of them — and its classifier ([151936, 896])
+/// as GEMV: the first fits in L3 and measures the kernel, the second streams from DRAM and measures how close the kernel
+/// comes to the machine's read bandwidth. GB/s for GEMV and GFLOP/s for GEMM follow from the reported mean: bytes = the
+/// matrix's size in its type, FLOP = 2·tokens·rows·columns.
 /// </summary>
 [MemoryDiagnoser]
 public unsafe class MatMulBenchmarks
 {
-    private const int Rows = 4864, Columns = 896;
+    private const int Columns = 896;
     private NativeBuffer<byte> _weights = null!;
     private NativeBuffer<float> _x = null!, _y = null!;
     private MatMul _matMul = null!;
@@ -26,23 +28,26 @@ public unsafe class MatMulBenchmarks
     [Params(DType.F32, DType.BF16, DType.F16, DType.Q8_0x8, DType.Q4_0x8)]
     public DType Type { get; set; }
 
-    /// <summary>Tokens multiplied at once.</summary>
-    [Params(1, 64)]
-    public int Tokens { get; set; }
+    /// <summary>The matrix's rows and the tokens multiplied at once.</summary>
+    [ParamsSource(nameof(Cases))]
+    public MatMulCase Case { get; set; }
+
+    /// <summary>The up-projection as GEMV and GEMM, the classifier as GEMV.</summary>
+    public static IEnumerable<MatMulCase> Cases => [new(4864, 1), new(4864, 64), new(151936, 1)];
 
     [GlobalSetup]
     public void Setup()
     {
         var random = new SeededRandom(5);
-        (_weights, _tensor) = Weights(Type, Rows, Columns, ref random);
-        _x = new NativeBuffer<float>((long)Tokens * Columns);
+        (_weights, _tensor) = Weights(Type, Case.Rows, Columns, ref random);
+        _x = new NativeBuffer<float>((long)Case.Tokens * Columns);
         for (int i = 0; i < _x.Length; i++) _x.Pointer[i] = random.NextSingle() - 0.5f;
-        _y = new NativeBuffer<float>((long)Tokens * Rows);
+        _y = new NativeBuffer<float>((long)Case.Tokens * Case.Rows);
         _matMul = new MatMul(WorkerPool.Shared, Columns);
     }
 
     /// <summary>Seeded weights in <paramref name="type"/> (block formats interleaved as a GGUF reader lays them out).</summary>
-    internal static (NativeBuffer<byte> Storage, WeightTensor Tensor) Weights(DType type, int rows, int columns, ref SeededRandom random)
+    private static (NativeBuffer<byte> Storage, WeightTensor Tensor) Weights(DType type, int rows, int columns, ref SeededRandom random)
     {
         var weights = new float[(long)rows * columns];
         for (long i = 0; i < weights.Length; i++) weights[i] = random.NextSingle() - 0.5f;
@@ -59,7 +64,7 @@ public unsafe class MatMulBenchmarks
     }
 
     [Benchmark]
-    public void Multiply() => _matMul.Multiply(_x.Pointer, Tokens, _tensor, _y.Pointer);
+    public void Multiply() => _matMul.Multiply(_x.Pointer, Case.Tokens, _tensor, _y.Pointer);
 
     [GlobalCleanup]
     public void Cleanup()
@@ -69,4 +74,11 @@ public unsafe class MatMulBenchmarks
         _x.Dispose();
         _y.Dispose();
     }
+}
+
+/// <summary>A matrix of <paramref name="Rows"/> × 896 times <paramref name="Tokens"/> tokens.</summary>
+public readonly record struct MatMulCase(int Rows, int Tokens)
+{
+    /// <inheritdoc />
+    public override string ToString() => $"{Rows}x896 x{Tokens}";
 }
