@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
+using KvPacket.Compute.Threading;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
 using KvPacket.Core.Model;
@@ -36,6 +35,7 @@ internal static class LlamaCppComparison
 
         using var checkpoint = CheckpointLoader.Load(gguf);
         long weightBytes = WeightBytes(checkpoint);
+        using var pool = new WorkerPool(threads);
         using var model = new Transformer(checkpoint, new TransformerOptions { Threads = threads, KvCacheTokens = promptTokens + tokens + 16, MaxBatchTokens = promptTokens });
         var generator = new Generator(model);
         var parameters = new ModelParams(gguf) { ContextSize = (uint)(promptTokens + tokens + 16), Threads = threads, BatchThreads = threads, BatchSize = (uint)promptTokens };
@@ -54,7 +54,7 @@ internal static class LlamaCppComparison
             Thread.Sleep(1000);
             var (prefill, decode) = LlamaCpp(context, prompt, tokens);
             Thread.Sleep(1000);
-            double read = Enumerable.Range(0, 3).Max(_ => ReadBandwidth(threads)); // the best of three: what the memory can give
+            double read = MachinePeaks.ReadBandwidth(pool, repeats: 3); // the best of three: what the memory can give
             if (round < 0) continue;
             ourDecode.Add(ours.DecodeTokensPerSecond); ourPrefill.Add(ours.PrefillTokensPerSecond);
             theirDecode.Add(decode); theirPrefill.Add(prefill);
@@ -133,38 +133,6 @@ internal static class LlamaCppComparison
                 bytes += w.Type.BytesFor(w.ElementCount);
         var classifier = checkpoint.Classifier;
         return bytes + classifier.Type.BytesFor(classifier.ElementCount);
-    }
-
-    /// <summary>Bytes/s of summing 1 GiB with Vector512 loads split over <paramref name="threads"/> threads (the memory's read rate here).</summary>
-    private static unsafe double ReadBandwidth(int threads)
-    {
-        const long Bytes = 1L << 30;
-        if (_buffer == null) _buffer = AllocateTouched(Bytes);
-        long start = Stopwatch.GetTimestamp();
-        var sums = new float[threads];
-        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
-        {
-            long per = Bytes / 4 / threads;
-            float* p = (float*)_buffer + t * per;
-            Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default; // independent sums: the loads, not the adds, set the pace
-            for (long i = 0; i < per; i += 64)
-            {
-                s0 += Vector512.Load(p + i); s1 += Vector512.Load(p + i + 16);
-                s2 += Vector512.Load(p + i + 32); s3 += Vector512.Load(p + i + 48);
-            }
-            sums[t] = Vector512.Sum(s0 + s1 + s2 + s3);
-        });
-        return Bytes / Stopwatch.GetElapsedTime(start).TotalSeconds;
-    }
-
-    private static unsafe void* _buffer;
-
-    private static unsafe void* AllocateTouched(long bytes)
-    {
-        void* p = NativeMemory.AlignedAlloc((nuint)bytes, 64);
-        new Span<byte>(p, int.MaxValue / 2).Fill(1);
-        new Span<byte>((byte*)p + int.MaxValue / 2, (int)(bytes - int.MaxValue / 2)).Fill(1);
-        return p;
     }
 
     private static double Median(List<double> values)
