@@ -145,11 +145,12 @@ with open('/tmp/corpus.tokens','w') as f:
         fi
     fi
     if [[ " $parts " == *" qa-adapters "* ]]; then
-        # Adapters of the shipped QA model (frozen), distilled on the GPU from the training split's questions; the store comes
-        # back as a tar, each adapter as a file, and each is evaluated on the test split's first QA_EVAL questions here.
-        m=models/kvqa-17m
+        # Adapters of the shipped QA model (or QA_MODEL's: /tmp/kvqa/kvqa-17m after a qa run on the same machine), frozen,
+        # distilled on the GPU from the training split's questions; the store comes back as a tar, each adapter as a file,
+        # and each is evaluated on the test split's first QA_EVAL questions here.
+        m=${QA_MODEL:-models/kvqa-17m}
         n=${QA_ADAPTER_EXAMPLES:-848}
-        "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 | tee -a "$out/qa-adapters.txt"
+        "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa-adapters.txt"
         IFS=';' read -ra variants <<< "${QA_ADAPTER_VARIANTS:-kvpacket-4x4 --mode kvpacket --header 4 --trailer 4;kvlink-5 --mode kvlink --links 5;kvpacket-16x16 --mode kvpacket --header 16 --trailer 16}"
         for variant in "${variants[@]}"; do
             set -- $variant
@@ -166,10 +167,10 @@ with open('/tmp/corpus.tokens','w') as f:
         done
     fi
     if [[ " $parts " == *" qa-tokenizer "* ]]; then
-        # The shipped tokenizer.json read by Hugging Face tokenizers: 1,000 strings (unseen test-split text and odd inputs) encode alike.
+        # The shipped tokenizer.json (or QA_MODEL's) read by Hugging Face tokenizers: 1,000 strings (unseen test-split text and odd inputs) encode alike.
         "$k" corpus --out /tmp/qa-tok --seed 7 --train 10 --validation 10 --test 300 >/dev/null
-        "$k" tokenizer samples /tmp/qa-tok/test.jsonl --tokenizer models/kvqa-17m/tokenizer.json --out /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt"
-        python3 benchmarks/gpu/tokenizer_check.py models/kvqa-17m/tokenizer.json /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt" || status=1
+        "$k" tokenizer samples /tmp/qa-tok/test.jsonl --tokenizer ${QA_MODEL:-models/kvqa-17m}/tokenizer.json --out /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt"
+        python3 benchmarks/gpu/tokenizer_check.py ${QA_MODEL:-models/kvqa-17m}/tokenizer.json /tmp/qa-tok/samples.jsonl | tee -a "$out/qa-tokenizer.txt" || status=1
     fi
     if [[ " $parts " == *" qa-finetune "* ]]; then
         # KVLink's recipe on the shipped QA model: every weight and 5 link tokens fine-tuned on mixed data (half full attention,
