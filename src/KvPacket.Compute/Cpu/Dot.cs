@@ -80,8 +80,9 @@ public static unsafe class Dot
     /// <summary>
     /// Asks for one cache line of each of four rows (<paramref name="stride"/> bytes apart) from <paramref name="line"/>
     /// into L2. Spread over the loop — as much asked for per step as is read — the requests keep the stream full where a
-    /// burst of ~100 lines per row group, or asking into L1, left an f16 GEMV at 14–21 GB/s of a ~30 GB/s read roofline
-    /// on the 2-core AMD EPYC VMs (29–32 GB/s this way, in a harness over a 272 MB matrix).
+    /// burst of ~100 lines per row group into L1 did not: on the 2-core AMD EPYC VMs the classifier GEMV from DRAM of
+    /// <c>MatMulBenchmarks</c> ran 1.7–2.3× faster in f32, f16 and bf16 (f16 at 31 GB/s;
+    /// <c>benchmarks/results/matmul-gemv-prefetch-2core-2026-12-01.txt</c>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Ask(byte* line, long stride)
