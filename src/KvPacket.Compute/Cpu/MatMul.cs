@@ -169,8 +169,9 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         int length = Math.Min(KChunk, k - c0);
-                        if (half) Dot.F16x4(x + c0, rows + c0, length, k, partial, next == null ? null : next + c0);
-                        else Dot.BF16x4(x + c0, rows + c0, length, k, partial, next == null ? null : next + c0);
+                        ushort* ahead = next == null ? null : next + c0;
+                        if (half) Dot.F16x4(x + c0, rows + c0, length, k, partial, ahead);
+                        else Dot.BF16x4(x + c0, rows + c0, length, k, partial, ahead);
                         Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }

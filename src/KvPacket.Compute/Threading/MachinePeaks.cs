@@ -21,11 +21,10 @@ public static unsafe class MachinePeaks
     {
         using var buffer = new NativeBuffer<float>(bytes / 4);
         for (long i = 0; i < buffer.Length; i += 1024) buffer.Pointer[i] = 1; // fault the pages in
-        var plain = new StreamRead(buffer.Pointer, buffer.Length, pool.ThreadCount, ask: false);
-        var asking = new StreamRead(buffer.Pointer, buffer.Length, pool.ThreadCount, ask: true);
+        StreamRead[] passes = [new(buffer.Pointer, buffer.Length, pool.ThreadCount, ask: false), new(buffer.Pointer, buffer.Length, pool.ThreadCount, ask: true)];
         double best = 0;
         for (int r = 0; r < repeats; r++)
-            foreach (var work in new[] { plain, asking })
+            foreach (var work in passes)
             {
                 long start = Stopwatch.GetTimestamp();
                 pool.Run(work, pool.ThreadCount);

@@ -132,23 +132,7 @@ public static class ByteLevelBpeTrainer
         json.WriteEndArray();
         json.WriteNull("normalizer");
         if (pattern is null) WriteByteLevel(json, "pre_tokenizer", useRegex: true);
-        else
-        {
-            json.WriteStartObject("pre_tokenizer");
-            json.WriteString("type", "Sequence");
-            json.WriteStartArray("pretokenizers");
-            json.WriteStartObject();
-            json.WriteString("type", "Split");
-            json.WriteStartObject("pattern");
-            json.WriteString("Regex", pattern);
-            json.WriteEndObject();
-            json.WriteString("behavior", "Isolated");
-            json.WriteBoolean("invert", false);
-            json.WriteEndObject();
-            WriteByteLevel(json, null, useRegex: false);
-            json.WriteEndArray();
-            json.WriteEndObject();
-        }
+        else WriteSplitThenByteLevel(json, pattern);
         json.WriteNull("post_processor");
         WriteByteLevel(json, "decoder", useRegex: true);
         json.WriteStartObject("model");
@@ -173,6 +157,25 @@ public static class ByteLevelBpeTrainer
         }
         json.WriteEndArray();
         json.WriteEndObject();
+        json.WriteEndObject();
+    }
+
+    /// <summary>The pre-tokenizer as a Sequence: a Split on <paramref name="pattern"/> (matches kept as words), then ByteLevel without its regex.</summary>
+    private static void WriteSplitThenByteLevel(Utf8JsonWriter json, string pattern)
+    {
+        json.WriteStartObject("pre_tokenizer");
+        json.WriteString("type", "Sequence");
+        json.WriteStartArray("pretokenizers");
+        json.WriteStartObject();
+        json.WriteString("type", "Split");
+        json.WriteStartObject("pattern");
+        json.WriteString("Regex", pattern);
+        json.WriteEndObject();
+        json.WriteString("behavior", "Isolated");
+        json.WriteBoolean("invert", false);
+        json.WriteEndObject();
+        WriteByteLevel(json, null, useRegex: false);
+        json.WriteEndArray();
         json.WriteEndObject();
     }
 

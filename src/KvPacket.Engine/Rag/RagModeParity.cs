@@ -48,17 +48,15 @@ public sealed record RagModeParity(RagMode Mode, double MaxAbsDifference, double
         var results = new List<RagModeParity>();
         foreach (var (mode, realign) in Enum.GetValues<RagMode>().Select(m => (m, true)).Concat([(RagMode.Naive, false), (RagMode.KvLink, false)]))
         {
-            using var cpuEngine = new RagEngine(cpu)
+            RagEngine Engine(IForwardBackend on) => new(on)
             {
                 Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens, RealignPackets = realign,
             };
+            using var cpuEngine = Engine(cpu);
             var expected = Answer(cpuEngine, request, mode, new int[steps], forced: false);
             (float[] Logits, int[] Tokens, int[] Greedy) actual = default;
             string? refused = null;
-            using (var otherEngine = new RagEngine(backend)
-                   {
-                       Adapter = adapter, EpicRecomputeTokens = 5, CacheBlendFraction = 0.5, QueryLogits = LogitsFor.AllTokens, RealignPackets = realign,
-                   })
+            using (var otherEngine = Engine(backend))
             {
                 try { actual = Answer(otherEngine, request, mode, (int[])expected.Tokens.Clone(), forced: true); }
                 catch (NotSupportedException e) { refused = e.Message; }

@@ -189,26 +189,27 @@ internal static class CudaCommand
                 {
                     string tag = specialised ? "card" : "generic";
                     int batch = parse.GetValue(batchSize);
+                    int decodeRoom = decodeContext + 24 * repeat + 64;   // the context, and the tokens the timed steps append to it
                     using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
-                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * (decodeContext + 24 * repeat + 64)), specialised, maxSequences: Math.Max(batch, 1), maxContext: Math.Max(promptLength, decodeContext + 24 * repeat + 64) + 64);
+                        kvTokens: Math.Max(promptLength + 64, (batch + 1) * decodeRoom), specialised, maxSequences: Math.Max(batch, 1), maxContext: Math.Max(promptLength, decodeRoom) + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
-                    int[] prompt = random.NextTokens(Math.Max(promptLength, decodeContext), 0, checkpoint.Config.VocabSize);
+                    int[] tokens = random.NextTokens(Math.Max(promptLength, decodeContext), 0, checkpoint.Config.VocabSize), prompt = tokens[..promptLength];
                     // Prefill: warm up once, then time whole prefills of the prompt.
-                    gpu.Prefill(prompt.AsSpan(0, promptLength));
-                    var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, Math.Max(3, repeat / 5));
+                    gpu.Prefill(prompt);
+                    var prefillMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
                     figures[$"prefill_{promptLength}_tokens_per_s_{tag}"] = promptLength / (Statistics.Median(prefillMs) / 1e3);
-                    if (specialised) PrintStages(gpu, device, $"prefill of {promptLength} tokens", () => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, 3);
+                    if (specialised) PrintStages(gpu, device, $"prefill of {promptLength} tokens", () => { gpu.Reset(); gpu.Prefill(prompt); }, 3);
                     if (specialised)
                     {
                         gpu.UseTensorCores = false;
-                        var scalarMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt.AsSpan(0, promptLength)); }, Math.Max(3, repeat / 5));
+                        var scalarMs = device.Time(() => { gpu.Reset(); gpu.Prefill(prompt); }, Math.Max(3, repeat / 5));
                         gpu.UseTensorCores = true;
                         figures[$"prefill_{promptLength}_tokens_per_s_{tag}_without_tensor_cores"] = promptLength / (Statistics.Median(scalarMs) / 1e3);
                     }
                     // Decode: a context of decodeContext tokens, then one-token steps.
                     gpu.Reset();
-                    gpu.Prefill(prompt.AsSpan(0, decodeContext));
+                    gpu.Prefill(tokens.AsSpan(0, decodeContext));
                     for (int w = 0; w < 5; w++) gpu.Step([7]);
                     var stepMs = device.Time(() => gpu.Step([7]), repeat);
                     double step = Statistics.Median(stepMs) / 1e3;
