@@ -196,7 +196,7 @@ with open('/tmp/corpus.tokens','w') as f:
         mkdir -p "$out/kvqa-17m-kvlink" && cp /tmp/ft-$best/{config.json,kvlink-adapter.safetensors,model-0000*} "$out/kvqa-17m-kvlink/"
     fi
     if [[ " $parts " == *" qa-reasoning "* ]]; then
-        # The shipped QA model taught to state what a comparison follows from before answering ("X: 1843; Y: 1901; so X"):
+        # The shipped QA model (or QA_MODEL's) taught to state what an answer follows from before it ("X: 1843; Y: 1901; so X"):
         # the whole model on full attention, answers scored, on training questions it never saw (seed 1, after the 600,000
         # it was pre-trained on, written with --reasoning). Variants "name batch learning-rate steps"; each is scored on the
         # test split's first QA_EVAL questions; the best full-recompute F1's model comes back (shards, config, index).
@@ -206,7 +206,7 @@ with open('/tmp/corpus.tokens','w') as f:
         IFS=';' read -ra variants <<< "${QA_REASONING_VARIANTS:-lr1e-4 32 1e-4 5000;lr3e-5 32 3e-5 5000}"
         for variant in "${variants[@]}"; do
             set -- $variant
-            "$k" finetune --mode full -m models/kvqa-17m --qa /tmp/qa-rs/unseen.jsonl --train-examples $n --held-out 200 \
+            "$k" finetune --mode full -m ${QA_MODEL:-models/kvqa-17m} --qa /tmp/qa-rs/unseen.jsonl --train-examples $n --held-out 200 \
                 --batch $2 --learning-rate $3 --steps $4 --warmup 100 --eval-every 500 --time-limit ${QA_SECONDS:-150} --max-shard-mb 15 --out /tmp/rs-$1 \
                 | sed "s/^/$1: /" | tee -a "$out/qa-reasoning.txt" || status=1
             "$k" eval --task qa -m /tmp/rs-$1 --split /tmp/qa-rs/test.jsonl --limit ${QA_EVAL:-1000} --modes ${QA_REASONING_MODES:-full,naive} --device cuda \

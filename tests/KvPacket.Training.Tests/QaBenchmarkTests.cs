@@ -100,7 +100,7 @@ public class QaBenchmarkTests
     }
 
     [Fact]
-    public void Reasoning_states_both_candidates_values_changes_nothing_else_and_the_answer_is_taken_back_out()
+    public void Reasoning_states_comparison_values_and_hop_entities_changes_nothing_else_and_the_answer_is_taken_back_out()
     {
         var (_, _, reserved) = QaBenchmark.HeldOutWorlds(6);
         var plain = QaBenchmark.GenerateTraining(6, reserved, 200, questions: 3).ToList();
@@ -110,9 +110,24 @@ public class QaBenchmarkTests
         var asked = reasoned.Select(e => (e.Type, e.Question, e.Answers, e.Documents, e.Gold, e.Reasoning))
             .Concat(reasoned.SelectMany(e => (e.FollowUps ?? []).Select(f => (f.Type, f.Question, f.Answers, e.Documents, f.Gold, f.Reasoning)))).ToList();
         Assert.True(asked.Count(a => a.Type == "comparison") >= 80);
+        Assert.True(asked.Count(a => a.Type is "bridge" or "three-hop") >= 100);
         foreach (var (type, question, answers, documents, gold, reasoning) in asked)
         {
-            if (type != "comparison") { Assert.Null(reasoning); continue; }
+            if (type == "single-hop") { Assert.Null(reasoning); continue; }
+            Assert.Equal(answers[0], QaPrompt.FinalAnswer(QaPrompt.AnswerText(answers[0], reasoning).Trim()));
+            Assert.Equal(reasoning, QaPrompt.StatedReasoning(QaPrompt.AnswerText(answers[0], reasoning)));
+            if (type != "comparison")
+            {
+                // The entities between the question's and the answer, in order: each the title of a gold document that the
+                // document before it in the chain names, and the last one's document states the answer.
+                string[] hops = reasoning!.Split("; ");
+                Assert.Equal(gold.Length - 1, hops.Length);
+                var start = documents[gold.Single(g => question.Contains(documents[g].Title, StringComparison.Ordinal))];
+                var chain = hops.Select(h => documents[gold.Single(g => documents[g].Title == h)]).Prepend(start).ToArray();
+                for (int h = 1; h < chain.Length; h++) Assert.Contains(chain[h].Title, chain[h - 1].Text, StringComparison.Ordinal);
+                Assert.Contains(answers[0], chain[^1].Text, StringComparison.Ordinal);
+                continue;
+            }
             // "{x}: {value}; {y}: {value}" in the question's order, each value stated in that candidate's gold document.
             var parts = reasoning!.Split("; ").Select(p => p.Split(": ")).ToArray();
             Assert.Equal(2, parts.Length);
@@ -121,9 +136,9 @@ public class QaBenchmarkTests
             long first = long.Parse(parts[0][1]), second = long.Parse(parts[1][1]);
             bool larger = question.Contains("inhabitants", StringComparison.Ordinal) || question.Contains("population", StringComparison.Ordinal);
             Assert.Equal(larger == first > second ? parts[0][0] : parts[1][0], answers[0]);
-            Assert.Equal(answers[0], QaPrompt.FinalAnswer(QaPrompt.AnswerText(answers[0], reasoning).Trim()));
         }
         Assert.Equal("Ada Vell", QaPrompt.FinalAnswer(" Ada Vell "));
+        Assert.Null(QaPrompt.StatedReasoning(" Ada Vell"));
         Assert.Equal(" Ada Vell", QaPrompt.AnswerText("Ada Vell"));
     }
 

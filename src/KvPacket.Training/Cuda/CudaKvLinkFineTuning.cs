@@ -39,6 +39,9 @@ public sealed record FineTuningOptions
     public string? CheckpointPath { get; init; }
     /// <summary>Wall-clock budget: once spent, the run evaluates, checkpoints and returns what it has (null: none).</summary>
     public TimeSpan? TimeLimit { get; init; }
+    /// <summary>Ends the run after this step as a spent <see cref="TimeLimit"/> would, the schedule still spanning
+    /// <see cref="Steps"/> — so a run that a time limit cut short can be repeated exactly (null: none).</summary>
+    public int? StopAfter { get; init; }
 
     /// <summary>What a checkpoint must match to be resumed.</summary>
     public string Signature(string model) => string.Create(CultureInfo.InvariantCulture,
@@ -96,7 +99,7 @@ public static class CudaKvLinkFineTuning
             double rate = AdamW.Schedule(step, options.Steps, options.WarmupSteps, options.LearningRate);
             gpu.Step(rate, options.ClipNorm, options.WeightDecay);
             step++;
-            bool outOfTime = clock.Elapsed >= options.TimeLimit;
+            bool outOfTime = clock.Elapsed >= options.TimeLimit || step == options.StopAfter;
             if (step % options.EvaluateEvery == 0 || step == options.Steps || outOfTime)
             {
                 (kvLink, full) = (HeldOut(gpu, heldOut, RagMode.KvLink, options), HeldOut(gpu, heldOut, RagMode.Full, options));

@@ -30,6 +30,13 @@ public static class QaPrompt
         return (at < 0 ? generated : generated[(at + ReasoningMarker.Length)..]).Trim();
     }
 
+    /// <summary>What generated text states before its answer (before the last <see cref="ReasoningMarker"/>), or null.</summary>
+    public static string? StatedReasoning(string generated)
+    {
+        int at = generated.LastIndexOf(ReasoningMarker, StringComparison.Ordinal);
+        return at < 0 ? null : generated[..at].Trim();
+    }
+
     /// <summary>A document's segment.</summary>
     public static int[] Document(ITokenizer tokenizer, QaDocument document) => tokenizer.Encode(DocumentText(document));
 

@@ -20,7 +20,7 @@ internal static class CorpusCommand
         var maxDocuments = new Option<int>("--max-documents") { Description = "Most documents per example", DefaultValueFactory = _ => 10 };
         var minTrainDocuments = new Option<int>("--min-train-documents") { Description = "Fewest documents per training example", DefaultValueFactory = _ => 1 };
         var trainQuestions = new Option<int>("--train-questions") { Description = "Most questions per training example (follow-ups asked only where its documents answer them)", DefaultValueFactory = _ => 1 };
-        var reasoning = new Option<bool>("--reasoning") { Description = "Comparison questions also carry the facts they follow from, stated before the answer in training targets (every other field unchanged)" };
+        var reasoning = new Option<bool>("--reasoning") { Description = "Multi-hop questions also carry what they follow from (a comparison's two values, the entities a bridge or three-hop chain passes through), stated before the answer in training targets (every other field unchanged)" };
         var command = new Command("corpus", "Write the multi-document QA benchmark (single-hop, bridge, comparison, three-hop) as JSONL splits")
         {
             output, seed, train, validation, test, minDocuments, maxDocuments, minTrainDocuments, trainQuestions, reasoning,

@@ -71,7 +71,8 @@ internal static class DemoCommand
                             continue;
                         }
                         answers.Add(answer);
-                        Console.WriteLine($"  {mode,-12} {Quoted(answer.Generated),-28} F1 {answer.F1,4:F2}   TTFT {answer.TtftSeconds * 1e3,6:F1} ms   document FLOPs {answer.DocumentFlops / 1e9,5:F2} G");
+                        string because = QaPrompt.StatedReasoning(answer.Generated) is { } reasoning ? $"   from: {reasoning}" : "";
+                        Console.WriteLine($"  {mode,-12} {Quoted(answer.Prediction),-28} F1 {answer.F1,4:F2}   TTFT {answer.TtftSeconds * 1e3,6:F1} ms   document FLOPs {answer.DocumentFlops / 1e9,5:F2} G{because}");
                     }
                 }
                 Console.WriteLine();

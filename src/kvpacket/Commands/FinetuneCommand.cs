@@ -46,9 +46,10 @@ internal static class FinetuneCommand
         var qa = new Option<string?>("--qa") { Description = "A QA benchmark split (JSONL): its first --train-examples questions train, the next --held-out evaluate, the answer scored (instead of --docs)" };
         var shard = new Option<int>("--max-shard-mb") { Description = "Write the safetensors in shards of at most this many MB (0: one file)", DefaultValueFactory = _ => 0 };
         var timeLimit = new Option<double>("--time-limit") { Description = "Seconds after which the run stops at the next evaluation and writes what it has (0: none)", DefaultValueFactory = _ => 0 };
+        var stopAfter = new Option<int>("--stop-after") { Description = "Stop after this step as a spent --time-limit would, the schedule still spanning --steps (0: none)", DefaultValueFactory = _ => 0 };
         var command = new Command("finetune", "Fine-tune the whole model with KVLink link tokens on mixed data, or on full attention alone (GPU)")
         {
-            mode, model, links, steps, batch, learningRate, warmup, full, seed, trainExamples, heldOut, operand, evaluateEvery, checkpoint, output, store, qa, timeLimit, shard,
+            mode, model, links, steps, batch, learningRate, warmup, full, seed, trainExamples, heldOut, operand, evaluateEvery, checkpoint, output, store, qa, timeLimit, stopAfter, shard,
         };
         shapeOptions.AddTo(command);
         command.SetAction(async (parse, cancellation) =>
@@ -67,6 +68,7 @@ internal static class FinetuneCommand
                 WarmupSteps = parse.GetValue(warmup), FullFraction = linked ? parse.GetValue(full) : 1.0, Seed = parse.GetValue(seed), Operand = parse.GetValue(operand),
                 EvaluateEvery = parse.GetValue(evaluateEvery), CheckpointPath = parse.GetValue(checkpoint),
                 TimeLimit = parse.GetValue(timeLimit) > 0 ? TimeSpan.FromSeconds(parse.GetValue(timeLimit)) : null,
+                StopAfter = parse.GetValue(stopAfter) > 0 ? parse.GetValue(stopAfter) : null,
             };
             using var device = CudaDevice.Open();
             var c = CultureInfo.InvariantCulture;
