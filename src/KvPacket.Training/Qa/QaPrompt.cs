@@ -26,16 +26,14 @@ public static class QaPrompt
     /// <summary>The answer in generated text: what follows the last <see cref="ReasoningMarker"/>, or all of it.</summary>
     public static string FinalAnswer(string generated)
     {
-        int at = generated.LastIndexOf(ReasoningMarker, StringComparison.Ordinal);
+        int at = MarkerAt(generated);
         return (at < 0 ? generated : generated[(at + ReasoningMarker.Length)..]).Trim();
     }
 
     /// <summary>What generated text states before its answer (before the last <see cref="ReasoningMarker"/>), or null.</summary>
-    public static string? StatedReasoning(string generated)
-    {
-        int at = generated.LastIndexOf(ReasoningMarker, StringComparison.Ordinal);
-        return at < 0 ? null : generated[..at].Trim();
-    }
+    public static string? StatedReasoning(string generated) => MarkerAt(generated) is var at and >= 0 ? generated[..at].Trim() : null;
+
+    private static int MarkerAt(string generated) => generated.LastIndexOf(ReasoningMarker, StringComparison.Ordinal);
 
     /// <summary>A document's segment.</summary>
     public static int[] Document(ITokenizer tokenizer, QaDocument document) => tokenizer.Encode(DocumentText(document));
