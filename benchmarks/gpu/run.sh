@@ -175,10 +175,12 @@ with open('/tmp/corpus.tokens','w') as f:
     if [[ " $parts " == *" qa-finetune "* ]]; then
         # KVLink's recipe on the shipped QA model: every weight and 5 link tokens fine-tuned on mixed data (half full attention,
         # half separate documents + links), answers scored, on training questions the model never saw (seed 1, examples
-        # after the 600,000 it was pre-trained on, 4-10 documents). Variants "name batch learning-rate steps"; each is
-        # evaluated on the test split's first QA_EVAL questions here, and the best kvlink F1's model comes back.
+        # after the QA_FINETUNE_SKIP it has read: 600,000 pre-trained on, 700,200 for revision 2, whose chain fine-tune read
+        # the next 100,200; 4-10 documents; QA_REASONING=1 for a model that answers with its reasoning, as revision 2 does).
+        # Variants "name batch learning-rate steps"; each is evaluated on the test split's first QA_EVAL questions here,
+        # and the best kvlink F1's model comes back.
         n=${QA_FINETUNE_EXAMPLES:-200000}
-        "$k" corpus --out /tmp/qa-ft --train $((600000 + n + 200)) --min-train-documents 4 --validation 10 --test 2000 | tee -a "$out/qa-finetune.txt"
+        "$k" corpus --out /tmp/qa-ft --train $((${QA_FINETUNE_SKIP:-600000} + n + 200)) --min-train-documents 4 --validation 10 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa-finetune.txt"
         tail -n $((n + 200)) /tmp/qa-ft/train.jsonl > /tmp/qa-ft/unseen.jsonl
         IFS=';' read -ra variants <<< "${QA_FINETUNE_VARIANTS:-b128-lr1e-4 128 1e-4 1500}"
         for variant in "${variants[@]}"; do
