@@ -108,9 +108,9 @@ public static unsafe class InterleavedDot
 
     /// <summary>
     /// q8_0 without VNNI, eight tokens at once: chunk by chunk (four levels of each row), the chunk's signed levels and
-    /// their magnitudes taken once for the eight tokens rather than once per token — the sign trick of
-    /// <see cref="Q8_0Block"/> costs two more operations per chunk than the products themselves. The same integer sums
-    /// and f32 operations per token as <see cref="BlockTokens8"/>.
+    /// their magnitudes taken once for the eight tokens — <see cref="Q8_0Block"/> takes them for every token, two of the
+    /// six operations per chunk — so each token costs a sign, two multiply-adds and an add. The same integer sums and
+    /// f32 operations per token as <see cref="BlockTokens8"/> (measured: q8_0 prefill 1.2–1.45× faster on a Zen 4 VM).
     /// </summary>
     private static void Q8_0Tokens8(byte* group, QuantisedActivations x, int t, float* y, long stride)
     {
