@@ -17,6 +17,19 @@ unpack() {
     k=/tmp/kvpacket-gpu/kvpacket
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$1/gpu.txt"
 }
+# Training questions a model has not read (seed 1, 4-10 documents): the N + 200 lines after the first QA_SKIP (600,000:
+# what kvqa-17m was pre-trained on; 700,200 for revision 2, whose chain fine-tune read the next 100,200) as DIR/unseen.jsonl,
+# beside the held-out splits. Usage: unseen DIR N LOG [corpus options].
+unseen() {
+    local dir=$1 n=$2 log=$3
+    shift 3
+    "$k" corpus --out $dir --train $((${QA_SKIP:-600000} + n + 200)) --min-train-documents 4 --validation 10 --test 2000 "$@" | tee -a "$log"
+    tail -n $((n + 200)) $dir/train.jsonl > $dir/unseen.jsonl
+}
+# The variant NAME of the PREFIX-NAME.json eval results whose MODE F1 over all questions is highest. Usage: best PREFIX MODE.
+best() {
+    python3 -c "import json,glob; print(max(glob.glob('$1-*.json'), key=lambda f: [s['F1'] for s in json.load(open(f))['scores'] if s['Mode']=='$2' and s['Type']=='all'][0])[len('$1-'):-5])"
+}
 case "${1:-}" in
 publish)
     rm -rf .gpu/publish
@@ -123,7 +136,7 @@ with open('/tmp/corpus.tokens','w') as f:
         # Resumable: a second call on the same (warm) machine reuses the data and continues from the checkpoint; the
         # model is written when the run ends or its time is up. QA_EVAL questions of the test split are then answered.
         # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions); QA_REASONING=1:
-        # comparisons state the two values before the answer (corpus --reasoning).
+        # multi-hop answers state what they follow from first (corpus --reasoning: a comparison's values, a chain's entities).
         q=/tmp/kvqa
         mkdir -p $q
         if [[ ! -f $q/train.tokens ]]; then
@@ -174,14 +187,12 @@ with open('/tmp/corpus.tokens','w') as f:
     fi
     if [[ " $parts " == *" qa-finetune "* ]]; then
         # KVLink's recipe on the shipped QA model: every weight and 5 link tokens fine-tuned on mixed data (half full attention,
-        # half separate documents + links), answers scored, on training questions the model never saw (seed 1, examples
-        # after the QA_FINETUNE_SKIP it has read: 600,000 pre-trained on, 700,200 for revision 2, whose chain fine-tune read
-        # the next 100,200; 4-10 documents; QA_REASONING=1 for a model that answers with its reasoning, as revision 2 does).
-        # Variants "name batch learning-rate steps"; each is evaluated on the test split's first QA_EVAL questions here,
-        # and the best kvlink F1's model comes back.
+        # half separate documents + links), answers scored, on training questions the model never saw (unseen, above;
+        # QA_REASONING=1 for a model that answers with its reasoning, as revision 2 does). Variants "name batch
+        # learning-rate steps"; each is evaluated on the test split's first QA_EVAL questions here, and the best kvlink
+        # F1's model comes back.
         n=${QA_FINETUNE_EXAMPLES:-200000}
-        "$k" corpus --out /tmp/qa-ft --train $((${QA_FINETUNE_SKIP:-600000} + n + 200)) --min-train-documents 4 --validation 10 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa-finetune.txt"
-        tail -n $((n + 200)) /tmp/qa-ft/train.jsonl > /tmp/qa-ft/unseen.jsonl
+        unseen /tmp/qa-ft $n "$out/qa-finetune.txt" ${QA_REASONING:+--reasoning}
         IFS=';' read -ra variants <<< "${QA_FINETUNE_VARIANTS:-b128-lr1e-4 128 1e-4 1500}"
         for variant in "${variants[@]}"; do
             set -- $variant
@@ -192,19 +203,18 @@ with open('/tmp/corpus.tokens','w') as f:
                 --out "$out/eval-ft-$1.json" | grep -E '^(mode|full|naive|kvlink) ' | sed "s/^/$1: /" | tee -a "$out/qa-finetune.txt" || status=1
         done
         tar czf "$out/eval-ft.tar.gz" -C "$out" $(cd "$out" && ls eval-ft-*.json)
-        best=$(python3 -c "import json,glob; print(max(glob.glob('$out/eval-ft-*.json'), key=lambda f: [s['F1'] for s in json.load(open(f))['scores'] if s['Mode']=='kvlink' and s['Type']=='all'][0])[len('$out/eval-ft-'):-5])")
+        best=$(best "$out/eval-ft" kvlink)
         echo "best kvlink F1: $best" | tee -a "$out/qa-finetune.txt"
         rm "$out"/eval-ft-*.json
         mkdir -p "$out/kvqa-17m-kvlink" && cp /tmp/ft-$best/{config.json,kvlink-adapter.safetensors,model-0000*} "$out/kvqa-17m-kvlink/"
     fi
     if [[ " $parts " == *" qa-reasoning "* ]]; then
         # The shipped QA model (or QA_MODEL's) taught to state what an answer follows from before it ("X: 1843; Y: 1901; so X"):
-        # the whole model on full attention, answers scored, on training questions it never saw (seed 1, after the 600,000
-        # it was pre-trained on, written with --reasoning). Variants "name batch learning-rate steps"; each is scored on the
-        # test split's first QA_EVAL questions; the best full-recompute F1's model comes back (shards, config, index).
+        # the whole model on full attention, answers scored, on training questions it never saw (unseen, above, written
+        # with --reasoning). Variants "name batch learning-rate steps"; each is scored on the test split's first QA_EVAL
+        # questions; the best full-recompute F1's model comes back (shards, config, index).
         n=${QA_REASONING_EXAMPLES:-200000}
-        "$k" corpus --out /tmp/qa-rs --train $((600000 + n + 200)) --min-train-documents 4 --validation 10 --test 2000 --reasoning | tee -a "$out/qa-reasoning.txt"
-        tail -n $((n + 200)) /tmp/qa-rs/train.jsonl > /tmp/qa-rs/unseen.jsonl
+        unseen /tmp/qa-rs $n "$out/qa-reasoning.txt" --reasoning
         IFS=';' read -ra variants <<< "${QA_REASONING_VARIANTS:-lr1e-4 32 1e-4 5000;lr3e-5 32 3e-5 5000}"
         for variant in "${variants[@]}"; do
             set -- $variant
@@ -214,7 +224,7 @@ with open('/tmp/corpus.tokens','w') as f:
             "$k" eval --task qa -m /tmp/rs-$1 --split /tmp/qa-rs/test.jsonl --limit ${QA_EVAL:-1000} --modes ${QA_REASONING_MODES:-full,naive} --device cuda \
                 --out "$out/eval-rs-$1.json" | grep -E "^(mode|full|naive|closed-book) |gold" | sed "s/^/$1: /" | tee -a "$out/qa-reasoning.txt" || status=1
         done
-        best=$(python3 -c "import json,glob; print(max(glob.glob('$out/eval-rs-*.json'), key=lambda f: [s['F1'] for s in json.load(open(f))['scores'] if s['Mode']=='full' and s['Type']=='all'][0])[len('$out/eval-rs-'):-5])")
+        best=$(best "$out/eval-rs" full)
         echo "best full F1: $best" | tee -a "$out/qa-reasoning.txt"
         tar czf "$out/eval-rs.tar.gz" -C "$out" $(cd "$out" && ls eval-rs-*.json) && rm "$out"/eval-rs-*.json
         mkdir -p "$out/kvqa-17m-reasoning" && cp /tmp/rs-$best/{config.json,model.safetensors.index.json,model-0000*} "$out/kvqa-17m-reasoning/"

@@ -192,7 +192,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     byte* rows = q + r * rowBytes, next = r + 8 <= rowEnd ? rows + 4 * rowBytes : null;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
-                        Dot.Q8_0x4(x + c0, rows + c0 / 32 * 34, Math.Min(KChunk, k - c0), rowBytes, partial, next == null ? null : next + c0 / 32 * 34);
+                        int offset = c0 / 32 * 34;
+                        Dot.Q8_0x4(x + c0, rows + offset, Math.Min(KChunk, k - c0), rowBytes, partial, next == null ? null : next + offset);
                         Accumulate(p.Y + r, partial, c0 == 0);
                     }
                 }
