@@ -162,7 +162,7 @@ with open('/tmp/corpus.tokens','w') as f:
         # distilled on the GPU from the training split's questions; the store comes back as a tar, each adapter as a file,
         # and each is evaluated on the test split's first QA_EVAL questions here.
         m=${QA_MODEL:-models/kvqa-17m}
-        n=${QA_ADAPTER_EXAMPLES:-848}
+        n=${QA_ADAPTER_EXAMPLES:-3048}
         "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa-adapters.txt"
         IFS=';' read -ra variants <<< "${QA_ADAPTER_VARIANTS:-kvpacket-4x4 --mode kvpacket --header 4 --trailer 4;kvlink-5 --mode kvlink --links 5;kvpacket-16x16 --mode kvpacket --header 16 --trailer 16}"
         for variant in "${variants[@]}"; do
