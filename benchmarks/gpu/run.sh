@@ -163,7 +163,9 @@ with open('/tmp/corpus.tokens','w') as f:
         # and each is evaluated on the test split's first QA_EVAL questions here.
         m=${QA_MODEL:-models/kvqa-17m}
         n=${QA_ADAPTER_EXAMPLES:-3048}
-        "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa-adapters.txt"
+        # QA_ADAPTER_CORPUS: more corpus options, e.g. "--min-documents 16 --max-documents 20 --min-train-documents 16" for
+        # the harder test's questions (training and test alike).
+        "$k" corpus --out /tmp/qa-adapt --train $n --validation 10 --test 2000 ${QA_REASONING:+--reasoning} ${QA_ADAPTER_CORPUS:-} | tee -a "$out/qa-adapters.txt"
         IFS=';' read -ra variants <<< "${QA_ADAPTER_VARIANTS:-kvpacket-4x4 --mode kvpacket --header 4 --trailer 4;kvlink-5 --mode kvlink --links 5;kvpacket-16x16 --mode kvpacket --header 16 --trailer 16}"
         for variant in "${variants[@]}"; do
             set -- $variant
