@@ -71,7 +71,7 @@ internal static class DemoCommand
                             continue;
                         }
                         answers.Add(answer);
-                        string because = QaPrompt.StatedReasoning(answer.Generated) is { } reasoning ? $"   from: {reasoning}" : "";
+                        string because = QaPrompt.StatedReasoning(answer.Generated) is { } reasoning ? $"   from: {OneLine(reasoning)}" : "";
                         Console.WriteLine($"  {mode,-12} {Quoted(answer.Prediction),-28} F1 {answer.F1,4:F2}   TTFT {answer.TtftSeconds * 1e3,6:F1} ms   document FLOPs {answer.DocumentFlops / 1e9,5:F2} G{because}");
                     }
                 }
@@ -107,5 +107,13 @@ internal static class DemoCommand
                           $"{stats.LiveBytes / 1e6:F1} MB in {System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds:F1} s, durably committed");
     }
 
-    private static string Quoted(string text) => text.Length > 26 ? $"'{text[..23]}...'" : $"'{text}'";
+    /// <summary>An answer in the table, cut at 26 characters.</summary>
+    private static string Quoted(string answer)
+    {
+        string text = OneLine(answer);
+        return text.Length > 26 ? $"'{text[..23]}...'" : $"'{text}'";
+    }
+
+    /// <summary>Generated text on one line of the table: its line breaks shown as \n.</summary>
+    private static string OneLine(string text) => text.Replace("\r", "\\r").Replace("\n", "\\n");
 }
