@@ -137,17 +137,19 @@ with open('/tmp/corpus.tokens','w') as f:
         # model is written when the run ends or its time is up. QA_EVAL questions of the test split are then answered.
         # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions); QA_REASONING=1:
         # multi-hop answers state what they follow from first (corpus --reasoning: a comparison's values, a chain's entities).
+        # QA_CORPUS: more corpus options (e.g. "--max-documents 20"); QA_LENGTH and QA_BATCH: tokens per packed sequence and
+        # sequences per step (2048 and 16 keep a step's 32k tokens with examples of up to 20 documents).
         q=/tmp/kvqa
         mkdir -p $q
         if [[ ! -f $q/train.tokens ]]; then
-            "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 ${QA_REASONING:+--reasoning} | tee -a "$out/qa.txt"
+            "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 ${QA_REASONING:+--reasoning} ${QA_CORPUS:-} | tee -a "$out/qa.txt"
             head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
             "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 ${QA_SPLIT_DIGITS:+--split-digits} --out $q/tokenizer.json | tee -a "$out/qa.txt"
             "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens.partial | tee -a "$out/qa.txt"
             mv $q/train.tokens.partial $q/train.tokens
         fi
         "$k" pretrain --model-shape kvqa-17m --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
-            --steps ${QA_STEPS:-36000} --batch 32 --length 1024 --warmup 500 --learning-rate 2e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
+            --steps ${QA_STEPS:-36000} --batch ${QA_BATCH:-32} --length ${QA_LENGTH:-1024} --warmup 500 --learning-rate 2e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
             --checkpoint $q/run.ckpt --checkpoint-every 2000 --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out $q/kvqa-17m | tee -a "$out/qa.txt" || status=1
         if [[ "${QA_EVAL:-0}" != 0 ]]; then
             "$k" eval --task qa -m $q/kvqa-17m --split $q/data/test.jsonl --limit $QA_EVAL --modes full,closed-book,naive --device cuda --out $q/eval.json \
