@@ -145,6 +145,16 @@ public static class QaBenchmark
     /// </remarks>
     private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold, string? Reasoning)? TryAsk(QaWorld w, string type, Draws d)
     {
+        // A chain's gold entities are listed in the order its hops reach them: those after the question's own are its steps.
+        if (Draw(w, type, d) is not { } asked) return null;
+        return type is "bridge" or "three-hop"
+            ? asked with { Reasoning = string.Join("; ", asked.Gold.Skip(1).Select(g => QaDocuments.Title(w, g.Kind, g.Index))) }
+            : asked;
+    }
+
+    /// <summary><see cref="TryAsk"/> before a chain's steps are named: a comparison's stated values only.</summary>
+    private static (string Relation, string Question, string Answer, List<(EntityKind Kind, int Index)> Gold, string? Reasoning)? Draw(QaWorld w, string type, Draws d)
+    {
         int Any(int n) => d.Any(n);
         string P(params string[] options) => d.Pick(options);
         {
@@ -182,18 +192,18 @@ public static class QaBenchmark
                     return Any(6) switch
                     {
                         0 => ("person.employer.headquarters", P($"In which city is the employer of {person.Name} headquartered?", $"Where is the organisation that employs {person.Name} based?"),
-                            w.Cities[employer.Headquarters].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], employer.Name),
+                            w.Cities[employer.Headquarters].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         1 => ("person.employer.founded", P($"In which year was the organisation that {person.Name} works for founded?", $"When was the employer of {person.Name} established?"),
-                            $"{employer.Founded}", [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], employer.Name),
+                            $"{employer.Founded}", [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         2 when employer.Founder != p => ("person.employer.founder", P($"Who founded the organisation that {person.Name} works for?", $"Who is the founder of the employer of {person.Name}?"),
-                            w.People[employer.Founder].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], employer.Name),
+                            w.People[employer.Founder].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer)], null),
                         2 => null,
                         3 => ("person.birthplace.region", P($"In which region was {person.Name} born?", $"Which region is the birthplace of {person.Name} in?"),
-                            w.Regions[w.Cities[person.BirthplaceCity].Region], [(EntityKind.Person, p), (EntityKind.City, person.BirthplaceCity)], w.Cities[person.BirthplaceCity].Name),
+                            w.Regions[w.Cities[person.BirthplaceCity].Region], [(EntityKind.Person, p), (EntityKind.City, person.BirthplaceCity)], null),
                         4 => ("work.author.birthplace", P($"Where was the author of {work.Title} born?", $"In which city was the writer of {work.Title} born?"),
-                            w.Cities[w.People[work.Author].BirthplaceCity].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author)], w.People[work.Author].Name),
+                            w.Cities[w.People[work.Author].BirthplaceCity].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author)], null),
                         _ => ("organisation.founder.birth_year", P($"In which year was the founder of {org.Name} born?", $"When was the founder of {org.Name} born?"),
-                            $"{w.People[org.Founder].BirthYear}", [(EntityKind.Organisation, o), (EntityKind.Person, org.Founder)], w.People[org.Founder].Name),
+                            $"{w.People[org.Founder].BirthYear}", [(EntityKind.Organisation, o), (EntityKind.Person, org.Founder)], null),
                     };
                 }
                 case "comparison":
@@ -247,13 +257,13 @@ public static class QaBenchmark
                         case 0:
                             if (employer.Founder == p) return null;
                             return ("person.employer.founder.birthplace", P($"Where was the founder of the organisation that employs {person.Name} born?", $"In which city was the founder of {person.Name}'s employer born?"),
-                                w.Cities[w.People[employer.Founder].BirthplaceCity].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.Person, employer.Founder)], $"{employer.Name}; {w.People[employer.Founder].Name}");
+                                w.Cities[w.People[employer.Founder].BirthplaceCity].Name, [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.Person, employer.Founder)], null);
                         case 1:
                             return ("person.employer.headquarters.region", P($"In which region is the headquarters of {person.Name}'s employer?", $"Which region is the organisation that employs {person.Name} based in?"),
-                                w.Regions[w.Cities[employer.Headquarters].Region], [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.City, employer.Headquarters)], $"{employer.Name}; {w.Cities[employer.Headquarters].Name}");
+                                w.Regions[w.Cities[employer.Headquarters].Region], [(EntityKind.Person, p), (EntityKind.Organisation, person.Employer), (EntityKind.City, employer.Headquarters)], null);
                         default:
                             return ("work.author.employer.headquarters", P($"In which city is the employer of the author of {work.Title} based?", $"Where is the organisation that employs the writer of {work.Title} headquartered?"),
-                                w.Cities[w.Organisations[author.Employer].Headquarters].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author), (EntityKind.Organisation, author.Employer)], $"{author.Name}; {w.Organisations[author.Employer].Name}");
+                                w.Cities[w.Organisations[author.Employer].Headquarters].Name, [(EntityKind.Work, k), (EntityKind.Person, work.Author), (EntityKind.Organisation, author.Employer)], null);
                     }
                 }
             }

@@ -25,18 +25,25 @@ public enum EntityKind
 /// </summary>
 public static class QaDocuments
 {
+    /// <summary>The title of entity <paramref name="index"/> of <paramref name="kind"/>'s document: its name.</summary>
+    public static string Title(QaWorld world, EntityKind kind, int index) => kind switch
+    {
+        EntityKind.Person => world.People[index].Name,
+        EntityKind.City => world.Cities[index].Name,
+        EntityKind.Organisation => world.Organisations[index].Name,
+        _ => world.Works[index].Title,
+    };
+
     /// <summary>The document about entity <paramref name="index"/> of <paramref name="kind"/>, its wording drawn from <paramref name="random"/>.</summary>
     public static QaDocument Write(QaWorld world, EntityKind kind, int index, ref SeededRandom random)
     {
         var facts = new List<string>();
-        string title;
         switch (kind)
         {
             case EntityKind.Person:
             {
                 var p = world.People[index];
                 string city = world.Cities[p.BirthplaceCity].Name, employer = world.Organisations[p.Employer].Name;
-                title = p.Name;
                 facts.Add(Pick(ref random, $"{p.Name} was born in the city of {city}.", $"{p.Name} is a native of {city}.", $"The birthplace of {p.Name} is {city}.", $"{city} is where {p.Name} was born."));
                 facts.Add(Pick(ref random, $"{p.Name} was born in the year {p.BirthYear}.", $"The year of birth of {p.Name} is {p.BirthYear}.", $"In {p.BirthYear}, {p.Name} was born."));
                 facts.Add(Pick(ref random, $"{p.Name} works for {employer}.", $"{p.Name} is employed by {employer}.", $"{employer} employs {p.Name}.", $"The employer of {p.Name} is {employer}."));
@@ -47,7 +54,6 @@ public static class QaDocuments
             {
                 var c = world.Cities[index];
                 string region = world.Regions[c.Region];
-                title = c.Name;
                 facts.Add(Pick(ref random, $"{c.Name} is a city in the region of {region}.", $"{c.Name} lies in {region}.", $"The region of {c.Name} is {region}."));
                 facts.Add(Pick(ref random, $"{c.Name} has a population of {c.Population}.", $"About {c.Population} people live in {c.Name}.", $"The population of {c.Name} is {c.Population}."));
                 facts.Add(Pick(ref random, $"{c.Name} was founded in {c.Founded}.", $"The city of {c.Name} dates from {c.Founded}.", $"{c.Name} was established in the year {c.Founded}."));
@@ -57,7 +63,6 @@ public static class QaDocuments
             {
                 var o = world.Organisations[index];
                 string city = world.Cities[o.Headquarters].Name, founder = world.People[o.Founder].Name;
-                title = o.Name;
                 facts.Add(Pick(ref random, $"{o.Name} is headquartered in {city}.", $"The headquarters of {o.Name} are in {city}.", $"{o.Name} is based in {city}."));
                 facts.Add(Pick(ref random, $"{o.Name} was founded in {o.Founded}.", $"{o.Name} was established in the year {o.Founded}.", $"The founding year of {o.Name} is {o.Founded}."));
                 facts.Add(Pick(ref random, $"{o.Name} was founded by {founder}.", $"{founder} founded {o.Name}.", $"The founder of {o.Name} is {founder}."));
@@ -68,7 +73,6 @@ public static class QaDocuments
             {
                 var w = world.Works[index];
                 string author = world.People[w.Author].Name;
-                title = w.Title;
                 facts.Add(Pick(ref random, $"{w.Title} was written by {author}.", $"{author} is the author of {w.Title}.", $"{author} wrote {w.Title}."));
                 facts.Add(Pick(ref random, $"{w.Title} was published in {w.Year}.", $"{w.Title} first appeared in {w.Year}.", $"The publication year of {w.Title} is {w.Year}."));
                 facts.Add(Pick(ref random, $"{w.Title} is a {w.Genre}.", $"The genre of {w.Title} is {w.Genre}.", $"{w.Title} is known as a {w.Genre}."));
@@ -80,7 +84,7 @@ public static class QaDocuments
             int j = (int)(random.NextUInt64() % (ulong)(i + 1));
             (facts[i], facts[j]) = (facts[j], facts[i]);
         }
-        return new QaDocument(title, string.Join(" ", facts));
+        return new QaDocument(Title(world, kind, index), string.Join(" ", facts));
     }
 
     internal static string Pick(ref SeededRandom random, params string[] options) => options[(int)(random.NextUInt64() % (ulong)options.Length)];
