@@ -138,18 +138,25 @@ with open('/tmp/corpus.tokens','w') as f:
         # QA_SPLIT_DIGITS=1: a tokenizer that spells numbers digit by digit (for the comparison questions); QA_REASONING=1:
         # multi-hop answers state what they follow from first (corpus --reasoning: a comparison's values, a chain's entities).
         # QA_CORPUS: more corpus options (e.g. "--max-documents 20"); QA_LENGTH and QA_BATCH: tokens per packed sequence and
-        # sequences per step (2048 and 16 keep a step's 32k tokens with examples of up to 20 documents).
+        # sequences per step (2048 and 16 keep a step's 32k tokens with examples of up to 20 documents). QA_INIT: a model to
+        # continue from (its weights and tokenizer) instead of random weights, with QA_LR and QA_WARMUP for the schedule.
         q=/tmp/kvqa
         mkdir -p $q
         if [[ ! -f $q/train.tokens ]]; then
             "$k" corpus --out $q/data --train ${QA_EXAMPLES:-600000} --train-questions 4 --validation 1000 --test 2000 ${QA_REASONING:+--reasoning} ${QA_CORPUS:-} | tee -a "$out/qa.txt"
-            head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
-            "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 ${QA_SPLIT_DIGITS:+--split-digits} --out $q/tokenizer.json | tee -a "$out/qa.txt"
+            if [[ -n "${QA_INIT:-}" ]]; then
+                cp "$QA_INIT/tokenizer.json" $q/tokenizer.json
+            else
+                head -n 40000 $q/data/train.jsonl > $q/tokenizer-sample.jsonl   # the tokenizer learns from the first 40k examples
+                "$k" tokenizer train $q/tokenizer-sample.jsonl --vocab 8192 ${QA_SPLIT_DIGITS:+--split-digits} --out $q/tokenizer.json | tee -a "$out/qa.txt"
+            fi
             "$k" tokenizer encode $q/data/train.jsonl --tokenizer $q/tokenizer.json --out $q/train.tokens.partial | tee -a "$out/qa.txt"
             mv $q/train.tokens.partial $q/train.tokens
         fi
-        "$k" pretrain --model-shape kvqa-17m --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
-            --steps ${QA_STEPS:-36000} --batch ${QA_BATCH:-32} --length ${QA_LENGTH:-1024} --warmup 500 --learning-rate 2e-3 --time-limit ${QA_SECONDS:-420} --log-every 1000 \
+        start="--model-shape kvqa-17m"
+        [[ -z "${QA_INIT:-}" ]] || start="--init $QA_INIT"
+        "$k" pretrain $start --tokenizer $q/tokenizer.json --data $q/train.tokens --examples --answer-weight 5 \
+            --steps ${QA_STEPS:-36000} --batch ${QA_BATCH:-32} --length ${QA_LENGTH:-1024} --warmup ${QA_WARMUP:-500} --learning-rate ${QA_LR:-2e-3} --time-limit ${QA_SECONDS:-420} --log-every 1000 \
             --checkpoint $q/run.ckpt --checkpoint-every 2000 --loss-curve "$out/qa-loss.csv" --max-shard-mb 15 --out $q/kvqa-17m | tee -a "$out/qa.txt" || status=1
         if [[ "${QA_EVAL:-0}" != 0 ]]; then
             "$k" eval --task qa -m $q/kvqa-17m --split $q/data/test.jsonl --limit $QA_EVAL --modes full,closed-book,naive --device cuda --out $q/eval.json \
@@ -195,12 +202,13 @@ with open('/tmp/corpus.tokens','w') as f:
         # QA_REASONING=1 for a model that answers with its reasoning, as revision 2 does). Variants "name batch
         # learning-rate steps"; each is evaluated on the test split's first QA_EVAL questions here, and the best kvlink
         # F1's model comes back.
+        # QA_MODEL: the model to fine-tune; QA_FINETUNE_CORPUS: more corpus options (e.g. "--max-documents 20 --seed 3").
         n=${QA_FINETUNE_EXAMPLES:-200000}
-        unseen /tmp/qa-ft $n "$out/qa-finetune.txt" ${QA_REASONING:+--reasoning}
+        unseen /tmp/qa-ft $n "$out/qa-finetune.txt" ${QA_REASONING:+--reasoning} ${QA_FINETUNE_CORPUS:-}
         IFS=';' read -ra variants <<< "${QA_FINETUNE_VARIANTS:-b128-lr1e-4 128 1e-4 1500}"
         for variant in "${variants[@]}"; do
             set -- $variant
-            "$k" finetune --mode kvlink -m models/kvqa-17m --qa /tmp/qa-ft/unseen.jsonl --train-examples $n --held-out 200 --links 5 \
+            "$k" finetune --mode kvlink -m ${QA_MODEL:-models/kvqa-17m} --qa /tmp/qa-ft/unseen.jsonl --train-examples $n --held-out 200 --links 5 \
                 --batch $2 --learning-rate $3 --steps $4 --warmup 100 --eval-every 250 --time-limit ${QA_SECONDS:-300} --max-shard-mb 15 --out /tmp/ft-$1 \
                 | sed "s/^/$1: /" | tee -a "$out/qa-finetune.txt" || status=1
             "$k" eval --task qa -m /tmp/ft-$1 --split /tmp/qa-ft/test.jsonl --limit ${QA_EVAL:-400} --modes full,naive,kvlink --adapter /tmp/ft-$1/kvlink-adapter.safetensors \

@@ -35,11 +35,14 @@ public sealed record PretrainingOptions
     public string? CheckpointPath { get; init; }
     /// <summary>Steps between checkpoints.</summary>
     public int CheckpointEvery { get; init; } = 200;
+    /// <summary>Fingerprint of the model a continued run starts from (null: seeded random weights).</summary>
+    public string? InitialModel { get; init; }
 
     /// <summary>What a checkpoint must match to be resumed.</summary>
     public string Signature(ModelConfig config) => string.Create(CultureInfo.InvariantCulture,
         $"pretrain {config.HiddenSize}x{config.LayerCount} heads {config.HeadCount}/{config.KvHeadCount}x{config.HeadDim} ffn {config.IntermediateSize} vocab {config.VocabSize}, " +
-        $"steps {Steps}, batch {Sequences}x{Length}x{Accumulate}, lr {LearningRate}, warm-up {WarmupSteps}, decay {WeightDecay}, clip {ClipNorm}, seed {Seed}, {Operand}");
+        $"steps {Steps}, batch {Sequences}x{Length}x{Accumulate}, lr {LearningRate}, warm-up {WarmupSteps}, decay {WeightDecay}, clip {ClipNorm}, seed {Seed}, {Operand}") +
+        (InitialModel is null ? "" : $", from {InitialModel}");
 }
 
 /// <summary>Where a run stopped: the weights, the steps done, and whether that is all of them.</summary>
@@ -49,18 +52,24 @@ public sealed record PretrainingResult(TrainingWeights<float> Weights, int Steps
 public readonly record struct PretrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double GradientNorm, double TokensPerSecond, TimeSpan Elapsed);
 
 /// <summary>
-/// Full-parameter training on the GPU (pre-training from scratch): seeded initial weights, seeded windows of a token
+/// Full-parameter training on the GPU (pre-training from scratch, or continued from a model): seeded initial weights, seeded windows of a token
 /// corpus, AdamW with warm-up + cosine, gradient accumulation and clipping, checkpoints in the CPU trainer's format
 /// (<see cref="TrainingCheckpoint"/>) from which a run resumes exactly where it stopped.
 /// </summary>
 public static class CudaPretraining
 {
-    /// <summary>Trains (or resumes) until the last step or cancellation, and returns the weights where it stopped.</summary>
+    /// <summary>
+    /// Trains (or resumes) until the last step or cancellation, and returns the weights where it stopped. It starts from
+    /// <paramref name="initial"/> when given (continued pre-training: name its model in <see cref="PretrainingOptions.InitialModel"/>),
+    /// else from seeded random weights.
+    /// </summary>
     public static PretrainingResult Run(CudaDevice device, ModelConfig config, PretrainingData data, PretrainingOptions options,
-        Action<PretrainingProgress>? progress = null, CancellationToken cancellation = default)
+        Action<PretrainingProgress>? progress = null, CancellationToken cancellation = default, TrainingWeights<float>? initial = null)
     {
+        if ((initial is null) != (options.InitialModel is null))
+            throw new ArgumentException("initial weights and PretrainingOptions.InitialModel go together: a resumed run must know what it started from");
         string signature = options.Signature(config);
-        using var model = new CudaTrainingModel(device, config, WeightInitialisation.Random(config, options.Seed),
+        using var model = new CudaTrainingModel(device, config, initial ?? WeightInitialisation.Random(config, options.Seed),
             new CudaTrainingOptions(options.Operand, TrainWeights: true, options.RecomputeActivations), options.Sequences, options.Length);
         int step = options.CheckpointPath is { } path ? model.Resume(path, signature)?.Step ?? 0 : 0;
         var clock = Stopwatch.StartNew();

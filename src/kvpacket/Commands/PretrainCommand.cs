@@ -43,11 +43,12 @@ internal static class PretrainCommand
         var examples = new Option<bool>("--examples") { Description = "Each line is one example: pack whole lines into sequences (each attends only to itself) instead of cutting a stream" };
         var answerWeight = new Option<float>("--answer-weight") { Description = "Loss weight of the tokens after a line's '|' (answers)", DefaultValueFactory = _ => 1f };
         var shard = new Option<int>("--max-shard-mb") { Description = "Write the safetensors in shards of at most this many MB (0: one file)", DefaultValueFactory = _ => 0 };
+        var init = new Option<string?>("--init") { Description = "Start from this Hugging Face model's weights and shape instead of random ones (continued pre-training, e.g. on longer sequences)" };
         var saveType = new Option<DType>("--save-type") { Description = "Matrix type of the written safetensors: BF16, F16 or F32", DefaultValueFactory = _ => DType.BF16 };
-        var command = new Command("pretrain", "Train a whole model from scratch on a token file (GPU), writing a Hugging Face directory")
+        var command = new Command("pretrain", "Train a whole model on a token file (GPU), from scratch or from --init, writing a Hugging Face directory")
         {
             card, config, data, output, device, steps, batch, length, accumulate, learningRate, warmup, decay, clip, seed, operand, recompute,
-            checkpoint, checkpointEvery, logEvery, curve, timeLimit, stopAfter, tokenizerFile, examples, answerWeight, shard, saveType,
+            checkpoint, checkpointEvery, logEvery, curve, timeLimit, stopAfter, tokenizerFile, examples, answerWeight, shard, saveType, init,
         };
         command.SetAction((parse, cancellation) =>
         {
@@ -57,16 +58,20 @@ internal static class PretrainCommand
                 return Task.FromResult(2);
             }
             if (!CudaDevice.IsAvailable(out string reason)) { Console.Error.WriteLine($"no GPU: {reason}"); return Task.FromResult(2); }
-            var shape = (parse.GetValue(card), parse.GetValue(config)) switch
+            using var start = parse.GetValue(init) is { } initPath ? CheckpointLoader.Load(initPath) : null;
+            var shape = (parse.GetValue(card), parse.GetValue(config), start) switch
             {
-                ({ } name, null) => ModelCard.Find(name).Config,
-                (null, { } file) => HuggingFaceConfig.Read(file),
-                _ => throw new ArgumentException("give one of --model-shape CARD and --config FILE"),
+                ({ } name, null, null) => ModelCard.Find(name).Config,
+                (null, { } file, null) => HuggingFaceConfig.Read(file),
+                (null, null, { } model) => model.Config,
+                _ => throw new ArgumentException("give one of --model-shape CARD, --config FILE and --init MODEL"),
             };
             shape = shape with { RopeStyle = RopeStyle.RotateHalf };
             if (parse.GetValue(tokenizerFile) is { } tokenizerPath)
             {
                 var tokenizer = Core.Tokenization.ByteLevelBpeTokenizer.LoadHuggingFace(tokenizerPath);
+                if (start is not null && tokenizer.VocabSize != shape.VocabSize)
+                    throw new ArgumentException($"--tokenizer {tokenizerPath} has {tokenizer.VocabSize} tokens but --init {parse.GetValue(init)} has {shape.VocabSize}");
                 shape = shape with { VocabSize = tokenizer.VocabSize, BosTokenId = tokenizer.BosId, EosTokenIds = tokenizer.EosId is int eos ? [eos] : [] };
             }
             var options = new PretrainingOptions
@@ -75,6 +80,7 @@ internal static class PretrainCommand
                 LearningRate = parse.GetValue(learningRate), WarmupSteps = parse.GetValue(warmup), WeightDecay = parse.GetValue(decay), ClipNorm = parse.GetValue(clip),
                 Seed = parse.GetValue(seed), Operand = parse.GetValue(operand), RecomputeActivations = parse.GetValue(recompute),
                 CheckpointPath = parse.GetValue(checkpoint), CheckpointEvery = parse.GetValue(checkpointEvery),
+                InitialModel = start is null ? null : ModelFingerprint.Of(start).ToString(),
             };
             if (options.Length > shape.MaxContextLength) throw new ArgumentException($"--length {options.Length} exceeds the model's context of {shape.MaxContextLength}");
             var corpus = PretrainingData.Read(parse.GetValue(data)!, shape.VocabSize, shape.BosTokenId, shape.EosTokenIds.Count > 0 ? shape.EosTokenIds[0] : null, options.Seed,
@@ -95,7 +101,7 @@ internal static class PretrainCommand
                 if (curveFile is not null) File.AppendAllText(curveFile, string.Create(c, $"{p.Step},{p.Loss:G6},{p.LearningRate:G4},{p.GradientNorm:G4},{p.TokensPerSecond:F0}\n"));
                 if (p.Step % every == 0 || p.Step == p.TotalSteps)
                     Console.WriteLine(string.Create(c, $"step {p.Step}/{p.TotalSteps}: loss {p.Loss:F4}, lr {p.LearningRate:E2}, |g| {p.GradientNorm:F3}, {p.TokensPerSecond:F0} tokens/s, {p.Elapsed.TotalSeconds:F0} s"));
-            }, stop.Token);
+            }, stop.Token, start is null ? null : TrainingWeights<float>.From(start));
             if (!result.Finished)
                 Console.WriteLine($"stopped at step {result.Steps} of {options.Steps}" +
                                   (options.CheckpointPath is null ? " (no --checkpoint: the run cannot resume)" : $"; the same command resumes from {options.CheckpointPath}"));
