@@ -28,10 +28,15 @@ internal static class PlotCommand
         var curves = new Argument<string[]>("curves") { Description = "pretrain --loss-curve CSV files, in order (a run resumed across calls)", Arity = ArgumentArity.OneOrMore };
         var lossOut = new Option<string>("--out") { Description = "SVG file to write", Required = true };
         var window = new Option<int>("--window") { Description = "Steps averaged per point", DefaultValueFactory = _ => 100 };
-        var loss = new Command("loss", "Training loss against step") { curves, lossOut, window };
+        var continued = new Option<string[]>("--continued")
+        {
+            Description = "Loss curves of a run continued from the first one's model (pretrain --init), in order: a second line drawn after the first run's last step",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var loss = new Command("loss", "Training loss against step") { curves, lossOut, window, continued };
         loss.SetAction(parse =>
         {
-            LossChart(parse.GetValue(curves)!, parse.GetValue(window), parse.GetValue(lossOut)!);
+            LossChart(parse.GetValue(curves)!, parse.GetValue(continued) ?? [], parse.GetValue(window), parse.GetValue(lossOut)!);
             return 0;
         });
         var traceFile = new Argument<string>("trace") { Description = "A --trace file (Chrome / Perfetto trace JSON)" };
@@ -67,9 +72,20 @@ internal static class PlotCommand
         Console.WriteLine($"wrote {path}");
     }
 
-    private static void LossChart(IReadOnlyList<string> files, int window, string path)
+    private static void LossChart(IReadOnlyList<string> files, IReadOnlyList<string> continuedFiles, int window, string path)
     {
-        // Later files win for a step logged twice (a call cut off after its last checkpoint repeats those steps).
+        var first = ReadLoss(files);
+        var then = ReadLoss(continuedFiles);
+        var chart = new SvgChart($"Pre-training loss ({first.Count + then.Count} steps)", "step", $"loss (weighted cross-entropy, mean of {window} steps)");
+        chart.Add(new ChartSeries(then.Count == 0 ? "loss" : "pre-training", Averaged(first, 0, window), Line: true));
+        if (then.Count > 0) chart.Add(new ChartSeries("continued", Averaged(then, first.Count == 0 ? 0 : first.Keys.Max(), window), Line: true));
+        chart.Write(path);
+        Console.WriteLine($"wrote {path}");
+    }
+
+    // One run's loss by step; later files win for a step logged twice (a call cut off after its last checkpoint repeats those steps).
+    private static SortedDictionary<int, double> ReadLoss(IReadOnlyList<string> files)
+    {
         var loss = new SortedDictionary<int, double>();
         foreach (string file in files)
             foreach (string line in File.ReadLines(file).Skip(1))
@@ -79,11 +95,11 @@ internal static class PlotCommand
                     throw new InvalidDataException($"{file}: '{line}' is not 'step,loss,…'");
                 loss[step] = value;
             }
-        var points = loss.Chunk(Math.Max(1, window)).Select(chunk => ((double)chunk[^1].Key, chunk.Average(p => p.Value))).ToList();
-        new SvgChart($"Pre-training loss ({loss.Count} steps)", "step", $"loss (weighted cross-entropy, mean of {window} steps)")
-            .Add(new ChartSeries("loss", points, Line: true)).Write(path);
-        Console.WriteLine($"wrote {path}");
+        return loss;
     }
+
+    private static List<(double X, double Y)> Averaged(SortedDictionary<int, double> loss, int offset, int window) =>
+        loss.Chunk(Math.Max(1, window)).Select(chunk => ((double)(offset + chunk[^1].Key), chunk.Average(p => p.Value))).ToList();
 
     private static IEnumerable<QaScore> ReadScores(string file)
     {
