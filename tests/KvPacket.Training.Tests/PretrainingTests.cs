@@ -77,6 +77,17 @@ public class PretrainingTests
     }
 
     [Fact]
+    public void A_continued_run_names_its_starting_model_so_no_other_run_resumes_its_checkpoint()
+    {
+        var scratch = new PretrainingOptions { Steps = 8000, Sequences = 16, Length = 2048 };
+        var continued = scratch with { InitialModel = "0123abcd" };
+
+        Assert.DoesNotContain("from", scratch.Signature(Small));
+        Assert.EndsWith(", from 0123abcd", continued.Signature(Small));
+        Assert.NotEqual(continued.Signature(Small), (scratch with { InitialModel = "4567ef01" }).Signature(Small));
+    }
+
+    [Fact]
     public void Trained_weights_written_as_Hugging_Face_load_back_as_the_same_model()
     {
         using var temp = Fixtures.TempDirectory();

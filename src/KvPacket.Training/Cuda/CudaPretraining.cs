@@ -52,9 +52,9 @@ public sealed record PretrainingResult(TrainingWeights<float> Weights, int Steps
 public readonly record struct PretrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double GradientNorm, double TokensPerSecond, TimeSpan Elapsed);
 
 /// <summary>
-/// Full-parameter training on the GPU (pre-training from scratch, or continued from a model): seeded initial weights, seeded windows of a token
-/// corpus, AdamW with warm-up + cosine, gradient accumulation and clipping, checkpoints in the CPU trainer's format
-/// (<see cref="TrainingCheckpoint"/>) from which a run resumes exactly where it stopped.
+/// Full-parameter training on the GPU (pre-training from scratch, or continued from a model): seeded initial weights or
+/// the given ones, seeded windows of a token corpus, AdamW with warm-up + cosine, gradient accumulation and clipping,
+/// checkpoints in the CPU trainer's format (<see cref="TrainingCheckpoint"/>) from which a run resumes exactly where it stopped.
 /// </summary>
 public static class CudaPretraining
 {
