@@ -8,6 +8,7 @@ using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 using KvPacket.Store;
 using KvPacket.Training;
+using KvPacket.Training.Qa;
 
 namespace KvPacket.Cli.Commands;
 
@@ -50,14 +51,21 @@ internal static class EvalCommand
             DefaultValueFactory = _ => "realigned",
         };
         positions.AcceptOnlyFromAmong("realigned", "local");
+        var rescore = new Option<string?>("--rescore")
+        {
+            Description = "--task qa: print a stored result's tables again from its answers (scores and the paired comparison with full recompute), answering nothing; needs no --model",
+        };
+        model.Required = false;
         var device = DeviceOption.Create();
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, positions, device,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, positions, device, rescore,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
         {
+            if (parse.GetValue(task) == "qa" && parse.GetValue(rescore) is { } stored) return Rescore(stored);
+            if (parse.GetValue(model) is null) throw new ArgumentException("--model is required (a checkpoint to evaluate)");
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
@@ -166,25 +174,52 @@ internal static class EvalCommand
         }
         var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
             ?? throw new InvalidOperationException($"{modelPath}: no tokenizer.json next to the model");
-        var examples = KvPacket.Training.Qa.QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
+        var examples = QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
         using var backend = DeviceOption.Open(checkpoint, device, kvTokens: 8192, out string on);
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
-        var evaluation = new KvPacket.Training.Qa.QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes, RealignPackets = realign };
+        var evaluation = new QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes, RealignPackets = realign };
         var clock = Stopwatch.StartNew();
         var (scores, answers) = evaluation.Run(examples, modes, done =>
         {
             if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
         });
         Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions ({on}{(realign ? "" : "; packets at their local positions")})");
+        var paired = PrintQa(scores, answers);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", scores, paired, answers }, new JsonSerializerOptions { WriteIndented = true }));
+        if (plot is not null) PlotCommand.QaChart(scores, plot);
+        trace?.WriteChromeTrace(tracePath!);
+        return 0;
+    }
+
+    // The scores per mode and type, each mode paired with full recompute on the same questions, and the first answers.
+    private static IReadOnlyList<PairedComparison> PrintQa(IReadOnlyList<QaScore> scores, IReadOnlyList<QaAnswer> answers)
+    {
         Console.WriteLine($"{"mode",-12} {"type",-11} {"n",5} {"EM",7} {"F1",7} {"acc",7} {"TTFT ms",8} {"doc MFLOP",10}");
         foreach (var s in scores)
             Console.WriteLine($"{s.Mode,-12} {s.Type,-11} {s.Questions,5} {s.ExactMatch,7:F3} {s.F1,7:F3} {s.Accuracy,7:F3} {s.MeanTtftSeconds * 1e3,8:F2} {s.MeanDocumentFlops / 1e6,10:F1}");
-        foreach (var a in answers.Where(a => a.Mode == modes[0]).Take(6))
+        var paired = PairedComparison.Of(answers);
+        if (paired.Count > 0)
+        {
+            Console.WriteLine($"{"paired with full",-28} {"only it wrong",13} {"only full wrong",15} {"McNemar p",10}");
+            foreach (var p in paired)
+                Console.WriteLine($"{p.Mode,-12} {p.Type,-15} {p.OnlyModeWrong,13} {p.OnlyReferenceWrong,15} {p.PValue,10:F3}");
+        }
+        string? first = answers.Count > 0 ? answers[0].Mode : null;
+        foreach (var a in answers.Where(a => a.Mode == first).Take(6))
             Console.WriteLine($"  {a.Question} gold '{a.Gold}', {a.Mode} '{a.Generated}'");
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
-        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", scores, answers }, new JsonSerializerOptions { WriteIndented = true }));
-        if (plot is not null) PlotCommand.QaChart(scores, plot);
-        trace?.WriteChromeTrace(tracePath!);
+        return paired;
+    }
+
+    private static int Rescore(string resultPath)
+    {
+        using var json = JsonDocument.Parse(File.ReadAllBytes(resultPath));
+        if (!json.RootElement.TryGetProperty("answers", out var stored))
+            throw new InvalidDataException($"{resultPath}: not an eval --task qa result (no 'answers')");
+        var answers = stored.Deserialize<QaAnswer[]>() ?? [];
+        var modes = answers.Select(a => a.Mode).Distinct().ToList();
+        Console.WriteLine($"{resultPath}: {answers.Length / Math.Max(1, modes.Count)} questions × {modes.Count} modes, re-scored");
+        PrintQa(QaEvaluation.Score(answers, modes), answers);
         return 0;
     }
 }
