@@ -213,10 +213,7 @@ internal static class EvalCommand
 
     private static int Rescore(string resultPath)
     {
-        using var json = JsonDocument.Parse(File.ReadAllBytes(resultPath));
-        if (!json.RootElement.TryGetProperty("answers", out var stored))
-            throw new InvalidDataException($"{resultPath}: not an eval --task qa result (no 'answers')");
-        var answers = stored.Deserialize<QaAnswer[]>() ?? [];
+        var answers = QaResultFile.Read<QaAnswer>(resultPath, "answers");
         var modes = answers.Select(a => a.Mode).Distinct().ToList();
         Console.WriteLine($"{resultPath}: {answers.Length / Math.Max(1, modes.Count)} questions × {modes.Count} modes, re-scored");
         PrintQa(QaEvaluation.Score(answers, modes), answers);

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using KvPacket.Cli.Plots;
 using KvPacket.Training.Qa;
 
@@ -21,7 +20,7 @@ internal static class PlotCommand
         var qa = new Command("qa", "F1 against mean time to first token, one point per mode") { results, qaOut };
         qa.SetAction(parse =>
         {
-            var scores = parse.GetValue(results)!.SelectMany(ReadScores).ToList();
+            var scores = parse.GetValue(results)!.SelectMany(file => QaResultFile.Read<QaScore>(file, "scores")).ToList();
             QaChart(scores, parse.GetValue(qaOut)!);
             return 0;
         });
@@ -78,7 +77,7 @@ internal static class PlotCommand
         var then = ReadLoss(continuedFiles);
         var chart = new SvgChart($"Pre-training loss ({first.Count + then.Count} steps)", "step", $"loss (weighted cross-entropy, mean of {window} steps)");
         chart.Add(new ChartSeries(then.Count == 0 ? "loss" : "pre-training", Averaged(first, 0, window), Line: true));
-        if (then.Count > 0) chart.Add(new ChartSeries("continued", Averaged(then, first.Count == 0 ? 0 : first.Keys.Max(), window), Line: true));
+        if (then.Count > 0) chart.Add(new ChartSeries("continued", Averaged(then, first.Count == 0 ? 0 : first.Keys.Last(), window), Line: true));
         chart.Write(path);
         Console.WriteLine($"wrote {path}");
     }
@@ -100,11 +99,4 @@ internal static class PlotCommand
 
     private static List<(double X, double Y)> Averaged(SortedDictionary<int, double> loss, int offset, int window) =>
         loss.Chunk(Math.Max(1, window)).Select(chunk => ((double)(offset + chunk[^1].Key), chunk.Average(p => p.Value))).ToList();
-
-    private static IEnumerable<QaScore> ReadScores(string file)
-    {
-        using var json = JsonDocument.Parse(File.ReadAllBytes(file));
-        if (!json.RootElement.TryGetProperty("scores", out var scores)) throw new InvalidDataException($"{file}: not an eval --task qa result (no 'scores')");
-        return scores.Deserialize<QaScore[]>() ?? [];
-    }
 }
