@@ -6,6 +6,7 @@
 #                         benchmarks/gpu/run.sh rag OUTDIR [PART…]                (the RAG engine on the GPU: check demo qa bench serve draw)
 #                         benchmarks/gpu/run.sh ilgpu OUTDIR                      (the ILGPU backend on ILGPU's CUDA accelerator: parity, and speed beside NVRTC)
 #                         benchmarks/gpu/run.sh tokenizers OUTDIR                 (our byte-level BPE vs Hugging Face tokenizers over every BMP code point)
+#                         benchmarks/gpu/run.sh quantised OUTDIR [TYPE…]          (GGUF block-quantised weights kept as stored on the GPU: parity, then speed)
 # .gpu/ is ignored by git; put what the GPU machine needs there (the build, and a checkpoint to check against).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -69,6 +70,26 @@ ilgpu)
     "$k" ilgpu check --shape qwen2.5-0.5b -n 8 | tee -a "$out/ilgpu-check.txt" || status=1
     # Decode and prefill at the Llama-3.2-1B shape, f32, beside the NVRTC backend, per stage.
     "$k" ilgpu bench --shape llama-3.2-1b --out "$out" | tee -a "$out/ilgpu-bench.txt" || status=1
+    exit $status
+    ;;
+quantised)
+    # Each block type (the K types need 256-column blocks: llama-50m's 512 and 1,536 are) against the same matrices widened
+    # to f32 on the CPU, f32 operands and KV (the exact limit), and a Q4_K_M mix (q6_K beside q4_K in one q/k/v product)
+    # with bf16 operands; then decode and prefill at the Llama-3.2-1B shape against the copy roofline (QUANTISED_BENCH: the
+    # types benched, default "Q4_K Q8_0 BF16").
+    out="${2:?output directory}"
+    unpack "$out"
+    status=0
+    types="${*:3}"
+    for t in ${types:-Q8_0 Q4_0 Q4_K Q5_K Q6_K}; do
+        "$k" cuda check --shape llama-50m --weights $t --operands F32 --kv-type F32 -n 32 --prompt-tokens 40 | tee -a "$out/check.txt" || status=1
+    done
+    "$k" synth --shape llama-50m --out /tmp/llama-50m-bf16 >/dev/null
+    "$k" quantize -m /tmp/llama-50m-bf16 --type Q4_K_M -o /tmp/llama-50m-q4_k_m.gguf | tee -a "$out/check.txt"
+    "$k" cuda check -m /tmp/llama-50m-q4_k_m.gguf --weights BF16 --kv-type F16 -n 32 --prompt-tokens 40 | tee -a "$out/check.txt" || status=1
+    for t in ${QUANTISED_BENCH-Q4_K Q8_0 BF16}; do
+        "$k" cuda bench --shape llama-3.2-1b --weights $t --repeats 20 --prefill-tokens 2048 --out "$out" | tee -a "$out/bench.txt" || status=1
+    done
     exit $status
     ;;
 tokenizers)

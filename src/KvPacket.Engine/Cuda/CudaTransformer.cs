@@ -12,7 +12,10 @@ namespace KvPacket.Engine.Cuda;
 /// <summary>
 /// The transformer forward pass on one GPU: weights, activations and the paged KV cache all in device memory; the
 /// projections through cuBLAS (f32, or bf16 operands with f32 accumulation), everything else through the kernels of
-/// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). A step that chooses its
+/// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). Block-quantised matrices
+/// (a GGUF's q4_0, q8_0, q4_K, q5_K and q6_K, in the layout the reader gives them) stay as stored: <c>quantised.cu</c>'s
+/// products read the blocks for steps of a few tokens, and longer steps multiply through cuBLAS a slice at a time
+/// dequantised into a scratch buffer. A step that chooses its
 /// tokens (<see cref="StepDraw"/>) returns only their ids to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
 /// shared, query-realigned blocks, soft tokens), and a default one grown by <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/>
 /// and <see cref="DecodeGreedy"/> for the benchmarks.
@@ -27,7 +30,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly ModelConfig _config;
     private readonly DType _weightType;
     private readonly List<DeviceBuffer> _owned = [];
-    private readonly Weight _embedding, _classifier;
+    private readonly Weight _embedding;
+    private readonly Weight[] _classifier;
     private readonly DeviceBuffer _finalNorm;
     private readonly LayerOnDevice[] _layers;
     private readonly DeviceBuffer _x, _soft, _deviation, _qkv, _gateUp, _operand, _normed, _logits;
@@ -53,16 +57,36 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
     /// <summary>kernels.cu's one-token products by the column count they are compiled for.</summary>
     private readonly Dictionary<int, nint> _gemvOne;
+    /// <summary>quantised.cu (null when no matrix is block-quantised), its kernels by format, and its dequantised slice.</summary>
+    private readonly CudaModule? _quantisedModule;
+    private readonly Dictionary<DType, QuantisedKernels> _quantised = [];
+    private readonly DeviceBuffer? _dequantised, _activationLevels, _activationSteps, _roundedActivations;
+    private readonly nint _swigluHalves, _quantiseOperand;
+    /// <summary>Elements of the scratch one slice of a quantised matrix is dequantised into for cuBLAS.</summary>
+    private const long DequantisedElements = 16L << 20;
+    /// <summary>Steps of at most this many tokens read quantised blocks directly (quantised.cu's QGEMV_TOKENS).</summary>
+    private const int QuantisedGemvTokens = 8;
 
+    /// <summary>A matrix on the device: F32 or BF16 (the operands' type), or block-quantised in an interleaved layout, as stored.</summary>
+    private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type)
+    {
+        public bool Quantised => Type.IsBlockQuantised();
+    }
 
-    private sealed record Weight(DeviceBuffer Buffer, int Rows, int Columns, DType Type);
+    /// <summary>quantised.cu's kernels for one format: products of up to 8 tokens and of one, dequantised rows, embedding rows.</summary>
+    private readonly record struct QuantisedKernels(nint Gemv, nint GemvOne, nint Rows, nint Embed);
 
-    /// <summary>One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] matrix and gate/up into one [2·ffn, hidden] (rows interleaved): one product each.</summary>
-    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight QueryKeyValue, Weight Output, Weight GateUp, Weight Down,
+    /// <summary>
+    /// One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] product and gate/up into one [2·ffn, hidden]. A
+    /// product is one matrix, or several that write consecutive rows of its output (quantised parts of different types);
+    /// float gate/up rows are interleaved (2i, 2i + 1), quantised ones are gate's then up's.
+    /// </summary>
+    private sealed record LayerOnDevice(DeviceBuffer AttentionNorm, DeviceBuffer FfnNorm, Weight[] QueryKeyValue, Weight[] Output, Weight[] GateUp, Weight[] Down,
         DeviceBuffer? QueryKeyValueBias);
 
     /// <summary>
-    /// Uploads <paramref name="model"/> to <paramref name="device"/> with matrices as <paramref name="weightType"/> (F32 or BF16),
+    /// Uploads <paramref name="model"/> to <paramref name="device"/> with float matrices as <paramref name="weightType"/> (F32 or
+    /// BF16, also the products' operand type) and block-quantised ones as stored,
     /// for steps of up to <paramref name="maxTokens"/> tokens in up to <paramref name="maxSequences"/> sequences, and a
     /// KV cache of <paramref name="kvTokens"/> tokens in <paramref name="kvType"/> (F16 or F32), no sequence longer than
     /// <paramref name="maxContext"/> (the cache size, or the model's context, when 0).
@@ -115,13 +139,36 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             _tensorTileTokens = TensorTileRows / c.GroupSize;
         }
 
-        _embedding = Upload([model.TokenEmbedding], DType.F32);
-        _classifier = Upload([model.Classifier], weightType);
+        if (model.Layers.Any(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Any(StaysQuantised)) || StaysQuantised(model.Classifier)
+            || StaysQuantised(model.TokenEmbedding))
+        {
+            using var stream = System.Reflection.Assembly.GetAssembly(typeof(CudaDevice))!.GetManifestResourceStream("cuda/quantised.cu")!;
+            string quantisedSource = new StreamReader(stream).ReadToEnd();
+            _quantisedModule = device.LoadModule(weightType == DType.BF16 ? "#define OPERAND_BF16\n" + quantisedSource : quantisedSource, "quantised");
+            _quantisedModule.DependentLaunches = true;
+            foreach (var (type, name) in new[] { (DType.Q4_0x8, "q4_0x8"), (DType.Q8_0x8, "q8_0x8"), (DType.Q4_Kx8, "q4_kx8"), (DType.Q5_Kx8, "q5_kx8"), (DType.Q6_Kx8, "q6_kx8") })
+                _quantised[type] = new QuantisedKernels(_quantisedModule.Function("gemv_" + name), _quantisedModule.Function("gemv1_" + name),
+                    _quantisedModule.Function("rows_" + name), _quantisedModule.Function("embed_" + name));
+            _swigluHalves = _quantisedModule.Function("swiglu_halves");
+            _quantiseOperand = _quantisedModule.Function("quantise_operand");
+            int operandBytes = weightType == DType.BF16 ? 2 : 4;
+            long activations = (long)maxTokens * Math.Max(Math.Max(_config.HiddenSize, _config.QueryDim), _config.IntermediateSize);
+            _dequantised = Own(device.Allocate(operandBytes * DequantisedElements));
+            _activationLevels = Own(device.Allocate(activations));
+            _activationSteps = Own(device.Allocate(activations / 32 * 4));
+            _roundedActivations = Own(device.Allocate(activations * operandBytes));
+        }
+        _embedding = StaysQuantised(model.TokenEmbedding) ? UploadProduct([model.TokenEmbedding], weightType)[0] : Upload([model.TokenEmbedding], DType.F32);
+        // Tied embeddings kept quantised are one matrix on the device too.
+        _classifier = _embedding.Quantised && model.Classifier.Data == model.TokenEmbedding.Data ? [_embedding] : UploadProduct([model.Classifier], weightType);
         _finalNorm = UploadVector(model.FinalNorm)!;
         _layers = model.Layers.Select(l => new LayerOnDevice(UploadVector(l.AttentionNorm)!, UploadVector(l.FfnNorm)!,
-            Upload([l.Query, l.Key, l.Value], weightType), Upload([l.Output], weightType), Upload([l.Gate, l.Up], weightType, interleaveRows: true), Upload([l.Down], weightType),
+            UploadProduct([l.Query, l.Key, l.Value], weightType), UploadProduct([l.Output], weightType), UploadProduct([l.Gate, l.Up], weightType, interleaveRows: true),
+            UploadProduct([l.Down], weightType),
             l.QueryBias.IsPresent || l.KeyBias.IsPresent || l.ValueBias.IsPresent ? UploadBiases(l.QueryBias, l.KeyBias, l.ValueBias) : null)).ToArray();
 
+        WeightBytesPerToken = _layers.Sum(l => new[] { l.QueryKeyValue, l.Output, l.GateUp, l.Down }.Sum(p => p.Sum(w => w.Buffer.Bytes)))
+                              + _classifier.Sum(w => w.Buffer.Bytes) + _embedding.Buffer.Bytes / _embedding.Rows;
         int blockCount = (kvTokens + BlockTokens - 1) / BlockTokens;
         _blocks = new DeviceKvBlocks(device, KvCacheLayout.For(c, kvType, BlockTokens), blockCount);
         int t = maxTokens;
@@ -152,6 +199,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>The model card spec whose CUDA source is running, or null for the generic source.</summary>
     public ModelSpec? Spec { get; }
+
+    /// <summary>Bytes of weights a decode step reads: every layer's matrices and the classifier as held on the device, and one embedding row.</summary>
+    public long WeightBytesPerToken { get; }
 
     /// <summary>Seconds NVRTC took to compile the kernels (0 when they came from the on-disk cache).</summary>
     public double CompileSeconds { get; }
@@ -668,7 +718,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (fromLayer == 0)
         {
             timeline?.Mark("embed");
-            m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
+            if (_embedding.Quantised)
+            {
+                int columns = _embedding.Columns;
+                _quantisedModule!.Launch(_quantised[_embedding.Type].Embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&columns), (nint)(&ids), (nint)(&soft), (nint)(&x));
+            }
+            else m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
         }
         float epsilon = (float)c.NormEpsilon, scale = 1f / MathF.Sqrt(c.HeadDim);
         int hidden = c.HiddenSize, ffn = c.IntermediateSize;
@@ -725,7 +780,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             Project(n, w.Output, _x, null, accumulate: true);
             norm = w.FfnNorm.Pointer;
             timeline?.Mark("rms_norm");
-            bool fusedSwiglu = n == 1 && _gemvOneSwiglu != 0;
+            bool fusedSwiglu = n == 1 && _gemvOneSwiglu != 0 && !w.GateUp[0].Quantised;
             // The fused gate/up + SwiGLU writes the operand buffer, so its input goes to the other one.
             ulong normed = fusedSwiglu ? _normed.Pointer : operand;
             m.Launch(_rmsNorm, ((uint)n, 1), NormThreads, (nint)(&x), (nint)(&norm), (nint)(&normed), (nint)(&epsilon));
@@ -733,7 +788,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             {
                 // One token: SwiGLU inside the product (the rows of gate and up interleaved).
                 timeline?.Mark("gate/up product + swiglu");
-                ulong gateUpWeights = w.GateUp.Buffer.Pointer;
+                ulong gateUpWeights = w.GateUp[0].Buffer.Pointer;
                 m.Launch(_gemvOneSwiglu, (OneTokenBlocks(ffn, hidden), 1), 128, (nint)(&gateUpWeights), (nint)(&normed), (nint)(&operand), (nint)(&ffn));
             }
             else
@@ -743,7 +798,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 ulong gateUp = _gateUp.Pointer;
                 long elements = (long)n * ffn;
                 timeline?.Mark("swiglu");
-                m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&elements));
+                if (w.GateUp[0].Quantised)
+                    _quantisedModule!.Launch(_swigluHalves, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
+                else m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&elements));
             }
             timeline?.Mark("down product");
             Project(n, w.Down, _x, null, accumulate: true);
@@ -783,7 +840,19 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private const int GemvTokens = 8;
 
     /// <summary>output[t, out] (=, or += with <paramref name="accumulate"/>) operand[t, in] · W[out, in]ᵀ (+ bias); the operand buffer holds the input.</summary>
-    private void Project(int tokens, Weight weight, DeviceBuffer output, DeviceBuffer? bias, bool accumulate = false)
+    private void Project(int tokens, Weight[] product, DeviceBuffer output, DeviceBuffer? bias, bool accumulate = false)
+    {
+        if (product[0].Quantised) ProjectQuantised(tokens, product, output, accumulate);
+        else Project(tokens, product[0], output, accumulate);
+        if (bias is not null)
+        {
+            ulong y = output.Pointer, bp = bias.Pointer;
+            int width = product.Sum(w => w.Rows);
+            _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
+        }
+    }
+
+    private void Project(int tokens, Weight weight, DeviceBuffer output, bool accumulate)
     {
         int elementBytes = weight.Type == DType.F32 ? 4 : 2;
         if (tokens == 1 && weight.Columns * elementBytes % 16 == 0 && _gemvOne.TryGetValue(weight.Columns, out nint gemvOne))
@@ -803,11 +872,50 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 (nint)(&tokens), (nint)(&add), (nint)(&warpsPerRow));
         }
         else _device.MatMul(weight.Buffer, _operand, weight.Type, weight.Rows, weight.Columns, tokens, output, accumulate);
-        if (bias is not null)
+    }
+
+    /// <summary>
+    /// The product of quantised parts, each writing its rows of output[t, ·], on the input rounded per block of 32 to int8
+    /// levels (quantised.cu's quantise_operand, as the CPU's block dots and llama.cpp round it): up to
+    /// <see cref="QuantisedGemvTokens"/> tokens in integer dot products straight from the blocks (the warps of a row group
+    /// chosen so about 8,192 are in flight), longer steps through cuBLAS on slices dequantised into the scratch buffer,
+    /// times the rounded input as operands.
+    /// </summary>
+    private void ProjectQuantised(int tokens, Weight[] parts, DeviceBuffer output, bool accumulate)
+    {
+        var q = _quantisedModule!;
+        int width = 0, add = accumulate ? 1 : 0, columns = parts[0].Columns;
+        foreach (var part in parts) width += part.Rows;
+        bool direct = tokens <= QuantisedGemvTokens;
+        ulong x = _operand.Pointer, levels = _activationLevels!.Pointer, steps = _activationSteps!.Pointer, rounded = direct ? 0 : _roundedActivations!.Pointer;
+        q.Launch(_quantiseOperand, ((uint)((columns + 255) / 256), (uint)tokens), 256, (nint)(&x), (nint)(&columns), (nint)(&levels), (nint)(&steps), (nint)(&rounded));
+        int firstRow = 0;
+        foreach (var part in parts)
         {
-            ulong y = output.Pointer, bp = bias.Pointer;
-            int width = weight.Rows;
-            _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
+            var kernels = _quantised[part.Type];
+            int groups = part.Rows / 8;
+            ulong w = part.Buffer.Pointer, y = output.At(4L * firstRow);
+            if (direct)
+            {
+                int warpsPerGroup = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, 8192 / groups)), 1, 8), groupsPerBlock = 8 / warpsPerGroup;
+                q.Launch(tokens == 1 ? kernels.GemvOne : kernels.Gemv, ((uint)((groups + groupsPerBlock - 1) / groupsPerBlock), 1), 256, (nint)(&w), (nint)(&levels),
+                    (nint)(&steps), (nint)(&y), (nint)(&groups), (nint)(&columns), (nint)(&tokens), (nint)(&add), (nint)(&warpsPerGroup), (nint)(&width));
+            }
+            else
+            {
+                var operandType = _weightType;
+                ulong scratch = _dequantised!.Pointer;
+                int sliceGroups = (int)Math.Max(1, DequantisedElements / (8L * columns));
+                for (int first = 0; first < groups; first += sliceGroups)
+                {
+                    int count = Math.Min(sliceGroups, groups - first);
+                    long pieces = (long)count * 8 * columns / 32 * (part.Type == DType.Q8_0x8 ? 2 : 1);   // quantised.cu: a thread per 16 bytes of levels
+                    q.Launch(kernels.Rows, ((uint)Math.Min((pieces + 255) / 256, 8192), 1), 256, (nint)(&w), (nint)(&columns), (nint)(&first), (nint)(&count), (nint)(&scratch));
+                    _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(rounded, operandType, columns), new GemmOperand(scratch, operandType, columns),
+                        accumulate ? 1f : 0f, new GemmOperand(output.At(4L * (firstRow + 8 * first)), DType.F32, width));
+                }
+            }
+            firstRow += part.Rows;
         }
     }
 
@@ -818,6 +926,37 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         int split = bytes >= 16384 && columns % (4 * laneElements) == 0 ? 4 : bytes >= 4096 && columns % (2 * laneElements) == 0 ? 2 : 1;
         int perBlock = 4 / split;
         return (uint)((units + perBlock - 1) / perBlock);
+    }
+
+    /// <summary>Whether <paramref name="tensor"/> stays block-quantised on the device (an interleaved layout; other block types are widened).</summary>
+    private static bool StaysQuantised(WeightTensor tensor) => tensor.IsPresent && tensor.Type.InterleavedRows() == 8;
+
+    /// <summary>
+    /// Uploads one product's <paramref name="parts"/>: block-quantised ones as stored (consecutive parts of one type as one
+    /// matrix: their rows simply follow each other), else all of them as <paramref name="floatType"/> (<see cref="Upload"/>).
+    /// </summary>
+    private Weight[] UploadProduct(WeightTensor[] parts, DType floatType, bool interleaveRows = false)
+    {
+        if (!parts.All(StaysQuantised)) return [Upload(parts, floatType, interleaveRows)];
+        var weights = new List<Weight>();
+        for (int first = 0, end; first < parts.Length; first = end)
+        {
+            long bytes = 0;
+            for (end = first; end < parts.Length && parts[end].Type == parts[first].Type && parts[end].Columns == parts[first].Columns; end++) bytes += parts[end].ByteCount;
+            var buffer = Own(_device.Allocate(bytes));
+            long offset = 0;
+            for (int p = first; p < end; p++)
+                for (long at = 0; at < parts[p].ByteCount; at += 1 << 26)
+                {
+                    int length = (int)Math.Min(1 << 26, parts[p].ByteCount - at);
+                    _device.Upload(new ReadOnlySpan<byte>((byte*)parts[p].Data + at, length), buffer, offset);
+                    offset += length;
+                }
+            int rows = 0;
+            for (int p = first; p < end; p++) rows += parts[p].Rows;
+            weights.Add(new Weight(buffer, rows, parts[first].Columns, parts[first].Type));
+        }
+        return [.. weights];
     }
 
     private DeviceBuffer Own(DeviceBuffer buffer)

@@ -32,16 +32,19 @@ internal static class CudaCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
         var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
-        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.F32 };
+        var weights = new Option<DType>("--weights") { Description = WeightsDescription, DefaultValueFactory = _ => DType.F32 };
         var kv = CommonOptions.KvType();
         var steps = new Option<int>("-n", "--steps") { Description = "Greedy steps compared", DefaultValueFactory = _ => 128 };
         var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => 32 };
-        var tolerance = new Option<double>("--tolerance") { Description = "Largest logit difference accepted: max-abs with F32 weights and KV (default 1e-3), else relative (default 2e-2)", DefaultValueFactory = _ => -1 };
-        var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels") { model, shape, weights, kv, steps, prompt, tolerance };
-        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights) == DType.BF16 ? DType.BF16 : DType.F32, (checkpoint, name, device) =>
+        var tolerance = new Option<double>("--tolerance") { Description = "Largest logit difference accepted: max-abs with F32 operands and KV (default 1e-3), else relative (default 2e-2)", DefaultValueFactory = _ => -1 };
+        var operands = new Option<DType?>("--operands") { Description = "The products' operands beside block-quantised weights: F32 or BF16 (default)" };
+        var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels")
+            { model, shape, weights, kv, steps, prompt, tolerance, operands };
+        var stored = (ParseResult parse) => parse.GetValue(weights) is var w && (w.IsBlockQuantised() || w == DType.BF16) ? w : DType.F32;
+        command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), stored(parse), (checkpoint, name, device) =>
             {
                 Console.WriteLine($"{device.Name} (sm_{device.Architecture}, driver {device.DriverVersion}), NVRTC {NvrtcVersion()}; model {name}");
-                var type = parse.GetValue(weights);
+                var type = parse.GetValue(operands) ?? OperandType(stored(parse));
                 // All-f32 runs must agree to 1e-3 absolute; with bf16 weights or an f16 cache, roundings differ by design: 2e-2 relative.
                 bool exact = type == DType.F32 && parse.GetValue(kv) == DType.F32;
                 double limit = parse.GetValue(tolerance) is > 0 and var t ? t : exact ? 1e-3 : 2e-2;
@@ -97,7 +100,7 @@ internal static class CudaCommand
                 }
                 finally { if (Directory.Exists(storeDirectory)) Directory.Delete(storeDirectory, recursive: true); }
                 // The serving engine (scheduler, KvPacketEngine) on the GPU through the same contract as on the CPU.
-                var serving = ServingConsistency.RunAsync(() => BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), type).Checkpoint,
+                var serving = ServingConsistency.RunAsync(() => BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), stored(parse)).Checkpoint,
                     (m, kvTokens) => new CudaTransformer(m, device, type, parse.GetValue(kv), maxTokens: 64, kvTokens: kvTokens, maxSequences: 32)).GetAwaiter().GetResult();
                 // Batched and solo steps take different kernels (cuBLAS products vs one-token products): in f32 the tokens must
                 // agree; with bf16 weights or an f16 cache a near-tie may flip, so agreement is reported, not required.
@@ -169,7 +172,7 @@ internal static class CudaCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
         var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
-        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.BF16 };
+        var weights = new Option<DType>("--weights") { Description = WeightsDescription, DefaultValueFactory = _ => DType.BF16 };
         var context = new Option<int>("--context") { Description = "Tokens in the cache when decode is timed", DefaultValueFactory = _ => 512 };
         var prefill = new Option<int>("--prefill-tokens") { Description = "Prompt length for the prefill timing", DefaultValueFactory = _ => 4096 };
         var repeats = new Option<int>("--repeats") { Description = "Timed repetitions (after warm-up); medians reported", DefaultValueFactory = _ => 30 };
@@ -181,7 +184,7 @@ internal static class CudaCommand
         };
         command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights), (checkpoint, name, device) =>
             {
-                var type = parse.GetValue(weights);
+                var type = OperandType(parse.GetValue(weights));
                 var figures = new Dictionary<string, double>();
                 int repeat = parse.GetValue(repeats), promptLength = parse.GetValue(prefill), decodeContext = parse.GetValue(context);
                 figures["copy_GB_per_s"] = CopyBandwidth(device, repeat);
@@ -214,7 +217,7 @@ internal static class CudaCommand
                     var stepMs = device.Time(() => gpu.Step([7]), repeat);
                     double step = Statistics.Median(stepMs) / 1e3;
                     // Bytes a decode step must read: the weights as held on the GPU, and each sequence's f16 K and V so far.
-                    double weightBytes = checkpoint.BytesReadPerToken * (type == DType.BF16 ? 2.0 / checkpoint.TokenEmbedding.Type.BytesFor(1) : 1);
+                    double weightBytes = gpu.WeightBytesPerToken;
                     double kvBytesPerSequence = 2.0 * checkpoint.Config.LayerCount * checkpoint.Config.KvDim * 2 * (decodeContext + 5);
                     double bytes = weightBytes + kvBytesPerSequence;
                     figures[$"decode_step_ms_{tag}"] = step * 1e3;
@@ -265,13 +268,19 @@ internal static class CudaCommand
                     gpu.DecodeAttentionBlocks = defaultBlocks;
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
                 }
-                var result = new BenchResult("cuda", name, type.ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
+                var result = new BenchResult("cuda", name, parse.GetValue(weights).ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
                 result.Print();
                 result.Save(parse.GetValue(output)!);
                 return 0;
             }));
         return command;
     }
+
+    private const string WeightsDescription = "Weights on the GPU: F32 or BF16, or a block type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) a synthesised model is quantised to; " +
+                                              "block-quantised matrices stay as stored, with bf16 operands";
+
+    /// <summary>The products' operand type (and the float matrices') for <paramref name="weights"/>: bf16 beside block-quantised matrices.</summary>
+    private static DType OperandType(DType weights) => weights.IsBlockQuantised() ? DType.BF16 : weights;
 
     /// <summary>GPU time per stage of <paramref name="work"/> (eager, events between stages), averaged over <paramref name="repeats"/> runs.</summary>
     private static void PrintStages(CudaTransformer gpu, CudaDevice device, string what, Action work, int repeats)
