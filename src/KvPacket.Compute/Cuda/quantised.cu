@@ -9,8 +9,7 @@
 //   2 q4_Kx8: 8 f16 d | 8 f16 dmin | 8×8 scale bytes | 8×8 min bytes | 8 sub-blocks of 128 bytes   (1,184 bytes, 256 values)
 //   3 q5_Kx8: as q4_Kx8, each sub-block followed by 32 bytes of fifth bits       (1,440 bytes)
 //   4 q6_Kx8: 8 f16 d | 16×8 int8 scales | 8 sub-blocks of 128 bytes of low nibbles + 64 of high bit pairs (1,680 bytes)
-// The products multiply the activations rounded to int8 per block of 32 (quantise_operand) in integer dot products and
-// accumulate in f32; operand_t is the operands' type (bf16 when OPERAND_BF16 is defined, else f32), as in kernels.cu.
+// Products accumulate in f32 from operands of operand_t (bf16 when OPERAND_BF16 is defined, else f32), as kernels.cu's.
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
@@ -145,45 +144,28 @@ __device__ __forceinline__ void decode_piece(const RawPiece& raw, int k, Piece& 
 #define QGEMV_BATCH 4   // iterations whose loads a lane issues before decoding any
 
 #ifdef OPERAND_BF16
-__device__ __forceinline__ float operand_float(operand_t x) { return __bfloat162float(x); }
+// Four consecutive operands as floats.
+__device__ __forceinline__ float4 operand_load4(const operand_t* at)
+{
+    uint2 bits = __ldg((const uint2*)at);
+    float2 a = __bfloat1622float2(*(const __nv_bfloat162*)&bits.x), b = __bfloat1622float2(*(const __nv_bfloat162*)&bits.y);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
 #else
-__device__ __forceinline__ float operand_float(operand_t x) { return x; }
+__device__ __forceinline__ float4 operand_load4(const operand_t* at) { return __ldg((const float4*)at); }
 #endif
 
-// The activations the quantised products multiply: each token's row of x rounded per block of 32 to int8 levels with
-// one f32 step (step = max|x| / 127, levels rounded half to even — the CPU's QuantisedActivations, and llama.cpp's way),
-// levels [tokens][cols / 4] packed four to a word, steps [tokens][cols / 32]; with `rounded` (non-null) also level · step
-// as operands, which the dequantised slices of a longer step multiply through cuBLAS (the same values the integer
-// products see). A warp per block of 32; grid (blocks of 8 warps, tokens).
-extern "C" __global__ void quantise_operand(const operand_t* x, int cols, int* levels, float* steps, operand_t* rounded)
-{
-    LAUNCH_DEPENDENTS();
-    WAIT_FOR_PREVIOUS();
-    int lane = threadIdx.x & 31, block = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, token = blockIdx.y;
-    if (block >= cols / 32) return;
-    long at = (long)token * cols + 32 * block + lane;
-    float v = operand_float(x[at]), m = fabsf(v);
-    for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
-    float step = m / 127.0f, inverse = m == 0.0f ? 0.0f : 127.0f / m;
-    int q = __float2int_rn(v * inverse);
-    unsigned b = (unsigned)q & 0xFF;
-    unsigned b1 = __shfl_down_sync(0xffffffff, b, 1), b2 = __shfl_down_sync(0xffffffff, b, 2), b3 = __shfl_down_sync(0xffffffff, b, 3);
-    if ((lane & 3) == 0) levels[at >> 2] = (int)(b | b1 << 8 | b2 << 16 | b3 << 24);
-    if (lane == 0) steps[at >> 5] = step;
-    if (rounded) rounded[at] = operand_store((float)q * step);
-}
-
-// y[t · y_stride + row] (=, or += with accumulate) Σ_c W[row][c] · x̂[t][c] for t < tokens (≤ TOKENS: 1 for a batch-1
+// y[t · y_stride + row] (=, or += with accumulate) Σ_c W[row][c] · x[t][c] for t < tokens (≤ TOKENS: 1 for a batch-1
 // decode step, whose accumulators then take fewer registers, else QGEMV_TOKENS), W [groups · 8 rows][cols] in format F,
-// x̂ the int8-rounded activations of quantise_operand. Each piece's levels meet the activation's levels in integer
-// dot products (dp4a: four multiply-adds an instruction; decoding levels to floats made the products compute-bound),
-// scaled once per row: Σ w·x̂ = step · (scale · Σ q·l + offset · Σ l) per sub-block half. A block is 8 warps;
+// x [tokens][cols] of operand_t: the levels are decoded to floats and multiply the activations as they are (the same
+// arithmetic as the matrix dequantised to f32; rounding the activations to int8 for integer dot products measured no
+// faster on the H200 and makes a one-ulp difference upstream flip levels: benchmarks/gpu/NOTES.md). A block is 8 warps;
 // warps_per_group (1, 2, 4 or 8) of them share a group of eight rows, taking its iterations in turn (an iteration is
 // 32 / LANES sub-blocks, a lane per piece). Each lane sums four rows for every token; lanes of one half of the group
 // meet by shuffles, the warps of a group in shared memory in a fixed order.
 template <int F, int TOKENS>
-__device__ __forceinline__ void quantised_gemv(const byte_t* w, const int* levels, const float* steps, float* y, int groups, int cols, int tokens,
-    int accumulate, int warps_per_group, int y_stride)
+__device__ __forceinline__ void quantised_gemv(const byte_t* w, const operand_t* x, float* y, int groups, int cols, int tokens, int accumulate,
+    int warps_per_group, int y_stride)
 {
     typedef Format<F> Fm;
     __shared__ float partial[8][8][TOKENS];   // [warp][row of the group][token]
@@ -216,58 +198,29 @@ __device__ __forceinline__ void quantised_gemv(const byte_t* w, const int* level
             for (int b = 0; b < QGEMV_BATCH; b++)
             {
                 if (sub[b] >= subs) continue;
-                const RawPiece& p = raw[b];
-                // Per row: the level words (low and high halves of each byte's values) and the row's scales.
-                unsigned lo[4], hi[4];
-                float scale[4][2];
-                #pragma unroll
-                for (int r = 0; r < 4; r++)
-                {
-                    unsigned wv = word(p.levels, r);
-                    float d = half_at(p.d, r);
-                    if (F == 1) { lo[r] = wv ^ 0x80808080u; hi[r] = 0; scale[r][0] = d; scale[r][1] = 0.0f; continue; }   // stored + 128
-                    lo[r] = wv & 0x0F0F0F0Fu;
-                    hi[r] = (wv >> 4) & 0x0F0F0F0Fu;
-                    if (F == 3)
-                    {
-                        unsigned fifth = word(p.extra0, r);
-                        lo[r] |= ((fifth >> k) & 0x01010101u) << 4;
-                        hi[r] |= ((fifth >> (4 + k)) & 0x01010101u) << 4;
-                    }
-                    if (F == 4)
-                    {
-                        lo[r] |= ((word(p.extra0, r) >> (2 * k)) & 0x03030303u) << 4;
-                        hi[r] |= ((word(p.extra1, r) >> (2 * k)) & 0x03030303u) << 4;
-                    }
-                    if (F == 0) { scale[r][0] = d; scale[r][1] = 0.0f; }
-                    if (F == 2 || F == 3)
-                    {
-                        scale[r][0] = d * (float)((p.sc0 >> (8 * r)) & 0xFF);                      // the sub-block's scale
-                        scale[r][1] = half_at(p.dmin, r) * (float)((p.sc1 >> (8 * r)) & 0xFF);  // and its min
-                    }
-                    if (F == 4) { scale[r][0] = d; scale[r][1] = 0.0f; }
-                }
+                Piece p;
+                decode_piece<F>(raw[b], k, p);
+                int column = 32 * sub[b] + 4 * k;
                 #pragma unroll
                 for (int t = 0; t < TOKENS; t++)
                 {
                     if (t >= tokens) break;
-                    const int* token_levels = levels + (long)t * (cols / 4) + 8 * sub[b];
-                    int x_lo = __ldg(token_levels + k), x_hi = F == 1 ? 0 : __ldg(token_levels + 4 + k);
-                    float step = __ldg(steps + (long)t * (cols / 32) + sub[b]);
-                    int sum_lo = __dp4a(x_lo, 0x01010101, 0), sum_hi = __dp4a(x_hi, 0x01010101, 0);
+                    float4 lo = operand_load4(x + (long)t * cols + column);
+                    float sum_lo = lo.x + lo.y + lo.z + lo.w;
+                    float4 hi = make_float4(0, 0, 0, 0);
+                    float sum_hi = 0.0f;
+                    if (F != 1) { hi = operand_load4(x + (long)t * cols + column + 16); sum_hi = hi.x + hi.y + hi.z + hi.w; }
                     #pragma unroll
                     for (int r = 0; r < 4; r++)
                     {
-                        float v;
-                        if (F == 1) v = scale[r][0] * (float)__dp4a((int)lo[r], x_lo, 0);
-                        if (F == 0) v = scale[r][0] * (float)(__dp4a((int)lo[r], x_lo, __dp4a((int)hi[r], x_hi, 0)) - 8 * (sum_lo + sum_hi));
-                        if (F == 2 || F == 3) v = scale[r][0] * (float)__dp4a((int)lo[r], x_lo, __dp4a((int)hi[r], x_hi, 0)) - scale[r][1] * (float)(sum_lo + sum_hi);
-                        if (F == 4)
+                        float dot_lo = p.q[r][0] * lo.x + p.q[r][1] * lo.y + p.q[r][2] * lo.z + p.q[r][3] * lo.w;
+                        float v = p.scale[r][0] * dot_lo + p.offset[r][0] * sum_lo;
+                        if (F != 1)
                         {
-                            int s0 = (signed char)((p.sc0 >> (8 * r)) & 0xFF), s1 = (signed char)((p.sc1 >> (8 * r)) & 0xFF);
-                            v = scale[r][0] * (float)(s0 * (__dp4a((int)lo[r], x_lo, 0) - 32 * sum_lo) + s1 * (__dp4a((int)hi[r], x_hi, 0) - 32 * sum_hi));
+                            float dot_hi = p.q[r][4] * hi.x + p.q[r][5] * hi.y + p.q[r][6] * hi.z + p.q[r][7] * hi.w;
+                            v += p.scale[r][1] * dot_hi + p.offset[r][1] * sum_hi;
                         }
-                        acc[t][r] += step * v;
+                        acc[t][r] += v;
                     }
                 }
             }
@@ -366,12 +319,12 @@ __device__ __forceinline__ void quantised_embed(const byte_t* table, int cols, c
 }
 
 #define QUANTISED_KERNELS(NAME, F) \
-extern "C" __global__ void __launch_bounds__(256) gemv_##NAME(const byte_t* w, const int* levels, const float* steps, float* y, int groups, int cols, \
-    int tokens, int accumulate, int warps_per_group, int y_stride) \
-{ quantised_gemv<F, QGEMV_TOKENS>(w, levels, steps, y, groups, cols, tokens, accumulate, warps_per_group, y_stride); } \
-extern "C" __global__ void __launch_bounds__(256) gemv1_##NAME(const byte_t* w, const int* levels, const float* steps, float* y, int groups, int cols, \
-    int tokens, int accumulate, int warps_per_group, int y_stride) \
-{ quantised_gemv<F, 1>(w, levels, steps, y, groups, cols, 1, accumulate, warps_per_group, y_stride); } \
+extern "C" __global__ void __launch_bounds__(256) gemv_##NAME(const byte_t* w, const operand_t* x, float* y, int groups, int cols, int tokens, \
+    int accumulate, int warps_per_group, int y_stride) \
+{ quantised_gemv<F, QGEMV_TOKENS>(w, x, y, groups, cols, tokens, accumulate, warps_per_group, y_stride); } \
+extern "C" __global__ void __launch_bounds__(256) gemv1_##NAME(const byte_t* w, const operand_t* x, float* y, int groups, int cols, int tokens, \
+    int accumulate, int warps_per_group, int y_stride) \
+{ quantised_gemv<F, 1>(w, x, y, groups, cols, 1, accumulate, warps_per_group, y_stride); } \
 extern "C" __global__ void rows_##NAME(const byte_t* w, int cols, int first_group, int groups, operand_t* out) \
 { quantised_rows<F>(w, cols, first_group, groups, out); } \
 extern "C" __global__ void embed_##NAME(const byte_t* table, int cols, const int* ids, const float* soft, float* x) \

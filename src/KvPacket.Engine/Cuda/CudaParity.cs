@@ -33,13 +33,17 @@ public sealed record CudaParityResult(int Steps, double MaxAbsDifference, double
 /// </summary>
 public static class CudaParity
 {
-    /// <summary>Compares <paramref name="steps"/> greedy steps after a <paramref name="promptTokens"/>-token seeded prompt.</summary>
-    public static CudaParityResult Run(Checkpoint model, CudaDevice device, DType weights, DType kv, int promptTokens, int steps, bool specialised)
+    /// <summary>
+    /// Compares <paramref name="steps"/> greedy steps after a <paramref name="promptTokens"/>-token seeded prompt; the CPU
+    /// runs <paramref name="reference"/> when given (a quantised model's matrices widened to f32: the arithmetic of the GPU's
+    /// quantised products, where the CPU's own block dots round the activations to int8).
+    /// </summary>
+    public static CudaParityResult Run(Checkpoint model, CudaDevice device, DType weights, DType kv, int promptTokens, int steps, bool specialised, Checkpoint? reference = null)
     {
         int vocab = model.Config.VocabSize;
         var random = new SeededRandom(77);
         int[] prompt = [model.Config.BosTokenId ?? 1, .. random.NextTokens(promptTokens - 1, 0, vocab)];
-        using var cpu = new Transformer(model, new TransformerOptions { KvType = kv, KvCacheTokens = promptTokens + steps + 16, MaxBatchTokens = 256, SpecialisedKernels = specialised });
+        using var cpu = new Transformer(reference ?? model, new TransformerOptions { KvType = kv, KvCacheTokens = promptTokens + steps + 16, MaxBatchTokens = 256, SpecialisedKernels = specialised });
         using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 256, kvTokens: promptTokens + steps + 16, specialised);
         using var sequence = cpu.CreateSequence();
         var expected = new float[vocab];
@@ -73,6 +77,20 @@ public static class CudaParity
             cpu.Prefill(sequence, [cpuToken], expected);
         }
         return new CudaParityResult(steps, maxAbs, maxRelative, divergent, unwritten, gpu.Spec is null ? "generic" : $"specialised ({gpu.Spec.Name})", margin);
+    }
+
+    /// <summary>
+    /// <paramref name="model"/> with its block-quantised matrices widened to f32, written to <paramref name="path"/> (a GGUF)
+    /// and loaded from it — the CPU reference for a quantised model on the GPU — or null when it has none.
+    /// </summary>
+    public static Checkpoint? DequantisedReference(Checkpoint model, string path)
+    {
+        static bool Quantised(in WeightTensor w) => w.IsPresent && w.Type.IsBlockQuantised();
+        if (!Quantised(model.Classifier) && !Quantised(model.TokenEmbedding)
+            && !model.Layers.Any(l => Quantised(l.Query) || Quantised(l.Key) || Quantised(l.Value) || Quantised(l.Output) || Quantised(l.Gate) || Quantised(l.Up) || Quantised(l.Down)))
+            return null;
+        Core.Checkpoints.CheckpointExporter.WriteGguf(model, path, DType.F32);
+        return Core.Checkpoints.CheckpointLoader.Load(path);
     }
 
     /// <summary>
@@ -136,11 +154,12 @@ public static class CudaParity
 
     /// <summary>
     /// Greedy decoding of three prompts stepping together, driven through <see cref="IForwardBackend"/> on the CPU and on the
-    /// GPU with the same code: the first step at which any sequence's token differs (−1 when none does).
+    /// GPU with the same code: the first step at which any sequence's token differs (−1 when none does); the CPU runs
+    /// <paramref name="reference"/> when given, as in <see cref="Run"/>.
     /// </summary>
-    public static int BackendAgreement(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps)
+    public static int BackendAgreement(Checkpoint model, CudaDevice device, DType weights, DType kv, int steps, Checkpoint? reference = null)
     {
-        using var transformer = new Transformer(model, new TransformerOptions { KvType = kv, KvCacheTokens = 4 * (64 + steps), MaxBatchTokens = 64 });
+        using var transformer = new Transformer(reference ?? model, new TransformerOptions { KvType = kv, KvCacheTokens = 4 * (64 + steps), MaxBatchTokens = 64 });
         using var gpu = new CudaTransformer(model, device, weights, kv, maxTokens: 64, kvTokens: 4 * (64 + steps), maxSequences: 4);
         var random = new SeededRandom(7);
         int[][] prompts = [.. Enumerable.Range(0, 3).Select(i => (int[])[1, .. random.NextTokens(5 + 8 * i, 0, model.Config.VocabSize)])];

@@ -60,8 +60,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// <summary>quantised.cu (null when no matrix is block-quantised), its kernels by format, and its dequantised slice.</summary>
     private readonly CudaModule? _quantisedModule;
     private readonly Dictionary<DType, QuantisedKernels> _quantised = [];
-    private readonly DeviceBuffer? _dequantised, _activationLevels, _activationSteps, _roundedActivations;
-    private readonly nint _swigluHalves, _quantiseOperand;
+    private readonly DeviceBuffer? _dequantised;
+    private readonly nint _swigluHalves;
     /// <summary>Elements of the scratch one slice of a quantised matrix is dequantised into for cuBLAS.</summary>
     private const long DequantisedElements = 16L << 20;
     /// <summary>Steps of at most this many tokens read quantised blocks directly (quantised.cu's QGEMV_TOKENS).</summary>
@@ -150,13 +150,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 _quantised[type] = new QuantisedKernels(_quantisedModule.Function("gemv_" + name), _quantisedModule.Function("gemv1_" + name),
                     _quantisedModule.Function("rows_" + name), _quantisedModule.Function("embed_" + name));
             _swigluHalves = _quantisedModule.Function("swiglu_halves");
-            _quantiseOperand = _quantisedModule.Function("quantise_operand");
-            int operandBytes = weightType == DType.BF16 ? 2 : 4;
-            long activations = (long)maxTokens * Math.Max(Math.Max(_config.HiddenSize, _config.QueryDim), _config.IntermediateSize);
-            _dequantised = Own(device.Allocate(operandBytes * DequantisedElements));
-            _activationLevels = Own(device.Allocate(activations));
-            _activationSteps = Own(device.Allocate(activations / 32 * 4));
-            _roundedActivations = Own(device.Allocate(activations * operandBytes));
+            _dequantised = Own(device.Allocate((weightType == DType.BF16 ? 2 : 4) * DequantisedElements));
         }
         _embedding = StaysQuantised(model.TokenEmbedding) ? UploadProduct([model.TokenEmbedding], weightType)[0] : Upload([model.TokenEmbedding], DType.F32);
         // Tied embeddings kept quantised are one matrix on the device too.
@@ -199,6 +193,18 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
     /// <summary>The model card spec whose CUDA source is running, or null for the generic source.</summary>
     public ModelSpec? Spec { get; }
+
+    /// <summary>Warps the products over quantised blocks aim to have in flight (a row group takes 1–8 of them); setting it drops the captured decode graphs.</summary>
+    public int QuantisedWarps
+    {
+        get => _quantisedWarps;
+        set
+        {
+            _quantisedWarps = value;
+            ClearGraphs();
+        }
+    }
+    private int _quantisedWarps = 8192;
 
     /// <summary>Bytes of weights a decode step reads: every layer's matrices and the classifier as held on the device, and one embedding row.</summary>
     public long WeightBytesPerToken { get; }
@@ -875,31 +881,27 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
 
     /// <summary>
-    /// The product of quantised parts, each writing its rows of output[t, ·], on the input rounded per block of 32 to int8
-    /// levels (quantised.cu's quantise_operand, as the CPU's block dots and llama.cpp round it): up to
-    /// <see cref="QuantisedGemvTokens"/> tokens in integer dot products straight from the blocks (the warps of a row group
-    /// chosen so about 8,192 are in flight), longer steps through cuBLAS on slices dequantised into the scratch buffer,
-    /// times the rounded input as operands.
+    /// The product of quantised parts, each writing its rows of output[t, ·]: up to <see cref="QuantisedGemvTokens"/> tokens
+    /// straight from the blocks (the warps of a row group chosen so about <see cref="QuantisedWarps"/> are in flight), longer
+    /// steps through cuBLAS on slices dequantised into the scratch buffer.
     /// </summary>
     private void ProjectQuantised(int tokens, Weight[] parts, DeviceBuffer output, bool accumulate)
     {
         var q = _quantisedModule!;
         int width = 0, add = accumulate ? 1 : 0, columns = parts[0].Columns;
         foreach (var part in parts) width += part.Rows;
-        bool direct = tokens <= QuantisedGemvTokens;
-        ulong x = _operand.Pointer, levels = _activationLevels!.Pointer, steps = _activationSteps!.Pointer, rounded = direct ? 0 : _roundedActivations!.Pointer;
-        q.Launch(_quantiseOperand, ((uint)((columns + 255) / 256), (uint)tokens), 256, (nint)(&x), (nint)(&columns), (nint)(&levels), (nint)(&steps), (nint)(&rounded));
+        ulong x = _operand.Pointer;
         int firstRow = 0;
         foreach (var part in parts)
         {
             var kernels = _quantised[part.Type];
             int groups = part.Rows / 8;
             ulong w = part.Buffer.Pointer, y = output.At(4L * firstRow);
-            if (direct)
+            if (tokens <= QuantisedGemvTokens)
             {
-                int warpsPerGroup = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, 8192 / groups)), 1, 8), groupsPerBlock = 8 / warpsPerGroup;
-                q.Launch(tokens == 1 ? kernels.GemvOne : kernels.Gemv, ((uint)((groups + groupsPerBlock - 1) / groupsPerBlock), 1), 256, (nint)(&w), (nint)(&levels),
-                    (nint)(&steps), (nint)(&y), (nint)(&groups), (nint)(&columns), (nint)(&tokens), (nint)(&add), (nint)(&warpsPerGroup), (nint)(&width));
+                int warpsPerGroup = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, QuantisedWarps / groups)), 1, 8), groupsPerBlock = 8 / warpsPerGroup;
+                q.Launch(tokens == 1 ? kernels.GemvOne : kernels.Gemv, ((uint)((groups + groupsPerBlock - 1) / groupsPerBlock), 1), 256, (nint)(&w), (nint)(&x),
+                    (nint)(&y), (nint)(&groups), (nint)(&columns), (nint)(&tokens), (nint)(&add), (nint)(&warpsPerGroup), (nint)(&width));
             }
             else
             {
@@ -911,7 +913,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                     int count = Math.Min(sliceGroups, groups - first);
                     long pieces = (long)count * 8 * columns / 32 * (part.Type == DType.Q8_0x8 ? 2 : 1);   // quantised.cu: a thread per 16 bytes of levels
                     q.Launch(kernels.Rows, ((uint)Math.Min((pieces + 255) / 256, 8192), 1), 256, (nint)(&w), (nint)(&columns), (nint)(&first), (nint)(&count), (nint)(&scratch));
-                    _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(rounded, operandType, columns), new GemmOperand(scratch, operandType, columns),
+                    _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(x, operandType, columns), new GemmOperand(scratch, operandType, columns),
                         accumulate ? 1f : 0f, new GemmOperand(output.At(4L * (firstRow + 8 * first)), DType.F32, width));
                 }
             }

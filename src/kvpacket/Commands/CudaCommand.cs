@@ -38,7 +38,7 @@ internal static class CudaCommand
         var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt length", DefaultValueFactory = _ => 32 };
         var tolerance = new Option<double>("--tolerance") { Description = "Largest logit difference accepted: max-abs with F32 operands and KV (default 1e-3), else relative (default 2e-2)", DefaultValueFactory = _ => -1 };
         var operands = new Option<DType?>("--operands") { Description = "The products' operands beside block-quantised weights: F32 or BF16 (default)" };
-        var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels")
+        var command = new Command("check", "CUDA vs CPU: logits and greedy tokens, card kernels and generic kernels; a quantised model against its matrices widened to f32 on the CPU")
             { model, shape, weights, kv, steps, prompt, tolerance, operands };
         var stored = (ParseResult parse) => parse.GetValue(weights) is var w && (w.IsBlockQuantised() || w == DType.BF16) ? w : DType.F32;
         command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), stored(parse), (checkpoint, name, device) =>
@@ -49,9 +49,12 @@ internal static class CudaCommand
                 bool exact = type == DType.F32 && parse.GetValue(kv) == DType.F32;
                 double limit = parse.GetValue(tolerance) is > 0 and var t ? t : exact ? 1e-3 : 2e-2;
                 bool ok = true;
+                string scratch = Directory.CreateTempSubdirectory("kvpacket-cuda-check-").FullName;
+                using var reference = CudaParity.DequantisedReference(checkpoint, Path.Combine(scratch, "dequantised.gguf"));
+                if (reference is not null) Console.WriteLine("  CPU reference: the quantised matrices widened to f32 (the values the GPU's quantised products multiply by)");
                 foreach (bool specialised in new[] { true, false })
                 {
-                    var result = CudaParity.Run(checkpoint, device, type, parse.GetValue(kv), parse.GetValue(prompt), parse.GetValue(steps), specialised);
+                    var result = CudaParity.Run(checkpoint, device, type, parse.GetValue(kv), parse.GetValue(prompt), parse.GetValue(steps), specialised, reference);
                     double measured = exact ? result.MaxAbsDifference : result.MaxRelativeDifference;
                     bool pass = measured <= limit && result.GreedyAgrees && result.UnwrittenLogits == 0;
                     ok &= pass;
@@ -61,7 +64,7 @@ internal static class CudaCommand
                 var (batchAbs, batchRelative) = CudaParity.BatchConsistency(checkpoint, device, type, parse.GetValue(kv), Math.Min(16, parse.GetValue(steps)));
                 bool batchOk = (exact ? batchAbs : batchRelative) <= limit;
                 ok &= batchOk;
-                int divergent = CudaParity.BackendAgreement(checkpoint, device, type, parse.GetValue(kv), Math.Min(32, parse.GetValue(steps)));
+                int divergent = CudaParity.BackendAgreement(checkpoint, device, type, parse.GetValue(kv), Math.Min(32, parse.GetValue(steps)), reference);
                 ok &= divergent < 0 || !exact;
                 Console.WriteLine($"  IForwardBackend, CPU vs CUDA, 3 sequences together: greedy {(divergent < 0 ? $"identical for {Math.Min(32, parse.GetValue(steps))} steps" : $"differs at step {divergent}")}" +
                                   (exact ? "" : " (mixed precision: reported, not required)"));
@@ -73,7 +76,7 @@ internal static class CudaCommand
                 Console.WriteLine($"  batched (20 sequences) vs alone: max |Δlogit| {manyAbs:E2}, max relative {manyRelative:E2} → {(manyOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 // The RAG modes through RagEngine on both backends: packets built on each, placed as shared realigned blocks.
                 using var ragBackend = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096, maxSequences: 16);
-                foreach (var rag in RagModeParity.Measure(checkpoint, ragBackend, parse.GetValue(kv)))
+                foreach (var rag in RagModeParity.Measure(reference ?? checkpoint, ragBackend, parse.GetValue(kv)))
                 {
                     if (rag.Refused is not null)
                     {
@@ -109,6 +112,7 @@ internal static class CudaCommand
                 Console.WriteLine($"  serving engine on the GPU: {serving.Requests} requests in every mode over shared packets — all at once {serving.ConcurrentSameAsSolo}/{serving.Requests} " +
                                   $"and preempted ({serving.Preemptions} preemptions) {serving.PreemptedSameAsSolo}/{serving.Requests} the same as alone, {serving.LeakedBlocks} blocks leaked" +
                                   $"{(serving.FirstDifference is { } d ? $"; first difference: {d}" : "")} → {(servingOk ? "PASS" : "FAIL")}{(exact ? "" : " (mixed precision: agreement reported)")}");
+                Directory.Delete(scratch, recursive: true);
                 return ok ? 0 : 1;
             }));
         return command;
@@ -266,6 +270,17 @@ internal static class CudaCommand
                         figures[$"decode_step_ms_attention_blocks_{blocks}"] = Statistics.Median(device.Time(() => gpu.Step([sequences[0]], [1], [7]), repeat / 2));
                     }
                     gpu.DecodeAttentionBlocks = defaultBlocks;
+                    if (parse.GetValue(weights).IsBlockQuantised())
+                    {
+                        // The warps in flight of the products over quantised blocks, swept at batch 1 (the default is what the figures above use).
+                        int defaultWarps = gpu.QuantisedWarps;
+                        foreach (int warps in new[] { 2048, 4096, 16384, 32768 })
+                        {
+                            gpu.QuantisedWarps = warps;
+                            figures[$"decode_step_ms_quantised_warps_{warps}"] = Statistics.Median(device.Time(() => gpu.Step([sequences[0]], [1], [7]), repeat / 2));
+                        }
+                        gpu.QuantisedWarps = defaultWarps;
+                    }
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
                 }
                 var result = new BenchResult("cuda", name, parse.GetValue(weights).ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
