@@ -10,6 +10,8 @@
 //   3 q5_Kx8: as q4_Kx8, each sub-block followed by 32 bytes of fifth bits       (1,440 bytes)
 //   4 q6_Kx8: 8 f16 d | 16×8 int8 scales | 8 sub-blocks of 128 bytes of low nibbles + 64 of high bit pairs (1,680 bytes)
 // Products accumulate in f32 from operands of operand_t (bf16 when OPERAND_BF16 is defined, else f32), as kernels.cu's.
+// An NVRTC module of its own, loaded only for a model with quantised matrices: operand_t and the dependent-launch macros
+// below mirror kernels.cu's (compiling this file after kernels.cu in one module would drop the copies: not yet run on a GPU).
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
