@@ -48,18 +48,24 @@ internal static class LlamaCppComparison
         for (int round = -1; round < rounds; round++) // round -1 warms both up
         {
             // A pause between the two: llama.cpp's worker threads poll for a while after a decode, and would take the
-            // cores from ours if ours started at once.
-            Thread.Sleep(1000);
-            var ours = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = tokens, StopTokens = [] });
-            Thread.Sleep(1000);
-            var (prefill, decode) = LlamaCpp(context, prompt, tokens);
+            // cores from ours if ours started at once. The order alternates round by round, so neither side always runs
+            // in the same place: on these VMs a run's place moved it by a third (ours 24-35 tok/s first after the
+            // bandwidth pass, 27-39 right after that; vs-llamacpp-2core-2026-12-01-third-session.txt).
+            GenerationStats ours = default!;
+            double prefill = 0, decode = 0;
+            for (int turn = 0; turn < 2; turn++)
+            {
+                Thread.Sleep(1000);
+                if ((turn == 0) == (round % 2 == 0)) ours = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = tokens, StopTokens = [] });
+                else (prefill, decode) = LlamaCpp(context, prompt, tokens);
+            }
             Thread.Sleep(1000);
             double read = MachinePeaks.ReadBandwidth(pool, repeats: 3); // the best of three: what the memory can give
             if (round < 0) continue;
             ourDecode.Add(ours.DecodeTokensPerSecond); ourPrefill.Add(ours.PrefillTokensPerSecond);
             theirDecode.Add(decode); theirPrefill.Add(prefill);
             bandwidth.Add(read);
-            Console.Error.WriteLine($"  round {round}: decode ours {ours.DecodeTokensPerSecond:F1} / llama.cpp {decode:F1} tok/s; prefill ours {ours.PrefillTokensPerSecond:F0} / llama.cpp {prefill:F0} tok/s; read {read / 1e9:F1} GB/s");
+            Console.Error.WriteLine($"  round {round} ({(round % 2 == 0 ? "ours" : "llama.cpp")} first): decode ours {ours.DecodeTokensPerSecond:F1} / llama.cpp {decode:F1} tok/s; prefill ours {ours.PrefillTokensPerSecond:F0} / llama.cpp {prefill:F0} tok/s; read {read / 1e9:F1} GB/s");
         }
         double roofline = Median(bandwidth) / weightBytes;
         string mix = string.Join(", ", checkpoint.Layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }).Append(checkpoint.Classifier)
