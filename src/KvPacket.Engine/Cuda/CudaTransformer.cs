@@ -206,6 +206,9 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     }
     private int _quantisedWarps = 8192;
 
+    /// <summary>Whether some of the model's matrices stay block-quantised on the device (quantised.cu's products read them).</summary>
+    public bool KeepsQuantisedWeights => _quantisedModule is not null;
+
     /// <summary>Bytes of weights a decode step reads: every layer's matrices and the classifier as held on the device, and one embedding row.</summary>
     public long WeightBytesPerToken { get; }
 

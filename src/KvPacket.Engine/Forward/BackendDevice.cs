@@ -44,7 +44,7 @@ public static class Backends
     /// <summary>
     /// <paramref name="checkpoint"/> on <paramref name="device"/>, sized by <paramref name="sizes"/> (KV cache tokens and
     /// type, step tokens and sequences; threads on the CPU). On the GPU matrices are <paramref name="gpuWeights"/> (BF16 or
-    /// F32) and the KV cache F16 unless <paramref name="sizes"/> asks for F32; the backend owns the GPU it opened.
+    /// F32; block-quantised ones stay as stored) and the KV cache F16 unless <paramref name="sizes"/> asks for F32; the backend owns the GPU it opened.
     /// <paramref name="description"/> says what was opened, for logs.
     /// </summary>
     /// <exception cref="NotSupportedException"><see cref="BackendDevice.Cuda"/> where no GPU is usable (the reason is named).</exception>
@@ -73,9 +73,10 @@ public static class Backends
         var cuda = Owning(CudaDevice.Open(), gpu =>
         {
             var kv = sizes.KvType == DType.F32 ? DType.F32 : DType.F16;
-            opened = $"{gpu.Name}, {gpuWeights} weights, {kv} KV";
-            return new CudaTransformer(checkpoint, gpu, gpuWeights, kv, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
+            var transformer = new CudaTransformer(checkpoint, gpu, gpuWeights, kv, maxTokens: sizes.MaxBatchTokens, kvTokens: sizes.KvCacheTokens,
                 maxSequences: sizes.MaxBatchSequences) { OwnsDevice = true };
+            opened = $"{gpu.Name}, {(transformer.KeepsQuantisedWeights ? $"block-quantised weights as stored ({gpuWeights} operands)" : $"{gpuWeights} weights")}, {kv} KV";
+            return transformer;
         });
         description = opened;
         return cuda;
