@@ -95,7 +95,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         bool specialised = true, int maxSequences = 64, int maxContext = 0)
     {
         _maxChunks = Math.Min(maxSequences, maxTokens);
-        if (weightType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"GPU weights must be F32 or BF16, not {weightType}.", nameof(weightType));
+        if (weightType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"GPU float weights and operands must be F32 or BF16 (block-quantised matrices stay as stored), not {weightType}.", nameof(weightType));
         if (kvType is not (DType.F32 or DType.F16)) throw new ArgumentException($"GPU KV must be F16 or F32, not {kvType}.", nameof(kvType));
         _device = device;
         Model = model;

@@ -140,7 +140,7 @@ internal static class CudaCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "Checkpoint path" };
         var shape = new Option<string?>("--shape") { Description = "Model card to synthesise instead (random weights)" };
-        var weights = new Option<DType>("--weights") { Description = "Weights on the GPU: F32 or BF16", DefaultValueFactory = _ => DType.BF16 };
+        var weights = new Option<DType>("--weights") { Description = WeightsDescription, DefaultValueFactory = _ => DType.BF16 };
         var kv = CommonOptions.KvType();
         var documents = new Option<int>("--documents") { Description = "Documents per request", DefaultValueFactory = _ => 8 };
         var documentTokens = new Option<int>("--document-tokens") { Description = "Tokens per document", DefaultValueFactory = _ => 512 };
@@ -153,13 +153,13 @@ internal static class CudaCommand
         };
         command.SetAction(parse => BenchModel.OnGpu(parse.GetValue(model), parse.GetValue(shape), parse.GetValue(weights), (checkpoint, name, device) =>
             {
-                var type = parse.GetValue(weights);
+                var type = OperandType(parse.GetValue(weights));
                 int docs = parse.GetValue(documents), docTokens = parse.GetValue(documentTokens), queryTokens = parse.GetValue(query);
                 // Room for the plain and the adapter packets of every document and a request of each mode at once.
                 int kvTokens = 3 * docs * (docTokens + 64) + 4 * queryTokens;
                 using var gpu = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: Math.Max(512, queryTokens), kvTokens: kvTokens);
-                Console.WriteLine($"{device.Name}; model {name}, weights {type}, KV {parse.GetValue(kv)}");
-                var result = RagBenchmark.Run(gpu, $"{name}-cuda", type.ToString(), parse.GetValue(kv).ToString(), threads: 0, docs, docTokens, queryTokens, parse.GetValue(repeats),
+                Console.WriteLine($"{device.Name}; model {name}, weights {parse.GetValue(weights)}, KV {parse.GetValue(kv)}");
+                var result = RagBenchmark.Run(gpu, $"{name}-cuda", parse.GetValue(weights).ToString(), parse.GetValue(kv).ToString(), threads: 0, docs, docTokens, queryTokens, parse.GetValue(repeats),
                     epicTokens: 16, adapterTokens: 5);
                 result.Print();
                 result.Save(parse.GetValue(output)!);
