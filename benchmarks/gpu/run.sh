@@ -292,8 +292,9 @@ rag)
         "$k" demo --device cuda --model models/kvqa-17m --questions 8 | tee -a "$out/demo-cuda.txt" || status=1
     fi
     if [[ " $parts " == *" qa "* ]]; then
-        # The QA table's modes on the GPU: F1 and TTFT per mode.
-        "$k" corpus --out /tmp/qa --train 1 --test 2000 >/dev/null
+        # The QA table's modes on the GPU: F1 and TTFT per mode (QA_REASONING=1 for the shipped revision 4, whose answers name
+        # each hop; QA_CORPUS: more corpus options, e.g. "--min-documents 16 --max-documents 20" for the harder test).
+        "$k" corpus --out /tmp/qa --train 1 --test 2000 ${QA_REASONING:+--reasoning} ${QA_CORPUS:-} >/dev/null
         "$k" eval --task qa -m models/kvqa-17m --split /tmp/qa/test.jsonl --limit ${QA_EVAL:-1000} --device cuda \
             --modes full,closed-book,naive,epic,cacheblend,kvpacket,kvlink \
             --adapter models/kvqa-17m/kvpacket-adapter.safetensors,models/kvqa-17m/kvlink-adapter.safetensors \
