@@ -1,7 +1,6 @@
 using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
-using KvPacket.Core.Model;
 using KvPacket.Engine.Cuda;
 using KvPacket.Engine.Rag;
 using Xunit;
@@ -64,11 +63,9 @@ public class CudaTests
     public void The_dequantised_reference_holds_the_quantised_matrices_values_in_f32()
     {
         using var temp = Fixtures.TempDirectory();
-        using var original = SmallModel(temp.Path);
+        using var original = ReferenceModels.BlockWideModel(temp.Path);
         Assert.Null(CudaParity.DequantisedReference(original, Path.Combine(temp.Path, "none.gguf")));
-        string quantisedPath = Path.Combine(temp.Path, "q4_k.gguf");
-        CheckpointExporter.WriteGguf(original, quantisedPath, DType.Q4_K);
-        using var quantised = CheckpointLoader.Load(quantisedPath);
+        using var quantised = ReferenceModels.WriteGguf(original, temp.Path, DType.Q4_K);
         using var reference = CudaParity.DequantisedReference(quantised, Path.Combine(temp.Path, "reference.gguf"));
         Assert.NotNull(reference);
         foreach (var (q, f) in new[] { (quantised.Layers[1].Down, reference.Layers[1].Down), (quantised.Layers[0].Query, reference.Layers[0].Query), (quantised.Classifier, reference.Classifier) })
@@ -93,29 +90,16 @@ public class CudaTests
     public void Block_quantised_matrices_on_the_gpu_match_their_f32_dequantisation_within_1e3()
     {
         using var temp = Fixtures.TempDirectory();
-        using var original = SmallModel(temp.Path);
+        using var original = ReferenceModels.BlockWideModel(temp.Path);
         using var device = CudaDevice.Open();
         foreach (var type in new[] { DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K })
         {
-            string path = Path.Combine(temp.Path, $"{type}.gguf");
-            CheckpointExporter.WriteGguf(original, path, type);
-            using var quantised = CheckpointLoader.Load(path);
+            using var quantised = ReferenceModels.WriteGguf(original, temp.Path, type);
             using var reference = CudaParity.DequantisedReference(quantised, Path.Combine(temp.Path, $"{type}-f32.gguf"));
             var result = CudaParity.Run(quantised, device, DType.F32, DType.F32, promptTokens: 40, steps: 16, specialised: false, reference);
             Assert.True(result.MaxAbsDifference <= 1e-3, $"{type}: {result.MaxAbsDifference}");
             Assert.Equal(-1, result.FirstDivergentStep);
             Assert.Equal(0, result.UnwrittenLogits);
         }
-    }
-
-    // k-quant rows are whole 256-value super-blocks: a model 256 wide.
-    private static Checkpoint SmallModel(string directory)
-    {
-        var config = new ModelConfig
-        {
-            HiddenSize = 256, IntermediateSize = 512, LayerCount = 2, HeadCount = 4, KvHeadCount = 2, HeadDim = 64, VocabSize = 512, MaxContextLength = 512,
-        };
-        SyntheticCheckpoint.Write(config, DType.F32, Path.Combine(directory, "f32"), seed: 5);
-        return CheckpointLoader.Load(Path.Combine(directory, "f32"));
     }
 }

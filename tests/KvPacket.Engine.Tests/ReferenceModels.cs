@@ -32,6 +32,28 @@ internal static class ReferenceModels
         return (tokens, logits);
     }
 
+    /// <summary>
+    /// A seeded f32 Llama 256 wide (k-quant rows are whole 256-value super-blocks), 2 layers, vocabulary 512, written as
+    /// safetensors under <paramref name="directory"/> and loaded.
+    /// </summary>
+    public static Checkpoint BlockWideModel(string directory)
+    {
+        var config = new ModelConfig
+        {
+            HiddenSize = 256, IntermediateSize = 512, LayerCount = 2, HeadCount = 4, KvHeadCount = 2, HeadDim = 64, VocabSize = 512, MaxContextLength = 512,
+        };
+        SyntheticCheckpoint.Write(config, DType.F32, Path.Combine(directory, "f32"), seed: 5);
+        return CheckpointLoader.Load(Path.Combine(directory, "f32"));
+    }
+
+    /// <summary><paramref name="checkpoint"/> written as a GGUF of <paramref name="type"/> in <paramref name="directory"/> and loaded from it.</summary>
+    public static Checkpoint WriteGguf(Checkpoint checkpoint, string directory, DType type)
+    {
+        string path = Path.Combine(directory, $"model-{type}.gguf");
+        CheckpointExporter.WriteGguf(checkpoint, path, type);
+        return CheckpointLoader.Load(path);
+    }
+
     /// <summary>Seeded random token ids of stories260K's vocabulary, past the BOS/EOS/byte-control range.</summary>
     public static int[] RandomTokens(int count, ulong seed) => new KvPacket.Core.Numerics.SeededRandom(seed).NextTokens(count, 3, 512);
 

@@ -57,7 +57,7 @@ public class RoundTripTests
     {
         using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
-        using var reloaded = WriteGguf(original, temp.Path, DType.F32);
+        using var reloaded = ReferenceModels.WriteGguf(original, temp.Path, DType.F32);
 
         Assert.Equal(RopeStyle.Interleaved, reloaded.Config.RopeStyle);
         Assert.Equal(original.Config with { EosTokenIds = [] }, reloaded.Config with { EosTokenIds = [] });
@@ -75,7 +75,7 @@ public class RoundTripTests
         using var original = CheckpointLoader.Load(Stories);
         CheckpointExporter.WriteHuggingFace(original, Path.Combine(temp.Path, "hf"), type);
         using var safetensors = CheckpointLoader.Load(Path.Combine(temp.Path, "hf"));
-        using var gguf = WriteGguf(original, temp.Path, type);
+        using var gguf = ReferenceModels.WriteGguf(original, temp.Path, type);
 
         Assert.Equal(type, gguf.Layers[0].Query.Type);
         Assert.Equal(type, safetensors.Layers[0].Query.Type);
@@ -87,7 +87,7 @@ public class RoundTripTests
     {
         using var temp = Fixtures.TempDirectory();
         using var original = CheckpointLoader.Load(Stories);
-        using var gguf = WriteGguf(original, temp.Path, DType.Q8_0);
+        using var gguf = ReferenceModels.WriteGguf(original, temp.Path, DType.Q8_0);
         string widened = Path.Combine(temp.Path, "dequantised.gguf");
         CheckpointExporter.WriteGguf(gguf, widened, DType.F32);
         using var dequantised = CheckpointLoader.Load(widened);
@@ -116,14 +116,8 @@ public class RoundTripTests
     public void Block_quantised_GGUF_is_used_as_stored_and_matches_its_dequantised_weights(DType type, double toDequantised, double toOriginal)
     {
         using var temp = Fixtures.TempDirectory();
-        var config = new ModelConfig
-        {
-            HiddenSize = 256, IntermediateSize = 512, LayerCount = 2, HeadCount = 4, KvHeadCount = 2, HeadDim = 64,
-            VocabSize = 512, MaxContextLength = 512,
-        };
-        SyntheticCheckpoint.Write(config, DType.F32, Path.Combine(temp.Path, "f32"), seed: 5);
-        using var original = CheckpointLoader.Load(Path.Combine(temp.Path, "f32"));
-        using var quantised = WriteGguf(original, temp.Path, type);
+        using var original = ReferenceModels.BlockWideModel(temp.Path);
+        using var quantised = ReferenceModels.WriteGguf(original, temp.Path, type);
         string widened = Path.Combine(temp.Path, "dequantised.gguf");
         CheckpointExporter.WriteGguf(quantised, widened, DType.F32);
         using var dequantised = CheckpointLoader.Load(widened);
@@ -135,13 +129,6 @@ public class RoundTripTests
         var q = ReferenceModels.AllLogits(quantised, tokens);
         Assert.InRange(ReferenceModels.MaxAbs(ReferenceModels.AllLogits(dequantised, tokens), q), 0, toDequantised);
         Assert.InRange(ReferenceModels.MaxAbs(ReferenceModels.AllLogits(original, tokens), q), 0, toOriginal);
-    }
-
-    private static Checkpoint WriteGguf(Checkpoint checkpoint, string directory, DType type)
-    {
-        string path = Path.Combine(directory, $"model-{type}.gguf");
-        CheckpointExporter.WriteGguf(checkpoint, path, type);
-        return CheckpointLoader.Load(path);
     }
 
     [Fact]

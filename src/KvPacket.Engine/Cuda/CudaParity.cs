@@ -85,10 +85,8 @@ public static class CudaParity
     /// </summary>
     public static Checkpoint? DequantisedReference(Checkpoint model, string path)
     {
-        static bool Quantised(in WeightTensor w) => w.IsPresent && w.Type.IsBlockQuantised();
-        if (!Quantised(model.Classifier) && !Quantised(model.TokenEmbedding)
-            && !model.Layers.Any(l => Quantised(l.Query) || Quantised(l.Key) || Quantised(l.Value) || Quantised(l.Output) || Quantised(l.Gate) || Quantised(l.Up) || Quantised(l.Down)))
-            return null;
+        static bool Quantised(WeightTensor w) => w.IsPresent && w.Type.IsBlockQuantised();
+        if (!Quantised(model.Classifier) && !Quantised(model.TokenEmbedding) && !model.Layers.Any(l => l.Matrices.Any(Quantised))) return null;
         Core.Checkpoints.CheckpointExporter.WriteGguf(model, path, DType.F32);
         return Core.Checkpoints.CheckpointLoader.Load(path);
     }

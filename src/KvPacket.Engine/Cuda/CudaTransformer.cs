@@ -139,8 +139,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             _tensorTileTokens = TensorTileRows / c.GroupSize;
         }
 
-        if (model.Layers.Any(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Any(StaysQuantised)) || StaysQuantised(model.Classifier)
-            || StaysQuantised(model.TokenEmbedding))
+        if (model.Layers.Any(l => l.Matrices.Any(StaysQuantised)) || StaysQuantised(model.Classifier) || StaysQuantised(model.TokenEmbedding))
         {
             using var stream = System.Reflection.Assembly.GetAssembly(typeof(CudaDevice))!.GetManifestResourceStream("cuda/quantised.cu")!;
             string quantisedSource = new StreamReader(stream).ReadToEnd();
@@ -856,7 +855,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         if (bias is not null)
         {
             ulong y = output.Pointer, bp = bias.Pointer;
-            int width = product.Sum(w => w.Rows);
+            int width = Width(product);
             _module.Launch(_addBias, ((uint)tokens, 1), Threads, (nint)(&y), (nint)(&bp), (nint)(&width));
         }
     }
@@ -891,8 +890,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private void ProjectQuantised(int tokens, Weight[] parts, DeviceBuffer output, bool accumulate)
     {
         var q = _quantisedModule!;
-        int width = 0, add = accumulate ? 1 : 0, columns = parts[0].Columns;
-        foreach (var part in parts) width += part.Rows;
+        int width = Width(parts), add = accumulate ? 1 : 0, columns = parts[0].Columns;
         ulong x = _operand.Pointer;
         int firstRow = 0;
         foreach (var part in parts)
@@ -933,6 +931,14 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         return (uint)((units + perBlock - 1) / perBlock);
     }
 
+    /// <summary>Rows of a product's output: its parts' rows together (a loop, as it runs in every step's enqueue).</summary>
+    private static int Width(Weight[] product)
+    {
+        int rows = 0;
+        foreach (var part in product) rows += part.Rows;
+        return rows;
+    }
+
     /// <summary>Whether <paramref name="tensor"/> stays block-quantised on the device (an interleaved layout; other block types are widened).</summary>
     private static bool StaysQuantised(WeightTensor tensor) => tensor.IsPresent && tensor.Type.InterleavedRows() == 8;
 
@@ -947,7 +953,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         for (int first = 0, end; first < parts.Length; first = end)
         {
             long bytes = 0;
-            for (end = first; end < parts.Length && parts[end].Type == parts[first].Type && parts[end].Columns == parts[first].Columns; end++) bytes += parts[end].ByteCount;
+            int rows = 0;
+            for (end = first; end < parts.Length && parts[end].Type == parts[first].Type && parts[end].Columns == parts[first].Columns; end++)
+            {
+                bytes += parts[end].ByteCount;
+                rows += parts[end].Rows;
+            }
             var buffer = Own(_device.Allocate(bytes));
             long offset = 0;
             for (int p = first; p < end; p++)
@@ -957,8 +968,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                     _device.Upload(new ReadOnlySpan<byte>((byte*)parts[p].Data + at, length), buffer, offset);
                     offset += length;
                 }
-            int rows = 0;
-            for (int p = first; p < end; p++) rows += parts[p].Rows;
             weights.Add(new Weight(buffer, rows, parts[first].Columns, parts[first].Type));
         }
         return [.. weights];
