@@ -9,27 +9,8 @@
 //   2 q4_Kx8: 8 f16 d | 8 f16 dmin | 8×8 scale bytes | 8×8 min bytes | 8 sub-blocks of 128 bytes   (1,184 bytes, 256 values)
 //   3 q5_Kx8: as q4_Kx8, each sub-block followed by 32 bytes of fifth bits       (1,440 bytes)
 //   4 q6_Kx8: 8 f16 d | 16×8 int8 scales | 8 sub-blocks of 128 bytes of low nibbles + 64 of high bit pairs (1,680 bytes)
-// Products accumulate in f32 from operands of operand_t (bf16 when OPERAND_BF16 is defined, else f32), as kernels.cu's.
-// An NVRTC module of its own, loaded only for a model with quantised matrices: operand_t and the dependent-launch macros
-// below mirror kernels.cu's (compiling this file after kernels.cu in one module would drop the copies: not yet run on a GPU).
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
-#ifdef OPERAND_BF16
-typedef __nv_bfloat16 operand_t;
-__device__ __forceinline__ operand_t operand_store(float x) { return __float2bfloat16(x); }
-#else
-typedef float operand_t;
-__device__ __forceinline__ operand_t operand_store(float x) { return x; }
-#endif
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
-#define WAIT_FOR_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
-#else
-#define LAUNCH_DEPENDENTS()
-#define WAIT_FOR_PREVIOUS()
-#endif
+// Compiled after kernels.cu, in its module: operand_t (the products' operands, bf16 or f32), operand_store and the
+// dependent-launch macros are kernels.cu's; the products accumulate in f32.
 
 typedef unsigned char byte_t;
 

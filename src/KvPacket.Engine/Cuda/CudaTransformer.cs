@@ -57,8 +57,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly Dictionary<(int Tokens, int Splits, int PerSplit), CudaGraph> _graphs = new();
     /// <summary>kernels.cu's one-token products by the column count they are compiled for.</summary>
     private readonly Dictionary<int, nint> _gemvOne;
-    /// <summary>quantised.cu (null when no matrix is block-quantised), its kernels by format, and its dequantised slice.</summary>
-    private readonly CudaModule? _quantisedModule;
+    /// <summary>quantised.cu's kernels by format (compiled after kernels.cu when a matrix stays block-quantised), and its dequantised slice.</summary>
     private readonly Dictionary<DType, QuantisedKernels> _quantised = [];
     private readonly DeviceBuffer? _dequantised;
     private readonly nint _swigluHalves;
@@ -108,6 +107,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
         Spec = specialised ? ModelSpec.For(c) : null;
         string source = Spec?.CudaSource ?? ModelSpec.GenericCudaSource(c, BlockTokens);
+        bool quantised = model.Layers.Any(l => l.Matrices.Any(StaysQuantised)) || StaysQuantised(model.Classifier) || StaysQuantised(model.TokenEmbedding);
+        if (quantised)
+        {
+            using var stream = System.Reflection.Assembly.GetAssembly(typeof(CudaDevice))!.GetManifestResourceStream("cuda/quantised.cu")!;
+            source += "\n" + new StreamReader(stream).ReadToEnd();
+        }
         if (kvType == DType.F32) source = "#define KV_F32\n" + source;
         if (weightType == DType.BF16) source = "#define OPERAND_BF16\n" + source;
         _module = device.LoadModule(source, Spec is null ? "generic" : Spec.Name.Replace('.', '_'));
@@ -139,16 +144,12 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             _tensorTileTokens = TensorTileRows / c.GroupSize;
         }
 
-        if (model.Layers.Any(l => l.Matrices.Any(StaysQuantised)) || StaysQuantised(model.Classifier) || StaysQuantised(model.TokenEmbedding))
+        if (quantised)
         {
-            using var stream = System.Reflection.Assembly.GetAssembly(typeof(CudaDevice))!.GetManifestResourceStream("cuda/quantised.cu")!;
-            string quantisedSource = new StreamReader(stream).ReadToEnd();
-            _quantisedModule = device.LoadModule(weightType == DType.BF16 ? "#define OPERAND_BF16\n" + quantisedSource : quantisedSource, "quantised");
-            _quantisedModule.DependentLaunches = true;
             foreach (var (type, name) in new[] { (DType.Q4_0x8, "q4_0x8"), (DType.Q8_0x8, "q8_0x8"), (DType.Q4_Kx8, "q4_kx8"), (DType.Q5_Kx8, "q5_kx8"), (DType.Q6_Kx8, "q6_kx8") })
-                _quantised[type] = new QuantisedKernels(_quantisedModule.Function("gemv_" + name), _quantisedModule.Function("gemv1_" + name),
-                    _quantisedModule.Function("rows_" + name), _quantisedModule.Function("embed_" + name));
-            _swigluHalves = _quantisedModule.Function("swiglu_halves");
+                _quantised[type] = new QuantisedKernels(_module.Function("gemv_" + name), _module.Function("gemv1_" + name), _module.Function("rows_" + name),
+                    _module.Function("embed_" + name));
+            _swigluHalves = _module.Function("swiglu_halves");
             _dequantised = Own(device.Allocate((weightType == DType.BF16 ? 2 : 4) * DequantisedElements));
         }
         _embedding = StaysQuantised(model.TokenEmbedding) ? UploadProduct([model.TokenEmbedding], weightType)[0] : Upload([model.TokenEmbedding], DType.F32);
@@ -206,7 +207,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private int _quantisedWarps = 8192;
 
     /// <summary>Whether some of the model's matrices stay block-quantised on the device (quantised.cu's products read them).</summary>
-    public bool KeepsQuantisedWeights => _quantisedModule is not null;
+    public bool KeepsQuantisedWeights => _quantised.Count > 0;
 
     /// <summary>Bytes of weights a decode step reads: every layer's matrices and the classifier as held on the device, and one embedding row.</summary>
     public long WeightBytesPerToken { get; }
@@ -729,7 +730,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             if (_embedding.Quantised)
             {
                 int columns = _embedding.Columns;
-                _quantisedModule!.Launch(_quantised[_embedding.Type].Embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&columns), (nint)(&ids), (nint)(&soft), (nint)(&x));
+                m.Launch(_quantised[_embedding.Type].Embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&columns), (nint)(&ids), (nint)(&soft), (nint)(&x));
             }
             else m.Launch(_embed, ((uint)n, 1), Threads, (nint)(&embedding), (nint)(&ids), (nint)(&soft), (nint)(&x));
         }
@@ -807,7 +808,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 long elements = (long)n * ffn;
                 timeline?.Mark("swiglu");
                 if (w.GateUp[0].Quantised)
-                    _quantisedModule!.Launch(_swigluHalves, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
+                    m.Launch(_swigluHalves, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&ffn), (nint)(&elements));
                 else m.Launch(_swiglu, (Blocks(elements), 1), 256, (nint)(&gateUp), (nint)(&operand), (nint)(&elements));
             }
             timeline?.Mark("down product");
@@ -889,7 +890,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// </summary>
     private void ProjectQuantised(int tokens, Weight[] parts, DeviceBuffer output, bool accumulate)
     {
-        var q = _quantisedModule!;
+        var q = _module;
         int width = Width(parts), add = accumulate ? 1 : 0, columns = parts[0].Columns;
         ulong x = _operand.Pointer;
         int firstRow = 0;
@@ -906,7 +907,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             }
             else
             {
-                var operandType = _weightType;
                 ulong scratch = _dequantised!.Pointer;
                 int sliceGroups = (int)Math.Max(1, DequantisedElements / (8L * columns));
                 for (int first = 0; first < groups; first += sliceGroups)
@@ -914,7 +914,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                     int count = Math.Min(sliceGroups, groups - first);
                     long pieces = (long)count * 8 * columns / 32 * (part.Type == DType.Q8_0x8 ? 2 : 1);   // quantised.cu: a thread per 16 bytes of levels
                     q.Launch(kernels.Rows, ((uint)Math.Min((pieces + 255) / 256, 8192), 1), 256, (nint)(&w), (nint)(&columns), (nint)(&first), (nint)(&count), (nint)(&scratch));
-                    _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(x, operandType, columns), new GemmOperand(scratch, operandType, columns),
+                    _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(x, _weightType, columns), new GemmOperand(scratch, _weightType, columns),
                         accumulate ? 1f : 0f, new GemmOperand(output.At(4L * (firstRow + 8 * first)), DType.F32, width));
                 }
             }
