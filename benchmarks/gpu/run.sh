@@ -294,11 +294,12 @@ rag)
     if [[ " $parts " == *" qa "* ]]; then
         # The QA table's modes on the GPU: F1 and TTFT per mode (QA_REASONING=1 for the shipped revision 4, whose answers name
         # each hop; QA_CORPUS: more corpus options, e.g. "--min-documents 16 --max-documents 20" for the harder test;
-        # QA_NAME: a suffix for the output files, so several splits can run in one call).
+        # QA_NAME: a suffix for the output files, so several splits can run in one call; QA_MODES, QA_ADAPTERS: other modes
+        # and adapter files).
         "$k" corpus --out /tmp/qa --train 1 --test 2000 ${QA_REASONING:+--reasoning} ${QA_CORPUS:-} >/dev/null
         "$k" eval --task qa -m models/kvqa-17m --split /tmp/qa/test.jsonl --limit ${QA_EVAL:-1000} --device cuda \
             --modes ${QA_MODES:-full,closed-book,naive,epic,cacheblend,kvpacket,kvlink} \
-            --adapter models/kvqa-17m/kvpacket-adapter.safetensors,models/kvqa-17m/kvlink-adapter.safetensors \
+            --adapter ${QA_ADAPTERS:-models/kvqa-17m/kvpacket-adapter.safetensors,models/kvqa-17m/kvlink-adapter.safetensors} \
             --out "$out/eval-qa-kvqa-17m-cuda${QA_NAME:+-$QA_NAME}.json" --plot "$out/qa-kvqa-17m-f1-vs-ttft-cuda${QA_NAME:+-$QA_NAME}.svg" \
             | tee -a "$out/qa-eval-cuda${QA_NAME:+-$QA_NAME}.txt" || status=1
     fi

@@ -18,21 +18,88 @@ public sealed record DistillationExample(int[] Prefix, int[][] Documents, int[] 
     public int ScoredRows => Continuation.Length - FirstScoredRow;
 
     /// <summary>Builds an example, running <paramref name="model"/> with full attention for the teacher.</summary>
-    public static DistillationExample Create(Transformer model, int[] prefix, int[][] documents, int[] continuation)
+    public static DistillationExample Create(IForwardBackend model, int[] prefix, int[][] documents, int[] continuation) =>
+        WithTeachers(model, [new DistillationExample(prefix, documents, continuation, [])])[0];
+
+    /// <summary>
+    /// <paramref name="examples"/> with their teachers computed on <paramref name="model"/> (any backend): a wave of
+    /// sequences at a time, as many as the step and the free KV blocks take, each one's prefix and documents prefilled
+    /// in chunks under the step's token budget, then the continuation one token a step for the whole wave, each step's
+    /// rows softmaxed into the teachers. On a GPU that is what makes teachers for thousands of questions cheap.
+    /// </summary>
+    public static DistillationExample[] WithTeachers(IForwardBackend model, IReadOnlyList<DistillationExample> examples)
     {
-        int vocab = model.Config.VocabSize;
-        using var sequence = model.CreateSequence();
-        var scratch = new float[vocab];
-        model.Prefill(sequence, prefix, scratch);
-        foreach (var document in documents) model.Prefill(sequence, document, scratch);
-        var logits = new float[continuation.Length * vocab];
-        model.Prefill(sequence, continuation, logits, LogitsFor.AllTokens);
-        for (int r = 0; r < continuation.Length; r++)
+        int vocab = model.Config.VocabSize, blockTokens = model.KvBlocks.Layout.BlockSize;
+        var result = new DistillationExample[examples.Count];
+        var sequences = new List<int>();
+        for (int first = 0; first < examples.Count;)
         {
-            var row = logits.AsSpan(r * vocab, vocab);
-            System.Numerics.Tensors.TensorPrimitives.SoftMax(row, row);
+            int count = 0;
+            for (long blocks = 0; first + count < examples.Count && count < model.MaxStepSequences; count++)
+            {
+                var e = examples[first + count];
+                blocks += (e.Prefix.Length + e.Documents.Sum(d => d.Length) + e.Continuation.Length + blockTokens - 1) / blockTokens;
+                if (blocks > model.KvBlocks.FreeBlockCount) break;
+            }
+            if (count == 0)
+                throw new InvalidOperationException($"example {first} does not fit the {model.KvBlocks.FreeBlockCount} free KV blocks of {blockTokens} tokens");
+            try
+            {
+                for (int i = 0; i < count; i++) sequences.Add(model.CreateSequence());
+                var wave = Enumerable.Range(first, count).Select(i => examples[i]).ToArray();
+                var teachers = TeachersOf(model, [.. sequences], wave, vocab);
+                for (int i = 0; i < count; i++) result[first + i] = wave[i] with { Teacher = teachers[i] };
+            }
+            finally
+            {
+                foreach (int sequence in sequences) model.ReleaseSequence(sequence);
+                sequences.Clear();
+            }
+            first += count;
         }
-        return new DistillationExample(prefix, documents, continuation, logits);
+        return result;
+    }
+
+    /// <summary>One wave of <see cref="WithTeachers"/>: <paramref name="wave"/>[i] runs in <paramref name="sequences"/>[i].</summary>
+    private static float[][] TeachersOf(IForwardBackend model, int[] sequences, DistillationExample[] wave, int vocab)
+    {
+        int n = wave.Length;
+        int[][] contexts = [.. wave.Select(e => (int[])[.. e.Prefix, .. e.Documents.SelectMany(d => d)])];
+        var logits = new float[n * vocab];
+        var chunkSequences = new List<int>(n);
+        var chunkLengths = new List<int>(n);
+        var tokens = new List<int>();
+        var done = new int[n];
+        while (true)
+        {
+            chunkSequences.Clear(); chunkLengths.Clear(); tokens.Clear();
+            for (int i = 0; i < n && tokens.Count < model.MaxStepTokens; i++)
+            {
+                int take = Math.Min(contexts[i].Length - done[i], model.MaxStepTokens - tokens.Count);
+                if (take == 0) continue;
+                chunkSequences.Add(sequences[i]); chunkLengths.Add(take);
+                tokens.AddRange(contexts[i].AsSpan(done[i], take));
+                done[i] += take;
+            }
+            if (chunkSequences.Count == 0) break;
+            model.Step([.. chunkSequences], [.. chunkLengths], [.. tokens], [], logits);
+        }
+
+        float[][] teachers = [.. wave.Select(e => new float[e.Continuation.Length * vocab])];
+        var rowOf = new List<int>(n);
+        for (int r = 0; r < wave.Max(e => e.Continuation.Length); r++)
+        {
+            chunkSequences.Clear(); chunkLengths.Clear(); tokens.Clear(); rowOf.Clear();
+            for (int i = 0; i < n; i++)
+                if (r < wave[i].Continuation.Length)
+                {
+                    chunkSequences.Add(sequences[i]); chunkLengths.Add(1); tokens.Add(wave[i].Continuation[r]); rowOf.Add(i);
+                }
+            model.Step([.. chunkSequences], [.. chunkLengths], [.. tokens], [], logits);
+            for (int c = 0; c < rowOf.Count; c++)
+                System.Numerics.Tensors.TensorPrimitives.SoftMax(logits.AsSpan(c * vocab, vocab), teachers[rowOf[c]].AsSpan(r * vocab, vocab));
+        }
+        return teachers;
     }
 
     /// <summary>

@@ -52,6 +52,40 @@ public class DistillationTests(StoriesDistillationFixture stories, ITestOutputHe
         }, cancellation);
 
     [Fact]
+    public void Teachers_computed_in_waves_of_chunked_steps_equal_each_example_prefilled_alone()
+    {
+        // Two sequences a step and 16 tokens a step: four examples take two waves and contexts of 49 tokens take chunks.
+        using var narrow = new Transformer(stories.Checkpoint, new TransformerOptions { KvType = DType.F32, KvCacheTokens = 4096, MaxBatchTokens = 16, MaxBatchSequences = 2 });
+        var examples = stories.HeldOut.Select((e, i) => e with { Continuation = e.Continuation[..(4 + i)], Teacher = [] }).ToArray();
+        var waves = DistillationExample.WithTeachers(narrow, examples);
+
+        int vocab = stories.Checkpoint.Config.VocabSize;
+        double worst = 0;
+        foreach (var (example, computed) in examples.Zip(waves))
+        {
+            using var sequence = stories.Model.CreateSequence();
+            var scratch = new float[vocab];
+            stories.Model.Prefill(sequence, example.Prefix, scratch);
+            foreach (var document in example.Documents) stories.Model.Prefill(sequence, document, scratch);
+            var alone = new float[example.Continuation.Length * vocab];
+            stories.Model.Prefill(sequence, example.Continuation, alone, LogitsFor.AllTokens);
+            Assert.Equal(alone.Length, computed.Teacher.Length);
+            for (int r = 0; r < example.Continuation.Length; r++)
+            {
+                var row = alone.AsSpan(r * vocab, vocab);
+                System.Numerics.Tensors.TensorPrimitives.SoftMax(row, row);
+                Assert.Equal(Array.IndexOf(alone, System.Numerics.Tensors.TensorPrimitives.Max(row), r * vocab, vocab),
+                    Array.IndexOf(computed.Teacher, System.Numerics.Tensors.TensorPrimitives.Max(computed.Teacher.AsSpan(r * vocab, vocab)), r * vocab, vocab));
+            }
+            for (int i = 0; i < alone.Length; i++) worst = Math.Max(worst, Math.Abs(alone[i] - computed.Teacher[i]));
+            Assert.Equal(example.Continuation, computed.Continuation);
+        }
+        output.WriteLine($"max |Δp| {worst:E2}");
+        Assert.True(worst < 1e-5, $"teachers in waves differ from prefilled alone by {worst}");
+        Assert.Equal(narrow.KvBlocks.BlockCount, narrow.KvBlocks.FreeBlockCount);   // every wave's sequences released
+    }
+
+    [Fact]
     public async Task A_short_kvpacket_run_lowers_held_out_kl_and_the_stored_adapter_reproduces_it()
     {
         var options = new DistillationOptions { Header = 2, Trailer = 0, Steps = 30, BatchSize = 2, LearningRate = 0.03, WarmupSteps = 3, EvaluateEvery = 5, Seed = 3 };

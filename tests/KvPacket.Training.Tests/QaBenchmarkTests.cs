@@ -170,7 +170,7 @@ public class QaDistillationTests
         var (_, test, _) = QaBenchmark.HeldOutWorlds(3);
         var question = QaBenchmark.Generate(test, "test", 1, 1).Single();
 
-        var example = QaDistillation.Example(model, tokenizer, question);
+        var example = QaDistillation.Examples(model, tokenizer, [question]).Single();
 
         int[] asked = QaPrompt.Question(tokenizer, question.Question), answer = QaPrompt.Answer(tokenizer, question.Answers[0]);
         Assert.Equal(question.Documents.Length, example.Documents.Length);

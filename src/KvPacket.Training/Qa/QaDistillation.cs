@@ -10,13 +10,14 @@ namespace KvPacket.Training.Qa;
 /// </summary>
 public static class QaDistillation
 {
-    /// <summary>The distillation example of <paramref name="example"/> for <paramref name="model"/> (its teacher computed here).</summary>
-    public static DistillationExample Example(Transformer model, ITokenizer tokenizer, QaExample example)
-    {
-        int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
-        int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
-        int[] question = QaPrompt.Question(tokenizer, example.Question);
-        int[] answer = QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning);
-        return DistillationExample.Create(model, prefix, documents, [.. question, .. answer]) with { FirstScoredRow = question.Length - 1 };
-    }
+    /// <summary>The distillation examples of <paramref name="examples"/> for <paramref name="model"/> (teachers computed on it, any backend).</summary>
+    public static DistillationExample[] Examples(IForwardBackend model, ITokenizer tokenizer, IEnumerable<QaExample> examples) =>
+        DistillationExample.WithTeachers(model, [.. examples.Select(example =>
+        {
+            int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
+            int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
+            int[] question = QaPrompt.Question(tokenizer, example.Question);
+            int[] answer = QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning);
+            return new DistillationExample(prefix, documents, [.. question, .. answer], [], FirstScoredRow: question.Length - 1);
+        })]);
 }

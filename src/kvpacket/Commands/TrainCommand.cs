@@ -81,8 +81,18 @@ internal static class TrainCommand
             {
                 var tokenizer = Core.Tokenization.TokenizerLoader.TryLoadNextTo(modelPath)
                     ?? throw new InvalidOperationException($"{modelPath}: --qa needs the model's tokenizer.json next to it");
-                var questions = KvPacket.Training.Qa.QaBenchmark.Read(split).Take(parse.GetValue(trainExamples) + parse.GetValue(heldOut))
-                    .Select(q => KvPacket.Training.Qa.QaDistillation.Example(transformer, tokenizer, q)).ToArray();
+                var read = KvPacket.Training.Qa.QaBenchmark.Read(split).Take(parse.GetValue(trainExamples) + parse.GetValue(heldOut));
+                DistillationExample[] questions;
+                if (options.Device == TrainingDevice.Cuda)
+                {
+                    // Teachers on the GPU in f32 (weights and KV, as the CPU's), 64 questions a wave.
+                    using var gpu = Backends.Open(checkpoint, BackendDevice.Cuda, new TransformerOptions
+                    {
+                        KvType = DType.F32, MaxBatchTokens = 2048, MaxBatchSequences = 64, KvCacheTokens = 64 * (checkpoint.Config.MaxContextLength + 64),
+                    }, out _, DType.F32);
+                    questions = KvPacket.Training.Qa.QaDistillation.Examples(gpu, tokenizer, read);
+                }
+                else questions = KvPacket.Training.Qa.QaDistillation.Examples(transformer, tokenizer, read);
                 if (questions.Length <= parse.GetValue(heldOut)) throw new InvalidDataException($"--qa {split}: {questions.Length} questions; {parse.GetValue(heldOut)} held-out + at least 1 training question are needed");
                 (train, held) = (questions[..^parse.GetValue(heldOut)], questions[^parse.GetValue(heldOut)..]);
             }
