@@ -86,9 +86,36 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
         return scores;
     }
 
-    /// <summary>Scores every mode on <paramref name="examples"/>: per question type and over all ("all").</summary>
+    /// <summary>
+    /// Positions <paramref name="example"/> takes in <paramref name="mode"/> before its answer: the prefix, its documents
+    /// with the soft tokens the mode places beside each (KV Packet's header and trailer, KVLink's links) and the question.
+    /// </summary>
+    public int PromptPositions(QaExample example, string mode)
+    {
+        int question = QaPrompt.Question(tokenizer, example.Question).Length + (tokenizer.BosId is null ? 0 : 1);
+        if (mode == ClosedBook) return question;
+        int hidden = model.Config.HiddenSize;
+        int soft = adapter is null ? 0 : Enum.Parse<RagMode>(mode, ignoreCase: true) switch
+        {
+            RagMode.KvPacket => (adapter.Header.Length + adapter.Trailer.Length) / hidden,
+            RagMode.KvLink => adapter.Links.Length / hidden,
+            _ => 0,
+        };
+        return question + example.Documents.Sum(d => QaPrompt.Document(tokenizer, d).Length + soft);
+    }
+
+    /// <summary>
+    /// Scores every mode on <paramref name="examples"/>: per question type and over all ("all"). Every prompt is checked
+    /// against the model's context first, so a split with questions too long for it is refused before any is answered.
+    /// </summary>
+    /// <exception cref="ArgumentException">A question whose prompt leaves no room for an answer in some mode (the count and the first named).</exception>
     public (IReadOnlyList<QaScore> Scores, IReadOnlyList<QaAnswer> Answers) Run(IReadOnlyList<QaExample> examples, IReadOnlyList<string> modes, Action<int>? progress = null)
     {
+        int context = model.MaxSequenceLength;
+        var tooLong = examples.Select(e => (e.Id, Positions: modes.Max(m => PromptPositions(e, m)), e.Documents.Length)).Where(e => e.Positions >= context).ToList();
+        if (tooLong.Count > 0)
+            throw new ArgumentException($"{tooLong.Count} of {examples.Count} questions do not fit the model's {context} positions with their documents; "
+                + $"the first, {tooLong[0].Id} ({tooLong[0].Length} documents), takes {tooLong[0].Positions} before its answer — use fewer documents per question");
         var answers = new List<QaAnswer>();
         int done = 0;
         foreach (var example in examples)
