@@ -53,7 +53,7 @@ internal static class EvalCommand
         positions.AcceptOnlyFromAmong("realigned", "local");
         var rescore = new Option<string?>("--rescore")
         {
-            Description = "--task qa: print a stored result's tables again from its answers (scores and the paired comparison with full recompute), answering nothing; needs no --model",
+            Description = "--task qa: print a stored result's tables again from its answers (scores and the paired comparison with full recompute), answering nothing (with --plot, drawing its chart again); needs no --model",
         };
         model.Required = false;
         var device = DeviceOption.Create();
@@ -64,7 +64,7 @@ internal static class EvalCommand
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
         {
-            if (parse.GetValue(task) == "qa" && parse.GetValue(rescore) is { } stored) return Rescore(stored);
+            if (parse.GetValue(task) == "qa" && parse.GetValue(rescore) is { } stored) return Rescore(stored, parse.GetValue(plot));
             if (parse.GetValue(model) is null) throw new ArgumentException("--model is required (a checkpoint to evaluate)");
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
@@ -211,12 +211,14 @@ internal static class EvalCommand
         return paired;
     }
 
-    private static int Rescore(string resultPath)
+    private static int Rescore(string resultPath, string? plot)
     {
         var answers = QaResultFile.Read<QaAnswer>(resultPath, "answers");
         var modes = answers.Select(a => a.Mode).Distinct().ToList();
         Console.WriteLine($"{resultPath}: {answers.Length / Math.Max(1, modes.Count)} questions × {modes.Count} modes, re-scored");
-        PrintQa(QaEvaluation.Score(answers, modes), answers);
+        var scores = QaEvaluation.Score(answers, modes);
+        PrintQa(scores, answers);
+        if (plot is not null) PlotCommand.QaChart(scores, plot);
         return 0;
     }
 }
