@@ -890,7 +890,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     /// </summary>
     private void ProjectQuantised(int tokens, Weight[] parts, DeviceBuffer output, bool accumulate)
     {
-        var q = _module;
         int width = Width(parts), add = accumulate ? 1 : 0, columns = parts[0].Columns;
         ulong x = _operand.Pointer;
         int firstRow = 0;
@@ -902,7 +901,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             if (tokens <= QuantisedGemvTokens)
             {
                 int warpsPerGroup = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, QuantisedWarps / groups)), 1, 8), groupsPerBlock = 8 / warpsPerGroup;
-                q.Launch(tokens == 1 ? kernels.GemvOne : kernels.Gemv, ((uint)((groups + groupsPerBlock - 1) / groupsPerBlock), 1), 256, (nint)(&w), (nint)(&x),
+                _module.Launch(tokens == 1 ? kernels.GemvOne : kernels.Gemv, ((uint)((groups + groupsPerBlock - 1) / groupsPerBlock), 1), 256, (nint)(&w), (nint)(&x),
                     (nint)(&y), (nint)(&groups), (nint)(&columns), (nint)(&tokens), (nint)(&add), (nint)(&warpsPerGroup), (nint)(&width));
             }
             else
@@ -913,7 +912,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 {
                     int count = Math.Min(sliceGroups, groups - first);
                     long pieces = (long)count * 8 * columns / 32 * (part.Type == DType.Q8_0x8 ? 2 : 1);   // quantised.cu: a thread per 16 bytes of levels
-                    q.Launch(kernels.Rows, ((uint)Math.Min((pieces + 255) / 256, 8192), 1), 256, (nint)(&w), (nint)(&columns), (nint)(&first), (nint)(&count), (nint)(&scratch));
+                    _module.Launch(kernels.Rows, ((uint)Math.Min((pieces + 255) / 256, 8192), 1), 256, (nint)(&w), (nint)(&columns), (nint)(&first), (nint)(&count), (nint)(&scratch));
                     _device.Gemm(false, true, tokens, 8 * count, columns, 1f, new GemmOperand(x, _weightType, columns), new GemmOperand(scratch, _weightType, columns),
                         accumulate ? 1f : 0f, new GemmOperand(output.At(4L * (firstRow + 8 * first)), DType.F32, width));
                 }
