@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using KvPacket.Engine.Forward;
 using KvPacket.Engine.Rag;
 
@@ -82,12 +83,12 @@ public sealed record DistillationExample(int[] Prefix, int[][] Documents, int[] 
                 done[i] += take;
             }
             if (chunkSequences.Count == 0) break;
-            model.Step([.. chunkSequences], [.. chunkLengths], [.. tokens], [], logits);
+            model.Step(CollectionsMarshal.AsSpan(chunkSequences), CollectionsMarshal.AsSpan(chunkLengths), CollectionsMarshal.AsSpan(tokens), [], logits);
         }
 
         float[][] teachers = [.. wave.Select(e => new float[e.Continuation.Length * vocab])];
         var rowOf = new List<int>(n);
-        for (int r = 0; r < wave.Max(e => e.Continuation.Length); r++)
+        for (int r = 0, rows = wave.Max(e => e.Continuation.Length); r < rows; r++)
         {
             chunkSequences.Clear(); chunkLengths.Clear(); tokens.Clear(); rowOf.Clear();
             for (int i = 0; i < n; i++)
@@ -95,7 +96,7 @@ public sealed record DistillationExample(int[] Prefix, int[][] Documents, int[] 
                 {
                     chunkSequences.Add(sequences[i]); chunkLengths.Add(1); tokens.Add(wave[i].Continuation[r]); rowOf.Add(i);
                 }
-            model.Step([.. chunkSequences], [.. chunkLengths], [.. tokens], [], logits);
+            model.Step(CollectionsMarshal.AsSpan(chunkSequences), CollectionsMarshal.AsSpan(chunkLengths), CollectionsMarshal.AsSpan(tokens), [], logits);
             for (int c = 0; c < rowOf.Count; c++)
                 System.Numerics.Tensors.TensorPrimitives.SoftMax(logits.AsSpan(c * vocab, vocab), teachers[rowOf[c]].AsSpan(r * vocab, vocab));
         }

@@ -34,6 +34,9 @@ public sealed class Checkpoint : IDisposable
     /// <summary>Output classifier, [vocab, hidden]; the same view as <see cref="TokenEmbedding"/> when tied.</summary>
     public WeightTensor Classifier { get; }
 
+    /// <summary>Every matrix: the embedding table, each layer's seven, and the classifier (the embedding's view again when tied).</summary>
+    public IEnumerable<WeightTensor> Matrices => Layers.SelectMany(l => l.Matrices).Prepend(TokenEmbedding).Append(Classifier);
+
     /// <summary>Bytes of weights a decode step reads: every matrix, the norms, and the classifier (not the embedding table).</summary>
     public long BytesReadPerToken =>
         Layers.Sum(l => l.Matrices.Sum(m => m.ByteCount) + l.AttentionNorm.ByteCount + l.FfnNorm.ByteCount

@@ -107,7 +107,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
 
         Spec = specialised ? ModelSpec.For(c) : null;
         string source = Spec?.CudaSource ?? ModelSpec.GenericCudaSource(c, BlockTokens);
-        bool quantised = model.Layers.Any(l => l.Matrices.Any(StaysQuantised)) || StaysQuantised(model.Classifier) || StaysQuantised(model.TokenEmbedding);
+        bool quantised = model.Matrices.Any(StaysQuantised);
         if (quantised)
         {
             using var stream = System.Reflection.Assembly.GetAssembly(typeof(CudaDevice))!.GetManifestResourceStream("cuda/quantised.cu")!;

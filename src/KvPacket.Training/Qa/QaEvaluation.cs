@@ -90,19 +90,25 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
     /// Positions <paramref name="example"/> takes in <paramref name="mode"/> before its answer: the prefix, its documents
     /// with the soft tokens the mode places beside each (KV Packet's header and trailer, KVLink's links) and the question.
     /// </summary>
-    public int PromptPositions(QaExample example, string mode)
+    public int PromptPositions(QaExample example, string mode) => LongestPrompt(example, [mode]);
+
+    /// <summary>The most positions <paramref name="example"/> takes before its answer in any of <paramref name="modes"/> (its text tokenized once).</summary>
+    private int LongestPrompt(QaExample example, IReadOnlyList<string> modes)
     {
         int question = QaPrompt.Question(tokenizer, example.Question).Length + (tokenizer.BosId is null ? 0 : 1);
-        if (mode == ClosedBook) return question;
-        int hidden = model.Config.HiddenSize;
-        int soft = adapter is null ? 0 : Enum.Parse<RagMode>(mode, ignoreCase: true) switch
-        {
-            RagMode.KvPacket => (adapter.Header.Length + adapter.Trailer.Length) / hidden,
-            RagMode.KvLink => adapter.Links.Length / hidden,
-            _ => 0,
-        };
+        var reading = modes.Where(m => m != ClosedBook).ToList();
+        if (reading.Count == 0) return question;
+        int soft = reading.Max(SoftRowsPerDocument);
         return question + example.Documents.Sum(d => QaPrompt.Document(tokenizer, d).Length + soft);
     }
+
+    /// <summary>Soft rows <paramref name="mode"/> places beside each document: KV Packet's header and trailer, KVLink's links.</summary>
+    private int SoftRowsPerDocument(string mode) => adapter is null ? 0 : Enum.Parse<RagMode>(mode, ignoreCase: true) switch
+    {
+        RagMode.KvPacket => (adapter.Header.Length + adapter.Trailer.Length) / model.Config.HiddenSize,
+        RagMode.KvLink => adapter.Links.Length / model.Config.HiddenSize,
+        _ => 0,
+    };
 
     /// <summary>
     /// Scores every mode on <paramref name="examples"/>: per question type and over all ("all"). Every prompt is checked
@@ -112,7 +118,7 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
     public (IReadOnlyList<QaScore> Scores, IReadOnlyList<QaAnswer> Answers) Run(IReadOnlyList<QaExample> examples, IReadOnlyList<string> modes, Action<int>? progress = null)
     {
         int context = model.MaxSequenceLength;
-        var tooLong = examples.Select(e => (e.Id, Positions: modes.Max(m => PromptPositions(e, m)), e.Documents.Length)).Where(e => e.Positions >= context).ToList();
+        var tooLong = examples.Select(e => (e.Id, Positions: LongestPrompt(e, modes), e.Documents.Length)).Where(e => e.Positions >= context).ToList();
         if (tooLong.Count > 0)
             throw new ArgumentException($"{tooLong.Count} of {examples.Count} questions do not fit the model's {context} positions with their documents; "
                 + $"the first, {tooLong[0].Id} ({tooLong[0].Length} documents), takes {tooLong[0].Positions} before its answer — use fewer documents per question");

@@ -50,7 +50,11 @@ internal static class CudaCommand
                 double limit = parse.GetValue(tolerance) is > 0 and var t ? t : exact ? 1e-3 : 2e-2;
                 bool ok = true;
                 string scratch = Directory.CreateTempSubdirectory("kvpacket-cuda-check-").FullName;
-                using var reference = CudaParity.DequantisedReference(checkpoint, Path.Combine(scratch, "dequantised.gguf"));
+                Core.Model.Checkpoint? reference;
+                // Mapped once loaded, so the file can go at once (Linux, where CUDA runs): nothing is left behind if a check throws.
+                try { reference = CudaParity.DequantisedReference(checkpoint, Path.Combine(scratch, "dequantised.gguf")); }
+                finally { Directory.Delete(scratch, recursive: true); }
+                using var ownedReference = reference;
                 if (reference is not null) Console.WriteLine("  CPU reference: the quantised matrices widened to f32 (the values the GPU's quantised products multiply by)");
                 foreach (bool specialised in new[] { true, false })
                 {
@@ -112,7 +116,6 @@ internal static class CudaCommand
                 Console.WriteLine($"  serving engine on the GPU: {serving.Requests} requests in every mode over shared packets — all at once {serving.ConcurrentSameAsSolo}/{serving.Requests} " +
                                   $"and preempted ({serving.Preemptions} preemptions) {serving.PreemptedSameAsSolo}/{serving.Requests} the same as alone, {serving.LeakedBlocks} blocks leaked" +
                                   $"{(serving.FirstDifference is { } d ? $"; first difference: {d}" : "")} → {(servingOk ? "PASS" : "FAIL")}{(exact ? "" : " (mixed precision: agreement reported)")}");
-                Directory.Delete(scratch, recursive: true);
                 return ok ? 0 : 1;
             }));
         return command;
