@@ -11,35 +11,29 @@ namespace KvPacket.Store;
 /// Converts one KV block between the engine's layout (<see cref="KvCacheLayout"/>: per layer, K then V planes of
 /// [kv heads, block, head dim] in f16 or f32) and its stored form. A block is a run of segments, one per
 /// (layer, K/V, head), each block × head-dim values; int8 storage puts one f32 scale per segment in front of the
-/// quantised values.
+/// quantised values (<see cref="Int8KvBlock"/>).
 /// </summary>
 [SkipLocalsInit]
 internal static class KvBlockCodec
 {
-    /// <summary>Segments in a block: layers × {K, V} × KV heads.</summary>
-    public static int SegmentCount(KvCacheLayout layout) => layout.LayerCount * 2 * layout.KvHeadCount;
-
-    /// <summary>Values in one segment: block size × head dim.</summary>
-    public static int SegmentLength(KvCacheLayout layout) => layout.BlockSize * layout.HeadDim;
-
     /// <summary>Bytes one block takes when stored as <paramref name="storage"/>.</summary>
     public static int StoredBytes(KvCacheLayout layout, KvStorage storage)
     {
-        long values = (long)SegmentCount(layout) * SegmentLength(layout);
-        return checked((int)(storage switch
+        long values = (long)Int8KvBlock.SegmentCount(layout) * Int8KvBlock.SegmentLength(layout);
+        return storage switch
         {
-            KvStorage.F16 => values * 2,
-            KvStorage.F32 => values * 4,
-            KvStorage.Int8 => values + SegmentCount(layout) * 4L,
+            KvStorage.F16 => checked((int)(values * 2)),
+            KvStorage.F32 => checked((int)(values * 4)),
+            KvStorage.Int8 => Int8KvBlock.Bytes(layout),
             _ => throw new ArgumentOutOfRangeException(nameof(storage), storage, null),
-        }));
+        };
     }
 
     /// <summary>Encodes the engine block <paramref name="block"/> (of <paramref name="layout"/>) into <paramref name="destination"/>.</summary>
     public static void Encode(KvCacheLayout layout, ReadOnlySpan<byte> block, KvStorage storage, Span<byte> destination)
     {
         if (Matches(layout.Type, storage)) { block.CopyTo(destination); return; }
-        int segments = SegmentCount(layout), length = SegmentLength(layout);
+        int segments = Int8KvBlock.SegmentCount(layout), length = Int8KvBlock.SegmentLength(layout);
         float[] rented = ArrayPool<float>.Shared.Rent(length);
         var values = rented.AsSpan(0, length);
         try
@@ -76,7 +70,7 @@ internal static class KvBlockCodec
     public static void Decode(KvCacheLayout layout, ReadOnlySpan<byte> source, KvStorage storage, Span<byte> block)
     {
         if (Matches(layout.Type, storage)) { source.CopyTo(block); return; }
-        int segments = SegmentCount(layout), length = SegmentLength(layout);
+        int segments = Int8KvBlock.SegmentCount(layout), length = Int8KvBlock.SegmentLength(layout);
         float[] rented = ArrayPool<float>.Shared.Rent(length);
         var values = rented.AsSpan(0, length);
         try

@@ -13,18 +13,24 @@ namespace KvPacket.Store;
 public sealed record PacketRoundTripResult(int Packets, long DifferentRows, double MaxAbsLogitDifference, long StoreLoads);
 
 /// <summary>
-/// Packets built on a backend (the CPU's, or a GPU's device blocks), stored through <see cref="StoredPackets"/> in the
-/// storage of the cache's own element type, then read back by a second source over the reopened store — a restarted
-/// server — into the backend's cache: the two packets must hold the same bytes, and a request over either the same logits.
+/// Packets built on a backend (the CPU's, or a GPU's device blocks), stored through <see cref="StoredPackets"/>, then read
+/// back by a second source over the reopened store — a restarted server — into the backend's cache: the two packets must
+/// hold the same bytes, and a request over either the same logits. Stored in the cache's own element type, the packet
+/// read back is compared with the one built; stored as int8, the packet the backend decoded itself (a GPU's device
+/// decode) is compared with the one the host decoded.
 /// </summary>
 public static class PacketRoundTrip
 {
-    /// <summary>Runs the round trip for <paramref name="documents"/> seeded documents in a store at <paramref name="directory"/> (created, left for the caller).</summary>
-    public static PacketRoundTripResult Run(IForwardBackend model, string directory, int documents = 4)
+    /// <summary>
+    /// Runs the round trip for <paramref name="documents"/> seeded documents in a store at <paramref name="directory"/>
+    /// (created, left for the caller), stored as <paramref name="storage"/> (null: the cache's element type).
+    /// </summary>
+    public static PacketRoundTripResult Run(IForwardBackend model, string directory, int documents = 4, KvStorage? storage = null)
     {
         var c = model.Config;
         var layout = model.KvBlocks.Layout;
-        var storage = layout.Type == Core.Memory.DType.F16 ? KvStorage.F16 : KvStorage.F32;
+        var stored = storage ?? (layout.Type == Core.Memory.DType.F16 ? KvStorage.F16 : KvStorage.F32);
+        bool int8 = stored == KvStorage.Int8;
         var random = new SeededRandom(57);
         var request = new RagRequest([c.BosTokenId ?? 1], [.. Enumerable.Range(0, documents).Select(d => random.NextTokens(19 + 23 * d, 3, c.VocabSize))],
             random.NextTokens(9, 3, c.VocabSize));
@@ -32,15 +38,15 @@ public static class PacketRoundTrip
 
         // Built on the backend and stored (copied out to the host first where the cache is a device's).
         using (var store = PacketStore.Open(directory))
-        using (var source = new StoredPackets(model, store, storage))
+        using (var source = new StoredPackets(model, store, stored))
             foreach (var document in request.Documents) source.Acquire(document, null).Dispose();
 
         long differentRows = 0;
         float[] built, loaded;
         long storeLoads;
         using (var store = PacketStore.Open(directory, new PacketStoreOptions { ReadOnly = true }))
-        using (var source = new StoredPackets(model, store, storage))
-        using (var memory = new BuiltPackets(model))
+        using (var source = new StoredPackets(model, store, stored))
+        using (IPacketSource memory = int8 ? new StoredPackets(model, store, stored) { DecodeInt8OnDevice = false } : new BuiltPackets(model))
         {
             foreach (var document in request.Documents)
             {

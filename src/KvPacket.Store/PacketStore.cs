@@ -197,11 +197,13 @@ public sealed class PacketStore : IDisposable
 
     /// <summary>
     /// Loads packet <paramref name="id"/> into newly allocated blocks of <paramref name="pool"/>, or returns false when the
-    /// store does not hold it. The packet owns its blocks; dispose it to return them.
+    /// store does not hold it. The packet owns its blocks; dispose it to return them. With <paramref name="keepInt8"/>, a
+    /// packet stored as int8 keeps that form in its blocks (an <see cref="Int8KvBlock"/> at each block's start) for a
+    /// backend that decodes it itself (<see cref="Engine.Forward.IForwardBackend.BeginImportInt8"/>).
     /// </summary>
     /// <exception cref="ModelMismatchException">The packet was built by another model.</exception>
     /// <exception cref="CorruptRecordException">A page failed its checks; no blocks are kept.</exception>
-    public bool TryLoad(PacketId id, ModelFingerprint model, KvBlockPool pool, [NotNullWhen(true)] out Packet? packet)
+    public bool TryLoad(PacketId id, ModelFingerprint model, KvBlockPool pool, [NotNullWhen(true)] out Packet? packet, bool keepInt8 = false)
     {
         packet = null;
         if (!TryGetEntry(id, out var entry)) return false;
@@ -210,7 +212,7 @@ public sealed class PacketStore : IDisposable
         try
         {
             for (; allocated < blocks.Length; allocated++) blocks[allocated] = pool.Allocate();
-            LoadInto(id, model, pool, blocks);
+            LoadInto(id, model, pool, blocks, keepInt8);
             packet = new Packet(pool, blocks, entry.Info.KvTokens, entry.Info.PositionSpan);
             return true;
         }
@@ -224,12 +226,12 @@ public sealed class PacketStore : IDisposable
     /// <summary>
     /// Loads packet <paramref name="id"/> into the caller's <paramref name="blocks"/> of <paramref name="pool"/>
     /// (<see cref="BlockCount"/> of them, in position order). Checks the model, the layout and every page's header and
-    /// checksum; allocates nothing.
+    /// checksum; allocates nothing. <paramref name="keepInt8"/> as for <see cref="TryLoad"/>.
     /// </summary>
     /// <exception cref="KeyNotFoundException">The store does not hold the packet.</exception>
     /// <exception cref="ModelMismatchException">The packet was built by another model.</exception>
     /// <exception cref="CorruptRecordException">A page failed its checks: the blocks' contents are undefined.</exception>
-    public void LoadInto(PacketId id, ModelFingerprint model, KvBlockPool pool, ReadOnlySpan<int> blocks)
+    public void LoadInto(PacketId id, ModelFingerprint model, KvBlockPool pool, ReadOnlySpan<int> blocks, bool keepInt8 = false)
     {
         _indexLock.EnterReadLock();
         try
@@ -244,7 +246,8 @@ public sealed class PacketStore : IDisposable
             if (blocks.Length != BlockCount(info))
                 throw new ArgumentException($"packet {id} needs {BlockCount(info)} blocks, {blocks.Length} given.", nameof(blocks));
             int blockBytes = KvBlockCodec.StoredBytes(layout, info.Storage);
-            bool direct = (layout.Type, info.Storage) is (Core.Memory.DType.F16, KvStorage.F16) or (Core.Memory.DType.F32, KvStorage.F32);
+            bool asStored = keepInt8 && info.Storage == KvStorage.Int8;   // an int8 block fits in an f16 or f32 one
+            bool direct = asStored || (layout.Type, info.Storage) is (Core.Memory.DType.F16, KvStorage.F16) or (Core.Memory.DType.F32, KvStorage.F32);
             var load = PacketLoad.ForThisThread();
             load.Begin(_reader, pool, info.Storage, direct, blockBytes, blocks.Length, _workers.ThreadCount);
             Span<ulong> checksums = entry.Pages.Length <= 256 ? stackalloc ulong[entry.Pages.Length] : new ulong[entry.Pages.Length];

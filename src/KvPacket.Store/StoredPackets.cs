@@ -14,7 +14,8 @@ namespace KvPacket.Store;
 /// A new packet is served as read back from the store, so what a request sees (int8 storage's rounding included) does
 /// not depend on whether the packet was just built. On the CPU backend packets are read straight into the model's KV pool;
 /// on the GPU they pass through a host staging pool (read there, then copied into device blocks; built ones copied out
-/// to be stored): a packet's copy is begun and the next packet is read into other staging blocks meanwhile, the copies
+/// to be stored; int8 packets cross as stored and are decoded on the device where the backend can): a packet's copy is
+/// begun and the next packet is read into other staging blocks meanwhile, the copies
 /// waited for only when the staging pool runs short. A device cache's packets can also be read ahead
 /// (<see cref="Prefetch"/>): into free staging, on a pool thread, while the caller's step computes; the acquire then
 /// only begins the copy. Thread-safe.
@@ -31,7 +32,7 @@ public sealed class StoredPackets : IPacketSource
     private readonly List<Task> _copies = [];
     private readonly System.Collections.Concurrent.ConcurrentQueue<Packet> _copied = new();
     private readonly List<Packet> _importing = [];   // staged packets whose copies into the model's cache may be running
-    private readonly Dictionary<PacketId, Task<(Packet? Host, double Seconds)>> _prefetched = new();   // reads ahead into staging (null: none fitted)
+    private readonly Dictionary<PacketId, Task<(Packet? Host, bool Int8, double Seconds)>> _prefetched = new();   // reads ahead into staging (null: none fitted)
     private readonly Lock _staging = new();          // every allocation and release in the staging pool: reads ahead run on pool threads
     private int _residentBlocks;
     private long _localCopyFailures;
@@ -89,6 +90,12 @@ public sealed class StoredPackets : IPacketSource
     /// first token from 0.24 s to 1.2 s for requests running meanwhile (<c>kvpacket bench shared-tier</c>).
     /// </summary>
     public bool CopySharedToStore { get; init; }
+
+    /// <summary>
+    /// Whether int8 packets cross to a device cache as stored and are decoded there, where the backend can (the default:
+    /// half the bytes of f16 over the bus, no decode on the host); off, the host decodes them as it does for the CPU.
+    /// </summary>
+    public bool DecodeInt8OnDevice { get; init; } = true;
 
     /// <summary>Acquires served by the shared tier.</summary>
     public long SharedLoads { get; private set; }
@@ -226,7 +233,7 @@ public sealed class StoredPackets : IPacketSource
             lock (_staging)
                 if (!_ownsHost || attempt == 2 || _host.FreeBlockCount >= blocks)
                 {
-                    if (!_store.TryLoad(id, Fingerprint, _host, out host)) return false;
+                    if (!_store.TryLoad(id, Fingerprint, _host, out host, KeepsInt8(info))) return false;
                     break;
                 }
             if (attempt == 0) FinishImports();
@@ -237,15 +244,18 @@ public sealed class StoredPackets : IPacketSource
             using (host) packet = _model.ImportPacket(host);
             return true;
         }
-        packet = BeginImport(host);
+        packet = BeginImport(host, KeepsInt8(info));
         return true;
     }
 
-    /// <summary>The copy of a staged packet into the model's cache, begun; the staged packet kept until the copy is waited for.</summary>
-    private Packet BeginImport(Packet host)
+    /// <summary>Whether packet <paramref name="info"/> travels to the model's cache as stored, int8, and is decoded there (a device cache that can).</summary>
+    private bool KeepsInt8(PacketInfo info) => _ownsHost && info.Storage == KvStorage.Int8 && DecodeInt8OnDevice && _model.DecodesInt8Blocks;
+
+    /// <summary>The copy of a staged packet (<paramref name="int8"/>: in int8 blocks) into the model's cache, begun; the staged packet kept until the copy is waited for.</summary>
+    private Packet BeginImport(Packet host, bool int8)
     {
         Packet packet;
-        try { packet = _model.BeginImport(host); }
+        try { packet = int8 ? _model.BeginImportInt8(host) : _model.BeginImport(host); }
         catch
         {
             lock (_staging) host.Dispose();
@@ -274,8 +284,9 @@ public sealed class StoredPackets : IPacketSource
                 lock (_staging)
                 {
                     long start = System.Diagnostics.Stopwatch.GetTimestamp();
-                    var host = _host.FreeBlockCount >= blocks && _store.TryLoad(id, Fingerprint, _host, out var read) ? read : null;
-                    return (host, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
+                    bool int8 = KeepsInt8(info);
+                    var host = _host.FreeBlockCount >= blocks && _store.TryLoad(id, Fingerprint, _host, out var read, int8) ? read : null;
+                    return (host, int8, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
                 }
             });
             return true;
@@ -289,7 +300,8 @@ public sealed class StoredPackets : IPacketSource
         storedBytes = 0;
         if (!_prefetched.Remove(id, out var read)) return false;
         Packet? host;
-        try { (host, double seconds) = read.GetAwaiter().GetResult(); LoadSeconds += seconds; }
+        bool int8;
+        try { (host, int8, double seconds) = read.GetAwaiter().GetResult(); LoadSeconds += seconds; }
         catch (Exception e) when (e is not OutOfMemoryException) { return false; }
         if (host is null) return false;
         if (!_store.TryGetInfo(id, out var info))
@@ -298,7 +310,7 @@ public sealed class StoredPackets : IPacketSource
             return false;
         }
         storedBytes = info.StoredBytes;
-        packet = BeginImport(host);
+        packet = BeginImport(host, int8);
         PrefetchedLoads++;
         return true;
     }

@@ -107,7 +107,7 @@ public static class Daemon
             Backend = model => Backends.Open(model, where, sizes, out device),
             Scheduler = new SchedulerOptions { MaxWaiting = options.MaxWaiting },
             Adapter = adapter,
-            Packets = model => packets = new StoredPackets(model, store, residentBlockBudget: options.ResidentBlocks, shared: shared) { Trace = trace, CopySharedToStore = options.SharedTierCopy },
+            Packets = model => packets = new StoredPackets(model, store, Enum.Parse<KvStorage>(options.PacketStorage, ignoreCase: true), options.ResidentBlocks, shared: shared) { Trace = trace, CopySharedToStore = options.SharedTierCopy },
         });
         engine.Scheduler.Trace = trace;
         engine.Tokenizer = tokenizer;

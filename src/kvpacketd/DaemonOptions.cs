@@ -41,6 +41,8 @@ public sealed record DaemonOptions
     public bool SharedTierCopy { get; init; }
     /// <summary>KV blocks resident packets may keep (null: a quarter of the cache; 0: every use reads the store).</summary>
     public int? ResidentBlocks { get; init; }
+    /// <summary>How new packets are stored: f16 (default), f32, or int8 (half f16's bytes; decoded on the GPU where the model runs on one).</summary>
+    public string PacketStorage { get; init; } = "f16";
     /// <summary>Where the model runs: cpu, cuda, or auto (cuda when a GPU is usable).</summary>
     public string Device { get; init; } = "auto";
     /// <summary>Grace period for in-flight requests on SIGTERM.</summary>
@@ -59,6 +61,7 @@ public sealed record DaemonOptions
           --max-waiting N           requests allowed to wait before 429 (default 256)
           --kv-tokens N             KV cache size in tokens (default 65536)
           --resident-blocks N       KV blocks packets stay resident in between uses (default: a quarter of the cache; 0: read the store every time)
+          --packet-storage f16|f32|int8  how new packets are stored (default f16; int8: half the bytes, per-head scales, decoded on the GPU there)
           --device cpu|cuda|ilgpu|auto  where the model runs: auto (default) takes a GPU when the driver and a device are present;
                                     ilgpu: the ILGPU backend (f32) on ILGPU's CUDA device, else its CPU accelerator
           --served-model-name NAME  the model's name in the API (default: the checkpoint's file or directory name)
@@ -116,6 +119,7 @@ public sealed record DaemonOptions
                 "--kv-tokens" => options with { KvTokens = Number() },
                 "--device" => options with { Device = Value() },
                 "--resident-blocks" => options with { ResidentBlocks = Count() },
+                "--packet-storage" => options with { PacketStorage = Value() },
                 "--shutdown-seconds" => options with { ShutdownSeconds = Number() },
                 "--adapter" => options with { Adapter = Value() },
                 "--served-model-name" => options with { ServedModelName = Value() },
@@ -126,6 +130,8 @@ public sealed record DaemonOptions
             };
         }
         if (options.Model.Length == 0) throw new ArgumentException("--model is required.");
+        if (options.PacketStorage.ToLowerInvariant() is not ("f16" or "f32" or "int8"))
+            throw new ArgumentException($"--packet-storage must be f16, f32 or int8, not '{options.PacketStorage}'.");
         try { Backends.Parse(options.Device); }
         catch (ArgumentException e) { throw new ArgumentException($"--device: {e.Message}"); }
         if (options.Store.Length == 0) throw new ArgumentException("--store is required.");

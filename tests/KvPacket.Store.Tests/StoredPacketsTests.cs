@@ -44,9 +44,9 @@ public class StoredPacketsTests
     }
 
     /// <summary>Built, stored, read back through a restarted source: the same bytes and logits, every block back.</summary>
-    private static void AssertRoundTrip(IForwardBackend model, string directory)
+    private static void AssertRoundTrip(IForwardBackend model, string directory, KvStorage? storage = null)
     {
-        var result = PacketRoundTrip.Run(model, Path.Combine(directory, "store"));
+        var result = PacketRoundTrip.Run(model, Path.Combine(directory, "store"), storage: storage);
         Assert.Equal(0, result.DifferentRows);
         Assert.Equal(0, result.MaxAbsLogitDifference);
         Assert.Equal(result.Packets, result.StoreLoads);
@@ -60,6 +60,16 @@ public class StoredPacketsTests
         using var device = new DeviceLikeModel(kvTokens: 2048);
         var model = device.Model;
         AssertRoundTrip(model, temp.Path);
+    }
+
+    [Fact]
+    public void Int8_packets_decoded_on_the_device_hold_the_bytes_the_host_decodes()
+    {
+        // The int8 pages cross to the device as stored, with each block's destination, and a kernel decodes them there.
+        using var temp = Fixtures.TempDirectory();
+        using var device = new DeviceLikeModel(kvTokens: 2048);
+        Assert.True(device.Model.DecodesInt8Blocks);
+        AssertRoundTrip(device.Model, temp.Path, KvStorage.Int8);
     }
 
     [Fact]

@@ -40,4 +40,13 @@ public class DaemonOptionsTests
         Assert.Contains("--resident-blocks", Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--resident-blocks", "-1"])).Message);
         Assert.Contains("--device cpu|cuda|ilgpu|auto", DaemonOptions.Usage);
     }
+
+    [Fact]
+    public void Packet_storage_is_f16_by_default_and_a_bad_value_is_named()
+    {
+        Assert.Equal("f16", DaemonOptions.Parse(["--model", "m", "--store", "s"]).PacketStorage);
+        Assert.Equal("int8", DaemonOptions.Parse(["--model", "m", "--store", "s", "--packet-storage", "int8"]).PacketStorage);
+        Assert.Contains("--packet-storage must be f16, f32 or int8, not 'q4'",
+            Assert.Throws<ArgumentException>(() => DaemonOptions.Parse(["--model", "m", "--store", "s", "--packet-storage", "q4"])).Message);
+    }
 }

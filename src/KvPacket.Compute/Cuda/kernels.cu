@@ -380,6 +380,33 @@ extern "C" __global__ void kv_append(const float* k, const float* v, kv_t* pool,
     }
 }
 
+// Packets the store keeps as int8 pages, decoded where they land: slot x of `staged` (slot_bytes apart) holds one block as
+// Int8KvBlock.cs lays it out — an f32 scale per segment of BLOCK_TOKENS × HEAD_DIM values (a (layer, K/V, KV head), in
+// the cache's order), then the int8 values — and after them the id of the cache block it decodes into. value = scale · q,
+// rounded to kv_t as the host's decode rounds it, so a packet is the same bytes whichever side decoded it. grid (slots,
+// 2 · LAYERS), a block per K or V plane.
+#define SEGMENT_ELEMENTS (BLOCK_TOKENS * HEAD_DIM)
+#define SEGMENTS (BLOCK_ELEMENTS / SEGMENT_ELEMENTS)
+extern "C" __global__ void kv_decode_int8(const unsigned char* staged, long slot_bytes, kv_t* pool)
+{
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    const unsigned char* slot = staged + blockIdx.x * slot_bytes;
+    const float* scales = (const float*)slot;
+    const char4* levels = (const char4*)(slot + 4 * SEGMENTS);
+    int destination = *(const int*)(slot + 4 * SEGMENTS + BLOCK_ELEMENTS);
+    kv_t* out = pool + destination * BLOCK_ELEMENTS;
+    for (int i = blockIdx.y * (PLANE_ELEMENTS / 4) + threadIdx.x; i < (blockIdx.y + 1) * (PLANE_ELEMENTS / 4); i += blockDim.x)
+    {
+        char4 q = levels[i];
+        float scale = scales[4 * i / SEGMENT_ELEMENTS];
+        out[4 * i] = kv_store(scale * (float)q.x);
+        out[4 * i + 1] = kv_store(scale * (float)q.y);
+        out[4 * i + 2] = kv_store(scale * (float)q.z);
+        out[4 * i + 3] = kv_store(scale * (float)q.w);
+    }
+}
+
 // CacheBlend's private packet copies: rotates every key of blocks[blockIdx.x] (all layers, heads and slots) on by
 // `offset` positions — keys computed at local positions become keys at global ones (rotations compose). grid (copies,
 // LAYERS), one thread per (KV head, slot, RoPE pair).

@@ -45,7 +45,8 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private int _default;
     private readonly int _maxTokens, _maxContext, _maxEntries;
     private readonly int _interleaved;
-    private readonly nint _kvRotateKeys, _kvDeviation;
+    private readonly nint _kvRotateKeys, _kvDeviation, _kvDecodeInt8;
+    private DeviceBuffer? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8), grown to the largest packet
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor, _attentionMerge;
@@ -121,6 +122,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         _embed = _module.Function("embed");
         _kvRotateKeys = _module.Function("kv_rotate_keys");
         _kvDeviation = _module.Function("kv_deviation");
+        _kvDecodeInt8 = _module.Function("kv_decode_int8");
         _rmsNorm = _module.Function("rms_norm");
         _kvAppend = _module.Function("kv_append");
         _attentionDecode = _module.Function("attention_decode");
@@ -262,6 +264,57 @@ public sealed unsafe class CudaTransformer : IForwardBackend
             WaitForImports();   // the blocks a failed copy gave back must not be written after someone else takes them
             throw;
         }
+    }
+
+    /// <inheritdoc />
+    public bool DecodesInt8Blocks => true;
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Each host block's int8 bytes, with the id of the cache block they become written after them, are copied into a
+    /// device staging slot (by DMA from page-locked staging), and one kernel decodes the packet's slots into the cache —
+    /// all queued on the steps' stream, so the next import's copies into the same slots wait for this decode.
+    /// </remarks>
+    public Packet BeginImportInt8(Packet packet)
+    {
+        var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another GPU's cache.", nameof(packet));
+        var layout = _blocks.Layout;
+        int stored = Int8KvBlock.Bytes(layout);
+        long slot = (stored + 4 + 15) / 16 * 16;
+        if (stored + 4 > layout.BlockBytes) throw new ArgumentException($"An int8 block of {stored} bytes and its destination do not fit a {layout.BlockBytes}-byte staging block.", nameof(packet));
+        int count = packet.Blocks.Count;
+        if (_int8Staging is null || _int8Staging.Bytes < count * slot)
+        {
+            _device.Synchronize();   // a smaller staging may still be read by a queued decode
+            _int8Staging?.Dispose();
+            _int8Staging = _device.Allocate(Math.Max(count, (_maxContext + BlockTokens - 1) / BlockTokens) * slot);
+        }
+        var staging = _int8Staging;
+        int next = 0;
+        Packet imported;
+        try
+        {
+            imported = packet.CopyTo(_blocks, (from, to) =>
+            {
+                var bytes = host.BlockBytes(from);
+                MemoryMarshal.Write(bytes[stored..], to);
+                fixed (byte* source = bytes)
+                {
+                    if (host.IsPageLocked) _device.UploadPageLocked((nint)source, staging, next * slot, stored + 4);
+                    else _device.Upload<byte>(bytes[..(stored + 4)], staging, next * slot);
+                }
+                next++;
+            });
+        }
+        catch
+        {
+            WaitForImports();
+            throw;
+        }
+        ulong staged = staging.Pointer, pool = _blocks.Memory.Pointer;
+        long slotBytes = slot;
+        _module.Launch(_kvDecodeInt8, ((uint)count, (uint)(2 * _config.LayerCount)), 256, (nint)(&staged), (nint)(&slotBytes), (nint)(&pool));
+        return imported;
     }
 
     /// <inheritdoc />
@@ -1061,6 +1114,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         ClearGraphs();
         _stageTimeline?.Dispose();
         _blocks.Dispose();
+        _int8Staging?.Dispose();
         _draws?.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();

@@ -117,6 +117,19 @@ public interface IForwardBackend : IDisposable
     /// </summary>
     Packet BeginImport(Packet packet) => ImportPacket(packet);
 
+    /// <summary>
+    /// Whether <see cref="BeginImportInt8"/> takes packets whose host blocks hold <see cref="Int8KvBlock"/>s and decodes
+    /// them itself (a GPU: half an f16 packet's bytes cross the bus, decoded on the device).
+    /// </summary>
+    bool DecodesInt8Blocks => false;
+
+    /// <summary>
+    /// <see cref="BeginImport"/> of a packet whose host blocks each start with an <see cref="Int8KvBlock"/> instead of
+    /// the layout's elements (the rest of each block is the backend's to use until <see cref="WaitForImports"/>); the
+    /// imported packet holds the decoded values. Only where <see cref="DecodesInt8Blocks"/>.
+    /// </summary>
+    Packet BeginImportInt8(Packet packet) => throw new NotSupportedException("This backend imports packets in its own KV layout only; decode int8 blocks on the host.");
+
     /// <summary>Returns once every <see cref="BeginImport"/> so far has finished reading its host blocks.</summary>
     void WaitForImports() { }
 

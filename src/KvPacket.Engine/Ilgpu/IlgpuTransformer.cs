@@ -38,6 +38,8 @@ public sealed class IlgpuTransformer : IForwardBackend
     private readonly int _entriesAt;
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
+    private readonly Action<Index2D, ArrayView<byte>, ArrayView<float>, int, int, int, int> _decodeInt8Block;
+    private MemoryBuffer1D<byte, Stride1D.Dense>? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8)
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormGroup;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int>? _matMul;
@@ -124,6 +126,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         _entries = step.SubView(_entriesAt, 5 * maxEntries);
 
         _embed = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(IlgpuKernels.Embed);
+        _decodeInt8Block = accelerator.LoadAutoGroupedStreamKernel<Index2D, ArrayView<byte>, ArrayView<float>, int, int, int, int>(IlgpuKernels.DecodeInt8Block);
         // Norms and products: a group or warp per row on a GPU (tiles for many tokens); a thread per row or output on the
         // CPU accelerator, whose warps are emulated.
         bool gpuKernels = warps ?? accelerator.AcceleratorType != AcceleratorType.CPU;
@@ -290,6 +293,36 @@ public sealed class IlgpuTransformer : IForwardBackend
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
         _accelerator.Bind();
         return packet.CopyTo(_blocks, (from, to) => _blocks.Block(to).AsContiguous().CopyFromCPU(MemoryMarshal.Cast<byte, float>(host.BlockBytes(from))));
+    }
+
+    /// <inheritdoc />
+    public bool DecodesInt8Blocks => true;
+
+    /// <inheritdoc />
+    /// <remarks>Each block's int8 bytes, with the id of the cache block they become after them, are copied into a device
+    /// staging slot; one kernel decodes the packet's slots into the cache.</remarks>
+    public Packet BeginImportInt8(Packet packet)
+    {
+        var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
+        var layout = _blocks.Layout;
+        int stored = Int8KvBlock.Bytes(layout), slot = stored + 4, count = packet.Blocks.Count;
+        _accelerator.Bind();
+        if (_int8Staging is null || _int8Staging.Length < (long)count * slot)
+        {
+            _int8Staging?.Dispose();
+            _int8Staging = _accelerator.Allocate1D<byte>((long)Math.Max(count, (_maxContext + layout.BlockSize - 1) / layout.BlockSize) * slot);
+        }
+        var staging = _int8Staging.View;
+        int next = 0;
+        var imported = packet.CopyTo(_blocks, (from, to) =>
+        {
+            var bytes = host.BlockBytes(from);
+            MemoryMarshal.Write(bytes[stored..], to);
+            staging.SubView((long)next++ * slot, slot).AsContiguous().CopyFromCPU((ReadOnlySpan<byte>)bytes[..slot]);
+        });
+        _decodeInt8Block((new Index2D((int)(layout.BlockBytes / 4), count)), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout),
+            Int8KvBlock.SegmentLength(layout), (int)(layout.BlockBytes / 4));
+        return imported;
     }
 
     /// <inheritdoc />
@@ -535,6 +568,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         _accelerator.Bind();
         _stageTimeline?.Dispose();
         _blocks.Dispose();
+        _int8Staging?.Dispose();
         foreach (var buffer in _owned) buffer.Dispose();
         _owned.Clear();
         OwnedDevice?.Dispose();

@@ -14,7 +14,8 @@ namespace KvPacket.Cli.Bench;
 /// packets of <c>documentTokens</c> tokens each and a <c>promptTokens</c>-token query — in kvpacket mode with the packets
 /// resident (an untrained 4+4 adapter: the cost of a trained one), in kvpacket mode on a second daemon that keeps
 /// nothing resident (every packet read from the store, its files in the page cache), and in full mode (documents
-/// recomputed): output tokens/s and p50/p99 time to first token seen by the client; and the store loads' GB/s.
+/// recomputed), and in kvpacket mode on a third daemon whose store holds the packets as int8 (nothing resident): output
+/// tokens/s and p50/p99 time to first token seen by the client; and the store loads' GB/s.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 internal static class ServeBenchmark
@@ -30,12 +31,15 @@ internal static class ServeBenchmark
         {
             int vocab;
             using (var checkpoint = Core.Checkpoints.CheckpointLoader.Load(modelPath))
-            using (var packets = PacketStore.Open(store))
             {
                 vocab = checkpoint.Config.VocabSize;
                 weights = checkpoint.TokenEmbedding.Type.ToString();
-                packets.PutAdapterAsync(Adapter.Untrained("bench", checkpoint.Config.HiddenSize, 4, 4, 0), ModelFingerprint.Of(checkpoint), checkpoint.Config.HiddenSize)
-                    .AsTask().GetAwaiter().GetResult();
+                foreach (string directory in new[] { store, store + "-int8" })
+                {
+                    using var packets = PacketStore.Open(directory);
+                    packets.PutAdapterAsync(Adapter.Untrained("bench", checkpoint.Config.HiddenSize, 4, 4, 0), ModelFingerprint.Of(checkpoint), checkpoint.Config.HiddenSize)
+                        .AsTask().GetAwaiter().GetResult();
+                }
             }
             string[] common = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072", "--device", device];
             var ids = new List<string>();
@@ -59,6 +63,20 @@ internal static class ServeBenchmark
                 stop.Cancel();
                 daemon.GetAwaiter().GetResult();
             }
+            // The same packets built into a store that keeps them as int8, by a daemon that stores them so — before daemon 2
+            // runs, so both stores' files have been written back and sit in the page cache alike when they are measured.
+            string[] int8 = [.. common.Select(a => a == store ? store + "-int8" : a), "--packet-storage", "int8", "--resident-blocks", "0"];
+            using (var stop = new CancellationTokenSource())
+            {
+                var (daemon, client) = StartDaemon(int8, socket, stop.Token);
+                using (client)
+                {
+                    var random = new SeededRandom(17);
+                    for (int d = 0; d < documents; d++) client.SendJson(HttpMethod.Post, "/v1/packets", new { tokens = random.NextTokens(documentTokens, 3, vocab) });
+                }
+                stop.Cancel();
+                daemon.GetAwaiter().GetResult();
+            }
             // Daemon 2, same store, nothing resident: every request reads its packets from the store (the page cache).
             using (var stop = new CancellationTokenSource())
             {
@@ -66,11 +84,19 @@ internal static class ServeBenchmark
                 using (client)
                 {
                     Levels(client, ids, "kvpacket", "kvpacket_store", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
-                    double bytes = Metric(client, "kvpacket_packet_store_load_bytes"), seconds = Metric(client, "kvpacket_packet_store_load_seconds");
-                    figures["store_loads"] = Metric(client, "kvpacket_packet_store_loads");
-                    figures["store_prefetched_loads"] = Metric(client, "kvpacket_packet_store_prefetched_loads");
-                    figures["store_load_gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
-                    Console.Error.WriteLine($"  store loads: {figures["store_loads"]} ({figures["store_prefetched_loads"]} read ahead) of {bytes / 1e6:F0} MB in all, {figures["store_load_gb_per_s"]:F2} GB/s into the KV cache");
+                    StoreLoads(client, "store", figures);
+                }
+                stop.Cancel();
+                daemon.GetAwaiter().GetResult();
+            }
+            // Daemon 3, the int8 store, nothing resident: half the bytes read and copied (decoded on the GPU there).
+            using (var stop = new CancellationTokenSource())
+            {
+                var (daemon, client) = StartDaemon(int8, socket, stop.Token);
+                using (client)
+                {
+                    Levels(client, ids, "kvpacket", "kvpacket_store_int8", figures, concurrency, promptTokens, maxTokens, requestsPerLevel, vocab);
+                    StoreLoads(client, "store_int8", figures);
                 }
                 stop.Cancel();
                 daemon.GetAwaiter().GetResult();
@@ -124,6 +150,17 @@ internal static class ServeBenchmark
         double gbps = bytes / Statistics.Median(gpu.Time(() => gpu.Upload<byte>(host, buffer), 5)) / 1e6;
         Console.Error.WriteLine($"  host-to-device copy (pageable, {bytes >> 20} MB): {gbps:F2} GB/s");
         return gbps;
+    }
+
+    /// <summary>The daemon's store loads so far, recorded under <paramref name="label"/>: count, those read ahead, GB/s of stored bytes.</summary>
+    private static void StoreLoads(HttpClient client, string label, Dictionary<string, double> figures)
+    {
+        double bytes = Metric(client, "kvpacket_packet_store_load_bytes"), seconds = Metric(client, "kvpacket_packet_store_load_seconds");
+        figures[$"{label}_loads"] = Metric(client, "kvpacket_packet_store_loads");
+        figures[$"{label}_prefetched_loads"] = Metric(client, "kvpacket_packet_store_prefetched_loads");
+        figures[$"{label}_load_gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
+        Console.Error.WriteLine($"  {label} loads: {figures[$"{label}_loads"]} ({figures[$"{label}_prefetched_loads"]} read ahead) of {bytes / 1e6:F0} MB in all, " +
+                                $"{figures[$"{label}_load_gb_per_s"]:F2} GB/s of stored bytes into the KV cache");
     }
 
     /// <summary>Gauge <paramref name="name"/> from the daemon's Prometheus text.</summary>

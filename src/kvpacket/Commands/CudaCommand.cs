@@ -93,19 +93,25 @@ internal static class CudaCommand
                     Console.WriteLine($"  RAG {rag.Label,-16}: query + continuation max |Δlogit| {rag.MaxAbsDifference:E2}, max relative {rag.MaxRelativeDifference:E2}, " +
                                       $"greedy {(rag.GreedySame ? "same" : "differs")}, blocks back {rag.BlocksReturned} → {(ragOk ? "PASS" : "FAIL")} (limit {limit:E0})");
                 }
-                // Packets built on the GPU, stored, and read back into device blocks by a restarted source: byte for byte.
-                string storeDirectory = Path.Combine(Path.GetTempPath(), $"kvpacket-cuda-check-{Environment.ProcessId}");
-                try
+                // Packets built on the GPU, stored, and read back into device blocks by a restarted source: byte for byte —
+                // and stored as int8, decoded on the device byte for byte as the host decodes them.
+                foreach (var storage in new Store.KvStorage?[] { null, Store.KvStorage.Int8 })
                 {
-                    using var gpu = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096);
-                    var trip = Store.PacketRoundTrip.Run(gpu, storeDirectory);
-                    bool tripOk = trip.DifferentRows == 0 && trip.MaxAbsLogitDifference == 0 && trip.StoreLoads == trip.Packets
-                                  && gpu.KvBlocks.FreeBlockCount == gpu.KvBlocks.BlockCount;
-                    ok &= tripOk;
-                    Console.WriteLine($"  store round trip: {trip.Packets} packets built on the GPU, stored, loaded into device blocks ({trip.StoreLoads} store loads): " +
-                                      $"{trip.DifferentRows} K/V rows differ, query logits max |Δ| {trip.MaxAbsLogitDifference:E2} → {(tripOk ? "PASS" : "FAIL")} (identical required)");
+                    string storeDirectory = Path.Combine(Path.GetTempPath(), $"kvpacket-cuda-check-{Environment.ProcessId}");
+                    try
+                    {
+                        using var gpu = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096);
+                        var trip = Store.PacketRoundTrip.Run(gpu, storeDirectory, storage: storage);
+                        bool tripOk = trip.DifferentRows == 0 && trip.MaxAbsLogitDifference == 0 && trip.StoreLoads == trip.Packets
+                                      && gpu.KvBlocks.FreeBlockCount == gpu.KvBlocks.BlockCount;
+                        ok &= tripOk;
+                        Console.WriteLine((storage is null
+                            ? $"  store round trip: {trip.Packets} packets built on the GPU, stored, loaded into device blocks ({trip.StoreLoads} store loads): "
+                            : $"  store round trip, int8 pages: {trip.Packets} packets decoded on the GPU against the host's decode ({trip.StoreLoads} store loads): ") +
+                              $"{trip.DifferentRows} K/V rows differ, query logits max |Δ| {trip.MaxAbsLogitDifference:E2} → {(tripOk ? "PASS" : "FAIL")} (identical required)");
+                    }
+                    finally { if (Directory.Exists(storeDirectory)) Directory.Delete(storeDirectory, recursive: true); }
                 }
-                finally { if (Directory.Exists(storeDirectory)) Directory.Delete(storeDirectory, recursive: true); }
                 // The serving engine (scheduler, KvPacketEngine) on the GPU through the same contract as on the CPU.
                 var serving = ServingConsistency.RunAsync(() => BenchModel.Open(parse.GetValue(model), parse.GetValue(shape), stored(parse)).Checkpoint,
                     (m, kvTokens) => new CudaTransformer(m, device, type, parse.GetValue(kv), maxTokens: 64, kvTokens: kvTokens, maxSequences: 32)).GetAwaiter().GetResult();
@@ -170,6 +176,7 @@ internal static class CudaCommand
                 var request = RagBenchmark.Request(checkpoint.Config, docs, docTokens, queryTokens);
                 using var engine = RagBenchmark.Engine(gpu, epicTokens: 16, adapterTokens: 5);
                 PrintStages(gpu, device, "KV Packet request (packets resident)", () => engine.Prefill(request, Engine.Rag.RagMode.KvPacket).Sequence.Dispose(), 10);
+                Bench.PacketLoadBenchmark.Run(gpu, request.Documents, rounds: 10);
                             return 0;
             }));
         return command;
