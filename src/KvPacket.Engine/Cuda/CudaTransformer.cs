@@ -46,7 +46,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private readonly int _maxTokens, _maxContext, _maxEntries;
     private readonly int _interleaved;
     private readonly nint _kvRotateKeys, _kvDeviation, _kvDecodeInt8;
-    private DeviceBuffer? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8), grown to the largest packet
+    private DeviceBuffer? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8), twice the largest packet yet
     private readonly nint _embed, _rmsNorm, _kvAppend, _attentionDecode, _attentionPrefill, _swiglu, _addBias, _argmaxKernel, _gatherRows, _gemv, _gemvOneSwiglu;
     /// <summary>The tensor-core prefill attention (f16 KV, head dim a multiple of 16, at most 64 heads per KV head), or 0 where it does not apply.</summary>
     private readonly nint _attentionPrefillTensor, _attentionMerge;
@@ -287,7 +287,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         {
             _device.Synchronize();   // a smaller staging may still be read by a queued decode
             _int8Staging?.Dispose();
-            _int8Staging = _device.Allocate(Math.Max(count, (_maxContext + BlockTokens - 1) / BlockTokens) * slot);
+            _int8Staging = _device.Allocate(2L * count * slot);
         }
         var staging = _int8Staging;
         int next = 0;

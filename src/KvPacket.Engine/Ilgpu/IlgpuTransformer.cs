@@ -39,7 +39,7 @@ public sealed class IlgpuTransformer : IForwardBackend
 
     private readonly Action<Index2D, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> _embed;
     private readonly Action<Index2D, ArrayView<byte>, ArrayView<float>, int, int, int, int> _decodeInt8Block;
-    private MemoryBuffer1D<byte, Stride1D.Dense>? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8)
+    private MemoryBuffer1D<byte, Stride1D.Dense>? _int8Staging;   // int8 blocks on their way into the cache (BeginImportInt8), twice the largest packet yet
     private readonly Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float>? _rmsNorm;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, float, int>? _rmsNormGroup;
     private readonly Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int>? _matMul;
@@ -309,8 +309,9 @@ public sealed class IlgpuTransformer : IForwardBackend
         _accelerator.Bind();
         if (_int8Staging is null || _int8Staging.Length < (long)count * slot)
         {
+            _accelerator.Synchronize();   // a smaller staging may still be read by a queued decode
             _int8Staging?.Dispose();
-            _int8Staging = _accelerator.Allocate1D<byte>((long)Math.Max(count, (_maxContext + layout.BlockSize - 1) / layout.BlockSize) * slot);
+            _int8Staging = _accelerator.Allocate1D<byte>(2L * count * slot);
         }
         var staging = _int8Staging.View;
         int next = 0;
