@@ -306,6 +306,11 @@ internal static class BenchCommand
         generator.Generate(prompt[..Math.Min(32, prompt.Length)], options); // warm-up: JIT and page faults
         var seconds = new List<double>();
         for (int r = 0; r < settings.Repeats; r++) seconds.Add(generator.Generate(prompt, options).PrefillSeconds);
+        // Where the time goes: one more run with each stage timed (outside the figures above).
+        model.TimeStages(true);
+        generator.Generate(prompt, options);
+        var stages = model.TakeStageTimes();
+        model.TimeStages(false);
 
         var checkpoint = model.Model;
         long p = prompt.Length;
@@ -315,7 +320,7 @@ internal static class BenchCommand
         double flops = matrixFlops + attentionFlops + classifierFlops;
         double time = Statistics.Median(seconds);
         double peak = MachinePeaks.FmaThroughput(pool);
-        return new BenchResult("prefill", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, new Dictionary<string, double>
+        var figures = new Dictionary<string, double>
         {
             ["prompt_tokens"] = p,
             ["prefill_seconds_median"] = time,
@@ -324,7 +329,9 @@ internal static class BenchCommand
             ["prefill_GFLOP_per_s"] = flops / time / 1e9,
             ["measured_fma_peak_GFLOP_per_s"] = peak / 1e9,
             ["fraction_of_fma_peak"] = flops / time / peak,
-        }, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
+        };
+        foreach (var (stage, ms) in stages.OrderByDescending(s => s.Value)) figures[$"stage_ms_{stage}"] = ms;
+        return new BenchResult("prefill", name, weightType, model.Options.KvType.ToString(), model.ThreadCount, figures, BenchResult.DescribeMachine(), DateTimeOffset.UtcNow);
     }
 
     private static BenchResult Rag(Transformer model, string name, string weightType, Settings settings, WorkerPool pool) =>
