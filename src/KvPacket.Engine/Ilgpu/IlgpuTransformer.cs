@@ -321,7 +321,7 @@ public sealed class IlgpuTransformer : IForwardBackend
             MemoryMarshal.Write(bytes[stored..], to);
             staging.SubView((long)next++ * slot, slot).AsContiguous().CopyFromCPU((ReadOnlySpan<byte>)bytes[..slot]);
         });
-        _decodeInt8Block((new Index2D((int)(layout.BlockBytes / 4), count)), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout),
+        _decodeInt8Block(new Index2D((int)(layout.BlockBytes / 4), count), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout),
             Int8KvBlock.SegmentLength(layout), (int)(layout.BlockBytes / 4));
         return imported;
     }
