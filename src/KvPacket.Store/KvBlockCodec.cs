@@ -29,11 +29,16 @@ internal static class KvBlockCodec
         };
     }
 
-    /// <summary>Encodes the engine block <paramref name="block"/> (of <paramref name="layout"/>) into <paramref name="destination"/>.</summary>
-    public static void Encode(KvCacheLayout layout, ReadOnlySpan<byte> block, KvStorage storage, Span<byte> destination)
+    /// <summary>
+    /// Encodes the engine block <paramref name="block"/> (of <paramref name="layout"/>) into <paramref name="destination"/>;
+    /// only its first <paramref name="rows"/> slots hold the packet's tokens. A converted block stores the rest as zeros:
+    /// a free slot holds whatever its memory held before (a device's uninitialised memory, even NaN), which must not
+    /// set an int8 segment's scale.
+    /// </summary>
+    public static void Encode(KvCacheLayout layout, ReadOnlySpan<byte> block, KvStorage storage, Span<byte> destination, int rows)
     {
         if (Matches(layout.Type, storage)) { block.CopyTo(destination); return; }
-        int segments = Int8KvBlock.SegmentCount(layout), length = Int8KvBlock.SegmentLength(layout);
+        int segments = Int8KvBlock.SegmentCount(layout), length = Int8KvBlock.SegmentLength(layout), filled = rows * layout.HeadDim;
         float[] rented = ArrayPool<float>.Shared.Rent(length);
         var values = rented.AsSpan(0, length);
         try
@@ -42,6 +47,7 @@ internal static class KvBlockCodec
             for (int s = 0; s < segments; s++)
             {
                 ReadSegment(layout, block, s, values);
+                values[filled..].Clear();
                 switch (storage)
                 {
                     case KvStorage.F16:

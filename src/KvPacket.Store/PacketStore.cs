@@ -161,7 +161,8 @@ public sealed class PacketStore : IDisposable
                 for (int b = 0; b < count; b++)
                 {
                     var chunk = buffer.AsSpan(RecordHeader.Size + b * blockBytes, blockBytes);
-                    KvBlockCodec.Encode(layout, host.BlockBytes(packet.Blocks[first + b]), storage, chunk);
+                    KvBlockCodec.Encode(layout, host.BlockBytes(packet.Blocks[first + b]), storage, chunk,
+                        Math.Min(layout.BlockSize, packet.Length - (first + b) * layout.BlockSize));
                     checksum.Append(chunk);
                 }
                 int firstToken = first * layout.BlockSize;

@@ -63,15 +63,58 @@ public class PacketStoreTests
         using (loaded)
         using (var expected = SyntheticPackets.Build(pool, 7))
         {
-            double worst = 0;
-            for (int b = 0; b < expected.Blocks.Count; b++)
-            {
-                float[] want = Widen(pool, expected.Blocks[b]), got = Widen(pool, loaded.Blocks[b]);
-                for (int i = 0; i < want.Length; i++) worst = Math.Max(worst, Math.Abs(want[i] - got[i]));
-            }
+            double worst = WorstFilledDifference(pool, expected, loaded);
             Assert.True(worst <= tolerance, $"max abs error {worst} > {tolerance}");
         }
         if (storage == KvStorage.Int8) Assert.True(info.StoredBytes < 0.6 * pool.Layout.BlockBytes * PacketStore.BlockCount(info) * (poolType == DType.F16 ? 1 : 0.5));
+    }
+
+    [Theory]
+    [InlineData(DType.F16)]
+    [InlineData(DType.F32)]
+    public async Task An_int8_page_is_scaled_by_the_packets_tokens_alone_whatever_a_free_slot_holds(DType poolType)
+    {
+        // A 20-token packet: its second block holds 4 tokens, and its 12 free slots NaN (a device's uninitialised memory
+        // can hold anything). Before, a NaN there made that block's every scale NaN, and a large value coarsened them.
+        using var temp = Fixtures.TempDirectory();
+        using var pool = TestStores.Pool(poolType);
+        using var store = PacketStore.Open(temp.Path, TestStores.Options());
+        using var packet = SyntheticPackets.Build(pool, 7, length: 20);
+        var layout = pool.Layout;
+        var last = pool.BlockBytes(packet.Blocks[1]);
+        for (int plane = 0; plane < 2 * layout.LayerCount; plane++)
+            for (int head = 0; head < layout.KvHeadCount; head++)
+                for (int slot = 4; slot < layout.BlockSize; slot++)
+                    for (int d = 0; d < layout.HeadDim; d++)
+                    {
+                        long at = plane * layout.PlaneBytes / layout.ElementBytes + layout.Offset(head, slot) + d;
+                        if (poolType == DType.F16) System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(last)[(int)at] = Half.NaN;
+                        else System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(last)[(int)at] = float.NaN;
+                    }
+        var info = await store.PutAsync(packet, SyntheticPackets.Model, Enumerable.Range(1, 20).ToArray(), AdapterRef.None, KvStorage.Int8);
+        Assert.True(store.TryLoad(info.Id, SyntheticPackets.Model, pool, out Packet? loaded));
+        using (loaded)
+        {
+            double worst = WorstFilledDifference(pool, packet, loaded);
+            Assert.True(worst <= 2.0 / 127 / 2 + 2e-3, $"max abs error {worst} over the packet's tokens");
+        }
+    }
+
+    /// <summary>The largest |Δ| between two packets over the slots the first one's tokens fill (NaN counts as infinite).</summary>
+    private static double WorstFilledDifference(Compute.Kv.KvBlockPool pool, Packet expected, Packet actual)
+    {
+        var layout = pool.Layout;
+        int segment = layout.BlockSize * layout.HeadDim;
+        double worst = 0;
+        for (int b = 0; b < expected.Blocks.Count; b++)
+        {
+            int rows = Math.Min(layout.BlockSize, expected.Length - b * layout.BlockSize);
+            float[] want = Widen(pool, expected.Blocks[b]), got = Widen(pool, actual.Blocks[b]);
+            for (int i = 0; i < want.Length; i++)
+                if (i % segment / layout.HeadDim < rows)
+                    worst = Math.Max(worst, float.IsNaN(got[i]) ? double.PositiveInfinity : Math.Abs(want[i] - got[i]));
+        }
+        return worst;
     }
 
     private static float[] Widen(Compute.Kv.KvBlockPool pool, int block)
