@@ -44,6 +44,27 @@ public class ShippedModelTests
     }
 
     [Fact]
+    public void Its_kv_packet_adapter_answers_the_20_questions_from_int8_pages_as_well_as_full_recompute_does()
+    {
+        // eval --int8-pages: every packet built, stored as int8 in a packet store and served as read back.
+        using var temp = Fixtures.TempDirectory();
+        using var checkpoint = CheckpointLoader.Load(ModelPath);
+        var tokenizer = TokenizerLoader.TryLoadNextTo(ModelPath)!;
+        var adapter = AdapterFile.Read(Path.Combine(ModelPath, "kvpacket-adapter.safetensors"), ModelFingerprint.Of(checkpoint), checkpoint.Config.HiddenSize);
+        using var model = new Transformer(checkpoint, new TransformerOptions { KvType = DType.F32, MaxBatchTokens = 512, KvCacheTokens = 8192 });
+        using var store = Store.PacketStore.Open(temp.Path);
+        using var int8 = new Store.StoredPackets(model, store, Store.KvStorage.Int8);
+        var questions = QaBenchmark.Generate(QaBenchmark.HeldOutWorlds(1).Test, "test", 3, 20).ToList();
+        var evaluation = new QaEvaluation(model, tokenizer, adapter, int8);
+
+        var answers = questions.Select(q => evaluation.Answer(q, "kvpacket")).ToList();
+        Assert.True(int8.Builds >= questions.Max(q => q.Documents.Length), $"{int8.Builds} packets built");
+        Assert.All(store.List(0, 1000), p => Assert.Equal(Store.KvStorage.Int8, p.Storage));
+        double exact = answers.Average(a => AnswerScore.ExactMatch(a.Prediction, a.Gold));
+        Assert.True(exact >= 0.8, $"KV Packet from int8 pages, exact match {exact:F2}: " + string.Join("; ", answers.Where(a => a.F1 < 1).Select(a => $"'{a.Question}' gold '{a.Gold}' got '{a.Prediction}'")));
+    }
+
+    [Fact]
     public void A_split_with_questions_too_long_for_its_context_is_refused_before_any_is_answered()
     {
         using var checkpoint = CheckpointLoader.Load(ModelPath);

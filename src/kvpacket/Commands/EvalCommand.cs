@@ -51,6 +51,10 @@ internal static class EvalCommand
             DefaultValueFactory = _ => "realigned",
         };
         positions.AcceptOnlyFromAmong("realigned", "local");
+        var int8Pages = new Option<bool>("--int8-pages")
+        {
+            Description = "--task qa: packets built, stored as int8 pages in a temporary store and read back (what int8 storage costs in answers) instead of kept as built",
+        };
         var rescore = new Option<string?>("--rescore")
         {
             Description = "--task qa: print a stored result's tables again from its answers (scores and the paired comparison with full recompute), answering nothing (with --plot, drawing its chart again); needs no --model",
@@ -59,7 +63,8 @@ internal static class EvalCommand
         var device = DeviceOption.Create();
         var command = new Command("eval", "Compare every RAG mode with full recompute (KL, top-1 agreement, TTFT, document FLOPs, KV bytes), or answer a QA split (EM, F1, accuracy)")
         {
-            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, positions, device, rescore,
+            model, requests, continuation, output, train, trainExamples, trainSteps, learningRate, probes, task, split, limit, modes, store, adapterName, plot, trace, positions, int8Pages,
+            device, rescore,
         };
         shapeOptions.AddTo(command);
         command.SetAction(parse =>
@@ -69,7 +74,8 @@ internal static class EvalCommand
             if (parse.GetValue(task) == "qa")
                 return QaTask(parse.GetValue(model)!, parse.GetValue(split) ?? throw new ArgumentException("--task qa needs --split FILE.jsonl"),
                     parse.GetValue(limit), parse.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), parse.GetValue(output)!,
-                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(positions) == "realigned", parse.GetValue(device)!);
+                    parse.GetValue(store), parse.GetValue(adapterName), parse.GetValue(plot), parse.GetValue(trace), parse.GetValue(positions) == "realigned", parse.GetValue(int8Pages),
+                    parse.GetValue(device)!);
             string modelPath = parse.GetValue(model)!;
             using var checkpoint = CheckpointLoader.Load(modelPath);
             var shape = shapeOptions.Shape(parse, parse.GetValue(continuation));
@@ -156,7 +162,7 @@ internal static class EvalCommand
 
     /// <summary><c>--task qa</c>: answers the split's questions in every mode and prints EM / F1 / accuracy per question type.</summary>
     private static int QaTask(string modelPath, string splitPath, int limit, string[] modes, string output, string? storePath, string? adapterName, string? plot, string? tracePath,
-        bool realign, string device)
+        bool realign, bool int8Pages, string device)
     {
         using var checkpoint = CheckpointLoader.Load(modelPath);
         Adapter? adapter = null;
@@ -177,19 +183,36 @@ internal static class EvalCommand
         var examples = QaBenchmark.Read(splitPath).Take(limit > 0 ? limit : int.MaxValue).ToList();
         using var backend = DeviceOption.Open(checkpoint, device, kvTokens: 8192, out string on);
         var trace = tracePath is null ? null : new Core.Diagnostics.TraceRecorder(trackNames: modes);
-        var evaluation = new QaEvaluation(backend, tokenizer, adapter) { Trace = trace, TraceModes = modes, RealignPackets = realign };
-        var clock = Stopwatch.StartNew();
-        var (scores, answers) = evaluation.Run(examples, modes, done =>
+        // Int8 pages: every packet is built, stored as int8 and served as read back (StoredPackets' rule), from a store
+        // that lives as long as the run.
+        string? scratch = int8Pages ? Directory.CreateTempSubdirectory("kvpacket-eval-int8-").FullName : null;
+        try
         {
-            if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
-        });
-        Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions ({on}{(realign ? "" : "; packets at their local positions")})");
-        var paired = PrintQa(scores, answers);
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
-        File.WriteAllText(output, JsonSerializer.Serialize(new { model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", scores, paired, answers }, new JsonSerializerOptions { WriteIndented = true }));
-        if (plot is not null) PlotCommand.QaChart(scores, plot);
-        trace?.WriteChromeTrace(tracePath!);
-        return 0;
+            using var int8Store = scratch is null ? null : PacketStore.Open(scratch);
+            using var int8Source = int8Store is null ? null : new StoredPackets(backend, int8Store, KvStorage.Int8);
+            var evaluation = new QaEvaluation(backend, tokenizer, adapter, int8Source) { Trace = trace, TraceModes = modes, RealignPackets = realign };
+            var clock = Stopwatch.StartNew();
+            var (scores, answers) = evaluation.Run(examples, modes, done =>
+            {
+                if (done % 50 == 0) Console.Error.WriteLine($"{done}/{examples.Count} questions, {clock.Elapsed.TotalSeconds:F0} s");
+            });
+            Console.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))} on {Path.GetFileName(splitPath)}: {examples.Count} questions " +
+                              $"({on}{(realign ? "" : "; packets at their local positions")}{(int8Pages ? "; packets as int8 pages" : "")})");
+            var paired = PrintQa(scores, answers);
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+            File.WriteAllText(output, JsonSerializer.Serialize(new
+            {
+                model = modelPath, split = splitPath, device = on, packet_positions = realign ? "realigned" : "local", packet_pages = int8Pages ? "int8" : "as built",
+                scores, paired, answers,
+            }, new JsonSerializerOptions { WriteIndented = true }));
+            if (plot is not null) PlotCommand.QaChart(scores, plot);
+            trace?.WriteChromeTrace(tracePath!);
+            return 0;
+        }
+        finally
+        {
+            if (scratch is not null) Directory.Delete(scratch, recursive: true);
+        }
     }
 
     // The scores per mode and type, each mode paired with full recompute on the same questions, and the first answers.
