@@ -19,7 +19,7 @@ internal static class KvBlockCodec
     /// <summary>Bytes one block takes when stored as <paramref name="storage"/>.</summary>
     public static int StoredBytes(KvCacheLayout layout, KvStorage storage)
     {
-        long values = (long)Int8KvBlock.SegmentCount(layout) * Int8KvBlock.SegmentLength(layout);
+        long values = layout.BlockBytes / layout.ElementBytes;
         return storage switch
         {
             KvStorage.F16 => checked((int)(values * 2)),

@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace KvPacket.Compute.Kv;
 
 /// <summary>
@@ -15,4 +17,20 @@ public static class Int8KvBlock
 
     /// <summary>Bytes of one int8 block of <paramref name="layout"/>: the scales, then the values.</summary>
     public static int Bytes(KvCacheLayout layout) => checked(SegmentCount(layout) * (4 + SegmentLength(layout)));
+
+    /// <summary>Bytes of a staged block, what a device's decode kernel reads: the int8 block, then its destination's id.</summary>
+    public static int StagedBytes(KvCacheLayout layout) => Bytes(layout) + sizeof(int);
+
+    /// <summary>
+    /// Stages the int8 block at the start of the host block <paramref name="block"/> for a device decode: writes
+    /// <paramref name="destination"/> (the cache block it becomes) after it and returns the <see cref="StagedBytes"/> to copy.
+    /// </summary>
+    public static ReadOnlySpan<byte> Stage(Span<byte> block, KvCacheLayout layout, int destination)
+    {
+        int bytes = Bytes(layout);
+        if (block.Length < bytes + sizeof(int))
+            throw new ArgumentException($"An int8 block of {bytes} bytes and its destination do not fit a {block.Length}-byte staging block.", nameof(block));
+        MemoryMarshal.Write(block[bytes..], destination);
+        return block[..(bytes + sizeof(int))];
+    }
 }

@@ -279,9 +279,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     {
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another GPU's cache.", nameof(packet));
         var layout = _blocks.Layout;
-        int stored = Int8KvBlock.Bytes(layout);
-        long slot = (stored + 4 + 15) / 16 * 16;
-        if (stored + 4 > layout.BlockBytes) throw new ArgumentException($"An int8 block of {stored} bytes and its destination do not fit a {layout.BlockBytes}-byte staging block.", nameof(packet));
+        long slot = (Int8KvBlock.StagedBytes(layout) + 15) / 16 * 16;   // 16-byte aligned slots
         int count = packet.Blocks.Count;
         if (_int8Staging is null || _int8Staging.Bytes < count * slot)
         {
@@ -296,12 +294,11 @@ public sealed unsafe class CudaTransformer : IForwardBackend
         {
             imported = packet.CopyTo(_blocks, (from, to) =>
             {
-                var bytes = host.BlockBytes(from);
-                MemoryMarshal.Write(bytes[stored..], to);
-                fixed (byte* source = bytes)
+                var staged = Int8KvBlock.Stage(host.BlockBytes(from), layout, to);
+                fixed (byte* source = staged)
                 {
-                    if (host.IsPageLocked) _device.UploadPageLocked((nint)source, staging, next * slot, stored + 4);
-                    else _device.Upload<byte>(bytes[..(stored + 4)], staging, next * slot);
+                    if (host.IsPageLocked) _device.UploadPageLocked((nint)source, staging, next * slot, staged.Length);
+                    else _device.Upload(staged, staging, next * slot);
                 }
                 next++;
             });

@@ -305,7 +305,7 @@ public sealed class IlgpuTransformer : IForwardBackend
     {
         var host = packet.Pool as KvBlockPool ?? throw new ArgumentException("The packet lives in another device's cache.", nameof(packet));
         var layout = _blocks.Layout;
-        int stored = Int8KvBlock.Bytes(layout), slot = stored + 4, count = packet.Blocks.Count;
+        int slot = Int8KvBlock.StagedBytes(layout), count = packet.Blocks.Count;
         _accelerator.Bind();
         if (_int8Staging is null || _int8Staging.Length < (long)count * slot)
         {
@@ -317,9 +317,7 @@ public sealed class IlgpuTransformer : IForwardBackend
         int next = 0;
         var imported = packet.CopyTo(_blocks, (from, to) =>
         {
-            var bytes = host.BlockBytes(from);
-            MemoryMarshal.Write(bytes[stored..], to);
-            staging.SubView((long)next++ * slot, slot).AsContiguous().CopyFromCPU((ReadOnlySpan<byte>)bytes[..slot]);
+            staging.SubView((long)next++ * slot, slot).AsContiguous().CopyFromCPU(Int8KvBlock.Stage(host.BlockBytes(from), layout, to));
         });
         _decodeInt8Block(new Index2D((int)(layout.BlockBytes / 4), count), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout),
             Int8KvBlock.SegmentLength(layout), (int)(layout.BlockBytes / 4));

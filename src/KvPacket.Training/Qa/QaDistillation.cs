@@ -14,10 +14,9 @@ public static class QaDistillation
     public static DistillationExample[] Examples(IForwardBackend model, ITokenizer tokenizer, IEnumerable<QaExample> examples) =>
         DistillationExample.WithTeachers(model, [.. examples.Select(example =>
         {
-            int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
             int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
             int[] question = QaPrompt.Question(tokenizer, example.Question);
             int[] answer = QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning);
-            return new DistillationExample(prefix, documents, [.. question, .. answer], [], FirstScoredRow: question.Length - 1);
+            return new DistillationExample(QaPrompt.Prefix(tokenizer), documents, [.. question, .. answer], [], FirstScoredRow: question.Length - 1);
         })]);
 }

@@ -39,9 +39,8 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
     /// <summary>The prediction for <paramref name="example"/> in <paramref name="mode"/> (<see cref="ClosedBook"/> or a <see cref="RagMode"/>).</summary>
     public QaAnswer Answer(QaExample example, string mode)
     {
-        int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
         int[][] documents = mode == ClosedBook ? [] : [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
-        var request = new RagRequest(prefix, documents, QaPrompt.Question(tokenizer, example.Question));
+        var request = new RagRequest(QaPrompt.Prefix(tokenizer), documents, QaPrompt.Question(tokenizer, example.Question));
         var ragMode = mode == ClosedBook ? RagMode.Full : Enum.Parse<RagMode>(mode, ignoreCase: true);
         using var engine = new RagEngine(model, packets) { Adapter = adapter, RealignPackets = RealignPackets };
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -95,7 +94,7 @@ public sealed class QaEvaluation(IForwardBackend model, ITokenizer tokenizer, Ad
     /// <summary>The most positions <paramref name="example"/> takes before its answer in any of <paramref name="modes"/> (its text tokenized once).</summary>
     private int LongestPrompt(QaExample example, IReadOnlyList<string> modes)
     {
-        int question = QaPrompt.Question(tokenizer, example.Question).Length + (tokenizer.BosId is null ? 0 : 1);
+        int question = QaPrompt.Prefix(tokenizer).Length + QaPrompt.Question(tokenizer, example.Question).Length;
         var reading = modes.Where(m => m != ClosedBook).ToList();
         if (reading.Count == 0) return question;
         int soft = reading.Max(SoftRowsPerDocument);

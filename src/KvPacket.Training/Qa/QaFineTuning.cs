@@ -12,7 +12,7 @@ public static class QaFineTuning
     /// <summary>The fine-tuning example of <paramref name="example"/> in the prompt format of <see cref="QaPrompt"/>.</summary>
     public static FineTuningExample Example(ITokenizer tokenizer, QaExample example)
     {
-        int[] prefix = tokenizer.BosId is int bos ? [bos] : [];
+        int[] prefix = QaPrompt.Prefix(tokenizer);
         int[][] documents = [.. example.Documents.Select(d => QaPrompt.Document(tokenizer, d))];
         int[] question = QaPrompt.Question(tokenizer, example.Question);
         return new FineTuningExample(prefix, documents, [.. question, .. QaPrompt.Answer(tokenizer, example.Answers[0], example.Reasoning)], question.Length - 1);

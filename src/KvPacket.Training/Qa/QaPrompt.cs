@@ -38,6 +38,9 @@ public static class QaPrompt
     /// <summary>A document's segment.</summary>
     public static int[] Document(ITokenizer tokenizer, QaDocument document) => tokenizer.Encode(DocumentText(document));
 
+    /// <summary>The prompt's prefix, before the documents: BOS, where the tokenizer has one.</summary>
+    public static int[] Prefix(ITokenizer tokenizer) => tokenizer.BosId is int bos ? [bos] : [];
+
     /// <summary>The question's segment.</summary>
     public static int[] Question(ITokenizer tokenizer, string question) => tokenizer.Encode(QuestionText(question));
 
@@ -51,7 +54,7 @@ public static class QaPrompt
     /// </summary>
     public static IEnumerable<int[]> TrainingLine(ITokenizer tokenizer, QaExample example)
     {
-        yield return [.. tokenizer.BosId is int bos ? [bos] : Array.Empty<int>(), .. example.Documents.SelectMany(d => Document(tokenizer, d)), .. Question(tokenizer, example.Question)];
+        yield return [.. Prefix(tokenizer), .. example.Documents.SelectMany(d => Document(tokenizer, d)), .. Question(tokenizer, example.Question)];
         yield return Answer(tokenizer, example.Answers[0], example.Reasoning);
         foreach (var followUp in example.FollowUps ?? [])
         {

@@ -41,7 +41,8 @@ internal static class ServeBenchmark
                         .AsTask().GetAwaiter().GetResult();
                 }
             }
-            string[] common = ["--model", modelPath, "--store", store, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072", "--device", device];
+            string[] Flags(string directory) => ["--model", modelPath, "--store", directory, "--socket", socket, "--adapter", "bench", "--max-waiting", "1024", "--kv-tokens", "131072", "--device", device];
+            string[] common = Flags(store);
             var ids = new List<string>();
             // Daemon 1: packets added (built, stored) and kept resident; kvpacket, then full.
             using (var stop = new CancellationTokenSource())
@@ -65,7 +66,7 @@ internal static class ServeBenchmark
             }
             // The same packets built into a store that keeps them as int8, by a daemon that stores them so — before daemon 2
             // runs, so both stores' files have been written back and sit in the page cache alike when they are measured.
-            string[] int8 = [.. common.Select(a => a == store ? store + "-int8" : a), "--packet-storage", "int8", "--resident-blocks", "0"];
+            string[] int8 = [.. Flags(store + "-int8"), "--packet-storage", "int8", "--resident-blocks", "0"];
             using (var stop = new CancellationTokenSource())
             {
                 var (daemon, client) = StartDaemon(int8, socket, stop.Token);
