@@ -269,6 +269,181 @@ __device__ __forceinline__ void quantised_rows(const byte_t* w, int cols, int fi
     }
 }
 
+#ifdef OPERAND_BF16
+// Steps of more tokens than QGEMV_TOKENS, with bf16 operands: the tensor cores multiply the decoded levels straight from
+// registers. A piece decoded by lane (g, q) of a warp is, with the columns of each 16-column half permuted (a dot
+// product does not care in which order its columns are summed, so the activations are read in the same order), that
+// lane's share of four mma.sync m16n8k16 A fragments: rows 4g + 2m and 4g + 2m + 1 of a unit of 32 rows (4 groups; the
+// lane's piece is group g / 2, rows 4·(g % 2)..+3, chunk q) for m = 0, 1, by columns 4q..4q+3 of each half of a
+// sub-block (q8_0: a second piece, chunk q + 4, is the second half). Its B fragment is then 8 contiguous bytes of one
+// token's activations. A warp takes every 8th sub-block of its block's column split, SUBS_IN_FLIGHT sub-blocks' loads
+// issued before any is decoded; the 8 warps' sums meet in shared memory in a fixed order, and with several splits
+// (units with long rows) the block writes them to `partials` ([tile][split][QMMA_TOKENS][QMMA_ROWS]) and the last block
+// of a tile to finish adds the splits in order: deterministic, one launch. Weights are rounded to bf16 as the
+// dequantised cuBLAS path rounds them. grid (units, splits, token tiles), block 256 threads; counters: a zero per tile.
+#define QMMA_ROWS 32
+#define QMMA_TOKENS 32
+#define QMMA_WARPS 8
+
+__device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(float low, float high)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(low, high);
+    return *(unsigned*)&v;
+}
+
+// Half `half` (0: columns 4q..4q+3 of the sub-block, 1: 16 + 4q..) of a decoded piece as the A fragments of its two
+// row pairs: a[m] holds rows 2m, 2m + 1 of the piece.
+__device__ __forceinline__ void piece_fragments(const Piece& p, int half, unsigned a[2][4])
+{
+    #pragma unroll
+    for (int m = 0; m < 2; m++)
+    {
+        float v[2][4];
+        #pragma unroll
+        for (int i = 0; i < 2; i++)
+            #pragma unroll
+            for (int c = 0; c < 4; c++) v[i][c] = p.scale[2 * m + i][half] * p.q[2 * m + i][4 * half + c] + p.offset[2 * m + i][half];
+        a[m][0] = pack_bf16x2(v[0][0], v[0][1]);
+        a[m][1] = pack_bf16x2(v[1][0], v[1][1]);
+        a[m][2] = pack_bf16x2(v[0][2], v[0][3]);
+        a[m][3] = pack_bf16x2(v[1][2], v[1][3]);
+    }
+}
+
+template <int F>
+__device__ __forceinline__ void quantised_mma(const byte_t* w, const operand_t* x, float* y, int groups, int cols, int tokens, int accumulate,
+    int y_stride, int subs_per_split, float* partials, int* counters)
+{
+    typedef Format<F> Fm;
+    constexpr int SUBS_PER_SUPER = Fm::VALUES / 32, PIECES = F == 1 ? 2 : 1, IN_FLIGHT = F == 0 || F == 2 ? 4 : 2;
+    __shared__ float sums[QMMA_WARPS][QMMA_TOKENS][QMMA_ROWS];
+    __shared__ bool last_block;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    int first_token = blockIdx.z * QMMA_TOKENS, tile_tokens = min(QMMA_TOKENS, tokens - first_token), tiles_n = (tile_tokens + 7) / 8;
+    int subs = cols / 32, begin = blockIdx.y * subs_per_split, end = min(subs, begin + subs_per_split);
+    int group = blockIdx.x * (QMMA_ROWS / 8) + (g >> 1), h = g & 1;
+    bool present = group < groups;
+    const byte_t* base = w + (long)group * (cols / Fm::VALUES) * Fm::BYTES;
+    const operand_t* x_row[QMMA_TOKENS / 8];
+    #pragma unroll
+    for (int n = 0; n < QMMA_TOKENS / 8; n++) x_row[n] = x + (long)(first_token + min(8 * n + g, tile_tokens - 1)) * cols + 4 * q;
+    float acc[2][QMMA_TOKENS / 8][4];
+    #pragma unroll
+    for (int m = 0; m < 2; m++)
+        #pragma unroll
+        for (int n = 0; n < QMMA_TOKENS / 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+    LAUNCH_DEPENDENTS();
+    WAIT_FOR_PREVIOUS();
+    for (int first = begin + warp; first < end; first += QMMA_WARPS * IN_FLIGHT)
+    {
+        RawPiece raw[IN_FLIGHT][PIECES];
+        #pragma unroll
+        for (int b = 0; b < IN_FLIGHT; b++)
+        {
+            int sub = first + QMMA_WARPS * b;
+            if (present && sub < end)
+                #pragma unroll
+                for (int i = 0; i < PIECES; i++) raw[b][i] = load_piece<F>(base + (long)(sub / SUBS_PER_SUPER) * Fm::BYTES, sub % SUBS_PER_SUPER, q + 4 * i, h);
+        }
+        #pragma unroll
+        for (int b = 0; b < IN_FLIGHT; b++)
+        {
+            int sub = first + QMMA_WARPS * b;
+            if (sub >= end) break;
+            // The activations first: their loads are in flight while the piece is decoded.
+            uint2 bv[QMMA_TOKENS / 8][2];
+            #pragma unroll
+            for (int n = 0; n < QMMA_TOKENS / 8; n++)
+                #pragma unroll
+                for (int half = 0; half < 2; half++)
+                    bv[n][half] = n < tiles_n && 8 * n + g < tile_tokens ? __ldg((const uint2*)(x_row[n] + 32 * sub + 16 * half)) : make_uint2(0, 0);
+            unsigned a[2][2][4];   // [half][m]
+            if (present)
+            {
+                Piece p;
+                decode_piece<F>(raw[b][0], q, p);
+                piece_fragments(p, 0, a[0]);
+                if (F == 1)
+                {
+                    decode_piece<F>(raw[b][PIECES - 1], q + 4, p);
+                    piece_fragments(p, 0, a[1]);
+                }
+                else piece_fragments(p, 1, a[1]);
+            }
+            else
+                #pragma unroll
+                for (int i = 0; i < 16; i++) (&a[0][0][0])[i] = 0u;
+            #pragma unroll
+            for (int n = 0; n < QMMA_TOKENS / 8; n++)
+            {
+                if (n >= tiles_n) break;
+                #pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    mma_bf16_16816(acc[0][n], a[half][0], bv[n][half].x, bv[n][half].y);
+                    mma_bf16_16816(acc[1][n], a[half][1], bv[n][half].x, bv[n][half].y);
+                }
+            }
+        }
+    }
+
+    // acc[m][n][e]: row 4g + 2m + (e >> 1) of the unit, token 8n + 2q + (e & 1) of the tile; the warps summed in order.
+    #pragma unroll
+    for (int m = 0; m < 2; m++)
+        #pragma unroll
+        for (int n = 0; n < QMMA_TOKENS / 8; n++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) sums[warp][8 * n + 2 * q + (e & 1)][4 * g + 2 * m + (e >> 1)] = acc[m][n][e];
+    __syncthreads();
+    int first_row = blockIdx.x * QMMA_ROWS, rows = 8 * groups;
+    int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    float* own = partials + ((long)tile * gridDim.y + blockIdx.y) * (QMMA_TOKENS * QMMA_ROWS);
+    for (int i = threadIdx.x; i < tile_tokens * QMMA_ROWS; i += blockDim.x)
+    {
+        int t = i / QMMA_ROWS, r = i % QMMA_ROWS;
+        float sum = 0.0f;
+        #pragma unroll
+        for (int v = 0; v < QMMA_WARPS; v++) sum += sums[v][t][r];
+        if (gridDim.y > 1) own[i] = sum;
+        else if (first_row + r < rows)
+        {
+            long at = (long)(first_token + t) * y_stride + first_row + r;
+            y[at] = accumulate ? y[at] + sum : sum;
+        }
+    }
+    if (gridDim.y == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_block = atomicAdd(&counters[tile], 1) == (int)gridDim.y - 1;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    const float* all = partials + (long)tile * gridDim.y * (QMMA_TOKENS * QMMA_ROWS);
+    for (int i = threadIdx.x; i < tile_tokens * QMMA_ROWS; i += blockDim.x)
+    {
+        int t = i / QMMA_ROWS, r = i % QMMA_ROWS;
+        if (first_row + r >= rows) continue;
+        float sum = 0.0f;
+        for (int s = 0; s < (int)gridDim.y; s++) sum += __ldcg(&all[(long)s * (QMMA_TOKENS * QMMA_ROWS) + i]);
+        long at = (long)(first_token + t) * y_stride + first_row + r;
+        y[at] = accumulate ? y[at] + sum : sum;
+    }
+    if (threadIdx.x == 0) counters[tile] = 0;
+}
+#define QUANTISED_GEMM(NAME, F) \
+extern "C" __global__ void __launch_bounds__(256) gemm_##NAME(const byte_t* w, const operand_t* x, float* y, int groups, int cols, int tokens, \
+    int accumulate, int y_stride, int subs_per_split, float* partials, int* counters) \
+{ quantised_mma<F>(w, x, y, groups, cols, tokens, accumulate, y_stride, subs_per_split, partials, counters); }
+#else
+#define QUANTISED_GEMM(NAME, F)
+#endif
+
 // x[token] = row ids[token] of the quantised table (f32), or row −1 − id of soft for a negative id (a soft token); one
 // block per token, a thread per piece of the row's half of its group (the other half's rows are decoded and dropped).
 template <int F>
@@ -311,7 +486,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv1_##NAME(const byte_t* w, 
 extern "C" __global__ void rows_##NAME(const byte_t* w, int cols, int first_group, int groups, operand_t* out) \
 { quantised_rows<F>(w, cols, first_group, groups, out); } \
 extern "C" __global__ void embed_##NAME(const byte_t* table, int cols, const int* ids, const float* soft, float* x) \
-{ quantised_embed<F>(table, cols, ids, soft, x); }
+{ quantised_embed<F>(table, cols, ids, soft, x); } \
+QUANTISED_GEMM(NAME, F)
 
 QUANTISED_KERNELS(q4_0x8, 0)
 QUANTISED_KERNELS(q8_0x8, 1)

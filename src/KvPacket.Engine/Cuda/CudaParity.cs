@@ -169,6 +169,39 @@ public static class CudaParity
     }
 
 
+    /// <summary>
+    /// A quantised model's prompts of <paramref name="lengths"/> tokens prefilled with the tensor-core products over quantised
+    /// tiles and again through cuBLAS on dequantised slices (the same bf16 roundings, summed in another order): the largest
+    /// relative difference of the last token's logits.
+    /// </summary>
+    public static double QuantisedTensorCoreAgreement(Checkpoint model, CudaDevice device, DType kv, params int[] lengths)
+    {
+        int vocab = model.Config.VocabSize, longest = lengths.Max();
+        using var gpu = new CudaTransformer(model, device, DType.BF16, kv, maxTokens: longest, kvTokens: longest + 16);
+        var random = new SeededRandom(31);
+        int[] prompt = [model.Config.BosTokenId ?? 1, .. random.NextTokens(longest - 1, 0, vocab)];
+        var tensorCores = new float[vocab];
+        var dequantised = new float[vocab];
+        double worst = 0;
+        foreach (int length in lengths)
+        {
+            gpu.QuantisedTensorCoreTokens = length;
+            gpu.Reset();
+            gpu.Prefill(prompt.AsSpan(0, length), tensorCores);
+            gpu.QuantisedTensorCoreTokens = 0;
+            gpu.Reset();
+            gpu.Prefill(prompt.AsSpan(0, length), dequantised);
+            double difference = 0, norm = 0;
+            for (int i = 0; i < vocab; i++)
+            {
+                double d = (double)tensorCores[i] - dequantised[i];
+                difference += d * d;
+                norm += (double)dequantised[i] * dequantised[i];
+            }
+            worst = Math.Max(worst, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+        }
+        return worst;
+    }
 
     private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;
 }

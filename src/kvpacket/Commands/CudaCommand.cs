@@ -78,6 +78,14 @@ internal static class CudaCommand
                 bool manyOk = (exact ? manyAbs : manyRelative) <= limit;
                 ok &= manyOk;
                 Console.WriteLine($"  batched (20 sequences) vs alone: max |Δlogit| {manyAbs:E2}, max relative {manyRelative:E2} → {(manyOk ? "PASS" : "FAIL")} (limit {limit:E0})");
+                if (reference is not null && type == DType.BF16)
+                {
+                    // 9 to 200 tokens: one token tile and several, partial tiles and column splits.
+                    double tensorCores = CudaParity.QuantisedTensorCoreAgreement(checkpoint, device, parse.GetValue(kv), 9, 40, 64, 65, 200);
+                    bool tensorOk = tensorCores <= limit;
+                    ok &= tensorOk;
+                    Console.WriteLine($"  quantised products on the tensor cores vs through cuBLAS on dequantised slices (prompts of 9–200 tokens): max relative {tensorCores:E2} → {(tensorOk ? "PASS" : "FAIL")} (limit {limit:E0})");
+                }
                 // The RAG modes through RagEngine on both backends: packets built on each, placed as shared realigned blocks.
                 using var ragBackend = new CudaTransformer(checkpoint, device, type, parse.GetValue(kv), maxTokens: 128, kvTokens: 4096, maxSequences: 16);
                 foreach (var rag in RagModeParity.Measure(reference ?? checkpoint, ragBackend, parse.GetValue(kv)))
@@ -290,8 +298,32 @@ internal static class CudaCommand
                             figures[$"decode_step_ms_quantised_warps_{warps}"] = Statistics.Median(device.Time(() => gpu.Step([sequences[0]], [1], [7]), repeat / 2));
                         }
                         gpu.QuantisedWarps = defaultWarps;
+                        // Steps of more than 8 tokens: the tensor cores over decoded tiles against cuBLAS on dequantised slices, in turn.
+                        int defaultTokens = gpu.QuantisedTensorCoreTokens;
+                        foreach (var (label, limit) in new[] { ("tensor_cores", int.MaxValue), ("dequantised_cublas", 0) })
+                        {
+                            gpu.QuantisedTensorCoreTokens = limit;
+                            figures[$"decode_batch{batch}_step_ms_{label}"] = Statistics.Median(device.Time(() => gpu.Step(sequences, ones, next), repeat / 2));
+                        }
+                        gpu.QuantisedTensorCoreTokens = defaultTokens;
                     }
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
+                    if (parse.GetValue(weights).IsBlockQuantised())
+                    {
+                        // Prefill lengths where the tensor-core products might give way to cuBLAS on dequantised slices, in turn.
+                        int defaultTokens = gpu.QuantisedTensorCoreTokens;
+                        foreach (int length in new[] { 64, 128, 256, 512, 1024 })
+                        {
+                            if (length > promptLength) break;
+                            int[] part = prompt[..length];
+                            foreach (var (label, limit) in new[] { ("tensor_cores", int.MaxValue), ("dequantised_cublas", 0) })
+                            {
+                                gpu.QuantisedTensorCoreTokens = limit;
+                                figures[$"prefill_{length}_tokens_per_s_{label}"] = length / (Statistics.Median(device.Time(() => { gpu.Reset(); gpu.Prefill(part); }, Math.Max(3, repeat / 5))) / 1e3);
+                            }
+                        }
+                        gpu.QuantisedTensorCoreTokens = defaultTokens;
+                    }
                 }
                 var result = new BenchResult("cuda", name, parse.GetValue(weights).ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
                 result.Print();
