@@ -215,7 +215,7 @@ internal static class CudaCommand
                     string tag = specialised ? "card" : "generic";
                     int batch = parse.GetValue(batchSize);
                     int decodeRoom = decodeContext + 24 * repeat + 64;   // the context, and the tokens the timed steps append to it
-                    using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(promptLength, 4096),
+                    using var gpu = new CudaTransformer(checkpoint, device, type, DType.F16, maxTokens: Math.Min(Math.Max(promptLength, decodeContext), 4096),
                         kvTokens: Math.Max(promptLength + 64, (batch + 1) * decodeRoom), specialised, maxSequences: Math.Max(batch, 1), maxContext: Math.Max(promptLength, decodeRoom) + 64);
                     if (specialised) figures["nvrtc_compile_s"] = gpu.CompileSeconds;
                     var random = new Core.Numerics.SeededRandom(5);
