@@ -102,4 +102,24 @@ public class CudaTests
             Assert.Equal(0, result.UnwrittenLogits);
         }
     }
+
+    /// <summary>
+    /// With bf16 operands, steps of 9–128 tokens multiply the blocks on the tensor cores: prompts of one token tile and
+    /// several (partial tiles, column splits) give the logits of the cuBLAS path over dequantised slices — the same bf16
+    /// roundings summed in another order — within 2e-2 relative (measured 6.2–7.2e-3 on llama-50m's shape,
+    /// <c>benchmarks/results/cuda-quantised-tensor-cores-check-h200.txt</c>).
+    /// </summary>
+    [CudaFact]
+    public void Quantised_products_on_the_tensor_cores_match_the_dequantised_cublas_path_within_2e2_relative()
+    {
+        using var temp = Fixtures.TempDirectory();
+        using var original = ReferenceModels.BlockWideModel(temp.Path);
+        using var device = CudaDevice.Open();
+        foreach (var type in new[] { DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K })
+        {
+            using var quantised = ReferenceModels.WriteGguf(original, temp.Path, type);
+            double relative = CudaParity.QuantisedTensorCoreAgreement(quantised, device, DType.F16, 9, 40, 65, 128);
+            Assert.True(relative <= 2e-2, $"{type}: {relative}");
+        }
+    }
 }
