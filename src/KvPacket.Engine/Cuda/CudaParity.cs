@@ -168,7 +168,6 @@ public static class CudaParity
         return -1;
     }
 
-
     /// <summary>
     /// A quantised model's prompts of <paramref name="lengths"/> tokens prefilled with the tensor-core products over quantised
     /// tiles and again through cuBLAS on dequantised slices (the same bf16 roundings, summed in another order): the largest

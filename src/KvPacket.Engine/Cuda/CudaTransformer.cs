@@ -14,9 +14,9 @@ namespace KvPacket.Engine.Cuda;
 /// projections through cuBLAS (f32, or bf16 operands with f32 accumulation), everything else through the kernels of
 /// <c>kernels.cu</c> compiled by NVRTC with the model card's constants (or the generic ones). Block-quantised matrices
 /// (a GGUF's q4_0, q8_0, q4_K, q5_K and q6_K, in the layout the reader gives them) stay as stored: <c>quantised.cu</c>'s
-/// products read the blocks for steps of a few tokens, steps of up to a few hundred (bf16 operands) on the tensor cores
-/// from the decoded blocks, and longer steps multiply through cuBLAS a slice at a time dequantised into a
-/// scratch buffer. A step that chooses its tokens (<see cref="StepDraw"/>) returns only their ids to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
+/// products read the blocks for steps of a few tokens, multiply them on the tensor cores for steps of up to
+/// <see cref="QuantisedTensorCoreTokens"/> (bf16 operands), and longer steps multiply through cuBLAS a slice at a time
+/// dequantised into a scratch buffer. A step that chooses its tokens (<see cref="StepDraw"/>) returns only their ids to the host. Sequences by handle (<see cref="IForwardBackend"/>: packets built here and placed as
 /// shared, query-realigned blocks, soft tokens), and a default one grown by <see cref="Prefill(ReadOnlySpan{int}, Span{float})"/>
 /// and <see cref="DecodeGreedy"/> for the benchmarks.
 /// </summary>
@@ -81,7 +81,6 @@ public sealed unsafe class CudaTransformer : IForwardBackend
     private const int QuantisedPartialFloats = 4 << 20, QuantisedCounters = 4096;
     /// <summary>The sums of the tensor-core products' column splits, and a zero per tile to count them.</summary>
     private readonly DeviceBuffer? _quantisedPartials, _quantisedCounters;
-
 
     /// <summary>
     /// One layer's weights, with q/k/v fused into one [q + 2·kv, hidden] product and gate/up into one [2·ffn, hidden]. A
@@ -989,7 +988,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 int units = (groups * 8 + QuantisedTileRows - 1) / QuantisedTileRows, tokenTiles = (tokens + QuantisedTileTokens - 1) / QuantisedTileTokens;
                 int subs = columns / 32, tiles = units * tokenTiles, splits = 1;
                 // Few tiles (few, long rows): split the columns, a sub-block a warp at least, until 16 warps an SM are in flight
-                // (measured on the H200: 8,192 in flight 2.50 ms a batch-32 step, 2,048 2.08 ms — the splits' sums cost more).
+                // (on the H200 a batch-32 step took 2.50 ms with 8,192 warps in flight, 2.08 with 2,048: more splits, more sums).
                 int target = 16 * _device.Multiprocessors;
                 if (tiles * QuantisedTileWarps < target && tiles <= QuantisedCounters)
                     splits = Math.Clamp(target / (tiles * QuantisedTileWarps), 1, Math.Max(1, Math.Min(subs / QuantisedTileWarps,

@@ -298,7 +298,7 @@ internal static class CudaCommand
                             figures[$"decode_step_ms_quantised_warps_{warps}"] = Statistics.Median(device.Time(() => gpu.Step([sequences[0]], [1], [7]), repeat / 2));
                         }
                         gpu.QuantisedWarps = defaultWarps;
-                        // Steps of more than 8 tokens: the tensor cores over decoded tiles against cuBLAS on dequantised slices, in turn.
+                        // Steps of more than 8 tokens: the tensor cores from the decoded blocks against cuBLAS on dequantised slices, in turn.
                         int defaultTokens = gpu.QuantisedTensorCoreTokens;
                         foreach (var (label, limit) in new[] { ("tensor_cores", int.MaxValue), ("dequantised_cublas", 0) })
                         {
