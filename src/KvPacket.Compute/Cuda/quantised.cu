@@ -278,7 +278,7 @@ __device__ __forceinline__ void quantised_rows(const byte_t* w, int cols, int fi
 // sub-block (q8_0: a second piece, chunk q + 4, is the second half). Its B fragment is then 8 contiguous bytes of one
 // token's activations. A warp takes every 8th sub-block of its block's column split, IN_FLIGHT sub-blocks' loads issued
 // before any is decoded, and a sub-block's activations asked for before its piece is decoded (waiting on them just before
-// each mma.sync held the first version to a third of this one's speed); the 8 warps' sums meet in shared memory in a fixed order, and with several splits
+// each mma.sync: 2.4 ms a batch-32 Llama-3.2-1B Q4_K step on the H200, 1.7 this way); the 8 warps' sums meet in shared memory in a fixed order, and with several splits
 // (units with long rows) the block writes them to `partials` ([tile][split][QMMA_TOKENS][QMMA_ROWS]) and the last block
 // of a tile to finish adds the splits in order: deterministic, one launch. Weights are rounded to bf16 as the
 // dequantised cuBLAS path rounds them. grid (units, splits, token tiles), block 256 threads; counters: a zero per tile.
