@@ -270,18 +270,19 @@ __device__ __forceinline__ void quantised_rows(const byte_t* w, int cols, int fi
 }
 
 #ifdef OPERAND_BF16
-// Steps of more tokens than QGEMV_TOKENS, with bf16 operands: the tensor cores multiply the decoded levels straight from
-// registers. A piece decoded by lane (g, q) of a warp is, with the columns of each 16-column half permuted (a dot
+// Steps of more tokens than QGEMV_TOKENS, with bf16 operands: the tensor cores multiply the decoded levels straight
+// from registers. A piece decoded by lane (g, q) of a warp is, with the columns of each 16-column half permuted (a dot
 // product does not care in which order its columns are summed, so the activations are read in the same order), that
 // lane's share of four mma.sync m16n8k16 A fragments: rows 4g + 2m and 4g + 2m + 1 of a unit of 32 rows (4 groups; the
 // lane's piece is group g / 2, rows 4·(g % 2)..+3, chunk q) for m = 0, 1, by columns 4q..4q+3 of each half of a
 // sub-block (q8_0: a second piece, chunk q + 4, is the second half). Its B fragment is then 8 contiguous bytes of one
 // token's activations. A warp takes every 8th sub-block of its block's column split, IN_FLIGHT sub-blocks' loads issued
-// before any is decoded, and a sub-block's activations asked for before its piece is decoded (waiting on them just before
-// each mma.sync: 2.4 ms a batch-32 Llama-3.2-1B Q4_K step on the H200, 1.7 this way); the 8 warps' sums meet in shared memory in a fixed order, and with several splits
-// (units with long rows) the block writes them to `partials` ([tile][split][QMMA_TOKENS][QMMA_ROWS]) and the last block
-// of a tile to finish adds the splits in order: deterministic, one launch. Weights are rounded to bf16 as the
-// dequantised cuBLAS path rounds them. grid (units, splits, token tiles), block 256 threads; counters: a zero per tile.
+// before any is decoded, and a sub-block's activations asked for before its piece is decoded (waiting on them just
+// before each mma.sync: 2.4 ms a batch-32 Llama-3.2-1B Q4_K step on the H200, 1.7 this way); the 8 warps' sums meet in
+// shared memory in a fixed order, and with several splits (units with long rows) the block writes them to `partials`
+// ([tile][split][QMMA_TOKENS][QMMA_ROWS]) and the last block of a tile to finish adds the splits in order:
+// deterministic, one launch. Weights are rounded to bf16 as the dequantised cuBLAS path rounds them. grid (units,
+// splits, token tiles), block 256 threads; counters: a zero per tile.
 #define QMMA_ROWS 32
 #define QMMA_TOKENS 32
 #define QMMA_WARPS 8
