@@ -81,7 +81,7 @@ quantised)
     unpack "$out"
     status=0
     types="${*:3}"
-    # With bf16 operands, steps of 9–256 tokens take the tensor-core products: checked against cuBLAS on dequantised slices.
+    # With bf16 operands, steps of 9–128 tokens take the tensor-core products: checked against cuBLAS on dequantised slices.
     for t in ${types:-Q8_0 Q4_0 Q4_K Q5_K Q6_K}; do
         "$k" cuda check --shape llama-50m --weights $t --operands F32 --kv-type F32 -n 32 --prompt-tokens 40 | tee -a "$out/check.txt" || status=1
         "$k" cuda check --shape llama-50m --weights $t --operands BF16 --kv-type F16 -n 32 --prompt-tokens 40 | tee -a "$out/check.txt" || status=1
