@@ -58,15 +58,9 @@ public static class CudaParity
         {
             device.Download<float>(GpuLogits(gpu), actual);
             unwritten += actual.Count(float.IsNaN);
-            double norm = 0, difference = 0;
-            for (int i = 0; i < vocab; i++)
-            {
-                double d = Math.Abs((double)actual[i] - expected[i]);
-                maxAbs = Math.Max(maxAbs, d);
-                difference += d * d;
-                norm += (double)expected[i] * expected[i];
-            }
-            maxRelative = Math.Max(maxRelative, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+            var (abs, relative) = Compare(actual, expected);
+            maxAbs = Math.Max(maxAbs, abs);
+            maxRelative = Math.Max(maxRelative, relative);
             if (step == steps) break;
             int cpuToken = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(expected);
             gpu.NextToken(gpuToken);
@@ -133,15 +127,9 @@ public static class CudaParity
             device.Download<float>(gpu.LogitsBuffer, batch);
             for (int s = 0; s < count; s++)
             {
-                double difference = 0, norm = 0;
-                for (int v = 0; v < vocab; v++)
-                {
-                    double d = Math.Abs((double)batch[s * vocab + v] - alone[s][i * vocab + v]);
-                    worst = Math.Max(worst, d);
-                    difference += d * d;
-                    norm += (double)alone[s][i * vocab + v] * alone[s][i * vocab + v];
-                }
-                worstRelative = Math.Max(worstRelative, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+                var (abs, relative) = Compare(batch.AsSpan(s * vocab, vocab), alone[s].AsSpan(i * vocab, vocab));
+                worst = Math.Max(worst, abs);
+                worstRelative = Math.Max(worstRelative, relative);
             }
             int step = i;
             gpu.Step(ids, ones, [.. Enumerable.Range(0, count).Select(s => tokens[s][step])]);
@@ -190,16 +178,23 @@ public static class CudaParity
             gpu.QuantisedTensorCoreTokens = 0;
             gpu.Reset();
             gpu.Prefill(prompt.AsSpan(0, length), dequantised);
-            double difference = 0, norm = 0;
-            for (int i = 0; i < vocab; i++)
-            {
-                double d = (double)tensorCores[i] - dequantised[i];
-                difference += d * d;
-                norm += (double)dequantised[i] * dequantised[i];
-            }
-            worst = Math.Max(worst, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
+            worst = Math.Max(worst, Compare(tensorCores, dequantised).Relative);
         }
         return worst;
+    }
+
+    /// <summary>Largest |actual − expected| of one row of logits, and ‖actual − expected‖ / ‖expected‖.</summary>
+    private static (double MaxAbs, double Relative) Compare(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+    {
+        double maxAbs = 0, difference = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double d = Math.Abs((double)actual[i] - expected[i]);
+            maxAbs = Math.Max(maxAbs, d);
+            difference += d * d;
+            norm += (double)expected[i] * expected[i];
+        }
+        return (maxAbs, Math.Sqrt(difference / Math.Max(norm, 1e-30)));
     }
 
     private static DeviceBuffer GpuLogits(CudaTransformer gpu) => gpu.LogitsBuffer;

@@ -319,8 +319,8 @@ public sealed class IlgpuTransformer : IForwardBackend
         {
             staging.SubView((long)next++ * slot, slot).AsContiguous().CopyFromCPU(Int8KvBlock.Stage(host.BlockBytes(from), layout, to));
         });
-        _decodeInt8Block(new Index2D((int)(layout.BlockBytes / 4), count), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout),
-            Int8KvBlock.SegmentLength(layout), (int)(layout.BlockBytes / 4));
+        int blockFloats = (int)(layout.BlockBytes / layout.ElementBytes);
+        _decodeInt8Block(new Index2D(blockFloats, count), staging, _blocks.Memory.View, slot, Int8KvBlock.SegmentCount(layout), Int8KvBlock.SegmentLength(layout), blockFloats);
         return imported;
     }
 

@@ -299,30 +299,20 @@ internal static class CudaCommand
                         }
                         gpu.QuantisedWarps = defaultWarps;
                         // Steps of more than 8 tokens: the tensor cores from the decoded blocks against cuBLAS on dequantised slices, in turn.
-                        int defaultTokens = gpu.QuantisedTensorCoreTokens;
-                        foreach (var (label, limit) in new[] { ("tensor_cores", int.MaxValue), ("dequantised_cublas", 0) })
-                        {
-                            gpu.QuantisedTensorCoreTokens = limit;
-                            figures[$"decode_batch{batch}_step_ms_{label}"] = Statistics.Median(device.Time(() => gpu.Step(sequences, ones, next), repeat / 2));
-                        }
-                        gpu.QuantisedTensorCoreTokens = defaultTokens;
+                        foreach (var (label, ms) in EachQuantisedPath(gpu, () => Statistics.Median(device.Time(() => gpu.Step(sequences, ones, next), repeat / 2))))
+                            figures[$"decode_batch{batch}_step_ms_{label}"] = ms;
                     }
                     foreach (int s in sequences) gpu.ReleaseSequence(s);
                     if (parse.GetValue(weights).IsBlockQuantised())
                     {
                         // Prefill lengths where the tensor-core products might give way to cuBLAS on dequantised slices, in turn.
-                        int defaultTokens = gpu.QuantisedTensorCoreTokens;
                         foreach (int length in new[] { 64, 128, 256, 512, 1024 })
                         {
                             if (length > promptLength) break;
                             int[] part = prompt[..length];
-                            foreach (var (label, limit) in new[] { ("tensor_cores", int.MaxValue), ("dequantised_cublas", 0) })
-                            {
-                                gpu.QuantisedTensorCoreTokens = limit;
-                                figures[$"prefill_{length}_tokens_per_s_{label}"] = length / (Statistics.Median(device.Time(() => { gpu.Reset(); gpu.Prefill(part); }, Math.Max(3, repeat / 5))) / 1e3);
-                            }
+                            foreach (var (label, ms) in EachQuantisedPath(gpu, () => Statistics.Median(device.Time(() => { gpu.Reset(); gpu.Prefill(part); }, Math.Max(3, repeat / 5)))))
+                                figures[$"prefill_{length}_tokens_per_s_{label}"] = length / (ms / 1e3);
                         }
-                        gpu.QuantisedTensorCoreTokens = defaultTokens;
                     }
                 }
                 var result = new BenchResult("cuda", name, parse.GetValue(weights).ToString(), "F16", 1, figures, $"{device.Name} sm_{device.Architecture}", DateTimeOffset.UtcNow);
@@ -331,6 +321,23 @@ internal static class CudaCommand
                 return 0;
             }));
         return command;
+    }
+
+    /// <summary>
+    /// <paramref name="measure"/> with steps of more than 8 tokens on the tensor cores ("tensor_cores"), then through cuBLAS on
+    /// dequantised slices ("dequantised_cublas"); the model's own choice restored after.
+    /// </summary>
+    private static (string Label, double Value)[] EachQuantisedPath(CudaTransformer gpu, Func<double> measure)
+    {
+        int chosen = gpu.QuantisedTensorCoreTokens;
+        try
+        {
+            gpu.QuantisedTensorCoreTokens = int.MaxValue;
+            double tensorCores = measure();
+            gpu.QuantisedTensorCoreTokens = 0;
+            return [("tensor_cores", tensorCores), ("dequantised_cublas", measure())];
+        }
+        finally { gpu.QuantisedTensorCoreTokens = chosen; }
     }
 
     private const string WeightsDescription = "Weights on the GPU: F32 or BF16, or a block type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) a synthesised model is quantised to; " +
