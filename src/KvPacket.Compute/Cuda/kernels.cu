@@ -529,22 +529,22 @@ extern "C" __global__ void gemv(const operand_t* w, const operand_t* x, float* y
 // of 2–4 KB), the loop unrolled at compile time so up to GEMV_BATCH 16-byte weight loads per lane are in flight,
 // weights read around L1 (they are used once); the slices' sums meet in shared memory in a fixed order. Measured on
 // the H100 (benchmarks/gpu/gemv_bench.cu): 0.9–0.99 of the copy bandwidth for the gate/up and down matrices of
-// Llama-3.2-1B. (Asking L2 for the weights before waiting for the input was slower, in the step too: NOTES.md.)
+// Llama-3.2-1B. The first batch of weights is loaded before waiting for the previous kernel: blocks that start while it
+// finishes have their weights in flight, so the boundary between two products costs no memory round trip.
+// (Asking L2 for the weights instead, before the wait, was slower: NOTES.md.)
 // Block 128 threads, 4 / GEMV_SPLIT(COLS) rows per block; the slice must be a whole number of 16-byte chunks (the
 // runtime checks COLS · sizeof(operand_t) % 16).
 #define GEMV_BATCH 16   // 16-byte loads in flight per lane (fewer when the slice is shorter)
 #define GEMV_SPLIT(cols) ((cols) * (int)sizeof(operand_t) >= 16384 && (cols) % (4 * GEMV_LANE_ELEMENTS) == 0 ? 4 : \
                           (cols) * (int)sizeof(operand_t) >= 4096 && (cols) % (2 * GEMV_LANE_ELEMENTS) == 0 ? 2 : 1)
-// This lane's part of Σ_c W[row][c]·x[c] for a row of COLS operands (16-byte chunks, lane-interleaved).
+// A lane's share of a row slice of COLS operands: 16-byte chunks lane, lane + 32, …, taken BATCH at a time.
 template <int COLS>
-__device__ __forceinline__ float row_dot(const uint4* weights, const uint4* input, int lane)
+struct RowSlice
 {
-    constexpr int CHUNKS = COLS / GEMV_LANE_ELEMENTS, PER_LANE = (CHUNKS + 31) / 32, BATCH = PER_LANE < GEMV_BATCH ? PER_LANE : GEMV_BATCH;
-    float acc = 0;
-    #pragma unroll
-    for (int first = 0; first < PER_LANE; first += BATCH)
+    static constexpr int CHUNKS = COLS / GEMV_LANE_ELEMENTS, PER_LANE = (CHUNKS + 31) / 32, BATCH = PER_LANE < GEMV_BATCH ? PER_LANE : GEMV_BATCH;
+    // Starts the loads of the batch beginning at this lane's chunk `first` into wv.
+    static __device__ __forceinline__ void load(const uint4* weights, int first, int lane, uint4* wv)
     {
-        uint4 wv[BATCH];
         #pragma unroll
         for (int i = 0; i < BATCH; i++)
         {
@@ -553,6 +553,10 @@ __device__ __forceinline__ float row_dot(const uint4* weights, const uint4* inpu
                 asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                     : "=r"(wv[i].x), "=r"(wv[i].y), "=r"(wv[i].z), "=r"(wv[i].w) : "l"(weights + chunk));
         }
+    }
+    // acc += the batch in wv (from chunk `first`) · the input's matching chunks.
+    static __device__ __forceinline__ void dot(const uint4* wv, const uint4* input, int first, int lane, float& acc)
+    {
         #pragma unroll
         for (int i = 0; i < BATCH; i++)
         {
@@ -567,22 +571,36 @@ __device__ __forceinline__ float row_dot(const uint4* weights, const uint4* inpu
             }
         }
     }
-    return acc;
-}
+};
 template <int COLS, int ROWS>   // ROWS 1: a plain product into y; 2: a gate/up pair into swiglu_out
 __device__ __forceinline__ void gemv_one_units(const operand_t* w, const operand_t* x, float* y, operand_t* swiglu_out, int units, int accumulate)
 {
     constexpr int SPLIT = GEMV_SPLIT(COLS), SLICE = COLS / SPLIT;
+    typedef RowSlice<SLICE> Slice;
     __shared__ float partial[4][ROWS];
     LAUNCH_DEPENDENTS();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int unit = blockIdx.x * (4 / SPLIT) + warp / SPLIT, part = warp % SPLIT;
     const operand_t* slice = w + (long)unit * ROWS * COLS + part * SLICE;
+    uint4 wv[ROWS][Slice::BATCH];
+    if (unit < units)
+        for (int r = 0; r < ROWS; r++) Slice::load((const uint4*)(slice + (long)r * COLS), 0, lane, wv[r]);
     WAIT_FOR_PREVIOUS();
+    const uint4* input = (const uint4*)(x + part * SLICE);
     float dot[ROWS];
     for (int r = 0; r < ROWS; r++)
     {
-        dot[r] = unit < units ? row_dot<SLICE>((const uint4*)(slice + (long)r * COLS), (const uint4*)(x + part * SLICE), lane) : 0.0f;
+        dot[r] = 0;
+        if (unit < units)
+        {
+            Slice::dot(wv[r], input, 0, lane, dot[r]);
+            #pragma unroll
+            for (int first = Slice::BATCH; first < Slice::PER_LANE; first += Slice::BATCH)
+            {
+                Slice::load((const uint4*)(slice + (long)r * COLS), first, lane, wv[r]);
+                Slice::dot(wv[r], input, first, lane, dot[r]);
+            }
+        }
         for (int offset = 16; offset > 0; offset /= 2) dot[r] += __shfl_xor_sync(0xffffffff, dot[r], offset);
         if (lane == 0) partial[warp][r] = dot[r];
     }
