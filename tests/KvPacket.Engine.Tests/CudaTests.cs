@@ -1,6 +1,7 @@
 using KvPacket.Compute.Cuda;
 using KvPacket.Core.Checkpoints;
 using KvPacket.Core.Memory;
+using KvPacket.Core.Model;
 using KvPacket.Engine.Cuda;
 using KvPacket.Engine.Rag;
 using Xunit;
@@ -87,21 +88,15 @@ public class CudaTests
     /// 5e-6 on llama-50m's shape, <c>benchmarks/results/cuda-quantised-check-h200.txt</c>), every greedy token alike.
     /// </summary>
     [CudaFact]
-    public void Block_quantised_matrices_on_the_gpu_match_their_f32_dequantisation_within_1e3()
-    {
-        using var temp = Fixtures.TempDirectory();
-        using var original = ReferenceModels.BlockWideModel(temp.Path);
-        using var device = CudaDevice.Open();
-        foreach (var type in new[] { DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K })
+    public void Block_quantised_matrices_on_the_gpu_match_their_f32_dequantisation_within_1e3() =>
+        InEachBlockFormat((type, quantised, device, directory) =>
         {
-            using var quantised = ReferenceModels.WriteGguf(original, temp.Path, type);
-            using var reference = CudaParity.DequantisedReference(quantised, Path.Combine(temp.Path, $"{type}-f32.gguf"));
+            using var reference = CudaParity.DequantisedReference(quantised, Path.Combine(directory, $"{type}-f32.gguf"));
             var result = CudaParity.Run(quantised, device, DType.F32, DType.F32, promptTokens: 40, steps: 16, specialised: false, reference);
             Assert.True(result.MaxAbsDifference <= 1e-3, $"{type}: {result.MaxAbsDifference}");
             Assert.Equal(-1, result.FirstDivergentStep);
             Assert.Equal(0, result.UnwrittenLogits);
-        }
-    }
+        });
 
     /// <summary>
     /// With bf16 operands, steps of 9–128 tokens multiply the blocks on the tensor cores: prompts of one token tile and
@@ -110,7 +105,18 @@ public class CudaTests
     /// <c>benchmarks/results/cuda-quantised-tensor-cores-check-h200.txt</c>).
     /// </summary>
     [CudaFact]
-    public void Quantised_products_on_the_tensor_cores_match_the_dequantised_cublas_path_within_2e2_relative()
+    public void Quantised_products_on_the_tensor_cores_match_the_dequantised_cublas_path_within_2e2_relative() =>
+        InEachBlockFormat((type, quantised, device, _) =>
+        {
+            double relative = CudaParity.QuantisedTensorCoreAgreement(quantised, device, DType.F16, 9, 40, 65, 128);
+            Assert.True(relative <= 2e-2, $"{type}: {relative}");
+        });
+
+    /// <summary>
+    /// <paramref name="check"/>(type, model, device, directory) for the 256-wide reference model written as a GGUF in each
+    /// block format, in a temporary directory, with the GPU open.
+    /// </summary>
+    private static void InEachBlockFormat(Action<DType, Checkpoint, CudaDevice, string> check)
     {
         using var temp = Fixtures.TempDirectory();
         using var original = ReferenceModels.BlockWideModel(temp.Path);
@@ -118,8 +124,7 @@ public class CudaTests
         foreach (var type in new[] { DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K })
         {
             using var quantised = ReferenceModels.WriteGguf(original, temp.Path, type);
-            double relative = CudaParity.QuantisedTensorCoreAgreement(quantised, device, DType.F16, 9, 40, 65, 128);
-            Assert.True(relative <= 2e-2, $"{type}: {relative}");
+            check(type, quantised, device, temp.Path);
         }
     }
 }

@@ -996,7 +996,7 @@ public sealed unsafe class CudaTransformer : IForwardBackend
                 int perSplit = (subs + splits - 1) / splits;
                 splits = (subs + perSplit - 1) / perSplit;
                 ulong partials = _quantisedPartials!.Pointer, counters = _quantisedCounters!.Pointer;
-                _module.Launch(kernels.Gemm, ((uint)units, (uint)splits, (uint)tokenTiles), 256, (nint)(&w), (nint)(&x), (nint)(&y), (nint)(&groups), (nint)(&columns),
+                _module.Launch(kernels.Gemm, ((uint)units, (uint)splits, (uint)tokenTiles), 32 * QuantisedTileWarps, (nint)(&w), (nint)(&x), (nint)(&y), (nint)(&groups), (nint)(&columns),
                     (nint)(&tokens), (nint)(&add), (nint)(&width), (nint)(&perSplit), (nint)(&partials), (nint)(&counters));
             }
             else
