@@ -8,7 +8,7 @@ namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
 /// Reads GGUF v3 checkpoints of the <c>llama</c> and <c>qwen2</c> architectures with f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K tensors,
-/// all kept as stored in the memory-mapped file (the kernels read the blocks as they are).
+/// all kept as stored in the file, loaded into memory (<see cref="FileBytes.Load"/>; the kernels read the blocks as they are).
 /// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation); qwen2 keeps
 /// them rotate-half.
 /// </summary>
@@ -17,7 +17,7 @@ public static class GgufReader
     /// <summary>Loads the checkpoint at <paramref name="path"/>.</summary>
     public static unsafe Checkpoint Read(string path)
     {
-        var file = new MappedFile(path);
+        var file = FileBytes.Load(path);
         var owners = new List<IDisposable> { file };
         try
         {
@@ -156,7 +156,7 @@ public static class GgufReader
     /// <summary>The metadata of the GGUF file at <paramref name="path"/> (arrays as object[]), without its tensors.</summary>
     public static IReadOnlyDictionary<string, object> ReadMetadata(string path)
     {
-        using var file = new MappedFile(path);
+        using var file = FileBytes.Map(path);
         return ReadHeader(path, new Cursor(path, file)).Metadata;
     }
 
@@ -176,8 +176,8 @@ public static class GgufReader
         return (metadata, tensorCount);
     }
 
-    /// <summary>Bounds-checked little-endian reads over the mapped file; running off the end names the field.</summary>
-    private sealed class Cursor(string path, MappedFile file)
+    /// <summary>Bounds-checked little-endian reads over the file's bytes; running off the end names the field.</summary>
+    private sealed class Cursor(string path, FileBytes file)
     {
         public long Position { get; private set; }
 

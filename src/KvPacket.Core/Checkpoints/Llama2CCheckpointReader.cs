@@ -7,7 +7,7 @@ namespace KvPacket.Core.Checkpoints;
 /// <summary>
 /// Reads llama2.c <c>.bin</c> checkpoints: a header of 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 /// vocab_size, seq_len; a negative vocab_size means an unshared classifier follows) and then f32 tensors,
-/// layer-stacked, in a fixed order. RoPE pairs are interleaved. The file is mapped, not copied.
+/// layer-stacked, in a fixed order. RoPE pairs are interleaved. The weights are used in the file's image in memory (<see cref="FileBytes.Load"/>), not converted.
 /// </summary>
 public static class Llama2CCheckpointReader
 {
@@ -16,7 +16,7 @@ public static class Llama2CCheckpointReader
     /// <summary>Loads the checkpoint at <paramref name="path"/>.</summary>
     public static unsafe Checkpoint Read(string path)
     {
-        var file = new MappedFile(path);
+        var file = FileBytes.Load(path);
         try
         {
             if (file.Length < HeaderBytes)

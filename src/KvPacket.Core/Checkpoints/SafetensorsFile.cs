@@ -6,14 +6,14 @@ using KvPacket.Core.Model;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// One memory-mapped <c>.safetensors</c> file: an 8-byte little-endian header length, a JSON header
+/// One <c>.safetensors</c> file loaded into memory (<see cref="FileBytes.Load"/>): an 8-byte little-endian header length, a JSON header
 /// (name → dtype, shape, data_offsets relative to the data section), then the tensor bytes.
 /// </summary>
 public sealed unsafe class SafetensorsFile : IDisposable
 {
-    private readonly MappedFile _file;
+    private readonly FileBytes _file;
 
-    private SafetensorsFile(MappedFile file, Dictionary<string, WeightTensor> tensors, Dictionary<string, string> metadata)
+    private SafetensorsFile(FileBytes file, Dictionary<string, WeightTensor> tensors, Dictionary<string, string> metadata)
     {
         _file = file;
         Tensors = tensors;
@@ -26,10 +26,10 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>The header's <c>__metadata__</c> strings.</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
-    /// <summary>Maps and validates <paramref name="path"/>.</summary>
+    /// <summary>Loads and validates <paramref name="path"/>.</summary>
     public static SafetensorsFile Open(string path)
     {
-        var file = new MappedFile(path);
+        var file = FileBytes.Load(path);
         try
         {
             if (file.Length < 8) throw new CheckpointFormatException(path, "header length", $"file has only {file.Length} bytes");

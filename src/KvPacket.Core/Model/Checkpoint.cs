@@ -1,7 +1,7 @@
 namespace KvPacket.Core.Model;
 
 /// <summary>
-/// A loaded model: its config and weight views, plus the memory (mapped files, native buffers) those views point into.
+/// A loaded model: its config and weight views, plus the memory (loaded files, native buffers) those views point into.
 /// Disposing it releases that memory; views must not be used afterwards.
 /// </summary>
 public sealed class Checkpoint : IDisposable

@@ -3,7 +3,7 @@ using KvPacket.Core.Memory;
 namespace KvPacket.Core.Model;
 
 /// <summary>
-/// A read-only view of one weight tensor in native memory (a memory-mapped file or a <see cref="NativeBuffer{T}"/>).
+/// A read-only view of one weight tensor in native memory (a loaded file, see <see cref="FileBytes"/>, or a <see cref="NativeBuffer{T}"/>).
 /// Matrices are row-major <c>[Rows, Columns]</c> = <c>[out_features, in_features]</c>; vectors have one row.
 /// The view does not own its memory: the checkpoint that produced it does.
 /// </summary>

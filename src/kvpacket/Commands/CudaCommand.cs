@@ -51,7 +51,7 @@ internal static class CudaCommand
                 bool ok = true;
                 string scratch = Directory.CreateTempSubdirectory("kvpacket-cuda-check-").FullName;
                 Core.Model.Checkpoint? reference;
-                // Mapped once loaded, so the file can go at once (Linux, where CUDA runs): nothing is left behind if a check throws.
+                // Held in memory once loaded, so the file can go at once: nothing is left behind if a check throws.
                 try { reference = CudaParity.DequantisedReference(checkpoint, Path.Combine(scratch, "dequantised.gguf")); }
                 finally { Directory.Delete(scratch, recursive: true); }
                 using var ownedReference = reference;
