@@ -237,37 +237,6 @@ public unsafe class KernelTests
     }
 
     [Fact]
-    public void The_four_row_16_bit_dots_equal_the_one_row_dots_bit_for_bit_asking_ahead_or_not()
-    {
-        // Every finite f16 pattern (and every bf16 pattern of a finite f32) passes through the four-row loops once.
-        const int N = 96, Rows = 8;
-        var random = new SeededRandom(17);
-        var finite = Enumerable.Range(0, 65536).Select(i => (ushort)i).Where(b => (b & 0x7C00) != 0x7C00).ToArray();
-        var bfloats = Enumerable.Range(0, 65536).Select(i => (ushort)i).Where(b => (b & 0x7F80) != 0x7F80).ToArray();
-        var w = new ushort[Rows * N];
-        var x = new float[N];
-        for (int i = 0; i < N; i++) x[i] = random.NextSingle() - 0.5f;
-        var four = new float[4];
-        fixed (ushort* pw = w)
-        fixed (float* px = x, pf = four)
-            foreach (var (patterns, half) in new[] { (finite, true), (bfloats, false) })
-                for (int start = 0; start < patterns.Length; start += w.Length)
-                {
-                    for (int j = 0; j < w.Length; j++) w[j] = patterns[(start + j) % patterns.Length];
-                    foreach (bool ask in new[] { false, true })
-                    {
-                        if (half) Dot.F16x4(px, pw, N, N, pf, ask ? pw + 4 * N : null);
-                        else Dot.BF16x4(px, pw, N, N, pf, ask ? pw + 4 * N : null);
-                        for (int r = 0; r < 4; r++)
-                        {
-                            float one = half ? Dot.F16(px, pw + r * N, N) : Dot.BF16(px, pw + r * N, N);
-                            Assert.Equal(BitConverter.SingleToInt32Bits(one), BitConverter.SingleToInt32Bits(four[r]));
-                        }
-                    }
-                }
-    }
-
-    [Fact]
     public void RmsNorm_softmax_and_SwiGLU_match_their_definitions()
     {
         float[] x = [1, -2, 3, 0.5f, -0.25f];

@@ -69,14 +69,6 @@ public static unsafe class Dot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float F16(float* x, ushort* w, int n) => Sum<Float16>(x, w, n);
 
-    /// <summary>Four bf16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="BF16"/> would; <paramref name="ahead"/> as in <see cref="F32x4"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void BF16x4(float* x, ushort* w, int n, long stride, float* y, ushort* ahead = null) => Sum4<BFloat16>(x, w, n, stride, y, ahead);
-
-    /// <summary>Four f16 rows (<paramref name="stride"/> apart) against one activation, each row summed as <see cref="F16"/> would; <paramref name="ahead"/> as in <see cref="F32x4"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void F16x4(float* x, ushort* w, int n, long stride, float* y, ushort* ahead = null) => Sum4<Float16>(x, w, n, stride, y, ahead);
-
     /// <summary>
     /// Asks for one cache line of each of four rows (<paramref name="stride"/> bytes apart) from <paramref name="line"/>
     /// into L2. Spread over the loop — as much asked for per step as is read — the requests keep the stream full where a
@@ -288,37 +280,4 @@ public static unsafe class Dot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Scaled<T>(Vector512<float> x, float scale) where T : struct, IWidening =>
         T.Scaled ? x * scale : x;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Sum4<T>(float* x, ushort* w, int n, long stride, float* y, ushort* ahead) where T : struct, IWidening
-    {
-        if (!Vector512.IsHardwareAccelerated || n % 32 != 0)
-        {
-            for (int r = 0; r < 4; r++) y[r] = Sum<T>(x, w + r * stride, n);
-            return;
-        }
-        float scale = T.Scaled ? XScale : 1;
-        ushort* w1 = w + stride, w2 = w1 + stride, w3 = w2 + stride;
-        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
-        for (int i = 0; i < n; i += 32)
-        {
-            if (ahead != null) Ask((byte*)(ahead + i), stride * sizeof(ushort));
-            var lo = Scaled<T>(Vector512.Load(x + i), scale);
-            var hi = Scaled<T>(Vector512.Load(x + i + 16), scale);
-            s0 = Accumulate<T>(lo, hi, w + i, s0);
-            s1 = Accumulate<T>(lo, hi, w1 + i, s1);
-            s2 = Accumulate<T>(lo, hi, w2 + i, s2);
-            s3 = Accumulate<T>(lo, hi, w3 + i, s3);
-        }
-        float unscale = T.Scaled ? SumScale : 1;
-        y[0] = Vector512.Sum(s0) * unscale; y[1] = Vector512.Sum(s1) * unscale; y[2] = Vector512.Sum(s2) * unscale; y[3] = Vector512.Sum(s3) * unscale;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Accumulate<T>(Vector512<float> xLo, Vector512<float> xHi, ushort* w, Vector512<float> s) where T : struct, IWidening
-    {
-        var (lo, hi) = T.Widen(Vector512.Load(w));
-        s = Vector512.FusedMultiplyAdd(xLo, lo, s);
-        return Vector512.FusedMultiplyAdd(xHi, hi, s);
-    }
 }

@@ -30,7 +30,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private const long ParallelThreshold = 1 << 15;
     /// <summary>
     /// How far ahead (rows) a GEMV over block-format rows one at a time asks for weights. The four-row dots
-    /// (f32, f16, bf16, q8_0) ask for the next four rows inside their loops instead (<c>ahead</c> in <see cref="Dot"/>).
+    /// (f32, q8_0) ask for the next four rows inside their loops instead (<c>ahead</c> in <see cref="Dot"/>).
     /// </summary>
     private const int PrefetchRows = 4;
 
@@ -160,26 +160,22 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         switch (p.W.Type)
         {
             case DType.BF16 or DType.F16:
-                // 16-bit rows are widened in registers, four rows at a time, the next four asked for as they go.
+                // 16-bit rows are widened in registers, one row after the other: a thread reads one sequential stream,
+                // which the hardware prefetchers follow. Four rows at a time (x shared, the next four asked for as they
+                // went) streamed the Qwen2.5-0.5B-shape matrices 3-16% slower on the Zen 5 VM, behind in 30 of 32
+                // alternating passes (benchmarks/results/gemv-one-row-ab-zen5-2026-12-02.txt).
                 ushort* w = (ushort*)p.W.Data;
                 bool half = p.W.Type == DType.F16;
-                for (; r <= rowEnd - 4; r += 4)
+                for (; r < rowEnd; r++)
                 {
-                    ushort* rows = w + (long)r * k, next = r + 8 <= rowEnd ? rows + 4L * k : null;
+                    ushort* row = w + (long)r * k;
+                    float sum = 0;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
                         int length = Math.Min(KChunk, k - c0);
-                        ushort* ahead = next == null ? null : next + c0;
-                        if (half) Dot.F16x4(x + c0, rows + c0, length, k, partial, ahead);
-                        else Dot.BF16x4(x + c0, rows + c0, length, k, partial, ahead);
-                        Accumulate(p.Y + r, partial, c0 == 0);
+                        float part = half ? Dot.F16(x + c0, row + c0, length) : Dot.BF16(x + c0, row + c0, length);
+                        sum = c0 == 0 ? 0 + part : sum + part;
                     }
-                }
-                for (; r < rowEnd; r++)
-                {
-                    float sum = 0;
-                    for (int c0 = 0; c0 < k; c0 += KChunk)
-                        sum += half ? Dot.F16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0)) : Dot.BF16(x + c0, w + (long)r * k + c0, Math.Min(KChunk, k - c0));
                     p.Y[r] = sum;
                 }
                 break;
