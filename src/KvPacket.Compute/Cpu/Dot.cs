@@ -36,11 +36,10 @@ public static unsafe class Dot
 
     /// <summary>
     /// Four f32 rows (<paramref name="stride"/> apart) against one activation: y[r] = Σ x[i]·w_r[i] over n, each row
-    /// summed as <see cref="F32"/> would. <paramref name="ahead"/>: the same columns of the four rows read next, asked
-    /// for into L2 as these are read (<see cref="Ask"/>), or null.
+    /// summed as <see cref="F32"/> would (the GEMM's leftover tokens).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void F32x4(float* x, float* w, int n, long stride, float* y, float* ahead = null)
+    public static void F32x4(float* x, float* w, int n, long stride, float* y)
     {
         if (!Vector512.IsHardwareAccelerated || n % 16 != 0)
         {
@@ -51,7 +50,6 @@ public static unsafe class Dot
         Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
         for (int i = 0; i < n; i += 16)
         {
-            if (ahead != null) Ask((byte*)(ahead + i), stride * sizeof(float));
             var v = Vector512.Load(x + i);
             s0 = Vector512.FusedMultiplyAdd(v, Vector512.Load(w + i), s0);
             s1 = Vector512.FusedMultiplyAdd(v, Vector512.Load(w1 + i), s1);
@@ -106,7 +104,7 @@ public static unsafe class Dot
         return Vector512.Sum(s) * SumScale;
     }
 
-    /// <summary>Four q8_0 rows (<paramref name="stride"/> bytes apart) against one activation, each summed as <see cref="Q8_0(float*, byte*, int)"/> would; <paramref name="ahead"/> as in <see cref="F32x4"/>.</summary>
+    /// <summary>Four q8_0 rows (<paramref name="stride"/> bytes apart) against one activation, each summed as <see cref="Q8_0(float*, byte*, int)"/> would. <paramref name="ahead"/>: the same columns of the four rows read next, asked for into L2 as these are read (<see cref="Ask"/>), or null.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Q8_0x4(float* x, byte* blocks, int n, long stride, float* y, byte* ahead = null)
     {

@@ -29,8 +29,8 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
     private const int TokenBlockBytes = 160 * 1024;
     private const long ParallelThreshold = 1 << 15;
     /// <summary>
-    /// How far ahead (rows) a GEMV over block-format rows one at a time asks for weights. The four-row dots
-    /// (f32, q8_0) ask for the next four rows inside their loops instead (<c>ahead</c> in <see cref="Dot"/>).
+    /// How far ahead (rows) a GEMV over block-format rows one at a time asks for weights. The four-row q8_0 dot asks
+    /// for the next four rows inside its loop instead (<c>ahead</c> in <see cref="Dot.Q8_0x4"/>).
     /// </summary>
     private const int PrefetchRows = 4;
 
@@ -159,21 +159,17 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         float* partial = stackalloc float[4];
         switch (p.W.Type)
         {
-            case DType.BF16 or DType.F16:
-                // 16-bit rows are widened in registers, one row after the other: a thread reads one sequential stream,
+            case DType.F32 or DType.BF16 or DType.F16:
+                // Rows one after the other (16-bit ones widened in registers): a thread reads one sequential stream,
                 // which the hardware prefetchers follow. Four rows at a time (x shared, the next four asked for as they
-                // went) streamed the Qwen2.5-0.5B-shape matrices 3-16% slower on the Zen 5 VM, behind in 30 of 32
-                // alternating passes (benchmarks/results/gemv-one-row-ab-zen5-2026-12-02.txt).
-                ushort* w = (ushort*)p.W.Data;
-                bool half = p.W.Type == DType.F16;
+                // went) streamed the Qwen2.5-0.5B-shape matrices 3-16% slower (f32 3-4%) on the Zen 5 VM, behind in 84 of
+                // 96 alternating passes (benchmarks/results/gemv-one-row-ab-zen5-2026-12-02.txt).
                 for (; r < rowEnd; r++)
                 {
-                    ushort* row = w + (long)r * k;
                     float sum = 0;
                     for (int c0 = 0; c0 < k; c0 += KChunk)
                     {
-                        int length = Math.Min(KChunk, k - c0);
-                        float part = half ? Dot.F16(x + c0, row + c0, length) : Dot.BF16(x + c0, row + c0, length);
+                        float part = RowDot(p.W, r, x, c0, Math.Min(KChunk, k - c0));
                         sum = c0 == 0 ? 0 + part : sum + part;
                     }
                     p.Y[r] = sum;
@@ -200,13 +196,6 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                     p.Y[r] = sum;
                 }
                 break;
-            case DType.F32:
-                for (; r < rowEnd; r += 4)
-                {
-                    float* rows = (float*)p.W.Data + (long)r * k;
-                    RowsTimesToken(k, rows, Math.Min(4, rowEnd - r), x, p.Y + r, r + 8 <= rowEnd ? rows + 4L * k : null);
-                }
-                break;
             default:
                 // The rest (q8_0 without 512-bit vectors, block formats without AVX2) is dequantised four rows at a time into scratch.
                 for (; r < rowEnd; r += 4)
@@ -217,6 +206,19 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 }
                 break;
         }
+    }
+
+    /// <summary>Σ over columns [<paramref name="column"/>, + <paramref name="length"/>) of x·W[<paramref name="row"/>] for f32, bf16 or f16 weights.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float RowDot(in WeightTensor w, int row, float* x, int column, int length)
+    {
+        long at = (long)row * w.Columns + column;
+        return w.Type switch
+        {
+            DType.F32 => Dot.F32(x + column, (float*)w.Data + at, length),
+            DType.F16 => Dot.F16(x + column, (ushort*)w.Data + at, length),
+            _ => Dot.BF16(x + column, (ushort*)w.Data + at, length),
+        };
     }
 
     /// <summary>Rows of block-quantised weights against every token: groups of eight interleaved rows through <see cref="InterleavedDot"/>, other rows one <see cref="BlockDot.Row"/> per (token, row).</summary>
@@ -239,15 +241,15 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
         }
     }
 
-    /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path; <paramref name="ahead"/>: the next four rows, asked for as these are read (or null).</summary>
-    private static void RowsTimesToken(int k, float* w, int rows, float* x, float* y, float* ahead = null)
+    /// <summary>y[i] = Σ_k x[k]·w_i[k] for up to four f32 rows (stride K), chunked like every other path.</summary>
+    private static void RowsTimesToken(int k, float* w, int rows, float* x, float* y)
     {
         float* partial = stackalloc float[4];
         if (rows == 4)
         {
             for (int c0 = 0; c0 < k; c0 += KChunk)
             {
-                Dot.F32x4(x + c0, w + c0, Math.Min(KChunk, k - c0), k, partial, ahead == null ? null : ahead + c0);
+                Dot.F32x4(x + c0, w + c0, Math.Min(KChunk, k - c0), k, partial);
                 Accumulate(y, partial, c0 == 0);
             }
             return;
