@@ -17,6 +17,8 @@ namespace KvPacket.Benchmarks;
 /// Decode and prefill, ours against llama.cpp (LLamaSharp 0.30's CPU backend) on the same GGUF file in the same
 /// process, rounds alternating, greedy, the same threads; medians, their ratio, and decode against the read-bandwidth
 /// roofline measured in the same run (weight bytes per token ÷ bytes/s of a vectorised read of 1 GiB on every thread).
+/// Ours loads the file into memory (<see cref="FileBytes.Load"/>); llama.cpp reads it into memory too by default
+/// (<c>--llamacpp-load None</c>, its <c>--no-mmap</c>), or maps it (<c>MemoryMap</c>, LLamaSharp's default).
 /// <c>dotnet run -c Release --project benchmarks/KvPacket.Benchmarks -- vs-llamacpp --shape qwen2.5-0.5b --dtype F16</c>
 /// </summary>
 internal static class LlamaCppComparison
@@ -30,6 +32,7 @@ internal static class LlamaCppComparison
         int tokens = int.Parse(Option("--tokens", "32"), CultureInfo.InvariantCulture);
         int promptTokens = int.Parse(Option("--prompt-tokens", "128"), CultureInfo.InvariantCulture);
         int rounds = int.Parse(Option("--rounds", "5"), CultureInfo.InvariantCulture);
+        var load = Enum.Parse<LLamaLoadMode>(Option("--llamacpp-load", nameof(LLamaLoadMode.None)), ignoreCase: true);
         string gguf = Synthesise(card, type);
         int[] prompt = new SeededRandom(7).NextTokens(promptTokens, 3, card.Config.VocabSize);
 
@@ -38,7 +41,7 @@ internal static class LlamaCppComparison
         using var pool = new WorkerPool(threads);
         using var model = new Transformer(checkpoint, new TransformerOptions { Threads = threads, KvCacheTokens = promptTokens + tokens + 16, MaxBatchTokens = promptTokens });
         var generator = new Generator(model);
-        var parameters = new ModelParams(gguf) { ContextSize = (uint)(promptTokens + tokens + 16), Threads = threads, BatchThreads = threads, BatchSize = (uint)promptTokens };
+        var parameters = new ModelParams(gguf) { ContextSize = (uint)(promptTokens + tokens + 16), Threads = threads, BatchThreads = threads, BatchSize = (uint)promptTokens, LoadMode = load };
         using var weights = LLamaWeights.LoadFromFile(parameters);
         using var context = weights.CreateContext(parameters);
 
@@ -70,7 +73,7 @@ internal static class LlamaCppComparison
         double roofline = Median(bandwidth) / weightBytes;
         string mix = string.Join(", ", checkpoint.Layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }).Append(checkpoint.Classifier)
             .GroupBy(w => w.Type).Select(g => $"{g.Count()} {g.Key}"));
-        Console.WriteLine($"vs llama.cpp · {card.Name} · {type.Name} weights ({weightBytes / 1e9:F2} GB: {mix} matrices) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores");
+        Console.WriteLine($"vs llama.cpp · {card.Name} · {type.Name} weights ({weightBytes / 1e9:F2} GB: {mix} matrices) · {threads} threads · {rounds} rounds · prompt {promptTokens}, {tokens} new tokens · {Environment.ProcessorCount} cores · llama.cpp load {load}");
         Console.WriteLine($"  decode  tok/s  ours {Median(ourDecode),8:F2}  llama.cpp {Median(theirDecode),8:F2}  ratio {Median(ourDecode) / Median(theirDecode):F2}");
         Console.WriteLine($"  prefill tok/s  ours {Median(ourPrefill),8:F1}  llama.cpp {Median(theirPrefill),8:F1}  ratio {Median(ourPrefill) / Median(theirPrefill):F2}");
         Console.WriteLine($"  read roofline {roofline:F2} tok/s ({Median(bandwidth) / 1e9:F1} GB/s): ours {Median(ourDecode) / roofline:F2}, llama.cpp {Median(theirDecode) / roofline:F2} of it");
