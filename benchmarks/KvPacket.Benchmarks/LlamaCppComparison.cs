@@ -17,7 +17,7 @@ namespace KvPacket.Benchmarks;
 /// Decode and prefill, ours against llama.cpp (LLamaSharp 0.30's CPU backend) on the same GGUF file in the same
 /// process, rounds alternating, greedy, the same threads; medians, their ratio, and decode against the read-bandwidth
 /// roofline measured in the same run (weight bytes per token ÷ bytes/s of a vectorised read of 1 GiB on every thread).
-/// Ours loads the file into memory (<see cref="FileBytes.Load"/>); llama.cpp reads it into memory too by default
+/// Ours loads the file into memory (<see cref="FileBytes.Load(string)"/>); llama.cpp reads it into memory too by default
 /// (<c>--llamacpp-load None</c>, its <c>--no-mmap</c>), or maps it (<c>MemoryMap</c>, LLamaSharp's default).
 /// <c>dotnet run -c Release --project benchmarks/KvPacket.Benchmarks -- vs-llamacpp --shape qwen2.5-0.5b --dtype F16</c>
 /// </summary>

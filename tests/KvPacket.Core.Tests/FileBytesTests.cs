@@ -38,6 +38,7 @@ public class FileBytesTests
         var bytes = Write(path);
         using var file = FileBytes.Load(path);
         File.Delete(path);
+        Assert.True(file.IsLoaded);
         Assert.Equal(bytes.Length, file.Length);
         Assert.Equal(0, (long)file.Pointer % (2 << 20));
         Assert.Equal(bytes, file.Bytes(0, bytes.Length).ToArray());
@@ -57,5 +58,19 @@ public class FileBytesTests
         Assert.Equal(bytes.AsSpan(0, 4096).ToArray(), after[..4096].ToArray());
         Assert.True(after[4096..(3 * 4096)].IndexOfAnyExcept((byte)0) < 0);
         Assert.Equal(bytes.AsSpan(3 * 4096).ToArray(), after[(3 * 4096)..].ToArray());
+    }
+
+    [Fact]
+    public void A_file_too_large_for_the_memory_given_is_mapped_instead()
+    {
+        using var temp = Fixtures.TempDirectory();
+        string path = Path.Combine(temp.Path, "data.bin");
+        var bytes = Write(path);
+        using var mapped = FileBytes.Load(path, memoryBytes: bytes.Length); // more than three quarters of it
+        using var loaded = FileBytes.Load(path, memoryBytes: 2L * bytes.Length);
+        Assert.False(mapped.IsLoaded);
+        Assert.True(loaded.IsLoaded);
+        Assert.Equal(bytes, mapped.Bytes(0, bytes.Length).ToArray());
+        Assert.Equal(bytes, loaded.Bytes(0, bytes.Length).ToArray());
     }
 }

@@ -8,7 +8,7 @@ namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
 /// Reads GGUF v3 checkpoints of the <c>llama</c> and <c>qwen2</c> architectures with f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K tensors,
-/// all kept as stored in the file, loaded into memory (<see cref="FileBytes.Load"/>; the kernels read the blocks as they are).
+/// all kept as stored in the file, loaded into memory (<see cref="FileBytes.Load(string)"/>; the kernels read the blocks as they are).
 /// GGUF llama keeps q/k rows in the interleaved RoPE order (llama.cpp's converter undoes the HF permutation); qwen2 keeps
 /// them rotate-half.
 /// </summary>

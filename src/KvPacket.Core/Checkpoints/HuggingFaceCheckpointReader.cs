@@ -5,7 +5,7 @@ namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
 /// Reads a Hugging Face model directory: <c>config.json</c> plus <c>model.safetensors</c>, or shards listed in
-/// <c>model.safetensors.index.json</c>. Weights are used as the files hold them, loaded into memory (<see cref="Memory.FileBytes.Load"/>).
+/// <c>model.safetensors.index.json</c>. Weights are used as the files hold them, loaded into memory (<see cref="Memory.FileBytes.Load(string)"/>).
 /// </summary>
 public static class HuggingFaceCheckpointReader
 {

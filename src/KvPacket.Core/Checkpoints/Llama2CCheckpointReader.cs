@@ -7,7 +7,7 @@ namespace KvPacket.Core.Checkpoints;
 /// <summary>
 /// Reads llama2.c <c>.bin</c> checkpoints: a header of 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 /// vocab_size, seq_len; a negative vocab_size means an unshared classifier follows) and then f32 tensors,
-/// layer-stacked, in a fixed order. RoPE pairs are interleaved. The weights are used in the file's image in memory (<see cref="FileBytes.Load"/>), not converted.
+/// layer-stacked, in a fixed order. RoPE pairs are interleaved. The weights are used in the file's image in memory (<see cref="FileBytes.Load(string)"/>), not converted.
 /// </summary>
 public static class Llama2CCheckpointReader
 {

@@ -6,7 +6,7 @@ using KvPacket.Core.Model;
 namespace KvPacket.Core.Checkpoints;
 
 /// <summary>
-/// One <c>.safetensors</c> file loaded into memory (<see cref="FileBytes.Load"/>): an 8-byte little-endian header length, a JSON header
+/// One <c>.safetensors</c> file loaded into memory (<see cref="FileBytes.Load(string)"/>): an 8-byte little-endian header length, a JSON header
 /// (name → dtype, shape, data_offsets relative to the data section), then the tensor bytes.
 /// </summary>
 public sealed unsafe class SafetensorsFile : IDisposable

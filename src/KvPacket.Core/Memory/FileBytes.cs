@@ -5,9 +5,11 @@ namespace KvPacket.Core.Memory;
 
 /// <summary>
 /// A whole file's bytes at one address: mapped in place (<see cref="Map"/>) or read into anonymous memory
-/// (<see cref="Load"/>). Checkpoint readers load: on the 2-core AMD EPYC VMs (Firecracker guests) kernels streaming
+/// (<see cref="Load(string)"/>). Checkpoint readers load: on the 2-core AMD EPYC VMs (Firecracker guests) kernels streaming
 /// weights from a mapped file ran at 3–16 GB/s where the same bytes in anonymous memory ran at 45–59 GB/s (decode
 /// 14–18 → 45–59 tokens/s, f16 prefill 1.9× faster; <c>benchmarks/results/weights-mapped-vs-loaded-2core-zen5-2026-12-02.txt</c>).
+/// A file too large for the memory is mapped instead: reading it whole would end in the out-of-memory killer, where a
+/// mapping lets the kernel page it.
 /// </summary>
 public sealed unsafe partial class FileBytes : IDisposable
 {
@@ -19,7 +21,9 @@ public sealed unsafe partial class FileBytes : IDisposable
     private readonly bool _loaded;
     private byte* _pointer;
 
-    private FileBytes(string path, bool load)
+    /// <param name="path">The file.</param>
+    /// <param name="memoryBytes">Memory available: the file is read in when it takes at most three quarters of it; 0 maps.</param>
+    private FileBytes(string path, long memoryBytes)
     {
         Path = path;
         // The length of what was opened, not of the path: a symbolic link (every Hugging Face cache snapshot is made of
@@ -27,7 +31,7 @@ public sealed unsafe partial class FileBytes : IDisposable
         var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1);
         Length = stream.Length;
         if (Length == 0) { stream.Dispose(); return; }
-        if (load)
+        if (Length <= memoryBytes / 4 * 3)
         {
             using (stream)
             {
@@ -47,10 +51,19 @@ public sealed unsafe partial class FileBytes : IDisposable
     }
 
     /// <summary>Maps <paramref name="path"/> read-only: nothing is read until it is touched (headers, metadata).</summary>
-    public static FileBytes Map(string path) => new(path, load: false);
+    public static FileBytes Map(string path) => new(path, memoryBytes: 0);
 
-    /// <summary>Reads all of <paramref name="path"/> into 2 MB-aligned anonymous memory (weights that kernels stream).</summary>
-    public static FileBytes Load(string path) => new(path, load: true);
+    /// <summary>
+    /// Reads all of <paramref name="path"/> into 2 MB-aligned anonymous memory (weights that kernels stream) when it
+    /// takes at most three quarters of this process's memory, and maps it otherwise.
+    /// </summary>
+    public static FileBytes Load(string path) => Load(path, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+
+    /// <summary>As <see cref="Load(string)"/>, with <paramref name="memoryBytes"/> taken for the memory available.</summary>
+    public static FileBytes Load(string path, long memoryBytes) => new(path, memoryBytes);
+
+    /// <summary>Whether the bytes were read into memory (<see cref="Load(string)"/>) rather than mapped.</summary>
+    public bool IsLoaded => _loaded;
 
     /// <summary>The file.</summary>
     public string Path { get; }
