@@ -167,11 +167,7 @@ public sealed unsafe class MatMul : IParallelWork, IDisposable
                 for (; r < rowEnd; r++)
                 {
                     float sum = 0;
-                    for (int c0 = 0; c0 < k; c0 += KChunk)
-                    {
-                        float part = RowDot(p.W, r, x, c0, Math.Min(KChunk, k - c0));
-                        sum = c0 == 0 ? 0 + part : sum + part;
-                    }
+                    for (int c0 = 0; c0 < k; c0 += KChunk) sum += RowDot(p.W, r, x, c0, Math.Min(KChunk, k - c0));
                     p.Y[r] = sum;
                 }
                 break;

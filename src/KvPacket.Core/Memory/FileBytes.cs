@@ -18,7 +18,6 @@ public sealed unsafe partial class FileBytes : IDisposable
 
     private readonly MemoryMappedFile? _file;
     private readonly MemoryMappedViewAccessor? _view;
-    private readonly bool _loaded;
     private byte* _pointer;
 
     /// <param name="path">The file.</param>
@@ -35,7 +34,6 @@ public sealed unsafe partial class FileBytes : IDisposable
         {
             using (stream)
             {
-                _loaded = true;
                 nuint reserved = (nuint)((Length + HugePage - 1) / HugePage * HugePage);
                 _pointer = (byte*)NativeMemory.AlignedAlloc(reserved, (nuint)HugePage);
                 if (OperatingSystem.IsLinux()) _ = Madvise((nint)_pointer, reserved, HugePageAdvice);
@@ -63,7 +61,7 @@ public sealed unsafe partial class FileBytes : IDisposable
     public static FileBytes Load(string path, long memoryBytes) => new(path, memoryBytes);
 
     /// <summary>Whether the bytes were read into memory (<see cref="Load(string)"/>) rather than mapped.</summary>
-    public bool IsLoaded => _loaded;
+    public bool IsLoaded => _view is null && Length > 0;
 
     /// <summary>The file.</summary>
     public string Path { get; }
@@ -115,15 +113,10 @@ public sealed unsafe partial class FileBytes : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (_loaded)
+        if (_pointer != null)
         {
-            if (_pointer != null) NativeMemory.AlignedFree(_pointer);
-            _pointer = null;
-            return;
-        }
-        if (_view is not null && _pointer != null)
-        {
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            if (_view is null) NativeMemory.AlignedFree(_pointer);
+            else _view.SafeMemoryMappedViewHandle.ReleasePointer();
             _pointer = null;
         }
         _view?.Dispose();
